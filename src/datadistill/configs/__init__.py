@@ -1,0 +1,1 @@
+"""Shipped YAML configs, addressable by name: <dataset>/<method>_ipc<N>."""
