@@ -1,0 +1,21 @@
+"""Shared test set-up: one torch thread, and `gpu` tests skipped without CUDA.
+
+The tests use tiny tensors, for which a single thread is faster than two and immune to
+oversubscription when the machine is shared.
+"""
+
+import pytest
+import torch
+
+
+def pytest_configure(config):
+    torch.set_num_threads(1)
+
+
+def pytest_collection_modifyitems(config, items):
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA device")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)
