@@ -1,0 +1,140 @@
+"""Configuration of the INFER recipe; every default is the official CIFAR value.
+
+Sources: INFER (Zhang et al., ICLR 2025) and its official code (zhangxin-xd/UFC:
+``sh/ufc_cifar.sh``, ``ufc_generation/ufc_cifar.py``, ``ufc_validation/val_static.py``,
+``val_dyn.py``); the teachers follow the README's pointer to DWA's ``squeeze_cifar100.py``.
+See ``research/infer-and-evaluation.md`` part A.
+
+YAML files under ``configs/<dataset>/infer_ipc<N>.yaml`` fill :class:`InferConfig`; nested
+sections ``teachers:`` and ``student:`` fill :class:`TeacherConfig` and
+:class:`StudentConfig` (overrides look like ``teachers.epochs=2``).
+
+Example:
+    >>> cfg = InferConfig(dataset="cifar100", ipc=10)
+    >>> num_groups(cfg.ipc, len(cfg.teachers.archs), 100)
+    9
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from datadistill.errors import ConfigError
+
+INFER_TEACHERS = ["resnet18_cifar", "mobilenetv2_cifar", "efficientnet_b0_cifar", "shufflenet_g2"]
+
+
+@dataclass
+class TeacherConfig:
+    """How the M teachers ("squeeze" models) are trained on the full training set."""
+
+    archs: list[str] = field(default_factory=lambda: list(INFER_TEACHERS))  # order = m index
+    width_mult: float = 1.0  # channel multiplier of every teacher (1.0 = published sizes)
+    epochs: int = 200  # DWA squeeze_cifar100.py: 200 epochs, last checkpoint kept
+    batch_size: int = 128
+    lr: float = 0.1  # SGD, cosine annealing over the epochs (stepped per epoch)
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    crop_padding: int | None = None  # RandomCrop pad (black); None: 4 px at 32 px, scaled
+    flip: bool | None = None  # horizontal flip; None: on unless the dataset is digit-like
+    seed: int = 0  # per teacher, seed + its index in archs
+    test_batch_size: int = 512  # evaluation only; no effect on results
+
+
+@dataclass
+class StudentConfig:
+    """How INFER trains and tests a student on the distilled set (val_static / val_dyn)."""
+
+    model: str = "resnet18_cifar"  # a teacher name (models/teachers.py) or any create_model name
+    model_kwargs: dict = field(default_factory=dict)  # extra arguments to the model factory
+    labels: str = "static"  # "static": stored ensemble logits; "dynamic": teachers online
+    epochs: int = 400  # with static labels (README)
+    dynamic_epochs: int = 80  # with dynamic labels: 400 / (M + 1) (README)
+    batch_size: int = 64  # README (code default 128)
+    lr: float = 1e-3  # AdamW, hard-coded in the official scripts
+    weight_decay: float = 0.01
+    temperature: float = 30.0  # KL(log_softmax(s/T) || softmax(t/T)), batchmean, no T^2
+    mixup_alpha: float = 0.8  # lambda ~ Beta(0.8, 0.8), one per batch
+    crop_padding: int | None = None  # RandomCrop pad; None: 4 px at 32 px, scaled by size
+    flip: bool | None = None  # None: on unless the dataset is digit-like
+    eval_every: int = 10  # test at epochs 0, 10, 20, ... and the last (best-of is reported)
+    num_runs: int = 1  # independently initialised students; 0 skips evaluation
+    test_batch_size: int = 512  # evaluation only; no effect on results
+
+
+@dataclass
+class InferConfig:
+    """One INFER distillation: data, teachers, compensators, labels and evaluation."""
+
+    dataset: str = "cifar100"  # datadistill.data registry name
+    data_root: str | None = None  # None: the data module's default location
+    download: bool = False  # let the data module fetch missing files
+    ipc: int = 10  # nominal budget, in image-sized tensors per class
+    device: str = "cpu"
+    seed: int = 0  # class-group sampling, jitter and students (run r uses seed + r)
+    teacher_dir: str | None = None  # store written by train_teachers (`datadistill teachers`)
+    teachers: TeacherConfig = field(default_factory=TeacherConfig)
+    # Compensator ("UFC") optimisation, one per (class group, teacher).
+    iterations: int = 1000  # sh/ufc_cifar.sh (ImageNet: 2000)
+    lr: float = 0.25  # Adam on u, cosine to 0 per iteration, no warm-up
+    betas: tuple[float, float] = (0.5, 0.9)
+    r_bn: float = 1.0  # weight of the BN-statistics loss (CIFAR 1, ImageNet 0.01)
+    first_bn_multiplier: float = 10.0  # s_1: extra weight of the first BN layer
+    jitter: int | None = None  # max roll offset in px; None: 4 px at 32 px, scaled by size
+    label_batch_size: int = 256  # teacher forward passes for static labels; no effect
+    student: StudentConfig = field(default_factory=StudentConfig)
+
+    def __post_init__(self) -> None:
+        if self.ipc < 1:
+            raise ConfigError(f"ipc must be at least 1, got {self.ipc}")
+        if self.iterations < 0:
+            raise ConfigError(f"iterations must be >= 0, got {self.iterations}")
+        if self.student.labels not in ("static", "dynamic"):
+            raise ConfigError(
+                f"student.labels must be 'static' or 'dynamic', got '{self.student.labels}'"
+            )
+        if not self.teachers.archs:
+            raise ConfigError("teachers.archs is empty; name at least one teacher architecture")
+
+
+def num_groups(ipc: int, num_teachers: int, num_classes: int) -> int:
+    """K, the number of class groups that fit the budget: K * (C + M) <= IPC * C.
+
+    The official code computes ``int(ipc / (M / C + 1))`` (INFER Sec. 3.3).
+
+    Example:
+        >>> num_groups(10, 4, 10), num_groups(50, 4, 100)
+        (7, 48)
+    """
+    k = int(ipc / (num_teachers / num_classes + 1))
+    if k < 1:
+        raise ConfigError(
+            f"ipc={ipc} leaves no room for one class group of {num_classes} images plus "
+            f"{num_teachers} compensators; raise ipc or use fewer teachers"
+        )
+    return k
+
+
+def instances_per_class(ipc: int, num_teachers: int, num_classes: int) -> int:
+    """K * (M + 1) training instances per class (the base image and its M compensated copies).
+
+    Example:
+        >>> instances_per_class(10, 4, 100)
+        45
+    """
+    return num_groups(ipc, num_teachers, num_classes) * (num_teachers + 1)
+
+
+def pixels_at(image_size: tuple[int, int], value: int | None, at_32: int = 4) -> int:
+    """``value`` if set, else ``at_32`` px scaled from 32 px to the image size (at least 1).
+
+    INFER's roll jitter and crop padding are 4 px at 32 px; 4 px on an 8 px digit would
+    shift away half the image, so sizes scale unless a config fixes them.
+
+    Example:
+        >>> pixels_at((32, 32), None), pixels_at((8, 8), None), pixels_at((64, 64), None)
+        (4, 1, 8)
+    """
+    if value is not None:
+        return value
+    return max(1, round(at_32 * min(image_size) / 32))

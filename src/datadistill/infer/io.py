@@ -1,0 +1,69 @@
+"""Atomic, safe file helpers shared by the INFER teacher store and distilled-set store.
+
+Writes go to a temporary file in the target folder and are renamed into place, so an
+interrupted run never leaves a half-written file that a resume would trust. Tensor files
+are read with ``weights_only=True`` (no unpickling of arbitrary objects).
+
+Example:
+    >>> import tempfile, pathlib
+    >>> d = pathlib.Path(tempfile.mkdtemp())
+    >>> write_json({"a": 1}, d / "m.json"); read_json(d / "m.json")
+    {'a': 1}
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from datadistill.errors import ArtifactError
+
+
+def _replace_atomically(path: Path, write) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def save_tensors(obj: Any, path: str | Path) -> None:
+    """``torch.save`` to ``path`` atomically (obj: tensors, numbers, strings, nested dicts)."""
+    _replace_atomically(Path(path), lambda tmp: torch.save(obj, tmp))
+
+
+def load_tensors(path: str | Path, map_location: str | torch.device = "cpu") -> Any:
+    """``torch.load(weights_only=True)``; a missing or unreadable file is an ArtifactError."""
+    path = Path(path)
+    if not path.is_file():
+        raise ArtifactError(f"{path} does not exist; re-run the step that writes it")
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as err:  # torch raises several types for truncated or foreign files
+        raise ArtifactError(f"{path} cannot be read ({err}); delete it and re-run") from None
+
+
+def write_json(data: dict, path: str | Path) -> None:
+    """Write ``data`` as indented JSON, atomically."""
+    text = json.dumps(data, indent=2, sort_keys=False) + "\n"
+    _replace_atomically(Path(path), lambda tmp: Path(tmp).write_text(text))
+
+
+def read_json(path: str | Path) -> dict:
+    """Read a JSON mapping; a missing or malformed file is an ArtifactError."""
+    path = Path(path)
+    if not path.is_file():
+        raise ArtifactError(f"{path} does not exist; re-run the step that writes it")
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise ArtifactError(f"{path} is not valid JSON ({err}); delete it and re-run") from None

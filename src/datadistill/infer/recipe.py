@@ -1,0 +1,173 @@
+"""The INFER recipe: class groups -> compensators -> static labels -> stored set -> students.
+
+INFER (Zhang et al., "Breaking Class Barriers: Efficient Dataset Distillation via Inter-Class
+Feature Compensator", ICLR 2025), Algorithm 1:
+
+1. K = int(IPC / (M/C + 1)) class groups of one real image per class, sampled without
+   replacement (``compensators.sample_class_groups``);
+2. for every group and every teacher m, one shared compensator u_{k,m}
+   (``compensators.generate_compensators``);
+3. static labels: the teachers' mean logits on each of the K*(M+1)*C instances
+   (``labels.ensemble_logits``);
+4. store base images + compensators + labels (``store.save_infer_set``);
+5. optionally train students the INFER way (``student.evaluate_student``).
+
+Example:
+    >>> cfg = InferConfig(dataset="cifar100", ipc=10, teacher_dir="runs/c100_teachers")
+    >>> result = run_infer(cfg, "runs/c100_infer_ipc10", progress=True)    # doctest: +SKIP
+    >>> print(result.report)                                               # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from datadistill.config import config_to_dict
+from datadistill.data import DatasetInfo, ImageSet, prepare
+from datadistill.errors import CompatibilityError, ConfigError
+from datadistill.evaluate import EvalReport
+from datadistill.infer.compensators import (
+    CompensatorSettings,
+    generate_compensators,
+    sample_class_groups,
+)
+from datadistill.infer.config import InferConfig, num_groups, pixels_at
+from datadistill.infer.io import write_json
+from datadistill.infer.labels import ensemble_logits
+from datadistill.infer.store import InferSet, save_infer_set
+from datadistill.infer.student import evaluate_student
+from datadistill.infer.teachers_train import TeacherStore
+
+log = logging.getLogger(__name__)
+
+REPORT_FILE = "eval_infer.json"
+
+
+@dataclass
+class InferResult:
+    """What :func:`run_infer` produced: the set, where it lies, and the student report."""
+
+    infer_set: InferSet
+    path: Path
+    report: EvalReport | None
+
+
+def distill_infer(
+    cfg: InferConfig,
+    train: ImageSet,
+    teachers: list[nn.Module],
+    teacher_names: list[str],
+    progress: bool = False,
+) -> InferSet:
+    """Steps 1-3 on a normalised training split with loaded teachers (on ``cfg.device``).
+
+    Example:
+        >>> s = distill_infer(cfg, real.train, teachers, cfg.teachers.archs)  # doctest: +SKIP
+    """
+    if train.space != "normalized":
+        raise CompatibilityError(
+            f"INFER works on normalised images, got {train.space!r}; "
+            "prepare the data with zca=False"
+        )
+    info = train.info
+    k = num_groups(cfg.ipc, len(teachers), info.num_classes)
+    generator = torch.Generator().manual_seed(cfg.seed)
+    groups = sample_class_groups(train.images, train.labels, info.num_classes, k, generator)
+    log.info(
+        "INFER %s ipc %d: %d groups x (1 + %d teachers) -> %d instances per class",
+        info.name,
+        cfg.ipc,
+        k,
+        len(teachers),
+        k * (len(teachers) + 1),
+    )
+    settings = CompensatorSettings(
+        iterations=cfg.iterations,
+        lr=cfg.lr,
+        betas=tuple(cfg.betas),
+        r_bn=cfg.r_bn,
+        first_bn_multiplier=cfg.first_bn_multiplier,
+        jitter=pixels_at(info.image_size, cfg.jitter),
+    )
+    comps = generate_compensators(
+        teachers, groups.images.to(cfg.device), settings, generator, progress
+    )
+    infer_set = InferSet(
+        base=groups.images.cpu(),
+        compensators=comps.cpu(),
+        labels=None,
+        info=info,
+        ipc=cfg.ipc,
+        teachers=list(teacher_names),
+        source_indices=groups.indices,
+        config=config_to_dict(cfg),
+        extra={"jitter": settings.jitter},
+    )
+    instances = infer_set.materialise().images  # (C*K*(M+1), Ch, H, W)
+    infer_set.labels = ensemble_logits(teachers, instances, cfg.label_batch_size).cpu()
+    return infer_set
+
+
+def load_teachers(
+    cfg: InferConfig, teacher_dir: str | Path | None, info: DatasetInfo
+) -> tuple[list[nn.Module], list[str]]:
+    """The teachers named by ``cfg.teachers.archs`` from the store, checked against ``info``."""
+    directory = teacher_dir if teacher_dir is not None else cfg.teacher_dir
+    if directory is None:
+        raise ConfigError(
+            "no teacher store given; train teachers with `datadistill teachers` and set "
+            "teacher_dir=<that folder>"
+        )
+    store = TeacherStore(directory)
+    archs = list(cfg.teachers.archs)
+    store.check_compatible(info, archs)  # also raises when one is missing
+    return [store.load(a, cfg.device) for a in archs], archs
+
+
+def run_infer(
+    cfg: InferConfig,
+    out_dir: str | Path,
+    progress: bool = False,
+    teacher_dir: str | Path | None = None,
+) -> InferResult:
+    """Distil with INFER, save the set to ``out_dir``, and evaluate ``cfg.student.num_runs``
+    students (report also written to ``out_dir/eval_infer.json``).
+
+    ``teacher_dir`` overrides ``cfg.teacher_dir``. Example in the module docstring.
+    """
+    data = prepare(cfg.dataset, cfg.data_root, download=cfg.download, progress=progress)
+    teachers, names = load_teachers(cfg, teacher_dir, data.info)
+    infer_set = distill_infer(cfg, data.train, teachers, names, progress)
+    path = save_infer_set(infer_set, out_dir)
+    storage = infer_set.storage()
+    log.info(
+        "stored %d image-units (budget %d) + label table of %d bytes in %s",
+        storage.image_units,
+        storage.budget_units,
+        storage.label_bytes,
+        path,
+    )
+    report = None
+    if cfg.student.num_runs > 0:
+        dynamic = cfg.student.labels == "dynamic"
+        report = evaluate_student(
+            infer_set,
+            data.test,
+            cfg.student,
+            teachers=teachers if dynamic else None,
+            seed=cfg.seed,
+            device=cfg.device,
+            progress=progress,
+        )
+        write_json(report.to_dict(), Path(out_dir) / REPORT_FILE)
+        log.info(
+            "INFER student: %s (best-of-periodic %.2f %%)",
+            report,
+            100 * report.settings["best_mean"],
+        )
+    return InferResult(infer_set, path, report)

@@ -1,0 +1,206 @@
+"""Train and test a student on an INFER set the way INFER evaluates it.
+
+Official ``ufc_validation/val_static.py`` / ``val_dyn.py`` (INFER, Zhang et al., ICLR 2025):
+student = CIFAR ResNet-18; per batch RandomCrop(pad 4) + horizontal flip, then mixup with one
+lambda ~ Beta(0.8, 0.8) and a permutation; target = the stored ensemble logits interpolated
+with the same lambda (static) or the teachers' mean logits on the mixed batch (dynamic);
+loss KL(log_softmax(s/T), softmax(t/T)), batchmean, T = 30; AdamW lr 1e-3, weight decay
+0.01, cosine annealing over the epochs (stepped per epoch); batch 64; 400 epochs static,
+80 dynamic. The scripts test at epochs 0, 10, 20, ... and the last, and report the best
+accuracy; we report the last-epoch accuracy as the main number and the best-of-periodic one
+beside it (``settings["best_*"]``).
+
+The set can also be evaluated with the field's classic protocol (SGD, hard or soft-CE
+labels, DSA) through :func:`evaluate_classic`.
+
+Example:
+    >>> report = evaluate_student(infer_set, real.test, StudentConfig(epochs=400))  # doctest: +SKIP
+    >>> report.mean, report.settings["best_mean"]                                  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from datadistill.data import DatasetInfo, ImageSet
+from datadistill.errors import CompatibilityError, ConfigError
+from datadistill.evaluate import EvalReport, evaluate_distilled, run_seeds, test_accuracy
+from datadistill.infer.config import StudentConfig, pixels_at
+from datadistill.infer.labels import Mixup, ensemble_logits, kd_loss, sample_mixup
+from datadistill.infer.store import InferSet
+from datadistill.infer.training import seeded, shuffled_batches
+from datadistill.infer.transforms import black_level, crop_flip, uses_flip
+from datadistill.models import create_model
+from datadistill.models import teachers as _teachers  # noqa: F401  registers INFER's teachers
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class StudentRun:
+    """One trained student: last-epoch and best periodic test accuracy (fractions)."""
+
+    final_accuracy: float
+    best_accuracy: float
+    history: list[tuple[int, float]] = field(default_factory=list)  # (epoch, accuracy)
+
+
+def build_student(name: str, info: DatasetInfo, model_kwargs: dict | None = None) -> nn.Module:
+    """Any ``create_model`` name; INFER's teachers (e.g. ``resnet18_cifar``, its default
+    student) are registered there by ``datadistill.models.teachers``."""
+    kwargs = dict(model_kwargs or {})
+    return create_model(name, info.channels, info.num_classes, info.image_size, **kwargs)
+
+
+def _targets(
+    idx: torch.Tensor,
+    xb: torch.Tensor,
+    mix: Mixup,
+    static: torch.Tensor | None,
+    teachers: list[nn.Module] | None,
+) -> torch.Tensor:
+    """(B, classes) target logits of a mixed batch: interpolated stored logits (static) or the
+    teachers' mean logits on the mixed images (dynamic)."""
+    if static is not None:
+        return mix.apply(static[idx])  # lambda z_i + (1 - lambda) z_perm(i), before softmax
+    return ensemble_logits(teachers, xb, batch_size=len(xb))
+
+
+def train_student(
+    net: nn.Module,
+    images: torch.Tensor,
+    test: ImageSet,
+    cfg: StudentConfig,
+    *,
+    static_logits: torch.Tensor | None = None,
+    teachers: list[nn.Module] | None = None,
+    generator: torch.Generator | None = None,
+    device: str | torch.device = "cpu",
+    progress: bool = False,
+) -> StudentRun:
+    """Train ``net`` in place on ``images`` (N, C, H, W) with INFER's KD recipe and test it.
+
+    Give ``static_logits`` (N, classes) for static labels, or ``teachers`` for dynamic ones;
+    the epoch count is ``cfg.epochs`` or ``cfg.dynamic_epochs`` accordingly.
+    """
+    if (static_logits is None) == (teachers is None):
+        raise ConfigError("give exactly one of static_logits (static) or teachers (dynamic)")
+    epochs = cfg.epochs if static_logits is not None else cfg.dynamic_epochs
+    net.to(device)
+    x = images.to(device)  # (N, C, H, W), the set is small: keep it on the device
+    z = static_logits.to(device) if static_logits is not None else None  # (N, classes)
+    opt = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, epochs))
+    fill = black_level(test.info.mean, test.info.std)
+    flip = uses_flip(test.info.dsa_strategy, cfg.flip)
+    padding = pixels_at(test.info.image_size, cfg.crop_padding)
+    history: list[tuple[int, float]] = []
+    for epoch in tqdm(range(epochs), disable=not progress, desc="student", leave=False):
+        net.train()
+        for idx in shuffled_batches(len(x), cfg.batch_size, generator):
+            idx = idx.to(device)
+            xb = crop_flip(x[idx], padding, fill, flip, generator)  # (B, C, H, W)
+            mix = sample_mixup(len(idx), cfg.mixup_alpha, generator)
+            xb = mix.apply(xb)
+            loss = kd_loss(net(xb), _targets(idx, xb, mix, z, teachers), cfg.temperature)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+        sched.step()
+        if epoch % cfg.eval_every == 0 or epoch == epochs - 1:
+            acc = test_accuracy(net, test.images, test.labels, cfg.test_batch_size, device)
+            history.append((epoch, acc))
+            log.debug("student epoch %d: loss %.4f, test accuracy %.4f", epoch, loss.item(), acc)
+    if not history:  # epochs == 0: the untrained network
+        history.append(
+            (0, test_accuracy(net, test.images, test.labels, cfg.test_batch_size, device))
+        )
+    return StudentRun(history[-1][1], max(a for _, a in history), history)
+
+
+def evaluate_student(
+    infer_set: InferSet,
+    test: ImageSet,
+    cfg: StudentConfig,
+    *,
+    teachers: list[nn.Module] | None = None,
+    seed: int = 0,
+    device: str | torch.device = "cpu",
+    progress: bool = False,
+) -> EvalReport:
+    """``cfg.num_runs`` fresh students trained on the materialised set; an EvalReport whose
+    ``accuracies`` are last-epoch accuracies and whose ``settings`` hold the best-of-periodic
+    ones (``best_accuracies``, ``best_mean``, ``best_std``) that INFER's scripts report.
+
+    Dynamic labels (``cfg.labels == "dynamic"``) need the ``teachers``.
+    """
+    if test.space != "normalized" or test.info.name != infer_set.info.name:
+        raise CompatibilityError(
+            f"the test set is {test.info.name!r} in {test.space!r} space, the INFER set is "
+            f"{infer_set.info.name!r} in normalized space; prepare the same dataset with zca=False"
+        )
+    dynamic = cfg.labels == "dynamic"
+    if dynamic and not teachers:
+        raise ConfigError("student.labels='dynamic' needs the teachers; pass teachers=...")
+    inst = infer_set.materialise()
+    if not dynamic and inst.soft_labels is None:
+        raise ConfigError("static labels are missing from this INFER set; use labels='dynamic'")
+    test_dev = test.to(device)
+    runs = []
+    for r in range(cfg.num_runs):
+        init_seed, train_seed = run_seeds(seed, r)
+        net = seeded(lambda: build_student(cfg.model, infer_set.info, cfg.model_kwargs), init_seed)
+        run = train_student(
+            net,
+            inst.images,
+            test_dev,
+            cfg,
+            static_logits=None if dynamic else inst.soft_labels,
+            teachers=teachers if dynamic else None,
+            generator=torch.Generator().manual_seed(train_seed),
+            device=device,
+            progress=progress,
+        )
+        log.info(
+            "INFER student run %d/%d: final %.4f, best %.4f",
+            r + 1,
+            cfg.num_runs,
+            run.final_accuracy,
+            run.best_accuracy,
+        )
+        runs.append(run)
+    best = [run.best_accuracy for run in runs]
+    settings = {
+        **asdict(cfg),
+        "seed": seed,
+        "device": str(device),
+        "dataset": test.info.name,
+        "n_images": int(inst.images.shape[0]),
+        "accuracies_are": "last epoch",
+        "best_accuracies": best,
+        "best_mean": float(np.mean(best)),
+        "best_std": float(np.std(best)),
+        "history": [run.history for run in runs],
+        "best_is": f"max over test epochs 0, {cfg.eval_every}, ... and the last",
+    }
+    return EvalReport.from_accuracies(
+        f"infer_{cfg.labels}", cfg.model, [run.final_accuracy for run in runs], settings
+    )
+
+
+def evaluate_classic(infer_set: InferSet, test: ImageSet, **kwargs) -> EvalReport:
+    """The materialised set (soft logits) under the field's classic protocol.
+
+    ``kwargs`` go to :func:`datadistill.evaluate.evaluate_distilled` (``model``, ``epochs``,
+    ``num_runs``, ``hard_labels=True`` for argmax labels, ...).
+
+    Example:
+        >>> evaluate_classic(s, real.test, model="convnet", epochs=300)     # doctest: +SKIP
+    """
+    return evaluate_distilled(infer_set.to_distilled(), test, **kwargs)

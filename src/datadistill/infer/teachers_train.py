@@ -1,0 +1,328 @@
+"""INFER's teachers: train them on the full training set and keep them in a store.
+
+INFER (Zhang et al., ICLR 2025) uses M pretrained teachers twice: each one optimises its own
+compensators (Sec. 3.2), and their mean logits label every instance (Sec. 3.3). The README
+points to DWA's ``squeeze_cifar100.py`` for training them: SGD lr 0.1, momentum 0.9, weight
+decay 5e-4, cosine annealing over 200 epochs (stepped per epoch), batch 128, RandomCrop(pad 4)
++ horizontal flip; the last checkpoint is kept.
+
+Store layout, one folder per architecture::
+
+    <teacher_dir>/<arch>/model.pt        state_dict, read with weights_only=True
+    <teacher_dir>/<arch>/meta.json       arch, dataset, classes, recipe, test accuracy
+    <teacher_dir>/<arch>/checkpoint.pt   only while training: resumes an interrupted teacher
+
+``meta.json`` is written last, so a folder with one holds a finished teacher, and
+:func:`train_teachers` skips it on a re-run.
+
+Example:
+    >>> store = train_teachers(cfg, "runs/cifar100_teachers", progress=True)  # doctest: +SKIP
+    >>> teachers = [store.load(a, "cuda") for a in store.archs()]              # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm.auto import tqdm
+
+from datadistill import __version__
+from datadistill.data import DatasetInfo, ImageSet, prepare
+from datadistill.errors import ArtifactError, CompatibilityError
+from datadistill.evaluate import run_seeds, test_accuracy
+from datadistill.infer.config import InferConfig, TeacherConfig, pixels_at
+from datadistill.infer.io import load_tensors, read_json, save_tensors, write_json
+from datadistill.infer.training import seeded, shuffled_batches
+from datadistill.infer.transforms import black_level, crop_flip, uses_flip
+from datadistill.models.teachers import create_teacher
+
+log = logging.getLogger(__name__)
+
+FORMAT_VERSION = 1
+MODEL_FILE = "model.pt"
+META_FILE = "meta.json"
+CHECKPOINT_FILE = "checkpoint.pt"
+
+
+def teacher_recipe(arch: str, info: DatasetInfo, cfg: TeacherConfig, flip: bool) -> dict:
+    """Everything that determines a trained teacher; a resumed or reused teacher must match."""
+    return {
+        "arch": arch,
+        "width_mult": cfg.width_mult,
+        "dataset": info.name,
+        "num_classes": info.num_classes,
+        "in_channels": info.channels,
+        "image_size": list(info.image_size),
+        "epochs": cfg.epochs,
+        "batch_size": cfg.batch_size,
+        "lr": cfg.lr,
+        "momentum": cfg.momentum,
+        "weight_decay": cfg.weight_decay,
+        "crop_padding": pixels_at(info.image_size, cfg.crop_padding),
+        "flip": flip,
+        "seed": cfg.seed,
+    }
+
+
+def _train_epoch(
+    net: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    opt: torch.optim.Optimizer,
+    batch_size: int,
+    padding: int,
+    fill: torch.Tensor,
+    flip: bool,
+    generator: torch.Generator,
+) -> float:
+    """One epoch of cross-entropy SGD on crop/flip-augmented batches; returns the mean loss."""
+    net.train()
+    total, steps = 0.0, 0
+    for idx in shuffled_batches(len(x), batch_size, generator):
+        idx = idx.to(x.device)
+        xb = crop_flip(x[idx], padding, fill, flip, generator)  # (B, C, H, W)
+        loss = F.cross_entropy(net(xb), y[idx])
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        total, steps = total + loss.item(), steps + 1
+    return total / max(1, steps)
+
+
+def train_teacher(
+    net: nn.Module,
+    train: ImageSet,
+    *,
+    cfg: TeacherConfig,
+    flip: bool,
+    seed: int,
+    device: str | torch.device = "cpu",
+    checkpoint: str | Path | None = None,
+    recipe: dict | None = None,
+    progress: bool = False,
+) -> nn.Module:
+    """Train ``net`` in place on ``train`` (normalised) with the teacher recipe of ``cfg``.
+
+    With ``checkpoint``, the model, optimiser, scheduler and data-order generator are saved
+    after every epoch and an existing checkpoint is resumed (its ``recipe`` must equal
+    ``recipe``), so an interrupted run continues where it stopped.
+
+    Example:
+        >>> train_teacher(net, real.train, cfg=TeacherConfig(epochs=2), flip=True,
+        ...               seed=0)                                          # doctest: +SKIP
+    """
+    net.to(device)
+    opt = torch.optim.SGD(
+        net.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay
+    )
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, cfg.epochs))
+    gen = torch.Generator().manual_seed(seed)
+    start = _resume(Path(checkpoint), net, opt, sched, gen, recipe) if checkpoint else 0
+    x, y = train.images.to(device), train.labels.to(device)  # moved once
+    fill = black_level(train.info.mean, train.info.std)
+    padding = pixels_at(train.info.image_size, cfg.crop_padding)
+    bar = tqdm(
+        range(start, cfg.epochs),
+        initial=start,
+        total=cfg.epochs,
+        disable=not progress,
+        desc="teacher",
+        leave=False,
+    )
+    for epoch in bar:
+        loss = _train_epoch(net, x, y, opt, cfg.batch_size, padding, fill, flip, gen)
+        sched.step()
+        bar.set_postfix(loss=f"{loss:.3f}")
+        log.debug("teacher epoch %d/%d: train loss %.4f", epoch + 1, cfg.epochs, loss)
+        if checkpoint:
+            state = {
+                "model": net.state_dict(),
+                "optimizer": opt.state_dict(),
+                "scheduler": sched.state_dict(),
+                "generator": gen.get_state(),
+                "epoch": epoch + 1,
+                "recipe": recipe or {},
+            }
+            save_tensors(state, checkpoint)
+    return net.eval()
+
+
+def _resume(
+    path: Path,
+    net: nn.Module,
+    opt: torch.optim.Optimizer,
+    sched: torch.optim.lr_scheduler.LRScheduler,
+    gen: torch.Generator,
+    recipe: dict | None,
+) -> int:
+    """Load a per-epoch checkpoint if there is one; return the epoch to start from."""
+    if not path.is_file():
+        return 0
+    state = load_tensors(path)
+    if recipe is not None and state.get("recipe") != recipe:
+        raise CompatibilityError(
+            f"{path} was written with another teacher recipe ({state.get('recipe')}); delete "
+            "it to retrain from scratch, or restore the settings it was made with"
+        )
+    net.load_state_dict(state["model"])
+    opt.load_state_dict(state["optimizer"])
+    sched.load_state_dict(state["scheduler"])
+    gen.set_state(state["generator"])
+    log.info("resuming %s at epoch %d", path.parent.name, int(state["epoch"]))
+    return int(state["epoch"])
+
+
+class TeacherStore:
+    """A folder of trained teachers, one subfolder per architecture.
+
+    Example:
+        >>> store = TeacherStore("runs/cifar100_teachers")                   # doctest: +SKIP
+        >>> store.check_compatible(real.info); net = store.load("resnet18_cifar")  # doctest: +SKIP
+    """
+
+    def __init__(self, directory: str | Path) -> None:
+        self.directory = Path(directory)
+
+    def archs(self) -> list[str]:
+        """Names of the finished teachers in the store (sorted)."""
+        if not self.directory.is_dir():
+            return []
+        return sorted(p.parent.name for p in self.directory.glob(f"*/{META_FILE}"))
+
+    def has(self, arch: str) -> bool:
+        return (self.directory / arch / META_FILE).is_file()
+
+    def meta(self, arch: str) -> dict:
+        if not self.has(arch):
+            raise ArtifactError(
+                f"no finished teacher '{arch}' in {self.directory} (found: {self.archs()}); "
+                "train it with `datadistill teachers` or point teacher_dir at the right store"
+            )
+        meta = read_json(self.directory / arch / META_FILE)
+        if meta.get("format_version") != FORMAT_VERSION:
+            raise ArtifactError(
+                f"{self.directory / arch} has teacher format {meta.get('format_version')}, "
+                f"this version reads {FORMAT_VERSION}; retrain the teacher"
+            )
+        return meta
+
+    def save(self, net: nn.Module, meta: dict) -> None:
+        """Write ``model.pt`` then ``meta.json`` (the completion marker); drop the checkpoint."""
+        folder = self.directory / meta["arch"]
+        state = {k: v.detach().cpu() for k, v in net.state_dict().items()}
+        save_tensors(state, folder / MODEL_FILE)
+        write_json(
+            {"format_version": FORMAT_VERSION, "kind": "infer_teacher", **meta}, folder / META_FILE
+        )
+        (folder / CHECKPOINT_FILE).unlink(missing_ok=True)
+
+    def load(self, arch: str, device: str | torch.device = "cpu") -> nn.Module:
+        """The teacher in eval mode with frozen parameters, on ``device``."""
+        meta = self.meta(arch)
+        net = create_teacher(
+            arch,
+            meta["in_channels"],
+            meta["num_classes"],
+            tuple(meta["image_size"]),
+            width_mult=meta["width_mult"],
+        )
+        net.load_state_dict(load_tensors(self.directory / arch / MODEL_FILE))
+        return net.requires_grad_(False).eval().to(device)
+
+    def check_compatible(self, info: DatasetInfo, archs: list[str] | None = None) -> None:
+        """Raise CompatibilityError unless every teacher was trained on ``info``'s dataset,
+        classes (same order) and normalisation."""
+        for arch in archs if archs is not None else self.archs():
+            meta = self.meta(arch)
+            mine = (
+                meta["dataset"],
+                meta["num_classes"],
+                meta["in_channels"],
+                tuple(meta["image_size"]),
+                tuple(meta["class_names"]),
+                tuple(meta["mean"]),
+                tuple(meta["std"]),
+            )
+            theirs = (
+                info.name,
+                info.num_classes,
+                info.channels,
+                tuple(info.image_size),
+                tuple(info.class_names),
+                tuple(info.mean),
+                tuple(info.std),
+            )
+            if mine != theirs:
+                raise CompatibilityError(
+                    f"teacher '{arch}' in {self.directory} was trained on {meta['dataset']} "
+                    f"({meta['num_classes']} classes, {meta['in_channels']}x"
+                    f"{meta['image_size']}) with other classes or normalisation than "
+                    f"'{info.name}'; train teachers for this dataset (`datadistill teachers`)"
+                )
+
+
+def train_teachers(cfg: InferConfig, out_dir: str | Path, progress: bool = False) -> TeacherStore:
+    """Train every teacher of ``cfg.teachers.archs`` into the store at ``out_dir``.
+
+    Finished teachers are skipped (after checking they were made with the same recipe); an
+    interrupted teacher resumes from its last epoch. Teacher i uses seeds derived from
+    ``(cfg.teachers.seed, i)``.
+
+    Example:
+        >>> cfg = InferConfig(dataset="digits", teachers=TeacherConfig(epochs=2, width_mult=0.25))
+        >>> store = train_teachers(cfg, "runs/digits_teachers")           # doctest: +SKIP
+    """
+    data = prepare(cfg.dataset, cfg.data_root, download=cfg.download, progress=progress)
+    info, tc, store = data.info, cfg.teachers, TeacherStore(out_dir)
+    flip = uses_flip(info.dsa_strategy, tc.flip)
+    for i, arch in enumerate(tc.archs):
+        recipe = teacher_recipe(arch, info, tc, flip)
+        if store.has(arch):
+            _check_recipe(store, arch, recipe)
+            log.info("teacher %s already trained in %s; skipping", arch, store.directory)
+            continue
+        init_seed, train_seed = run_seeds(tc.seed, i)
+        net = seeded(
+            lambda a=arch: create_teacher(
+                a, info.channels, info.num_classes, info.image_size, tc.width_mult
+            ),
+            init_seed,
+        )
+        train_teacher(
+            net,
+            data.train,
+            cfg=tc,
+            flip=flip,
+            seed=train_seed,
+            device=cfg.device,
+            checkpoint=store.directory / arch / CHECKPOINT_FILE,
+            recipe=recipe,
+            progress=progress,
+        )
+        acc = test_accuracy(net, data.test.images, data.test.labels, tc.test_batch_size, cfg.device)
+        log.info("teacher %s: test accuracy %.4f", arch, acc)
+        meta = {
+            **recipe,
+            "class_names": list(info.class_names),
+            "mean": list(info.mean),
+            "std": list(info.std),
+            "test_accuracy": acc,
+            "version": __version__,
+        }
+        store.save(net, meta)
+    return store
+
+
+def _check_recipe(store: TeacherStore, arch: str, recipe: dict) -> None:
+    meta = store.meta(arch)
+    stored = {k: meta.get(k) for k in recipe}
+    if stored != recipe:
+        diff = {k: (stored[k], recipe[k]) for k in recipe if stored[k] != recipe[k]}
+        raise CompatibilityError(
+            f"teacher '{arch}' in {store.directory} was trained with other settings "
+            f"(stored vs requested: {diff}); use another output folder or delete {arch}/"
+        )

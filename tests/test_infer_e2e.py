@@ -1,0 +1,121 @@
+"""INFER end to end on sklearn's 8x8 digits with tiny teachers (a few seconds on a CPU)."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import pytest
+import torch
+
+from datadistill.data import prepare
+from datadistill.errors import ArtifactError, ConfigError
+from datadistill.infer import (
+    InferConfig,
+    StudentConfig,
+    TeacherConfig,
+    TeacherStore,
+    evaluate_classic,
+    evaluate_student,
+    load_infer_set,
+    run_infer,
+    train_teachers,
+)
+from datadistill.infer.teachers_train import META_FILE
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Tiny tensors on a shared 2-core box: extra threads cost far more than they save."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def digits_run(tmp_path_factory):
+    root = tmp_path_factory.mktemp("infer")
+    cfg = InferConfig(
+        dataset="digits",
+        ipc=10,
+        teacher_dir=str(root / "teachers"),
+        # Two of the four architectures keep this fast; all four are tested in test_teachers.
+        teachers=TeacherConfig(
+            archs=["resnet18_cifar", "shufflenet_g2"], width_mult=0.125, epochs=2, batch_size=128
+        ),
+        iterations=3,
+        student=StudentConfig(
+            model_kwargs={"width_mult": 0.125}, epochs=2, eval_every=1, num_runs=1
+        ),
+    )
+    start = time.perf_counter()
+    store = train_teachers(cfg, cfg.teacher_dir)
+    result = run_infer(cfg, root / "set")
+    return cfg, store, result, root, time.perf_counter() - start
+
+
+def test_teachers_are_stored_and_skipped_on_rerun(digits_run):
+    cfg, store, _, root, _ = digits_run
+    assert store.archs() == sorted(cfg.teachers.archs)
+    meta = store.meta("shufflenet_g2")
+    assert meta["dataset"] == "digits" and meta["epochs"] == 2 and meta["flip"] is False
+    assert 0.0 <= meta["test_accuracy"] <= 1.0 and meta["format_version"] == 1
+    stamp = (root / "teachers" / "shufflenet_g2" / META_FILE).stat().st_mtime_ns
+    train_teachers(cfg, cfg.teacher_dir)  # nothing left to train
+    assert (root / "teachers" / "shufflenet_g2" / META_FILE).stat().st_mtime_ns == stamp
+    assert not list((root / "teachers").glob("*/checkpoint.pt"))
+
+
+def test_infer_set_counts_files_and_report(digits_run):
+    cfg, _, result, root, elapsed = digits_run
+    s = result.infer_set
+    # M = 2 teachers, C = 10: K = int(10 / 1.2) = 8 groups, 8 * 3 = 24 instances per class.
+    assert (s.num_groups, s.num_teachers, s.instances_per_class) == (8, 2, 24)
+    assert s.labels.shape == (240, 10) and s.base.shape == (8, 10, 1, 8, 8)
+    storage = s.storage()
+    assert storage.image_units == 8 * 10 + 8 * 2 <= storage.budget_units == 100
+    loaded = load_infer_set(root / "set")
+    assert torch.equal(loaded.materialise().images, s.materialise().images)
+    assert torch.equal(loaded.labels, s.labels)
+    report = json.loads((root / "set" / "eval_infer.json").read_text())
+    assert report["protocol"] == "infer_static" and len(report["accuracies"]) == 1
+    assert report["settings"]["best_mean"] >= report["mean"]
+    assert elapsed < 60
+
+
+def test_static_labels_are_the_teacher_mean_and_dynamic_training_runs(digits_run):
+    cfg, store, result, _, _ = digits_run
+    teachers = [store.load(a) for a in cfg.teachers.archs]
+    x = result.infer_set.materialise().images[:5]
+    mean = torch.stack([t(x) for t in teachers]).mean(0)
+    assert torch.allclose(result.infer_set.labels[:5], mean, atol=1e-5)
+    test = prepare("digits").test
+    dyn = StudentConfig(
+        labels="dynamic",
+        dynamic_epochs=1,
+        model="shufflenet_g2",
+        model_kwargs={"width_mult": 0.125},
+    )
+    report = evaluate_student(result.infer_set, test, dyn, teachers=teachers)
+    assert report.protocol == "infer_dynamic" and 0 <= report.mean <= 1
+    with pytest.raises(ConfigError, match="teachers"):
+        evaluate_student(result.infer_set, test, dyn)
+
+
+def test_classic_protocol_on_the_materialised_set(digits_run):
+    _, _, result, _, _ = digits_run
+    test = prepare("digits").test
+    report = evaluate_classic(
+        result.infer_set, test, model="convnet", epochs=1, num_runs=1, model_kwargs={"width": 8}
+    )
+    assert report.protocol == "classic" and report.settings["n_images"] == 240
+
+
+def test_missing_teacher_store_is_explained(tmp_path):
+    with pytest.raises(ConfigError, match="teacher_dir"):
+        run_infer(InferConfig(dataset="digits"), tmp_path / "out")
+    cfg = InferConfig(dataset="digits", teacher_dir=str(tmp_path / "none"))
+    with pytest.raises(ArtifactError, match="datadistill teachers"):
+        run_infer(cfg, tmp_path / "out")
+    assert TeacherStore(tmp_path / "none").archs() == []
