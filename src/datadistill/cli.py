@@ -58,11 +58,69 @@ def cmd_configs(args: argparse.Namespace) -> int:
     return 0
 
 
+def _is_infer(name: str) -> bool:
+    from datadistill.config import load_yaml, resolve_config_path
+
+    raw = load_yaml(resolve_config_path(name))
+    return Path(name).stem.startswith("infer") or "teachers" in raw or "student" in raw
+
+
+def load_infer_config(name: str, overrides: list[str]):
+    from datadistill.config import (
+        config_from_dict,
+        load_yaml,
+        merge,
+        parse_overrides,
+        resolve_config_path,
+    )
+    from datadistill.infer import InferConfig
+
+    raw = merge(load_yaml(resolve_config_path(name)), parse_overrides(overrides))
+    if raw.get("device", "auto") == "auto":
+        raw["device"] = default_device()
+    return config_from_dict(InferConfig, raw)
+
+
 def cmd_validate(args: argparse.Namespace) -> int:
+    if _is_infer(args.config):
+        cfg = load_infer_config(args.config, args.overrides)
+        print(f"{args.config}: valid (infer, {cfg.dataset}, IPC {cfg.ipc})")
+        return 0
     from datadistill.pipeline import load_pipeline_config
 
     cfg = load_pipeline_config(args.config, args.overrides)
     print(f"{args.config}: valid ({cfg.method}, {cfg.dataset}, IPC {cfg.ipc})")
+    return 0
+
+
+# ---------------------------------------------------------------- INFER
+def cmd_teachers(args: argparse.Namespace) -> int:
+    from datadistill.infer import train_teachers
+
+    cfg = load_infer_config(args.config, args.overrides)
+    out = Path(args.out or cfg.teacher_dir or f"runs/{cfg.dataset}_teachers")
+    store = train_teachers(cfg, out, progress=not args.quiet)
+    for arch in store.archs():
+        print(f"{arch}: test accuracy {100 * store.meta(arch)['test_accuracy']:.2f} %")
+    print(f"teachers written to {out}")
+    return 0
+
+
+def cmd_infer(args: argparse.Namespace) -> int:
+    from datadistill.infer import run_infer
+
+    cfg = load_infer_config(args.config, args.overrides)
+    out = Path(args.out or f"runs/{cfg.dataset}_infer_ipc{cfg.ipc}")
+    result = run_infer(cfg, out, progress=not args.quiet)
+    rep = result.report
+    print(f"INFER student ({rep.protocol}), last epoch: {_fmt(rep)}")
+    if "best_mean" in rep.settings:
+        print(f"  best of periodic evaluations (as INFER reports): "
+              f"{100 * rep.settings['best_mean']:.2f} %")
+    st = result.infer_set.storage()
+    print(f"  storage: {st.image_units} of {st.budget_units} image-units (IPC budget), "
+          f"{st.instances} training instances, label table {st.label_bytes} bytes")
+    print(f"set written to {result.path}")
     return 0
 
 
@@ -176,6 +234,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--zca", action="store_true")
     _common_run_args(p)
     p.set_defaults(func=cmd_baseline)
+
+    for name, func, text in (
+        ("teachers", cmd_teachers, "train INFER's BatchNorm teachers (resumable)"),
+        ("infer", cmd_infer, "INFER: compensators, static labels, student evaluation"),
+    ):
+        p = sub.add_parser(name, help=text)
+        p.add_argument("config", help="shipped config name or YAML file")
+        p.add_argument("overrides", nargs="*", help="key=value overrides, e.g. ipc=50")
+        p.add_argument("--out", default=None, help="output folder")
+        p.add_argument("--quiet", action="store_true", help="no progress bars")
+        p.set_defaults(func=func)
 
     return parser
 
