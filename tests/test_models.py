@@ -89,7 +89,8 @@ def test_bad_choice_names_valid_values(kwargs):
 
 
 @pytest.mark.parametrize(
-    "side, depth, feat", [(8, 3, 1), (28, 3, 3), (32, 3, 4), (64, 4, 4), (128, 5, 4)]
+    "side, depth, feat",
+    [(8, 1, 4), (16, 2, 4), (28, 3, 3), (32, 3, 4), (64, 4, 4), (128, 5, 4)],
 )
 def test_default_depth_follows_image_size(side, depth, feat):
     model = create_model("convnet", 3, 10, side, width=8)
@@ -107,11 +108,13 @@ def test_mnist_first_conv_pads_to_32():
     assert create_model("lenet", 1, 10, 28).conv1.padding == (2, 2)
 
 
-def test_digits_convnet_ends_at_1x1():
+def test_digits_convnet_keeps_a_4x4_map():
     model = create_model("convnet", 1, 10, 8)
     assert model.conv1.padding == (1, 1)
-    assert model.feature_shape == (128, 1, 1)
+    assert model.feature_shape == (128, 4, 4)
     assert model(torch.randn(2, 1, 8, 8)).shape == (2, 10)
+    deep = create_model("convnet", 1, 10, 8, depth=3)  # still buildable on request
+    assert deep.feature_shape == (128, 1, 1)
 
 
 def test_instancenorm_is_per_sample_per_channel_normalisation():

@@ -55,8 +55,16 @@ def norm_layer(norm: str, channels: int, hw: tuple[int, int]) -> nn.Module:
 
 
 def default_depth(image_size: tuple[int, int]) -> int:
-    """3 blocks up to 32 px, one more per doubling: 4 at 64 px, 5 at 128 px."""
+    """Blocks that leave a ~4x4 final map: 3 at 28-32 px, 4 at 64, 5 at 128; 2 at 16, 1 at 8.
+
+    The official sizes (DC/MTT: depth 3 at 32 px, ConvNetD4 at 64, D5 at 128) all end on a 4x4
+    map. Below 32 px the same rule keeps instance norm away from 1x1 or 2x2 maps, where it
+    normalises 1-4 values per channel and the unrolled student's gradients become erratic
+    (measured on the 8x8 digits: depth 3 sends the learned step size negative at once).
+    """
     side = max(image_size)
+    if side <= 16:
+        return max(1, int(math.log2(side)) - 2)
     return 3 if side <= 32 else 3 + math.ceil(math.log2(side / 32))
 
 
