@@ -1,0 +1,106 @@
+"""Resume state of a distillation run: everything needed to continue bit for bit.
+
+A checkpoint holds the synthetic images (and soft labels), the learnable step size, the three
+optimisers' states (momentum buffers), the states of every ``torch.Generator`` the run draws
+from, the expert order and position, the iteration to run next and the best evaluation so far.
+It is written atomically (temporary file + ``os.replace``) and read with
+``torch.load(weights_only=True)``: only tensors, numbers, strings, lists and dicts, never code.
+
+Example:
+    >>> save_checkpoint("runs/x/checkpoint.pt", state)                      # doctest: +SKIP
+    >>> state = load_checkpoint("runs/x/checkpoint.pt")                     # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from datadistill.errors import ArtifactError
+
+FORMAT_VERSION = 1
+
+
+@dataclass
+class DistillState:
+    """The mutable state of the distillation loop (CPU copies when saved)."""
+
+    iteration: int  # next training step to run; evaluation at `iteration` already done
+    images: torch.Tensor  # (N, C, H, W)
+    labels: torch.Tensor  # (N,) int64 hard or (N, K) soft logits
+    syn_lr: torch.Tensor  # () learnable step size
+    optimizers: dict[str, dict]  # name -> optimizer.state_dict()
+    generators: dict[str, torch.Tensor]  # name -> generator.get_state() (uint8)
+    expert_order: torch.Tensor  # (E,) int64 permutation of the experts in use
+    expert_pos: int  # index into expert_order of the next expert
+    best_accuracy: float | None = None  # best mean evaluation accuracy so far
+    best_iteration: int | None = None
+    evaluated: int | None = None  # last iteration whose evaluation is done
+    ema: dict | None = None  # ImageEMA.state_dict() (FTD) or None
+    config: dict = field(default_factory=dict)  # resolved DistillConfig as a plain dict
+
+
+def save_checkpoint(path: str | Path, state: DistillState) -> Path:
+    """Write ``state`` atomically; tensors are detached CPU copies."""
+    path = Path(path)
+    record = {"format_version": FORMAT_VERSION, **_to_cpu(asdict(state))}
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    try:
+        torch.save(record, tmp)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
+
+
+def load_checkpoint(path: str | Path) -> DistillState:
+    """Read a checkpoint written by :func:`save_checkpoint` (``weights_only=True``)."""
+    path = Path(path)
+    try:
+        record = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:
+        raise ArtifactError(f"{path} cannot be read as a checkpoint ({err}); delete it or run "
+                            "with resume=False to start over.") from None
+    version = record.pop("format_version", None)
+    if version != FORMAT_VERSION:
+        raise ArtifactError(f"{path}: checkpoint format_version {version!r}, expected "
+                            f"{FORMAT_VERSION}; start over with resume=False.")
+    return DistillState(**record)
+
+
+def _to_cpu(obj: Any) -> Any:
+    if isinstance(obj, torch.Tensor):
+        return obj.detach().cpu().clone()
+    if isinstance(obj, dict):
+        return {k: _to_cpu(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(_to_cpu(v) for v in obj)
+    return obj
+
+
+class MetricsLog:
+    """The run's JSON-lines log (``metrics.jsonl``), kept consistent with the checkpoint.
+
+    On resume from iteration k, rows of training steps >= k and of evaluations > k (written
+    by the interrupted run after its last checkpoint) are dropped, so every row appears once.
+    """
+
+    def __init__(self, path: Path, resume_from: int) -> None:
+        self.path = path
+        rows = []
+        if resume_from > 0 and path.is_file():
+            for line in path.read_text().splitlines():
+                row = json.loads(line)
+                if row["iteration"] < resume_from or (row.get("eval") and
+                                                     row["iteration"] == resume_from):
+                    rows.append(line)
+        path.write_text("".join(f"{r}\n" for r in rows))
+
+    def write(self, row: dict) -> None:
+        with self.path.open("a") as f:
+            f.write(json.dumps(row) + "\n")

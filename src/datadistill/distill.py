@@ -1,0 +1,542 @@
+"""The trajectory-matching distiller: one loop for MTT and, through its strategy fields, for
+FTD, DATM, M-DATM and PAD (Cazenavette et al., "Dataset Distillation by Matching Training
+Trajectories", CVPR 2022, Algorithm 1).
+
+Each iteration: take the next expert tau* (shuffled order, reshuffled when exhausted), draw a
+start epoch t from the window, unroll N student steps from tau*_t on the synthetic set
+(:func:`datadistill.matching.unroll_student`), compare with tau*_{t+M}
+(:func:`datadistill.matching.matching_loss`, Eq. 3) and update the images (SGD, momentum 0.5,
+``lr_img``) and the learnable step size alpha (SGD, momentum 0.5, ``lr_lr``). Evaluation
+(classic protocol, learned lr) runs every ``eval_every`` iterations including 0 and the last.
+
+Outputs in ``out_dir``: ``best/`` and ``last/`` distilled sets, ``grids/iter_XXXXX.png``,
+``metrics.jsonl``, ``checkpoint.pt`` (resume: a resumed CPU run ends bitwise equal to an
+uninterrupted one), ``config.json``.
+
+Strategy fields (defaults = MTT): ``window`` "expanding" (DATM), ``label_mode`` "soft" with
+``lr_y``/``momentum_y`` (DATM/PAD), ``pix_init`` "samples_predicted_correctly" (DATM),
+``threshold`` (DATM: skip the update when the loss exceeds it), ``ema_decay`` (FTD),
+``param_mask`` + ``param_mask_ratio`` (PAD).
+
+Deviations from the official code:
+
+- divergence guard: a NaN/inf loss, a non-finite image, or a step size that becomes NaN/inf or
+  <= 0 stops the run with a DivergenceError (the official code continues silently, MTT issues
+  #16/#24/#42); the last good checkpoint and the best set are kept, a NaN set is never saved;
+- the official loop runs ``Iteration + 1`` updates, the last one after the final evaluation
+  and never evaluated or saved; here ``iterations`` updates, then the final evaluation;
+- randomness comes from generators seeded by ``seed`` (the official code reseeds the global RNG
+  from the clock), so runs repeat exactly.
+
+Example:
+    >>> cfg = DistillConfig(dataset="digits", ipc=1, syn_steps=10, expert_epochs=2,
+    ...                     max_start_epoch=2, lr_img=100, iterations=50,
+    ...                     expert_dir="runs/digits/experts")               # doctest: +SKIP
+    >>> result = distill(cfg, "runs/digits/mtt")                            # doctest: +SKIP
+    >>> result.best_accuracy                                                # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from datadistill.checkpoint import DistillState, MetricsLog, load_checkpoint, save_checkpoint
+from datadistill.errors import CompatibilityError, ConfigError, DivergenceError
+from datadistill.matching import (
+    matching_loss,
+    sample_start_epoch,
+    student_forward,
+    unroll_student,
+    window_bounds,
+)
+
+logger = logging.getLogger(__name__)
+
+PIX_INITS = ("real", "noise", "samples_predicted_correctly")
+LABEL_MODES = ("hard", "soft")
+MASKS = ("none", "depth", "loss")
+# Keys that may change when a run is resumed (the rest must match the checkpoint).
+RESUMABLE_KEYS = ("iterations", "eval_every", "eval_runs", "eval_epochs", "eval_batch",
+                  "device", "data_root", "expert_dir", "checkpoint_every")
+
+
+@dataclass
+class DistillConfig:
+    """Trajectory-matching hyper-parameters; defaults are MTT's (``distill.py`` argparse)."""
+
+    method: str = "mtt"  # preset name, recorded with the outputs
+    dataset: str = "cifar10"  # registry name
+    data_root: str | None = None  # folder with the dataset files
+    zca: bool = False  # distil in ZCA space (must match the experts)
+    model: str = "convnet"  # student/evaluation network (must match the experts)
+    model_kwargs: dict = field(default_factory=dict)  # e.g. {depth: 4} for Tiny ImageNet
+    ipc: int = 1  # synthetic images per class
+    syn_steps: int = 20  # N: unrolled student steps per iteration
+    expert_epochs: int = 3  # M: target = start epoch + M
+    max_start_epoch: int = 25  # T+: start epoch ~ U[min_start_epoch, T+)
+    min_start_epoch: int = 0  # T-: lower end of the window (DATM)
+    lr_img: float = 1000.0  # SGD lr on the pixels (momentum 0.5)
+    lr_lr: float = 1e-5  # SGD lr on the learnable step size (momentum 0.5)
+    lr_teacher: float = 0.01  # initial learnable step size alpha_0
+    batch_syn: int | None = None  # synthetic mini-batch per student step; None = all images
+    pix_init: str = "real"  # real | noise | samples_predicted_correctly (DATM)
+    iterations: int = 5000  # outer updates
+    eval_every: int = 100  # evaluate at 0, eval_every, ... and at the last iteration
+    eval_runs: int = 5  # fresh networks per evaluation (0: no evaluation, best = last)
+    eval_epochs: int = 1000  # training epochs per evaluation network (classic protocol)
+    eval_batch: int = 256  # evaluation mini-batch
+    seed: int = 0  # all random draws of the run derive from it
+    device: str = "cpu"  # cpu | cuda
+    expert_dir: str | None = None  # expert store (distill(store=...) overrides it)
+    max_experts: int | None = None  # use only the first K experts (ablations)
+    dsa: bool = True  # DSA in the student steps and the evaluation
+    dsa_strategy: str | None = None  # None: the dataset's default strategy
+    label_mode: str = "hard"  # hard (MTT) | soft: learnable (N, K) logits (DATM/PAD)
+    lr_y: float = 2.0  # SGD lr on soft labels (DATM: 2-10); label_mode=soft only
+    momentum_y: float = 0.9  # SGD momentum on soft labels (DATM: 0.9)
+    window: str = "fixed"  # fixed (MTT) | expanding upper bound (DATM)
+    current_max_start_epoch: int | None = None  # T: initial upper bound of window=expanding
+    expansion_end: int | None = None  # iteration at which the upper bound reaches T+
+    threshold: float | None = None  # skip the update when the loss exceeds it (DATM: 1.0)
+    ema_decay: float | None = None  # EMA of the images, saved/evaluated beside them (FTD)
+    param_mask: str = "none"  # none | depth | loss: entries kept in the loss (PAD)
+    param_mask_ratio: float = 0.0  # fraction of the flat parameters dropped by param_mask
+    checkpoint_every: int = 50  # iterations between checkpoints (also after every evaluation)
+    fast_student: bool = True  # hand-written ConvNet double backward (same values, faster)
+
+    def __post_init__(self) -> None:
+        _check_choice("pix_init", self.pix_init, PIX_INITS)
+        _check_choice("label_mode", self.label_mode, LABEL_MODES)
+        _check_choice("param_mask", self.param_mask, MASKS)
+        _check_choice("window", self.window, ("fixed", "expanding"))
+        for name in ("ipc", "syn_steps", "expert_epochs", "max_start_epoch", "checkpoint_every"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"distill.{name} must be >= 1, got {getattr(self, name)}")
+        for name in ("iterations", "eval_every", "eval_runs", "min_start_epoch"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"distill.{name} must be >= 0, got {getattr(self, name)}")
+        if self.min_start_epoch >= self.max_start_epoch:
+            raise ConfigError(f"distill.min_start_epoch ({self.min_start_epoch}) must be below "
+                              f"max_start_epoch ({self.max_start_epoch}).")
+        if self.lr_teacher <= 0:
+            raise ConfigError(f"distill.lr_teacher (initial step size) must be > 0, got "
+                              f"{self.lr_teacher}")
+        if self.batch_syn is not None and self.batch_syn < 1:
+            raise ConfigError(f"distill.batch_syn must be >= 1 or null, got {self.batch_syn}")
+        if self.window == "expanding" and (self.current_max_start_epoch is None
+                                           or self.expansion_end is None):
+            raise ConfigError("distill.window=expanding needs current_max_start_epoch and "
+                              "expansion_end (DATM defaults: 20 and 3000).")
+
+
+def _check_choice(name: str, value: str, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise ConfigError(f"distill.{name}={value!r}; choose one of {', '.join(choices)}")
+
+
+@dataclass
+class DistillResult:
+    """Where the outputs are and how the run ended."""
+
+    out_dir: Path
+    best_dir: Path  # best/ (by mean evaluation accuracy; = last/ when eval_runs is 0)
+    last_dir: Path
+    metrics_path: Path
+    checkpoint_path: Path
+    best_accuracy: float | None  # mean over eval_runs, fraction in [0, 1]
+    best_iteration: int | None
+    final_syn_lr: float
+    iterations_done: int
+    seconds: float
+
+
+@dataclass
+class _Run:
+    """Everything fixed for the run: data, experts, student, augmentation, output paths."""
+
+    cfg: DistillConfig
+    data: object  # RealData
+    store: object  # ExpertStore
+    model: torch.nn.Module
+    forward: Callable
+    dsa: object | None
+    dsa_strategy: str | None
+    out: Path
+    num_experts: int
+
+
+def distill(cfg: DistillConfig, out_dir: str | Path, *, data=None, store=None,
+            progress: bool = True, resume: bool = True,
+            on_iteration: Callable[[int, dict], None] | None = None) -> DistillResult:
+    """Run trajectory matching (MTT Algorithm 1) and write the outputs to ``out_dir``.
+
+    Args:
+        cfg: the hyper-parameters.
+        out_dir: output directory (created).
+        data: :class:`datadistill.data.RealData`; default ``prepare(cfg.dataset, zca=cfg.zca)``.
+        store: :class:`datadistill.experts.ExpertStore`; default ``ExpertStore(cfg.expert_dir)``.
+        progress: show a tqdm bar (loss, step size, last accuracy).
+        resume: continue from ``out_dir/checkpoint.pt`` if present (else start over).
+        on_iteration: called as ``on_iteration(it, row)`` after every update (logging hooks;
+            an exception raised there stops the run like an interruption).
+
+    Returns:
+        A :class:`DistillResult`.
+    """
+    t0 = time.time()
+    run = _setup(cfg, out_dir, data, store)
+    state, opts, gens, ema = _initial_state(run, resume)  # checks a resumed config first
+    (run.out / "config.json").write_text(json.dumps(dataclasses.asdict(cfg), indent=2) + "\n")
+    log = MetricsLog(run.out / "metrics.jsonl", state.iteration if resume else 0)
+    eval_points = _eval_points(cfg)
+    bar = tqdm(total=cfg.iterations, initial=state.iteration, desc="distill",
+               disable=not progress)
+    last_acc = state.best_accuracy
+    for it in range(state.iteration, cfg.iterations + 1):
+        state.iteration = it
+        if it in eval_points and state.evaluated != it:
+            last_acc = _evaluate_and_save(run, state, ema, it, log)
+            _checkpoint(run, state, opts, gens, ema)
+        elif it % cfg.checkpoint_every == 0:
+            _checkpoint(run, state, opts, gens, ema)
+        if it == cfg.iterations:
+            break
+        row = _matching_step(run, state, opts, gens, ema, it)
+        log.write(row)
+        bar.update(1)
+        bar.set_postfix(loss=f"{row['loss']:.4f}", syn_lr=f"{row['syn_lr']:.3g}",
+                        acc="-" if last_acc is None else f"{last_acc:.4f}")
+        if on_iteration is not None:
+            on_iteration(it, row)
+    bar.close()
+    return DistillResult(run.out, run.out / "best", run.out / "last", log.path,
+                         run.out / "checkpoint.pt", state.best_accuracy, state.best_iteration,
+                         float(state.syn_lr.detach()), cfg.iterations, time.time() - t0)
+
+
+# ----------------------------------------------------------------------------- setup
+
+
+def _setup(cfg: DistillConfig, out_dir, data, store) -> _Run:
+    from datadistill.augment import DSA
+    from datadistill.experts import ExpertStore
+    from datadistill.experts.train import ExpertConfig, build_model
+
+    if data is None:
+        from datadistill.data import prepare
+
+        data = prepare(cfg.dataset, cfg.data_root, zca=cfg.zca)
+    if store is None:
+        if cfg.expert_dir is None:
+            raise ConfigError("distill needs experts: set distill.expert_dir or pass store=")
+        store = ExpertStore(cfg.expert_dir)
+    _check_data(cfg, data)
+    model = build_model(ExpertConfig(model=cfg.model, model_kwargs=cfg.model_kwargs), data.info)
+    store.check_compatible(model, data.info, zca=cfg.zca)
+    _check_store(cfg, store)
+    strategy = (cfg.dsa_strategy or data.info.dsa_strategy) if cfg.dsa else None
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    num = len(store) if cfg.max_experts is None else min(len(store), cfg.max_experts)
+    forward = student_forward(model.to(cfg.device), fast=cfg.fast_student)
+    return _Run(cfg, data, store, model, forward, DSA(strategy) if strategy else None,
+                strategy, out, num)
+
+
+def _check_data(cfg: DistillConfig, data) -> None:
+    if data.info.name != cfg.dataset:
+        raise ConfigError(f"distill.dataset is {cfg.dataset!r} but the data is "
+                          f"{data.info.name!r}; prepare the configured dataset.")
+    if (data.zca is not None) != cfg.zca:
+        raise ConfigError(f"distill.zca={cfg.zca} but the data was prepared with "
+                          f"zca={data.zca is not None}; call prepare(..., zca={cfg.zca}).")
+    counts = torch.bincount(data.train.labels.cpu(), minlength=data.info.num_classes)
+    smallest = int(counts.argmin())
+    if int(counts[smallest]) < cfg.ipc:
+        name = data.info.class_names[smallest]
+        raise ConfigError(f"ipc={cfg.ipc} but class {smallest} ({name!r}) has only "
+                          f"{int(counts[smallest])} training images; lower ipc to at most "
+                          f"{int(counts[smallest])}.")
+
+
+def _check_store(cfg: DistillConfig, store) -> None:
+    need = cfg.max_start_epoch + cfg.expert_epochs
+    if need > store.epochs:
+        raise CompatibilityError(
+            f"max_start_epoch ({cfg.max_start_epoch}) + expert_epochs ({cfg.expert_epochs}) = "
+            f"{need} epochs are needed but the experts in {store.directory} have "
+            f"{store.epochs}; train experts with epochs >= {need} or lower max_start_epoch.")
+    if len(store) == 0:
+        raise CompatibilityError(f"the expert store {store.directory} holds no experts yet; "
+                                 "run train_experts first.")
+
+
+def _eval_points(cfg: DistillConfig) -> set[int]:
+    points = {cfg.iterations}
+    if cfg.eval_every > 0:
+        points |= set(range(0, cfg.iterations + 1, cfg.eval_every))
+    return points
+
+
+def _seeds(seed: int, n: int) -> list[int]:
+    return [int(s) for s in np.random.SeedSequence([seed, 7]).generate_state(n)]
+
+
+_GENERATORS = ("init", "expert", "window", "student")
+
+
+def _initial_state(run: _Run, resume: bool):
+    """(state, optimisers, generators, ema): fresh, or restored from the checkpoint."""
+    cfg = run.cfg
+    path = run.out / "checkpoint.pt"
+    gens = {k: torch.Generator().manual_seed(s)
+            for k, s in zip(_GENERATORS, _seeds(cfg.seed, len(_GENERATORS)), strict=True)}
+    if resume and path.is_file():
+        state = load_checkpoint(path)
+        _check_resume(cfg, state.config, path)
+        logger.info("resuming %s at iteration %d", run.out, state.iteration)
+    else:
+        state = _fresh_state(run, gens)
+    state.images = state.images.to(cfg.device).requires_grad_(True)
+    state.syn_lr = state.syn_lr.to(cfg.device).requires_grad_(True)
+    if state.labels.dim() == 2:
+        state.labels = state.labels.to(cfg.device).requires_grad_(True)
+    else:
+        state.labels = state.labels.to(cfg.device)
+    opts = _optimizers(cfg, state)
+    for name, opt in opts.items():
+        if name in state.optimizers:
+            opt.load_state_dict(state.optimizers[name])
+    for name, g in gens.items():
+        if name in state.generators:
+            g.set_state(state.generators[name])
+    ema = _ema(cfg, state)
+    return state, opts, gens, ema
+
+
+def _check_resume(cfg: DistillConfig, saved: dict, path: Path) -> None:
+    now = dataclasses.asdict(cfg)
+    diff = sorted(k for k in now if k not in RESUMABLE_KEYS and saved.get(k) != now[k])
+    if diff:
+        detail = ", ".join(f"{k}: {saved.get(k)!r} -> {now[k]!r}" for k in diff)
+        raise CompatibilityError(f"{path} was written with another config ({detail}); resume "
+                                 "with the same settings, or pass resume=False to start over.")
+
+
+def _fresh_state(run: _Run, gens: dict[str, torch.Generator]) -> DistillState:
+    cfg, info = run.cfg, run.data.info
+    hard = torch.arange(info.num_classes).repeat_interleave(cfg.ipc)  # (N,) class-major
+    images = _init_images(run, gens["init"])  # (N, C, H, W)
+    labels = hard if cfg.label_mode == "hard" else _soft_labels(run, images, hard)
+    order = torch.randperm(run.num_experts, generator=gens["expert"])
+    return DistillState(iteration=0, images=images, labels=labels,
+                        syn_lr=torch.tensor(float(cfg.lr_teacher)), optimizers={},
+                        generators={}, expert_order=order, expert_pos=0,
+                        config=dataclasses.asdict(cfg))
+
+
+def _init_images(run: _Run, gen: torch.Generator) -> torch.Tensor:
+    cfg, train, info = run.cfg, run.data.train, run.data.info
+    if cfg.pix_init == "noise":
+        return torch.randn(info.num_classes * cfg.ipc, info.channels, *info.image_size,
+                           generator=gen)
+    if cfg.pix_init == "samples_predicted_correctly":
+        from datadistill.matching.init import select_correct_samples
+
+        sel = select_correct_samples(train.images, train.labels, _FinalParams(run), run.model,
+                                     cfg.ipc, num_classes=info.num_classes, generator=gen,
+                                     device=cfg.device)
+        return sel.images.detach().cpu().clone()
+    labels = train.labels.cpu()
+    parts = []
+    for c in range(info.num_classes):  # MTT get_images: a random permutation of class c
+        idx = torch.nonzero(labels == c).flatten()
+        pick = idx[torch.randperm(len(idx), generator=gen)[:cfg.ipc]]
+        parts.append(train.images[pick.to(train.images.device)].detach().cpu())
+    return torch.cat(parts).clone()
+
+
+class _FinalParams:
+    """Lazy sequence of each expert's final-epoch flat parameters (DATM's label model)."""
+
+    def __init__(self, run: _Run) -> None:
+        self.store, self.n = run.store, run.num_experts
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, i: int) -> torch.Tensor:
+        if not 0 <= i < self.n:
+            raise IndexError(i)
+        return self.store.load(i)[-1]
+
+
+def _soft_labels(run: _Run, images: torch.Tensor, hard: torch.Tensor) -> torch.Tensor:
+    from datadistill.matching.soft_labels import init_soft_labels
+
+    only_correct = run.cfg.pix_init == "samples_predicted_correctly"
+    return init_soft_labels(images, hard, _FinalParams(run), run.model,
+                            only_correct=only_correct, device=run.cfg.device).detach()
+
+
+def _optimizers(cfg: DistillConfig, state: DistillState) -> dict[str, torch.optim.Optimizer]:
+    opts = {"images": torch.optim.SGD([state.images], lr=cfg.lr_img, momentum=0.5),
+            "syn_lr": torch.optim.SGD([state.syn_lr], lr=cfg.lr_lr, momentum=0.5)}
+    if cfg.label_mode == "soft":
+        opts["labels"] = torch.optim.SGD([state.labels], lr=cfg.lr_y, momentum=cfg.momentum_y)
+    return opts
+
+
+def _ema(cfg: DistillConfig, state: DistillState):
+    if cfg.ema_decay is None:
+        return None
+    from datadistill.matching.ema import ImageEMA
+
+    ema = ImageEMA(state.images, cfg.ema_decay)
+    if state.ema is not None:
+        ema.load_state_dict(state.ema)
+    return ema
+
+
+# ----------------------------------------------------------------------------- one iteration
+
+
+def _next_expert(run: _Run, state: DistillState, gen: torch.Generator) -> int:
+    if state.expert_pos >= len(state.expert_order):  # exhausted: reshuffle (MTT)
+        state.expert_order = torch.randperm(run.num_experts, generator=gen)
+        state.expert_pos = 0
+    i = int(state.expert_order[state.expert_pos])
+    state.expert_pos += 1
+    return i
+
+
+def _matching_step(run: _Run, state: DistillState, opts, gens, ema, it: int) -> dict:
+    """One outer update (MTT Algorithm 1, lines 4-12); returns the metrics row."""
+    cfg, t0 = run.cfg, time.time()
+    expert = _next_expert(run, state, gens["expert"])
+    low, high = window_bounds(cfg.window, it, min_start=cfg.min_start_epoch,
+                              max_start=cfg.max_start_epoch,
+                              current_max_start=cfg.current_max_start_epoch,
+                              expansion_end=cfg.expansion_end)
+    start = sample_start_epoch(low, high, gens["window"])
+    theta0, target = (t.to(cfg.device) for t in
+                      run.store.epoch_pair(expert, start, cfg.expert_epochs))  # (P,) each
+    theta_n = unroll_student(run.forward, theta0, state.images, state.labels, state.syn_lr,
+                             syn_steps=cfg.syn_steps, batch_syn=cfg.batch_syn, dsa=run.dsa,
+                             generator=gens["student"])
+    loss = matching_loss(theta_n, theta0, target, _mask(cfg, theta_n, target))
+    value = float(loss.detach())
+    _guard(math.isfinite(value), f"the matching loss became {value} at iteration {it}")
+    learnable = [state.images, state.syn_lr] + ([state.labels] if len(opts) == 3 else [])
+    skipped = cfg.threshold is not None and value > cfg.threshold  # DATM: no update
+    if not skipped:
+        grads = torch.autograd.grad(loss, learnable)  # theta_0 is a constant: not asked
+        for p, g in zip(learnable, grads, strict=True):
+            p.grad = g
+        for opt in opts.values():
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+        _check_state(state, it)
+        if ema is not None:
+            ema.update(state.images)
+    return {"iteration": it, "loss": value, "syn_lr": float(state.syn_lr.detach()),
+            "start_epoch": start, "expert": expert, "skipped": skipped,
+            "time": round(time.time() - t0, 4)}
+
+
+def _mask(cfg: DistillConfig, theta_n: torch.Tensor, target: torch.Tensor):
+    """PAD's parameter selection (None = every entry of the flat vector)."""
+    if cfg.param_mask == "none":
+        return None
+    from datadistill.matching.masks import param_mask
+
+    sq_err = (theta_n.detach() - target).square() if cfg.param_mask == "loss" else None
+    return param_mask(cfg.param_mask, cfg.param_mask_ratio, numel=theta_n.numel(),
+                      sq_err=sq_err, device=theta_n.device)
+
+
+def _guard(ok: bool, what: str) -> None:
+    if not ok:
+        raise DivergenceError(f"{what}; the run stopped (checkpoint.pt and best/ hold the last "
+                              "good state). Lower lr_lr and/or lr_img and start over "
+                              "(resume=False).")
+
+
+def _check_state(state: DistillState, it: int) -> None:
+    lr = float(state.syn_lr.detach())
+    _guard(math.isfinite(lr), f"the learned step size became {lr} at iteration {it}")
+    _guard(lr > 0, f"the learned step size became {lr:.3g} <= 0 at iteration {it}")
+    _guard(bool(torch.isfinite(state.images).all()), f"the images became non-finite at "
+           f"iteration {it}")
+
+
+# ----------------------------------------------------------------------------- outputs
+
+
+def _distilled(run: _Run, images: torch.Tensor, state: DistillState, extra: dict):
+    from datadistill.artifact import DistilledSet
+
+    return DistilledSet(images=images.detach().cpu(), labels=state.labels.detach().cpu(),
+                        lr=float(state.syn_lr.detach()), info=run.data.info,
+                        space=run.data.train.space,
+                        ipc=run.cfg.ipc, method=run.cfg.method, zca=run.data.zca,
+                        config=dataclasses.asdict(run.cfg), extra=extra)
+
+
+def _evaluate(run: _Run, images: torch.Tensor, state: DistillState, it: int) -> dict:
+    cfg = run.cfg
+    if cfg.eval_runs == 0:
+        return {"iteration": it, "eval": True, "mean": None, "std": None, "accuracies": []}
+    from datadistill.evaluate import evaluate
+
+    report = evaluate(images.detach(), state.labels.detach(), run.data.test, protocol="classic",
+                      model=cfg.model, lr=float(state.syn_lr.detach()), num_runs=cfg.eval_runs,
+                      epochs=cfg.eval_epochs, batch_size=cfg.eval_batch,
+                      seed=_seeds(cfg.seed + it, 1)[0], device=cfg.device,
+                      dsa_strategy=run.dsa_strategy or "none", model_kwargs=cfg.model_kwargs)
+    return {"iteration": it, "eval": True, "mean": report.mean, "std": report.std,
+            "accuracies": list(report.accuracies)}
+
+
+def _evaluate_and_save(run: _Run, state: DistillState, ema, it: int, log) -> float | None:
+    """Evaluate (images and, with FTD's EMA, the EMA images); save last/, best/ and a grid."""
+    from datadistill.artifact import save_distilled, save_grid
+
+    row = _evaluate(run, state.images, state, it)
+    log.write(row)
+    ds = _distilled(run, state.images, state, {"iteration": it, "accuracy": row["mean"],
+                                               "std": row["std"]})
+    save_distilled(ds, run.out / "last")
+    save_grid(ds, run.out / "grids" / f"iter_{it:05d}.png")
+    better = row["mean"] is None or state.best_accuracy is None or \
+        row["mean"] > state.best_accuracy
+    if better:
+        save_distilled(ds, run.out / "best")
+        state.best_accuracy, state.best_iteration = row["mean"], it
+    if ema is not None:
+        ema_row = {**_evaluate(run, ema.images, state, it), "ema": True}
+        log.write(ema_row)
+        save_distilled(_distilled(run, ema.images, state, {"iteration": it, "ema": True,
+                                                           "accuracy": ema_row["mean"]}),
+                       run.out / "ema_last")
+    state.evaluated = it
+    logger.info("iteration %d: accuracy %s", it, row["mean"])
+    return row["mean"]
+
+
+def _checkpoint(run: _Run, state: DistillState, opts, gens, ema) -> None:
+    state.optimizers = {k: o.state_dict() for k, o in opts.items()}
+    state.generators = {k: g.get_state() for k, g in gens.items()}
+    state.ema = ema.state_dict() if ema is not None else None
+    save_checkpoint(run.out / "checkpoint.pt", state)

@@ -1,0 +1,253 @@
+"""Expert trajectories: networks trained on the real data, every epoch's parameters kept.
+
+MTT (Cazenavette et al., CVPR 2022, Sec. 3.1; official ``buffer.py``): K = 100 ConvNets from
+random inits, each trained 50 epochs with plain SGD (lr 0.01, no momentum, no weight decay,
+constant lr), batch 256, DSA on every real batch, CE loss; the parameters are recorded at
+init (epoch 0) and after every epoch, and the test accuracy is logged per epoch.
+
+Reproducibility: expert i draws its init and its data order/DSA from seeds derived from
+(seed, i) only, so experts are independent of each other and of the global RNG, and a run
+resumed after an interruption writes the same bytes as an uninterrupted one.
+
+Strategy slots for the presets: ``optimizer="gsam"`` (FTD's flat experts, with
+``gsam_rho``/``gsam_alpha``) and the ``epoch_subset`` hook of :func:`train_experts` (PAD's
+per-epoch curriculum: which real samples epoch e sees).
+
+Example:
+    >>> data = prepare("digits")                                             # doctest: +SKIP
+    >>> cfg = ExpertConfig(dataset="digits", num_experts=2, epochs=3)        # doctest: +SKIP
+    >>> store = train_experts(cfg, data, "runs/digits/experts")              # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm.auto import tqdm
+
+from datadistill.errors import CompatibilityError, ConfigError
+from datadistill.experts.store import (
+    DTYPES,
+    FORMAT_VERSION,
+    META_FILE,
+    ExpertStore,
+    expert_path,
+    save_expert,
+    write_meta,
+)
+
+logger = logging.getLogger(__name__)
+
+OPTIMIZERS = ("sgd", "gsam")
+EpochSubset = Callable[[int], torch.Tensor]  # 0-based epoch -> int64 indices into data.train
+
+
+@dataclass
+class ExpertConfig:
+    """How the expert trajectories are trained (defaults: MTT's official ``buffer.py``)."""
+
+    dataset: str = "cifar10"  # registry name (datadistill.data.list_datasets())
+    data_root: str | None = None  # folder with the dataset files (None: default/not needed)
+    zca: bool = False  # train in ZCA-whitened space (MTT: per setting; must match distillation)
+    model: str = "convnet"  # registry name (datadistill.models.list_models())
+    model_kwargs: dict = field(default_factory=dict)  # e.g. {depth: 4} for Tiny ImageNet
+    num_experts: int = 100  # trajectories to train (MTT: 100)
+    epochs: int = 50  # epochs per expert; distillation needs >= max_start_epoch + expert_epochs
+    lr: float = 0.01  # constant SGD learning rate (MTT `lr_teacher` of buffer.py)
+    momentum: float = 0.0  # MTT: 0 ("much easier for the synthetic data to imitate")
+    weight_decay: float = 0.0  # MTT: 0
+    batch_size: int = 256  # real images per SGD step (MTT `batch_train`)
+    optimizer: str = "sgd"  # "sgd" (MTT) | "gsam" (FTD's flat experts, wrapping the SGD)
+    gsam_rho: float = 0.01  # GSAM perturbation radius (FTD: 0.01); only for optimizer=gsam
+    gsam_alpha: float = 0.3  # GSAM surrogate-gap weight (FTD Table 7: 0.3 or 1); gsam only
+    dsa: bool = True  # DSA on every real batch (MTT: on)
+    dsa_strategy: str | None = None  # None: the dataset's default strategy
+    seed: int = 0  # expert i uses seeds derived from (seed, i)
+    dtype: str = "float32"  # storage dtype of the parameters: float32 | float16 (half the disk)
+    device: str = "cpu"  # where to train (train_experts' device argument overrides it)
+
+    def __post_init__(self) -> None:
+        if self.optimizer not in OPTIMIZERS:
+            raise ConfigError(f"experts.optimizer must be one of {OPTIMIZERS}, got "
+                              f"{self.optimizer!r}")
+        if self.dtype not in DTYPES:
+            raise ConfigError(f"experts.dtype must be one of {tuple(DTYPES)}, got {self.dtype!r}")
+        for name in ("num_experts", "epochs", "batch_size"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"experts.{name} must be >= 1, got {getattr(self, name)}")
+        if self.lr <= 0:
+            raise ConfigError(f"experts.lr must be > 0, got {self.lr} (MTT: 0.01)")
+
+
+# Keys that may change between runs writing the same store (the rest must match).
+_FREE_KEYS = ("num_experts", "device", "data_root")
+
+
+def expert_seeds(seed: int, index: int) -> tuple[int, int]:
+    """(init seed, data-order/DSA seed) of expert ``index``; independent across (seed, index)."""
+    a, b = np.random.SeedSequence([seed, index]).generate_state(2)
+    return int(a), int(b)
+
+
+def build_model(cfg: ExpertConfig, info, init_seed: int | None = None) -> nn.Module:
+    """The expert architecture on the CPU; seeded init without touching the global RNG."""
+    from datadistill.models import create_model
+
+    with torch.random.fork_rng(devices=[]):
+        if init_seed is not None:
+            torch.manual_seed(init_seed)
+        return create_model(cfg.model, info.channels, info.num_classes, info.image_size,
+                            **cfg.model_kwargs)
+
+
+def store_meta(cfg: ExpertConfig, info, model: nn.Module, dsa_strategy: str | None) -> dict:
+    """The self-describing meta.json of a store trained with ``cfg``."""
+    from datadistill import __version__
+    from datadistill.models.functional import param_spec
+
+    spec = param_spec(model)
+    return {
+        "format_version": FORMAT_VERSION, "kind": "expert_store",
+        "dataset": info.name, "model": cfg.model, "model_kwargs": dict(cfg.model_kwargs),
+        "param_names": list(spec.names), "param_shapes": [list(s) for s in spec.shapes],
+        "num_params": spec.numel, "optimizer": cfg.optimizer, "lr": cfg.lr,
+        "momentum": cfg.momentum, "weight_decay": cfg.weight_decay, "epochs": cfg.epochs,
+        "batch_size": cfg.batch_size, "seed": cfg.seed, "zca": cfg.zca,
+        "dsa_strategy": dsa_strategy, "num_classes": info.num_classes,
+        "channels": info.channels, "image_size": list(info.image_size), "dtype": cfg.dtype,
+        "num_experts": cfg.num_experts, "config": dataclasses.asdict(cfg),
+        "produced_by": f"datadistill {__version__} train_experts",
+    }
+
+
+def _check_resume(directory: Path, meta: dict) -> None:
+    """A store may only be continued with the config that started it."""
+    if not (directory / META_FILE).is_file():
+        return
+    old = ExpertStore(directory).meta.get("config")
+    new = meta["config"]
+    if old is None:
+        raise CompatibilityError(f"{directory} holds experts not made by train_experts "
+                                 "(imported?); train into another directory.")
+    diff = sorted(k for k in new if k not in _FREE_KEYS and old.get(k) != new[k])
+    if diff:
+        detail = ", ".join(f"{k}: {old.get(k)!r} -> {new[k]!r}" for k in diff)
+        raise CompatibilityError(f"{directory} was started with another expert config "
+                                 f"({detail}); use a new out_dir or the original settings.")
+
+
+def _check_data(cfg: ExpertConfig, data) -> None:
+    if data.info.name != cfg.dataset:
+        raise ConfigError(f"experts.dataset is {cfg.dataset!r} but the data is "
+                          f"{data.info.name!r}; prepare the configured dataset.")
+    if (data.zca is not None) != cfg.zca:
+        raise ConfigError(f"experts.zca={cfg.zca} but the data was prepared with "
+                          f"zca={data.zca is not None}; call prepare(..., zca={cfg.zca}).")
+
+
+def train_experts(cfg: ExpertConfig, data, out_dir: str | Path, *, device: str | None = None,
+                  progress: bool = True,
+                  epoch_subset: EpochSubset | None = None) -> ExpertStore:
+    """Train ``cfg.num_experts`` experts into ``out_dir``, skipping those already written.
+
+    Args:
+        cfg: the expert recipe.
+        data: :class:`datadistill.data.RealData` in the space given by ``cfg.zca``.
+        out_dir: the store directory (created); an existing store is resumed.
+        device: training device (default ``cfg.device``); snapshots are stored on the CPU.
+        progress: show a progress bar.
+        epoch_subset: optional hook ``epoch -> indices`` of the training samples used in that
+            epoch (PAD's curriculum); None = the whole training set every epoch.
+
+    Returns:
+        The :class:`ExpertStore` of ``out_dir``.
+    """
+    from datadistill.augment import DSA
+
+    _check_data(cfg, data)
+    device = device or cfg.device
+    directory = Path(out_dir)
+    directory.mkdir(parents=True, exist_ok=True)
+    strategy = (cfg.dsa_strategy or data.info.dsa_strategy) if cfg.dsa else None
+    meta = store_meta(cfg, data.info, build_model(cfg, data.info), strategy)
+    _check_resume(directory, meta)
+    write_meta(directory, meta)
+    dsa = DSA(strategy) if strategy else None
+    todo = [i for i in range(cfg.num_experts) if not expert_path(directory, i).is_file()]
+    if len(todo) < cfg.num_experts:
+        logger.info("expert store %s: %d of %d experts present, resuming at expert %d",
+                    directory, cfg.num_experts - len(todo), cfg.num_experts,
+                    todo[0] if todo else cfg.num_experts)
+    bar = tqdm(todo, desc="experts", disable=not progress)
+    for i in bar:
+        params, acc = train_one_expert(cfg, data, i, dsa=dsa, device=device,
+                                       epoch_subset=epoch_subset, progress=progress)
+        save_expert(directory, i, params, acc, cfg.dtype)
+        bar.set_postfix(expert=i, test_acc=f"{float(acc[-1]):.4f}")
+        logger.info("expert %d: final test accuracy %.4f", i, float(acc[-1]))
+    return ExpertStore(directory)
+
+
+def train_one_expert(cfg: ExpertConfig, data, index: int, *, dsa=None, device: str = "cpu",
+                     epoch_subset: EpochSubset | None = None,
+                     progress: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """Params (E+1, P) and test accuracy (E+1,) of expert ``index`` (epoch 0 = init)."""
+    from datadistill.evaluate import test_accuracy
+    from datadistill.models.functional import flatten_params
+
+    init_seed, data_seed = expert_seeds(cfg.seed, index)
+    net = build_model(cfg, data.info, init_seed).to(device)
+    net.train()
+    gen = torch.Generator().manual_seed(data_seed)  # data order and DSA draws
+    step = _optimizer_step(cfg, net)
+    x_all, y_all = data.train.images, data.train.labels
+    snapshots = [flatten_params(net).cpu()]  # (P,) per epoch
+    accs = [test_accuracy(net, data.test.images, data.test.labels, device=device)]
+    for epoch in tqdm(range(cfg.epochs), desc=f"expert {index}", leave=False,
+                      disable=not progress):
+        pool = None if epoch_subset is None else epoch_subset(epoch).long().cpu()
+        n = len(x_all) if pool is None else len(pool)
+        order = torch.randperm(n, generator=gen)
+        order = order if pool is None else pool[order]
+        for batch in order.split(cfg.batch_size):
+            idx = batch.to(x_all.device)
+            x, y = x_all[idx].to(device), y_all[idx].to(device)  # (B, C, H, W), (B,)
+            if dsa is not None:
+                x = dsa(x, generator=gen)
+            step(x, y)
+        snapshots.append(flatten_params(net).cpu())
+        accs.append(test_accuracy(net, data.test.images, data.test.labels, device=device))
+    return torch.stack(snapshots), torch.tensor(accs, dtype=torch.float32)
+
+
+def _optimizer_step(cfg: ExpertConfig, net: nn.Module) -> Callable[[torch.Tensor, torch.Tensor],
+                                                                     None]:
+    """One optimiser update on a batch: SGD (MTT) or GSAM around the same SGD (FTD)."""
+    sgd = torch.optim.SGD(net.parameters(), lr=cfg.lr, momentum=cfg.momentum,
+                          weight_decay=cfg.weight_decay)
+    if cfg.optimizer == "gsam":
+        from datadistill.experts.gsam import GSAM
+
+        opt = GSAM(net.parameters(), sgd, rho=cfg.gsam_rho, alpha=cfg.gsam_alpha,
+                   adaptive=True, model=net)
+    else:
+        opt = sgd
+
+    def step(x: torch.Tensor, y: torch.Tensor) -> None:
+        def closure() -> torch.Tensor:
+            opt.zero_grad()
+            loss = F.cross_entropy(net(x), y)
+            loss.backward()
+            return loss
+
+        opt.step(closure)
+
+    return step

@@ -1,0 +1,44 @@
+"""Trajectory matching as pure functions: the unrolled student, the loss, the start window.
+
+MTT (Cazenavette et al., CVPR 2022): from an expert checkpoint theta*_t, take N differentiable
+SGD steps on the synthetic set and compare with theta*_{t+M}. The distillation loop
+(:func:`datadistill.distill.distill`) strings these together; method presets switch the
+strategy modules beside them (``masks``: PAD, ``soft_labels``: DATM, ``ema``: FTD, ``init``:
+DATM's image selection).
+
+Example:
+    >>> forward = student_forward(model)                                    # doctest: +SKIP
+    >>> theta_n = unroll_student(forward, theta0, x, y, syn_lr, syn_steps=20)  # doctest: +SKIP
+    >>> loss = matching_loss(theta_n, theta0, target)                       # doctest: +SKIP
+"""
+
+from datadistill.matching.fastconv import ConvNetPlan, conv3x3, convnet_plan, norm_act_pool
+from datadistill.matching.loss import matching_loss
+from datadistill.matching.student import (
+    BatchSampler,
+    label_loss,
+    student_forward,
+    unroll_student,
+)
+from datadistill.matching.window import (
+    WINDOWS,
+    expanding_upper,
+    sample_start_epoch,
+    window_bounds,
+)
+
+__all__ = [
+    "WINDOWS",
+    "BatchSampler",
+    "ConvNetPlan",
+    "conv3x3",
+    "convnet_plan",
+    "expanding_upper",
+    "label_loss",
+    "matching_loss",
+    "norm_act_pool",
+    "sample_start_epoch",
+    "student_forward",
+    "unroll_student",
+    "window_bounds",
+]

@@ -1,0 +1,418 @@
+"""Fast flat-parameter forward of the ConvNet for the unrolled trajectory-matching student.
+
+MTT (Cazenavette et al., CVPR 2022, Sec. 3, Eq. 2-3) unrolls N student steps
+theta_{i+1} = theta_i - alpha * grad_theta CE(f(x_i; theta_i), y_i) and backpropagates the
+matching loss through all of them, so every layer of the ConvNet is differentiated twice (the
+inner gradient is built with ``create_graph=True``). PyTorch's generic double backward of
+``GroupNorm`` is a long chain of broadcast ops on full-size tensors, and its convolution double
+backward takes slow kernels. Here each ConvNet block is a pair of ``torch.autograd.Function``:
+
+- :class:`_Conv` (3x3, stride 1, no bias): forward conv; its backward is :class:`_ConvGrad`,
+  whose own backward (the double backward) is two forward convolutions, one input-gradient
+  and one weight-gradient kernel: the fast native kernels, and nothing else.
+- :class:`_NormActPool` (instance norm = GroupNorm(C, C) -> ReLU -> 2x2 average pool, fused):
+  its backward is :class:`_NormActPoolGrad`, with a hand-derived double backward (see that
+  class) written as a handful of per-(sample, channel) coefficients and fused multiply-adds.
+
+The conv bias before an instance norm is dropped: the norm subtracts the per-(sample, channel)
+mean, so the bias has no effect on the output and zero gradient (the student leaves those
+entries of theta unchanged, exactly as the reference does up to rounding). On the CPU every
+activation is kept channels_last, where convolution and pooling kernels are fastest.
+
+Everything is checked against ``torch.autograd.gradgradcheck`` in float64 (tests) and against
+the generic ``functional_forward`` when a plan is built (:func:`convnet_plan`).
+
+Example:
+    >>> net = create_model("convnet", 3, 10, 32, width=16)                # doctest: +SKIP
+    >>> plan = convnet_plan(net)                                            # doctest: +SKIP
+    >>> logits = plan.forward(flatten_params(net), torch.randn(2, 3, 32, 32))  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.autograd import Function
+
+logger = logging.getLogger(__name__)
+
+_conv_backward = torch.ops.aten.convolution_backward.default
+_pool_backward = torch.ops.aten.avg_pool2d_backward.default
+_relu_backward = torch.ops.aten.threshold_backward.default
+_relu_backward_ = torch.ops.aten.threshold_backward.grad_input  # out= variant (in place)
+
+
+def _as(t: torch.Tensor | None, fmt: torch.memory_format) -> torch.Tensor | None:
+    """Incoming gradients may arrive in another layout; mixed layouts are 10x slower."""
+    if t is None or t.dim() != 4:
+        return t
+    return t.contiguous(memory_format=fmt)
+
+
+# ----------------------------------------------------------------------------- convolution
+
+
+def _conv_grads(dz, x, w, pad: int, need_x: bool, need_w: bool):
+    """(dL/dx, dL/dw) of z = conv2d(x, w, padding=pad) for dL/dz = dz (None where not asked).
+
+    Two single-output calls: on CPU (oneDNN, channels_last) they were measured faster than one
+    call asking for both.
+    """
+    args = (None, [1, 1], [pad, pad], [1, 1], False, [0, 0], 1)
+    gx = _conv_backward(dz, x, w, *args, [True, False, False])[0] if need_x else None
+    gw = _conv_backward(dz, x, w, *args, [False, True, False])[1] if need_w else None
+    return gx, gw
+
+
+class _Conv(Function):
+    """z = conv2d(x, w, stride 1, padding pad), x (N, Cin, H, W), w (Cout, Cin, k, k).
+
+    ``inner_dx=False`` (the student's first layer, whose input is the image batch): the inner
+    gradient is taken w.r.t. theta only, so while that graph is built (grad mode on) the image
+    gradient is skipped; in the outer, first-order pass (grad mode off) it is computed.
+    """
+
+    @staticmethod
+    def forward(ctx, x, w, pad, fmt, inner_dx):
+        ctx.save_for_backward(x, w)
+        ctx.pad, ctx.fmt, ctx.inner_dx = pad, fmt, inner_dx
+        return F.conv2d(x, w, None, 1, pad).contiguous(memory_format=fmt)
+
+    @staticmethod
+    def backward(ctx, dz):
+        x, w = ctx.saved_tensors
+        need_x, need_w = ctx.needs_input_grad[:2]
+        need_x = need_x and (ctx.inner_dx or not torch.is_grad_enabled())
+        dx, dw = _ConvGrad.apply(_as(dz, ctx.fmt), x, w, ctx.pad, ctx.fmt, need_x, need_w)
+        return dx, dw, None, None, None
+
+
+class _ConvGrad(Function):
+    """(dx, dw) = backward of the convolution; linear in dz, bilinear in (dz, x) and (dz, w).
+
+    Double backward, for adjoints (lx, lw) of (dx, dw):
+        d/d dz = conv(lx, w) + conv(x, lw);  d/dx = dgrad(dz, lw);  d/dw = wgrad(lx, dz).
+    """
+
+    @staticmethod
+    def forward(ctx, dz, x, w, pad, fmt, need_x, need_w):
+        ctx.save_for_backward(dz, x, w)
+        ctx.pad, ctx.fmt = pad, fmt
+        return _conv_grads(dz, x, w, pad, need_x, need_w)
+
+    @staticmethod
+    def backward(ctx, lx, lw):
+        dz, x, w = ctx.saved_tensors
+        pad, lx = ctx.pad, _as(lx, ctx.fmt)
+        need_dz, need_x, need_w = ctx.needs_input_grad[:3]
+        g_dz = g_x = g_w = None
+        if need_dz and lx is not None:
+            g_dz = F.conv2d(lx, w, None, 1, pad)
+        if need_dz and lw is not None:
+            term = F.conv2d(x, lw, None, 1, pad)
+            g_dz = term if g_dz is None else g_dz.add_(term)
+        want_x, want_w = need_x and lw is not None, need_w and lx is not None
+        if want_x or want_w:  # input/weight slots only give shapes where not wanted
+            g_x, g_w = _conv_grads(dz, lx if lx is not None else x,
+                                   lw if lw is not None else w, pad, want_x, want_w)
+        return g_dz, g_x, g_w, None, None, None, None
+
+
+def conv3x3(x: torch.Tensor, w: torch.Tensor, pad: int,
+            fmt: torch.memory_format = torch.contiguous_format,
+            inner_dx: bool = True) -> torch.Tensor:
+    """Bias-free stride-1 convolution with the lean double backward; output in layout ``fmt``.
+
+    x (N, Cin, H, W), w (Cout, Cin, k, k) -> (N, Cout, H + 2*pad - k + 1, W + 2*pad - k + 1).
+    ``inner_dx=False`` skips the input gradient while a create_graph backward is being built
+    (see :class:`_Conv`); use it only where that gradient is not wanted there.
+    """
+    return _Conv.apply(x, w, pad, fmt, inner_dx)
+
+
+# ----------------------------------------------------------------------------- norm/act/pool
+
+
+def _hw_sum(t: torch.Tensor) -> torch.Tensor:
+    """(N, C, H, W) -> (N, C, 1, 1): sum over one instance."""
+    return t.sum((2, 3), keepdim=True)
+
+
+_CHUNK_BYTES = 8 << 20  # product temporaries stay below glibc's mmap threshold (reused heap)
+
+
+def _hw_dot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """(N, C, 1, 1) sums over (H, W) of a * b, in chunks of samples: a full-size product of
+    IPC-10 activations (50 MB) would be a fresh mmap, i.e. page faults, on every call."""
+    per_sample = a[0].numel() * a.element_size()
+    step = max(1, _CHUNK_BYTES // max(1, per_sample))
+    if step >= a.shape[0]:
+        return _hw_sum(a * b)
+    return torch.cat([_hw_sum(a[i:i + step] * b[i:i + step])
+                      for i in range(0, a.shape[0], step)])
+
+
+def _dy(dp, a, pool: bool):
+    """Gradient at the norm output u: pool backward, then the ReLU mask (a = relu(u) > 0).
+
+    The 2x2 average-pool backward is a nearest upsampling of dp / 4 (one fresh tensor, masked
+    in place); odd sizes take the native kernel.
+    """
+    if not pool:
+        return _relu_backward(dp, a, 0.0)
+    if a.shape[-2] % 2 or a.shape[-1] % 2:
+        da = _pool_backward(dp, a, [2, 2], [2, 2], [0, 0], False, True, None)
+    else:
+        da = F.interpolate(dp * 0.25, scale_factor=2, mode="nearest")  # (N, C, H, W)
+    return _relu_backward_(da, a, 0.0, grad_input=da)
+
+
+class _NormActPool(Function):
+    """p = avgpool2x2(relu(w * xh + b)), xh = (z - mu) * rstd per (sample, channel).
+
+    z (N, C, H, W); w, b (C,); mu, rstd (N, C) as GroupNorm(C, C) computes them.
+    """
+
+    @staticmethod
+    def forward(ctx, z, w, b, eps, pool, fmt):
+        n, c, h, wd = z.shape
+        y, mu, rstd = torch.native_group_norm(z, w, b, n, c, h * wd, c, eps)
+        a = y.relu_()  # (N, C, H, W); saved: it is the ReLU mask
+        ctx.save_for_backward(z, w, a)
+        ctx.stats = (mu.view(n, c, 1, 1), rstd.view(n, c, 1, 1))
+        ctx.pool, ctx.fmt = pool, fmt
+        return F.avg_pool2d(a, 2) if pool else a
+
+    @staticmethod
+    def backward(ctx, dp):
+        z, w, a = ctx.saved_tensors
+        mu, rstd = ctx.stats
+        dz, dw, db = _NormActPoolGrad.apply(_as(dp, ctx.fmt), z, w, a, mu, rstd, ctx.pool,
+                                            ctx.fmt)
+        return dz, dw, db, None, None, None
+
+
+@dataclass
+class _Terms:
+    """Per-instance quantities shared by the backward and the double backward ((N, C, 1, 1))."""
+
+    dy: torch.Tensor  # (N, C, H, W) gradient at the norm output u
+    s: torch.Tensor  # w * rstd
+    A: torch.Tensor  # mean(dy)
+    B: torch.Tensor  # mean(dy * xh)
+    m: int  # H * W
+
+
+def _terms(dp, z, w, a, mu, rstd, pool) -> _Terms:
+    dy = _dy(dp, a, pool)
+    m = z.shape[2] * z.shape[3]
+    s1, sz = _hw_sum(dy), _hw_dot(dy, z)
+    B = rstd * (sz - mu * s1) / m  # mean(dy * xh) with xh = rstd * (z - mu)
+    return _Terms(dy, w.view(1, -1, 1, 1) * rstd, s1 / m, B, m)
+
+
+class _NormActPoolGrad(Function):
+    """Backward of :class:`_NormActPool` (per instance, means over its m = H*W pixels):
+
+        dz = s * (dy - mean(dy) - xh * mean(dy * xh)),  s = w * rstd
+        dw = sum_{n,h,w} dy * xh,   db = sum_{n,h,w} dy.
+
+    Double backward, for adjoints (Lz, Lw, Lb) of (dz, dw, db), with t = dy - mean(dy) - xh*B:
+
+        q    = s * (Lz - mean(Lz) - xh * mean(Lz * xh)) + Lw * xh + Lb     (adjoint of dy)
+        d dp = avgpool(relu_mask * q)
+        d w  = sum_n rstd * sum_hw Lz * t
+        G    = -s * (B * Lz + mean(Lz * xh) * dy) + Lw * dy                 (explicit d/d xh)
+        d z  = rstd * (G - mean(G) - xh * mean(G * xh)) - rstd^2 * w * mean(Lz * t) * xh
+
+    (the last term is the path through rstd; the ReLU mask has zero derivative almost
+    everywhere). Each line is written as per-instance coefficients times full-size tensors.
+    """
+
+    @staticmethod
+    def forward(ctx, dp, z, w, a, mu, rstd, pool, fmt):
+        T = _terms(dp, z, w, a, mu, rstd, pool)
+        db = (T.A * T.m).sum((0, 2, 3))
+        dw = (T.B * T.m).sum((0, 2, 3))
+        k = -T.s * rstd * T.B  # dz = s*dy + k*z + c  (xh expanded)
+        dz = torch.addcmul(-T.s * T.A - k * mu, T.dy, T.s).addcmul_(z, k)
+        ctx.save_for_backward(dp, z, w, a)
+        ctx.stats, ctx.pool, ctx.fmt = (mu, rstd), pool, fmt
+        ctx.sums = (T.s, T.A, T.B)  # (N, C, 1, 1) each; dy is recomputed, not stored
+        return dz, dw, db
+
+    @staticmethod
+    def backward(ctx, Lz, Lw, Lb):
+        dp, z, w, a = ctx.saved_tensors
+        mu, rstd = ctx.stats
+        T = _Terms(_dy(dp, a, ctx.pool), *ctx.sums, z.shape[2] * z.shape[3])
+        Lz = _as(Lz, ctx.fmt)
+        zero = torch.zeros_like(T.s)
+        Lw4 = zero if Lw is None else Lw.view(1, -1, 1, 1)
+        Lb4 = zero if Lb is None else Lb.view(1, -1, 1, 1)
+        if Lz is not None:
+            L1, Lzz, Ldy = _hw_sum(Lz), _hw_dot(Lz, z), _hw_dot(Lz, T.dy)
+            C1 = rstd * (Lzz - mu * L1) / T.m  # mean(Lz * xh)
+            Lt = (Ldy - T.A * L1 - T.B * rstd * (Lzz - mu * L1)) / T.m  # mean(Lz * t)
+            g_w = (Lt * T.m * rstd).sum((0, 2, 3))
+        else:
+            L1 = C1 = Lt = zero
+            g_w = None
+        g_dp = g_z = None
+        if ctx.needs_input_grad[0]:
+            g_dp = _adjoint_dp(T, Lz, L1, C1, Lw4, Lb4, z, mu, rstd, a, ctx.pool)
+        if ctx.needs_input_grad[1]:
+            g_z = _adjoint_z(T, Lz, C1, Lt, Lw4, z, w, mu, rstd)
+        return g_dp, g_z, g_w, None, None, None, None, None
+
+
+def _adjoint_dp(T: _Terms, Lz, L1, C1, Lw4, Lb4, z, mu, rstd, a, pool):
+    """avgpool(mask * q); q = s*Lz + qz*z + qc with xh = rstd*(z - mu) expanded."""
+    qz = (Lw4 - T.s * C1) * rstd
+    qc = Lb4 - T.s * L1 / T.m - qz * mu
+    q = torch.addcmul(qc, z, qz)
+    if Lz is not None:
+        q.addcmul_(Lz, T.s)
+    q = _relu_backward_(q, a, 0.0, grad_input=q)
+    return F.avg_pool2d(q, 2) if pool else q
+
+
+def _adjoint_z(T: _Terms, Lz, C1, Lt, Lw4, z, w, mu, rstd):
+    """rstd*(G - mean G - xh*mean(G*xh)) - rstd^2*w*Lt*xh, computed in place on G."""
+    G = T.dy * (Lw4 - T.s * C1)
+    if Lz is not None:
+        G.addcmul_(Lz, -T.s * T.B)
+    G1, Gz = _hw_sum(G), _hw_dot(G, z)
+    Gx = rstd * (Gz - mu * G1) / T.m  # mean(G * xh)
+    kz = -rstd * rstd * (Gx + w.view(1, -1, 1, 1) * Lt * rstd)  # coefficient of z
+    kc = -rstd * G1 / T.m - kz * mu
+    return G.mul_(rstd).addcmul_(z, kz).add_(kc)
+
+
+def norm_act_pool(z: torch.Tensor, w: torch.Tensor, b: torch.Tensor, eps: float, pool: bool,
+                  fmt: torch.memory_format = torch.contiguous_format) -> torch.Tensor:
+    """Fused GroupNorm(C, C) -> ReLU -> (2x2 average pool): (N, C, H, W) -> (N, C, H/2, W/2).
+
+    ``z`` must already be in layout ``fmt`` (as :func:`conv3x3` returns it).
+    """
+    return _NormActPool.apply(z, w, b, eps, pool, fmt)
+
+
+# ----------------------------------------------------------------------------- plan
+
+
+@dataclass(frozen=True)
+class _Block:
+    conv: int  # index of the conv weight in the parameter list
+    bias: int  # index of the conv bias, -1 if none
+    norm: tuple[int, int] | None  # indices of the norm weight and bias (instance norm)
+    eps: float
+    pad: int
+    pool: bool
+
+
+@dataclass(frozen=True)
+class ConvNetPlan:
+    """Where each ConvNet parameter lives in the flat vector, and how to run the blocks."""
+
+    sizes: tuple[int, ...]  # parameter sizes in parameters() order
+    shapes: tuple[tuple[int, ...], ...]
+    blocks: tuple[_Block, ...]
+    fc: tuple[int, int]  # indices of fc.weight, fc.bias
+    channels_last: bool
+
+    def forward(self, flat: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """Logits (N, K) of the ConvNet with parameters ``flat`` (P,) on images x (N, C, H, W)."""
+        p = [v.view(s) for v, s in zip(flat.split(self.sizes), self.shapes, strict=True)]
+        fmt = torch.channels_last if self.channels_last else torch.contiguous_format
+        x = x.contiguous(memory_format=fmt)
+        for d, blk in enumerate(self.blocks):
+            if blk.norm is not None:  # the conv bias cancels in the instance norm
+                x = conv3x3(x, p[blk.conv], blk.pad, fmt, inner_dx=d > 0)
+                x = norm_act_pool(x, p[blk.norm[0]], p[blk.norm[1]], blk.eps, blk.pool, fmt)
+                continue
+            x = F.conv2d(x, p[blk.conv], p[blk.bias] if blk.bias >= 0 else None, 1, blk.pad)
+            x = F.relu(x)
+            x = F.avg_pool2d(x, 2) if blk.pool else x
+        return F.linear(x.flatten(1), p[self.fc[0]], p[self.fc[1]])  # (N, K)
+
+
+def convnet_plan(model: nn.Module, *, channels_last: bool | None = None,
+                 verify: bool = True) -> ConvNetPlan | None:
+    """A :class:`ConvNetPlan` for a ``datadistill`` ConvNet with ReLU, avg/no pooling and
+    instance or no norm; None for any other model (the caller falls back to the generic
+    functional forward). With ``verify``, the plan's logits are compared once with ``model(x)``.
+    """
+    blocks = _blocks(model)
+    if blocks is None:
+        return None
+    names = [n for n, _ in model.named_parameters()]
+    shapes = tuple(tuple(p.shape) for p in model.parameters())
+    fc = (names.index("fc.weight"), names.index("fc.bias"))
+    device = next(model.parameters()).device
+    if channels_last is None:
+        channels_last = device.type == "cpu"
+    plan = ConvNetPlan(tuple(p.numel() for p in model.parameters()), shapes, blocks, fc,
+                       channels_last)
+    if verify and not _verified(plan, model):
+        logger.warning("fast ConvNet forward disagrees with the module; using the generic one")
+        return None
+    return plan
+
+
+def _blocks(model: nn.Module) -> tuple[_Block, ...] | None:
+    from datadistill.models.convnet import ConvNet
+
+    if not isinstance(model, ConvNet) or model.act != "relu" or model.pool == "maxpool":
+        return None
+    names = [n for n, _ in model.named_parameters()]
+    blocks = []
+    for d in range(1, model.depth + 1):
+        conv, norm = getattr(model, f"conv{d}"), getattr(model, f"norm{d}")
+        if conv.kernel_size != (3, 3) or conv.stride != (1, 1) or conv.groups != 1:
+            return None
+        instance = isinstance(norm, nn.GroupNorm) and norm.num_groups == norm.num_channels
+        if not (instance and norm.affine) and not isinstance(norm, nn.Identity):
+            return None
+        bias = names.index(f"conv{d}.bias") if conv.bias is not None else -1
+        blocks.append(_Block(
+            conv=names.index(f"conv{d}.weight"), bias=bias,
+            norm=(names.index(f"norm{d}.weight"), names.index(f"norm{d}.bias")) if instance
+            else None,
+            eps=float(norm.eps) if instance else 0.0, pad=int(conv.padding[0]),
+            pool=model.pool == "avgpool"))
+    return tuple(blocks)
+
+
+def _verified(plan: ConvNetPlan, model: nn.Module) -> bool:
+    """One forward on two random images, compared with the module (float64 copy, CPU)."""
+    ref = _float64_copy(model)
+    flat = torch.cat([p.detach().reshape(-1) for p in ref.parameters()])
+    c = ref.conv1.in_channels
+    size = _input_size(model)
+    x = torch.randn(2, c, *size, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    with torch.no_grad():
+        expected = ref(x)
+        got = plan.forward(flat, x)
+    return bool(torch.allclose(got, expected, rtol=1e-6, atol=1e-8))
+
+
+def _float64_copy(model: nn.Module) -> nn.Module:
+    import copy
+
+    return copy.deepcopy(model).to(device="cpu", dtype=torch.float64)
+
+
+def _input_size(model: nn.Module) -> tuple[int, int]:
+    """Image size that gives the model's feature shape (inverted from its layers)."""
+    _, h, w = model.feature_shape
+    for d in range(model.depth, 0, -1):
+        pad = getattr(model, f"conv{d}").padding[0]
+        if model.pool != "none":
+            h, w = h * 2, w * 2
+        h, w = h - 2 * pad + 2, w - 2 * pad + 2
+    return h, w

@@ -1,0 +1,120 @@
+"""The unrolled student of trajectory matching (MTT, Cazenavette et al., CVPR 2022, Sec. 3.2).
+
+Starting from an expert's parameters theta_0 = tau*_t (flat, (P,)), the student takes N SGD
+steps on the synthetic set with the learnable step size alpha (MTT Eq. 2):
+
+    theta_{i+1} = theta_i - alpha * grad_theta l(A(X_{b_i}), Y_{b_i}; theta_i),
+
+keeping the graph of every step (``create_graph=True``) so that the matching loss can be
+differentiated w.r.t. the images X, the step size alpha and (DATM) the soft labels Y.
+Mini-batches b_i follow the official code: a fresh ``randperm`` of the N_syn indices split into
+chunks of ``batch_syn`` that are popped from the end, a new permutation when none is left.
+A is DSA, drawn per mini-batch. All randomness comes from the one ``generator`` passed in.
+
+Example:
+    >>> forward = student_forward(model)                                    # doctest: +SKIP
+    >>> theta_n = unroll_student(forward, theta0, images, labels, syn_lr, syn_steps=50,
+    ...                          dsa=DSA(), generator=g)                     # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from datadistill.matching.fastconv import convnet_plan
+
+ForwardFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (theta (P,), x) -> logits
+LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (logits, labels) -> scalar
+
+
+def student_forward(model: nn.Module, *, fast: bool = True) -> ForwardFn:
+    """``forward(theta, x) -> logits`` of ``model`` with the flat parameters ``theta`` (P,).
+
+    With ``fast`` a ConvNet (instance norm or none, ReLU, average pooling) uses the hand-written
+    functional forward of :mod:`datadistill.matching.fastconv`; any other model uses the
+    generic :func:`datadistill.models.functional.functional_forward`. Both are differentiable
+    twice w.r.t. theta and x and give the same values (to rounding).
+
+    Example:
+        >>> forward = student_forward(create_model("convnet", 1, 10, 8, width=16))  # doctest: +SKIP
+        >>> forward(theta, torch.zeros(4, 1, 8, 8)).shape                           # doctest: +SKIP
+        torch.Size([4, 10])
+    """
+    plan = convnet_plan(model) if fast else None
+    if plan is not None:
+        return plan.forward
+    from datadistill.models.functional import functional_forward
+
+    def generic(theta: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        return functional_forward(model, theta, x)
+
+    return generic
+
+
+def label_loss(labels: torch.Tensor) -> LossFn:
+    """Cross-entropy for hard labels (B,); DATM's soft cross-entropy for (B, K) logits."""
+    if labels.dim() == 1:
+        return F.cross_entropy
+    from datadistill.matching.soft_labels import soft_cross_entropy
+
+    return soft_cross_entropy
+
+
+class BatchSampler:
+    """MTT's mini-batch order: chunks of a fresh randperm, popped from the end.
+
+    Example:
+        >>> s = BatchSampler(5, 2, torch.Generator().manual_seed(0))
+        >>> [len(s.next()) for _ in range(4)]   # chunks of sizes 2, 2, 1 popped from the end
+        [1, 2, 2, 1]
+    """
+
+    def __init__(self, n: int, batch: int | None, generator: torch.Generator | None) -> None:
+        self.n, self.batch, self.generator = n, batch or n, generator
+        self.chunks: list[torch.Tensor] = []
+
+    def next(self) -> torch.Tensor:
+        """(b,) int64 indices (CPU) of the next mini-batch."""
+        if not self.chunks:
+            perm = torch.randperm(self.n, generator=self.generator)
+            self.chunks = list(torch.split(perm, self.batch))
+        return self.chunks.pop()
+
+
+def unroll_student(forward: ForwardFn, theta0: torch.Tensor, images: torch.Tensor,
+                   labels: torch.Tensor, syn_lr: torch.Tensor, *, syn_steps: int,
+                   batch_syn: int | None = None, dsa=None,
+                   generator: torch.Generator | None = None,
+                   loss_fn: LossFn | None = None) -> torch.Tensor:
+    """theta_N after ``syn_steps`` differentiable SGD steps from ``theta0`` on the synthetic set.
+
+    Args:
+        forward: ``(theta, x) -> logits`` (see :func:`student_forward`).
+        theta0: (P,) start parameters (an expert checkpoint; treated as a constant).
+        images: (N, C, H, W) synthetic images (usually ``requires_grad``).
+        labels: (N,) int64 hard labels or (N, K) soft-label logits.
+        syn_lr: scalar tensor, the learnable step size alpha.
+        batch_syn: mini-batch size; None = the whole set every step (MTT default).
+        dsa: a :class:`datadistill.augment.DSA` applied to each mini-batch, or None.
+        generator: CPU generator for the permutations and the DSA draws.
+        loss_fn: ``(logits, labels) -> scalar``; default :func:`label_loss`.
+
+    Returns:
+        (P,) theta_N, attached to the graph of all steps.
+    """
+    loss_fn = loss_fn or label_loss(labels)
+    sampler = BatchSampler(images.shape[0], batch_syn, generator)
+    theta = theta0.detach().requires_grad_(True)  # a leaf: grad of step 0 needs it
+    for _ in range(syn_steps):
+        idx = sampler.next().to(images.device)
+        x, y = images[idx], labels[idx]  # (b, C, H, W), (b,) or (b, K)
+        if dsa is not None:
+            x = dsa(x, generator=generator)
+        ce = loss_fn(forward(theta, x), y)
+        (grad,) = torch.autograd.grad(ce, theta, create_graph=True)  # (P,)
+        theta = theta - syn_lr * grad
+    return theta

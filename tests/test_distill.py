@@ -1,0 +1,167 @@
+"""The trajectory-matching loop: outputs, bitwise resume, divergence guard, validation."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import pytest
+import torch
+
+from datadistill.artifact import load_distilled
+from datadistill.checkpoint import load_checkpoint
+from datadistill.data import prepare
+from datadistill.distill import DistillConfig, distill
+from datadistill.errors import CompatibilityError, ConfigError, DivergenceError
+from datadistill.experts import ExpertConfig, train_experts
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """The test machine is shared: one thread avoids OpenMP oversubscription stalls."""
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
+
+
+@pytest.fixture(scope="module")
+def digits():
+    real = prepare("digits")
+    train = dataclasses.replace(real.train, images=real.train.images[:300],
+                                labels=real.train.labels[:300])
+    return dataclasses.replace(real, train=train)
+
+
+@pytest.fixture(scope="module")
+def store(digits, tmp_path_factory):
+    cfg = ExpertConfig(dataset="digits", num_experts=3, epochs=4, lr=0.1, batch_size=64,
+                       model_kwargs={"width": 8})
+    return train_experts(cfg, digits, tmp_path_factory.mktemp("experts"), progress=False)
+
+
+def _cfg(**kw):
+    base = dict(dataset="digits", model_kwargs={"width": 8}, ipc=2, syn_steps=3,
+                expert_epochs=2, max_start_epoch=2, lr_img=10.0, lr_lr=1e-5, lr_teacher=0.01,
+                iterations=4, eval_every=2, eval_runs=0, eval_epochs=2, checkpoint_every=2)
+    return DistillConfig(**(base | kw))
+
+
+def _final(path):
+    state = load_checkpoint(path / "checkpoint.pt")
+    momentum = [s["momentum_buffer"] for o in state.optimizers.values()
+                for s in o["state"].values()]
+    return [state.images, state.labels, state.syn_lr, *momentum, *state.generators.values(),
+            state.expert_order, torch.tensor(state.expert_pos), torch.tensor(state.iteration)]
+
+
+def _assert_equal_states(a, b):
+    ta, tb = _final(a), _final(b)
+    assert len(ta) == len(tb)
+    for x, y in zip(ta, tb, strict=True):
+        assert torch.equal(x, y)
+
+
+def test_outputs(digits, store, tmp_path):
+    cfg = _cfg(eval_runs=1)
+    result = distill(cfg, tmp_path, data=digits, store=store, progress=False)
+    assert result.iterations_done == 4 and result.best_accuracy is not None
+    assert 0 < result.final_syn_lr
+    assert sorted(p.name for p in (tmp_path / "grids").iterdir()) == [
+        "iter_00000.png", "iter_00002.png", "iter_00004.png"]
+    rows = [json.loads(line) for line in result.metrics_path.read_text().splitlines()]
+    train_rows = [r for r in rows if not r.get("eval")]
+    eval_rows = [r for r in rows if r.get("eval")]
+    assert [r["iteration"] for r in train_rows] == [0, 1, 2, 3]
+    assert [r["iteration"] for r in eval_rows] == [0, 2, 4]
+    assert {"loss", "syn_lr", "start_epoch", "time"} <= set(train_rows[0])
+    assert {"mean", "std", "accuracies"} <= set(eval_rows[0])
+    best = load_distilled(result.best_dir)
+    assert best.images.shape == (20, 1, 8, 8)
+    assert torch.equal(best.labels, torch.arange(10).repeat_interleave(2))  # class-major
+    assert best.extra["iteration"] == result.best_iteration
+    assert best.config["syn_steps"] == 3 and best.method == "mtt"
+    last = load_distilled(result.last_dir)
+    assert last.lr == pytest.approx(result.final_syn_lr)
+    assert json.loads((tmp_path / "config.json").read_text())["ipc"] == 2
+
+
+def test_resume_after_interruption_is_bitwise_equal(digits, store, tmp_path):
+    cfg = _cfg(iterations=6, eval_every=3, checkpoint_every=2)
+    distill(cfg, tmp_path / "full", data=digits, store=store, progress=False)
+
+    def interrupt(it, row):
+        if it == 3:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        distill(cfg, tmp_path / "cut", data=digits, store=store, progress=False,
+                on_iteration=interrupt)
+    assert load_checkpoint(tmp_path / "cut" / "checkpoint.pt").iteration == 3
+    distill(cfg, tmp_path / "cut", data=digits, store=store, progress=False)
+    _assert_equal_states(tmp_path / "full", tmp_path / "cut")
+    rows = (tmp_path / "cut" / "metrics.jsonl").read_text().splitlines()
+    its = [json.loads(r)["iteration"] for r in rows if "loss" in json.loads(r)]
+    assert its == list(range(6))  # no duplicated rows after the resume
+
+
+def test_extend_a_finished_run_is_bitwise_equal(digits, store, tmp_path):
+    distill(_cfg(iterations=5), tmp_path / "full", data=digits, store=store, progress=False)
+    distill(_cfg(iterations=2), tmp_path / "ext", data=digits, store=store, progress=False)
+    distill(_cfg(iterations=5), tmp_path / "ext", data=digits, store=store, progress=False)
+    _assert_equal_states(tmp_path / "full", tmp_path / "ext")
+
+
+def test_resume_with_another_config_fails(digits, store, tmp_path):
+    distill(_cfg(iterations=1), tmp_path, data=digits, store=store, progress=False)
+    with pytest.raises(CompatibilityError, match="lr_img"):
+        distill(_cfg(iterations=2, lr_img=5.0), tmp_path, data=digits, store=store,
+                progress=False)
+    distill(_cfg(iterations=2, lr_img=5.0), tmp_path, data=digits, store=store,
+            progress=False, resume=False)  # starting over is fine
+
+
+def test_divergence_guard(digits, store, tmp_path):
+    cfg = _cfg(iterations=20, lr_lr=1e4, eval_every=1)
+    with pytest.raises(DivergenceError, match="step size|loss|images") as err:
+        distill(cfg, tmp_path, data=digits, store=store, progress=False)
+    assert "lr_lr" in str(err.value)
+    state = load_checkpoint(tmp_path / "checkpoint.pt")
+    assert float(state.syn_lr) > 0 and torch.isfinite(state.images).all()
+    for name in ("best", "last"):
+        ds = load_distilled(tmp_path / name)
+        assert torch.isfinite(ds.images).all() and ds.lr > 0
+
+
+def test_validation(digits, store, tmp_path):
+    with pytest.raises(ConfigError, match="class 0"):
+        few = dataclasses.replace(digits.train, images=digits.train.images[:40],
+                                  labels=torch.arange(40) % 10)
+        distill(_cfg(ipc=5), tmp_path, data=dataclasses.replace(digits, train=few),
+                store=store, progress=False)
+    with pytest.raises(CompatibilityError, match="epochs >= 5"):
+        distill(_cfg(max_start_epoch=3), tmp_path, data=digits, store=store, progress=False)
+    with pytest.raises(CompatibilityError, match="parameters"):
+        distill(_cfg(model_kwargs={"width": 16}), tmp_path, data=digits, store=store,
+                progress=False)
+    for bad in ({"pix_init": "random"}, {"label_mode": "mixed"}, {"ipc": 0},
+                {"min_start_epoch": 2, "max_start_epoch": 2}, {"lr_teacher": 0.0}):
+        with pytest.raises(ConfigError):
+            _cfg(**bad)
+
+
+def test_strategy_slots_run(digits, store, tmp_path):
+    cfg = _cfg(iterations=3, label_mode="soft", lr_y=2.0, window="expanding",
+               min_start_epoch=0, current_max_start_epoch=1, expansion_end=2,
+               threshold=10.0, ema_decay=0.9, param_mask="depth", param_mask_ratio=0.25,
+               pix_init="noise", eval_every=3)
+    result = distill(cfg, tmp_path, data=digits, store=store, progress=False)
+    best = load_distilled(result.best_dir)
+    assert best.labels.shape == (20, 10) and best.labels.dtype == torch.float32
+    assert (tmp_path / "ema_last").is_dir()
+    rows = [json.loads(r) for r in result.metrics_path.read_text().splitlines()]
+    assert [r["start_epoch"] for r in rows if "loss" in r][0] == 0  # window [0, 1) at it 0
+    skipped = distill(dataclasses.replace(cfg, threshold=0.0, iterations=1), tmp_path / "thr",
+                      data=digits, store=store, progress=False)
+    rows = [json.loads(r) for r in skipped.metrics_path.read_text().splitlines()]
+    assert [r["skipped"] for r in rows if "loss" in r] == [True]

@@ -1,0 +1,221 @@
+"""Unrolled student, fast ConvNet kernels, matching loss and start-epoch window."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from torch.func import functional_call
+
+from datadistill.augment import DSA
+from datadistill.errors import CompatibilityError, ConfigError
+from datadistill.matching import (
+    BatchSampler,
+    conv3x3,
+    convnet_plan,
+    expanding_upper,
+    matching_loss,
+    norm_act_pool,
+    sample_start_epoch,
+    student_forward,
+    unroll_student,
+    window_bounds,
+)
+from datadistill.models import create_model, flatten_params
+
+F64 = torch.float64
+CL = torch.channels_last
+
+
+def _rand(*shape, seed=0):
+    return torch.randn(*shape, generator=torch.Generator().manual_seed(seed), dtype=F64)
+
+
+# ----------------------------------------------------------------------------- kernels
+
+
+@pytest.mark.parametrize("fmt", [torch.contiguous_format, CL])
+def test_conv_double_backward(fmt):
+    x = _rand(2, 2, 4, 4).contiguous(memory_format=fmt).requires_grad_()
+    w = _rand(3, 2, 3, 3, seed=1).requires_grad_()
+    fn = lambda x, w: conv3x3(x, w, 1, fmt)  # noqa: E731
+    assert torch.autograd.gradcheck(fn, (x, w), fast_mode=True)
+    assert torch.autograd.gradgradcheck(fn, (x, w), fast_mode=True)
+
+
+@pytest.mark.parametrize("pool", [True, False])
+@pytest.mark.parametrize("fmt", [torch.contiguous_format, CL])
+def test_norm_act_pool_double_backward(pool, fmt):
+    z = _rand(2, 3, 4, 4).contiguous(memory_format=fmt).requires_grad_()
+    w, b = _rand(3, seed=1).requires_grad_(), _rand(3, seed=2).requires_grad_()
+    fn = lambda z, w, b: norm_act_pool(z, w, b, 1e-5, pool, fmt)  # noqa: E731
+    expected = torch.relu(torch.nn.functional.group_norm(z, 3, w, b, 1e-5))
+    expected = torch.nn.functional.avg_pool2d(expected, 2) if pool else expected
+    assert torch.allclose(fn(z, w, b), expected)
+    assert torch.autograd.gradcheck(fn, (z, w, b), fast_mode=True)
+    assert torch.autograd.gradgradcheck(fn, (z, w, b), fast_mode=True)
+
+
+def test_chunked_reductions_and_odd_pool(monkeypatch):
+    """The chunked per-instance dot products and the odd-size pool backward are exact."""
+    from datadistill.matching import fastconv
+
+    monkeypatch.setattr(fastconv, "_CHUNK_BYTES", 8 * 4 * 5 * 5)  # 2 samples per chunk
+    z = _rand(5, 3, 5, 5).requires_grad_()
+    w, b = _rand(3, seed=1).requires_grad_(), _rand(3, seed=2).requires_grad_()
+    fn = lambda z, w, b: norm_act_pool(z, w, b, 1e-5, True)  # noqa: E731
+    expected = torch.nn.functional.avg_pool2d(
+        torch.relu(torch.nn.functional.group_norm(z, 3, w, b, 1e-5)), 2)
+    assert torch.allclose(fn(z, w, b), expected)
+    assert torch.autograd.gradgradcheck(fn, (z, w, b), fast_mode=True)
+
+
+@pytest.mark.parametrize(("shape", "kwargs"), [
+    ((3, 16), {}), ((3, 16), {"norm": "none"}), ((3, 16), {"pool": "none", "depth": 2}),
+    ((3, 16), {"width": 8, "depth": 1}), ((1, 28), {"depth": 2}),  # MNIST: first pad 3
+])
+def test_plan_matches_module(shape, kwargs):
+    torch.manual_seed(0)
+    channels, size = shape
+    net = create_model("convnet", channels, 5, size, **({"width": 8} | kwargs)).double()
+    plan = convnet_plan(net)
+    assert plan is not None
+    x = _rand(3, channels, size, size)
+    assert torch.allclose(plan.forward(flatten_params(net), x), net(x), rtol=1e-10, atol=1e-12)
+
+
+def test_plan_declines_other_models():
+    assert convnet_plan(create_model("convnet", 3, 5, 16, width=8, norm="batchnorm")) is None
+    assert convnet_plan(create_model("mlp", 3, 5, 16)) is None
+
+
+# ----------------------------------------------------------------------------- unroll
+
+
+def _setup(soft: bool = False):
+    torch.manual_seed(0)
+    model = create_model("convnet", 1, 3, 8, width=8).double()
+    theta0 = flatten_params(model)
+    target = theta0 + 0.01 * _rand(theta0.numel(), seed=3)
+    images = _rand(6, 1, 8, 8, seed=4).requires_grad_()
+    labels = _rand(6, 3, seed=5).requires_grad_() if soft else torch.arange(6) % 3
+    syn_lr = torch.tensor(0.05, dtype=F64, requires_grad=True)
+    return model, theta0, target, images, labels, syn_lr
+
+
+def _ce(logits, y):
+    if y.dim() == 1:
+        return torch.nn.functional.cross_entropy(logits, y)
+    return -(y.softmax(1) * logits.log_softmax(1)).sum() / len(y)
+
+
+def _independent(model, theta0, target, images, labels, syn_lr, steps, batch, seed):
+    """Plain autograd on a module copy and a dict of parameters (no flat vector)."""
+    net = copy.deepcopy(model)
+    names = [n for n, _ in net.named_parameters()]
+    sizes = [p.numel() for p in net.parameters()]
+
+    def as_dict(flat):
+        parts = zip(names, flat.split(sizes), net.parameters(), strict=True)
+        return {n: v.view_as(p) for n, v, p in parts}
+
+    start, goal = as_dict(theta0), as_dict(target)
+    params = {n: p.clone().requires_grad_() for n, p in start.items()}
+    gen, dsa, chunks = torch.Generator().manual_seed(seed), DSA(), []
+    for _ in range(steps):
+        if not chunks:
+            chunks = list(torch.randperm(len(images), generator=gen).split(batch))
+        idx = chunks.pop()
+        x = dsa(images[idx], generator=gen)  # same draws, same order as unroll_student
+        ce = _ce(functional_call(net, params, (x,)), labels[idx])
+        grads = torch.autograd.grad(ce, list(params.values()), create_graph=True)
+        params = {n: p - syn_lr * g for (n, p), g in zip(params.items(), grads, strict=True)}
+    num = sum(((params[n] - goal[n]) ** 2).sum() for n in names)
+    den = sum(((start[n] - goal[n]) ** 2).sum() for n in names)
+    return num / den
+
+
+@pytest.mark.parametrize("fast", [True, False])
+@pytest.mark.parametrize("soft", [False, True])
+def test_unroll_matches_independent_autograd(fast, soft):
+    model, theta0, target, images, labels, syn_lr = _setup(soft)
+    inputs = [images, syn_lr] + ([labels] if soft else [])
+    steps, batch, seed = 4, 4, 7
+
+    forward = student_forward(model, fast=fast)
+    theta_n = unroll_student(forward, theta0, images, labels, syn_lr, syn_steps=steps,
+                             batch_syn=batch, dsa=DSA(),
+                             generator=torch.Generator().manual_seed(seed))
+    loss = matching_loss(theta_n, theta0, target)
+    grads = torch.autograd.grad(loss, inputs)
+
+    ref = _independent(model, theta0, target, images, labels, syn_lr, steps, batch, seed)
+    ref_grads = torch.autograd.grad(ref, inputs)
+    assert torch.allclose(loss, ref, rtol=1e-5, atol=0)
+    for g, r in zip(grads, ref_grads, strict=True):
+        assert torch.allclose(g, r, rtol=1e-5, atol=1e-5 * float(r.abs().max()))
+        assert r.abs().max() > 0
+
+
+def test_fast_and_generic_agree_in_float32():
+    torch.manual_seed(0)
+    model = create_model("convnet", 3, 4, 16, width=16)
+    theta0 = flatten_params(model)
+    target = theta0 + 0.01 * torch.randn(theta0.numel())
+    out = []
+    for fast in (True, False):
+        images = torch.randn(8, 3, 16, 16, generator=torch.Generator().manual_seed(1))
+        images.requires_grad_()
+        syn_lr = torch.tensor(0.01, requires_grad=True)
+        theta_n = unroll_student(student_forward(model, fast=fast), theta0, images,
+                                 torch.arange(8) % 4, syn_lr, syn_steps=3,
+                                 generator=torch.Generator().manual_seed(2), dsa=DSA())
+        loss = matching_loss(theta_n, theta0, target)
+        out.append((loss.detach(), *torch.autograd.grad(loss, [images, syn_lr])))
+    for a, b in zip(*out, strict=True):
+        assert torch.allclose(a, b, rtol=1e-3, atol=1e-3 * float(b.abs().max()))
+
+
+def test_batch_sampler_pops_chunks_from_the_end():
+    gen = torch.Generator().manual_seed(0)
+    perm = torch.randperm(5, generator=torch.Generator().manual_seed(0))
+    sampler = BatchSampler(5, 2, gen)
+    assert torch.equal(sampler.next(), perm[4:])
+    assert torch.equal(sampler.next(), perm[2:4])
+    assert torch.equal(sampler.next(), perm[:2])
+    assert len(sampler.next()) == 1  # a new permutation: chunk sizes 2, 2, 1 again
+    assert len(BatchSampler(5, None, gen).next()) == 5
+
+
+# ----------------------------------------------------------------------------- loss, window
+
+
+def test_matching_loss_and_mask():
+    theta0, target = torch.zeros(4), torch.ones(4)
+    theta_n = torch.tensor([1.0, 0.0, 0.5, 1.0])
+    assert float(matching_loss(theta_n, theta0, target)) == pytest.approx(1.25 / 4)
+    keep = torch.tensor([False, True, True, False])
+    assert float(matching_loss(theta_n, theta0, target, keep)) == pytest.approx(1.25 / 2)
+    idx = torch.tensor([1, 2])
+    assert float(matching_loss(theta_n, theta0, target, idx)) == pytest.approx(1.25 / 2)
+    with pytest.raises(CompatibilityError):
+        matching_loss(theta_n, torch.zeros(3), target)
+
+
+def test_window():
+    gen = torch.Generator().manual_seed(0)
+    draws = {sample_start_epoch(2, 5, gen) for _ in range(200)}
+    assert draws == {2, 3, 4}
+    with pytest.raises(ConfigError):
+        sample_start_epoch(3, 3, gen)
+    assert expanding_upper(0, current_max_start=10, max_start=20, expansion_end=100) == 10
+    assert expanding_upper(50, current_max_start=10, max_start=20, expansion_end=100) == 15
+    assert expanding_upper(500, current_max_start=10, max_start=20, expansion_end=100) == 20
+    assert window_bounds("fixed", 7, min_start=1, max_start=9) == (1, 9)
+    assert window_bounds("expanding", 50, min_start=0, max_start=20, current_max_start=10,
+                         expansion_end=100) == (0, 15)
+    with pytest.raises(ConfigError):
+        window_bounds("expanding", 0, min_start=0, max_start=20)
+    with pytest.raises(ConfigError):
+        window_bounds("linear", 0, min_start=0, max_start=20)
