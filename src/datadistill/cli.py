@@ -93,6 +93,78 @@ def cmd_validate(args: argparse.Namespace) -> int:
     return 0
 
 
+# ---------------------------------------------------------------- experts / distill / run
+def _pipeline(args: argparse.Namespace):
+    from datadistill.pipeline import load_pipeline_config
+
+    if args.config and "=" in args.config and not Path(args.config).is_file():
+        args.overrides, args.config = [args.config, *args.overrides], None  # `run ipc=10`
+    return load_pipeline_config(args.config, args.overrides)
+
+
+def _run_dir(args: argparse.Namespace, cfg) -> Path:
+    return Path(args.out or f"runs/{cfg.dataset}_{cfg.method}_ipc{cfg.ipc}")
+
+
+def cmd_experts(args: argparse.Namespace) -> int:
+    from datadistill.pipeline import train_pipeline_experts
+
+    cfg = _pipeline(args)
+    out = Path(args.out or f"runs/{cfg.dataset}_{cfg.method}_ipc{cfg.ipc}/experts")
+    store = train_pipeline_experts(cfg, out, progress=not args.quiet)
+    accs = [float(store.test_acc(i)[-1]) for i in range(len(store))]
+    print(f"{len(store)} experts in {out}; final test accuracy "
+          f"{100 * sum(accs) / len(accs):.2f} % on average")
+    return 0
+
+
+def cmd_distill(args: argparse.Namespace) -> int:
+    from datadistill.distill import distill
+    from datadistill.pipeline import distill_config
+
+    cfg = _pipeline(args)
+    out = _run_dir(args, cfg)
+    expert_dir = args.experts or str(out / "experts")
+    result = distill(distill_config(cfg, expert_dir=expert_dir), out / "distill",
+                     progress=not args.quiet, resume=not args.restart)
+    best = "n/a" if result.best_accuracy is None else f"{100 * result.best_accuracy:.2f} %"
+    print(f"{result.iterations_done} iterations; best evaluation {best} at iteration "
+          f"{result.best_iteration}; learned step size {result.final_syn_lr:.4g}")
+    print(f"best set: {result.best_dir}")
+    return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from datadistill.pipeline import run_pipeline
+
+    cfg = _pipeline(args)
+    out = _run_dir(args, cfg)
+    print(f"datadistill run: {cfg.method} on {cfg.dataset}, IPC {cfg.ipc} -> {out}")
+    report = run_pipeline(cfg, out, progress=not args.quiet)
+    for key, rep in report.items():
+        if isinstance(rep, dict) and "accuracies" in rep:
+            print(f"  {key:<24} {100 * rep['mean']:6.2f} ± {100 * rep['std']:.2f} % "
+                  f"({len(rep['accuracies'])} runs)")
+    print(f"report written to {out / 'eval.json'} ({report['seconds']['total']:.0f} s)")
+    return 0
+
+
+def cmd_presets(args: argparse.Namespace) -> int:
+    from datadistill.presets import presets_table
+
+    print(presets_table())
+    return 0
+
+
+def cmd_import_buffers(args: argparse.Namespace) -> int:
+    from datadistill.experts import import_replay_buffers
+
+    store = import_replay_buffers(args.files, args.out, dataset=args.dataset, model=args.model,
+                                  zca=args.zca)
+    print(f"imported {len(store)} experts into {args.out}")
+    return 0
+
+
 # ---------------------------------------------------------------- INFER
 def cmd_teachers(args: argparse.Namespace) -> int:
     from datadistill.infer import train_teachers
@@ -234,6 +306,33 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--zca", action="store_true")
     _common_run_args(p)
     p.set_defaults(func=cmd_baseline)
+
+    for name, func, text in (
+        ("run", cmd_run, "the main job: experts if missing, distill, evaluate vs random"),
+        ("experts", cmd_experts, "train expert trajectories (resumes)"),
+        ("distill", cmd_distill, "trajectory matching from an expert store (resumes)"),
+    ):
+        p = sub.add_parser(name, help=text)
+        p.add_argument("config", nargs="?", default=None,
+                       help="shipped config name or YAML file (default: digits/mtt_ipc1)")
+        p.add_argument("overrides", nargs="*", help="key=value overrides, e.g. ipc=10")
+        p.add_argument("--out", default=None, help="run folder (default runs/<data>_<method>_ipcN)")
+        p.add_argument("--quiet", action="store_true", help="no progress bars")
+        if name == "distill":
+            p.add_argument("--experts", default=None, help="expert store (default <out>/experts)")
+            p.add_argument("--restart", action="store_true", help="ignore an existing checkpoint")
+        p.set_defaults(func=func)
+
+    p = sub.add_parser("presets", help="what each method preset changes, and its paper")
+    p.set_defaults(func=cmd_presets)
+
+    p = sub.add_parser("import-buffers", help="convert official replay_buffer_*.pt files")
+    p.add_argument("files", nargs="+")
+    p.add_argument("--out", required=True)
+    p.add_argument("--dataset", required=True)
+    p.add_argument("--model", default="convnet")
+    p.add_argument("--zca", action="store_true", help="the buffers were trained with ZCA")
+    p.set_defaults(func=cmd_import_buffers)
 
     for name, func, text in (
         ("teachers", cmd_teachers, "train INFER's BatchNorm teachers (resumable)"),
