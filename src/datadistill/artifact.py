@@ -27,11 +27,8 @@ import dataclasses
 import json
 import logging
 import math
-import os
 import pickle
-import tempfile
 import zipfile
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -44,6 +41,7 @@ from datadistill import __version__
 from datadistill.data import DatasetInfo, dataset_info, denormalize, normalize
 from datadistill.data.zca import ZCA
 from datadistill.errors import ArtifactError, CompatibilityError
+from datadistill.io import atomic_write, save_tensors
 
 log = logging.getLogger(__name__)
 
@@ -154,24 +152,12 @@ def _infer_ipc(n: int, info: DatasetInfo, ipc: int | None, where: str) -> int:
 # ----------------------------------------------------------------------------- file helpers
 
 
-def _atomic_write(path: Path, write: Callable[[str], None]) -> None:
-    """Call write(tmp_name) on a temporary file next to `path`, then rename it over `path`."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def _save_tensor_file(obj: Any, path: Path) -> None:
-    _atomic_write(path, lambda tmp: torch.save(obj, tmp))
+    save_tensors(obj, path)
 
 
 def _save_text(text: str, path: Path) -> None:
-    _atomic_write(path, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
+    atomic_write(path, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
 
 
 def _load_tensor_file(path: Path) -> Any:
@@ -568,7 +554,7 @@ def save_grid(
     img = Image.fromarray(array[:, :, 0] if array.shape[2] == 1 else array)
     out = Path(path)
     out.parent.mkdir(parents=True, exist_ok=True)
-    _atomic_write(out, lambda tmp: img.save(tmp, format="PNG"))
+    atomic_write(out, lambda tmp: img.save(tmp, format="PNG"))
     return out
 
 

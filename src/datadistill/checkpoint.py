@@ -14,7 +14,6 @@ Example:
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,6 +21,7 @@ from typing import Any
 import torch
 
 from datadistill.errors import ArtifactError
+from datadistill.io import save_tensors
 
 FORMAT_VERSION = 1
 
@@ -49,12 +49,7 @@ def save_checkpoint(path: str | Path, state: DistillState) -> Path:
     """Write ``state`` atomically; tensors are detached CPU copies."""
     path = Path(path)
     record = {"format_version": FORMAT_VERSION, **_to_cpu(asdict(state))}
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
-        torch.save(record, tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    save_tensors(record, path)
     return path
 
 

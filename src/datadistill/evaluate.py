@@ -38,6 +38,7 @@ from tqdm.auto import tqdm
 from datadistill.augment import DSA
 from datadistill.data import ImageSet
 from datadistill.errors import CompatibilityError, ConfigError
+from datadistill.matching.soft_labels import soft_cross_entropy
 from datadistill.models import create_model
 
 log = logging.getLogger(__name__)
@@ -93,12 +94,6 @@ class EvalReport:
 def hard_labels_from(labels: torch.Tensor) -> torch.Tensor:
     """(N,) class indices from hard labels (returned as-is) or (N, K) soft logits (argmax)."""
     return labels.argmax(dim=1) if labels.dim() == 2 else labels
-
-
-def soft_cross_entropy(logits: torch.Tensor, target_logits: torch.Tensor) -> torch.Tensor:
-    """DATM's soft CE at temperature 1: -sum(softmax(y) * log_softmax(out)) / B."""
-    target = F.softmax(target_logits, dim=1)  # (B, K)
-    return -(target * F.log_softmax(logits, dim=1)).sum() / logits.shape[0]
 
 
 def _loss_for(labels: torch.Tensor) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:

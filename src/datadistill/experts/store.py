@@ -22,7 +22,6 @@ Example:
 from __future__ import annotations
 
 import json
-import os
 import re
 from pathlib import Path
 from typing import Any
@@ -31,6 +30,7 @@ import torch
 from torch import nn
 
 from datadistill.errors import ArtifactError, CompatibilityError
+from datadistill.io import save_tensors, write_json
 
 FORMAT_VERSION = 1
 META_FILE = "meta.json"
@@ -43,21 +43,12 @@ def expert_path(directory: str | Path, index: int) -> Path:
     return Path(directory) / f"expert_{index:04d}.pt"
 
 
-def atomic_save(obj: Any, path: Path) -> None:
-    """torch.save to a temporary file in the same folder, then os.replace (all or nothing)."""
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
-        torch.save(obj, tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+atomic_save = save_tensors  # all or nothing: an interrupted write never leaves a half file
 
 
 def write_meta(directory: Path, meta: dict) -> None:
     """Atomically write ``meta.json``."""
-    tmp = directory / f".{META_FILE}.tmp{os.getpid()}"
-    tmp.write_text(json.dumps(meta, indent=2) + "\n")
-    os.replace(tmp, directory / META_FILE)
+    write_json(meta, directory / META_FILE)
 
 
 def save_expert(directory: Path, index: int, params: torch.Tensor, test_acc: torch.Tensor,

@@ -37,11 +37,11 @@ from datadistill.infer.compensators import (
     sample_class_groups,
 )
 from datadistill.infer.config import InferConfig, num_groups, pixels_at
-from datadistill.infer.io import write_json
 from datadistill.infer.labels import ensemble_logits
 from datadistill.infer.store import InferSet, save_infer_set
 from datadistill.infer.student import evaluate_student
 from datadistill.infer.teachers_train import TeacherStore
+from datadistill.io import write_json
 
 log = logging.getLogger(__name__)
 

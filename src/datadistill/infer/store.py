@@ -31,7 +31,7 @@ from datadistill import __version__
 from datadistill.artifact import DistilledSet
 from datadistill.data import DatasetInfo
 from datadistill.errors import ArtifactError
-from datadistill.infer.io import load_tensors, read_json, save_tensors, write_json
+from datadistill.io import load_tensors, read_json, save_tensors, write_json
 
 FORMAT_VERSION = 1
 TENSORS_FILE = "infer.pt"

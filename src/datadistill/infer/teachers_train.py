@@ -35,9 +35,9 @@ from datadistill.data import DatasetInfo, ImageSet, prepare
 from datadistill.errors import ArtifactError, CompatibilityError
 from datadistill.evaluate import run_seeds, test_accuracy
 from datadistill.infer.config import InferConfig, TeacherConfig, pixels_at
-from datadistill.infer.io import load_tensors, read_json, save_tensors, write_json
 from datadistill.infer.training import seeded, shuffled_batches
 from datadistill.infer.transforms import black_level, crop_flip, uses_flip
+from datadistill.io import load_tensors, read_json, save_tensors, write_json
 from datadistill.models.teachers import create_teacher
 
 log = logging.getLogger(__name__)

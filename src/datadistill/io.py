@@ -1,4 +1,4 @@
-"""Atomic, safe file helpers shared by the INFER teacher store and distilled-set store.
+"""Atomic, safe file helpers: every store, checkpoint and distilled set writes through them.
 
 Writes go to a temporary file in the target folder and are renamed into place, so an
 interrupted run never leaves a half-written file that a resume would trust. Tensor files
@@ -24,7 +24,8 @@ import torch
 from datadistill.errors import ArtifactError
 
 
-def _replace_atomically(path: Path, write) -> None:
+def atomic_write(path: Path, write) -> None:
+    """Call ``write(tmp_name)`` on a temporary file beside ``path``, then rename it into place."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
@@ -38,7 +39,7 @@ def _replace_atomically(path: Path, write) -> None:
 
 def save_tensors(obj: Any, path: str | Path) -> None:
     """``torch.save`` to ``path`` atomically (obj: tensors, numbers, strings, nested dicts)."""
-    _replace_atomically(Path(path), lambda tmp: torch.save(obj, tmp))
+    atomic_write(Path(path), lambda tmp: torch.save(obj, tmp))
 
 
 def load_tensors(path: str | Path, map_location: str | torch.device = "cpu") -> Any:
@@ -55,7 +56,7 @@ def load_tensors(path: str | Path, map_location: str | torch.device = "cpu") -> 
 def write_json(data: dict, path: str | Path) -> None:
     """Write ``data`` as indented JSON, atomically."""
     text = json.dumps(data, indent=2, sort_keys=False) + "\n"
-    _replace_atomically(Path(path), lambda tmp: Path(tmp).write_text(text))
+    atomic_write(Path(path), lambda tmp: Path(tmp).write_text(text))
 
 
 def read_json(path: str | Path) -> dict:
