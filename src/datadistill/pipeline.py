@@ -9,10 +9,18 @@ A pipeline config is one YAML file with the keys shared by every stage at the to
     zca: true
     experts: {epochs: 50, num_experts: 100}
     distill: {syn_steps: 50, expert_epochs: 2, max_start_epoch: 2, lr_img: 100, ...}
-    evaluation: {runs: 5}
+    curriculum: {schedule: {init_ratio: 0.75, ...}, score: el2n}   # PAD only (else absent)
+    evaluation: {runs: 5, batch_size: 256, protocols: [classic]}
 
 Precedence: dataclass defaults < method preset < YAML < ``key=value`` overrides. The shared
 keys are copied into the stage configs, so they are written once.
+
+Evaluation (``eval.json``): every model of ``evaluation.models`` trains fresh networks on the
+best distilled set (classic protocol, learned lr); a soft-label set is also evaluated with its
+argmax hard labels when ``evaluation.hard_labels`` (DATM/PAD: the label effect, DD-Ranking),
+FTD's EMA set (``distill/ema_last``) is evaluated on its own from fresh networks, and
+``protocols: [challenge]`` exports the ECCV-2024 challenge tensor file and scores it with the
+challenge protocol (M-DATM).
 
 Example:
     >>> cfg = load_pipeline_config("digits/mtt_ipc1", ["distill.iterations=10"])
@@ -39,18 +47,33 @@ from datadistill.config import (
     resolve_config_path,
 )
 from datadistill.errors import ConfigError
+from datadistill.experts.pad import PADCurriculum
 
 log = logging.getLogger(__name__)
 
 DEFAULT_CONFIG = "digits/mtt_ipc1"
 
 
+PROTOCOLS = ("classic", "challenge")
+CHALLENGE_FILES = {"cifar100": "cifar100.pt", "tiny_imagenet": "tinyimagenet.pt"}  # official
+
+
 @dataclass
 class EvaluationConfig:
-    runs: int = 5  # fresh networks per evaluation (MTT: 5)
+    runs: int = 5  # fresh networks per evaluation (MTT: 5; the challenge scores 3 rounds)
     epochs: int = 1000  # classic protocol: 1000 (+1) epochs
+    batch_size: int = 256  # classic protocol mini-batch (MTT/FTD 256, DATM/PAD 128)
     random_baseline: bool = True  # also evaluate a random real subset at the same IPC
     models: list[str] = field(default_factory=lambda: ["convnet"])  # >1: cross-architecture
+    hard_labels: bool = False  # soft-label sets: also evaluate with argmax labels (DATM/PAD)
+    protocols: list[str] = field(default_factory=lambda: ["classic"])  # + challenge (M-DATM)
+
+    def __post_init__(self) -> None:
+        bad = [p for p in self.protocols if p not in PROTOCOLS]
+        if bad or not self.protocols:
+            raise ConfigError(f"evaluation.protocols={self.protocols}; choose from {PROTOCOLS}")
+        if self.runs < 1 or self.epochs < 0 or self.batch_size < 1:
+            raise ConfigError("evaluation.runs and batch_size must be >= 1 and epochs >= 0")
 
 
 @dataclass
@@ -67,6 +90,7 @@ class PipelineConfig:
     device: str = "auto"  # "auto": cuda when available, else cpu
     experts: dict = field(default_factory=dict)  # ExpertConfig fields
     distill: dict = field(default_factory=dict)  # DistillConfig fields
+    curriculum: PADCurriculum | None = None  # PAD's expert data schedule; null: all data
     evaluation: EvaluationConfig = field(default_factory=EvaluationConfig)
 
     def resolved_device(self) -> str:
@@ -88,7 +112,7 @@ def load_pipeline_config(name_or_path: str | None = None, overrides: list[str] |
     data = merge(preset_overrides(method, raw.get("dataset"), raw.get("ipc")), raw)
     cfg = config_from_dict(PipelineConfig, data)
     expert_config(cfg)  # unknown keys in the stage sections fail now, not an hour later
-    distill_config(cfg)
+    _check_challenge(cfg, distill_config(cfg))
     return cfg
 
 
@@ -127,28 +151,49 @@ def _check(cfg: PipelineConfig) -> None:
         )
 
 
+def _check_challenge(cfg: PipelineConfig, dcfg) -> None:
+    """The challenge takes normalised pixels with labels implied by class order."""
+    if "challenge" in cfg.evaluation.protocols and (cfg.zca or dcfg.label_mode != "hard"):
+        raise ConfigError("evaluation.protocols has 'challenge', which scores normalised pixels "
+                          "with class-order hard labels: set zca=false and "
+                          "distill.label_mode=hard (the mdatm preset does).")
+
+
 def train_pipeline_experts(cfg: PipelineConfig, out_dir: str | Path, *, data=None,
                            progress: bool = True):
-    """The expert stage alone: train (or finish) the store in ``out_dir`` for this config."""
+    """The expert stage alone: train (or finish) the store in ``out_dir`` for this config.
+
+    With a ``curriculum`` section (PAD) the difficulty order is computed or loaded first and
+    saved beside the experts, and every expert epoch trains on the scheduled subset
+    (:mod:`datadistill.experts.pad`); ``curriculum.json`` records the sizes served.
+    """
     from datadistill.data import prepare
     from datadistill.experts import train_experts
+    from datadistill.experts.pad import check_no_curriculum, prepare_curriculum, record_served
 
     if data is None:
         data = prepare(cfg.dataset, cfg.data_root, zca=cfg.zca, download=cfg.download)
-    return train_experts(expert_config(cfg), data, out_dir, device=cfg.resolved_device(),
-                         progress=progress)
+    ecfg, device = expert_config(cfg), cfg.resolved_device()
+    if cfg.curriculum is None:
+        check_no_curriculum(out_dir)
+        return train_experts(ecfg, data, out_dir, device=device, progress=progress)
+    hook = prepare_curriculum(cfg.curriculum, ecfg, data, out_dir, device=device,
+                              progress=progress)
+    store = train_experts(ecfg, data, out_dir, device=device, progress=progress,
+                          epoch_subset=hook)
+    record_served(hook, out_dir)
+    return store
 
 
 def run_pipeline(cfg: PipelineConfig, out_dir: str | Path, *, progress: bool = True) -> dict:
     """Run experts (reusing a compatible store), distillation, then the evaluation report.
 
-    Writes ``eval.json`` in ``out_dir`` with the distilled and random-subset accuracies.
+    Writes ``eval.json`` in ``out_dir`` with the distilled and random-subset accuracies (and,
+    per method, the hard-label, EMA and challenge scores; see the module docstring).
     """
-    from datadistill.artifact import load_distilled
     from datadistill.baselines import baseline_random
     from datadistill.data import prepare
     from datadistill.distill import distill
-    from datadistill.evaluate import evaluate
 
     _check(cfg)
     out = Path(out_dir)
@@ -162,19 +207,51 @@ def run_pipeline(cfg: PipelineConfig, out_dir: str | Path, *, progress: bool = T
     dcfg = distill_config(cfg, expert_dir=str(out / "experts"))
     result = distill(dcfg, out / "distill", data=data, store=store, progress=progress)
     t_distill = time.time() - t0 - t_experts
-    best = load_distilled(result.best_dir)
     ev = cfg.evaluation
     report = {"config": config_to_dict(cfg), "seconds": {}}
-    for model in ev.models:
-        rep = evaluate(best.images, best.labels, data.test, model=model, lr=best.lr,
-                       num_runs=ev.runs, epochs=ev.epochs, seed=cfg.seed + 1000,
-                       device=device, progress=progress)
-        report[f"distilled_{model}"] = rep.to_dict()
+    report.update(_evaluate_outputs(cfg, data, result, out, device, progress))
     if ev.random_baseline:
-        rep = baseline_random(data, cfg.ipc, num_runs=ev.runs, epochs=ev.epochs,
+        rep = baseline_random(data, cfg.ipc, model=cfg.model, model_kwargs=cfg.model_kwargs,
+                              num_runs=ev.runs, epochs=ev.epochs, batch_size=ev.batch_size,
                               seed=cfg.seed + 2000, device=device, progress=progress)
         report["random_subset"] = rep.to_dict()
     report["seconds"] = {"experts": round(t_experts, 1), "distill": round(t_distill, 1),
                          "total": round(time.time() - t0, 1)}
     (out / "eval.json").write_text(json.dumps(report, indent=2) + "\n")
+    return report
+
+
+def _evaluate_outputs(cfg: PipelineConfig, data, result, out: Path, device: str,
+                      progress: bool) -> dict[str, Any]:
+    """Fresh-network evaluations of the distilled outputs, keyed as in ``eval.json``."""
+    from datadistill.artifact import export_challenge, load_distilled
+    from datadistill.evaluate import evaluate
+
+    ev, best = cfg.evaluation, load_distilled(result.best_dir)
+    ema_dir = result.out_dir / "ema_last"  # FTD: written by distill when ema_decay is set
+    ema = load_distilled(ema_dir) if (ema_dir / "meta.json").is_file() else None
+    common = dict(num_runs=ev.runs, epochs=ev.epochs, device=device, progress=progress)
+    report: dict[str, Any] = {"outputs": {"best": str(result.best_dir)}}
+    for model in ev.models if "classic" in ev.protocols else []:
+        kw = dict(model=model, lr=best.lr, batch_size=ev.batch_size,
+                  model_kwargs=cfg.model_kwargs if model == cfg.model else {}, **common)
+        # The hard-label run reuses the seed: same inits and batches, only the labels differ.
+        report[f"distilled_{model}"] = evaluate(best.images, best.labels, data.test,
+                                                seed=cfg.seed + 1000, **kw).to_dict()
+        if ev.hard_labels and best.soft_labels:
+            report[f"distilled_{model}_hard_labels"] = evaluate(
+                best.images, best.hard_labels, data.test, seed=cfg.seed + 1000, **kw).to_dict()
+        if ema is not None:  # FTD's EMA set from fresh networks (the official code reuses the
+            # network already trained on the raw set: a fixed bug, see presets.py)
+            report[f"ema_{model}"] = evaluate(ema.images, ema.labels, data.test,
+                                              seed=cfg.seed + 3000, **kw).to_dict()
+    if ema is not None:
+        report["outputs"]["ema"] = str(ema_dir)
+    if "challenge" in ev.protocols:
+        name = CHALLENGE_FILES.get(cfg.dataset, f"{cfg.dataset}.pt")
+        path = export_challenge(best, out / "challenge" / name)
+        images = torch.load(path, map_location="cpu", weights_only=True)  # what is submitted
+        report["challenge"] = evaluate(images, None, data.test, protocol="challenge",
+                                       ipc=cfg.ipc, seed=cfg.seed + 4000, **common).to_dict()
+        report["outputs"]["challenge_file"] = str(path)
     return report
