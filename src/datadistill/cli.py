@@ -360,6 +360,8 @@ def main(argv: list[str] | None = None) -> int:
     except DatadistillError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    except BrokenPipeError:  # e.g. `datadistill presets | head`
+        return 0
     except KeyboardInterrupt:
         print("interrupted; rerun the same command to resume", file=sys.stderr)
         return 130
