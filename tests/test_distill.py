@@ -165,3 +165,19 @@ def test_strategy_slots_run(digits, store, tmp_path):
                       data=digits, store=store, progress=False)
     rows = [json.loads(r) for r in skipped.metrics_path.read_text().splitlines()]
     assert [r["skipped"] for r in rows if "loss" in r] == [True]
+
+
+def test_divergence_guard_checks_soft_labels(digits, store, tmp_path):
+    # An infinite lr_y makes the labels non-finite after one step: the run must stop before a set
+    # with non-finite soft labels is written to last/ or best/.
+    cfg = _cfg(iterations=3, eval_every=1, label_mode="soft", lr_y=float("inf"))
+    with pytest.raises(DivergenceError, match="labels"):
+        distill(cfg, tmp_path, data=digits, store=store, progress=False)
+    for name in ("best", "last"):
+        assert torch.isfinite(load_distilled(tmp_path / name).labels).all()
+
+
+def test_expanding_window_is_checked_up_front():
+    with pytest.raises(ConfigError, match="current_max_start_epoch"):
+        _cfg(window="expanding", min_start_epoch=1, current_max_start_epoch=1,
+             expansion_end=10)

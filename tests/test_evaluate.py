@@ -237,3 +237,16 @@ def test_cross_architecture(monkeypatch):
     reports = evaluate_cross(x, y, toy_test(1), models=["convnet", "mlp"], num_runs=2, epochs=1)
     assert list(reports) == ["convnet", "mlp"] and reports["mlp"].model == "mlp"
     assert [c["model"] for c in calls] == ["convnet", "convnet", "mlp", "mlp"]
+
+
+def test_bad_hard_labels_are_clear_errors():
+    from datadistill.data import DatasetInfo, ImageSet
+    from datadistill.errors import CompatibilityError
+
+    info = DatasetInfo("toy", 3, 1, (4, 4), (0.5,), (0.5,), ("a", "b", "c"))
+    test = ImageSet(torch.zeros(6, 1, 4, 4), torch.zeros(6, dtype=torch.long), info, "raw")
+    x = torch.zeros(3, 1, 4, 4)
+    with pytest.raises(CompatibilityError, match="integer class indices"):
+        evaluate(x, torch.tensor([0.0, 1.0, 2.0]), test, epochs=1, num_runs=1)
+    with pytest.raises(CompatibilityError, match="classes 0..2"):
+        evaluate(x, torch.tensor([0, 1, 3]), test, epochs=1, num_runs=1)

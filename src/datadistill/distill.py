@@ -138,6 +138,11 @@ class DistillConfig:
                                            or self.expansion_end is None):
             raise ConfigError("distill.window=expanding needs current_max_start_epoch and "
                               "expansion_end (DATM defaults: 20 and 3000).")
+        if self.window == "expanding" and self.min_start_epoch >= self.current_max_start_epoch:
+            raise ConfigError(f"distill.window=expanding starts with the empty window "
+                              f"[min_start_epoch, current_max_start_epoch) = "
+                              f"[{self.min_start_epoch}, {self.current_max_start_epoch}); raise "
+                              "current_max_start_epoch above min_start_epoch.")
 
 
 def _check_choice(name: str, value: str, choices: tuple[str, ...]) -> None:
@@ -479,6 +484,9 @@ def _check_state(state: DistillState, it: int) -> None:
     _guard(lr > 0, f"the learned step size became {lr:.3g} <= 0 at iteration {it}")
     _guard(bool(torch.isfinite(state.images).all()), f"the images became non-finite at "
            f"iteration {it}")
+    if state.labels.dim() == 2:  # soft labels: a NaN/inf logit would be saved at the next eval
+        _guard(bool(torch.isfinite(state.labels).all()), f"the soft labels became non-finite "
+               f"at iteration {it} (lower lr_y)")
 
 
 # ----------------------------------------------------------------------------- outputs

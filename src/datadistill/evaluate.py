@@ -299,6 +299,17 @@ def _check_inputs(images: torch.Tensor, labels: torch.Tensor | None, test: Image
             f"labels have shape {tuple(labels.shape)}; expected ({n},) "
             f"class indices or ({n}, {k}) soft logits"
         )
+    if labels.dim() == 1:
+        if labels.dtype.is_floating_point or labels.dtype == torch.bool:
+            raise CompatibilityError(
+                f"hard labels must be integer class indices, got dtype {labels.dtype}; "
+                "convert them with labels.long() (or pass (N, K) soft logits)"
+            )
+        if n and (int(labels.min()) < 0 or int(labels.max()) >= k):
+            raise CompatibilityError(
+                f"hard labels span [{int(labels.min())}, {int(labels.max())}] but {info.name!r} "
+                f"has classes 0..{k - 1}; evaluate on the dataset the set was distilled from"
+            )
 
 
 def challenge_labels(num_classes: int, ipc: int) -> torch.Tensor:
