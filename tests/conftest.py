@@ -4,8 +4,12 @@ The tests use tiny tensors, for which a single thread is faster than two and imm
 oversubscription when the machine is shared.
 """
 
+import dataclasses
+
 import pytest
 import torch
+
+from datadistill.data import prepare
 
 
 def pytest_configure(config):
@@ -19,3 +23,12 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "gpu" in item.keywords:
             item.add_marker(skip)
+
+
+@pytest.fixture(scope="module")
+def digits():
+    """The embedded digits with a 300-image training split, for fast experts."""
+    real = prepare("digits")
+    train = dataclasses.replace(real.train, images=real.train.images[:300],
+                                labels=real.train.labels[:300])
+    return dataclasses.replace(real, train=train)

@@ -16,15 +16,6 @@ K = 3
 INFO = DatasetInfo("toy", K, 1, (4, 4), (0.5,), (0.25,), ("cat", "dog", "emu"))
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny ops run far faster on one thread when the CPU is shared."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def toy_train(counts=(5, 6, 2)) -> ImageSet:
     """Image i is filled with the value i, so a pick can be traced back to its index."""
     labels = torch.cat([torch.full((n,), c) for c, n in enumerate(counts)])

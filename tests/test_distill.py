@@ -10,27 +10,9 @@ import torch
 
 from datadistill.artifact import load_distilled
 from datadistill.checkpoint import load_checkpoint
-from datadistill.data import prepare
 from datadistill.distill import DistillConfig, distill
 from datadistill.errors import CompatibilityError, ConfigError, DivergenceError
 from datadistill.experts import ExpertConfig, train_experts
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """The test machine is shared: one thread avoids OpenMP oversubscription stalls."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
-
-@pytest.fixture(scope="module")
-def digits():
-    real = prepare("digits")
-    train = dataclasses.replace(real.train, images=real.train.images[:300],
-                                labels=real.train.labels[:300])
-    return dataclasses.replace(real, train=train)
 
 
 @pytest.fixture(scope="module")

@@ -31,15 +31,6 @@ INFO = DatasetInfo(
 SMALL = {"width": 16, "depth": 2}
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny ops run far faster on one thread when the CPU is shared (measured ~20x here)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def quadrants(n_per_class: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Class c lights up quadrant c of an 8x8 image, plus noise: separable but not trivially
     by mean intensity (which instance norm would erase)."""

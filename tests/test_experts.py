@@ -8,7 +8,7 @@ import json
 import pytest
 import torch
 
-from datadistill.data import dataset_info, prepare
+from datadistill.data import dataset_info
 from datadistill.errors import ArtifactError, CompatibilityError, ConfigError
 from datadistill.experts import (
     ExpertConfig,
@@ -19,24 +19,6 @@ from datadistill.experts import (
     train_experts,
 )
 from datadistill.models import flatten_params
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """The test machine is shared: one thread avoids OpenMP oversubscription stalls."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
-
-@pytest.fixture(scope="module")
-def digits():
-    """Digits with a 300-image training split (fast experts)."""
-    real = prepare("digits")
-    train = dataclasses.replace(real.train, images=real.train.images[:300],
-                                labels=real.train.labels[:300])
-    return dataclasses.replace(real, train=train)
 
 
 def _cfg(**kw):

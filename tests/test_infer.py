@@ -34,16 +34,6 @@ from datadistill.infer.labels import Mixup
 from datadistill.infer.transforms import black_level, random_crop, random_flip, uses_flip
 from datadistill.models.teachers import create_teacher
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors on a shared 2-core box: extra threads cost far more than they save."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 # ----------------------------------------------------------------------------- budget
 
 

@@ -24,15 +24,6 @@ from datadistill.infer import (
 from datadistill.infer.teachers_train import META_FILE
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors on a shared 2-core box: extra threads cost far more than they save."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def digits_run(tmp_path_factory):
     root = tmp_path_factory.mktemp("infer")

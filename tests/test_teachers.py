@@ -15,15 +15,6 @@ from datadistill.models.teachers import create_teacher, list_teachers
 SHAPES = [(1, 8), (1, 28), (3, 32), (3, 64)]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors on a shared 2-core box: extra threads cost far more than they save."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.mark.parametrize("name", list_teachers())
 @pytest.mark.parametrize("channels,size", SHAPES)
 def test_teacher_forward_backward_all_shapes(name, channels, size):
