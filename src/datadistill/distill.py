@@ -52,6 +52,7 @@ import torch
 from tqdm.auto import tqdm
 
 from datadistill.checkpoint import DistillState, MetricsLog, load_checkpoint, save_checkpoint
+from datadistill.data import check_prepared
 from datadistill.errors import CompatibilityError, ConfigError, DivergenceError
 from datadistill.matching import (
     matching_loss,
@@ -260,12 +261,7 @@ def _setup(cfg: DistillConfig, out_dir, data, store) -> _Run:
 
 
 def _check_data(cfg: DistillConfig, data) -> None:
-    if data.info.name != cfg.dataset:
-        raise ConfigError(f"distill.dataset is {cfg.dataset!r} but the data is "
-                          f"{data.info.name!r}; prepare the configured dataset.")
-    if (data.zca is not None) != cfg.zca:
-        raise ConfigError(f"distill.zca={cfg.zca} but the data was prepared with "
-                          f"zca={data.zca is not None}; call prepare(..., zca={cfg.zca}).")
+    check_prepared(data, cfg.dataset, cfg.zca, "distill")
     counts = torch.bincount(data.train.labels.cpu(), minlength=data.info.num_classes)
     smallest = int(counts.argmin())
     if int(counts[smallest]) < cfg.ipc:

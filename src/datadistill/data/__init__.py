@@ -15,7 +15,7 @@ Example:
 """
 
 from datadistill.data.info import DatasetInfo, ImageSet, denormalize, normalize
-from datadistill.data.prepare import RealData, prepare
+from datadistill.data.prepare import RealData, check_prepared, prepare
 from datadistill.data.registry import (
     UnknownDatasetError,
     create_dataset,
@@ -36,4 +36,5 @@ __all__ = [
     "list_datasets",
     "normalize",
     "prepare",
+    "check_prepared",
 ]

@@ -67,3 +67,18 @@ def prepare(
     train = replace(train, images=whitening.apply(train.images), space="zca")
     test = replace(test, images=whitening.apply(test.images), space="zca")
     return RealData(train, test, train.info, whitening)
+
+
+def check_prepared(data: RealData, dataset: str, zca: bool, section: str) -> None:
+    """Raise ConfigError when ``data`` is not the dataset/ZCA space a config asks for.
+
+    ``section`` names the config section in the message (e.g. "experts", "distill").
+    """
+    from datadistill.errors import ConfigError
+
+    if data.info.name != dataset:
+        raise ConfigError(f"{section}.dataset is {dataset!r} but the data is "
+                          f"{data.info.name!r}; prepare the configured dataset.")
+    if (data.zca is not None) != zca:
+        raise ConfigError(f"{section}.zca={zca} but the data was prepared with "
+                          f"zca={data.zca is not None}; call prepare(..., zca={zca}).")

@@ -33,6 +33,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
+from datadistill.data import check_prepared
 from datadistill.errors import CompatibilityError, ConfigError
 from datadistill.experts.store import (
     DTYPES,
@@ -145,12 +146,7 @@ def _check_resume(directory: Path, meta: dict) -> None:
 
 
 def _check_data(cfg: ExpertConfig, data) -> None:
-    if data.info.name != cfg.dataset:
-        raise ConfigError(f"experts.dataset is {cfg.dataset!r} but the data is "
-                          f"{data.info.name!r}; prepare the configured dataset.")
-    if (data.zca is not None) != cfg.zca:
-        raise ConfigError(f"experts.zca={cfg.zca} but the data was prepared with "
-                          f"zca={data.zca is not None}; call prepare(..., zca={cfg.zca}).")
+    check_prepared(data, cfg.dataset, cfg.zca, "experts")
 
 
 def train_experts(cfg: ExpertConfig, data, out_dir: str | Path, *, device: str | None = None,
