@@ -80,6 +80,7 @@ class DistillConfig:
     dataset: str = "cifar10"  # registry name
     data_root: str | None = None  # folder with the dataset files
     zca: bool = False  # distil in ZCA space (must match the experts)
+    train_per_class: int | None = None  # class-balanced real subset (None: all; as the experts)
     model: str = "convnet"  # student/evaluation network (must match the experts)
     model_kwargs: dict = field(default_factory=dict)  # e.g. {depth: 4} for Tiny ImageNet
     ipc: int = 1  # synthetic images per class
@@ -242,7 +243,8 @@ def _setup(cfg: DistillConfig, out_dir, data, store) -> _Run:
     if data is None:
         from datadistill.data import prepare
 
-        data = prepare(cfg.dataset, cfg.data_root, zca=cfg.zca)
+        data = prepare(cfg.dataset, cfg.data_root, zca=cfg.zca,
+                       train_per_class=cfg.train_per_class)
     if store is None:
         if cfg.expert_dir is None:
             raise ConfigError("distill needs experts: set distill.expert_dir or pass store=")
@@ -261,7 +263,7 @@ def _setup(cfg: DistillConfig, out_dir, data, store) -> _Run:
 
 
 def _check_data(cfg: DistillConfig, data) -> None:
-    check_prepared(data, cfg.dataset, cfg.zca, "distill")
+    check_prepared(data, cfg.dataset, cfg.zca, "distill", cfg.train_per_class)
     counts = torch.bincount(data.train.labels.cpu(), minlength=data.info.num_classes)
     smallest = int(counts.argmin())
     if int(counts[smallest]) < cfg.ipc:

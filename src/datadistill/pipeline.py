@@ -84,6 +84,7 @@ class PipelineConfig:
     download: bool = False  # fetch missing dataset files from their official URLs
     ipc: int = 1  # images per class of the distilled set
     zca: bool = False  # distil and evaluate in ZCA-whitened space (MTT: per setting)
+    train_per_class: int | None = None  # class-balanced train subset for every stage (None: all)
     model: str = "convnet"  # network of experts, student and evaluation
     model_kwargs: dict = field(default_factory=dict)  # e.g. {depth: 4} for Tiny ImageNet
     seed: int = 0  # every random draw of the run derives from this
@@ -99,7 +100,8 @@ class PipelineConfig:
         return self.device
 
 
-SHARED_KEYS = ("dataset", "data_root", "zca", "model", "model_kwargs", "seed", "device")
+SHARED_KEYS = ("dataset", "data_root", "zca", "train_per_class", "model", "model_kwargs", "seed",
+               "device")
 
 
 def load_pipeline_config(name_or_path: str | None = None, overrides: list[str] | None = None):
@@ -172,7 +174,8 @@ def train_pipeline_experts(cfg: PipelineConfig, out_dir: str | Path, *, data=Non
     from datadistill.experts.pad import check_no_curriculum, prepare_curriculum, record_served
 
     if data is None:
-        data = prepare(cfg.dataset, cfg.data_root, zca=cfg.zca, download=cfg.download)
+        data = prepare(cfg.dataset, cfg.data_root, zca=cfg.zca, download=cfg.download,
+                       train_per_class=cfg.train_per_class)
     ecfg, device = expert_config(cfg), cfg.resolved_device()
     if cfg.curriculum is None:
         check_no_curriculum(out_dir)
@@ -185,8 +188,12 @@ def train_pipeline_experts(cfg: PipelineConfig, out_dir: str | Path, *, data=Non
     return store
 
 
-def run_pipeline(cfg: PipelineConfig, out_dir: str | Path, *, progress: bool = True) -> dict:
+def run_pipeline(cfg: PipelineConfig, out_dir: str | Path, *, progress: bool = True,
+                 expert_dir: str | Path | None = None) -> dict:
     """Run experts (reusing a compatible store), distillation, then the evaluation report.
+
+    ``expert_dir`` (default ``out_dir/experts``) lets several runs share one store; a store
+    started with another expert config there is an error, never silently reused.
 
     Writes ``eval.json`` in ``out_dir`` with the distilled and random-subset accuracies (and,
     per method, the hard-label, EMA and challenge scores; see the module docstring).
@@ -201,10 +208,12 @@ def run_pipeline(cfg: PipelineConfig, out_dir: str | Path, *, progress: bool = T
     (out / "pipeline.json").write_text(json.dumps(config_to_dict(cfg), indent=2) + "\n")
     device = cfg.resolved_device()
     t0 = time.time()
-    data = prepare(cfg.dataset, cfg.data_root, zca=cfg.zca, download=cfg.download)
-    store = train_pipeline_experts(cfg, out / "experts", data=data, progress=progress)
+    data = prepare(cfg.dataset, cfg.data_root, zca=cfg.zca, download=cfg.download,
+                       train_per_class=cfg.train_per_class)
+    experts_at = Path(expert_dir) if expert_dir is not None else out / "experts"
+    store = train_pipeline_experts(cfg, experts_at, data=data, progress=progress)
     t_experts = time.time() - t0
-    dcfg = distill_config(cfg, expert_dir=str(out / "experts"))
+    dcfg = distill_config(cfg, expert_dir=str(experts_at))
     result = distill(dcfg, out / "distill", data=data, store=store, progress=progress)
     t_distill = time.time() - t0 - t_experts
     ev = cfg.evaluation

@@ -32,6 +32,35 @@ class RealData:
     test: ImageSet
     info: DatasetInfo
     zca: ZCA | None
+    train_per_class: int | None = None  # set when train is a class-balanced subset
+
+
+def subset_per_class(images: ImageSet, per_class: int, seed: int = 0) -> ImageSet:
+    """A class-balanced random subset: ``per_class`` images of every class, seeded.
+
+    Each class keeps the first ``per_class`` entries of a seeded permutation of its indices;
+    the subset lists classes in order. Raises ConfigError when a class is smaller.
+
+    Example:
+        >>> small = subset_per_class(create_dataset("digits", None, "train"), 5)
+        >>> len(small), small.labels[:6].tolist()
+        (50, [0, 0, 0, 0, 0, 1])
+    """
+    from datadistill.errors import ConfigError
+
+    if per_class < 1:
+        raise ConfigError(f"train_per_class must be >= 1, got {per_class}")
+    gen = torch.Generator().manual_seed(seed)
+    keep = []
+    for c in range(images.info.num_classes):
+        idx = (images.labels.cpu() == c).nonzero().flatten()
+        if len(idx) < per_class:
+            raise ConfigError(f"train_per_class={per_class} but class {c} of "
+                              f"{images.info.name} has only {len(idx)} training images; "
+                              f"use train_per_class <= {len(idx)} or null for all data.")
+        keep.append(idx[torch.randperm(len(idx), generator=gen)[:per_class]])
+    sel = torch.cat(keep).to(images.labels.device)
+    return replace(images, images=images.images[sel], labels=images.labels[sel])
 
 
 def prepare(
@@ -44,11 +73,14 @@ def prepare(
     zca_eps: float = DEFAULT_EPS,
     image_size: int | tuple[int, int] | None = None,
     progress: bool = False,
+    train_per_class: int | None = None,
 ) -> RealData:
     """Load train and test, normalised (zca=False) or ZCA-whitened (zca=True), on `device`.
 
     The ZCA is fitted on `device` (float64 there), on the raw train pixels, then applied to
-    both splits. `image_size` is passed on for imagefolder.
+    both splits. `image_size` is passed on for imagefolder. `train_per_class` keeps a seeded
+    class-balanced subset of the train split (:func:`subset_per_class`) after the ZCA is
+    fitted on the whole split, for quick or CPU-scale runs; None keeps all of it.
 
     Example:
         >>> prepare("digits").train.space
@@ -60,17 +92,20 @@ def prepare(
     train = create_dataset(name, root, "train", **kwargs).to(device)
     # For Tiny ImageNet "test" means its labelled val split (the official test has no labels).
     test = create_dataset(name, root, "test", **kwargs).to(device)
-    if not zca:
-        return RealData(train, test, train.info, None)
-    logger.info("fitting ZCA (eps=%g) on %d training images", zca_eps, len(train))
-    whitening = ZCA.fit(train.images, eps=zca_eps)
-    train = replace(train, images=whitening.apply(train.images), space="zca")
-    test = replace(test, images=whitening.apply(test.images), space="zca")
-    return RealData(train, test, train.info, whitening)
+    whitening = None
+    if zca:
+        logger.info("fitting ZCA (eps=%g) on %d training images", zca_eps, len(train))
+        whitening = ZCA.fit(train.images, eps=zca_eps)
+        train = replace(train, images=whitening.apply(train.images), space="zca")
+        test = replace(test, images=whitening.apply(test.images), space="zca")
+    if train_per_class is not None:
+        train = subset_per_class(train, train_per_class)
+    return RealData(train, test, train.info, whitening, train_per_class)
 
 
-def check_prepared(data: RealData, dataset: str, zca: bool, section: str) -> None:
-    """Raise ConfigError when ``data`` is not the dataset/ZCA space a config asks for.
+def check_prepared(data: RealData, dataset: str, zca: bool, section: str,
+                   train_per_class: int | None = None) -> None:
+    """Raise ConfigError when ``data`` is not the dataset/ZCA space/subset a config asks for.
 
     ``section`` names the config section in the message (e.g. "experts", "distill").
     """
@@ -82,3 +117,7 @@ def check_prepared(data: RealData, dataset: str, zca: bool, section: str) -> Non
     if (data.zca is not None) != zca:
         raise ConfigError(f"{section}.zca={zca} but the data was prepared with "
                           f"zca={data.zca is not None}; call prepare(..., zca={zca}).")
+    if data.train_per_class != train_per_class:
+        raise ConfigError(f"{section}.train_per_class={train_per_class} but the data was "
+                          f"prepared with train_per_class={data.train_per_class}; call "
+                          f"prepare(..., train_per_class={train_per_class}).")

@@ -58,6 +58,7 @@ class ExpertConfig:
     dataset: str = "cifar10"  # registry name (datadistill.data.list_datasets())
     data_root: str | None = None  # folder with the dataset files (None: default/not needed)
     zca: bool = False  # train in ZCA-whitened space (MTT: per setting; must match distillation)
+    train_per_class: int | None = None  # class-balanced train subset (None: all; MTT: all)
     model: str = "convnet"  # registry name (datadistill.models.list_models())
     model_kwargs: dict = field(default_factory=dict)  # e.g. {depth: 4} for Tiny ImageNet
     num_experts: int = 100  # trajectories to train (MTT: 100)
@@ -72,6 +73,7 @@ class ExpertConfig:
     dsa: bool = True  # DSA on every real batch (MTT: on)
     dsa_strategy: str | None = None  # None: the dataset's default strategy
     seed: int = 0  # expert i uses seeds derived from (seed, i)
+    test_samples: int | None = None  # per-epoch accuracy on this many test images (None: all)
     dtype: str = "float32"  # storage dtype of the parameters: float32 | float16 (half the disk)
     device: str = "cpu"  # where to train (train_experts' device argument overrides it)
 
@@ -81,6 +83,9 @@ class ExpertConfig:
                               f"{self.optimizer!r}")
         if self.dtype not in DTYPES:
             raise ConfigError(f"experts.dtype must be one of {tuple(DTYPES)}, got {self.dtype!r}")
+        if self.test_samples is not None and self.test_samples < 1:
+            raise ConfigError(f"experts.test_samples must be >= 1 or null, got "
+                              f"{self.test_samples}")
         for name in ("num_experts", "epochs", "batch_size"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"experts.{name} must be >= 1, got {getattr(self, name)}")
@@ -146,7 +151,7 @@ def _check_resume(directory: Path, meta: dict) -> None:
 
 
 def _check_data(cfg: ExpertConfig, data) -> None:
-    check_prepared(data, cfg.dataset, cfg.zca, "experts")
+    check_prepared(data, cfg.dataset, cfg.zca, "experts", cfg.train_per_class)
 
 
 def train_experts(cfg: ExpertConfig, data, out_dir: str | Path, *, device: str | None = None,
@@ -206,7 +211,8 @@ def train_one_expert(cfg: ExpertConfig, data, index: int, *, dsa=None, device: s
     step = _optimizer_step(cfg, net)
     x_all, y_all = data.train.images, data.train.labels
     snapshots = [flatten_params(net).cpu()]  # (P,) per epoch
-    accs = [test_accuracy(net, data.test.images, data.test.labels, device=device)]
+    x_test, y_test = monitor_split(data.test, cfg.test_samples)
+    accs = [test_accuracy(net, x_test, y_test, device=device)]
     for epoch in tqdm(range(cfg.epochs), desc=f"expert {index}", leave=False,
                       disable=not progress):
         pool = None if epoch_subset is None else epoch_subset(epoch).long().cpu()
@@ -220,8 +226,21 @@ def train_one_expert(cfg: ExpertConfig, data, index: int, *, dsa=None, device: s
                 x = dsa(x, generator=gen)
             step(x, y)
         snapshots.append(flatten_params(net).cpu())
-        accs.append(test_accuracy(net, data.test.images, data.test.labels, device=device))
+        accs.append(test_accuracy(net, x_test, y_test, device=device))
     return torch.stack(snapshots), torch.tensor(accs, dtype=torch.float32)
+
+
+def monitor_split(test, samples: int | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """The test images and labels an expert's per-epoch accuracy is measured on.
+
+    None: the whole split (MTT). Otherwise a fixed seeded random subset of ``samples`` images,
+    the same for every expert and epoch (cheaper monitoring; parameters are unaffected).
+    """
+    if samples is None or samples >= len(test):
+        return test.images, test.labels
+    keep = torch.randperm(len(test), generator=torch.Generator().manual_seed(0))[:samples]
+    keep = keep.to(test.labels.device)
+    return test.images[keep], test.labels[keep]
 
 
 def _optimizer_step(cfg: ExpertConfig, net: nn.Module) -> Callable[[torch.Tensor, torch.Tensor],
