@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from datadistill.data import prepare
-from datadistill.errors import ArtifactError, ConfigError
+from datadistill.errors import ArtifactError, CompatibilityError, ConfigError
 from datadistill.infer import (
     InferConfig,
     StudentConfig,
@@ -17,7 +17,9 @@ from datadistill.infer import (
     TeacherStore,
     evaluate_classic,
     evaluate_student,
+    evaluate_student_images,
     load_infer_set,
+    random_soft_subset,
     run_infer,
     train_teachers,
 )
@@ -110,3 +112,42 @@ def test_missing_teacher_store_is_explained(tmp_path):
     with pytest.raises(ArtifactError, match="datadistill teachers"):
         run_infer(cfg, tmp_path / "out")
     assert TeacherStore(tmp_path / "none").archs() == []
+
+
+def test_random_soft_subset_baseline_uses_the_same_teacher_labels(digits_run):
+    cfg, store, _, _, _ = digits_run
+    teachers = [store.load(a) for a in cfg.teachers.archs]
+    real = prepare("digits")
+    x, z = random_soft_subset(real.train, 3, teachers, torch.Generator().manual_seed(0))
+    assert x.shape == (30, 1, 8, 8) and z.shape == (30, 10)
+    with torch.no_grad():
+        mean = torch.stack([t(x) for t in teachers]).mean(0)
+    assert torch.allclose(z, mean, atol=1e-5)
+    # the images are real training images, 3 per class in class order
+    rows = [(real.train.images.flatten(1) == img).all(1).nonzero().flatten()[0] for img in
+            x.flatten(1)]
+    assert real.train.labels[torch.stack(rows)].tolist() == sum([[c] * 3 for c in range(10)], [])
+    student = StudentConfig(model="convnet", model_kwargs={"width": 8}, epochs=2, eval_every=1,
+                            num_runs=2)
+    report = evaluate_student_images(x, z, real.test, student)
+    assert report.protocol == "infer_static" and len(report.accuracies) == 2
+    assert report.settings["n_images"] == 30
+    with pytest.raises(ConfigError, match="one row per image"):
+        evaluate_student_images(x, z[:5], real.test, student)
+
+
+def test_train_per_class_reaches_teachers_and_class_groups(tmp_path):
+    cfg = InferConfig(dataset="digits", ipc=2, train_per_class=4,
+                      teacher_dir=str(tmp_path / "teachers"), iterations=1,
+                      teachers=TeacherConfig(archs=["shufflenet_g2"], width_mult=0.125,
+                                             epochs=1),
+                      student=StudentConfig(num_runs=0))
+    store = train_teachers(cfg, cfg.teacher_dir)
+    assert store.meta("shufflenet_g2")["train_per_class"] == 4
+    result = run_infer(cfg, tmp_path / "set")
+    small = prepare("digits", train_per_class=4).train
+    picked = result.infer_set.base.flatten(0, 1).flatten(1)  # (K*C, pixels)
+    flat = small.images.flatten(1)
+    assert all((flat == row).all(1).any() for row in picked)  # groups come from the subset
+    with pytest.raises(CompatibilityError, match="train_per_class"):
+        train_teachers(InferConfig(**{**cfg.__dict__, "train_per_class": None}), cfg.teacher_dir)

@@ -30,7 +30,13 @@ from datadistill.infer.config import (
     num_groups,
 )
 from datadistill.infer.labels import ensemble_logits, kd_loss, sample_mixup
-from datadistill.infer.recipe import InferResult, distill_infer, load_teachers, run_infer
+from datadistill.infer.recipe import (
+    InferResult,
+    distill_infer,
+    load_teachers,
+    random_soft_subset,
+    run_infer,
+)
 from datadistill.infer.store import (
     InferSet,
     Instances,
@@ -43,6 +49,7 @@ from datadistill.infer.student import (
     build_student,
     evaluate_classic,
     evaluate_student,
+    evaluate_student_images,
     train_student,
 )
 from datadistill.infer.teachers_train import TeacherStore, train_teacher, train_teachers
@@ -65,11 +72,13 @@ __all__ = [
     "ensemble_logits",
     "evaluate_classic",
     "evaluate_student",
+    "evaluate_student_images",
     "generate_compensators",
     "instances_per_class",
     "kd_loss",
     "load_infer_set",
     "load_teachers",
+    "random_soft_subset",
     "num_groups",
     "optimise_compensator",
     "run_infer",

@@ -69,6 +69,7 @@ class InferConfig:
     dataset: str = "cifar100"  # datadistill.data registry name
     data_root: str | None = None  # None: the data module's default location
     download: bool = False  # let the data module fetch missing files
+    train_per_class: int | None = None  # class-balanced train subset for teachers and groups
     ipc: int = 10  # nominal budget, in image-sized tensors per class
     device: str = "cpu"
     seed: int = 0  # class-group sampling, jitter and students (run r uses seed + r)

@@ -113,6 +113,27 @@ def distill_infer(
     return infer_set
 
 
+def random_soft_subset(
+    train: ImageSet,
+    ipc: int,
+    teachers: list[nn.Module],
+    generator: torch.Generator | None = None,
+    label_batch_size: int = 256,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The baseline INFER should beat: ``ipc`` random real images per class labelled with the
+    same static soft labels (the teachers' mean logits), as (images, logits).
+
+    Example:
+        >>> x, z = random_soft_subset(real.train, 10, teachers)            # doctest: +SKIP
+    """
+    from datadistill.baselines import random_subset
+
+    images, _ = random_subset(train, ipc, generator)
+    device = next(teachers[0].parameters()).device
+    logits = ensemble_logits(teachers, images.to(device), label_batch_size).cpu()
+    return images.cpu(), logits
+
+
 def load_teachers(
     cfg: InferConfig, teacher_dir: str | Path | None, info: DatasetInfo
 ) -> tuple[list[nn.Module], list[str]]:
@@ -140,7 +161,8 @@ def run_infer(
 
     ``teacher_dir`` overrides ``cfg.teacher_dir``. Example in the module docstring.
     """
-    data = prepare(cfg.dataset, cfg.data_root, download=cfg.download, progress=progress)
+    data = prepare(cfg.dataset, cfg.data_root, download=cfg.download, progress=progress,
+                   train_per_class=cfg.train_per_class)
     teachers, names = load_teachers(cfg, teacher_dir, data.info)
     infer_set = distill_infer(cfg, data.train, teachers, names, progress)
     path = save_infer_set(infer_set, out_dir)

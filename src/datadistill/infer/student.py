@@ -151,17 +151,46 @@ def evaluate_student(
     inst = infer_set.materialise()
     if not dynamic and inst.soft_labels is None:
         raise ConfigError("static labels are missing from this INFER set; use labels='dynamic'")
+    return evaluate_student_images(inst.images, inst.soft_labels, test, cfg, teachers=teachers,
+                                   seed=seed, device=device, progress=progress)
+
+
+def evaluate_student_images(
+    images: torch.Tensor,
+    static_logits: torch.Tensor | None,
+    test: ImageSet,
+    cfg: StudentConfig,
+    *,
+    teachers: list[nn.Module] | None = None,
+    seed: int = 0,
+    device: str | torch.device = "cpu",
+    progress: bool = False,
+) -> EvalReport:
+    """:func:`evaluate_student` on any images (N, C, H, W) in the test set's normalised space,
+    e.g. a random real subset labelled by the same teachers (INFER's fair baseline).
+
+    ``static_logits`` (N, classes) are used when ``cfg.labels`` is static; dynamic labels
+    query ``teachers`` on every batch.
+    """
+    dynamic = cfg.labels == "dynamic"
+    if dynamic and not teachers:
+        raise ConfigError("student.labels='dynamic' needs the teachers; pass teachers=...")
+    if not dynamic and static_logits is None:
+        raise ConfigError("static labels are missing; give static_logits or use labels='dynamic'")
+    if not dynamic and static_logits.shape != (len(images), test.info.num_classes):
+        raise ConfigError(f"static_logits have shape {tuple(static_logits.shape)}, expected "
+                          f"({len(images)}, {test.info.num_classes}): one row per image")
     test_dev = test.to(device)
     runs = []
     for r in range(cfg.num_runs):
         init_seed, train_seed = run_seeds(seed, r)
-        net = seeded(lambda: build_student(cfg.model, infer_set.info, cfg.model_kwargs), init_seed)
+        net = seeded(lambda: build_student(cfg.model, test.info, cfg.model_kwargs), init_seed)
         run = train_student(
             net,
-            inst.images,
+            images,
             test_dev,
             cfg,
-            static_logits=None if dynamic else inst.soft_labels,
+            static_logits=None if dynamic else static_logits,
             teachers=teachers if dynamic else None,
             generator=torch.Generator().manual_seed(train_seed),
             device=device,
@@ -181,7 +210,7 @@ def evaluate_student(
         "seed": seed,
         "device": str(device),
         "dataset": test.info.name,
-        "n_images": int(inst.images.shape[0]),
+        "n_images": int(images.shape[0]),
         "accuracies_are": "last epoch",
         "best_accuracies": best,
         "best_mean": float(np.mean(best)),

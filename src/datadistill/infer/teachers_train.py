@@ -276,11 +276,12 @@ def train_teachers(cfg: InferConfig, out_dir: str | Path, progress: bool = False
         >>> cfg = InferConfig(dataset="digits", teachers=TeacherConfig(epochs=2, width_mult=0.25))
         >>> store = train_teachers(cfg, "runs/digits_teachers")           # doctest: +SKIP
     """
-    data = prepare(cfg.dataset, cfg.data_root, download=cfg.download, progress=progress)
+    data = prepare(cfg.dataset, cfg.data_root, download=cfg.download, progress=progress,
+                   train_per_class=cfg.train_per_class)
     info, tc, store = data.info, cfg.teachers, TeacherStore(out_dir)
     flip = uses_flip(info.dsa_strategy, tc.flip)
     for i, arch in enumerate(tc.archs):
-        recipe = teacher_recipe(arch, info, tc, flip)
+        recipe = teacher_recipe(arch, info, tc, flip) | {"train_per_class": cfg.train_per_class}
         if store.has(arch):
             _check_recipe(store, arch, recipe)
             log.info("teacher %s already trained in %s; skipping", arch, store.directory)
