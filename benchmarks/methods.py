@@ -3,48 +3,88 @@
 Runs the main pipeline (experts -> distillation -> classic evaluation) for each requested
 method and IPC on MNIST or Fashion-MNIST, with the shipped `<dataset>/<method>_ipc<N>`
 config and the CPU-scale overrides below, and writes every report to one JSON file. Soft-label
-presets are also evaluated with hard labels (argmax), so the label effect is visible.
+presets are also evaluated with hard labels (argmax), so the label effect is visible; FTD's
+EMA set is evaluated beside its raw set.
 
-The CPU-scale protocol (stated in benchmarks/RESULTS.md with the numbers) reduces only the
-amount of work: the number and length of the experts, the distillation iterations and the
-evaluations made during distillation. The final evaluation is the classic protocol.
+The CPU-scale protocol (stated in benchmarks/RESULTS.md with the numbers) reduces the amount
+of work and nothing else of a preset:
+- every stage sees a seeded class-balanced subset of `--train-per-class` training images per
+  class (the test split stays whole);
+- `--experts` experts of `--expert-epochs` epochs, mini-batch `--expert-batch`, per-epoch
+  monitoring accuracy on `--test-samples` test images; presets with the same expert recipe
+  (e.g. FTD and DATM: GSAM, ZCA) share one store;
+- the matching window is scaled into the short experts: T+ = `--max-start`, DATM's expanding
+  window starts at T = T+ // 2 and reaches T+ at half the iterations; PAD's curriculum is
+  scaled the same way (add phase ends at epoch 1, removals after epochs 2 and 3) and its
+  difficulty is EL2N over `--score-models` networks of `--score-epochs` epochs;
+- `--syn-steps` student steps on mini-batches of at most `--batch-syn` images, `--iterations`
+  outer iterations, no evaluation while distilling (the last set is the result);
+- final evaluation: the classic protocol, `--runs` fresh networks of `--epochs` epochs;
+  challenge scoring off. The random-subset baseline is drawn from the same subset, evaluated
+  with the same protocol, for the methods in `--random-for`.
 
 Example (each method/IPC pair is resumable: rerun the same command after an interruption):
-    python benchmarks/methods.py --dataset fashion_mnist --root ../shared/data \
-        --methods mtt ftd datm mdatm pad --ipc 1 10 --experts 5 --expert-epochs 8 \
-        --iterations 200 --runs 3 --out benchmarks/results/methods_fashion_mnist.json
+    python benchmarks/methods.py --dataset fashion_mnist --root ../shared/data \\
+        --methods mtt ftd datm mdatm pad --ipc 1 --epochs 1000 \\
+        --out benchmarks/results/methods_fashion_mnist_ipc1.json
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import time
 from pathlib import Path
 
 import torch
 
-from datadistill.pipeline import load_pipeline_config, run_pipeline
+from datadistill.config import config_to_dict
+from datadistill.pipeline import expert_config, load_pipeline_config, run_pipeline
+
+EXPANDING = ("datm", "pad")
 
 
 def overrides(args: argparse.Namespace, method: str) -> list[str]:
     """The CPU-scale protocol as `key=value` overrides of the shipped config."""
     out = [f"data_root={args.root}"] if args.root else []
     out += [
+        f"train_per_class={args.train_per_class}",
         f"experts.num_experts={args.experts}",
         f"experts.epochs={args.expert_epochs}",
+        f"experts.batch_size={args.expert_batch}",
+        f"experts.test_samples={args.test_samples}",
+        f"distill.syn_steps={args.syn_steps}",
+        f"distill.batch_syn={args.batch_syn}",
+        f"distill.max_start_epoch={args.max_start}",
         f"distill.iterations={args.iterations}",
-        f"distill.eval_every={args.iterations // 2}",
-        f"distill.eval_runs={args.search_runs}",
-        f"distill.eval_epochs={args.search_epochs}",
+        f"distill.eval_every={args.iterations}",
+        "distill.eval_runs=0",
         f"evaluation.runs={args.runs}",
         f"evaluation.epochs={args.epochs}",
+        "evaluation.protocols=[classic]",
+        f"evaluation.random_baseline={str(method in args.random_for).lower()}",
         f"seed={args.seed}",
     ]
-    if method in ("datm", "pad", "mdatm"):
-        # The window must fit inside the shortened experts.
-        out.append(f"distill.expansion_end={max(1, args.iterations // 2)}")
+    if method in EXPANDING:
+        out += [f"distill.current_max_start_epoch={max(1, args.max_start // 2)}",
+                f"distill.expansion_end={max(1, args.iterations // 2)}"]
+    if method == "pad":
+        out += ["curriculum.schedule.add_end_epoch=1", "curriculum.schedule.rm_epoch_first=2",
+                "curriculum.schedule.rm_epoch_second=3",
+                f"curriculum.score_models={args.score_models}",
+                f"curriculum.score_epochs={args.score_epochs}"]
     return out
+
+
+def shared_expert_dir(cfg, root: Path) -> Path:
+    """One store per distinct expert recipe (config, data subset and curriculum)."""
+    recipe = {"experts": config_to_dict(expert_config(cfg)),
+              "curriculum": config_to_dict(cfg.curriculum) if cfg.curriculum else None}
+    recipe["experts"].pop("device", None)
+    recipe["experts"].pop("data_root", None)
+    digest = hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest()[:10]
+    return root / f"experts-{digest}"
 
 
 def main() -> None:
@@ -53,13 +93,20 @@ def main() -> None:
     parser.add_argument("--root", default=None, help="e.g. ../shared/data")
     parser.add_argument("--methods", nargs="+", default=["mtt", "ftd", "datm", "mdatm", "pad"])
     parser.add_argument("--ipc", type=int, nargs="+", default=[1, 10])
-    parser.add_argument("--experts", type=int, default=5)
-    parser.add_argument("--expert-epochs", type=int, default=8)
-    parser.add_argument("--iterations", type=int, default=200)
-    parser.add_argument("--search-runs", type=int, default=1)
-    parser.add_argument("--search-epochs", type=int, default=300)
+    parser.add_argument("--train-per-class", type=int, default=300)
+    parser.add_argument("--experts", type=int, default=2)
+    parser.add_argument("--expert-epochs", type=int, default=4)
+    parser.add_argument("--expert-batch", type=int, default=64)
+    parser.add_argument("--test-samples", type=int, default=1000)
+    parser.add_argument("--score-models", type=int, default=2)
+    parser.add_argument("--score-epochs", type=int, default=2)
+    parser.add_argument("--max-start", type=int, default=2)
+    parser.add_argument("--syn-steps", type=int, default=20)
+    parser.add_argument("--batch-syn", type=int, default=20)
+    parser.add_argument("--iterations", type=int, default=80)
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--epochs", type=int, default=1000)
+    parser.add_argument("--random-for", nargs="*", default=["mtt"])
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--work", default="runs/bench", help="folder for experts and sets")
@@ -78,14 +125,18 @@ def main() -> None:
                 continue  # finished earlier: the command is resumable
             name = f"{args.dataset}/{method}_ipc{ipc}"
             cfg = load_pipeline_config(name, overrides(args, method) + args.extra)
+            work = Path(args.work) / args.dataset
             start = time.time()
-            report = run_pipeline(cfg, Path(args.work) / args.dataset / key, progress=True)
+            report = run_pipeline(cfg, work / key, progress=True,
+                                  expert_dir=shared_expert_dir(cfg, work))
             report["wall_seconds"] = round(time.time() - start, 1)
+            report["protocol"] = vars(args)
+            results = json.loads(out.read_text()) if out.exists() else {}
             results[key] = report
             out.write_text(json.dumps(results, indent=2))
             summary = {k: round(100 * v["mean"], 2) for k, v in report.items()
                        if isinstance(v, dict) and "mean" in v}
-            print(f"{name}: {summary}")
+            print(f"{name}: {summary}", flush=True)
 
 
 if __name__ == "__main__":
