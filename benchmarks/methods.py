@@ -19,6 +19,10 @@ of work and nothing else of a preset:
   difficulty is EL2N over `--score-models` networks of `--score-epochs` epochs;
 - `--syn-steps` student steps on mini-batches of at most `--batch-syn` images, `--iterations`
   outer iterations, no evaluation while distilling (the last set is the result);
+- FTD's EMA keeps its horizon relative to the run: decay d becomes 1 - 1/h with
+  h = (iterations / official iterations) / (1 - d_official), so 0.9995 over 5000 iterations
+  (h = 2000, 40 % of the run) becomes 1 - 1/32 over 80; with the official decay the EMA of
+  a short run would be almost exactly the initial images;
 - final evaluation: the classic protocol, `--runs` fresh networks of `--epochs` epochs;
   challenge scoring off. The random-subset baseline is drawn from the same subset, evaluated
   with the same protocol, for the methods in `--random-for`.
@@ -45,7 +49,7 @@ from datadistill.pipeline import expert_config, load_pipeline_config, run_pipeli
 EXPANDING = ("datm", "pad")
 
 
-def overrides(args: argparse.Namespace, method: str) -> list[str]:
+def overrides(args: argparse.Namespace, method: str, ipc: int) -> list[str]:
     """The CPU-scale protocol as `key=value` overrides of the shipped config."""
     out = [f"data_root={args.root}"] if args.root else []
     out += [
@@ -69,6 +73,10 @@ def overrides(args: argparse.Namespace, method: str) -> list[str]:
     if method in EXPANDING:
         out += [f"distill.current_max_start_epoch={max(1, args.max_start // 2)}",
                 f"distill.expansion_end={max(1, args.iterations // 2)}"]
+    if method == "ftd":
+        official = load_pipeline_config(f"{args.dataset}/{method}_ipc{ipc}").distill
+        horizon = (args.iterations / official["iterations"]) / (1 - official["ema_decay"])
+        out.append(f"distill.ema_decay={1 - 1 / max(horizon, 1.0):.6g}")
     if method == "pad":
         out += ["curriculum.schedule.add_end_epoch=1", "curriculum.schedule.rm_epoch_first=2",
                 "curriculum.schedule.rm_epoch_second=3",
@@ -124,7 +132,7 @@ def main() -> None:
             if key in results:
                 continue  # finished earlier: the command is resumable
             name = f"{args.dataset}/{method}_ipc{ipc}"
-            cfg = load_pipeline_config(name, overrides(args, method) + args.extra)
+            cfg = load_pipeline_config(name, overrides(args, method, ipc) + args.extra)
             work = Path(args.work) / args.dataset
             start = time.time()
             report = run_pipeline(cfg, work / key, progress=True,
