@@ -1,0 +1,88 @@
+"""Markdown tables of the method and INFER benchmarks, read from their JSON results.
+
+RESULTS.md's tables are pasted from this script's output, so no number is copied by hand:
+    python benchmarks/tables.py
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+RESULTS = Path(__file__).parent / "results"
+
+# Published classic-protocol accuracies (%), as cited by FRePo for MTT; other methods
+# published no MNIST/Fashion-MNIST numbers.
+PUBLISHED = {("mnist", "mtt", 1): 91.4, ("mnist", "mtt", 10): 97.3,
+             ("fashion_mnist", "mtt", 1): 75.1, ("fashion_mnist", "mtt", 10): 87.2}
+ROWS = [  # (report key, label)
+    ("distilled_convnet", "distilled set"),
+    ("distilled_convnet_hard_labels", "same images, hard labels (argmax)"),
+    ("ema_convnet", "EMA of the images (FTD)"),
+    ("random_subset", "random real subset"),
+]
+
+
+def pct(rep: dict) -> str:
+    return f"{100 * rep['mean']:.2f} ± {100 * rep['std']:.2f}"
+
+
+def method_rows(dataset: str) -> list[str]:
+    reports = {}
+    for path in sorted(RESULTS.glob(f"methods_{dataset}*.json")):
+        reports.update(json.loads(path.read_text()))
+    lines = []
+    order = ["mtt", "ftd", "datm", "mdatm", "pad"]
+    for key in sorted(reports, key=lambda k: (int(k.split("_ipc")[1]),
+                                              order.index(k.split("_ipc")[0]))):
+        method, ipc = key.split("_ipc")[0], int(key.split("_ipc")[1])
+        rep = reports[key]
+        runs = len(rep["distilled_convnet"]["accuracies"])
+        epochs = rep["config"]["evaluation"]["epochs"]
+        minutes = rep["wall_seconds"] / 60
+        for field, label in ROWS:
+            if field not in rep:
+                continue
+            published = PUBLISHED.get((dataset, method, ipc)) if field.startswith("dist") else None
+            pub = "" if published is None or "hard" in field else f"{published}"
+            lines.append(f"| {ipc} | {method} | {label} | {pct(rep[field])} | {runs} | "
+                         f"{epochs} | {pub} | {minutes:.0f} min |")
+    return lines
+
+
+def infer_rows(dataset: str, ipc: int = 10) -> list[str]:
+    path = RESULTS / f"infer_{dataset}_ipc{ipc}.json"
+    if not path.exists():
+        return []
+    rep = json.loads(path.read_text())
+    labels = {"infer_protocol": ("INFER set", "INFER's student recipe"),
+              "classic": ("INFER set", "classic"),
+              "random_infer_protocol": ("random real subset, same teacher labels",
+                                        "INFER's student recipe"),
+              "random_classic": ("random real subset, same teacher labels", "classic")}
+    lines = []
+    for key, (what, protocol) in labels.items():
+        if key in rep:
+            r = rep[key]
+            lines.append(f"| {what} | {protocol} | {r['n_images']} | {pct(r)} | "
+                         f"{len(r['accuracies'])} | {r['wall_seconds'] / 60:.0f} min |")
+    return lines
+
+
+def main() -> None:
+    head = ("| IPC | method | set | accuracy (%) | runs | eval epochs | published | "
+            "wall (whole run) |\n|---|---|---|---|---|---|---|---|")
+    for dataset in ("mnist", "fashion_mnist"):
+        rows = method_rows(dataset)
+        if rows:
+            print(f"\n### {dataset}\n\n{head}")
+            print("\n".join(rows))
+    rows = infer_rows("fashion_mnist")
+    if rows:
+        print("\n### INFER, fashion_mnist, IPC 10\n\n| set | protocol | training images | "
+              "accuracy (%) | runs | wall |\n|---|---|---|---|---|---|")
+        print("\n".join(rows))
+
+
+if __name__ == "__main__":
+    main()
