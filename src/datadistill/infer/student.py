@@ -145,11 +145,8 @@ def evaluate_student(
             f"the test set is {test.info.name!r} in {test.space!r} space, the INFER set is "
             f"{infer_set.info.name!r} in normalized space; prepare the same dataset with zca=False"
         )
-    dynamic = cfg.labels == "dynamic"
-    if dynamic and not teachers:
-        raise ConfigError("student.labels='dynamic' needs the teachers; pass teachers=...")
     inst = infer_set.materialise()
-    if not dynamic and inst.soft_labels is None:
+    if cfg.labels != "dynamic" and inst.soft_labels is None:
         raise ConfigError("static labels are missing from this INFER set; use labels='dynamic'")
     return evaluate_student_images(inst.images, inst.soft_labels, test, cfg, teachers=teachers,
                                    seed=seed, device=device, progress=progress)
