@@ -95,8 +95,9 @@ def shared_expert_dir(cfg, root: Path) -> Path:
     return root / f"experts-{digest}"
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def build_parser(description: str) -> argparse.ArgumentParser:
+    """The protocol's options; `mdatm_window.py` reuses them."""
+    parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--dataset", default="fashion_mnist")
     parser.add_argument("--root", default=None, help="e.g. ../shared/data")
     parser.add_argument("--methods", nargs="+", default=["mtt", "ftd", "datm", "mdatm", "pad"])
@@ -120,7 +121,34 @@ def main() -> None:
     parser.add_argument("--work", default="runs/bench", help="folder for experts and sets")
     parser.add_argument("--out", required=True)
     parser.add_argument("extra", nargs="*", help="further key=value overrides for every run")
-    args = parser.parse_args()
+    return parser
+
+
+def run_one(args: argparse.Namespace, method: str, ipc: int, key: str,
+            extra: list[str] = ()) -> dict:
+    """One preset through the whole pipeline under the protocol; the report, with wall time."""
+    name = f"{args.dataset}/{method}_ipc{ipc}"
+    cfg = load_pipeline_config(name, overrides(args, method, ipc) + args.extra + list(extra))
+    work = Path(args.work) / args.dataset
+    start = time.time()
+    report = run_pipeline(cfg, work / key, progress=True, expert_dir=shared_expert_dir(cfg, work))
+    report["wall_seconds"] = round(time.time() - start, 1)
+    report["protocol"] = vars(args)
+    return report
+
+
+def save(out: Path, key: str, report: dict) -> None:
+    """Add one report to the results file (re-read first: two processes may share it)."""
+    results = json.loads(out.read_text()) if out.exists() else {}
+    results[key] = report
+    out.write_text(json.dumps(results, indent=2))
+    summary = {k: round(100 * v["mean"], 2) for k, v in report.items()
+               if isinstance(v, dict) and "mean" in v}
+    print(f"{key}: {summary}", flush=True)
+
+
+def main() -> None:
+    args = build_parser(__doc__.splitlines()[0]).parse_args()
     torch.set_num_threads(args.threads)
 
     out = Path(args.out)
@@ -131,20 +159,7 @@ def main() -> None:
             key = f"{method}_ipc{ipc}"
             if key in results:
                 continue  # finished earlier: the command is resumable
-            name = f"{args.dataset}/{method}_ipc{ipc}"
-            cfg = load_pipeline_config(name, overrides(args, method, ipc) + args.extra)
-            work = Path(args.work) / args.dataset
-            start = time.time()
-            report = run_pipeline(cfg, work / key, progress=True,
-                                  expert_dir=shared_expert_dir(cfg, work))
-            report["wall_seconds"] = round(time.time() - start, 1)
-            report["protocol"] = vars(args)
-            results = json.loads(out.read_text()) if out.exists() else {}
-            results[key] = report
-            out.write_text(json.dumps(results, indent=2))
-            summary = {k: round(100 * v["mean"], 2) for k, v in report.items()
-                       if isinstance(v, dict) and "mean" in v}
-            print(f"{name}: {summary}", flush=True)
+            save(out, key, run_one(args, method, ipc, key))
 
 
 if __name__ == "__main__":
