@@ -14,8 +14,9 @@ Tiny ImageNet IPC 10 windows [0, 50) and [10, 50) end at half of 100-epoch exper
 candidates k = 0.25, 0.5, 0.75, 1 give T+ = 1, 2, 3, 4; k = 1 is DATM's full range, fixed.
 
 Every candidate shares the same experts, initial images (same seed) and evaluation, so the
-window is the only difference. Results go to one JSON file keyed `tplus<T+>`; the command
-is resumable (finished candidates are skipped). The choice and its numbers are in
+window is the only difference. Results go to one JSON file keyed `ipc<N>_tplus<T+>`; the
+command is resumable (finished candidates are skipped), and two copies of it can run side by
+side (each claims a candidate before running it). The choice and its numbers are in
 benchmarks/RESULTS.md section 4.
 
 Example:
@@ -28,6 +29,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import sys
 from pathlib import Path
 
@@ -52,6 +54,23 @@ def candidate_windows(min_start: int, datm_max_start: int,
     return sorted(((k, t) for t, k in seen.items()), key=lambda kt: kt[1])
 
 
+def claim(path: Path) -> bool:
+    """Take a candidate for this process; False if a live process holds it."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+    except FileExistsError:
+        try:
+            os.kill(int(path.read_text() or 0), 0)
+            return False  # its owner is still running it
+        except (ProcessLookupError, ValueError):
+            path.write_text(str(os.getpid()))  # stale claim of an interrupted run
+            return True
+    with os.fdopen(fd, "w") as f:
+        f.write(str(os.getpid()))
+    return True
+
+
 def main() -> None:
     parser = build_parser(__doc__.splitlines()[0])
     parser.add_argument("--min-start", type=int, default=0, help="T-, kept by every candidate")
@@ -66,7 +85,8 @@ def main() -> None:
         for k, tplus in candidate_windows(args.min_start, args.max_start, args.fractions):
             key = f"ipc{ipc}_tplus{tplus}"
             results = json.loads(out.read_text()) if out.exists() else {}
-            if key in results:
+            lock = Path(args.work) / args.dataset / f"mdatm_window_{key}.claim"
+            if key in results or not claim(lock):
                 continue
             report = run_one(args, "mdatm", ipc, f"mdatm_window_{key}",
                              [f"distill.min_start_epoch={args.min_start}",
@@ -74,6 +94,7 @@ def main() -> None:
             report["window"] = {"min_start_epoch": args.min_start, "max_start_epoch": tplus,
                                 "fraction_of_datm": k, "datm_max_start_epoch": args.max_start}
             save(out, key, report)
+            lock.unlink(missing_ok=True)
 
 
 if __name__ == "__main__":

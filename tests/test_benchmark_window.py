@@ -1,5 +1,6 @@
 """The M-DATM window search's candidate rule (benchmarks/mdatm_window.py)."""
 
+import os
 import re
 import sys
 from pathlib import Path
@@ -30,3 +31,17 @@ def test_candidates_round_up_and_drop_duplicates():
 def test_bad_search_inputs_are_named(low, high, fractions, message):
     with pytest.raises(ValueError, match=re.escape(message)):
         candidate_windows(low, high, fractions)
+
+
+def test_a_candidate_is_claimed_once_and_a_stale_claim_is_taken_over(tmp_path):
+    import subprocess
+
+    from mdatm_window import claim
+
+    lock = tmp_path / "work" / "mdatm_window_ipc10_tplus2.claim"
+    assert claim(lock) and lock.read_text() == str(os.getpid())
+    assert not claim(lock)  # held by a live process (this one)
+    done = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True, check=True)
+    lock.write_text(done.stdout.strip())  # the owner has exited
+    assert claim(lock)
