@@ -69,6 +69,22 @@ def infer_rows(dataset: str, ipc: int = 10) -> list[str]:
     return lines
 
 
+def window_rows(dataset: str) -> list[str]:
+    """M-DATM's window search (mdatm_window.py), one row per candidate."""
+    lines = []
+    for path in sorted(RESULTS.glob(f"mdatm_window_{dataset}_ipc*.json")):
+        reports = json.loads(path.read_text())
+        for key in sorted(reports, key=lambda k: reports[k]["window"]["max_start_epoch"]):
+            rep, win = reports[key], reports[key]["window"]
+            window = f"[{win['min_start_epoch']}, {win['max_start_epoch']})"
+            lines.append(
+                f"| {rep['config']['ipc']} | {window} | "
+                f"{win['fraction_of_datm']:g} | {pct(rep['distilled_convnet'])} | "
+                f"{len(rep['distilled_convnet']['accuracies'])} | "
+                f"{rep['config']['evaluation']['epochs']} | {rep['wall_seconds'] / 60:.0f} min |")
+    return lines
+
+
 def main() -> None:
     head = ("| IPC | method | set | accuracy (%) | runs | eval epochs | published | "
             "wall (whole run) |\n|---|---|---|---|---|---|---|---|")
@@ -77,6 +93,12 @@ def main() -> None:
         if rows:
             print(f"\n### {dataset}\n\n{head}")
             print("\n".join(rows))
+    rows = window_rows("fashion_mnist")
+    if rows:
+        print("\n### M-DATM window search, fashion_mnist\n\n| IPC | window [T-, T+) | "
+              "fraction k of DATM's width | accuracy (%) | runs | eval epochs | wall |\n"
+              "|---|---|---|---|---|---|---|")
+        print("\n".join(rows))
     rows = infer_rows("fashion_mnist")
     if rows:
         print("\n### INFER, fashion_mnist, IPC 10\n\n| set | protocol | training images | "

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import re
 
 import pytest
@@ -9,7 +10,13 @@ import pytest
 from datadistill.config import list_configs, resolve_config_path
 from datadistill.errors import ConfigError
 from datadistill.pipeline import distill_config, expert_config, load_pipeline_config
-from datadistill.presets import get_preset, list_presets, preset_overrides, presets_table
+from datadistill.presets import (
+    MDATM_WINDOW_FRACTION,
+    get_preset,
+    list_presets,
+    preset_overrides,
+    presets_table,
+)
 
 METHODS = ["mtt", "ftd", "datm", "mdatm", "pad"]
 PIPELINE_CONFIGS = [n for n in list_configs() if not n.split("/")[1].startswith("infer")]
@@ -44,7 +51,7 @@ def test_table_has_every_preset_paper_and_deviation():
         p = get_preset(name)
         assert re.search(rf"^{name}\s", table, re.M)
         assert p.paper.split(",")[0] in table
-    assert "fixed bug" in table and "DOCUMENTED CHOICE" in table
+    assert "fixed bug" in table and "NOT the paper's numbers" in table and "search" in table
     assert max(len(line) for line in table.splitlines()) <= 100
 
 
@@ -83,7 +90,7 @@ def test_every_shipped_config_loads_and_says_where_its_values_come_from(name):
     if dataset == "digits":
         assert "CPU-SCALE" in text
     if method == "mdatm":
-        assert "DOCUMENTED CHOICE" in text and "NOT the paper's numbers" in text
+        assert "NOT the paper's numbers" in text and "mdatm_window.py" in text
 
 
 def test_shipped_configs_cover_the_research_tables():
@@ -162,10 +169,23 @@ def test_mdatm_challenge_configs(dataset, ipc):
     _, _, datm = _load(f"{dataset}/datm_ipc10")
     assert not cfg.zca and d.label_mode == "hard" and cfg.model_kwargs == {"depth": 3}
     assert cfg.evaluation.protocols[0] == "challenge"
-    # Narrower and earlier than DATM's window: [T-, T- + ceil((T+ - T-) / 2)), fixed.
-    half = datm.min_start_epoch + -(-(datm.max_start_epoch - datm.min_start_epoch) // 2)
+    # Narrower and earlier than DATM's window: [T-, T- + ceil(k (T+ - T-))), fixed.
+    width = datm.max_start_epoch - datm.min_start_epoch
+    upper = datm.min_start_epoch + math.ceil(MDATM_WINDOW_FRACTION * width)
     assert d.window == "fixed" and (d.min_start_epoch, d.max_start_epoch) == (
-        datm.min_start_epoch, half)
+        datm.min_start_epoch, upper)
+    assert 0 < MDATM_WINDOW_FRACTION < 1  # strictly narrower than DATM's
     assert (d.syn_steps, d.lr_img, d.lr_lr, d.threshold) == (
         datm.syn_steps, datm.lr_img, datm.lr_lr, datm.threshold)
     assert e.optimizer == "gsam" and e.epochs == 100
+
+
+@pytest.mark.parametrize("dataset, ipc", [("mnist", 1), ("mnist", 10), ("fashion_mnist", 1),
+                                          ("fashion_mnist", 10), ("digits", 1)])
+def test_derived_mdatm_configs_narrow_their_datm_window_by_the_same_rule(dataset, ipc):
+    _, _, d = _load(f"{dataset}/mdatm_ipc{ipc}")
+    _, _, datm = _load(f"{dataset}/datm_ipc{ipc}")
+    width = datm.max_start_epoch - datm.min_start_epoch
+    assert (d.window, d.min_start_epoch, d.max_start_epoch) == (
+        "fixed", datm.min_start_epoch,
+        datm.min_start_epoch + math.ceil(MDATM_WINDOW_FRACTION * width))
