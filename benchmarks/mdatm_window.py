@@ -28,12 +28,13 @@ Example:
 from __future__ import annotations
 
 import json
-import math
 import os
 import sys
 from pathlib import Path
 
 import torch
+
+from datadistill.presets import mdatm_max_start
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from methods import build_parser, run_one, save  # noqa: E402
@@ -49,8 +50,7 @@ def candidate_windows(min_start: int, datm_max_start: int,
     for k in fractions:
         if not 0 < k <= 1:
             raise ValueError(f"width fraction {k} is outside (0, 1]")
-        tplus = min_start + math.ceil(k * (datm_max_start - min_start))
-        seen.setdefault(tplus, k)
+        seen.setdefault(mdatm_max_start(min_start, datm_max_start, k), k)
     return sorted(((k, t) for t, k in seen.items()), key=lambda kt: kt[1])
 
 

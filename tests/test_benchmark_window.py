@@ -14,7 +14,7 @@ from mdatm_window import candidate_windows  # noqa: E402
 def test_candidates_are_fractions_of_datm_width_from_t_minus():
     assert candidate_windows(0, 4, [0.25, 0.5, 0.75, 1.0]) == [
         (0.25, 1), (0.5, 2), (0.75, 3), (1.0, 4)]
-    # Tiny ImageNet IPC 10: DATM's [10, 50); the shipped config's [10, 30) is k = 0.5
+    # Tiny ImageNet IPC 10: DATM's [10, 50); k = 0.5 keeps [10, 30)
     assert (0.5, 30) in candidate_windows(10, 50, [0.25, 0.5, 1.0])
 
 

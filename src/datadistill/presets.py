@@ -31,6 +31,7 @@ Example:
 from __future__ import annotations
 
 import copy
+import math
 import textwrap
 from dataclasses import dataclass, field
 from typing import Any
@@ -74,6 +75,16 @@ _DATM_EVAL = {"runs": 5, "batch_size": 128, "hard_labels": True}
 # M-DATM's window keeps DATM's T- and this fraction of DATM's width: fixed
 # [T-, T- + ceil(k (T+ - T-))). Chosen by benchmarks/mdatm_window.py (RESULTS.md section 4).
 MDATM_WINDOW_FRACTION = 0.75
+
+
+def mdatm_max_start(min_start: int, datm_max_start: int,
+                    fraction: float = MDATM_WINDOW_FRACTION) -> int:
+    """M-DATM's T+ from DATM's window [T-, T+): T- + ceil(fraction * (T+ - T-)).
+
+    >>> mdatm_max_start(10, 50)
+    40
+    """
+    return min_start + math.ceil(fraction * (datm_max_start - min_start))
 
 PRESETS: dict[str, Preset] = {
     "mtt": Preset(
