@@ -2,8 +2,9 @@
 
 Each mutant is one exact, short source snippet and its replacement (a bug someone could
 plausibly write: an off-by-one, a dropped argument, a constant changed). For every mutant the
-script copies ``src/``, ``tests/`` and ``pyproject.toml`` to a temporary folder, applies the
-mutant there (the working tree is never touched) and runs the default suite on the copy:
+script copies ``src/``, ``tests/``, ``benchmarks/`` (without results) and ``pyproject.toml``
+to a temporary folder, applies the mutant there (the working tree is never touched) and runs
+the default suite on the copy:
 
     python -m pytest -x -q -p no:cacheprovider        (PYTHONPATH = the copy's src)
 
@@ -173,8 +174,8 @@ def applies(mutant: Mutant, root: Path = ROOT) -> tuple[bool, str]:
 
 
 def _copy_tree(dest: Path) -> None:
-    ignore = shutil.ignore_patterns("__pycache__", "*.pyc", ".pytest_cache")
-    for name in ("src", "tests"):
+    ignore = shutil.ignore_patterns("__pycache__", "*.pyc", ".pytest_cache", "results")
+    for name in ("src", "tests", "benchmarks"):  # some tests import benchmark scripts
         shutil.copytree(ROOT / name, dest / name, ignore=ignore)
     shutil.copy2(ROOT / "pyproject.toml", dest / "pyproject.toml")  # markers, addopts
 
