@@ -120,6 +120,10 @@ MUTANTS = [
        'model_kwargs["depth"] = 3', "challenge protocol trains with the given lr, not 0.01"),
     _m("expert_momentum_0_9", "experts/train.py", "momentum: float = 0.0  # MTT",
        "momentum: float = 0.9  # MTT", "MTT experts trained with momentum"),
+    _m("teacher_momentum_ignored", "infer/teachers_train.py",
+       "lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay",
+       "lr=cfg.lr, momentum=0.0, weight_decay=cfg.weight_decay",
+       "INFER's teachers trained without their momentum"),
     _m("infer_student_no_cosine", "infer/student.py", "        sched.step()\n",
        "        pass\n", "INFER's student lr is never annealed"),
     # ---- the pipeline (datadistill run)

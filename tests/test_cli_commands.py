@@ -168,11 +168,24 @@ INFER_TINY = ["teachers.archs=[shufflenet_g2]", "teachers.width_mult=0.125", "te
               "student.model_kwargs.width_mult=0.125", "student.eval_every=1"]
 
 
-def test_teachers_then_infer(tmp_path, capsys):
+def test_teachers_then_infer(tmp_path, capsys, monkeypatch):
+    made = []
+    real = torch.optim.SGD
+
+    class SpySGD(real):  # records the teachers' optimiser as built
+        def __init__(self, params, **kw):
+            super().__init__(params, **kw)
+            made.append(self.param_groups[0])
+
+    monkeypatch.setattr(torch.optim, "SGD", SpySGD)
     teachers = tmp_path / "teachers"
     code = main(["teachers", "digits/infer_ipc10", *INFER_TINY, "--out", str(teachers),
                  "--quiet"])
     assert code == 0
+    (group,) = made  # DWA's squeeze recipe: SGD lr 0.1, momentum 0.9, wd 5e-4, cosine to 0
+    assert (group["initial_lr"], group["momentum"], group["weight_decay"]) == (0.1, 0.9, 5e-4)
+    assert group["lr"] == pytest.approx(0.0, abs=1e-12)  # after its 1 epoch
+    monkeypatch.undo()
     assert "shufflenet_g2: test accuracy" in capsys.readouterr().out
     assert (teachers / "shufflenet_g2").is_dir()
     out = tmp_path / "set"
