@@ -6,7 +6,11 @@ script copies ``src/``, ``tests/``, ``benchmarks/`` (without results) and ``pypr
 to a temporary folder, applies the mutant there (the working tree is never touched) and runs
 the default suite on the copy:
 
-    python -m pytest -x -q -p no:cacheprovider        (PYTHONPATH = the copy's src)
+    python -m pytest -x -q -p no:cacheprovider tests/test_loop_wiring.py ... (every file)
+
+with PYTHONPATH = the copy's src. The files are passed wiring tests first, then the rest by
+name (``--alphabetical``: name order only), so a caught mutant stops early; the tests run
+are the same either way.
 
 A mutant is *caught* when the suite fails, *missed* when it passes, *not applicable* when its
 snippet is not found exactly once in its file (the code moved on: update the snippet; it is
@@ -39,6 +43,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 PKG = "src/datadistill/"
 PYTEST = [sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider"]
+# Run first: the files that test the wiring, so that a caught mutant stops within seconds
+# (-x). Every other test file follows in name order: the suite is the same, only the order.
+FIRST = ("test_loop_wiring.py", "test_cli_commands.py", "test_distill.py", "test_evaluate.py",
+         "test_infer.py", "test_pipeline.py", "test_main_job.py")
 
 
 @dataclass(frozen=True)
@@ -184,6 +192,14 @@ def _copy_tree(dest: Path) -> None:
     shutil.copy2(ROOT / "pyproject.toml", dest / "pyproject.toml")  # markers, addopts
 
 
+def test_files(alphabetical: bool = False) -> list[str]:
+    """Every default test file, the wiring tests first (unless ``alphabetical``)."""
+    names = sorted(p.name for p in (ROOT / "tests").glob("test_*.py"))
+    if not alphabetical:
+        names = [n for n in FIRST if n in names] + [n for n in names if n not in FIRST]
+    return [f"tests/{n}" for n in names]
+
+
 def _first_failure(output: str) -> str:
     """The first FAILED/ERROR line of pytest's summary, else the last non-empty line."""
     for line in output.splitlines():
@@ -261,11 +277,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--timeout", type=float, default=1200, help="seconds per suite run")
     parser.add_argument("--skip-baseline", action="store_true",
                         help="do not run the unmutated suite first")
-    parser.add_argument("--pytest-args", nargs=argparse.REMAINDER, default=[],
-                        help="extra pytest arguments (e.g. a test file, for a quick look)")
+    parser.add_argument("--alphabetical", action="store_true",
+                        help="run the test files in name order, not the wiring tests first")
+    parser.add_argument("--pytest-args", nargs=argparse.REMAINDER, default=None,
+                        help="pytest arguments instead of every test file (e.g. one file)")
     parser.add_argument("--out", default=str(ROOT / "benchmarks/results/mutation.json"))
     args = parser.parse_args(argv)
     mutants = _select(args.only)
+    if args.pytest_args is None:
+        args.pytest_args = test_files(args.alphabetical)
     if args.list:
         for m in mutants:
             ok, why = applies(m)
