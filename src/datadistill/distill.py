@@ -16,7 +16,10 @@ uninterrupted one), ``config.json``.
 Strategy fields (defaults = MTT): ``window`` "expanding" (DATM), ``label_mode`` "soft" with
 ``lr_y``/``momentum_y`` (DATM/PAD), ``pix_init`` "samples_predicted_correctly" (DATM),
 ``threshold`` (DATM: skip the update when the loss exceeds it), ``ema_decay`` (FTD),
-``param_mask`` + ``param_mask_ratio`` (PAD).
+``param_mask`` + ``param_mask_ratio`` (PAD). Gradient mode (any preset): ``grad_mode``
+"unrolled" (official) or "adjoint" (:func:`datadistill.matching.student_trajectory` then
+:func:`datadistill.matching.adjoint_backward`: the same gradient at the memory of one student
+step; a skipped iteration skips the backward pass), with ``micro_batch`` chunks.
 
 Deviations from the official code:
 
@@ -78,7 +81,25 @@ RESUMABLE_KEYS = ("iterations", "eval_every", "eval_runs", "eval_epochs", "eval_
 
 @dataclass
 class DistillConfig:
-    """Trajectory-matching hyper-parameters; defaults are MTT's (``distill.py`` argparse)."""
+    """Trajectory-matching hyper-parameters; defaults are MTT's (``distill.py`` argparse).
+
+    ``grad_mode`` chooses how the gradient reaches the images, the step size and the soft
+    labels through the ``syn_steps`` student steps. ``"unrolled"`` (default, the official
+    way) keeps the graph of every step: memory grows with syn_steps x batch_syn.
+    ``"adjoint"`` runs the steps without a graph, then replays them backwards one at a time
+    (:mod:`datadistill.matching.adjoint`): the same gradient up to rounding, from the same
+    random draws, at the memory of one step, for about one extra forward and backward per
+    step. ``micro_batch`` (adjoint only) also splits each step's mini-batch into chunks of
+    that many images, so one step's graph holds ``micro_batch`` images; exact for students
+    whose samples do not interact (a BatchNorm student is refused). Both are fixed for a run:
+    a checkpoint resumes only with the values it was written with.
+
+    Example:
+        >>> cfg = DistillConfig(dataset="cifar100", ipc=50, syn_steps=80, batch_syn=1000,
+        ...                     grad_mode="adjoint", micro_batch=250)
+        >>> cfg.grad_mode, cfg.micro_batch
+        ('adjoint', 250)
+    """
 
     method: str = "mtt"  # preset name, recorded with the outputs
     dataset: str = "cifar10"  # registry name
