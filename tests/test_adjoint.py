@@ -6,6 +6,7 @@ the images, the step size and the soft labels.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from dataclasses import dataclass
 
@@ -14,7 +15,7 @@ import torch
 from torch import nn
 
 from datadistill.augment import DSA, FAMILIES
-from datadistill.checkpoint import load_checkpoint
+from datadistill.checkpoint import load_checkpoint, save_checkpoint
 from datadistill.config import list_configs
 from datadistill.distill import DistillConfig, distill
 from datadistill.errors import CompatibilityError, ConfigError, DivergenceError
@@ -186,6 +187,17 @@ def test_a_draw_replays_chunk_by_chunk(family):
         assert torch.allclose(part, whole[rows], rtol=0, atol=1e-12)
 
 
+@pytest.mark.gpu
+def test_adjoint_on_cuda_matches_unrolled():
+    c = _case(soft=True)
+    c = _Case(c.model.cuda(), c.theta0.cuda(), c.target.cuda(),
+              c.images.detach().cuda().requires_grad_(), c.labels.detach().cuda().requires_grad_(),
+              c.syn_lr.detach().cuda().requires_grad_())
+    got, ref = _both(c, micro_batch=3, steps=4, batch=5, dsa=DSA(), seed=10)
+    _assert_same(got, ref)
+    assert got[1][0].device.type == "cuda"
+
+
 # ----------------------------------------------------------------------------- BatchNorm
 
 
@@ -333,3 +345,17 @@ def test_shipped_configs_accept_adjoint_mode():
         cfg = load_pipeline_config(name, ["distill.grad_mode=adjoint", "distill.micro_batch=16"])
         dcfg = distill_config(cfg)
         assert (dcfg.grad_mode, dcfg.micro_batch) == ("adjoint", 16)
+
+
+def test_a_checkpoint_from_before_grad_mode_resumes_as_unrolled(digits, store, tmp_path):
+    cfg = _cfg(grad_mode="unrolled")
+    distill(dataclasses.replace(cfg, iterations=1), tmp_path, data=digits, store=store,
+            progress=False)
+    state = load_checkpoint(tmp_path / "checkpoint.pt")
+    del state.config["grad_mode"], state.config["micro_batch"]  # written by an older version
+    save_checkpoint(tmp_path / "checkpoint.pt", state)
+    result = distill(cfg, tmp_path, data=digits, store=store, progress=False)
+    assert result.iterations_done == 3
+    with pytest.raises(CompatibilityError, match="grad_mode: 'unrolled' -> 'adjoint'"):
+        save_checkpoint(tmp_path / "checkpoint.pt", state)
+        distill(_cfg(iterations=4), tmp_path, data=digits, store=store, progress=False)

@@ -379,6 +379,9 @@ def _initial_state(run: _Run, resume: bool):
 
 def _check_resume(cfg: DistillConfig, saved: dict, path: Path) -> None:
     now = dataclasses.asdict(cfg)
+    # A key added after the checkpoint was written (e.g. grad_mode) had its default then.
+    saved = {f.name: f.default for f in dataclasses.fields(DistillConfig)
+             if f.default is not dataclasses.MISSING} | saved
     diff = sorted(k for k in now if k not in RESUMABLE_KEYS and saved.get(k) != now[k])
     if diff:
         detail = ", ".join(f"{k}: {saved.get(k)!r} -> {now[k]!r}" for k in diff)
