@@ -88,14 +88,16 @@ def _unrolled(c: _Case, forward, *, steps, batch, dsa, seed, mask=None):
 
 def _adjoint(c: _Case, forward, *, steps, batch, dsa, seed, mask=None, micro_batch=None):
     gen = torch.Generator().manual_seed(seed)
-    traj = student_trajectory(forward, c.theta0, c.images, c.labels, c.syn_lr,
-                              syn_steps=steps, batch_syn=batch, dsa=dsa, generator=gen,
-                              micro_batch=micro_batch)
+    with torch.no_grad():
+        traj = student_trajectory(forward, c.theta0, c.images, c.labels, c.syn_lr,
+                                  syn_steps=steps, batch_syn=batch, dsa=dsa, generator=gen,
+                                  micro_batch=micro_batch)
     theta_n = traj.final.detach().requires_grad_()
     loss = matching_loss(theta_n, c.theta0, c.target, _mask_fn(mask)(theta_n, c.target))
     (lam,) = torch.autograd.grad(loss, theta_n)
-    out = adjoint_backward(forward, traj, c.images, c.labels, c.syn_lr, lam, dsa=dsa,
-                           micro_batch=micro_batch)
+    with torch.no_grad():  # the replay builds its own graphs whatever the caller's mode
+        out = adjoint_backward(forward, traj, c.images, c.labels, c.syn_lr, lam, dsa=dsa,
+                               micro_batch=micro_batch)
     grads = [out.images, out.syn_lr] + ([out.labels] if out.labels is not None else [])
     return loss.detach(), grads, gen
 
