@@ -13,6 +13,7 @@ from datadistill.checkpoint import load_checkpoint
 from datadistill.distill import DistillConfig, distill
 from datadistill.errors import CompatibilityError, ConfigError, DivergenceError
 from datadistill.experts import ExpertConfig, train_experts
+from datadistill.experts.store import required_epochs
 
 
 @pytest.fixture(scope="module")
@@ -122,7 +123,7 @@ def test_validation(digits, store, tmp_path):
         distill(_cfg(ipc=5), tmp_path, data=dataclasses.replace(digits, train=few),
                 store=store, progress=False)
     with pytest.raises(CompatibilityError, match="epochs >= 5"):
-        distill(_cfg(max_start_epoch=3), tmp_path, data=digits, store=store, progress=False)
+        distill(_cfg(max_start_epoch=4), tmp_path, data=digits, store=store, progress=False)
     with pytest.raises(CompatibilityError, match="parameters"):
         distill(_cfg(model_kwargs={"width": 16}), tmp_path, data=digits, store=store,
                 progress=False)
@@ -130,6 +131,19 @@ def test_validation(digits, store, tmp_path):
                 {"min_start_epoch": 2, "max_start_epoch": 2}, {"lr_teacher": 0.0}):
         with pytest.raises(ConfigError):
             _cfg(**bad)
+
+
+def test_epoch_bound_matches_the_official_draw(digits, store, tmp_path):
+    # 4 epochs stored (snapshots 0..4), M = 2: starts are drawn from [0, 3), the largest
+    # start 2 reaches snapshot 4, so max_start_epoch + expert_epochs = epochs + 1 fits.
+    assert required_epochs(3, 2) == store.epochs
+    result = distill(_cfg(max_start_epoch=3, min_start_epoch=2, iterations=1, eval_every=0),
+                     tmp_path, data=digits, store=store, progress=False)
+    assert result.iterations_done == 1
+    start, target = store.epoch_pair(0, 2, 2)
+    assert torch.equal(target, store.load(0)[4])
+    with pytest.raises(CompatibilityError, match="epochs"):
+        store.epoch_pair(0, 3, 2)
 
 
 def test_strategy_slots_run(digits, store, tmp_path):

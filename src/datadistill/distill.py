@@ -274,11 +274,13 @@ def _check_data(cfg: DistillConfig, data) -> None:
 
 
 def _check_store(cfg: DistillConfig, store) -> None:
-    need = cfg.max_start_epoch + cfg.expert_epochs
+    from datadistill.experts.store import required_epochs
+
+    need = required_epochs(cfg.max_start_epoch, cfg.expert_epochs)
     if need > store.epochs:
         raise CompatibilityError(
-            f"max_start_epoch ({cfg.max_start_epoch}) + expert_epochs ({cfg.expert_epochs}) = "
-            f"{need} epochs are needed but the experts in {store.directory} have "
+            f"max_start_epoch ({cfg.max_start_epoch}) - 1 + expert_epochs ({cfg.expert_epochs}) "
+            f"= {need} epochs are needed but the experts in {store.directory} have "
             f"{store.epochs}; train experts with epochs >= {need} or lower max_start_epoch.")
     if len(store) == 0:
         raise CompatibilityError(f"the expert store {store.directory} holds no experts yet; "

@@ -62,7 +62,7 @@ class ExpertConfig:
     model: str = "convnet"  # registry name (datadistill.models.list_models())
     model_kwargs: dict = field(default_factory=dict)  # e.g. {depth: 4} for Tiny ImageNet
     num_experts: int = 100  # trajectories to train (MTT: 100)
-    epochs: int = 50  # epochs per expert; distillation needs >= max_start_epoch + expert_epochs
+    epochs: int = 50  # epochs per expert; distillation needs >= max_start_epoch - 1 + expert_epochs
     lr: float = 0.01  # constant SGD learning rate (MTT `lr_teacher` of buffer.py)
     momentum: float = 0.0  # MTT: 0 ("much easier for the synthetic data to imitate")
     weight_decay: float = 0.0  # MTT: 0
