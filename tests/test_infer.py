@@ -55,6 +55,14 @@ def test_groups_and_instances_for_published_settings(classes, ipc, k, per_class)
     assert k * (classes + 4) <= ipc * classes  # storage never exceeds the budget
 
 
+def test_num_groups_keeps_the_official_float_rounding():
+    # 30 groups fit exactly (30 * (10 + 1) = 33 * 10), but the official float formula
+    # int(33 / (1 / 10 + 1)) = int(29.999...) gives 29; we keep it, and say so.
+    assert 30 * (10 + 1) <= 33 * 10
+    assert num_groups(33, 1, 10) == 29
+    assert "faithful quirk" in num_groups.__doc__ and "29" in num_groups.__doc__
+
+
 def test_budget_too_small_is_a_config_error():
     with pytest.raises(ConfigError, match="raise ipc"):
         num_groups(1, 4, 2)

@@ -99,13 +99,17 @@ class InferConfig:
 
 
 def num_groups(ipc: int, num_teachers: int, num_classes: int) -> int:
-    """K, the number of class groups that fit the budget: K * (C + M) <= IPC * C.
+    """K, the number of class groups for the budget K * (C + M) <= IPC * C (INFER Sec. 3.3).
 
-    The official code computes ``int(ipc / (M / C + 1))`` (INFER Sec. 3.3).
+    Computed as the official code does, ``int(ipc / (M / C + 1))`` in floating point, and kept
+    on purpose (a faithful quirk): it is usually the largest K that fits, but where the
+    exact quotient is an integer, rounding can drop it by one. For C 10, IPC 33, M 1 the
+    quotient is exactly 30 (30 * 11 = 330 = 33 * 10) yet the float gives 29.999..., so K is 29.
+    The budget is never exceeded.
 
     Example:
-        >>> num_groups(10, 4, 10), num_groups(50, 4, 100)
-        (7, 48)
+        >>> num_groups(10, 4, 10), num_groups(50, 4, 100), num_groups(33, 1, 10)
+        (7, 48, 29)
     """
     k = int(ipc / (num_teachers / num_classes + 1))
     if k < 1:
