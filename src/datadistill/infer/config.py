@@ -83,6 +83,10 @@ class InferConfig:
     first_bn_multiplier: float = 10.0  # s_1: extra weight of the first BN layer
     jitter: int | None = None  # max roll offset in px; None: 4 px at 32 px, scaled by size
     label_batch_size: int = 256  # teacher forward passes for static labels; no effect
+    # Per-channel normalisation of teachers, compensators and students; None: the dataset's.
+    # Set where INFER lists other statistics than the dataset module (Tiny ImageNet).
+    mean: list[float] | None = None
+    std: list[float] | None = None
     student: StudentConfig = field(default_factory=StudentConfig)
 
     def __post_init__(self) -> None:
@@ -96,6 +100,8 @@ class InferConfig:
             )
         if not self.teachers.archs:
             raise ConfigError("teachers.archs is empty; name at least one teacher architecture")
+        if (self.mean is None) != (self.std is None):
+            raise ConfigError("set both mean and std (per-channel normalisation), or neither")
 
 
 def num_groups(ipc: int, num_teachers: int, num_classes: int) -> int:

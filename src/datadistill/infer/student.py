@@ -145,6 +145,11 @@ def evaluate_student(
             f"the test set is {test.info.name!r} in {test.space!r} space, the INFER set is "
             f"{infer_set.info.name!r} in normalized space; prepare the same dataset with zca=False"
         )
+    if (test.info.mean, test.info.std) != (infer_set.info.mean, infer_set.info.std):
+        raise CompatibilityError(
+            f"the test set is normalised with mean {test.info.mean} / std {test.info.std}, the "
+            f"INFER set with {infer_set.info.mean} / {infer_set.info.std}; renormalize the test "
+            "data (datadistill.data.renormalize) with the set's statistics")
     inst = infer_set.materialise()
     if cfg.labels != "dynamic" and inst.soft_labels is None:
         raise ConfigError("static labels are missing from this INFER set; use labels='dynamic'")

@@ -31,7 +31,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from datadistill import __version__
-from datadistill.data import DatasetInfo, ImageSet, prepare
+from datadistill.data import DatasetInfo, ImageSet, RealData, prepare, renormalize
 from datadistill.errors import ArtifactError, CompatibilityError
 from datadistill.evaluate import run_seeds, test_accuracy
 from datadistill.infer.config import InferConfig, TeacherConfig, pixels_at
@@ -265,6 +265,20 @@ class TeacherStore:
                 )
 
 
+def prepare_infer_data(cfg: InferConfig, progress: bool = False) -> RealData:
+    """The real data INFER works on: ``prepare`` with ``cfg.mean``/``cfg.std`` when set.
+
+    Example:
+        >>> prepare_infer_data(InferConfig(dataset="digits", mean=[0.5], std=[0.5])).info.mean
+        (0.5,)
+    """
+    data = prepare(cfg.dataset, cfg.data_root, download=cfg.download, progress=progress,
+                   train_per_class=cfg.train_per_class)
+    if cfg.mean is not None:
+        data = renormalize(data, tuple(cfg.mean), tuple(cfg.std))
+    return data
+
+
 def train_teachers(cfg: InferConfig, out_dir: str | Path, progress: bool = False) -> TeacherStore:
     """Train every teacher of ``cfg.teachers.archs`` into the store at ``out_dir``.
 
@@ -276,8 +290,7 @@ def train_teachers(cfg: InferConfig, out_dir: str | Path, progress: bool = False
         >>> cfg = InferConfig(dataset="digits", teachers=TeacherConfig(epochs=2, width_mult=0.25))
         >>> store = train_teachers(cfg, "runs/digits_teachers")           # doctest: +SKIP
     """
-    data = prepare(cfg.dataset, cfg.data_root, download=cfg.download, progress=progress,
-                   train_per_class=cfg.train_per_class)
+    data = prepare_infer_data(cfg, progress)
     info, tc, store = data.info, cfg.teachers, TeacherStore(out_dir)
     flip = uses_flip(info.dsa_strategy, tc.flip)
     for i, arch in enumerate(tc.archs):
