@@ -163,6 +163,19 @@ def test_strategy_slots_run(digits, store, tmp_path):
     assert [r["skipped"] for r in rows if "loss" in r] == [True]
 
 
+def test_threshold_skip_also_skips_the_ema_update(digits, store, tmp_path):
+    # The EMA averages image updates: an iteration skipped by the threshold changes neither
+    # the images nor the EMA (see DistillConfig.ema_decay).
+    cfg = _cfg(iterations=3, eval_every=0, ema_decay=0.5, threshold=10.0)
+    ran = distill(cfg, tmp_path / "ran", data=digits, store=store, progress=False)
+    assert load_checkpoint(ran.metrics_path.parent / "checkpoint.pt").ema["num_updates"] == 3
+    distill(dataclasses.replace(cfg, threshold=0.0), tmp_path / "skip", data=digits,
+            store=store, progress=False)
+    state = load_checkpoint(tmp_path / "skip" / "checkpoint.pt")
+    assert state.ema["num_updates"] == 0
+    assert torch.equal(state.ema["images"], state.images)  # both still the initial images
+
+
 def test_divergence_guard_checks_soft_labels(digits, store, tmp_path):
     # An infinite lr_y makes the labels non-finite after one step: the run must stop before a set
     # with non-finite soft labels is written to last/ or best/.

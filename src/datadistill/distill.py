@@ -16,7 +16,11 @@ uninterrupted one), ``config.json``.
 Strategy fields (defaults = MTT): ``window`` "expanding" (DATM), ``label_mode`` "soft" with
 ``lr_y``/``momentum_y`` (DATM/PAD), ``pix_init`` "samples_predicted_correctly" (DATM),
 ``threshold`` (DATM: skip the update when the loss exceeds it), ``ema_decay`` (FTD),
-``param_mask`` + ``param_mask_ratio`` (PAD).
+``param_mask`` + ``param_mask_ratio`` (PAD). ``threshold`` and ``ema_decay`` are coupled on
+purpose: the EMA is updated after each image update, as FTD's is after each optimiser step,
+so an iteration skipped by the threshold updates neither the images nor the EMA (which thus
+averages updates, not iterations). No official code combines the two: DATM has the skip and
+no EMA, FTD the EMA and no skip.
 
 Deviations from the official code:
 
@@ -111,7 +115,8 @@ class DistillConfig:
     current_max_start_epoch: int | None = None  # T: initial upper bound of window=expanding
     expansion_end: int | None = None  # iteration at which the upper bound reaches T+
     threshold: float | None = None  # skip the update when the loss exceeds it (DATM: 1.0)
-    ema_decay: float | None = None  # EMA of the images, saved/evaluated beside them (FTD)
+    ema_decay: float | None = None  # EMA of the images, saved/evaluated beside them (FTD);
+    # updated only when the images are (a threshold skip skips it too; module docstring)
     param_mask: str = "none"  # none | depth | loss: entries kept in the loss (PAD)
     param_mask_ratio: float = 0.0  # fraction of the flat parameters dropped by param_mask
     checkpoint_every: int = 50  # iterations between checkpoints (also after every evaluation)
