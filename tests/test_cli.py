@@ -7,7 +7,7 @@ import torch
 
 from datadistill.artifact import DistilledSet, export_legacy, save_distilled
 from datadistill.baselines import random_subset
-from datadistill.cli import main
+from datadistill.cli import build_parser, main, parse_args
 from datadistill.data import create_dataset
 
 
@@ -71,3 +71,21 @@ def test_configs_ls_show_cp(tmp_path, capsys):
     assert (tmp_path / "mtt_ipc1.yaml").is_file()
     assert main(["configs", "show", "cifar10/mtt_ipc2"]) == 2
     assert "Did you mean" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("command", ["run", "experts", "distill", "teachers", "infer"])
+def test_options_anywhere_among_overrides(command):
+    argv = [command, "cfg", "a=1", "--out", "d", "b=2", "--quiet", "c=3"]
+    args = parse_args(build_parser(), argv)
+    assert (args.config, args.out, args.quiet) == ("cfg", "d", True)
+    assert args.overrides == ["a=1", "b=2", "c=3"]  # in order: later ones win
+
+
+def test_validate_after_an_option_and_unknown_words_are_errors(capsys):
+    assert main(["--verbose", "validate", "digits/mtt_ipc1", "ipc=2"]) == 0
+    assert "IPC 2" in capsys.readouterr().out
+    for argv in (["run", "cfg", "--out", "d", "--bogus"], ["eval", "path", "ipc=2"],
+                 ["run", "cfg", "--out", "d", "stray"]):
+        with pytest.raises(SystemExit):
+            parse_args(build_parser(), argv)
+        assert "unrecognized arguments" in capsys.readouterr().err

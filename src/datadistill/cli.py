@@ -348,9 +348,29 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def parse_args(parser: argparse.ArgumentParser, argv: list[str] | None) -> argparse.Namespace:
+    """Parse ``argv`` with options anywhere: ``run CONFIG --out DIR ipc=10`` works.
+
+    argparse stops filling ``overrides`` at the first option; the key=value words after it
+    come back unrecognised and are appended, in order. Anything else is still an error.
+
+    Example:
+        >>> parse_args(build_parser(), ["run", "c", "--out", "d", "ipc=2"]).overrides
+        ['ipc=2']
+    """
+    args, extra = parser.parse_known_args(argv)
+    overrides = [w for w in extra if "=" in w and not w.startswith("-")]
+    if overrides and hasattr(args, "overrides"):
+        args.overrides = [*args.overrides, *overrides]
+        extra = [w for w in extra if w not in overrides]
+    if extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    return args
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args = parse_args(parser, argv)
     logging.basicConfig(
         level=logging.INFO if args.verbose else logging.WARNING,
         format="%(levelname)s %(name)s: %(message)s",
