@@ -53,7 +53,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from datadistill.checkpoint import DistillState, MetricsLog, load_checkpoint, save_checkpoint
 from datadistill.data import check_prepared
@@ -65,6 +64,7 @@ from datadistill.matching import (
     unroll_student,
     window_bounds,
 )
+from datadistill.progress import progress_bar
 
 logger = logging.getLogger(__name__)
 
@@ -198,7 +198,7 @@ def distill(cfg: DistillConfig, out_dir: str | Path, *, data=None, store=None,
         out_dir: output directory (created).
         data: :class:`datadistill.data.RealData`; default ``prepare(cfg.dataset, zca=cfg.zca)``.
         store: :class:`datadistill.experts.ExpertStore`; default ``ExpertStore(cfg.expert_dir)``.
-        progress: show a tqdm bar (loss, step size, last accuracy).
+        progress: show a progress bar (loss, step size, last accuracy).
         resume: continue from ``out_dir/checkpoint.pt`` if present (else start over).
         on_iteration: called as ``on_iteration(it, row)`` after every update (logging hooks;
             an exception raised there stops the run like an interruption).
@@ -212,8 +212,8 @@ def distill(cfg: DistillConfig, out_dir: str | Path, *, data=None, store=None,
     (run.out / "config.json").write_text(json.dumps(dataclasses.asdict(cfg), indent=2) + "\n")
     log = MetricsLog(run.out / "metrics.jsonl", state.iteration if resume else 0)
     eval_points = _eval_points(cfg)
-    bar = tqdm(total=cfg.iterations, initial=state.iteration, desc="distill",
-               disable=not progress)
+    bar = progress_bar(total=cfg.iterations, initial=state.iteration, desc="distill",
+                       enabled=progress, stage=True)
     last_acc = state.best_accuracy
     for it in range(state.iteration, cfg.iterations + 1):
         state.iteration = it

@@ -26,7 +26,6 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 import torch
 from torch import nn
-from tqdm.auto import tqdm
 
 from datadistill.data import DatasetInfo, ImageSet
 from datadistill.errors import CompatibilityError, ConfigError
@@ -38,6 +37,7 @@ from datadistill.infer.training import seeded, shuffled_batches
 from datadistill.infer.transforms import black_level, crop_flip, uses_flip
 from datadistill.models import create_model
 from datadistill.models import teachers as _teachers  # noqa: F401  registers INFER's teachers
+from datadistill.progress import progress_bar
 
 log = logging.getLogger(__name__)
 
@@ -101,7 +101,8 @@ def train_student(
     flip = uses_flip(test.info.dsa_strategy, cfg.flip)
     padding = pixels_at(test.info.image_size, cfg.crop_padding)
     history: list[tuple[int, float]] = []
-    for epoch in tqdm(range(epochs), disable=not progress, desc="student", leave=False):
+    for epoch in progress_bar(range(epochs), enabled=progress, desc="student", leave=False,
+                              stage=True):
         net.train()
         for idx in shuffled_batches(len(x), cfg.batch_size, generator):
             idx = idx.to(device)

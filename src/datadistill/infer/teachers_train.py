@@ -28,7 +28,6 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from torch import nn
-from tqdm.auto import tqdm
 
 from datadistill import __version__
 from datadistill.data import DatasetInfo, ImageSet, RealData, prepare, renormalize
@@ -39,6 +38,7 @@ from datadistill.infer.training import seeded, shuffled_batches
 from datadistill.infer.transforms import black_level, crop_flip, uses_flip
 from datadistill.io import load_tensors, read_json, save_tensors, write_json
 from datadistill.models.teachers import create_teacher
+from datadistill.progress import progress_bar
 
 log = logging.getLogger(__name__)
 
@@ -125,11 +125,12 @@ def train_teacher(
     x, y = train.images.to(device), train.labels.to(device)  # moved once
     fill = black_level(train.info.mean, train.info.std)
     padding = pixels_at(train.info.image_size, cfg.crop_padding)
-    bar = tqdm(
+    bar = progress_bar(
         range(start, cfg.epochs),
         initial=start,
         total=cfg.epochs,
-        disable=not progress,
+        enabled=progress,
+        stage=True,
         desc="teacher",
         leave=False,
     )
