@@ -7,7 +7,7 @@ import torch
 
 from datadistill.artifact import DistilledSet, export_legacy, save_distilled
 from datadistill.baselines import random_subset
-from datadistill.cli import build_parser, main, parse_args
+from datadistill.cli import DEFAULT_THREADS, build_parser, main, parse_args
 from datadistill.data import create_dataset
 
 
@@ -89,3 +89,21 @@ def test_validate_after_an_option_and_unknown_words_are_errors(capsys):
         with pytest.raises(SystemExit):
             parse_args(build_parser(), argv)
         assert "unrecognized arguments" in capsys.readouterr().err
+
+
+def test_threads_are_set_once_at_start_up(monkeypatch, capsys):
+    before = torch.get_num_threads()
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    try:
+        assert main(["--threads", "2", "presets"]) == 0 and torch.get_num_threads() == 2
+        assert main(["validate", "digits/mtt_ipc1", "--threads", "3"]) == 0
+        assert torch.get_num_threads() == 3
+        assert main(["presets"]) == 0 and torch.get_num_threads() == DEFAULT_THREADS
+        monkeypatch.setenv("OMP_NUM_THREADS", "2")  # the user's own choice is kept
+        torch.set_num_threads(2)
+        assert main(["presets"]) == 0 and torch.get_num_threads() == 2
+        capsys.readouterr()
+        assert main(["--threads", "-1", "presets"]) == 2
+        assert "--threads" in capsys.readouterr().err
+    finally:
+        torch.set_num_threads(before)
