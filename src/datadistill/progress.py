@@ -23,9 +23,12 @@ from tqdm.auto import tqdm
 
 
 def interactive() -> bool:
-    """True when stderr, where progress goes, is a terminal."""
+    """True when stderr, where progress goes, is a terminal, or in a Jupyter kernel (whose
+    bars are widgets, not carriage-return frames)."""
     stream = sys.stderr
-    return bool(getattr(stream, "isatty", None)) and stream.isatty()
+    if getattr(stream, "isatty", None) and stream.isatty():
+        return True
+    return "ipykernel" in sys.modules
 
 
 def progress_bar(iterable: Iterable | None = None, *, desc: str = "", total: int | None = None,
