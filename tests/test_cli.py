@@ -7,7 +7,7 @@ import torch
 
 from datadistill.artifact import DistilledSet, export_legacy, save_distilled
 from datadistill.baselines import random_subset
-from datadistill.cli import main
+from datadistill.cli import DEFAULT_THREADS, build_parser, main, parse_args
 from datadistill.data import create_dataset
 
 
@@ -71,3 +71,39 @@ def test_configs_ls_show_cp(tmp_path, capsys):
     assert (tmp_path / "mtt_ipc1.yaml").is_file()
     assert main(["configs", "show", "cifar10/mtt_ipc2"]) == 2
     assert "Did you mean" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("command", ["run", "experts", "distill", "teachers", "infer"])
+def test_options_anywhere_among_overrides(command):
+    argv = [command, "cfg", "a=1", "--out", "d", "b=2", "--quiet", "c=3"]
+    args = parse_args(build_parser(), argv)
+    assert (args.config, args.out, args.quiet) == ("cfg", "d", True)
+    assert args.overrides == ["a=1", "b=2", "c=3"]  # in order: later ones win
+
+
+def test_validate_after_an_option_and_unknown_words_are_errors(capsys):
+    assert main(["--verbose", "validate", "digits/mtt_ipc1", "ipc=2"]) == 0
+    assert "IPC 2" in capsys.readouterr().out
+    for argv in (["run", "cfg", "--out", "d", "--bogus"], ["eval", "path", "ipc=2"],
+                 ["run", "cfg", "--out", "d", "stray"]):
+        with pytest.raises(SystemExit):
+            parse_args(build_parser(), argv)
+        assert "unrecognized arguments" in capsys.readouterr().err
+
+
+def test_threads_are_set_once_at_start_up(monkeypatch, capsys):
+    before = torch.get_num_threads()
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    try:
+        assert main(["--threads", "2", "presets"]) == 0 and torch.get_num_threads() == 2
+        assert main(["validate", "digits/mtt_ipc1", "--threads", "3"]) == 0
+        assert torch.get_num_threads() == 3
+        assert main(["presets"]) == 0 and torch.get_num_threads() == DEFAULT_THREADS
+        monkeypatch.setenv("OMP_NUM_THREADS", "2")  # the user's own choice is kept
+        torch.set_num_threads(2)
+        assert main(["presets"]) == 0 and torch.get_num_threads() == 2
+        capsys.readouterr()
+        assert main(["--threads", "-1", "presets"]) == 2
+        assert "--threads" in capsys.readouterr().err
+    finally:
+        torch.set_num_threads(before)

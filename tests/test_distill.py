@@ -13,6 +13,7 @@ from datadistill.checkpoint import load_checkpoint
 from datadistill.distill import DistillConfig, distill
 from datadistill.errors import CompatibilityError, ConfigError, DivergenceError
 from datadistill.experts import ExpertConfig, train_experts
+from datadistill.experts.store import required_epochs
 
 
 @pytest.fixture(scope="module")
@@ -126,7 +127,7 @@ def test_validation(digits, store, tmp_path):
         distill(_cfg(ipc=5), tmp_path, data=dataclasses.replace(digits, train=few),
                 store=store, progress=False)
     with pytest.raises(CompatibilityError, match="epochs >= 5"):
-        distill(_cfg(max_start_epoch=3), tmp_path, data=digits, store=store, progress=False)
+        distill(_cfg(max_start_epoch=4), tmp_path, data=digits, store=store, progress=False)
     with pytest.raises(CompatibilityError, match="parameters"):
         distill(_cfg(model_kwargs={"width": 16}), tmp_path, data=digits, store=store,
                 progress=False)
@@ -138,6 +139,19 @@ def test_validation(digits, store, tmp_path):
                          ({"lr_teacher": 0.0}, "lr_teacher .* must be > 0, got 0.0")):
         with pytest.raises(ConfigError, match=message):
             _cfg(**bad)
+
+
+def test_epoch_bound_matches_the_official_draw(digits, store, tmp_path):
+    # 4 epochs stored (snapshots 0..4), M = 2: starts are drawn from [0, 3), the largest
+    # start 2 reaches snapshot 4, so max_start_epoch + expert_epochs = epochs + 1 fits.
+    assert required_epochs(3, 2) == store.epochs
+    result = distill(_cfg(max_start_epoch=3, min_start_epoch=2, iterations=1, eval_every=0),
+                     tmp_path, data=digits, store=store, progress=False)
+    assert result.iterations_done == 1
+    start, target = store.epoch_pair(0, 2, 2)
+    assert torch.equal(target, store.load(0)[4])
+    with pytest.raises(CompatibilityError, match="epochs"):
+        store.epoch_pair(0, 3, 2)
 
 
 def test_strategy_slots_together(digits, store, tmp_path):
@@ -175,6 +189,19 @@ def test_threshold_skips_the_whole_update(digits, store, tmp_path):
     state = load_checkpoint(skipped.checkpoint_path)
     assert state.ema["num_updates"] == 0 and all(not o["state"]
                                                  for o in state.optimizers.values())
+
+
+def test_threshold_skip_also_skips_the_ema_update(digits, store, tmp_path):
+    # The EMA averages image updates: an iteration skipped by the threshold changes neither
+    # the images nor the EMA (see DistillConfig.ema_decay).
+    cfg = _cfg(iterations=3, eval_every=0, ema_decay=0.5, threshold=10.0)
+    ran = distill(cfg, tmp_path / "ran", data=digits, store=store, progress=False)
+    assert load_checkpoint(ran.metrics_path.parent / "checkpoint.pt").ema["num_updates"] == 3
+    distill(dataclasses.replace(cfg, threshold=0.0), tmp_path / "skip", data=digits,
+            store=store, progress=False)
+    state = load_checkpoint(tmp_path / "skip" / "checkpoint.pt")
+    assert state.ema["num_updates"] == 0
+    assert torch.equal(state.ema["images"], state.images)  # both still the initial images
 
 
 def test_divergence_guard_checks_soft_labels(digits, store, tmp_path):

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from datadistill.config import config_from_dict, list_configs, load_yaml, resolve_config_path
-from datadistill.data import DatasetInfo
+from datadistill.data import DatasetInfo, dataset_info, denormalize, prepare
 from datadistill.errors import ConfigError
 from datadistill.infer import (
     BNStatistics,
@@ -31,6 +31,7 @@ from datadistill.infer import (
 )
 from datadistill.infer.config import pixels_at
 from datadistill.infer.labels import Mixup
+from datadistill.infer.teachers_train import prepare_infer_data
 from datadistill.infer.transforms import (
     black_level,
     crop_flip,
@@ -61,6 +62,14 @@ def test_groups_and_instances_for_published_settings(classes, ipc, k, per_class)
     assert k * (classes + 4) <= ipc * classes  # storage never exceeds the budget
 
 
+def test_num_groups_keeps_the_official_float_rounding():
+    # 30 groups fit exactly (30 * (10 + 1) = 33 * 10), but the official float formula
+    # int(33 / (1 / 10 + 1)) = int(29.999...) gives 29; we keep it, and say so.
+    assert 30 * (10 + 1) <= 33 * 10
+    assert num_groups(33, 1, 10) == 29
+    assert "faithful quirk" in num_groups.__doc__ and "29" in num_groups.__doc__
+
+
 def test_budget_too_small_is_a_config_error():
     with pytest.raises(ConfigError, match="raise ipc"):
         num_groups(1, 4, 2)
@@ -70,6 +79,32 @@ def test_jitter_and_crop_padding_scale_with_image_size():
     assert pixels_at((32, 32), None) == 4 and pixels_at((64, 64), None) == 8
     assert pixels_at((8, 8), None) == 1 and pixels_at((28, 28), None) == 4
     assert pixels_at((8, 8), 3) == 3  # a configured value wins
+
+
+TINY_UFC_STATS = ([0.4802, 0.4481, 0.3975], [0.2302, 0.2265, 0.2262])  # ufc_generation/utils.py
+
+
+def test_shipped_configs_scale_pixels_and_normalise_consistently():
+    for name in [n for n in list_configs() if "/infer_ipc" in n]:
+        cfg = config_from_dict(InferConfig, load_yaml(resolve_config_path(name)))
+        scaled = pixels_at(dataset_info(cfg.dataset).image_size, None)
+        for value in (cfg.jitter, cfg.teachers.crop_padding, cfg.student.crop_padding):
+            assert value in (None, scaled), f"{name}: {value} px, the scaling rule gives {scaled}"
+        if cfg.dataset == "tiny_imagenet":
+            assert (cfg.mean, cfg.std) == TINY_UFC_STATS, name
+        else:
+            assert cfg.mean is None and cfg.std is None, name
+
+
+def test_infer_data_uses_the_configured_normalisation():
+    cfg = InferConfig(dataset="digits", mean=[0.25], std=[0.5])
+    data, plain = prepare_infer_data(cfg), prepare("digits")
+    assert data.info.mean == (0.25,) and data.test.info.std == (0.5,)
+    # same pixels, other statistics
+    raw = denormalize(data.train.images, data.info)
+    assert torch.allclose(raw, denormalize(plain.train.images, plain.info), atol=1e-6)
+    with pytest.raises(ConfigError, match="both mean and std"):
+        InferConfig(dataset="digits", mean=[0.25])
 
 
 def test_shipped_configs_parse_with_official_values():

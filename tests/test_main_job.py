@@ -5,7 +5,8 @@ import json
 import pytest
 
 from datadistill.cli import main
-from datadistill.pipeline import load_pipeline_config, run_pipeline
+from datadistill.errors import ConfigError
+from datadistill.pipeline import _check, load_pipeline_config, run_pipeline
 
 TINY = [
     "experts.num_experts=2", "experts.epochs=3", "distill.max_start_epoch=1",
@@ -49,6 +50,16 @@ def test_expert_epochs_too_short_fail_before_training(tmp_path, capsys):
     assert code == 2
     assert "experts.epochs" in capsys.readouterr().err
     assert not (tmp_path / "r" / "experts").exists()
+
+
+def test_pipeline_check_accepts_the_official_epoch_bound():
+    # Starts are drawn from [0, max_start_epoch): with 3 epochs (snapshots 0..3) and M = 2
+    # the largest start is 1, so max_start_epoch 2 fits and 3 does not.
+    fits = load_pipeline_config(None, ["experts.epochs=3", "distill.max_start_epoch=2"])
+    _check(fits)
+    too_far = load_pipeline_config(None, ["experts.epochs=3", "distill.max_start_epoch=3"])
+    with pytest.raises(ConfigError, match="= 4 expert epochs"):
+        _check(too_far)
 
 
 @pytest.mark.slow

@@ -23,6 +23,7 @@ from datadistill.matching import (
     window_bounds,
 )
 from datadistill.models import create_model, flatten_params
+from datadistill.presets import PRESETS
 
 F64 = torch.float64
 CL = torch.channels_last
@@ -215,7 +216,9 @@ def test_window():
     assert window_bounds("fixed", 7, min_start=1, max_start=9) == (1, 9)
     assert window_bounds("expanding", 50, min_start=0, max_start=20, current_max_start=10,
                          expansion_end=100) == (0, 15)
-    with pytest.raises(ConfigError, match="needs current_max_start_epoch and expansion_end"):
+    datm = PRESETS["datm"].overrides["distill"]
+    hint = f"DATM defaults: {datm['current_max_start_epoch']} and {datm['expansion_end']}"
+    with pytest.raises(ConfigError, match=hint):
         window_bounds("expanding", 0, min_start=0, max_start=20)
     with pytest.raises(ConfigError, match="unknown window 'linear'"):
         window_bounds("linear", 0, min_start=0, max_start=20)

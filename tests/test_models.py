@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import logging
+
 import pytest
 import torch
 from torch import nn
 
 from datadistill.errors import ConfigError
 from datadistill.models import create_model, list_models
-from datadistill.models.convnet import ConvNet
+from datadistill.models.convnet import ConvNet, _say_default_depth
 
 ZOO = (
     "convnet", "convnet_bn", "convnetd4", "convnetd5", "lenet", "alexnet", "vgg11",
@@ -96,6 +98,16 @@ def test_default_depth_follows_image_size(side, depth, feat):
     model = create_model("convnet", 3, 10, side, width=8)
     assert model.depth == depth
     assert model.feature_shape == (8, feat, feat)
+
+
+def test_default_depth_at_64_px_says_which_depth_it_took(caplog):
+    _say_default_depth.cache_clear()
+    with caplog.at_level(logging.WARNING, logger="datadistill.models.convnet"):
+        create_model("convnet", 3, 10, 64, width=8)
+        create_model("convnet", 3, 10, 64, width=8)  # said once, not per model
+        create_model("convnet", 3, 10, 64, width=8, depth=3)  # explicit: nothing to say
+    said = [r.getMessage() for r in caplog.records]
+    assert len(said) == 1 and "depth 4" in said[0] and "depth=3" in said[0]
 
 
 def test_mnist_first_conv_pads_to_32():

@@ -189,3 +189,19 @@ def test_derived_mdatm_configs_narrow_their_datm_window_by_the_same_rule(dataset
     assert (d.window, d.min_start_epoch, d.max_start_epoch) == (
         "fixed", datm.min_start_epoch,
         datm.min_start_epoch + math.ceil(MDATM_WINDOW_FRACTION * width))
+
+
+# The DATM repository's config folders (NUS-HPC-AI-Lab/DATM, configs/<dataset>/ConvIN/IPCn.yaml).
+DATM_CONFIG_PATH = re.compile(r"configs/(CIFAR-10|CIFAR-100|TinyImageNet)/ConvIN/IPC\d+\.yaml")
+
+
+@pytest.mark.parametrize("name", [n for n in list_configs()
+                                  if re.search(r"/(datm|mdatm|pad)_ipc", n)])
+def test_datm_family_headers_cite_real_official_paths(name):
+    header = [line for line in resolve_config_path(name).read_text().splitlines()
+              if line.startswith("#")]
+    cited = re.findall(r"configs/\S+?\.yaml", "\n".join(header))
+    official = name.startswith(("cifar10/", "cifar100/", "tiny_imagenet/"))
+    assert cited or not official, f"{name} cites no official DATM config"
+    for path in cited:
+        assert DATM_CONFIG_PATH.fullmatch(path), f"{name} cites {path}, not a DATM config path"

@@ -46,6 +46,21 @@ def test_published_sizes():
     assert res.stem[0][0].kernel_size == (3, 3) and res.stem[0][0].stride == (1, 1)
 
 
+def test_resnet18_stem_keeps_pytorch_default_init_as_the_official_replaced_conv1():
+    # Official: torchvision resnet18 (Kaiming-normal fan_out convs), then conv1 replaced by a
+    # fresh Conv2d, i.e. PyTorch's default: uniform with bound 1/sqrt(fan_in), std bound/sqrt(3).
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        net = create_teacher("resnet18_cifar", 3, 10, 32)
+    stem = net.stem[0][0].weight.detach()  # (64, 3, 3, 3)
+    bound = 1 / (3 * 9) ** 0.5
+    assert float(stem.abs().max()) <= bound
+    assert abs(float(stem.std()) - bound / 3**0.5) < 0.05 * bound / 3**0.5
+    inner = net.blocks[0].body[0][0].weight.detach()  # (64, 64, 3, 3): N(0, 2 / fan_out)
+    fan_out_std = (2 / (64 * 9)) ** 0.5
+    assert abs(float(inner.std()) - fan_out_std) < 0.05 * fan_out_std
+
+
 def test_unknown_or_too_small_teacher_is_a_config_error():
     with pytest.raises(ConfigError, match="resnet18_cifar"):
         create_teacher("resnet99", 3, 10, 32)

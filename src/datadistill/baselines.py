@@ -21,6 +21,7 @@ import torch
 from datadistill.data import ImageSet, prepare
 from datadistill.errors import ConfigError
 from datadistill.evaluate import DEFAULT_LR, EvalReport, make_dsa, train_and_test
+from datadistill.progress import progress_bar
 
 log = logging.getLogger(__name__)
 
@@ -93,7 +94,8 @@ def baseline_random(
     dsa = make_dsa(strategy)
     test = real.test.to(device)
     accs = []
-    for run in range(num_runs):
+    for run in progress_bar(range(num_runs), enabled=progress, desc=f"random subset {model}",
+                            leave=False, stage=True):
         gen = torch.Generator().manual_seed(_subset_seed(seed, run))
         images, labels = random_subset(real.train, ipc, gen)
         acc = train_and_test(
@@ -160,7 +162,8 @@ def baseline_full(
     train_x, train_y = real.train.images.to(device), real.train.labels.to(device)  # moved once
     test = real.test.to(device)
     accs = []
-    for run in range(num_runs):
+    for run in progress_bar(range(num_runs), enabled=progress, desc=f"full data {model}",
+                            leave=False, stage=True):
         acc = train_and_test(
             train_x,
             train_y,

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import shutil
 import sys
 from pathlib import Path
@@ -17,7 +18,7 @@ from pathlib import Path
 import torch
 
 from datadistill import __version__
-from datadistill.errors import DatadistillError
+from datadistill.errors import ConfigError, DatadistillError
 
 
 def default_device() -> str:
@@ -272,6 +273,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"datadistill {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
+    _add_threads_option(parser, None)
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("configs", help="list, show or copy the shipped configs")
@@ -345,12 +347,73 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--quiet", action="store_true", help="no progress bars")
         p.set_defaults(func=func)
 
+    for p in sub.choices.values():  # `datadistill run --threads 2` as well as before `run`
+        _add_threads_option(p, argparse.SUPPRESS)
     return parser
+
+
+# ---------------------------------------------------------------- threads
+# One torch thread: measured with benchmarks/threads.py (benchmarks/RESULTS.md section 8). For
+# the small models of digits, MNIST and CIFAR at low IPC a second thread gains little on a
+# quiet machine and spins against any other busy process on a shared one.
+DEFAULT_THREADS = 1
+
+
+def apply_threads(requested: int | None) -> int:
+    """Set torch's intra-op thread count once for this process; returns the count in use.
+
+    ``None`` (no ``--threads``): :data:`DEFAULT_THREADS`, unless ``OMP_NUM_THREADS`` is set,
+    which is then respected. ``0``: torch's own default (one per core).
+
+    Example:
+        >>> apply_threads(1)
+        1
+    """
+    if requested is None:
+        if os.environ.get("OMP_NUM_THREADS"):
+            return torch.get_num_threads()
+        requested = DEFAULT_THREADS
+    if requested < 0:
+        raise ConfigError(f"--threads must be >= 0 (0: one per core), got {requested}")
+    if requested > 0:
+        torch.set_num_threads(requested)
+    return torch.get_num_threads()
+
+
+def _add_threads_option(p: argparse.ArgumentParser, default) -> None:
+    p.add_argument("--threads", type=int, default=default, metavar="N",
+                   help=f"torch CPU threads (default {DEFAULT_THREADS}, or OMP_NUM_THREADS "
+                        "when set; 0: one per core)")
+
+
+def parse_args(parser: argparse.ArgumentParser, argv: list[str] | None) -> argparse.Namespace:
+    """Parse ``argv`` with options anywhere: ``run CONFIG --out DIR ipc=10`` works.
+
+    argparse stops filling ``overrides`` at the first option; the key=value words after it
+    come back unrecognised and are appended, in order. Anything else is still an error.
+
+    Example:
+        >>> parse_args(build_parser(), ["run", "c", "--out", "d", "ipc=2"]).overrides
+        ['ipc=2']
+    """
+    args, extra = parser.parse_known_args(argv)
+    overrides = [w for w in extra if "=" in w and not w.startswith("-")]
+    if overrides and hasattr(args, "overrides"):
+        args.overrides = [*args.overrides, *overrides]
+        extra = [w for w in extra if w not in overrides]
+    if extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    return args
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args = parse_args(parser, argv)
+    try:
+        apply_threads(args.threads)
+    except DatadistillError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
     logging.basicConfig(
         level=logging.INFO if args.verbose else logging.WARNING,
         format="%(levelname)s %(name)s: %(message)s",

@@ -20,6 +20,10 @@ Strategy fields (defaults = MTT): ``window`` "expanding" (DATM), ``label_mode`` 
 "unrolled" (official) or "adjoint" (:func:`datadistill.matching.student_trajectory` then
 :func:`datadistill.matching.adjoint_backward`: the same gradient at the memory of one student
 step; a skipped iteration skips the backward pass), with ``micro_batch`` chunks.
+``threshold`` and ``ema_decay`` are coupled on purpose: the EMA is updated after each image
+update, as FTD's is after each optimiser step, so an iteration skipped by the threshold
+updates neither the images nor the EMA (which thus averages updates, not iterations). No
+official code combines the two: DATM has the skip and no EMA, FTD the EMA and no skip.
 
 Deviations from the official code:
 
@@ -52,7 +56,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from datadistill.checkpoint import DistillState, MetricsLog, load_checkpoint, save_checkpoint
 from datadistill.data import check_prepared
@@ -67,6 +70,7 @@ from datadistill.matching import (
     unroll_student,
     window_bounds,
 )
+from datadistill.progress import progress_bar
 
 logger = logging.getLogger(__name__)
 
@@ -136,7 +140,8 @@ class DistillConfig:
     current_max_start_epoch: int | None = None  # T: initial upper bound of window=expanding
     expansion_end: int | None = None  # iteration at which the upper bound reaches T+
     threshold: float | None = None  # skip the update when the loss exceeds it (DATM: 1.0)
-    ema_decay: float | None = None  # EMA of the images, saved/evaluated beside them (FTD)
+    ema_decay: float | None = None  # EMA of the images, saved/evaluated beside them (FTD);
+    # updated only when the images are (a threshold skip skips it too; module docstring)
     param_mask: str = "none"  # none | depth | loss: entries kept in the loss (PAD)
     param_mask_ratio: float = 0.0  # fraction of the flat parameters dropped by param_mask
     checkpoint_every: int = 50  # iterations between checkpoints (also after every evaluation)
@@ -239,7 +244,7 @@ def distill(cfg: DistillConfig, out_dir: str | Path, *, data=None, store=None,
         out_dir: output directory (created).
         data: :class:`datadistill.data.RealData`; default ``prepare(cfg.dataset, zca=cfg.zca)``.
         store: :class:`datadistill.experts.ExpertStore`; default ``ExpertStore(cfg.expert_dir)``.
-        progress: show a tqdm bar (loss, step size, last accuracy).
+        progress: show a progress bar (loss, step size, last accuracy).
         resume: continue from ``out_dir/checkpoint.pt`` if present (else start over).
         on_iteration: called as ``on_iteration(it, row)`` after every update (logging hooks;
             an exception raised there stops the run like an interruption).
@@ -253,8 +258,8 @@ def distill(cfg: DistillConfig, out_dir: str | Path, *, data=None, store=None,
     (run.out / "config.json").write_text(json.dumps(dataclasses.asdict(cfg), indent=2) + "\n")
     log = MetricsLog(run.out / "metrics.jsonl", state.iteration if resume else 0)
     eval_points = _eval_points(cfg)
-    bar = tqdm(total=cfg.iterations, initial=state.iteration, desc="distill",
-               disable=not progress)
+    bar = progress_bar(total=cfg.iterations, initial=state.iteration, desc="distill",
+                       enabled=progress, stage=True)
     last_acc = state.best_accuracy
     for it in range(state.iteration, cfg.iterations + 1):
         state.iteration = it
@@ -323,11 +328,13 @@ def _check_data(cfg: DistillConfig, data) -> None:
 
 
 def _check_store(cfg: DistillConfig, store) -> None:
-    need = cfg.max_start_epoch + cfg.expert_epochs
+    from datadistill.experts.store import required_epochs
+
+    need = required_epochs(cfg.max_start_epoch, cfg.expert_epochs)
     if need > store.epochs:
         raise CompatibilityError(
-            f"max_start_epoch ({cfg.max_start_epoch}) + expert_epochs ({cfg.expert_epochs}) = "
-            f"{need} epochs are needed but the experts in {store.directory} have "
+            f"max_start_epoch ({cfg.max_start_epoch}) - 1 + expert_epochs ({cfg.expert_epochs}) "
+            f"= {need} epochs are needed but the experts in {store.directory} have "
             f"{store.epochs}; train experts with epochs >= {need} or lower max_start_epoch.")
     if len(store) == 0:
         raise CompatibilityError(f"the expert store {store.directory} holds no experts yet; "

@@ -33,13 +33,13 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
-from tqdm.auto import tqdm
 
 from datadistill.augment import DSA
 from datadistill.data import ImageSet
 from datadistill.errors import CompatibilityError, ConfigError
 from datadistill.matching.soft_labels import soft_cross_entropy
 from datadistill.models import create_model
+from datadistill.progress import progress_bar
 
 log = logging.getLogger(__name__)
 
@@ -165,7 +165,7 @@ def train_network(
     loss_fn = _loss_for(y)
     decay_after = epochs // 2 + 1
     opt = _sgd(net, lr, momentum, weight_decay)
-    for epoch in tqdm(range(epochs + 1), disable=not progress, desc="train", leave=False):
+    for epoch in progress_bar(range(epochs + 1), enabled=progress, desc="train", leave=False):
         if on_epoch is not None:
             on_epoch(epoch, opt)
         _train_epoch(net, x, y, opt, loss_fn, batch_size, dsa, generator)
@@ -396,7 +396,8 @@ def evaluate(
     x, y = images.detach().to(device), labels.detach().to(device)  # moved once for all runs
     test_dev = test.to(device)
     accs, seconds = [], []
-    for run in range(num_runs):
+    for run in progress_bar(range(num_runs), enabled=progress, desc=f"evaluate {model}",
+                            leave=False, stage=True):
         start = time.perf_counter()
         acc = train_and_test(
             x,

@@ -141,13 +141,15 @@ def distill_config(cfg: PipelineConfig, expert_dir: str | None = None):
 
 def _check(cfg: PipelineConfig) -> None:
     """Fail before any training when the stages cannot fit together."""
+    from datadistill.experts.store import required_epochs
+
     if cfg.ipc < 1:
         raise ConfigError(f"ipc must be at least 1, got {cfg.ipc}")
     ecfg, dcfg = expert_config(cfg), distill_config(cfg)
-    needed = dcfg.max_start_epoch + dcfg.expert_epochs
+    needed = required_epochs(dcfg.max_start_epoch, dcfg.expert_epochs)
     if ecfg.epochs < needed:
         raise ConfigError(
-            f"distill.max_start_epoch ({dcfg.max_start_epoch}) + distill.expert_epochs "
+            f"distill.max_start_epoch ({dcfg.max_start_epoch}) - 1 + distill.expert_epochs "
             f"({dcfg.expert_epochs}) = {needed} expert epochs are needed, but experts.epochs is "
             f"{ecfg.epochs}; raise experts.epochs or lower distill.max_start_epoch"
         )

@@ -15,7 +15,7 @@ Example:
 """
 
 from datadistill.data.info import DatasetInfo, ImageSet, denormalize, normalize
-from datadistill.data.prepare import RealData, check_prepared, prepare
+from datadistill.data.prepare import RealData, check_prepared, prepare, renormalize
 from datadistill.data.registry import (
     UnknownDatasetError,
     create_dataset,
@@ -37,4 +37,5 @@ __all__ = [
     "normalize",
     "prepare",
     "check_prepared",
+    "renormalize",
 ]

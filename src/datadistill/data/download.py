@@ -28,9 +28,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import NoReturn
 
-from tqdm import tqdm
-
 from datadistill.errors import DatasetError
+from datadistill.progress import progress_bar
 
 logger = logging.getLogger(__name__)
 
@@ -236,13 +235,14 @@ def _fetch_to_part(url: str, part: Path, *, progress: bool, timeout: float) -> N
         written = offset
         with (
             open(part, "ab" if offset else "wb") as fh,
-            tqdm(
+            progress_bar(
                 total=total,
                 initial=offset,
                 unit="B",
                 unit_scale=True,
                 desc=part.name,
-                disable=not progress,
+                enabled=progress,
+                stage=True,
             ) as bar,
         ):
             try:

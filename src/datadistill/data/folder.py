@@ -21,10 +21,10 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
-from tqdm import tqdm
 
 from datadistill.data.info import DatasetInfo, LoadedSplit
 from datadistill.errors import DatasetError
+from datadistill.progress import progress_bar
 
 logger = logging.getLogger(__name__)
 
@@ -97,11 +97,12 @@ def decode_images(
     # Pillow releases the GIL while decoding, so threads give a real speed-up.
     workers = min(8, os.cpu_count() or 1)
     with ThreadPoolExecutor(workers) as pool:
-        for _ in tqdm(
+        for _ in progress_bar(
             pool.map(work, range(len(paths))),
             total=len(paths),
             desc="decoding images",
-            disable=not progress,
+            enabled=progress,
+            stage=True,
         ):
             pass
     return out

@@ -17,9 +17,10 @@ from pathlib import Path
 
 import torch
 
-from datadistill.data.info import DatasetInfo, ImageSet
+from datadistill.data.info import DatasetInfo, ImageSet, denormalize, normalize
 from datadistill.data.registry import create_dataset
 from datadistill.data.zca import DEFAULT_EPS, ZCA
+from datadistill.errors import ConfigError
 
 logger = logging.getLogger(__name__)
 
@@ -101,6 +102,31 @@ def prepare(
     if train_per_class is not None:
         train = subset_per_class(train, train_per_class)
     return RealData(train, test, train.info, whitening, train_per_class)
+
+
+def renormalize(data: RealData, mean: tuple[float, ...], std: tuple[float, ...]) -> RealData:
+    """``data`` (normalised space) re-expressed with another ``mean``/``std`` per channel.
+
+    For recipes whose official code normalises a dataset with its own statistics (INFER
+    lists Tiny ImageNet's (0.4802, 0.4481, 0.3975) / (0.2302, 0.2265, 0.2262), where MTT's
+    family uses ImageNet's). The pixels are unchanged: x_new = (x * std + mean - mean') / std'.
+
+    Example:
+        >>> real = renormalize(prepare("digits"), (0.5,), (0.5,))
+        >>> real.info.mean, real.train.info.std
+        ((0.5,), (0.5,))
+    """
+    if data.train.space != "normalized":
+        raise ConfigError(f"renormalize needs normalised images, got {data.train.space!r} "
+                          "(ZCA space has no per-channel statistics); set zca=false.")
+    info = replace(data.info, mean=tuple(float(m) for m in mean), std=tuple(float(s) for s in std))
+    return replace(data, train=_renormalized(data.train, info), test=_renormalized(data.test, info),
+                   info=info)
+
+
+def _renormalized(images: ImageSet, info: DatasetInfo) -> ImageSet:
+    raw = denormalize(images.images, images.info)  # (N, C, H, W) in [0, 1]
+    return replace(images, images=normalize(raw, info), info=info)
 
 
 def check_prepared(data: RealData, dataset: str, zca: bool, section: str,

@@ -34,9 +34,9 @@ from typing import Any
 import torch
 from torch import nn
 from torch.nn import functional as F
-from tqdm import tqdm
 
 from datadistill.errors import ArtifactError, CompatibilityError, ConfigError
+from datadistill.progress import progress_bar
 
 logger = logging.getLogger(__name__)
 
@@ -143,7 +143,8 @@ def average_scores(images: torch.Tensor, labels: torch.Tensor, *,
     if num_models < 1:
         raise ConfigError(f"num_models must be >= 1, got {num_models}; DeepCore uses 10.")
     total = torch.zeros(len(labels), dtype=torch.float64)
-    for _ in tqdm(range(num_models), disable=not progress, desc="difficulty", leave=False):
+    for _ in progress_bar(range(num_models), enabled=progress, desc="difficulty", leave=False,
+                          stage=True):
         net = _build(model_fn, generator).to(device)
         _train_briefly(net, images, labels, epochs=epochs, lr=lr, momentum=momentum,
                        weight_decay=weight_decay, batch_size=batch_size, augment=augment,

@@ -38,6 +38,22 @@ DTYPES = {"float32": torch.float32, "float16": torch.float16}
 _EXPERT_RE = re.compile(r"^expert_(\d{4,})\.pt$")
 
 
+def required_epochs(max_start_epoch: int, expert_epochs: int) -> int:
+    """Training epochs an expert needs so that every draw of the start-epoch window fits.
+
+    Start epochs are drawn from [.., max_start_epoch), upper bound exclusive (MTT's
+    ``np.random.randint(0, max_start_epoch)``), so the largest is ``max_start_epoch - 1``; its
+    target is ``expert_epochs`` later, and snapshots run 0..epochs. The official code
+    therefore accepts ``max_start_epoch + expert_epochs <= epochs + 1``. This is the one rule
+    for the distiller, the pipeline check and :meth:`ExpertStore.epoch_pair`.
+
+    Example:
+        >>> required_epochs(max_start_epoch=20, expert_epochs=2)
+        21
+    """
+    return max_start_epoch - 1 + expert_epochs
+
+
 def expert_path(directory: str | Path, index: int) -> Path:
     """``<directory>/expert_{index:04d}.pt``."""
     return Path(directory) / f"expert_{index:04d}.pt"
@@ -132,7 +148,7 @@ class ExpertStore:
 
     def epoch_pair(self, i: int, start: int, span: int) -> tuple[torch.Tensor, torch.Tensor]:
         """(theta*_start, theta*_{start+span}) of expert i, float32 (P,) copies."""
-        if start < 0 or start + span > self.epochs:
+        if start < 0 or required_epochs(start + 1, span) > self.epochs:
             raise CompatibilityError(f"epochs {start}..{start + span} requested but the experts "
                                      f"have {self.epochs}; lower max_start_epoch/expert_epochs.")
         params = self._record(i)["params"]

@@ -31,7 +31,6 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
-from tqdm.auto import tqdm
 
 from datadistill.data import check_prepared
 from datadistill.errors import CompatibilityError, ConfigError
@@ -44,6 +43,7 @@ from datadistill.experts.store import (
     save_expert,
     write_meta,
 )
+from datadistill.progress import progress_bar
 
 logger = logging.getLogger(__name__)
 
@@ -62,7 +62,7 @@ class ExpertConfig:
     model: str = "convnet"  # registry name (datadistill.models.list_models())
     model_kwargs: dict = field(default_factory=dict)  # e.g. {depth: 4} for Tiny ImageNet
     num_experts: int = 100  # trajectories to train (MTT: 100)
-    epochs: int = 50  # epochs per expert; distillation needs >= max_start_epoch + expert_epochs
+    epochs: int = 50  # epochs per expert; distillation needs >= max_start_epoch - 1 + expert_epochs
     lr: float = 0.01  # constant SGD learning rate (MTT `lr_teacher` of buffer.py)
     momentum: float = 0.0  # MTT: 0 ("much easier for the synthetic data to imitate")
     weight_decay: float = 0.0  # MTT: 0
@@ -187,7 +187,7 @@ def train_experts(cfg: ExpertConfig, data, out_dir: str | Path, *, device: str |
         logger.info("expert store %s: %d of %d experts present, resuming at expert %d",
                     directory, cfg.num_experts - len(todo), cfg.num_experts,
                     todo[0] if todo else cfg.num_experts)
-    bar = tqdm(todo, desc="experts", disable=not progress)
+    bar = progress_bar(todo, desc="experts", enabled=progress, stage=True)
     for i in bar:
         params, acc = train_one_expert(cfg, data, i, dsa=dsa, device=device,
                                        epoch_subset=epoch_subset, progress=progress)
@@ -213,8 +213,8 @@ def train_one_expert(cfg: ExpertConfig, data, index: int, *, dsa=None, device: s
     snapshots = [flatten_params(net).cpu()]  # (P,) per epoch
     x_test, y_test = monitor_split(data.test, cfg.test_samples)
     accs = [test_accuracy(net, x_test, y_test, device=device)]
-    for epoch in tqdm(range(cfg.epochs), desc=f"expert {index}", leave=False,
-                      disable=not progress):
+    for epoch in progress_bar(range(cfg.epochs), desc=f"expert {index}", leave=False,
+                              enabled=progress):
         pool = None if epoch_subset is None else epoch_subset(epoch).long().cpu()
         n = len(x_all) if pool is None else len(pool)
         order = torch.randperm(n, generator=gen)

@@ -32,9 +32,9 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import nn
-from tqdm.auto import tqdm
 
 from datadistill.errors import CompatibilityError, DatasetError, DivergenceError
+from datadistill.progress import progress_bar
 
 log = logging.getLogger(__name__)
 
@@ -224,7 +224,8 @@ def generate_compensators(
     with ExitStack() as stack:  # removes every hook, even on error
         hooks = [stack.enter_context(BNStatistics(t)) for t in teachers]
         bar = stack.enter_context(
-            tqdm(total=k_groups * m, disable=not progress, desc="compensators", leave=False)
+            progress_bar(total=k_groups * m, enabled=progress, desc="compensators", leave=False,
+                         stage=True)
         )
         for k in range(k_groups):
             for i, (teacher, bn) in enumerate(zip(teachers, hooks, strict=True)):

@@ -83,6 +83,10 @@ class InferConfig:
     first_bn_multiplier: float = 10.0  # s_1: extra weight of the first BN layer
     jitter: int | None = None  # max roll offset in px; None: 4 px at 32 px, scaled by size
     label_batch_size: int = 256  # teacher forward passes for static labels; no effect
+    # Per-channel normalisation of teachers, compensators and students; None: the dataset's.
+    # Set where INFER lists other statistics than the dataset module (Tiny ImageNet).
+    mean: list[float] | None = None
+    std: list[float] | None = None
     student: StudentConfig = field(default_factory=StudentConfig)
 
     def __post_init__(self) -> None:
@@ -96,16 +100,22 @@ class InferConfig:
             )
         if not self.teachers.archs:
             raise ConfigError("teachers.archs is empty; name at least one teacher architecture")
+        if (self.mean is None) != (self.std is None):
+            raise ConfigError("set both mean and std (per-channel normalisation), or neither")
 
 
 def num_groups(ipc: int, num_teachers: int, num_classes: int) -> int:
-    """K, the number of class groups that fit the budget: K * (C + M) <= IPC * C.
+    """K, the number of class groups for the budget K * (C + M) <= IPC * C (INFER Sec. 3.3).
 
-    The official code computes ``int(ipc / (M / C + 1))`` (INFER Sec. 3.3).
+    Computed as the official code does, ``int(ipc / (M / C + 1))`` in floating point, and kept
+    on purpose (a faithful quirk): it is usually the largest K that fits, but where the
+    exact quotient is an integer, rounding can drop it by one. For C 10, IPC 33, M 1 the
+    quotient is exactly 30 (30 * 11 = 330 = 33 * 10) yet the float gives 29.999..., so K is 29.
+    The budget is never exceeded.
 
     Example:
-        >>> num_groups(10, 4, 10), num_groups(50, 4, 100)
-        (7, 48)
+        >>> num_groups(10, 4, 10), num_groups(50, 4, 100), num_groups(33, 1, 10)
+        (7, 48, 29)
     """
     k = int(ipc / (num_teachers / num_classes + 1))
     if k < 1:

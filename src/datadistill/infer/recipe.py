@@ -28,7 +28,7 @@ import torch
 from torch import nn
 
 from datadistill.config import config_to_dict
-from datadistill.data import DatasetInfo, ImageSet, prepare
+from datadistill.data import DatasetInfo, ImageSet
 from datadistill.errors import CompatibilityError, ConfigError
 from datadistill.evaluate import EvalReport
 from datadistill.infer.compensators import (
@@ -40,7 +40,7 @@ from datadistill.infer.config import InferConfig, num_groups, pixels_at
 from datadistill.infer.labels import ensemble_logits
 from datadistill.infer.store import InferSet, save_infer_set
 from datadistill.infer.student import evaluate_student
-from datadistill.infer.teachers_train import TeacherStore
+from datadistill.infer.teachers_train import TeacherStore, prepare_infer_data
 from datadistill.io import write_json
 
 log = logging.getLogger(__name__)
@@ -161,8 +161,7 @@ def run_infer(
 
     ``teacher_dir`` overrides ``cfg.teacher_dir``. Example in the module docstring.
     """
-    data = prepare(cfg.dataset, cfg.data_root, download=cfg.download, progress=progress,
-                   train_per_class=cfg.train_per_class)
+    data = prepare_infer_data(cfg, progress)
     teachers, names = load_teachers(cfg, teacher_dir, data.info)
     infer_set = distill_infer(cfg, data.train, teachers, names, progress)
     path = save_infer_set(infer_set, out_dir)

@@ -26,7 +26,6 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 import torch
 from torch import nn
-from tqdm.auto import tqdm
 
 from datadistill.data import DatasetInfo, ImageSet
 from datadistill.errors import CompatibilityError, ConfigError
@@ -38,6 +37,7 @@ from datadistill.infer.training import seeded, shuffled_batches
 from datadistill.infer.transforms import black_level, crop_flip, uses_flip
 from datadistill.models import create_model
 from datadistill.models import teachers as _teachers  # noqa: F401  registers INFER's teachers
+from datadistill.progress import progress_bar
 
 log = logging.getLogger(__name__)
 
@@ -101,7 +101,8 @@ def train_student(
     flip = uses_flip(test.info.dsa_strategy, cfg.flip)
     padding = pixels_at(test.info.image_size, cfg.crop_padding)
     history: list[tuple[int, float]] = []
-    for epoch in tqdm(range(epochs), disable=not progress, desc="student", leave=False):
+    for epoch in progress_bar(range(epochs), enabled=progress, desc="student", leave=False,
+                              stage=True):
         net.train()
         for idx in shuffled_batches(len(x), cfg.batch_size, generator):
             idx = idx.to(device)
@@ -145,6 +146,11 @@ def evaluate_student(
             f"the test set is {test.info.name!r} in {test.space!r} space, the INFER set is "
             f"{infer_set.info.name!r} in normalized space; prepare the same dataset with zca=False"
         )
+    if (test.info.mean, test.info.std) != (infer_set.info.mean, infer_set.info.std):
+        raise CompatibilityError(
+            f"the test set is normalised with mean {test.info.mean} / std {test.info.std}, the "
+            f"INFER set with {infer_set.info.mean} / {infer_set.info.std}; renormalize the test "
+            "data (datadistill.data.renormalize) with the set's statistics")
     inst = infer_set.materialise()
     if cfg.labels != "dynamic" and inst.soft_labels is None:
         raise ConfigError("static labels are missing from this INFER set; use labels='dynamic'")

@@ -28,10 +28,9 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from torch import nn
-from tqdm.auto import tqdm
 
 from datadistill import __version__
-from datadistill.data import DatasetInfo, ImageSet, prepare
+from datadistill.data import DatasetInfo, ImageSet, RealData, prepare, renormalize
 from datadistill.errors import ArtifactError, CompatibilityError
 from datadistill.evaluate import run_seeds, test_accuracy
 from datadistill.infer.config import InferConfig, TeacherConfig, pixels_at
@@ -39,6 +38,7 @@ from datadistill.infer.training import seeded, shuffled_batches
 from datadistill.infer.transforms import black_level, crop_flip, uses_flip
 from datadistill.io import load_tensors, read_json, save_tensors, write_json
 from datadistill.models.teachers import create_teacher
+from datadistill.progress import progress_bar
 
 log = logging.getLogger(__name__)
 
@@ -125,11 +125,12 @@ def train_teacher(
     x, y = train.images.to(device), train.labels.to(device)  # moved once
     fill = black_level(train.info.mean, train.info.std)
     padding = pixels_at(train.info.image_size, cfg.crop_padding)
-    bar = tqdm(
+    bar = progress_bar(
         range(start, cfg.epochs),
         initial=start,
         total=cfg.epochs,
-        disable=not progress,
+        enabled=progress,
+        stage=True,
         desc="teacher",
         leave=False,
     )
@@ -265,6 +266,20 @@ class TeacherStore:
                 )
 
 
+def prepare_infer_data(cfg: InferConfig, progress: bool = False) -> RealData:
+    """The real data INFER works on: ``prepare`` with ``cfg.mean``/``cfg.std`` when set.
+
+    Example:
+        >>> prepare_infer_data(InferConfig(dataset="digits", mean=[0.5], std=[0.5])).info.mean
+        (0.5,)
+    """
+    data = prepare(cfg.dataset, cfg.data_root, download=cfg.download, progress=progress,
+                   train_per_class=cfg.train_per_class)
+    if cfg.mean is not None:
+        data = renormalize(data, tuple(cfg.mean), tuple(cfg.std))
+    return data
+
+
 def train_teachers(cfg: InferConfig, out_dir: str | Path, progress: bool = False) -> TeacherStore:
     """Train every teacher of ``cfg.teachers.archs`` into the store at ``out_dir``.
 
@@ -276,8 +291,7 @@ def train_teachers(cfg: InferConfig, out_dir: str | Path, progress: bool = False
         >>> cfg = InferConfig(dataset="digits", teachers=TeacherConfig(epochs=2, width_mult=0.25))
         >>> store = train_teachers(cfg, "runs/digits_teachers")           # doctest: +SKIP
     """
-    data = prepare(cfg.dataset, cfg.data_root, download=cfg.download, progress=progress,
-                   train_per_class=cfg.train_per_class)
+    data = prepare_infer_data(cfg, progress)
     info, tc, store = data.info, cfg.teachers, TeacherStore(out_dir)
     flip = uses_flip(info.dsa_strategy, tc.flip)
     for i, arch in enumerate(tc.archs):

@@ -6,7 +6,9 @@ every outer step,
 
     ema <- decay * ema + (1 - decay) * images,
 
-starting from a copy of the initial images. The EMA never feeds back into the optimisation; it
+starting from a copy of the initial images; the distiller calls it only after an image update,
+so an iteration skipped by DATM's loss threshold leaves it unchanged (no official code has both).
+The EMA never feeds back into the optimisation; it
 is a separate output, evaluated and saved on its own (research note trajectory-matching.md
 section 3.2). Evaluate it from a freshly initialised network: the official code reuses the
 network already trained on the raw images, so its EMA accuracy is after 2 x 1000 epochs.

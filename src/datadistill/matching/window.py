@@ -52,7 +52,7 @@ def window_bounds(kind: str, it: int, *, min_start: int, max_start: int,
     if kind == "expanding":
         if current_max_start is None or expansion_end is None:
             raise ConfigError("window 'expanding' needs current_max_start_epoch and "
-                              "expansion_end (DATM: e.g. 20 and 2000).")
+                              "expansion_end (DATM defaults: 20 and 3000).")
         return min_start, expanding_upper(it, current_max_start=current_max_start,
                                           max_start=max_start, expansion_end=expansion_end)
     raise ConfigError(f"unknown window {kind!r}; choose one of {WINDOWS}.")

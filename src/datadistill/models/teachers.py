@@ -88,9 +88,12 @@ class ResNet18Cifar(nn.Module):
                 cin = cout
         self.blocks = nn.Sequential(*blocks)
         self.fc = nn.Linear(cin, num_classes)
-        # torchvision's initialisation, which the official (torchvision) ResNet-18 gets.
+        # The official model is torchvision's ResNet-18 (every conv Kaiming-normal, fan_out)
+        # whose conv1 is then replaced by a new 3x3 stride-1 conv: the stem keeps PyTorch's
+        # default Conv2d init (uniform, bound 1/sqrt(fan_in)), the rest torchvision's.
+        stem_conv = self.stem[0][0]
         for m in self.modules():
-            if isinstance(m, nn.Conv2d):
+            if isinstance(m, nn.Conv2d) and m is not stem_conv:
                 nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
