@@ -283,15 +283,19 @@ def test_a_failing_report_never_breaks_the_run(run_dir, tmp_path, monkeypatch, c
 def test_refresh_while_distilling_is_throttled_but_the_last_is_forced(run_dir, tmp_path):
     copy = tmp_path / "run"
     shutil.copytree(run_dir, copy)
-    page = copy / "report.html"
-    os.utime(page, (1e9, 1e9))  # an old page is redrawn
-    assert report.refresh_report(copy / "distill") == page and page.stat().st_mtime > 1e9
-    stamp = page.stat().st_mtime_ns
-    page.write_text("recent")  # a page younger than REFRESH_SECONDS is kept...
+    page, started = copy / "report.html", copy / "distill" / "config.json"
+    page.write_text("old")
+    os.utime(page, (1e9, 1e9))
+    os.utime(started, (1e9, 1e9))  # an old page of a distillation started long ago...
+    assert report.refresh_report(copy / "distill") == page and page.read_text() != "old"
+    page.write_text("recent")  # ...is redrawn; a page younger than REFRESH_SECONDS is kept,
     report.refresh_report(copy / "distill")
     assert page.read_text() == "recent"
-    report.refresh_report(copy / "distill", force=True)  # ...unless it is the last evaluation
-    assert page.read_text() != "recent" and page.stat().st_mtime_ns >= stamp
+    page.unlink()  # and so is the absence of a page in a distillation started just now
+    started.touch()
+    assert report.refresh_report(copy / "distill") is None and not page.exists()
+    report.refresh_report(copy / "distill", force=True)  # unless it is the last evaluation
+    assert tuple(_parse(page).h2) == report_html.SECTIONS
 
 
 def test_eval_of_a_set_folder_writes_its_page(run_dir, tmp_path):

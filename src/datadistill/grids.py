@@ -41,9 +41,9 @@ MIN_CELL = 128  # shortest side of an upsampled image, pixels
 MAX_PIXELS = 16_000_000  # the upsampling factor shrinks until the grid fits (16 MP, ~48 MB RGB)
 PAD = 4  # pixels between cells and around the grid
 LABEL_WIDTH = 120  # left column holding the class name of a row
-CAPTION_HEIGHT = 22  # strip above a cell holding its caption
+CAPTION_HEIGHT = 24  # strip above a cell holding its caption
 IPC1_COLUMNS = 10  # at IPC 1, classes per row
-FONT_SIZE = 15
+FONT_SIZE = 17
 BACKGROUND = (255, 255, 255)
 INK = (30, 30, 30)
 

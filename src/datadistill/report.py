@@ -54,6 +54,7 @@ FIGURES_DIR = "figures"
 RECORD_VERSION = 1
 MAX_CLASSES = 20  # classes shown in the page's grids (the grid files under grids/ hold all)
 MAX_PER_CLASS = 10  # images per class shown in the page's grids
+PAIR_PER_CLASS = 4  # images per class on each side of the initial-vs-final grid
 MAX_EXPERTS = 100  # expert curves drawn
 REFRESH_SECONDS = 60.0  # while distilling, the page is redrawn at most this often
 
@@ -136,13 +137,16 @@ def write_report(folder: str | Path, *, stage: str | None = None,
 def refresh_report(distill_dir: str | Path, *, force: bool = False) -> Path | None:
     """Rewrite the report of the run a distillation folder belongs to (at an evaluation).
 
-    Unless ``force`` (the last evaluation), a page younger than REFRESH_SECONDS is kept:
-    drawing it takes about a second, which matters between quick evaluations.
+    Unless ``force`` (the last evaluation), nothing is drawn within REFRESH_SECONDS of the
+    last drawing or of the start of the distillation (``config.json``): a drawing takes
+    about a second, which matters between quick evaluations and in short runs.
     """
     folder = run_folder_of(distill_dir)
     page = folder / REPORT_FILE
-    if not force and page.is_file() and time.time() - page.stat().st_mtime < REFRESH_SECONDS:
-        return page
+    stamps = [p.stat().st_mtime for p in (page, Path(distill_dir) / "config.json")
+              if p.is_file()]
+    if not force and stamps and time.time() - max(stamps) < REFRESH_SECONDS:
+        return page if page.is_file() else None
     return write_report(folder)
 
 
@@ -380,15 +384,16 @@ def image_figures(c: RunContents) -> list[Figure]:
     figures, limits = [], {"max_classes": MAX_CLASSES, "max_per_class": MAX_PER_CLASS}
     for title, ds, name in _sets(c):
         figures.append(_png_figure(c, title, png_bytes(class_grid(ds, **limits)), name,
-                                   _limits_caption(ds)))
+                                   _limits_caption(ds, MAX_PER_CLASS)))
     if c.distill_dir is not None:
         initial, final = _load_set(c.distill_dir / "initial"), _load_set(c.distill_dir / "last")
         if initial is not None and final is not None:
             title = (f"Initial (iteration 0) and final (iteration "
                      f"{final.extra.get('iteration', '?')}) images")
-            png = png_bytes(before_after_grid(initial, final, **limits))
+            png = png_bytes(before_after_grid(initial, final, max_classes=MAX_CLASSES,
+                                              max_per_class=PAIR_PER_CLASS))
             figures.append(_png_figure(c, title, png, "initial_vs_final.png",
-                                       _limits_caption(final)))
+                                       _limits_caption(final, PAIR_PER_CLASS)))
     return figures
 
 
@@ -424,13 +429,13 @@ def _infer_instances(directory: Path):
                         s.instances_per_class, "infer")
 
 
-def _limits_caption(ds) -> str:
+def _limits_caption(ds, max_per_class: int) -> str:
     per_class = int(torch.bincount(ds.hard_labels, minlength=ds.info.num_classes).max())
     parts = []
     if ds.info.num_classes > MAX_CLASSES:
         parts.append(f"the first {MAX_CLASSES} of {ds.info.num_classes} classes")
-    if per_class > MAX_PER_CLASS:
-        parts.append(f"{MAX_PER_CLASS} of {per_class} images per class")
+    if per_class > max_per_class:
+        parts.append(f"{max_per_class} of {per_class} images per class")
     return ("Shown: " + ", ".join(parts) + "; the grids/ files hold every image.") if parts \
         else ""
 
