@@ -8,7 +8,8 @@ iterations, the experts' per-epoch test accuracy, distilled vs random subset), t
 paper and its named deviations (:mod:`datadistill.presets`), the resolved config, and the
 wall time and hardware of each stage. Images are embedded as base64 PNG data URIs, and the
 same PNGs are written to ``figures/`` beside the page; the page has no script and loads
-nothing from anywhere.
+nothing from anywhere. The pictures are drawn by :mod:`datadistill.report_figures`, the HTML
+by :mod:`datadistill.report_html`.
 
 Folders it understands (several may be combined):
 
@@ -52,21 +53,7 @@ REPORT_FILE = "report.html"
 RECORD_FILE = "run_record.json"
 FIGURES_DIR = "figures"
 RECORD_VERSION = 1
-MAX_CLASSES = 20  # classes shown in the page's grids (the grid files under grids/ hold all)
-MAX_PER_CLASS = 10  # images per class shown in the page's grids
-PAIR_PER_CLASS = 4  # images per class on each side of the initial-vs-final grid
-MAX_EXPERTS = 100  # expert curves drawn
 REFRESH_SECONDS = 60.0  # while distilling, the page is redrawn at most this often
-
-
-@dataclass
-class Figure:
-    """One picture of the page: its PNG bytes, the file beside the page, a caption."""
-
-    title: str
-    png: bytes
-    path: Path
-    caption: str = ""
 
 
 @dataclass
@@ -157,6 +144,7 @@ def build_report(folder: str | Path) -> Path:
     does not exist.
     """
     from datadistill.errors import ArtifactError
+    from datadistill.report_figures import curve_figures, image_figures
     from datadistill.report_html import render_page
 
     root = Path(folder)
@@ -366,119 +354,3 @@ def _teacher_rows(c: RunContents) -> list[AccuracyRow]:
             rows.append(AccuracyRow(f"teacher {sub.name}", sub.name, "teacher", [acc], acc, 0.0,
                                     "the network that labels and guides INFER"))
     return rows
-
-
-# ----------------------------------------------------------------------------- figures
-
-
-def _load_set(path: Path):
-    from datadistill.artifact import load_distilled
-
-    return load_distilled(path) if (path / "meta.json").is_file() else None
-
-
-def image_figures(c: RunContents) -> list[Figure]:
-    """Readable grids of the sets in the folder, written to figures/ and embedded."""
-    from datadistill.grids import before_after_grid, class_grid, png_bytes
-
-    figures, limits = [], {"max_classes": MAX_CLASSES, "max_per_class": MAX_PER_CLASS}
-    for title, ds, name in _sets(c):
-        figures.append(_png_figure(c, title, png_bytes(class_grid(ds, **limits)), name,
-                                   _limits_caption(ds, MAX_PER_CLASS)))
-    if c.distill_dir is not None:
-        initial, final = _load_set(c.distill_dir / "initial"), _load_set(c.distill_dir / "last")
-        if initial is not None and final is not None:
-            title = (f"Initial (iteration 0) and final (iteration "
-                     f"{final.extra.get('iteration', '?')}) images")
-            png = png_bytes(before_after_grid(initial, final, max_classes=MAX_CLASSES,
-                                              max_per_class=PAIR_PER_CLASS))
-            figures.append(_png_figure(c, title, png, "initial_vs_final.png",
-                                       _limits_caption(final, PAIR_PER_CLASS)))
-    return figures
-
-
-def _sets(c: RunContents) -> list[tuple[str, Any, str]]:
-    """(title, DistilledSet, file name) of each set to show."""
-    found = []
-    if c.distill_dir is not None:
-        best = _load_set(c.distill_dir / "best")
-        if best is not None:
-            acc = best.extra.get("accuracy")
-            score = "" if acc is None else f", accuracy {100 * acc:.2f} % while distilling"
-            found.append((f"Distilled set (best, iteration {best.extra.get('iteration', '?')}"
-                          f"{score})", best, "distilled.png"))
-        ema = _load_set(c.distill_dir / "ema_last")
-        if ema is not None:
-            found.append(("EMA of the images (FTD, last)", ema, "ema.png"))
-    if c.set_dir is not None:
-        found.append(("Evaluated set", _load_set(c.set_dir), "set.png"))
-    if c.infer_dir is not None:
-        found.append(("INFER training instances (base images and base + compensator)",
-                      _infer_instances(c.infer_dir), "infer_instances.png"))
-    return found
-
-
-def _infer_instances(directory: Path):
-    """The materialised INFER set with class-index labels (labels may not be computed yet)."""
-    from datadistill.artifact import DistilledSet
-    from datadistill.infer.store import load_infer_set
-
-    s = load_infer_set(directory)
-    inst = s.materialise()
-    return DistilledSet(inst.images, inst.labels, None, s.info, "normalized",
-                        s.instances_per_class, "infer")
-
-
-def _limits_caption(ds, max_per_class: int) -> str:
-    per_class = int(torch.bincount(ds.hard_labels, minlength=ds.info.num_classes).max())
-    parts = []
-    if ds.info.num_classes > MAX_CLASSES:
-        parts.append(f"the first {MAX_CLASSES} of {ds.info.num_classes} classes")
-    if per_class > max_per_class:
-        parts.append(f"{max_per_class} of {per_class} images per class")
-    return ("Shown: " + ", ".join(parts) + "; the grids/ files hold every image.") if parts \
-        else ""
-
-
-def _png_figure(c: RunContents, title: str, png: bytes, name: str, caption: str = "") -> Figure:
-    path = c.root / FIGURES_DIR / name
-    atomic_write(path, lambda tmp: Path(tmp).write_bytes(png))
-    return Figure(title, png, path, caption)
-
-
-def curve_figures(c: RunContents) -> list[Figure]:
-    """Distillation curves, expert accuracy and the accuracy comparison, as PNG figures."""
-    from datadistill.curves import accuracy_bars, distill_curves, expert_curves, figure_png
-
-    drawn = [("Distillation: matching loss, learned step size, accuracy",
-              distill_curves(metrics_rows(c.distill_dir)), "distill_curves.png",
-              "Evaluations while distilling use distill.eval_runs networks of "
-              "distill.eval_epochs epochs."),
-             ("Experts: test accuracy per epoch", expert_curves(_expert_accuracies(c)),
-              "expert_accuracy.png", ""),
-             ("Accuracy of the distilled set and the baselines",
-              accuracy_bars(_final_accuracies(c)), "accuracy.png",
-              "Mean ± std over independently trained networks; each dot is one network.")]
-    figures = []
-    for title, fig, name, caption in drawn:
-        if fig is not None:
-            figures.append(_png_figure(c, title, figure_png(fig), name, caption))
-    return figures
-
-
-def _expert_accuracies(c: RunContents) -> list:
-    if c.expert_dir is None:
-        return []
-    from datadistill.experts import ExpertStore
-
-    store = ExpertStore(c.expert_dir)
-    return [store.test_acc(i).numpy() for i in range(min(len(store), MAX_EXPERTS))]
-
-
-def _final_accuracies(c: RunContents) -> dict[str, list[float]]:
-    """Label -> accuracies of the final evaluations (eval.json / eval_infer.json)."""
-    out = {}
-    for row in accuracy_rows(c):
-        if row.what not in ("best evaluation while distilling",) and row.protocol != "teacher":
-            out[f"{row.what} ({row.model}, {row.protocol})"] = row.accuracies
-    return out
