@@ -130,8 +130,11 @@ def refresh_report(distill_dir: str | Path, *, force: bool = False) -> Path | No
     """
     folder = run_folder_of(distill_dir)
     page = folder / REPORT_FILE
-    stamps = [p.stat().st_mtime for p in (page, Path(distill_dir) / "config.json")
-              if p.is_file()]
+    try:
+        stamps = [p.stat().st_mtime for p in (page, Path(distill_dir) / "config.json")
+                  if p.is_file()]
+    except OSError:  # a file vanished in between: draw
+        stamps = []
     if not force and stamps and time.time() - max(stamps) < REFRESH_SECONDS:
         return page if page.is_file() else None
     return write_report(folder)
