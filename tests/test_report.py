@@ -280,6 +280,17 @@ def test_a_failing_report_never_breaks_the_run(run_dir, tmp_path, monkeypatch, c
     assert (copy / "report.html").read_bytes() == before  # the last good page stays
 
 
+def test_a_damaged_file_costs_its_picture_not_the_page(run_dir, tmp_path):
+    copy = tmp_path / "run"
+    shutil.copytree(run_dir, copy)
+    (copy / "experts" / "expert_0000.pt").write_bytes(b"garbage")
+    (copy / "distill" / "best" / "tensors.pt").write_bytes(b"garbage")
+    text = report.build_report(copy).read_text(encoding="utf-8")
+    assert text.count("could not be drawn (ArtifactError") == 2
+    page = _parse(copy / "report.html")
+    assert tuple(page.h2) == report_html.SECTIONS and len(page.imgs) == 3  # the other three
+
+
 def test_refresh_while_distilling_is_throttled_but_the_last_is_forced(run_dir, tmp_path):
     copy = tmp_path / "run"
     shutil.copytree(run_dir, copy)

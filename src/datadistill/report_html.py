@@ -101,6 +101,8 @@ def _accuracy(rows) -> str:
 
 
 def _figure(fig) -> str:
+    if not fig.png:  # could not be drawn: say so (the caption holds the reason)
+        return f'<h3>{_e(fig.title)}</h3><p class="muted">{_e(fig.caption)}</p>'
     data = base64.b64encode(fig.png).decode("ascii")
     caption = f"{_e(fig.caption)} " if fig.caption else ""
     return (f"<figure><h3>{_e(fig.title)}</h3>"
