@@ -6,6 +6,7 @@ import json
 
 import pytest
 import torch
+from PIL import Image
 
 from datadistill.data import prepare
 from datadistill.errors import ArtifactError, CompatibilityError, ConfigError
@@ -72,6 +73,20 @@ def test_infer_set_counts_files_and_report(digits_run):
     report = json.loads((root / "set" / "eval_infer.json").read_text())
     assert report["protocol"] == "infer_static" and len(report["accuracies"]) == 1
     assert report["settings"]["best_mean"] >= report["mean"]
+
+
+def test_infer_writes_its_page(digits_run):
+    cfg, _, result, root = digits_run
+    text = (root / "set" / "report.html").read_text(encoding="utf-8")
+    rep = result.report
+    assert f"{100 * rep.mean:.2f} ± {100 * rep.std:.2f}" in text  # the student's accuracy
+    assert "Zhang, Du, Liu, Zhou" in text and "no JPEG round trip" in text  # paper, deviations
+    for arch in cfg.teachers.archs:  # each teacher's test accuracy
+        assert f"teacher {arch}" in text
+    grid = Image.open(root / "set" / "figures" / "infer_instances.png")
+    assert grid.size[1] > 10 * 8 * 16  # ten class rows of 8 px images upsampled x16
+    record = json.loads((root / "set" / "run_record.json").read_text())
+    assert record["stages"]["infer"]["seconds"] > 0
 
 
 def test_static_labels_are_the_teacher_mean_and_dynamic_training_runs(digits_run):

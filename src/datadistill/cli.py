@@ -13,6 +13,7 @@ import logging
 import os
 import shutil
 import sys
+import time
 from pathlib import Path
 
 import torch
@@ -132,6 +133,7 @@ def cmd_distill(args: argparse.Namespace) -> int:
     print(f"{result.iterations_done} iterations; best evaluation {best} at iteration "
           f"{result.best_iteration}; learned step size {result.final_syn_lr:.4g}")
     print(f"best set: {result.best_dir}")
+    _report(out, "distill", result.seconds)
     return 0
 
 
@@ -147,6 +149,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             print(f"  {key:<24} {100 * rep['mean']:6.2f} ± {100 * rep['std']:.2f} % "
                   f"({len(rep['accuracies'])} runs)")
     print(f"report written to {out / 'eval.json'} ({report['seconds']['total']:.0f} s)")
+    _report(out)  # run_pipeline wrote it
     return 0
 
 
@@ -194,6 +197,7 @@ def cmd_infer(args: argparse.Namespace) -> int:
     print(f"  storage: {st.image_units} of {st.budget_units} image-units (IPC budget), "
           f"{st.instances} training instances, label table {st.label_bytes} bytes")
     print(f"set written to {result.path}")
+    _report(out)  # run_infer wrote it
     return 0
 
 
@@ -204,6 +208,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from datadistill.evaluate import evaluate, evaluate_cross, hard_labels_from
 
     path = Path(args.path)
+    t0 = time.perf_counter()
     if (path / "meta.json").is_file():
         ds = load_distilled(path)
         name, zca = ds.info.name, ds.space == "zca"
@@ -234,6 +239,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     out = Path(args.out) if args.out else Path(args.path) / "eval.json"
     _write_json(out, {name: rep.to_dict() for name, rep in reports.items()})
     print(f"report written to {out}")
+    _report(out.parent, "eval", time.perf_counter() - t0)
     return 0
 
 
@@ -254,6 +260,30 @@ def cmd_baseline(args: argparse.Namespace) -> int:
     _write_json(out, report.to_dict())
     print(f"report written to {out}")
     return 0
+
+
+# ---------------------------------------------------------------- report.html
+def _report(folder: Path, stage: str | None = None, seconds: float | None = None) -> None:
+    """Write report.html when ``stage`` is given (never fails the command); print its path."""
+    from datadistill.report import REPORT_FILE, write_report
+
+    if stage is not None:
+        write_report(folder, stage=stage, seconds=seconds)
+    if (Path(folder) / REPORT_FILE).is_file():
+        print(f"page: {Path(folder) / REPORT_FILE}")
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from datadistill.report import build_report
+
+    print(f"page written to {build_report(args.out)}")
+    return 0
+
+
+def _add_report_parser(sub) -> None:
+    p = sub.add_parser("report", help="(re)build report.html of a run folder")
+    p.add_argument("out", help="run folder, e.g. runs/digits_mtt_ipc1")
+    p.set_defaults(func=cmd_report)
 
 
 # ---------------------------------------------------------------- parser
@@ -347,6 +377,7 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--quiet", action="store_true", help="no progress bars")
         p.set_defaults(func=func)
 
+    _add_report_parser(sub)
     for p in sub.choices.values():  # `datadistill run --threads 2` as well as before `run`
         _add_threads_option(p, argparse.SUPPRESS)
     return parser

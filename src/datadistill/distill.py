@@ -596,14 +596,18 @@ def _evaluate(run: _Run, images: torch.Tensor, state: DistillState, it: int) -> 
 
 def _evaluate_and_save(run: _Run, state: DistillState, ema, it: int, log) -> float | None:
     """Evaluate (images and, with FTD's EMA, the EMA images); save last/, best/ and a grid."""
-    from datadistill.artifact import save_distilled, save_grid
+    from datadistill.artifact import save_distilled
+    from datadistill.grids import save_class_grid
+    from datadistill.report import refresh_report
 
     row = _evaluate(run, state.images, state, it)
     log.write(row)
     ds = _distilled(run, state.images, state, {"iteration": it, "accuracy": row["mean"],
                                                "std": row["std"]})
     save_distilled(ds, run.out / "last")
-    save_grid(ds, run.out / "grids" / f"iter_{it:05d}.png")
+    save_class_grid(ds, run.out / "grids" / f"iter_{it:05d}.png")
+    if it == 0:  # the initial images, for the report's initial-vs-final grid
+        save_distilled(ds, run.out / "initial")
     better = row["mean"] is None or state.best_accuracy is None or \
         row["mean"] > state.best_accuracy
     if better:
@@ -617,6 +621,7 @@ def _evaluate_and_save(run: _Run, state: DistillState, ema, it: int, log) -> flo
                        run.out / "ema_last")
     state.evaluated = it
     logger.info("iteration %d: accuracy %s", it, row["mean"])
+    refresh_report(run.out, force=it == run.cfg.iterations)  # report.html; never raises
     return row["mean"]
 
 

@@ -203,6 +203,7 @@ def run_pipeline(cfg: PipelineConfig, out_dir: str | Path, *, progress: bool = T
     from datadistill.baselines import baseline_random
     from datadistill.data import prepare
     from datadistill.distill import distill
+    from datadistill.report import write_report
 
     _check(cfg)
     out = Path(out_dir)
@@ -229,6 +230,7 @@ def run_pipeline(cfg: PipelineConfig, out_dir: str | Path, *, progress: bool = T
     report["seconds"] = {"experts": round(t_experts, 1), "distill": round(t_distill, 1),
                          "total": round(time.time() - t0, 1)}
     (out / "eval.json").write_text(json.dumps(report, indent=2) + "\n")
+    write_report(out, stage="run", seconds=report["seconds"]["total"])  # never raises
     return report
 
 

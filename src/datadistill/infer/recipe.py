@@ -21,6 +21,7 @@ Example:
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -42,10 +43,28 @@ from datadistill.infer.store import InferSet, save_infer_set
 from datadistill.infer.student import evaluate_student
 from datadistill.infer.teachers_train import TeacherStore, prepare_infer_data
 from datadistill.io import write_json
+from datadistill.presets import Preset
 
 log = logging.getLogger(__name__)
 
 REPORT_FILE = "eval_infer.json"
+
+# INFER is its own recipe, not a trajectory-matching preset; this describes it the same way
+# (paper, what differs, deviations from the official code) for `report.html`.
+INFER_METHOD = Preset(
+    name="infer",
+    paper="Zhang, Du, Liu, Zhou, Breaking Class Barriers: Efficient Dataset Distillation via "
+    "Inter-Class Feature Compensator, ICLR 2025",
+    changes="its own recipe: class groups of one real image per class, one compensator shared "
+    "by a group per BatchNorm teacher, static soft labels (the teachers' mean logits), "
+    "students trained with mixup and KL divergence (temperature 30)",
+    deviations=(
+        "base images and compensators are stored as tensors, with no JPEG round trip",
+        "teachers and BatchNorm hooks are built once, not per class group",
+        "the reported accuracy is the students' last epoch; the best of the periodic "
+        "evaluations (what the official scripts print) is given beside it",
+    ),
+)
 
 
 @dataclass
@@ -161,6 +180,9 @@ def run_infer(
 
     ``teacher_dir`` overrides ``cfg.teacher_dir``. Example in the module docstring.
     """
+    from datadistill.report import write_report
+
+    t0 = time.perf_counter()
     data = prepare_infer_data(cfg, progress)
     teachers, names = load_teachers(cfg, teacher_dir, data.info)
     infer_set = distill_infer(cfg, data.train, teachers, names, progress)
@@ -191,4 +213,5 @@ def run_infer(
             report,
             100 * report.settings["best_mean"],
         )
+    write_report(out_dir, stage="infer", seconds=time.perf_counter() - t0)  # never raises
     return InferResult(infer_set, path, report)

@@ -1,0 +1,267 @@
+"""Readable image grids of a distilled set: upsampled cells, class names, initial vs final.
+
+A distilled set is small (8 to 64 px images), so every image is upsampled with nearest
+neighbour by an integer factor until its shorter side is at least ``MIN_CELL`` pixels (8 px
+digits x16, 28 px MNIST x5, 32 px CIFAR x4, 64 px Tiny ImageNet x2), unless the whole grid
+would exceed ``MAX_PIXELS``, in which case the factor shrinks (never below 1).
+
+Layouts, on a white ground with ``PAD`` pixels between cells:
+
+- several images per class: one row per class, the class name in a ``LABEL_WIDTH`` column on
+  the left;
+- one image per class: the classes side by side, at most ``IPC1_COLUMNS`` per row, each with
+  its name in a ``CAPTION_HEIGHT`` strip above it;
+- initial vs final (:func:`before_after_grid`): per class, the initial images, a blank cell,
+  then the final ones (at IPC 1: a row "initial" above a row "final").
+
+Sets in ZCA space are shown in pixel space (inverse ZCA), normalised sets are denormalised
+(:func:`datadistill.artifact.save_grid` does the same at the stored resolution).
+
+Example:
+    >>> image = class_grid(ds)                                             # doctest: +SKIP
+    >>> save_class_grid(ds, "runs/digits/distill/grids/iter_00100.png")    # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import io
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, ImageDraw, ImageFont
+
+from datadistill.artifact import DistilledSet, _to_pixels
+from datadistill.errors import ArtifactError
+from datadistill.io import atomic_write
+
+MIN_CELL = 128  # shortest side of an upsampled image, pixels
+MAX_PIXELS = 16_000_000  # the upsampling factor shrinks until the grid fits (16 MP, ~48 MB RGB)
+PAD = 4  # pixels between cells and around the grid
+LABEL_WIDTH = 120  # left column holding the class name of a row
+CAPTION_HEIGHT = 24  # strip above a cell holding its caption
+IPC1_COLUMNS = 10  # at IPC 1, classes per row
+FONT_SIZE = 17
+BACKGROUND = (255, 255, 255)
+INK = (30, 30, 30)
+
+
+@dataclass
+class GridRow:
+    """One row of a grid: its cells, an optional label on the left, optional captions above.
+
+    ``cells`` hold (C, H, W) pixels in [0, 1], C in {1, 3}; None is a blank cell.
+    """
+
+    cells: list[torch.Tensor | None]
+    label: str | None = None
+    captions: list[str] | None = None
+
+
+# ----------------------------------------------------------------------------- layout
+
+
+def upscale_factor(height: int, width: int, min_cell: int = MIN_CELL) -> int:
+    """Smallest integer factor that brings the shorter side to at least ``min_cell`` pixels.
+
+    >>> [upscale_factor(side, side) for side in (8, 28, 32, 64, 256)]
+    [16, 5, 4, 2, 1]
+    """
+    return max(1, math.ceil(min_cell / min(height, width)))
+
+
+def grid_size(rows: list[GridRow], cell: tuple[int, int]) -> tuple[int, int]:
+    """(width, height) in pixels of ``rows`` drawn with (h, w) cells.
+
+    >>> grid_size([GridRow([None, None], label="a")] * 10, (128, 128))
+    (388, 1324)
+    """
+    h, w = cell
+    cols = max((len(r.cells) for r in rows), default=0)
+    label = LABEL_WIDTH if any(r.label is not None for r in rows) else 0
+    width = label + cols * w + (cols + 1) * PAD
+    height = PAD + sum(h + PAD + (CAPTION_HEIGHT if r.captions else 0) for r in rows)
+    return width, height
+
+
+def _scale_for(rows: list[GridRow], height: int, width: int) -> int:
+    """The upsampling factor, reduced while the grid would exceed MAX_PIXELS."""
+    scale = upscale_factor(height, width)
+    while scale > 1:
+        gw, gh = grid_size(rows, (height * scale, width * scale))
+        if gw * gh <= MAX_PIXELS:
+            break
+        scale -= 1
+    return scale
+
+
+# ----------------------------------------------------------------------------- drawing
+
+
+def _font(size: int = FONT_SIZE) -> ImageFont.ImageFont:
+    try:
+        return ImageFont.load_default(size=size)  # scalable font (Pillow >= 10.1 + FreeType)
+    except (TypeError, ValueError, OSError, ImportError):
+        return ImageFont.load_default()
+
+
+def _fit(text: str, font, width: int) -> str:
+    """``text`` shortened with an ellipsis until it fits in ``width`` pixels."""
+    if font.getlength(text) <= width:
+        return text
+    while text and font.getlength(text + "…") > width:
+        text = text[:-1]
+    return text + "…"
+
+
+def _cell_image(pixels: torch.Tensor, scale: int) -> Image.Image:
+    """(C, H, W) in [0, 1] -> RGB PIL image upsampled by ``scale`` (nearest neighbour)."""
+    array = (pixels.permute(1, 2, 0).numpy() * 255.0 + 0.5).astype(np.uint8)  # (H, W, C)
+    mode_image = Image.fromarray(array[:, :, 0] if array.shape[2] == 1 else array)
+    h, w = array.shape[:2]
+    return mode_image.convert("RGB").resize((w * scale, h * scale), Image.NEAREST)
+
+
+def render_rows(rows: list[GridRow], scale: int | None = None) -> Image.Image:
+    """Draw ``rows`` (every cell the same (C, H, W) shape) as one RGB image.
+
+    ``scale`` defaults to :func:`upscale_factor`, reduced to fit MAX_PIXELS.
+
+    Example:
+        >>> img = render_rows([GridRow([torch.rand(1, 8, 8)], label="zero")])
+        >>> img.size
+        (256, 136)
+    """
+    shape = next((c.shape for r in rows for c in r.cells if c is not None), None)
+    if shape is None:
+        raise ArtifactError("render_rows: no image to draw; pass at least one cell")
+    if shape[0] not in (1, 3):
+        raise ArtifactError(f"render_rows: {shape[0]}-channel images cannot be drawn; pass 1- "
+                            "or 3-channel images")
+    scale = scale or _scale_for(rows, shape[1], shape[2])
+    ch, cw = shape[1] * scale, shape[2] * scale
+    canvas = Image.new("RGB", grid_size(rows, (ch, cw)), BACKGROUND)
+    draw, font = ImageDraw.Draw(canvas), _font()
+    left = LABEL_WIDTH if any(r.label is not None for r in rows) else 0
+    top = PAD
+    for row in rows:
+        if row.captions:
+            _draw_captions(draw, font, row.captions, left, top, cw)
+            top += CAPTION_HEIGHT
+        if row.label is not None:
+            text = _fit(row.label, font, LABEL_WIDTH - 2 * PAD)
+            draw.text((PAD, top + ch // 2), text, fill=INK, font=font, anchor="lm")
+        for j, cell in enumerate(row.cells):
+            if cell is not None:
+                canvas.paste(_cell_image(cell, scale), (left + PAD + j * (cw + PAD), top))
+        top += ch + PAD
+    return canvas
+
+
+def _draw_captions(draw, font, captions: list[str], left: int, top: int, cw: int) -> None:
+    for j, caption in enumerate(captions):
+        if caption:
+            x = left + PAD + j * (cw + PAD) + cw // 2
+            draw.text((x, top + CAPTION_HEIGHT // 2), _fit(caption, font, cw), fill=INK,
+                      font=font, anchor="mm")
+
+
+# ----------------------------------------------------------------------------- sets -> rows
+
+
+def _per_class(ds: DistilledSet, max_classes: int | None,
+               max_per_class: int | None) -> list[list[torch.Tensor]]:
+    """Viewable pixels grouped by (argmax) class: entry c holds class c's (C, H, W) images."""
+    pixels = _to_pixels(ds.images, ds.space, ds.info, ds.zca)  # (N, C, H, W) in [0, 1]
+    labels = ds.hard_labels.cpu()
+    classes = range(ds.info.num_classes if max_classes is None
+                    else min(max_classes, ds.info.num_classes))
+    groups = []
+    for c in classes:
+        idx = torch.nonzero(labels == c).flatten()[:max_per_class]
+        groups.append([pixels[i] for i in idx.tolist()])
+    return groups
+
+
+def _names(ds: DistilledSet) -> list[str]:
+    return [str(name) for name in ds.info.class_names]
+
+
+def class_rows(ds: DistilledSet, *, max_classes: int | None = None,
+               max_per_class: int | None = None) -> list[GridRow]:
+    """One row per class, named; or, with one image per class, classes side by side."""
+    groups, names = _per_class(ds, max_classes, max_per_class), _names(ds)
+    if max((len(g) for g in groups), default=0) > 1:
+        return [GridRow(list(g), label=names[c]) for c, g in enumerate(groups)]
+    rows = []
+    for start in range(0, len(groups), IPC1_COLUMNS):
+        chunk = groups[start:start + IPC1_COLUMNS]
+        rows.append(GridRow([g[0] if g else None for g in chunk],
+                            captions=names[start:start + len(chunk)]))
+    return rows
+
+
+def before_after_rows(initial: DistilledSet, final: DistilledSet, *,
+                      max_classes: int | None = None,
+                      max_per_class: int | None = None) -> list[GridRow]:
+    """Initial and final images of every class next to each other (IPC 1: one above the other)."""
+    before = _per_class(initial, max_classes, max_per_class)
+    after = _per_class(final, max_classes, max_per_class)
+    names = _names(final)
+    width = max((len(g) for g in before + after), default=0)
+    if width <= 1:
+        rows = []
+        for start in range(0, len(after), IPC1_COLUMNS):
+            stop = min(start + IPC1_COLUMNS, len(after))
+            rows.append(GridRow([g[0] if g else None for g in before[start:stop]],
+                                label="initial", captions=names[start:stop]))
+            rows.append(GridRow([g[0] if g else None for g in after[start:stop]], label="final"))
+        return rows
+    rows = []
+    for c, (b, a) in enumerate(zip(before, after, strict=True)):
+        cells = list(b) + [None] * (width - len(b) + 1) + list(a)  # a blank cell between
+        rows.append(GridRow(cells, label=names[c]))
+    rows[0].captions = ["initial"] + [""] * width + ["final"] + [""] * (width - 1)
+    return rows
+
+
+def class_grid(ds: DistilledSet, *, max_classes: int | None = None,
+               max_per_class: int | None = None) -> Image.Image:
+    """The readable grid of ``ds`` (layouts in the module docstring).
+
+    Example:
+        >>> class_grid(ds).size                       # 10 classes, IPC 2, 8 px  # doctest: +SKIP
+        (388, 1324)
+    """
+    return render_rows(class_rows(ds, max_classes=max_classes, max_per_class=max_per_class))
+
+
+def before_after_grid(initial: DistilledSet, final: DistilledSet, **limits) -> Image.Image:
+    """Initial and final images side by side (``max_classes`` / ``max_per_class`` limits)."""
+    return render_rows(before_after_rows(initial, final, **limits))
+
+
+def png_bytes(image: Image.Image) -> bytes:
+    """The PNG encoding of ``image``."""
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def save_png(image: Image.Image, path: str | Path) -> Path:
+    """Write ``image`` as PNG atomically; returns the path."""
+    out = Path(path)
+    data = png_bytes(image)
+    atomic_write(out, lambda tmp: Path(tmp).write_bytes(data))
+    return out
+
+
+def save_class_grid(ds: DistilledSet, path: str | Path) -> Path:
+    """Write the readable grid of ``ds`` to ``path`` (the distiller's ``grids/iter_XXXXX.png``).
+
+    Example:
+        >>> save_class_grid(ds, "runs/digits/distill/grids/iter_00000.png")  # doctest: +SKIP
+    """
+    return save_png(class_grid(ds), path)
