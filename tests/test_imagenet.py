@@ -161,14 +161,32 @@ def test_cache_round_trip_equals_a_direct_decode_and_resize(trees, layout, tmp_p
     assert (meta["resolution"], meta["resize"], meta["complete"]) == (12, "squash", True)
 
 
-def test_shorter_side_centre_crop_rule(trees, tmp_path):
+@pytest.mark.parametrize("rule, resized, box", [
+    # 40 x 24 (W x H) at S = 16: shorter side 24 -> 16, longer 40 -> 26; crop x in [5, 21)
+    ("shorter_center", (26, 16), (5, 0, 21, 16)),
+    # eval_crop: shorter side -> round(16 * 256 / 224) = 18, longer -> 30; crop at (7, 1)
+    ("eval_crop", (30, 18), (7, 1, 23, 17)),
+])
+def test_shorter_side_and_centre_crop_rules(trees, tmp_path, rule, resized, box):
     path = trees["folders"] / "train" / WNIDS[0] / f"{WNIDS[0]}_0.JPEG"  # 40 x 24 (W x H)
-    cache = build_cache([path], np.array([0]), tmp_path, resolution=16, resize="shorter_center",
+    cache = build_cache([path], np.array([0]), tmp_path, resolution=16, resize=rule,
                         workers=1, progress=False)
-    with Image.open(path) as img:  # shorter side 24 -> 16, longer 40 -> 26; crop x in [5, 21)
-        ref = img.convert("RGB").resize((26, 16), Image.Resampling.BILINEAR).crop((5, 0, 21, 16))
+    with Image.open(path) as img:
+        ref = img.convert("RGB").resize(resized, Image.Resampling.BILINEAR).crop(box)
     expected = np.asarray(ref).transpose(2, 0, 1)[None]
     assert np.array_equal(cache.images().read_uint8(np.array([0])), expected)
+    assert cache.meta["resize"] == rule
+
+
+def test_default_rules_imagenet_val_is_evaluated_as_sre2l_does(trees, tmp_path):
+    for split, rule in (("train", "squash"), ("test", "eval_crop")):
+        create_dataset("imagenet", trees["folders"], split, image_size=8, cache_dir=tmp_path,
+                       workers=1)
+        assert ImageCache.open(tmp_path / f"imagenet_{split.replace('test', 'val')}_8px_"
+                               f"{rule}").meta["resize"] == rule
+    create_dataset("imagewoof", trees["folders"], "test", image_size=8, cache_dir=tmp_path,
+                   workers=1, resize={"val": "shorter_center"})
+    assert (tmp_path / "imagewoof_val_8px_shorter_center" / "meta.json").is_file()
 
 
 def test_normalised_reads_and_index_forms(trees, tmp_path):

@@ -17,6 +17,8 @@ Resize rules (bilinear, Pillow's antialiased filter, on the RGB uint8 image):
                       ``Resize((S, S))`` of the ImageNet subsets / ImageNet-1K.
     "shorter_center"  shorter side to S (longer side rounded down), then the centre S x S crop
                       (torchvision's ``Resize(S)`` + ``CenterCrop(S)``).
+    "eval_crop"       shorter side to round(S * 256 / 224), then the centre S x S crop: the
+                      standard ImageNet evaluation ``Resize(256)`` + ``CenterCrop(224)`` at S.
 
 `CachedImages` reads rows with `os.preadv` rather than through a memory map, so the process
 holds only the batch it asked for (a mapped file's pages count in the resident set).
@@ -51,7 +53,7 @@ from datadistill.io import read_json, write_json
 logger = logging.getLogger(__name__)
 
 FORMAT_VERSION = 1
-RESIZE_RULES = ("squash", "shorter_center")
+RESIZE_RULES = ("squash", "shorter_center", "eval_crop")
 IMAGES_FILE, LABELS_FILE, META_FILE, CHUNKS_FILE = "images.u8", "labels.npy", "meta.json", \
     "chunks.json"
 
@@ -68,8 +70,10 @@ def decode_resized(path: str | Path, resolution: int, rule: str) -> np.ndarray:
             img = img.convert("RGB")
             if rule == "squash":
                 img = img.resize((resolution, resolution), Image.Resampling.BILINEAR)
+            elif rule == "shorter_center":
+                img = _shorter_side_centre_crop(img, resolution, resolution)
             else:
-                img = _shorter_side_centre_crop(img, resolution)
+                img = _shorter_side_centre_crop(img, round(resolution * 256 / 224), resolution)
             array = np.asarray(img, dtype=np.uint8)  # (S, S, 3)
     except (UnidentifiedImageError, OSError, ValueError) as err:
         raise DatasetError(f"{path} cannot be decoded as an image ({err}); the file is "
@@ -77,13 +81,13 @@ def decode_resized(path: str | Path, resolution: int, rule: str) -> np.ndarray:
     return np.ascontiguousarray(array.transpose(2, 0, 1))
 
 
-def _shorter_side_centre_crop(img: Image.Image, size: int) -> Image.Image:
-    """torchvision's Resize(size) then CenterCrop(size): same arithmetic for the crop box."""
+def _shorter_side_centre_crop(img: Image.Image, side: int, size: int) -> Image.Image:
+    """torchvision's Resize(side) then CenterCrop(size): same arithmetic for the crop box."""
     w, h = img.size
     if w <= h:
-        new_w, new_h = size, int(size * h / w)
+        new_w, new_h = side, int(side * h / w)
     else:
-        new_w, new_h = int(size * w / h), size
+        new_w, new_h = int(side * w / h), side
     img = img.resize((new_w, new_h), Image.Resampling.BILINEAR)
     top = int(round((new_h - size) / 2.0))
     left = int(round((new_w - size) / 2.0))

@@ -14,10 +14,12 @@ Sorted wnids are torchvision's `ImageNet` order, so MTT's class ids index them d
 
 Pixels are decoded once into a cache (`datadistill.data.cache`) at
 `<cache_dir or root/.datadistill-cache>/<name>_<split>_<S>px_<resize>/` and read per batch.
-Defaults follow the official code: MTT resizes subsets with ``Resize((128, 128))`` and INFER
-ImageNet-1K with ``Resize((224, 224))`` (both "squash"); normalisation is ImageNet's
-mean/std. Deviation: the cache holds uint8 after the resize (the official code resizes the
-float tensor), a rounding of at most 0.5/255 per pixel.
+Default resize rules follow the official code: MTT resizes both splits of a subset with
+``Resize((128, 128))`` ("squash"); INFER resizes ImageNet-1K training images with
+``Resize((224, 224))`` ("squash") and its students are tested as SRe2L does, val images
+``Resize(256)`` + ``CenterCrop(224)`` ("eval_crop"). Normalisation is ImageNet's mean/std.
+Deviation: the cache holds uint8 after the resize (the official code resizes the float
+tensor), a rounding of at most 0.5/255 per pixel.
 
 Example:
     >>> split = load_split(Path("/data/imagenet"), "val", name="imagenette")  # doctest: +SKIP
@@ -225,18 +227,29 @@ def cache_folder(root: Path, name: str, split: str, resolution: int, resize: str
     return Path(base).expanduser() / f"{name}_{split}_{resolution}px_{resize}"
 
 
+def default_resize(name: str, split: str) -> str:
+    """The official rule: "squash" for MTT's subsets and for INFER's ImageNet-1K training
+    images, "eval_crop" for ImageNet-1K val (SRe2L's student test transform)."""
+    return "eval_crop" if name == "imagenet" and split != "train" else "squash"
+
+
 def load_split(root: Path, split: str, *, name: str = "imagenet", image_size=None,
-               resize: str = "squash", cache_dir: str | Path | None = None,
+               resize: str | dict | None = None, cache_dir: str | Path | None = None,
                workers: int = 2, progress: bool = False) -> LoadedSplit:
     """One split as a `LoadedSplit` whose images are a `CachedImages` reader ([0,1] pixels).
 
-    The cache is built on first use (resumed if interrupted) and reused afterwards.
+    `resize`: a rule of RESIZE_RULES, a mapping split -> rule ({"train": ..., "val": ...}),
+    or None for :func:`default_resize`. The cache is built on first use (resumed if
+    interrupted) and reused afterwards.
     """
     resolution = _resolution(name, image_size)
+    split = "val" if split == "test" else split
+    if isinstance(resize, dict):
+        resize = resize.get(split)
+    resize = resize or default_resize(name, split)
     if resize not in RESIZE_RULES:
         raise ConfigError(f"resize must be one of {RESIZE_RULES}, got {resize!r}")
     root = find_root(Path(root).expanduser())
-    split = "val" if split == "test" else split
     paths, labels, wnids = list_split(root, split, name)
     folder = cache_folder(root, name, split, resolution, resize, cache_dir)
     cache = build_cache(paths, labels, folder, resolution=resolution, resize=resize, base=root,
