@@ -203,6 +203,8 @@ def test_normalised_reads_and_index_forms(trees, tmp_path):
     assert torch.equal(raw.images[2], everything[2])
     assert torch.equal(raw.images[1:3], everything[1:3])
     assert torch.equal(raw.images[np.array([2, 1])], everything[[2, 1]])
+    grid = torch.tensor([[0, 3], [2, 1]])  # (K, C) class groups, as INFER indexes
+    assert torch.equal(raw.images[grid], everything[grid])
     assert raw.images.to("cpu") is raw.images and raw.images.shape == everything.shape
     with pytest.raises(IndexError, match="out of range"):
         raw.images[torch.tensor([len(raw)])]

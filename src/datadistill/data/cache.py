@@ -132,7 +132,8 @@ class CachedImages:
 
     Supports what the training and evaluation loops use: ``len``, ``shape``, ``ndim``,
     ``device``, ``dtype``, ``to(device)`` (a no-op: the rows stay on disk, batches move) and
-    indexing by int, slice, or an index tensor/array, which returns a float32 tensor in
+    indexing by int, slice, or an index tensor/array of any shape (the result has that shape
+    followed by (3, S, S), as tensor indexing does), which returns a float32 tensor in
     [0,1] (``mean``/``std`` None) or normalised, ``(x / 255 - mean) / std``.
 
     Example:
@@ -169,11 +170,13 @@ class CachedImages:
         return {**self.__dict__, "_fd": None, "_pid": -1}  # a descriptor is per process
 
     def __getitem__(self, index) -> torch.Tensor:
-        rows = self.read_uint8(self._indices(index))  # (B, 3, S, S) uint8
+        idx = self._indices(index)  # any shape, e.g. (K, C) for class groups
+        rows = self.read_uint8(idx.reshape(-1))  # (B, 3, S, S) uint8
         x = torch.from_numpy(rows).float().div_(255.0)
         if self.mean is not None:
             mean = torch.tensor(self.mean).view(1, 3, 1, 1)
             x = x.sub_(mean).div_(torch.tensor(self.std).view(1, 3, 1, 1))
+        x = x.view(*idx.shape, *x.shape[1:])
         return x[0] if isinstance(index, int | np.integer) else x
 
     def _indices(self, index) -> np.ndarray:
@@ -189,7 +192,7 @@ class CachedImages:
         idx = np.asarray(index)
         if idx.dtype == bool:
             return np.flatnonzero(idx)
-        idx = idx.astype(np.int64).reshape(-1)
+        idx = idx.astype(np.int64)
         if idx.size and (idx.min() < -n or idx.max() >= n):
             raise IndexError(f"index out of range for {n} images")
         return idx % n if idx.size else idx

@@ -93,6 +93,7 @@ def distill_infer(
         r_bn=cfg.r_bn,
         first_bn_multiplier=cfg.first_bn_multiplier,
         jitter=pixels_at(info.image_size, cfg.jitter),
+        crop_flip=cfg.crop_flip,
     )
     comps = generate_compensators(
         teachers, groups.images.to(cfg.device), settings, generator, progress
@@ -138,6 +139,12 @@ def load_teachers(
     cfg: InferConfig, teacher_dir: str | Path | None, info: DatasetInfo
 ) -> tuple[list[nn.Module], list[str]]:
     """The teachers named by ``cfg.teachers.archs`` from the store, checked against ``info``."""
+    if cfg.teachers.checkpoints:  # ImageNet: the user's pretrained torchvision weights
+        from datadistill.infer.imagenet import load_checkpoint_teachers
+
+        archs = list(cfg.teachers.archs)
+        return load_checkpoint_teachers(cfg.teachers.checkpoints, archs, info.num_classes,
+                                        cfg.device), archs
     directory = teacher_dir if teacher_dir is not None else cfg.teacher_dir
     if directory is None:
         raise ConfigError(
@@ -148,6 +155,16 @@ def load_teachers(
     archs = list(cfg.teachers.archs)
     store.check_compatible(info, archs)  # also raises when one is missing
     return [store.load(a, cfg.device) for a in archs], archs
+
+
+def labelling_teachers(cfg: InferConfig, teachers: list[nn.Module], names: list[str]
+                       ) -> list[nn.Module]:
+    """The teachers that label dynamically: ``cfg.student.dynamic_teachers`` (SRe2L: the
+    ResNet-18 alone), else all M."""
+    keep = cfg.student.dynamic_teachers
+    if not keep:
+        return list(teachers)
+    return [t for t, n in zip(teachers, names, strict=True) if n in keep]
 
 
 def run_infer(
@@ -181,7 +198,7 @@ def run_infer(
             infer_set,
             data.test,
             cfg.student,
-            teachers=teachers if dynamic else None,
+            teachers=labelling_teachers(cfg, teachers, names) if dynamic else None,
             seed=cfg.seed,
             device=cfg.device,
             progress=progress,
