@@ -112,6 +112,14 @@ def test_shipped_imagenet_configs_have_the_official_values(ipc, k):
     assert (st.epochs, st.batch_size, st.dynamic_teachers) == (300, 1024, ["resnet18_imagenet"])
 
 
+def test_checkpoint_teachers_are_not_trained(tmp_path):
+    from datadistill.infer import train_teachers
+
+    cfg = config_from_dict(InferConfig, load_yaml(resolve_config_path("imagenet/infer_ipc10")))
+    with pytest.raises(ConfigError, match="nothing to train: run `datadistill infer`"):
+        train_teachers(cfg, tmp_path)
+
+
 def test_bad_student_options_are_config_errors():
     with pytest.raises(ConfigError, match="student.augment"):
         InferConfig(student=StudentConfig(mix="mixcut"))

@@ -32,7 +32,7 @@ from tqdm.auto import tqdm
 
 from datadistill import __version__
 from datadistill.data import DatasetInfo, ImageSet, prepare
-from datadistill.errors import ArtifactError, CompatibilityError
+from datadistill.errors import ArtifactError, CompatibilityError, ConfigError
 from datadistill.evaluate import run_seeds, test_accuracy
 from datadistill.infer.config import InferConfig, TeacherConfig, pixels_at
 from datadistill.infer.training import seeded, shuffled_batches
@@ -276,6 +276,9 @@ def train_teachers(cfg: InferConfig, out_dir: str | Path, progress: bool = False
         >>> cfg = InferConfig(dataset="digits", teachers=TeacherConfig(epochs=2, width_mult=0.25))
         >>> store = train_teachers(cfg, "runs/digits_teachers")           # doctest: +SKIP
     """
+    if cfg.teachers.checkpoints:
+        raise ConfigError("this config reads pretrained teachers from teachers.checkpoints "
+                          "(ImageNet); there is nothing to train: run `datadistill infer`")
     data = prepare(cfg.dataset, cfg.data_root, download=cfg.download, progress=progress,
                    train_per_class=cfg.train_per_class)
     info, tc, store = data.info, cfg.teachers, TeacherStore(out_dir)
