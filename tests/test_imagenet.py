@@ -285,6 +285,14 @@ def test_not_enough_disk_is_a_clear_error_before_anything_is_written(trees, tmp_
     assert not (tmp_path / "c" / "images.u8").exists()
 
 
+def test_an_unwritable_cache_folder_names_the_fix(trees, tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    paths, labels, _ = list_split(trees["folders"], "train", "imagewoof")
+    with pytest.raises(DatasetError, match="cannot create the image cache folder.*cache_dir="):
+        build_cache(paths, labels, blocker / "cache", resolution=8, workers=1, progress=False)
+
+
 def test_zca_on_a_cached_dataset_is_refused(trees, tmp_path):
     with pytest.raises(ConfigError, match="cannot be ZCA-whitened.*zca: false"):
         prepare("imagenette", trees["folders"], zca=True, image_size=8, cache_dir=tmp_path,

@@ -339,7 +339,11 @@ def build_cache(paths: Sequence[Path], labels: np.ndarray, directory: str | Path
         cache = ImageCache.open(directory)
         _check_same_sources(cache, paths, labels, base, resolution, resize)
         return cache
-    directory.mkdir(parents=True, exist_ok=True)
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise DatasetError(f"cannot create the image cache folder {directory} ({err}); pass "
+                           "cache_dir=<a writable folder> or set DATADISTILL_CACHE") from err
     base = Path(base) if base is not None else Path(os.path.commonpath([str(p) for p in paths]))
     layout = CacheLayout(len(paths), resolution)
     n_chunks = -(-len(paths) // chunk_size)
