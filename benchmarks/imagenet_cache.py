@@ -5,9 +5,10 @@ A generated ImageNet-layout tree (``train/<wnid>/*.JPEG``, 100 classes, noise JP
 in the repository. For each tree size:
 
 1. **Build**: ``datadistill.data.imagenet.load_split`` decodes the train split into a fresh
-   64 px cache ("squash" rule) with 1 and with 2 worker processes; images per second.
+   64 px cache ("squash" rule) with 1 and with 2 worker processes; images per second. Then
+   the same call again on the finished cache (a second run: listing, checksum, open).
 2. **Epoch**: in a fresh subprocess per reader, ``prepare("imagenet", ...)`` then one expert
-   epoch (``train_one_expert``: ConvNet depth 4, width 16 to keep the CPU time small, batch
+   epoch (``train_one_expert``: ConvNet depth 4, width 8 to keep the CPU time small, batch
    256, no DSA, the per-epoch test accuracy on 1,000 val images) reading batches:
    - ``pread``: the library's reader (:class:`CachedImages`, positioned reads per batch);
    - ``mmap``: the same cache through ``torch.from_numpy(np.memmap(...))``, uint8 rows
@@ -76,6 +77,15 @@ def build_rate(root: Path, cache: Path, workers: int) -> dict:
             "images_per_s": round(n / seconds, 1)}
 
 
+def reopen_seconds(root: Path, cache: Path) -> float:
+    """A second run: list the tree, check the source checksum, open the finished cache."""
+    from datadistill.data import imagenet
+
+    start = time.perf_counter()
+    imagenet.load_split(root, "train", image_size=RES, cache_dir=cache)
+    return round(time.perf_counter() - start, 2)
+
+
 class MmapImages:
     """uint8 rows of the cache file as a memory-mapped tensor, normalised per batch."""
 
@@ -114,7 +124,7 @@ def epoch_child(args: argparse.Namespace) -> dict:
         data = replace(data, train=replace(data.train, images=data.train.images[:]),
                        test=replace(data.test, images=data.test.images[:]))
     cfg = ExpertConfig(dataset="imagenet", num_experts=1, epochs=1, batch_size=256, dsa=False,
-                       model_kwargs={"width": 16, "depth": 4}, test_samples=1000)
+                       model_kwargs={"width": 8, "depth": 4}, test_samples=1000)
     start = time.perf_counter()
     _, acc = train_one_expert(cfg, data, 0)
     seconds = time.perf_counter() - start
@@ -160,6 +170,7 @@ def main() -> None:
             entry["build"] = [build_rate(root, cache, w) for w in args.workers]
             entry["cache_mb"] = round((cache / f"imagenet_train_{RES}px_squash" / "images.u8")
                                       .stat().st_size / 2**20, 1)
+            entry["reopen_s"] = reopen_seconds(root, cache)
         if "epoch" in args.parts:
             entry["epoch"] = [run_epoch(root, cache, r) for r in args.readers]
         print(json.dumps(entry), flush=True)
