@@ -195,3 +195,22 @@ def test_tiny_imagenet_layout_run_with_checkpoint_teachers(tmp_path, monkeypatch
     assert s.labels.shape == (n, 3) and torch.isfinite(s.labels).all()
     assert result.report.settings["n_images"] == n and len(result.report.accuracies) == 1
     assert (tmp_path / "cache" / "imagenet_val_224px_eval_crop" / "meta.json").is_file()
+
+
+def test_lazy_instances_equal_the_materialised_rows():
+    from datadistill.data import DatasetInfo
+    from datadistill.infer import InferSet
+    from datadistill.infer.instances import LazyInstances
+
+    gen = torch.Generator().manual_seed(0)
+    info = DatasetInfo("toy", 3, 2, (4, 4), (0.4, 0.5), (0.2, 0.3), ("a", "b", "c"))
+    s = InferSet(base=torch.randn(2, 3, 2, 4, 4, generator=gen) * 3,  # K=2, C=3: clamps too
+                 compensators=torch.randn(2, 4, 2, 4, 4, generator=gen), labels=None,
+                 info=info, ipc=4, teachers=["t0", "t1", "t2", "t3"])
+    full = s.materialise().images  # (C * K * (M + 1), ...) = (30, 2, 4, 4)
+    lazy = LazyInstances(s)
+    assert lazy.shape == full.shape and len(lazy) == 30
+    assert torch.equal(lazy[:], full) and torch.equal(lazy[7:19], full[7:19])
+    idx = torch.tensor([29, 0, 13, 13, 5])
+    assert torch.equal(lazy[idx], full[idx]) and torch.equal(lazy[11], full[11])
+    assert torch.equal(lazy.to("cpu")[idx], full[idx])

@@ -37,6 +37,7 @@ from datadistill.infer.compensators import (
     sample_class_groups,
 )
 from datadistill.infer.config import InferConfig, num_groups, pixels_at
+from datadistill.infer.instances import LazyInstances
 from datadistill.infer.labels import ensemble_logits
 from datadistill.infer.store import InferSet, save_infer_set
 from datadistill.infer.student import evaluate_student
@@ -109,7 +110,7 @@ def distill_infer(
         config=config_to_dict(cfg),
         extra={"jitter": settings.jitter},
     )
-    instances = infer_set.materialise().images  # (C*K*(M+1), Ch, H, W)
+    instances = LazyInstances(infer_set)  # (C*K*(M+1), Ch, H, W), built per batch
     infer_set.labels = ensemble_logits(teachers, instances, cfg.label_batch_size).cpu()
     return infer_set
 

@@ -33,6 +33,7 @@ from datadistill.errors import CompatibilityError, ConfigError
 from datadistill.evaluate import EvalReport, evaluate_distilled, run_seeds, test_accuracy
 from datadistill.infer.config import StudentConfig, pixels_at
 from datadistill.infer.imagenet import sample_cutmix, sample_resized_crop_flip
+from datadistill.infer.instances import LazyInstances
 from datadistill.infer.labels import Mixup, ensemble_logits, kd_loss, sample_mixup
 from datadistill.infer.store import InferSet
 from datadistill.infer.training import seeded, shuffled_batches
@@ -161,10 +162,10 @@ def evaluate_student(
             f"the test set is {test.info.name!r} in {test.space!r} space, the INFER set is "
             f"{infer_set.info.name!r} in normalized space; prepare the same dataset with zca=False"
         )
-    inst = infer_set.materialise()
-    if cfg.labels != "dynamic" and inst.soft_labels is None:
+    if cfg.labels != "dynamic" and infer_set.labels is None:
         raise ConfigError("static labels are missing from this INFER set; use labels='dynamic'")
-    return evaluate_student_images(inst.images, inst.soft_labels, test, cfg, teachers=teachers,
+    images = LazyInstances(infer_set)  # the materialised rows, built per batch
+    return evaluate_student_images(images, infer_set.labels, test, cfg, teachers=teachers,
                                    seed=seed, device=device, progress=progress)
 
 
