@@ -111,7 +111,8 @@ def distill_infer(
         extra={"jitter": settings.jitter},
     )
     instances = LazyInstances(infer_set)  # (C*K*(M+1), Ch, H, W), built per batch
-    infer_set.labels = ensemble_logits(teachers, instances, cfg.label_batch_size).cpu()
+    infer_set.labels = ensemble_logits(teachers, instances, cfg.label_batch_size,
+                                       progress=progress).cpu()
     return infer_set
 
 
