@@ -112,6 +112,19 @@ def test_shipped_imagenet_configs_have_the_official_values(ipc, k):
     assert (st.epochs, st.batch_size, st.dynamic_teachers) == (300, 1024, ["resnet18_imagenet"])
 
 
+def test_missing_checkpoint_files_are_found_before_any_decoding(tmp_path, monkeypatch):
+    import datadistill.infer.recipe as recipe_mod
+
+    def no_prepare(*args, **kwargs):
+        raise AssertionError("the data must not be prepared before the checkpoints are checked")
+
+    monkeypatch.setattr(recipe_mod, "prepare", no_prepare)
+    cfg = config_from_dict(InferConfig, load_yaml(resolve_config_path("imagenet/infer_ipc10")))
+    cfg.teachers.checkpoints = {a: str(tmp_path / f"{a}.pth") for a in TEACHERS}
+    with pytest.raises(ConfigError, match="resnet18_imagenet = .* does not exist"):
+        run_infer(cfg, tmp_path / "out")
+
+
 def test_checkpoint_teachers_are_not_trained(tmp_path):
     from datadistill.infer import train_teachers
 

@@ -156,15 +156,15 @@ def sample_cutmix(n: int, height: int, width: int, beta: float,
     return CutMix(kept, torch.randperm(n, generator=generator), box)
 
 
-def load_checkpoint_teachers(checkpoints: dict[str, str], archs: list[str], num_classes: int,
-                             device: str | torch.device = "cpu") -> list[nn.Module]:
-    """The teachers `archs` (ImageNet architecture names), each from its checkpoint file.
+def check_checkpoints(checkpoints: dict[str, str], archs: list[str]) -> None:
+    """Raise a ConfigError unless every teacher of `archs` is an ImageNet architecture with
+    an existing checkpoint file (checked before hours of decoding, not after).
 
     Example:
-        >>> load_checkpoint_teachers({"resnet18_imagenet": "r18.pth"}, ["resnet18_imagenet"],
-        ...                          1000)                                  # doctest: +SKIP
+        >>> check_checkpoints({}, ["resnet18_imagenet"])                    # doctest: +SKIP
+        ConfigError: teachers.checkpoints needs one file per teacher ...
     """
-    from datadistill.models.imagenet_teachers import IMAGENET_TEACHERS, load_teacher_checkpoint
+    from datadistill.models.imagenet_teachers import IMAGENET_TEACHERS
 
     unknown = [a for a in archs if a not in IMAGENET_TEACHERS]
     absent = [a for a in archs if a not in checkpoints]
@@ -179,4 +179,17 @@ def load_checkpoint_teachers(checkpoints: dict[str, str], archs: list[str], num_
             raise ConfigError(f"teachers.checkpoints.{arch} = {checkpoints[arch]} does not exist; "
                               "save torchvision's IMAGENET1K_V1 state dict of that model there, "
                               f"or set teachers.checkpoints.{arch}=<its path>")
+
+
+def load_checkpoint_teachers(checkpoints: dict[str, str], archs: list[str], num_classes: int,
+                             device: str | torch.device = "cpu") -> list[nn.Module]:
+    """The teachers `archs` (ImageNet architecture names), each from its checkpoint file.
+
+    Example:
+        >>> load_checkpoint_teachers({"resnet18_imagenet": "r18.pth"}, ["resnet18_imagenet"],
+        ...                          1000)                                  # doctest: +SKIP
+    """
+    from datadistill.models.imagenet_teachers import load_teacher_checkpoint
+
+    check_checkpoints(checkpoints, archs)
     return [load_teacher_checkpoint(a, checkpoints[a], num_classes, device) for a in archs]

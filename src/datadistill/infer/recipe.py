@@ -180,6 +180,10 @@ def run_infer(
 
     ``teacher_dir`` overrides ``cfg.teacher_dir``. Example in the module docstring.
     """
+    if cfg.teachers.checkpoints:  # missing files are found before the data is decoded
+        from datadistill.infer.imagenet import check_checkpoints
+
+        check_checkpoints(cfg.teachers.checkpoints, list(cfg.teachers.archs))
     data = prepare(cfg.dataset, cfg.data_root, download=cfg.download, progress=progress,
                    train_per_class=cfg.train_per_class)
     teachers, names = load_teachers(cfg, teacher_dir, data.info)
