@@ -23,8 +23,12 @@ from datadistill.errors import ConfigError, DatasetError
 FIXED = ["cifar10", "cifar100", "digits", "fashion_mnist", "mnist", "svhn", "tiny_imagenet"]
 
 
+IMAGENET = ["imagenet", "imagenette", "imagewoof", "imagefruit", "imagemeow", "imagesquawk",
+            "imageyellow"]
+
+
 def test_list_datasets_names_every_format():
-    assert list_datasets() == sorted(FIXED + ["imagefolder"])
+    assert list_datasets() == sorted(FIXED + ["imagefolder"] + IMAGENET)
 
 
 @pytest.mark.parametrize("name", FIXED)
@@ -52,7 +56,7 @@ def test_unknown_name_lists_available_names():
     for name in list_datasets():
         assert name in str(err.value)
     with pytest.raises(UnknownDatasetError, match="available"):
-        dataset_info("imagenet")
+        dataset_info("imagenet21k")
 
 
 def test_aliases_and_bad_split_and_options():

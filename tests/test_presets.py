@@ -8,6 +8,7 @@ import re
 import pytest
 
 from datadistill.config import list_configs, resolve_config_path
+from datadistill.data.imagenet import SUBSETS
 from datadistill.errors import ConfigError
 from datadistill.pipeline import distill_config, expert_config, load_pipeline_config
 from datadistill.presets import (
@@ -105,7 +106,38 @@ def test_shipped_configs_cover_the_research_tables():
     want |= {f"{d}/{m}_ipc{i}" for d in ("mnist", "fashion_mnist") for m in METHODS
              for i in (1, 10)}
     want |= {f"digits/{m}_ipc1" for m in METHODS}
+    want |= {f"{d}/{m}_ipc{i}" for d in SUBSETS for m in ("mtt", "ftd") for i in (1, 10)}
+    want |= {"imagenette/datm_ipc1", "imagenette/datm_ipc10"}
     assert want <= have, sorted(want - have)
+
+
+@pytest.mark.parametrize("subset", sorted(SUBSETS))
+def test_imagenet_subset_configs_official_values(subset):
+    for ipc in (1, 10):
+        cfg, e, d = _load(f"{subset}/mtt_ipc{ipc}")  # MTT issue #1 (author)
+        assert (cfg.model_kwargs, cfg.zca, e.optimizer) == ({"depth": 5}, False, "sgd")
+        assert (d.syn_steps, d.expert_epochs, d.max_start_epoch, d.lr_img, d.lr_lr,
+                d.lr_teacher) == (20, 2, 10, 1e5, 1e-6, 0.01)
+        assert d.batch_syn == (20 if ipc == 10 else None)
+        cfg, e, d = _load(f"{subset}/ftd_ipc{ipc}")  # FTD issue #3 (author)
+        assert (cfg.model_kwargs, cfg.zca, e.optimizer, e.gsam_rho, e.gsam_alpha) == (
+            {"depth": 5}, False, "gsam", 0.01, 1.0)
+        assert (d.syn_steps, d.expert_epochs, d.max_start_epoch, d.lr_img, d.lr_lr,
+                d.ema_decay) == (20, 2, 10, 1e4, 1e-4, 0.999)
+        assert (d.lr_teacher, d.batch_syn) == ((0.01, None) if ipc == 1 else (0.001, 64))
+
+
+def test_datm_imagenette_official_values():
+    cfg, e, d = _load("imagenette/datm_ipc1")
+    assert (cfg.model_kwargs, cfg.zca, d.window, d.current_max_start_epoch, d.max_start_epoch,
+            d.expansion_end) == ({"depth": 5}, False, "expanding", 8, 10, 1)
+    assert (d.syn_steps, d.lr_img, d.lr_teacher, d.lr_y, d.threshold, d.lr_lr) == (
+        20, 1e4, 0.001, 1000.0, 1.0, 1e-6)
+    _, e, d = _load("imagenette/datm_ipc10")
+    assert (d.syn_steps, d.lr_img, d.lr_teacher, d.lr_y, d.threshold, d.batch_syn) == (
+        40, 1e5, 0.01, 5.0, 2.0, None)
+    assert (d.pix_init, d.label_mode, d.iterations, e.epochs) == (
+        "samples_predicted_correctly", "soft", 10000, 100)
 
 
 def test_datm_official_values():
@@ -192,7 +224,9 @@ def test_derived_mdatm_configs_narrow_their_datm_window_by_the_same_rule(dataset
 
 
 # The DATM repository's config folders (NUS-HPC-AI-Lab/DATM, configs/<dataset>/ConvIN/IPCn.yaml).
-DATM_CONFIG_PATH = re.compile(r"configs/(CIFAR-10|CIFAR-100|TinyImageNet)/ConvIN/IPC\d+\.yaml")
+# The ImageNet-subset folder is spelt "ImageNetSubuset" in the DATM repository (commit b1d4823).
+DATM_CONFIG_PATH = re.compile(
+    r"configs/(CIFAR-10|CIFAR-100|TinyImageNet|ImageNetSubuset/imagenette)/ConvIN/IPC\d+\.yaml")
 
 
 @pytest.mark.parametrize("name", [n for n in list_configs()

@@ -177,7 +177,7 @@ def train_pipeline_experts(cfg: PipelineConfig, out_dir: str | Path, *, data=Non
 
     if data is None:
         data = prepare(cfg.dataset, cfg.data_root, zca=cfg.zca, download=cfg.download,
-                       train_per_class=cfg.train_per_class)
+                       train_per_class=cfg.train_per_class, progress=progress)
     ecfg, device = expert_config(cfg), cfg.resolved_device()
     if cfg.curriculum is None:
         check_no_curriculum(out_dir)
@@ -212,7 +212,7 @@ def run_pipeline(cfg: PipelineConfig, out_dir: str | Path, *, progress: bool = T
     device = cfg.resolved_device()
     t0 = time.time()
     data = prepare(cfg.dataset, cfg.data_root, zca=cfg.zca, download=cfg.download,
-                       train_per_class=cfg.train_per_class)
+                       train_per_class=cfg.train_per_class, progress=progress)
     experts_at = Path(expert_dir) if expert_dir is not None else out / "experts"
     store = train_pipeline_experts(cfg, experts_at, data=data, progress=progress)
     t_experts = time.time() - t0

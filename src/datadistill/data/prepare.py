@@ -75,25 +75,33 @@ def prepare(
     image_size: int | tuple[int, int] | None = None,
     progress: bool = False,
     train_per_class: int | None = None,
+    **options,
 ) -> RealData:
     """Load train and test, normalised (zca=False) or ZCA-whitened (zca=True), on `device`.
 
     The ZCA is fitted on `device` (float64 there), on the raw train pixels, then applied to
     both splits. `image_size` is passed on for imagefolder. `train_per_class` keeps a seeded
     class-balanced subset of the train split (:func:`subset_per_class`) after the ZCA is
-    fitted on the whole split, for quick or CPU-scale runs; None keeps all of it.
+    fitted on the whole split, for quick or CPU-scale runs; None keeps all of it. Other
+    `options` go to :func:`create_dataset` (imagenet: resize, cache_dir, workers); cached
+    datasets stay on disk and their batches move to `device` as they are read.
 
     Example:
         >>> prepare("digits").train.space
         'normalized'
     """
-    kwargs = {"download": download, "normalize": not zca, "progress": progress}
+    kwargs = {"download": download, "normalize": not zca, "progress": progress, **options}
     if image_size is not None:
         kwargs["image_size"] = image_size
     train = create_dataset(name, root, "train", **kwargs).to(device)
     # For Tiny ImageNet "test" means its labelled val split (the official test has no labels).
     test = create_dataset(name, root, "test", **kwargs).to(device)
     whitening = None
+    if zca and not isinstance(train.images, torch.Tensor):
+        from datadistill.errors import ConfigError
+
+        raise ConfigError(f"{name} is read from a disk cache and cannot be ZCA-whitened (the "
+                          "official ImageNet-subset settings use no ZCA); set zca: false")
     if zca:
         logger.info("fitting ZCA (eps=%g) on %d training images", zca_eps, len(train))
         whitening = ZCA.fit(train.images, eps=zca_eps)

@@ -23,7 +23,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from datadistill.data import cifar, digits, folder, mnist, svhn, tiny
+from datadistill.data import cifar, digits, folder, imagenet, mnist, svhn, tiny
+from datadistill.data.cache import CachedImages
 from datadistill.data.info import DatasetInfo, ImageSet, LoadedSplit
 from datadistill.errors import ConfigError, DatasetError
 
@@ -65,6 +66,16 @@ def _folder_loader(
     return folder.load_split(root, split, image_size=image_size, progress=progress)
 
 
+def _imagenet_loader(name: str, root: Path, split: str, *, download: bool, progress: bool,
+                     **options) -> LoadedSplit:
+    if download:
+        raise ConfigError(f"{name} cannot be downloaded (ImageNet's licence); get ILSVRC-2012 "
+                          "from image-net.org and pass its folder as root")
+    return imagenet.load_split(root, split, name=name, progress=progress, **options)
+
+
+_IMAGENET_OPTIONS = frozenset({"image_size", "resize", "cache_dir", "workers"})
+
 _REGISTRY: dict[str, DatasetSpec] = {
     "digits": DatasetSpec(digits.INFO, ("train", "test"), _digits_loader),
     "mnist": DatasetSpec(mnist.MNIST_INFO, ("train", "test"), partial(mnist.load_split, "mnist")),
@@ -82,6 +93,13 @@ _REGISTRY: dict[str, DatasetSpec] = {
     "imagefolder": DatasetSpec(
         None, ("train", "test", "val"), _folder_loader, frozenset({"image_size"})
     ),
+    # ImageNet-1K (224 px by default) and MTT's subsets (128 px), read from a uint8 cache.
+    **{
+        name: DatasetSpec(imagenet.info_for(name, 224 if name == "imagenet" else 128),
+                          ("train", "val", "test"), partial(_imagenet_loader, name),
+                          _IMAGENET_OPTIONS)
+        for name in ("imagenet", *imagenet.SUBSETS)
+    },
 }
 
 # Spellings people use for the same datasets (torchvision class names, hyphens).
@@ -93,6 +111,8 @@ _ALIASES = {
     "tinyimagenet": "tiny_imagenet",
     "tiny": "tiny_imagenet",
     "image_folder": "imagefolder",
+    "imagenet1k": "imagenet",
+    "imagenet_1k": "imagenet",
 }
 
 
@@ -161,6 +181,7 @@ def create_dataset(
     normalize: bool = True,
     image_size: int | tuple[int, int] | None = None,
     progress: bool = False,
+    **options,
 ) -> ImageSet:
     """Load one split of a registered dataset as float32 tensors.
 
@@ -170,8 +191,12 @@ def create_dataset(
         split: "train" or "test" ("val" for tiny_imagenet and imagefolder).
         download: fetch missing files from the official URLs (checksums verified).
         normalize: return (x - mean) / std ("normalized"); else [0,1] pixels ("raw").
-        image_size: imagefolder only: resize every image to this (H, W) or square size.
+        image_size: imagefolder: resize every image to this (H, W) or square size;
+            imagenet and its subsets: the cached side S (default 224 / 128).
         progress: show a progress bar while downloading or decoding.
+        options: imagenet and its subsets only: ``resize`` ("squash" | "shorter_center"),
+            ``cache_dir``, ``workers`` (see :mod:`datadistill.data.imagenet`). Their images
+            are a :class:`~datadistill.data.cache.CachedImages` reader, not an in-memory tensor.
 
     Example:
         >>> ds = create_dataset("digits", split="train", normalize=False)
@@ -181,16 +206,26 @@ def create_dataset(
     key, spec = _spec(name)
     if split not in spec.splits:
         raise ConfigError(f"{key} has no split {split!r}; use one of {spec.splits}")
-    options = {"image_size": image_size} if image_size is not None else {}
+    options = {**({"image_size": image_size} if image_size is not None else {}), **options}
     unsupported = set(options) - spec.options
     if unsupported:
-        raise ConfigError(f"{key} does not take {sorted(unsupported)}; only imagefolder does")
+        raise ConfigError(f"{key} does not take {sorted(unsupported)}; it takes "
+                          f"{sorted(spec.options) or 'no options'}")
     loaded = spec.loader(resolve_root(root), split, download=download, progress=progress, **options)
+    if isinstance(loaded.images, CachedImages):  # read per batch, normalised on the fly
+        return _cached_set(loaded, normalize)
     images = _to_tensor(loaded.images)  # (N, C, H, W) float32 in [0,1]
     labels = torch.from_numpy(np.array(loaded.labels, dtype=np.int64))
     if normalize:
         return ImageSet(_normalize_(images, loaded.info), labels, loaded.info, "normalized")
     return ImageSet(images, labels, loaded.info, "raw")
+
+
+def _cached_set(loaded: LoadedSplit, normalize: bool) -> ImageSet:
+    info, labels = loaded.info, torch.from_numpy(np.asarray(loaded.labels, dtype=np.int64))
+    mean, std = (info.mean, info.std) if normalize else (None, None)
+    reader = CachedImages(loaded.images.path, len(labels), info.image_size[0], mean, std)
+    return ImageSet(reader, labels, info, "normalized" if normalize else "raw")
 
 
 def _normalize_(images: torch.Tensor, info: DatasetInfo) -> torch.Tensor:

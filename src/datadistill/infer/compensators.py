@@ -34,6 +34,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from datadistill.errors import CompatibilityError, DatasetError, DivergenceError
+from datadistill.infer.imagenet import batch_resized_crop_flip
 from datadistill.progress import progress_bar
 
 log = logging.getLogger(__name__)
@@ -169,6 +170,7 @@ class CompensatorSettings:
     r_bn: float = 1.0  # weight of the BN-statistics loss
     first_bn_multiplier: float = 10.0  # s_1
     jitter: int = 4  # roll offsets in [0, jitter] px
+    crop_flip: bool = False  # ImageNet: RandomResizedCrop + flip (one draw per batch) first
 
 
 def optimise_compensator(
@@ -190,7 +192,10 @@ def optimise_compensator(
     for t in range(st.iterations):
         for param_group in opt.param_groups:
             param_group["lr"] = cosine_lr(st.lr, t, st.iterations)
-        x = roll_jitter(group + u, st.jitter, generator)  # (C, Ch, H, W), u broadcast to all
+        x = group + u  # (C, Ch, H, W), u broadcast to all
+        if st.crop_flip:
+            x = batch_resized_crop_flip(x, generator)
+        x = roll_jitter(x, st.jitter, generator)
         bn.terms.clear()
         ce = F.cross_entropy(teacher(x), targets)
         loss = ce + st.r_bn * bn.loss(st.first_bn_multiplier)

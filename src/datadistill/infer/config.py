@@ -39,6 +39,9 @@ class TeacherConfig:
     flip: bool | None = None  # horizontal flip; None: on unless the dataset is digit-like
     seed: int = 0  # per teacher, seed + its index in archs
     test_batch_size: int = 512  # evaluation only; no effect on results
+    # ImageNet (ufc_imgnet.py): pretrained teachers, arch -> torchvision state-dict file;
+    # when set, nothing is trained and archs must be ImageNet architectures.
+    checkpoints: dict[str, str] | None = None
 
 
 @dataclass
@@ -60,6 +63,12 @@ class StudentConfig:
     eval_every: int = 10  # test at epochs 0, 10, 20, ... and the last (best-of is reported)
     num_runs: int = 1  # independently initialised students; 0 skips evaluation
     test_batch_size: int = 512  # evaluation only; no effect on results
+    # ImageNet (SRe2L's validation): "resized_crop_flip" = RandomResizedCrop(0.08-1) + flip
+    # per sample instead of "crop_flip" (RandomCrop(pad) + flip); "cutmix" instead of "mixup".
+    augment: str = "crop_flip"
+    mix: str = "mixup"
+    cutmix_beta: float = 1.0  # lambda ~ Beta(beta, beta) for mix: cutmix
+    dynamic_teachers: list[str] | None = None  # who labels dynamically (None: all M teachers)
 
 
 @dataclass
@@ -80,6 +89,7 @@ class InferConfig:
     lr: float = 0.25  # Adam on u, cosine to 0 per iteration, no warm-up
     betas: tuple[float, float] = (0.5, 0.9)
     r_bn: float = 1.0  # weight of the BN-statistics loss (CIFAR 1, ImageNet 0.01)
+    crop_flip: bool = False  # ImageNet: RandomResizedCrop + flip per batch before the jitter
     first_bn_multiplier: float = 10.0  # s_1: extra weight of the first BN layer
     jitter: int | None = None  # max roll offset in px; None: 4 px at 32 px, scaled by size
     label_batch_size: int = 256  # teacher forward passes for static labels; no effect
@@ -102,6 +112,15 @@ class InferConfig:
             raise ConfigError("teachers.archs is empty; name at least one teacher architecture")
         if (self.mean is None) != (self.std is None):
             raise ConfigError("set both mean and std (per-channel normalisation), or neither")
+        st = self.student
+        if st.augment not in ("crop_flip", "resized_crop_flip") or st.mix not in ("mixup",
+                                                                                 "cutmix"):
+            raise ConfigError(f"student.augment must be crop_flip or resized_crop_flip and "
+                              f"student.mix mixup or cutmix, got {st.augment!r}, {st.mix!r}")
+        unknown = set(st.dynamic_teachers or []) - set(self.teachers.archs)
+        if unknown:
+            raise ConfigError(f"student.dynamic_teachers {sorted(unknown)} are not in "
+                              f"teachers.archs {self.teachers.archs}")
 
 
 def num_groups(ipc: int, num_teachers: int, num_classes: int) -> int:

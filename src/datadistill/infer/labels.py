@@ -26,19 +26,22 @@ import scipy.special
 import torch
 import torch.nn.functional as F
 from torch import nn
+from tqdm.auto import tqdm
 
 
 @torch.no_grad()
 def ensemble_logits(
-    teachers: list[nn.Module], x: torch.Tensor, batch_size: int = 256
+    teachers: list[nn.Module], x: torch.Tensor, batch_size: int = 256, progress: bool = False
 ) -> torch.Tensor:
     """Mean of the teachers' logits on x (N, C, H, W) -> (N, K), on x's device.
 
     Teachers are used in eval mode (running BN statistics), as INFER does for its labels.
+    ``progress`` shows a bar with the time estimate (ImageNet: 36,000+ instances).
     """
     device = next(teachers[0].parameters()).device
     out = []
-    for start in range(0, x.shape[0], batch_size):
+    starts = range(0, x.shape[0], batch_size)
+    for start in tqdm(starts, desc="teacher labels", disable=not progress, leave=False):
         xb = x[start : start + batch_size].to(device)  # (B, C, H, W)
         logits = torch.stack([t.eval()(xb) for t in teachers])  # (M, B, K)
         out.append(logits.mean(0).to(x.device))

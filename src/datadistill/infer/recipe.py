@@ -38,6 +38,7 @@ from datadistill.infer.compensators import (
     sample_class_groups,
 )
 from datadistill.infer.config import InferConfig, num_groups, pixels_at
+from datadistill.infer.instances import LazyInstances
 from datadistill.infer.labels import ensemble_logits
 from datadistill.infer.store import InferSet, save_infer_set
 from datadistill.infer.student import evaluate_student
@@ -112,6 +113,7 @@ def distill_infer(
         r_bn=cfg.r_bn,
         first_bn_multiplier=cfg.first_bn_multiplier,
         jitter=pixels_at(info.image_size, cfg.jitter),
+        crop_flip=cfg.crop_flip,
     )
     comps = generate_compensators(
         teachers, groups.images.to(cfg.device), settings, generator, progress
@@ -127,8 +129,9 @@ def distill_infer(
         config=config_to_dict(cfg),
         extra={"jitter": settings.jitter},
     )
-    instances = infer_set.materialise().images  # (C*K*(M+1), Ch, H, W)
-    infer_set.labels = ensemble_logits(teachers, instances, cfg.label_batch_size).cpu()
+    instances = LazyInstances(infer_set)  # (C*K*(M+1), Ch, H, W), built per batch
+    infer_set.labels = ensemble_logits(teachers, instances, cfg.label_batch_size,
+                                       progress=progress).cpu()
     return infer_set
 
 
@@ -157,6 +160,12 @@ def load_teachers(
     cfg: InferConfig, teacher_dir: str | Path | None, info: DatasetInfo
 ) -> tuple[list[nn.Module], list[str]]:
     """The teachers named by ``cfg.teachers.archs`` from the store, checked against ``info``."""
+    if cfg.teachers.checkpoints:  # ImageNet: the user's pretrained torchvision weights
+        from datadistill.infer.imagenet import load_checkpoint_teachers
+
+        archs = list(cfg.teachers.archs)
+        return load_checkpoint_teachers(cfg.teachers.checkpoints, archs, info.num_classes,
+                                        cfg.device), archs
     directory = teacher_dir if teacher_dir is not None else cfg.teacher_dir
     if directory is None:
         raise ConfigError(
@@ -167,6 +176,16 @@ def load_teachers(
     archs = list(cfg.teachers.archs)
     store.check_compatible(info, archs)  # also raises when one is missing
     return [store.load(a, cfg.device) for a in archs], archs
+
+
+def labelling_teachers(cfg: InferConfig, teachers: list[nn.Module], names: list[str]
+                       ) -> list[nn.Module]:
+    """The teachers that label dynamically: ``cfg.student.dynamic_teachers`` (SRe2L: the
+    ResNet-18 alone), else all M."""
+    keep = cfg.student.dynamic_teachers
+    if not keep:
+        return list(teachers)
+    return [t for t, n in zip(teachers, names, strict=True) if n in keep]
 
 
 def run_infer(
@@ -183,6 +202,10 @@ def run_infer(
     from datadistill.report import write_report
 
     t0 = time.perf_counter()
+    if cfg.teachers.checkpoints:  # missing files are found before the data is decoded
+        from datadistill.infer.imagenet import check_checkpoints
+
+        check_checkpoints(cfg.teachers.checkpoints, list(cfg.teachers.archs))
     data = prepare_infer_data(cfg, progress)
     teachers, names = load_teachers(cfg, teacher_dir, data.info)
     infer_set = distill_infer(cfg, data.train, teachers, names, progress)
@@ -202,7 +225,7 @@ def run_infer(
             infer_set,
             data.test,
             cfg.student,
-            teachers=teachers if dynamic else None,
+            teachers=labelling_teachers(cfg, teachers, names) if dynamic else None,
             seed=cfg.seed,
             device=cfg.device,
             progress=progress,

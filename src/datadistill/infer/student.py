@@ -31,6 +31,8 @@ from datadistill.data import DatasetInfo, ImageSet
 from datadistill.errors import CompatibilityError, ConfigError
 from datadistill.evaluate import EvalReport, evaluate_distilled, run_seeds, test_accuracy
 from datadistill.infer.config import StudentConfig, pixels_at
+from datadistill.infer.imagenet import sample_cutmix, sample_resized_crop_flip
+from datadistill.infer.instances import LazyInstances
 from datadistill.infer.labels import Mixup, ensemble_logits, kd_loss, sample_mixup
 from datadistill.infer.store import InferSet
 from datadistill.infer.training import seeded, shuffled_batches
@@ -72,6 +74,21 @@ def _targets(
     return ensemble_logits(teachers, xb, batch_size=len(xb))
 
 
+def _augment(xb: torch.Tensor, cfg: StudentConfig, padding: int, fill: torch.Tensor, flip: bool,
+             generator: torch.Generator | None) -> torch.Tensor:
+    """INFER's RandomCrop(pad) + flip, or SRe2L's per-sample RandomResizedCrop + flip."""
+    if cfg.augment == "resized_crop_flip":
+        return sample_resized_crop_flip(xb, generator)
+    return crop_flip(xb, padding, fill, flip, generator)
+
+
+def _sample_mix(xb: torch.Tensor, cfg: StudentConfig, generator: torch.Generator | None):
+    """One mixup (INFER) or CutMix (SRe2L) draw for the batch; both mix logits linearly."""
+    if cfg.mix == "cutmix":
+        return sample_cutmix(len(xb), xb.shape[-2], xb.shape[-1], cfg.cutmix_beta, generator)
+    return sample_mixup(len(xb), cfg.mixup_alpha, generator)
+
+
 def train_student(
     net: nn.Module,
     images: torch.Tensor,
@@ -106,8 +123,8 @@ def train_student(
         net.train()
         for idx in shuffled_batches(len(x), cfg.batch_size, generator):
             idx = idx.to(device)
-            xb = crop_flip(x[idx], padding, fill, flip, generator)  # (B, C, H, W)
-            mix = sample_mixup(len(idx), cfg.mixup_alpha, generator)
+            xb = _augment(x[idx], cfg, padding, fill, flip, generator)  # (B, C, H, W)
+            mix = _sample_mix(xb, cfg, generator)
             xb = mix.apply(xb)
             loss = kd_loss(net(xb), _targets(idx, xb, mix, z, teachers), cfg.temperature)
             opt.zero_grad(set_to_none=True)
@@ -151,10 +168,10 @@ def evaluate_student(
             f"the test set is normalised with mean {test.info.mean} / std {test.info.std}, the "
             f"INFER set with {infer_set.info.mean} / {infer_set.info.std}; renormalize the test "
             "data (datadistill.data.renormalize) with the set's statistics")
-    inst = infer_set.materialise()
-    if cfg.labels != "dynamic" and inst.soft_labels is None:
+    if cfg.labels != "dynamic" and infer_set.labels is None:
         raise ConfigError("static labels are missing from this INFER set; use labels='dynamic'")
-    return evaluate_student_images(inst.images, inst.soft_labels, test, cfg, teachers=teachers,
+    images = LazyInstances(infer_set)  # the materialised rows, built per batch
+    return evaluate_student_images(images, infer_set.labels, test, cfg, teachers=teachers,
                                    seed=seed, device=device, progress=progress)
 
 

@@ -31,7 +31,7 @@ from torch import nn
 
 from datadistill import __version__
 from datadistill.data import DatasetInfo, ImageSet, RealData, prepare, renormalize
-from datadistill.errors import ArtifactError, CompatibilityError
+from datadistill.errors import ArtifactError, CompatibilityError, ConfigError
 from datadistill.evaluate import run_seeds, test_accuracy
 from datadistill.infer.config import InferConfig, TeacherConfig, pixels_at
 from datadistill.infer.training import seeded, shuffled_batches
@@ -291,6 +291,9 @@ def train_teachers(cfg: InferConfig, out_dir: str | Path, progress: bool = False
         >>> cfg = InferConfig(dataset="digits", teachers=TeacherConfig(epochs=2, width_mult=0.25))
         >>> store = train_teachers(cfg, "runs/digits_teachers")           # doctest: +SKIP
     """
+    if cfg.teachers.checkpoints:
+        raise ConfigError("this config reads pretrained teachers from teachers.checkpoints "
+                          "(ImageNet); there is nothing to train: run `datadistill infer`")
     data = prepare_infer_data(cfg, progress)
     info, tc, store = data.info, cfg.teachers, TeacherStore(out_dir)
     flip = uses_flip(info.dsa_strategy, tc.flip)
