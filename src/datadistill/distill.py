@@ -69,7 +69,7 @@ LABEL_MODES = ("hard", "soft")
 MASKS = ("none", "depth", "loss")
 # Keys that may change when a run is resumed (the rest must match the checkpoint).
 RESUMABLE_KEYS = ("iterations", "eval_every", "eval_runs", "eval_epochs", "eval_batch",
-                  "device", "data_root", "expert_dir", "checkpoint_every")
+                  "device", "data_root", "expert_dir", "checkpoint_every", "memory_check")
 
 
 @dataclass
@@ -116,6 +116,7 @@ class DistillConfig:
     param_mask_ratio: float = 0.0  # fraction of the flat parameters dropped by param_mask
     checkpoint_every: int = 50  # iterations between checkpoints (also after every evaluation)
     fast_student: bool = True  # hand-written ConvNet double backward (same values, faster)
+    memory_check: bool = True  # refuse an unrolled run estimated above the free memory
 
     def __post_init__(self) -> None:
         _check_choice("pix_init", self.pix_init, PIX_INITS)
@@ -201,7 +202,10 @@ def distill(cfg: DistillConfig, out_dir: str | Path, *, data=None, store=None,
     Returns:
         A :class:`DistillResult`.
     """
+    from datadistill.memory import check_memory
+
     t0 = time.time()
+    check_memory(cfg, data)  # before any work: an unrolled run that cannot fit is refused
     run = _setup(cfg, out_dir, data, store)
     state, opts, gens, ema = _initial_state(run, resume)  # checks a resumed config first
     (run.out / "config.json").write_text(json.dumps(dataclasses.asdict(cfg), indent=2) + "\n")
