@@ -31,7 +31,13 @@ from datadistill.infer import (
 )
 from datadistill.infer.config import pixels_at
 from datadistill.infer.labels import Mixup
-from datadistill.infer.transforms import black_level, random_crop, random_flip, uses_flip
+from datadistill.infer.transforms import (
+    black_level,
+    crop_flip,
+    random_crop,
+    random_flip,
+    uses_flip,
+)
 from datadistill.models.teachers import create_teacher
 
 # ----------------------------------------------------------------------------- budget
@@ -287,11 +293,16 @@ def test_random_crop_pads_with_black_and_shifts():
         assert torch.equal(out[i], padded[i, :, dy : dy + 6, dx : dx + 6])
 
 
-def test_flip_and_digit_datasets_have_no_flip():
-    x = torch.arange(8.0).view(2, 1, 2, 2)
+def test_flip_mirrors_the_drawn_half_and_digit_datasets_have_no_flip():
+    x = torch.arange(64 * 6.0).view(16, 1, 2, 12)  # no image is its own mirror
     out = random_flip(x, torch.Generator().manual_seed(0))
-    for i in range(2):
-        assert torch.equal(out[i], x[i]) or torch.equal(out[i], x[i].flip(2))
+    drawn = torch.rand(16, generator=torch.Generator().manual_seed(0)) < 0.5  # (16,) flip?
+    assert 0 < int(drawn.sum()) < 16
+    for i in range(16):  # the left-right mirror (last axis), exactly where drawn
+        assert torch.equal(out[i], x[i, :, :, torch.arange(11, -1, -1)] if drawn[i] else x[i])
+    fill = torch.zeros(1)
+    assert torch.equal(crop_flip(x, 0, fill, True, torch.Generator().manual_seed(0)), out)
+    assert torch.equal(crop_flip(x, 0, fill, False, torch.Generator().manual_seed(0)), x)
     assert not uses_flip("color_crop_cutout_scale_rotate", None)
     assert uses_flip("color_crop_cutout_flip_scale_rotate", None)
     assert not uses_flip("color_crop_cutout_flip_scale_rotate", False)

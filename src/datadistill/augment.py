@@ -75,6 +75,19 @@ class AugDraw:
     family: str
     params: dict[str, torch.Tensor]
 
+    def select(self, rows: slice) -> AugDraw:
+        """The same draw restricted to the samples ``rows`` (a chunk of the batch).
+
+        Every parameter is per sample, so applying the selection to ``x[rows]`` gives exactly
+        ``apply(x, draw)[rows]``: a batch augmented once can be replayed chunk by chunk.
+
+        Example:
+            >>> draw = DSA("flip").sample(4, 8, generator=torch.Generator().manual_seed(0))
+            >>> draw.select(slice(1, 3)).params["flip"].shape
+            torch.Size([2])
+        """
+        return AugDraw(self.family, {k: v[rows] for k, v in self.params.items()})
+
 
 def _parse_strategy(strategy: str | None) -> tuple[str, ...]:
     """'color_crop_flip' -> ('color', 'crop', 'flip'); '' / 'none' / None -> ()."""

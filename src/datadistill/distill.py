@@ -16,7 +16,10 @@ uninterrupted one), ``config.json``.
 Strategy fields (defaults = MTT): ``window`` "expanding" (DATM), ``label_mode`` "soft" with
 ``lr_y``/``momentum_y`` (DATM/PAD), ``pix_init`` "samples_predicted_correctly" (DATM),
 ``threshold`` (DATM: skip the update when the loss exceeds it), ``ema_decay`` (FTD),
-``param_mask`` + ``param_mask_ratio`` (PAD).
+``param_mask`` + ``param_mask_ratio`` (PAD). Gradient mode (any preset): ``grad_mode``
+"unrolled" (official) or "adjoint" (:func:`datadistill.matching.student_trajectory` then
+:func:`datadistill.matching.adjoint_backward`: the same gradient at the memory of one student
+step; a skipped iteration skips the backward pass), with ``micro_batch`` chunks.
 
 Deviations from the official code:
 
@@ -55,9 +58,12 @@ from datadistill.checkpoint import DistillState, MetricsLog, load_checkpoint, sa
 from datadistill.data import check_prepared
 from datadistill.errors import CompatibilityError, ConfigError, DivergenceError
 from datadistill.matching import (
+    adjoint_backward,
+    check_micro_batch,
     matching_loss,
     sample_start_epoch,
     student_forward,
+    student_trajectory,
     unroll_student,
     window_bounds,
 )
@@ -67,6 +73,7 @@ logger = logging.getLogger(__name__)
 PIX_INITS = ("real", "noise", "samples_predicted_correctly")
 LABEL_MODES = ("hard", "soft")
 MASKS = ("none", "depth", "loss")
+GRAD_MODES = ("unrolled", "adjoint")
 # Keys that may change when a run is resumed (the rest must match the checkpoint).
 RESUMABLE_KEYS = ("iterations", "eval_every", "eval_runs", "eval_epochs", "eval_batch",
                   "device", "data_root", "expert_dir", "checkpoint_every", "memory_check")
@@ -74,7 +81,25 @@ RESUMABLE_KEYS = ("iterations", "eval_every", "eval_runs", "eval_epochs", "eval_
 
 @dataclass
 class DistillConfig:
-    """Trajectory-matching hyper-parameters; defaults are MTT's (``distill.py`` argparse)."""
+    """Trajectory-matching hyper-parameters; defaults are MTT's (``distill.py`` argparse).
+
+    ``grad_mode`` chooses how the gradient reaches the images, the step size and the soft
+    labels through the ``syn_steps`` student steps. ``"unrolled"`` (default, the official
+    way) keeps the graph of every step: memory grows with syn_steps x batch_syn.
+    ``"adjoint"`` runs the steps without a graph, then replays them backwards one at a time
+    (:mod:`datadistill.matching.adjoint`): the same gradient up to rounding, from the same
+    random draws, at the memory of one step, for about one extra forward and backward per
+    step. ``micro_batch`` (adjoint only) also splits each step's mini-batch into chunks of
+    that many images, so one step's graph holds ``micro_batch`` images; exact for students
+    whose samples do not interact (a BatchNorm student is refused). Both are fixed for a run:
+    a checkpoint resumes only with the values it was written with.
+
+    Example:
+        >>> cfg = DistillConfig(dataset="cifar100", ipc=50, syn_steps=80, batch_syn=1000,
+        ...                     grad_mode="adjoint", micro_batch=250)
+        >>> cfg.grad_mode, cfg.micro_batch
+        ('adjoint', 250)
+    """
 
     method: str = "mtt"  # preset name, recorded with the outputs
     dataset: str = "cifar10"  # registry name
@@ -116,6 +141,14 @@ class DistillConfig:
     param_mask_ratio: float = 0.0  # fraction of the flat parameters dropped by param_mask
     checkpoint_every: int = 50  # iterations between checkpoints (also after every evaluation)
     fast_student: bool = True  # hand-written ConvNet double backward (same values, faster)
+    # How dL/d(images, step size, soft labels) is taken through the N student steps:
+    # "unrolled" (the official way) keeps the graph of all steps, memory ~ syn_steps x batch;
+    # "adjoint" replays one step at a time backwards (matching/adjoint.py), memory ~ one
+    # step: the same gradient up to rounding, and the same random draws.
+    grad_mode: str = "unrolled"  # unrolled | adjoint
+    # Adjoint mode only: each step's mini-batch runs in chunks of this many images (memory ~
+    # micro_batch images' activations); exact unless the student couples samples (BatchNorm).
+    micro_batch: int | None = None
     memory_check: bool = True  # refuse an unrolled run estimated above the free memory
 
     def __post_init__(self) -> None:
@@ -123,6 +156,7 @@ class DistillConfig:
         _check_choice("label_mode", self.label_mode, LABEL_MODES)
         _check_choice("param_mask", self.param_mask, MASKS)
         _check_choice("window", self.window, ("fixed", "expanding"))
+        _check_choice("grad_mode", self.grad_mode, GRAD_MODES)
         for name in ("ipc", "syn_steps", "expert_epochs", "max_start_epoch", "checkpoint_every"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"distill.{name} must be >= 1, got {getattr(self, name)}")
@@ -137,6 +171,7 @@ class DistillConfig:
                               f"{self.lr_teacher}")
         if self.batch_syn is not None and self.batch_syn < 1:
             raise ConfigError(f"distill.batch_syn must be >= 1 or null, got {self.batch_syn}")
+        _check_micro_batch(self.micro_batch, self.grad_mode)
         if self.window == "expanding" and (self.current_max_start_epoch is None
                                            or self.expansion_end is None):
             raise ConfigError("distill.window=expanding needs current_max_start_epoch and "
@@ -146,6 +181,17 @@ class DistillConfig:
                               f"[min_start_epoch, current_max_start_epoch) = "
                               f"[{self.min_start_epoch}, {self.current_max_start_epoch}); raise "
                               "current_max_start_epoch above min_start_epoch.")
+
+
+def _check_micro_batch(micro_batch: int | None, grad_mode: str) -> None:
+    if micro_batch is None:
+        return
+    if micro_batch < 1:
+        raise ConfigError(f"distill.micro_batch must be >= 1 or null, got {micro_batch}")
+    if grad_mode != "adjoint":
+        raise ConfigError(f"distill.micro_batch={micro_batch} needs distill.grad_mode=adjoint: "
+                          "the unrolled graph keeps every chunk's activations until the end "
+                          "of the iteration, so chunking would save no memory there.")
 
 
 def _check_choice(name: str, value: str, choices: tuple[str, ...]) -> None:
@@ -255,6 +301,9 @@ def _setup(cfg: DistillConfig, out_dir, data, store) -> _Run:
         store = ExpertStore(cfg.expert_dir)
     _check_data(cfg, data)
     model = build_model(ExpertConfig(model=cfg.model, model_kwargs=cfg.model_kwargs), data.info)
+    n_syn = data.info.num_classes * cfg.ipc
+    check_micro_batch(model, cfg.micro_batch, min(cfg.batch_syn or n_syn, n_syn),
+                      f"model={cfg.model}")
     store.check_compatible(model, data.info, zca=cfg.zca)
     _check_store(cfg, store)
     strategy = (cfg.dsa_strategy or data.info.dsa_strategy) if cfg.dsa else None
@@ -439,16 +488,14 @@ def _matching_step(run: _Run, state: DistillState, opts, gens, ema, it: int) -> 
     start = sample_start_epoch(low, high, gens["window"])
     theta0, target = (t.to(cfg.device) for t in
                       run.store.epoch_pair(expert, start, cfg.expert_epochs))  # (P,) each
-    theta_n = unroll_student(run.forward, theta0, state.images, state.labels, state.syn_lr,
-                             syn_steps=cfg.syn_steps, batch_syn=cfg.batch_syn, dsa=run.dsa,
-                             generator=gens["student"])
+    theta_n, traj = _student(run, state, gens["student"], theta0)
     loss = matching_loss(theta_n, theta0, target, _mask(cfg, theta_n, target))
     value = float(loss.detach())
     _guard(math.isfinite(value), f"the matching loss became {value} at iteration {it}")
     learnable = [state.images, state.syn_lr] + ([state.labels] if len(opts) == 3 else [])
     skipped = cfg.threshold is not None and value > cfg.threshold  # DATM: no update
     if not skipped:
-        grads = torch.autograd.grad(loss, learnable)  # theta_0 is a constant: not asked
+        grads = _gradients(run, state, loss, theta_n, traj, learnable)
         for p, g in zip(learnable, grads, strict=True):
             p.grad = g
         for opt in opts.values():
@@ -460,6 +507,28 @@ def _matching_step(run: _Run, state: DistillState, opts, gens, ema, it: int) -> 
     return {"iteration": it, "loss": value, "syn_lr": float(state.syn_lr.detach()),
             "start_epoch": start, "expert": expert, "skipped": skipped,
             "time": round(time.time() - t0, 4)}
+
+
+def _student(run: _Run, state: DistillState, gen: torch.Generator, theta0: torch.Tensor):
+    """(theta_N, trajectory): unrolled, theta_N carries the graph of all steps and the
+    trajectory is None; adjoint, theta_N is a leaf and the trajectory replays the steps."""
+    cfg = run.cfg
+    args = (run.forward, theta0, state.images, state.labels, state.syn_lr)
+    kw = dict(syn_steps=cfg.syn_steps, batch_syn=cfg.batch_syn, dsa=run.dsa, generator=gen)
+    if cfg.grad_mode == "unrolled":
+        return unroll_student(*args, **kw), None
+    traj = student_trajectory(*args, micro_batch=cfg.micro_batch, **kw)
+    return traj.final.detach().requires_grad_(True), traj
+
+
+def _gradients(run: _Run, state: DistillState, loss, theta_n, traj, learnable) -> list:
+    """d loss / d learnable (images, syn_lr[, soft labels]); theta_0 is a constant."""
+    if traj is None:
+        return list(torch.autograd.grad(loss, learnable))
+    (lam,) = torch.autograd.grad(loss, theta_n)  # lambda_N: the loss enters here only
+    out = adjoint_backward(run.forward, traj, state.images, state.labels, state.syn_lr, lam,
+                           dsa=run.dsa, micro_batch=run.cfg.micro_batch)
+    return [out.images, out.syn_lr] + ([out.labels] if len(learnable) == 3 else [])
 
 
 def _mask(cfg: DistillConfig, theta_n: torch.Tensor, target: torch.Tensor):

@@ -12,6 +12,13 @@ Example:
     >>> loss = matching_loss(theta_n, theta0, target)                       # doctest: +SKIP
 """
 
+from datadistill.matching.adjoint import (
+    AdjointGrads,
+    Trajectory,
+    adjoint_backward,
+    check_micro_batch,
+    student_trajectory,
+)
 from datadistill.matching.fastconv import ConvNetPlan, conv3x3, convnet_plan, norm_act_pool
 from datadistill.matching.loss import matching_loss
 from datadistill.matching.student import (
@@ -29,8 +36,12 @@ from datadistill.matching.window import (
 
 __all__ = [
     "WINDOWS",
+    "AdjointGrads",
     "BatchSampler",
     "ConvNetPlan",
+    "Trajectory",
+    "adjoint_backward",
+    "check_micro_batch",
     "conv3x3",
     "convnet_plan",
     "expanding_upper",
@@ -39,6 +50,7 @@ __all__ = [
     "norm_act_pool",
     "sample_start_epoch",
     "student_forward",
+    "student_trajectory",
     "unroll_student",
     "window_bounds",
 ]

@@ -1,0 +1,272 @@
+"""Adjoint-mode trajectory matching: the exact gradient of the unrolled student, at constant memory.
+
+The student of MTT (Cazenavette et al., CVPR 2022, Eq. 2) takes N steps
+
+    theta_{i+1} = theta_i - alpha * g_i,   g_i = grad_theta l(theta_i; A_i(X_{b_i}), Y_{b_i}),
+
+and the matching loss L(theta_N) is differentiated through all of them. The unrolled path
+(:func:`datadistill.matching.unroll_student`) keeps the graph of every step, so its memory
+grows with N x batch. Here the same gradient is taken in two passes (reverse-mode adjoint):
+
+- :func:`student_trajectory` runs the N steps without keeping a graph and records theta_0 ...
+  theta_N ((N + 1) x P floats), each step's mini-batch indices b_i and its DSA draw A_i. It
+  consumes the generator exactly as the unrolled student does (the permutation, then the DSA
+  draw, per step), so both modes follow the same random stream.
+- :func:`adjoint_backward` starts from lambda_N = dL/dtheta_N and, for i = N-1 ... 0, rebuilds
+  step i's graph alone (same indices, same DSA draw applied again) and takes one
+  vector-Jacobian product of g_i with v = -alpha lambda_{i+1}:
+
+      lambda_i   = lambda_{i+1} - alpha H_i lambda_{i+1}        (H_i = dg_i/dtheta_i)
+      dL/dX_b_i += -alpha (dg_i/dX_b_i)^T lambda_{i+1}          (and dL/dY for soft labels)
+      dL/dalpha += -g_i . lambda_{i+1}
+
+  The loss (normalisation, PAD masks) enters through lambda_N only; theta_0 is a constant.
+
+The result is the unrolled gradient up to rounding (tests: float64, relative error < 1e-6).
+Memory: one step's graph plus the recorded trajectory, whatever N is.
+
+``micro_batch=K`` processes each step's mini-batch in chunks of K images, in both passes: g_i
+is the sum of the chunks' gradients of the loss weighted by |chunk| / batch (the loss is a mean
+over the batch), and the products are summed likewise, so the largest graph holds K images.
+The DSA draw is made for the whole mini-batch (as without chunks) and sliced per chunk. This
+is exact only when samples do not interact in the forward pass (instance/layer/group/no norm);
+:func:`check_micro_batch` refuses BatchNorm models.
+
+Example:
+    >>> traj = student_trajectory(forward, theta0, images, labels, syn_lr, syn_steps=20,
+    ...                           dsa=DSA(), generator=g)                   # doctest: +SKIP
+    >>> theta_n = traj.final.requires_grad_()                               # doctest: +SKIP
+    >>> loss = matching_loss(theta_n, theta0, target)                       # doctest: +SKIP
+    >>> (lam,) = torch.autograd.grad(loss, theta_n)                         # doctest: +SKIP
+    >>> grads = adjoint_backward(forward, traj, images, labels, syn_lr, lam,
+    ...                          dsa=DSA())                                 # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from datadistill.errors import CompatibilityError
+from datadistill.matching.student import BatchSampler, ForwardFn, LossFn, label_loss
+
+
+@dataclass
+class StepRecord:
+    """What replays one student step exactly: its mini-batch and its DSA draw."""
+
+    idx: torch.Tensor  # (b,) int64 indices of the mini-batch, on the images' device
+    draw: object | None  # datadistill.augment.AugDraw for all b images, or None (no DSA)
+
+
+@dataclass
+class Trajectory:
+    """The student's parameters after every step, and how each step was taken."""
+
+    thetas: list[torch.Tensor]  # N + 1 detached (P,) tensors: theta_0 ... theta_N
+    steps: list[StepRecord]  # N records, step i maps thetas[i] to thetas[i + 1]
+
+    @property
+    def final(self) -> torch.Tensor:
+        """(P,) theta_N, detached (make it a leaf with ``requires_grad_`` for lambda_N)."""
+        return self.thetas[-1]
+
+
+@dataclass
+class AdjointGrads:
+    """dL/d(learnable inputs) from :func:`adjoint_backward`."""
+
+    images: torch.Tensor  # (N_syn, C, H, W)
+    syn_lr: torch.Tensor  # () in the step size's dtype
+    labels: torch.Tensor | None  # (N_syn, K) for learnable soft labels, else None
+    theta0: torch.Tensor  # (P,) lambda_0 = dL/dtheta_0 (theta_0 itself is a constant)
+
+
+@dataclass(frozen=True)
+class _Chunk:
+    rows: slice  # positions within the step's mini-batch
+    weight: float  # |chunk| / batch: the chunk's share of the batch-mean loss
+
+
+def _chunks(batch: int, micro_batch: int | None) -> list[_Chunk]:
+    """The step's mini-batch as consecutive chunks of at most ``micro_batch`` images."""
+    size = batch if micro_batch is None else min(micro_batch, batch)
+    return [_Chunk(slice(s, min(s + size, batch)), min(size, batch - s) / batch)
+            for s in range(0, batch, size)]
+
+
+def _soft(labels: torch.Tensor) -> bool:
+    """Learnable (N, K) soft-label logits (DATM), as opposed to (N,) class indices."""
+    return labels.dim() == 2 and labels.is_floating_point()
+
+
+def _chunk_batch(images: torch.Tensor, labels: torch.Tensor, rec: StepRecord, chunk: _Chunk,
+                 dsa, need_grad: bool):
+    """(x leaf, augmented x, y leaf) of one chunk; leaves are fresh (K, ...) tensors."""
+    rows = rec.idx[chunk.rows]
+    x = images.detach()[rows].requires_grad_(need_grad)  # (K, C, H, W)
+    y = labels.detach()[rows]  # (K,) or (K, K_cls)
+    if need_grad and _soft(labels):
+        y.requires_grad_(True)
+    xa = x if rec.draw is None else dsa.apply(x, rec.draw.select(chunk.rows))
+    return x, xa, y
+
+
+def _chunk_grad(forward: ForwardFn, loss_fn: LossFn, theta: torch.Tensor, xa: torch.Tensor,
+                y: torch.Tensor, weight: float, create_graph: bool) -> torch.Tensor:
+    """(P,) gradient of the chunk's weighted loss w.r.t. theta (a leaf)."""
+    ce = loss_fn(forward(theta, xa), y)
+    if weight != 1.0:  # without chunks g_i is exactly the unrolled student's gradient
+        ce = ce * weight
+    (g,) = torch.autograd.grad(ce, theta, create_graph=create_graph)
+    return g
+
+
+def _step_gradient(forward: ForwardFn, loss_fn: LossFn, theta: torch.Tensor,
+                   images: torch.Tensor, labels: torch.Tensor, rec: StepRecord, dsa,
+                   micro_batch: int | None) -> torch.Tensor:
+    """(P,) g_i at theta_i, summed over the chunks; no graph is kept."""
+    theta = theta.detach().requires_grad_(True)
+    g = None
+    for chunk in _chunks(len(rec.idx), micro_batch):
+        _, xa, y = _chunk_batch(images, labels, rec, chunk, dsa, need_grad=False)
+        with torch.enable_grad():
+            gc = _chunk_grad(forward, loss_fn, theta, xa, y, chunk.weight, False)
+        g = gc if g is None else g.add_(gc)
+    return g
+
+
+def student_trajectory(forward: ForwardFn, theta0: torch.Tensor, images: torch.Tensor,
+                       labels: torch.Tensor, syn_lr: torch.Tensor, *, syn_steps: int,
+                       batch_syn: int | None = None, dsa=None,
+                       generator: torch.Generator | None = None,
+                       loss_fn: LossFn | None = None,
+                       micro_batch: int | None = None) -> Trajectory:
+    """Forward pass of adjoint mode: the N student steps without a graph, recorded.
+
+    Arguments as :func:`datadistill.matching.unroll_student` (same draws from ``generator``,
+    in the same order), plus ``micro_batch`` (chunk size within a step; None = whole batch).
+
+    Example:
+        >>> traj = student_trajectory(forward, theta0, x, y, syn_lr, syn_steps=5)  # doctest: +SKIP
+        >>> len(traj.thetas), len(traj.steps)                                     # doctest: +SKIP
+        (6, 5)
+    """
+    loss_fn = loss_fn or label_loss(labels)
+    sampler = BatchSampler(images.shape[0], batch_syn, generator)
+    alpha = syn_lr.detach()
+    thetas, steps = [theta0.detach()], []
+    for _ in range(syn_steps):
+        idx = sampler.next().to(images.device)
+        draw = None if dsa is None else dsa.sample(len(idx), tuple(images.shape[-2:]),
+                                                   generator)
+        rec = StepRecord(idx, draw)
+        g = _step_gradient(forward, loss_fn, thetas[-1], images, labels, rec, dsa, micro_batch)
+        thetas.append(thetas[-1] - alpha * g)  # (P,) as the unrolled update
+        steps.append(rec)
+    return Trajectory(thetas, steps)
+
+
+@dataclass
+class _Sums:
+    """Accumulators of the backward pass."""
+
+    images: torch.Tensor  # (N_syn, C, H, W)
+    labels: torch.Tensor | None  # (N_syn, K) or None
+    syn_lr: torch.Tensor  # ()
+
+
+def _step_vjp(forward: ForwardFn, loss_fn: LossFn, theta: torch.Tensor, images, labels,
+              rec: StepRecord, alpha: torch.Tensor, lam: torch.Tensor, sums: _Sums, dsa,
+              micro_batch: int | None) -> torch.Tensor:
+    """Rebuild step i chunk by chunk; accumulate into ``sums``; return lambda_i."""
+    theta = theta.detach().requires_grad_(True)
+    v = -alpha * lam  # (P,) adjoint of g_i, since theta_{i+1} = theta_i - alpha g_i
+    lam_prev = lam.clone()
+    soft = _soft(labels)
+    for chunk in _chunks(len(rec.idx), micro_batch):
+        x, xa, y = _chunk_batch(images, labels, rec, chunk, dsa, need_grad=True)
+        inputs = [theta, x] + ([y] if soft else [])
+        with torch.enable_grad():
+            gc = _chunk_grad(forward, loss_fn, theta, xa, y, chunk.weight, True)
+            outs = torch.autograd.grad(gc, inputs, grad_outputs=v, allow_unused=True)
+        rows = rec.idx[chunk.rows]
+        _add(lam_prev, outs[0])
+        _add(sums.images, outs[1], rows)
+        if soft:
+            _add(sums.labels, outs[2], rows)
+        sums.syn_lr -= (gc.detach() * lam).sum()  # -g_i . lambda_{i+1}, chunk by chunk
+    return lam_prev
+
+
+def _add(acc: torch.Tensor, value: torch.Tensor | None, rows: torch.Tensor | None = None):
+    """acc += value (at ``rows`` of dim 0 when given); None (no dependence) adds nothing."""
+    if value is None:
+        return
+    if rows is None:
+        acc.add_(value)
+    else:
+        acc.index_add_(0, rows, value)
+
+
+def adjoint_backward(forward: ForwardFn, traj: Trajectory, images: torch.Tensor,
+                     labels: torch.Tensor, syn_lr: torch.Tensor, lam: torch.Tensor, *,
+                     dsa=None, loss_fn: LossFn | None = None,
+                     micro_batch: int | None = None) -> AdjointGrads:
+    """Backward pass of adjoint mode: dL/d(images, syn_lr, soft labels) from lambda_N.
+
+    Args:
+        forward, images, labels, syn_lr, dsa, loss_fn, micro_batch: as given to
+            :func:`student_trajectory` for ``traj`` (the values must be unchanged).
+        traj: the recorded forward pass.
+        lam: (P,) lambda_N = dL/dtheta_N of the matching loss.
+
+    Returns:
+        :class:`AdjointGrads`; ``labels`` is None for hard labels.
+
+    Example:
+        >>> g = adjoint_backward(forward, traj, x, y, syn_lr, lam)        # doctest: +SKIP
+        >>> g.images.shape == x.shape                                     # doctest: +SKIP
+        True
+    """
+    loss_fn = loss_fn or label_loss(labels)
+    alpha = syn_lr.detach()
+    sums = _Sums(torch.zeros_like(images, memory_format=torch.contiguous_format),
+                 torch.zeros_like(labels) if _soft(labels) else None,
+                 torch.zeros((), dtype=lam.dtype, device=lam.device))
+    for i in range(len(traj.steps) - 1, -1, -1):
+        lam = _step_vjp(forward, loss_fn, traj.thetas[i], images, labels, traj.steps[i], alpha,
+                        lam, sums, dsa, micro_batch)
+    return AdjointGrads(sums.images, sums.syn_lr.to(syn_lr.dtype), sums.labels, lam)
+
+
+def couples_samples(model: nn.Module) -> bool:
+    """True when the model's forward mixes samples of a batch (BatchNorm in training mode).
+
+    Example:
+        >>> couples_samples(nn.Sequential(nn.Conv2d(1, 2, 3), nn.BatchNorm2d(2)))
+        True
+        >>> couples_samples(nn.Sequential(nn.Conv2d(1, 2, 3), nn.GroupNorm(2, 2)))
+        False
+    """
+    return any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
+
+
+def check_micro_batch(model: nn.Module, micro_batch: int | None, batch: int,
+                      model_name: str = "the student") -> None:
+    """CompatibilityError if ``micro_batch`` would split a batch that the model couples.
+
+    ``batch`` is the student's mini-batch (batch_syn, or the whole synthetic set). A chunk as
+    large as the batch splits nothing, so it is always allowed.
+    """
+    if micro_batch is None or micro_batch >= batch or not couples_samples(model):
+        return
+    raise CompatibilityError(
+        f"distill.micro_batch={micro_batch} splits each student step's batch of {batch} images "
+        f"into chunks, but {model_name} has BatchNorm layers: they normalise with statistics "
+        "of the whole batch, so the chunks' gradients would not add up to the step's gradient. "
+        "Set distill.micro_batch=null (adjoint mode alone already keeps memory flat in "
+        "syn_steps), or use a student without batch coupling (e.g. model=convnet with "
+        "instance norm).")

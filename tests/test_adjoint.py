@@ -1,0 +1,335 @@
+"""Adjoint-mode matching: the unrolled student's gradient, replayed one step at a time.
+
+Every comparison is float64, relative error (2-norm) <= 1e-6 against the unrolled graph, for
+the images, the step size and the soft labels.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+
+import pytest
+import torch
+from torch import nn
+
+from datadistill.augment import DSA, FAMILIES
+from datadistill.checkpoint import load_checkpoint
+from datadistill.config import list_configs
+from datadistill.distill import DistillConfig, distill
+from datadistill.errors import CompatibilityError, ConfigError, DivergenceError
+from datadistill.experts import ExpertConfig, train_experts
+from datadistill.matching import (
+    adjoint_backward,
+    check_micro_batch,
+    convnet_plan,
+    matching_loss,
+    student_forward,
+    student_trajectory,
+    unroll_student,
+)
+from datadistill.matching.masks import param_mask
+from datadistill.models import create_model, flatten_params
+from datadistill.pipeline import distill_config, load_pipeline_config
+from datadistill.presets import get_preset, list_presets
+
+F64 = torch.float64
+TOL = 1e-6
+
+
+def _rand(*shape, seed=0):
+    return torch.randn(*shape, generator=torch.Generator().manual_seed(seed), dtype=F64)
+
+
+@dataclass
+class _Case:
+    model: nn.Module
+    theta0: torch.Tensor  # (P,)
+    target: torch.Tensor  # (P,)
+    images: torch.Tensor  # (N, C, H, W), requires grad
+    labels: torch.Tensor  # (N,) hard or (N, K) soft, requires grad
+    syn_lr: torch.Tensor  # ()
+
+    @property
+    def inputs(self) -> list[torch.Tensor]:
+        soft = self.labels.dim() == 2
+        return [self.images, self.syn_lr] + ([self.labels] if soft else [])
+
+
+def _case(name: str = "convnet", soft: bool = False, n: int = 7, size: int = 8) -> _Case:
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        kwargs = {"width": 8} if name == "convnet" else {}
+        model = create_model(name, 1, 3, size, **kwargs).double()
+    theta0 = flatten_params(model)
+    target = theta0 + 0.01 * _rand(theta0.numel(), seed=3)
+    images = _rand(n, 1, size, size, seed=4).requires_grad_()
+    labels = _rand(n, 3, seed=5).requires_grad_() if soft else torch.arange(n) % 3
+    syn_lr = torch.tensor(0.05, dtype=F64, requires_grad=True)
+    return _Case(model, theta0, target, images, labels, syn_lr)
+
+
+def _mask_fn(kind: str | None):
+    """PAD's parameter mask from the path's own theta_N (as the distillation loop does)."""
+    if kind is None:
+        return lambda theta_n, target: None
+    return lambda theta_n, target: param_mask(kind, 0.25, numel=theta_n.numel(),
+                                              sq_err=(theta_n.detach() - target).square())
+
+
+def _unrolled(c: _Case, forward, *, steps, batch, dsa, seed, mask=None):
+    gen = torch.Generator().manual_seed(seed)
+    theta_n = unroll_student(forward, c.theta0, c.images, c.labels, c.syn_lr, syn_steps=steps,
+                             batch_syn=batch, dsa=dsa, generator=gen)
+    loss = matching_loss(theta_n, c.theta0, c.target, _mask_fn(mask)(theta_n, c.target))
+    return loss.detach(), list(torch.autograd.grad(loss, c.inputs)), gen
+
+
+def _adjoint(c: _Case, forward, *, steps, batch, dsa, seed, mask=None, micro_batch=None):
+    gen = torch.Generator().manual_seed(seed)
+    traj = student_trajectory(forward, c.theta0, c.images, c.labels, c.syn_lr,
+                              syn_steps=steps, batch_syn=batch, dsa=dsa, generator=gen,
+                              micro_batch=micro_batch)
+    theta_n = traj.final.detach().requires_grad_()
+    loss = matching_loss(theta_n, c.theta0, c.target, _mask_fn(mask)(theta_n, c.target))
+    (lam,) = torch.autograd.grad(loss, theta_n)
+    out = adjoint_backward(forward, traj, c.images, c.labels, c.syn_lr, lam, dsa=dsa,
+                           micro_batch=micro_batch)
+    grads = [out.images, out.syn_lr] + ([out.labels] if out.labels is not None else [])
+    return loss.detach(), grads, gen
+
+
+def _assert_same(got, ref):
+    """Same loss and gradients: relative error <= TOL, reference gradients non-zero."""
+    loss, grads, _ = got
+    ref_loss, ref_grads, _ = ref
+    assert abs(float(loss - ref_loss)) <= TOL * abs(float(ref_loss))
+    assert len(grads) == len(ref_grads)
+    for g, r in zip(grads, ref_grads, strict=True):
+        assert g.shape == r.shape and g.dtype == r.dtype
+        assert float(r.norm()) > 0
+        assert float((g - r).norm() / r.norm()) <= TOL
+
+
+def _both(c: _Case, fast: bool = True, micro_batch=None, **kw):
+    forward = student_forward(c.model, fast=fast)
+    return (_adjoint(c, forward, micro_batch=micro_batch, **kw), _unrolled(c, forward, **kw))
+
+
+# ----------------------------------------------------------------------------- gradients
+
+
+@pytest.mark.parametrize("fast", [True, False])
+def test_mtt_dsa_and_mini_batches(fast):
+    c = _case()  # hard labels; 7 images, batches of 3: the permutation wraps within 6 steps
+    got, ref = _both(c, fast, steps=6, batch=3, dsa=DSA(), seed=1)
+    _assert_same(got, ref)
+    assert torch.equal(got[2].get_state(), ref[2].get_state())  # the same draws were consumed
+
+
+def test_datm_soft_labels():
+    c = _case(soft=True)
+    _assert_same(*_both(c, steps=5, batch=4, dsa=DSA(), seed=2))
+
+
+@pytest.mark.parametrize("mask", ["depth", "loss"])
+def test_pad_parameter_masks(mask):
+    c = _case(soft=True)
+    _assert_same(*_both(c, steps=4, batch=5, dsa=DSA(), seed=3, mask=mask))
+
+
+@pytest.mark.parametrize("family", [*FAMILIES, "none"])
+def test_micro_batch_smaller_than_the_batch(family):
+    # Batches of 7 in chunks of 3, 3 and 1; one DSA family per case, so every family's draw
+    # is sliced per chunk at least once.
+    c = _case(soft=True)
+    _assert_same(*_both(c, micro_batch=3, steps=3, batch=None, dsa=DSA(family), seed=4))
+
+
+@pytest.mark.parametrize("name", ["mlp", "lenet"])
+def test_non_convnet_student_through_the_generic_forward(name):
+    c = _case(name, soft=True, n=6, size=28)
+    assert convnet_plan(c.model) is None  # student_forward falls back to functional_forward
+    _assert_same(*_both(c, steps=3, batch=4, dsa=DSA(), seed=5))
+    _assert_same(*_both(c, micro_batch=2, steps=3, batch=4, dsa=DSA(), seed=5))
+
+
+def test_fast_and_generic_convnet_agree_in_adjoint_mode():
+    c = _case(soft=True)
+    kw = dict(steps=4, batch=4, dsa=DSA(), seed=6, micro_batch=3)
+    fast = _adjoint(c, student_forward(c.model, fast=True), **kw)
+    generic = _adjoint(c, student_forward(c.model, fast=False), **kw)
+    _assert_same(fast, generic)
+
+
+def test_trajectory_records_the_unrolled_parameters():
+    c = _case()
+    forward = student_forward(c.model)
+    traj = student_trajectory(forward, c.theta0, c.images, c.labels, c.syn_lr, syn_steps=3,
+                              batch_syn=4, dsa=DSA(), generator=torch.Generator().manual_seed(7))
+    assert len(traj.thetas) == 4 and len(traj.steps) == 3
+    assert torch.equal(traj.thetas[0], c.theta0) and not traj.final.requires_grad
+    theta_n = unroll_student(forward, c.theta0, c.images, c.labels, c.syn_lr, syn_steps=3,
+                             batch_syn=4, dsa=DSA(), generator=torch.Generator().manual_seed(7))
+    assert torch.allclose(traj.final, theta_n.detach(), rtol=1e-12, atol=1e-14)
+    assert [len(s.idx) for s in traj.steps] == [3, 4, 3]  # popped from the end, as MTT
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_a_draw_replays_chunk_by_chunk(family):
+    dsa = DSA(family)
+    x = _rand(5, 3, 8, 8, seed=8)
+    draw = dsa.sample(5, (8, 8), generator=torch.Generator().manual_seed(9))
+    whole = dsa.apply(x, draw)
+    for rows in (slice(0, 2), slice(2, 5)):
+        part = dsa.apply(x[rows], draw.select(rows))
+        assert torch.allclose(part, whole[rows], rtol=0, atol=1e-12)
+
+
+# ----------------------------------------------------------------------------- BatchNorm
+
+
+def test_micro_batch_refuses_batchnorm():
+    bn = create_model("convnet_bn", 1, 3, 8, width=8)
+    with pytest.raises(CompatibilityError, match="BatchNorm.*micro_batch=null"):
+        check_micro_batch(bn, 2, 10, "model=convnet_bn")
+    check_micro_batch(bn, 10, 10)  # one chunk per step splits nothing
+    check_micro_batch(bn, None, 10)
+    check_micro_batch(create_model("convnet", 1, 3, 8, width=8), 2, 10)  # instance norm
+
+
+# ----------------------------------------------------------------------------- the loop
+
+
+@pytest.fixture(scope="module")
+def store(digits, tmp_path_factory):
+    cfg = ExpertConfig(dataset="digits", num_experts=2, epochs=4, lr=0.1, batch_size=64,
+                       model_kwargs={"width": 8})
+    return train_experts(cfg, digits, tmp_path_factory.mktemp("experts"), progress=False)
+
+
+def _cfg(**kw) -> DistillConfig:
+    base = dict(dataset="digits", model_kwargs={"width": 8}, ipc=2, syn_steps=3,
+                expert_epochs=2, max_start_epoch=2, lr_img=10.0, lr_lr=1e-5, lr_teacher=0.01,
+                batch_syn=8, iterations=3, eval_every=3, eval_runs=0, checkpoint_every=2,
+                grad_mode="adjoint")
+    return DistillConfig(**(base | kw))
+
+
+def _preset(name: str) -> dict:
+    """The preset's distillation strategy, on a window that fits the 4-epoch test experts."""
+    section = dict(get_preset(name).overrides.get("distill", {}))
+    for key in ("iterations", "eval_every", "eval_runs", "eval_batch", "lr_teacher"):
+        section.pop(key, None)
+    if section.get("window") == "expanding":
+        section |= {"min_start_epoch": 0, "current_max_start_epoch": 1, "max_start_epoch": 2,
+                    "expansion_end": 2, "threshold": 10.0}
+    return section | {"method": name}
+
+
+def _state(path):
+    state = load_checkpoint(path / "checkpoint.pt")
+    momentum = [s["momentum_buffer"] for o in state.optimizers.values()
+                for s in o["state"].values()]
+    ema = [] if state.ema is None else [t for t in state.ema.values()
+                                        if isinstance(t, torch.Tensor)]
+    return state, [state.images, state.labels, state.syn_lr, *momentum, *ema]
+
+
+@pytest.mark.parametrize("name", sorted(list_presets()))
+def test_every_preset_runs_in_both_modes_to_the_same_result(name, digits, store, tmp_path):
+    rows = {}
+    for mode in ("unrolled", "adjoint"):
+        cfg = _cfg(grad_mode=mode, **_preset(name))
+        distill(cfg, tmp_path / mode, data=digits, store=store, progress=False)
+        rows[mode] = [{k: r[k] for k in ("expert", "start_epoch", "skipped")} | {"loss": r["loss"]}
+                      for r in map(json.loads, (tmp_path / mode / "metrics.jsonl").open())
+                      if "loss" in r]
+    (a, ta), (u, tu) = _state(tmp_path / "adjoint"), _state(tmp_path / "unrolled")
+    assert [r.pop("loss") for r in rows["adjoint"]] == pytest.approx(
+        [r.pop("loss") for r in rows["unrolled"]], rel=1e-4)
+    assert rows["adjoint"] == rows["unrolled"]  # same experts, windows, skips
+    for k in a.generators:  # the same random draws, to the bit
+        assert torch.equal(a.generators[k], u.generators[k])
+    assert len(ta) == len(tu)
+    for x, y in zip(ta, tu, strict=True):
+        assert torch.allclose(x.float(), y.float(), rtol=1e-4, atol=1e-5 * float(y.abs().max()))
+
+
+def test_adjoint_run_resumes_bitwise(digits, store, tmp_path):
+    cfg = _cfg(iterations=6, eval_every=3, label_mode="soft", micro_batch=3, ema_decay=0.9,
+               param_mask="loss", param_mask_ratio=0.25)
+    distill(cfg, tmp_path / "full", data=digits, store=store, progress=False)
+
+    def interrupt(it, row):
+        if it == 3:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        distill(cfg, tmp_path / "cut", data=digits, store=store, progress=False,
+                on_iteration=interrupt)
+    assert load_checkpoint(tmp_path / "cut" / "checkpoint.pt").iteration == 3
+    distill(cfg, tmp_path / "cut", data=digits, store=store, progress=False)
+    (full, tf), (cut, tc) = _state(tmp_path / "full"), _state(tmp_path / "cut")
+    assert full.config["grad_mode"] == "adjoint" and full.config["micro_batch"] == 3
+    for x, y in zip([*tf, *full.generators.values()], [*tc, *cut.generators.values()],
+                    strict=True):
+        assert torch.equal(x, y)
+
+
+def test_grad_mode_and_micro_batch_are_fixed_on_resume(digits, store, tmp_path):
+    distill(_cfg(iterations=1), tmp_path, data=digits, store=store, progress=False)
+    assert json.loads((tmp_path / "config.json").read_text())["grad_mode"] == "adjoint"
+    with pytest.raises(CompatibilityError, match="grad_mode: 'adjoint' -> 'unrolled'"):
+        distill(_cfg(iterations=2, grad_mode="unrolled"), tmp_path, data=digits, store=store,
+                progress=False)
+    with pytest.raises(CompatibilityError, match="micro_batch: None -> 4"):
+        distill(_cfg(iterations=2, micro_batch=4), tmp_path, data=digits, store=store,
+                progress=False)
+
+
+def test_threshold_skips_the_backward_pass(digits, store, tmp_path, monkeypatch):
+    def fail(*args, **kwargs):
+        raise AssertionError("the backward pass ran for a skipped iteration")
+
+    monkeypatch.setattr("datadistill.distill.adjoint_backward", fail)
+    result = distill(_cfg(iterations=2, threshold=0.0), tmp_path, data=digits, store=store,
+                     progress=False)
+    rows = [json.loads(r) for r in result.metrics_path.read_text().splitlines()]
+    assert [r["skipped"] for r in rows if "loss" in r] == [True, True]
+    with pytest.raises(AssertionError, match="backward pass ran"):  # not skipped: it runs
+        distill(_cfg(iterations=1), tmp_path / "b", data=digits, store=store, progress=False)
+
+
+def test_divergence_guard_in_adjoint_mode(digits, store, tmp_path):
+    with pytest.raises(DivergenceError, match="step size|loss|images"):
+        distill(_cfg(iterations=20, lr_lr=1e4, eval_every=1), tmp_path, data=digits,
+                store=store, progress=False)
+    state = load_checkpoint(tmp_path / "checkpoint.pt")
+    assert float(state.syn_lr) > 0 and torch.isfinite(state.images).all()
+
+
+def test_batchnorm_student_with_micro_batch_is_refused(digits, store, tmp_path):
+    cfg = _cfg(model="convnet_bn", micro_batch=4)
+    with pytest.raises(CompatibilityError, match="batch of 8 images.*BatchNorm"):
+        distill(cfg, tmp_path, data=digits, store=store, progress=False)
+    assert not (tmp_path / "checkpoint.pt").exists()
+
+
+def test_config_checks():
+    with pytest.raises(ConfigError, match="grad_mode"):
+        _cfg(grad_mode="reverse")
+    with pytest.raises(ConfigError, match="needs distill.grad_mode=adjoint"):
+        _cfg(grad_mode="unrolled", micro_batch=4)
+    with pytest.raises(ConfigError, match="micro_batch must be >= 1"):
+        _cfg(micro_batch=0)
+    assert DistillConfig().grad_mode == "unrolled" and DistillConfig().micro_batch is None
+
+
+def test_shipped_configs_accept_adjoint_mode():
+    names = [n for n in list_configs() if "infer" not in n]
+    assert names
+    for name in names:
+        cfg = load_pipeline_config(name, ["distill.grad_mode=adjoint", "distill.micro_batch=16"])
+        dcfg = distill_config(cfg)
+        assert (dcfg.grad_mode, dcfg.micro_batch) == ("adjoint", 16)
