@@ -144,10 +144,13 @@ def worker(cell: Cell, expert_dir: str) -> dict:
     torch.set_num_threads(1)
     cfg = _config(cell, expert_dir)
     data = _real_data(cell.dataset, cell.ipc)
-    times, rss = [], []
+    times, cpu, rss = [], [], []
+    clock = [time.process_time()]
 
     def hook(it: int, row: dict) -> None:
         times.append(row["time"])
+        cpu.append(time.process_time() - clock[0])  # one thread: robust to a busy machine
+        clock[0] = time.process_time()
         if cell.extra.get("track_rss"):
             rss.append(_status_kb("VmRSS") * 1024)
 
@@ -156,7 +159,8 @@ def worker(cell: Cell, expert_dir: str) -> dict:
         distill(cfg, out, data=data, progress=False, on_iteration=hook)
     timed = times[1:] or times
     return {"cell": asdict(cell), "times": times,
-            "sec_per_iter": sum(timed) / len(timed),
+            "sec_per_iter": sum(timed) / len(timed), "cpu_times": cpu,
+            "cpu_sec_per_iter": sum(cpu[1:] or cpu) / len(cpu[1:] or cpu),
             "vmhwm_bytes": _status_kb("VmHWM") * 1024,
             "ru_maxrss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
             "rss_before_loop_bytes": rss_setup, "rss_per_iteration_bytes": rss}
@@ -220,18 +224,20 @@ def run_cell(cell: Cell, store_root: Path, max_gb: float) -> dict:
 
 
 def table(rows: list[dict]) -> str:
-    lines = ["| cell | mode | steps | batch | micro | estimate GB | peak RSS GB | est. error "
-             "| s/it |", "|---|---|---|---|---|---|---|---|---|"]
+    """Markdown: estimate beside the measured peak; wall and CPU seconds per iteration."""
+    lines = ["| cell | mode | steps | batch | micro | estimate GB | peak RSS GB | peak vs "
+             "estimate | s/it | CPU s/it |", "|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         c = r["cell"]
         b = c["batch_syn"] or SHAPES[c["dataset"]][3] * c["ipc"]
         head = (f"| {c['name']} | {c['mode']} | {c['syn_steps']} | {b} | "
                 f"{c['micro_batch'] or '-'} | {r['estimate_bytes'] / GB:.2f} | ")
         if "vmhwm_bytes" in r:
+            cpu = f"{r['cpu_sec_per_iter']:.1f}" if "cpu_sec_per_iter" in r else "-"
             lines.append(head + f"{r['vmhwm_bytes'] / GB:.2f} | {100 * r['error_vs_estimate']:+.0f}"
-                         f" % | {r['sec_per_iter']:.1f} |")
+                         f" % | {r['sec_per_iter']:.1f} | {cpu} |")
         else:
-            lines.append(head + f"{r.get('skipped') or r.get('error')} | | |")
+            lines.append(head + f"{r.get('skipped') or r.get('error')} | | | |")
     return "\n".join(lines)
 
 
@@ -244,8 +250,18 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--only", nargs="*", default=None, help="cell names to keep")
     p.add_argument("--modes", default="unrolled,adjoint")
     p.add_argument("--out", default="benchmarks/results/memory_cpu.json")
+    p.add_argument("--table", nargs="+", default=None,
+                   help="print the table of JSON results (estimates recomputed)")
     p.add_argument("--worker", nargs=2, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
+    if args.table:  # estimates recomputed with the current CALIBRATION
+        rows = [r for f in args.table for r in json.loads(Path(f).read_text())["rows"]]
+        for r in rows:
+            r.update(estimate_cell(Cell(**r["cell"])))
+            if "vmhwm_bytes" in r:
+                r["error_vs_estimate"] = r["vmhwm_bytes"] / r["estimate_bytes"] - 1
+        print(table(rows))
+        return 0
     if args.worker:
         cell = Cell(**json.loads(args.worker[0]))
         print(json.dumps(worker(cell, args.worker[1])))
