@@ -17,7 +17,8 @@ Cells (``--cells``):
     store     one run cycling through 100 experts of 50 epochs (CIFAR-10 shape, syn_steps 1,
               IPC 1): RSS after every iteration, to show the store's share stays flat
     calibrate small CIFAR-10 cells (unrolled syn_steps 2 and 6; adjoint micro_batch 25, 100)
-              from which :data:`datadistill.memory.CALIBRATION` is fitted
+              from which :data:`datadistill.memory.CALIBRATION` is fitted; calibrate_generic
+              the same with the generic functional student (fast_student=false)
 
     /work/wt/heavy python benchmarks/memory.py --cells steps official store \\
         --out benchmarks/results/memory_cpu.json
@@ -87,11 +88,13 @@ def store_cells() -> list[Cell]:
                  extra={"track_rss": True})]
 
 
-def calibrate_cells(iterations: int) -> list[Cell]:
-    cells = [Cell(f"calib_unrolled_steps{s}", "cifar10", 10, s, "unrolled",
-                  iterations=iterations) for s in (2, 6)]
-    cells += [Cell(f"calib_adjoint_micro{m}", "cifar10", 10, 6, "adjoint", micro_batch=m,
-                   iterations=iterations) for m in (25, 100)]
+def calibrate_cells(iterations: int, generic: bool = False) -> list[Cell]:
+    """Unrolled at 2 and 6 steps, adjoint at micro_batch 25 and 100 (fast or generic student)."""
+    tag, extra = ("calib_generic", {"fast_student": False}) if generic else ("calib", {})
+    cells = [Cell(f"{tag}_unrolled_steps{s}", "cifar10", 10, s, "unrolled",
+                  iterations=iterations, extra=extra) for s in (2, 6)]
+    cells += [Cell(f"{tag}_adjoint_micro{m}", "cifar10", 10, 6, "adjoint", micro_batch=m,
+                   iterations=iterations, extra=extra) for m in (25, 100)]
     return cells
 
 
@@ -241,10 +244,46 @@ def table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def fit_calibration(rows: list[dict]) -> dict:
+    """GRAPH, TRANSIENT and base from the four calibrate cells (see datadistill.memory).
+
+    GRAPH: slope of the unrolled peak over syn_steps / the traced step graph; GRAPH +
+    TRANSIENT: slope of the adjoint peak over micro_batch / the traced bytes per image; base:
+    the mean of the four intercepts once the other parts are taken off.
+    """
+    by = {(r["cell"]["mode"], r["cell"]["syn_steps"], r["cell"]["micro_batch"]): r
+          for r in rows}
+    (u2, u6), (a25, a100) = ([by[k] for k in sorted(k for k in by if k[0] == m)]
+                             for m in ("unrolled", "adjoint"))
+    b = u2["parts"]["details"]["batch"]
+    fp = _footprint(Cell(**u2["cell"]))
+    step = b * fp.per_image + fp.per_step
+    ds = u6["cell"]["syn_steps"] - u2["cell"]["syn_steps"]
+    graph = (u6["vmhwm_bytes"] - u2["vmhwm_bytes"]) / ds / step
+    dm = a100["cell"]["micro_batch"] - a25["cell"]["micro_batch"]
+    both = (a100["vmhwm_bytes"] - a25["vmhwm_bytes"]) / dm / fp.per_image
+    bases = []
+    for r in (u2, u6, a25, a100):
+        c, p = r["cell"], r["parts"]
+        if c["mode"] == "unrolled":
+            g = c["syn_steps"] * step * graph + b * fp.per_image * (both - graph)
+        else:
+            g = c["micro_batch"] * fp.per_image * both + fp.per_step + p["snapshots"]
+        bases.append(r["vmhwm_bytes"] - g - p["data"] - p["state"])
+    return {"graph": graph, "transient": both - graph, "base": sum(bases) / 4, "bases": bases}
+
+
+def _footprint(cell: Cell):
+    from datadistill.data import dataset_info
+    from datadistill.memory import footprint_for
+
+    return footprint_for(_config(cell, "unused"), dataset_info(cell.dataset))
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--cells", nargs="+", default=["steps"],
-                   choices=["steps", "official", "store", "calibrate"])
+                   choices=["steps", "official", "store", "calibrate", "calibrate_generic"])
     p.add_argument("--iterations", type=int, default=3, help="iterations per cell (>= 2)")
     p.add_argument("--max-gb", type=float, default=12.0, help="skip cells estimated above it")
     p.add_argument("--only", nargs="*", default=None, help="cell names to keep")
@@ -252,8 +291,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", default="benchmarks/results/memory_cpu.json")
     p.add_argument("--table", nargs="+", default=None,
                    help="print the table of JSON results (estimates recomputed)")
+    p.add_argument("--fit", default=None, help="fit CALIBRATION from a calibrate JSON file")
     p.add_argument("--worker", nargs=2, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
+    if args.fit:
+        print(json.dumps(fit_calibration(json.loads(Path(args.fit).read_text())["rows"])))
+        return 0
     if args.table:  # estimates recomputed with the current CALIBRATION
         rows = [r for f in args.table for r in json.loads(Path(f).read_text())["rows"]]
         for r in rows:
@@ -268,7 +311,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     makers = {"steps": lambda: steps_cells(args.iterations),
               "official": lambda: official_cells(args.iterations),
-              "store": store_cells, "calibrate": lambda: calibrate_cells(args.iterations)}
+              "store": store_cells, "calibrate": lambda: calibrate_cells(args.iterations),
+              "calibrate_generic": lambda: calibrate_cells(args.iterations, generic=True)}
     cells = [c for name in args.cells for c in makers[name]()
              if c.mode in args.modes.split(",") and (not args.only or c.name in args.only)]
     rows = []
