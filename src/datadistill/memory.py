@@ -9,6 +9,8 @@ P parameters:
     unrolled = base + data + state + N * (b * g_img + g_step) * GRAPH + b * g_img * TRANSIENT
     adjoint  = base + data + state + (N + 1) * P * s + m * g_img * (GRAPH + TRANSIENT) + g_step
 
+(s: bytes per float).
+
 - ``g_img`` / ``g_step``: bytes that one student step's graph keeps per image and per step
   (parameter views, the gradient). They are not guessed from the architecture: they are
   *traced*, by running one real student step (the same :func:`unroll_student` the loop runs)
@@ -16,9 +18,9 @@ P parameters:
   storages the graph saves. This works for any model the student can run.
 - ``GRAPH``, ``TRANSIENT``, ``base``: per-path constants calibrated on this machine from
   ``benchmarks/memory.py`` (peak RSS of the real loop on the CIFAR-10 shape at several
-  syn_steps, see :data:`CALIBRATION`). GRAPH is the allocator overhead on the kept graph,
-  TRANSIENT the temporaries alive while one step's graph is differentiated (in units of one
-  step's graph), base the process before any tensor (Python, torch, libraries).
+  syn_steps and micro_batch sizes, see :data:`CALIBRATION`). GRAPH is the allocator
+  overhead on the kept graph, TRANSIENT the temporaries alive while one step's graph is
+  differentiated (in units of one step's graph), base the process before any tensor.
 - ``data``: the real images held in memory (train + test, x C x H x W float32 + labels);
   ``state``: the synthetic images, their gradient and SGD momentum (3 copies; the same for soft
   labels) and a few flat parameter vectors (expert pair, theta_N, gradient).
@@ -45,11 +47,11 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from datadistill.distill import GRAD_MODES as MODES
 from datadistill.errors import ConfigError
 
 logger = logging.getLogger(__name__)
 
-MODES = ("unrolled", "adjoint")
 GB = 1e9
 
 
