@@ -6,6 +6,7 @@ the images, the step size and the soft labels.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from dataclasses import dataclass
 
@@ -14,7 +15,7 @@ import torch
 from torch import nn
 
 from datadistill.augment import DSA, FAMILIES
-from datadistill.checkpoint import load_checkpoint
+from datadistill.checkpoint import load_checkpoint, save_checkpoint
 from datadistill.config import list_configs
 from datadistill.distill import DistillConfig, distill
 from datadistill.errors import CompatibilityError, ConfigError, DivergenceError
@@ -87,14 +88,16 @@ def _unrolled(c: _Case, forward, *, steps, batch, dsa, seed, mask=None):
 
 def _adjoint(c: _Case, forward, *, steps, batch, dsa, seed, mask=None, micro_batch=None):
     gen = torch.Generator().manual_seed(seed)
-    traj = student_trajectory(forward, c.theta0, c.images, c.labels, c.syn_lr,
-                              syn_steps=steps, batch_syn=batch, dsa=dsa, generator=gen,
-                              micro_batch=micro_batch)
+    with torch.no_grad():
+        traj = student_trajectory(forward, c.theta0, c.images, c.labels, c.syn_lr,
+                                  syn_steps=steps, batch_syn=batch, dsa=dsa, generator=gen,
+                                  micro_batch=micro_batch)
     theta_n = traj.final.detach().requires_grad_()
     loss = matching_loss(theta_n, c.theta0, c.target, _mask_fn(mask)(theta_n, c.target))
     (lam,) = torch.autograd.grad(loss, theta_n)
-    out = adjoint_backward(forward, traj, c.images, c.labels, c.syn_lr, lam, dsa=dsa,
-                           micro_batch=micro_batch)
+    with torch.no_grad():  # the replay builds its own graphs whatever the caller's mode
+        out = adjoint_backward(forward, traj, c.images, c.labels, c.syn_lr, lam, dsa=dsa,
+                               micro_batch=micro_batch)
     grads = [out.images, out.syn_lr] + ([out.labels] if out.labels is not None else [])
     return loss.detach(), grads, gen
 
@@ -184,6 +187,17 @@ def test_a_draw_replays_chunk_by_chunk(family):
     for rows in (slice(0, 2), slice(2, 5)):
         part = dsa.apply(x[rows], draw.select(rows))
         assert torch.allclose(part, whole[rows], rtol=0, atol=1e-12)
+
+
+@pytest.mark.gpu
+def test_adjoint_on_cuda_matches_unrolled():
+    c = _case(soft=True)
+    c = _Case(c.model.cuda(), c.theta0.cuda(), c.target.cuda(),
+              c.images.detach().cuda().requires_grad_(), c.labels.detach().cuda().requires_grad_(),
+              c.syn_lr.detach().cuda().requires_grad_())
+    got, ref = _both(c, micro_batch=3, steps=4, batch=5, dsa=DSA(), seed=10)
+    _assert_same(got, ref)
+    assert got[1][0].device.type == "cuda"
 
 
 # ----------------------------------------------------------------------------- BatchNorm
@@ -301,6 +315,25 @@ def test_threshold_skips_the_backward_pass(digits, store, tmp_path, monkeypatch)
         distill(_cfg(iterations=1), tmp_path / "b", data=digits, store=store, progress=False)
 
 
+def test_the_loop_hands_micro_batch_and_dsa_to_both_passes(digits, store, tmp_path,
+                                                          monkeypatch):
+    import datadistill.distill as distill_mod
+
+    seen = []
+
+    def spy(real):
+        def call(*args, **kwargs):
+            seen.append((real.__name__, kwargs["micro_batch"], kwargs["dsa"] is not None))
+            return real(*args, **kwargs)
+        return call
+
+    for name in ("student_trajectory", "adjoint_backward"):
+        monkeypatch.setattr(distill_mod, name, spy(getattr(distill_mod, name)))
+    distill(_cfg(iterations=1, micro_batch=3), tmp_path, data=digits, store=store,
+            progress=False)
+    assert seen == [("student_trajectory", 3, True), ("adjoint_backward", 3, True)]
+
+
 def test_divergence_guard_in_adjoint_mode(digits, store, tmp_path):
     with pytest.raises(DivergenceError, match="step size|loss|images"):
         distill(_cfg(iterations=20, lr_lr=1e4, eval_every=1), tmp_path, data=digits,
@@ -333,3 +366,17 @@ def test_shipped_configs_accept_adjoint_mode():
         cfg = load_pipeline_config(name, ["distill.grad_mode=adjoint", "distill.micro_batch=16"])
         dcfg = distill_config(cfg)
         assert (dcfg.grad_mode, dcfg.micro_batch) == ("adjoint", 16)
+
+
+def test_a_checkpoint_from_before_grad_mode_resumes_as_unrolled(digits, store, tmp_path):
+    cfg = _cfg(grad_mode="unrolled")
+    distill(dataclasses.replace(cfg, iterations=1), tmp_path, data=digits, store=store,
+            progress=False)
+    state = load_checkpoint(tmp_path / "checkpoint.pt")
+    del state.config["grad_mode"], state.config["micro_batch"]  # written by an older version
+    save_checkpoint(tmp_path / "checkpoint.pt", state)
+    result = distill(cfg, tmp_path, data=digits, store=store, progress=False)
+    assert result.iterations_done == 3
+    with pytest.raises(CompatibilityError, match="grad_mode: 'unrolled' -> 'adjoint'"):
+        save_checkpoint(tmp_path / "checkpoint.pt", state)
+        distill(_cfg(iterations=4), tmp_path, data=digits, store=store, progress=False)

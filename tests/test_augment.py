@@ -32,8 +32,12 @@ def test_replaying_a_draw_is_identical_and_siamese(family):
     assert draw.family == family
     assert all(v.device.type == "cpu" and v.shape[0] == 5 for v in draw.params.values())
     x, other = torch.randn(5, 3, 16, 16), torch.randn(5, 3, 16, 16)
-    assert torch.equal(dsa.apply(x, draw), dsa.apply(x, draw))
-    assert dsa.apply(other, draw).shape == other.shape  # replayable on another batch
+    other[:2] = x[:2]
+    out = dsa.apply(x, draw)
+    assert torch.equal(out, dsa(x, generator=gen(3)))  # the draw a call makes, replayed
+    assert not torch.equal(out, x)  # the draw does transform the batch
+    replayed = dsa.apply(other, draw)  # siamese: the same per-sample transform on another batch
+    assert torch.equal(replayed[:2], out[:2]) and not torch.equal(replayed[2:], out[2:])
 
 
 def test_same_seed_same_result_different_seed_different_result():

@@ -61,10 +61,14 @@ def test_outputs(digits, store, tmp_path):
     best = load_distilled(result.best_dir)
     assert best.images.shape == (20, 1, 8, 8)
     assert torch.equal(best.labels, torch.arange(10).repeat_interleave(2))  # class-major
-    assert best.extra["iteration"] == result.best_iteration
+    means = [r["mean"] for r in eval_rows]  # best/ is the first evaluation with the top mean
+    top = eval_rows[means.index(max(means))]["iteration"]
+    assert result.best_accuracy == max(means) and result.best_iteration == top
+    assert best.extra["iteration"] == top and best.extra["accuracy"] == max(means)
     assert best.config["syn_steps"] == 3 and best.method == "mtt"
     last = load_distilled(result.last_dir)
-    assert last.lr == pytest.approx(result.final_syn_lr)
+    assert last.lr == pytest.approx(train_rows[-1]["syn_lr"])
+    assert last.extra["iteration"] == 4
     assert json.loads((tmp_path / "config.json").read_text())["ipc"] == 2
 
 
@@ -126,27 +130,51 @@ def test_validation(digits, store, tmp_path):
     with pytest.raises(CompatibilityError, match="parameters"):
         distill(_cfg(model_kwargs={"width": 16}), tmp_path, data=digits, store=store,
                 progress=False)
-    for bad in ({"pix_init": "random"}, {"label_mode": "mixed"}, {"ipc": 0},
-                {"min_start_epoch": 2, "max_start_epoch": 2}, {"lr_teacher": 0.0}):
-        with pytest.raises(ConfigError):
+    for bad, message in (({"pix_init": "random"}, "pix_init='random'; choose one of real"),
+                         ({"label_mode": "mixed"}, "label_mode='mixed'; choose one of hard"),
+                         ({"ipc": 0}, "ipc must be >= 1, got 0"),
+                         ({"min_start_epoch": 2, "max_start_epoch": 2},
+                          r"min_start_epoch \(2\) must be below max_start_epoch \(2\)"),
+                         ({"lr_teacher": 0.0}, "lr_teacher .* must be > 0, got 0.0")):
+        with pytest.raises(ConfigError, match=message):
             _cfg(**bad)
 
 
-def test_strategy_slots_run(digits, store, tmp_path):
+def test_strategy_slots_together(digits, store, tmp_path):
     cfg = _cfg(iterations=3, label_mode="soft", lr_y=2.0, window="expanding",
                min_start_epoch=0, current_max_start_epoch=1, expansion_end=2,
                threshold=10.0, ema_decay=0.9, param_mask="depth", param_mask_ratio=0.25,
                pix_init="noise", eval_every=3)
-    result = distill(cfg, tmp_path, data=digits, store=store, progress=False)
-    best = load_distilled(result.best_dir)
-    assert best.labels.shape == (20, 10) and best.labels.dtype == torch.float32
-    assert (tmp_path / "ema_last").is_dir()
+    start = load_distilled(distill(dataclasses.replace(cfg, iterations=0), tmp_path / "init",
+                                   data=digits, store=store, progress=False).last_dir)
+    result = distill(cfg, tmp_path / "run", data=digits, store=store, progress=False)
+    end = load_distilled(result.last_dir)
+    assert end.labels.shape == (20, 10) and end.labels.dtype == torch.float32
+    assert not torch.equal(end.labels, start.labels)  # the soft labels were learned
+    assert not torch.equal(end.images, start.images)
     rows = [json.loads(r) for r in result.metrics_path.read_text().splitlines()]
-    assert [r["start_epoch"] for r in rows if "loss" in r][0] == 0  # window [0, 1) at it 0
-    skipped = distill(dataclasses.replace(cfg, threshold=0.0, iterations=1), tmp_path / "thr",
-                      data=digits, store=store, progress=False)
+    train = [r for r in rows if "loss" in r]
+    assert not any(r["skipped"] for r in train) and all(r["loss"] < 10.0 for r in train)
+    # Upper(it) = 1 + int(1 * it / 2): windows [0, 1), [0, 1), [0, 2).
+    assert [r["start_epoch"] for r in train][:2] == [0, 0] and train[2]["start_epoch"] < 2
+    ema = load_checkpoint(result.checkpoint_path).ema
+    assert ema["num_updates"] == 3
+    assert torch.equal(load_distilled(tmp_path / "run" / "ema_last").images, ema["images"])
+
+
+def test_threshold_skips_the_whole_update(digits, store, tmp_path):
+    cfg = _cfg(iterations=2, label_mode="soft", threshold=0.0, ema_decay=0.9, eval_every=0)
+    start = load_distilled(distill(dataclasses.replace(cfg, iterations=0), tmp_path / "init",
+                                   data=digits, store=store, progress=False).last_dir)
+    skipped = distill(cfg, tmp_path / "thr", data=digits, store=store, progress=False)
     rows = [json.loads(r) for r in skipped.metrics_path.read_text().splitlines()]
-    assert [r["skipped"] for r in rows if "loss" in r] == [True]
+    assert [r["skipped"] for r in rows if "loss" in r] == [True, True]
+    end = load_distilled(skipped.last_dir)  # a skipped iteration changes nothing
+    assert torch.equal(end.images, start.images) and torch.equal(end.labels, start.labels)
+    assert end.lr == start.lr
+    state = load_checkpoint(skipped.checkpoint_path)
+    assert state.ema["num_updates"] == 0 and all(not o["state"]
+                                                 for o in state.optimizers.values())
 
 
 def test_divergence_guard_checks_soft_labels(digits, store, tmp_path):

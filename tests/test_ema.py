@@ -26,13 +26,16 @@ def test_ema_does_not_touch_the_optimised_images():
     images = torch.randn(2, 1, 3, 3, requires_grad=True)
     opt = torch.optim.SGD([images], lr=0.1)
     ema = ImageEMA(images, 0.5)
+    start = images.detach().clone()
     assert not ema.images.requires_grad
     (images ** 2).sum().backward()
     opt.step()
-    before = images.detach().clone()
+    before, grad = images.detach().clone(), images.grad.clone()
     ema.update(images)
     assert torch.equal(images.detach(), before) and not ema.images.requires_grad
-    assert images.grad is not None  # the update added nothing to the autograd graph
+    assert ema.images.grad_fn is None  # the update added nothing to the autograd graph
+    assert torch.equal(images.grad, grad)  # nor touched the accumulated gradient
+    torch.testing.assert_close(ema.images, 0.5 * start + 0.5 * before)
 
 
 def test_state_dict_roundtrip(tmp_path):

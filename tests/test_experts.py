@@ -79,9 +79,9 @@ def test_resume_with_another_config_fails(digits, tmp_path):
 
 
 def test_config_validation(digits, tmp_path):
-    with pytest.raises(ConfigError):
+    with pytest.raises(ConfigError, match="optimizer must be one of .*got 'adam'"):
         ExpertConfig(optimizer="adam")
-    with pytest.raises(ConfigError):
+    with pytest.raises(ConfigError, match="dtype must be one of .*got 'bfloat16'"):
         ExpertConfig(dtype="bfloat16")
     with pytest.raises(ConfigError, match="zca"):
         train_experts(_cfg(zca=True), digits, tmp_path, progress=False)
@@ -116,7 +116,7 @@ def test_float16_storage_and_corrupt_file(digits, tmp_path):
     expert_path(tmp_path, 0).write_bytes(b"not a torch file")
     with pytest.raises(ArtifactError, match="delete it"):
         ExpertStore(tmp_path).load(0)
-    with pytest.raises(ArtifactError):
+    with pytest.raises(ArtifactError, match="nowhere/meta.json not found.*datadistill experts"):
         ExpertStore(tmp_path / "nowhere")
 
 

@@ -74,7 +74,7 @@ def test_wrong_flat_size_is_a_compatibility_error():
     bad = torch.zeros(param_spec(model).numel + 1)
     with pytest.raises(CompatibilityError, match="another model"):
         load_flat_params(model, bad)
-    with pytest.raises(CompatibilityError):
+    with pytest.raises(CompatibilityError, match=r"shape \(\d+,\) but the model has \d+"):
         functional_forward(model, bad, torch.zeros(1, 3, 16, 16))
 
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import time
 
 import pytest
 import torch
@@ -42,14 +41,13 @@ def digits_run(tmp_path_factory):
             model_kwargs={"width_mult": 0.125}, epochs=2, eval_every=1, num_runs=1
         ),
     )
-    start = time.perf_counter()
     store = train_teachers(cfg, cfg.teacher_dir)
     result = run_infer(cfg, root / "set")
-    return cfg, store, result, root, time.perf_counter() - start
+    return cfg, store, result, root
 
 
 def test_teachers_are_stored_and_skipped_on_rerun(digits_run):
-    cfg, store, _, root, _ = digits_run
+    cfg, store, _, root = digits_run
     assert store.archs() == sorted(cfg.teachers.archs)
     meta = store.meta("shufflenet_g2")
     assert meta["dataset"] == "digits" and meta["epochs"] == 2 and meta["flip"] is False
@@ -61,7 +59,7 @@ def test_teachers_are_stored_and_skipped_on_rerun(digits_run):
 
 
 def test_infer_set_counts_files_and_report(digits_run):
-    cfg, _, result, root, elapsed = digits_run
+    cfg, _, result, root = digits_run
     s = result.infer_set
     # M = 2 teachers, C = 10: K = int(10 / 1.2) = 8 groups, 8 * 3 = 24 instances per class.
     assert (s.num_groups, s.num_teachers, s.instances_per_class) == (8, 2, 24)
@@ -74,11 +72,10 @@ def test_infer_set_counts_files_and_report(digits_run):
     report = json.loads((root / "set" / "eval_infer.json").read_text())
     assert report["protocol"] == "infer_static" and len(report["accuracies"]) == 1
     assert report["settings"]["best_mean"] >= report["mean"]
-    assert elapsed < 60
 
 
 def test_static_labels_are_the_teacher_mean_and_dynamic_training_runs(digits_run):
-    cfg, store, result, _, _ = digits_run
+    cfg, store, result, _ = digits_run
     teachers = [store.load(a) for a in cfg.teachers.archs]
     x = result.infer_set.materialise().images[:5]
     mean = torch.stack([t(x) for t in teachers]).mean(0)
@@ -97,7 +94,7 @@ def test_static_labels_are_the_teacher_mean_and_dynamic_training_runs(digits_run
 
 
 def test_classic_protocol_on_the_materialised_set(digits_run):
-    _, _, result, _, _ = digits_run
+    _, _, result, _ = digits_run
     test = prepare("digits").test
     report = evaluate_classic(
         result.infer_set, test, model="convnet", epochs=1, num_runs=1, model_kwargs={"width": 8}
@@ -115,7 +112,7 @@ def test_missing_teacher_store_is_explained(tmp_path):
 
 
 def test_random_soft_subset_baseline_uses_the_same_teacher_labels(digits_run):
-    cfg, store, _, _, _ = digits_run
+    cfg, store, _, _ = digits_run
     teachers = [store.load(a) for a in cfg.teachers.archs]
     real = prepare("digits")
     x, z = random_soft_subset(real.train, 3, teachers, torch.Generator().manual_seed(0))

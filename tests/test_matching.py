@@ -199,7 +199,7 @@ def test_matching_loss_and_mask():
     assert float(matching_loss(theta_n, theta0, target, keep)) == pytest.approx(1.25 / 2)
     idx = torch.tensor([1, 2])
     assert float(matching_loss(theta_n, theta0, target, idx)) == pytest.approx(1.25 / 2)
-    with pytest.raises(CompatibilityError):
+    with pytest.raises(CompatibilityError, match=r"start \(3,\) .* same flat \(P,\) shape"):
         matching_loss(theta_n, torch.zeros(3), target)
 
 
@@ -207,7 +207,7 @@ def test_window():
     gen = torch.Generator().manual_seed(0)
     draws = {sample_start_epoch(2, 5, gen) for _ in range(200)}
     assert draws == {2, 3, 4}
-    with pytest.raises(ConfigError):
+    with pytest.raises(ConfigError, match=r"window \[3, 3\) is empty"):
         sample_start_epoch(3, 3, gen)
     assert expanding_upper(0, current_max_start=10, max_start=20, expansion_end=100) == 10
     assert expanding_upper(50, current_max_start=10, max_start=20, expansion_end=100) == 15
@@ -215,7 +215,7 @@ def test_window():
     assert window_bounds("fixed", 7, min_start=1, max_start=9) == (1, 9)
     assert window_bounds("expanding", 50, min_start=0, max_start=20, current_max_start=10,
                          expansion_end=100) == (0, 15)
-    with pytest.raises(ConfigError):
+    with pytest.raises(ConfigError, match="needs current_max_start_epoch and expansion_end"):
         window_bounds("expanding", 0, min_start=0, max_start=20)
-    with pytest.raises(ConfigError):
+    with pytest.raises(ConfigError, match="unknown window 'linear'"):
         window_bounds("linear", 0, min_start=0, max_start=20)

@@ -153,7 +153,20 @@ def test_norm_variants():
 @pytest.mark.parametrize("pool", ["avgpool", "maxpool", "none"])
 def test_activation_and_pooling_variants(act, pool):
     model = create_model("convnet", 3, 4, 8, width=4, depth=2, act=act, pool=pool)
-    assert model(torch.randn(2, 3, 8, 8)).shape == (2, 4)
+    acts = {"relu": lambda h: h.clamp(min=0),
+            "leakyrelu": lambda h: torch.where(h > 0, h, 0.01 * h),
+            "sigmoid": lambda h: 1 / (1 + torch.exp(-h)),
+            "swish": lambda h: h / (1 + torch.exp(-h))}
+    pools = {"avgpool": lambda h: h.unfold(2, 2, 2).unfold(3, 2, 2).mean((-1, -2)),
+             "maxpool": lambda h: h.unfold(2, 2, 2).unfold(3, 2, 2).amax((-1, -2)),
+             "none": lambda h: h}
+    x = torch.randn(2, 3, 8, 8)
+    h = x
+    for d in (1, 2):  # conv -> norm -> activation -> 2x2 pooling, by hand
+        h = pools[pool](acts[act](getattr(model, f"norm{d}")(getattr(model, f"conv{d}")(h))))
+    side = 2 if pool != "none" else 8
+    assert model.fc.in_features == 4 * side * side
+    torch.testing.assert_close(model(x), model.fc(h.flatten(1)), atol=1e-6, rtol=1e-5)
 
 
 def test_aliases_set_defaults_that_can_be_overridden():

@@ -81,7 +81,10 @@ def test_every_preset_runs_end_to_end(runs, method):
     assert (out / "distill" / "best" / "meta.json").is_file()
     key = "challenge" if method == "mdatm" else "distilled_convnet"
     assert len(report[key]["accuracies"]) == 1 and 0.0 <= report[key]["mean"] <= 1.0
-    assert load_distilled(out / "distill" / "best").method == method
+    best = load_distilled(out / "distill" / "best")
+    assert best.method == method
+    classic = report["distilled_convnet"]["settings"]  # trained with the learned step size
+    assert classic["lr"] == best.lr and classic["epochs"] == 5
 
 
 def test_shared_experts_were_reused_not_retrained(runs, gsam_store):

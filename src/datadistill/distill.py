@@ -95,10 +95,10 @@ class DistillConfig:
     a checkpoint resumes only with the values it was written with.
 
     Example:
-        >>> cfg = DistillConfig(dataset="cifar100", ipc=50, syn_steps=80, batch_syn=1000,
-        ...                     grad_mode="adjoint", micro_batch=250)
+        >>> cfg = DistillConfig(dataset="cifar100", ipc=50, syn_steps=80, batch_syn=125,
+        ...                     grad_mode="adjoint", micro_batch=25)
         >>> cfg.grad_mode, cfg.micro_batch
-        ('adjoint', 250)
+        ('adjoint', 25)
     """
 
     method: str = "mtt"  # preset name, recorded with the outputs
@@ -171,7 +171,7 @@ class DistillConfig:
                               f"{self.lr_teacher}")
         if self.batch_syn is not None and self.batch_syn < 1:
             raise ConfigError(f"distill.batch_syn must be >= 1 or null, got {self.batch_syn}")
-        _check_micro_batch(self.micro_batch, self.grad_mode)
+        _check_micro_batch_mode(self.micro_batch, self.grad_mode)
         if self.window == "expanding" and (self.current_max_start_epoch is None
                                            or self.expansion_end is None):
             raise ConfigError("distill.window=expanding needs current_max_start_epoch and "
@@ -183,7 +183,7 @@ class DistillConfig:
                               "current_max_start_epoch above min_start_epoch.")
 
 
-def _check_micro_batch(micro_batch: int | None, grad_mode: str) -> None:
+def _check_micro_batch_mode(micro_batch: int | None, grad_mode: str) -> None:
     if micro_batch is None:
         return
     if micro_batch < 1:
@@ -383,6 +383,9 @@ def _initial_state(run: _Run, resume: bool):
 
 def _check_resume(cfg: DistillConfig, saved: dict, path: Path) -> None:
     now = dataclasses.asdict(cfg)
+    # A key added after the checkpoint was written (e.g. grad_mode) had its default then.
+    saved = {f.name: f.default for f in dataclasses.fields(DistillConfig)
+             if f.default is not dataclasses.MISSING} | saved
     diff = sorted(k for k in now if k not in RESUMABLE_KEYS and saved.get(k) != now[k])
     if diff:
         detail = ", ".join(f"{k}: {saved.get(k)!r} -> {now[k]!r}" for k in diff)

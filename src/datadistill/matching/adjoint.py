@@ -81,7 +81,6 @@ class AdjointGrads:
     images: torch.Tensor  # (N_syn, C, H, W)
     syn_lr: torch.Tensor  # () in the step size's dtype
     labels: torch.Tensor | None  # (N_syn, K) for learnable soft labels, else None
-    theta0: torch.Tensor  # (P,) lambda_0 = dL/dtheta_0 (theta_0 itself is a constant)
 
 
 @dataclass(frozen=True)
@@ -187,9 +186,9 @@ def _step_vjp(forward: ForwardFn, loss_fn: LossFn, theta: torch.Tensor, images, 
     lam_prev = lam.clone()
     soft = _soft(labels)
     for chunk in _chunks(len(rec.idx), micro_batch):
-        x, xa, y = _chunk_batch(images, labels, rec, chunk, dsa, need_grad=True)
-        inputs = [theta, x] + ([y] if soft else [])
-        with torch.enable_grad():
+        with torch.enable_grad():  # also under a caller's no_grad: DSA is part of the graph
+            x, xa, y = _chunk_batch(images, labels, rec, chunk, dsa, need_grad=True)
+            inputs = [theta, x] + ([y] if soft else [])
             gc = _chunk_grad(forward, loss_fn, theta, xa, y, chunk.weight, True)
             outs = torch.autograd.grad(gc, inputs, grad_outputs=v, allow_unused=True)
         rows = rec.idx[chunk.rows]
@@ -236,10 +235,10 @@ def adjoint_backward(forward: ForwardFn, traj: Trajectory, images: torch.Tensor,
     sums = _Sums(torch.zeros_like(images, memory_format=torch.contiguous_format),
                  torch.zeros_like(labels) if _soft(labels) else None,
                  torch.zeros((), dtype=lam.dtype, device=lam.device))
-    for i in range(len(traj.steps) - 1, -1, -1):
+    for i in range(len(traj.steps) - 1, -1, -1):  # lam: lambda_{i+1} -> lambda_i
         lam = _step_vjp(forward, loss_fn, traj.thetas[i], images, labels, traj.steps[i], alpha,
                         lam, sums, dsa, micro_batch)
-    return AdjointGrads(sums.images, sums.syn_lr.to(syn_lr.dtype), sums.labels, lam)
+    return AdjointGrads(sums.images, sums.syn_lr.to(syn_lr.dtype), sums.labels)
 
 
 def couples_samples(model: nn.Module) -> bool:

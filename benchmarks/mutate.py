@@ -1,0 +1,325 @@
+"""Mutation check of the default test suite: does it catch small, realistic wiring bugs?
+
+Each mutant is one exact, short source snippet and its replacement (a bug someone could
+plausibly write: an off-by-one, a dropped argument, a constant changed). For every mutant the
+script copies ``src/``, ``tests/``, ``benchmarks/`` (without results) and ``pyproject.toml``
+to a temporary folder, applies the mutant there (the working tree is never touched) and runs
+the default suite on the copy:
+
+    python -m pytest -x -q -p no:cacheprovider tests/test_loop_wiring.py ... (every file)
+
+with PYTHONPATH = the copy's src. The files are passed wiring tests first, then the rest by
+name (``--alphabetical``: name order only), so a caught mutant stops early; the tests run
+are the same either way.
+
+A mutant is *caught* when the suite fails, *missed* when it passes, *not applicable* when its
+snippet is not found exactly once in its file (the code moved on: update the snippet; it is
+reported, never silently skipped), and *timeout* when the suite ran past ``--timeout``. The
+unmutated suite runs first (``baseline``); when it fails, nothing else is run.
+
+    python benchmarks/mutate.py --list                  # mutants and whether each applies
+    python benchmarks/mutate.py                         # all of them (~1 suite run each)
+    python benchmarks/mutate.py --only best_is_worst --only no_final_eval
+    /work/wt/heavy python benchmarks/mutate.py          # on the shared machine
+
+Writes ``benchmarks/results/mutation.json`` (``--out``) and prints a markdown table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+PKG = "src/datadistill/"
+PYTEST = [sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider"]
+# Run first: the files that test the wiring, so that a caught mutant stops within seconds
+# (-x). Every other test file follows in name order: the suite is the same, only the order.
+FIRST = ("test_loop_wiring.py", "test_cli_commands.py", "test_distill.py", "test_evaluate.py",
+         "test_infer.py", "test_pipeline.py", "test_main_job.py")
+
+
+@dataclass(frozen=True)
+class Mutant:
+    name: str
+    file: str  # relative to the repository root
+    old: str  # exact snippet, must occur exactly once in `file`
+    new: str
+    description: str
+
+
+def _m(name: str, file: str, old: str, new: str, description: str) -> Mutant:
+    return Mutant(name, PKG + file, old, new, description)
+
+
+MUTANTS = [
+    # ---- the ten bugs the suite used to miss (loop, protocols, INFER, CLI)
+    _m("datm_window_off_by_one", "distill.py", "window_bounds(cfg.window, it,",
+       "window_bounds(cfg.window, it + 1,", "DATM window upper bound uses it + 1 instead of it"),
+    _m("pad_mask_not_used", "distill.py",
+       "matching_loss(theta_n, theta0, target, _mask(cfg, theta_n, target))",
+       "matching_loss(theta_n, theta0, target, None)",
+       "PAD's parameter mask never reaches the matching loss"),
+    _m("best_is_worst", "distill.py", 'row["mean"] > state.best_accuracy',
+       'row["mean"] < state.best_accuracy', "best/ keeps the worst evaluation"),
+    _m("expert_always_first", "distill.py", "i = int(state.expert_order[state.expert_pos])",
+       "i = int(state.expert_order[0])", "every iteration takes the first expert of the order"),
+    _m("checkpoint_drops_ema", "distill.py",
+       "state.ema = ema.state_dict() if ema is not None else None", "state.ema = None",
+       "checkpoint loses FTD's image EMA (a resume restarts it)"),
+    _m("classic_momentum_0_5", "evaluate.py", "momentum: float = 0.9,",
+       "momentum: float = 0.5,", "classic protocol SGD momentum 0.9 -> 0.5"),
+    _m("step_size_momentum_0_9", "distill.py", "[state.syn_lr], lr=cfg.lr_lr, momentum=0.5",
+       "[state.syn_lr], lr=cfg.lr_lr, momentum=0.9", "learnable step size momentum 0.5 -> 0.9"),
+    _m("no_final_eval", "distill.py", "points = {cfg.iterations}", "points = set()",
+       "last iteration not evaluated when iterations % eval_every != 0"),
+    _m("infer_flip_never_flips", "infer/transforms.py",
+       "torch.where(flip[:, None, None, None], x.flip(3), x)",
+       "torch.where(flip[:, None, None, None], x, x)", "INFER's random flip never flips"),
+    _m("validate_ignores_overrides", "cli.py",
+       "cfg = load_pipeline_config(args.config, args.overrides)",
+       "cfg = load_pipeline_config(args.config, [])", "`datadistill validate` drops its overrides"),
+    # ---- the distillation loop
+    _m("checkpoint_every_off_by_one", "distill.py", "elif it % cfg.checkpoint_every == 0:",
+       "elif (it + 1) % cfg.checkpoint_every == 0:", "checkpoints one iteration early"),
+    _m("eval_ignores_learned_lr", "distill.py", "lr=float(state.syn_lr.detach()), num_runs",
+       "lr=cfg.lr_teacher, num_runs", "evaluation during distillation ignores the learned lr"),
+    _m("eval_seed_constant", "distill.py", "seed=_seeds(cfg.seed + it, 1)[0]",
+       "seed=_seeds(cfg.seed, 1)[0]", "every evaluation draws the same networks"),
+    _m("eval_without_dsa", "distill.py", 'dsa_strategy=run.dsa_strategy or "none"',
+       'dsa_strategy="none"', "evaluation during distillation drops DSA"),
+    _m("soft_labels_not_updated", "distill.py",
+       "learnable = [state.images, state.syn_lr] + ([state.labels] if len(opts) == 3 else [])",
+       "learnable = [state.images, state.syn_lr]", "DATM's soft labels never receive a gradient"),
+    _m("label_momentum_fixed", "distill.py", "lr=cfg.lr_y, momentum=cfg.momentum_y",
+       "lr=cfg.lr_y, momentum=0.5", "soft-label SGD ignores momentum_y"),
+    _m("image_momentum_0_9", "distill.py", "[state.images], lr=cfg.lr_img, momentum=0.5",
+       "[state.images], lr=cfg.lr_img, momentum=0.9", "image SGD momentum 0.5 -> 0.9"),
+    _m("threshold_inverted", "distill.py", "value > cfg.threshold", "value < cfg.threshold",
+       "DATM's threshold skips the good iterations instead of the bad ones"),
+    _m("ema_never_updated", "distill.py", "ema.update(state.images)", "pass",
+       "FTD's EMA never follows the images"),
+    _m("resume_ignores_generators", "distill.py", "g.set_state(state.generators[name])",
+       "pass", "a resumed run restarts its random generators"),
+    _m("labels_optimizer_not_checkpointed", "distill.py",
+       "state.optimizers = {k: o.state_dict() for k, o in opts.items()}",
+       'state.optimizers = {k: o.state_dict() for k, o in opts.items() if k != "labels"}',
+       "checkpoint drops the soft labels' optimiser (momentum lost on resume)"),
+    _m("max_experts_ignored", "distill.py",
+       "num = len(store) if cfg.max_experts is None else min(len(store), cfg.max_experts)",
+       "num = len(store)", "max_experts has no effect"),
+    _m("reshuffle_repeats_order", "distill.py",
+       "state.expert_order = torch.randperm(run.num_experts, generator=gen)",
+       "state.expert_order = state.expert_order", "the expert order is never reshuffled"),
+    # ---- evaluation protocols, experts, INFER
+    _m("classic_weight_decay_dropped", "evaluate.py", "weight_decay: float = 5e-4,",
+       "weight_decay: float = 0.0,", "classic protocol without weight decay"),
+    _m("challenge_lr_not_fixed", "evaluate.py", 'lr, model_kwargs["depth"] = DEFAULT_LR, 3',
+       'model_kwargs["depth"] = 3', "challenge protocol trains with the given lr, not 0.01"),
+    _m("expert_momentum_0_9", "experts/train.py", "momentum: float = 0.0  # MTT",
+       "momentum: float = 0.9  # MTT", "MTT experts trained with momentum"),
+    _m("teacher_momentum_ignored", "infer/teachers_train.py",
+       "lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay",
+       "lr=cfg.lr, momentum=0.0, weight_decay=cfg.weight_decay",
+       "INFER's teachers trained without their momentum"),
+    _m("infer_student_no_cosine", "infer/student.py", "        sched.step()\n",
+       "        pass\n", "INFER's student lr is never annealed"),
+    # ---- the pipeline (datadistill run)
+    _m("run_without_random_baseline", "pipeline.py", "if ev.random_baseline:", "if False:",
+       "eval.json written without the random-subset baseline"),
+    _m("pipeline_hard_label_eval_uses_soft", "pipeline.py",
+       "best.images, best.hard_labels, data.test", "best.images, best.labels, data.test",
+       "the hard-label evaluation trains on the soft labels"),
+    _m("pipeline_eval_ignores_learned_lr", "pipeline.py", "kw = dict(model=model, lr=best.lr,",
+       "kw = dict(model=model, lr=None,", "eval.json's distilled accuracy ignores the learned lr"),
+    # ---- the command line
+    _m("eval_zca_flag_ignored", "cli.py", "zca=zca, download=args.download",
+       "zca=False, download=args.download", "`eval --zca` does not reach the data"),
+    _m("eval_lr_option_ignored", "cli.py", "lr = args.lr if args.lr is not None else ds.lr",
+       "lr = ds.lr", "`eval --lr` is ignored"),
+    _m("eval_hard_labels_ignored", "cli.py",
+       "labels = hard_labels_from(ds.labels) if args.hard_labels else ds.labels",
+       "labels = ds.labels", "`eval --hard-labels` is ignored"),
+    _m("eval_models_ignored", "cli.py", 'models = args.models or ["convnet"]',
+       'models = ["convnet"]', "`eval --models` is ignored"),
+    _m("eval_protocol_ignored", "cli.py", "protocol=args.protocol, lr=lr",
+       'protocol="classic", lr=lr', "`eval --protocol challenge` runs the classic protocol"),
+    _m("baseline_wrong_ipc", "cli.py", "baseline_random(data, args.ipc,",
+       "baseline_random(data, 1,", "`baseline random --ipc N` always uses IPC 1"),
+    _m("distill_restart_ignored", "cli.py", "resume=not args.restart", "resume=True",
+       "`distill --restart` resumes anyway"),
+    _m("distill_experts_option_ignored", "cli.py",
+       'expert_dir = args.experts or str(out / "experts")',
+       'expert_dir = str(out / "experts")', "`distill --experts` is ignored"),
+]
+
+
+@dataclass
+class Outcome:
+    name: str
+    file: str
+    description: str
+    status: str  # caught | missed | not applicable | timeout
+    seconds: float
+    detail: str  # the first failing test, or why the mutant does not apply
+
+
+def applies(mutant: Mutant, root: Path = ROOT) -> tuple[bool, str]:
+    """(True, "") when the snippet occurs exactly once in its file, else (False, why)."""
+    path = root / mutant.file
+    if not path.is_file():
+        return False, f"{mutant.file} does not exist"
+    count = path.read_text().count(mutant.old)
+    if count != 1:
+        return False, f"snippet found {count} times in {mutant.file} (needs exactly 1)"
+    return True, ""
+
+
+def _copy_tree(dest: Path) -> None:
+    ignore = shutil.ignore_patterns("__pycache__", "*.pyc", ".pytest_cache", "results")
+    for name in ("src", "tests", "benchmarks"):  # some tests import benchmark scripts
+        shutil.copytree(ROOT / name, dest / name, ignore=ignore)
+    shutil.copy2(ROOT / "pyproject.toml", dest / "pyproject.toml")  # markers, addopts
+
+
+def test_files(alphabetical: bool = False) -> list[str]:
+    """Every default test file, the wiring tests first (unless ``alphabetical``)."""
+    names = sorted(p.name for p in (ROOT / "tests").glob("test_*.py"))
+    if not alphabetical:
+        names = [n for n in FIRST if n in names] + [n for n in names if n not in FIRST]
+    return [f"tests/{n}" for n in names]
+
+
+def _first_failure(output: str) -> str:
+    """The first FAILED/ERROR line of pytest's summary, else the last non-empty line."""
+    for line in output.splitlines():
+        if re.match(r"^(FAILED|ERROR) ", line):
+            return line.split(" - ")[0][:200]
+    lines = [ln for ln in output.splitlines() if ln.strip()]
+    return lines[-1][:200] if lines else ""
+
+
+def run_suite(mutant: Mutant | None, timeout: float, pytest_args: list[str]) -> Outcome:
+    """Copy the tree, apply ``mutant`` (None: the unmutated baseline) and run the suite."""
+    name = mutant.name if mutant else "baseline"
+    info = (mutant.file, mutant.description) if mutant else ("-", "the unmutated suite")
+    if mutant is not None:
+        ok, why = applies(mutant)
+        if not ok:
+            return Outcome(name, *info, "not applicable", 0.0, why)
+    with tempfile.TemporaryDirectory(prefix="mutant_") as tmp:
+        work = Path(tmp)
+        _copy_tree(work)
+        if mutant is not None:
+            path = work / mutant.file
+            path.write_text(path.read_text().replace(mutant.old, mutant.new, 1))
+        env = dict(os.environ, PYTHONPATH=str(work / "src"), PYTHONDONTWRITEBYTECODE="1")
+        start = time.perf_counter()
+        try:
+            proc = subprocess.run(PYTEST + pytest_args, cwd=work, env=env, text=True,
+                                  capture_output=True, timeout=timeout)
+        except subprocess.TimeoutExpired:
+            return Outcome(name, *info, "timeout", round(time.perf_counter() - start, 1),
+                           f"the suite ran past {timeout:.0f} s")
+        seconds = round(time.perf_counter() - start, 1)
+    output = proc.stdout + proc.stderr
+    if proc.returncode == 0:
+        return Outcome(name, *info, "missed" if mutant else "passed", seconds,
+                       _first_failure(output))
+    status = "caught" if mutant else "failed"
+    return Outcome(name, *info, status, seconds, _first_failure(output))
+
+
+def table(outcomes: list[Outcome]) -> str:
+    lines = ["| mutant | file | what it breaks | result | caught by | s |",
+             "|---|---|---|---|---|---|"]
+    for o in outcomes:
+        by = o.detail.replace("FAILED ", "").replace("ERROR ", "") if o.status == "caught" \
+            else ("" if o.status == "missed" else o.detail)
+        lines.append(f"| `{o.name}` | {o.file.replace(PKG, '')} | {o.description} | "
+                     f"{o.status} | {by.replace('|', '/')} | {o.seconds:.0f} |")
+    counts = {s: sum(o.status == s for o in outcomes) for s in
+              ("caught", "missed", "not applicable", "timeout")}
+    summary = ", ".join(f"{n} {s}" for s, n in counts.items() if n)
+    return "\n".join(lines) + f"\n\n{len(outcomes)} mutants: {summary}."
+
+
+def _hardware() -> dict:
+    return {"platform": platform.platform(), "python": platform.python_version(),
+            "cpus": os.cpu_count(), "omp_num_threads": os.environ.get("OMP_NUM_THREADS")}
+
+
+def _select(only: list[str] | None) -> list[Mutant]:
+    if not only:
+        return list(MUTANTS)
+    names = {m.name for m in MUTANTS}
+    unknown = [n for n in only if n not in names]
+    if unknown:
+        raise SystemExit(f"unknown mutant(s) {', '.join(unknown)}; see --list")
+    return [m for m in MUTANTS if m.name in only]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--list", action="store_true", help="list the mutants and exit")
+    parser.add_argument("--only", action="append", metavar="NAME",
+                        help="run only this mutant (repeatable)")
+    parser.add_argument("--timeout", type=float, default=1200, help="seconds per suite run")
+    parser.add_argument("--skip-baseline", action="store_true",
+                        help="do not run the unmutated suite first")
+    parser.add_argument("--alphabetical", action="store_true",
+                        help="run the test files in name order, not the wiring tests first")
+    parser.add_argument("--pytest-args", nargs=argparse.REMAINDER, default=None,
+                        help="pytest arguments instead of every test file (e.g. one file)")
+    parser.add_argument("--out", default=str(ROOT / "benchmarks/results/mutation.json"))
+    args = parser.parse_args(argv)
+    mutants = _select(args.only)
+    if args.pytest_args is None:
+        args.pytest_args = test_files(args.alphabetical)
+    if args.list:
+        for m in mutants:
+            ok, why = applies(m)
+            print(f"{m.name:<36} {m.file.replace(PKG, ''):<20} "
+                  f"{'applies' if ok else 'NOT APPLICABLE: ' + why}  {m.description}")
+        return 0
+    started = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    baseline = None
+    if not args.skip_baseline:
+        baseline = run_suite(None, args.timeout, args.pytest_args)
+        print(f"baseline: {baseline.status} in {baseline.seconds:.0f} s {baseline.detail}",
+              flush=True)
+        if baseline.status != "passed":
+            print("the unmutated suite fails; fix it before checking mutants", file=sys.stderr)
+            return 1
+    outcomes = []
+    for i, m in enumerate(mutants, 1):
+        outcome = run_suite(m, args.timeout, args.pytest_args)
+        outcomes.append(outcome)
+        print(f"[{i}/{len(mutants)}] {m.name}: {outcome.status} ({outcome.seconds:.0f} s) "
+              f"{outcome.detail}", flush=True)
+    report = {"command": " ".join([Path(sys.executable).name, *sys.argv]),
+              "pytest": " ".join(["python", *PYTEST[1:], *args.pytest_args]),
+              "started": started, "hardware": _hardware(),
+              "baseline": asdict(baseline) if baseline else None,
+              "mutants": [asdict(o) for o in outcomes]}
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(report, indent=2) + "\n")
+    print()
+    print(table(outcomes))
+    print(f"\nwritten to {out}")
+    return 0 if all(o.status == "caught" for o in outcomes) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
