@@ -315,6 +315,25 @@ def test_threshold_skips_the_backward_pass(digits, store, tmp_path, monkeypatch)
         distill(_cfg(iterations=1), tmp_path / "b", data=digits, store=store, progress=False)
 
 
+def test_the_loop_hands_micro_batch_and_dsa_to_both_passes(digits, store, tmp_path,
+                                                          monkeypatch):
+    import datadistill.distill as distill_mod
+
+    seen = []
+
+    def spy(real):
+        def call(*args, **kwargs):
+            seen.append((real.__name__, kwargs["micro_batch"], kwargs["dsa"] is not None))
+            return real(*args, **kwargs)
+        return call
+
+    for name in ("student_trajectory", "adjoint_backward"):
+        monkeypatch.setattr(distill_mod, name, spy(getattr(distill_mod, name)))
+    distill(_cfg(iterations=1, micro_batch=3), tmp_path, data=digits, store=store,
+            progress=False)
+    assert seen == [("student_trajectory", 3, True), ("adjoint_backward", 3, True)]
+
+
 def test_divergence_guard_in_adjoint_mode(digits, store, tmp_path):
     with pytest.raises(DivergenceError, match="step size|loss|images"):
         distill(_cfg(iterations=20, lr_lr=1e4, eval_every=1), tmp_path, data=digits,

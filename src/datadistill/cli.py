@@ -153,6 +153,32 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_estimate(args: argparse.Namespace) -> int:
+    from datadistill.data import dataset_info
+    from datadistill.memory import GB, estimate_config, free_memory
+    from datadistill.pipeline import distill_config
+
+    cfg = _pipeline(args)
+    dcfg = distill_config(cfg)
+    info = dataset_info(dcfg.dataset, root=dcfg.data_root)
+    est = estimate_config(dcfg, info, free=free_memory(dcfg.device))
+    fp, u = est.footprint, est.unrolled
+    print(f"{dcfg.method} on {dcfg.dataset}, IPC {dcfg.ipc}: {u.details['batch']} images per "
+          f"step, {dcfg.syn_steps} steps, {dcfg.model} ({fp.num_params:,} parameters), "
+          f"{fp.per_image_step_mb():.2f} MB per image and step, device {dcfg.device}")
+    print(f"  unrolled: {u.summary()}")
+    print(f"  adjoint (micro_batch {est.adjoint.details['micro_batch']}): "
+          f"{est.adjoint.summary()}")
+    verdict = "fits" if u.total <= est.free else "does NOT fit"
+    print(f"free on {dcfg.device}: {est.free / GB:.2f} GB; unrolled {verdict}")
+    if est.fits_micro_batch is None:
+        print("  adjoint does not fit even with distill.micro_batch=1")
+    else:
+        print(f"  adjoint fits with distill.micro_batch={est.fits_micro_batch} "
+              f"({est.fitting.total / GB:.2f} GB)")
+    return 0
+
+
 def cmd_presets(args: argparse.Namespace) -> int:
     from datadistill.presets import presets_table
 
@@ -354,6 +380,12 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--experts", default=None, help="expert store (default <out>/experts)")
             p.add_argument("--restart", action="store_true", help="ignore an existing checkpoint")
         p.set_defaults(func=func)
+
+    p = sub.add_parser("estimate", help="predicted peak memory of one distill iteration")
+    p.add_argument("config", nargs="?", default=None,
+                   help="shipped config name or YAML file (default: digits/mtt_ipc1)")
+    p.add_argument("overrides", nargs="*", help="key=value overrides, e.g. distill.syn_steps=80")
+    p.set_defaults(func=cmd_estimate)
 
     p = sub.add_parser("presets", help="what each method preset changes, and its paper")
     p.set_defaults(func=cmd_presets)

@@ -80,7 +80,7 @@ MASKS = ("none", "depth", "loss")
 GRAD_MODES = ("unrolled", "adjoint")
 # Keys that may change when a run is resumed (the rest must match the checkpoint).
 RESUMABLE_KEYS = ("iterations", "eval_every", "eval_runs", "eval_epochs", "eval_batch",
-                  "device", "data_root", "expert_dir", "checkpoint_every")
+                  "device", "data_root", "expert_dir", "checkpoint_every", "memory_check")
 
 
 @dataclass
@@ -154,6 +154,7 @@ class DistillConfig:
     # Adjoint mode only: each step's mini-batch runs in chunks of this many images (memory ~
     # micro_batch images' activations); exact unless the student couples samples (BatchNorm).
     micro_batch: int | None = None
+    memory_check: bool = True  # refuse an unrolled run estimated above the free memory
 
     def __post_init__(self) -> None:
         _check_choice("pix_init", self.pix_init, PIX_INITS)
@@ -252,7 +253,10 @@ def distill(cfg: DistillConfig, out_dir: str | Path, *, data=None, store=None,
     Returns:
         A :class:`DistillResult`.
     """
+    from datadistill.memory import check_memory
+
     t0 = time.time()
+    check_memory(cfg, data)  # before any work: an unrolled run that cannot fit is refused
     run = _setup(cfg, out_dir, data, store)
     state, opts, gens, ema = _initial_state(run, resume)  # checks a resumed config first
     (run.out / "config.json").write_text(json.dumps(dataclasses.asdict(cfg), indent=2) + "\n")

@@ -203,9 +203,11 @@ def run_pipeline(cfg: PipelineConfig, out_dir: str | Path, *, progress: bool = T
     from datadistill.baselines import baseline_random
     from datadistill.data import prepare
     from datadistill.distill import distill
+    from datadistill.memory import check_memory
     from datadistill.report import write_report
 
     _check(cfg)
+    check_memory(distill_config(cfg))  # refuse an unrolled run that cannot fit, before experts
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     (out / "pipeline.json").write_text(json.dumps(config_to_dict(cfg), indent=2) + "\n")

@@ -1,0 +1,374 @@
+"""Predicted peak memory of one trajectory-matching iteration, unrolled or adjoint.
+
+The unrolled student keeps the graph of all ``syn_steps`` steps (each with its double
+backward) until the matching loss is differentiated; the adjoint student keeps one step's graph
+at a time plus the parameter snapshots theta_0 ... theta_N. So, with b images per step
+(``batch_syn``, or the whole set), m = min(``micro_batch``, b) images per chunk, N steps and
+P parameters:
+
+    unrolled = base + data + state + N * (b * g_img + g_step) * GRAPH + b * g_img * TRANSIENT
+    adjoint  = base + data + state + (N + 1) * P * s + m * g_img * (GRAPH + TRANSIENT) + g_step
+
+(s: bytes per float).
+
+- ``g_img`` / ``g_step``: bytes that one student step's graph keeps per image and per step
+  (parameter views, the gradient). They are not guessed from the architecture: they are
+  *traced*, by running one real student step (the same :func:`unroll_student` the loop runs)
+  on 1 and on 2 images under ``torch.autograd.graph.saved_tensors_hooks`` and adding up the
+  storages the graph saves. This works for any model the student can run.
+- ``GRAPH``, ``TRANSIENT``, ``base``: per-path constants calibrated on this machine from
+  ``benchmarks/memory.py`` (peak RSS of the real loop on the CIFAR-10 shape at several
+  syn_steps and micro_batch sizes, see :data:`CALIBRATION`). GRAPH is the allocator
+  overhead on the kept graph, TRANSIENT the temporaries alive while one step's graph is
+  differentiated (in units of one step's graph), base the process before any tensor.
+- ``data``: the real images held in memory (train + test, x C x H x W float32 + labels);
+  ``state``: the synthetic images, their gradient and SGD momentum (3 copies; the same for soft
+  labels) and a few flat parameter vectors (expert pair, theta_N, gradient).
+
+On CUDA, ``base`` and ``data`` are left out (they live in host memory); the CUDA constants are
+the CPU ones (not calibrated on a GPU). DSA is not traced (it saves at most a few copies of the
+image per step, under 2 % at the CIFAR shapes; the calibration absorbs it).
+
+Example:
+    >>> from datadistill.models import create_model
+    >>> fp = trace_step(create_model("convnet", 1, 10, 8, width=8), (1, 8, 8), 10)
+    >>> u = estimate_memory(fp, num_images=10, syn_steps=20, mode="unrolled")
+    >>> a = estimate_memory(fp, num_images=10, syn_steps=20, mode="adjoint")
+    >>> u.graph > a.graph
+    True
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from datadistill.distill import GRAD_MODES as MODES
+from datadistill.errors import ConfigError
+
+logger = logging.getLogger(__name__)
+
+GB = 1e9
+
+
+@dataclass(frozen=True)
+class Calibration:
+    """Constants of one student path, fitted to measured peak RSS (see the module docstring)."""
+
+    graph: float  # measured / traced bytes of the kept graph (allocator overhead)
+    transient: float  # temporaries while one step's graph is differentiated, in step graphs
+    base: int  # bytes of the process before any tensor (CPU only)
+    source: str  # how the numbers were obtained
+
+
+# Fitted on the 2-core CPU of benchmarks/RESULTS.md section 7 with ``benchmarks/memory.py
+# --cells calibrate`` (CIFAR-10 shape, ConvNet-3, IPC 10, full batch of 100 images): GRAPH is
+# the slope of peak RSS over syn_steps (unrolled, 2 and 6 steps) divided by the traced step
+# graph; GRAPH + TRANSIENT the slope over micro_batch (adjoint, 25 and 100 images) divided by
+# the traced bytes per image; base the mean of the four intercepts (383 to 421 MB). The
+# generic functional student: the same four cells with fast_student=false (--cells
+# calibrate_generic; intercepts 534 MB).
+CALIBRATION = {
+    "convnet_fast": Calibration(graph=1.077, transient=0.600, base=400_000_000,
+                                source="CPU peak RSS, CIFAR-10 shape, 4 runs"),
+    "generic": Calibration(graph=1.104, transient=0.523, base=534_000_000,
+                           source="CPU peak RSS, CIFAR-10 shape, fast_student=false, 4 runs"),
+}
+
+# (train, test) sizes of the registered datasets: distill holds both splits in memory.
+SPLIT_SIZES = {"cifar10": (50_000, 10_000), "cifar100": (50_000, 10_000),
+               "tiny_imagenet": (100_000, 10_000), "mnist": (60_000, 10_000),
+               "fashion_mnist": (60_000, 10_000), "svhn": (73_257, 26_032),
+               "digits": (1_437, 360)}
+
+
+@dataclass(frozen=True)
+class StepFootprint:
+    """What one student step's graph keeps, traced on the real student.
+
+    Example:
+        >>> from datadistill.models import create_model
+        >>> fp = trace_step(create_model("convnet", 1, 10, 8, width=8), (1, 8, 8), 10)
+        >>> fp.per_image > 0 and fp.num_params == 1386
+        True
+    """
+
+    per_image: int  # bytes per image in the batch (activations of forward + double backward)
+    per_step: int  # bytes per step independent of the batch (parameter views, the gradient)
+    num_params: int  # P
+    image_elems: int  # C * H * W
+    num_classes: int
+    path: str  # key of CALIBRATION: convnet_fast | generic
+
+    def per_image_step_mb(self) -> float:
+        """MB one image adds to one step's graph."""
+        return self.per_image / 1e6
+
+
+def trace_step(model: nn.Module, image_shape: tuple[int, int, int], num_classes: int, *,
+               fast: bool = True, soft_labels: bool = False) -> StepFootprint:
+    """Trace one float32 student step on 1 and 2 images and return its graph's bytes.
+
+    Args:
+        model: the student architecture (its parameters give theta_0; CPU).
+        image_shape: (C, H, W).
+        num_classes: K (soft labels are (b, K) logits).
+        fast: use the hand-written ConvNet kernels when they apply (as ``fast_student``).
+        soft_labels: trace DATM's soft cross-entropy instead of the hard one.
+    """
+    from datadistill.matching import ConvNetPlan, student_forward
+
+    model = model.to("cpu", torch.float32)
+    forward = student_forward(model, fast=fast)
+    fast_path = isinstance(getattr(forward, "__self__", None), ConvNetPlan)
+    path = "convnet_fast" if fast_path else "generic"
+    theta0 = torch.cat([p.detach().reshape(-1) for p in model.parameters()])
+    one = _traced_bytes(forward, theta0, image_shape, num_classes, 1, soft_labels)
+    two = _traced_bytes(forward, theta0, image_shape, num_classes, 2, soft_labels)
+    c, h, w = image_shape
+    return StepFootprint(per_image=two - one, per_step=max(0, 2 * one - two),
+                         num_params=theta0.numel(), image_elems=c * h * w,
+                         num_classes=num_classes, path=path)
+
+
+def _traced_bytes(forward, theta0: torch.Tensor, image_shape, num_classes: int, b: int,
+                  soft: bool) -> int:
+    """Bytes of the distinct storages saved by one unrolled step on b images."""
+    from datadistill.matching import unroll_student
+
+    gen = torch.Generator().manual_seed(0)
+    images = torch.randn(b, *image_shape, generator=gen).requires_grad_(True)  # (b, C, H, W)
+    labels = (torch.randn(b, num_classes, generator=gen).requires_grad_(True) if soft
+              else torch.arange(b) % num_classes)
+    syn_lr = torch.tensor(0.01, requires_grad=True)
+    saved: dict[int, int] = {}  # storage pointer -> bytes (views share one storage)
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        storage = t.untyped_storage()
+        saved[storage.data_ptr()] = storage.nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        theta = unroll_student(forward, theta0, images, labels, syn_lr, syn_steps=1)
+    inputs = {t.untyped_storage().data_ptr() for t in (images, labels, theta0, syn_lr)}
+    del theta  # the graph (and the storages it saved) goes with it
+    return sum(n for ptr, n in saved.items() if ptr not in inputs)
+
+
+@dataclass(frozen=True)
+class MemoryEstimate:
+    """Predicted peak bytes of one iteration, and its parts.
+
+    Example:
+        >>> MemoryEstimate("adjoint", base=1, data=2, state=3, graph=4, snapshots=5).total
+        15
+    """
+
+    mode: str
+    base: int  # the process before any tensor
+    data: int  # the real training set
+    state: int  # synthetic images/labels with gradient and momentum, flat parameter vectors
+    graph: int  # student graphs kept at the peak (N steps unrolled, one chunk adjoint)
+    snapshots: int  # adjoint: theta_0 ... theta_N
+    details: dict = field(default_factory=dict, compare=False)
+
+    @property
+    def total(self) -> int:
+        return self.base + self.data + self.state + self.graph + self.snapshots
+
+    def summary(self) -> str:
+        """One line: total and parts in GB."""
+        parts = ", ".join(f"{k} {getattr(self, k) / GB:.2f}" for k in
+                          ("graph", "snapshots", "state", "data", "base"))
+        return f"{self.total / GB:.2f} GB ({parts})"
+
+
+def estimate_memory(fp: StepFootprint, *, num_images: int, syn_steps: int, mode: str,
+                    batch_syn: int | None = None, micro_batch: int | None = None,
+                    dtype_bytes: int = 4, real_images: int = 0, soft_labels: bool = False,
+                    device: str = "cpu") -> MemoryEstimate:
+    """Predicted peak memory of one distillation iteration (see the module docstring).
+
+    Args:
+        fp: the traced step (:func:`trace_step`).
+        num_images: synthetic images N_syn (classes x IPC).
+        syn_steps: N student steps.
+        mode: "unrolled" or "adjoint".
+        batch_syn: images per student step (None: all).
+        micro_batch: adjoint: images per chunk inside a step (None: the whole step batch).
+        dtype_bytes: 4 for float32 (the trace's dtype), 8 for float64.
+        real_images: real images (train + test) held in memory (0 when none).
+        soft_labels: (N_syn, K) learnable logits (DATM/PAD) instead of hard labels.
+        device: "cpu" (peak RSS) or "cuda" (device memory: no process base, no data).
+    """
+    if mode not in MODES:
+        raise ConfigError(f"grad_mode={mode!r}; choose one of {', '.join(MODES)}")
+    cal = CALIBRATION[fp.path]
+    scale = dtype_bytes / 4  # the trace runs in float32
+    b = min(batch_syn or num_images, num_images)
+    m = min(micro_batch or b, b)
+    cpu = not str(device).startswith("cuda")
+    per_image, per_step = fp.per_image * scale, fp.per_step * scale
+    learnable = fp.image_elems + (fp.num_classes if soft_labels else 0)
+    state = 3 * num_images * learnable * dtype_bytes + 4 * fp.num_params * dtype_bytes
+    data = real_images * (fp.image_elems * 4 + 8) if cpu else 0
+    if mode == "unrolled":
+        graph = syn_steps * (b * per_image + per_step) * cal.graph \
+            + b * per_image * cal.transient
+        snapshots = 0
+    else:
+        graph = m * per_image * (cal.graph + cal.transient) + per_step
+        snapshots = (syn_steps + 1) * fp.num_params * dtype_bytes
+    return MemoryEstimate(mode, base=cal.base if cpu else 0, data=int(data), state=int(state),
+                          graph=int(graph), snapshots=int(snapshots),
+                          details={"batch": b, "micro_batch": m, "syn_steps": syn_steps,
+                                   "per_image_step": int(per_image), "path": fp.path})
+
+
+# ----------------------------------------------------------------------------- configs
+
+
+@dataclass(frozen=True)
+class ConfigEstimate:
+    """Both modes' estimates for one distill config, and the micro_batch that fits.
+
+    ``fits_micro_batch`` is the largest chunk (at most the step batch) whose adjoint estimate
+    is within ``free`` bytes; None when not even one image per chunk fits.
+    """
+
+    unrolled: MemoryEstimate
+    adjoint: MemoryEstimate  # with the config's micro_batch (None: the whole step batch)
+    footprint: StepFootprint
+    free: int | None
+    fits_micro_batch: int | None
+    fitting: MemoryEstimate | None  # adjoint with fits_micro_batch
+
+
+def footprint_for(cfg, info) -> StepFootprint:
+    """Trace the student of a :class:`~datadistill.distill.DistillConfig` on ``info``'s shape."""
+    from datadistill.experts.train import ExpertConfig, build_model
+
+    model = build_model(ExpertConfig(model=cfg.model, model_kwargs=cfg.model_kwargs), info,
+                        init_seed=0)
+    return trace_step(model, (info.channels, *info.image_size), info.num_classes,
+                      fast=cfg.fast_student, soft_labels=cfg.label_mode == "soft")
+
+
+def real_images_of(cfg, info) -> int:
+    """Real images distill holds (train, or its train_per_class subset, plus test)."""
+    train, test = SPLIT_SIZES.get(info.name, (0, 0))
+    if cfg.train_per_class is not None:
+        train = cfg.train_per_class * info.num_classes
+    return train + test
+
+
+def estimate_config(cfg, info, *, real_images: int | None = None,
+                    free: int | None = None) -> ConfigEstimate:
+    """Estimates of both modes for ``cfg`` (a DistillConfig) on dataset ``info``.
+
+    Example:
+        >>> from datadistill.distill import DistillConfig
+        >>> from datadistill.data import dataset_info
+        >>> est = estimate_config(DistillConfig(dataset="digits", ipc=1, syn_steps=10),
+        ...                       dataset_info("digits"))
+        >>> est.unrolled.total > est.adjoint.total
+        True
+    """
+    fp = footprint_for(cfg, info)
+    n = info.num_classes * cfg.ipc
+    common = dict(num_images=n, syn_steps=cfg.syn_steps, batch_syn=cfg.batch_syn,
+                  real_images=real_images_of(cfg, info) if real_images is None
+                  else real_images, soft_labels=cfg.label_mode == "soft", device=cfg.device)
+    unrolled = estimate_memory(fp, mode="unrolled", **common)
+    adjoint = estimate_memory(fp, mode="adjoint", micro_batch=micro_batch_of(cfg), **common)
+    fits = None if free is None else fitting_micro_batch(fp, free, **common)
+    fitting = None if fits is None else estimate_memory(fp, mode="adjoint", micro_batch=fits,
+                                                        **common)
+    return ConfigEstimate(unrolled, adjoint, fp, free, fits, fitting)
+
+
+def micro_batch_of(cfg) -> int | None:
+    """``distill.micro_batch`` (None where the config has no such key)."""
+    return getattr(cfg, "micro_batch", None)
+
+
+def grad_mode_of(cfg) -> str:
+    """``distill.grad_mode`` ("unrolled" where the config has no such key)."""
+    return getattr(cfg, "grad_mode", "unrolled")
+
+
+def fitting_micro_batch(fp: StepFootprint, free: int, **common) -> int | None:
+    """Largest micro_batch (<= the step batch) whose adjoint estimate is within ``free``."""
+    b = min(common.get("batch_syn") or common["num_images"], common["num_images"])
+    fixed = estimate_memory(fp, mode="adjoint", micro_batch=1, **common).total
+    if fixed > free:
+        return None
+    per_image = estimate_memory(fp, mode="adjoint", micro_batch=2, **common).total - fixed
+    if per_image <= 0:
+        return b
+    return int(min(b, 1 + (free - fixed) // per_image))
+
+
+def free_memory(device: str) -> int:
+    """Bytes the device can still give: CUDA ``mem_get_info``, CPU MemAvailable."""
+    if str(device).startswith("cuda"):
+        free, _ = torch.cuda.mem_get_info(torch.device(device))
+        return int(free)
+    return _meminfo_available()
+
+
+def _meminfo_available(path: str = "/proc/meminfo") -> int:
+    try:
+        for line in Path(path).read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024  # kB
+    except OSError:
+        pass
+    logger.warning("cannot read MemAvailable from %s; the memory check is skipped", path)
+    return 2**62
+
+
+def check_memory(cfg, data=None) -> ConfigEstimate | None:
+    """Refuse an unrolled run whose estimate exceeds the device's free memory.
+
+    The distillation loop and the main job call it before any work. ``cfg`` is a
+    DistillConfig; ``data`` (a RealData) gives the dataset's shape and size when already
+    loaded (else the registry's metadata). Adjoint runs and ``distill.memory_check=false``
+    pass; the ConfigError names ``distill.grad_mode=adjoint`` and a ``distill.micro_batch``
+    that fits.
+
+    Example:
+        >>> check_memory(DistillConfig(dataset="digits", ipc=1))   # doctest: +SKIP
+    """
+    if grad_mode_of(cfg) != "unrolled" or not getattr(cfg, "memory_check", True):
+        return None
+    from datadistill.data import dataset_info
+
+    if data is not None:
+        info, real = data.info, len(data.train) + len(data.test)
+    else:
+        info, real = dataset_info(cfg.dataset, root=cfg.data_root), None
+    free = free_memory(cfg.device)
+    est = estimate_config(cfg, info, real_images=real, free=free)
+    if est.unrolled.total <= free:
+        return est
+    raise ConfigError(refusal_message(cfg, est))
+
+
+def refusal_message(cfg, est: ConfigEstimate) -> str:
+    """Why an unrolled run cannot start, and the settings that would."""
+    head = (f"the unrolled student needs about {est.unrolled.total / GB:.1f} GB for one "
+            f"iteration ({cfg.syn_steps} steps x {est.unrolled.details['batch']} images), but "
+            f"{cfg.device} has {est.free / GB:.1f} GB free.")
+    if est.fits_micro_batch is None:
+        return (head + " Even distill.grad_mode=adjoint with distill.micro_batch=1 does not "
+                "fit; free memory, or lower ipc/batch_syn. distill.memory_check=false skips "
+                "this check.")
+    return (head + f" Use the exact constant-memory student: distill.grad_mode=adjoint "
+            f"distill.micro_batch={est.fits_micro_batch} (about "
+            f"{est.fitting.total / GB:.1f} GB), or "
+            "distill.memory_check=false to try anyway.")

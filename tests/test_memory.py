@@ -1,0 +1,178 @@
+"""The memory estimate: traced step graph, structure of both modes, CLI and the refusal."""
+
+from __future__ import annotations
+
+import gc
+from pathlib import Path
+
+import pytest
+import torch
+
+from datadistill import memory
+from datadistill.cli import main
+from datadistill.data import dataset_info
+from datadistill.distill import DistillConfig, distill
+from datadistill.errors import ConfigError
+from datadistill.experts.store import ExpertStore, save_expert, write_meta
+from datadistill.matching import student_forward
+from datadistill.memory import estimate_config, estimate_memory, fitting_micro_batch, trace_step
+from datadistill.models import create_model
+
+
+@pytest.fixture(scope="module")
+def footprint():
+    return trace_step(create_model("convnet", 1, 10, 8, width=8), (1, 8, 8), 10)
+
+
+def test_trace_is_linear_in_the_batch(footprint):
+    """The traced graph of one step on 3 images is per_step + 3 x per_image."""
+    model = create_model("convnet", 1, 10, 8, width=8)
+    theta0 = torch.cat([p.detach().reshape(-1) for p in model.parameters()])
+    three = memory._traced_bytes(student_forward(model), theta0, (1, 8, 8), 10, 3, False)
+    assert footprint.per_image > 0
+    assert three == footprint.per_step + 3 * footprint.per_image
+    assert footprint.path == "convnet_fast" and footprint.num_params == theta0.numel()
+    generic = trace_step(model, (1, 8, 8), 10, fast=False)
+    assert generic.path == "generic" and generic.per_image > 0
+
+
+def test_soft_labels_add_their_state(footprint):
+    hard = estimate_memory(footprint, num_images=10, syn_steps=5, mode="adjoint")
+    soft = estimate_memory(footprint, num_images=10, syn_steps=5, mode="adjoint",
+                           soft_labels=True)
+    assert soft.state - hard.state == 3 * 10 * 10 * 4  # logits, their grad and momentum
+
+
+def test_unrolled_grows_with_steps_adjoint_is_flat(footprint):
+    common = dict(num_images=20, batch_syn=10)
+    unrolled = [estimate_memory(footprint, syn_steps=n, mode="unrolled", **common)
+                for n in (1, 10, 20, 40)]
+    adjoint = [estimate_memory(footprint, syn_steps=n, mode="adjoint", **common)
+               for n in (1, 10, 20, 40)]
+    totals = [e.total for e in unrolled]
+    assert totals == sorted(totals) and len(set(totals)) == 4
+    # unrolled graph grows by one step's graph per step
+    step = (unrolled[3].graph - unrolled[2].graph) / 20
+    assert unrolled[2].graph - unrolled[1].graph == pytest.approx(10 * step, abs=2)
+    assert step >= 10 * footprint.per_image
+    # adjoint: same graph whatever the steps; only the (N + 1) x P snapshots grow
+    assert len({e.graph for e in adjoint}) == 1
+    assert adjoint[3].snapshots - adjoint[0].snapshots == 39 * footprint.num_params * 4
+    assert all(a.total < u.total for a, u in zip(adjoint[1:], unrolled[1:], strict=True))
+
+
+def test_adjoint_is_linear_in_micro_batch(footprint):
+    totals = [estimate_memory(footprint, num_images=40, syn_steps=30, mode="adjoint",
+                              micro_batch=m).total for m in (1, 2, 3, 4, 8)]
+    d = totals[1] - totals[0]
+    assert d > 0
+    for m, t in zip((1, 2, 3, 4, 8), totals, strict=True):
+        assert t == pytest.approx(totals[0] + (m - 1) * d, abs=2)
+    beyond = estimate_memory(footprint, num_images=40, syn_steps=30, mode="adjoint",
+                             batch_syn=8, micro_batch=100)
+    assert beyond.total == totals[-1]  # a chunk is at most the step batch
+
+
+def test_float64_doubles_the_graph(footprint):
+    f32 = estimate_memory(footprint, num_images=10, syn_steps=5, mode="unrolled")
+    f64 = estimate_memory(footprint, num_images=10, syn_steps=5, mode="unrolled", dtype_bytes=8)
+    assert f64.graph == pytest.approx(2 * f32.graph, abs=2)
+    with pytest.raises(ConfigError, match="grad_mode='bptt'"):
+        estimate_memory(footprint, num_images=10, syn_steps=5, mode="bptt")
+
+
+def test_fitting_micro_batch_is_the_largest_that_fits(footprint):
+    common = dict(num_images=40, syn_steps=30)
+    at5 = estimate_memory(footprint, mode="adjoint", micro_batch=5, **common).total
+    assert fitting_micro_batch(footprint, at5, **common) == 5
+    assert fitting_micro_batch(footprint, at5 - 1, **common) == 4
+    assert fitting_micro_batch(footprint, 10**15, **common) == 40
+    at1 = estimate_memory(footprint, mode="adjoint", micro_batch=1, **common).total
+    assert fitting_micro_batch(footprint, at1 - 1, **common) is None
+
+
+def test_estimate_config_counts_the_real_data():
+    info = dataset_info("digits")
+    cfg = DistillConfig(dataset="digits", ipc=2, syn_steps=10)
+    full = estimate_config(cfg, info)
+    sub = estimate_config(DistillConfig(dataset="digits", ipc=2, syn_steps=10,
+                                        train_per_class=5), info)
+    assert full.unrolled.data == (1437 + 360) * (64 * 4 + 8)
+    assert sub.unrolled.data == (50 + 360) * (64 * 4 + 8)
+    assert full.unrolled.details["batch"] == 20
+
+
+def test_cli_estimate_prints_both_modes(capsys, monkeypatch):
+    monkeypatch.setattr(memory, "free_memory", lambda device: 10**12)
+    assert main(["estimate", "digits/mtt_ipc1", "distill.syn_steps=40"]) == 0
+    out = capsys.readouterr().out
+    assert "40 steps" in out and "unrolled:" in out and "adjoint (micro_batch 10)" in out
+    assert "unrolled fits" in out and "distill.micro_batch=10" in out
+
+
+def _gb_after(label: str, text: str) -> float:
+    line = next(ln for ln in text.splitlines() if ln.strip().startswith(label))
+    return float(line.split(":")[1].split("GB")[0])
+
+
+def test_cli_estimate_grows_with_steps_for_unrolled_only(capsys):
+    outs = []
+    for steps in (10, 80):
+        assert main(["estimate", "digits/mtt_ipc1", f"distill.syn_steps={steps}"]) == 0
+        outs.append(capsys.readouterr().out)
+    assert _gb_after("unrolled", outs[1]) > _gb_after("unrolled", outs[0])
+
+
+def _free_between_adjoint_and_unrolled(micro: int) -> int:
+    """Free memory where the unrolled digits run does not fit and adjoint fits up to micro."""
+    cfg = DistillConfig(dataset="digits", ipc=1, syn_steps=20)
+    est = estimate_config(cfg, dataset_info("digits"))
+    fp = est.footprint
+    free = estimate_memory(fp, mode="adjoint", num_images=10, syn_steps=20, micro_batch=micro,
+                           real_images=1437 + 360).total
+    assert free < est.unrolled.total
+    return free
+
+
+@pytest.mark.parametrize("command", ["distill", "run"])
+def test_unrolled_run_that_does_not_fit_is_refused(command, tmp_path, capsys, monkeypatch):
+    free = _free_between_adjoint_and_unrolled(3)
+    monkeypatch.setattr(memory, "free_memory", lambda device: free)
+    code = main([command, "digits/mtt_ipc1", "device=cpu", "--out", str(tmp_path / "r"),
+                 "--quiet"])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert "distill.grad_mode=adjoint distill.micro_batch=3" in err
+    assert "distill.memory_check=false" in err
+    assert not (tmp_path / "r" / "experts").exists()  # refused before any work
+
+
+def test_refusal_when_nothing_fits_and_the_override(monkeypatch):
+    monkeypatch.setattr(memory, "free_memory", lambda device: 1000)
+    cfg = DistillConfig(dataset="digits", ipc=1, syn_steps=20)
+    with pytest.raises(ConfigError, match="micro_batch=1 does not fit"):
+        memory.check_memory(cfg)
+    assert memory.check_memory(DistillConfig(dataset="digits", ipc=1,
+                                             memory_check=False)) is None
+    with pytest.raises(ConfigError, match="grad_mode=adjoint"):
+        distill(cfg, "unused-dir")
+
+
+def test_meminfo_available(tmp_path):
+    f = tmp_path / "meminfo"
+    f.write_text("MemTotal:       24000000 kB\nMemAvailable:   1000 kB\n")
+    assert memory._meminfo_available(str(f)) == 1000 * 1024
+    assert memory._meminfo_available(str(tmp_path / "missing")) > 10**15
+
+
+@pytest.mark.skipif(not Path("/proc/self/maps").is_file(), reason="needs Linux /proc")
+def test_store_unmaps_each_expert_after_reading(tmp_path):
+    """Cycling through experts keeps no file mapped, so RSS does not grow with them."""
+    write_meta(tmp_path, {"format_version": 1, "epochs": 4, "num_params": 100})
+    for i in range(5):
+        save_expert(tmp_path, i, torch.full((5, 100), float(i)), torch.zeros(5))
+    store = ExpertStore(tmp_path)
+    pairs = [store.epoch_pair(i, 1, 2) for i in range(5)]
+    gc.collect()
+    assert str(tmp_path) not in Path("/proc/self/maps").read_text()
+    assert [float(a[0]) for a, _ in pairs] == [0.0, 1.0, 2.0, 3.0, 4.0]
