@@ -188,7 +188,8 @@ def write_store(directory: Path, cell: Cell) -> None:
     """A random expert store: ``cell.experts`` files of (epochs + 1, P) float32."""
     from datadistill.data import dataset_info
     from datadistill.experts.store import save_expert, write_meta
-    from datadistill.experts.train import ExpertConfig, build_model, store_meta
+    from datadistill.experts.train import ExpertConfig, store_meta
+    from datadistill.training import build_model
 
     info = dataset_info(cell.dataset)
     ecfg = ExpertConfig(model="convnet", model_kwargs=_config(cell, "x").model_kwargs,

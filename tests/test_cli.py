@@ -6,9 +6,8 @@ import pytest
 import torch
 
 from datadistill.artifact import DistilledSet, export_legacy, save_distilled
-from datadistill.baselines import random_subset
 from datadistill.cli import DEFAULT_THREADS, build_parser, main, parse_args
-from datadistill.data import create_dataset
+from datadistill.data import create_dataset, random_subset
 
 
 @pytest.fixture(scope="module")

@@ -12,11 +12,11 @@ import pytest
 import torch
 
 from datadistill.artifact import DistilledSet, export_legacy, save_distilled
-from datadistill.baselines import random_subset
 from datadistill.cli import main
-from datadistill.data import create_dataset, dataset_info
+from datadistill.data import create_dataset, dataset_info, random_subset
 from datadistill.experts import ExpertStore
-from datadistill.experts.train import ExpertConfig, build_model
+from datadistill.experts.train import ExpertConfig
+from datadistill.training import build_model
 
 TINY_EXPERTS = ["train_per_class=20", "model_kwargs.width=8", "experts.num_experts=2",
                 "experts.epochs=3", "experts.batch_size=64"]

@@ -23,6 +23,7 @@ from datadistill.evaluate import (
     test_accuracy,
     train_network,
 )
+from datadistill.models import create_model
 
 K, H = 4, 8
 INFO = DatasetInfo(
@@ -131,7 +132,7 @@ def test_accuracy_is_a_fraction():
     assert test_accuracy(net, x, y, batch_size=7) == pytest.approx(0.25)
     assert net.training  # mode restored
     # The CPU channels_last test pass gives the plain forward's answer and restores the layout.
-    conv = ev.create_model("convnet", 1, K, (H, H), width=8)
+    conv = create_model("convnet", 1, K, (H, H), width=8)
     x, y = quadrants(5, seed=3)
     with torch.no_grad():
         expected = (conv.eval()(x).argmax(1) == y).float().mean().item()

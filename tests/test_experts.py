@@ -13,12 +13,12 @@ from datadistill.errors import ArtifactError, CompatibilityError, ConfigError
 from datadistill.experts import (
     ExpertConfig,
     ExpertStore,
-    build_model,
     expert_path,
     import_replay_buffers,
     train_experts,
 )
 from datadistill.models import flatten_params
+from datadistill.training import build_model
 
 
 def _cfg(**kw):

@@ -14,10 +14,11 @@ from datadistill.data import check_prepared, create_dataset, prepare
 from datadistill.data.prepare import subset_per_class
 from datadistill.errors import ConfigError
 from datadistill.evaluate import test_accuracy
-from datadistill.experts import ExpertConfig, ExpertStore, build_model, train_experts
+from datadistill.experts import ExpertConfig, ExpertStore, train_experts
 from datadistill.experts.train import monitor_split
 from datadistill.models.functional import load_flat_params
 from datadistill.pipeline import distill_config, expert_config, load_pipeline_config, run_pipeline
+from datadistill.training import build_model
 
 
 def test_subset_is_balanced_seeded_and_drawn_from_the_split():

@@ -83,20 +83,21 @@ def test_interrupted_teacher_resumes_to_the_same_weights(tmp_path, monkeypatch):
     data, cfg = _toy_set(), TeacherConfig(epochs=3, batch_size=16)
     reference = train_teacher(_tiny_net(), data, cfg=cfg, flip=False, seed=1)
 
-    real_epoch, calls = tt._train_epoch, {"n": 0}
+    # The per-epoch checkpoint write is the epoch boundary: crash before the second one lands.
+    real_save, calls = tt.save_tensors, {"n": 0}
 
     def crash_in_second_epoch(*args, **kwargs):
         calls["n"] += 1
         if calls["n"] == 2:
             raise KeyboardInterrupt
-        return real_epoch(*args, **kwargs)
+        return real_save(*args, **kwargs)
 
     ckpt = tmp_path / "resnet18_cifar" / "checkpoint.pt"
-    monkeypatch.setattr(tt, "_train_epoch", crash_in_second_epoch)
+    monkeypatch.setattr(tt, "save_tensors", crash_in_second_epoch)
     with pytest.raises(KeyboardInterrupt):
         train_teacher(_tiny_net(), data, cfg=cfg, flip=False, seed=1, checkpoint=ckpt)
     assert torch.load(ckpt, weights_only=True)["epoch"] == 1
-    monkeypatch.setattr(tt, "_train_epoch", real_epoch)
+    monkeypatch.setattr(tt, "save_tensors", real_save)
     resumed = train_teacher(_tiny_net(), data, cfg=cfg, flip=False, seed=1, checkpoint=ckpt)
     for a, b in zip(reference.state_dict().values(), resumed.state_dict().values(), strict=True):
         assert torch.equal(a, b)

@@ -15,42 +15,17 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-import numpy as np
 import torch
 
-from datadistill.data import ImageSet, prepare
+from datadistill.data import prepare, random_subset
 from datadistill.errors import ConfigError
 from datadistill.evaluate import DEFAULT_LR, EvalReport, make_dsa, train_and_test
-from datadistill.progress import progress_bar
+from datadistill.runs import Run, run_all
+from datadistill.training import derive_seeds
+
+__all__ = ["baseline_full", "baseline_random", "random_subset"]
 
 log = logging.getLogger(__name__)
-
-
-def random_subset(
-    train: ImageSet, ipc: int, generator: torch.Generator | None = None
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """`ipc` random images of every class, class-major: images (K*ipc, C, H, W), labels
-    (K*ipc,) = [0]*ipc + [1]*ipc + ...
-
-    Example:
-        >>> x, y = random_subset(real.train, 10, torch.Generator().manual_seed(0))  # doctest: +SKIP
-    """
-    if ipc < 1:
-        raise ConfigError(f"ipc must be >= 1, got {ipc}")
-    labels = train.labels.cpu()
-    picks = []
-    for c in range(train.info.num_classes):
-        idx = torch.nonzero(labels == c).flatten()  # (n_c,) indices of class c
-        if idx.numel() < ipc:
-            name = train.info.class_names[c]
-            raise ConfigError(
-                f"class {c} ({name!r}) has only {idx.numel()} training images, "
-                f"fewer than ipc={ipc}; lower ipc"
-            )
-        # Permutation drawn on CPU so the subset does not depend on where the data lives.
-        picks.append(idx[torch.randperm(idx.numel(), generator=generator)[:ipc]])
-    order = torch.cat(picks).to(train.images.device)
-    return train.images[order].clone(), train.labels[order].clone()
 
 
 def _real(dataset_or_prepared: Any, root: Any, zca: bool) -> Any:
@@ -64,7 +39,7 @@ def _real(dataset_or_prepared: Any, root: Any, zca: bool) -> Any:
 
 def _subset_seed(seed: int, run: int) -> int:
     # Separate stream from the network seeds (which use SeedSequence([seed, run])).
-    return int(np.random.SeedSequence([seed, run, 1]).generate_state(1)[0])
+    return derive_seeds(seed, run, 1, n=1)[0]
 
 
 def baseline_random(
@@ -93,28 +68,20 @@ def baseline_random(
     strategy = real.info.dsa_strategy if dsa_strategy is None else dsa_strategy
     dsa = make_dsa(strategy)
     test = real.test.to(device)
-    accs = []
-    for run in progress_bar(range(num_runs), enabled=progress, desc=f"random subset {model}",
-                            leave=False, stage=True):
-        gen = torch.Generator().manual_seed(_subset_seed(seed, run))
+
+    def one_run(run: Run) -> float:
+        gen = torch.Generator().manual_seed(_subset_seed(seed, run.index))
         images, labels = random_subset(real.train, ipc, gen)
-        acc = train_and_test(
-            images.to(device),
-            labels.to(device),
-            test,
-            model=model,
-            lr=lr,
-            epochs=epochs,
-            batch_size=batch_size,
-            dsa=dsa,
-            seed=seed,
-            run=run,
-            device=device,
-            model_kwargs=model_kwargs,
-            progress=progress,
-        )
-        log.info("random ipc %d run %d/%d: test accuracy %.4f", ipc, run + 1, num_runs, acc)
-        accs.append(acc)
+        acc = train_and_test(images.to(device), labels.to(device), test, model=model, lr=lr,
+                             epochs=epochs, batch_size=batch_size, dsa=dsa, seed=seed,
+                             run=run.index, device=device, model_kwargs=model_kwargs,
+                             progress=progress)
+        log.info("random ipc %d run %d/%d: test accuracy %.4f", ipc, run.index + 1, num_runs,
+                 acc)
+        return acc
+
+    accs = run_all(num_runs, one_run, seed=seed, progress=progress,
+                   desc=f"random subset {model}").values
     settings = _settings(
         real,
         model,
@@ -161,26 +128,16 @@ def baseline_full(
     aug = make_dsa(strategy)
     train_x, train_y = real.train.images.to(device), real.train.labels.to(device)  # moved once
     test = real.test.to(device)
-    accs = []
-    for run in progress_bar(range(num_runs), enabled=progress, desc=f"full data {model}",
-                            leave=False, stage=True):
-        acc = train_and_test(
-            train_x,
-            train_y,
-            test,
-            model=model,
-            lr=lr,
-            epochs=epochs,
-            batch_size=batch_size,
-            dsa=aug,
-            seed=seed,
-            run=run,
-            device=device,
-            model_kwargs=model_kwargs,
-            progress=progress,
-        )
-        log.info("full data run %d/%d: test accuracy %.4f", run + 1, num_runs, acc)
-        accs.append(acc)
+
+    def one_run(run: Run) -> float:
+        acc = train_and_test(train_x, train_y, test, model=model, lr=lr, epochs=epochs,
+                             batch_size=batch_size, dsa=aug, seed=seed, run=run.index,
+                             device=device, model_kwargs=model_kwargs, progress=progress)
+        log.info("full data run %d/%d: test accuracy %.4f", run.index + 1, num_runs, acc)
+        return acc
+
+    accs = run_all(num_runs, one_run, seed=seed, progress=progress,
+                   desc=f"full data {model}").values
     settings = _settings(
         real, model, lr, epochs, batch_size, strategy, num_runs, seed, model_kwargs, device
     )

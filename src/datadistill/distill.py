@@ -293,7 +293,7 @@ def distill(cfg: DistillConfig, out_dir: str | Path, *, data=None, store=None,
 def _setup(cfg: DistillConfig, out_dir, data, store) -> _Run:
     from datadistill.augment import DSA
     from datadistill.experts import ExpertStore
-    from datadistill.experts.train import ExpertConfig, build_model
+    from datadistill.training import build_model
 
     if data is None:
         from datadistill.data import prepare
@@ -305,7 +305,7 @@ def _setup(cfg: DistillConfig, out_dir, data, store) -> _Run:
             raise ConfigError("distill needs experts: set distill.expert_dir or pass store=")
         store = ExpertStore(cfg.expert_dir)
     _check_data(cfg, data)
-    model = build_model(ExpertConfig(model=cfg.model, model_kwargs=cfg.model_kwargs), data.info)
+    model = build_model(cfg, data.info)
     n_syn = data.info.num_classes * cfg.ipc
     check_micro_batch(model, cfg.micro_batch, min(cfg.batch_syn or n_syn, n_syn),
                       f"model={cfg.model}")

@@ -24,22 +24,28 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from datadistill.augment import DSA
 from datadistill.data import ImageSet
 from datadistill.errors import CompatibilityError, ConfigError
-from datadistill.matching.soft_labels import soft_cross_entropy
-from datadistill.models import create_model
-from datadistill.progress import progress_bar
+from datadistill.matching.soft_labels import soft_cross_entropy  # noqa: F401  re-exported
+from datadistill.runs import Run, run_all
+from datadistill.training import (  # noqa: F401  test_accuracy, run_seeds: re-exported
+    build_model,
+    fit,
+    hard_labels_from,
+    images_only,
+    loss_for,
+    run_seeds,
+    test_accuracy,
+)
 
 log = logging.getLogger(__name__)
 
@@ -88,45 +94,23 @@ class EvalReport:
         )
 
 
-# ----------------------------------------------------------------------------- losses / labels
-
-
-def hard_labels_from(labels: torch.Tensor) -> torch.Tensor:
-    """(N,) class indices from hard labels (returned as-is) or (N, K) soft logits (argmax)."""
-    return labels.argmax(dim=1) if labels.dim() == 2 else labels
-
-
-def _loss_for(labels: torch.Tensor) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
-    return soft_cross_entropy if labels.dim() == 2 else F.cross_entropy
-
-
-# ----------------------------------------------------------------------------- train / test
+# ----------------------------------------------------------------------------- train
 
 
 def _sgd(net: nn.Module, lr: float, momentum: float, weight_decay: float) -> torch.optim.SGD:
     return torch.optim.SGD(net.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay)
 
 
-def _train_epoch(
-    net: nn.Module,
-    x: torch.Tensor,
-    y: torch.Tensor,
-    opt: torch.optim.Optimizer,
-    loss_fn: Callable,
-    batch_size: int,
-    dsa: DSA | None,
-    generator: torch.Generator | None,
-) -> None:
-    # Permutation drawn on CPU from `generator` so runs are device-independent.
-    perm = torch.randperm(x.shape[0], generator=generator).to(x.device)
-    for idx in perm.split(batch_size):
-        xb, yb = x[idx], y[idx]  # (B, C, H, W), (B,) or (B, K)
-        if dsa is not None:
-            xb = dsa(xb, generator=generator)
-        loss = loss_fn(net(xb), yb)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
+def _classic_decay(decay_after: int, lr: float, net: nn.Module, momentum: float,
+                   weight_decay: float):
+    """The classic schedule: after epoch ``decay_after`` a fresh SGD at lr x 0.1."""
+
+    def schedule(epoch: int, opt: torch.optim.Optimizer) -> torch.optim.Optimizer:
+        if epoch == decay_after:
+            return _sgd(net, lr * 0.1, momentum, weight_decay)  # fresh state: momentum reset
+        return opt
+
+    return schedule
 
 
 def train_network(
@@ -159,68 +143,18 @@ def train_network(
     """
     if not lr > 0:
         raise ConfigError(f"lr must be positive, got {lr}; pass the learned lr or 0.01")
-    net.to(device).train()
     # Detached: distilled images/labels may be leaves with requires_grad. Moved once.
     x, y = images.detach().to(device), labels.detach().to(device)
-    loss_fn = _loss_for(y)
-    decay_after = epochs // 2 + 1
-    opt = _sgd(net, lr, momentum, weight_decay)
-    for epoch in progress_bar(range(epochs + 1), enabled=progress, desc="train", leave=False):
-        if on_epoch is not None:
-            on_epoch(epoch, opt)
-        _train_epoch(net, x, y, opt, loss_fn, batch_size, dsa, generator)
-        if epoch == decay_after:
-            opt = _sgd(net, lr * 0.1, momentum, weight_decay)  # fresh state: momentum reset
-    return net
-
-
-@torch.no_grad()
-def test_accuracy(
-    net: nn.Module,
-    images: torch.Tensor,
-    labels: torch.Tensor,
-    batch_size: int = 512,
-    device: str | torch.device = "cpu",
-) -> float:
-    """Top-1 accuracy of `net` on (images, labels) as a fraction in [0, 1].
-
-    Example:
-        >>> test_accuracy(net, real.test.images, real.test.labels)        # doctest: +SKIP
-        0.6512
-    """
-    was_training = net.training
-    net.to(device).eval()
-    # channels_last speeds the CPU forward of ConvNet by ~25% (measured; pooling is faster in
-    # NHWC); it did not help CPU training with DSA, and is untested on GPU, so CPU tests only.
-    layout = torch.channels_last if torch.device(device).type == "cpu" else None
-    if layout is not None:
-        net.to(memory_format=layout)
-    labels = hard_labels_from(labels)
-    correct = torch.zeros((), dtype=torch.int64, device=device)
-    try:
-        for start in range(0, images.shape[0], batch_size):
-            xb = images[start : start + batch_size].to(device, non_blocking=True)
-            if layout is not None and xb.dim() == 4:
-                xb = xb.contiguous(memory_format=layout)
-            yb = labels[start : start + batch_size].to(device, non_blocking=True)
-            correct += (net(xb).argmax(dim=1) == yb).sum()  # summed on device: one sync
-    finally:
-        if layout is not None:
-            net.to(memory_format=torch.contiguous_format)
-        net.train(was_training)
-    return int(correct) / max(1, images.shape[0])
-
-
-test_accuracy.__test__ = False  # its name starts with "test": keep pytest from collecting it
+    return fit(
+        net, x, y, epochs=epochs + 1, optimizer=_sgd(net, lr, momentum, weight_decay),
+        batch_size=batch_size, loss=loss_for(y), generator=generator, device=device,
+        augment=None if dsa is None else images_only(dsa),
+        schedule=_classic_decay(epochs // 2 + 1, lr, net, momentum, weight_decay),
+        before_epoch=on_epoch, progress=progress, desc="train",
+    )
 
 
 # ----------------------------------------------------------------------------- one run
-
-
-def run_seeds(seed: int, run: int) -> tuple[int, int]:
-    """(init seed, training seed) of run `run`, independent across (seed, run) pairs."""
-    a, b = np.random.SeedSequence([seed, run]).generate_state(2)
-    return int(a), int(b)
 
 
 def make_dsa(strategy: str | None) -> DSA | None:
@@ -249,16 +183,11 @@ def train_and_test(
 ) -> float:
     """One classic run: a fresh seeded network, trained on (images, labels), tested once.
 
-    The network is initialised inside ``torch.random.fork_rng`` so the caller's global RNG
-    state is left untouched.
+    The network is initialised under :func:`~datadistill.training.seeded`, so the caller's
+    global RNG state is left untouched.
     """
-    info = test.info
     init_seed, train_seed = run_seeds(seed, run)
-    with torch.random.fork_rng(devices=[]):  # models are built on CPU (factories never move)
-        torch.manual_seed(init_seed)
-        net = create_model(
-            model, info.channels, info.num_classes, info.image_size, **(model_kwargs or {})
-        )
+    net = build_model(model, test.info, init_seed, model_kwargs=model_kwargs)
     gen = torch.Generator().manual_seed(train_seed)
     train_network(
         net,
@@ -395,28 +324,17 @@ def evaluate(
     dsa = make_dsa(strategy)
     x, y = images.detach().to(device), labels.detach().to(device)  # moved once for all runs
     test_dev = test.to(device)
-    accs, seconds = [], []
-    for run in progress_bar(range(num_runs), enabled=progress, desc=f"evaluate {model}",
-                            leave=False, stage=True):
-        start = time.perf_counter()
-        acc = train_and_test(
-            x,
-            y,
-            test_dev,
-            model=model,
-            lr=lr,
-            epochs=epochs,
-            batch_size=batch_size,
-            dsa=dsa,
-            seed=seed,
-            run=run,
-            device=device,
-            model_kwargs=model_kwargs,
-            progress=progress,
-        )
-        log.info("%s %s run %d/%d: test accuracy %.4f", protocol, model, run + 1, num_runs, acc)
-        accs.append(acc)
-        seconds.append(round(time.perf_counter() - start, 3))
+
+    def one_run(run: Run) -> float:
+        acc = train_and_test(x, y, test_dev, model=model, lr=lr, epochs=epochs,
+                             batch_size=batch_size, dsa=dsa, seed=seed, run=run.index,
+                             device=device, model_kwargs=model_kwargs, progress=progress)
+        log.info("%s %s run %d/%d: test accuracy %.4f", protocol, model, run.index + 1,
+                 num_runs, acc)
+        return acc
+
+    results = run_all(num_runs, one_run, seed=seed, progress=progress, desc=f"evaluate {model}")
+    accs, seconds = results.values, results.seconds
     settings = {
         "dataset": test.info.name,
         "space": test.space,

@@ -250,10 +250,9 @@ class ConfigEstimate:
 
 def footprint_for(cfg, info) -> StepFootprint:
     """Trace the student of a :class:`~datadistill.distill.DistillConfig` on ``info``'s shape."""
-    from datadistill.experts.train import ExpertConfig, build_model
+    from datadistill.training import build_model
 
-    model = build_model(ExpertConfig(model=cfg.model, model_kwargs=cfg.model_kwargs), info,
-                        init_seed=0)
+    model = build_model(cfg, info, init_seed=0)
     return trace_step(model, (info.channels, *info.image_size), info.num_classes,
                       fast=cfg.fast_student, soft_labels=cfg.label_mode == "soft")
 

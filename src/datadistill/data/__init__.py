@@ -15,7 +15,13 @@ Example:
 """
 
 from datadistill.data.info import DatasetInfo, ImageSet, denormalize, normalize
-from datadistill.data.prepare import RealData, check_prepared, prepare, renormalize
+from datadistill.data.prepare import (
+    RealData,
+    check_prepared,
+    prepare,
+    random_subset,
+    renormalize,
+)
 from datadistill.data.registry import (
     UnknownDatasetError,
     create_dataset,
@@ -36,6 +42,7 @@ __all__ = [
     "list_datasets",
     "normalize",
     "prepare",
+    "random_subset",
     "check_prepared",
     "renormalize",
 ]

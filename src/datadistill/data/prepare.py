@@ -12,6 +12,7 @@ Example:
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -36,6 +37,28 @@ class RealData:
     train_per_class: int | None = None  # set when train is a class-balanced subset
 
 
+def balanced_indices(labels: torch.Tensor, num_classes: int, per_class: int,
+                     generator: torch.Generator | None,
+                     too_few: Callable[[int, int], str]) -> torch.Tensor:
+    """Class-major indices: the first ``per_class`` entries of a permutation of each class's
+    indices, drawn on the CPU from ``generator``. ``too_few(c, n_c)`` words the ConfigError
+    raised when class c is smaller.
+
+    Example:
+        >>> balanced_indices(torch.tensor([1, 0, 1, 0]), 2, 1, torch.Generator().manual_seed(0),
+        ...                  lambda c, n: "too few").shape
+        torch.Size([2])
+    """
+    labels = labels.cpu()
+    keep = []
+    for c in range(num_classes):
+        idx = torch.nonzero(labels == c).flatten()  # (n_c,) indices of class c
+        if idx.numel() < per_class:
+            raise ConfigError(too_few(c, idx.numel()))
+        keep.append(idx[torch.randperm(idx.numel(), generator=generator)[:per_class]])
+    return torch.cat(keep)
+
+
 def subset_per_class(images: ImageSet, per_class: int, seed: int = 0) -> ImageSet:
     """A class-balanced random subset: ``per_class`` images of every class, seeded.
 
@@ -47,21 +70,36 @@ def subset_per_class(images: ImageSet, per_class: int, seed: int = 0) -> ImageSe
         >>> len(small), small.labels[:6].tolist()
         (50, [0, 0, 0, 0, 0, 1])
     """
-    from datadistill.errors import ConfigError
-
     if per_class < 1:
         raise ConfigError(f"train_per_class must be >= 1, got {per_class}")
-    gen = torch.Generator().manual_seed(seed)
-    keep = []
-    for c in range(images.info.num_classes):
-        idx = (images.labels.cpu() == c).nonzero().flatten()
-        if len(idx) < per_class:
-            raise ConfigError(f"train_per_class={per_class} but class {c} of "
-                              f"{images.info.name} has only {len(idx)} training images; "
-                              f"use train_per_class <= {len(idx)} or null for all data.")
-        keep.append(idx[torch.randperm(len(idx), generator=gen)[:per_class]])
-    sel = torch.cat(keep).to(images.labels.device)
+    sel = balanced_indices(
+        images.labels, images.info.num_classes, per_class,
+        torch.Generator().manual_seed(seed),
+        lambda c, n: (f"train_per_class={per_class} but class {c} of {images.info.name} has "
+                      f"only {n} training images; use train_per_class <= {n} or null for all "
+                      "data."),
+    ).to(images.labels.device)
     return replace(images, images=images.images[sel], labels=images.labels[sel])
+
+
+def random_subset(
+    train: ImageSet, ipc: int, generator: torch.Generator | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """`ipc` random images of every class, class-major: images (K*ipc, C, H, W), labels
+    (K*ipc,) = [0]*ipc + [1]*ipc + ... (the random-subset baseline and INFER's fair one).
+
+    Example:
+        >>> x, y = random_subset(real.train, 10, torch.Generator().manual_seed(0))  # doctest: +SKIP
+    """
+    if ipc < 1:
+        raise ConfigError(f"ipc must be >= 1, got {ipc}")
+    # Permutations drawn on CPU so the subset does not depend on where the data lives.
+    order = balanced_indices(
+        train.labels, train.info.num_classes, ipc, generator,
+        lambda c, n: (f"class {c} ({train.info.class_names[c]!r}) has only {n} training "
+                      f"images, fewer than ipc={ipc}; lower ipc"),
+    ).to(train.images.device)
+    return train.images[order].clone(), train.labels[order].clone()
 
 
 def prepare(

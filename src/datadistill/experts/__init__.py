@@ -16,7 +16,6 @@ from datadistill.experts.legacy import import_replay_buffers
 from datadistill.experts.store import FORMAT_VERSION, ExpertStore, expert_path
 from datadistill.experts.train import (
     ExpertConfig,
-    build_model,
     expert_seeds,
     train_experts,
     train_one_expert,
@@ -26,7 +25,6 @@ __all__ = [
     "FORMAT_VERSION",
     "ExpertConfig",
     "ExpertStore",
-    "build_model",
     "expert_path",
     "expert_seeds",
     "import_replay_buffers",

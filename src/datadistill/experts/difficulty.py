@@ -37,6 +37,7 @@ from torch.nn import functional as F
 
 from datadistill.errors import ArtifactError, CompatibilityError, ConfigError
 from datadistill.progress import progress_bar
+from datadistill.training import fit, images_only, seeded
 
 logger = logging.getLogger(__name__)
 
@@ -188,10 +189,7 @@ def _build(model_fn: Callable[[], nn.Module], generator: torch.Generator | None)
     """model_fn() under a seed drawn from ``generator``, without touching the global RNG."""
     if generator is None:
         return model_fn()
-    seed = int(torch.randint(0, 2**62, (1,), generator=generator))
-    with torch.random.fork_rng(devices=[]):
-        torch.default_generator.manual_seed(seed)
-        return model_fn()
+    return seeded(model_fn, int(torch.randint(0, 2**62, (1,), generator=generator)))
 
 
 def _train_briefly(net: nn.Module, images: torch.Tensor, labels: torch.Tensor, *, epochs: int,
@@ -200,19 +198,9 @@ def _train_briefly(net: nn.Module, images: torch.Tensor, labels: torch.Tensor, *
                    generator: torch.Generator | None, device: str | torch.device) -> None:
     opt = torch.optim.SGD(net.parameters(), lr=lr, momentum=momentum,
                           weight_decay=weight_decay)
-    net.train()
-    n = len(labels)
-    for _ in range(epochs):
-        perm = torch.randperm(n, generator=generator)
-        for start in range(0, n, batch_size):
-            idx = perm[start:start + batch_size]
-            x, y = images[idx].to(device), labels[idx].to(device)
-            if augment is not None:
-                x = augment(x, generator=generator)
-            loss = F.cross_entropy(net(x), y)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
+    fit(net, images, labels, epochs=epochs, optimizer=opt, batch_size=batch_size,
+        generator=generator, device=device,
+        augment=None if augment is None else images_only(augment))
 
 
 def _batched_scores(net: nn.Module, images: torch.Tensor, labels: torch.Tensor,

@@ -24,7 +24,8 @@ import torch
 
 from datadistill.errors import ArtifactError, CompatibilityError
 from datadistill.experts.store import ExpertStore, save_expert, write_meta
-from datadistill.experts.train import ExpertConfig, build_model, store_meta
+from datadistill.experts.train import ExpertConfig, store_meta
+from datadistill.training import build_model
 
 logger = logging.getLogger(__name__)
 

@@ -132,7 +132,7 @@ def compute_difficulty(cfg: PADCurriculum, expert_cfg, data, *, device: str = "c
     ``expert_cfg.seed`` only, so the order is reproducible.
     """
     from datadistill.augment import DSA
-    from datadistill.experts.train import build_model
+    from datadistill.training import build_model
 
     strategy = (expert_cfg.dsa_strategy or data.info.dsa_strategy) if expert_cfg.dsa else None
     seed = int(np.random.SeedSequence([expert_cfg.seed, 0x5AD]).generate_state(1)[0])

@@ -27,9 +27,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from datadistill.data import check_prepared
@@ -44,6 +42,7 @@ from datadistill.experts.store import (
     write_meta,
 )
 from datadistill.progress import progress_bar
+from datadistill.training import EpochEnd, build_model, fit, images_only, run_seeds, test_accuracy
 
 logger = logging.getLogger(__name__)
 
@@ -97,21 +96,8 @@ class ExpertConfig:
 _FREE_KEYS = ("num_experts", "device", "data_root")
 
 
-def expert_seeds(seed: int, index: int) -> tuple[int, int]:
-    """(init seed, data-order/DSA seed) of expert ``index``; independent across (seed, index)."""
-    a, b = np.random.SeedSequence([seed, index]).generate_state(2)
-    return int(a), int(b)
-
-
-def build_model(cfg: ExpertConfig, info, init_seed: int | None = None) -> nn.Module:
-    """The expert architecture on the CPU; seeded init without touching the global RNG."""
-    from datadistill.models import create_model
-
-    with torch.random.fork_rng(devices=[]):
-        if init_seed is not None:
-            torch.manual_seed(init_seed)
-        return create_model(cfg.model, info.channels, info.num_classes, info.image_size,
-                            **cfg.model_kwargs)
+# Expert i's (init seed, data-order/DSA seed): the run driver's derivation from (seed, i).
+expert_seeds = run_seeds
 
 
 def store_meta(cfg: ExpertConfig, info, model: nn.Module, dsa_strategy: str | None) -> dict:
@@ -201,32 +187,23 @@ def train_one_expert(cfg: ExpertConfig, data, index: int, *, dsa=None, device: s
                      epoch_subset: EpochSubset | None = None,
                      progress: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """Params (E+1, P) and test accuracy (E+1,) of expert ``index`` (epoch 0 = init)."""
-    from datadistill.evaluate import test_accuracy
     from datadistill.models.functional import flatten_params
 
     init_seed, data_seed = expert_seeds(cfg.seed, index)
-    net = build_model(cfg, data.info, init_seed).to(device)
-    net.train()
-    gen = torch.Generator().manual_seed(data_seed)  # data order and DSA draws
-    step = _optimizer_step(cfg, net)
-    x_all, y_all = data.train.images, data.train.labels
-    snapshots = [flatten_params(net).cpu()]  # (P,) per epoch
+    net = build_model(cfg, data.info, init_seed)
     x_test, y_test = monitor_split(data.test, cfg.test_samples)
+    snapshots = [flatten_params(net).cpu()]  # (P,) per epoch
     accs = [test_accuracy(net, x_test, y_test, device=device)]
-    for epoch in progress_bar(range(cfg.epochs), desc=f"expert {index}", leave=False,
-                              enabled=progress):
-        pool = None if epoch_subset is None else epoch_subset(epoch).long().cpu()
-        n = len(x_all) if pool is None else len(pool)
-        order = torch.randperm(n, generator=gen)
-        order = order if pool is None else pool[order]
-        for batch in order.split(cfg.batch_size):
-            idx = batch.to(x_all.device)
-            x, y = x_all[idx].to(device), y_all[idx].to(device)  # (B, C, H, W), (B,)
-            if dsa is not None:
-                x = dsa(x, generator=gen)
-            step(x, y)
+
+    def record(end: EpochEnd) -> None:
         snapshots.append(flatten_params(net).cpu())
         accs.append(test_accuracy(net, x_test, y_test, device=device))
+
+    fit(net, data.train.images, data.train.labels, epochs=cfg.epochs,
+        optimizer=expert_optimizer(cfg, net), batch_size=cfg.batch_size,
+        generator=torch.Generator().manual_seed(data_seed),  # data order and DSA draws
+        device=device, augment=None if dsa is None else images_only(dsa), after_epoch=record,
+        epoch_pool=epoch_subset, progress=progress, desc=f"expert {index}")
     return torch.stack(snapshots), torch.tensor(accs, dtype=torch.float32)
 
 
@@ -243,26 +220,13 @@ def monitor_split(test, samples: int | None) -> tuple[torch.Tensor, torch.Tensor
     return test.images[keep], test.labels[keep]
 
 
-def _optimizer_step(cfg: ExpertConfig, net: nn.Module) -> Callable[[torch.Tensor, torch.Tensor],
-                                                                     None]:
-    """One optimiser update on a batch: SGD (MTT) or GSAM around the same SGD (FTD)."""
+def expert_optimizer(cfg: ExpertConfig, net: nn.Module) -> torch.optim.Optimizer:
+    """SGD (MTT), or GSAM around the same SGD (FTD); both step through ``step(closure)``."""
     sgd = torch.optim.SGD(net.parameters(), lr=cfg.lr, momentum=cfg.momentum,
                           weight_decay=cfg.weight_decay)
-    if cfg.optimizer == "gsam":
-        from datadistill.experts.gsam import GSAM
+    if cfg.optimizer != "gsam":
+        return sgd
+    from datadistill.experts.gsam import GSAM
 
-        opt = GSAM(net.parameters(), sgd, rho=cfg.gsam_rho, alpha=cfg.gsam_alpha,
-                   adaptive=True, model=net)
-    else:
-        opt = sgd
-
-    def step(x: torch.Tensor, y: torch.Tensor) -> None:
-        def closure() -> torch.Tensor:
-            opt.zero_grad()
-            loss = F.cross_entropy(net(x), y)
-            loss.backward()
-            return loss
-
-        opt.step(closure)
-
-    return step
+    return GSAM(net.parameters(), sgd, rho=cfg.gsam_rho, alpha=cfg.gsam_alpha, adaptive=True,
+                model=net)

@@ -148,7 +148,7 @@ def random_soft_subset(
     Example:
         >>> x, z = random_soft_subset(real.train, 10, teachers)            # doctest: +SKIP
     """
-    from datadistill.baselines import random_subset
+    from datadistill.data import random_subset
 
     images, _ = random_subset(train, ipc, generator)
     device = next(teachers[0].parameters()).device

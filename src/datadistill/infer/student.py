@@ -29,17 +29,16 @@ from torch import nn
 
 from datadistill.data import DatasetInfo, ImageSet
 from datadistill.errors import CompatibilityError, ConfigError
-from datadistill.evaluate import EvalReport, evaluate_distilled, run_seeds, test_accuracy
+from datadistill.evaluate import EvalReport, evaluate_distilled
 from datadistill.infer.config import StudentConfig, pixels_at
 from datadistill.infer.imagenet import sample_cutmix, sample_resized_crop_flip
 from datadistill.infer.instances import LazyInstances
-from datadistill.infer.labels import Mixup, ensemble_logits, kd_loss, sample_mixup
+from datadistill.infer.labels import ensemble_logits, kd_loss, sample_mixup
 from datadistill.infer.store import InferSet
-from datadistill.infer.training import seeded, shuffled_batches
 from datadistill.infer.transforms import black_level, crop_flip, uses_flip
-from datadistill.models import create_model
 from datadistill.models import teachers as _teachers  # noqa: F401  registers INFER's teachers
-from datadistill.progress import progress_bar
+from datadistill.runs import Run, run_all
+from datadistill.training import Augment, EpochEnd, build_model, cosine_schedule, fit, test_accuracy
 
 log = logging.getLogger(__name__)
 
@@ -56,22 +55,7 @@ class StudentRun:
 def build_student(name: str, info: DatasetInfo, model_kwargs: dict | None = None) -> nn.Module:
     """Any ``create_model`` name; INFER's teachers (e.g. ``resnet18_cifar``, its default
     student) are registered there by ``datadistill.models.teachers``."""
-    kwargs = dict(model_kwargs or {})
-    return create_model(name, info.channels, info.num_classes, info.image_size, **kwargs)
-
-
-def _targets(
-    idx: torch.Tensor,
-    xb: torch.Tensor,
-    mix: Mixup,
-    static: torch.Tensor | None,
-    teachers: list[nn.Module] | None,
-) -> torch.Tensor:
-    """(B, classes) target logits of a mixed batch: interpolated stored logits (static) or the
-    teachers' mean logits on the mixed images (dynamic)."""
-    if static is not None:
-        return mix.apply(static[idx])  # lambda z_i + (1 - lambda) z_perm(i), before softmax
-    return ensemble_logits(teachers, xb, batch_size=len(xb))
+    return build_model(name, info, model_kwargs=model_kwargs)
 
 
 def _augment(xb: torch.Tensor, cfg: StudentConfig, padding: int, fill: torch.Tensor, flip: bool,
@@ -87,6 +71,26 @@ def _sample_mix(xb: torch.Tensor, cfg: StudentConfig, generator: torch.Generator
     if cfg.mix == "cutmix":
         return sample_cutmix(len(xb), xb.shape[-2], xb.shape[-1], cfg.cutmix_beta, generator)
     return sample_mixup(len(xb), cfg.mixup_alpha, generator)
+
+
+def _student_augment(cfg: StudentConfig, info: DatasetInfo,
+                     teachers: list[nn.Module] | None) -> Augment:
+    """Crop/flip, then one mixup/CutMix draw per batch; the targets are the stored logits
+    mixed with the same lambda (static) or the teachers' mean logits on the mixed images
+    (dynamic, ``targets`` None)."""
+    fill = black_level(info.mean, info.std)
+    flip = uses_flip(info.dsa_strategy, cfg.flip)
+    padding = pixels_at(info.image_size, cfg.crop_padding)
+
+    def augment(xb: torch.Tensor, zb: torch.Tensor | None, generator: torch.Generator | None):
+        xb = _augment(xb, cfg, padding, fill, flip, generator)  # (B, C, H, W)
+        mix = _sample_mix(xb, cfg, generator)
+        xb = mix.apply(xb)
+        if zb is not None:
+            return xb, mix.apply(zb)  # lambda z_i + (1 - lambda) z_perm(i), before softmax
+        return xb, ensemble_logits(teachers, xb, batch_size=len(xb))  # (B, classes)
+
+    return augment
 
 
 def train_student(
@@ -113,28 +117,20 @@ def train_student(
     x = images.to(device)  # (N, C, H, W), the set is small: keep it on the device
     z = static_logits.to(device) if static_logits is not None else None  # (N, classes)
     opt = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, epochs))
-    fill = black_level(test.info.mean, test.info.std)
-    flip = uses_flip(test.info.dsa_strategy, cfg.flip)
-    padding = pixels_at(test.info.image_size, cfg.crop_padding)
     history: list[tuple[int, float]] = []
-    for epoch in progress_bar(range(epochs), enabled=progress, desc="student", leave=False,
-                              stage=True):
-        net.train()
-        for idx in shuffled_batches(len(x), cfg.batch_size, generator):
-            idx = idx.to(device)
-            xb = _augment(x[idx], cfg, padding, fill, flip, generator)  # (B, C, H, W)
-            mix = _sample_mix(xb, cfg, generator)
-            xb = mix.apply(xb)
-            loss = kd_loss(net(xb), _targets(idx, xb, mix, z, teachers), cfg.temperature)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-        sched.step()
-        if epoch % cfg.eval_every == 0 or epoch == epochs - 1:
+
+    def test_now(end: EpochEnd) -> None:
+        if end.epoch % cfg.eval_every == 0 or end.epoch == epochs - 1:
             acc = test_accuracy(net, test.images, test.labels, cfg.test_batch_size, device)
-            history.append((epoch, acc))
-            log.debug("student epoch %d: loss %.4f, test accuracy %.4f", epoch, loss.item(), acc)
+            history.append((end.epoch, acc))
+            log.debug("student epoch %d: loss %.4f, test accuracy %.4f", end.epoch,
+                      end.mean_loss, acc)
+
+    fit(net, x, z, epochs=epochs, optimizer=opt, batch_size=cfg.batch_size,
+        loss=lambda s, t: kd_loss(s, t, cfg.temperature), generator=generator, device=device,
+        augment=_student_augment(cfg, test.info, teachers),
+        schedule=cosine_schedule(opt, epochs)[0], after_epoch=test_now, drop_single=True,
+        progress=progress, desc="student", stage=True)
     if not history:  # epochs == 0: the untrained network
         history.append(
             (0, test_accuracy(net, test.images, test.labels, cfg.test_batch_size, device))
@@ -201,29 +197,21 @@ def evaluate_student_images(
         raise ConfigError(f"static_logits have shape {tuple(static_logits.shape)}, expected "
                           f"({len(images)}, {test.info.num_classes}): one row per image")
     test_dev = test.to(device)
-    runs = []
-    for r in range(cfg.num_runs):
-        init_seed, train_seed = run_seeds(seed, r)
-        net = seeded(lambda: build_student(cfg.model, test.info, cfg.model_kwargs), init_seed)
-        run = train_student(
-            net,
-            images,
-            test_dev,
-            cfg,
+
+    def one_run(run: Run) -> StudentRun:
+        net = build_model(cfg, test.info, run.init_seed)
+        result = train_student(
+            net, images, test_dev, cfg,
             static_logits=None if dynamic else static_logits,
             teachers=teachers if dynamic else None,
-            generator=torch.Generator().manual_seed(train_seed),
-            device=device,
-            progress=progress,
+            generator=torch.Generator().manual_seed(run.train_seed),
+            device=device, progress=progress,
         )
-        log.info(
-            "INFER student run %d/%d: final %.4f, best %.4f",
-            r + 1,
-            cfg.num_runs,
-            run.final_accuracy,
-            run.best_accuracy,
-        )
-        runs.append(run)
+        log.info("INFER student run %d/%d: final %.4f, best %.4f", run.index + 1, cfg.num_runs,
+                 result.final_accuracy, result.best_accuracy)
+        return result
+
+    runs = run_all(cfg.num_runs, one_run, seed=seed).values
     best = [run.best_accuracy for run in runs]
     settings = {
         **asdict(cfg),

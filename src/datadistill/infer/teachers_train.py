@@ -26,19 +26,16 @@ import logging
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from datadistill import __version__
 from datadistill.data import DatasetInfo, ImageSet, RealData, prepare, renormalize
 from datadistill.errors import ArtifactError, CompatibilityError, ConfigError
-from datadistill.evaluate import run_seeds, test_accuracy
 from datadistill.infer.config import InferConfig, TeacherConfig, pixels_at
-from datadistill.infer.training import seeded, shuffled_batches
 from datadistill.infer.transforms import black_level, crop_flip, uses_flip
 from datadistill.io import load_tensors, read_json, save_tensors, write_json
 from datadistill.models.teachers import create_teacher
-from datadistill.progress import progress_bar
+from datadistill.training import EpochEnd, cosine_schedule, fit, run_seeds, seeded, test_accuracy
 
 log = logging.getLogger(__name__)
 
@@ -68,31 +65,6 @@ def teacher_recipe(arch: str, info: DatasetInfo, cfg: TeacherConfig, flip: bool)
     }
 
 
-def _train_epoch(
-    net: nn.Module,
-    x: torch.Tensor,
-    y: torch.Tensor,
-    opt: torch.optim.Optimizer,
-    batch_size: int,
-    padding: int,
-    fill: torch.Tensor,
-    flip: bool,
-    generator: torch.Generator,
-) -> float:
-    """One epoch of cross-entropy SGD on crop/flip-augmented batches; returns the mean loss."""
-    net.train()
-    total, steps = 0.0, 0
-    for idx in shuffled_batches(len(x), batch_size, generator):
-        idx = idx.to(x.device)
-        xb = crop_flip(x[idx], padding, fill, flip, generator)  # (B, C, H, W)
-        loss = F.cross_entropy(net(xb), y[idx])
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        total, steps = total + loss.item(), steps + 1
-    return total / max(1, steps)
-
-
 def train_teacher(
     net: nn.Module,
     train: ImageSet,
@@ -119,36 +91,28 @@ def train_teacher(
     opt = torch.optim.SGD(
         net.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay
     )
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, cfg.epochs))
+    schedule, sched = cosine_schedule(opt, cfg.epochs)
     gen = torch.Generator().manual_seed(seed)
     start = _resume(Path(checkpoint), net, opt, sched, gen, recipe) if checkpoint else 0
-    x, y = train.images.to(device), train.labels.to(device)  # moved once
     fill = black_level(train.info.mean, train.info.std)
     padding = pixels_at(train.info.image_size, cfg.crop_padding)
-    bar = progress_bar(
-        range(start, cfg.epochs),
-        initial=start,
-        total=cfg.epochs,
-        enabled=progress,
-        stage=True,
-        desc="teacher",
-        leave=False,
-    )
-    for epoch in bar:
-        loss = _train_epoch(net, x, y, opt, cfg.batch_size, padding, fill, flip, gen)
-        sched.step()
-        bar.set_postfix(loss=f"{loss:.3f}")
-        log.debug("teacher epoch %d/%d: train loss %.4f", epoch + 1, cfg.epochs, loss)
+
+    def augment(xb: torch.Tensor, yb: torch.Tensor, g: torch.Generator | None):
+        return crop_flip(xb, padding, fill, flip, g), yb  # (B, C, H, W), (B,)
+
+    def after_epoch(end: EpochEnd) -> None:
+        log.debug("teacher epoch %d/%d: train loss %.4f", end.epoch + 1, cfg.epochs,
+                  end.mean_loss)
         if checkpoint:
-            state = {
-                "model": net.state_dict(),
-                "optimizer": opt.state_dict(),
-                "scheduler": sched.state_dict(),
-                "generator": gen.get_state(),
-                "epoch": epoch + 1,
-                "recipe": recipe or {},
-            }
+            state = {"model": net.state_dict(), "optimizer": opt.state_dict(),
+                     "scheduler": sched.state_dict(), "generator": gen.get_state(),
+                     "epoch": end.epoch + 1, "recipe": recipe or {}}
             save_tensors(state, checkpoint)
+
+    x, y = train.images.to(device), train.labels.to(device)  # moved once
+    fit(net, x, y, epochs=cfg.epochs, optimizer=opt, batch_size=cfg.batch_size, generator=gen,
+        device=device, augment=augment, schedule=schedule, after_epoch=after_epoch,
+        drop_single=True, start_epoch=start, progress=progress, desc="teacher", stage=True)
     return net.eval()
 
 
