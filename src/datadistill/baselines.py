@@ -19,7 +19,13 @@ import torch
 
 from datadistill.data import prepare, random_subset
 from datadistill.errors import ConfigError
-from datadistill.evaluate import DEFAULT_LR, EvalReport, make_dsa, train_and_test
+from datadistill.evaluate import (
+    DEFAULT_LR,
+    EvalReport,
+    classic_settings,
+    make_dsa,
+    train_and_test,
+)
 from datadistill.runs import Run, run_all
 from datadistill.training import derive_seeds
 
@@ -145,32 +151,9 @@ def baseline_full(
     return EvalReport.from_accuracies("full", model, accs, settings)
 
 
-def _settings(
-    real: Any,
-    model: str,
-    lr: float,
-    epochs: int,
-    batch_size: int,
-    strategy: str | None,
-    num_runs: int,
-    seed: int,
-    model_kwargs: dict | None,
-    device: Any,
-) -> dict:
-    return {
-        "dataset": real.info.name,
-        "space": real.test.space,
-        "model": model,
-        "lr": lr,
-        "epochs": epochs,
-        "epochs_run": epochs + 1,
-        "lr_decay_after_epoch": epochs // 2 + 1,
-        "batch_size": batch_size,
-        "momentum": 0.9,
-        "weight_decay": 5e-4,
-        "dsa_strategy": strategy,
-        "num_runs": num_runs,
-        "seed": seed,
-        "model_kwargs": dict(model_kwargs or {}),
-        "device": str(device),
-    }
+def _settings(real: Any, model: str, lr: float, epochs: int, batch_size: int,
+              strategy: str | None, num_runs: int, seed: int, model_kwargs: dict | None,
+              device: Any) -> dict:
+    return {"model": model, **classic_settings(
+        real.test, lr=lr, epochs=epochs, batch_size=batch_size, dsa_strategy=strategy,
+        num_runs=num_runs, seed=seed, model_kwargs=model_kwargs, device=device)}

@@ -52,6 +52,7 @@ log = logging.getLogger(__name__)
 PROTOCOLS = ("classic", "challenge")
 DEFAULT_LR = 0.01  # DC/DSA lr_net and the challenge's fixed lr
 DEFAULT_RUNS = {"classic": 5, "challenge": 3}
+MOMENTUM, WEIGHT_DECAY = 0.9, 5e-4  # the classic protocol's SGD (DC/DSA/MTT/DATM)
 # MTT's eval_mode 'M' pool for cross-architecture generalisation.
 CROSS_MODELS = ("convnet", "alexnet", "vgg11", "resnet18_ap", "resnet18")
 
@@ -124,8 +125,8 @@ def train_network(
     dsa: DSA | None = None,
     generator: torch.Generator | None = None,
     device: str | torch.device = "cpu",
-    momentum: float = 0.9,
-    weight_decay: float = 5e-4,
+    momentum: float = MOMENTUM,
+    weight_decay: float = WEIGHT_DECAY,
     progress: bool = False,
     on_epoch: EpochHook | None = None,
 ) -> nn.Module:
@@ -189,19 +190,8 @@ def train_and_test(
     init_seed, train_seed = run_seeds(seed, run)
     net = build_model(model, test.info, init_seed, model_kwargs=model_kwargs)
     gen = torch.Generator().manual_seed(train_seed)
-    train_network(
-        net,
-        images,
-        labels,
-        lr=lr,
-        epochs=epochs,
-        batch_size=batch_size,
-        dsa=dsa,
-        generator=gen,
-        device=device,
-        progress=progress,
-        on_epoch=on_epoch,
-    )
+    train_network(net, images, labels, lr=lr, epochs=epochs, batch_size=batch_size, dsa=dsa,
+                  generator=gen, device=device, progress=progress, on_epoch=on_epoch)
     return test_accuracy(net, test.images, test.labels, device=device)
 
 
@@ -306,19 +296,9 @@ def evaluate(
     Example:
         >>> evaluate(ds.images, ds.labels, real.test, lr=ds.lr, epochs=300)  # doctest: +SKIP
     """
-    if protocol not in PROTOCOLS:
-        raise ConfigError(f"unknown protocol {protocol!r}; use one of {PROTOCOLS}")
-    _check_inputs(images, labels, test)
-    model_kwargs = dict(model_kwargs or {})
-    if protocol == "challenge":
-        labels = _challenge_setup(images, labels, test, ipc, lr)
-        lr, model_kwargs["depth"] = DEFAULT_LR, 3  # ConvNet-3 even at 64 px
-        if model != "convnet":
-            log.warning("challenge: the model is fixed to convnet; ignoring model=%r", model)
-            model = "convnet"
-    elif labels is None:
-        raise ConfigError("classic protocol needs labels; pass hard (N,) or soft (N, K) labels")
-    lr = DEFAULT_LR if lr is None else float(lr)
+    labels, lr, model, model_kwargs = _protocol_setup(
+        protocol, images, labels, test, lr=lr, model=model, model_kwargs=model_kwargs, ipc=ipc
+    )
     num_runs = DEFAULT_RUNS[protocol] if num_runs is None else num_runs
     strategy = test.info.dsa_strategy if dsa_strategy is None else dsa_strategy
     dsa = make_dsa(strategy)
@@ -334,29 +314,67 @@ def evaluate(
         return acc
 
     results = run_all(num_runs, one_run, seed=seed, progress=progress, desc=f"evaluate {model}")
-    accs, seconds = results.values, results.seconds
     settings = {
-        "dataset": test.info.name,
-        "space": test.space,
         "n_images": int(images.shape[0]),
         "labels": "soft" if y.dim() == 2 else "hard",
+        **classic_settings(test, lr=lr, epochs=epochs, batch_size=batch_size,
+                           dsa_strategy=strategy if dsa is not None else None,
+                           num_runs=num_runs, seed=seed, model_kwargs=model_kwargs,
+                           device=device),
+        "seconds_per_run": results.seconds,
+    }
+    if protocol == "challenge":
+        settings["ipc"] = int(images.shape[0]) // test.info.num_classes
+    return EvalReport.from_accuracies(protocol, model, results.values, settings)
+
+
+def _protocol_setup(
+    protocol: str,
+    images: torch.Tensor,
+    labels: torch.Tensor | None,
+    test: ImageSet,
+    *,
+    lr: float | None,
+    model: str,
+    model_kwargs: dict | None,
+    ipc: int | None,
+) -> tuple[torch.Tensor, float, str, dict]:
+    """Check the inputs; (labels, lr, model, model_kwargs) as `protocol` fixes them."""
+    if protocol not in PROTOCOLS:
+        raise ConfigError(f"unknown protocol {protocol!r}; use one of {PROTOCOLS}")
+    _check_inputs(images, labels, test)
+    model_kwargs = dict(model_kwargs or {})
+    if protocol == "challenge":
+        labels = _challenge_setup(images, labels, test, ipc, lr)
+        lr, model_kwargs["depth"] = DEFAULT_LR, 3  # ConvNet-3 even at 64 px
+        if model != "convnet":
+            log.warning("challenge: the model is fixed to convnet; ignoring model=%r", model)
+            model = "convnet"
+    elif labels is None:
+        raise ConfigError("classic protocol needs labels; pass hard (N,) or soft (N, K) labels")
+    return labels, DEFAULT_LR if lr is None else float(lr), model, model_kwargs
+
+
+def classic_settings(test: ImageSet, *, lr: float, epochs: int, batch_size: int,
+                     dsa_strategy: str | None, num_runs: int, seed: int,
+                     model_kwargs: dict | None, device: Any) -> dict:
+    """The classic protocol's settings as an EvalReport records them."""
+    return {
+        "dataset": test.info.name,
+        "space": test.space,
         "lr": lr,
         "epochs": epochs,
         "epochs_run": epochs + 1,
         "lr_decay_after_epoch": epochs // 2 + 1,
         "batch_size": batch_size,
-        "momentum": 0.9,
-        "weight_decay": 5e-4,
-        "dsa_strategy": strategy if dsa is not None else None,
+        "momentum": MOMENTUM,
+        "weight_decay": WEIGHT_DECAY,
+        "dsa_strategy": dsa_strategy,
         "num_runs": num_runs,
         "seed": seed,
-        "model_kwargs": model_kwargs,
+        "model_kwargs": dict(model_kwargs or {}),
         "device": str(device),
-        "seconds_per_run": seconds,
     }
-    if protocol == "challenge":
-        settings["ipc"] = int(images.shape[0]) // test.info.num_classes
-    return EvalReport.from_accuracies(protocol, model, accs, settings)
 
 
 def evaluate_cross(
