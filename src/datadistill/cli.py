@@ -8,6 +8,7 @@ user sees.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import shutil
@@ -197,6 +198,15 @@ def cmd_infer(args: argparse.Namespace) -> int:
 
 
 # ---------------------------------------------------------------- eval / baseline
+def report_path(args: argparse.Namespace) -> Path | None:
+    """The JSON report `eval` or `baseline` writes (None for other commands)."""
+    if args.command == "eval":
+        return Path(args.out) if args.out else Path(args.path) / "eval.json"
+    if args.command == "baseline":
+        return Path(args.out or f"baseline_{args.kind}_{args.dataset}.json")
+    return None
+
+
 def cmd_eval(args: argparse.Namespace) -> int:
     from datadistill.artifact import load_any, load_distilled
     from datadistill.data import prepare
@@ -230,7 +240,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     )
     for name, rep in reports.items():
         print(f"{args.path} [{name}]: {_fmt(rep)}")
-    out = Path(args.out) if args.out else Path(args.path) / "eval.json"
+    out = report_path(args)
     _write_json(out, {name: rep.to_dict() for name, rep in reports.items()})
     print(f"report written to {out}")
     return 0
@@ -249,7 +259,7 @@ def cmd_baseline(args: argparse.Namespace) -> int:
         report = baseline_full(data, epochs=args.epochs, **common)
         label = f"full training set, {args.epochs} epochs"
     print(f"{args.dataset} {label}: {_fmt(report)}")
-    out = Path(args.out or f"baseline_{args.kind}_{args.dataset}.json")
+    out = report_path(args)
     _write_json(out, report.to_dict())
     print(f"report written to {out}")
     return 0
@@ -348,6 +358,20 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+@contextlib.contextmanager
+def command_guard(args: argparse.Namespace):
+    """Around every command: the report of eval/baseline is locked for this process
+    (run, experts, distill, teachers and infer lock their folders themselves)."""
+    from datadistill.lock import lock_file
+
+    report = report_path(args)
+    if report is None:
+        yield
+        return
+    with lock_file(report):
+        yield
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -356,7 +380,8 @@ def main(argv: list[str] | None = None) -> int:
         format="%(levelname)s %(name)s: %(message)s",
     )
     try:
-        return args.func(args)
+        with command_guard(args):
+            return args.func(args)
     except DatadistillError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

@@ -54,6 +54,7 @@ from tqdm.auto import tqdm
 from datadistill.checkpoint import DistillState, MetricsLog, load_checkpoint, save_checkpoint
 from datadistill.data import check_prepared
 from datadistill.errors import CompatibilityError, ConfigError, DivergenceError
+from datadistill.lock import locks_output
 from datadistill.matching import (
     matching_loss,
     sample_start_epoch,
@@ -183,6 +184,7 @@ class _Run:
     num_experts: int
 
 
+@locks_output("out_dir")
 def distill(cfg: DistillConfig, out_dir: str | Path, *, data=None, store=None,
             progress: bool = True, resume: bool = True,
             on_iteration: Callable[[int, dict], None] | None = None) -> DistillResult:

@@ -48,6 +48,7 @@ from datadistill.config import (
 )
 from datadistill.errors import ConfigError
 from datadistill.experts.pad import PADCurriculum
+from datadistill.lock import locks_output
 
 log = logging.getLogger(__name__)
 
@@ -188,6 +189,7 @@ def train_pipeline_experts(cfg: PipelineConfig, out_dir: str | Path, *, data=Non
     return store
 
 
+@locks_output("out_dir")
 def run_pipeline(cfg: PipelineConfig, out_dir: str | Path, *, progress: bool = True,
                  expert_dir: str | Path | None = None) -> dict:
     """Run experts (reusing a compatible store), distillation, then the evaluation report.

@@ -44,6 +44,7 @@ from datadistill.experts.store import (
     save_expert,
     write_meta,
 )
+from datadistill.lock import locks_output
 
 logger = logging.getLogger(__name__)
 
@@ -154,6 +155,7 @@ def _check_data(cfg: ExpertConfig, data) -> None:
     check_prepared(data, cfg.dataset, cfg.zca, "experts", cfg.train_per_class)
 
 
+@locks_output("out_dir")
 def train_experts(cfg: ExpertConfig, data, out_dir: str | Path, *, device: str | None = None,
                   progress: bool = True,
                   epoch_subset: EpochSubset | None = None) -> ExpertStore:

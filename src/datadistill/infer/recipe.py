@@ -42,6 +42,7 @@ from datadistill.infer.store import InferSet, save_infer_set
 from datadistill.infer.student import evaluate_student
 from datadistill.infer.teachers_train import TeacherStore
 from datadistill.io import write_json
+from datadistill.lock import locks_output
 
 log = logging.getLogger(__name__)
 
@@ -150,6 +151,7 @@ def load_teachers(
     return [store.load(a, cfg.device) for a in archs], archs
 
 
+@locks_output("out_dir")
 def run_infer(
     cfg: InferConfig,
     out_dir: str | Path,
