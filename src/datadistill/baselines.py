@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from datadistill.checks import check_ipc_fits, check_training
 from datadistill.data import ImageSet, prepare
 from datadistill.errors import ConfigError
 from datadistill.evaluate import DEFAULT_LR, EvalReport, make_dsa, train_and_test
@@ -89,6 +90,8 @@ def baseline_random(
         >>> baseline_random("mnist", ipc=1, epochs=300, num_runs=3)        # doctest: +SKIP
     """
     real = _real(dataset_or_prepared, root, zca)
+    check_training(lr=lr, num_runs=num_runs, epochs=epochs, batch_size=batch_size)
+    check_ipc_fits(ipc, real.train.labels, real.info.class_names)
     strategy = real.info.dsa_strategy if dsa_strategy is None else dsa_strategy
     dsa = make_dsa(strategy)
     test = real.test.to(device)
@@ -155,6 +158,7 @@ def baseline_full(
         >>> baseline_full("digits", epochs=20).mean                         # doctest: +SKIP
     """
     real = _real(dataset_or_prepared, root, zca)
+    check_training(lr=lr, num_runs=num_runs, epochs=epochs, batch_size=batch_size)
     strategy = real.info.dsa_strategy if dsa else None
     aug = make_dsa(strategy)
     train_x, train_y = real.train.images.to(device), real.train.labels.to(device)  # moved once

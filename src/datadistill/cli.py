@@ -67,6 +67,7 @@ def _is_infer(name: str) -> bool:
 
 
 def load_infer_config(name: str, overrides: list[str]):
+    from datadistill.checks import check_infer
     from datadistill.config import (
         config_from_dict,
         load_yaml,
@@ -79,7 +80,9 @@ def load_infer_config(name: str, overrides: list[str]):
     raw = merge(load_yaml(resolve_config_path(name)), parse_overrides(overrides))
     if raw.get("device", "auto") == "auto":
         raw["device"] = default_device()
-    return config_from_dict(InferConfig, raw)
+    cfg = config_from_dict(InferConfig, raw)
+    check_infer(cfg)
+    return cfg
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
@@ -87,10 +90,14 @@ def cmd_validate(args: argparse.Namespace) -> int:
         cfg = load_infer_config(args.config, args.overrides)
         print(f"{args.config}: valid (infer, {cfg.dataset}, IPC {cfg.ipc})")
         return 0
+    from datadistill.checks import check_ipc_for_dataset
     from datadistill.pipeline import load_pipeline_config
 
     cfg = load_pipeline_config(args.config, args.overrides)
+    note = check_ipc_for_dataset(cfg.ipc, cfg.dataset, cfg.data_root, cfg.train_per_class)
     print(f"{args.config}: valid ({cfg.method}, {cfg.dataset}, IPC {cfg.ipc})")
+    if note:
+        print(f"  note: {note}")
     return 0
 
 
@@ -362,12 +369,15 @@ def build_parser() -> argparse.ArgumentParser:
 def command_guard(args: argparse.Namespace):
     """Around every command: the report of eval/baseline is locked for this process
     (run, experts, distill, teachers and infer lock their folders themselves)."""
+    from datadistill.checks import check_eval_args, check_report_path
     from datadistill.lock import lock_file
 
     report = report_path(args)
     if report is None:
         yield
         return
+    check_eval_args(args)  # before the evaluation, which can take hours
+    check_report_path(report)
     with lock_file(report):
         yield
 

@@ -52,6 +52,7 @@ import torch
 from tqdm.auto import tqdm
 
 from datadistill.checkpoint import DistillState, MetricsLog, load_checkpoint, save_checkpoint
+from datadistill.checks import check_distill, check_ipc_fits
 from datadistill.data import check_prepared
 from datadistill.errors import CompatibilityError, ConfigError, DivergenceError
 from datadistill.lock import locks_output
@@ -242,6 +243,7 @@ def _setup(cfg: DistillConfig, out_dir, data, store) -> _Run:
     from datadistill.experts import ExpertStore
     from datadistill.experts.train import ExpertConfig, build_model
 
+    check_distill(cfg)  # learning rates, evaluation sizes, device: before any data is read
     if data is None:
         from datadistill.data import prepare
 
@@ -266,13 +268,7 @@ def _setup(cfg: DistillConfig, out_dir, data, store) -> _Run:
 
 def _check_data(cfg: DistillConfig, data) -> None:
     check_prepared(data, cfg.dataset, cfg.zca, "distill", cfg.train_per_class)
-    counts = torch.bincount(data.train.labels.cpu(), minlength=data.info.num_classes)
-    smallest = int(counts.argmin())
-    if int(counts[smallest]) < cfg.ipc:
-        name = data.info.class_names[smallest]
-        raise ConfigError(f"ipc={cfg.ipc} but class {smallest} ({name!r}) has only "
-                          f"{int(counts[smallest])} training images; lower ipc to at most "
-                          f"{int(counts[smallest])}.")
+    check_ipc_fits(cfg.ipc, data.train.labels, data.info.class_names)
 
 
 def _check_store(cfg: DistillConfig, store) -> None:

@@ -36,6 +36,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from datadistill.augment import DSA
+from datadistill.checks import check_finite, check_training
 from datadistill.data import ImageSet
 from datadistill.errors import CompatibilityError, ConfigError
 from datadistill.matching.soft_labels import soft_cross_entropy
@@ -280,6 +281,9 @@ def train_and_test(
 
 
 def _check_inputs(images: torch.Tensor, labels: torch.Tensor | None, test: ImageSet) -> None:
+    check_finite(images, "the images to evaluate")
+    if labels is not None and labels.dim() == 2:
+        check_finite(labels, "the soft labels to evaluate")
     info = test.info
     expect = (info.channels, *info.image_size)
     if images.dim() != 4 or tuple(images.shape[1:]) != expect:
@@ -391,6 +395,7 @@ def evaluate(
         raise ConfigError("classic protocol needs labels; pass hard (N,) or soft (N, K) labels")
     lr = DEFAULT_LR if lr is None else float(lr)
     num_runs = DEFAULT_RUNS[protocol] if num_runs is None else num_runs
+    check_training(lr=lr, num_runs=num_runs, epochs=epochs, batch_size=batch_size)
     strategy = test.info.dsa_strategy if dsa_strategy is None else dsa_strategy
     dsa = make_dsa(strategy)
     x, y = images.detach().to(device), labels.detach().to(device)  # moved once for all runs

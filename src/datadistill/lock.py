@@ -21,6 +21,7 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import inspect
 import json
@@ -34,7 +35,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from datadistill.errors import DatadistillError
+from datadistill.errors import ConfigError, DatadistillError
 
 try:
     import fcntl
@@ -99,8 +100,12 @@ def acquire(path: str | Path) -> None:
         return
     if fcntl is None:  # pragma: no cover
         return
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd = _open_locked(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = _open_locked(path)
+    except OSError as err:  # read-only, permission, a file where the folder should be
+        raise ConfigError(f"cannot write into the output folder {path.parent} "
+                          f"({err.strerror or err}); choose a writable --out") from None
     if fd is None:
         holder = _describe(path.read_text() if path.exists() else "")
         raise LockError(f"{path.parent} is in use by {holder}; wait for it to finish, or use "
@@ -150,9 +155,11 @@ def lock_folder(folder: str | Path) -> lock_path:
     return lock_path(Path(folder) / LOCK_NAME)
 
 
-def lock_file(file: str | Path) -> lock_path:
+def lock_file(file: str | Path) -> contextlib.AbstractContextManager:
     """Hold ``.<name>.lock`` beside the output file ``file`` (reports of eval/baseline)."""
     file = Path(file)
+    if file.exists() and not file.is_file():  # /dev/null, a pipe: nothing to share
+        return contextlib.nullcontext()
     return lock_path(file.parent / f".{file.name}.lock")
 
 

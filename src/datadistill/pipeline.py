@@ -38,6 +38,7 @@ from typing import Any
 
 import torch
 
+from datadistill.checks import check_ipc_fits, check_pipeline
 from datadistill.config import (
     config_from_dict,
     config_to_dict,
@@ -114,8 +115,9 @@ def load_pipeline_config(name_or_path: str | None = None, overrides: list[str] |
     method = raw.get("method", PipelineConfig.method)
     data = merge(preset_overrides(method, raw.get("dataset"), raw.get("ipc")), raw)
     cfg = config_from_dict(PipelineConfig, data)
-    expert_config(cfg)  # unknown keys in the stage sections fail now, not an hour later
-    _check_challenge(cfg, distill_config(cfg))
+    ecfg, dcfg = expert_config(cfg), distill_config(cfg)  # unknown keys fail now
+    _check_challenge(cfg, dcfg)
+    check_pipeline(cfg, ecfg, dcfg)
     return cfg
 
 
@@ -142,16 +144,7 @@ def distill_config(cfg: PipelineConfig, expert_dir: str | None = None):
 
 def _check(cfg: PipelineConfig) -> None:
     """Fail before any training when the stages cannot fit together."""
-    if cfg.ipc < 1:
-        raise ConfigError(f"ipc must be at least 1, got {cfg.ipc}")
-    ecfg, dcfg = expert_config(cfg), distill_config(cfg)
-    needed = dcfg.max_start_epoch + dcfg.expert_epochs
-    if ecfg.epochs < needed:
-        raise ConfigError(
-            f"distill.max_start_epoch ({dcfg.max_start_epoch}) + distill.expert_epochs "
-            f"({dcfg.expert_epochs}) = {needed} expert epochs are needed, but experts.epochs is "
-            f"{ecfg.epochs}; raise experts.epochs or lower distill.max_start_epoch"
-        )
+    check_pipeline(cfg, expert_config(cfg), distill_config(cfg))
 
 
 def _check_challenge(cfg: PipelineConfig, dcfg) -> None:
@@ -212,6 +205,7 @@ def run_pipeline(cfg: PipelineConfig, out_dir: str | Path, *, progress: bool = T
     t0 = time.time()
     data = prepare(cfg.dataset, cfg.data_root, zca=cfg.zca, download=cfg.download,
                        train_per_class=cfg.train_per_class)
+    check_ipc_fits(cfg.ipc, data.train.labels, data.info.class_names)  # before the experts
     experts_at = Path(expert_dir) if expert_dir is not None else out / "experts"
     store = train_pipeline_experts(cfg, experts_at, data=data, progress=progress)
     t_experts = time.time() - t0
