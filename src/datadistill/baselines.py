@@ -13,6 +13,7 @@ Example:
 from __future__ import annotations
 
 import logging
+import time
 from typing import Any
 
 import numpy as np
@@ -22,6 +23,7 @@ from datadistill.checks import check_ipc_fits, check_training
 from datadistill.data import ImageSet, prepare
 from datadistill.errors import ConfigError
 from datadistill.evaluate import DEFAULT_LR, EvalReport, make_dsa, train_and_test
+from datadistill.runlog import RunCache, fingerprint
 
 log = logging.getLogger(__name__)
 
@@ -83,8 +85,11 @@ def baseline_random(
     model_kwargs: dict | None = None,
     root: Any = None,
     zca: bool = False,
+    cache: RunCache | None = None,
 ) -> EvalReport:
     """Classic evaluation of a fresh random class-balanced subset per run (lr 0.01).
+
+    With a :class:`~datadistill.runlog.RunCache`, finished runs are stored and not redone.
 
     Example:
         >>> baseline_random("mnist", ipc=1, epochs=300, num_runs=3)        # doctest: +SKIP
@@ -96,9 +101,17 @@ def baseline_random(
     dsa = make_dsa(strategy)
     test = real.test.to(device)
     accs = []
+    fp = None if cache is None else fingerprint(real.train.images, real.train.labels, dict(
+        ipc=ipc, model=model, lr=lr, epochs=epochs, batch_size=batch_size, seed=seed,
+        device=str(device), dsa=strategy, model_kwargs=model_kwargs))
     for run in range(num_runs):
+        done = cache.get(fp, run) if cache else None
+        if done is not None:  # finished by an earlier, interrupted call
+            accs.append(done[0])
+            continue
         gen = torch.Generator().manual_seed(_subset_seed(seed, run))
         images, labels = random_subset(real.train, ipc, gen)
+        start = time.perf_counter()
         acc = train_and_test(
             images.to(device),
             labels.to(device),
@@ -116,6 +129,8 @@ def baseline_random(
         )
         log.info("random ipc %d run %d/%d: test accuracy %.4f", ipc, run + 1, num_runs, acc)
         accs.append(acc)
+        if cache:
+            cache.put(fp, run, acc, round(time.perf_counter() - start, 3))
     settings = _settings(
         real,
         model,

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import logging
 import shutil
 import sys
@@ -23,11 +22,6 @@ from datadistill.errors import DatadistillError
 
 def default_device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
-
-
-def _write_json(path: Path, payload: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(payload, indent=2) + "\n")
 
 
 def _fmt(report) -> str:
@@ -148,7 +142,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     cfg = _pipeline(args)
     out = _run_dir(args, cfg)
     print(f"datadistill run: {cfg.method} on {cfg.dataset}, IPC {cfg.ipc} -> {out}")
-    report = run_pipeline(cfg, out, progress=not args.quiet)
+    report = run_pipeline(cfg, out, progress=not args.quiet, restart=args.restart)
     for key, rep in report.items():
         if isinstance(rep, dict) and "accuracies" in rep:
             print(f"  {key:<24} {100 * rep['mean']:6.2f} ± {100 * rep['std']:.2f} % "
@@ -218,6 +212,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from datadistill.artifact import load_any, load_distilled
     from datadistill.data import prepare
     from datadistill.evaluate import evaluate, evaluate_cross, hard_labels_from
+    from datadistill.io import write_report
 
     path = Path(args.path)
     if (path / "meta.json").is_file():
@@ -247,8 +242,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     )
     for name, rep in reports.items():
         print(f"{args.path} [{name}]: {_fmt(rep)}")
-    out = report_path(args)
-    _write_json(out, {name: rep.to_dict() for name, rep in reports.items()})
+    out = write_report({name: rep.to_dict() for name, rep in reports.items()}, report_path(args))
     print(f"report written to {out}")
     return 0
 
@@ -256,6 +250,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
 def cmd_baseline(args: argparse.Namespace) -> int:
     from datadistill.baselines import baseline_full, baseline_random
     from datadistill.data import prepare
+    from datadistill.io import write_report
 
     data = prepare(args.dataset, args.data_root, zca=args.zca, download=args.download)
     common = dict(num_runs=args.runs, seed=args.seed, device=args.device, progress=not args.quiet)
@@ -266,8 +261,7 @@ def cmd_baseline(args: argparse.Namespace) -> int:
         report = baseline_full(data, epochs=args.epochs, **common)
         label = f"full training set, {args.epochs} epochs"
     print(f"{args.dataset} {label}: {_fmt(report)}")
-    out = report_path(args)
-    _write_json(out, report.to_dict())
+    out = write_report(report.to_dict(), report_path(args))
     print(f"report written to {out}")
     return 0
 
@@ -337,7 +331,10 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--quiet", action="store_true", help="no progress bars")
         if name == "distill":
             p.add_argument("--experts", default=None, help="expert store (default <out>/experts)")
-            p.add_argument("--restart", action="store_true", help="ignore an existing checkpoint")
+        if name in ("run", "distill"):
+            p.add_argument("--restart", action="store_true",
+                           help="start the distillation and the final evaluation over, ignoring "
+                                "the checkpoint (experts are kept)")
         p.set_defaults(func=func)
 
     p = sub.add_parser("presets", help="what each method preset changes, and its paper")
@@ -393,10 +390,13 @@ def main(argv: list[str] | None = None) -> int:
         with command_guard(args):
             return args.func(args)
     except DatadistillError as err:
+        if getattr(err, "text", None):  # a finished report that could not be written
+            print(err.text, end="")
         print(f"error: {err}", file=sys.stderr)
         return 2
     except BrokenPipeError:  # e.g. `datadistill presets | head`
         return 0
     except KeyboardInterrupt:
-        print("interrupted; rerun the same command to resume", file=sys.stderr)
+        print("interrupted; rerun the same command to resume (or add --restart to start the "
+              "distillation over)", file=sys.stderr)
         return 130

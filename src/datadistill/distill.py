@@ -206,9 +206,10 @@ def distill(cfg: DistillConfig, out_dir: str | Path, *, data=None, store=None,
     """
     t0 = time.time()
     run = _setup(cfg, out_dir, data, store)
+    resumed = resume and (run.out / "checkpoint.pt").is_file()
     state, opts, gens, ema = _initial_state(run, resume)  # checks a resumed config first
     (run.out / "config.json").write_text(json.dumps(dataclasses.asdict(cfg), indent=2) + "\n")
-    log = MetricsLog(run.out / "metrics.jsonl", state.iteration if resume else 0)
+    log = MetricsLog(run.out / "metrics.jsonl", state.iteration if resumed else None)
     eval_points = _eval_points(cfg)
     bar = tqdm(total=cfg.iterations, initial=state.iteration, desc="distill",
                disable=not progress)
@@ -305,7 +306,7 @@ def _initial_state(run: _Run, resume: bool):
             for k, s in zip(_GENERATORS, _seeds(cfg.seed, len(_GENERATORS)), strict=True)}
     if resume and path.is_file():
         state = load_checkpoint(path)
-        _check_resume(cfg, state.config, path)
+        check_resume(cfg, state.config, path)
         logger.info("resuming %s at iteration %d", run.out, state.iteration)
     else:
         state = _fresh_state(run, gens)
@@ -326,13 +327,15 @@ def _initial_state(run: _Run, resume: bool):
     return state, opts, gens, ema
 
 
-def _check_resume(cfg: DistillConfig, saved: dict, path: Path) -> None:
+def check_resume(cfg: DistillConfig, saved: dict, path: Path) -> None:
+    """A checkpoint written with ``saved`` may be resumed under ``cfg`` (else an error)."""
     now = dataclasses.asdict(cfg)
     diff = sorted(k for k in now if k not in RESUMABLE_KEYS and saved.get(k) != now[k])
     if diff:
         detail = ", ".join(f"{k}: {saved.get(k)!r} -> {now[k]!r}" for k in diff)
         raise CompatibilityError(f"{path} was written with another config ({detail}); resume "
-                                 "with the same settings, or pass resume=False to start over.")
+                                 "with the same settings, or rerun with --restart (Python: "
+                                 "resume=False) to start over.")
 
 
 def _fresh_state(run: _Run, gens: dict[str, torch.Generator]) -> DistillState:
@@ -470,8 +473,8 @@ def _mask(cfg: DistillConfig, theta_n: torch.Tensor, target: torch.Tensor):
 def _guard(ok: bool, what: str) -> None:
     if not ok:
         raise DivergenceError(f"{what}; the run stopped (checkpoint.pt and best/ hold the last "
-                              "good state). Lower lr_lr and/or lr_img and start over "
-                              "(resume=False).")
+                              "good state). Lower lr_lr and/or lr_img and rerun with "
+                              "--restart (Python: resume=False).")
 
 
 def _check_state(state: DistillState, it: int) -> None:

@@ -41,6 +41,7 @@ from datadistill.data import ImageSet
 from datadistill.errors import CompatibilityError, ConfigError
 from datadistill.matching.soft_labels import soft_cross_entropy
 from datadistill.models import create_model
+from datadistill.runlog import RunCache, fingerprint
 
 log = logging.getLogger(__name__)
 
@@ -371,12 +372,14 @@ def evaluate(
     progress: bool = False,
     model_kwargs: dict | None = None,
     ipc: int | None = None,
+    cache: RunCache | None = None,
 ) -> EvalReport:
     """Train `num_runs` fresh networks on (images, labels) and test them on `test`.
 
     `num_runs` defaults to 5 (classic) or 3 (challenge); `dsa_strategy` to the dataset's
     (``"none"`` turns DSA off). For "challenge", labels are implied by order (`labels` may be
-    None) and `ipc` defaults to N / classes.
+    None) and `ipc` defaults to N / classes. With a :class:`~datadistill.runlog.RunCache`,
+    each finished run is stored as it ends and runs already stored are not trained again.
 
     Example:
         >>> evaluate(ds.images, ds.labels, real.test, lr=ds.lr, epochs=300)  # doctest: +SKIP
@@ -401,7 +404,15 @@ def evaluate(
     x, y = images.detach().to(device), labels.detach().to(device)  # moved once for all runs
     test_dev = test.to(device)
     accs, seconds = [], []
+    setup = dict(protocol=protocol, model=model, lr=lr, epochs=epochs, batch_size=batch_size,
+                 seed=seed, device=str(device), dsa=strategy, model_kwargs=model_kwargs)
+    fp = None if cache is None else fingerprint(x, y, setup)
     for run in range(num_runs):
+        done = cache.get(fp, run) if cache else None
+        if done is not None:  # finished by an earlier, interrupted call
+            accs.append(done[0])
+            seconds.append(done[1])
+            continue
         start = time.perf_counter()
         acc = train_and_test(
             x,
@@ -421,6 +432,8 @@ def evaluate(
         log.info("%s %s run %d/%d: test accuracy %.4f", protocol, model, run + 1, num_runs, acc)
         accs.append(acc)
         seconds.append(round(time.perf_counter() - start, 3))
+        if cache:
+            cache.put(fp, run, acc, seconds[-1])
     settings = {
         "dataset": test.info.name,
         "space": test.space,

@@ -68,3 +68,38 @@ def read_json(path: str | Path) -> dict:
         return json.loads(path.read_text())
     except json.JSONDecodeError as err:
         raise ArtifactError(f"{path} is not valid JSON ({err}); delete it and re-run") from None
+
+
+class ReportNotSaved(ArtifactError):
+    """A finished report could not be written where asked; it went to a fallback file.
+
+    ``text`` holds the report itself (the CLI prints it), ``fallback`` the file it went to.
+    """
+
+    def __init__(self, message: str, text: str, fallback: Path | None) -> None:
+        super().__init__(message)
+        self.text, self.fallback = text, fallback
+
+
+def write_report(data: dict, path: str | Path) -> Path:
+    """Write a finished report as JSON; if that fails, never lose it.
+
+    On failure the report goes to ``$TMPDIR/datadistill-<name>-<pid>.json`` and a
+    :class:`ReportNotSaved` carrying the text is raised (the CLI prints it on stdout).
+    """
+    path = Path(path)
+    text = json.dumps(data, indent=2) + "\n"
+    try:
+        atomic_write(path, lambda tmp: Path(tmp).write_text(text))
+        return path
+    except (OSError, ArtifactError) as err:
+        reason = getattr(err, "strerror", None) or str(err)
+    name = f"datadistill-{path.stem}-{os.getpid()}.json"
+    fallback: Path | None = Path(tempfile.gettempdir()) / name
+    try:
+        fallback.write_text(text)
+        where = f"it was saved to {fallback} instead and is printed below"
+    except OSError:
+        fallback, where = None, "it is printed below"
+    raise ReportNotSaved(f"could not write the report {path} ({reason}); {where}. Copy it "
+                         "where it belongs", text, fallback)
