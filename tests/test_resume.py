@@ -144,3 +144,24 @@ def test_unwritable_report_goes_to_stdout_and_a_fallback_file(tmp_path, capsys, 
     assert report["protocol"] == "random"
     fallback = next(tmp_path.glob("datadistill-b-*.json"))
     assert json.loads(fallback.read_text()) == report
+
+
+def test_repair_rebuilds_best_last_and_the_report(tmp_path, capsys):
+    from datadistill.artifact import load_distilled
+
+    cfg = load_pipeline_config("digits/mtt_ipc1", [
+        *SMALL, "distill.iterations=4", "distill.eval_every=2", "distill.eval_runs=1",
+        "distill.eval_epochs=1", "distill.lr_img=1000"])
+    report = run_pipeline(cfg, tmp_path, progress=False)
+    folder = tmp_path / "distill"
+    best, last = load_distilled(folder / "best"), load_distilled(folder / "last")
+    (folder / "best" / "tensors.pt").write_bytes(b"torn")
+    (folder / "last" / "meta.json").unlink()
+    (tmp_path / "eval.json").unlink()
+    assert main(["repair", str(tmp_path), "--quiet"]) == 0
+    assert "rebuilt best/ by replaying iterations 0-2" in capsys.readouterr().out  # best: it 2
+    for before, after in ((best, load_distilled(folder / "best")),
+                          (last, load_distilled(folder / "last"))):
+        assert torch.equal(before.images, after.images) and before.lr == after.lr
+    again = json.loads((tmp_path / "eval.json").read_text())
+    assert again["distilled_convnet"]["accuracies"] == report["distilled_convnet"]["accuracies"]

@@ -151,6 +151,15 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_repair(args: argparse.Namespace) -> int:
+    from datadistill.repair import repair_run
+
+    for what in repair_run(args.out, progress=not args.quiet):
+        print(f"rebuilt {what}")
+    print(f"report written to {Path(args.out) / 'eval.json'}")
+    return 0
+
+
 def cmd_presets(args: argparse.Namespace) -> int:
     from datadistill.presets import presets_table
 
@@ -336,6 +345,11 @@ def build_parser() -> argparse.ArgumentParser:
                            help="start the distillation and the final evaluation over, ignoring "
                                 "the checkpoint (experts are kept)")
         p.set_defaults(func=func)
+
+    p = sub.add_parser("repair", help="rebuild best/, last/ and eval.json of a finished run")
+    p.add_argument("out", help="the run folder")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(func=cmd_repair)
 
     p = sub.add_parser("presets", help="what each method preset changes, and its paper")
     p.set_defaults(func=cmd_presets)
