@@ -11,6 +11,7 @@ import argparse
 import contextlib
 import logging
 import shutil
+import signal
 import sys
 from pathlib import Path
 
@@ -376,6 +377,14 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised where the program is, so it stops like Ctrl-C (files stay whole)."""
+
+
+def _terminated(signum, frame) -> None:
+    raise Terminated()
+
+
 @contextlib.contextmanager
 def command_guard(args: argparse.Namespace):
     """Around every command: the report of eval/baseline is locked for this process
@@ -400,6 +409,14 @@ def main(argv: list[str] | None = None) -> int:
         level=logging.INFO if args.verbose else logging.WARNING,
         format="%(levelname)s %(name)s: %(message)s",
     )
+    previous = signal.signal(signal.SIGTERM, _terminated)  # `kill`, a job's timeout: Ctrl-C
+    try:
+        return _run(args)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _run(args: argparse.Namespace) -> int:
     try:
         with command_guard(args):
             return args.func(args)
@@ -410,7 +427,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except BrokenPipeError:  # e.g. `datadistill presets | head`
         return 0
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as err:
         print("interrupted; rerun the same command to resume (or add --restart to start the "
               "distillation over)", file=sys.stderr)
-        return 130
+        return 143 if isinstance(err, Terminated) else 130

@@ -13,8 +13,11 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import json
 import os
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -23,18 +26,76 @@ import torch
 
 from datadistill.errors import ArtifactError
 
+TMP_SUFFIX = ".tmp"  # temporary files are ".<name>.<random>.tmp" beside their target
+
 
 def atomic_write(path: Path, write) -> None:
-    """Call ``write(tmp_name)`` on a temporary file beside ``path``, then rename it into place."""
+    """Call ``write(tmp_name)`` on a temporary file beside ``path``, then rename it into place.
+
+    The file gets the permissions of a plain ``open()`` (0666 less the umask), not the
+    0600 of ``mkstemp``, so a group can share stores. A full disk is an ArtifactError in
+    words.
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=TMP_SUFFIX, dir=path.parent)
     os.close(fd)
     try:
+        os.chmod(tmp, 0o666 & ~current_umask())
         write(tmp)
         os.replace(tmp, path)
+    except Exception as err:
+        if is_disk_full(err, path.parent):
+            raise ArtifactError(
+                f"no space left on the device holding {path.parent} while writing {path.name}; "
+                "free some space and rerun the same command (finished work is kept)") from None
+        raise
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
+
+
+def current_umask() -> int:
+    """The process umask, read without changing it where /proc allows."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except OSError:
+        pass
+    mask = os.umask(0o022)  # no /proc: set and restore
+    os.umask(mask)
+    return mask
+
+
+def is_disk_full(err: BaseException, folder: Path) -> bool:
+    """True when ``err`` comes from a full disk (torch.save reports it as "unexpected pos")."""
+    if isinstance(err, OSError) and err.errno in (errno.ENOSPC, errno.EDQUOT):
+        return True
+    if not isinstance(err, (OSError, RuntimeError)):
+        return False
+    try:
+        return shutil.disk_usage(folder).free < 16 * 2**20
+    except OSError:
+        return False
+
+
+def remove_orphans(folder: Path) -> int:
+    """Delete temporary files left by killed atomic writes under ``folder``; their number.
+
+    Subfolders holding a ``.lock`` of their own (another owner) are left alone. Call only
+    while holding ``folder``'s lock, so no write of this folder is in flight.
+    """
+    removed = 0
+    for root, dirs, files in os.walk(folder):
+        if Path(root) != folder and ".lock" in files:
+            dirs[:] = []
+            continue
+        for name in files:
+            if name.startswith(".") and name.endswith(TMP_SUFFIX) and name.count(".") >= 3:
+                with contextlib.suppress(FileNotFoundError):
+                    os.remove(os.path.join(root, name))
+                    removed += 1
+    return removed
 
 
 def save_tensors(obj: Any, path: str | Path) -> None:

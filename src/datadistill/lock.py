@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from datadistill.errors import ConfigError, DatadistillError
+from datadistill.io import remove_orphans
 
 try:
     import fcntl
@@ -117,6 +118,11 @@ def acquire(path: str | Path) -> None:
     os.ftruncate(fd, 0)
     os.pwrite(fd, (json.dumps(_owner_record()) + "\n").encode(), 0)
     _HELD[key] = _Held(fd, 1)
+    if path.name == LOCK_NAME:  # a folder lock: no write of ours is in flight there now
+        removed = remove_orphans(path.parent)
+        if removed:
+            log.info("removed %d temporary files left by killed writes in %s", removed,
+                     path.parent)
 
 
 def release(path: str | Path) -> None:
