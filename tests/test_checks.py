@@ -27,6 +27,8 @@ def _validate(capsys, *overrides, config="digits/mtt_ipc1"):
     ("distill.eval_epochs=-1", "distill.eval_epochs must be an integer >= 0"),
     ("evaluation.runs=0", "evaluation.runs"),
     ("ipc=0", "ipc must be"),
+    ("dataset=digitz", "unknown dataset 'digitz'"),
+    ("model=convnett", "unknown model 'convnett'"),
 ])
 def test_validate_refuses_out_of_range_values(capsys, override, match):
     code, err = _validate(capsys, override)
@@ -132,3 +134,12 @@ def test_evaluate_refuses_zero_runs(digits_set):
     test = create_dataset("digits", split="test")
     with pytest.raises(ConfigError, match="evaluation runs must be an integer >= 1"):
         evaluate(digits_set.images, digits_set.labels, test, num_runs=0, epochs=1)
+
+
+def test_damaged_checkpoint_message_names_restart_not_unsafe_loading(tmp_path):
+    from datadistill.checkpoint import load_checkpoint
+
+    (tmp_path / "checkpoint.pt").write_bytes(b"garbage")
+    with pytest.raises(Exception, match="truncated, damaged or not a tensor file.*--restart") as e:
+        load_checkpoint(tmp_path / "checkpoint.pt")
+    assert "weights_only" not in str(e.value)

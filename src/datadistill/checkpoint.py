@@ -22,7 +22,7 @@ from typing import Any
 import torch
 
 from datadistill.errors import ArtifactError
-from datadistill.io import atomic_write, save_tensors
+from datadistill.io import atomic_write, load_error_reason, save_tensors
 
 FORMAT_VERSION = 1
 
@@ -62,8 +62,8 @@ def load_checkpoint(path: str | Path) -> DistillState:
     try:
         record = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:
-        raise ArtifactError(f"{path} cannot be read as a checkpoint ({err}); rerun with "
-                            "--restart (Python: resume=False) to start over.") from None
+        raise ArtifactError(f"{path} cannot be read as a checkpoint ({load_error_reason(err)}); "
+                            "rerun with --restart (Python: resume=False) to start over.") from None
     version = record.pop("format_version", None)
     if version != FORMAT_VERSION:
         raise ArtifactError(f"{path}: checkpoint format_version {version!r}, expected "

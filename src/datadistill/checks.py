@@ -109,8 +109,18 @@ def check_distill(dcfg: Any) -> None:
     check_device(dcfg.device)
 
 
+def check_names(dataset: str, model: str) -> None:
+    """The dataset and the model are registered (their errors list the valid names)."""
+    from datadistill.data.registry import _spec
+    from datadistill.models.registry import model_entry
+
+    _spec(dataset)
+    model_entry(model)
+
+
 def check_pipeline(cfg: Any, ecfg: Any, dcfg: Any, *, window: bool = True) -> None:
     """Everything about a pipeline config that can be checked without data."""
+    check_names(cfg.dataset, cfg.model)
     check_count("ipc", cfg.ipc, 1)
     check_device(cfg.resolved_device())
     check_distill(dcfg)
@@ -124,6 +134,7 @@ def check_pipeline(cfg: Any, ecfg: Any, dcfg: Any, *, window: bool = True) -> No
 
 def check_infer(cfg: Any) -> None:
     """Learning rates, sizes and device of an :class:`InferConfig`."""
+    check_names(cfg.dataset, cfg.student.model)
     check_device(cfg.device)
     check_positive("lr", cfg.lr)
     for section in ("teachers", "student"):

@@ -47,7 +47,7 @@ def cmd_configs(args: argparse.Namespace) -> int:
         if dest.is_dir():
             dest = dest / src.name
         if dest.exists() and not args.force:
-            print(f"{dest} exists; pass --force to overwrite it", file=sys.stderr)
+            print(f"error: {dest} exists; pass --force to overwrite it", file=sys.stderr)
             return 2
         shutil.copyfile(src, dest)
         print(f"copied {args.name} to {dest}")

@@ -111,7 +111,17 @@ def load_tensors(path: str | Path, map_location: str | torch.device = "cpu") -> 
     try:
         return torch.load(path, map_location=map_location, weights_only=True)
     except Exception as err:  # torch raises several types for truncated or foreign files
-        raise ArtifactError(f"{path} cannot be read ({err}); delete it and re-run") from None
+        raise ArtifactError(f"{path} cannot be read ({load_error_reason(err)}); delete it and "
+                            "re-run") from None
+
+
+def load_error_reason(err: BaseException) -> str:
+    """A short reason for a failed ``torch.load`` (torch's weights-only advice, which
+    suggests unsafe loading, does not apply to a damaged file)."""
+    text = str(err).splitlines()[0][:160] if str(err) else type(err).__name__
+    if "Weights only load failed" in text:
+        return "truncated, damaged or not a tensor file"
+    return text
 
 
 def write_json(data: dict, path: str | Path) -> None:

@@ -27,17 +27,21 @@ from datadistill.errors import DatasetError
 
 logger = logging.getLogger(__name__)
 
-# The largest official archive (Tiny ImageNet) expands to well under 1 GB.
+# The largest official archive (Tiny ImageNet) expands to well under 1 GB; what is read into
+# memory (CIFAR batches, MNIST files) to under 200 MB.
 MAX_EXPANDED_BYTES = 16 * 2**30
+MAX_IN_MEMORY_BYTES = 2**31
 
 
-def check_expanded_size(total: int, source: Path | str) -> None:
-    """Refuse an archive or stream that would expand to more than `MAX_EXPANDED_BYTES`."""
-    if total > MAX_EXPANDED_BYTES:
+def check_expanded_size(total: int, source: Path | str, limit: int | None = None) -> None:
+    """Refuse an archive or stream that would expand to more than ``limit`` bytes
+    (default `MAX_EXPANDED_BYTES`)."""
+    limit = MAX_EXPANDED_BYTES if limit is None else limit
+    if total > limit:
         raise DatasetError(
-            f"{source} would expand to {total / 2**30:.1f} GiB, more than the "
-            f"{MAX_EXPANDED_BYTES / 2**30:.0f} GiB limit: it is a decompression bomb or not the "
-            "official file. Delete it and download it again from the official source"
+            f"{source} would expand to more than {limit / 2**30:.1f} GiB (the limit): it is a "
+            "decompression bomb or not the official file. Delete it and download it again "
+            "from the official source"
         )
 
 
@@ -119,7 +123,8 @@ def read_tar_members(archive: Path, wanted: set[str]) -> dict[str, bytes]:
     """
     with _open_tar(archive) as tar:
         members = _tar_members(tar, archive)
-        check_expanded_size(sum(m.size for m in members if m.name in wanted), archive)
+        wanted_bytes = sum(m.size for m in members if m.name in wanted)
+        check_expanded_size(wanted_bytes, archive, min(MAX_IN_MEMORY_BYTES, MAX_EXPANDED_BYTES))
         found: dict[str, bytes] = {}
         for member in members:
             if member.isfile() and member.name in wanted:
