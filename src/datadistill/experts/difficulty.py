@@ -37,6 +37,7 @@ from torch.nn import functional as F
 from tqdm import tqdm
 
 from datadistill.errors import ArtifactError, CompatibilityError, ConfigError
+from datadistill.io import save_tensors
 
 logger = logging.getLogger(__name__)
 
@@ -231,14 +232,11 @@ def save_difficulty(order: DifficultyOrder, path: str | Path) -> Path:
     with ``weights_only=True``.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     payload = {"format_version": FORMAT_VERSION,
                "indices": [t.detach().cpu().long() for t in order.indices],
                "scores": None if order.scores is None else order.scores.detach().cpu(),
                "meta": dict(order.meta)}
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(payload, tmp)
-    tmp.replace(path)  # atomic: no half-written file on interruption
+    save_tensors(payload, path)  # atomic: no half-written file on interruption
     return path
 
 
