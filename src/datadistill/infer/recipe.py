@@ -41,7 +41,7 @@ from datadistill.infer.labels import ensemble_logits
 from datadistill.infer.store import InferSet, save_infer_set
 from datadistill.infer.student import evaluate_student
 from datadistill.infer.teachers_train import TeacherStore
-from datadistill.io import write_json
+from datadistill.io import write_report
 from datadistill.lock import locks_output
 
 log = logging.getLogger(__name__)
@@ -188,7 +188,7 @@ def run_infer(
             device=cfg.device,
             progress=progress,
         )
-        write_json(report.to_dict(), Path(out_dir) / REPORT_FILE)
+        write_report(report.to_dict(), Path(out_dir) / REPORT_FILE)
         log.info(
             "INFER student: %s (best-of-periodic %.2f %%)",
             report,
