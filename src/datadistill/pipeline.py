@@ -155,6 +155,7 @@ def _check_challenge(cfg: PipelineConfig, dcfg) -> None:
                           "distill.label_mode=hard (the mdatm preset does).")
 
 
+@locks_output("out_dir")
 def train_pipeline_experts(cfg: PipelineConfig, out_dir: str | Path, *, data=None,
                            progress: bool = True):
     """The expert stage alone: train (or finish) the store in ``out_dir`` for this config.
