@@ -297,13 +297,13 @@ def _corrupt(folder: Path, name: str) -> Path:
 def _in_process(argv: list[str]) -> tuple[int, str]:
     from datadistill.cli import main
 
-    err = io.StringIO()
+    err, out = io.StringIO(), io.StringIO()
     handler = logging.StreamHandler(err)  # warnings, as the CLI shows them on stderr
     handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
     handler.setLevel(logging.WARNING)
     logging.getLogger().addHandler(handler)
     try:
-        with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(err):
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
             code = main(argv)
     except SystemExit as exc:  # argparse
         code = int(exc.code or 0)
@@ -311,7 +311,8 @@ def _in_process(argv: list[str]) -> tuple[int, str]:
         return 1, f"Traceback: {type(exc).__name__}: {exc}"
     finally:
         logging.getLogger().removeHandler(handler)
-    return code, err.getvalue()
+    said = err.getvalue()
+    return code, said if said.strip() or code else out.getvalue()  # what a success printed
 
 
 def _child(argv: list[str], busy: Path | None) -> tuple[int, str]:

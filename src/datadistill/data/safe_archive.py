@@ -39,7 +39,7 @@ def check_expanded_size(total: int, source: Path | str, limit: int | None = None
     limit = MAX_EXPANDED_BYTES if limit is None else limit
     if total > limit:
         raise DatasetError(
-            f"{source} would expand to more than {limit / 2**30:.1f} GiB (the limit): it is a "
+            f"{source} would expand to more than {limit / 2**20:,.0f} MiB (the limit): it is a "
             "decompression bomb or not the official file. Delete it and download it again "
             "from the official source"
         )
