@@ -82,12 +82,16 @@ def is_disk_full(err: BaseException, folder: Path) -> bool:
 def remove_orphans(folder: Path) -> int:
     """Delete temporary files left by killed atomic writes under ``folder``; their number.
 
-    Subfolders holding a ``.lock`` of their own (another owner) are left alone. Call only
-    while holding ``folder``'s lock, so no write of this folder is in flight.
+    Looks two levels deep (a run folder, its stages, their sets); subfolders holding a
+    ``.lock`` of their own (another owner) are left alone. Call only while holding
+    ``folder``'s lock, so no write of this folder is in flight.
     """
     removed = 0
     for root, dirs, files in os.walk(folder):
-        if Path(root) != folder and ".lock" in files:
+        depth = len(Path(root).relative_to(folder).parts)
+        if depth >= 2:
+            dirs[:] = []
+        if depth and ".lock" in files:
             dirs[:] = []
             continue
         for name in files:
