@@ -101,8 +101,10 @@ class _Evil:
         return (os.system, ("echo owned",))
 
 
-OBJECT_ARRAY = (b"\x80\x02cnumpy\nndarray\nK\x02\x85cnumpy\ndtype\nX\x01\x00\x00\x00O\x85R"
-                b"C\x10" + b"A" * 16 + b"\x87R.")
+# {"data": numpy.ndarray((2,), dtype("O"), 16 forged bytes), "labels": [0, 1]}
+OBJECT_ARRAY = (b"\x80\x02}(X\x04\x00\x00\x00datacnumpy\nndarray\nK\x02\x85cnumpy\ndtype\n"
+                b"X\x01\x00\x00\x00O\x85RC\x10" + b"A" * 16 + b"\x87RX\x06\x00\x00\x00labels]"
+                b"(K\x00K\x01eu.")
 
 
 def _run(tmp: Path, *extra: str) -> list[str]:
@@ -144,7 +146,7 @@ def _damaged_best(tmp: Path) -> list[str]:
 
 def _other_experts(tmp: Path) -> list[str]:
     _finished_run(tmp)
-    return _run(tmp, "experts.lr=0.5", "--restart")
+    return _run(tmp, "experts.lr=0.5")
 
 
 def _busy(tmp: Path) -> list[str]:
@@ -316,7 +318,8 @@ def _in_process(argv: list[str]) -> tuple[int, str]:
 
 
 def _child(argv: list[str], busy: Path | None) -> tuple[int, str]:
-    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1] / "src")}
+    src = os.environ.get("DATADISTILL_SRC", str(Path(__file__).resolve().parents[1] / "src"))
+    env = {**os.environ, "PYTHONPATH": src}
     holder = None
     if busy is not None:  # another process owns the folder
         code = ("import sys, time\nfrom datadistill.lock import lock_folder\n"
@@ -338,7 +341,7 @@ def _child(argv: list[str], busy: Path | None) -> tuple[int, str]:
 def run_case(case: Case) -> Outcome:
     from datadistill.data import safe_archive
 
-    limit = safe_archive.MAX_IN_MEMORY_BYTES
+    limit = getattr(safe_archive, "MAX_IN_MEMORY_BYTES", None)  # older versions: none
     try:
         return _run_case(case)
     finally:
@@ -361,20 +364,33 @@ def _run_case(case: Case) -> Outcome:
     return Outcome(code, message, clean)
 
 
-def table(rows: list[tuple[Case, Outcome]]) -> str:
-    lines = ["| # | bad input | exit | message | clean |", "|---|---|---|---|---|"]
+def _cell(text: str, width: int = 400) -> str:
+    text = text.replace("|", "\\|")
+    return text if len(text) <= width else text[:width] + " ..."
+
+
+def table(rows: list[tuple[Case, Outcome]], before: dict[str, dict]) -> str:
+    head = "| # | bad input | exit | message now | clean |"
+    rule = "|---|---|---|---|---|"
+    if before:
+        head, rule = head + " before: exit | before: message |", rule + "---|---|"
+    lines = [head, rule]
     for i, (case, out) in enumerate(rows, 1):
-        msg = out.message.replace("|", "\\|")
-        lines.append(f"| {i} | {case.kind} | {out.code} | {msg} | "
-                     f"{'yes' if out.clean else 'NO'} |")
+        line = (f"| {i} | {case.kind} | {out.code} | {_cell(out.message)} | "
+                f"{'yes' if out.clean else 'NO'} |")
+        if before:
+            old = before.get(case.kind, {"code": "-", "message": "(not run)"})
+            line += f" {old['code']} | {_cell(old['message'], 160)} |"
+        lines.append(line)
     return "\n".join(lines) + "\n"
 
 
 HEADER = """# Bad inputs and the messages they get
 
 Every row was produced by running the input through the command line
-(`PYTHONPATH=src python benchmarks/bad_inputs.py --out docs/bad-inputs.md`; temporary
-folders shown as `$TMP`). *clean* means: refused before any work with exit status 2 and a
+(`PYTHONPATH=src python benchmarks/bad_inputs.py --before
+benchmarks/results/bad_inputs_before.json --out docs/bad-inputs.md`; temporary folders shown
+as `$TMP`). *clean* means: refused before any work with exit status 2 and a
 one-line `error:` message naming the problem and the fix, or, for an input the program can
 recover from (a dead owner's lock, a torn log line, a damaged `best/` given to `repair`),
 handled with a warning and exit 0. Exit 143/130 and the resume after `kill -9` are covered
@@ -383,10 +399,22 @@ by `tests/test_housekeeping.py` and the drill in `tests/test_drill.py`.
 """
 
 
+BEFORE = """The *before* columns are the same inputs on the code before these checks (commit
+1e66ff4), from `benchmarks/results/bad_inputs_before.json`, written by
+`PYTHONPATH=<old>/src DATADISTILL_SRC=<old>/src python benchmarks/bad_inputs.py --json ...`
+and shown with `--before`. Exit 0 with a result there is a silent acceptance; exit 1 a
+traceback.
+
+"""
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default=None, help="markdown file (default: print)")
     parser.add_argument("--only", default=None, help="run the cases whose name has this text")
+    parser.add_argument("--json", default=None, help="also write the outcomes as JSON")
+    parser.add_argument("--before", default=None,
+                        help="JSON outcomes of an older version, shown as extra columns")
     args = parser.parse_args()
     torch.set_num_threads(1)
     rows = []
@@ -396,8 +424,14 @@ def main() -> None:
         t0 = time.time()
         rows.append((case, run_case(case)))
         print(f"{time.time() - t0:5.1f} s  {rows[-1][1].code:>3}  {case.kind}", file=sys.stderr)
-    text = HEADER + table(rows) + (f"\n{sum(o.clean for _, o in rows)} of {len(rows)} "
-                                   "inputs are handled cleanly.\n")
+    before = json.loads(Path(args.before).read_text()) if args.before else {}
+    text = HEADER + (BEFORE if before else "") + table(rows, before) + (
+        f"\n{sum(o.clean for _, o in rows)} of {len(rows)} inputs are handled cleanly"
+        + (f" (before: {sum(b['clean'] for b in before.values())})" if before else "") + ".\n")
+    if args.json:
+        Path(args.json).write_text(json.dumps(
+            {c.kind: {"code": o.code, "message": o.message, "clean": o.clean} for c, o in rows},
+            indent=1))
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         Path(args.out).write_text(text)
