@@ -120,9 +120,14 @@ def test_refused_rerun_writes_nothing_and_restart_is_named(tmp_path):
     before = (tmp_path / "pipeline.json").read_text()
     runs = (tmp_path / "eval_runs.jsonl").read_text()
     assert runs.count('"distilled_convnet"') == 2 and runs.count('"random_subset"') == 2
+    files = {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
     changed = load_pipeline_config("digits/mtt_ipc1", [*SMALL, "distill.lr_img=5"])
     with pytest.raises(CompatibilityError, match="--restart"):
         run_pipeline(changed, tmp_path, progress=False)
+    other_experts = load_pipeline_config("digits/mtt_ipc1", [*SMALL, "experts.lr=0.5"])
+    with pytest.raises(CompatibilityError, match="another expert config"):
+        run_pipeline(other_experts, tmp_path, progress=False)
+    assert {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()} == files
     assert (tmp_path / "pipeline.json").read_text() == before
     report = run_pipeline(changed, tmp_path, progress=False, restart=True)
     assert json.loads((tmp_path / "pipeline.json").read_text())["distill"]["lr_img"] == 5

@@ -28,6 +28,7 @@ from typing import Any
 
 import torch
 
+from datadistill.errors import DatadistillError
 from datadistill.io import read_json, write_json
 
 log = logging.getLogger(__name__)
@@ -91,13 +92,21 @@ class StageClock:
 
     @contextlib.contextmanager
     def stage(self, name: str) -> Iterator[None]:
-        """Add the time spent in the block to ``name`` (also when it is interrupted)."""
+        """Add the time spent in the block to ``name``, also when it is interrupted (Ctrl-C,
+        SIGTERM), but not when it was refused (a DatadistillError: nothing is written)."""
         t0 = time.time()
         try:
             yield
-        finally:
-            self.seconds[name] = round(self.seconds.get(name, 0.0) + time.time() - t0, 1)
-            write_json(self.seconds, self.path)
+        except DatadistillError:
+            raise
+        except BaseException:
+            self._add(name, time.time() - t0)
+            raise
+        self._add(name, time.time() - t0)
+
+    def _add(self, name: str, seconds: float) -> None:
+        self.seconds[name] = round(self.seconds.get(name, 0.0) + seconds, 1)
+        write_json(self.seconds, self.path)
 
     def report(self) -> dict[str, float]:
         """The summed seconds per stage and their total."""
