@@ -69,7 +69,7 @@ def _strip(obj, root: Path):
     """A report without its wall-clock fields, with paths relative to the run folder."""
     if isinstance(obj, dict):
         return {k: _strip(v, root) for k, v in obj.items()
-                if not k.startswith("seconds") and k != "time"}
+                if not str(k).startswith("seconds") and k != "time"}
     if isinstance(obj, list):
         return [_strip(v, root) for v in obj]
     if isinstance(obj, str):
