@@ -96,6 +96,11 @@ def _cifar(tmp: Path, test_batch: bytes) -> Path:
     return tmp
 
 
+def _cifar_argv(tmp: Path, test_batch: bytes) -> list[str]:
+    return ["baseline", "random", "--dataset", "cifar10", "--data-root",
+            str(_cifar(tmp, test_batch)), *QUICK, "--out", str(tmp / "b.json")]
+
+
 class _Evil:
     def __reduce__(self):
         return (os.system, ("echo owned",))
@@ -268,19 +273,13 @@ CASES: list[Case] = [
     Case("dataset files missing", lambda t: [
         "baseline", "random", "--dataset", "cifar10", "--data-root", str(t), *QUICK,
         "--out", str(t / "b.json")]),
-    Case("CIFAR batch calling os.system", lambda t: [
-        "baseline", "random", "--dataset", "cifar10", "--data-root",
-        str(_cifar(t, pickle.dumps({"data": _Evil(), "labels": []}))), *QUICK]),
-    Case("CIFAR batch with an object array", lambda t: [
-        "baseline", "random", "--dataset", "cifar10", "--data-root", str(_cifar(t, OBJECT_ARRAY)),
-        *QUICK], child=True),
-    Case("CIFAR batch with float labels", lambda t: [
-        "baseline", "random", "--dataset", "cifar10", "--data-root", str(_cifar(t, pickle.dumps(
-            {"data": np.zeros((10, 3072), np.uint8), "labels": [0.5] * 10}))), *QUICK]),
-    Case("CIFAR batch truncated", lambda t: [
-        "baseline", "random", "--dataset", "cifar10", "--data-root", str(_cifar(t, pickle.dumps(
-            {"data": np.zeros((10, 3072), np.uint8), "labels": list(range(10))})[:100])),
-        *QUICK]),
+    Case("CIFAR batch calling os.system", lambda t: _cifar_argv(
+        t, pickle.dumps({"data": _Evil(), "labels": []}))),
+    Case("CIFAR batch with an object array", lambda t: _cifar_argv(t, OBJECT_ARRAY), child=True),
+    Case("CIFAR batch with float labels", lambda t: _cifar_argv(t, pickle.dumps(
+        {"data": np.zeros((10, 3072), np.uint8), "labels": [0.5] * 10}))),
+    Case("CIFAR batch truncated", lambda t: _cifar_argv(t, pickle.dumps(
+        {"data": np.zeros((10, 3072), np.uint8), "labels": list(range(10))})[:100])),
     Case("gzip bomb (MNIST file; limit lowered to 64 MiB for the demo)", _gzip_bomb),
     Case("official buffers that are not tensors", lambda t: [
         "import-buffers", str(_file(t, "replay_buffer_0.pt", "not a tensor file")), "--out",
