@@ -26,10 +26,12 @@ from datadistill.errors import ArtifactError, CompatibilityError
 from datadistill.experts.store import ExpertStore, save_expert, write_meta
 from datadistill.experts.train import ExpertConfig, build_model, store_meta
 from datadistill.io import load_error_reason
+from datadistill.lock import locks_output
 
 logger = logging.getLogger(__name__)
 
 
+@locks_output("out_dir")
 def import_replay_buffers(files: Sequence[str | Path], out_dir: str | Path, *, dataset: str,
                           model: str = "convnet", model_kwargs: dict | None = None,
                           zca: bool = False, lr: float = 0.01, batch_size: int = 256,
