@@ -87,3 +87,13 @@ def test_baseline_report_is_locked(tmp_path, capsys):
         proc.wait()
     assert code == 2 and f"in use by pid {proc.pid}" in capsys.readouterr().err
     assert not (tmp_path / "b.json").exists()
+
+
+def test_filesystem_without_locks_warns_and_proceeds(tmp_path, monkeypatch, caplog):
+    def no_locks(fd, op):
+        raise OSError(37, "No locks available")
+
+    monkeypatch.setattr(lock.fcntl, "flock", no_locks)
+    with caplog.at_level(logging.WARNING), lock_folder(tmp_path):
+        assert (tmp_path / ".lock").is_file()
+    assert "cannot be locked on this filesystem" in caplog.text

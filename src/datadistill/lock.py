@@ -22,6 +22,7 @@ Example:
 from __future__ import annotations
 
 import contextlib
+import errno
 import functools
 import inspect
 import json
@@ -84,6 +85,12 @@ def _open_locked(path: Path) -> int | None:
         except BlockingIOError:
             os.close(fd)
             return None
+        except OSError as err:  # a filesystem without locks (some network mounts)
+            if err.errno not in (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOTSUP):
+                raise
+            log.warning("%s cannot be locked on this filesystem (%s); a second run into the "
+                        "same folder will not be detected", path, err.strerror)
+            return fd
         try:  # the previous owner may have unlinked the file between our open and flock
             if os.stat(path).st_ino == os.fstat(fd).st_ino:
                 return fd
