@@ -168,5 +168,18 @@ def test_repair_rebuilds_best_last_and_the_report(tmp_path, capsys):
     for before, after in ((best, load_distilled(folder / "best")),
                           (last, load_distilled(folder / "last"))):
         assert torch.equal(before.images, after.images) and before.lr == after.lr
+        assert before.extra == after.extra
     again = json.loads((tmp_path / "eval.json").read_text())
     assert again["distilled_convnet"]["accuracies"] == report["distilled_convnet"]["accuracies"]
+
+
+def test_rerunning_a_finished_run_rebuilds_a_damaged_best(tmp_path):
+    from datadistill.artifact import load_distilled
+
+    cfg = load_pipeline_config("digits/mtt_ipc1", SMALL)
+    run_pipeline(cfg, tmp_path, progress=False)
+    best = load_distilled(tmp_path / "distill" / "best")
+    (tmp_path / "distill" / "best" / "meta.json").write_text("{")
+    run_pipeline(cfg, tmp_path, progress=False)
+    again = load_distilled(tmp_path / "distill" / "best")
+    assert torch.equal(best.images, again.images) and best.extra == again.extra

@@ -201,6 +201,7 @@ def run_pipeline(cfg: PipelineConfig, out_dir: str | Path, *, progress: bool = T
     from datadistill.baselines import baseline_random
     from datadistill.data import prepare
     from datadistill.distill import distill
+    from datadistill.repair import restore_outputs
 
     _check(cfg)
     out = Path(out_dir)
@@ -220,6 +221,7 @@ def run_pipeline(cfg: PipelineConfig, out_dir: str | Path, *, progress: bool = T
     with clock.stage("distill"):
         result = distill(dcfg, out / "distill", data=data, store=store, progress=progress,
                          resume=not restart)
+        restore_outputs(cfg, out, lambda: data)  # a damaged best/ or last/ of a finished run
     runs = out / "eval_runs.jsonl"
     if restart:
         runs.unlink(missing_ok=True)

@@ -12,6 +12,9 @@ outputs without redoing finished work:
 - ``eval.json`` is rebuilt by the final evaluation, which takes every finished network from
   ``eval_runs.jsonl`` and trains only missing ones.
 
+Rerunning ``datadistill run`` does the same (:func:`restore_outputs` runs after the
+distillation stage); ``datadistill repair OUT`` needs only the folder.
+
 Example:
     >>> repair_run("runs/digits_mtt_ipc1")                                 # doctest: +SKIP
 """
@@ -21,7 +24,9 @@ from __future__ import annotations
 import dataclasses
 import logging
 import shutil
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from datadistill.errors import ArtifactError, DatadistillError
 from datadistill.lock import lock_folder
@@ -62,21 +67,59 @@ def _save_state(state, data, dcfg, folder: Path, extra: dict) -> None:
                    folder)
 
 
-def _replay_best(dcfg, data, distill_dir: Path, best_iteration: int, accuracy) -> None:
-    """Run the distillation again up to ``best_iteration`` and keep its images as best/."""
+def _replay_best(dcfg, data, distill_dir: Path, extra: dict) -> None:
+    """Run the distillation again up to the best iteration and keep its images as best/."""
     from datadistill.artifact import load_distilled, save_distilled
     from datadistill.distill import distill
 
-    replay = dataclasses.replace(dcfg, iterations=best_iteration, eval_runs=0, eval_every=0)
+    replay = dataclasses.replace(dcfg, iterations=extra["iteration"], eval_runs=0, eval_every=0)
     scratch = distill_dir / ".replay"
     shutil.rmtree(scratch, ignore_errors=True)
     distill(replay, scratch, data=data, progress=False, resume=False)
     best = load_distilled(scratch / "last")
-    best.extra = {"iteration": best_iteration, "accuracy": accuracy}
-    best.config = dataclasses.asdict(dcfg)
+    best.extra, best.config = extra, dataclasses.asdict(dcfg)
     shutil.rmtree(distill_dir / "best", ignore_errors=True)
     save_distilled(best, distill_dir / "best")
     shutil.rmtree(scratch)
+
+
+def _extra(folder: Path, iteration: int | None, accuracy) -> dict:
+    """The meta a set saved at ``iteration`` carried: its evaluation from metrics.jsonl."""
+    from datadistill.checkpoint import _read_rows
+
+    extra = {"iteration": iteration, "accuracy": accuracy, "std": None}
+    if (folder / "metrics.jsonl").is_file():
+        for row, _ in _read_rows(folder / "metrics.jsonl"):
+            if row.get("eval") and not row.get("ema") and row["iteration"] == iteration:
+                extra.update(accuracy=row["mean"], std=row["std"])
+    return extra
+
+
+def restore_outputs(cfg, out: Path, get_data: Callable[[], Any]) -> list[str]:
+    """Rebuild an unreadable ``best/`` or ``last/`` of the finished distillation in
+    ``out/distill``; ``get_data()`` gives the prepared data (only called when needed).
+    Returns what was rebuilt, in words (empty when both are intact)."""
+    folder, done = out / "distill", []
+    if _readable(folder / "last") and _readable(folder / "best"):
+        return done
+    dcfg, state = _finished_state(cfg, folder)
+    data = get_data()
+    if not _readable(folder / "last"):
+        _save_state(state, data, dcfg, folder / "last",
+                    _extra(folder, state.iteration, None))
+        done.append("last/ from the checkpoint")
+    if not _readable(folder / "best"):
+        if state.best_iteration in (None, state.iteration):
+            _save_state(state, data, dcfg, folder / "best",
+                        _extra(folder, state.iteration, state.best_accuracy))
+            done.append("best/ from the checkpoint")
+        else:
+            _replay_best(dcfg, data, folder, _extra(folder, state.best_iteration,
+                                                    state.best_accuracy))
+            done.append(f"best/ by replaying iterations 0-{state.best_iteration}")
+    for what in done:
+        log.warning("%s was damaged or missing: rebuilt %s", out, what)
+    return done
 
 
 def repair_run(out_dir: str | Path, *, progress: bool = False) -> list[str]:
@@ -91,26 +134,9 @@ def repair_run(out_dir: str | Path, *, progress: bool = False) -> list[str]:
 
     out = Path(out_dir)
     cfg = config_from_dict(PipelineConfig, read_json(out / "pipeline.json"))
-    folder, done = out / "distill", []
     with lock_folder(out):
-        dcfg, state = _finished_state(cfg, folder)
-        if _readable(folder / "last") and _readable(folder / "best"):
-            log.info("best/ and last/ are intact")
-        else:
-            data = prepare(cfg.dataset, cfg.data_root, zca=cfg.zca,
-                           train_per_class=cfg.train_per_class)
-            if not _readable(folder / "last"):
-                _save_state(state, data, dcfg, folder / "last", {"iteration": state.iteration})
-                done.append("last/ from the checkpoint")
-            if not _readable(folder / "best"):
-                if state.best_iteration in (None, state.iteration):
-                    shutil.rmtree(folder / "best", ignore_errors=True)
-                    shutil.copytree(folder / "last", folder / "best")
-                    done.append("best/ from the checkpoint")
-                else:
-                    _replay_best(dcfg, data, folder, state.best_iteration,
-                                 state.best_accuracy)
-                    done.append(f"best/ by replaying iterations 0-{state.best_iteration}")
+        _finished_state(cfg, out / "distill")  # an unfinished run is resumed, not repaired
+        done = restore_outputs(cfg, out, lambda: prepare(
+            cfg.dataset, cfg.data_root, zca=cfg.zca, train_per_class=cfg.train_per_class))
         run_pipeline(cfg, out, progress=progress)
-        done.append("eval.json (finished evaluation networks reused)")
-    return done
+    return [*done, "eval.json (finished evaluation networks reused)"]
