@@ -143,3 +143,11 @@ def test_damaged_checkpoint_message_names_restart_not_unsafe_loading(tmp_path):
     with pytest.raises(Exception, match="truncated, damaged or not a tensor file.*--restart") as e:
         load_checkpoint(tmp_path / "checkpoint.pt")
     assert "weights_only" not in str(e.value)
+
+
+def test_eval_of_a_legacy_file_writes_the_report_beside_it(tmp_path):
+    torch.save(torch.zeros(10, 1, 8, 8), tmp_path / "images_best.pt")
+    torch.save(torch.arange(10), tmp_path / "labels_best.pt")
+    code = main(["eval", str(tmp_path / "images_best.pt"), "--dataset", "digits", "--epochs",
+                 "1", "--runs", "1", "--quiet"])
+    assert code == 0 and (tmp_path / "eval.json").is_file()

@@ -212,7 +212,8 @@ def cmd_infer(args: argparse.Namespace) -> int:
 def report_path(args: argparse.Namespace) -> Path | None:
     """The JSON report `eval` or `baseline` writes (None for other commands)."""
     if args.command == "eval":
-        return Path(args.out) if args.out else Path(args.path) / "eval.json"
+        folder = Path(args.path) if not Path(args.path).is_file() else Path(args.path).parent
+        return Path(args.out) if args.out else folder / "eval.json"  # beside a legacy file
     if args.command == "baseline":
         return Path(args.out or f"baseline_{args.kind}_{args.dataset}.json")
     return None
