@@ -1,5 +1,6 @@
 """One owner per output folder: a second process is refused, a dead owner's lock taken over."""
 
+import dataclasses
 import json
 import logging
 import os
@@ -97,3 +98,20 @@ def test_filesystem_without_locks_warns_and_proceeds(tmp_path, monkeypatch, capl
     with caplog.at_level(logging.WARNING), lock_folder(tmp_path):
         assert (tmp_path / ".lock").is_file()
     assert "cannot be locked on this filesystem" in caplog.text
+
+
+def test_a_finished_expert_store_is_shared_an_unfinished_one_is_owned(tmp_path, digits):
+    from datadistill.experts import ExpertConfig, train_experts
+
+    cfg = ExpertConfig(dataset="digits", num_experts=1, epochs=1, lr=0.1, batch_size=64,
+                       model_kwargs={"width": 4})
+    train_experts(cfg, digits, tmp_path / "store", progress=False)
+    proc = hold(tmp_path / "store" / ".lock")  # e.g. a grid's other run using the store
+    try:
+        assert len(train_experts(cfg, digits, tmp_path / "store", progress=False)) == 1
+        more = dataclasses.replace(cfg, num_experts=2)  # work to do: the folder must be owned
+        with pytest.raises(LockError, match=f"in use by pid {proc.pid}"):
+            train_experts(more, digits, tmp_path / "store", progress=False)
+    finally:
+        proc.kill()
+        proc.wait()

@@ -168,6 +168,11 @@ def lock_folder(folder: str | Path) -> lock_path:
     return lock_path(Path(folder) / LOCK_NAME)
 
 
+def lock_folder_if(needed: bool, folder: str | Path) -> contextlib.AbstractContextManager:
+    """:func:`lock_folder` when ``needed``, else nothing (a finished store read by many)."""
+    return lock_folder(folder) if needed else contextlib.nullcontext()
+
+
 def lock_file(file: str | Path) -> contextlib.AbstractContextManager:
     """Hold ``.<name>.lock`` beside the output file ``file`` (reports of eval/baseline)."""
     file = Path(file)

@@ -48,7 +48,7 @@ from datadistill.config import (
 from datadistill.errors import ConfigError
 from datadistill.experts.pad import PADCurriculum
 from datadistill.io import write_json, write_report
-from datadistill.lock import locks_output
+from datadistill.lock import lock_folder_if, locks_output
 from datadistill.runlog import RunCache, StageClock
 
 log = logging.getLogger(__name__)
@@ -155,7 +155,6 @@ def _check_challenge(cfg: PipelineConfig, dcfg) -> None:
                           "distill.label_mode=hard (the mdatm preset does).")
 
 
-@locks_output("out_dir")
 def train_pipeline_experts(cfg: PipelineConfig, out_dir: str | Path, *, data=None,
                            progress: bool = True):
     """The expert stage alone: train (or finish) the store in ``out_dir`` for this config.
@@ -167,6 +166,7 @@ def train_pipeline_experts(cfg: PipelineConfig, out_dir: str | Path, *, data=Non
     from datadistill.data import prepare
     from datadistill.experts import train_experts
     from datadistill.experts.pad import check_no_curriculum, prepare_curriculum, record_served
+    from datadistill.experts.store import expert_path
 
     if data is None:
         data = prepare(cfg.dataset, cfg.data_root, zca=cfg.zca, download=cfg.download,
@@ -175,11 +175,13 @@ def train_pipeline_experts(cfg: PipelineConfig, out_dir: str | Path, *, data=Non
     if cfg.curriculum is None:
         check_no_curriculum(out_dir)
         return train_experts(ecfg, data, out_dir, device=device, progress=progress)
-    hook = prepare_curriculum(cfg.curriculum, ecfg, data, out_dir, device=device,
-                              progress=progress)
-    store = train_experts(ecfg, data, out_dir, device=device, progress=progress,
-                          epoch_subset=hook)
-    record_served(hook, out_dir)
+    done = all(expert_path(Path(out_dir), i).is_file() for i in range(ecfg.num_experts))
+    with lock_folder_if(not done, out_dir):  # the curriculum files are written with the experts
+        hook = prepare_curriculum(cfg.curriculum, ecfg, data, out_dir, device=device,
+                                  progress=progress)
+        store = train_experts(ecfg, data, out_dir, device=device, progress=progress,
+                              epoch_subset=hook)
+        record_served(hook, out_dir)
     return store
 
 
