@@ -17,6 +17,7 @@ from typing import Any
 
 import torch
 
+from datadistill.checks import check_ipc_fits, check_training
 from datadistill.data import prepare, random_subset
 from datadistill.errors import ConfigError
 from datadistill.evaluate import (
@@ -26,6 +27,7 @@ from datadistill.evaluate import (
     make_dsa,
     train_and_test,
 )
+from datadistill.runlog import RunCache, fingerprint
 from datadistill.runs import Run, run_all
 from datadistill.training import derive_seeds
 
@@ -64,13 +66,18 @@ def baseline_random(
     model_kwargs: dict | None = None,
     root: Any = None,
     zca: bool = False,
+    cache: RunCache | None = None,
 ) -> EvalReport:
     """Classic evaluation of a fresh random class-balanced subset per run (lr 0.01).
+
+    With a :class:`~datadistill.runlog.RunCache`, finished runs are stored and not redone.
 
     Example:
         >>> baseline_random("mnist", ipc=1, epochs=300, num_runs=3)        # doctest: +SKIP
     """
     real = _real(dataset_or_prepared, root, zca)
+    check_training(lr=lr, num_runs=num_runs, epochs=epochs, batch_size=batch_size)
+    check_ipc_fits(ipc, real.train.labels, real.info.class_names)
     strategy = real.info.dsa_strategy if dsa_strategy is None else dsa_strategy
     dsa = make_dsa(strategy)
     test = real.test.to(device)
@@ -78,16 +85,17 @@ def baseline_random(
     def one_run(run: Run) -> float:
         gen = torch.Generator().manual_seed(_subset_seed(seed, run.index))
         images, labels = random_subset(real.train, ipc, gen)
-        acc = train_and_test(images.to(device), labels.to(device), test, model=model, lr=lr,
-                             epochs=epochs, batch_size=batch_size, dsa=dsa, seed=seed,
-                             run=run.index, device=device, model_kwargs=model_kwargs,
-                             progress=progress)
-        log.info("random ipc %d run %d/%d: test accuracy %.4f", ipc, run.index + 1, num_runs,
-                 acc)
-        return acc
+        return train_and_test(images.to(device), labels.to(device), test, model=model, lr=lr,
+                              epochs=epochs, batch_size=batch_size, dsa=dsa, seed=seed,
+                              run=run.index, device=device, model_kwargs=model_kwargs,
+                              progress=progress)
 
+    fp = None if cache is None else fingerprint(real.train.images, real.train.labels, dict(
+        ipc=ipc, model=model, lr=lr, epochs=epochs, batch_size=batch_size, seed=seed,
+        device=str(device), dsa=strategy, model_kwargs=model_kwargs))
     accs = run_all(num_runs, one_run, seed=seed, progress=progress,
-                   desc=f"random subset {model}").values
+                   desc=f"random subset {model}", label=f"random ipc {ipc}", cache=cache,
+                   fingerprint=fp).values
     settings = _settings(
         real,
         model,
@@ -130,20 +138,19 @@ def baseline_full(
         >>> baseline_full("digits", epochs=20).mean                         # doctest: +SKIP
     """
     real = _real(dataset_or_prepared, root, zca)
+    check_training(lr=lr, num_runs=num_runs, epochs=epochs, batch_size=batch_size)
     strategy = real.info.dsa_strategy if dsa else None
     aug = make_dsa(strategy)
     train_x, train_y = real.train.images.to(device), real.train.labels.to(device)  # moved once
     test = real.test.to(device)
 
     def one_run(run: Run) -> float:
-        acc = train_and_test(train_x, train_y, test, model=model, lr=lr, epochs=epochs,
-                             batch_size=batch_size, dsa=aug, seed=seed, run=run.index,
-                             device=device, model_kwargs=model_kwargs, progress=progress)
-        log.info("full data run %d/%d: test accuracy %.4f", run.index + 1, num_runs, acc)
-        return acc
+        return train_and_test(train_x, train_y, test, model=model, lr=lr, epochs=epochs,
+                              batch_size=batch_size, dsa=aug, seed=seed, run=run.index,
+                              device=device, model_kwargs=model_kwargs, progress=progress)
 
     accs = run_all(num_runs, one_run, seed=seed, progress=progress,
-                   desc=f"full data {model}").values
+                   desc=f"full data {model}", label="full data").values
     settings = _settings(
         real, model, lr, epochs, batch_size, strategy, num_runs, seed, model_kwargs, device
     )

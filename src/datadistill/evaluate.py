@@ -33,9 +33,11 @@ import torch
 from torch import nn
 
 from datadistill.augment import DSA
+from datadistill.checks import check_finite, check_training
 from datadistill.data import ImageSet
 from datadistill.errors import CompatibilityError, ConfigError
 from datadistill.matching.soft_labels import soft_cross_entropy  # noqa: F401  re-exported
+from datadistill.runlog import RunCache, fingerprint
 from datadistill.runs import Run, run_all
 from datadistill.training import (  # noqa: F401  test_accuracy, run_seeds: re-exported
     build_model,
@@ -199,6 +201,9 @@ def train_and_test(
 
 
 def _check_inputs(images: torch.Tensor, labels: torch.Tensor | None, test: ImageSet) -> None:
+    check_finite(images, "the images to evaluate")
+    if labels is not None and labels.dim() == 2:
+        check_finite(labels, "the soft labels to evaluate")
     info = test.info
     expect = (info.channels, *info.image_size)
     if images.dim() != 4 or tuple(images.shape[1:]) != expect:
@@ -286,12 +291,13 @@ def evaluate(
     progress: bool = False,
     model_kwargs: dict | None = None,
     ipc: int | None = None,
+    cache: RunCache | None = None,
 ) -> EvalReport:
     """Train `num_runs` fresh networks on (images, labels) and test them on `test`.
 
     `num_runs` defaults to 5 (classic) or 3 (challenge); `dsa_strategy` to the dataset's
     (``"none"`` turns DSA off). For "challenge", labels are implied by order (`labels` may be
-    None) and `ipc` defaults to N / classes.
+    None) and `ipc` defaults to N / classes. With a `cache`, finished runs are not redone.
 
     Example:
         >>> evaluate(ds.images, ds.labels, real.test, lr=ds.lr, epochs=300)  # doctest: +SKIP
@@ -300,20 +306,22 @@ def evaluate(
         protocol, images, labels, test, lr=lr, model=model, model_kwargs=model_kwargs, ipc=ipc
     )
     num_runs = DEFAULT_RUNS[protocol] if num_runs is None else num_runs
+    check_training(lr=lr, num_runs=num_runs, epochs=epochs, batch_size=batch_size)
     strategy = test.info.dsa_strategy if dsa_strategy is None else dsa_strategy
     dsa = make_dsa(strategy)
-    x, y = images.detach().to(device), labels.detach().to(device)  # moved once for all runs
-    test_dev = test.to(device)
+    x, y, test_dev = images.detach().to(device), labels.detach().to(device), test.to(device)
 
     def one_run(run: Run) -> float:
-        acc = train_and_test(x, y, test_dev, model=model, lr=lr, epochs=epochs,
-                             batch_size=batch_size, dsa=dsa, seed=seed, run=run.index,
-                             device=device, model_kwargs=model_kwargs, progress=progress)
-        log.info("%s %s run %d/%d: test accuracy %.4f", protocol, model, run.index + 1,
-                 num_runs, acc)
-        return acc
+        return train_and_test(x, y, test_dev, model=model, lr=lr, epochs=epochs,
+                              batch_size=batch_size, dsa=dsa, seed=seed, run=run.index,
+                              device=device, model_kwargs=model_kwargs, progress=progress)
 
-    results = run_all(num_runs, one_run, seed=seed, progress=progress, desc=f"evaluate {model}")
+    setup = dict(protocol=protocol, model=model, lr=lr, epochs=epochs, batch_size=batch_size,
+                 seed=seed, device=str(device), dsa=strategy, model_kwargs=model_kwargs)
+    fp = None if cache is None else fingerprint(x, y, setup)
+    results = run_all(num_runs, one_run, seed=seed, progress=progress,
+                      desc=f"evaluate {model}", label=f"{protocol} {model}", cache=cache,
+                      fingerprint=fp)
     settings = {
         "n_images": int(images.shape[0]),
         "labels": "soft" if y.dim() == 2 else "hard",

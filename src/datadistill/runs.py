@@ -5,6 +5,8 @@ cross-architecture, the random and full-data baselines, INFER's students) hands
 :func:`run_all` a function of one run. Run ``i`` may depend on ``(seed, i)`` only (derive its
 seeds with :func:`datadistill.training.run_seeds`), never on an earlier run, so the runs can
 later be spread over processes; results come back in run order whatever the order they ran in.
+With a :class:`~datadistill.runlog.RunCache` (float results only), each finished run is stored
+as it ends and runs already stored are not run again (an interrupted evaluation resumes).
 
 Example:
     >>> results = run_all(3, lambda run: 0.5 + 0.1 * run.index, seed=0)
@@ -14,14 +16,19 @@ Example:
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Generic, TypeVar
+from typing import TYPE_CHECKING, Generic, TypeVar
 
 from datadistill.progress import progress_bar
 from datadistill.training import run_seeds
 
+if TYPE_CHECKING:
+    from datadistill.runlog import RunCache
+
+log = logging.getLogger(__name__)
 R = TypeVar("R")
 
 
@@ -49,12 +56,29 @@ class RunResults(Generic[R]):
 
 
 def run_all(num_runs: int, one_run: Callable[[Run], R], *, seed: int = 0,
-            progress: bool = False, desc: str = "runs") -> RunResults[R]:
-    """``one_run(Run.of(seed, i))`` for i = 0 .. num_runs - 1, gathered in run order."""
+            progress: bool = False, desc: str = "runs", label: str | None = None,
+            cache: RunCache | None = None, fingerprint: str | None = None) -> RunResults[R]:
+    """``one_run(Run.of(seed, i))`` for i = 0 .. num_runs - 1, gathered in run order.
+
+    ``desc`` names the progress bar; each float result is logged as "<label> run i/n: test
+    accuracy a" (``label`` defaults to ``desc``). With ``cache``, run i's result is looked
+    up under (``fingerprint``, i) first and stored there when it finishes; ``fingerprint``
+    names everything the result depends on.
+    """
     results: RunResults[R] = RunResults()
     for index in progress_bar(range(num_runs), enabled=progress, desc=desc, leave=False,
                               stage=True):
+        done = cache.get(fingerprint, index) if cache else None
+        if done is not None:  # finished by an earlier, interrupted call
+            results.values.append(done[0])
+            results.seconds.append(done[1])
+            continue
         start = time.perf_counter()
         results.values.append(one_run(Run.of(seed, index)))
         results.seconds.append(round(time.perf_counter() - start, 3))
+        if isinstance(results.values[-1], float):
+            log.info("%s run %d/%d: test accuracy %.4f", label or desc, index + 1, num_runs,
+                     results.values[-1])
+        if cache:
+            cache.put(fingerprint, index, results.values[-1], results.seconds[-1])
     return results

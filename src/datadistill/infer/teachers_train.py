@@ -34,6 +34,7 @@ from datadistill.errors import ArtifactError, CompatibilityError, ConfigError
 from datadistill.infer.config import InferConfig, TeacherConfig, pixels_at
 from datadistill.infer.transforms import black_level, crop_flip, uses_flip
 from datadistill.io import load_tensors, read_json, save_tensors, write_json
+from datadistill.lock import locks_output
 from datadistill.models.teachers import create_teacher
 from datadistill.training import EpochEnd, cosine_schedule, fit, run_seeds, seeded, test_accuracy
 
@@ -244,6 +245,7 @@ def prepare_infer_data(cfg: InferConfig, progress: bool = False) -> RealData:
     return data
 
 
+@locks_output("out_dir")
 def train_teachers(cfg: InferConfig, out_dir: str | Path, progress: bool = False) -> TeacherStore:
     """Train every teacher of ``cfg.teachers.archs`` into the store at ``out_dir``.
 
