@@ -54,7 +54,6 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from datadistill.checkpoint import DistillState, MetricsLog, load_checkpoint, save_checkpoint
@@ -352,7 +351,9 @@ def _eval_points(cfg: DistillConfig) -> set[int]:
 
 
 def _seeds(seed: int, n: int) -> list[int]:
-    return [int(s) for s in np.random.SeedSequence([seed, 7]).generate_state(n)]
+    from datadistill.training import derive_seeds
+
+    return list(derive_seeds(seed, 7, n=n))
 
 
 _GENERATORS = ("init", "expert", "window", "student")

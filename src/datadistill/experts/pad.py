@@ -35,7 +35,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
 from datadistill.errors import CompatibilityError, ConfigError
@@ -132,10 +131,10 @@ def compute_difficulty(cfg: PADCurriculum, expert_cfg, data, *, device: str = "c
     ``expert_cfg.seed`` only, so the order is reproducible.
     """
     from datadistill.augment import DSA
-    from datadistill.training import build_model
+    from datadistill.training import build_model, derive_seeds
 
     strategy = (expert_cfg.dsa_strategy or data.info.dsa_strategy) if expert_cfg.dsa else None
-    seed = int(np.random.SeedSequence([expert_cfg.seed, 0x5AD]).generate_state(1)[0])
+    seed = derive_seeds(expert_cfg.seed, 0x5AD, n=1)[0]
     scorer = el2n_scores if cfg.score == "el2n" else grand_scores
     images, labels = data.train.images, data.train.labels  # (N, C, H, W), (N,)
     scores = scorer(images, labels, model_fn=lambda: build_model(expert_cfg, data.info),
