@@ -1,0 +1,128 @@
+"""Classic vs DD-Ranking scoring of one distilled set, on real data, CPU-scale.
+
+Makes one MTT set under the CPU-scale protocol of `benchmarks/methods.py` (same overrides:
+3,000 training images, 2 experts of 4 epochs, 80 iterations; RESULTS.md section 4), then
+scores it twice, each with its own random-subset baseline:
+
+- classic: `evaluate` (learned lr, last epoch) beside `baseline_random` (lr 0.01);
+- ddranking: `datadistill.ddranking.score` (see that module), which trains the set, a random
+  subset with the same label type (lr searched), and the full-data reference, and reports
+  HLR, IOR, LRS and ARS per round.
+
+Every stage is resumable: rerun the same command and finished parts are read back.
+
+Example:
+    python benchmarks/ddranking_compare.py --dataset fashion_mnist --root ../shared/data \\
+        --ipc 10 --epochs 300 --runs 3 --out benchmarks/results/ddranking_fashion_mnist.json
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from datadistill.data import prepare  # noqa: E402
+from datadistill.pipeline import distill_config, load_pipeline_config, train_pipeline_experts  # noqa: E402,E501
+from methods import build_parser, overrides  # noqa: E402
+
+
+def make_set(args, work: Path):
+    """The MTT set of the methods.py protocol (distill resumes; experts are reused)."""
+    from datadistill.artifact import load_distilled
+    from datadistill.distill import distill
+
+    ipc = args.ipc[0]
+    cfg = load_pipeline_config(f"{args.dataset}/mtt_ipc{ipc}", overrides(args, "mtt", ipc))
+    data = prepare(cfg.dataset, cfg.data_root, zca=cfg.zca, train_per_class=cfg.train_per_class)
+    store = train_pipeline_experts(cfg, work / "experts", data=data, progress=True)
+    result = distill(distill_config(cfg, expert_dir=str(work / "experts")), work / "distill",
+                     data=data, store=store, progress=True)
+    return cfg, data, load_distilled(result.best_dir)
+
+
+def test_subset(test, per_class: int, seed: int):
+    """A fixed class-balanced subset of the test split (both protocols test on the same one)."""
+    from dataclasses import replace
+
+    from datadistill.baselines import random_subset
+
+    if per_class <= 0:
+        return test
+    x, y = random_subset(test, per_class, torch.Generator().manual_seed(seed + 77))
+    return replace(test, images=x, labels=y)
+
+
+def classic(args, data, ds) -> dict:
+    """Classic protocol: the set (learned lr; last and best of periodic) and the random subset."""
+    from datadistill.baselines import baseline_random
+    from datadistill.evaluate import evaluate
+
+    syn = evaluate(ds.images, ds.labels, data.test, lr=ds.lr, num_runs=args.runs,
+                   epochs=args.epochs, seed=args.seed + 1000, report="both",
+                   period=args.test_every, progress=True)
+    rdm = baseline_random(data, ds.ipc, num_runs=args.runs, epochs=args.epochs,
+                          seed=args.seed + 2000, progress=True)
+    return {"distilled": syn.to_dict(), "random_subset": rdm.to_dict()}
+
+
+def ddranking(args, data, ds) -> dict:
+    """DD-Ranking protocol (MTT's config) with the epochs scaled as stated in RESULTS.md."""
+    from datadistill.ddranking import full_reference, preset_for, score
+
+    half = max(1, args.epochs // 2)
+    cfg = preset_for("mtt", rounds=args.runs, ars=args.ars,
+                     train={"epochs": args.epochs, "step_size": half,
+                            "test_every": args.test_every},
+                     full={"epochs": args.full_epochs, "step_size": max(1, args.full_epochs // 2),
+                           "test_every": args.test_every})
+    full = full_reference(data, cfg, seed=args.seed)  # once, reused by every round
+    cfg.full_accuracy = full.best
+    report = score(ds.images, ds.labels, data, cfg, syn_lr=ds.lr, seed=args.seed,
+                   progress=True).to_dict()
+    report["full_reference"] = full.__dict__
+    return report
+
+
+def main() -> None:
+    parser = build_parser(__doc__.splitlines()[0])
+    parser.add_argument("--set-only", action="store_true", help="stop after making the set")
+    parser.add_argument("--part", choices=["classic", "ddranking", "both"], default="both")
+    parser.add_argument("--test-every", type=int, default=10)
+    parser.add_argument("--test-per-class", type=int, default=0, help="0: the whole test split")
+    parser.add_argument("--full-epochs", type=int, default=200)
+    parser.add_argument("--ars", action="store_true", help="also train without augmentation")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    work = Path(args.work) / f"{args.dataset}_ddranking_mtt_ipc{args.ipc[0]}"
+    start = time.time()
+    cfg, data, ds = make_set(args, work)
+    print(f"set ready in {time.time() - start:.0f} s: {tuple(ds.images.shape)}, lr {ds.lr:.4g}",
+          flush=True)
+    if args.set_only:
+        return
+    from dataclasses import replace
+
+    data = replace(data, test=test_subset(data.test, args.test_per_class, args.seed))
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    for part, func in (("classic", classic), ("ddranking", ddranking)):
+        results = json.loads(out.read_text()) if out.exists() else {}
+        if args.part not in (part, "both") or part in results:
+            continue  # finished earlier: the command is resumable
+        t0 = time.time()
+        report = func(args, data, ds)
+        report["wall_seconds"] = round(time.time() - t0, 1)
+        report["protocol_args"] = vars(args)
+        results = json.loads(out.read_text()) if out.exists() else {}  # another part may have
+        results[part] = report
+        out.write_text(json.dumps(results, indent=2) + "\n")
+        print(f"{part} done in {report['wall_seconds']:.0f} s", flush=True)
+
+
+if __name__ == "__main__":
+    main()
