@@ -9,11 +9,18 @@ scores it twice, each with its own random-subset baseline:
   subset with the same label type (lr searched), and the full-data reference, and reports
   HLR, IOR, LRS and ARS per round.
 
-Every stage is resumable: rerun the same command and finished parts are read back.
+Both protocols train for `--epochs` epochs (the classic loop runs epochs + 1 with its lr
+decay after epoch epochs // 2 + 1; DD-Ranking's StepLR steps at epochs // 2), test every
+`--test-every` epochs on the same fixed class-balanced `--test-per-class` subset of the test
+split, and run `--runs` rounds. DD-Ranking's full-data reference (the protocol's 3,000
+training images, no augmentation, batch 512) is trained once for `--full-epochs` epochs and
+reused by every round (its cached-accuracy mode). `--part` runs one protocol, so the two can
+run side by side; every part is resumable (a finished part is skipped).
 
-Example:
+Example (RESULTS.md section 9):
     python benchmarks/ddranking_compare.py --dataset fashion_mnist --root ../shared/data \\
-        --ipc 10 --epochs 300 --runs 3 --out benchmarks/results/ddranking_fashion_mnist.json
+        --ipc 10 --epochs 40 --runs 3 --test-every 10 --test-per-class 200 --full-epochs 4 \\
+        --part ddranking --out benchmarks/results/ddranking_fashion_mnist_ipc10.json
 """
 
 from __future__ import annotations
@@ -82,8 +89,15 @@ def ddranking(args, data, ds) -> dict:
                            "test_every": args.test_every})
     full = full_reference(data, cfg, seed=args.seed)  # once, reused by every round
     cfg.full_accuracy = full.best
+    partial = Path(args.out).with_suffix(".partial.json")
+
+    def save_partial(r, rep):  # a long run keeps its finished rounds
+        partial.write_text(json.dumps({**rep.to_dict(), "full_reference": full.__dict__},
+                                      indent=2) + "\n")
+        print(f"round {r + 1} done: {rep}", flush=True)
+
     report = score(ds.images, ds.labels, data, cfg, syn_lr=ds.lr, seed=args.seed,
-                   progress=True).to_dict()
+                   progress=True, on_round=save_partial).to_dict()
     report["full_reference"] = full.__dict__
     return report
 

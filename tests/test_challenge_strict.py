@@ -13,6 +13,7 @@ from datadistill.challenge import combined_score, write_scores_txt
 from datadistill.data import DatasetInfo, ImageSet, dataset_info
 from datadistill.errors import ConfigError
 from datadistill.evaluate import evaluate
+from test_evaluate import INFO, quadrants  # the same toy quadrant data
 
 C100 = dataset_info("cifar100")
 
@@ -88,19 +89,6 @@ def test_combined_score_and_scores_txt(tmp_path):
 
 # ----------------------------------------------------------------------------- report modes
 
-K, H = 4, 8
-INFO = DatasetInfo("toy", K, 1, (H, H), (0.5,), (0.25,), ("a", "b", "c", "d"),
-                   "color_crop_cutout_scale_rotate")
-
-
-def quadrants(n_per_class: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
-    g = torch.Generator().manual_seed(seed)
-    labels = torch.arange(K).repeat_interleave(n_per_class)
-    x = 0.3 * torch.randn(labels.numel(), 1, H, H, generator=g)
-    for i, c in enumerate(labels.tolist()):
-        r, col = divmod(c, 2)
-        x[i, :, r * 4 : (r + 1) * 4, col * 4 : (col + 1) * 4] += 2.0
-    return x, labels
 
 
 def test_report_modes_on_a_toy_run():

@@ -31,27 +31,14 @@ from datadistill.ddranking_train import (
     mixup,
 )
 from datadistill.errors import CompatibilityError, ConfigError
+from test_evaluate import INFO, H, K, quadrants  # the same toy quadrant data
 
-K, H = 4, 8
-INFO = DatasetInfo("toy", K, 1, (H, H), (0.5,), (0.25,), ("a", "b", "c", "d"),
-                   "color_crop_cutout_scale_rotate")
 SMALL = {"width": 8, "depth": 2}
 E1 = math.exp(-1)
 
 
 def norm(a: float) -> float:
     return (math.exp(a) - E1) / (math.e - E1)
-
-
-def quadrants(n_per_class: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Class c lights up quadrant c of an 8x8 image, plus noise."""
-    g = torch.Generator().manual_seed(seed)
-    labels = torch.arange(K).repeat_interleave(n_per_class)
-    x = 0.3 * torch.randn(labels.numel(), 1, H, H, generator=g)
-    for i, c in enumerate(labels.tolist()):
-        r, col = divmod(c, 2)
-        x[i, :, r * 4 : (r + 1) * 4, col * 4 : (col + 1) * 4] += 2.0
-    return x, labels
 
 
 @dataclass
@@ -301,3 +288,50 @@ def test_step_schedule_keeps_the_optimiser_and_half_cosine():
     for _ in range(10):
         sched.step()
     assert opt.param_groups[0]["lr"] == pytest.approx(0.05)  # half cosine ends at lr / 2
+
+
+def test_evaluate_distilled_hard_label_variants(monkeypatch):
+    import datadistill.evaluate as ev
+
+    seen = []
+    monkeypatch.setattr(ev, "evaluate", lambda images, labels, test, **kw: seen.append(labels))
+
+    @dataclass
+    class Set:
+        images: torch.Tensor
+        labels: torch.Tensor
+        lr: float = 0.01
+        ipc: int = 1
+        space: str = "normalized"
+
+    soft = torch.tensor([[0.0, 1.0, 0.0, 0.0], [0.0, 0.0, 0.0, 2.0], [3.0, 0, 0, 0],
+                         [0.0, 0, 1.0, 0]])
+    ds, test = Set(torch.zeros(4, 1, H, H), soft), toy_real().test
+    for variant in (True, "argmax", "class_order", False):
+        ev.evaluate_distilled(ds, test, hard_labels=variant)
+    assert torch.equal(seen[0], torch.tensor([1, 3, 0, 2])) and torch.equal(seen[0], seen[1])
+    assert torch.equal(seen[2], torch.tensor([0, 1, 2, 3])) and seen[3] is soft
+    with pytest.raises(ConfigError, match="hard_labels='first'"):
+        ev.evaluate_distilled(ds, test, hard_labels="first")
+
+
+def test_pipeline_reports_ddranking_and_best_of_periodic(tmp_path):
+    from datadistill.pipeline import load_pipeline_config, run_pipeline
+
+    cfg = load_pipeline_config("digits/mtt_ipc1", [
+        "experts.num_experts=1", "experts.epochs=3", "model_kwargs.width=8",
+        "distill.syn_steps=2", "distill.max_start_epoch=1", "distill.iterations=1",
+        "distill.eval_runs=0", "evaluation.runs=1", "evaluation.epochs=2",
+        "evaluation.random_baseline=false", "evaluation.protocols=[classic,ddranking]",
+        "evaluation.report=both", "evaluation.period=1",
+        "evaluation.ddranking={lr_grid: [0.01], ars: false, full: {epochs: 1}}",
+    ])
+    report = run_pipeline(cfg, tmp_path, progress=False)
+    classic = report["distilled_convnet"]["settings"]
+    assert classic["report"] == "both" and classic["tested_epochs"] == [1, 2, 3]
+    ddr = report["ddranking"]
+    assert ddr["protocol"] == "ddranking" and len(ddr["rounds"]) == 1
+    assert ddr["settings"]["config"]["train"]["epochs"] == 2
+    assert ddr["settings"]["config"]["full"]["epochs"] == 1 and "lrs" in ddr["summary"]
+    with pytest.raises(ConfigError, match="evaluation.report='every'"):
+        load_pipeline_config("digits/mtt_ipc1", ["evaluation.report=every"])

@@ -48,7 +48,7 @@ from tqdm.auto import tqdm
 from datadistill.baselines import random_subset
 from datadistill.ddranking_train import Curve, TrainSpec, fit, teacher_logits
 from datadistill.errors import CompatibilityError, ConfigError
-from datadistill.evaluate import _check_inputs, build_network
+from datadistill.evaluate import _check_inputs, build_network, challenge_labels
 from datadistill.scores import (
     augmentation_robust_score,
     hard_label_recovery,
@@ -168,7 +168,7 @@ def class_order_labels(num_classes: int, n: int) -> torch.Tensor:
             f"{n} images are not a whole number of images per class ({num_classes} classes); "
             "class-order labels need a class-major set, use hard_label_variant='argmax'"
         )
-    return torch.arange(num_classes).repeat_interleave(n // num_classes)
+    return challenge_labels(num_classes, n // num_classes)  # the same order as the challenge
 
 
 def hard_labels_for(labels: torch.Tensor, num_classes: int, variant: str) -> torch.Tensor:
@@ -428,8 +428,11 @@ def score(
     seed: int = 0,
     device: str | torch.device = "cpu",
     progress: bool = False,
+    on_round: Any = None,
 ) -> DDRankingReport:
     """Score a distilled set with DD-Ranking's protocol (see the module docstring).
+
+    ``on_round(r, report_so_far)`` is called after each round (e.g. to save partial results).
 
     `real` is the prepared dataset (``datadistill.data.prepare``) in the set's image space;
     `syn_lr` the set's learned lr (None: searched over the grid, as DD-Ranking does when the
@@ -453,13 +456,16 @@ def score(
     teachers = [t.to(device).eval() for t in teachers]
     run = _Runner(real, cfg, seed, device, teachers)
     x, y = images.detach().to(device), labels.detach().to(device)
-    rounds = [_round(run, x, y, syn_lr, r)
-              for r in tqdm(range(cfg.rounds), disable=not progress, desc="ddranking")]
     settings = {"config": _plain_config(cfg), "syn_lr": syn_lr, "seed": seed,
                 "device": str(device), "dataset": real.info.name, "space": real.test.space,
                 "n_images": int(images.shape[0]), "teachers": len(teachers),
                 "teacher": ("supplied" if supplied else "trained on the full data (cfg.full)")
                 if cfg.labels == "soft" else None}
+    rounds: list[dict[str, Any]] = []
+    for r in tqdm(range(cfg.rounds), disable=not progress, desc="ddranking"):
+        rounds.append(_round(run, x, y, syn_lr, r))
+        if on_round is not None:
+            on_round(r, DDRankingReport(rounds, _summary(rounds), settings))
     return DDRankingReport(rounds, _summary(rounds), settings)
 
 

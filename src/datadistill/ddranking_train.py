@@ -35,7 +35,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -45,6 +45,7 @@ from torch import nn
 from datadistill.augment import DSA
 from datadistill.data import ImageSet
 from datadistill.errors import ConfigError
+from datadistill.evaluate import RunCurve as Curve  # test accuracies after tested epochs
 from datadistill.evaluate import test_accuracy
 
 OPTIMIZERS = ("sgd", "adam", "adamw")
@@ -87,22 +88,6 @@ class TrainSpec:
                 raise ConfigError(f"{name}={value!r}; choose from {allowed}")
         if not self.lr > 0 or self.epochs < 1 or self.batch_size < 1 or self.test_every < 1:
             raise ConfigError("lr must be > 0 and epochs, batch_size, test_every >= 1")
-
-
-@dataclass
-class Curve:
-    """Test accuracies (fractions) after the tested epochs; best and last of them."""
-
-    epochs: list[int] = field(default_factory=list)
-    accuracies: list[float] = field(default_factory=list)
-
-    @property
-    def best(self) -> float:
-        return max(self.accuracies)
-
-    @property
-    def last(self) -> float:
-        return self.accuracies[-1]
 
 
 # ----------------------------------------------------------------------------- pieces

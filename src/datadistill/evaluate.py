@@ -572,12 +572,13 @@ def evaluate_cross(
 
 
 def evaluate_distilled(
-    ds: Any, test: ImageSet, *, hard_labels: bool = False, **kwargs: Any
+    ds: Any, test: ImageSet, *, hard_labels: bool | str = False, **kwargs: Any
 ) -> EvalReport:
     """Evaluate a :class:`~datadistill.artifact.DistilledSet` with its learned lr.
 
-    `hard_labels=True` evaluates a soft-label set with its argmax classes (DD-Ranking's
-    hard-label accuracy).
+    `hard_labels` trains a soft-label set with hard labels: ``True`` or ``"argmax"`` (the
+    argmax of its soft labels) or ``"class_order"`` (labels by the set's class-major order,
+    what DD-Ranking trains).
 
     Example:
         >>> evaluate_distilled(load_distilled("runs/mtt"), real.test)      # doctest: +SKIP
@@ -587,7 +588,13 @@ def evaluate_distilled(
             f"the set lives in {ds.space!r} space but the test set in "
             f"{test.space!r}; prepare the data with zca={ds.space == 'zca'}"
         )
-    labels = hard_labels_from(ds.labels) if hard_labels else ds.labels
+    labels = ds.labels
+    if hard_labels == "class_order" and labels.dim() == 2:
+        labels = challenge_labels(test.info.num_classes, ds.ipc).to(labels.device)
+    elif hard_labels in (True, "argmax"):
+        labels = hard_labels_from(ds.labels)
+    elif hard_labels not in (False, None, "class_order"):
+        raise ConfigError(f"hard_labels={hard_labels!r}; use 'argmax' or 'class_order'")
     if kwargs.get("protocol") == "challenge":  # fixed lr; labels implied by ipc
         kwargs.setdefault("ipc", ds.ipc)
     else:
