@@ -46,6 +46,10 @@ def make_set(args, work: Path):
     ipc = args.ipc[0]
     cfg = load_pipeline_config(f"{args.dataset}/mtt_ipc{ipc}", overrides(args, "mtt", ipc))
     data = prepare(cfg.dataset, cfg.data_root, zca=cfg.zca, train_per_class=cfg.train_per_class)
+    done = work / "distill" / "metrics.jsonl"
+    if (work / "distill" / "best" / "meta.json").is_file() and done.is_file() and len(
+            done.read_text().splitlines()) >= args.iterations:  # finished: read it back only
+        return cfg, data, load_distilled(work / "distill" / "best")
     store = train_pipeline_experts(cfg, work / "experts", data=data, progress=True)
     result = distill(distill_config(cfg, expert_dir=str(work / "experts")), work / "distill",
                      data=data, store=store, progress=True)

@@ -53,3 +53,32 @@ def test_eval_challenge_is_strict_unless_unofficial(tmp_path, digits_set, capsys
     code = main(["eval", str(path), "--protocol", "challenge", "--epochs", "1", "--runs", "1",
                  "--unofficial", "--quiet"])
     assert code == 0 and "UNOFFICIAL" in capsys.readouterr().out
+
+
+def test_challenge_command_writes_scores_txt(tmp_path, monkeypatch, capsys):
+    import types
+
+    import datadistill.data as data_mod
+    import datadistill.evaluate as ev
+    from datadistill.data import ImageSet, dataset_info
+
+    def fake_prepare(name, root=None, download=False):
+        info = dataset_info(name)
+        side = info.image_size[0]
+        test = ImageSet(torch.zeros(2, 3, side, side), torch.arange(2), info, "normalized")
+        return types.SimpleNamespace(test=test, info=info)
+
+    accs = {32: 0.40, 64: 0.20}  # by resolution: CIFAR-100, Tiny ImageNet
+    monkeypatch.setattr(data_mod, "prepare", fake_prepare)
+    monkeypatch.setattr(ev, "train_and_test", lambda x, y, test, **kw: accs[x.shape[-1]])
+    sub = tmp_path / "sub"
+    sub.mkdir()
+    torch.save(torch.zeros(1000, 3, 32, 32), sub / "cifar100.pt")
+    torch.save(torch.zeros(2000, 3, 64, 64), sub / "tinyimagenet.pt")
+    assert main(["challenge", str(sub), "--out", str(tmp_path / "o"), "--quiet"]) == 0
+    assert (tmp_path / "o" / "scores.txt").read_text() == f"correct: {(0.40 + 0.20) / 2}"
+    report = json.loads((tmp_path / "o" / "challenge.json").read_text())
+    assert report["official"] is True and report["cifar100"]["settings"]["num_runs"] == 3
+    code = main(["challenge", str(sub), "--epochs", "10", "--out", str(tmp_path / "o"),
+                 "--quiet"])
+    assert code == 2 and "epochs=10 (official: 1000" in capsys.readouterr().err
