@@ -106,6 +106,51 @@ def ddranking(args, data, ds) -> dict:
     return report
 
 
+def pct(values) -> str:
+    import numpy as np
+
+    return f"{100 * np.mean(values):.2f} ± {100 * np.std(values):.2f}"
+
+
+def table(out: Path) -> str:
+    """The RESULTS.md rows from the JSON file (either part may be missing)."""
+    res = json.loads(out.read_text())
+    rows = ["| protocol | set | accuracy (%) | lr | reported | rounds |",
+            "|---|---|---|---|---|---|"]
+    if "classic" in res:
+        syn, rdm = res["classic"]["distilled"], res["classic"]["random_subset"]
+        n = len(syn["accuracies"])
+        rows.append(f"| classic | MTT set | {pct(syn['accuracies'])} | learned "
+                    f"{syn['settings']['lr']:.4g} | last epoch | {n} |")
+        rows.append(f"| classic | MTT set | {pct(syn['settings']['best_accuracies'])} | learned "
+                    f"{syn['settings']['lr']:.4g} | best of tests every "
+                    f"{syn['settings']['period']} epochs | {n} |")
+        rows.append(f"| classic | random subset, hard labels | {pct(rdm['accuracies'])} | 0.01 "
+                    f"(fixed) | last epoch | {len(rdm['accuracies'])} |")
+    if "ddranking" in res:
+        d = res["ddranking"]
+        rounds = d["rounds"]
+        lrs = sorted({r["random"]["lr"] for r in rounds})
+        rows.append(f"| ddranking | MTT set | {pct([r['syn']['best'] for r in rounds])} | learned "
+                    f"{rounds[0]['syn']['lr']:.4g} | best of tests every 10 epochs | "
+                    f"{len(rounds)} |")
+        rows.append(f"| ddranking | random subset, hard labels | "
+                    f"{pct([r['random']['best'] for r in rounds])} | searched: {lrs} | best of "
+                    f"tests every 10 epochs | {len(rounds)} |")
+        full = d["full_reference"]
+        rows.append(f"| ddranking | full data (3,000 images, no aug) | {100 * full['best']:.2f} | "
+                    f"0.01 | best of tests | 1 |")
+        rows.append("")
+        rows.append("| score | mean ± std (%) | per round (%) |")
+        rows.append("|---|---|---|")
+        for key in ("hlr", "ior", "lrs", "ars"):
+            if key in d["summary"]:
+                s = d["summary"][key]
+                per = ", ".join(f"{100 * v:.2f}" for v in s["values"])
+                rows.append(f"| {key.upper()} | {pct(s['values'])} | {per} |")
+    return "\n".join(rows)
+
+
 def main() -> None:
     parser = build_parser(__doc__.splitlines()[0])
     parser.add_argument("--set-only", action="store_true", help="stop after making the set")
@@ -114,7 +159,11 @@ def main() -> None:
     parser.add_argument("--test-per-class", type=int, default=0, help="0: the whole test split")
     parser.add_argument("--full-epochs", type=int, default=200)
     parser.add_argument("--ars", action="store_true", help="also train without augmentation")
+    parser.add_argument("--table", action="store_true", help="print the RESULTS.md rows")
     args = parser.parse_args()
+    if args.table:
+        print(table(Path(args.out)))
+        return
     torch.set_num_threads(args.threads)
     work = Path(args.work) / f"{args.dataset}_ddranking_mtt_ipc{args.ipc[0]}"
     start = time.time()
