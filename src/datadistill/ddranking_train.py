@@ -67,7 +67,7 @@ class TrainSpec:
     weight_decay: float = 5e-4  # weight_decay
     momentum: float = 0.9  # momentum (SGD)
     augment: str = "dsa"  # data_aug_func
-    dsa_strategy: str = "color_crop_cutout_flip_scale_rotate"  # aug_params (DSA)
+    dsa_strategy: str | None = None  # aug_params (DSA); None: the dataset's (no flip on digits)
     mixup_alpha: float = 0.8  # aug_params.lambda
     cutmix_beta: float = 1.0  # aug_params.beta
     loss: str = "ce"  # soft_label_criterion (hard labels: ce)
@@ -246,7 +246,7 @@ def fit(
     gen = torch.Generator().manual_seed(seed)
     rng = np.random.default_rng(seed)  # Beta draws and cutmix boxes
     use = spec if augment else _no_aug(spec)
-    dsa = DSA(use.dsa_strategy) if use.augment == "dsa" else None
+    dsa = DSA(use.dsa_strategy or test.info.dsa_strategy) if use.augment == "dsa" else None
     opt, loss_fn = make_optimizer(use, net), make_loss(use)
     sched = make_scheduler(use, opt)
     curve = Curve()
