@@ -482,19 +482,9 @@ def evaluate(
     x, y = images.detach().to(device), labels.detach().to(device)  # moved once for all runs
     test_dev = test.to(device)
     _check_report(report, period, protocol)
-    accs, curves, seconds = [], [], []
-    for run in range(num_runs):
-        start = time.perf_counter()
-        kw = dict(model=model, lr=lr, epochs=epochs, batch_size=batch_size, dsa=dsa, seed=seed,
-                  run=run, device=device, model_kwargs=model_kwargs, progress=progress)
-        if report == "last":
-            acc = train_and_test(x, y, test_dev, **kw)
-        else:
-            curves.append(train_and_test_curve(x, y, test_dev, period=period, **kw))
-            acc = curves[-1].last
-        log.info("%s %s run %d/%d: test accuracy %.4f", protocol, model, run + 1, num_runs, acc)
-        accs.append(acc)
-        seconds.append(round(time.perf_counter() - start, 3))
+    kw = dict(model=model, lr=lr, epochs=epochs, batch_size=batch_size, dsa=dsa, seed=seed,
+              device=device, model_kwargs=model_kwargs, progress=progress)
+    accs, curves, seconds = _runs(x, y, test_dev, num_runs, report, period, protocol, kw)
     settings = {
         "dataset": test.info.name,
         "space": test.space,
@@ -525,6 +515,24 @@ def evaluate(
 
 
 REPORTS = ("last", "best_of_periodic", "both")
+
+
+def _runs(x, y, test, num_runs: int, report: str, period: int | None, protocol: str,
+          kw: dict) -> tuple[list[float], list[RunCurve], list[float]]:
+    """Last accuracies, test curves (report != "last") and seconds of `num_runs` runs."""
+    accs, curves, seconds = [], [], []
+    for run in range(num_runs):
+        start = time.perf_counter()
+        if report == "last":
+            acc = train_and_test(x, y, test, run=run, **kw)
+        else:
+            curves.append(train_and_test_curve(x, y, test, period=period, run=run, **kw))
+            acc = curves[-1].last
+        log.info("%s %s run %d/%d: test accuracy %.4f", protocol, kw["model"], run + 1,
+                 num_runs, acc)
+        accs.append(acc)
+        seconds.append(round(time.perf_counter() - start, 3))
+    return accs, curves, seconds
 
 
 def _check_report(report: str, period: int | None, protocol: str) -> None:
