@@ -578,9 +578,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 # ---------------------------------------------------------------- threads
-# One torch thread: measured with benchmarks/threads.py (benchmarks/RESULTS.md section 8). For
-# the small models of digits, MNIST and CIFAR at low IPC a second thread gains little on a
-# quiet machine and spins against any other busy process on a shared one.
+# One torch thread, chosen with benchmarks/threads.py (benchmarks/RESULTS.md section 8): for the
+# small models of digits, MNIST and CIFAR at low IPC a second thread splits little work and
+# spins against any other busy process on the same cores (several times slower there).
 DEFAULT_THREADS = 1
 
 
