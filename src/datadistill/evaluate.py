@@ -33,12 +33,13 @@ import torch
 from torch import nn
 
 from datadistill.augment import DSA
+from datadistill.challenge import challenge_violations, refuse_unofficial
 from datadistill.checks import check_finite, check_training
 from datadistill.data import ImageSet
 from datadistill.errors import CompatibilityError, ConfigError
 from datadistill.matching.soft_labels import soft_cross_entropy  # noqa: F401  re-exported
 from datadistill.runlog import RunCache, fingerprint
-from datadistill.runs import Run, run_all
+from datadistill.runs import Run, RunResults, run_all
 from datadistill.training import (  # noqa: F401  test_accuracy, run_seeds: re-exported
     build_model,
     fit,
@@ -167,7 +168,35 @@ def make_dsa(strategy: str | None) -> DSA | None:
     return DSA(strategy)
 
 
-def train_and_test(
+def build_network(
+    model: str, info: Any, init_seed: int, model_kwargs: dict | None = None
+) -> nn.Module:
+    """A fresh `model` for dataset `info`, initialised from `init_seed` on the CPU
+    (:func:`datadistill.training.build_model`; the caller's global RNG is left untouched).
+
+    Example:
+        >>> net = build_network("convnet", real.info, init_seed=0)          # doctest: +SKIP
+    """
+    return build_model(model, info, init_seed, model_kwargs=model_kwargs)
+
+
+@dataclass
+class RunCurve:
+    """Test accuracies (fractions) of one run after the tested epochs (the last is the end)."""
+
+    epochs: list[int] = field(default_factory=list)
+    accuracies: list[float] = field(default_factory=list)
+
+    @property
+    def last(self) -> float:
+        return self.accuracies[-1]
+
+    @property
+    def best(self) -> float:
+        return max(self.accuracies)
+
+
+def train_and_test_curve(
     images: torch.Tensor,
     labels: torch.Tensor,
     test: ImageSet,
@@ -175,6 +204,7 @@ def train_and_test(
     model: str,
     lr: float,
     epochs: int,
+    period: int | None = None,
     batch_size: int = 256,
     dsa: DSA | None = None,
     seed: int = 0,
@@ -183,18 +213,47 @@ def train_and_test(
     model_kwargs: dict | None = None,
     progress: bool = False,
     on_epoch: EpochHook | None = None,
-) -> float:
-    """One classic run: a fresh seeded network, trained on (images, labels), tested once.
+) -> RunCurve:
+    """One classic run, tested after every `period` epochs (None: only at the end) and at the end.
 
-    The network is initialised under :func:`~datadistill.training.seeded`, so the caller's
-    global RNG state is left untouched.
+    Periodic tests read the network without touching the training RNG, so the last accuracy
+    equals :func:`train_and_test`'s for the same seeds.
+
+    Example:
+        >>> curve = train_and_test_curve(x, y, real.test, model="convnet", lr=0.01,
+        ...                              epochs=300, period=100)            # doctest: +SKIP
+        >>> curve.epochs                                                    # doctest: +SKIP
+        [100, 200, 300, 301]
     """
     init_seed, train_seed = run_seeds(seed, run)
-    net = build_model(model, test.info, init_seed, model_kwargs=model_kwargs)
+    net = build_network(model, test.info, init_seed, model_kwargs)
     gen = torch.Generator().manual_seed(train_seed)
+    curve = RunCurve()
+
+    def hook(epoch: int, opt: torch.optim.Optimizer) -> None:
+        # Called before epoch `epoch`: the network has trained `epoch` epochs.
+        if period and epoch and epoch % period == 0:
+            curve.epochs.append(epoch)
+            curve.accuracies.append(test_accuracy(net, test.images, test.labels, device=device))
+        if on_epoch is not None:
+            on_epoch(epoch, opt)
+
     train_network(net, images, labels, lr=lr, epochs=epochs, batch_size=batch_size, dsa=dsa,
-                  generator=gen, device=device, progress=progress, on_epoch=on_epoch)
-    return test_accuracy(net, test.images, test.labels, device=device)
+                  generator=gen, device=device, progress=progress, on_epoch=hook)
+    curve.epochs.append(epochs + 1)
+    curve.accuracies.append(test_accuracy(net, test.images, test.labels, device=device))
+    return curve
+
+
+def train_and_test(images: torch.Tensor, labels: torch.Tensor, test: ImageSet,
+                   **kwargs: Any) -> float:
+    """One classic run: a fresh seeded network, trained on (images, labels), tested once.
+
+    Takes :func:`train_and_test_curve`'s keywords (without `period`). The network is
+    initialised under :func:`~datadistill.training.seeded`, so the caller's global RNG state
+    is left untouched.
+    """
+    return train_and_test_curve(images, labels, test, **kwargs).last
 
 
 # ----------------------------------------------------------------------------- protocols
@@ -274,30 +333,43 @@ def _challenge_setup(
     return implied
 
 
+def _challenge_violations(images, test, epochs, num_runs, dsa, strategy, batch_size,
+                          unofficial: bool) -> list:
+    """The settings that differ from the official evaluator; an error unless `unofficial`."""
+    info = test.info
+    violations = challenge_violations(
+        tuple(images.shape), info.name, test.space, ipc=images.shape[0] // info.num_classes,
+        epochs=epochs, num_runs=num_runs, dsa_strategy=strategy if dsa is not None else None,
+        batch_size=batch_size, mean=info.mean, std=info.std,
+    )
+    if not unofficial:
+        refuse_unofficial(violations)
+    return violations
+
+
 def evaluate(
-    images: torch.Tensor,
-    labels: torch.Tensor | None,
-    test: ImageSet,
-    *,
-    protocol: str = "classic",
-    model: str = "convnet",
-    lr: float | None = None,
-    num_runs: int | None = None,
-    epochs: int = 1000,
-    batch_size: int = 256,
-    seed: int = 0,
-    device: str | torch.device = "cpu",
-    dsa_strategy: str | None = None,
-    progress: bool = False,
-    model_kwargs: dict | None = None,
-    ipc: int | None = None,
-    cache: RunCache | None = None,
+    images: torch.Tensor, labels: torch.Tensor | None, test: ImageSet, *,
+    protocol: str = "classic", model: str = "convnet", lr: float | None = None,
+    num_runs: int | None = None, epochs: int = 1000, batch_size: int = 256, seed: int = 0,
+    device: str | torch.device = "cpu", dsa_strategy: str | None = None, progress: bool = False,
+    model_kwargs: dict | None = None, ipc: int | None = None, report: str = "last",
+    period: int | None = 100, unofficial: bool = False, cache: RunCache | None = None,
 ) -> EvalReport:
     """Train `num_runs` fresh networks on (images, labels) and test them on `test`.
 
+    `report`: ``"last"`` (the official loop: one test after the last epoch), ``"best_of_periodic"``
+    (the best of the tests after every `period` epochs and after the last, as MTT/FTD report)
+    or ``"both"`` (`accuracies` hold the last; ``settings["best_accuracies"]`` the best).
+    Periodic tests do not change the training, so the last accuracies are the same in all modes.
+
+    The challenge protocol is strict: any setting that differs from the official evaluator
+    (:mod:`datadistill.challenge`) is an error naming it, unless `unofficial` is True; the
+    report then lists them in ``settings["unofficial_settings"]`` (``settings["official"]``).
+
     `num_runs` defaults to 5 (classic) or 3 (challenge); `dsa_strategy` to the dataset's
     (``"none"`` turns DSA off). For "challenge", labels are implied by order (`labels` may be
-    None) and `ipc` defaults to N / classes. With a `cache`, finished runs are not redone.
+    None) and `ipc` defaults to N / classes. With a :class:`~datadistill.runlog.RunCache`,
+    each finished run is stored as it ends and runs already stored are not trained again.
 
     Example:
         >>> evaluate(ds.images, ds.labels, real.test, lr=ds.lr, epochs=300)  # doctest: +SKIP
@@ -309,31 +381,26 @@ def evaluate(
     check_training(lr=lr, num_runs=num_runs, epochs=epochs, batch_size=batch_size)
     strategy = test.info.dsa_strategy if dsa_strategy is None else dsa_strategy
     dsa = make_dsa(strategy)
+    violations = [] if protocol != "challenge" else _challenge_violations(
+        images, test, epochs, num_runs, dsa, strategy, batch_size, unofficial)
     x, y, test_dev = images.detach().to(device), labels.detach().to(device), test.to(device)
-
-    def one_run(run: Run) -> float:
-        return train_and_test(x, y, test_dev, model=model, lr=lr, epochs=epochs,
-                              batch_size=batch_size, dsa=dsa, seed=seed, run=run.index,
-                              device=device, model_kwargs=model_kwargs, progress=progress)
-
-    setup = dict(protocol=protocol, model=model, lr=lr, epochs=epochs, batch_size=batch_size,
-                 seed=seed, device=str(device), dsa=strategy, model_kwargs=model_kwargs)
-    fp = None if cache is None else fingerprint(x, y, setup)
-    results = run_all(num_runs, one_run, seed=seed, progress=progress,
-                      desc=f"evaluate {model}", label=f"{protocol} {model}", cache=cache,
-                      fingerprint=fp)
-    settings = {
-        "n_images": int(images.shape[0]),
-        "labels": "soft" if y.dim() == 2 else "hard",
-        **classic_settings(test, lr=lr, epochs=epochs, batch_size=batch_size,
-                           dsa_strategy=strategy if dsa is not None else None,
-                           num_runs=num_runs, seed=seed, model_kwargs=model_kwargs,
-                           device=device),
-        "seconds_per_run": results.seconds,
-    }
-    if protocol == "challenge":
-        settings["ipc"] = int(images.shape[0]) // test.info.num_classes
-    return EvalReport.from_accuracies(protocol, model, results.values, settings)
+    _check_report(report, period, protocol)
+    kw = dict(model=model, lr=lr, epochs=epochs, batch_size=batch_size, dsa=dsa, seed=seed,
+              device=device, model_kwargs=model_kwargs, progress=progress)
+    # Only last-epoch runs are cached: a periodic report needs each run's whole test curve.
+    fp = None if cache is None or report != "last" else fingerprint(x, y, dict(
+        protocol=protocol, model=model, lr=lr, epochs=epochs, batch_size=batch_size,
+        seed=seed, device=str(device), dsa=strategy, model_kwargs=model_kwargs))
+    results = _runs(x, y, test_dev, num_runs, report, period, protocol, kw,
+                    cache if fp else None, fp)
+    settings = {"n_images": int(images.shape[0]), "labels": "soft" if y.dim() == 2 else "hard",
+                **classic_settings(test, lr=lr, epochs=epochs, batch_size=batch_size,
+                                   dsa_strategy=strategy if dsa is not None else None,
+                                   num_runs=num_runs, seed=seed, model_kwargs=model_kwargs,
+                                   device=device),
+                "seconds_per_run": results.seconds}
+    return _finish(protocol, model, report, period, results.values, settings, violations,
+                   test.info.num_classes)
 
 
 def _protocol_setup(
@@ -385,6 +452,69 @@ def classic_settings(test: ImageSet, *, lr: float, epochs: int, batch_size: int,
     }
 
 
+def _finish(protocol: str, model: str, report: str, period: int | None, values: list,
+            settings: dict, violations: list, num_classes: int) -> EvalReport:
+    """The report from the runs' values: accuracies (report "last") or test curves."""
+    if protocol == "challenge":
+        settings["ipc"] = settings["n_images"] // num_classes
+        settings["official"] = not violations
+        settings["unofficial_settings"] = violations
+    curves = [] if report == "last" else values
+    accs = values if report == "last" else [c.last for c in curves]
+    settings.update(_report_settings(report, period, curves))
+    if report == "best_of_periodic":
+        accs = [c.best for c in curves]
+    return EvalReport.from_accuracies(protocol, model, accs, settings)
+
+
+REPORTS = ("last", "best_of_periodic", "both")
+
+
+def _runs(x, y, test, num_runs: int, report: str, period: int | None, protocol: str,
+          kw: dict, cache: RunCache | None = None, fp: str | None = None) -> RunResults:
+    """Last accuracies (report "last") or test curves of `num_runs` runs, with their seconds;
+    runs already in `cache` (finished by an earlier, interrupted call) are not trained again."""
+
+    def one_run(run: Run) -> float | RunCurve:
+        if report == "last":
+            return train_and_test(x, y, test, run=run.index, **kw)
+        curve = train_and_test_curve(x, y, test, period=period, run=run.index, **kw)
+        log.info("%s %s run %d/%d: test accuracy %.4f (best %.4f)", protocol, kw["model"],
+                 run.index + 1, num_runs, curve.last, curve.best)
+        return curve
+
+    return run_all(num_runs, one_run, seed=kw["seed"], progress=kw["progress"],
+                   desc=f"evaluate {kw['model']}", label=f"{protocol} {kw['model']}",
+                   cache=cache, fingerprint=fp)
+
+
+def _check_report(report: str, period: int | None, protocol: str) -> None:
+    if report not in REPORTS:
+        raise ConfigError(f"report={report!r}; choose from {REPORTS}")
+    if report != "last" and protocol == "challenge":
+        raise ConfigError("the challenge tests once at the end: use report='last'")
+    if report != "last" and not (period and period >= 1):
+        raise ConfigError(f"report={report!r} needs a test period >= 1 epochs, got {period}")
+
+
+def _report_settings(report: str, period: int | None, curves: list[RunCurve]) -> dict:
+    """What the report records: which accuracy `accuracies` holds, and the other one."""
+    out: dict[str, Any] = {"report": report}
+    if report == "last":
+        return out
+    best = [c.best for c in curves]
+    out.update(
+        period=period,
+        tested_epochs=curves[0].epochs,
+        curves=[c.accuracies for c in curves],
+        best_accuracies=best,
+        best_mean=float(np.mean(best)),
+        best_std=float(np.std(best)),
+        last_accuracies=[c.last for c in curves],
+    )
+    return out
+
+
 def evaluate_cross(
     images: torch.Tensor,
     labels: torch.Tensor,
@@ -403,12 +533,13 @@ def evaluate_cross(
 
 
 def evaluate_distilled(
-    ds: Any, test: ImageSet, *, hard_labels: bool = False, **kwargs: Any
+    ds: Any, test: ImageSet, *, hard_labels: bool | str = False, **kwargs: Any
 ) -> EvalReport:
     """Evaluate a :class:`~datadistill.artifact.DistilledSet` with its learned lr.
 
-    `hard_labels=True` evaluates a soft-label set with its argmax classes (DD-Ranking's
-    hard-label accuracy).
+    `hard_labels` trains a soft-label set with hard labels: ``True`` or ``"argmax"`` (the
+    argmax of its soft labels) or ``"class_order"`` (labels by the set's class-major order,
+    what DD-Ranking trains).
 
     Example:
         >>> evaluate_distilled(load_distilled("runs/mtt"), real.test)      # doctest: +SKIP
@@ -418,7 +549,13 @@ def evaluate_distilled(
             f"the set lives in {ds.space!r} space but the test set in "
             f"{test.space!r}; prepare the data with zca={ds.space == 'zca'}"
         )
-    labels = hard_labels_from(ds.labels) if hard_labels else ds.labels
+    labels = ds.labels
+    if hard_labels == "class_order" and labels.dim() == 2:
+        labels = challenge_labels(test.info.num_classes, ds.ipc).to(labels.device)
+    elif hard_labels in (True, "argmax"):
+        labels = hard_labels_from(ds.labels)
+    elif hard_labels not in (False, None, "class_order"):
+        raise ConfigError(f"hard_labels={hard_labels!r}; use 'argmax' or 'class_order'")
     if kwargs.get("protocol") == "challenge":  # fixed lr; labels implied by ipc
         kwargs.setdefault("ipc", ds.ipc)
     else:
