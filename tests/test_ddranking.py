@@ -85,7 +85,7 @@ def fake_fit(calls: list, real: Real, syn_x: torch.Tensor):
 def test_hard_label_metrics_by_hand(monkeypatch):
     real, calls = toy_real(), []
     x, y = quadrants(2, seed=3)
-    monkeypatch.setattr(ddr, "fit", fake_fit(calls, real, x))
+    monkeypatch.setattr(ddr, "train_spec", fake_fit(calls, real, x))
     rep = score(x, y, real, tiny("mtt", rounds=2), syn_lr=0.02)
     hlr, ior = 0.90 - 0.60, 0.60 - 0.40  # random: the best lr of the grid (0.05)
     ars_beta = 0.5 * (0.60 - 0.40) + 0.5 * (0.50 - 0.30)
@@ -106,7 +106,7 @@ def test_hard_label_metrics_by_hand(monkeypatch):
 def test_given_full_accuracy_and_lr_weight(monkeypatch):
     real, calls = toy_real(), []
     x, y = quadrants(2, seed=3)
-    monkeypatch.setattr(ddr, "fit", fake_fit(calls, real, x))
+    monkeypatch.setattr(ddr, "train_spec", fake_fit(calls, real, x))
     rep = score(x, y, real, tiny("mtt", rounds=1, ars=False, full_accuracy=0.8, lrs_weight=0.8),
                 syn_lr=0.02)
     r = rep.rounds[0]
@@ -118,7 +118,7 @@ def test_soft_label_metrics_use_class_order_hard_labels(monkeypatch):
     real, calls = toy_real(), []
     x, _ = quadrants(2, seed=3)
     soft = torch.randn(8, K)  # argmax disagrees with class order in general
-    monkeypatch.setattr(ddr, "fit", fake_fit(calls, real, x))
+    monkeypatch.setattr(ddr, "train_spec", fake_fit(calls, real, x))
     teacher = nn.Sequential(nn.Flatten(), nn.Linear(H * H, K))
     rep = score(x, soft, real, tiny("datm", rounds=1, ars=False), syn_lr=0.02, teachers=teacher)
     r = rep.rounds[0]
@@ -158,7 +158,7 @@ def test_search_lr_keeps_first_on_ties():
 def test_soft_random_subset_carries_teacher_labels(monkeypatch):
     real, calls = toy_real(), []
     x, _ = quadrants(2, seed=3)
-    monkeypatch.setattr(ddr, "fit", fake_fit(calls, real, x))
+    monkeypatch.setattr(ddr, "train_spec", fake_fit(calls, real, x))
     torch.manual_seed(0)
     teacher = nn.Sequential(nn.Flatten(), nn.Linear(H * H, K))
     score(x, torch.randn(8, K), real, tiny("datm", rounds=1, ars=False), syn_lr=0.02,
@@ -177,7 +177,7 @@ def test_soft_random_subset_carries_teacher_labels(monkeypatch):
 def test_mode_m_passes_teachers_and_hard_labels(monkeypatch):
     real, calls = toy_real(), []
     x, _ = quadrants(2, seed=3)
-    monkeypatch.setattr(ddr, "fit", fake_fit(calls, real, x))
+    monkeypatch.setattr(ddr, "train_spec", fake_fit(calls, real, x))
     teacher = nn.Sequential(nn.Flatten(), nn.Linear(H * H, K))
     cfg = tiny("sre2l", rounds=1, ars=False, full_accuracy=0.9)
     score(x, torch.randn(8, K), real, cfg, syn_lr=0.001, teachers=teacher)

@@ -46,7 +46,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from datadistill.data import random_subset
-from datadistill.ddranking_train import Curve, TrainSpec, fit, teacher_logits
+from datadistill.ddranking_train import Curve, TrainSpec, teacher_logits, train_spec
 from datadistill.errors import CompatibilityError, ConfigError
 from datadistill.evaluate import _check_inputs, build_network, challenge_labels
 from datadistill.scores import (
@@ -258,7 +258,7 @@ class _Runner:
         init_seed, train_seed = _seeds(self.seed, round_, role)
         net = build_network(self.cfg.model, self.real.info, init_seed, self.cfg.model_kwargs)
         teachers = self.teachers if mode_m else ()
-        curve = fit(net, x, y, self.real.test, replace(spec, lr=lr), seed=train_seed,
+        curve = train_spec(net, x, y, self.real.test, replace(spec, lr=lr), seed=train_seed,
                     augment=augment, teachers=teachers, device=self.device)
         log.info("round %d %s lr %g: best %.4f last %.4f", round_, role, lr, curve.best,
                  curve.last)
@@ -277,7 +277,7 @@ def _train_full(real: Any, cfg: DDRankingConfig, seed: int, round_: int, role: s
     """`cfg.model` trained on the full training set with ``cfg.full`` (no augmentation)."""
     init_seed, train_seed = _seeds(seed, round_, role)
     net = build_network(cfg.model, real.info, init_seed, cfg.model_kwargs)
-    curve = fit(net, real.train.images, real.train.labels, real.test, cfg.full,
+    curve = train_spec(net, real.train.images, real.train.labels, real.test, cfg.full,
                 seed=train_seed, augment=False, device=device)
     log.info("full data (%s): best %.4f last %.4f", role, curve.best, curve.last)
     return net, curve

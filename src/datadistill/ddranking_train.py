@@ -27,7 +27,7 @@ In mode ``M`` the teacher sees the mixed image, so its logits need no mixing.
 
 Example:
     >>> spec = TrainSpec(lr=0.01, epochs=10, test_every=5)
-    >>> curve = fit(net, x, y, test, spec, seed=0)                          # doctest: +SKIP
+    >>> curve = train_spec(net, x, y, test, spec, seed=0)                   # doctest: +SKIP
     >>> curve.best, curve.last                                              # doctest: +SKIP
 """
 
@@ -46,7 +46,7 @@ from datadistill.augment import DSA
 from datadistill.data import ImageSet
 from datadistill.errors import ConfigError
 from datadistill.evaluate import RunCurve as Curve  # test accuracies after tested epochs
-from datadistill.evaluate import test_accuracy
+from datadistill.training import EpochEnd, fit, test_accuracy
 
 OPTIMIZERS = ("sgd", "adam", "adamw")
 SCHEDULERS = ("step", "cosine", "cosineannealing", "none")
@@ -198,25 +198,57 @@ def _augment(spec: TrainSpec, dsa: DSA | None, xb, rng, gen) -> tuple[torch.Tens
     return xb, None
 
 
-def _epoch(net, x, y, classes, spec, opt, loss_fn, dsa, teachers, rng, gen) -> None:
-    perm = torch.randperm(x.shape[0], generator=gen).to(x.device)
-    for idx in perm.split(spec.batch_size):
-        xb, mix = _augment(spec, dsa, x[idx], rng, gen)  # (B, C, H, W)
-        yb, cb = y[idx], classes[idx]  # (B,) or (B, K); (B,)
-        if teachers:  # mode M: the teachers label the augmented batch itself
-            yb, mix_targets = teacher_logits(teachers, xb), False
-        else:
-            mix_targets = mix is not None
-        out = net(xb)
-        loss = loss_fn(out, yb, cb)
-        if mix_targets:
-            loss = mix.lam * loss + (1 - mix.lam) * loss_fn(out, yb[mix.perm], cb[mix.perm])
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
+@dataclass
+class _Targets:
+    """Per-sample targets of a batch: (B,) or (B, K) labels, (B,) classes, and the mix that
+    made the batch (None: unmixed). Indexable like a tensor, so :func:`fit` can batch it."""
+
+    y: torch.Tensor
+    classes: torch.Tensor
+    mix: Mix | None = None
+
+    @property
+    def device(self) -> torch.device:
+        return self.y.device
+
+    def __len__(self) -> int:
+        return len(self.y)
+
+    def __getitem__(self, idx: torch.Tensor) -> _Targets:
+        return _Targets(self.y[idx], self.classes[idx])
+
+    def to(self, device: str | torch.device) -> _Targets:
+        return _Targets(self.y.to(device), self.classes.to(device), self.mix)
 
 
-def fit(
+def _mixed_loss(loss_fn: LossFn) -> Callable[[torch.Tensor, _Targets], torch.Tensor]:
+    """``lam L(out, y) + (1 - lam) L(out, y[perm])`` for a mixed batch, else ``L(out, y)``."""
+
+    def loss(out: torch.Tensor, t: _Targets) -> torch.Tensor:
+        value = loss_fn(out, t.y, t.classes)
+        if t.mix is None:
+            return value
+        lam, perm = t.mix.lam, t.mix.perm
+        return lam * value + (1 - lam) * loss_fn(out, t.y[perm], t.classes[perm])
+
+    return loss
+
+
+def _batch_augment(spec: TrainSpec, dsa: DSA | None, teachers: Sequence[nn.Module],
+                   rng: np.random.Generator):
+    """DSA / mixup / cutmix of a batch; in mode M the teachers label the augmented batch
+    itself (so their logits need no mixing)."""
+
+    def augment(xb: torch.Tensor, t: _Targets, gen: torch.Generator | None):
+        xb, mix = _augment(spec, dsa, xb, rng, gen)  # (B, C, H, W)
+        if teachers:
+            return xb, _Targets(teacher_logits(teachers, xb), t.classes)
+        return xb, _Targets(t.y, t.classes, mix)
+
+    return augment
+
+
+def train_spec(
     net: nn.Module,
     images: torch.Tensor,
     labels: torch.Tensor,
@@ -235,30 +267,41 @@ def fit(
     targets are the teachers' mean logits on every augmented batch and `labels` only give the
     classes. `classes` (N,) are the class indices that ``mse_gt``'s CE term uses (default: the
     hard labels, or the argmax of soft ones). `augment=False` trains without augmentation (the
-    full-data reference, ARS's no-augmentation term). The last epoch is always tested.
+    full-data reference, ARS's no-augmentation term). The last epoch is always tested. The
+    loop is :func:`datadistill.training.fit`.
 
     Example:
-        >>> fit(net, x, y, real.test, TrainSpec(lr=0.01, epochs=20), seed=0).best  # doctest: +SKIP
+        >>> train_spec(net, x, y, real.test, TrainSpec(lr=0.01, epochs=20),
+        ...            seed=0).best                                         # doctest: +SKIP
     """
-    net.to(device).train()
     x, y = images.detach().to(device), labels.detach().to(device)
     classes = (y if y.dim() == 1 else y.argmax(dim=1)) if classes is None else classes.to(device)
     gen = torch.Generator().manual_seed(seed)
     rng = np.random.default_rng(seed)  # Beta draws and cutmix boxes
     use = spec if augment else _no_aug(spec)
     dsa = DSA(use.dsa_strategy or test.info.dsa_strategy) if use.augment == "dsa" else None
-    opt, loss_fn = make_optimizer(use, net), make_loss(use)
+    opt = make_optimizer(use, net)
     sched = make_scheduler(use, opt)
     curve = Curve()
-    for epoch in range(use.epochs):
-        _epoch(net, x, y, classes, use, opt, loss_fn, dsa, teachers, rng, gen)
-        if sched is not None:
-            sched.step()
-        if (epoch + 1) % use.test_every == 0 or epoch + 1 == use.epochs:
-            curve.epochs.append(epoch + 1)
+
+    def after_epoch(end: EpochEnd) -> None:
+        if (end.epoch + 1) % use.test_every == 0 or end.epoch + 1 == use.epochs:
+            curve.epochs.append(end.epoch + 1)
             curve.accuracies.append(test_accuracy(net, test.images, test.labels, device=device))
-            net.train()
+
+    fit(net, x, _Targets(y, classes), epochs=use.epochs, optimizer=opt,
+        batch_size=use.batch_size, loss=_mixed_loss(make_loss(use)), generator=gen,
+        device=device, augment=_batch_augment(use, dsa, teachers, rng),
+        schedule=None if sched is None else _stepped(sched), after_epoch=after_epoch)
     return curve
+
+
+def _stepped(sched) -> Callable[[int, torch.optim.Optimizer], torch.optim.Optimizer]:
+    def schedule(epoch: int, opt: torch.optim.Optimizer) -> torch.optim.Optimizer:
+        sched.step()
+        return opt
+
+    return schedule
 
 
 def _no_aug(spec: TrainSpec) -> TrainSpec:
