@@ -43,18 +43,19 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
-from tqdm.auto import tqdm
 
 from datadistill.data import random_subset
 from datadistill.ddranking_train import Curve, TrainSpec, teacher_logits, train_spec
 from datadistill.errors import CompatibilityError, ConfigError
 from datadistill.evaluate import _check_inputs, build_network, challenge_labels
+from datadistill.runs import run_all
 from datadistill.scores import (
     augmentation_robust_score,
     hard_label_recovery,
     improvement_over_random,
     label_robust_score,
 )
+from datadistill.training import derive_seeds
 
 log = logging.getLogger(__name__)
 
@@ -241,8 +242,8 @@ ROLES = {"syn_hard": 0, "syn": 1, "random": 2, "full": 3, "syn_noaug": 4, "rando
 
 
 def _seeds(seed: int, round_: int, role: str) -> tuple[int, int]:
-    a, b = np.random.SeedSequence([seed, round_, ROLES[role], 13]).generate_state(2)
-    return int(a), int(b)
+    init_seed, train_seed = derive_seeds(seed, round_, ROLES[role], 13)
+    return init_seed, train_seed
 
 
 @dataclass
@@ -461,11 +462,14 @@ def score(
                 "n_images": int(images.shape[0]), "teachers": len(teachers),
                 "teacher": ("supplied" if supplied else "trained on the full data (cfg.full)")
                 if cfg.labels == "soft" else None}
-    rounds: list[dict[str, Any]] = []
-    for r in tqdm(range(cfg.rounds), disable=not progress, desc="ddranking"):
-        rounds.append(_round(run, x, y, syn_lr, r))
-        if on_round is not None:
-            on_round(r, DDRankingReport(rounds, _summary(rounds), settings))
+
+    def saved(r: int, rounds: list[dict[str, Any]]) -> None:
+        on_round(r, DDRankingReport(rounds, _summary(rounds), settings))
+
+    # Round r depends on (seed, r) only (its seeds come from _seeds).
+    rounds = run_all(cfg.rounds, lambda rr: _round(run, x, y, syn_lr, rr.index), seed=seed,
+                     progress=progress, desc="ddranking",
+                     after_run=None if on_round is None else saved).values
     return DDRankingReport(rounds, _summary(rounds), settings)
 
 

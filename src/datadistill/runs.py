@@ -57,13 +57,15 @@ class RunResults(Generic[R]):
 
 def run_all(num_runs: int, one_run: Callable[[Run], R], *, seed: int = 0,
             progress: bool = False, desc: str = "runs", label: str | None = None,
-            cache: RunCache | None = None, fingerprint: str | None = None) -> RunResults[R]:
+            cache: RunCache | None = None, fingerprint: str | None = None,
+            after_run: Callable[[int, list[R]], None] | None = None) -> RunResults[R]:
     """``one_run(Run.of(seed, i))`` for i = 0 .. num_runs - 1, gathered in run order.
 
     ``desc`` names the progress bar; each float result is logged as "<label> run i/n: test
     accuracy a" (``label`` defaults to ``desc``). With ``cache``, run i's result is looked
     up under (``fingerprint``, i) first and stored there when it finishes; ``fingerprint``
-    names everything the result depends on.
+    names everything the result depends on. ``after_run(i, results so far)`` is called as
+    each run's result arrives (e.g. to save partial results).
     """
     results: RunResults[R] = RunResults()
     for index in progress_bar(range(num_runs), enabled=progress, desc=desc, leave=False,
@@ -81,4 +83,6 @@ def run_all(num_runs: int, one_run: Callable[[Run], R], *, seed: int = 0,
                      results.values[-1])
         if cache:
             cache.put(fingerprint, index, results.values[-1], results.seconds[-1])
+        if after_run is not None:
+            after_run(index, results.values)
     return results
