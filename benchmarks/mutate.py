@@ -259,6 +259,13 @@ def _hardware() -> dict:
             "cpus": os.cpu_count(), "omp_num_threads": os.environ.get("OMP_NUM_THREADS")}
 
 
+def _write_json(path: Path, payload: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(payload, indent=2) + "\n")
+    tmp.replace(path)  # atomic: a reader never sees half a file
+
+
 def _select(only: list[str] | None) -> list[Mutant]:
     if not only:
         return list(MUTANTS)
@@ -301,20 +308,19 @@ def main(argv: list[str] | None = None) -> int:
         if baseline.status != "passed":
             print("the unmutated suite fails; fix it before checking mutants", file=sys.stderr)
             return 1
-    outcomes = []
+    out, outcomes = Path(args.out), []
     for i, m in enumerate(mutants, 1):
         outcome = run_suite(m, args.timeout, args.pytest_args)
         outcomes.append(outcome)
         print(f"[{i}/{len(mutants)}] {m.name}: {outcome.status} ({outcome.seconds:.0f} s) "
               f"{outcome.detail}", flush=True)
-    report = {"command": " ".join([Path(sys.executable).name, *sys.argv]),
-              "pytest": " ".join(["python", *PYTEST[1:], *args.pytest_args]),
-              "started": started, "hardware": _hardware(),
-              "baseline": asdict(baseline) if baseline else None,
-              "mutants": [asdict(o) for o in outcomes]}
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(report, indent=2) + "\n")
+        report = {"command": " ".join([Path(sys.executable).name, *sys.argv]),
+                  "pytest": " ".join(["python", *PYTEST[1:], *args.pytest_args]),
+                  "started": started, "hardware": _hardware(),
+                  "complete": i == len(mutants),  # written after every mutant
+                  "baseline": asdict(baseline) if baseline else None,
+                  "mutants": [asdict(o) for o in outcomes]}
+        _write_json(out, report)
     print()
     print(table(outcomes))
     print(f"\nwritten to {out}")
