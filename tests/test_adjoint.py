@@ -19,7 +19,7 @@ from torch import nn
 from datadistill.augment import DSA, FAMILIES
 from datadistill.checkpoint import load_checkpoint, save_checkpoint
 from datadistill.config import list_configs
-from datadistill.distill import DistillConfig, distill
+from datadistill.distill import DistillConfig, check_resume, distill
 from datadistill.errors import CompatibilityError, ConfigError, DivergenceError
 from datadistill.experts import ExpertConfig, train_experts
 from datadistill.matching import (
@@ -246,9 +246,14 @@ def test_spill_file_is_freed_when_a_step_fails(monkeypatch):
     assert opened and _closed(opened[-1])
 
 
-def test_snapshots_key_is_checked():
+def test_snapshots_key_is_checked_and_may_change_on_resume(tmp_path):
     with pytest.raises(ConfigError, match="distill.snapshots='disk'; choose one of memory, spill"):
         DistillConfig(dataset="digits", snapshots="disk")
+    saved = dataclasses.asdict(DistillConfig(dataset="digits", grad_mode="adjoint"))
+    check_resume(DistillConfig(dataset="digits", grad_mode="adjoint", snapshots="memory"),
+                 saved, tmp_path)
+    with pytest.raises(CompatibilityError, match="grad_mode: 'adjoint' -> 'unrolled'"):
+        check_resume(DistillConfig(dataset="digits"), saved, tmp_path)
 
 
 @pytest.mark.parametrize("family", FAMILIES)

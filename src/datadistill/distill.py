@@ -82,7 +82,8 @@ MASKS = ("none", "depth", "loss")
 GRAD_MODES = ("unrolled", "adjoint")
 # Keys that may change when a run is resumed (the rest must match the checkpoint).
 RESUMABLE_KEYS = ("iterations", "eval_every", "eval_runs", "eval_epochs", "eval_batch",
-                  "device", "data_root", "expert_dir", "checkpoint_every", "memory_check")
+                  "device", "data_root", "expert_dir", "checkpoint_every", "memory_check",
+                  "snapshots")
 
 
 @dataclass
