@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
+import tempfile
 from dataclasses import dataclass
 
 import pytest
@@ -17,10 +19,11 @@ from torch import nn
 from datadistill.augment import DSA, FAMILIES
 from datadistill.checkpoint import load_checkpoint, save_checkpoint
 from datadistill.config import list_configs
-from datadistill.distill import DistillConfig, distill
+from datadistill.distill import DistillConfig, check_resume, distill
 from datadistill.errors import CompatibilityError, ConfigError, DivergenceError
 from datadistill.experts import ExpertConfig, train_experts
 from datadistill.matching import (
+    SnapshotStore,
     adjoint_backward,
     check_micro_batch,
     convnet_plan,
@@ -86,12 +89,13 @@ def _unrolled(c: _Case, forward, *, steps, batch, dsa, seed, mask=None):
     return loss.detach(), list(torch.autograd.grad(loss, c.inputs)), gen
 
 
-def _adjoint(c: _Case, forward, *, steps, batch, dsa, seed, mask=None, micro_batch=None):
+def _adjoint(c: _Case, forward, *, steps, batch, dsa, seed, mask=None, micro_batch=None,
+             snapshots="memory"):
     gen = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         traj = student_trajectory(forward, c.theta0, c.images, c.labels, c.syn_lr,
                                   syn_steps=steps, batch_syn=batch, dsa=dsa, generator=gen,
-                                  micro_batch=micro_batch)
+                                  micro_batch=micro_batch, snapshots=snapshots)
     theta_n = traj.final.detach().requires_grad_()
     loss = matching_loss(theta_n, c.theta0, c.target, _mask_fn(mask)(theta_n, c.target))
     (lam,) = torch.autograd.grad(loss, theta_n)
@@ -176,6 +180,80 @@ def test_trajectory_records_the_unrolled_parameters():
                              batch_syn=4, dsa=DSA(), generator=torch.Generator().manual_seed(7))
     assert torch.allclose(traj.final, theta_n.detach(), rtol=1e-12, atol=1e-14)
     assert [len(s.idx) for s in traj.steps] == [3, 4, 3]  # popped from the end, as MTT
+
+
+def test_spilled_trajectory_gives_bitwise_the_same_gradients():
+    c = _case(soft=True)
+    forward = student_forward(c.model)
+    kw = dict(steps=5, batch=4, dsa=DSA(), seed=11, micro_batch=3)
+    kept = _adjoint(c, forward, **kw)
+    spilled = _adjoint(c, forward, snapshots="spill", **kw)
+    assert torch.equal(kept[0], spilled[0])
+    for g, r in zip(spilled[1], kept[1], strict=True):
+        assert torch.equal(g, r) and float(r.norm()) > 0
+
+
+def _spill_trajectory(c: _Case, forward, steps=3):
+    return student_trajectory(forward, c.theta0, c.images, c.labels, c.syn_lr, syn_steps=steps,
+                              batch_syn=4, generator=torch.Generator().manual_seed(12),
+                              snapshots="spill")
+
+
+def _closed(fd: int) -> bool:
+    try:
+        os.fstat(fd)
+    except OSError:
+        return True
+    return False
+
+
+def test_spilled_snapshots_read_back_and_the_file_is_removed(tmp_path, monkeypatch):
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    c = _case()
+    forward = student_forward(c.model)
+    kept = student_trajectory(forward, c.theta0, c.images, c.labels, c.syn_lr, syn_steps=3,
+                              batch_syn=4, generator=torch.Generator().manual_seed(12))
+    with _spill_trajectory(c, forward) as traj:
+        fd = traj.thetas._fd
+        assert fd is not None and os.listdir(tmp_path) == []  # unlinked at creation
+        assert os.fstat(fd).st_size == 3 * c.theta0.numel() * 8  # theta_0..theta_2 on disk
+        for i in range(4):
+            assert torch.equal(traj.thetas[i], kept.thetas[i])
+    assert _closed(fd)
+
+
+def test_spill_file_is_freed_when_a_step_fails(monkeypatch):
+    c = _case()
+    forward = student_forward(c.model)
+    calls = []
+
+    def failing(theta, x):
+        calls.append(1)
+        if len(calls) == 3:
+            raise RuntimeError("step 3 failed")
+        return forward(theta, x)
+
+    opened = []
+    real_spill = SnapshotStore._spill
+
+    def spill(self, i, theta):
+        real_spill(self, i, theta)
+        opened.append(self._fd)
+
+    monkeypatch.setattr(SnapshotStore, "_spill", spill)
+    with pytest.raises(RuntimeError, match="step 3 failed"):
+        _spill_trajectory(c, failing, steps=5)
+    assert opened and _closed(opened[-1])
+
+
+def test_snapshots_key_is_checked_and_may_change_on_resume(tmp_path):
+    with pytest.raises(ConfigError, match="distill.snapshots='disk'; choose one of memory, spill"):
+        DistillConfig(dataset="digits", snapshots="disk")
+    saved = dataclasses.asdict(DistillConfig(dataset="digits", grad_mode="adjoint"))
+    check_resume(DistillConfig(dataset="digits", grad_mode="adjoint", snapshots="memory"),
+                 saved, tmp_path)
+    with pytest.raises(CompatibilityError, match="grad_mode: 'adjoint' -> 'unrolled'"):
+        check_resume(DistillConfig(dataset="digits"), saved, tmp_path)
 
 
 @pytest.mark.parametrize("family", FAMILIES)

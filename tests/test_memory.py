@@ -123,13 +123,24 @@ def test_cli_estimate_grows_with_steps_for_unrolled_only(capsys):
     assert _gb_after("unrolled", outs[1]) > _gb_after("unrolled", outs[0])
 
 
+def test_spilled_snapshots_leave_the_adjoint_estimate_flat_in_syn_steps():
+    fp = estimate_config(DistillConfig(dataset="digits", ipc=1), dataset_info("digits")).footprint
+
+    def snap(steps: int, how: str) -> int:
+        return estimate_memory(fp, mode="adjoint", num_images=10, syn_steps=steps,
+                               snapshots=how).snapshots
+
+    assert snap(10, "spill") == snap(80, "spill") == 2 * fp.num_params * 4
+    assert snap(80, "memory") - snap(10, "memory") == 70 * fp.num_params * 4
+
+
 def _free_between_adjoint_and_unrolled(micro: int) -> int:
     """Free memory where the unrolled digits run does not fit and adjoint fits up to micro."""
     cfg = DistillConfig(dataset="digits", ipc=1, syn_steps=20)
     est = estimate_config(cfg, dataset_info("digits"))
     fp = est.footprint
     free = estimate_memory(fp, mode="adjoint", num_images=10, syn_steps=20, micro_batch=micro,
-                           real_images=1437 + 360).total
+                           real_images=1437 + 360, snapshots=cfg.snapshots).total
     assert free < est.unrolled.total
     return free
 

@@ -81,7 +81,8 @@ MASKS = ("none", "depth", "loss")
 GRAD_MODES = ("unrolled", "adjoint")
 # Keys that may change when a run is resumed (the rest must match the checkpoint).
 RESUMABLE_KEYS = ("iterations", "eval_every", "eval_runs", "eval_epochs", "eval_batch",
-                  "device", "data_root", "expert_dir", "checkpoint_every", "memory_check")
+                  "device", "data_root", "expert_dir", "checkpoint_every", "memory_check",
+                  "snapshots")
 
 
 @dataclass
@@ -155,6 +156,9 @@ class DistillConfig:
     # Adjoint mode only: each step's mini-batch runs in chunks of this many images (memory ~
     # micro_batch images' activations); exact unless the student couples samples (BatchNorm).
     micro_batch: int | None = None
+    # Adjoint mode only: theta_0 ... theta_N stay in "memory" or are "spill"ed (temporary
+    # file on CPU, host memory on CUDA): bitwise the same gradients, memory flat in syn_steps.
+    snapshots: str = "spill"
     memory_check: bool = True  # refuse an unrolled run estimated above the free memory
 
     def __post_init__(self) -> None:
@@ -163,6 +167,7 @@ class DistillConfig:
         _check_choice("param_mask", self.param_mask, MASKS)
         _check_choice("window", self.window, ("fixed", "expanding"))
         _check_choice("grad_mode", self.grad_mode, GRAD_MODES)
+        _check_choice("snapshots", self.snapshots, ("memory", "spill"))
         for name in ("ipc", "syn_steps", "expert_epochs", "max_start_epoch", "checkpoint_every"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"distill.{name} must be >= 1, got {getattr(self, name)}")
@@ -529,7 +534,7 @@ def _student(run: _Run, state: DistillState, gen: torch.Generator, theta0: torch
     kw = dict(syn_steps=cfg.syn_steps, batch_syn=cfg.batch_syn, dsa=run.dsa, generator=gen)
     if cfg.grad_mode == "unrolled":
         return unroll_student(*args, **kw), None
-    traj = student_trajectory(*args, micro_batch=cfg.micro_batch, **kw)
+    traj = student_trajectory(*args, micro_batch=cfg.micro_batch, snapshots=cfg.snapshots, **kw)
     return traj.final.detach().requires_grad_(True), traj
 
 
@@ -538,8 +543,9 @@ def _gradients(run: _Run, state: DistillState, loss, theta_n, traj, learnable) -
     if traj is None:
         return list(torch.autograd.grad(loss, learnable))
     (lam,) = torch.autograd.grad(loss, theta_n)  # lambda_N: the loss enters here only
-    out = adjoint_backward(run.forward, traj, state.images, state.labels, state.syn_lr, lam,
-                           dsa=run.dsa, micro_batch=run.cfg.micro_batch)
+    with traj:  # frees a spilled trajectory's file, also on error
+        out = adjoint_backward(run.forward, traj, state.images, state.labels, state.syn_lr,
+                               lam, dsa=run.dsa, micro_batch=run.cfg.micro_batch)
     return [out.images, out.syn_lr] + ([out.labels] if len(learnable) == 3 else [])
 
 

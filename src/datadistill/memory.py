@@ -7,9 +7,11 @@ at a time plus the parameter snapshots theta_0 ... theta_N. So, with b images pe
 P parameters:
 
     unrolled = base + data + state + N * (b * g_img + g_step) * GRAPH + b * g_img * TRANSIENT
-    adjoint  = base + data + state + (N + 1) * P * s + m * g_img * (GRAPH + TRANSIENT) + g_step
+    adjoint  = base + data + state + K * P * s + m * g_img * (GRAPH + TRANSIENT) + g_step
 
-(s: bytes per float).
+(s: bytes per float; K = N + 1 snapshots with ``distill.snapshots=memory``, K = 2 with
+``spill``, whose theta_0 ... theta_{N-1} live in a temporary file or, for a CUDA student, in
+host memory).
 
 - ``g_img`` / ``g_step``: bytes that one student step's graph keeps per image and per step
   (parameter views, the gradient). They are not guessed from the architecture: they are
@@ -190,7 +192,7 @@ class MemoryEstimate:
 def estimate_memory(fp: StepFootprint, *, num_images: int, syn_steps: int, mode: str,
                     batch_syn: int | None = None, micro_batch: int | None = None,
                     dtype_bytes: int = 4, real_images: int = 0, soft_labels: bool = False,
-                    device: str = "cpu") -> MemoryEstimate:
+                    device: str = "cpu", snapshots: str = "memory") -> MemoryEstimate:
     """Predicted peak memory of one distillation iteration (see the module docstring).
 
     Args:
@@ -204,6 +206,8 @@ def estimate_memory(fp: StepFootprint, *, num_images: int, syn_steps: int, mode:
         real_images: real images (train + test) held in memory (0 when none).
         soft_labels: (N_syn, K) learnable logits (DATM/PAD) instead of hard labels.
         device: "cpu" (peak RSS) or "cuda" (device memory: no process base, no data).
+        snapshots: adjoint: "memory" keeps theta_0 ... theta_N ((N + 1) x P); "spill" moves
+            them to a file (CPU) or host memory (CUDA), leaving theta_N and the one in use.
     """
     if mode not in MODES:
         raise ConfigError(f"grad_mode={mode!r}; choose one of {', '.join(MODES)}")
@@ -222,7 +226,8 @@ def estimate_memory(fp: StepFootprint, *, num_images: int, syn_steps: int, mode:
         snapshots = 0
     else:
         graph = m * per_image * (cal.graph + cal.transient) + per_step
-        snapshots = (syn_steps + 1) * fp.num_params * dtype_bytes
+        kept = syn_steps + 1 if snapshots == "memory" else 2
+        snapshots = kept * fp.num_params * dtype_bytes
     return MemoryEstimate(mode, base=cal.base if cpu else 0, data=int(data), state=int(state),
                           graph=int(graph), snapshots=int(snapshots),
                           details={"batch": b, "micro_batch": m, "syn_steps": syn_steps,
@@ -281,7 +286,8 @@ def estimate_config(cfg, info, *, real_images: int | None = None,
     n = info.num_classes * cfg.ipc
     common = dict(num_images=n, syn_steps=cfg.syn_steps, batch_syn=cfg.batch_syn,
                   real_images=real_images_of(cfg, info) if real_images is None
-                  else real_images, soft_labels=cfg.label_mode == "soft", device=cfg.device)
+                  else real_images, soft_labels=cfg.label_mode == "soft", device=cfg.device,
+                  snapshots=snapshots_of(cfg))
     unrolled = estimate_memory(fp, mode="unrolled", **common)
     adjoint = estimate_memory(fp, mode="adjoint", micro_batch=micro_batch_of(cfg), **common)
     fits = None if free is None else fitting_micro_batch(fp, free, **common)
@@ -293,6 +299,11 @@ def estimate_config(cfg, info, *, real_images: int | None = None,
 def micro_batch_of(cfg) -> int | None:
     """``distill.micro_batch`` (None where the config has no such key)."""
     return getattr(cfg, "micro_batch", None)
+
+
+def snapshots_of(cfg) -> str:
+    """``distill.snapshots`` ("memory" where the config has no such key)."""
+    return getattr(cfg, "snapshots", "memory")
 
 
 def grad_mode_of(cfg) -> str:

@@ -14,6 +14,7 @@ Example:
 
 from datadistill.matching.adjoint import (
     AdjointGrads,
+    SnapshotStore,
     Trajectory,
     adjoint_backward,
     check_micro_batch,
@@ -39,6 +40,7 @@ __all__ = [
     "AdjointGrads",
     "BatchSampler",
     "ConvNetPlan",
+    "SnapshotStore",
     "Trajectory",
     "adjoint_backward",
     "check_micro_batch",

@@ -23,7 +23,12 @@ grows with N x batch. Here the same gradient is taken in two passes (reverse-mod
   The loss (normalisation, PAD masks) enters through lambda_N only; theta_0 is a constant.
 
 The result is the unrolled gradient up to rounding (tests: float64, relative error < 1e-6).
-Memory: one step's graph plus the recorded trajectory, whatever N is.
+Memory: one step's graph plus the recorded trajectory, whatever N is. The (N + 1) x P
+snapshots theta_i can leave the resident set (``snapshots="spill"``, :class:`SnapshotStore`):
+on a CPU student they go to an unlinked temporary file, written and read back with positioned
+I/O (``os.pwrite``/``os.preadv``; not mmap, whose pages would count in the RSS), on CUDA to
+host memory. The bytes come back unchanged, so the gradients are bitwise those of the
+in-memory trajectory; only theta_N and the snapshot in use stay resident.
 
 ``micro_batch=K`` processes each step's mini-batch in chunks of K images, in both passes: g_i
 is the sum of the chunks' gradients of the loss weighted by |chunk| / batch (the loss is a mean
@@ -44,6 +49,8 @@ Example:
 
 from __future__ import annotations
 
+import os
+import tempfile
 from dataclasses import dataclass
 
 import torch
@@ -61,17 +68,120 @@ class StepRecord:
     draw: object | None  # datadistill.augment.AugDraw for all b images, or None (no DSA)
 
 
+SNAPSHOT_MODES = ("memory", "spill")
+
+
+class SnapshotStore:
+    """theta_0 ... theta_N of one trajectory, kept in memory or spilled out of it.
+
+    ``mode="memory"`` keeps every (P,) tensor. ``mode="spill"`` keeps only the last one: on
+    CPU the others go to a temporary file (unlinked as soon as it is created, so it never
+    outlives the process; :meth:`close` frees it), on CUDA to host memory. Reads return the
+    exact bytes written.
+
+    Example:
+        >>> store = SnapshotStore("spill")
+        >>> store.append(torch.arange(3.0)); store.append(torch.ones(3))
+        >>> store[0].tolist(), len(store)
+        ([0.0, 1.0, 2.0], 2)
+        >>> store.close()
+    """
+
+    def __init__(self, mode: str = "memory", directory: str | None = None):
+        if mode not in SNAPSHOT_MODES:
+            raise ValueError(f"snapshots={mode!r}; choose one of {', '.join(SNAPSHOT_MODES)}")
+        self.mode, self._dir = mode, directory
+        self._kept: list[torch.Tensor] = []  # memory: all; spill on CUDA: host copies
+        self._fd: int | None = None  # spill on CPU: the unlinked file
+        self._last: torch.Tensor | None = None
+        self._n = 0
+
+    def __len__(self) -> int:
+        return self._n
+
+    @property
+    def last(self) -> torch.Tensor:
+        """(P,) the newest snapshot, resident."""
+        return self._last
+
+    def append(self, theta: torch.Tensor) -> None:
+        """Add theta_n (detached (P,)); in spill mode the previous last leaves memory."""
+        theta = theta.detach()
+        if self.mode == "memory":
+            self._kept.append(theta)
+        elif self._last is not None:
+            self._spill(self._n - 1, self._last)
+        self._last, self._n = theta, self._n + 1
+
+    def __getitem__(self, i: int) -> torch.Tensor:
+        i = i + self._n if i < 0 else i
+        if not 0 <= i < self._n:
+            raise IndexError(f"snapshot {i} of {self._n}")
+        if self.mode == "memory":
+            return self._kept[i]
+        if i == self._n - 1:
+            return self._last
+        if self._last.is_cuda:
+            return self._kept[i].to(self._last.device)
+        return self._read(i)
+
+    def _spill(self, i: int, theta: torch.Tensor) -> None:
+        if theta.is_cuda:
+            self._kept.append(theta.cpu())
+            return
+        if self._fd is None:
+            fd, path = tempfile.mkstemp(prefix="datadistill-theta-", dir=self._dir)
+            os.unlink(path)  # gone from the directory at once; the descriptor keeps the data
+            self._fd = fd
+        raw = theta.contiguous().view(torch.uint8).numpy()  # (P * itemsize,) bytes
+        offset = i * raw.nbytes
+        written = 0
+        while written < raw.nbytes:  # pwrite may write less than asked
+            written += os.pwrite(self._fd, memoryview(raw[written:]), offset + written)
+
+    def _read(self, i: int) -> torch.Tensor:
+        out = torch.empty_like(self._last)
+        raw = out.view(torch.uint8).numpy()
+        got = os.preadv(self._fd, [raw], i * raw.nbytes)
+        if got != raw.nbytes:
+            raise OSError(f"snapshot {i}: read {got} of {raw.nbytes} bytes from the spill file")
+        return out
+
+    def close(self) -> None:
+        """Free the spill file (and the kept tensors); idempotent."""
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+        self._kept = []
+
+    def __del__(self):
+        self.close()
+
+
 @dataclass
 class Trajectory:
-    """The student's parameters after every step, and how each step was taken."""
+    """The student's parameters after every step, and how each step was taken.
 
-    thetas: list[torch.Tensor]  # N + 1 detached (P,) tensors: theta_0 ... theta_N
+    A context manager: leaving it closes the snapshot store (frees a spill file).
+    """
+
+    thetas: SnapshotStore  # N + 1 detached (P,) tensors: theta_0 ... theta_N
     steps: list[StepRecord]  # N records, step i maps thetas[i] to thetas[i + 1]
 
     @property
     def final(self) -> torch.Tensor:
         """(P,) theta_N, detached (make it a leaf with ``requires_grad_`` for lambda_N)."""
-        return self.thetas[-1]
+        return self.thetas.last
+
+    def close(self) -> None:
+        """Free the snapshots (a spilled trajectory's temporary file)."""
+        self.thetas.close()
+
+    def __enter__(self) -> Trajectory:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
 
 @dataclass
@@ -142,11 +252,14 @@ def student_trajectory(forward: ForwardFn, theta0: torch.Tensor, images: torch.T
                        batch_syn: int | None = None, dsa=None,
                        generator: torch.Generator | None = None,
                        loss_fn: LossFn | None = None,
-                       micro_batch: int | None = None) -> Trajectory:
+                       micro_batch: int | None = None,
+                       snapshots: str = "memory") -> Trajectory:
     """Forward pass of adjoint mode: the N student steps without a graph, recorded.
 
     Arguments as :func:`datadistill.matching.unroll_student` (same draws from ``generator``,
-    in the same order), plus ``micro_batch`` (chunk size within a step; None = whole batch).
+    in the same order), plus ``micro_batch`` (chunk size within a step; None = whole batch)
+    and ``snapshots`` ("memory" or "spill", see :class:`SnapshotStore`). On an error the
+    store is closed before the error propagates.
 
     Example:
         >>> traj = student_trajectory(forward, theta0, x, y, syn_lr, syn_steps=5)  # doctest: +SKIP
@@ -156,16 +269,22 @@ def student_trajectory(forward: ForwardFn, theta0: torch.Tensor, images: torch.T
     loss_fn = loss_fn or label_loss(labels)
     sampler = BatchSampler(images.shape[0], batch_syn, generator)
     alpha = syn_lr.detach()
-    thetas, steps = [theta0.detach()], []
-    for _ in range(syn_steps):
-        idx = sampler.next().to(images.device)
-        draw = None if dsa is None else dsa.sample(len(idx), tuple(images.shape[-2:]),
-                                                   generator)
-        rec = StepRecord(idx, draw)
-        g = _step_gradient(forward, loss_fn, thetas[-1], images, labels, rec, dsa, micro_batch)
-        thetas.append(thetas[-1] - alpha * g)  # (P,) as the unrolled update
-        steps.append(rec)
-    return Trajectory(thetas, steps)
+    traj = Trajectory(SnapshotStore(snapshots), [])
+    traj.thetas.append(theta0)
+    try:
+        for _ in range(syn_steps):
+            idx = sampler.next().to(images.device)
+            draw = None if dsa is None else dsa.sample(len(idx), tuple(images.shape[-2:]),
+                                                       generator)
+            rec = StepRecord(idx, draw)
+            theta = traj.thetas.last
+            g = _step_gradient(forward, loss_fn, theta, images, labels, rec, dsa, micro_batch)
+            traj.thetas.append(theta - alpha * g)  # (P,) as the unrolled update
+            traj.steps.append(rec)
+    except BaseException:
+        traj.close()
+        raise
+    return traj
 
 
 @dataclass
