@@ -52,7 +52,7 @@ from methods import build_parser, overrides, run_one, save, shared_expert_dir  #
 
 DEFAULTS = dict(dataset="cifar10", train_per_class=100, experts=2, expert_epochs=6,
                 expert_batch=64, test_samples=1000, syn_steps=10, batch_syn=20,
-                iterations=200, runs=3, epochs=300, random_for=["mtt", "mdatm"])
+                iterations=150, runs=3, epochs=200, random_for=["mtt", "mdatm"])
 SCHEDULE = ("add_end_epoch", "rm_epoch_first", "rm_epoch_second")
 
 
