@@ -213,7 +213,8 @@ def test_mdatm_challenge_configs(dataset, ipc):
 
 
 @pytest.mark.parametrize("dataset, ipc", [("mnist", 1), ("mnist", 10), ("fashion_mnist", 1),
-                                          ("fashion_mnist", 10), ("digits", 1)])
+                                          ("fashion_mnist", 10), ("digits", 1), ("cifar10", 1),
+                                          ("cifar10", 10)])
 def test_derived_mdatm_configs_narrow_their_datm_window_by_the_same_rule(dataset, ipc):
     _, _, d = _load(f"{dataset}/mdatm_ipc{ipc}")
     _, _, datm = _load(f"{dataset}/datm_ipc{ipc}")
