@@ -27,13 +27,12 @@ def _no_device(d: dict) -> dict:
 
 def resolve(name: str) -> dict:
     """The resolved values of shipped config ``name``, in the snapshot's layout."""
-    from datadistill.cli import _is_infer, load_infer_config
+    from datadistill.pipeline import distill_config, expert_config
+    from datadistill.recipes import load_config
 
-    if _is_infer(name):
-        return {"infer": _no_device(config_to_dict(load_infer_config(name, [])))}
-    from datadistill.pipeline import distill_config, expert_config, load_pipeline_config
-
-    cfg = load_pipeline_config(name, [])
+    recipe, cfg = load_config(name)
+    if recipe.name == "infer":
+        return {"infer": _no_device(config_to_dict(cfg))}
     return {"pipeline": config_to_dict(cfg),
             "experts": _no_device(config_to_dict(expert_config(cfg))),
             "distill": _no_device(config_to_dict(distill_config(cfg)))}

@@ -32,6 +32,8 @@ from datadistill.errors import ConfigError
 T = TypeVar("T")
 
 CONFIG_PACKAGE = "datadistill.configs"
+RECIPE_KEY = "recipe"  # names the entry of datadistill.recipes.RECIPES that runs a config
+DEFAULT_RECIPE = "tm"  # what a user file without a `recipe` key is read as
 
 
 def _closest(key: str, choices: list[str]) -> str:
@@ -195,3 +197,38 @@ def resolve_config_path(name_or_path: str | Path) -> Path:
         f"no config file or shipped config named '{name_or_path}'.{hint}"
         " Run `datadistill configs ls` to list them."
     )
+
+
+@dataclasses.dataclass
+class RawConfig:
+    """A YAML mapping with overrides applied, and the recipe it names (``recipe:`` removed)."""
+
+    recipe: str  # the file's `recipe` value, or DEFAULT_RECIPE when it names none
+    values: dict[str, Any]  # every other key
+    named: bool  # whether the file (or an override) named the recipe
+
+
+def read_config(name_or_path: str | Path, overrides: list[str] | None = None) -> RawConfig:
+    """Read a shipped or user config and its ``key=value`` overrides; split off ``recipe``.
+
+    A file without ``recipe`` is read as :data:`DEFAULT_RECIPE` (trajectory matching, the
+    recipe of every config written before recipes were named).
+
+    Example:
+        >>> read_config("digits/infer_ipc10").recipe
+        'infer'
+    """
+    raw = merge(load_yaml(resolve_config_path(name_or_path)), parse_overrides(overrides or []))
+    named = RECIPE_KEY in raw
+    recipe = raw.pop(RECIPE_KEY, DEFAULT_RECIPE)
+    return RawConfig(recipe=str(recipe), values=raw, named=named)
+
+
+def expect_recipe(raw: RawConfig, wanted: str, name_or_path: str | Path) -> dict[str, Any]:
+    """``raw.values`` when the config is one of recipe ``wanted``; ConfigError otherwise."""
+    if raw.recipe != wanted:
+        raise ConfigError(
+            f"{name_or_path} is a '{raw.recipe}' config (recipe: {raw.recipe}), not "
+            f"'{wanted}'; run it with `datadistill run {name_or_path}`"
+        )
+    return raw.values
