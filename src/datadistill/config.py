@@ -34,6 +34,7 @@ T = TypeVar("T")
 CONFIG_PACKAGE = "datadistill.configs"
 RECIPE_KEY = "recipe"  # names the entry of datadistill.recipes.RECIPES that runs a config
 DEFAULT_RECIPE = "tm"  # what a user file without a `recipe` key is read as
+METHODS_DIR = "_methods"  # configs/_methods/<preset>.yaml: a preset's default values
 
 
 def _closest(key: str, choices: list[str]) -> str:
@@ -181,7 +182,8 @@ def _config_root() -> Path:
 def list_configs() -> list[str]:
     """Names of the shipped configs, ``<dataset>/<method>_ipc<N>``."""
     root = _config_root()
-    return sorted(str(p.relative_to(root).with_suffix("")) for p in root.rglob("*.yaml"))
+    return sorted(str(p.relative_to(root).with_suffix("")) for p in root.rglob("*.yaml")
+                  if p.parent.name != METHODS_DIR)
 
 
 def resolve_config_path(name_or_path: str | Path) -> Path:
