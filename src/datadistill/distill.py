@@ -60,6 +60,7 @@ import torch
 from datadistill.checkpoint import DistillState, MetricsLog, load_checkpoint, save_checkpoint
 from datadistill.data import check_prepared
 from datadistill.errors import CompatibilityError, ConfigError, DivergenceError
+from datadistill.labels import is_soft
 from datadistill.matching import (
     adjoint_backward,
     check_micro_batch,
@@ -373,7 +374,7 @@ def _initial_state(run: _Run, resume: bool):
         state = _fresh_state(run, gens)
     state.images = state.images.to(cfg.device).requires_grad_(True)
     state.syn_lr = state.syn_lr.to(cfg.device).requires_grad_(True)
-    if state.labels.dim() == 2:
+    if is_soft(state.labels):
         state.labels = state.labels.to(cfg.device).requires_grad_(True)
     else:
         state.labels = state.labels.to(cfg.device)
@@ -502,7 +503,7 @@ def _matching_step(run: _Run, state: DistillState, opts, gens, ema, it: int) -> 
     loss = matching_loss(theta_n, theta0, target, _mask(cfg, theta_n, target))
     value = float(loss.detach())
     _guard(math.isfinite(value), f"the matching loss became {value} at iteration {it}")
-    learnable = [state.images, state.syn_lr] + ([state.labels] if len(opts) == 3 else [])
+    learnable = [state.images, state.syn_lr] + ([state.labels] if is_soft(state.labels) else [])
     skipped = cfg.threshold is not None and value > cfg.threshold  # DATM: no update
     if not skipped:
         grads = _gradients(run, state, loss, theta_n, traj, learnable)
@@ -565,7 +566,7 @@ def _check_state(state: DistillState, it: int) -> None:
     _guard(lr > 0, f"the learned step size became {lr:.3g} <= 0 at iteration {it}")
     _guard(bool(torch.isfinite(state.images).all()), f"the images became non-finite at "
            f"iteration {it}")
-    if state.labels.dim() == 2:  # soft labels: a NaN/inf logit would be saved at the next eval
+    if is_soft(state.labels):  # soft labels: a NaN/inf logit would be saved at the next eval
         _guard(bool(torch.isfinite(state.labels).all()), f"the soft labels became non-finite "
                f"at iteration {it} (lower lr_y)")
 

@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from datadistill.labels import is_soft
 from datadistill.matching.fastconv import convnet_plan
 
 ForwardFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (theta (P,), x) -> logits
@@ -57,7 +58,7 @@ def student_forward(model: nn.Module, *, fast: bool = True) -> ForwardFn:
 
 def label_loss(labels: torch.Tensor) -> LossFn:
     """Cross-entropy for hard labels (B,); DATM's soft cross-entropy for (B, K) logits."""
-    if labels.dim() == 1:
+    if not is_soft(labels):
         return F.cross_entropy
     from datadistill.matching.soft_labels import soft_cross_entropy
 
