@@ -62,6 +62,7 @@ from datadistill.data import check_prepared
 from datadistill.errors import CompatibilityError, ConfigError, DivergenceError
 from datadistill.labels import is_soft
 from datadistill.matching import (
+    WINDOWS,
     adjoint_backward,
     check_micro_batch,
     matching_loss,
@@ -71,13 +72,13 @@ from datadistill.matching import (
     unroll_student,
     window_bounds,
 )
+from datadistill.matching.masks import MASK_KINDS
 from datadistill.progress import progress_bar
 
 logger = logging.getLogger(__name__)
 
 PIX_INITS = ("real", "noise", "samples_predicted_correctly")
 LABEL_MODES = ("hard", "soft")
-MASKS = ("none", "depth", "loss")
 GRAD_MODES = ("unrolled", "adjoint")
 # Keys that may change when a run is resumed (the rest must match the checkpoint).
 RESUMABLE_KEYS = ("iterations", "eval_every", "eval_runs", "eval_epochs", "eval_batch",
@@ -160,8 +161,8 @@ class DistillConfig:
     def __post_init__(self) -> None:
         _check_choice("pix_init", self.pix_init, PIX_INITS)
         _check_choice("label_mode", self.label_mode, LABEL_MODES)
-        _check_choice("param_mask", self.param_mask, MASKS)
-        _check_choice("window", self.window, ("fixed", "expanding"))
+        _check_choice("param_mask", self.param_mask, MASK_KINDS)
+        _check_choice("window", self.window, WINDOWS)
         _check_choice("grad_mode", self.grad_mode, GRAD_MODES)
         for name in ("ipc", "syn_steps", "expert_epochs", "max_start_epoch", "checkpoint_every"):
             if getattr(self, name) < 1:

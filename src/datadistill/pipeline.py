@@ -48,6 +48,7 @@ from datadistill.config import (
 )
 from datadistill.devices import resolve_device
 from datadistill.errors import ConfigError
+from datadistill.evaluate import PROTOCOLS
 from datadistill.experts.pad import PADCurriculum
 
 log = logging.getLogger(__name__)
@@ -55,7 +56,6 @@ log = logging.getLogger(__name__)
 DEFAULT_CONFIG = "digits/mtt_ipc1"
 
 
-PROTOCOLS = ("classic", "challenge")
 CHALLENGE_FILES = {"cifar100": "cifar100.pt", "tiny_imagenet": "tinyimagenet.pt"}  # official
 
 
