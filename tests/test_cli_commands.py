@@ -19,7 +19,7 @@ from datadistill.experts import ExpertStore
 from datadistill.experts.train import ExpertConfig, build_model
 
 TINY_EXPERTS = ["train_per_class=20", "model_kwargs.width=8", "experts.num_experts=2",
-                "experts.epochs=3", "experts.batch_size=64"]
+                "experts.epochs=3", "experts.batch_size=64", "distill.max_start_epoch=1"]
 TINY_DISTILL = ["distill.syn_steps=2", "distill.max_start_epoch=1", "distill.iterations=2",
                 "distill.eval_every=2", "distill.eval_runs=0"]
 

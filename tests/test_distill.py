@@ -204,9 +204,11 @@ def test_threshold_skip_also_skips_the_ema_update(digits, store, tmp_path):
     assert torch.equal(state.ema["images"], state.images)  # both still the initial images
 
 
-def test_divergence_guard_checks_soft_labels(digits, store, tmp_path):
+def test_divergence_guard_checks_soft_labels(digits, store, tmp_path, monkeypatch):
     # An infinite lr_y makes the labels non-finite after one step: the run must stop before a set
-    # with non-finite soft labels is written to last/ or best/.
+    # with non-finite soft labels is written to last/ or best/. (The up-front checks refuse
+    # lr_y=inf; they are switched off here to reach the guard inside the loop.)
+    monkeypatch.setattr("datadistill.distill.check_distill", lambda cfg: None)
     cfg = _cfg(iterations=3, eval_every=1, label_mode="soft", lr_y=float("inf"))
     with pytest.raises(DivergenceError, match="labels"):
         distill(cfg, tmp_path, data=digits, store=store, progress=False)

@@ -13,15 +13,18 @@ Example:
 from __future__ import annotations
 
 import logging
+import time
 from typing import Any
 
 import numpy as np
 import torch
 
+from datadistill.checks import check_ipc_fits, check_training
 from datadistill.data import ImageSet, prepare
 from datadistill.errors import ConfigError
 from datadistill.evaluate import DEFAULT_LR, EvalReport, make_dsa, train_and_test
 from datadistill.progress import progress_bar
+from datadistill.runlog import RunCache, fingerprint
 
 log = logging.getLogger(__name__)
 
@@ -83,21 +86,34 @@ def baseline_random(
     model_kwargs: dict | None = None,
     root: Any = None,
     zca: bool = False,
+    cache: RunCache | None = None,
 ) -> EvalReport:
     """Classic evaluation of a fresh random class-balanced subset per run (lr 0.01).
+
+    With a :class:`~datadistill.runlog.RunCache`, finished runs are stored and not redone.
 
     Example:
         >>> baseline_random("mnist", ipc=1, epochs=300, num_runs=3)        # doctest: +SKIP
     """
     real = _real(dataset_or_prepared, root, zca)
+    check_training(lr=lr, num_runs=num_runs, epochs=epochs, batch_size=batch_size)
+    check_ipc_fits(ipc, real.train.labels, real.info.class_names)
     strategy = real.info.dsa_strategy if dsa_strategy is None else dsa_strategy
     dsa = make_dsa(strategy)
     test = real.test.to(device)
     accs = []
+    fp = None if cache is None else fingerprint(real.train.images, real.train.labels, dict(
+        ipc=ipc, model=model, lr=lr, epochs=epochs, batch_size=batch_size, seed=seed,
+        device=str(device), dsa=strategy, model_kwargs=model_kwargs))
     for run in progress_bar(range(num_runs), enabled=progress, desc=f"random subset {model}",
                             leave=False, stage=True):
+        done = cache.get(fp, run) if cache else None
+        if done is not None:  # finished by an earlier, interrupted call
+            accs.append(done[0])
+            continue
         gen = torch.Generator().manual_seed(_subset_seed(seed, run))
         images, labels = random_subset(real.train, ipc, gen)
+        start = time.perf_counter()
         acc = train_and_test(
             images.to(device),
             labels.to(device),
@@ -115,6 +131,8 @@ def baseline_random(
         )
         log.info("random ipc %d run %d/%d: test accuracy %.4f", ipc, run + 1, num_runs, acc)
         accs.append(acc)
+        if cache:
+            cache.put(fp, run, acc, round(time.perf_counter() - start, 3))
     settings = _settings(
         real,
         model,
@@ -157,6 +175,7 @@ def baseline_full(
         >>> baseline_full("digits", epochs=20).mean                         # doctest: +SKIP
     """
     real = _real(dataset_or_prepared, root, zca)
+    check_training(lr=lr, num_runs=num_runs, epochs=epochs, batch_size=batch_size)
     strategy = real.info.dsa_strategy if dsa else None
     aug = make_dsa(strategy)
     train_x, train_y = real.train.images.to(device), real.train.labels.to(device)  # moved once

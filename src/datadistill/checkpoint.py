@@ -14,6 +14,7 @@ Example:
 from __future__ import annotations
 
 import json
+import logging
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,9 +22,11 @@ from typing import Any
 import torch
 
 from datadistill.errors import ArtifactError
-from datadistill.io import save_tensors
+from datadistill.io import atomic_write, load_error_reason, save_tensors
 
 FORMAT_VERSION = 1
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -59,12 +62,13 @@ def load_checkpoint(path: str | Path) -> DistillState:
     try:
         record = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:
-        raise ArtifactError(f"{path} cannot be read as a checkpoint ({err}); delete it or run "
-                            "with resume=False to start over.") from None
+        raise ArtifactError(f"{path} cannot be read as a checkpoint ({load_error_reason(err)}); "
+                            "rerun with --restart (Python: resume=False) to start over.") from None
     version = record.pop("format_version", None)
     if version != FORMAT_VERSION:
         raise ArtifactError(f"{path}: checkpoint format_version {version!r}, expected "
-                            f"{FORMAT_VERSION}; start over with resume=False.")
+                            f"{FORMAT_VERSION}; rerun with --restart (Python: resume=False) "
+                            "to start over.")
     return DistillState(**record)
 
 
@@ -81,21 +85,44 @@ def _to_cpu(obj: Any) -> Any:
 class MetricsLog:
     """The run's JSON-lines log (``metrics.jsonl``), kept consistent with the checkpoint.
 
-    On resume from iteration k, rows of training steps >= k and of evaluations > k (written
-    by the interrupted run after its last checkpoint) are dropped, so every row appears once.
+    ``resume_from=None`` starts a fresh log. On resume from a checkpoint at iteration k (k = 0
+    included), rows of training steps >= k and of evaluations > k (written by the interrupted
+    run after its last checkpoint) are dropped, so every row appears once. A torn last line
+    (a kill in the middle of a write) is dropped with a warning; the log is rewritten
+    atomically, so a kill during the rewrite loses nothing.
     """
 
-    def __init__(self, path: Path, resume_from: int) -> None:
+    def __init__(self, path: Path, resume_from: int | None) -> None:
         self.path = path
         rows = []
-        if resume_from > 0 and path.is_file():
-            for line in path.read_text().splitlines():
-                row = json.loads(line)
+        if resume_from is not None and path.is_file():
+            for row, line in _read_rows(path):
                 if row["iteration"] < resume_from or (row.get("eval") and
                                                      row["iteration"] == resume_from):
                     rows.append(line)
-        path.write_text("".join(f"{r}\n" for r in rows))
+        text = "".join(f"{r}\n" for r in rows)
+        atomic_write(path, lambda tmp: Path(tmp).write_text(text))
 
     def write(self, row: dict) -> None:
         with self.path.open("a") as f:
             f.write(json.dumps(row) + "\n")
+
+
+def _read_rows(path: Path) -> list[tuple[dict, str]]:
+    """(row, line) pairs of a metrics log; a torn last line is dropped with a warning."""
+    lines = path.read_text().splitlines()
+    out = []
+    for n, line in enumerate(lines, 1):
+        try:
+            row = json.loads(line)
+            if not isinstance(row, dict) or "iteration" not in row:
+                raise ValueError("not a metrics row")
+        except ValueError:
+            if n == len(lines):
+                log.warning("%s: ignoring the torn last line %d (an interrupted write): %r",
+                            path, n, line[:80])
+                break
+            raise ArtifactError(f"{path} line {n} is not a metrics row; the log is damaged: "
+                                "rerun with --restart to start the distillation over") from None
+        out.append((row, line))
+    return out

@@ -8,10 +8,11 @@ user sees.
 from __future__ import annotations
 
 import argparse
-import json
+import contextlib
 import logging
 import os
 import shutil
+import signal
 import sys
 import time
 from pathlib import Path
@@ -21,11 +22,6 @@ import torch
 from datadistill import __version__
 from datadistill.devices import default_device
 from datadistill.errors import ConfigError, DatadistillError
-
-
-def _write_json(path: Path, payload: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(payload, indent=2) + "\n")
 
 
 def _fmt(report) -> str:
@@ -50,7 +46,7 @@ def cmd_configs(args: argparse.Namespace) -> int:
         if dest.is_dir():
             dest = dest / src.name
         if dest.exists() and not args.force:
-            print(f"{dest} exists; pass --force to overwrite it", file=sys.stderr)
+            print(f"error: {dest} exists; pass --force to overwrite it", file=sys.stderr)
             return 2
         shutil.copyfile(src, dest)
         print(f"copied {args.name} to {dest}")
@@ -62,6 +58,9 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
     recipe, cfg = load_config(args.config, args.overrides)
     print(f"{args.config}: valid ({recipe.label(cfg)})")
+    note = recipe.note(cfg)
+    if note:
+        print(f"  note: {note}")
     return 0
 
 
@@ -115,7 +114,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     recipe, cfg = load_config(args.config, args.overrides)
     out = Path(args.out or recipe.default_out(cfg))
     print(f"datadistill run: {recipe.label(cfg).replace(', ', ' on ', 1)} -> {out}")
-    result = recipe.run(cfg, out, progress=not args.quiet)
+    result = recipe.run(cfg, out, progress=not args.quiet, restart=args.restart)
     for line in recipe.lines(result, out):
         print(line)
     _report(out)  # the recipe's run wrote it
@@ -145,6 +144,15 @@ def cmd_estimate(args: argparse.Namespace) -> int:
     else:
         print(f"  adjoint fits with distill.micro_batch={est.fits_micro_batch} "
               f"({est.fitting.total / GB:.2f} GB)")
+    return 0
+
+
+def cmd_repair(args: argparse.Namespace) -> int:
+    from datadistill.repair import repair_run
+
+    for what in repair_run(args.out, progress=not args.quiet):
+        print(f"rebuilt {what}")
+    print(f"report written to {Path(args.out) / 'eval.json'}")
     return 0
 
 
@@ -191,10 +199,21 @@ def cmd_infer(args: argparse.Namespace) -> int:
 
 
 # ---------------------------------------------------------------- eval / baseline
+def report_path(args: argparse.Namespace) -> Path | None:
+    """The JSON report `eval` or `baseline` writes (None for other commands)."""
+    if args.command == "eval":
+        folder = Path(args.path) if not Path(args.path).is_file() else Path(args.path).parent
+        return Path(args.out) if args.out else folder / "eval.json"  # beside a legacy file
+    if args.command == "baseline":
+        return Path(args.out or f"baseline_{args.kind}_{args.dataset}.json")
+    return None
+
+
 def cmd_eval(args: argparse.Namespace) -> int:
     from datadistill.artifact import load_any, load_distilled
     from datadistill.data import prepare
     from datadistill.evaluate import evaluate, evaluate_cross, hard_labels_from
+    from datadistill.io import write_report
 
     path = Path(args.path)
     t0 = time.perf_counter()
@@ -225,8 +244,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     )
     for name, rep in reports.items():
         print(f"{args.path} [{name}]: {_fmt(rep)}")
-    out = Path(args.out) if args.out else Path(args.path) / "eval.json"
-    _write_json(out, {name: rep.to_dict() for name, rep in reports.items()})
+    out = write_report({name: rep.to_dict() for name, rep in reports.items()}, report_path(args))
     print(f"report written to {out}")
     _report(out.parent, "eval", time.perf_counter() - t0)
     return 0
@@ -235,6 +253,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
 def cmd_baseline(args: argparse.Namespace) -> int:
     from datadistill.baselines import baseline_full, baseline_random
     from datadistill.data import prepare
+    from datadistill.io import write_report
 
     data = prepare(args.dataset, args.data_root, zca=args.zca, download=args.download)
     common = dict(num_runs=args.runs, seed=args.seed, device=args.device, progress=not args.quiet)
@@ -245,8 +264,7 @@ def cmd_baseline(args: argparse.Namespace) -> int:
         report = baseline_full(data, epochs=args.epochs, **common)
         label = f"full training set, {args.epochs} epochs"
     print(f"{args.dataset} {label}: {_fmt(report)}")
-    out = Path(args.out or f"baseline_{args.kind}_{args.dataset}.json")
-    _write_json(out, report.to_dict())
+    out = write_report(report.to_dict(), report_path(args))
     print(f"report written to {out}")
     return 0
 
@@ -341,7 +359,10 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--quiet", action="store_true", help="no progress bars")
         if name == "distill":
             p.add_argument("--experts", default=None, help="expert store (default <out>/experts)")
-            p.add_argument("--restart", action="store_true", help="ignore an existing checkpoint")
+        if name in ("run", "distill"):
+            p.add_argument("--restart", action="store_true",
+                           help="start the distillation and the final evaluation over, ignoring "
+                                "the checkpoint (experts are kept)")
         p.set_defaults(func=func)
 
     p = sub.add_parser("estimate", help="predicted peak memory of one distill iteration")
@@ -349,6 +370,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="shipped config name or YAML file (default: digits/mtt_ipc1)")
     p.add_argument("overrides", nargs="*", help="key=value overrides, e.g. distill.syn_steps=80")
     p.set_defaults(func=cmd_estimate)
+    p = sub.add_parser("repair", help="rebuild best/, last/ and eval.json of a finished run")
+    p.add_argument("out", help="the run folder")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(func=cmd_repair)
 
     p = sub.add_parser("presets", help="what each method preset changes, and its paper")
     p.set_defaults(func=cmd_presets)
@@ -432,6 +457,31 @@ def parse_args(parser: argparse.ArgumentParser, argv: list[str] | None) -> argpa
     return args
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised where the program is, so it stops like Ctrl-C (files stay whole)."""
+
+
+def _terminated(signum, frame) -> None:
+    raise Terminated()
+
+
+@contextlib.contextmanager
+def command_guard(args: argparse.Namespace):
+    """Around every command: the report of eval/baseline is locked for this process
+    (run, experts, distill, teachers and infer lock their folders themselves)."""
+    from datadistill.checks import check_eval_args, check_report_path
+    from datadistill.lock import lock_file
+
+    report = report_path(args)
+    if report is None:
+        yield
+        return
+    check_eval_args(args)  # before the evaluation, which can take hours
+    check_report_path(report)
+    with lock_file(report):
+        yield
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parse_args(parser, argv)
@@ -444,13 +494,25 @@ def main(argv: list[str] | None = None) -> int:
         level=logging.INFO if args.verbose else logging.WARNING,
         format="%(levelname)s %(name)s: %(message)s",
     )
+    previous = signal.signal(signal.SIGTERM, _terminated)  # `kill`, a job's timeout: Ctrl-C
     try:
-        return args.func(args)
+        return _run(args)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _run(args: argparse.Namespace) -> int:
+    try:
+        with command_guard(args):
+            return args.func(args)
     except DatadistillError as err:
+        if getattr(err, "text", None):  # a finished report that could not be written
+            print(err.text, end="")
         print(f"error: {err}", file=sys.stderr)
         return 2
     except BrokenPipeError:  # e.g. `datadistill presets | head`
         return 0
-    except KeyboardInterrupt:
-        print("interrupted; rerun the same command to resume", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as err:
+        print("interrupted; rerun the same command to resume (or add --restart to start the "
+              "distillation over)", file=sys.stderr)
+        return 143 if isinstance(err, Terminated) else 130

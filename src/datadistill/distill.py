@@ -58,9 +58,11 @@ import numpy as np
 import torch
 
 from datadistill.checkpoint import DistillState, MetricsLog, load_checkpoint, save_checkpoint
+from datadistill.checks import check_distill, check_ipc_fits
 from datadistill.data import check_prepared
 from datadistill.errors import CompatibilityError, ConfigError, DivergenceError
 from datadistill.labels import is_soft
+from datadistill.lock import locks_output
 from datadistill.matching import (
     WINDOWS,
     adjoint_backward,
@@ -237,6 +239,7 @@ class _Run:
     num_experts: int
 
 
+@locks_output("out_dir")
 def distill(cfg: DistillConfig, out_dir: str | Path, *, data=None, store=None,
             progress: bool = True, resume: bool = True,
             on_iteration: Callable[[int, dict], None] | None = None) -> DistillResult:
@@ -260,9 +263,10 @@ def distill(cfg: DistillConfig, out_dir: str | Path, *, data=None, store=None,
     t0 = time.time()
     check_memory(cfg, data)  # before any work: an unrolled run that cannot fit is refused
     run = _setup(cfg, out_dir, data, store)
+    resumed = resume and (run.out / "checkpoint.pt").is_file()
     state, opts, gens, ema = _initial_state(run, resume)  # checks a resumed config first
     (run.out / "config.json").write_text(json.dumps(dataclasses.asdict(cfg), indent=2) + "\n")
-    log = MetricsLog(run.out / "metrics.jsonl", state.iteration if resume else 0)
+    log = MetricsLog(run.out / "metrics.jsonl", state.iteration if resumed else None)
     eval_points = _eval_points(cfg)
     bar = progress_bar(total=cfg.iterations, initial=state.iteration, desc="distill",
                        enabled=progress, stage=True)
@@ -297,6 +301,7 @@ def _setup(cfg: DistillConfig, out_dir, data, store) -> _Run:
     from datadistill.experts import ExpertStore
     from datadistill.experts.train import ExpertConfig, build_model
 
+    check_distill(cfg)  # learning rates, evaluation sizes, device: before any data is read
     if data is None:
         from datadistill.data import prepare
 
@@ -324,13 +329,7 @@ def _setup(cfg: DistillConfig, out_dir, data, store) -> _Run:
 
 def _check_data(cfg: DistillConfig, data) -> None:
     check_prepared(data, cfg.dataset, cfg.zca, "distill", cfg.train_per_class)
-    counts = torch.bincount(data.train.labels.cpu(), minlength=data.info.num_classes)
-    smallest = int(counts.argmin())
-    if int(counts[smallest]) < cfg.ipc:
-        name = data.info.class_names[smallest]
-        raise ConfigError(f"ipc={cfg.ipc} but class {smallest} ({name!r}) has only "
-                          f"{int(counts[smallest])} training images; lower ipc to at most "
-                          f"{int(counts[smallest])}.")
+    check_ipc_fits(cfg.ipc, data.train.labels, data.info.class_names)
 
 
 def _check_store(cfg: DistillConfig, store) -> None:
@@ -369,7 +368,7 @@ def _initial_state(run: _Run, resume: bool):
             for k, s in zip(_GENERATORS, _seeds(cfg.seed, len(_GENERATORS)), strict=True)}
     if resume and path.is_file():
         state = load_checkpoint(path)
-        _check_resume(cfg, state.config, path)
+        check_resume(cfg, state.config, path)
         logger.info("resuming %s at iteration %d", run.out, state.iteration)
     else:
         state = _fresh_state(run, gens)
@@ -390,7 +389,8 @@ def _initial_state(run: _Run, resume: bool):
     return state, opts, gens, ema
 
 
-def _check_resume(cfg: DistillConfig, saved: dict, path: Path) -> None:
+def check_resume(cfg: DistillConfig, saved: dict, path: Path) -> None:
+    """A checkpoint written with ``saved`` may be resumed under ``cfg`` (else an error)."""
     now = dataclasses.asdict(cfg)
     # A key added after the checkpoint was written (e.g. grad_mode) had its default then.
     saved = {f.name: f.default for f in dataclasses.fields(DistillConfig)
@@ -399,7 +399,8 @@ def _check_resume(cfg: DistillConfig, saved: dict, path: Path) -> None:
     if diff:
         detail = ", ".join(f"{k}: {saved.get(k)!r} -> {now[k]!r}" for k in diff)
         raise CompatibilityError(f"{path} was written with another config ({detail}); resume "
-                                 "with the same settings, or pass resume=False to start over.")
+                                 "with the same settings, or rerun with --restart (Python: "
+                                 "resume=False) to start over.")
 
 
 def _fresh_state(run: _Run, gens: dict[str, torch.Generator]) -> DistillState:
@@ -557,8 +558,8 @@ def _mask(cfg: DistillConfig, theta_n: torch.Tensor, target: torch.Tensor):
 def _guard(ok: bool, what: str) -> None:
     if not ok:
         raise DivergenceError(f"{what}; the run stopped (checkpoint.pt and best/ hold the last "
-                              "good state). Lower lr_lr and/or lr_img and start over "
-                              "(resume=False).")
+                              "good state). Lower lr_lr and/or lr_img and rerun with "
+                              "--restart (Python: resume=False).")
 
 
 def _check_state(state: DistillState, it: int) -> None:

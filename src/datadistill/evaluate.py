@@ -35,11 +35,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from datadistill.augment import DSA
+from datadistill.checks import check_finite, check_training
 from datadistill.data import ImageSet
 from datadistill.errors import CompatibilityError, ConfigError
 from datadistill.matching.soft_labels import soft_cross_entropy
 from datadistill.models import create_model
 from datadistill.progress import progress_bar
+from datadistill.runlog import RunCache, fingerprint
 
 log = logging.getLogger(__name__)
 
@@ -280,6 +282,9 @@ def train_and_test(
 
 
 def _check_inputs(images: torch.Tensor, labels: torch.Tensor | None, test: ImageSet) -> None:
+    check_finite(images, "the images to evaluate")
+    if labels is not None and labels.dim() == 2:
+        check_finite(labels, "the soft labels to evaluate")
     info = test.info
     expect = (info.channels, *info.image_size)
     if images.dim() != 4 or tuple(images.shape[1:]) != expect:
@@ -367,12 +372,14 @@ def evaluate(
     progress: bool = False,
     model_kwargs: dict | None = None,
     ipc: int | None = None,
+    cache: RunCache | None = None,
 ) -> EvalReport:
     """Train `num_runs` fresh networks on (images, labels) and test them on `test`.
 
     `num_runs` defaults to 5 (classic) or 3 (challenge); `dsa_strategy` to the dataset's
     (``"none"`` turns DSA off). For "challenge", labels are implied by order (`labels` may be
-    None) and `ipc` defaults to N / classes.
+    None) and `ipc` defaults to N / classes. With a :class:`~datadistill.runlog.RunCache`,
+    each finished run is stored as it ends and runs already stored are not trained again.
 
     Example:
         >>> evaluate(ds.images, ds.labels, real.test, lr=ds.lr, epochs=300)  # doctest: +SKIP
@@ -391,13 +398,22 @@ def evaluate(
         raise ConfigError("classic protocol needs labels; pass hard (N,) or soft (N, K) labels")
     lr = DEFAULT_LR if lr is None else float(lr)
     num_runs = DEFAULT_RUNS[protocol] if num_runs is None else num_runs
+    check_training(lr=lr, num_runs=num_runs, epochs=epochs, batch_size=batch_size)
     strategy = test.info.dsa_strategy if dsa_strategy is None else dsa_strategy
     dsa = make_dsa(strategy)
     x, y = images.detach().to(device), labels.detach().to(device)  # moved once for all runs
     test_dev = test.to(device)
     accs, seconds = [], []
+    setup = dict(protocol=protocol, model=model, lr=lr, epochs=epochs, batch_size=batch_size,
+                 seed=seed, device=str(device), dsa=strategy, model_kwargs=model_kwargs)
+    fp = None if cache is None else fingerprint(x, y, setup)
     for run in progress_bar(range(num_runs), enabled=progress, desc=f"evaluate {model}",
                             leave=False, stage=True):
+        done = cache.get(fp, run) if cache else None
+        if done is not None:  # finished by an earlier, interrupted call
+            accs.append(done[0])
+            seconds.append(done[1])
+            continue
         start = time.perf_counter()
         acc = train_and_test(
             x,
@@ -417,6 +433,8 @@ def evaluate(
         log.info("%s %s run %d/%d: test accuracy %.4f", protocol, model, run + 1, num_runs, acc)
         accs.append(acc)
         seconds.append(round(time.perf_counter() - start, 3))
+        if cache:
+            cache.put(fp, run, acc, seconds[-1])
     settings = {
         "dataset": test.info.name,
         "space": test.space,

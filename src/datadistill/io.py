@@ -13,8 +13,11 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import json
 import os
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -23,18 +26,80 @@ import torch
 
 from datadistill.errors import ArtifactError
 
+TMP_SUFFIX = ".tmp"  # temporary files are ".<name>.<random>.tmp" beside their target
+
 
 def atomic_write(path: Path, write) -> None:
-    """Call ``write(tmp_name)`` on a temporary file beside ``path``, then rename it into place."""
+    """Call ``write(tmp_name)`` on a temporary file beside ``path``, then rename it into place.
+
+    The file gets the permissions of a plain ``open()`` (0666 less the umask), not the
+    0600 of ``mkstemp``, so a group can share stores. A full disk is an ArtifactError in
+    words.
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=TMP_SUFFIX, dir=path.parent)
     os.close(fd)
     try:
+        os.chmod(tmp, 0o666 & ~current_umask())
         write(tmp)
         os.replace(tmp, path)
+    except Exception as err:
+        if is_disk_full(err, path.parent):
+            raise ArtifactError(
+                f"no space left on the device holding {path.parent} while writing {path.name}; "
+                "free some space and rerun the same command (finished work is kept)") from None
+        raise
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
+
+
+def current_umask() -> int:
+    """The process umask, read without changing it where /proc allows."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except OSError:
+        pass
+    mask = os.umask(0o022)  # no /proc: set and restore
+    os.umask(mask)
+    return mask
+
+
+def is_disk_full(err: BaseException, folder: Path) -> bool:
+    """True when ``err`` comes from a full disk (torch.save reports it as "unexpected pos")."""
+    if isinstance(err, OSError) and err.errno in (errno.ENOSPC, errno.EDQUOT):
+        return True
+    if not isinstance(err, (OSError, RuntimeError)):
+        return False
+    try:
+        return shutil.disk_usage(folder).free < 16 * 2**20
+    except OSError:
+        return False
+
+
+def remove_orphans(folder: Path) -> int:
+    """Delete temporary files left by killed atomic writes under ``folder``; their number.
+
+    Looks two levels deep (a run folder, its stages, their sets); subfolders holding a
+    ``.lock`` of their own (another owner) are left alone. Call only while holding
+    ``folder``'s lock, so no write of this folder is in flight.
+    """
+    removed = 0
+    for root, dirs, files in os.walk(folder):
+        depth = len(Path(root).relative_to(folder).parts)
+        if depth >= 2:
+            dirs[:] = []
+        if depth and ".lock" in files:
+            dirs[:] = []
+            continue
+        for name in files:
+            if name.startswith(".") and name.endswith(TMP_SUFFIX) and name.count(".") >= 3:
+                with contextlib.suppress(FileNotFoundError):
+                    os.remove(os.path.join(root, name))
+                    removed += 1
+    return removed
 
 
 def save_tensors(obj: Any, path: str | Path) -> None:
@@ -50,7 +115,17 @@ def load_tensors(path: str | Path, map_location: str | torch.device = "cpu") -> 
     try:
         return torch.load(path, map_location=map_location, weights_only=True)
     except Exception as err:  # torch raises several types for truncated or foreign files
-        raise ArtifactError(f"{path} cannot be read ({err}); delete it and re-run") from None
+        raise ArtifactError(f"{path} cannot be read ({load_error_reason(err)}); delete it and "
+                            "re-run") from None
+
+
+def load_error_reason(err: BaseException) -> str:
+    """A short reason for a failed ``torch.load`` (torch's weights-only advice, which
+    suggests unsafe loading, does not apply to a damaged file)."""
+    text = str(err).splitlines()[0][:160] if str(err) else type(err).__name__
+    if "Weights only load failed" in text:
+        return "truncated, damaged or not a tensor file"
+    return text
 
 
 def write_json(data: dict, path: str | Path) -> None:
@@ -68,3 +143,38 @@ def read_json(path: str | Path) -> dict:
         return json.loads(path.read_text())
     except json.JSONDecodeError as err:
         raise ArtifactError(f"{path} is not valid JSON ({err}); delete it and re-run") from None
+
+
+class ReportNotSaved(ArtifactError):
+    """A finished report could not be written where asked; it went to a fallback file.
+
+    ``text`` holds the report itself (the CLI prints it), ``fallback`` the file it went to.
+    """
+
+    def __init__(self, message: str, text: str, fallback: Path | None) -> None:
+        super().__init__(message)
+        self.text, self.fallback = text, fallback
+
+
+def write_report(data: dict, path: str | Path) -> Path:
+    """Write a finished report as JSON; if that fails, never lose it.
+
+    On failure the report goes to ``$TMPDIR/datadistill-<name>-<pid>.json`` and a
+    :class:`ReportNotSaved` carrying the text is raised (the CLI prints it on stdout).
+    """
+    path = Path(path)
+    text = json.dumps(data, indent=2) + "\n"
+    try:
+        atomic_write(path, lambda tmp: Path(tmp).write_text(text))
+        return path
+    except (OSError, ArtifactError) as err:
+        reason = getattr(err, "strerror", None) or str(err)
+    name = f"datadistill-{path.stem}-{os.getpid()}.json"
+    fallback: Path | None = Path(tempfile.gettempdir()) / name
+    try:
+        fallback.write_text(text)
+        where = f"it was saved to {fallback} instead and is printed below"
+    except OSError:
+        fallback, where = None, "it is printed below"
+    raise ReportNotSaved(f"could not write the report {path} ({reason}); {where}. Copy it "
+                         "where it belongs", text, fallback)

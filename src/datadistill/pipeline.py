@@ -30,15 +30,14 @@ Example:
 
 from __future__ import annotations
 
-import json
 import logging
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from datadistill.checks import check_ipc_fits, check_pipeline
 from datadistill.config import (
     config_from_dict,
     config_to_dict,
@@ -50,6 +49,9 @@ from datadistill.devices import resolve_device
 from datadistill.errors import ConfigError
 from datadistill.evaluate import PROTOCOLS
 from datadistill.experts.pad import PADCurriculum
+from datadistill.io import write_json, write_report
+from datadistill.lock import lock_folder_if, locks_output
+from datadistill.runlog import RunCache, StageClock
 
 log = logging.getLogger(__name__)
 
@@ -112,8 +114,9 @@ def load_pipeline_config(name_or_path: str | None = None, overrides: list[str] |
     method = raw.get("method", PipelineConfig.method)
     data = merge(preset_overrides(method, raw.get("dataset"), raw.get("ipc")), raw)
     cfg = config_from_dict(PipelineConfig, data)
-    expert_config(cfg)  # unknown keys in the stage sections fail now, not an hour later
-    _check_challenge(cfg, distill_config(cfg))
+    ecfg, dcfg = expert_config(cfg), distill_config(cfg)  # unknown keys fail now
+    _check_challenge(cfg, dcfg)
+    check_pipeline(cfg, ecfg, dcfg)
     return cfg
 
 
@@ -140,18 +143,7 @@ def distill_config(cfg: PipelineConfig, expert_dir: str | None = None):
 
 def _check(cfg: PipelineConfig) -> None:
     """Fail before any training when the stages cannot fit together."""
-    from datadistill.experts.store import required_epochs
-
-    if cfg.ipc < 1:
-        raise ConfigError(f"ipc must be at least 1, got {cfg.ipc}")
-    ecfg, dcfg = expert_config(cfg), distill_config(cfg)
-    needed = required_epochs(dcfg.max_start_epoch, dcfg.expert_epochs)
-    if ecfg.epochs < needed:
-        raise ConfigError(
-            f"distill.max_start_epoch ({dcfg.max_start_epoch}) - 1 + distill.expert_epochs "
-            f"({dcfg.expert_epochs}) = {needed} expert epochs are needed, but experts.epochs is "
-            f"{ecfg.epochs}; raise experts.epochs or lower distill.max_start_epoch"
-        )
+    check_pipeline(cfg, expert_config(cfg), distill_config(cfg))
 
 
 def _check_challenge(cfg: PipelineConfig, dcfg) -> None:
@@ -173,6 +165,7 @@ def train_pipeline_experts(cfg: PipelineConfig, out_dir: str | Path, *, data=Non
     from datadistill.data import prepare
     from datadistill.experts import train_experts
     from datadistill.experts.pad import check_no_curriculum, prepare_curriculum, record_served
+    from datadistill.experts.store import expert_path
 
     if data is None:
         data = prepare(cfg.dataset, cfg.data_root, zca=cfg.zca, download=cfg.download,
@@ -181,58 +174,84 @@ def train_pipeline_experts(cfg: PipelineConfig, out_dir: str | Path, *, data=Non
     if cfg.curriculum is None:
         check_no_curriculum(out_dir)
         return train_experts(ecfg, data, out_dir, device=device, progress=progress)
-    hook = prepare_curriculum(cfg.curriculum, ecfg, data, out_dir, device=device,
-                              progress=progress)
-    store = train_experts(ecfg, data, out_dir, device=device, progress=progress,
-                          epoch_subset=hook)
-    record_served(hook, out_dir)
+    done = all(expert_path(Path(out_dir), i).is_file() for i in range(ecfg.num_experts))
+    with lock_folder_if(not done, out_dir):  # the curriculum files are written with the experts
+        hook = prepare_curriculum(cfg.curriculum, ecfg, data, out_dir, device=device,
+                                  progress=progress)
+        store = train_experts(ecfg, data, out_dir, device=device, progress=progress,
+                              epoch_subset=hook)
+        record_served(hook, out_dir)
     return store
 
 
+@locks_output("out_dir")
 def run_pipeline(cfg: PipelineConfig, out_dir: str | Path, *, progress: bool = True,
-                 expert_dir: str | Path | None = None) -> dict:
+                 expert_dir: str | Path | None = None, restart: bool = False) -> dict:
     """Run experts (reusing a compatible store), distillation, then the evaluation report.
 
     ``expert_dir`` (default ``out_dir/experts``) lets several runs share one store; a store
     started with another expert config there is an error, never silently reused.
 
     Writes ``eval.json`` in ``out_dir`` with the distilled and random-subset accuracies (and,
-    per method, the hard-label, EMA and challenge scores; see the module docstring).
+    per method, the hard-label, EMA and challenge scores; see the module docstring). Every
+    stage resumes: experts at the first missing one, distillation from its checkpoint, the
+    final evaluation at its first unfinished network (``eval_runs.jsonl``); ``seconds`` sums
+    all calls. ``restart`` starts the distillation and the evaluation over (the experts are
+    kept). A rerun refused for a changed config writes nothing.
     """
     from datadistill.baselines import baseline_random
     from datadistill.data import prepare
     from datadistill.distill import distill
     from datadistill.memory import check_memory
-    from datadistill.report import write_report
+    from datadistill.repair import restore_outputs
+    from datadistill.report import write_report as write_page
 
     _check(cfg)
     check_memory(distill_config(cfg))  # refuse an unrolled run that cannot fit, before experts
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "pipeline.json").write_text(json.dumps(config_to_dict(cfg), indent=2) + "\n")
-    device = cfg.resolved_device()
-    t0 = time.time()
-    data = prepare(cfg.dataset, cfg.data_root, zca=cfg.zca, download=cfg.download,
-                       train_per_class=cfg.train_per_class, progress=progress)
+    device, ev = cfg.resolved_device(), cfg.evaluation
     experts_at = Path(expert_dir) if expert_dir is not None else out / "experts"
-    store = train_pipeline_experts(cfg, experts_at, data=data, progress=progress)
-    t_experts = time.time() - t0
     dcfg = distill_config(cfg, expert_dir=str(experts_at))
-    result = distill(dcfg, out / "distill", data=data, store=store, progress=progress)
-    t_distill = time.time() - t0 - t_experts
-    ev = cfg.evaluation
+    if not restart:
+        _check_checkpoint(dcfg, out / "distill")  # refuse before anything is written
+    clock = StageClock(out / "seconds.json", fresh=restart)
+    with clock.stage("experts"):
+        data = prepare(cfg.dataset, cfg.data_root, zca=cfg.zca, download=cfg.download,
+                       train_per_class=cfg.train_per_class, progress=progress)
+        check_ipc_fits(cfg.ipc, data.train.labels, data.info.class_names)  # before experts
+        store = train_pipeline_experts(cfg, experts_at, data=data, progress=progress)
+    write_json(config_to_dict(cfg), out / "pipeline.json")
+    with clock.stage("distill"):
+        result = distill(dcfg, out / "distill", data=data, store=store, progress=progress,
+                         resume=not restart)
+        restore_outputs(cfg, out, lambda: data)  # a damaged best/ or last/ of a finished run
+    runs = out / "eval_runs.jsonl"
+    if restart:
+        runs.unlink(missing_ok=True)
     report = {"config": config_to_dict(cfg), "seconds": {}}
-    report.update(_evaluate_outputs(cfg, data, result, out, device, progress))
-    if ev.random_baseline:
-        rep = baseline_random(data, cfg.ipc, model=cfg.model, model_kwargs=cfg.model_kwargs,
-                              num_runs=ev.runs, epochs=ev.epochs, batch_size=ev.batch_size,
-                              seed=cfg.seed + 2000, device=device, progress=progress)
-        report["random_subset"] = rep.to_dict()
-    report["seconds"] = {"experts": round(t_experts, 1), "distill": round(t_distill, 1),
-                         "total": round(time.time() - t0, 1)}
-    (out / "eval.json").write_text(json.dumps(report, indent=2) + "\n")
-    write_report(out, stage="run", seconds=report["seconds"]["total"])  # never raises
+    with clock.stage("evaluation"):
+        report.update(_evaluate_outputs(cfg, data, result, out, device, progress))
+        if ev.random_baseline:
+            rep = baseline_random(data, cfg.ipc, model=cfg.model, model_kwargs=cfg.model_kwargs,
+                                  num_runs=ev.runs, epochs=ev.epochs, batch_size=ev.batch_size,
+                                  seed=cfg.seed + 2000, device=device, progress=progress,
+                                  cache=RunCache(runs, "random_subset"))
+            report["random_subset"] = rep.to_dict()
+    report["seconds"] = clock.report()
+    write_report(report, out / "eval.json")
+    write_page(out, stage="run", seconds=report["seconds"]["total"])  # never raises
     return report
+
+
+def _check_checkpoint(dcfg, folder: Path) -> None:
+    """A distillation checkpoint in ``folder`` must have been written with this config."""
+    from datadistill.checkpoint import load_checkpoint
+    from datadistill.distill import check_resume
+
+    path = folder / "checkpoint.pt"
+    if path.is_file():
+        check_resume(dcfg, load_checkpoint(path).config, path)
 
 
 def _evaluate_outputs(cfg: PipelineConfig, data, result, out: Path, device: str,
@@ -245,20 +264,25 @@ def _evaluate_outputs(cfg: PipelineConfig, data, result, out: Path, device: str,
     ema_dir = result.out_dir / "ema_last"  # FTD: written by distill when ema_decay is set
     ema = load_distilled(ema_dir) if (ema_dir / "meta.json").is_file() else None
     common = dict(num_runs=ev.runs, epochs=ev.epochs, device=device, progress=progress)
+    runs = out / "eval_runs.jsonl"  # finished networks, so a killed evaluation resumes
     report: dict[str, Any] = {"outputs": {"best": str(result.best_dir)}}
     for model in ev.models if "classic" in ev.protocols else []:
         kw = dict(model=model, lr=best.lr, batch_size=ev.batch_size,
                   model_kwargs=cfg.model_kwargs if model == cfg.model else {}, **common)
         # The hard-label run reuses the seed: same inits and batches, only the labels differ.
-        report[f"distilled_{model}"] = evaluate(best.images, best.labels, data.test,
-                                                seed=cfg.seed + 1000, **kw).to_dict()
+        report[f"distilled_{model}"] = evaluate(
+            best.images, best.labels, data.test, seed=cfg.seed + 1000,
+            cache=RunCache(runs, f"distilled_{model}"), **kw).to_dict()
         if ev.hard_labels and best.soft_labels:
             report[f"distilled_{model}_hard_labels"] = evaluate(
-                best.images, best.hard_labels, data.test, seed=cfg.seed + 1000, **kw).to_dict()
+                best.images, best.hard_labels, data.test, seed=cfg.seed + 1000,
+                cache=RunCache(runs, f"distilled_{model}_hard_labels"), **kw).to_dict()
         if ema is not None:  # FTD's EMA set from fresh networks (the official code reuses the
             # network already trained on the raw set: a fixed bug, see presets.py)
             report[f"ema_{model}"] = evaluate(ema.images, ema.labels, data.test,
-                                              seed=cfg.seed + 3000, **kw).to_dict()
+                                              seed=cfg.seed + 3000,
+                                              cache=RunCache(runs, f"ema_{model}"),
+                                              **kw).to_dict()
     if ema is not None:
         report["outputs"]["ema"] = str(ema_dir)
     if "challenge" in ev.protocols:
@@ -266,6 +290,7 @@ def _evaluate_outputs(cfg: PipelineConfig, data, result, out: Path, device: str,
         path = export_challenge(best, out / "challenge" / name)
         images = torch.load(path, map_location="cpu", weights_only=True)  # what is submitted
         report["challenge"] = evaluate(images, None, data.test, protocol="challenge",
-                                       ipc=cfg.ipc, seed=cfg.seed + 4000, **common).to_dict()
+                                       ipc=cfg.ipc, seed=cfg.seed + 4000,
+                                       cache=RunCache(runs, "challenge"), **common).to_dict()
         report["outputs"]["challenge_file"] = str(path)
     return report

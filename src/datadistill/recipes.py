@@ -37,10 +37,11 @@ class Recipe:
     name: str
     summary: str  # one line for listings and errors
     load: Callable[[Any, list[str]], Any]  # (name or path, overrides) -> validated config
-    run: Callable[..., Any]  # (config, out_dir, progress=bool) -> result
+    run: Callable[..., Any]  # (config, out_dir, progress=bool, restart=bool) -> result
     label: Callable[[Any], str]  # config -> "method, dataset, IPC n"
     default_out: Callable[[Any], str]  # config -> default output folder
     lines: Callable[[Any, Path], list[str]]  # (result, out_dir) -> what `run` prints
+    note: Callable[[Any], str | None] = lambda cfg: None  # a warning `validate` prints
 
 
 # ---------------------------------------------------------------- trajectory matching
@@ -50,10 +51,16 @@ def _tm_load(name_or_path, overrides: list[str]):
     return load_pipeline_config(name_or_path, overrides)
 
 
-def _tm_run(cfg, out_dir: Path, progress: bool = True) -> dict:
+def _tm_run(cfg, out_dir: Path, progress: bool = True, restart: bool = False) -> dict:
     from datadistill.pipeline import run_pipeline
 
-    return run_pipeline(cfg, out_dir, progress=progress)
+    return run_pipeline(cfg, out_dir, progress=progress, restart=restart)
+
+
+def _tm_note(cfg) -> str | None:
+    from datadistill.checks import check_ipc_for_dataset
+
+    return check_ipc_for_dataset(cfg.ipc, cfg.dataset, cfg.data_root, cfg.train_per_class)
 
 
 def _tm_lines(report: dict, out_dir: Path) -> list[str]:
@@ -72,7 +79,8 @@ def _infer_load(name_or_path, overrides: list[str]):
     return load_infer_config(name_or_path, overrides)
 
 
-def _infer_run(cfg, out_dir: Path, progress: bool = True):
+def _infer_run(cfg, out_dir: Path, progress: bool = True, restart: bool = False):
+    """INFER keeps no checkpoint: every run starts over, so ``restart`` changes nothing."""
     from datadistill.infer import run_infer
 
     return run_infer(cfg, out_dir, progress=progress)
@@ -97,7 +105,8 @@ RECIPES: dict[str, Recipe] = {
     "tm": Recipe(
         name="tm", summary="trajectory matching (presets mtt, ftd, datm, mdatm, pad)",
         load=_tm_load, run=_tm_run, label=lambda c: f"{c.method}, {c.dataset}, IPC {c.ipc}",
-        default_out=lambda c: f"runs/{c.dataset}_{c.method}_ipc{c.ipc}", lines=_tm_lines),
+        default_out=lambda c: f"runs/{c.dataset}_{c.method}_ipc{c.ipc}", lines=_tm_lines,
+        note=_tm_note),
     "infer": Recipe(
         name="infer", summary="INFER: inter-class feature compensators (teachers first)",
         load=_infer_load, run=_infer_run, label=lambda c: f"infer, {c.dataset}, IPC {c.ipc}",

@@ -160,8 +160,10 @@ def _parse_batch(blob: bytes, source: str, layout: _Layout) -> tuple[np.ndarray,
             f"{source}: keys {sorted(batch)} lack 'data' or {layout.label_key!r}; this is not "
             f"a {layout.info.name} batch"
         )
-    data = np.asarray(batch["data"])
-    labels = np.asarray(batch[layout.label_key], dtype=np.int64)
+    data, labels = batch["data"], _int_labels(batch[layout.label_key], source)
+    if not isinstance(data, np.ndarray):
+        raise DatasetError(f"{source}: data is a {type(data).__name__}, not an array; the file "
+                           "is corrupt: delete it and download it again")
     if data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3 * 32 * 32:
         raise DatasetError(
             f"{source}: data is {data.dtype} {data.shape}, expected uint8 (N, 3072); "
@@ -176,6 +178,16 @@ def _parse_batch(blob: bytes, source: str, layout: _Layout) -> tuple[np.ndarray,
             f"{source}: labels outside 0..{layout.info.num_classes - 1}; corrupt file"
         )
     return data.reshape(-1, 3, 32, 32), labels  # rows are R plane, G plane, B plane
+
+
+def _int_labels(raw: Any, source: str) -> np.ndarray:
+    """(N,) int64 labels from a list of ints or an integer array; anything else is refused."""
+    ok = (isinstance(raw, list) and all(type(v) is int for v in raw)) or (
+        isinstance(raw, np.ndarray) and raw.dtype.kind in "iu" and raw.ndim == 1)
+    if not ok:
+        raise DatasetError(f"{source}: labels are not a list of integers; the file is corrupt: "
+                           "delete it and download it again")
+    return np.asarray(raw, dtype=np.int64)
 
 
 def _class_names(blob: bytes | None, source: str, layout: _Layout) -> tuple[str, ...]:

@@ -20,8 +20,10 @@ from pathlib import Path
 
 import numpy as np
 
+from datadistill.data import safe_archive
 from datadistill.data.download import ensure_file
 from datadistill.data.info import DSA_DEFAULT, DSA_NO_FLIP, DatasetInfo, LoadedSplit
+from datadistill.data.safe_archive import check_expanded_size
 from datadistill.errors import DatasetError
 
 IDX_UBYTE = 0x08  # IDX type code for unsigned bytes, the only type MNIST uses
@@ -73,7 +75,7 @@ def _read_bytes(path: Path) -> bytes:
     if data[:2] != b"\x1f\x8b":
         return data
     try:
-        return gzip.decompress(data)
+        return _gunzip(data, path)
     except EOFError as err:
         raise DatasetError(
             f"{path}: the gzip stream ends early, the file is truncated: delete it and "
@@ -84,6 +86,17 @@ def _read_bytes(path: Path) -> bytes:
             f"{path}: not a valid gzip file ({err}), the file is corrupt: delete it and "
             "download it again"
         ) from err
+
+
+def _gunzip(data: bytes, path: Path) -> bytes:
+    """gzip.decompress with a bound on the output (a tiny bomb cannot fill the memory)."""
+    limit = min(safe_archive.MAX_IN_MEMORY_BYTES, safe_archive.MAX_EXPANDED_BYTES)  # memory bound
+    inflate = zlib.decompressobj(16 + zlib.MAX_WBITS)  # gzip header and trailer
+    out = inflate.decompress(data, limit + 1)
+    check_expanded_size(len(out), path, limit)
+    if not inflate.eof:
+        raise EOFError("the gzip stream ends early")
+    return out
 
 
 def read_idx(path: Path, ndim: int, what: str) -> np.ndarray:

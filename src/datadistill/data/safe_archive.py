@@ -2,7 +2,10 @@
 
 A downloaded archive is untrusted input: a member named `../x` or `/etc/x`, a symlink or a
 device node could write outside the target folder. Every member is checked before anything
-is read or written, and one bad member refuses the whole archive.
+is read or written, and one bad member refuses the whole archive. Sizes are bounded too: an
+archive whose members add up to more than `MAX_EXPANDED_BYTES` (a decompression bomb, or not
+the official file) is refused before anything is expanded, and a full disk while extracting
+is said in words.
 
 Example:
     >>> from pathlib import Path
@@ -23,6 +26,33 @@ from pathlib import Path, PurePosixPath
 from datadistill.errors import DatasetError
 
 logger = logging.getLogger(__name__)
+
+# The largest official archive (Tiny ImageNet) expands to well under 1 GB; what is read into
+# memory (CIFAR batches, MNIST files) to under 200 MB.
+MAX_EXPANDED_BYTES = 16 * 2**30
+MAX_IN_MEMORY_BYTES = 2**31
+
+
+def check_expanded_size(total: int, source: Path | str, limit: int | None = None) -> None:
+    """Refuse an archive or stream that would expand to more than ``limit`` bytes
+    (default `MAX_EXPANDED_BYTES`)."""
+    limit = MAX_EXPANDED_BYTES if limit is None else limit
+    if total > limit:
+        raise DatasetError(
+            f"{source} would expand to more than {limit / 2**20:,.0f} MiB (the limit): it is a "
+            "decompression bomb or not the official file. Delete it and download it again "
+            "from the official source"
+        )
+
+
+def _extract_error(archive: Path, err: BaseException, destination: Path) -> DatasetError:
+    """A failed extraction in words: a full disk, or a damaged archive."""
+    from datadistill.io import is_disk_full
+
+    if is_disk_full(err, destination):
+        return DatasetError(f"no space left on the device holding {destination} while "
+                            f"extracting {archive}; free some space and run the command again")
+    return DatasetError(f"extracting {archive} failed ({err}); delete it and download it again")
 
 
 def check_member_name(name: str, archive: Path) -> None:
@@ -93,6 +123,8 @@ def read_tar_members(archive: Path, wanted: set[str]) -> dict[str, bytes]:
     """
     with _open_tar(archive) as tar:
         members = _tar_members(tar, archive)
+        wanted_bytes = sum(m.size for m in members if m.name in wanted)
+        check_expanded_size(wanted_bytes, archive, min(MAX_IN_MEMORY_BYTES, MAX_EXPANDED_BYTES))
         found: dict[str, bytes] = {}
         for member in members:
             if member.isfile() and member.name in wanted:
@@ -111,6 +143,7 @@ def extract_tar(archive: Path, destination: Path) -> None:
     """Extract a tar archive into `destination` after checking every member."""
     with _open_tar(archive) as tar:
         members = _tar_members(tar, archive)
+        check_expanded_size(sum(m.size for m in members), archive)
         destination.mkdir(parents=True, exist_ok=True)
         try:
             # filter="data" is a second guard where Python has it (3.11.4+, 3.12).
@@ -119,9 +152,7 @@ def extract_tar(archive: Path, destination: Path) -> None:
             else:  # pragma: no cover - older Pythons; the names were checked above
                 tar.extractall(destination, members=members)
         except (tarfile.TarError, OSError, EOFError) as err:
-            raise DatasetError(
-                f"extracting {archive} failed ({err}); delete it and download it again"
-            ) from err
+            raise _extract_error(archive, err, destination) from err
 
 
 def _check_zip_member(info: zipfile.ZipInfo, archive: Path) -> None:
@@ -150,6 +181,7 @@ def extract_zip(archive: Path, destination: Path) -> None:
             infos = zf.infolist()
             for info in infos:
                 _check_zip_member(info, archive)
+            check_expanded_size(sum(i.file_size for i in infos), archive)  # reads stop there
             staging.mkdir(parents=True)
             for info in infos:
                 zf.extract(info, staging)
@@ -161,7 +193,9 @@ def extract_zip(archive: Path, destination: Path) -> None:
                     "extract the archive again"
                 )
             os.replace(entry, target)
-    except (zipfile.BadZipFile, OSError, EOFError) as err:
+    except OSError as err:
+        raise _extract_error(archive, err, destination) from err
+    except (zipfile.BadZipFile, EOFError) as err:
         raise DatasetError(
             f"cannot extract {archive}: {err}; the file is truncated or corrupt: "
             "delete it and download it again"

@@ -4,6 +4,12 @@ The CIFAR files are pickles, and a plain `pickle.load` runs whatever callable th
 (for instance `os.system`). `RestrictedUnpickler` resolves only the few globals a pickled
 dict of numpy arrays needs and refuses everything else with a `DatasetError`.
 
+Even numpy's own constructors are dangerous on forged input: an array of dtype object built
+from raw bytes holds forged pointers (a crash, or worse, when it is touched). So every numpy
+callable the format uses is wrapped: no dtype that holds Python objects is ever built, arrays
+come only from `_reconstruct` + `BUILD` or `_frombuffer`, and `BUILD` (`__setstate__`) is
+allowed on arrays and dtypes only, with the resulting dtype checked again.
+
 Example:
     >>> import pickle, numpy as np
     >>> blob = pickle.dumps({"data": np.zeros((2, 3), np.uint8), "labels": [0, 1]})
@@ -30,31 +36,103 @@ except ImportError:  # pragma: no cover - numpy 1.x
     from numpy.core import numeric as _numeric
 
 
+class _Refused(DatasetError):
+    """A construct a dataset batch never needs (raised while unpickling)."""
+
+
+def _plain_dtype(dtype: Any, what: str) -> np.dtype:
+    """`dtype` as a numpy dtype that holds no Python objects (else `_Refused`)."""
+    if not isinstance(dtype, np.dtype):
+        raise _Refused(f"{what} with a dtype given as {type(dtype).__name__}")
+    if dtype.hasobject:
+        raise _Refused(f"{what} of dtype {dtype} (Python objects)")
+    return dtype
+
+
+class _NdarrayType:
+    """Stands for `numpy.ndarray` in a pickle: a type tag for `_reconstruct`, never called
+    (`ndarray(shape, dtype('O'), buffer)` would build an object array from raw bytes)."""
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        raise _Refused("a direct numpy.ndarray(...) call")
+
+
+_NDARRAY = _NdarrayType()
+
+
+def _reconstruct(subtype: Any, shape: Any, typecode: Any) -> np.ndarray:
+    """An empty array whose contents the following BUILD sets (checked in `load_build`)."""
+    if subtype is not _NDARRAY:
+        raise _Refused(f"_reconstruct of {type(subtype).__name__}")
+    return _multiarray._reconstruct(np.ndarray, shape, typecode)
+
+
+def _dtype(spec: Any, align: Any = False, copy: Any = False) -> np.dtype:
+    if not isinstance(spec, str):  # the format only names dtypes by their string code
+        raise _Refused(f"numpy.dtype({type(spec).__name__})")
+    return _plain_dtype(np.dtype(spec, bool(align), bool(copy)), "numpy.dtype")
+
+
+def _scalar(dtype: Any, data: Any = None) -> Any:
+    if not isinstance(data, (bytes, str)):
+        raise _Refused("a numpy scalar without raw bytes")
+    return _multiarray.scalar(_plain_dtype(dtype, "a numpy scalar"), data)
+
+
+def _frombuffer(buf: Any, dtype: Any, shape: Any, order: Any) -> np.ndarray:
+    if not isinstance(buf, (bytes, bytearray)):
+        raise _Refused(f"_frombuffer of {type(buf).__name__}")
+    return _numeric._frombuffer(buf, _plain_dtype(dtype, "_frombuffer"), shape, order)
+
+
+def _encode(text: Any, encoding: Any = "utf-8") -> bytes:
+    # Protocols 0-2 store bytes as latin-1 text re-encoded by `_codecs.encode(s, "latin1")`.
+    if not isinstance(text, str) or encoding not in ("latin1", "latin-1"):
+        raise _Refused(f"_codecs.encode(..., {encoding!r})")
+    return codecs.encode(text, "latin1")
+
+
 def _allowed_globals() -> dict[tuple[str, str], Any]:
-    """(module, name) -> object. Both numpy module spellings map to the same functions:
+    """(module, name) -> safe stand-in. Both numpy module spellings map to the same functions:
     files written by numpy 1.x (and Python 2, like the official CIFAR batches) say
     `numpy.core`, files written by numpy 2 say `numpy._core`."""
     allowed: dict[tuple[str, str], Any] = {
-        ("numpy", "ndarray"): np.ndarray,
-        ("numpy", "dtype"): np.dtype,
-        # Protocols 0-2 store bytes as latin-1 text re-encoded by this function.
-        ("_codecs", "encode"): codecs.encode,
+        ("numpy", "ndarray"): _NDARRAY,
+        ("numpy", "dtype"): _dtype,
+        ("_codecs", "encode"): _encode,
     }
     for module in ("numpy.core", "numpy._core"):
-        allowed[(f"{module}.multiarray", "_reconstruct")] = _multiarray._reconstruct
-        allowed[(f"{module}.multiarray", "scalar")] = _multiarray.scalar
-        allowed[(f"{module}.numeric", "_frombuffer")] = _numeric._frombuffer
+        allowed[(f"{module}.multiarray", "_reconstruct")] = _reconstruct
+        allowed[(f"{module}.multiarray", "scalar")] = _scalar
+        allowed[(f"{module}.numeric", "_frombuffer")] = _frombuffer
     return allowed
 
 
 _ALLOWED = _allowed_globals()
 
 
-class RestrictedUnpickler(pickle.Unpickler):
-    """Unpickler that only reconstructs numpy arrays, dtypes and scalars.
+def _check_build(inst: Any, state: Any) -> None:
+    """BUILD (``inst.__setstate__(state)``) only on arrays and dtypes, never with objects."""
+    if isinstance(inst, np.ndarray):
+        # ndarray state: (version, shape, dtype, is_fortran, raw data)
+        if not (isinstance(state, tuple) and len(state) == 5):
+            raise _Refused("an array state that is not (version, shape, dtype, order, data)")
+        _plain_dtype(state[2], "an array")
+        if not isinstance(state[4], (bytes, str)):
+            raise _Refused(f"an array filled from {type(state[4]).__name__}, not raw bytes")
+    elif not isinstance(inst, np.dtype):
+        raise _Refused(f"setting the state of a {type(inst).__name__}")
 
-    `source` names the file in error messages.
+
+class RestrictedUnpickler(pickle._Unpickler):
+    """Unpickler that only reconstructs plain numpy arrays, dtypes and scalars.
+
+    The pure-Python unpickler is used because its BUILD opcode can be checked; the batches
+    hold a few large strings, so it is not slower in practice. `source` names the file in
+    error messages.
     """
+
+    dispatch = dict(pickle._Unpickler.dispatch)
 
     def __init__(self, file: io.BufferedIOBase, source: str) -> None:
         # latin1 decodes Python-2 strings byte for byte, which is what numpy needs to
@@ -66,17 +144,27 @@ class RestrictedUnpickler(pickle.Unpickler):
         try:
             return _ALLOWED[(module, name)]
         except KeyError:
-            raise DatasetError(
-                f"{self.source} references {module}.{name}, which a dataset batch never "
-                "needs; it was refused as unsafe. Delete the file and download the dataset "
-                "again from the official source"
-            ) from None
+            raise _Refused(f"{module}.{name}") from None
+
+    def load_build(self) -> None:
+        _check_build(self.stack[-2], self.stack[-1])
+        inst = self.stack[-2]
+        pickle._Unpickler.load_build(self)
+        if isinstance(inst, np.dtype):  # a dtype state can set fields and flags
+            _plain_dtype(inst, "a dtype state")
+
+    dispatch[pickle.BUILD[0]] = load_build
 
 
 def safe_loads(data: bytes, source: str) -> Any:
     """Unpickle `data` with `RestrictedUnpickler`; any failure is a `DatasetError`."""
     try:
         return RestrictedUnpickler(io.BytesIO(data), source).load()
+    except _Refused as err:
+        raise DatasetError(
+            f"{source} asks for {err}, which a dataset batch never needs; it was refused as "
+            "unsafe. Delete the file and download the dataset again from the official source"
+        ) from None
     except DatasetError:
         raise
     except Exception as err:  # noqa: BLE001 - a corrupt pickle can raise almost anything

@@ -36,6 +36,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from datadistill.errors import ArtifactError, CompatibilityError, ConfigError
+from datadistill.io import save_tensors
 from datadistill.progress import progress_bar
 
 logger = logging.getLogger(__name__)
@@ -232,14 +233,11 @@ def save_difficulty(order: DifficultyOrder, path: str | Path) -> Path:
     with ``weights_only=True``.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     payload = {"format_version": FORMAT_VERSION,
                "indices": [t.detach().cpu().long() for t in order.indices],
                "scores": None if order.scores is None else order.scores.detach().cpu(),
                "meta": dict(order.meta)}
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(payload, tmp)
-    tmp.replace(path)  # atomic: no half-written file on interruption
+    save_tensors(payload, path)  # atomic: no half-written file on interruption
     return path
 
 

@@ -25,10 +25,13 @@ import torch
 from datadistill.errors import ArtifactError, CompatibilityError
 from datadistill.experts.store import ExpertStore, save_expert, write_meta
 from datadistill.experts.train import ExpertConfig, build_model, store_meta
+from datadistill.io import load_error_reason
+from datadistill.lock import locks_output
 
 logger = logging.getLogger(__name__)
 
 
+@locks_output("out_dir")
 def import_replay_buffers(files: Sequence[str | Path], out_dir: str | Path, *, dataset: str,
                           model: str = "convnet", model_kwargs: dict | None = None,
                           zca: bool = False, lr: float = 0.01, batch_size: int = 256,
@@ -77,7 +80,8 @@ def _read_buffer(path: Path) -> list:
     try:
         buffer = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:
-        raise ArtifactError(f"{path} is not a readable replay buffer ({err}); expected torch."
+        raise ArtifactError(f"{path} is not a readable replay buffer ({load_error_reason(err)}); "
+                            "expected torch."
                             "save of a list of experts (lists of lists of tensors).") from None
     if not isinstance(buffer, list):
         raise ArtifactError(f"{path} holds {type(buffer).__name__}, expected a list of experts")

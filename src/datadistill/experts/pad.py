@@ -31,7 +31,6 @@ import dataclasses
 import hashlib
 import json
 import logging
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -49,6 +48,7 @@ from datadistill.experts.difficulty import (
     load_difficulty,
     save_difficulty,
 )
+from datadistill.io import write_json
 
 logger = logging.getLogger(__name__)
 
@@ -250,6 +250,4 @@ def record_served(hook: CurriculumHook, directory: str | Path) -> dict:
 
 
 def _write_json(path: Path, obj: dict) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(json.dumps(obj, indent=2) + "\n")
-    os.replace(tmp, path)  # atomic: never a half-written record
+    write_json(obj, path)  # atomic: never a half-written record

@@ -43,6 +43,7 @@ from datadistill.experts.store import (
     save_expert,
     write_meta,
 )
+from datadistill.lock import lock_folder_if
 from datadistill.progress import progress_bar
 
 logger = logging.getLogger(__name__)
@@ -187,13 +188,14 @@ def train_experts(cfg: ExpertConfig, data, out_dir: str | Path, *, device: str |
         logger.info("expert store %s: %d of %d experts present, resuming at expert %d",
                     directory, cfg.num_experts - len(todo), cfg.num_experts,
                     todo[0] if todo else cfg.num_experts)
-    bar = progress_bar(todo, desc="experts", enabled=progress, stage=True)
-    for i in bar:
-        params, acc = train_one_expert(cfg, data, i, dsa=dsa, device=device,
-                                       epoch_subset=epoch_subset, progress=progress)
-        save_expert(directory, i, params, acc, cfg.dtype)
-        bar.set_postfix(expert=i, test_acc=f"{float(acc[-1]):.4f}")
-        logger.info("expert %d: final test accuracy %.4f", i, float(acc[-1]))
+    with lock_folder_if(bool(todo), directory):  # a finished store is shared without a lock
+        bar = progress_bar(todo, desc="experts", enabled=progress, stage=True)
+        for i in bar:
+            params, acc = train_one_expert(cfg, data, i, dsa=dsa, device=device,
+                                           epoch_subset=epoch_subset, progress=progress)
+            save_expert(directory, i, params, acc, cfg.dtype)
+            bar.set_postfix(expert=i, test_acc=f"{float(acc[-1]):.4f}")
+            logger.info("expert %d: final test accuracy %.4f", i, float(acc[-1]))
     return ExpertStore(directory)
 
 

@@ -181,9 +181,12 @@ def load_infer_config(name_or_path: str | Path, overrides: list[str] | None = No
         >>> load_infer_config("digits/infer_ipc10", ["ipc=20"]).ipc
         20
     """
+    from datadistill.checks import check_infer
     from datadistill.config import config_from_dict, expect_recipe, read_config
     from datadistill.devices import resolve_device
 
     raw = expect_recipe(read_config(name_or_path, overrides), "infer", name_or_path)
     raw["device"] = resolve_device(raw.get("device", "auto"))
-    return config_from_dict(InferConfig, raw)
+    cfg = config_from_dict(InferConfig, raw)
+    check_infer(cfg)
+    return cfg

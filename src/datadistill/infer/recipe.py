@@ -43,7 +43,8 @@ from datadistill.infer.labels import ensemble_logits
 from datadistill.infer.store import InferSet, save_infer_set
 from datadistill.infer.student import evaluate_student
 from datadistill.infer.teachers_train import TeacherStore, prepare_infer_data
-from datadistill.io import write_json
+from datadistill.io import write_report
+from datadistill.lock import locks_output
 from datadistill.presets import Preset
 
 log = logging.getLogger(__name__)
@@ -188,6 +189,7 @@ def labelling_teachers(cfg: InferConfig, teachers: list[nn.Module], names: list[
     return [t for t, n in zip(teachers, names, strict=True) if n in keep]
 
 
+@locks_output("out_dir")
 def run_infer(
     cfg: InferConfig,
     out_dir: str | Path,
@@ -199,7 +201,7 @@ def run_infer(
 
     ``teacher_dir`` overrides ``cfg.teacher_dir``. Example in the module docstring.
     """
-    from datadistill.report import write_report
+    from datadistill.report import write_report as write_page
 
     t0 = time.perf_counter()
     if cfg.teachers.checkpoints:  # missing files are found before the data is decoded
@@ -230,11 +232,11 @@ def run_infer(
             device=cfg.device,
             progress=progress,
         )
-        write_json(report.to_dict(), Path(out_dir) / REPORT_FILE)
+        write_report(report.to_dict(), Path(out_dir) / REPORT_FILE)
         log.info(
             "INFER student: %s (best-of-periodic %.2f %%)",
             report,
             100 * report.settings["best_mean"],
         )
-    write_report(out_dir, stage="infer", seconds=time.perf_counter() - t0)  # never raises
+    write_page(out_dir, stage="infer", seconds=time.perf_counter() - t0)  # never raises
     return InferResult(infer_set, path, report)

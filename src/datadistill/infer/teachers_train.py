@@ -37,6 +37,7 @@ from datadistill.infer.config import InferConfig, TeacherConfig, pixels_at
 from datadistill.infer.training import seeded, shuffled_batches
 from datadistill.infer.transforms import black_level, crop_flip, uses_flip
 from datadistill.io import load_tensors, read_json, save_tensors, write_json
+from datadistill.lock import locks_output
 from datadistill.models.teachers import create_teacher
 from datadistill.progress import progress_bar
 
@@ -280,6 +281,7 @@ def prepare_infer_data(cfg: InferConfig, progress: bool = False) -> RealData:
     return data
 
 
+@locks_output("out_dir")
 def train_teachers(cfg: InferConfig, out_dir: str | Path, progress: bool = False) -> TeacherStore:
     """Train every teacher of ``cfg.teachers.archs`` into the store at ``out_dir``.
 

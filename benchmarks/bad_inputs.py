@@ -1,0 +1,442 @@
+"""Run every bad input we know of through the CLI and write the table of what each gets.
+
+Each case builds its input in a scratch folder, runs ``datadistill ...`` (in this process, or
+in a child process where a crash or a second process is the point) and records the exit
+status and the first line of the message. The table in ``docs/bad-inputs.md`` is this
+script's output, so it stays true:
+
+    PYTHONPATH=src python benchmarks/bad_inputs.py --out docs/bad-inputs.md
+
+A case passes when the command refuses with exit status 2 and a one-line ``error:`` message
+(no traceback), or, where the input is recoverable (a torn log line, a dead owner's lock),
+when it succeeds with a warning.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io
+import json
+import logging
+import os
+import pickle
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+SMALL = ["train_per_class=20", "experts.num_experts=1", "experts.epochs=3",
+         "distill.iterations=2", "distill.syn_steps=2", "distill.max_start_epoch=1",
+         "distill.expert_epochs=2", "distill.eval_every=0", "distill.eval_runs=1",
+         "distill.eval_epochs=1", "evaluation.runs=1", "evaluation.epochs=1",
+         "model_kwargs={width: 8}"]
+QUICK = ["--epochs", "1", "--runs", "1", "--quiet"]
+
+
+@dataclass
+class Case:
+    """One bad input: what it is, and how to build and run it (argv, or a callable)."""
+
+    kind: str
+    setup: Callable[[Path], list[str]]
+    child: bool = False  # run in a separate process (crashes, concurrency)
+    recoverable: bool = False  # success with a warning is the right answer
+
+
+@dataclass
+class Outcome:
+    code: int
+    message: str
+    clean: bool
+
+
+# ----------------------------------------------------------------------------- inputs
+def _file(tmp: Path, name: str, text: str) -> Path:
+    path = tmp / name
+    path.write_text(text)
+    return path
+
+
+def _digits_set(tmp: Path, bad: float | None = None, name: str = "set") -> Path:
+    from datadistill.artifact import DistilledSet, save_distilled
+    from datadistill.baselines import random_subset
+    from datadistill.data import create_dataset
+
+    train = create_dataset("digits", split="train")
+    x, y = random_subset(train, 1, generator=torch.Generator().manual_seed(0))
+    if bad is not None:
+        x[0, 0, 0, 0] = bad
+    ds = DistilledSet(images=x, labels=y, lr=0.01, info=train.info, space="normalized", ipc=1,
+                      method="random")
+    return save_distilled(ds, tmp / name)
+
+
+def _legacy(tmp: Path, shape=(10, 1, 8, 8)) -> Path:
+    folder = tmp / "legacy"
+    folder.mkdir()
+    torch.save(torch.zeros(shape), folder / "images_best.pt")
+    torch.save(torch.arange(shape[0]) % 10, folder / "labels_best.pt")
+    return folder
+
+
+def _cifar(tmp: Path, test_batch: bytes) -> Path:
+    folder = tmp / "cifar-10-batches-py"
+    folder.mkdir()
+    good = pickle.dumps({"data": np.zeros((10, 3072), np.uint8), "labels": list(range(10))})
+    for i in range(1, 6):
+        (folder / f"data_batch_{i}").write_bytes(good)
+    (folder / "test_batch").write_bytes(test_batch)
+    return tmp
+
+
+def _cifar_argv(tmp: Path, test_batch: bytes) -> list[str]:
+    return ["baseline", "random", "--dataset", "cifar10", "--data-root",
+            str(_cifar(tmp, test_batch)), *QUICK, "--out", str(tmp / "b.json")]
+
+
+class _Evil:
+    def __reduce__(self):
+        return (os.system, ("echo owned",))
+
+
+# {"data": numpy.ndarray((2,), dtype("O"), 16 forged bytes), "labels": [0, 1]}
+OBJECT_ARRAY = (b"\x80\x02}(X\x04\x00\x00\x00datacnumpy\nndarray\nK\x02\x85cnumpy\ndtype\n"
+                b"X\x01\x00\x00\x00O\x85RC\x10" + b"A" * 16 + b"\x87RX\x06\x00\x00\x00labels]"
+                b"(K\x00K\x01eu.")
+
+
+def _run(tmp: Path, *extra: str) -> list[str]:
+    return ["run", "digits/mtt_ipc1", *SMALL, *extra, "--out", str(tmp / "r"), "--quiet"]
+
+
+def _finished_run(tmp: Path) -> Path:
+    from datadistill.cli import main
+
+    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+        assert main(_run(tmp)) == 0
+    return tmp / "r"
+
+
+def _changed_rerun(tmp: Path) -> list[str]:
+    _finished_run(tmp)
+    return _run(tmp, "distill.lr_img=5")
+
+
+def _damaged_checkpoint(tmp: Path) -> list[str]:
+    out = _finished_run(tmp)
+    (out / "distill" / "checkpoint.pt").write_bytes(b"garbage")
+    (out / "eval.json").unlink()
+    return _run(tmp)
+
+
+def _torn_metrics(tmp: Path) -> list[str]:
+    out = _finished_run(tmp)
+    with (out / "distill" / "metrics.jsonl").open("a") as f:
+        f.write('{"iteration": 1, "lo')
+    return ["distill", "digits/mtt_ipc1", *SMALL, "--out", str(out), "--quiet"]
+
+
+def _damaged_best(tmp: Path) -> list[str]:
+    out = _finished_run(tmp)
+    (out / "distill" / "best" / "tensors.pt").write_bytes(b"torn")
+    return ["repair", str(out), "--quiet"]
+
+
+def _other_experts(tmp: Path) -> list[str]:
+    _finished_run(tmp)
+    return _run(tmp, "experts.lr=0.5")
+
+
+def _busy(tmp: Path) -> list[str]:
+    return _run(tmp)
+
+
+def _stale_lock(tmp: Path) -> list[str]:
+    (tmp / "r").mkdir()
+    (tmp / "r" / ".lock").write_text(json.dumps({"pid": 999999, "host": "gone",
+                                                 "started": "yesterday", "command": "x"}))
+    return _run(tmp)
+
+
+def _gzip_bomb(tmp: Path) -> list[str]:
+    import gzip
+
+    from datadistill.data import safe_archive
+
+    safe_archive.MAX_IN_MEMORY_BYTES = 2**26  # 64 MiB for the demo (restored after the case)
+    folder = tmp / "mnist"
+    folder.mkdir()
+    with gzip.open(folder / "train-images-idx3-ubyte.gz", "wb", compresslevel=1) as f:
+        for _ in range(5):  # 80 MiB of zeros in a 0.3 MiB file
+            f.write(b"\0" * 2**24)
+    for name in ("train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"):
+        (folder / name).write_bytes(b"")
+    return ["baseline", "random", "--dataset", "mnist", "--data-root", str(folder), *QUICK,
+            "--out", str(tmp / "b.json")]
+
+
+CASES: list[Case] = [
+    # configs and overrides
+    Case("unknown key in a section", lambda t: ["validate", "digits/mtt_ipc1",
+                                                "distill.lr_imgg=1"]),
+    Case("unknown top-level key", lambda t: ["validate", "digits/mtt_ipc1", "ipcc=2"]),
+    Case("config name that does not exist", lambda t: ["validate", "digits/mtt_ipc99"]),
+    Case("override without '='", lambda t: ["validate", "digits/mtt_ipc1", "ipc"]),
+    Case("override of the wrong type", lambda t: ["validate", "digits/mtt_ipc1", "ipc=abc"]),
+    Case("YAML syntax error", lambda t: ["validate", str(_file(t, "c.yaml", "ipc: [1,\n"))]),
+    Case("YAML that is not a mapping", lambda t: ["validate", str(_file(t, "c.yaml", "- 1\n"))]),
+    Case("unknown method preset", lambda t: ["validate", "digits/mtt_ipc1", "method=mttt"]),
+    Case("unknown dataset", lambda t: ["validate", "digits/mtt_ipc1", "dataset=digitz"]),
+    Case("unknown model", lambda t: ["validate", "digits/mtt_ipc1", "model=convnett"]),
+    Case("bad choice (pix_init)", lambda t: ["validate", "digits/mtt_ipc1",
+                                             "distill.pix_init=magic"]),
+    Case("ipc 0", lambda t: ["validate", "digits/mtt_ipc1", "ipc=0"]),
+    Case("IPC larger than the smallest class", lambda t: ["validate", "digits/mtt_ipc1",
+                                                          "ipc=500"]),
+    Case("IPC larger than train_per_class", lambda t: ["validate", "digits/mtt_ipc1", "ipc=5",
+                                                       "train_per_class=3"]),
+    Case("matching window beyond the expert length", lambda t: [
+        "validate", "digits/mtt_ipc1", "experts.epochs=10", "distill.max_start_epoch=10"]),
+    Case("min_start_epoch >= max_start_epoch", lambda t: [
+        "validate", "digits/mtt_ipc1", "distill.min_start_epoch=5", "distill.max_start_epoch=5"]),
+    Case("negative lr_img", lambda t: ["validate", "digits/mtt_ipc1", "distill.lr_img=-100"]),
+    Case("negative lr_lr", lambda t: ["validate", "digits/mtt_ipc1", "distill.lr_lr=-1e-5"]),
+    Case("negative lr_y (soft labels)", lambda t: [
+        "validate", "digits/mtt_ipc1", "distill.label_mode=soft", "distill.lr_y=-2"]),
+    Case("lr_teacher 0", lambda t: ["validate", "digits/mtt_ipc1", "distill.lr_teacher=0"]),
+    Case("negative expert lr", lambda t: ["validate", "digits/mtt_ipc1", "experts.lr=-0.01"]),
+    Case("eval_batch 0", lambda t: ["validate", "digits/mtt_ipc1", "distill.eval_batch=0"]),
+    Case("negative eval_epochs", lambda t: ["validate", "digits/mtt_ipc1",
+                                            "distill.eval_epochs=-1"]),
+    Case("negative iterations", lambda t: ["validate", "digits/mtt_ipc1",
+                                           "distill.iterations=-1"]),
+    Case("evaluation.runs 0", lambda t: ["validate", "digits/mtt_ipc1", "evaluation.runs=0"]),
+    Case("device=cuda without CUDA", lambda t: ["validate", "digits/mtt_ipc1", "device=cuda"]),
+    Case("device that does not exist", lambda t: ["validate", "digits/mtt_ipc1", "device=tpu"]),
+    Case("challenge protocol with ZCA", lambda t: [
+        "validate", "digits/mdatm_ipc1", "zca=true"]),
+    Case("INFER: negative teacher lr", lambda t: ["validate", "digits/infer_ipc10",
+                                                  "teachers.lr=-0.1"]),
+    Case("INFER: student batch 0", lambda t: ["validate", "digits/infer_ipc10",
+                                              "student.batch_size=0"]),
+    # run folders
+    Case("run --out is a file", lambda t: _run(t)[:-3] + ["--out", str(_file(t, "f", "x")),
+                                                          "--quiet"]),
+    Case("run --out where no folder can be made", lambda t: _run(t)[:-3] + [
+        "--out", "/proc/datadistill-out", "--quiet"]),
+    Case("second run into a busy folder", _busy, child=True),
+    Case("stale lock of a dead process", _stale_lock, recoverable=True),
+    Case("rerun with another config", _changed_rerun),
+    Case("expert store made with another config", _other_experts),
+    Case("damaged checkpoint", _damaged_checkpoint),
+    Case("torn last line of metrics.jsonl", _torn_metrics, recoverable=True),
+    Case("damaged best/ of a finished run (repair)", _damaged_best, recoverable=True),
+    # eval / baseline
+    Case("eval of a path that does not exist", lambda t: ["eval", str(t / "nope"), *QUICK]),
+    Case("eval of an empty folder", lambda t: ["eval", str((t / "e").mkdir() or t / "e"),
+                                               *QUICK]),
+    Case("eval of a corrupt tensors.pt", lambda t: [
+        "eval", str(_corrupt(_digits_set(t), "tensors.pt")), *QUICK]),
+    Case("eval of a set with NaN pixels", lambda t: ["eval", str(_digits_set(t, float("nan"))),
+                                                     *QUICK]),
+    Case("eval of a set with Inf pixels", lambda t: ["eval", str(_digits_set(t, float("inf"))),
+                                                     *QUICK]),
+    Case("eval --epochs -1", lambda t: ["eval", str(_digits_set(t)), "--epochs", "-1",
+                                        "--quiet"]),
+    Case("eval --runs 0", lambda t: ["eval", str(_digits_set(t)), "--runs", "0", "--quiet"]),
+    Case("eval --lr -1", lambda t: ["eval", str(_digits_set(t)), "--lr", "-1", *QUICK]),
+    Case("eval --device cuda without CUDA", lambda t: [
+        "eval", str(_digits_set(t)), "--device", "cuda", "--epochs", "1", "--runs", "1"]),
+    Case("eval --out is a folder", lambda t: ["eval", str(_digits_set(t)), *QUICK, "--out",
+                                              str(t)]),
+    Case("eval --out under a file", lambda t: ["eval", str(_digits_set(t)), *QUICK, "--out",
+                                               str(_file(t, "f", "x") / "r.json")]),
+    Case("eval --models unknown", lambda t: ["eval", str(_digits_set(t)), *QUICK, "--models",
+                                             "convnet", "resnet99"]),
+    Case("legacy triple without --dataset", lambda t: ["eval", str(_legacy(t)), *QUICK]),
+    Case("legacy triple of the wrong shape", lambda t: [
+        "eval", str(_legacy(t, (10, 3, 32, 32))), "--dataset", "digits", *QUICK]),
+    Case("baseline IPC larger than a class", lambda t: [
+        "baseline", "random", "--ipc", "1000", *QUICK, "--out", str(t / "b.json")]),
+    Case("baseline of an unknown dataset", lambda t: [
+        "baseline", "random", "--dataset", "cifar11", *QUICK, "--out", str(t / "b.json")]),
+    Case("baseline --runs 0", lambda t: ["baseline", "random", "--epochs", "1", "--runs", "0",
+                                         "--out", str(t / "b.json")]),
+    # data files
+    Case("dataset files missing", lambda t: [
+        "baseline", "random", "--dataset", "cifar10", "--data-root", str(t), *QUICK,
+        "--out", str(t / "b.json")]),
+    Case("CIFAR batch calling os.system", lambda t: _cifar_argv(
+        t, pickle.dumps({"data": _Evil(), "labels": []}))),
+    Case("CIFAR batch with an object array", lambda t: _cifar_argv(t, OBJECT_ARRAY), child=True),
+    Case("CIFAR batch with float labels", lambda t: _cifar_argv(t, pickle.dumps(
+        {"data": np.zeros((10, 3072), np.uint8), "labels": [0.5] * 10}))),
+    Case("CIFAR batch truncated", lambda t: _cifar_argv(t, pickle.dumps(
+        {"data": np.zeros((10, 3072), np.uint8), "labels": list(range(10))})[:100])),
+    Case("gzip bomb (MNIST file; limit lowered to 64 MiB for the demo)", _gzip_bomb),
+    Case("official buffers that are not tensors", lambda t: [
+        "import-buffers", str(_file(t, "replay_buffer_0.pt", "not a tensor file")), "--out",
+        str(t / "x"), "--dataset", "digits"]),
+    Case("configs cp over an existing file", lambda t: [
+        "configs", "cp", "digits/mtt_ipc1", str(_file(t, "mine.yaml", "x"))]),
+]
+
+
+def _corrupt(folder: Path, name: str) -> Path:
+    (folder / name).write_bytes(b"\x00garbage")
+    return folder
+
+
+# ----------------------------------------------------------------------------- running
+def _in_process(argv: list[str]) -> tuple[int, str]:
+    from datadistill.cli import main
+
+    err, out = io.StringIO(), io.StringIO()
+    handler = logging.StreamHandler(err)  # warnings, as the CLI shows them on stderr
+    handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+    handler.setLevel(logging.WARNING)
+    logging.getLogger().addHandler(handler)
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            code = main(argv)
+    except SystemExit as exc:  # argparse
+        code = int(exc.code or 0)
+    except Exception as exc:  # noqa: BLE001 - the point is to see what escapes
+        return 1, f"Traceback: {type(exc).__name__}: {exc}"
+    finally:
+        logging.getLogger().removeHandler(handler)
+    said = err.getvalue()
+    return code, said if said.strip() or code else out.getvalue()  # what a success printed
+
+
+def _child(argv: list[str], busy: Path | None) -> tuple[int, str]:
+    src = os.environ.get("DATADISTILL_SRC", str(Path(__file__).resolve().parents[1] / "src"))
+    env = {**os.environ, "PYTHONPATH": src}
+    holder = None
+    if busy is not None:  # another process owns the folder
+        code = ("import sys, time\nfrom datadistill.lock import lock_folder\n"
+                "with lock_folder(sys.argv[1]):\n    print('held', flush=True)\n"
+                "    time.sleep(600)\n")
+        holder = subprocess.Popen([sys.executable, "-c", code, str(busy)], env=env,
+                                  stdout=subprocess.PIPE, text=True)
+        holder.stdout.readline()
+    try:
+        done = subprocess.run([sys.executable, "-m", "datadistill", *argv], env=env,
+                              capture_output=True, text=True, timeout=600)
+    finally:
+        if holder is not None:
+            holder.kill()
+            holder.wait()
+    return done.returncode, done.stderr
+
+
+def run_case(case: Case) -> Outcome:
+    from datadistill.data import safe_archive
+
+    limit = getattr(safe_archive, "MAX_IN_MEMORY_BYTES", None)  # older versions: none
+    try:
+        return _run_case(case)
+    finally:
+        safe_archive.MAX_IN_MEMORY_BYTES = limit
+
+
+def _run_case(case: Case) -> Outcome:
+    with tempfile.TemporaryDirectory() as tmp:
+        argv = case.setup(Path(tmp))
+        busy = Path(tmp) / "r" if case.setup is _busy else None
+        code, err = _child(argv, busy) if case.child else _in_process(argv)
+        err = err.replace(str(Path(tmp).resolve()), "$TMP").replace(tmp, "$TMP")
+    lines = [ln for ln in err.splitlines() if ln.strip()]
+    errors = [ln for ln in lines if ln.startswith("error:")]
+    warned = [ln for ln in lines if ln.startswith("WARNING")]
+    message = (errors or warned or lines or ["(no message)"])[0]
+    traceback = "Traceback" in err or code < 0
+    clean = not traceback and ((code == 2 and len(errors) == 1) or
+                               (case.recoverable and code == 0))
+    return Outcome(code, message, clean)
+
+
+def _cell(text: str, width: int = 400) -> str:
+    text = text.replace("|", "\\|")
+    return text if len(text) <= width else text[:width] + " ..."
+
+
+def table(rows: list[tuple[Case, Outcome]], before: dict[str, dict]) -> str:
+    head = "| # | bad input | exit | message now | clean |"
+    rule = "|---|---|---|---|---|"
+    if before:
+        head, rule = head + " before: exit | before: message |", rule + "---|---|"
+    lines = [head, rule]
+    for i, (case, out) in enumerate(rows, 1):
+        line = (f"| {i} | {case.kind} | {out.code} | {_cell(out.message)} | "
+                f"{'yes' if out.clean else 'NO'} |")
+        if before:
+            old = before.get(case.kind, {"code": "-", "message": "(not run)"})
+            line += f" {old['code']} | {_cell(old['message'], 160)} |"
+        lines.append(line)
+    return "\n".join(lines) + "\n"
+
+
+HEADER = """# Bad inputs and the messages they get
+
+Every row was produced by running the input through the command line
+(`PYTHONPATH=src python benchmarks/bad_inputs.py --before
+benchmarks/results/bad_inputs_before.json --out docs/bad-inputs.md`; temporary folders shown
+as `$TMP`). *clean* means: refused before any work with exit status 2 and a
+one-line `error:` message naming the problem and the fix, or, for an input the program can
+recover from (a dead owner's lock, a torn log line, a damaged `best/` given to `repair`),
+handled with a warning and exit 0. Exit 143/130 and the resume after `kill -9` are covered
+by `tests/test_housekeeping.py` and the drill in `tests/test_drill.py`.
+
+"""
+
+
+BEFORE = """The *before* columns are the same inputs on the code before these checks (commit
+1e66ff4), from `benchmarks/results/bad_inputs_before.json`, written by
+`PYTHONPATH=<old>/src DATADISTILL_SRC=<old>/src python benchmarks/bad_inputs.py --json ...`
+and shown with `--before`. Exit 0 with a result there is a silent acceptance; exit 1 a
+traceback.
+
+"""
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", default=None, help="markdown file (default: print)")
+    parser.add_argument("--only", default=None, help="run the cases whose name has this text")
+    parser.add_argument("--json", default=None, help="also write the outcomes as JSON")
+    parser.add_argument("--before", default=None,
+                        help="JSON outcomes of an older version, shown as extra columns")
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    rows = []
+    for case in CASES:
+        if args.only and args.only not in case.kind:
+            continue
+        t0 = time.time()
+        rows.append((case, run_case(case)))
+        print(f"{time.time() - t0:5.1f} s  {rows[-1][1].code:>3}  {case.kind}", file=sys.stderr)
+    before = json.loads(Path(args.before).read_text()) if args.before else {}
+    text = HEADER + (BEFORE if before else "") + table(rows, before) + (
+        f"\n{sum(o.clean for _, o in rows)} of {len(rows)} inputs are handled cleanly"
+        + (f" (before: {sum(b['clean'] for b in before.values())})" if before else "") + ".\n")
+    if args.json:
+        Path(args.json).write_text(json.dumps(
+            {c.kind: {"code": o.code, "message": o.message, "clean": o.clean} for c, o in rows},
+            indent=1))
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(text)
+    else:
+        print(text)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,199 @@
+"""Checks that run before any work starts, so a bad setting fails in seconds, not hours.
+
+Every command runs the checks that apply to it before it trains anything, and ``datadistill
+validate`` runs all of them: learning rates, batch sizes and epoch counts in range, the
+matching window inside the expert trajectories, the requested device present, IPC within the
+smallest class, images finite. Each failure is a :class:`ConfigError` (CLI exit status 2)
+whose one-line message names the setting and the fix.
+
+Example:
+    >>> check_positive("distill.lr_img", 100.0)
+    >>> check_positive("distill.lr_img", -1.0)
+    Traceback (most recent call last):
+    ...
+    datadistill.errors.ConfigError: distill.lr_img must be > 0, got -1.0; set a positive value
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from datadistill.errors import CompatibilityError, ConfigError
+
+
+def check_positive(name: str, value: Any, *, allow_zero: bool = False) -> None:
+    """``value`` is a finite number > 0 (>= 0 with ``allow_zero``)."""
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    if not ok or value < 0 or (value == 0 and not allow_zero):
+        bound = ">= 0" if allow_zero else "> 0"
+        raise ConfigError(f"{name} must be {bound}, got {value!r}; set a "
+                          f"{'non-negative' if allow_zero else 'positive'} value")
+
+
+def check_count(name: str, value: Any, minimum: int) -> None:
+    """``value`` is an integer >= ``minimum``."""
+    if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
+        raise ConfigError(f"{name} must be an integer >= {minimum}, got {value!r}")
+
+
+def check_device(device: str | torch.device) -> None:
+    """The device exists on this machine (``cuda`` needs a visible CUDA GPU)."""
+    text = str(device)
+    kind = text.split(":")[0]
+    if kind == "cuda":
+        index = int(text.split(":")[1]) if ":" in text and text.split(":")[1].isdigit() else 0
+        if not torch.cuda.is_available():
+            raise ConfigError(f"device={text} but no CUDA GPU is available here; set "
+                              "device=cpu (or device=auto)")
+        if index >= torch.cuda.device_count():
+            raise ConfigError(f"device={text} but only {torch.cuda.device_count()} CUDA "
+                              "device(s) are visible; pick one of them")
+    elif kind == "mps":
+        if not torch.backends.mps.is_available():
+            raise ConfigError(f"device={text} but MPS is not available here; set device=cpu")
+    elif kind != "cpu":
+        raise ConfigError(f"device={text!r} is not a device; use cpu, cuda, cuda:N or auto")
+
+
+def check_window(max_start_epoch: int, expert_epochs: int, epochs: int, where: str,
+                 error: type[Exception] = CompatibilityError) -> None:
+    """The matching window fits a trajectory of ``epochs`` epochs (the one rule:
+    :func:`datadistill.experts.store.required_epochs`); ``error`` is raised otherwise
+    (ConfigError when two sections of one config disagree)."""
+    from datadistill.experts.store import required_epochs
+
+    need = required_epochs(max_start_epoch, expert_epochs)
+    if need > epochs:
+        raise error(
+            f"distill.max_start_epoch ({max_start_epoch}) - 1 + distill.expert_epochs "
+            f"({expert_epochs}) = {need} expert epochs are needed (max_start_epoch + "
+            f"expert_epochs <= expert epochs + 1), but {where} {epochs}; raise "
+            f"experts.epochs to at least {need} or lower distill.max_start_epoch")
+
+
+def check_ipc_fits(ipc: int, labels: torch.Tensor, class_names: tuple[str, ...]) -> None:
+    """Every class has at least ``ipc`` training images (labels: (N,) class indices)."""
+    counts = torch.bincount(labels.cpu(), minlength=len(class_names))  # (K,)
+    smallest = int(counts.argmin())
+    if int(counts[smallest]) < ipc:
+        raise ConfigError(f"ipc={ipc} but class {smallest} ({class_names[smallest]!r}) has "
+                          f"only {int(counts[smallest])} training images; lower ipc to at most "
+                          f"{int(counts[smallest])}")
+
+
+def check_finite(images: torch.Tensor, what: str = "the images") -> None:
+    """No NaN or Inf pixel (a NaN set trains nothing and scores chance silently)."""
+    bad = int((~torch.isfinite(images)).sum()) if images.is_floating_point() else 0
+    if bad:
+        raise ConfigError(f"{what} hold {bad} NaN/Inf values; the set is corrupt: re-export "
+                          "it, or take best/ or last/ of a run that finished cleanly")
+
+
+def check_training(*, lr: float, num_runs: int, epochs: int, batch_size: int) -> None:
+    """The numbers of an evaluation: fresh networks trained `epochs` epochs at `lr`."""
+    check_positive("the evaluation lr", lr)
+    check_count("the number of evaluation runs", num_runs, 1)
+    check_count("the evaluation epochs", epochs, 0)
+    check_count("the evaluation batch size", batch_size, 1)
+
+
+def check_distill(dcfg: Any) -> None:
+    """Learning rates and evaluation sizes of a :class:`DistillConfig`."""
+    check_positive("distill.lr_img", dcfg.lr_img)
+    check_positive("distill.lr_lr", dcfg.lr_lr, allow_zero=True)  # 0: a fixed step size
+    check_positive("distill.lr_teacher", dcfg.lr_teacher)
+    if dcfg.label_mode == "soft":
+        check_positive("distill.lr_y", dcfg.lr_y)
+    check_count("distill.eval_batch", dcfg.eval_batch, 1)
+    check_count("distill.eval_epochs", dcfg.eval_epochs, 0)
+    check_device(dcfg.device)
+
+
+def check_names(dataset: str, model: str) -> None:
+    """The dataset and the model are registered (their errors list the valid names)."""
+    from datadistill.data.registry import _spec
+    from datadistill.models.registry import model_entry
+
+    _spec(dataset)
+    model_entry(model)
+
+
+def check_pipeline(cfg: Any, ecfg: Any, dcfg: Any, *, window: bool = True) -> None:
+    """Everything about a pipeline config that can be checked without data."""
+    check_names(cfg.dataset, cfg.model)
+    check_count("ipc", cfg.ipc, 1)
+    check_device(cfg.resolved_device())
+    check_distill(dcfg)
+    ev = cfg.evaluation
+    check_count("evaluation.runs", ev.runs, 1)
+    check_count("evaluation.epochs", ev.epochs, 0)
+    check_count("evaluation.batch_size", ev.batch_size, 1)
+    if window:
+        check_window(dcfg.max_start_epoch, dcfg.expert_epochs, ecfg.epochs, "experts.epochs is",
+                     ConfigError)
+
+
+def check_infer(cfg: Any) -> None:
+    """Learning rates, sizes and device of an :class:`InferConfig`."""
+    check_names(cfg.dataset, cfg.student.model)
+    check_device(cfg.device)
+    check_positive("lr", cfg.lr)
+    for section in ("teachers", "student"):
+        sub = getattr(cfg, section)
+        check_positive(f"{section}.lr", sub.lr)
+        check_count(f"{section}.epochs", sub.epochs, 1 if section == "teachers" else 0)
+        check_count(f"{section}.batch_size", sub.batch_size, 1)
+    check_count("student.num_runs", cfg.student.num_runs, 0)
+
+
+def check_eval_args(args: Any) -> None:
+    """The numbers given to `eval` / `baseline` on the command line."""
+    check_count("--runs", args.runs, 1)
+    check_count("--epochs", args.epochs, 0)
+    if getattr(args, "lr", None) is not None:
+        check_positive("--lr", args.lr)
+    if getattr(args, "ipc", None) is not None:
+        check_count("--ipc", args.ipc, 1)
+    check_device(args.device)
+
+
+def check_ipc_for_dataset(ipc: int, dataset: str, root: Any, train_per_class: int | None,
+                          download: bool = False) -> str | None:
+    """IPC against the smallest class of the (subset) training split, from its labels alone.
+
+    Returns a note when the dataset files are not there to check (``validate`` prints it).
+    """
+    from datadistill.data import create_dataset
+    from datadistill.errors import DatasetError
+
+    if train_per_class is not None and train_per_class < ipc:
+        raise ConfigError(f"ipc={ipc} but train_per_class={train_per_class} keeps fewer images "
+                          f"per class; lower ipc to at most {train_per_class}")
+    try:
+        train = create_dataset(dataset, root, "train", download=download)
+    except DatasetError as err:
+        return f"ipc not checked against the class sizes: {err}"
+    check_ipc_fits(ipc, train.labels, train.info.class_names)
+    return None
+
+
+def check_report_path(path: Path) -> None:
+    """A report file can be written at ``path``: not a folder, its folder creatable."""
+    if path.is_dir():
+        raise ConfigError(f"--out {path} is a folder; give a file name such as {path}/eval.json")
+    if path.exists():
+        if not os.access(path, os.W_OK):
+            raise ConfigError(f"cannot write the report {path} (not writable); choose another "
+                              "--out")
+        return
+    parent = path.parent
+    while not parent.exists():
+        parent = parent.parent
+    if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
+        raise ConfigError(f"cannot write the report {path}: {parent} is not a writable folder; "
+                          "choose another --out")
