@@ -6,11 +6,11 @@ script copies ``src/``, ``tests/``, ``benchmarks/`` (without results) and ``pypr
 to a temporary folder, applies the mutant there (the working tree is never touched) and runs
 the default suite on the copy:
 
-    python -m pytest -x -q -p no:cacheprovider tests/test_loop_wiring.py ... (every file)
+    python -m pytest -x -q -p no:cacheprovider        (PYTHONPATH = the copy's src)
 
-with PYTHONPATH = the copy's src. The files are passed wiring tests first, then the rest by
-name (``--alphabetical``: name order only), so a caught mutant stops early; the tests run
-are the same either way.
+plus ``-p _mutate_order``, a plugin written to the copy that runs the wiring tests first so
+that a caught mutant stops within seconds (``--alphabetical``: pytest's own order). The
+tests collected are the same either way; only the order they run in changes.
 
 A mutant is *caught* when the suite fails, *missed* when it passes, *not applicable* when its
 snippet is not found exactly once in its file (the code moved on: update the snippet; it is
@@ -44,9 +44,20 @@ ROOT = Path(__file__).resolve().parents[1]
 PKG = "src/datadistill/"
 PYTEST = [sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider"]
 # Run first: the files that test the wiring, so that a caught mutant stops within seconds
-# (-x). Every other test file follows in name order: the suite is the same, only the order.
+# (-x). Collection stays in pytest's own order (some tests parametrize over registries that
+# other test modules fill on import); a small plugin only reorders the collected items.
 FIRST = ("test_loop_wiring.py", "test_cli_commands.py", "test_distill.py", "test_evaluate.py",
          "test_infer.py", "test_pipeline.py", "test_main_job.py")
+ORDER_PLUGIN = "_mutate_order"
+ORDER_SOURCE = f'''"""Run the wiring tests first; written by benchmarks/mutate.py."""
+
+FIRST = {FIRST!r}
+
+
+def pytest_collection_modifyitems(config, items):
+    rank = {{name: i for i, name in enumerate(FIRST)}}
+    items.sort(key=lambda item: rank.get(item.path.name, len(FIRST)))  # stable
+'''
 
 
 @dataclass(frozen=True)
@@ -192,14 +203,6 @@ def _copy_tree(dest: Path) -> None:
     shutil.copy2(ROOT / "pyproject.toml", dest / "pyproject.toml")  # markers, addopts
 
 
-def test_files(alphabetical: bool = False) -> list[str]:
-    """Every default test file, the wiring tests first (unless ``alphabetical``)."""
-    names = sorted(p.name for p in (ROOT / "tests").glob("test_*.py"))
-    if not alphabetical:
-        names = [n for n in FIRST if n in names] + [n for n in names if n not in FIRST]
-    return [f"tests/{n}" for n in names]
-
-
 def _first_failure(output: str) -> str:
     """The first FAILED/ERROR line of pytest's summary, else the last non-empty line."""
     for line in output.splitlines():
@@ -223,7 +226,9 @@ def run_suite(mutant: Mutant | None, timeout: float, pytest_args: list[str]) -> 
         if mutant is not None:
             path = work / mutant.file
             path.write_text(path.read_text().replace(mutant.old, mutant.new, 1))
-        env = dict(os.environ, PYTHONPATH=str(work / "src"), PYTHONDONTWRITEBYTECODE="1")
+        (work / f"{ORDER_PLUGIN}.py").write_text(ORDER_SOURCE)
+        env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(work / "src"), str(work)]),
+                   PYTHONDONTWRITEBYTECODE="1")
         start = time.perf_counter()
         try:
             proc = subprocess.run(PYTEST + pytest_args, cwd=work, env=env, text=True,
@@ -259,6 +264,13 @@ def _hardware() -> dict:
             "cpus": os.cpu_count(), "omp_num_threads": os.environ.get("OMP_NUM_THREADS")}
 
 
+def _write_json(path: Path, payload: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(payload, indent=2) + "\n")
+    tmp.replace(path)  # atomic: a reader never sees half a file
+
+
 def _select(only: list[str] | None) -> list[Mutant]:
     if not only:
         return list(MUTANTS)
@@ -279,13 +291,13 @@ def main(argv: list[str] | None = None) -> int:
                         help="do not run the unmutated suite first")
     parser.add_argument("--alphabetical", action="store_true",
                         help="run the test files in name order, not the wiring tests first")
-    parser.add_argument("--pytest-args", nargs=argparse.REMAINDER, default=None,
-                        help="pytest arguments instead of every test file (e.g. one file)")
+    parser.add_argument("--pytest-args", nargs=argparse.REMAINDER, default=[],
+                        help="extra pytest arguments (e.g. one test file, for a quick look)")
     parser.add_argument("--out", default=str(ROOT / "benchmarks/results/mutation.json"))
     args = parser.parse_args(argv)
     mutants = _select(args.only)
-    if args.pytest_args is None:
-        args.pytest_args = test_files(args.alphabetical)
+    if not args.alphabetical:
+        args.pytest_args = ["-p", ORDER_PLUGIN, *args.pytest_args]
     if args.list:
         for m in mutants:
             ok, why = applies(m)
@@ -301,20 +313,19 @@ def main(argv: list[str] | None = None) -> int:
         if baseline.status != "passed":
             print("the unmutated suite fails; fix it before checking mutants", file=sys.stderr)
             return 1
-    outcomes = []
+    out, outcomes = Path(args.out), []
     for i, m in enumerate(mutants, 1):
         outcome = run_suite(m, args.timeout, args.pytest_args)
         outcomes.append(outcome)
         print(f"[{i}/{len(mutants)}] {m.name}: {outcome.status} ({outcome.seconds:.0f} s) "
               f"{outcome.detail}", flush=True)
-    report = {"command": " ".join([Path(sys.executable).name, *sys.argv]),
-              "pytest": " ".join(["python", *PYTEST[1:], *args.pytest_args]),
-              "started": started, "hardware": _hardware(),
-              "baseline": asdict(baseline) if baseline else None,
-              "mutants": [asdict(o) for o in outcomes]}
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(report, indent=2) + "\n")
+        report = {"command": " ".join([Path(sys.executable).name, *sys.argv]),
+                  "pytest": " ".join(["python", *PYTEST[1:], *args.pytest_args]),
+                  "started": started, "hardware": _hardware(),
+                  "complete": i == len(mutants),  # written after every mutant
+                  "baseline": asdict(baseline) if baseline else None,
+                  "mutants": [asdict(o) for o in outcomes]}
+        _write_json(out, report)
     print()
     print(table(outcomes))
     print(f"\nwritten to {out}")

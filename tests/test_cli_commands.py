@@ -219,9 +219,10 @@ def test_eval_default_uses_the_sets_lr_and_lr_overrides_it(tmp_path, hard_set):
 
 def test_eval_challenge_protocol(tmp_path, hard_set):
     path = save_distilled(hard_set, tmp_path / "set")
-    assert _eval(path, "--protocol", "challenge") == 0
+    assert _eval(path, "--protocol", "challenge") == 2  # digits, IPC 1: not the official setting
+    assert _eval(path, "--protocol", "challenge", "--unofficial") == 0
     rep = _report(path)["convnet"]
-    assert rep["protocol"] == "challenge"
+    assert rep["protocol"] == "challenge" and rep["settings"]["official"] is False
     assert rep["settings"]["lr"] == 0.01 and rep["settings"]["model_kwargs"]["depth"] == 3
 
 

@@ -210,16 +210,19 @@ def test_challenge_protocol(monkeypatch, caplog):
     x, _ = quadrants(3, seed=0)
     shuffled = torch.arange(K).repeat_interleave(3).flip(0)
     with caplog.at_level(logging.WARNING, logger="datadistill.evaluate"):
-        r = evaluate(x, shuffled, toy_test(1), protocol="challenge", lr=0.3, model="resnet18")
+        r = evaluate(x, shuffled, toy_test(1), protocol="challenge", lr=0.3, model="resnet18",
+                     unofficial=True)
     assert len(calls) == 3 and r.protocol == "challenge"  # 3 runs by default
     assert torch.equal(calls[0]["labels"], torch.tensor([0, 0, 0, 1, 1, 1, 2, 2, 2, 3, 3, 3]))
     assert calls[0]["lr"] == 0.01 and calls[0]["model"] == "convnet"
     assert calls[0]["model_kwargs"]["depth"] == 3 and r.settings["ipc"] == 3
     assert "labels are ignored" in caplog.text and "lr is fixed" in caplog.text
     assert torch.equal(challenge_labels(2, 2), torch.tensor([0, 0, 1, 1]))
-    evaluate(x, None, toy_test(1), protocol="challenge", ipc=3, num_runs=1)
+    assert r.settings["official"] is False and "ipc=3 (official: 10)" in str(
+        r.settings["unofficial_settings"])
+    evaluate(x, None, toy_test(1), protocol="challenge", ipc=3, num_runs=1, unofficial=True)
     with pytest.raises(CompatibilityError, match="ipc 2 x 4 classes = 8"):
-        evaluate(x, None, toy_test(1), protocol="challenge", ipc=2)
+        evaluate(x, None, toy_test(1), protocol="challenge", ipc=2, unofficial=True)
 
 
 def test_cross_architecture(monkeypatch):

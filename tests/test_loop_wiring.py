@@ -327,7 +327,7 @@ def test_challenge_protocol_constants_from_the_optimiser(digits, monkeypatch):
     epochs = _record_sgd(monkeypatch)
     x = digits.train.images[torch.argsort(digits.train.labels, stable=True)][::30][:10]
     report = evaluate_mod.evaluate(x, None, digits.test, protocol="challenge", lr=0.3, epochs=4,
-                                   num_runs=1)
+                                   num_runs=1, unofficial=True)
     assert [e[1] for e in epochs] == pytest.approx([0.01] * 4 + [0.001])  # lr fixed at 0.01
     assert all(e[2:] == (0.9, 5e-4, False, 0, "SGD") for e in epochs)
     assert report.settings["model_kwargs"]["depth"] == 3

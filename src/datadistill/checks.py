@@ -152,9 +152,11 @@ def check_infer(cfg: Any) -> None:
 
 
 def check_eval_args(args: Any) -> None:
-    """The numbers given to `eval` / `baseline` on the command line."""
-    check_count("--runs", args.runs, 1)
-    check_count("--epochs", args.epochs, 0)
+    """The numbers given to `eval` / `baseline` on the command line (None: the protocol's own)."""
+    if args.runs is not None:
+        check_count("--runs", args.runs, 1)
+    if args.epochs is not None:
+        check_count("--epochs", args.epochs, 0)
     if getattr(args, "lr", None) is not None:
         check_positive("--lr", args.lr)
     if getattr(args, "ipc", None) is not None:

@@ -209,14 +209,12 @@ def report_path(args: argparse.Namespace) -> Path | None:
     return None
 
 
-def cmd_eval(args: argparse.Namespace) -> int:
+def _load_set_and_data(args: argparse.Namespace):
+    """The distilled set at args.path and its dataset prepared in the set's image space."""
     from datadistill.artifact import load_any, load_distilled
     from datadistill.data import prepare
-    from datadistill.evaluate import evaluate, evaluate_cross, hard_labels_from
-    from datadistill.io import write_report
 
     path = Path(args.path)
-    t0 = time.perf_counter()
     if (path / "meta.json").is_file():
         ds = load_distilled(path)
         name, zca = ds.info.name, ds.space == "zca"
@@ -229,12 +227,27 @@ def cmd_eval(args: argparse.Namespace) -> int:
     data = prepare(name, args.data_root, zca=zca, download=args.download)
     if ds is None:
         ds = load_any(path, dataset=name, zca=data.zca)
+    return ds, data
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    if args.protocol == "ddranking":
+        return cmd_score(args)
+    from datadistill.ddranking import hard_labels_for
+    from datadistill.evaluate import evaluate, evaluate_cross
+    from datadistill.io import write_report
+
+    t0 = time.perf_counter()
+    ds, data = _load_set_and_data(args)
     test = data.test
-    labels = hard_labels_from(ds.labels) if args.hard_labels else ds.labels
+    labels = ds.labels
+    if args.hard_labels:  # "argmax" of soft labels, or "class_order" (DD-Ranking's)
+        labels = hard_labels_for(ds.labels, data.info.num_classes, args.hard_labels)
     lr = args.lr if args.lr is not None else ds.lr
     common = dict(
         protocol=args.protocol, lr=lr, num_runs=args.runs, epochs=args.epochs,
         seed=args.seed, device=args.device, progress=not args.quiet,
+        report=args.report, period=args.period, unofficial=args.unofficial,
     )
     models = args.models or ["convnet"]
     reports = (
@@ -244,6 +257,11 @@ def cmd_eval(args: argparse.Namespace) -> int:
     )
     for name, rep in reports.items():
         print(f"{args.path} [{name}]: {_fmt(rep)}")
+        if "best_mean" in rep.settings:
+            print(f"  best of tests every {rep.settings['period']} epochs: "
+                  f"{100 * rep.settings['best_mean']:.2f} ± {100 * rep.settings['best_std']:.2f} %")
+        if rep.settings.get("official") is False:
+            print("  UNOFFICIAL challenge score: " + "; ".join(rep.settings["unofficial_settings"]))
     out = write_report({name: rep.to_dict() for name, rep in reports.items()}, report_path(args))
     print(f"report written to {out}")
     _report(out.parent, "eval", time.perf_counter() - t0)
@@ -293,6 +311,72 @@ def _add_report_parser(sub) -> None:
     p.set_defaults(func=cmd_report)
 
 
+# ---------------------------------------------------------------- DD-Ranking / challenge
+def _ddranking_config(args: argparse.Namespace, ds):
+    from datadistill.ddranking import preset_for
+
+    name = args.preset or ds.method
+    over: dict = {"train": {}, "full": {}, "rounds": args.runs or 5, "ars": not args.no_ars,
+                  "hard_label_variant": args.hard_label_variant or "class_order"}
+    if args.epochs is not None:  # the step keeps its place at half the run (500 of 1000)
+        over["train"].update(epochs=args.epochs, step_size=max(1, args.epochs // 2))
+    if args.full_epochs is not None:
+        over["full"].update(epochs=args.full_epochs, step_size=max(1, args.full_epochs // 2))
+    if args.full_accuracy is not None:
+        over["full_accuracy"] = args.full_accuracy
+    return preset_for(name, **over)
+
+
+def cmd_score(args: argparse.Namespace) -> int:
+    from datadistill.ddranking import score
+    from datadistill.evaluate import build_network
+    from datadistill.io import write_report
+
+    ds, data = _load_set_and_data(args)
+    cfg = _ddranking_config(args, ds)
+    teachers = None
+    if getattr(args, "teacher", None):
+        teachers = build_network(cfg.model, data.info, 0, cfg.model_kwargs)
+        teachers.load_state_dict(torch.load(args.teacher, map_location="cpu", weights_only=True))
+    lr = args.lr if args.lr is not None else ds.lr
+    report = score(ds.images, ds.labels, data, cfg, syn_lr=lr, teachers=teachers,
+                   seed=args.seed, device=args.device, progress=not args.quiet)
+    print(f"{args.path}: {report}")
+    for key in ("syn", "syn_hard", "random", "full"):
+        if key in report.summary:
+            s = report.summary[key]
+            print(f"  {key:<9} {100 * s['mean']:6.2f} ± {100 * s['std']:.2f} % (best of tests)")
+    out = write_report(report.to_dict(),
+                       Path(args.out) if args.out else Path(args.path) / "ddranking.json")
+    print(f"report written to {out}")
+    return 0
+
+
+def cmd_challenge(args: argparse.Namespace) -> int:
+    from datadistill.challenge import FILES, combined_score, write_scores_txt
+    from datadistill.data import prepare
+    from datadistill.evaluate import evaluate
+    from datadistill.io import write_report
+
+    scores, reports = {}, {}
+    for dataset, fname in FILES.items():
+        images = torch.load(Path(args.submit_dir) / fname, map_location="cpu", weights_only=True)
+        data = prepare(dataset, args.data_root, download=args.download)
+        rep = evaluate(images, None, data.test, protocol="challenge", num_runs=args.runs,
+                       epochs=args.epochs, seed=args.seed, device=args.device,
+                       progress=not args.quiet, unofficial=args.unofficial)
+        scores[dataset], reports[dataset] = rep.mean, rep.to_dict()
+        print(f"{dataset}: {_fmt(rep)}")
+    total = combined_score(scores)
+    official = all(r["settings"]["official"] for r in reports.values())
+    print(f"combined score: {total:.4f}" + ("" if official else " (UNOFFICIAL settings)"))
+    out = Path(args.out or ".")
+    write_scores_txt(out / "scores.txt", total)
+    write_report({"score": total, "official": official, **reports}, out / "challenge.json")
+    print(f"scores.txt and challenge.json written to {out}")
+    return 0
+
+
 # ---------------------------------------------------------------- parser
 def _common_run_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--runs", type=int, default=5, help="independent evaluation runs")
@@ -302,6 +386,29 @@ def _common_run_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--download", action="store_true", help="download missing dataset files")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.add_argument("--out", default=None, help="where to write the JSON report")
+
+
+def _report_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--report", choices=["last", "best_of_periodic", "both"], default="last",
+                   help="classic: accuracy after the last epoch (official loop), the best of "
+                        "tests every --period epochs (MTT/FTD's reporting), or both")
+    p.add_argument("--period", type=int, default=100, help="epochs between periodic tests")
+    p.add_argument("--unofficial", action="store_true",
+                   help="challenge: allow non-official settings; the report is marked")
+
+
+def _score_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--preset", default=None, help="DD-Ranking config: a method (mtt, datm, "
+                   "sre2l, ...) or preset (hard_dsa, soft_sce_dsa, ...); default: the set's method")
+    p.add_argument("--hard-label-variant", choices=["class_order", "argmax"], default=None,
+                   help="soft-label sets' hard-label training (default class_order, DD-Ranking)")
+    p.add_argument("--full-epochs", type=int, default=None,
+                   help="full-data reference epochs (default 200)")
+    p.add_argument("--full-accuracy", type=float, default=None,
+                   help="known full-data accuracy (fraction): skip training the reference")
+    p.add_argument("--teacher", default=None,
+                   help="soft-label sets: state_dict of a trained teacher (default: train one)")
+    p.add_argument("--no-ars", action="store_true", help="skip the no-augmentation trainings")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -329,13 +436,39 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("path", help="distilled-set directory, or a folder with images_best.pt")
     p.add_argument("--dataset", default=None, help="needed for legacy sets")
     p.add_argument("--zca", action="store_true", help="legacy set lives in ZCA space")
-    p.add_argument("--protocol", choices=["classic", "challenge"], default="classic")
+    p.add_argument("--protocol", choices=["classic", "challenge", "ddranking"],
+                   default="classic", help="ddranking: the same as `datadistill score`")
     p.add_argument("--models", nargs="*", default=None, help="cross-architecture evaluation")
     p.add_argument("--lr", type=float, default=None, help="override the set's learned lr")
     p.add_argument("--epochs", type=int, default=1000)
-    p.add_argument("--hard-labels", action="store_true", help="argmax soft labels first")
+    p.add_argument("--hard-labels", nargs="?", const="argmax", default=None,
+                   choices=["argmax", "class_order"],
+                   help="train soft-label sets with hard labels: argmax of the soft labels "
+                        "(default) or class_order (DD-Ranking's)")
+    _report_args(p)
+    _score_args(p)
     _common_run_args(p)
-    p.set_defaults(func=cmd_eval)
+    p.set_defaults(func=cmd_eval, runs=None)  # None: 5 classic, 3 challenge, 5 ddranking
+
+    p = sub.add_parser("score", help="DD-Ranking scores (HLR, IOR, LRS, ARS) of a distilled set")
+    p.add_argument("path", help="distilled-set directory, or a folder with images_best.pt")
+    p.add_argument("--dataset", default=None, help="needed for legacy sets")
+    p.add_argument("--zca", action="store_true", help="legacy set lives in ZCA space")
+    p.add_argument("--lr", type=float, default=None, help="override the set's learned lr")
+    p.add_argument("--epochs", type=int, default=None, help="default: the preset's")
+    p.add_argument("--hard-labels", default=None, help=argparse.SUPPRESS)
+    _score_args(p)
+    _common_run_args(p)
+    p.set_defaults(func=cmd_score, runs=None)  # None: DD-Ranking's 5 rounds
+
+    p = sub.add_parser("challenge", help="ECCV-2024 challenge scorer: cifar100.pt + "
+                       "tinyimagenet.pt -> scores.txt (strict unless --unofficial)")
+    p.add_argument("submit_dir", help="folder holding cifar100.pt and tinyimagenet.pt")
+    p.add_argument("--epochs", type=int, default=1000)
+    p.add_argument("--unofficial", action="store_true",
+                   help="allow non-official settings; the report is marked unofficial")
+    _common_run_args(p)
+    p.set_defaults(func=cmd_challenge, runs=3)
 
     p = sub.add_parser("baseline", help="random-subset or full-data baseline")
     p.add_argument("kind", choices=["random", "full"])
@@ -404,9 +537,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 # ---------------------------------------------------------------- threads
-# One torch thread: measured with benchmarks/threads.py (benchmarks/RESULTS.md section 8). For
-# the small models of digits, MNIST and CIFAR at low IPC a second thread gains little on a
-# quiet machine and spins against any other busy process on a shared one.
+# One torch thread, chosen with benchmarks/threads.py (benchmarks/RESULTS.md section 8): for the
+# small models of digits, MNIST and CIFAR at low IPC a second thread splits little work and
+# spins against any other busy process on the same cores (several times slower there).
 DEFAULT_THREADS = 1
 
 

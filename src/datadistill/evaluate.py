@@ -35,6 +35,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from datadistill.augment import DSA
+from datadistill.challenge import challenge_violations, refuse_unofficial
 from datadistill.checks import check_finite, check_training
 from datadistill.data import ImageSet
 from datadistill.errors import CompatibilityError, ConfigError
@@ -232,7 +233,40 @@ def make_dsa(strategy: str | None) -> DSA | None:
     return DSA(strategy)
 
 
-def train_and_test(
+def build_network(
+    model: str, info: Any, init_seed: int, model_kwargs: dict | None = None
+) -> nn.Module:
+    """A fresh `model` for dataset `info`, initialised from `init_seed` on the CPU.
+
+    Built inside ``torch.random.fork_rng`` so the caller's global RNG state is left untouched.
+
+    Example:
+        >>> net = build_network("convnet", real.info, init_seed=0)          # doctest: +SKIP
+    """
+    with torch.random.fork_rng(devices=[]):  # models are built on CPU (factories never move)
+        torch.manual_seed(init_seed)
+        return create_model(
+            model, info.channels, info.num_classes, info.image_size, **(model_kwargs or {})
+        )
+
+
+@dataclass
+class RunCurve:
+    """Test accuracies (fractions) of one run after the tested epochs (the last is the end)."""
+
+    epochs: list[int] = field(default_factory=list)
+    accuracies: list[float] = field(default_factory=list)
+
+    @property
+    def last(self) -> float:
+        return self.accuracies[-1]
+
+    @property
+    def best(self) -> float:
+        return max(self.accuracies)
+
+
+def train_and_test_curve(
     images: torch.Tensor,
     labels: torch.Tensor,
     test: ImageSet,
@@ -240,6 +274,7 @@ def train_and_test(
     model: str,
     lr: float,
     epochs: int,
+    period: int | None = None,
     batch_size: int = 256,
     dsa: DSA | None = None,
     seed: int = 0,
@@ -248,20 +283,31 @@ def train_and_test(
     model_kwargs: dict | None = None,
     progress: bool = False,
     on_epoch: EpochHook | None = None,
-) -> float:
-    """One classic run: a fresh seeded network, trained on (images, labels), tested once.
+) -> RunCurve:
+    """One classic run, tested after every `period` epochs (None: only at the end) and at the end.
 
-    The network is initialised inside ``torch.random.fork_rng`` so the caller's global RNG
-    state is left untouched.
+    Periodic tests read the network without touching the training RNG, so the last accuracy
+    equals :func:`train_and_test`'s for the same seeds.
+
+    Example:
+        >>> curve = train_and_test_curve(x, y, real.test, model="convnet", lr=0.01,
+        ...                              epochs=300, period=100)            # doctest: +SKIP
+        >>> curve.epochs                                                    # doctest: +SKIP
+        [100, 200, 300, 301]
     """
-    info = test.info
     init_seed, train_seed = run_seeds(seed, run)
-    with torch.random.fork_rng(devices=[]):  # models are built on CPU (factories never move)
-        torch.manual_seed(init_seed)
-        net = create_model(
-            model, info.channels, info.num_classes, info.image_size, **(model_kwargs or {})
-        )
+    net = build_network(model, test.info, init_seed, model_kwargs)
     gen = torch.Generator().manual_seed(train_seed)
+    curve = RunCurve()
+
+    def hook(epoch: int, opt: torch.optim.Optimizer) -> None:
+        # Called before epoch `epoch`: the network has trained `epoch` epochs.
+        if period and epoch and epoch % period == 0:
+            curve.epochs.append(epoch)
+            curve.accuracies.append(test_accuracy(net, test.images, test.labels, device=device))
+        if on_epoch is not None:
+            on_epoch(epoch, opt)
+
     train_network(
         net,
         images,
@@ -273,9 +319,22 @@ def train_and_test(
         generator=gen,
         device=device,
         progress=progress,
-        on_epoch=on_epoch,
+        on_epoch=hook,
     )
-    return test_accuracy(net, test.images, test.labels, device=device)
+    curve.epochs.append(epochs + 1)
+    curve.accuracies.append(test_accuracy(net, test.images, test.labels, device=device))
+    return curve
+
+
+def train_and_test(images: torch.Tensor, labels: torch.Tensor, test: ImageSet,
+                   **kwargs: Any) -> float:
+    """One classic run: a fresh seeded network, trained on (images, labels), tested once.
+
+    Takes :func:`train_and_test_curve`'s keywords (without `period`). The network is
+    initialised inside ``torch.random.fork_rng`` so the caller's global RNG state is left
+    untouched.
+    """
+    return train_and_test_curve(images, labels, test, **kwargs).last
 
 
 # ----------------------------------------------------------------------------- protocols
@@ -355,6 +414,15 @@ def _challenge_setup(
     return implied
 
 
+def _challenge_violations(images, test, epochs, num_runs, dsa, strategy, batch_size) -> list:
+    info = test.info
+    return challenge_violations(
+        tuple(images.shape), info.name, test.space, ipc=images.shape[0] // info.num_classes,
+        epochs=epochs, num_runs=num_runs, dsa_strategy=strategy if dsa is not None else None,
+        batch_size=batch_size, mean=info.mean, std=info.std,
+    )
+
+
 def evaluate(
     images: torch.Tensor,
     labels: torch.Tensor | None,
@@ -372,9 +440,21 @@ def evaluate(
     progress: bool = False,
     model_kwargs: dict | None = None,
     ipc: int | None = None,
+    report: str = "last",
+    period: int | None = 100,
+    unofficial: bool = False,
     cache: RunCache | None = None,
 ) -> EvalReport:
     """Train `num_runs` fresh networks on (images, labels) and test them on `test`.
+
+    `report`: ``"last"`` (the official loop: one test after the last epoch), ``"best_of_periodic"``
+    (the best of the tests after every `period` epochs and after the last, as MTT/FTD report)
+    or ``"both"`` (`accuracies` hold the last; ``settings["best_accuracies"]`` the best).
+    Periodic tests do not change the training, so the last accuracies are the same in all modes.
+
+    The challenge protocol is strict: any setting that differs from the official evaluator
+    (:mod:`datadistill.challenge`) is an error naming it, unless `unofficial` is True; the
+    report then lists them in ``settings["unofficial_settings"]`` (``settings["official"]``).
 
     `num_runs` defaults to 5 (classic) or 3 (challenge); `dsa_strategy` to the dataset's
     (``"none"`` turns DSA off). For "challenge", labels are implied by order (`labels` may be
@@ -401,40 +481,25 @@ def evaluate(
     check_training(lr=lr, num_runs=num_runs, epochs=epochs, batch_size=batch_size)
     strategy = test.info.dsa_strategy if dsa_strategy is None else dsa_strategy
     dsa = make_dsa(strategy)
+    violations = []
+    if protocol == "challenge":
+        violations = _challenge_violations(images, test, epochs, num_runs, dsa, strategy,
+                                           batch_size)
+        if not unofficial:
+            refuse_unofficial(violations)
     x, y = images.detach().to(device), labels.detach().to(device)  # moved once for all runs
     test_dev = test.to(device)
-    accs, seconds = [], []
+    _check_report(report, period, protocol)
+    kw = dict(model=model, lr=lr, epochs=epochs, batch_size=batch_size, dsa=dsa, seed=seed,
+              device=device, model_kwargs=model_kwargs, progress=progress)
     setup = dict(protocol=protocol, model=model, lr=lr, epochs=epochs, batch_size=batch_size,
                  seed=seed, device=str(device), dsa=strategy, model_kwargs=model_kwargs)
+    # Only last-epoch runs are cached: a periodic report needs each run's whole test curve.
+    if report != "last":
+        cache = None
     fp = None if cache is None else fingerprint(x, y, setup)
-    for run in progress_bar(range(num_runs), enabled=progress, desc=f"evaluate {model}",
-                            leave=False, stage=True):
-        done = cache.get(fp, run) if cache else None
-        if done is not None:  # finished by an earlier, interrupted call
-            accs.append(done[0])
-            seconds.append(done[1])
-            continue
-        start = time.perf_counter()
-        acc = train_and_test(
-            x,
-            y,
-            test_dev,
-            model=model,
-            lr=lr,
-            epochs=epochs,
-            batch_size=batch_size,
-            dsa=dsa,
-            seed=seed,
-            run=run,
-            device=device,
-            model_kwargs=model_kwargs,
-            progress=progress,
-        )
-        log.info("%s %s run %d/%d: test accuracy %.4f", protocol, model, run + 1, num_runs, acc)
-        accs.append(acc)
-        seconds.append(round(time.perf_counter() - start, 3))
-        if cache:
-            cache.put(fp, run, acc, seconds[-1])
+    accs, curves, seconds = _runs(x, y, test_dev, num_runs, report, period, protocol, kw,
+                                  cache, fp)
     settings = {
         "dataset": test.info.name,
         "space": test.space,
@@ -456,7 +521,70 @@ def evaluate(
     }
     if protocol == "challenge":
         settings["ipc"] = int(images.shape[0]) // test.info.num_classes
+        settings["official"] = not violations
+        settings["unofficial_settings"] = violations
+    settings.update(_report_settings(report, period, curves))
+    if report == "best_of_periodic":
+        accs = [c.best for c in curves]
     return EvalReport.from_accuracies(protocol, model, accs, settings)
+
+
+REPORTS = ("last", "best_of_periodic", "both")
+
+
+def _runs(x, y, test, num_runs: int, report: str, period: int | None, protocol: str,
+          kw: dict, cache: RunCache | None = None,
+          fp: str | None = None) -> tuple[list[float], list[RunCurve], list[float]]:
+    """Last accuracies, test curves (report != "last") and seconds of `num_runs` runs; runs
+    already in `cache` (finished by an earlier, interrupted call) are not trained again."""
+    accs, curves, seconds = [], [], []
+    for run in progress_bar(range(num_runs), enabled=kw["progress"],
+                            desc=f"evaluate {kw['model']}", leave=False, stage=True):
+        done = cache.get(fp, run) if cache else None
+        if done is not None:
+            accs.append(done[0])
+            seconds.append(done[1])
+            continue
+        start = time.perf_counter()
+        if report == "last":
+            acc = train_and_test(x, y, test, run=run, **kw)
+        else:
+            curves.append(train_and_test_curve(x, y, test, period=period, run=run, **kw))
+            acc = curves[-1].last
+        log.info("%s %s run %d/%d: test accuracy %.4f", protocol, kw["model"], run + 1,
+                 num_runs, acc)
+        accs.append(acc)
+        seconds.append(round(time.perf_counter() - start, 3))
+        if cache:
+            cache.put(fp, run, acc, seconds[-1])
+    return accs, curves, seconds
+
+
+def _check_report(report: str, period: int | None, protocol: str) -> None:
+    if report not in REPORTS:
+        raise ConfigError(f"report={report!r}; choose from {REPORTS}")
+    if report != "last" and protocol == "challenge":
+        raise ConfigError("the challenge tests once at the end: use report='last'")
+    if report != "last" and not (period and period >= 1):
+        raise ConfigError(f"report={report!r} needs a test period >= 1 epochs, got {period}")
+
+
+def _report_settings(report: str, period: int | None, curves: list[RunCurve]) -> dict:
+    """What the report records: which accuracy `accuracies` holds, and the other one."""
+    out: dict[str, Any] = {"report": report}
+    if report == "last":
+        return out
+    best = [c.best for c in curves]
+    out.update(
+        period=period,
+        tested_epochs=curves[0].epochs,
+        curves=[c.accuracies for c in curves],
+        best_accuracies=best,
+        best_mean=float(np.mean(best)),
+        best_std=float(np.std(best)),
+        last_accuracies=[c.last for c in curves],
+    )
+    return out
 
 
 def evaluate_cross(
@@ -477,12 +605,13 @@ def evaluate_cross(
 
 
 def evaluate_distilled(
-    ds: Any, test: ImageSet, *, hard_labels: bool = False, **kwargs: Any
+    ds: Any, test: ImageSet, *, hard_labels: bool | str = False, **kwargs: Any
 ) -> EvalReport:
     """Evaluate a :class:`~datadistill.artifact.DistilledSet` with its learned lr.
 
-    `hard_labels=True` evaluates a soft-label set with its argmax classes (DD-Ranking's
-    hard-label accuracy).
+    `hard_labels` trains a soft-label set with hard labels: ``True`` or ``"argmax"`` (the
+    argmax of its soft labels) or ``"class_order"`` (labels by the set's class-major order,
+    what DD-Ranking trains).
 
     Example:
         >>> evaluate_distilled(load_distilled("runs/mtt"), real.test)      # doctest: +SKIP
@@ -492,7 +621,13 @@ def evaluate_distilled(
             f"the set lives in {ds.space!r} space but the test set in "
             f"{test.space!r}; prepare the data with zca={ds.space == 'zca'}"
         )
-    labels = hard_labels_from(ds.labels) if hard_labels else ds.labels
+    labels = ds.labels
+    if hard_labels == "class_order" and labels.dim() == 2:
+        labels = challenge_labels(test.info.num_classes, ds.ipc).to(labels.device)
+    elif hard_labels in (True, "argmax"):
+        labels = hard_labels_from(ds.labels)
+    elif hard_labels not in (False, None, "class_order"):
+        raise ConfigError(f"hard_labels={hard_labels!r}; use 'argmax' or 'class_order'")
     if kwargs.get("protocol") == "challenge":  # fixed lr; labels implied by ipc
         kwargs.setdefault("ipc", ds.ipc)
     else:

@@ -18,7 +18,8 @@ keys are copied into the stage configs, so they are written once.
 
 Evaluation (``eval.json``): every model of ``evaluation.models`` trains fresh networks on the
 best distilled set (classic protocol, learned lr); a soft-label set is also evaluated with its
-argmax hard labels when ``evaluation.hard_labels`` (DATM/PAD: the label effect, DD-Ranking),
+argmax hard labels when ``evaluation.hard_labels`` (DATM/PAD: the label effect; the ``argmax``
+variant, not DD-Ranking's ``class_order``, see :mod:`datadistill.ddranking`),
 FTD's EMA set (``distill/ema_last``) is evaluated on its own from fresh networks, and
 ``protocols: [challenge]`` exports the ECCV-2024 challenge tensor file and scores it with the
 challenge protocol (M-DATM).
@@ -47,7 +48,6 @@ from datadistill.config import (
 )
 from datadistill.devices import resolve_device
 from datadistill.errors import ConfigError
-from datadistill.evaluate import PROTOCOLS
 from datadistill.experts.pad import PADCurriculum
 from datadistill.io import write_json, write_report
 from datadistill.lock import lock_folder_if, locks_output
@@ -58,6 +58,8 @@ log = logging.getLogger(__name__)
 DEFAULT_CONFIG = "digits/mtt_ipc1"
 
 
+# evaluation protocols of a run: evaluate.PROTOCOLS (per set) plus DD-Ranking's scores
+PROTOCOLS = ("classic", "challenge", "ddranking")
 CHALLENGE_FILES = {"cifar100": "cifar100.pt", "tiny_imagenet": "tinyimagenet.pt"}  # official
 
 
@@ -69,12 +71,18 @@ class EvaluationConfig:
     random_baseline: bool = True  # also evaluate a random real subset at the same IPC
     models: list[str] = field(default_factory=lambda: ["convnet"])  # >1: cross-architecture
     hard_labels: bool = False  # soft-label sets: also evaluate with argmax labels (DATM/PAD)
-    protocols: list[str] = field(default_factory=lambda: ["classic"])  # + challenge (M-DATM)
+    protocols: list[str] = field(default_factory=lambda: ["classic"])  # + challenge, ddranking
+    report: str = "last"  # classic: last | best_of_periodic (MTT/FTD's reporting) | both
+    period: int = 100  # epochs between the periodic tests of best_of_periodic / both
+    ddranking: dict = field(default_factory=dict)  # overrides of the method's DD-Ranking config
 
     def __post_init__(self) -> None:
         bad = [p for p in self.protocols if p not in PROTOCOLS]
         if bad or not self.protocols:
             raise ConfigError(f"evaluation.protocols={self.protocols}; choose from {PROTOCOLS}")
+        if self.report not in ("last", "best_of_periodic", "both") or self.period < 1:
+            raise ConfigError(f"evaluation.report={self.report!r}, period={self.period}; use "
+                              "last | best_of_periodic | both and a period >= 1 epochs")
         if self.runs < 1 or self.epochs < 0 or self.batch_size < 1:
             raise ConfigError("evaluation.runs and batch_size must be >= 1 and epochs >= 0")
 
@@ -267,8 +275,9 @@ def _evaluate_outputs(cfg: PipelineConfig, data, result, out: Path, device: str,
     runs = out / "eval_runs.jsonl"  # finished networks, so a killed evaluation resumes
     report: dict[str, Any] = {"outputs": {"best": str(result.best_dir)}}
     for model in ev.models if "classic" in ev.protocols else []:
-        kw = dict(model=model, lr=best.lr, batch_size=ev.batch_size,
-                  model_kwargs=cfg.model_kwargs if model == cfg.model else {}, **common)
+        kw = dict(model=model, lr=best.lr, batch_size=ev.batch_size, report=ev.report,
+                  period=ev.period, model_kwargs=cfg.model_kwargs if model == cfg.model else {},
+                  **common)
         # The hard-label run reuses the seed: same inits and batches, only the labels differ.
         report[f"distilled_{model}"] = evaluate(
             best.images, best.labels, data.test, seed=cfg.seed + 1000,
@@ -285,12 +294,32 @@ def _evaluate_outputs(cfg: PipelineConfig, data, result, out: Path, device: str,
                                               **kw).to_dict()
     if ema is not None:
         report["outputs"]["ema"] = str(ema_dir)
+    if "ddranking" in ev.protocols:
+        report["ddranking"] = _ddranking(cfg, data, best, device, progress)
     if "challenge" in ev.protocols:
         name = CHALLENGE_FILES.get(cfg.dataset, f"{cfg.dataset}.pt")
         path = export_challenge(best, out / "challenge" / name)
         images = torch.load(path, map_location="cpu", weights_only=True)  # what is submitted
+        # unofficial=True: a pipeline may run reduced settings or other datasets; the report
+        # lists every setting that differs from the official evaluator.
         report["challenge"] = evaluate(images, None, data.test, protocol="challenge",
-                                       ipc=cfg.ipc, seed=cfg.seed + 4000,
+                                       ipc=cfg.ipc, seed=cfg.seed + 4000, unofficial=True,
                                        cache=RunCache(runs, "challenge"), **common).to_dict()
         report["outputs"]["challenge_file"] = str(path)
     return report
+
+
+def _ddranking(cfg: PipelineConfig, data, best, device: str, progress: bool) -> dict:
+    """DD-Ranking's scores of the best set: the method's DD-Ranking config, with
+    ``evaluation.runs`` rounds and ``evaluation.epochs`` epochs (StepLR at half), then the
+    overrides in ``evaluation.ddranking`` (e.g. ``{full: {epochs: 20}, ars: false}``)."""
+    from datadistill.ddranking import preset_for, score
+
+    ev = cfg.evaluation
+    over = {"rounds": ev.runs, "model": cfg.model, "model_kwargs": cfg.model_kwargs,
+            **ev.ddranking}
+    over["train"] = {"epochs": ev.epochs, "step_size": max(1, ev.epochs // 2),
+                     **ev.ddranking.get("train", {})}
+    ddr = preset_for(cfg.method, **over)
+    return score(best.images, best.labels, data, ddr, syn_lr=best.lr, seed=cfg.seed + 5000,
+                 device=device, progress=progress).to_dict()

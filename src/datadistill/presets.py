@@ -111,7 +111,8 @@ PRESETS: dict[str, Preset] = {
         "momentum 0.9); skip updates with loss > threshold; 10000 iterations; eval batch 128",
         deviations=(
             "eval.json also reports the best set evaluated with its argmax hard labels "
-            "(same seeds), so the soft-label effect is visible (DD-Ranking)",
+            "(same seeds), so the soft-label effect is visible (`argmax`; DD-Ranking's own hard "
+            "labels are by class order: datadistill score)",
             "correct-sample init and soft-label init use our expert store order, not the "
             "official files[int(cur/10)%10][cur%10] walk (which assumes 10 files of 10 "
             "experts)",
