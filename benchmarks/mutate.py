@@ -158,11 +158,14 @@ MUTANTS = [
     # ---- the command line
     _m("eval_zca_flag_ignored", "cli.py", "zca=zca, download=args.download",
        "zca=False, download=args.download", "`eval --zca` does not reach the data"),
-    _m("eval_lr_option_ignored", "cli.py", "lr = args.lr if args.lr is not None else ds.lr",
-       "lr = ds.lr", "`eval --lr` is ignored"),
+    _m("eval_lr_option_ignored", "cli.py",
+       "        labels = hard_labels_for(ds.labels, data.info.num_classes, args.hard_labels)\n"
+       "    lr = args.lr if args.lr is not None else ds.lr",
+       "        labels = hard_labels_for(ds.labels, data.info.num_classes, args.hard_labels)\n"
+       "    lr = ds.lr", "`eval --lr` is ignored"),
     _m("eval_hard_labels_ignored", "cli.py",
-       "labels = hard_labels_from(ds.labels) if args.hard_labels else ds.labels",
-       "labels = ds.labels", "`eval --hard-labels` is ignored"),
+       "    if args.hard_labels:  # \"argmax\" of soft labels",
+       "    if False:  # \"argmax\" of soft labels", "`eval --hard-labels` is ignored"),
     _m("eval_models_ignored", "cli.py", 'models = args.models or ["convnet"]',
        'models = ["convnet"]', "`eval --models` is ignored"),
     _m("eval_protocol_ignored", "cli.py", "protocol=args.protocol, lr=lr",
