@@ -91,6 +91,15 @@ def _coerce(value: Any, annotation: Any, where: str) -> Any:
     return value
 
 
+def check_choice(key: str, value: str, choices: tuple[str, ...]) -> None:
+    """ConfigError naming ``key`` and the choices unless ``value`` is one of them.
+
+    >>> check_choice("distill.window", "fixed", ("fixed", "expanding"))
+    """
+    if value not in choices:
+        raise ConfigError(f"{key}={value!r}; choose one of {', '.join(choices)}")
+
+
 def config_from_dict(cls: type[T], data: dict[str, Any], prefix: str = "") -> T:
     """Build dataclass ``cls`` from a mapping; unknown keys and bad types are ConfigError."""
     if data is None:

@@ -59,6 +59,7 @@ import torch
 
 from datadistill.checkpoint import DistillState, MetricsLog, load_checkpoint, save_checkpoint
 from datadistill.checks import check_distill, check_ipc_fits
+from datadistill.config import check_choice
 from datadistill.data import check_prepared
 from datadistill.errors import CompatibilityError, ConfigError, DivergenceError
 from datadistill.labels import is_soft
@@ -74,14 +75,16 @@ from datadistill.matching import (
     unroll_student,
     window_bounds,
 )
-from datadistill.matching.masks import MASK_KINDS
+from datadistill.matching.adjoint import GRAD_MODES, check_grad_config
+from datadistill.matching.ema import check_ema_config
+from datadistill.matching.masks import check_mask_config
+from datadistill.matching.soft_labels import check_labels_config
+from datadistill.matching.window import check_window_config
 from datadistill.progress import progress_bar
 
 logger = logging.getLogger(__name__)
 
 PIX_INITS = ("real", "noise", "samples_predicted_correctly")
-LABEL_MODES = ("hard", "soft")
-GRAD_MODES = ("unrolled", "adjoint")
 # Keys that may change when a run is resumed (the rest must match the checkpoint).
 RESUMABLE_KEYS = ("iterations", "eval_every", "eval_runs", "eval_epochs", "eval_batch",
                   "device", "data_root", "expert_dir", "checkpoint_every", "memory_check")
@@ -161,51 +164,29 @@ class DistillConfig:
     memory_check: bool = True  # refuse an unrolled run estimated above the free memory
 
     def __post_init__(self) -> None:
-        _check_choice("pix_init", self.pix_init, PIX_INITS)
-        _check_choice("label_mode", self.label_mode, LABEL_MODES)
-        _check_choice("param_mask", self.param_mask, MASK_KINDS)
-        _check_choice("window", self.window, WINDOWS)
-        _check_choice("grad_mode", self.grad_mode, GRAD_MODES)
+        # Each strategy axis is validated beside its math (matching/*.py).
+        check_choice("distill.pix_init", self.pix_init, PIX_INITS)
+        check_labels_config(self.label_mode)
+        check_mask_config(self.param_mask)
+        check_choice("distill.window", self.window, WINDOWS)
+        check_choice("distill.grad_mode", self.grad_mode, GRAD_MODES)
         for name in ("ipc", "syn_steps", "expert_epochs", "max_start_epoch", "checkpoint_every"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"distill.{name} must be >= 1, got {getattr(self, name)}")
         for name in ("iterations", "eval_every", "eval_runs", "min_start_epoch"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"distill.{name} must be >= 0, got {getattr(self, name)}")
-        if self.min_start_epoch >= self.max_start_epoch:
-            raise ConfigError(f"distill.min_start_epoch ({self.min_start_epoch}) must be below "
-                              f"max_start_epoch ({self.max_start_epoch}).")
         if self.lr_teacher <= 0:
             raise ConfigError(f"distill.lr_teacher (initial step size) must be > 0, got "
                               f"{self.lr_teacher}")
         if self.batch_syn is not None and self.batch_syn < 1:
             raise ConfigError(f"distill.batch_syn must be >= 1 or null, got {self.batch_syn}")
-        _check_micro_batch_mode(self.micro_batch, self.grad_mode)
-        if self.window == "expanding" and (self.current_max_start_epoch is None
-                                           or self.expansion_end is None):
-            raise ConfigError("distill.window=expanding needs current_max_start_epoch and "
-                              "expansion_end (DATM defaults: 20 and 3000).")
-        if self.window == "expanding" and self.min_start_epoch >= self.current_max_start_epoch:
-            raise ConfigError(f"distill.window=expanding starts with the empty window "
-                              f"[min_start_epoch, current_max_start_epoch) = "
-                              f"[{self.min_start_epoch}, {self.current_max_start_epoch}); raise "
-                              "current_max_start_epoch above min_start_epoch.")
-
-
-def _check_micro_batch_mode(micro_batch: int | None, grad_mode: str) -> None:
-    if micro_batch is None:
-        return
-    if micro_batch < 1:
-        raise ConfigError(f"distill.micro_batch must be >= 1 or null, got {micro_batch}")
-    if grad_mode != "adjoint":
-        raise ConfigError(f"distill.micro_batch={micro_batch} needs distill.grad_mode=adjoint: "
-                          "the unrolled graph keeps every chunk's activations until the end "
-                          "of the iteration, so chunking would save no memory there.")
-
-
-def _check_choice(name: str, value: str, choices: tuple[str, ...]) -> None:
-    if value not in choices:
-        raise ConfigError(f"distill.{name}={value!r}; choose one of {', '.join(choices)}")
+        check_grad_config(self.grad_mode, self.micro_batch)
+        check_ema_config(self.ema_decay)
+        check_window_config(self.window, min_start=self.min_start_epoch,
+                            max_start=self.max_start_epoch,
+                            current_max_start=self.current_max_start_epoch,
+                            expansion_end=self.expansion_end)
 
 
 @dataclass

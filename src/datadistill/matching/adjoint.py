@@ -49,7 +49,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from datadistill.errors import CompatibilityError
+from datadistill.config import check_choice
+from datadistill.errors import CompatibilityError, ConfigError
 from datadistill.labels import is_soft
 from datadistill.matching.student import BatchSampler, ForwardFn, LossFn, label_loss
 
@@ -265,3 +266,22 @@ def check_micro_batch(model: nn.Module, micro_batch: int | None, batch: int,
         "Set distill.micro_batch=null (adjoint mode alone already keeps memory flat in "
         "syn_steps), or use a student without batch coupling (e.g. model=convnet with "
         "instance norm).")
+
+
+GRAD_MODES = ("unrolled", "adjoint")  # how the meta-gradient is computed
+
+
+def check_grad_config(grad_mode: str, micro_batch: int | None) -> None:
+    """The grad axis of a distillation config (``distill.grad_mode`` and ``micro_batch``).
+
+    >>> check_grad_config("adjoint", 4)
+    """
+    check_choice("distill.grad_mode", grad_mode, GRAD_MODES)
+    if micro_batch is None:
+        return
+    if micro_batch < 1:
+        raise ConfigError(f"distill.micro_batch must be >= 1 or null, got {micro_batch}")
+    if grad_mode != "adjoint":
+        raise ConfigError(f"distill.micro_batch={micro_batch} needs distill.grad_mode=adjoint: "
+                          "the unrolled graph keeps every chunk's activations until the end "
+                          "of the iteration, so chunking would save no memory there.")
