@@ -43,6 +43,8 @@ def test_a_file_without_recipe_is_trajectory_matching_and_its_errors_say_so(tmp_
     with pytest.raises(ConfigError, match=r"unknown config key 'teachers'.*names no `recipe`.*"
                                           r"read as 'tm'.*infer: INFER"):
         load_config(infer)
+    # The INFER commands read a file without `recipe` as INFER.
+    assert load_infer_config(infer, ["device=cpu"]).teachers.epochs == 1
 
 
 def test_recipe_loaders_refuse_the_other_recipe():

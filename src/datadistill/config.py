@@ -236,8 +236,12 @@ def read_config(name_or_path: str | Path, overrides: list[str] | None = None) ->
 
 
 def expect_recipe(raw: RawConfig, wanted: str, name_or_path: str | Path) -> dict[str, Any]:
-    """``raw.values`` when the config is one of recipe ``wanted``; ConfigError otherwise."""
-    if raw.recipe != wanted:
+    """``raw.values`` unless the config names another recipe than ``wanted`` (ConfigError).
+
+    A file that names no recipe is accepted by every recipe's own command (`datadistill
+    infer FILE` reads it as INFER); `run` and `validate` read it as DEFAULT_RECIPE.
+    """
+    if raw.named and raw.recipe != wanted:
         raise ConfigError(
             f"{name_or_path} is a '{raw.recipe}' config (recipe: {raw.recipe}), not "
             f"'{wanted}'; run it with `datadistill run {name_or_path}`"
