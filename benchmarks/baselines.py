@@ -20,6 +20,7 @@ import torch
 
 from datadistill.baselines import baseline_full, baseline_random
 from datadistill.data import prepare
+from datadistill.devices import default_device
 
 
 def machine() -> str:
@@ -37,7 +38,7 @@ def main() -> None:
     parser.add_argument("--full-epochs", type=int, default=0, help="0 skips the full-data run")
     parser.add_argument("--full-runs", type=int, default=1)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--device", default=default_device())
     parser.add_argument("--out", required=True)
     args = parser.parse_args()
 

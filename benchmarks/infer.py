@@ -36,11 +36,11 @@ from pathlib import Path
 
 import torch
 
-from datadistill.cli import load_infer_config
 from datadistill.data import prepare
 from datadistill.evaluate import evaluate
 from datadistill.infer import (
     evaluate_student_images,
+    load_infer_config,
     load_infer_set,
     load_teachers,
     random_soft_subset,

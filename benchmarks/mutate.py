@@ -98,8 +98,9 @@ MUTANTS = [
        "torch.where(flip[:, None, None, None], x.flip(3), x)",
        "torch.where(flip[:, None, None, None], x, x)", "INFER's random flip never flips"),
     _m("validate_ignores_overrides", "cli.py",
-       "cfg = load_pipeline_config(args.config, args.overrides)",
-       "cfg = load_pipeline_config(args.config, [])", "`datadistill validate` drops its overrides"),
+       "cfg = load_config(args.config, args.overrides)\n    print(f\"{args.config}: valid",
+       "cfg = load_config(args.config, [])\n    print(f\"{args.config}: valid",
+       "`datadistill validate` drops its overrides"),
     # ---- the distillation loop
     _m("checkpoint_every_off_by_one", "distill.py", "elif it % cfg.checkpoint_every == 0:",
        "elif (it + 1) % cfg.checkpoint_every == 0:", "checkpoints one iteration early"),
@@ -110,7 +111,8 @@ MUTANTS = [
     _m("eval_without_dsa", "distill.py", 'dsa_strategy=run.dsa_strategy or "none"',
        'dsa_strategy="none"', "evaluation during distillation drops DSA"),
     _m("soft_labels_not_updated", "distill.py",
-       "learnable = [state.images, state.syn_lr] + ([state.labels] if len(opts) == 3 else [])",
+       "learnable = [state.images, state.syn_lr] + ([state.labels] if is_soft(state.labels) "
+       "else [])",
        "learnable = [state.images, state.syn_lr]", "DATM's soft labels never receive a gradient"),
     _m("label_momentum_fixed", "distill.py", "lr=cfg.lr_y, momentum=cfg.momentum_y",
        "lr=cfg.lr_y, momentum=0.5", "soft-label SGD ignores momentum_y"),

@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from datadistill.config import config_from_dict, list_configs, load_yaml, resolve_config_path
+from datadistill.config import config_from_dict, list_configs, read_config
 from datadistill.data import DatasetInfo, dataset_info, denormalize, prepare
 from datadistill.errors import ConfigError
 from datadistill.infer import (
@@ -86,7 +86,7 @@ TINY_UFC_STATS = ([0.4802, 0.4481, 0.3975], [0.2302, 0.2265, 0.2262])  # ufc_gen
 
 def test_shipped_configs_scale_pixels_and_normalise_consistently():
     for name in [n for n in list_configs() if "/infer_ipc" in n]:
-        cfg = config_from_dict(InferConfig, load_yaml(resolve_config_path(name)))
+        cfg = config_from_dict(InferConfig, read_config(name).values)
         if cfg.dataset == "imagenet":  # official ImageNet values (jitter 32 px), not scaled
             assert cfg.jitter == 32 and cfg.mean is None and cfg.std is None, name
             continue
@@ -127,7 +127,7 @@ def test_shipped_configs_parse_with_official_values():
     assert set(expected) <= set(names)
     classes = {"cifar10": 10, "cifar100": 100, "tiny_imagenet": 200}
     for name, k in expected.items():
-        cfg = config_from_dict(InferConfig, load_yaml(resolve_config_path(name)))
+        cfg = config_from_dict(InferConfig, read_config(name).values)
         assert num_groups(cfg.ipc, len(cfg.teachers.archs), classes.get(cfg.dataset, 10)) == k
         if not name.startswith("digits"):
             assert (cfg.iterations, cfg.lr, cfg.r_bn, cfg.first_bn_multiplier) == (

@@ -7,7 +7,7 @@ import pytest
 import torch
 from PIL import Image
 
-from datadistill.config import config_from_dict, load_yaml, merge, resolve_config_path
+from datadistill.config import config_from_dict, merge, read_config
 from datadistill.errors import ConfigError
 from datadistill.infer import InferConfig, StudentConfig, num_groups, run_infer
 from datadistill.infer import compensators as comp_mod
@@ -100,7 +100,7 @@ def test_compensator_crops_and_flips_before_the_jitter(monkeypatch):
 
 @pytest.mark.parametrize("ipc, k", [(10, 9), (50, 49)])
 def test_shipped_imagenet_configs_have_the_official_values(ipc, k):
-    cfg = config_from_dict(InferConfig, load_yaml(resolve_config_path(f"imagenet/infer_ipc{ipc}")))
+    cfg = config_from_dict(InferConfig, read_config(f"imagenet/infer_ipc{ipc}").values)
     assert cfg.dataset == "imagenet" and cfg.teachers.archs == TEACHERS
     assert num_groups(cfg.ipc, 3, 1000) == k
     assert (cfg.iterations, cfg.lr, cfg.r_bn, cfg.first_bn_multiplier, cfg.jitter) == (
@@ -119,7 +119,7 @@ def test_missing_checkpoint_files_are_found_before_any_decoding(tmp_path, monkey
         raise AssertionError("the data must not be prepared before the checkpoints are checked")
 
     monkeypatch.setattr(recipe_mod, "prepare_infer_data", no_prepare)
-    cfg = config_from_dict(InferConfig, load_yaml(resolve_config_path("imagenet/infer_ipc10")))
+    cfg = config_from_dict(InferConfig, read_config("imagenet/infer_ipc10").values)
     cfg.teachers.checkpoints = {a: str(tmp_path / f"{a}.pth") for a in TEACHERS}
     with pytest.raises(ConfigError, match="resnet18_imagenet = .* does not exist"):
         run_infer(cfg, tmp_path / "out")
@@ -128,7 +128,7 @@ def test_missing_checkpoint_files_are_found_before_any_decoding(tmp_path, monkey
 def test_checkpoint_teachers_are_not_trained(tmp_path):
     from datadistill.infer import train_teachers
 
-    cfg = config_from_dict(InferConfig, load_yaml(resolve_config_path("imagenet/infer_ipc10")))
+    cfg = config_from_dict(InferConfig, read_config("imagenet/infer_ipc10").values)
     with pytest.raises(ConfigError, match="nothing to train: run `datadistill infer`"):
         train_teachers(cfg, tmp_path)
 
@@ -199,8 +199,8 @@ def test_tiny_imagenet_layout_run_with_checkpoint_teachers(tmp_path, monkeypatch
                  "teachers": {"archs": archs, "checkpoints": _checkpoints(tmp_path, 3)},
                  "student": {"epochs": 1, "dynamic_epochs": 1, "batch_size": 4,
                              "labels": "dynamic", "eval_every": 1}}
-    cfg = config_from_dict(InferConfig, merge(load_yaml(resolve_config_path(
-        "imagenet/infer_ipc10")), overrides))
+    cfg = config_from_dict(InferConfig, merge(read_config(
+        "imagenet/infer_ipc10").values, overrides))
     result = run_infer(cfg, tmp_path / "out")
     s = result.infer_set
     assert s.base.shape == (1, 3, 3, 224, 224) and s.compensators.shape == (1, m, 3, 224, 224)

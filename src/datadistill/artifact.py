@@ -42,6 +42,7 @@ from datadistill.data import DatasetInfo, dataset_info, denormalize, normalize
 from datadistill.data.zca import ZCA
 from datadistill.errors import ArtifactError, CompatibilityError
 from datadistill.io import atomic_write, save_tensors
+from datadistill.labels import hard_labels, is_soft
 
 log = logging.getLogger(__name__)
 
@@ -77,12 +78,12 @@ class DistilledSet:
     @property
     def soft_labels(self) -> bool:
         """True when labels are (N, K) logits rather than (N,) class indices."""
-        return self.labels.dim() == 2
+        return is_soft(self.labels)
 
     @property
     def hard_labels(self) -> torch.Tensor:
         """(N,) int64 class indices; the argmax of soft logits."""
-        return self.labels.argmax(dim=1) if self.soft_labels else self.labels
+        return hard_labels(self.labels)
 
 
 # ----------------------------------------------------------------------------- validation

@@ -20,11 +20,8 @@ from pathlib import Path
 import torch
 
 from datadistill import __version__
+from datadistill.devices import default_device
 from datadistill.errors import ConfigError, DatadistillError
-
-
-def default_device() -> str:
-    return "cuda" if torch.cuda.is_available() else "cpu"
 
 
 def _fmt(report) -> str:
@@ -56,43 +53,12 @@ def cmd_configs(args: argparse.Namespace) -> int:
     return 0
 
 
-def _is_infer(name: str) -> bool:
-    from datadistill.config import load_yaml, resolve_config_path
-
-    raw = load_yaml(resolve_config_path(name))
-    return Path(name).stem.startswith("infer") or "teachers" in raw or "student" in raw
-
-
-def load_infer_config(name: str, overrides: list[str]):
-    from datadistill.checks import check_infer
-    from datadistill.config import (
-        config_from_dict,
-        load_yaml,
-        merge,
-        parse_overrides,
-        resolve_config_path,
-    )
-    from datadistill.infer import InferConfig
-
-    raw = merge(load_yaml(resolve_config_path(name)), parse_overrides(overrides))
-    if raw.get("device", "auto") == "auto":
-        raw["device"] = default_device()
-    cfg = config_from_dict(InferConfig, raw)
-    check_infer(cfg)
-    return cfg
-
-
 def cmd_validate(args: argparse.Namespace) -> int:
-    if _is_infer(args.config):
-        cfg = load_infer_config(args.config, args.overrides)
-        print(f"{args.config}: valid (infer, {cfg.dataset}, IPC {cfg.ipc})")
-        return 0
-    from datadistill.checks import check_ipc_for_dataset
-    from datadistill.pipeline import load_pipeline_config
+    from datadistill.recipes import load_config
 
-    cfg = load_pipeline_config(args.config, args.overrides)
-    note = check_ipc_for_dataset(cfg.ipc, cfg.dataset, cfg.data_root, cfg.train_per_class)
-    print(f"{args.config}: valid ({cfg.method}, {cfg.dataset}, IPC {cfg.ipc})")
+    recipe, cfg = load_config(args.config, args.overrides)
+    print(f"{args.config}: valid ({recipe.label(cfg)})")
+    note = recipe.note(cfg)
     if note:
         print(f"  note: {note}")
     return 0
@@ -141,18 +107,17 @@ def cmd_distill(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from datadistill.pipeline import run_pipeline
+    from datadistill.recipes import load_config
 
-    cfg = _pipeline(args)
-    out = _run_dir(args, cfg)
-    print(f"datadistill run: {cfg.method} on {cfg.dataset}, IPC {cfg.ipc} -> {out}")
-    report = run_pipeline(cfg, out, progress=not args.quiet, restart=args.restart)
-    for key, rep in report.items():
-        if isinstance(rep, dict) and "accuracies" in rep:
-            print(f"  {key:<24} {100 * rep['mean']:6.2f} ± {100 * rep['std']:.2f} % "
-                  f"({len(rep['accuracies'])} runs)")
-    print(f"report written to {out / 'eval.json'} ({report['seconds']['total']:.0f} s)")
-    _report(out)  # run_pipeline wrote it
+    if args.config and "=" in args.config and not Path(args.config).is_file():
+        args.overrides, args.config = [args.config, *args.overrides], None  # `run ipc=10`
+    recipe, cfg = load_config(args.config, args.overrides)
+    out = Path(args.out or recipe.default_out(cfg))
+    print(f"datadistill run: {recipe.label(cfg).replace(', ', ' on ', 1)} -> {out}")
+    result = recipe.run(cfg, out, progress=not args.quiet, restart=args.restart)
+    for line in recipe.lines(result, out):
+        print(line)
+    _report(out)  # the recipe's run wrote it
     return 0
 
 
@@ -209,7 +174,7 @@ def cmd_import_buffers(args: argparse.Namespace) -> int:
 
 # ---------------------------------------------------------------- INFER
 def cmd_teachers(args: argparse.Namespace) -> int:
-    from datadistill.infer import train_teachers
+    from datadistill.infer import load_infer_config, train_teachers
 
     cfg = load_infer_config(args.config, args.overrides)
     out = Path(args.out or cfg.teacher_dir or f"runs/{cfg.dataset}_teachers")
@@ -221,20 +186,14 @@ def cmd_teachers(args: argparse.Namespace) -> int:
 
 
 def cmd_infer(args: argparse.Namespace) -> int:
-    from datadistill.infer import run_infer
+    from datadistill.infer import load_infer_config, run_infer
+    from datadistill.recipes import infer_lines
 
     cfg = load_infer_config(args.config, args.overrides)
     out = Path(args.out or f"runs/{cfg.dataset}_infer_ipc{cfg.ipc}")
     result = run_infer(cfg, out, progress=not args.quiet)
-    rep = result.report
-    print(f"INFER student ({rep.protocol}), last epoch: {_fmt(rep)}")
-    if "best_mean" in rep.settings:
-        print(f"  best of periodic evaluations (as INFER reports): "
-              f"{100 * rep.settings['best_mean']:.2f} %")
-    st = result.infer_set.storage()
-    print(f"  storage: {st.image_units} of {st.budget_units} image-units (IPC budget), "
-          f"{st.instances} training instances, label table {st.label_bytes} bytes")
-    print(f"set written to {result.path}")
+    for line in infer_lines(result, out):
+        print(line)
     _report(out)  # run_infer wrote it
     return 0
 

@@ -32,6 +32,9 @@ from datadistill.errors import ConfigError
 T = TypeVar("T")
 
 CONFIG_PACKAGE = "datadistill.configs"
+RECIPE_KEY = "recipe"  # names the entry of datadistill.recipes.RECIPES that runs a config
+DEFAULT_RECIPE = "tm"  # what a user file without a `recipe` key is read as
+METHODS_DIR = "_methods"  # configs/_methods/<preset>.yaml: a preset's default values
 
 
 def _closest(key: str, choices: list[str]) -> str:
@@ -86,6 +89,15 @@ def _coerce(value: Any, annotation: Any, where: str) -> Any:
             kind = {int: "an integer", float: "a number", str: "a string"}[annotation]
             raise ConfigError(f"{where}: expected {kind}, got {value!r}") from None
     return value
+
+
+def check_choice(key: str, value: str, choices: tuple[str, ...]) -> None:
+    """ConfigError naming ``key`` and the choices unless ``value`` is one of them.
+
+    >>> check_choice("distill.window", "fixed", ("fixed", "expanding"))
+    """
+    if value not in choices:
+        raise ConfigError(f"{key}={value!r}; choose one of {', '.join(choices)}")
 
 
 def config_from_dict(cls: type[T], data: dict[str, Any], prefix: str = "") -> T:
@@ -179,7 +191,8 @@ def _config_root() -> Path:
 def list_configs() -> list[str]:
     """Names of the shipped configs, ``<dataset>/<method>_ipc<N>``."""
     root = _config_root()
-    return sorted(str(p.relative_to(root).with_suffix("")) for p in root.rglob("*.yaml"))
+    return sorted(str(p.relative_to(root).with_suffix("")) for p in root.rglob("*.yaml")
+                  if p.parent.name != METHODS_DIR)
 
 
 def resolve_config_path(name_or_path: str | Path) -> Path:
@@ -195,3 +208,42 @@ def resolve_config_path(name_or_path: str | Path) -> Path:
         f"no config file or shipped config named '{name_or_path}'.{hint}"
         " Run `datadistill configs ls` to list them."
     )
+
+
+@dataclasses.dataclass
+class RawConfig:
+    """A YAML mapping with overrides applied, and the recipe it names (``recipe:`` removed)."""
+
+    recipe: str  # the file's `recipe` value, or DEFAULT_RECIPE when it names none
+    values: dict[str, Any]  # every other key
+    named: bool  # whether the file (or an override) named the recipe
+
+
+def read_config(name_or_path: str | Path, overrides: list[str] | None = None) -> RawConfig:
+    """Read a shipped or user config and its ``key=value`` overrides; split off ``recipe``.
+
+    A file without ``recipe`` is read as :data:`DEFAULT_RECIPE` (trajectory matching, the
+    recipe of every config written before recipes were named).
+
+    Example:
+        >>> read_config("digits/infer_ipc10").recipe
+        'infer'
+    """
+    raw = merge(load_yaml(resolve_config_path(name_or_path)), parse_overrides(overrides or []))
+    named = RECIPE_KEY in raw
+    recipe = raw.pop(RECIPE_KEY, DEFAULT_RECIPE)
+    return RawConfig(recipe=str(recipe), values=raw, named=named)
+
+
+def expect_recipe(raw: RawConfig, wanted: str, name_or_path: str | Path) -> dict[str, Any]:
+    """``raw.values`` unless the config names another recipe than ``wanted`` (ConfigError).
+
+    A file that names no recipe is accepted by every recipe's own command (`datadistill
+    infer FILE` reads it as INFER); `run` and `validate` read it as DEFAULT_RECIPE.
+    """
+    if raw.named and raw.recipe != wanted:
+        raise ConfigError(
+            f"{name_or_path} is a '{raw.recipe}' config (recipe: {raw.recipe}), not "
+            f"'{wanted}'; run it with `datadistill run {name_or_path}`"
+        )
+    return raw.values

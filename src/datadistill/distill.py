@@ -58,10 +58,13 @@ import torch
 
 from datadistill.checkpoint import DistillState, MetricsLog, load_checkpoint, save_checkpoint
 from datadistill.checks import check_distill, check_ipc_fits
+from datadistill.config import check_choice
 from datadistill.data import check_prepared
 from datadistill.errors import CompatibilityError, ConfigError, DivergenceError
+from datadistill.labels import is_soft
 from datadistill.lock import locks_output
 from datadistill.matching import (
+    WINDOWS,
     adjoint_backward,
     check_micro_batch,
     matching_loss,
@@ -71,14 +74,16 @@ from datadistill.matching import (
     unroll_student,
     window_bounds,
 )
+from datadistill.matching.adjoint import GRAD_MODES, SNAPSHOT_MODES, check_grad_config
+from datadistill.matching.ema import check_ema_config
+from datadistill.matching.masks import check_mask_config
+from datadistill.matching.soft_labels import check_labels_config
+from datadistill.matching.window import check_window_config
 from datadistill.progress import progress_bar
 
 logger = logging.getLogger(__name__)
 
 PIX_INITS = ("real", "noise", "samples_predicted_correctly")
-LABEL_MODES = ("hard", "soft")
-MASKS = ("none", "depth", "loss")
-GRAD_MODES = ("unrolled", "adjoint")
 # Keys that may change when a run is resumed (the rest must match the checkpoint).
 RESUMABLE_KEYS = ("iterations", "eval_every", "eval_runs", "eval_epochs", "eval_batch",
                   "device", "data_root", "expert_dir", "checkpoint_every", "memory_check",
@@ -162,52 +167,30 @@ class DistillConfig:
     memory_check: bool = True  # refuse an unrolled run estimated above the free memory
 
     def __post_init__(self) -> None:
-        _check_choice("pix_init", self.pix_init, PIX_INITS)
-        _check_choice("label_mode", self.label_mode, LABEL_MODES)
-        _check_choice("param_mask", self.param_mask, MASKS)
-        _check_choice("window", self.window, ("fixed", "expanding"))
-        _check_choice("grad_mode", self.grad_mode, GRAD_MODES)
-        _check_choice("snapshots", self.snapshots, ("memory", "spill"))
+        # Each strategy axis is validated beside its math (matching/*.py).
+        check_choice("distill.pix_init", self.pix_init, PIX_INITS)
+        check_labels_config(self.label_mode)
+        check_mask_config(self.param_mask)
+        check_choice("distill.window", self.window, WINDOWS)
+        check_choice("distill.grad_mode", self.grad_mode, GRAD_MODES)
+        check_choice("distill.snapshots", self.snapshots, SNAPSHOT_MODES)
         for name in ("ipc", "syn_steps", "expert_epochs", "max_start_epoch", "checkpoint_every"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"distill.{name} must be >= 1, got {getattr(self, name)}")
         for name in ("iterations", "eval_every", "eval_runs", "min_start_epoch"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"distill.{name} must be >= 0, got {getattr(self, name)}")
-        if self.min_start_epoch >= self.max_start_epoch:
-            raise ConfigError(f"distill.min_start_epoch ({self.min_start_epoch}) must be below "
-                              f"max_start_epoch ({self.max_start_epoch}).")
         if self.lr_teacher <= 0:
             raise ConfigError(f"distill.lr_teacher (initial step size) must be > 0, got "
                               f"{self.lr_teacher}")
         if self.batch_syn is not None and self.batch_syn < 1:
             raise ConfigError(f"distill.batch_syn must be >= 1 or null, got {self.batch_syn}")
-        _check_micro_batch_mode(self.micro_batch, self.grad_mode)
-        if self.window == "expanding" and (self.current_max_start_epoch is None
-                                           or self.expansion_end is None):
-            raise ConfigError("distill.window=expanding needs current_max_start_epoch and "
-                              "expansion_end (DATM defaults: 20 and 3000).")
-        if self.window == "expanding" and self.min_start_epoch >= self.current_max_start_epoch:
-            raise ConfigError(f"distill.window=expanding starts with the empty window "
-                              f"[min_start_epoch, current_max_start_epoch) = "
-                              f"[{self.min_start_epoch}, {self.current_max_start_epoch}); raise "
-                              "current_max_start_epoch above min_start_epoch.")
-
-
-def _check_micro_batch_mode(micro_batch: int | None, grad_mode: str) -> None:
-    if micro_batch is None:
-        return
-    if micro_batch < 1:
-        raise ConfigError(f"distill.micro_batch must be >= 1 or null, got {micro_batch}")
-    if grad_mode != "adjoint":
-        raise ConfigError(f"distill.micro_batch={micro_batch} needs distill.grad_mode=adjoint: "
-                          "the unrolled graph keeps every chunk's activations until the end "
-                          "of the iteration, so chunking would save no memory there.")
-
-
-def _check_choice(name: str, value: str, choices: tuple[str, ...]) -> None:
-    if value not in choices:
-        raise ConfigError(f"distill.{name}={value!r}; choose one of {', '.join(choices)}")
+        check_grad_config(self.grad_mode, self.micro_batch)
+        check_ema_config(self.ema_decay)
+        check_window_config(self.window, min_start=self.min_start_epoch,
+                            max_start=self.max_start_epoch,
+                            current_max_start=self.current_max_start_epoch,
+                            expansion_end=self.expansion_end)
 
 
 @dataclass
@@ -378,7 +361,7 @@ def _initial_state(run: _Run, resume: bool):
         state = _fresh_state(run, gens)
     state.images = state.images.to(cfg.device).requires_grad_(True)
     state.syn_lr = state.syn_lr.to(cfg.device).requires_grad_(True)
-    if state.labels.dim() == 2:
+    if is_soft(state.labels):
         state.labels = state.labels.to(cfg.device).requires_grad_(True)
     else:
         state.labels = state.labels.to(cfg.device)
@@ -509,7 +492,7 @@ def _matching_step(run: _Run, state: DistillState, opts, gens, ema, it: int) -> 
     loss = matching_loss(theta_n, theta0, target, _mask(cfg, theta_n, target))
     value = float(loss.detach())
     _guard(math.isfinite(value), f"the matching loss became {value} at iteration {it}")
-    learnable = [state.images, state.syn_lr] + ([state.labels] if len(opts) == 3 else [])
+    learnable = [state.images, state.syn_lr] + ([state.labels] if is_soft(state.labels) else [])
     skipped = cfg.threshold is not None and value > cfg.threshold  # DATM: no update
     if not skipped:
         grads = _gradients(run, state, loss, theta_n, traj, learnable)
@@ -573,7 +556,7 @@ def _check_state(state: DistillState, it: int) -> None:
     _guard(lr > 0, f"the learned step size became {lr:.3g} <= 0 at iteration {it}")
     _guard(bool(torch.isfinite(state.images).all()), f"the images became non-finite at "
            f"iteration {it}")
-    if state.labels.dim() == 2:  # soft labels: a NaN/inf logit would be saved at the next eval
+    if is_soft(state.labels):  # soft labels: a NaN/inf logit would be saved at the next eval
         _guard(bool(torch.isfinite(state.labels).all()), f"the soft labels became non-finite "
                f"at iteration {it} (lower lr_y)")
 

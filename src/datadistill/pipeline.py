@@ -3,6 +3,7 @@
 A pipeline config is one YAML file with the keys shared by every stage at the top level
 (dataset, ipc, zca, model, seed, device) and one section per stage:
 
+    recipe: tm                # datadistill.recipes.RECIPES: trajectory matching
     method: mtt               # preset: mtt | ftd | datm | mdatm | pad
     dataset: cifar10
     ipc: 1
@@ -41,11 +42,11 @@ from datadistill.checks import check_ipc_fits, check_pipeline
 from datadistill.config import (
     config_from_dict,
     config_to_dict,
-    load_yaml,
+    expect_recipe,
     merge,
-    parse_overrides,
-    resolve_config_path,
+    read_config,
 )
+from datadistill.devices import resolve_device
 from datadistill.errors import ConfigError
 from datadistill.experts.pad import PADCurriculum
 from datadistill.io import write_json, write_report
@@ -57,6 +58,7 @@ log = logging.getLogger(__name__)
 DEFAULT_CONFIG = "digits/mtt_ipc1"
 
 
+# evaluation protocols of a run: evaluate.PROTOCOLS (per set) plus DD-Ranking's scores
 PROTOCOLS = ("classic", "challenge", "ddranking")
 CHALLENGE_FILES = {"cifar100": "cifar100.pt", "tiny_imagenet": "tinyimagenet.pt"}  # official
 
@@ -104,9 +106,7 @@ class PipelineConfig:
     evaluation: EvaluationConfig = field(default_factory=EvaluationConfig)
 
     def resolved_device(self) -> str:
-        if self.device == "auto":
-            return "cuda" if torch.cuda.is_available() else "cpu"
-        return self.device
+        return resolve_device(self.device)
 
 
 SHARED_KEYS = ("dataset", "data_root", "zca", "train_per_class", "model", "model_kwargs", "seed",
@@ -117,8 +117,8 @@ def load_pipeline_config(name_or_path: str | None = None, overrides: list[str] |
     """Read a shipped or user YAML config, apply the preset and overrides, validate it all."""
     from datadistill.presets import preset_overrides
 
-    raw = load_yaml(resolve_config_path(name_or_path or DEFAULT_CONFIG))
-    raw = merge(raw, parse_overrides(overrides or []))
+    name_or_path = name_or_path or DEFAULT_CONFIG
+    raw = expect_recipe(read_config(name_or_path, overrides), "tm", name_or_path)
     method = raw.get("method", PipelineConfig.method)
     data = merge(preset_overrides(method, raw.get("dataset"), raw.get("ipc")), raw)
     cfg = config_from_dict(PipelineConfig, data)

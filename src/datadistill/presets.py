@@ -33,7 +33,7 @@ from __future__ import annotations
 import copy
 import math
 import textwrap
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from datadistill.errors import ConfigError
@@ -46,32 +46,23 @@ class Preset:
     name: str
     paper: str
     changes: str  # one line: what differs from MTT
-    overrides: dict[str, Any] = field(default_factory=dict)
     deviations: tuple[str, ...] = ()  # where our defaults differ from the official code, and why
+
+    @property
+    def overrides(self) -> dict[str, Any]:
+        """The method's default values, read from ``configs/_methods/<name>.yaml`` ({} if none).
+
+        YAML holds every value; the preset only names the file.
+        """
+        from datadistill.config import METHODS_DIR, _config_root, load_yaml
+
+        path = _config_root() / METHODS_DIR / f"{self.name}.yaml"
+        return load_yaml(path) if path.is_file() else {}
 
 
 _GUARD = ("divergence guard: a NaN/inf loss or a non-positive learned step size stops the run "
           "with an error instead of continuing silently (MTT issues #16/#24/#42)")
 
-# FTD's flat experts (buffer/buffer_FTD.py): GSAM around the same SGD, constant rho 0.01,
-# adaptive (its argparse `type=bool` makes it always on). alpha is per setting (Table 7).
-_GSAM = {"optimizer": "gsam", "gsam_rho": 0.01}
-
-# DATM (utils/cfg.py defaults + README buffer command); the per-setting values are in the YAMLs.
-_DATM_EXPERTS = {**_GSAM, "gsam_alpha": 0.3, "epochs": 100, "num_experts": 100}
-_DATM_DISTILL = {
-    "window": "expanding",  # Sequential_Generation defaults to True in cfg.py
-    "min_start_epoch": 0, "current_max_start_epoch": 20, "max_start_epoch": 25,
-    "expansion_end": 3000,
-    "pix_init": "samples_predicted_correctly",
-    "label_mode": "soft", "lr_y": 2.0, "momentum_y": 0.9,
-    "threshold": 1.0,
-    "lr_teacher": 0.01,
-    "iterations": 10000,
-    "eval_every": 500, "eval_runs": 1,  # num_eval=1 while distilling; best set re-evaluated 5x
-    "eval_batch": 128,  # batch_train in every DATM config
-}
-_DATM_EVAL = {"runs": 5, "batch_size": 128, "hard_labels": True}
 # M-DATM's window keeps DATM's T- and this fraction of DATM's width: fixed
 # [T-, T- + ceil(k (T+ - T-))). Chosen by benchmarks/mdatm_window.py (RESULTS.md section 4).
 MDATM_WINDOW_FRACTION = 0.75
@@ -101,10 +92,6 @@ PRESETS: dict[str, Preset] = {
         "Distillation, CVPR 2023",
         changes="experts trained with GSAM (rho 0.01, alpha per setting, adaptive); an EMA of "
         "the images (decay per setting) is a second output, evaluated on its own",
-        overrides={
-            "experts": {**_GSAM, "gsam_alpha": 1.0},  # Table 7: alpha 1 in 6 of 8 settings
-            "distill": {"ema_decay": 0.9995},  # run_distill.sh; per setting in the YAMLs
-        },
         deviations=(
             "fixed bug: the EMA set is evaluated from freshly initialised networks; the "
             "official code trains the EMA evaluation on the network already trained 1000 "
@@ -122,8 +109,6 @@ PRESETS: dict[str, Preset] = {
         changes="GSAM experts (alpha 0.3) for 100 epochs; window [T-, T) expanding to T+ (or "
         "fixed) per IPC; init from correctly classified reals; learnable soft labels (lr_y, "
         "momentum 0.9); skip updates with loss > threshold; 10000 iterations; eval batch 128",
-        overrides={"experts": _DATM_EXPERTS, "distill": _DATM_DISTILL,
-                   "evaluation": _DATM_EVAL},
         deviations=(
             "eval.json also reports the best set evaluated with its argmax hard labels "
             "(same seeds), so the soft-label effect is visible (`argmax`; DD-Ranking's own hard "
@@ -141,13 +126,6 @@ PRESETS: dict[str, Preset] = {
         changes="DATM without soft labels (hard, class-major) and with a narrower, earlier "
         "window; no ZCA; the challenge tensor file is exported and scored with the challenge "
         "protocol (fixed lr 0.01, ConvNet-3 at any resolution)",
-        overrides={
-            "zca": False,  # the challenge evaluates pixels normalised with dataset statistics
-            "experts": _DATM_EXPERTS,
-            "distill": {**_DATM_DISTILL, "label_mode": "hard"},
-            "evaluation": {"runs": 3, "batch_size": 128, "hard_labels": False,
-                           "protocols": ["challenge", "classic"]},
-        },
         deviations=(
             "the matching windows are NOT the paper's numbers (the code repository is empty, "
             "the paper body was not available): fixed window [T-, T- + ceil(k (T+ - T-))) from "
@@ -167,12 +145,6 @@ PRESETS: dict[str, Preset] = {
         changes="DATM, plus experts trained on an easy-to-hard data schedule by EL2N "
         "difficulty (official CIFAR-10 schedule), plus a matching loss restricted to the "
         "deep parameters (param_mask depth, ratio per setting)",
-        overrides={
-            "experts": _DATM_EXPERTS,
-            "curriculum": {},  # PADCurriculum defaults: the official CIFAR-10 schedule, EL2N
-            "distill": {**_DATM_DISTILL, "param_mask": "depth", "param_mask_ratio": 0.5},
-            "evaluation": _DATM_EVAL,
-        },
         deviations=(
             "param_mask defaults to 'depth' (drop the shallowest ratio*P entries): the paper "
             "prioritises deep layers, its ablation varies the 'discarded shallow parameter "

@@ -27,6 +27,7 @@ from datadistill.infer.config import (
     StudentConfig,
     TeacherConfig,
     instances_per_class,
+    load_infer_config,
     num_groups,
 )
 from datadistill.infer.labels import ensemble_logits, kd_loss, sample_mixup
@@ -58,6 +59,7 @@ __all__ = [
     "BNStatistics",
     "CompensatorSettings",
     "InferConfig",
+    "load_infer_config",
     "InferResult",
     "InferSet",
     "Instances",

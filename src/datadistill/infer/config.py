@@ -18,6 +18,7 @@ Example:
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from datadistill.errors import ConfigError
 
@@ -168,3 +169,24 @@ def pixels_at(image_size: tuple[int, int], value: int | None, at_32: int = 4) ->
     if value is not None:
         return value
     return max(1, round(at_32 * min(image_size) / 32))
+
+
+def load_infer_config(name_or_path: str | Path, overrides: list[str] | None = None
+                      ) -> InferConfig:
+    """Read a shipped or user INFER config (``recipe: infer``) with ``key=value`` overrides.
+
+    ``device: auto`` (or none given) becomes the visible accelerator, else the CPU.
+
+    Example:
+        >>> load_infer_config("digits/infer_ipc10", ["ipc=20"]).ipc
+        20
+    """
+    from datadistill.checks import check_infer
+    from datadistill.config import config_from_dict, expect_recipe, read_config
+    from datadistill.devices import resolve_device
+
+    raw = expect_recipe(read_config(name_or_path, overrides), "infer", name_or_path)
+    raw["device"] = resolve_device(raw.get("device", "auto"))
+    cfg = config_from_dict(InferConfig, raw)
+    check_infer(cfg)
+    return cfg

@@ -20,7 +20,6 @@ from datadistill.matching.adjoint import (
     check_micro_batch,
     student_trajectory,
 )
-from datadistill.matching.fastconv import ConvNetPlan, conv3x3, convnet_plan, norm_act_pool
 from datadistill.matching.loss import matching_loss
 from datadistill.matching.student import (
     BatchSampler,
@@ -34,6 +33,7 @@ from datadistill.matching.window import (
     sample_start_epoch,
     window_bounds,
 )
+from datadistill.models.convnet_kernels import ConvNetPlan, conv3x3, convnet_plan, norm_act_pool
 
 __all__ = [
     "WINDOWS",

@@ -56,7 +56,9 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from datadistill.errors import CompatibilityError
+from datadistill.config import check_choice
+from datadistill.errors import CompatibilityError, ConfigError
+from datadistill.labels import is_soft
 from datadistill.matching.student import BatchSampler, ForwardFn, LossFn, label_loss
 
 
@@ -206,18 +208,13 @@ def _chunks(batch: int, micro_batch: int | None) -> list[_Chunk]:
             for s in range(0, batch, size)]
 
 
-def _soft(labels: torch.Tensor) -> bool:
-    """Learnable (N, K) soft-label logits (DATM), as opposed to (N,) class indices."""
-    return labels.dim() == 2 and labels.is_floating_point()
-
-
 def _chunk_batch(images: torch.Tensor, labels: torch.Tensor, rec: StepRecord, chunk: _Chunk,
                  dsa, need_grad: bool):
     """(x leaf, augmented x, y leaf) of one chunk; leaves are fresh (K, ...) tensors."""
     rows = rec.idx[chunk.rows]
     x = images.detach()[rows].requires_grad_(need_grad)  # (K, C, H, W)
     y = labels.detach()[rows]  # (K,) or (K, K_cls)
-    if need_grad and _soft(labels):
+    if need_grad and is_soft(labels):
         y.requires_grad_(True)
     xa = x if rec.draw is None else dsa.apply(x, rec.draw.select(chunk.rows))
     return x, xa, y
@@ -303,7 +300,7 @@ def _step_vjp(forward: ForwardFn, loss_fn: LossFn, theta: torch.Tensor, images, 
     theta = theta.detach().requires_grad_(True)
     v = -alpha * lam  # (P,) adjoint of g_i, since theta_{i+1} = theta_i - alpha g_i
     lam_prev = lam.clone()
-    soft = _soft(labels)
+    soft = is_soft(labels)
     for chunk in _chunks(len(rec.idx), micro_batch):
         with torch.enable_grad():  # also under a caller's no_grad: DSA is part of the graph
             x, xa, y = _chunk_batch(images, labels, rec, chunk, dsa, need_grad=True)
@@ -352,7 +349,7 @@ def adjoint_backward(forward: ForwardFn, traj: Trajectory, images: torch.Tensor,
     loss_fn = loss_fn or label_loss(labels)
     alpha = syn_lr.detach()
     sums = _Sums(torch.zeros_like(images, memory_format=torch.contiguous_format),
-                 torch.zeros_like(labels) if _soft(labels) else None,
+                 torch.zeros_like(labels) if is_soft(labels) else None,
                  torch.zeros((), dtype=lam.dtype, device=lam.device))
     for i in range(len(traj.steps) - 1, -1, -1):  # lam: lambda_{i+1} -> lambda_i
         lam = _step_vjp(forward, loss_fn, traj.thetas[i], images, labels, traj.steps[i], alpha,
@@ -388,3 +385,22 @@ def check_micro_batch(model: nn.Module, micro_batch: int | None, batch: int,
         "Set distill.micro_batch=null (adjoint mode alone already keeps memory flat in "
         "syn_steps), or use a student without batch coupling (e.g. model=convnet with "
         "instance norm).")
+
+
+GRAD_MODES = ("unrolled", "adjoint")  # how the meta-gradient is computed
+
+
+def check_grad_config(grad_mode: str, micro_batch: int | None) -> None:
+    """The grad axis of a distillation config (``distill.grad_mode`` and ``micro_batch``).
+
+    >>> check_grad_config("adjoint", 4)
+    """
+    check_choice("distill.grad_mode", grad_mode, GRAD_MODES)
+    if micro_batch is None:
+        return
+    if micro_batch < 1:
+        raise ConfigError(f"distill.micro_batch must be >= 1 or null, got {micro_batch}")
+    if grad_mode != "adjoint":
+        raise ConfigError(f"distill.micro_batch={micro_batch} needs distill.grad_mode=adjoint: "
+                          "the unrolled graph keeps every chunk's activations until the end "
+                          "of the iteration, so chunking would save no memory there.")

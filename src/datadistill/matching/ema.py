@@ -27,12 +27,20 @@ import torch
 from datadistill.errors import ConfigError
 
 
+def check_ema_config(decay: float | None) -> None:
+    """The EMA axis of a distillation config (``distill.ema_decay``; None: no EMA).
+
+    >>> check_ema_config(0.9995)
+    """
+    if decay is not None and not 0.0 <= decay < 1.0:
+        raise ConfigError(f"ema_decay must be in [0, 1), got {decay}; FTD uses 0.999-0.9999.")
+
+
 class ImageEMA:
     """EMA of a tensor of synthetic images (N, C, H, W), detached from autograd."""
 
     def __init__(self, images: torch.Tensor, decay: float) -> None:
-        if not 0.0 <= decay < 1.0:
-            raise ConfigError(f"ema_decay must be in [0, 1), got {decay}; FTD uses 0.999-0.9999.")
+        check_ema_config(decay)
         self.decay = float(decay)
         self.images = images.detach().clone()  # (N, C, H, W), never requires grad
         self.num_updates = 0

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import torch
 
+from datadistill.config import check_choice
 from datadistill.errors import ConfigError
 
 MASK_KINDS = ("none", "depth", "loss")
@@ -82,3 +83,11 @@ def param_mask(kind: str, ratio: float, *, numel: int,
         raise ConfigError("param_mask 'loss' needs the current squared error (theta_N - "
                           "theta*)^2; pass sq_err.")
     return loss_mask(sq_err, ratio)
+
+
+def check_mask_config(kind: str) -> None:
+    """The mask axis of a distillation config (``distill.param_mask``).
+
+    >>> check_mask_config("depth")
+    """
+    check_choice("distill.param_mask", kind, MASK_KINDS)

@@ -29,6 +29,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from datadistill.config import check_choice
 from datadistill.errors import CompatibilityError, ConfigError
 from datadistill.models.functional import functional_forward
 
@@ -104,3 +105,14 @@ def init_soft_labels(images: torch.Tensor, labels: torch.Tensor,
                        len(labels), len(expert_final_params))
         out[missed] = first[missed]
     return out
+
+
+LABEL_MODES = ("hard", "soft")  # soft: DATM's learnable (N, K) logits
+
+
+def check_labels_config(label_mode: str) -> None:
+    """The labels axis of a distillation config (``distill.label_mode``).
+
+    >>> check_labels_config("soft")
+    """
+    check_choice("distill.label_mode", label_mode, LABEL_MODES)

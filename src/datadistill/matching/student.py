@@ -25,7 +25,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from datadistill.matching.fastconv import convnet_plan
+from datadistill.labels import is_soft
+from datadistill.models.convnet_kernels import convnet_plan
 
 ForwardFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (theta (P,), x) -> logits
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (logits, labels) -> scalar
@@ -35,7 +36,7 @@ def student_forward(model: nn.Module, *, fast: bool = True) -> ForwardFn:
     """``forward(theta, x) -> logits`` of ``model`` with the flat parameters ``theta`` (P,).
 
     With ``fast`` a ConvNet (instance norm or none, ReLU, average pooling) uses the hand-written
-    functional forward of :mod:`datadistill.matching.fastconv`; any other model uses the
+    functional forward of :mod:`datadistill.models.convnet_kernels`; any other model uses the
     generic :func:`datadistill.models.functional.functional_forward`. Both are differentiable
     twice w.r.t. theta and x and give the same values (to rounding).
 
@@ -57,7 +58,7 @@ def student_forward(model: nn.Module, *, fast: bool = True) -> ForwardFn:
 
 def label_loss(labels: torch.Tensor) -> LossFn:
     """Cross-entropy for hard labels (B,); DATM's soft cross-entropy for (B, K) logits."""
-    if labels.dim() == 1:
+    if not is_soft(labels):
         return F.cross_entropy
     from datadistill.matching.soft_labels import soft_cross_entropy
 

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import torch
 
+from datadistill.config import check_choice
 from datadistill.errors import ConfigError
 
 WINDOWS = ("fixed", "expanding")
@@ -56,3 +57,26 @@ def window_bounds(kind: str, it: int, *, min_start: int, max_start: int,
         return min_start, expanding_upper(it, current_max_start=current_max_start,
                                           max_start=max_start, expansion_end=expansion_end)
     raise ConfigError(f"unknown window {kind!r}; choose one of {WINDOWS}.")
+
+
+def check_window_config(kind: str, *, min_start: int, max_start: int,
+                        current_max_start: int | None, expansion_end: int | None) -> None:
+    """The window axis of a distillation config (``distill.window`` and its epochs).
+
+    >>> check_window_config("fixed", min_start=0, max_start=2, current_max_start=None,
+    ...                     expansion_end=None)
+    """
+    check_choice("distill.window", kind, WINDOWS)
+    if min_start >= max_start:
+        raise ConfigError(f"distill.min_start_epoch ({min_start}) must be below "
+                          f"max_start_epoch ({max_start}).")
+    if kind != "expanding":
+        return
+    if current_max_start is None or expansion_end is None:
+        raise ConfigError("distill.window=expanding needs current_max_start_epoch and "
+                          "expansion_end (DATM defaults: 20 and 3000).")
+    if min_start >= current_max_start:
+        raise ConfigError(f"distill.window=expanding starts with the empty window "
+                          f"[min_start_epoch, current_max_start_epoch) = "
+                          f"[{min_start}, {current_max_start}); raise "
+                          "current_max_start_epoch above min_start_epoch.")

@@ -13,8 +13,9 @@ Example:
     'ConvNet'
 """
 
-# Importing the architecture modules registers their names.
-from datadistill.models import convnet, resnet, small  # noqa: F401
+# Importing the architecture modules registers their names: the registry is complete as soon
+# as this package is imported (INFER's CIFAR and ImageNet teachers included).
+from datadistill.models import convnet, imagenet_teachers, resnet, small, teachers  # noqa: F401
 from datadistill.models.convnet import ConvNet
 from datadistill.models.functional import (
     ParamSpec,

@@ -1,0 +1,27 @@
+"""Hard and soft labels of a distilled set: the one place that tells them apart.
+
+A set's labels are either ``(N,)`` int64 class indices (hard) or ``(N, K)`` float logits
+(soft: DATM/PAD's learnable labels, INFER's stored ensemble logits). Every module asks
+:func:`is_soft` and :func:`hard_labels` instead of testing shapes itself.
+
+Example:
+    >>> import torch
+    >>> is_soft(torch.tensor([0, 2])), is_soft(torch.zeros(2, 3))
+    (False, True)
+    >>> hard_labels(torch.tensor([[0.1, 2.0], [3.0, -1.0]])).tolist()
+    [1, 0]
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+def is_soft(labels: torch.Tensor) -> bool:
+    """True for ``(N, K)`` float logits, False for ``(N,)`` class indices."""
+    return labels.dim() == 2 and labels.is_floating_point()
+
+
+def hard_labels(labels: torch.Tensor) -> torch.Tensor:
+    """``(N,)`` class indices: the argmax over classes of soft logits, hard labels as given."""
+    return labels.argmax(dim=1) if is_soft(labels) else labels

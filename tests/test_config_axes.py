@@ -1,0 +1,52 @@
+"""Each strategy axis of DistillConfig is validated beside its math, with the same messages."""
+
+from __future__ import annotations
+
+import pytest
+
+from datadistill.distill import DistillConfig
+from datadistill.errors import ConfigError
+from datadistill.matching.adjoint import check_grad_config
+from datadistill.matching.ema import check_ema_config
+from datadistill.matching.masks import check_mask_config
+from datadistill.matching.soft_labels import check_labels_config
+from datadistill.matching.window import check_window_config
+
+WINDOW = dict(min_start=0, max_start=4, current_max_start=2, expansion_end=10)
+
+
+def test_axis_checks_name_the_key_and_the_choices():
+    with pytest.raises(ConfigError, match=r"distill.label_mode='both'; choose one of hard, soft"):
+        check_labels_config("both")
+    with pytest.raises(ConfigError, match=r"distill.param_mask='width'; choose one of none"):
+        check_mask_config("width")
+    with pytest.raises(ConfigError, match=r"distill.grad_mode='fd'; choose one of unrolled"):
+        check_grad_config("fd", None)
+    with pytest.raises(ConfigError, match="micro_batch=4 needs distill.grad_mode=adjoint"):
+        check_grad_config("unrolled", 4)
+    with pytest.raises(ConfigError, match=r"distill.window='linear'; choose one of fixed"):
+        check_window_config("linear", **WINDOW)
+    with pytest.raises(ConfigError, match=r"min_start_epoch \(4\) must be below"):
+        check_window_config("fixed", **(WINDOW | {"min_start": 4}))
+    with pytest.raises(ConfigError, match="expanding needs current_max_start_epoch"):
+        check_window_config("expanding", **(WINDOW | {"expansion_end": None}))
+    with pytest.raises(ConfigError, match=r"empty window .* = \[2, 2\)"):
+        check_window_config("expanding", **(WINDOW | {"min_start": 2}))
+    check_window_config("expanding", **WINDOW)  # a valid window passes
+    with pytest.raises(ConfigError, match=r"ema_decay must be in \[0, 1\), got 1.0"):
+        check_ema_config(1.0)
+    check_ema_config(None)  # no EMA
+
+
+def test_distill_config_runs_every_axis_check():
+    base = dict(dataset="digits", max_start_epoch=4)
+    with pytest.raises(ConfigError, match="distill.label_mode='both'"):
+        DistillConfig(**base, label_mode="both")
+    with pytest.raises(ConfigError, match="distill.param_mask='width'"):
+        DistillConfig(**base, param_mask="width")
+    with pytest.raises(ConfigError, match="needs distill.grad_mode=adjoint"):
+        DistillConfig(**base, micro_batch=2)
+    with pytest.raises(ConfigError, match="expanding needs current_max_start_epoch"):
+        DistillConfig(**base, window="expanding")
+    with pytest.raises(ConfigError, match="ema_decay must be in"):  # at config time now
+        DistillConfig(**base, ema_decay=1.5)
