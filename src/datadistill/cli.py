@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from datadistill import __version__
+from datadistill import __version__, distributed
 from datadistill.devices import default_device
 from datadistill.errors import ConfigError, DatadistillError
 
@@ -623,15 +623,34 @@ def main(argv: list[str] | None = None) -> int:
     except DatadistillError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    try:
+        distributed.init_from_env()  # torchrun: join the other ranks; plain run: no-op
+    except DatadistillError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    main_rank = distributed.is_main()
     logging.basicConfig(
-        level=logging.INFO if args.verbose else logging.WARNING,
-        format="%(levelname)s %(name)s: %(message)s",
+        level=logging.INFO if args.verbose and main_rank else logging.WARNING,
+        format=("%(levelname)s %(name)s: %(message)s" if main_rank
+                else f"%(levelname)s rank {distributed.rank()} %(name)s: %(message)s"),
     )
     previous = signal.signal(signal.SIGTERM, _terminated)  # `kill`, a job's timeout: Ctrl-C
     try:
-        return _run(args)
+        with _quiet_unless_main(main_rank):
+            return _run(args)
     finally:
         signal.signal(signal.SIGTERM, previous)
+        distributed.shutdown()
+
+
+@contextlib.contextmanager
+def _quiet_unless_main(main_rank: bool):
+    """Rank 0 alone prints results; other ranks keep stderr (warnings, errors) only."""
+    if main_rank:
+        yield
+        return
+    with open(os.devnull, "w") as null, contextlib.redirect_stdout(null):
+        yield
 
 
 def _run(args: argparse.Namespace) -> int:

@@ -21,6 +21,8 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
+from datadistill import distributed
+
 
 def interactive() -> bool:
     """True when stderr, where progress goes, is a terminal, or in a Jupyter kernel (whose
@@ -39,6 +41,8 @@ def progress_bar(iterable: Iterable | None = None, *, desc: str = "", total: int
     nothing anywhere. The object iterates like ``iterable`` and has tqdm's ``update``,
     ``set_postfix`` and ``close`` and works as a context manager, whichever form it takes.
     """
+    if enabled and not distributed.is_main():  # under torchrun, rank 0 alone shows progress
+        enabled = False
     if enabled and interactive():
         return tqdm(iterable, desc=desc, total=total, **tqdm_kwargs)
     if enabled and stage:

@@ -1,0 +1,180 @@
+"""Several processes under ``torchrun``: the one place that talks to ``torch.distributed``.
+
+``torchrun --nproc_per_node K -m datadistill <stage> CONFIG`` starts K copies of the CLI with
+``RANK``, ``WORLD_SIZE`` and ``LOCAL_RANK`` in their environment; :func:`init_from_env`
+(called once by the CLI) joins them into one process group, gloo on CPU and NCCL when CUDA is
+visible. A plain ``datadistill ...`` (no ``WORLD_SIZE``, or ``WORLD_SIZE=1``) stays a single
+process and every function here is then a cheap no-op: ``rank() == 0``, ``world_size() == 1``,
+``shard(x) == list(x)``, reductions return their input.
+
+Rules every stage follows:
+
+- work is split by index with :func:`shard` (rank r takes items r, r+K, r+2K, ...), and what
+  an item computes depends on its index only, never on the rank, so results equal a
+  single-process run;
+- rank 0 alone prints, shows progress and writes reports and checkpoints (:func:`is_main`);
+  other ranks log at WARNING;
+- a rank that raises exits non-zero, and torchrun then stops every other rank and reports
+  that rank's error; a rerun resumes from what rank 0 wrote.
+
+Example:
+    >>> rank(), world_size(), is_main(), active()
+    (0, 1, True, False)
+    >>> shard(range(5))
+    [0, 1, 2, 3, 4]
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from datetime import timedelta
+from typing import Any, TypeVar
+
+import torch
+import torch.distributed as dist
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+# How long a collective waits for a silent peer before failing. A rank that raises is stopped
+# by torchrun long before this; the timeout only bounds a hang (e.g. a rank killed by the OS).
+TIMEOUT = timedelta(minutes=30)
+
+
+def env_world_size() -> int:
+    """``WORLD_SIZE`` as torchrun sets it (1 when absent)."""
+    return int(os.environ.get("WORLD_SIZE", "1") or 1)
+
+
+def active() -> bool:
+    """True when this process is one of several in an initialised process group."""
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+def rank() -> int:
+    """This process's rank (0 when single)."""
+    return dist.get_rank() if active() else 0
+
+
+def world_size() -> int:
+    """How many processes share the work (1 when single)."""
+    return dist.get_world_size() if active() else 1
+
+
+def local_rank() -> int:
+    """This process's index on its own machine (``LOCAL_RANK``; 0 when single)."""
+    return int(os.environ.get("LOCAL_RANK", "0") or 0) if active() else 0
+
+
+def is_main() -> bool:
+    """True on rank 0, the one process that prints and writes."""
+    return rank() == 0
+
+
+def backend() -> str | None:
+    """``"gloo"`` or ``"nccl"`` while active, else None."""
+    return dist.get_backend() if active() else None
+
+
+def init_from_env() -> int:
+    """Join the process group torchrun describes; returns the world size (1: nothing to do).
+
+    NCCL when CUDA is visible (each rank on GPU ``LOCAL_RANK``), gloo otherwise. Safe to call
+    twice. Set ``DATADISTILL_BACKEND=gloo`` to force gloo on a GPU machine.
+    """
+    size = env_world_size()
+    if size <= 1 or (dist.is_available() and dist.is_initialized()):
+        return world_size() if size > 1 else 1
+    if not dist.is_available():
+        from datadistill.errors import ConfigError
+
+        raise ConfigError("this PyTorch build has no torch.distributed; run datadistill as "
+                          "one process (without torchrun)")
+    chosen = os.environ.get("DATADISTILL_BACKEND") or (
+        "nccl" if torch.cuda.is_available() else "gloo")
+    if chosen == "nccl":
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+    dist.init_process_group(backend=chosen, timeout=TIMEOUT)
+    log.info("rank %d of %d joined (%s)", dist.get_rank(), dist.get_world_size(), chosen)
+    return dist.get_world_size()
+
+
+def shutdown() -> None:
+    """Leave the process group (end of the CLI command); no-op when single."""
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def device_for(device: str) -> str:
+    """``"cuda"`` becomes this rank's own GPU (``cuda:LOCAL_RANK``) under several processes."""
+    if device == "cuda" and active():
+        return f"cuda:{local_rank()}"
+    return device
+
+
+def shard(items) -> list:
+    """This rank's share of ``items``: items r, r+K, r+2K, ... (all of them when single).
+
+    Example:
+        >>> shard(["a", "b", "c"])
+        ['a', 'b', 'c']
+    """
+    items = list(items)
+    return items[rank()::world_size()]
+
+
+def _comm_device(tensor: torch.Tensor) -> torch.device:
+    # NCCL reduces CUDA tensors only; gloo reduces CPU tensors (and CUDA ones, by copying)
+    if backend() == "nccl":
+        return torch.device("cuda", torch.cuda.current_device())
+    return tensor.device
+
+
+def all_reduce_sum_(tensor: torch.Tensor) -> torch.Tensor:
+    """Sum ``tensor`` over all ranks, in place; returns it. No-op when single.
+
+    Every rank must call this in the same order with the same shape and dtype.
+    """
+    if not active():
+        return tensor
+    where = _comm_device(tensor)
+    if where == tensor.device:
+        dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
+        return tensor
+    moved = tensor.to(where)
+    dist.all_reduce(moved, op=dist.ReduceOp.SUM)
+    tensor.copy_(moved)
+    return tensor
+
+
+def all_gather_objects(obj: T) -> list[T]:
+    """Every rank's ``obj``, in rank order (``[obj]`` when single). Picklable, small objects."""
+    if not active():
+        return [obj]
+    out: list[Any] = [None] * world_size()
+    dist.all_gather_object(out, obj)
+    return out
+
+
+def broadcast_object(obj: T, src: int = 0) -> T:
+    """Rank ``src``'s ``obj`` on every rank (``obj`` itself when single)."""
+    if not active():
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=src)
+    return box[0]
+
+
+def barrier() -> None:
+    """Wait until every rank reaches this point; no-op when single."""
+    if active():
+        if backend() == "nccl":
+            dist.barrier(device_ids=[torch.cuda.current_device()])
+        else:
+            dist.barrier()
+
+
+def metadata() -> dict:
+    """What every output records about the processes that made it: ``{"world_size": K}``."""
+    return {"world_size": world_size()}
