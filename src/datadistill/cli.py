@@ -262,9 +262,11 @@ def cmd_eval(args: argparse.Namespace) -> int:
                   f"{100 * rep.settings['best_mean']:.2f} ± {100 * rep.settings['best_std']:.2f} %")
         if rep.settings.get("official") is False:
             print("  UNOFFICIAL challenge score: " + "; ".join(rep.settings["unofficial_settings"]))
-    out = write_report({name: rep.to_dict() for name, rep in reports.items()}, report_path(args))
-    print(f"report written to {out}")
-    _report(out.parent, "eval", time.perf_counter() - t0)
+    if distributed.is_main():  # the other ranks hold the same reports
+        out = write_report({name: rep.to_dict() for name, rep in reports.items()},
+                           report_path(args))
+        print(f"report written to {out}")
+        _report(out.parent, "eval", time.perf_counter() - t0)
     return 0
 
 
@@ -282,8 +284,8 @@ def cmd_baseline(args: argparse.Namespace) -> int:
         report = baseline_full(data, epochs=args.epochs, **common)
         label = f"full training set, {args.epochs} epochs"
     print(f"{args.dataset} {label}: {_fmt(report)}")
-    out = write_report(report.to_dict(), report_path(args))
-    print(f"report written to {out}")
+    if distributed.is_main():  # the other ranks hold the same report
+        print(f"report written to {write_report(report.to_dict(), report_path(args))}")
     return 0
 
 
@@ -346,9 +348,10 @@ def cmd_score(args: argparse.Namespace) -> int:
         if key in report.summary:
             s = report.summary[key]
             print(f"  {key:<9} {100 * s['mean']:6.2f} ± {100 * s['std']:.2f} % (best of tests)")
-    out = write_report(report.to_dict(),
-                       Path(args.out) if args.out else Path(args.path) / "ddranking.json")
-    print(f"report written to {out}")
+    if distributed.is_main():  # the other ranks hold the same report
+        out = write_report(report.to_dict(),
+                           Path(args.out) if args.out else Path(args.path) / "ddranking.json")
+        print(f"report written to {out}")
     return 0
 
 
@@ -371,9 +374,10 @@ def cmd_challenge(args: argparse.Namespace) -> int:
     official = all(r["settings"]["official"] for r in reports.values())
     print(f"combined score: {total:.4f}" + ("" if official else " (UNOFFICIAL settings)"))
     out = Path(args.out or ".")
-    write_scores_txt(out / "scores.txt", total)
-    write_report({"score": total, "official": official, **reports}, out / "challenge.json")
-    print(f"scores.txt and challenge.json written to {out}")
+    if distributed.is_main():  # the other ranks hold the same scores
+        write_scores_txt(out / "scores.txt", total)
+        write_report({"score": total, "official": official, **reports}, out / "challenge.json")
+        print(f"scores.txt and challenge.json written to {out}")
     return 0
 
 
@@ -611,7 +615,8 @@ def command_guard(args: argparse.Namespace):
         return
     check_eval_args(args)  # before the evaluation, which can take hours
     check_report_path(report)
-    with lock_file(report):
+    # under torchrun rank 0 alone writes the report, so it alone holds its lock
+    with lock_file(report) if distributed.is_main() else contextlib.nullcontext():
         yield
 
 

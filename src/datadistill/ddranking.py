@@ -44,6 +44,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from datadistill import distributed
 from datadistill.data import random_subset
 from datadistill.ddranking_train import Curve, TrainSpec, teacher_logits, train_spec
 from datadistill.errors import CompatibilityError, ConfigError
@@ -458,7 +459,8 @@ def score(
     run = _Runner(real, cfg, seed, device, teachers)
     x, y = images.detach().to(device), labels.detach().to(device)
     settings = {"config": _plain_config(cfg), "syn_lr": syn_lr, "seed": seed,
-                "device": str(device), "dataset": real.info.name, "space": real.test.space,
+                "device": str(device), **distributed.metadata(), "dataset": real.info.name,
+                "space": real.test.space,
                 "n_images": int(images.shape[0]), "teachers": len(teachers),
                 "teacher": ("supplied" if supplied else "trained on the full data (cfg.full)")
                 if cfg.labels == "soft" else None}

@@ -32,6 +32,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from datadistill import distributed
 from datadistill.augment import DSA
 from datadistill.challenge import challenge_violations, refuse_unofficial
 from datadistill.checks import check_finite, check_training
@@ -449,6 +450,7 @@ def classic_settings(test: ImageSet, *, lr: float, epochs: int, batch_size: int,
         "seed": seed,
         "model_kwargs": dict(model_kwargs or {}),
         "device": str(device),
+        **distributed.metadata(),  # how many processes shared the runs
     }
 
 

@@ -38,6 +38,7 @@ from typing import Any
 
 import torch
 
+from datadistill import distributed
 from datadistill.checks import check_ipc_fits, check_pipeline
 from datadistill.config import (
     config_from_dict,
@@ -235,7 +236,7 @@ def run_pipeline(cfg: PipelineConfig, out_dir: str | Path, *, progress: bool = T
                          resume=not restart)
         restore_outputs(cfg, out, lambda: data)  # a damaged best/ or last/ of a finished run
     runs = out / "eval_runs.jsonl"
-    if restart:
+    if restart and distributed.is_main():
         runs.unlink(missing_ok=True)
     report = {"config": config_to_dict(cfg), "seconds": {}}
     with clock.stage("evaluation"):
@@ -247,8 +248,9 @@ def run_pipeline(cfg: PipelineConfig, out_dir: str | Path, *, progress: bool = T
                                   cache=RunCache(runs, "random_subset"))
             report["random_subset"] = rep.to_dict()
     report["seconds"] = clock.report()
-    write_report(report, out / "eval.json")
-    write_page(out, stage="run", seconds=report["seconds"]["total"])  # never raises
+    if distributed.is_main():  # the other ranks hold the same report
+        write_report(report, out / "eval.json")
+        write_page(out, stage="run", seconds=report["seconds"]["total"])  # never raises
     return report
 
 
@@ -298,7 +300,10 @@ def _evaluate_outputs(cfg: PipelineConfig, data, result, out: Path, device: str,
         report["ddranking"] = _ddranking(cfg, data, best, device, progress)
     if "challenge" in ev.protocols:
         name = CHALLENGE_FILES.get(cfg.dataset, f"{cfg.dataset}.pt")
-        path = export_challenge(best, out / "challenge" / name)
+        path = out / "challenge" / name
+        if distributed.is_main():
+            export_challenge(best, path)
+        distributed.barrier()  # the file is whole before any rank reads it
         images = torch.load(path, map_location="cpu", weights_only=True)  # what is submitted
         # unofficial=True: a pipeline may run reduced settings or other datasets; the report
         # lists every setting that differs from the official evaluator.

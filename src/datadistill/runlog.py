@@ -28,6 +28,7 @@ from typing import Any
 
 import torch
 
+from datadistill import distributed
 from datadistill.errors import DatadistillError
 from datadistill.io import read_json, write_json
 
@@ -46,12 +47,16 @@ def fingerprint(images: torch.Tensor, labels: torch.Tensor, settings: dict[str, 
 
 
 class RunCache:
-    """Finished evaluation runs of one report entry (``key``) in a JSON-lines file."""
+    """Finished evaluation runs of one report entry (``key``) in a JSON-lines file.
+
+    Under several processes rank 0 alone reads and appends the file; :func:`~datadistill.runs.
+    run_all` hands its rows to the other ranks, so they never read a line rank 0 is writing.
+    """
 
     def __init__(self, path: Path, key: str) -> None:
         self.path, self.key = Path(path), key
         self.rows: dict[tuple[str, int], tuple[float, float]] = {}
-        if self.path.is_file():
+        if self.path.is_file() and distributed.is_main():
             self._read()
 
     def _read(self) -> None:
@@ -73,6 +78,8 @@ class RunCache:
 
     def put(self, fp: str, run: int, accuracy: float, seconds: float) -> None:
         self.rows[(fp, run)] = (accuracy, seconds)
+        if not distributed.is_main():
+            return
         row = {"key": self.key, "fingerprint": fp, "run": run, "accuracy": accuracy,
                "seconds": seconds}
         self.path.parent.mkdir(parents=True, exist_ok=True)

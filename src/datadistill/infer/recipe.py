@@ -28,6 +28,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from datadistill import distributed
 from datadistill.config import config_to_dict
 from datadistill.data import DatasetInfo, ImageSet
 from datadistill.errors import CompatibilityError, ConfigError
@@ -232,7 +233,8 @@ def run_infer(
             device=cfg.device,
             progress=progress,
         )
-        write_report(report.to_dict(), Path(out_dir) / REPORT_FILE)
+        if distributed.is_main():  # the other ranks hold the same report
+            write_report(report.to_dict(), Path(out_dir) / REPORT_FILE)
         log.info(
             "INFER student: %s (best-of-periodic %.2f %%)",
             report,

@@ -27,6 +27,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from datadistill import distributed
 from datadistill.data import DatasetInfo, ImageSet
 from datadistill.errors import CompatibilityError, ConfigError
 from datadistill.evaluate import EvalReport, evaluate_distilled
@@ -217,6 +218,7 @@ def evaluate_student_images(
         **asdict(cfg),
         "seed": seed,
         "device": str(device),
+        **distributed.metadata(),  # how many processes shared the runs
         "dataset": test.info.name,
         "n_images": int(images.shape[0]),
         "accuracies_are": "last epoch",
