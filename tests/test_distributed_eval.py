@@ -211,3 +211,63 @@ def test_an_interrupted_sharded_baseline_resumes_from_the_cache(tmp_path):
     # rank 0 alone appended the three missing runs, once each, with the single process's values
     rows = _lines(runs)
     assert len(rows) == 4 and {r["run"]: r["accuracy"] for r in rows} == dict(enumerate(expected))
+
+
+CALLERS = """
+    import json, sys
+    import torch
+    from datadistill import distributed
+    from datadistill.baselines import baseline_full, baseline_random
+    from datadistill.data import prepare, random_subset
+    from datadistill.ddranking import preset_for, score
+    from datadistill.evaluate import evaluate
+    from datadistill.infer.config import StudentConfig
+    from datadistill.infer.student import evaluate_student_images
+
+    distributed.init_from_env()
+    real = prepare("digits")
+    x, y = random_subset(real.train, 1, torch.Generator().manual_seed(0))
+    W = {"width": 8}
+    out = {
+        "periodic": evaluate(x, y, real.test, epochs=4, num_runs=3, report="both", period=2,
+                             model_kwargs=W),
+        "challenge": evaluate(x, None, real.test, protocol="challenge", epochs=2, num_runs=3,
+                              unofficial=True, model_kwargs=W),
+        "cross": evaluate(x, y, real.test, model="mlp", epochs=2, num_runs=3),
+        "random": baseline_random(real, 1, epochs=1, num_runs=3, model_kwargs=W),
+        "full": baseline_full(real, epochs=1, num_runs=2, model_kwargs=W),
+        "student": evaluate_student_images(
+            x, torch.nn.functional.one_hot(y, 10).float() * 4, real.test,
+            StudentConfig(model="convnet", model_kwargs=W, epochs=2, eval_every=1, num_runs=3,
+                          batch_size=8)),
+        "ddranking": score(x, y, real, preset_for(
+            "mtt", rounds=3, ars=False, full_accuracy=0.8, lr_grid=(0.01, 0.05),
+            model_kwargs=W, train={"epochs": 2, "step_size": 1}), syn_lr=0.02),
+    }
+    if distributed.is_main():
+        with open(sys.argv[1], "w") as f:
+            json.dump({k: v.to_dict() for k, v in out.items()}, f)
+    distributed.shutdown()
+"""
+
+
+@pytest.mark.slow
+def test_every_caller_sharded_equals_one_process(tmp_path):
+    """Classic with periodic tests, challenge, another architecture, both baselines, INFER's
+    students and DD-Ranking's rounds: 2 processes give the single process's results."""
+    script = tmp_path / "callers.py"
+    script.write_text(textwrap.dedent(CALLERS))
+    env = {**os.environ, "PYTHONPATH": str(SRC), "OMP_NUM_THREADS": "1"}
+    for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK"):
+        env.pop(key, None)
+    subprocess.run([sys.executable, str(script), str(tmp_path / "one.json")], env=env,
+                   check=True, timeout=300)
+    _torchrun(str(script), str(tmp_path / "two.json"), cwd=tmp_path)
+    one, two = (json.loads((tmp_path / f"{n}.json").read_text()) for n in ("one", "two"))
+    for name in one:
+        assert (one[name]["settings"].pop("world_size"),
+                two[name]["settings"].pop("world_size")) == (1, 2), name
+        for rep in (one[name], two[name]):
+            rep["settings"].pop("seconds_per_run", None)
+        assert two[name] == one[name], name
+    assert len(set(one["random"]["accuracies"])) > 1  # the runs differ: the order matters
