@@ -49,8 +49,9 @@ def fingerprint(images: torch.Tensor, labels: torch.Tensor, settings: dict[str, 
 class RunCache:
     """Finished evaluation runs of one report entry (``key``) in a JSON-lines file.
 
-    Under several processes rank 0 alone reads and appends the file; :func:`~datadistill.runs.
-    run_all` hands its rows to the other ranks, so they never read a line rank 0 is writing.
+    Under several processes rank 0 alone reads and appends the file, and
+    :func:`datadistill.runs.run_all` hands its rows to the other ranks (which so never read a
+    line that rank 0 is still writing).
     """
 
     def __init__(self, path: Path, key: str) -> None:
