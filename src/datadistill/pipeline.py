@@ -48,6 +48,7 @@ from datadistill.config import (
 )
 from datadistill.devices import resolve_device
 from datadistill.errors import ConfigError
+from datadistill.evaluate import RUN_PROTOCOLS
 from datadistill.experts.pad import PADCurriculum
 from datadistill.io import write_json, write_report
 from datadistill.lock import lock_folder_if, locks_output
@@ -58,8 +59,6 @@ log = logging.getLogger(__name__)
 DEFAULT_CONFIG = "digits/mtt_ipc1"
 
 
-# evaluation protocols of a run: evaluate.PROTOCOLS (per set) plus DD-Ranking's scores
-PROTOCOLS = ("classic", "challenge", "ddranking")
 CHALLENGE_FILES = {"cifar100": "cifar100.pt", "tiny_imagenet": "tinyimagenet.pt"}  # official
 
 
@@ -77,9 +76,9 @@ class EvaluationConfig:
     ddranking: dict = field(default_factory=dict)  # overrides of the method's DD-Ranking config
 
     def __post_init__(self) -> None:
-        bad = [p for p in self.protocols if p not in PROTOCOLS]
+        bad = [p for p in self.protocols if p not in RUN_PROTOCOLS]
         if bad or not self.protocols:
-            raise ConfigError(f"evaluation.protocols={self.protocols}; choose from {PROTOCOLS}")
+            raise ConfigError(f"evaluation.protocols={self.protocols}; choose from {RUN_PROTOCOLS}")
         if self.report not in ("last", "best_of_periodic", "both") or self.period < 1:
             raise ConfigError(f"evaluation.report={self.report!r}, period={self.period}; use "
                               "last | best_of_periodic | both and a period >= 1 epochs")
