@@ -265,13 +265,9 @@ def _check_inputs(images: torch.Tensor, labels: torch.Tensor | None, test: Image
     if labels is not None and is_soft(labels):
         check_finite(labels, "the soft labels to evaluate")
     info = test.info
-    expect = (info.channels, *info.image_size)
-    if images.dim() != 4 or tuple(images.shape[1:]) != expect:
-        raise CompatibilityError(
-            f"images have shape {tuple(images.shape)} but the test set {info.name!r} has "
-            f"(N, {expect[0]}, {expect[1]}, {expect[2]}); evaluate on the dataset the set was "
-            "distilled from"
-        )
+    problem = info.shape_problem(images, of="the test set")
+    if problem:
+        raise CompatibilityError(f"{problem}; evaluate on the dataset the set was distilled from")
     if labels is None:
         return
     n, k = images.shape[0], info.num_classes
