@@ -94,10 +94,12 @@ RESUMABLE_KEYS = ("iterations", "eval_every", "eval_runs", "eval_epochs", "eval_
 
 
 @dataclass
-class DistillSection(WindowAxis, LabelAxis, MaskAxis, EmaAxis, GradAxis):
+class DistillSection(GradAxis, EmaAxis, MaskAxis, LabelAxis, WindowAxis):
     """The ``distill:`` section of a pipeline config: the loop's own keys, and the strategy
     axes (window, labels, mask, ema, grad: :mod:`datadistill.matching.axes`) that presets
-    switch. Defaults are MTT's (``distill.py`` argparse)."""
+    switch. Defaults are MTT's (``distill.py`` argparse). The bases are listed last axis
+    first, so that the fields (and ``Valid keys`` of an error) read window, labels, mask,
+    ema, grad, then the loop's own."""
 
     syn_steps: int = 20  # N: unrolled student steps per iteration
     lr_img: float = 1000.0  # SGD lr on the pixels (momentum 0.5)

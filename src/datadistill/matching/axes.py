@@ -51,8 +51,18 @@ def check_at_least(axis: object, names: tuple[str, ...], minimum: int) -> None:
             raise ConfigError(f"distill.{name} must be >= {minimum}, got {getattr(axis, name)}")
 
 
+class Axis:
+    """A strategy axis: a dataclass of ``distill`` keys whose ``check()`` validates them."""
+
+    def __post_init__(self) -> None:
+        self.check()
+
+    def check(self) -> None:
+        raise NotImplementedError
+
+
 @dataclass
-class WindowAxis:
+class WindowAxis(Axis):
     """Which stretch of an expert trajectory is matched: start t ~ U[T-, T+), target t + M."""
 
     expert_epochs: int = 3  # M: target = start epoch + M
@@ -61,9 +71,6 @@ class WindowAxis:
     window: str = "fixed"  # fixed (MTT) | expanding upper bound (DATM)
     current_max_start_epoch: int | None = None  # T: initial upper bound of window=expanding
     expansion_end: int | None = None  # iteration at which the upper bound reaches T+
-
-    def __post_init__(self) -> None:
-        self.check()
 
     def check(self) -> None:
         check_at_least(self, ("expert_epochs", "max_start_epoch"), 1)
@@ -75,50 +82,41 @@ class WindowAxis:
 
 
 @dataclass
-class LabelAxis:
+class LabelAxis(Axis):
     """What the synthetic labels are: hard class indices, or learnable (N, K) logits."""
 
     label_mode: str = "hard"  # hard (MTT) | soft: learnable (N, K) logits (DATM/PAD)
     lr_y: float = 2.0  # SGD lr on soft labels (DATM: 2-10); label_mode=soft only
     momentum_y: float = 0.9  # SGD momentum on soft labels (DATM: 0.9)
 
-    def __post_init__(self) -> None:
-        self.check()
-
     def check(self) -> None:
         check_labels_config(self.label_mode)
 
 
 @dataclass
-class MaskAxis:
+class MaskAxis(Axis):
     """Which entries of the flat parameters count in the matching loss (PAD)."""
 
     param_mask: str = "none"  # none | depth | loss: entries kept in the loss (PAD)
     param_mask_ratio: float = 0.0  # fraction of the flat parameters dropped by param_mask
-
-    def __post_init__(self) -> None:
-        self.check()
 
     def check(self) -> None:
         check_mask_config(self.param_mask)
 
 
 @dataclass
-class EmaAxis:
+class EmaAxis(Axis):
     """An exponential moving average of the images, saved and evaluated beside them (FTD)."""
 
     # Updated only when the images are (a threshold skip skips it too; distill.py docstring).
     ema_decay: float | None = None
-
-    def __post_init__(self) -> None:
-        self.check()
 
     def check(self) -> None:
         check_ema_config(self.ema_decay)
 
 
 @dataclass
-class GradAxis:
+class GradAxis(Axis):
     """How dL/d(images, step size, soft labels) is taken through the N student steps, and
     what memory that takes."""
 
@@ -134,9 +132,6 @@ class GradAxis:
     snapshots: str = "spill"
     fast_student: bool = True  # hand-written ConvNet double backward (same values, faster)
     memory_check: bool = True  # refuse an unrolled run estimated above the free memory
-
-    def __post_init__(self) -> None:
-        self.check()
 
     def check(self) -> None:
         check_choice("distill.snapshots", self.snapshots, SNAPSHOT_MODES)
