@@ -50,3 +50,44 @@ def test_distill_config_runs_every_axis_check():
         DistillConfig(**base, window="expanding")
     with pytest.raises(ConfigError, match="ema_decay must be in"):  # at config time now
         DistillConfig(**base, ema_decay=1.5)
+
+
+def test_each_axis_is_a_group_of_distill_keys_checked_on_its_own():
+    import dataclasses
+
+    from datadistill.distill import DistillSection
+    from datadistill.matching.axes import AXES, GradAxis, WindowAxis
+
+    section = {f.name for f in dataclasses.fields(DistillSection)}
+    keys = [f.name for axis in AXES for f in dataclasses.fields(axis)]
+    assert len(keys) == len(set(keys)) and set(keys) <= section  # each key in one axis
+    assert {"window", "label_mode", "param_mask", "ema_decay", "grad_mode"} <= set(keys)
+    with pytest.raises(ConfigError, match="expanding needs current_max_start_epoch"):
+        WindowAxis(window="expanding")
+    with pytest.raises(ConfigError, match=r"distill.snapshots='disk'; choose one of memory"):
+        GradAxis(snapshots="disk")
+    with pytest.raises(ConfigError, match="distill.max_start_epoch must be >= 1, got 0"):
+        DistillConfig(dataset="digits", max_start_epoch=0, min_start_epoch=-1)
+
+
+def test_distill_section_keys_stay_flat_in_yaml_overrides_and_saved_configs():
+    from datadistill.config import config_to_dict
+    from datadistill.pipeline import distill_config, load_pipeline_config
+
+    cfg = load_pipeline_config("digits/mtt_ipc1", ["distill.grad_mode=adjoint", "ipc=2",
+                                                   "distill.micro_batch=5", "zca=true"])
+    dcfg = distill_config(cfg, expert_dir="somewhere")
+    assert (cfg.distill.grad_mode, dcfg.grad_mode, dcfg.micro_batch) == ("adjoint",) * 2 + (5,)
+    assert (dcfg.ipc, dcfg.zca, dcfg.expert_dir) == (2, True, "somewhere")
+    saved = config_to_dict(dcfg)
+    assert saved["grad_mode"] == "adjoint" and saved["zca"] is True  # flat, as checkpoints hold
+    assert config_to_dict(cfg)["distill"]["micro_batch"] == 5 and config_to_dict(cfg)["zca"]
+
+
+@pytest.mark.parametrize("key", ["zca", "dataset", "seed", "ipc"])
+def test_a_shared_key_inside_a_stage_section_names_where_it_belongs(key):
+    from datadistill.pipeline import load_pipeline_config
+
+    message = rf"experts.{key}: {key} is shared by every stage of a run; set it once at the top"
+    with pytest.raises(ConfigError, match=message):
+        load_pipeline_config("digits/mtt_ipc1", [f"experts.{key}=1"])

@@ -18,11 +18,11 @@ from datadistill.evaluate import (
     challenge_labels,
     evaluate,
     evaluate_cross,
-    hard_labels_from,
     soft_cross_entropy,
     test_accuracy,
     train_network,
 )
+from datadistill.labels import hard_labels
 from datadistill.models import create_model
 
 K, H = 4, 8
@@ -99,7 +99,7 @@ def test_soft_ce_equals_ce_for_large_margin_one_hot():
     y = torch.tensor([0, 1, 2, 3, 0, 1])
     soft = 100.0 * F.one_hot(y, K).float()
     assert torch.allclose(soft_cross_entropy(out, soft), F.cross_entropy(out, y), atol=1e-6)
-    assert torch.equal(hard_labels_from(soft), y) and hard_labels_from(y) is y
+    assert torch.equal(hard_labels(soft), y) and hard_labels(y) is y
 
 
 def test_soft_label_training_matches_hard_label_training():

@@ -98,13 +98,9 @@ def _check_set(
     where: str,
 ) -> None:
     """Raise ArtifactError unless images/labels/ipc agree with `info`; `where` names the file."""
-    expect = (info.channels, *info.image_size)
-    if images.dim() != 4 or tuple(images.shape[1:]) != expect:
-        raise ArtifactError(
-            f"{where}: images have shape {tuple(images.shape)}, expected (N, {expect[0]}, "
-            f"{expect[1]}, {expect[2]}) for dataset {info.name!r}; pass the dataset the set "
-            "was distilled from"
-        )
+    problem = info.shape_problem(images)
+    if problem:
+        raise ArtifactError(f"{where}: {problem}; pass the dataset the set was distilled from")
     if not images.is_floating_point():
         raise ArtifactError(f"{where}: images have dtype {images.dtype}; convert them to float32")
     n, k = images.shape[0], info.num_classes

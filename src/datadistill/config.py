@@ -17,6 +17,7 @@ Example:
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import difflib
 import types
@@ -35,6 +36,53 @@ CONFIG_PACKAGE = "datadistill.configs"
 RECIPE_KEY = "recipe"  # names the entry of datadistill.recipes.RECIPES that runs a config
 DEFAULT_RECIPE = "tm"  # what a user file without a `recipe` key is read as
 METHODS_DIR = "_methods"  # configs/_methods/<preset>.yaml: a preset's default values
+
+
+@dataclasses.dataclass
+class DataConfig:
+    """The real data every stage reads, declared once: which dataset, where, in which space.
+
+    Mixed (through :class:`RunContext`) into the pipeline config and into each stage config
+    (``ExpertConfig``, ``DistillConfig``), so the keys stay where users write them (top level
+    of a pipeline YAML: ``dataset: cifar10``, ``zca: true``; flat in a stage's saved config)
+    and ``zca`` has one declaration, one default and one check (:func:`check_prepared
+    <datadistill.data.check_prepared>`), copied into the stages by :func:`fields_of` alone.
+
+    Example:
+        >>> DataConfig(dataset="cifar10", zca=True).space
+        'zca'
+    """
+
+    dataset: str = "cifar10"  # registry name (datadistill.data.list_datasets())
+    data_root: str | None = None  # folder with the dataset files (None: default/not needed)
+    zca: bool = False  # ZCA-whitened space (MTT: per setting); experts and distillation agree
+    train_per_class: int | None = None  # class-balanced train subset (None: all; MTT: all)
+
+    @property
+    def space(self) -> str:
+        """The image space of the prepared data: ``"zca"`` or ``"normalized"``."""
+        return "zca" if self.zca else "normalized"
+
+
+@dataclasses.dataclass
+class RunContext(DataConfig):
+    """What every stage of one trajectory-matching run shares: the data, the network, the
+    seed and the device (a pipeline YAML's top-level keys besides ``method`` and ``ipc``)."""
+
+    model: str = "convnet"  # registry name (datadistill.models.list_models())
+    model_kwargs: dict = dataclasses.field(default_factory=dict)  # e.g. {depth: 4} (Tiny ImageNet)
+    seed: int = 0  # every random draw of the stage derives from it
+    device: str = "cpu"  # cpu | cuda | cuda:N
+
+
+def fields_of(cls: type, obj: Any) -> dict[str, Any]:
+    """Copies of the values of dataclass ``cls``'s fields held by ``obj`` (which has them all).
+
+    Example:
+        >>> fields_of(DataConfig, RunContext(dataset="digits", seed=3))["dataset"]
+        'digits'
+    """
+    return {f.name: copy.deepcopy(getattr(obj, f.name)) for f in dataclasses.fields(cls)}
 
 
 def _closest(key: str, choices: list[str]) -> str:

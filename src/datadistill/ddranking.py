@@ -49,6 +49,7 @@ from datadistill.data import random_subset
 from datadistill.ddranking_train import Curve, TrainSpec, teacher_logits, train_spec
 from datadistill.errors import CompatibilityError, ConfigError
 from datadistill.evaluate import _check_inputs, build_network, challenge_labels
+from datadistill.labels import hard_labels, is_soft
 from datadistill.runs import run_all
 from datadistill.scores import (
     augmentation_robust_score,
@@ -183,10 +184,10 @@ def hard_labels_for(labels: torch.Tensor, num_classes: int, variant: str) -> tor
         >>> hard_labels_for(torch.tensor([[0.1, 2.0], [3.0, 0.0]]), 2, "class_order")
         tensor([0, 1])
     """
-    if labels.dim() == 1:
+    if not is_soft(labels):
         return labels
     if variant == "argmax":
-        return labels.argmax(dim=1)
+        return hard_labels(labels)
     if variant == "class_order":
         return class_order_labels(num_classes, labels.shape[0]).to(labels.device)
     raise ConfigError(f"hard label variant {variant!r}; choose from {HARD_LABEL_VARIANTS}")

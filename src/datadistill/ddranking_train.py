@@ -46,6 +46,7 @@ from datadistill.augment import DSA
 from datadistill.data import ImageSet
 from datadistill.errors import ConfigError
 from datadistill.evaluate import RunCurve as Curve  # test accuracies after tested epochs
+from datadistill.labels import hard_labels
 from datadistill.training import EpochEnd, fit, test_accuracy
 
 OPTIMIZERS = ("sgd", "adam", "adamw")
@@ -275,7 +276,7 @@ def train_spec(
         ...            seed=0).best                                         # doctest: +SKIP
     """
     x, y = images.detach().to(device), labels.detach().to(device)
-    classes = (y if y.dim() == 1 else y.argmax(dim=1)) if classes is None else classes.to(device)
+    classes = hard_labels(y) if classes is None else classes.to(device)
     gen = torch.Generator().manual_seed(seed)
     rng = np.random.default_rng(seed)  # Beta draws and cutmix boxes
     use = spec if augment else _no_aug(spec)

@@ -51,20 +51,19 @@ import logging
 import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 from datadistill.checkpoint import DistillState, MetricsLog, load_checkpoint, save_checkpoint
 from datadistill.checks import check_distill, check_ipc_fits
-from datadistill.config import check_choice
+from datadistill.config import RunContext, check_choice
 from datadistill.data import check_prepared
 from datadistill.errors import CompatibilityError, ConfigError, DivergenceError
 from datadistill.labels import is_soft
 from datadistill.lock import locks_output
 from datadistill.matching import (
-    WINDOWS,
     adjoint_backward,
     check_micro_batch,
     matching_loss,
@@ -74,11 +73,15 @@ from datadistill.matching import (
     unroll_student,
     window_bounds,
 )
-from datadistill.matching.adjoint import GRAD_MODES, SNAPSHOT_MODES, check_grad_config
-from datadistill.matching.ema import check_ema_config
-from datadistill.matching.masks import check_mask_config
-from datadistill.matching.soft_labels import check_labels_config
-from datadistill.matching.window import check_window_config
+from datadistill.matching.axes import (
+    AXES,
+    EmaAxis,
+    GradAxis,
+    LabelAxis,
+    MaskAxis,
+    WindowAxis,
+    check_at_least,
+)
 from datadistill.progress import progress_bar
 
 logger = logging.getLogger(__name__)
@@ -91,8 +94,51 @@ RESUMABLE_KEYS = ("iterations", "eval_every", "eval_runs", "eval_epochs", "eval_
 
 
 @dataclass
-class DistillConfig:
+class DistillSection(GradAxis, EmaAxis, MaskAxis, LabelAxis, WindowAxis):
+    """The ``distill:`` section of a pipeline config: the loop's own keys, and the strategy
+    axes (window, labels, mask, ema, grad: :mod:`datadistill.matching.axes`) that presets
+    switch. Defaults are MTT's (``distill.py`` argparse). The bases are listed last axis
+    first, so that the fields (and ``Valid keys`` of an error) read window, labels, mask,
+    ema, grad, then the loop's own."""
+
+    syn_steps: int = 20  # N: unrolled student steps per iteration
+    lr_img: float = 1000.0  # SGD lr on the pixels (momentum 0.5)
+    lr_lr: float = 1e-5  # SGD lr on the learnable step size (momentum 0.5)
+    lr_teacher: float = 0.01  # initial learnable step size alpha_0
+    batch_syn: int | None = None  # synthetic mini-batch per student step; None = all images
+    pix_init: str = "real"  # real | noise | samples_predicted_correctly (DATM)
+    iterations: int = 5000  # outer updates
+    eval_every: int = 100  # evaluate at 0, eval_every, ... and at the last iteration
+    eval_runs: int = 5  # fresh networks per evaluation (0: no evaluation, best = last)
+    eval_epochs: int = 1000  # training epochs per evaluation network (classic protocol)
+    eval_batch: int = 256  # evaluation mini-batch
+    expert_dir: str | None = None  # expert store (distill(store=...) overrides it)
+    max_experts: int | None = None  # use only the first K experts (ablations)
+    dsa: bool = True  # DSA in the student steps and the evaluation
+    dsa_strategy: str | None = None  # None: the dataset's default strategy
+    threshold: float | None = None  # skip the update when the loss exceeds it (DATM: 1.0)
+    checkpoint_every: int = 50  # iterations between checkpoints (also after every evaluation)
+
+    def __post_init__(self) -> None:
+        check_choice("distill.pix_init", self.pix_init, PIX_INITS)
+        check_at_least(self, ("syn_steps", "checkpoint_every"), 1)
+        check_at_least(self, ("iterations", "eval_every", "eval_runs"), 0)
+        if self.lr_teacher <= 0:
+            raise ConfigError(f"distill.lr_teacher (initial step size) must be > 0, got "
+                              f"{self.lr_teacher}")
+        if self.batch_syn is not None and self.batch_syn < 1:
+            raise ConfigError(f"distill.batch_syn must be >= 1 or null, got {self.batch_syn}")
+        for axis in AXES:  # each strategy axis is validated beside its math (matching/*.py)
+            axis.check(self)
+
+
+@dataclass
+class DistillConfig(DistillSection, RunContext):
     """Trajectory-matching hyper-parameters; defaults are MTT's (``distill.py`` argparse).
+
+    The keys are flat: the run context (data, model, seed, device: :class:`RunContext`),
+    ``method`` and ``ipc``, then the ``distill`` section (:class:`DistillSection`, grouped by
+    strategy axis in :mod:`datadistill.matching.axes`).
 
     ``grad_mode`` chooses how the gradient reaches the images, the step size and the soft
     labels through the ``syn_steps`` student steps. ``"unrolled"`` (default, the official
@@ -113,84 +159,11 @@ class DistillConfig:
     """
 
     method: str = "mtt"  # preset name, recorded with the outputs
-    dataset: str = "cifar10"  # registry name
-    data_root: str | None = None  # folder with the dataset files
-    zca: bool = False  # distil in ZCA space (must match the experts)
-    train_per_class: int | None = None  # class-balanced real subset (None: all; as the experts)
-    model: str = "convnet"  # student/evaluation network (must match the experts)
-    model_kwargs: dict = field(default_factory=dict)  # e.g. {depth: 4} for Tiny ImageNet
     ipc: int = 1  # synthetic images per class
-    syn_steps: int = 20  # N: unrolled student steps per iteration
-    expert_epochs: int = 3  # M: target = start epoch + M
-    max_start_epoch: int = 25  # T+: start epoch ~ U[min_start_epoch, T+)
-    min_start_epoch: int = 0  # T-: lower end of the window (DATM)
-    lr_img: float = 1000.0  # SGD lr on the pixels (momentum 0.5)
-    lr_lr: float = 1e-5  # SGD lr on the learnable step size (momentum 0.5)
-    lr_teacher: float = 0.01  # initial learnable step size alpha_0
-    batch_syn: int | None = None  # synthetic mini-batch per student step; None = all images
-    pix_init: str = "real"  # real | noise | samples_predicted_correctly (DATM)
-    iterations: int = 5000  # outer updates
-    eval_every: int = 100  # evaluate at 0, eval_every, ... and at the last iteration
-    eval_runs: int = 5  # fresh networks per evaluation (0: no evaluation, best = last)
-    eval_epochs: int = 1000  # training epochs per evaluation network (classic protocol)
-    eval_batch: int = 256  # evaluation mini-batch
-    seed: int = 0  # all random draws of the run derive from it
-    device: str = "cpu"  # cpu | cuda
-    expert_dir: str | None = None  # expert store (distill(store=...) overrides it)
-    max_experts: int | None = None  # use only the first K experts (ablations)
-    dsa: bool = True  # DSA in the student steps and the evaluation
-    dsa_strategy: str | None = None  # None: the dataset's default strategy
-    label_mode: str = "hard"  # hard (MTT) | soft: learnable (N, K) logits (DATM/PAD)
-    lr_y: float = 2.0  # SGD lr on soft labels (DATM: 2-10); label_mode=soft only
-    momentum_y: float = 0.9  # SGD momentum on soft labels (DATM: 0.9)
-    window: str = "fixed"  # fixed (MTT) | expanding upper bound (DATM)
-    current_max_start_epoch: int | None = None  # T: initial upper bound of window=expanding
-    expansion_end: int | None = None  # iteration at which the upper bound reaches T+
-    threshold: float | None = None  # skip the update when the loss exceeds it (DATM: 1.0)
-    ema_decay: float | None = None  # EMA of the images, saved/evaluated beside them (FTD);
-    # updated only when the images are (a threshold skip skips it too; module docstring)
-    param_mask: str = "none"  # none | depth | loss: entries kept in the loss (PAD)
-    param_mask_ratio: float = 0.0  # fraction of the flat parameters dropped by param_mask
-    checkpoint_every: int = 50  # iterations between checkpoints (also after every evaluation)
-    fast_student: bool = True  # hand-written ConvNet double backward (same values, faster)
-    # How dL/d(images, step size, soft labels) is taken through the N student steps:
-    # "unrolled" (the official way) keeps the graph of all steps, memory ~ syn_steps x batch;
-    # "adjoint" replays one step at a time backwards (matching/adjoint.py), memory ~ one
-    # step: the same gradient up to rounding, and the same random draws.
-    grad_mode: str = "unrolled"  # unrolled | adjoint
-    # Adjoint mode only: each step's mini-batch runs in chunks of this many images (memory ~
-    # micro_batch images' activations); exact unless the student couples samples (BatchNorm).
-    micro_batch: int | None = None
-    # Adjoint mode only: theta_0 ... theta_N stay in "memory" or are "spill"ed (temporary
-    # file on CPU, host memory on CUDA): bitwise the same gradients, memory flat in syn_steps.
-    snapshots: str = "spill"
-    memory_check: bool = True  # refuse an unrolled run estimated above the free memory
 
     def __post_init__(self) -> None:
-        # Each strategy axis is validated beside its math (matching/*.py).
-        check_choice("distill.pix_init", self.pix_init, PIX_INITS)
-        check_labels_config(self.label_mode)
-        check_mask_config(self.param_mask)
-        check_choice("distill.window", self.window, WINDOWS)
-        check_choice("distill.grad_mode", self.grad_mode, GRAD_MODES)
-        check_choice("distill.snapshots", self.snapshots, SNAPSHOT_MODES)
-        for name in ("ipc", "syn_steps", "expert_epochs", "max_start_epoch", "checkpoint_every"):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"distill.{name} must be >= 1, got {getattr(self, name)}")
-        for name in ("iterations", "eval_every", "eval_runs", "min_start_epoch"):
-            if getattr(self, name) < 0:
-                raise ConfigError(f"distill.{name} must be >= 0, got {getattr(self, name)}")
-        if self.lr_teacher <= 0:
-            raise ConfigError(f"distill.lr_teacher (initial step size) must be > 0, got "
-                              f"{self.lr_teacher}")
-        if self.batch_syn is not None and self.batch_syn < 1:
-            raise ConfigError(f"distill.batch_syn must be >= 1 or null, got {self.batch_syn}")
-        check_grad_config(self.grad_mode, self.micro_batch)
-        check_ema_config(self.ema_decay)
-        check_window_config(self.window, min_start=self.min_start_epoch,
-                            max_start=self.max_start_epoch,
-                            current_max_start=self.current_max_start_epoch,
-                            expansion_end=self.expansion_end)
+        check_at_least(self, ("ipc",), 1)
+        super().__post_init__()
 
 
 @dataclass

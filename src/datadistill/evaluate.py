@@ -38,22 +38,23 @@ from datadistill.challenge import challenge_violations, refuse_unofficial
 from datadistill.checks import check_finite, check_training
 from datadistill.data import ImageSet
 from datadistill.errors import CompatibilityError, ConfigError
+from datadistill.labels import hard_labels as hard_labels_of
+from datadistill.labels import is_soft, label_loss
 from datadistill.matching.soft_labels import soft_cross_entropy  # noqa: F401  re-exported
 from datadistill.runlog import RunCache, fingerprint
 from datadistill.runs import Run, RunResults, run_all
 from datadistill.training import (  # noqa: F401  test_accuracy, run_seeds: re-exported
     build_model,
     fit,
-    hard_labels_from,
     images_only,
-    loss_for,
     run_seeds,
     test_accuracy,
 )
 
 log = logging.getLogger(__name__)
 
-PROTOCOLS = ("classic", "challenge")
+PROTOCOLS = ("classic", "challenge")  # what evaluate() runs on one set
+RUN_PROTOCOLS = (*PROTOCOLS, "ddranking")  # a run's evaluation.protocols: + DD-Ranking's scores
 DEFAULT_LR = 0.01  # DC/DSA lr_net and the challenge's fixed lr
 DEFAULT_RUNS = {"classic": 5, "challenge": 3}
 MOMENTUM, WEIGHT_DECAY = 0.9, 5e-4  # the classic protocol's SGD (DC/DSA/MTT/DATM)
@@ -152,7 +153,7 @@ def train_network(
     x, y = images.detach().to(device), labels.detach().to(device)
     return fit(
         net, x, y, epochs=epochs + 1, optimizer=_sgd(net, lr, momentum, weight_decay),
-        batch_size=batch_size, loss=loss_for(y), generator=generator, device=device,
+        batch_size=batch_size, loss=label_loss(y), generator=generator, device=device,
         augment=None if dsa is None else images_only(dsa),
         schedule=_classic_decay(epochs // 2 + 1, lr, net, momentum, weight_decay),
         before_epoch=on_epoch, progress=progress, desc="train",
@@ -262,21 +263,17 @@ def train_and_test(images: torch.Tensor, labels: torch.Tensor, test: ImageSet,
 
 def _check_inputs(images: torch.Tensor, labels: torch.Tensor | None, test: ImageSet) -> None:
     check_finite(images, "the images to evaluate")
-    if labels is not None and labels.dim() == 2:
+    if labels is not None and is_soft(labels):
         check_finite(labels, "the soft labels to evaluate")
     info = test.info
-    expect = (info.channels, *info.image_size)
-    if images.dim() != 4 or tuple(images.shape[1:]) != expect:
-        raise CompatibilityError(
-            f"images have shape {tuple(images.shape)} but the test set {info.name!r} has "
-            f"(N, {expect[0]}, {expect[1]}, {expect[2]}); evaluate on the dataset the set was "
-            "distilled from"
-        )
+    problem = info.shape_problem(images, of="the test set")
+    if problem:
+        raise CompatibilityError(f"{problem}; evaluate on the dataset the set was distilled from")
     if labels is None:
         return
     n, k = images.shape[0], info.num_classes
     ok = (labels.dim() == 1 and labels.shape[0] == n) or (
-        labels.dim() == 2 and tuple(labels.shape) == (n, k)
+        is_soft(labels) and tuple(labels.shape) == (n, k)
     )
     if not ok:
         raise CompatibilityError(
@@ -322,7 +319,7 @@ def _challenge_setup(
             "evaluates normalised pixels, prepare the data without ZCA"
         )
     implied = challenge_labels(k, ipc)
-    if labels is not None and not torch.equal(hard_labels_from(labels).cpu(), implied):
+    if labels is not None and not torch.equal(hard_labels_of(labels).cpu(), implied):
         log.warning(
             "challenge: the given labels are ignored; they disagree with the implied "
             "class-major order [0]*%d + [1]*%d + ...",
@@ -394,7 +391,7 @@ def evaluate(
         seed=seed, device=str(device), dsa=strategy, model_kwargs=model_kwargs))
     results = _runs(x, y, test_dev, num_runs, report, period, protocol, kw,
                     cache if fp else None, fp)
-    settings = {"n_images": int(images.shape[0]), "labels": "soft" if y.dim() == 2 else "hard",
+    settings = {"n_images": int(images.shape[0]), "labels": "soft" if is_soft(y) else "hard",
                 **classic_settings(test, lr=lr, epochs=epochs, batch_size=batch_size,
                                    dsa_strategy=strategy if dsa is not None else None,
                                    num_runs=num_runs, seed=seed, model_kwargs=model_kwargs,
@@ -552,10 +549,10 @@ def evaluate_distilled(
             f"{test.space!r}; prepare the data with zca={ds.space == 'zca'}"
         )
     labels = ds.labels
-    if hard_labels == "class_order" and labels.dim() == 2:
+    if hard_labels == "class_order" and is_soft(labels):
         labels = challenge_labels(test.info.num_classes, ds.ipc).to(labels.device)
     elif hard_labels in (True, "argmax"):
-        labels = hard_labels_from(ds.labels)
+        labels = hard_labels_of(ds.labels)
     elif hard_labels not in (False, None, "class_order"):
         raise ConfigError(f"hard_labels={hard_labels!r}; use 'argmax' or 'class_order'")
     if kwargs.get("protocol") == "challenge":  # fixed lr; labels implied by ipc

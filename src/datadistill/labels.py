@@ -14,7 +14,12 @@ Example:
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
+import torch.nn.functional as F
+
+LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (logits, labels) -> scalar
 
 
 def is_soft(labels: torch.Tensor) -> bool:
@@ -25,3 +30,12 @@ def is_soft(labels: torch.Tensor) -> bool:
 def hard_labels(labels: torch.Tensor) -> torch.Tensor:
     """``(N,)`` class indices: the argmax over classes of soft logits, hard labels as given."""
     return labels.argmax(dim=1) if is_soft(labels) else labels
+
+
+def label_loss(labels: torch.Tensor) -> LossFn:
+    """Cross-entropy for hard labels (B,); DATM's soft cross-entropy for (B, K) logits."""
+    if not is_soft(labels):
+        return F.cross_entropy
+    from datadistill.matching.soft_labels import soft_cross_entropy
+
+    return soft_cross_entropy

@@ -49,8 +49,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from datadistill.distill import GRAD_MODES as MODES
 from datadistill.errors import ConfigError
+from datadistill.matching.adjoint import GRAD_MODES as MODES
 
 logger = logging.getLogger(__name__)
 

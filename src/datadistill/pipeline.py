@@ -13,8 +13,14 @@ A pipeline config is one YAML file with the keys shared by every stage at the to
     curriculum: {schedule: {init_ratio: 0.75, ...}, score: el2n}   # PAD only (else absent)
     evaluation: {runs: 5, batch_size: 256, protocols: [classic]}
 
-Precedence: dataclass defaults < method preset < YAML < ``key=value`` overrides. The shared
-keys are copied into the stage configs, so they are written once.
+Precedence: dataclass defaults < method preset < YAML < ``key=value`` overrides. The
+top-level keys besides ``method`` and ``ipc`` are the run context every stage shares
+(:class:`~datadistill.config.RunContext`: data, model, seed, device); each is set once, at
+the top (``distill.zca`` is an error that says so). ``experts`` and ``distill`` are typed
+sections (:class:`~datadistill.experts.ExpertSection`, :class:`~datadistill.distill.
+DistillSection`, the latter grouped by strategy axis in :mod:`datadistill.matching.axes`);
+:func:`expert_config` and :func:`distill_config` join a section with the run context into
+the stage's config.
 
 Evaluation (``eval.json``): every model of ``evaluation.models`` trains fresh networks on the
 best distilled set (classic protocol, learned lr); a soft-label set is also evaluated with its
@@ -32,7 +38,7 @@ Example:
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -41,14 +47,19 @@ import torch
 from datadistill import distributed
 from datadistill.checks import check_ipc_fits, check_pipeline
 from datadistill.config import (
+    RunContext,
     config_from_dict,
     config_to_dict,
     expect_recipe,
+    fields_of,
     merge,
     read_config,
 )
 from datadistill.devices import resolve_device
+from datadistill.distill import DistillConfig, DistillSection
 from datadistill.errors import ConfigError
+from datadistill.evaluate import RUN_PROTOCOLS
+from datadistill.experts import ExpertConfig, ExpertSection
 from datadistill.experts.pad import PADCurriculum
 from datadistill.io import write_json, write_report
 from datadistill.lock import lock_folder_if, locks_output
@@ -59,8 +70,6 @@ log = logging.getLogger(__name__)
 DEFAULT_CONFIG = "digits/mtt_ipc1"
 
 
-# evaluation protocols of a run: evaluate.PROTOCOLS (per set) plus DD-Ranking's scores
-PROTOCOLS = ("classic", "challenge", "ddranking")
 CHALLENGE_FILES = {"cifar100": "cifar100.pt", "tiny_imagenet": "tinyimagenet.pt"}  # official
 
 
@@ -78,9 +87,9 @@ class EvaluationConfig:
     ddranking: dict = field(default_factory=dict)  # overrides of the method's DD-Ranking config
 
     def __post_init__(self) -> None:
-        bad = [p for p in self.protocols if p not in PROTOCOLS]
+        bad = [p for p in self.protocols if p not in RUN_PROTOCOLS]
         if bad or not self.protocols:
-            raise ConfigError(f"evaluation.protocols={self.protocols}; choose from {PROTOCOLS}")
+            raise ConfigError(f"evaluation.protocols={self.protocols}; choose from {RUN_PROTOCOLS}")
         if self.report not in ("last", "best_of_periodic", "both") or self.period < 1:
             raise ConfigError(f"evaluation.report={self.report!r}, period={self.period}; use "
                               "last | best_of_periodic | both and a period >= 1 epochs")
@@ -89,20 +98,18 @@ class EvaluationConfig:
 
 
 @dataclass
-class PipelineConfig:
-    method: str = "mtt"  # preset name; `datadistill presets` lists them
+class PipelineConfig(RunContext):
+    """One trajectory-matching run: the run context every stage shares (data, model, seed,
+    device: :class:`~datadistill.config.RunContext`, top-level keys), ``method`` and ``ipc``,
+    then one typed section per stage."""
+
     dataset: str = "digits"  # registry name; `digits` ships with the package
-    data_root: str | None = None  # folder holding the dataset files (None: not needed/default)
+    device: str = "auto"  # "auto": cuda when available, else cpu
+    method: str = "mtt"  # preset name; `datadistill presets` lists them
     download: bool = False  # fetch missing dataset files from their official URLs
     ipc: int = 1  # images per class of the distilled set
-    zca: bool = False  # distil and evaluate in ZCA-whitened space (MTT: per setting)
-    train_per_class: int | None = None  # class-balanced train subset for every stage (None: all)
-    model: str = "convnet"  # network of experts, student and evaluation
-    model_kwargs: dict = field(default_factory=dict)  # e.g. {depth: 4} for Tiny ImageNet
-    seed: int = 0  # every random draw of the run derives from this
-    device: str = "auto"  # "auto": cuda when available, else cpu
-    experts: dict = field(default_factory=dict)  # ExpertConfig fields
-    distill: dict = field(default_factory=dict)  # DistillConfig fields
+    experts: ExpertSection = field(default_factory=ExpertSection)
+    distill: DistillSection = field(default_factory=DistillSection)
     curriculum: PADCurriculum | None = None  # PAD's expert data schedule; null: all data
     evaluation: EvaluationConfig = field(default_factory=EvaluationConfig)
 
@@ -110,8 +117,8 @@ class PipelineConfig:
         return resolve_device(self.device)
 
 
-SHARED_KEYS = ("dataset", "data_root", "zca", "train_per_class", "model", "model_kwargs", "seed",
-               "device")
+# Set once at the top level for every stage, never inside a stage section.
+SHARED_KEYS = (*(f.name for f in fields(RunContext)), "method", "ipc")
 
 
 def load_pipeline_config(name_or_path: str | None = None, overrides: list[str] | None = None):
@@ -120,6 +127,7 @@ def load_pipeline_config(name_or_path: str | None = None, overrides: list[str] |
 
     name_or_path = name_or_path or DEFAULT_CONFIG
     raw = expect_recipe(read_config(name_or_path, overrides), "tm", name_or_path)
+    _check_sections(raw)
     method = raw.get("method", PipelineConfig.method)
     data = merge(preset_overrides(method, raw.get("dataset"), raw.get("ipc")), raw)
     cfg = config_from_dict(PipelineConfig, data)
@@ -129,25 +137,32 @@ def load_pipeline_config(name_or_path: str | None = None, overrides: list[str] |
     return cfg
 
 
-def _shared(cfg: PipelineConfig) -> dict[str, Any]:
-    shared = {k: getattr(cfg, k) for k in SHARED_KEYS}
-    shared["device"] = cfg.resolved_device()
-    return shared
+def _check_sections(raw: dict[str, Any]) -> None:
+    """A shared key inside a stage section (``distill.zca``) is an error that names the fix."""
+    for section in ("experts", "distill"):
+        values = raw.get(section)
+        for key in (k for k in SHARED_KEYS if isinstance(values, dict) and k in values):
+            raise ConfigError(f"{section}.{key}: {key} is shared by every stage of a run; set it "
+                              f"once at the top level of the config ({key}=...)")
 
 
-def expert_config(cfg: PipelineConfig):
-    from datadistill.experts import ExpertConfig
+def _context(cfg: PipelineConfig) -> dict[str, Any]:
+    """The run context a stage config receives: the pipeline's, with the device resolved."""
+    return fields_of(RunContext, cfg) | {"device": cfg.resolved_device()}
 
-    return config_from_dict(ExpertConfig, merge(_shared(cfg), cfg.experts), prefix="experts.")
+
+def expert_config(cfg: PipelineConfig) -> ExpertConfig:
+    """The expert stage's config: the run context and the ``experts`` section."""
+    return ExpertConfig(**_context(cfg), **fields_of(ExpertSection, cfg.experts))
 
 
-def distill_config(cfg: PipelineConfig, expert_dir: str | None = None):
-    from datadistill.distill import DistillConfig
-
-    section = merge(_shared(cfg) | {"ipc": cfg.ipc, "method": cfg.method}, cfg.distill)
-    if expert_dir is not None:
-        section.setdefault("expert_dir", expert_dir)
-    return config_from_dict(DistillConfig, section, prefix="distill.")
+def distill_config(cfg: PipelineConfig, expert_dir: str | None = None) -> DistillConfig:
+    """The distillation stage's config: the run context, ``method``, ``ipc`` and the
+    ``distill`` section; ``expert_dir`` fills ``distill.expert_dir`` when that is unset."""
+    section = fields_of(DistillSection, cfg.distill)
+    if section["expert_dir"] is None:
+        section["expert_dir"] = expert_dir
+    return DistillConfig(**_context(cfg), method=cfg.method, ipc=cfg.ipc, **section)
 
 
 def _check(cfg: PipelineConfig) -> None:

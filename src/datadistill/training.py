@@ -11,7 +11,8 @@ is plugged in:
 - ``schedule(epoch, optimizer) -> optimizer`` after each epoch: a cosine scheduler's
   ``step()``, or the classic protocol's decay that re-creates the optimiser;
 - ``loss(outputs, targets)``: hard cross-entropy, soft cross-entropy on (N, K) logits
-  (:func:`loss_for`), or a KL divergence at a temperature (INFER's ``kd_loss``);
+  (:func:`datadistill.labels.label_loss`), or a KL divergence at a temperature (INFER's
+  ``kd_loss``);
 - ``augment(images, targets, generator) -> (images, targets)``: DSA, crop/flip, mixup/CutMix
   (which also mix the targets); :func:`images_only` adapts an image-only augmentation;
 - hooks before and after each epoch: snapshots, checkpoints, periodic tests.
@@ -42,11 +43,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from datadistill.matching.soft_labels import soft_cross_entropy
+from datadistill.labels import LossFn, hard_labels
 from datadistill.progress import progress_bar
 
 T = TypeVar("T")
-LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 Augment = Callable[[torch.Tensor, Any, "torch.Generator | None"], tuple[torch.Tensor, Any]]
 Schedule = Callable[[int, torch.optim.Optimizer], torch.optim.Optimizer]
 EpochPool = Callable[[int], torch.Tensor]  # 0-based epoch -> int64 indices into the data
@@ -144,16 +144,6 @@ def shuffled_batches(n: int, batch_size: int, generator: torch.Generator | None 
         idx = order[start : start + batch_size]
         if len(idx) > 1 or size == 1 or not drop_single:
             yield idx
-
-
-def hard_labels_from(labels: torch.Tensor) -> torch.Tensor:
-    """(N,) class indices from hard labels (returned as-is) or (N, K) soft logits (argmax)."""
-    return labels.argmax(dim=1) if labels.dim() == 2 else labels
-
-
-def loss_for(labels: torch.Tensor) -> LossFn:
-    """Cross-entropy for (N,) hard labels, soft cross-entropy for (N, K) soft logits."""
-    return soft_cross_entropy if labels.dim() == 2 else F.cross_entropy
 
 
 def images_only(augment: Callable[..., torch.Tensor]) -> Augment:
@@ -281,7 +271,7 @@ def test_accuracy(
     layout = torch.channels_last if torch.device(device).type == "cpu" else None
     if layout is not None:
         net.to(memory_format=layout)
-    labels = hard_labels_from(labels)
+    labels = hard_labels(labels)
     correct = torch.zeros((), dtype=torch.int64, device=device)
     try:
         for start in range(0, images.shape[0], batch_size):

@@ -55,25 +55,12 @@ trout tulip turtle wardrobe whale willow_tree wolf woman worm
 """.split()
 )
 
-CIFAR10_INFO = DatasetInfo(
-    name="cifar10",
-    num_classes=10,
-    channels=3,
-    image_size=(32, 32),
-    mean=(0.4914, 0.4822, 0.4465),
-    std=(0.2023, 0.1994, 0.2010),
-    class_names=CIFAR10_CLASSES,
-)
-
-CIFAR100_INFO = DatasetInfo(
-    name="cifar100",
-    num_classes=100,
-    channels=3,
-    image_size=(32, 32),
-    mean=(0.5071, 0.4866, 0.4409),
-    std=(0.2673, 0.2564, 0.2762),
-    class_names=CIFAR100_CLASSES,
-)
+CIFAR10_INFO = DatasetInfo("cifar10", num_classes=10, channels=3, image_size=(32, 32),
+                           mean=(0.4914, 0.4822, 0.4465), std=(0.2023, 0.1994, 0.2010),
+                           class_names=CIFAR10_CLASSES)
+CIFAR100_INFO = DatasetInfo("cifar100", num_classes=100, channels=3, image_size=(32, 32),
+                            mean=(0.5071, 0.4866, 0.4409), std=(0.2673, 0.2564, 0.2762),
+                            class_names=CIFAR100_CLASSES)
 
 
 @dataclass(frozen=True)

@@ -16,7 +16,7 @@ from functools import lru_cache
 
 import numpy as np
 
-from datadistill.data.info import DSA_NO_FLIP, DatasetInfo, LoadedSplit
+from datadistill.data.info import DIGIT_NAMES, DSA_NO_FLIP, DatasetInfo, LoadedSplit
 
 SPLIT_SEED = 0
 TEST_FRACTION = 0.2
@@ -26,16 +26,8 @@ TEST_FRACTION = 0.2
 MEAN = (0.3055,)
 STD = (0.3761,)
 
-INFO = DatasetInfo(
-    name="digits",
-    num_classes=10,
-    channels=1,
-    image_size=(8, 8),
-    mean=MEAN,
-    std=STD,
-    class_names=tuple(str(d) for d in range(10)),
-    dsa_strategy=DSA_NO_FLIP,
-)
+INFO = DatasetInfo("digits", num_classes=10, channels=1, image_size=(8, 8), mean=MEAN, std=STD,
+                   class_names=DIGIT_NAMES, dsa_strategy=DSA_NO_FLIP)
 
 
 def _test_counts(class_counts: np.ndarray, n_test: int) -> np.ndarray:

@@ -26,6 +26,8 @@ SPACES = ("raw", "normalized", "zca")
 DSA_DEFAULT = "color_crop_cutout_flip_scale_rotate"
 DSA_NO_FLIP = "color_crop_cutout_scale_rotate"
 
+DIGIT_NAMES = tuple(str(d) for d in range(10))  # class names of digits, MNIST and SVHN
+
 
 @dataclass(frozen=True)
 class DatasetInfo:
@@ -60,6 +62,21 @@ class DatasetInfo:
             )
         if any(s <= 0 for s in self.std):
             raise ConfigError(f"dataset {self.name!r}: std {self.std} must be positive")
+
+    def shape_problem(self, images: torch.Tensor, of: str = "dataset") -> str | None:
+        """None when ``images`` are (N, C, H, W) of this dataset, else what is wrong (``of``
+        names the data the images were compared with).
+
+        Example:
+            >>> DatasetInfo("toy", 1, 1, (8, 8), (0.5,), (0.25,), ("a",)).shape_problem(
+            ...     torch.zeros(2, 3, 8, 8))
+            "images have shape (2, 3, 8, 8), expected (N, 1, 8, 8) for dataset 'toy'"
+        """
+        expect = (self.channels, *self.image_size)
+        if images.dim() == 4 and tuple(images.shape[1:]) == expect:
+            return None
+        return (f"images have shape {tuple(images.shape)}, expected (N, {expect[0]}, "
+                f"{expect[1]}, {expect[2]}) for {of} {self.name!r}")
 
     def with_classes(self, class_names: tuple[str, ...]) -> DatasetInfo:
         """Copy with other class names (and the matching class count)."""
@@ -153,9 +170,9 @@ def denormalize(x: torch.Tensor, info: DatasetInfo) -> torch.Tensor:
     """Inverse of `normalize`: x * std + mean, channelwise; x is (..., C, H, W).
 
     Example:
-        >>> info = DatasetInfo("toy", 1, 1, (2, 2), (0.5,), (0.5,), ("a",))
-        >>> denormalize(torch.ones(1, 2, 2), info).tolist()
-        [[[1.0, 1.0], [1.0, 1.0]]]
+        >>> info = DatasetInfo("toy", 1, 1, (2, 2), (0.5,), (0.25,), ("a",))
+        >>> float(denormalize(normalize(torch.full((1, 2, 2), 0.75), info), info).max())
+        0.75
     """
     mean, std = _channel_stats(x, info)
     return x * std + mean

@@ -22,44 +22,19 @@ import numpy as np
 
 from datadistill.data import safe_archive
 from datadistill.data.download import ensure_file
-from datadistill.data.info import DSA_DEFAULT, DSA_NO_FLIP, DatasetInfo, LoadedSplit
+from datadistill.data.info import DIGIT_NAMES, DSA_DEFAULT, DSA_NO_FLIP, DatasetInfo, LoadedSplit
 from datadistill.data.safe_archive import check_expanded_size
 from datadistill.errors import DatasetError
 
 IDX_UBYTE = 0x08  # IDX type code for unsigned bytes, the only type MNIST uses
 
-MNIST_INFO = DatasetInfo(
-    name="mnist",
-    num_classes=10,
-    channels=1,
-    image_size=(28, 28),
-    mean=(0.1307,),
-    std=(0.3081,),
-    class_names=tuple(str(d) for d in range(10)),
-    dsa_strategy=DSA_NO_FLIP,
-)
-
-FASHION_INFO = DatasetInfo(
-    name="fashion_mnist",
-    num_classes=10,
-    channels=1,
-    image_size=(28, 28),
-    mean=(0.2861,),
-    std=(0.3530,),
-    class_names=(
-        "T-shirt/top",
-        "Trouser",
-        "Pullover",
-        "Dress",
-        "Coat",
-        "Sandal",
-        "Shirt",
-        "Sneaker",
-        "Bag",
-        "Ankle boot",
-    ),
-    dsa_strategy=DSA_DEFAULT,
-)
+MNIST_INFO = DatasetInfo("mnist", num_classes=10, channels=1, image_size=(28, 28),
+                         mean=(0.1307,), std=(0.3081,), class_names=DIGIT_NAMES,
+                         dsa_strategy=DSA_NO_FLIP)
+FASHION_INFO = DatasetInfo("fashion_mnist", num_classes=10, channels=1, image_size=(28, 28),
+                           mean=(0.2861,), std=(0.3530,), dsa_strategy=DSA_DEFAULT,
+                           class_names=("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
+                                        "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"))
 
 # Sub-folders of `root` searched after `root` itself; the first is where downloads go.
 _FOLDERS = {

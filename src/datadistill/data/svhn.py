@@ -17,19 +17,12 @@ import numpy as np
 import scipy.io
 
 from datadistill.data.download import ensure_file
-from datadistill.data.info import DSA_NO_FLIP, DatasetInfo, LoadedSplit
+from datadistill.data.info import DIGIT_NAMES, DSA_NO_FLIP, DatasetInfo, LoadedSplit
 from datadistill.errors import DatasetError
 
-INFO = DatasetInfo(
-    name="svhn",
-    num_classes=10,
-    channels=3,
-    image_size=(32, 32),
-    mean=(0.4377, 0.4438, 0.4728),
-    std=(0.1980, 0.2010, 0.1970),
-    class_names=tuple(str(d) for d in range(10)),
-    dsa_strategy=DSA_NO_FLIP,
-)
+INFO = DatasetInfo("svhn", num_classes=10, channels=3, image_size=(32, 32),
+                   mean=(0.4377, 0.4438, 0.4728), std=(0.1980, 0.2010, 0.1970),
+                   class_names=DIGIT_NAMES, dsa_strategy=DSA_NO_FLIP)
 
 
 def _load_mat(path: Path) -> dict:

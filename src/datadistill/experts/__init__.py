@@ -16,6 +16,7 @@ from datadistill.experts.legacy import import_replay_buffers
 from datadistill.experts.store import FORMAT_VERSION, ExpertStore, expert_path
 from datadistill.experts.train import (
     ExpertConfig,
+    ExpertSection,
     expert_seeds,
     train_experts,
     train_one_expert,
@@ -24,6 +25,7 @@ from datadistill.experts.train import (
 __all__ = [
     "FORMAT_VERSION",
     "ExpertConfig",
+    "ExpertSection",
     "ExpertStore",
     "expert_path",
     "expert_seeds",

@@ -24,12 +24,13 @@ from __future__ import annotations
 import dataclasses
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from torch import nn
 
+from datadistill.config import RunContext
 from datadistill.data import check_prepared
 from datadistill.errors import CompatibilityError, ConfigError
 from datadistill.experts.store import (
@@ -52,15 +53,10 @@ EpochSubset = Callable[[int], torch.Tensor]  # 0-based epoch -> int64 indices in
 
 
 @dataclass
-class ExpertConfig:
-    """How the expert trajectories are trained (defaults: MTT's official ``buffer.py``)."""
+class ExpertSection:
+    """The ``experts:`` section of a pipeline config: how the trajectories are trained
+    (defaults: MTT's official ``buffer.py``)."""
 
-    dataset: str = "cifar10"  # registry name (datadistill.data.list_datasets())
-    data_root: str | None = None  # folder with the dataset files (None: default/not needed)
-    zca: bool = False  # train in ZCA-whitened space (MTT: per setting; must match distillation)
-    train_per_class: int | None = None  # class-balanced train subset (None: all; MTT: all)
-    model: str = "convnet"  # registry name (datadistill.models.list_models())
-    model_kwargs: dict = field(default_factory=dict)  # e.g. {depth: 4} for Tiny ImageNet
     num_experts: int = 100  # trajectories to train (MTT: 100)
     epochs: int = 50  # epochs per expert; distillation needs >= max_start_epoch - 1 + expert_epochs
     lr: float = 0.01  # constant SGD learning rate (MTT `lr_teacher` of buffer.py)
@@ -72,10 +68,8 @@ class ExpertConfig:
     gsam_alpha: float = 0.3  # GSAM surrogate-gap weight (FTD Table 7: 0.3 or 1); gsam only
     dsa: bool = True  # DSA on every real batch (MTT: on)
     dsa_strategy: str | None = None  # None: the dataset's default strategy
-    seed: int = 0  # expert i uses seeds derived from (seed, i)
     test_samples: int | None = None  # per-epoch accuracy on this many test images (None: all)
     dtype: str = "float32"  # storage dtype of the parameters: float32 | float16 (half the disk)
-    device: str = "cpu"  # where to train (train_experts' device argument overrides it)
 
     def __post_init__(self) -> None:
         if self.optimizer not in OPTIMIZERS:
@@ -91,6 +85,13 @@ class ExpertConfig:
                 raise ConfigError(f"experts.{name} must be >= 1, got {getattr(self, name)}")
         if self.lr <= 0:
             raise ConfigError(f"experts.lr must be > 0, got {self.lr} (MTT: 0.01)")
+
+
+@dataclass
+class ExpertConfig(ExpertSection, RunContext):
+    """How the expert trajectories are trained: the run context (data, model, seed, device;
+    expert i uses seeds derived from (seed, i), and ``train_experts``' device argument
+    overrides ``device``) and the ``experts`` section (:class:`ExpertSection`)."""
 
 
 # Keys that may change between runs writing the same store (the rest must match).

@@ -22,14 +22,12 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from datadistill.labels import is_soft
+from datadistill.labels import LossFn, label_loss
 from datadistill.models.convnet_kernels import convnet_plan
 
 ForwardFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (theta (P,), x) -> logits
-LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (logits, labels) -> scalar
 
 
 def student_forward(model: nn.Module, *, fast: bool = True) -> ForwardFn:
@@ -54,15 +52,6 @@ def student_forward(model: nn.Module, *, fast: bool = True) -> ForwardFn:
         return functional_forward(model, theta, x)
 
     return generic
-
-
-def label_loss(labels: torch.Tensor) -> LossFn:
-    """Cross-entropy for hard labels (B,); DATM's soft cross-entropy for (B, K) logits."""
-    if not is_soft(labels):
-        return F.cross_entropy
-    from datadistill.matching.soft_labels import soft_cross_entropy
-
-    return soft_cross_entropy
 
 
 class BatchSampler:

@@ -167,24 +167,11 @@ class ConvNet(nn.Module):
         return self.fc(self.features(x))
 
 
-def _convnet_builder(
-    in_channels: int,
-    num_classes: int,
-    image_size: tuple[int, int],
-    width: int = 128,
-    depth: int | None = None,
-    norm: str = "instancenorm",
-    act: str = "relu",
-    pool: str = "avgpool",
-) -> ConvNet:
-    return ConvNet(in_channels, num_classes, image_size, width, depth, norm, act, pool)
-
-
-# The same builder registered under each alias; aliases only change defaults.
+# The class is the builder (the registry reads its signature); aliases only change defaults.
 for _name, _defaults in {
     "convnet": {},
     "convnet_bn": {"norm": "batchnorm"},
     "convnetd4": {"depth": 4},
     "convnetd5": {"depth": 5},
 }.items():
-    register_model(_name, doc=f"ConvNet {_defaults or '(defaults)'}", **_defaults)(_convnet_builder)
+    register_model(_name, doc=f"ConvNet {_defaults or '(defaults)'}", **_defaults)(ConvNet)
