@@ -616,6 +616,25 @@ def command_guard(args: argparse.Namespace):
 
 
 def main(argv: list[str] | None = None) -> int:
+    """The ``datadistill`` command; under torchrun, a rank's error also goes to torchrun's
+    failure summary (its ``record`` decorator), which names the rank that failed."""
+    if distributed.env_world_size() > 1:
+        from torch.distributed.elastic.multiprocessing.errors import record
+
+        return record(_main)(argv)
+    return _main(argv)
+
+
+def _record_error(err: BaseException) -> None:
+    """Under torchrun, hand a handled error to torchrun's summary of the failed rank."""
+    if distributed.active() and os.environ.get("TORCHELASTIC_ERROR_FILE"):
+        from torch.distributed.elastic.multiprocessing.errors import get_error_handler
+
+        with contextlib.suppress(Exception):
+            get_error_handler().record_exception(err)
+
+
+def _main(argv: list[str] | None) -> int:
     parser = build_parser()
     args = parse_args(parser, argv)
     try:
@@ -634,7 +653,11 @@ def main(argv: list[str] | None = None) -> int:
         format=("%(levelname)s %(name)s: %(message)s" if main_rank
                 else f"%(levelname)s rank {distributed.rank()} %(name)s: %(message)s"),
     )
-    previous = signal.signal(signal.SIGTERM, _terminated)  # `kill`, a job's timeout: Ctrl-C
+    # `kill`, a job's timeout: stop like Ctrl-C. Under torchrun, SIGTERM is how the agent stops
+    # the other ranks when one fails, and a rank waiting in a collective runs no Python handler:
+    # keep the default (end at once; writes are atomic and locks die with their process).
+    handler = signal.SIG_DFL if distributed.active() else _terminated
+    previous = signal.signal(signal.SIGTERM, handler)
     try:
         with _quiet_unless_main(main_rank):
             return _run(args)
@@ -661,6 +684,7 @@ def _run(args: argparse.Namespace) -> int:
         if getattr(err, "text", None):  # a finished report that could not be written
             print(err.text, end="")
         print(f"error: {err}", file=sys.stderr)
+        _record_error(err)
         return 2
     except BrokenPipeError:  # e.g. `datadistill presets | head`
         return 0
