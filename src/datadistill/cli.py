@@ -235,7 +235,6 @@ def cmd_eval(args: argparse.Namespace) -> int:
         return cmd_score(args)
     from datadistill.ddranking import hard_labels_for
     from datadistill.evaluate import evaluate, evaluate_cross
-    from datadistill.io import write_report
 
     t0 = time.perf_counter()
     ds, data = _load_set_and_data(args)
@@ -262,7 +261,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
                   f"{100 * rep.settings['best_mean']:.2f} ± {100 * rep.settings['best_std']:.2f} %")
         if rep.settings.get("official") is False:
             print("  UNOFFICIAL challenge score: " + "; ".join(rep.settings["unofficial_settings"]))
-    out = write_report({name: rep.to_dict() for name, rep in reports.items()}, report_path(args))
+    # model -> report, as before; each report records the world_size that made it
+    out = _write_report({name: {**rep.to_dict(), **distributed.metadata()}
+                         for name, rep in reports.items()}, report_path(args), top=False)
     print(f"report written to {out}")
     _report(out.parent, "eval", time.perf_counter() - t0)
     return 0
@@ -271,7 +272,6 @@ def cmd_eval(args: argparse.Namespace) -> int:
 def cmd_baseline(args: argparse.Namespace) -> int:
     from datadistill.baselines import baseline_full, baseline_random
     from datadistill.data import prepare
-    from datadistill.io import write_report
 
     data = prepare(args.dataset, args.data_root, zca=args.zca, download=args.download)
     common = dict(num_runs=args.runs, seed=args.seed, device=args.device, progress=not args.quiet)
@@ -282,9 +282,20 @@ def cmd_baseline(args: argparse.Namespace) -> int:
         report = baseline_full(data, epochs=args.epochs, **common)
         label = f"full training set, {args.epochs} epochs"
     print(f"{args.dataset} {label}: {_fmt(report)}")
-    out = write_report(report.to_dict(), report_path(args))
+    out = _write_report(report.to_dict(), report_path(args))
     print(f"report written to {out}")
     return 0
+
+
+def _write_report(data: dict, path: Path, *, top: bool = True) -> Path:
+    """Rank 0 writes a finished report, with the ``world_size`` that made it at the top level
+    (``top``; else the caller put it in each entry); returns its path (the other ranks of a
+    torchrun job only return the path)."""
+    from datadistill.io import write_report
+
+    if not distributed.is_main():
+        return Path(path)
+    return write_report({**data, **distributed.metadata()} if top else data, path)
 
 
 # ---------------------------------------------------------------- report.html
@@ -292,7 +303,7 @@ def _report(folder: Path, stage: str | None = None, seconds: float | None = None
     """Write report.html when ``stage`` is given (never fails the command); print its path."""
     from datadistill.report import REPORT_FILE, write_report
 
-    if stage is not None:
+    if stage is not None and distributed.is_main():
         write_report(folder, stage=stage, seconds=seconds)
     if (Path(folder) / REPORT_FILE).is_file():
         print(f"page: {Path(folder) / REPORT_FILE}")
@@ -330,7 +341,6 @@ def _ddranking_config(args: argparse.Namespace, ds):
 def cmd_score(args: argparse.Namespace) -> int:
     from datadistill.ddranking import score
     from datadistill.evaluate import build_network
-    from datadistill.io import write_report
 
     ds, data = _load_set_and_data(args)
     cfg = _ddranking_config(args, ds)
@@ -346,8 +356,8 @@ def cmd_score(args: argparse.Namespace) -> int:
         if key in report.summary:
             s = report.summary[key]
             print(f"  {key:<9} {100 * s['mean']:6.2f} ± {100 * s['std']:.2f} % (best of tests)")
-    out = write_report(report.to_dict(),
-                       Path(args.out) if args.out else Path(args.path) / "ddranking.json")
+    out = _write_report(report.to_dict(),
+                        Path(args.out) if args.out else Path(args.path) / "ddranking.json")
     print(f"report written to {out}")
     return 0
 
@@ -356,7 +366,6 @@ def cmd_challenge(args: argparse.Namespace) -> int:
     from datadistill.challenge import FILES, combined_score, write_scores_txt
     from datadistill.data import prepare
     from datadistill.evaluate import evaluate
-    from datadistill.io import write_report
 
     scores, reports = {}, {}
     for dataset, fname in FILES.items():
@@ -371,8 +380,9 @@ def cmd_challenge(args: argparse.Namespace) -> int:
     official = all(r["settings"]["official"] for r in reports.values())
     print(f"combined score: {total:.4f}" + ("" if official else " (UNOFFICIAL settings)"))
     out = Path(args.out or ".")
-    write_scores_txt(out / "scores.txt", total)
-    write_report({"score": total, "official": official, **reports}, out / "challenge.json")
+    if distributed.is_main():
+        write_scores_txt(out / "scores.txt", total)
+    _write_report({"score": total, "official": official, **reports}, out / "challenge.json")
     print(f"scores.txt and challenge.json written to {out}")
     return 0
 

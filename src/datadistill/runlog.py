@@ -28,6 +28,7 @@ from typing import Any
 
 import torch
 
+from datadistill import distributed
 from datadistill.errors import DatadistillError
 from datadistill.io import read_json, write_json
 
@@ -106,7 +107,8 @@ class StageClock:
 
     def _add(self, name: str, seconds: float) -> None:
         self.seconds[name] = round(self.seconds.get(name, 0.0) + seconds, 1)
-        write_json(self.seconds, self.path)
+        if distributed.is_main():  # under torchrun, rank 0 keeps the record
+            write_json(self.seconds, self.path)
 
     def report(self) -> dict[str, float]:
         """The summed seconds per stage and their total."""
