@@ -16,13 +16,16 @@ from pathlib import Path
 import pytest
 import torch
 
+from datadistill.cli import main
 from datadistill.experts.store import expert_path
 
 SRC = str(Path(__file__).resolve().parents[1] / "src")
 TINY_EXPERTS = ["train_per_class=10", "model_kwargs.width=4", "experts.num_experts=5",
                 "experts.epochs=2", "experts.batch_size=32", "distill.max_start_epoch=1"]
-TINY_TEACHERS = ["train_per_class=10", "teachers.archs=[convnet_bn,convnet_bn_w]",
-                 "teachers.epochs=1", "teachers.width_mult=0.25"]
+TINY_TEACHERS = ["train_per_class=10", "teachers.archs=[shufflenet_g2,mobilenetv2_cifar]",
+                 "teachers.epochs=1", "teachers.width_mult=0.125"]
+TINY_INFER = ["iterations=2", "student.epochs=1", "student.model_kwargs.width_mult=0.125",
+              "student.eval_every=1"]
 
 
 def _env() -> dict:
@@ -55,21 +58,24 @@ def _experts(out: Path, procs: int, *extra: str) -> subprocess.CompletedProcess:
                        "--quiet", procs=procs)
 
 
+def _assert_same_tensors(a: Path, b: Path) -> None:
+    x, y = torch.load(a, weights_only=True), torch.load(b, weights_only=True)
+    assert x.keys() == y.keys()
+    for key in x:
+        assert torch.equal(x[key], y[key]), f"{a.name}: {key} differs"
+
+
 def _assert_same_store(a: Path, b: Path, count: int) -> None:
     for i in range(count):
-        x = torch.load(expert_path(a, i), weights_only=True)
-        y = torch.load(expert_path(b, i), weights_only=True)
-        assert x.keys() == y.keys()
-        for key in x:
-            assert torch.equal(x[key], y[key]), f"expert {i} {key} differs"
+        _assert_same_tensors(expert_path(a, i), expert_path(b, i))
     assert not expert_path(a, count).exists() and not expert_path(b, count).exists()
 
 
 @pytest.fixture(scope="module")
 def single_store(tmp_path_factory) -> Path:
-    """The reference: the toy store trained by one process."""
+    """The reference: the toy store trained by one process (this one)."""
     out = tmp_path_factory.mktemp("single") / "experts"
-    _ok(_experts(out, 1))
+    assert main(["experts", "digits/mtt_ipc1", *TINY_EXPERTS, "--out", str(out), "--quiet"]) == 0
     return out
 
 
@@ -77,31 +83,66 @@ def test_two_processes_train_the_same_store_bitwise(single_store, tmp_path):
     out = tmp_path / "experts"
     proc = _ok(_experts(out, 2))
     _assert_same_store(out, single_store, 5)
-    meta = json.loads((out / "meta.json").read_text())
-    assert meta["world_size"] == 2
+    assert json.loads((out / "meta.json").read_text())["world_size"] == 2
     assert json.loads((single_store / "meta.json").read_text())["world_size"] == 1
     assert proc.stdout.count("5 experts in") == 1  # rank 1 printed nothing
     assert not (out / ".lock").exists()
 
 
-def test_a_store_started_by_one_process_resumes_with_two(single_store, tmp_path):
+def test_a_failing_rank_stops_the_job_and_reruns_resume_with_another_k(single_store, tmp_path):
     out = tmp_path / "experts"
-    _ok(_experts(out, 1, "experts.num_experts=2"))  # the first try stopped after 2 experts
-    _ok(_experts(out, 2))
-    _assert_same_store(out, single_store, 5)
-
-
-def test_a_failing_rank_stops_the_job_and_a_rerun_resumes(single_store, tmp_path):
-    out = tmp_path / "experts"
-    # Expert 1 falls to rank 1 of 2; a folder in its place makes rank 1's write fail.
-    expert_path(out, 1).mkdir(parents=True)
+    _ok(_experts(out, 1, "experts.num_experts=2"))  # a first try, one process, 2 experts
+    # Missing: 2, 3, 4; rank 1 of 2 takes expert 3, and a folder in its place fails its write.
+    expert_path(out, 3).mkdir()
     proc = _experts(out, 2)
     assert proc.returncode != 0
     # torchrun's failure summary names rank 1 as the root cause, with its error
     cause = proc.stderr.split("Root Cause", 1)[-1]
     assert re.search(r"rank\s*:\s*1\b", cause), proc.stderr
-    assert "IsADirectoryError" in cause and "expert_0001.pt" in cause
+    assert "IsADirectoryError" in cause and "expert_0003.pt" in cause
     assert "experts in" not in proc.stdout  # rank 0 did not report a finished store
-    expert_path(out, 1).rmdir()
-    _ok(_experts(out, 2))
+    expert_path(out, 3).rmdir()
+    _ok(_experts(out, 2))  # the rerun resumes: 2 processes after 1
     _assert_same_store(out, single_store, 5)
+
+
+@pytest.fixture(scope="module")
+def single_teachers(tmp_path_factory) -> Path:
+    """The reference: two toy teachers trained by one process (this one)."""
+    out = tmp_path_factory.mktemp("teachers") / "one"
+    assert main(["teachers", "digits/infer_ipc10", *TINY_TEACHERS, "--out", str(out),
+                 "--quiet"]) == 0
+    return out
+
+
+def test_teachers_are_shared_out_and_equal_a_single_process_store(single_teachers, tmp_path):
+    out = tmp_path / "two"
+    proc = _ok(datadistill("teachers", "digits/infer_ipc10", *TINY_TEACHERS, "--out", str(out),
+                           "--quiet", procs=2))
+    for arch in ("shufflenet_g2", "mobilenetv2_cifar"):  # one per rank
+        _assert_same_tensors(out / arch / "model.pt", single_teachers / arch / "model.pt")
+        assert json.loads((out / arch / "meta.json").read_text())["world_size"] == 2
+    assert proc.stdout.count("shufflenet_g2: test accuracy") == 1
+
+
+def test_infer_under_two_processes_writes_the_single_process_set(single_teachers, tmp_path):
+    args = ["infer", "digits/infer_ipc10", *TINY_TEACHERS, *TINY_INFER,
+            f"teacher_dir={single_teachers}", "--quiet", "--out"]
+    assert main([*args, str(tmp_path / "one")]) == 0
+    proc = _ok(datadistill(*args, str(tmp_path / "two"), procs=2))
+    _assert_same_tensors(tmp_path / "two" / "infer.pt", tmp_path / "one" / "infer.pt")
+    one, two = (json.loads((tmp_path / d / "eval_infer.json").read_text()) for d in ("one", "two"))
+    assert two["accuracies"] == one["accuracies"]
+    assert (two["world_size"], one["world_size"]) == (2, 1)
+    assert json.loads((tmp_path / "two" / "meta.json").read_text())["world_size"] == 2
+    assert proc.stdout.count("set written to") == 1
+
+
+def test_baseline_report_records_two_processes(tmp_path):
+    out = tmp_path / "baseline.json"
+    proc = _ok(datadistill("baseline", "random", "--dataset", "digits", "--epochs", "2",
+                           "--runs", "2", "--out", str(out), "--quiet", procs=2))
+    report = json.loads(out.read_text())
+    assert report["world_size"] == 2 and len(report["accuracies"]) == 2
+    assert proc.stdout.count("report written to") == 1
+    assert not (tmp_path / f".{out.name}.lock").exists()
