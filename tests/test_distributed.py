@@ -17,11 +17,13 @@ import pytest
 import torch
 
 from datadistill.cli import main
+from datadistill.experts.difficulty import load_difficulty
 from datadistill.experts.store import expert_path
 
 SRC = str(Path(__file__).resolve().parents[1] / "src")
 TINY_EXPERTS = ["train_per_class=10", "model_kwargs.width=4", "experts.num_experts=5",
                 "experts.epochs=2", "experts.batch_size=32", "distill.max_start_epoch=1"]
+TINY_PAD = ["curriculum.score_models=2", "curriculum.score_epochs=1"]
 TINY_TEACHERS = ["train_per_class=10", "teachers.archs=[shufflenet_g2,mobilenetv2_cifar]",
                  "teachers.epochs=1", "teachers.width_mult=0.125"]
 TINY_INFER = ["iterations=2", "student.epochs=1", "student.model_kwargs.width_mult=0.125",
@@ -53,9 +55,10 @@ def _ok(proc: subprocess.CompletedProcess) -> subprocess.CompletedProcess:
     return proc
 
 
-def _experts(out: Path, procs: int, *extra: str) -> subprocess.CompletedProcess:
-    return datadistill("experts", "digits/mtt_ipc1", *TINY_EXPERTS, *extra, "--out", str(out),
-                       "--quiet", procs=procs)
+def _experts(out: Path, procs: int, *extra: str, config: str = "digits/mtt_ipc1"
+             ) -> subprocess.CompletedProcess:
+    return datadistill("experts", config, *TINY_EXPERTS, *extra, "--out", str(out), "--quiet",
+                       procs=procs)
 
 
 def _assert_same_tensors(a: Path, b: Path) -> None:
@@ -79,19 +82,37 @@ def single_store(tmp_path_factory) -> Path:
     return out
 
 
-def test_two_processes_train_the_same_store_bitwise(single_store, tmp_path):
+@pytest.fixture(scope="module")
+def single_pad_store(tmp_path_factory) -> Path:
+    """The reference with PAD's curriculum (difficulty scoring first), one process."""
+    out = tmp_path_factory.mktemp("single_pad") / "experts"
+    assert main(["experts", "digits/pad_ipc1", *TINY_EXPERTS, *TINY_PAD, "--out", str(out),
+                 "--quiet"]) == 0
+    return out
+
+
+def test_two_processes_train_the_same_store_bitwise(single_pad_store, tmp_path):
+    # PAD: rank 0 scores the samples while rank 1 waits; both then train their experts on
+    # the curriculum, and every rank's served sizes reach curriculum.json.
     out = tmp_path / "experts"
-    proc = _ok(_experts(out, 2))
-    _assert_same_store(out, single_store, 5)
+    proc = _ok(_experts(out, 2, *TINY_PAD, config="digits/pad_ipc1"))
+    _assert_same_store(out, single_pad_store, 5)
+    orders = [load_difficulty(d / "difficulty.pt") for d in (out, single_pad_store)]
+    assert torch.equal(orders[0].scores, orders[1].scores)
+    assert all(map(torch.equal, orders[0].indices, orders[1].indices))
+    curriculum = [json.loads((d / "curriculum.json").read_text())
+                  for d in (out, single_pad_store)]
+    assert curriculum[0] == curriculum[1] and curriculum[0]["epoch_subset_calls"] == 5 * 2
     assert json.loads((out / "meta.json").read_text())["world_size"] == 2
-    assert json.loads((single_store / "meta.json").read_text())["world_size"] == 1
+    assert json.loads((single_pad_store / "meta.json").read_text())["world_size"] == 1
     assert proc.stdout.count("5 experts in") == 1  # rank 1 printed nothing
     assert not (out / ".lock").exists()
 
 
 def test_a_failing_rank_stops_the_job_and_reruns_resume_with_another_k(single_store, tmp_path):
     out = tmp_path / "experts"
-    _ok(_experts(out, 1, "experts.num_experts=2"))  # a first try, one process, 2 experts
+    assert main(["experts", "digits/mtt_ipc1", *TINY_EXPERTS, "experts.num_experts=2",
+                 "--out", str(out), "--quiet"]) == 0  # a first try: one process, 2 experts
     # Missing: 2, 3, 4; rank 1 of 2 takes expert 3, and a folder in its place fails its write.
     expert_path(out, 3).mkdir()
     proc = _experts(out, 2)
