@@ -37,7 +37,7 @@ import numpy as np
 import torch
 import yaml
 
-from datadistill import __version__
+from datadistill import __version__, distributed
 from datadistill.data import DatasetInfo, dataset_info, denormalize, normalize
 from datadistill.data.zca import ZCA
 from datadistill.errors import ArtifactError, CompatibilityError
@@ -254,6 +254,7 @@ def save_distilled(ds: DistilledSet, directory: str | Path) -> Path:
         "zca": None if ds.zca is None else _plain(zca_scalars),
         "produced_by": f"datadistill {__version__}",
         "extra": _plain(ds.extra),
+        **distributed.metadata(),  # how many processes made it (torchrun)
     }
     _save_text(json.dumps(meta, indent=2) + "\n", out / META_FILE)  # last: marks completeness
     return out

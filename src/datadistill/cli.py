@@ -235,7 +235,6 @@ def cmd_eval(args: argparse.Namespace) -> int:
         return cmd_score(args)
     from datadistill.ddranking import hard_labels_for
     from datadistill.evaluate import evaluate, evaluate_cross
-    from datadistill.io import write_report
 
     t0 = time.perf_counter()
     ds, data = _load_set_and_data(args)
@@ -262,18 +261,17 @@ def cmd_eval(args: argparse.Namespace) -> int:
                   f"{100 * rep.settings['best_mean']:.2f} ± {100 * rep.settings['best_std']:.2f} %")
         if rep.settings.get("official") is False:
             print("  UNOFFICIAL challenge score: " + "; ".join(rep.settings["unofficial_settings"]))
-    if distributed.is_main():  # the other ranks hold the same reports
-        out = write_report({name: rep.to_dict() for name, rep in reports.items()},
-                           report_path(args))
-        print(f"report written to {out}")
-        _report(out.parent, "eval", time.perf_counter() - t0)
+    # model -> report, as before; each report records the world_size that made it
+    out = _write_report({name: {**rep.to_dict(), **distributed.metadata()}
+                         for name, rep in reports.items()}, report_path(args), top=False)
+    print(f"report written to {out}")
+    _report(out.parent, "eval", time.perf_counter() - t0)
     return 0
 
 
 def cmd_baseline(args: argparse.Namespace) -> int:
     from datadistill.baselines import baseline_full, baseline_random
     from datadistill.data import prepare
-    from datadistill.io import write_report
 
     data = prepare(args.dataset, args.data_root, zca=args.zca, download=args.download)
     common = dict(num_runs=args.runs, seed=args.seed, device=args.device, progress=not args.quiet)
@@ -284,9 +282,20 @@ def cmd_baseline(args: argparse.Namespace) -> int:
         report = baseline_full(data, epochs=args.epochs, **common)
         label = f"full training set, {args.epochs} epochs"
     print(f"{args.dataset} {label}: {_fmt(report)}")
-    if distributed.is_main():  # the other ranks hold the same report
-        print(f"report written to {write_report(report.to_dict(), report_path(args))}")
+    out = _write_report(report.to_dict(), report_path(args))
+    print(f"report written to {out}")
     return 0
+
+
+def _write_report(data: dict, path: Path, *, top: bool = True) -> Path:
+    """Rank 0 writes a finished report, with the ``world_size`` that made it at the top level
+    (``top``; else the caller put it in each entry); returns its path (the other ranks of a
+    torchrun job only return the path)."""
+    from datadistill.io import write_report
+
+    if not distributed.is_main():
+        return Path(path)
+    return write_report({**data, **distributed.metadata()} if top else data, path)
 
 
 # ---------------------------------------------------------------- report.html
@@ -294,7 +303,7 @@ def _report(folder: Path, stage: str | None = None, seconds: float | None = None
     """Write report.html when ``stage`` is given (never fails the command); print its path."""
     from datadistill.report import REPORT_FILE, write_report
 
-    if stage is not None:
+    if stage is not None and distributed.is_main():
         write_report(folder, stage=stage, seconds=seconds)
     if (Path(folder) / REPORT_FILE).is_file():
         print(f"page: {Path(folder) / REPORT_FILE}")
@@ -332,7 +341,6 @@ def _ddranking_config(args: argparse.Namespace, ds):
 def cmd_score(args: argparse.Namespace) -> int:
     from datadistill.ddranking import score
     from datadistill.evaluate import build_network
-    from datadistill.io import write_report
 
     ds, data = _load_set_and_data(args)
     cfg = _ddranking_config(args, ds)
@@ -348,10 +356,9 @@ def cmd_score(args: argparse.Namespace) -> int:
         if key in report.summary:
             s = report.summary[key]
             print(f"  {key:<9} {100 * s['mean']:6.2f} ± {100 * s['std']:.2f} % (best of tests)")
-    if distributed.is_main():  # the other ranks hold the same report
-        out = write_report(report.to_dict(),
-                           Path(args.out) if args.out else Path(args.path) / "ddranking.json")
-        print(f"report written to {out}")
+    out = _write_report(report.to_dict(),
+                        Path(args.out) if args.out else Path(args.path) / "ddranking.json")
+    print(f"report written to {out}")
     return 0
 
 
@@ -359,7 +366,6 @@ def cmd_challenge(args: argparse.Namespace) -> int:
     from datadistill.challenge import FILES, combined_score, write_scores_txt
     from datadistill.data import prepare
     from datadistill.evaluate import evaluate
-    from datadistill.io import write_report
 
     scores, reports = {}, {}
     for dataset, fname in FILES.items():
@@ -374,10 +380,10 @@ def cmd_challenge(args: argparse.Namespace) -> int:
     official = all(r["settings"]["official"] for r in reports.values())
     print(f"combined score: {total:.4f}" + ("" if official else " (UNOFFICIAL settings)"))
     out = Path(args.out or ".")
-    if distributed.is_main():  # the other ranks hold the same scores
+    if distributed.is_main():
         write_scores_txt(out / "scores.txt", total)
-        write_report({"score": total, "official": official, **reports}, out / "challenge.json")
-        print(f"scores.txt and challenge.json written to {out}")
+    _write_report({"score": total, "official": official, **reports}, out / "challenge.json")
+    print(f"scores.txt and challenge.json written to {out}")
     return 0
 
 
@@ -615,12 +621,30 @@ def command_guard(args: argparse.Namespace):
         return
     check_eval_args(args)  # before the evaluation, which can take hours
     check_report_path(report)
-    # under torchrun rank 0 alone writes the report, so it alone holds its lock
-    with lock_file(report) if distributed.is_main() else contextlib.nullcontext():
+    with lock_file(report):
         yield
 
 
 def main(argv: list[str] | None = None) -> int:
+    """The ``datadistill`` command; under torchrun, a rank's error also goes to torchrun's
+    failure summary (its ``record`` decorator), which names the rank that failed."""
+    if distributed.env_world_size() > 1:
+        from torch.distributed.elastic.multiprocessing.errors import record
+
+        return record(_main)(argv)
+    return _main(argv)
+
+
+def _record_error(err: BaseException) -> None:
+    """Under torchrun, hand a handled error to torchrun's summary of the failed rank."""
+    if distributed.active() and os.environ.get("TORCHELASTIC_ERROR_FILE"):
+        from torch.distributed.elastic.multiprocessing.errors import get_error_handler
+
+        with contextlib.suppress(Exception):
+            get_error_handler().record_exception(err)
+
+
+def _main(argv: list[str] | None) -> int:
     parser = build_parser()
     args = parse_args(parser, argv)
     try:
@@ -639,7 +663,11 @@ def main(argv: list[str] | None = None) -> int:
         format=("%(levelname)s %(name)s: %(message)s" if main_rank
                 else f"%(levelname)s rank {distributed.rank()} %(name)s: %(message)s"),
     )
-    previous = signal.signal(signal.SIGTERM, _terminated)  # `kill`, a job's timeout: Ctrl-C
+    # `kill`, a job's timeout: stop like Ctrl-C. Under torchrun, SIGTERM is how the agent stops
+    # the other ranks when one fails, and a rank waiting in a collective runs no Python handler:
+    # keep the default (end at once; writes are atomic and locks die with their process).
+    handler = signal.SIG_DFL if distributed.active() else _terminated
+    previous = signal.signal(signal.SIGTERM, handler)
     try:
         with _quiet_unless_main(main_rank):
             return _run(args)
@@ -666,6 +694,7 @@ def _run(args: argparse.Namespace) -> int:
         if getattr(err, "text", None):  # a finished report that could not be written
             print(err.text, end="")
         print(f"error: {err}", file=sys.stderr)
+        _record_error(err)
         return 2
     except BrokenPipeError:  # e.g. `datadistill presets | head`
         return 0

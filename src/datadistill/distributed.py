@@ -102,6 +102,7 @@ def init_from_env() -> int:
 
 def shutdown() -> None:
     """Leave the process group (end of the CLI command); no-op when single."""
+    _WAIT_GROUP.clear()
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
 
@@ -173,6 +174,26 @@ def barrier() -> None:
             dist.barrier(device_ids=[torch.cuda.current_device()])
         else:
             dist.barrier()
+
+
+# A rank that finished its share may wait for hours while another trains (a teacher of 200
+# epochs, PAD's difficulty scoring): those waits use a CPU group of their own with this timeout,
+# so the short TIMEOUT of the collectives above still catches a hang.
+WAIT_TIMEOUT = timedelta(days=7)
+_WAIT_GROUP: list = []  # the gloo group of wait_for_others, made on first use
+
+
+def wait_for_others() -> None:
+    """A barrier with no practical time limit: every rank waits until all arrive here.
+
+    For the end of a sharded stage and for ranks waiting while rank 0 computes what all of
+    them then read from disk. No-op when single. Every rank must call it at the same point.
+    """
+    if not active():
+        return
+    if not _WAIT_GROUP:  # collective: every rank creates it at the same call
+        _WAIT_GROUP.append(dist.new_group(backend="gloo", timeout=WAIT_TIMEOUT))
+    dist.barrier(group=_WAIT_GROUP[0])
 
 
 def metadata() -> dict:

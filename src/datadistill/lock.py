@@ -12,6 +12,10 @@ one: the next run takes it over and logs a warning naming the dead owner. One pr
 take the same lock again (nested calls such as ``run`` -> ``experts``); it is released when
 the outermost holder lets go.
 
+Under torchrun the ranks of one job share their output folders: rank 0 alone takes (and
+releases) the locks, the other ranks' calls are no-ops, so a second job is still refused while
+the ranks of the first never refuse each other.
+
 Example:
     >>> import tempfile
     >>> folder = tempfile.mkdtemp()
@@ -36,6 +40,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from datadistill import distributed
 from datadistill.errors import ConfigError, DatadistillError
 from datadistill.io import remove_orphans
 
@@ -102,6 +107,8 @@ def _open_locked(path: Path) -> int | None:
 def acquire(path: str | Path) -> None:
     """Take the lock file ``path`` for this process, or raise :class:`LockError`."""
     path = Path(path)
+    if not distributed.is_main():  # rank 0 holds the job's locks
+        return
     key = str(path.resolve())
     if key in _HELD:
         _HELD[key].count += 1

@@ -222,6 +222,10 @@ def run_pipeline(cfg: PipelineConfig, out_dir: str | Path, *, progress: bool = T
     final evaluation at its first unfinished network (``eval_runs.jsonl``); ``seconds`` sums
     all calls. ``restart`` starts the distillation and the evaluation over (the experts are
     kept). A rerun refused for a changed config writes nothing.
+
+    Under torchrun every rank runs this; rank 0 alone holds the folder lock and writes
+    ``pipeline.json``, ``seconds.json``, ``eval.json`` (with ``"world_size": K``) and the page,
+    and the other ranks wait where they read what rank 0 wrote (``best/``, the challenge file).
     """
     from datadistill.baselines import baseline_random
     from datadistill.data import prepare
@@ -245,13 +249,17 @@ def run_pipeline(cfg: PipelineConfig, out_dir: str | Path, *, progress: bool = T
                        train_per_class=cfg.train_per_class, progress=progress)
         check_ipc_fits(cfg.ipc, data.train.labels, data.info.class_names)  # before experts
         store = train_pipeline_experts(cfg, experts_at, data=data, progress=progress)
-    write_json(config_to_dict(cfg), out / "pipeline.json")
+    main = distributed.is_main()  # under torchrun rank 0 alone writes the run's files
+    if main:
+        write_json(config_to_dict(cfg), out / "pipeline.json")
     with clock.stage("distill"):
         result = distill(dcfg, out / "distill", data=data, store=store, progress=progress,
                          resume=not restart)
-        restore_outputs(cfg, out, lambda: data)  # a damaged best/ or last/ of a finished run
+        if main:
+            restore_outputs(cfg, out, lambda: data)  # a damaged best/ or last/ of a finished run
+        distributed.wait_for_others()  # best/ and last/ are on disk for every rank
     runs = out / "eval_runs.jsonl"
-    if restart and distributed.is_main():
+    if restart and main:
         runs.unlink(missing_ok=True)
     report = {"config": config_to_dict(cfg), "seconds": {}}
     with clock.stage("evaluation"):
@@ -263,7 +271,8 @@ def run_pipeline(cfg: PipelineConfig, out_dir: str | Path, *, progress: bool = T
                                   cache=RunCache(runs, "random_subset"))
             report["random_subset"] = rep.to_dict()
     report["seconds"] = clock.report()
-    if distributed.is_main():  # the other ranks hold the same report
+    report.update(distributed.metadata())
+    if main:  # the other ranks hold the same report
         write_report(report, out / "eval.json")
         write_page(out, stage="run", seconds=report["seconds"]["total"])  # never raises
     return report
@@ -315,10 +324,9 @@ def _evaluate_outputs(cfg: PipelineConfig, data, result, out: Path, device: str,
         report["ddranking"] = _ddranking(cfg, data, best, device, progress)
     if "challenge" in ev.protocols:
         name = CHALLENGE_FILES.get(cfg.dataset, f"{cfg.dataset}.pt")
-        path = out / "challenge" / name
-        if distributed.is_main():
-            export_challenge(best, path)
-        distributed.barrier()  # the file is whole before any rank reads it
+        path = Path(distributed.broadcast_object(  # rank 0 writes it, then every rank reads it
+            str(export_challenge(best, out / "challenge" / name)) if distributed.is_main()
+            else None))
         images = torch.load(path, map_location="cpu", weights_only=True)  # what is submitted
         # unofficial=True: a pipeline may run reduced settings or other datasets; the report
         # lists every setting that differs from the official evaluator.

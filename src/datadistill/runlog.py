@@ -114,7 +114,8 @@ class StageClock:
 
     def _add(self, name: str, seconds: float) -> None:
         self.seconds[name] = round(self.seconds.get(name, 0.0) + seconds, 1)
-        write_json(self.seconds, self.path)
+        if distributed.is_main():  # under torchrun, rank 0 keeps the record
+            write_json(self.seconds, self.path)
 
     def report(self) -> dict[str, float]:
         """The summed seconds per stage and their total."""

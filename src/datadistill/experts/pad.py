@@ -17,6 +17,12 @@ EL2N (Paul et al., NeurIPS 2021) averaged over ``score_models`` networks of the 
 architecture, each trained ``score_epochs`` epochs; ``score: grand`` gives DeepCore's last-layer
 GraNd; ``difficulty_file`` imports an existing order (ours, or an official ``data_indices/*.pt``).
 
+Several processes (``torchrun``): the scoring networks draw their seeds one after another from
+one generator, so they are not independent per index; rank 0 scores alone and writes both
+files while the other ranks wait, then read them. The experts themselves are sharded by
+:func:`~datadistill.experts.train_experts`, and :func:`record_served` gathers every rank's
+served sizes, so ``curriculum.json`` equals a single-process one.
+
 Example:
     >>> cfg = PADCurriculum(score_models=2, score_epochs=1)                  # doctest: +SKIP
     >>> hook = prepare_curriculum(cfg, expert_cfg, data, "runs/pad/experts")  # doctest: +SKIP
@@ -37,6 +43,7 @@ from typing import Any
 
 import torch
 
+from datadistill import distributed
 from datadistill.errors import CompatibilityError, ConfigError
 from datadistill.experts.curriculum import CurriculumConfig, curriculum_subset
 from datadistill.experts.difficulty import (
@@ -170,7 +177,8 @@ def load_or_compute_difficulty(cfg: PADCurriculum, expert_cfg, data, directory: 
                     len(labels), cfg.score, cfg.score_models, cfg.score_epochs)
         order = compute_difficulty(cfg, expert_cfg, data, device=device, progress=progress)
     _validated(order, labels, cfg.difficulty_file or path)
-    save_difficulty(order, path)
+    if distributed.is_main():
+        save_difficulty(order, path)
     return order
 
 
@@ -201,7 +209,21 @@ def prepare_curriculum(cfg: PADCurriculum, expert_cfg, data, directory: str | Pa
 
     Writes ``difficulty.pt`` and ``curriculum.json`` (with the planned per-epoch subset sizes)
     before any expert is trained; a store resumed with another schedule or order is refused.
+    Under torchrun, rank 0 scores and writes them first; the other ranks then read them.
     """
+    hook = None
+    if distributed.is_main():
+        hook = _prepare_curriculum(cfg, expert_cfg, data, directory, device=device,
+                                   progress=progress)
+    distributed.wait_for_others()  # difficulty.pt and curriculum.json are written
+    if hook is None:
+        hook = _prepare_curriculum(cfg, expert_cfg, data, directory, device=device,
+                                   progress=progress)
+    return hook
+
+
+def _prepare_curriculum(cfg: PADCurriculum, expert_cfg, data, directory: str | Path, *,
+                        device: str = "cpu", progress: bool = False) -> CurriculumHook:
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     record_path = directory / CURRICULUM_FILE
@@ -228,22 +250,29 @@ def prepare_curriculum(cfg: PADCurriculum, expert_cfg, data, directory: str | Pa
                                      f"({', '.join(diff)} differ); use a new expert directory "
                                      "or the original settings.")
         record["served_epoch_sizes"] = old.get("served_epoch_sizes", {})
-    _write_json(record_path, record)
+    if distributed.is_main():
+        _write_json(record_path, record)
     return hook
 
 
 def record_served(hook: CurriculumHook, directory: str | Path) -> dict:
-    """Add the subset sizes the hook served to ``curriculum.json``; check they match the plan."""
+    """Add the subset sizes the hook served (on every rank) to ``curriculum.json``; check they
+    match the plan. Rank 0 writes and returns the record, other ranks get ``{}``."""
     path = Path(directory) / CURRICULUM_FILE
+    shares = distributed.all_gather_objects((hook.served, hook.calls))  # every rank's experts
+    if not distributed.is_main():
+        return {}
     record = json.loads(path.read_text())
     served = {str(k): v for k, v in record.get("served_epoch_sizes", {}).items()}
-    served.update({str(e): n for e, n in sorted(hook.served.items())})
+    for share, _ in shares:
+        served.update({str(e): n for e, n in sorted(share.items())})
     for e, n in served.items():
         if record["epoch_sizes"][int(e)] != n:  # would mean the hook and the plan disagree
             raise CompatibilityError(f"expert epoch {e} used {n} samples, the schedule in "
                                      f"{path} plans {record['epoch_sizes'][int(e)]}.")
     record["served_epoch_sizes"] = served
-    record["epoch_subset_calls"] = record.get("epoch_subset_calls", 0) + hook.calls
+    record["epoch_subset_calls"] = (record.get("epoch_subset_calls", 0)
+                                    + sum(calls for _, calls in shares))
     _write_json(path, record)
     return record
 

@@ -9,6 +9,12 @@ Reproducibility: expert i draws its init and its data order/DSA from seeds deriv
 (seed, i) only, so experts are independent of each other and of the global RNG, and a run
 resumed after an interruption writes the same bytes as an uninterrupted one.
 
+Several processes (``torchrun``): the missing experts are shared out by index (rank r trains
+missing experts r, r+K, ...) and each rank writes its own expert files, atomically (distinct
+files, temporary name + rename), while rank 0 alone writes ``meta.json`` and holds the folder
+lock. Since an expert depends on its index only, the store equals a single-process store
+bitwise (CPU), and a store started with K processes resumes with any other K.
+
 Strategy slots for the presets: ``optimizer="gsam"`` (FTD's flat experts, with
 ``gsam_rho``/``gsam_alpha``) and the ``epoch_subset`` hook of :func:`train_experts` (PAD's
 per-epoch curriculum: which real samples epoch e sees).
@@ -30,6 +36,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from datadistill import distributed
 from datadistill.config import RunContext
 from datadistill.data import check_prepared
 from datadistill.errors import CompatibilityError, ConfigError
@@ -138,6 +145,15 @@ def _check_resume(directory: Path, meta: dict) -> None:
                                  f"({detail}); use a new out_dir or the original settings.")
 
 
+def _made_by(directory: Path, training: bool) -> dict:
+    """``{"world_size": K}`` of the last call that trained experts into the store (kept when
+    this call only reuses a finished store)."""
+    if training or not (directory / META_FILE).is_file():
+        return distributed.metadata()
+    old = ExpertStore(directory).meta
+    return {"world_size": old["world_size"]} if "world_size" in old else {}
+
+
 def _check_data(cfg: ExpertConfig, data) -> None:
     check_prepared(data, cfg.dataset, cfg.zca, "experts", cfg.train_per_class)
 
@@ -168,21 +184,27 @@ def train_experts(cfg: ExpertConfig, data, out_dir: str | Path, *, device: str |
     strategy = (cfg.dsa_strategy or data.info.dsa_strategy) if cfg.dsa else None
     meta = store_meta(cfg, data.info, build_model(cfg, data.info), strategy)
     _check_resume(directory, meta)
-    write_meta(directory, meta)
     dsa = DSA(strategy) if strategy else None
-    todo = [i for i in range(cfg.num_experts) if not expert_path(directory, i).is_file()]
+    # What is missing, as rank 0 sees it before anyone writes (every rank gets the same list).
+    todo = distributed.broadcast_object(
+        [i for i in range(cfg.num_experts) if not expert_path(directory, i).is_file()])
     if len(todo) < cfg.num_experts:
         logger.info("expert store %s: %d of %d experts present, resuming at expert %d",
                     directory, cfg.num_experts - len(todo), cfg.num_experts,
                     todo[0] if todo else cfg.num_experts)
     with lock_folder_if(bool(todo), directory):  # a finished store is shared without a lock
-        bar = progress_bar(todo, desc="experts", enabled=progress, stage=True)
-        for i in bar:
+        if distributed.is_main():
+            write_meta(directory, {**meta, **_made_by(directory, bool(todo))})
+        distributed.barrier()  # rank 0 holds the lock (and cleared old .tmp files) first
+        bar = progress_bar(distributed.shard(todo), desc="experts", enabled=progress,
+                           stage=True)
+        for i in bar:  # rank r: missing experts r, r+K, ...; each rank writes its own files
             params, acc = train_one_expert(cfg, data, i, dsa=dsa, device=device,
                                            epoch_subset=epoch_subset, progress=progress)
             save_expert(directory, i, params, acc, cfg.dtype)
             bar.set_postfix(expert=i, test_acc=f"{float(acc[-1]):.4f}")
             logger.info("expert %d: final test accuracy %.4f", i, float(acc[-1]))
+        distributed.wait_for_others()  # the whole store is on disk before anyone reads it
     return ExpertStore(directory)
 
 

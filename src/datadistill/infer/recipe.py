@@ -212,7 +212,8 @@ def run_infer(
     data = prepare_infer_data(cfg, progress)
     teachers, names = load_teachers(cfg, teacher_dir, data.info)
     infer_set = distill_infer(cfg, data.train, teachers, names, progress)
-    path = save_infer_set(infer_set, out_dir)
+    main = distributed.is_main()  # under torchrun every rank computes, rank 0 writes
+    path = save_infer_set(infer_set, out_dir) if main else Path(out_dir)
     storage = infer_set.storage()
     log.info(
         "stored %d image-units (budget %d) + label table of %d bytes in %s",
@@ -233,12 +234,14 @@ def run_infer(
             device=cfg.device,
             progress=progress,
         )
-        if distributed.is_main():  # the other ranks hold the same report
-            write_report(report.to_dict(), Path(out_dir) / REPORT_FILE)
+        if main:
+            write_report({**report.to_dict(), **distributed.metadata()},
+                         Path(out_dir) / REPORT_FILE)
         log.info(
             "INFER student: %s (best-of-periodic %.2f %%)",
             report,
             100 * report.settings["best_mean"],
         )
-    write_page(out_dir, stage="infer", seconds=time.perf_counter() - t0)  # never raises
+    if main:
+        write_page(out_dir, stage="infer", seconds=time.perf_counter() - t0)  # never raises
     return InferResult(infer_set, path, report)

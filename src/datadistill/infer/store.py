@@ -27,7 +27,7 @@ from pathlib import Path
 
 import torch
 
-from datadistill import __version__
+from datadistill import __version__, distributed
 from datadistill.artifact import DistilledSet
 from datadistill.data import DatasetInfo
 from datadistill.errors import ArtifactError
@@ -195,6 +195,7 @@ def save_infer_set(s: InferSet, directory: str | Path) -> Path:
         "config": s.config,
         "extra": s.extra,
         "version": __version__,
+        **distributed.metadata(),
     }
     write_json(meta, directory / META_FILE)
     return directory

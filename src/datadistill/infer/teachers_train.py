@@ -28,7 +28,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from datadistill import __version__
+from datadistill import __version__, distributed
 from datadistill.data import DatasetInfo, ImageSet, RealData, prepare, renormalize
 from datadistill.errors import ArtifactError, CompatibilityError, ConfigError
 from datadistill.infer.config import InferConfig, TeacherConfig, pixels_at
@@ -251,7 +251,9 @@ def train_teachers(cfg: InferConfig, out_dir: str | Path, progress: bool = False
 
     Finished teachers are skipped (after checking they were made with the same recipe); an
     interrupted teacher resumes from its last epoch. Teacher i uses seeds derived from
-    ``(cfg.teachers.seed, i)``.
+    ``(cfg.teachers.seed, i)``, so under torchrun the missing teachers are shared out by index
+    (rank r trains r, r+K, ...; each writes its own teacher's folder, atomically) and the
+    store equals a single-process one; every rank returns once all are written.
 
     Example:
         >>> cfg = InferConfig(dataset="digits", teachers=TeacherConfig(epochs=2, width_mult=0.25))
@@ -263,12 +265,17 @@ def train_teachers(cfg: InferConfig, out_dir: str | Path, progress: bool = False
     data = prepare_infer_data(cfg, progress)
     info, tc, store = data.info, cfg.teachers, TeacherStore(out_dir)
     flip = uses_flip(info.dsa_strategy, tc.flip)
+    todo = []
     for i, arch in enumerate(tc.archs):
         recipe = teacher_recipe(arch, info, tc, flip) | {"train_per_class": cfg.train_per_class}
         if store.has(arch):
             _check_recipe(store, arch, recipe)
             log.info("teacher %s already trained in %s; skipping", arch, store.directory)
             continue
+        todo.append((i, arch, recipe))
+    # The missing teachers as rank 0 sees them before anyone writes; rank r trains r, r+K, ...
+    todo = distributed.broadcast_object(todo)
+    for i, arch, recipe in distributed.shard(todo):
         init_seed, train_seed = run_seeds(tc.seed, i)
         net = seeded(
             lambda a=arch: create_teacher(
@@ -296,8 +303,10 @@ def train_teachers(cfg: InferConfig, out_dir: str | Path, progress: bool = False
             "std": list(info.std),
             "test_accuracy": acc,
             "version": __version__,
+            **distributed.metadata(),
         }
         store.save(net, meta)
+    distributed.wait_for_others()  # every teacher is on disk before any rank reads the store
     return store
 
 
