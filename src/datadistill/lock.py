@@ -36,6 +36,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from datadistill import distributed
 from datadistill.errors import ConfigError, DatadistillError
 from datadistill.io import remove_orphans
 
@@ -100,7 +101,13 @@ def _open_locked(path: Path) -> int | None:
 
 
 def acquire(path: str | Path) -> None:
-    """Take the lock file ``path`` for this process, or raise :class:`LockError`."""
+    """Take the lock file ``path`` for this process, or raise :class:`LockError`.
+
+    Under torchrun the ranks of one job share their output folders: rank 0 alone takes the
+    lock (and writes); the other ranks take nothing.
+    """
+    if not distributed.is_main():
+        return
     path = Path(path)
     key = str(path.resolve())
     if key in _HELD:

@@ -37,6 +37,16 @@ The DSA draw is made for the whole mini-batch (as without chunks) and sliced per
 is exact only when samples do not interact in the forward pass (instance/layer/group/no norm);
 :func:`check_micro_batch` refuses BatchNorm models.
 
+Under ``torchrun`` with K processes (:mod:`datadistill.distributed`) each step's mini-batch is
+shared: rank r takes the r-th of K consecutive parts of it (then cut into micro-batches).
+Every rank draws the same indices and DSA parameters (same seeded generator), so only the
+sums are split: the forward pass all-reduces each step's partial g_i (the same update on every
+rank), the backward pass each step's partial H_i lambda_{i+1} (lambda_i is needed whole at the
+next step), and the image / soft-label / step-size sums once at the end (they are linear in
+the ranks' chunks and are read only after the last step). Communication per student step: two
+all-reduces of P floats; per iteration: one of the synthetic set. One process takes the whole
+batch and gives bitwise the single-process results.
+
 Example:
     >>> traj = student_trajectory(forward, theta0, images, labels, syn_lr, syn_steps=20,
     ...                           dsa=DSA(), generator=g)                   # doctest: +SKIP
@@ -56,6 +66,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from datadistill import distributed
 from datadistill.config import check_choice
 from datadistill.errors import CompatibilityError, ConfigError
 from datadistill.labels import is_soft
@@ -201,11 +212,26 @@ class _Chunk:
     weight: float  # |chunk| / batch: the chunk's share of the batch-mean loss
 
 
-def _chunks(batch: int, micro_batch: int | None) -> list[_Chunk]:
-    """The step's mini-batch as consecutive chunks of at most ``micro_batch`` images."""
-    size = batch if micro_batch is None else min(micro_batch, batch)
-    return [_Chunk(slice(s, min(s + size, batch)), min(size, batch - s) / batch)
-            for s in range(0, batch, size)]
+def _chunks(batch: int, micro_batch: int | None, rank: int = 0,
+            world: int = 1) -> list[_Chunk]:
+    """This rank's share of the step's mini-batch, as consecutive chunks of <= ``micro_batch``.
+
+    Under ``world`` processes rank r takes the r-th of ``world`` consecutive parts of the batch
+    (sizes differ by at most one; a part may be empty when batch < world); one process takes
+    the whole batch. Each chunk keeps its weight |chunk| / batch, so the ranks' partial sums
+    add up to the step's gradient and products.
+    """
+    lo, hi = rank * batch // world, (rank + 1) * batch // world
+    if hi <= lo:
+        return []
+    size = hi - lo if micro_batch is None else min(micro_batch, hi - lo)
+    return [_Chunk(slice(s, min(s + size, hi)), (min(s + size, hi) - s) / batch)
+            for s in range(lo, hi, size)]
+
+
+def _ranks() -> tuple[int, int]:
+    """(rank, world size) of this process under torchrun; (0, 1) when single."""
+    return distributed.rank(), distributed.world_size()
 
 
 def _chunk_batch(images: torch.Tensor, labels: torch.Tensor, rec: StepRecord, chunk: _Chunk,
@@ -232,16 +258,23 @@ def _chunk_grad(forward: ForwardFn, loss_fn: LossFn, theta: torch.Tensor, xa: to
 
 def _step_gradient(forward: ForwardFn, loss_fn: LossFn, theta: torch.Tensor,
                    images: torch.Tensor, labels: torch.Tensor, rec: StepRecord, dsa,
-                   micro_batch: int | None) -> torch.Tensor:
-    """(P,) g_i at theta_i, summed over the chunks; no graph is kept."""
+                   micro_batch: int | None, rank: int = 0, world: int = 1) -> torch.Tensor:
+    """(P,) g_i at theta_i, summed over the chunks (and over the ranks); no graph is kept.
+
+    Under several processes each rank sums its own chunks and the partial sums are
+    all-reduced, so every rank takes the same step.
+    """
     theta = theta.detach().requires_grad_(True)
     g = None
-    for chunk in _chunks(len(rec.idx), micro_batch):
+    for chunk in _chunks(len(rec.idx), micro_batch, rank, world):
         _, xa, y = _chunk_batch(images, labels, rec, chunk, dsa, need_grad=False)
         with torch.enable_grad():
             gc = _chunk_grad(forward, loss_fn, theta, xa, y, chunk.weight, False)
         g = gc if g is None else g.add_(gc)
-    return g
+    if world == 1:
+        return g
+    g = torch.zeros_like(theta.detach()) if g is None else g  # an empty share adds nothing
+    return distributed.all_reduce_sum_(g)
 
 
 def student_trajectory(forward: ForwardFn, theta0: torch.Tensor, images: torch.Tensor,
@@ -266,6 +299,7 @@ def student_trajectory(forward: ForwardFn, theta0: torch.Tensor, images: torch.T
     loss_fn = loss_fn or label_loss(labels)
     sampler = BatchSampler(images.shape[0], batch_syn, generator)
     alpha = syn_lr.detach()
+    rank, world = _ranks()
     traj = Trajectory(SnapshotStore(snapshots), [])
     traj.thetas.append(theta0)
     try:
@@ -275,7 +309,8 @@ def student_trajectory(forward: ForwardFn, theta0: torch.Tensor, images: torch.T
                                                        generator)
             rec = StepRecord(idx, draw)
             theta = traj.thetas.last
-            g = _step_gradient(forward, loss_fn, theta, images, labels, rec, dsa, micro_batch)
+            g = _step_gradient(forward, loss_fn, theta, images, labels, rec, dsa, micro_batch,
+                               rank, world)
             traj.thetas.append(theta - alpha * g)  # (P,) as the unrolled update
             traj.steps.append(rec)
     except BaseException:
@@ -295,13 +330,19 @@ class _Sums:
 
 def _step_vjp(forward: ForwardFn, loss_fn: LossFn, theta: torch.Tensor, images, labels,
               rec: StepRecord, alpha: torch.Tensor, lam: torch.Tensor, sums: _Sums, dsa,
-              micro_batch: int | None) -> torch.Tensor:
-    """Rebuild step i chunk by chunk; accumulate into ``sums``; return lambda_i."""
+              micro_batch: int | None, rank: int = 0, world: int = 1) -> torch.Tensor:
+    """Rebuild step i chunk by chunk; accumulate into ``sums``; return lambda_i.
+
+    Under several processes the rank's chunks give a partial H_i lambda_{i+1}, all-reduced
+    here (lambda_i is needed by every rank at the next step); the partial sums of the images,
+    labels and step size stay per rank until the end of the backward pass.
+    """
     theta = theta.detach().requires_grad_(True)
     v = -alpha * lam  # (P,) adjoint of g_i, since theta_{i+1} = theta_i - alpha g_i
-    lam_prev = lam.clone()
+    # single: lambda_i accumulated in place; several: the rank's share of -alpha H lambda
+    lam_prev = lam.clone() if world == 1 else torch.zeros_like(lam)
     soft = is_soft(labels)
-    for chunk in _chunks(len(rec.idx), micro_batch):
+    for chunk in _chunks(len(rec.idx), micro_batch, rank, world):
         with torch.enable_grad():  # also under a caller's no_grad: DSA is part of the graph
             x, xa, y = _chunk_batch(images, labels, rec, chunk, dsa, need_grad=True)
             inputs = [theta, x] + ([y] if soft else [])
@@ -313,7 +354,9 @@ def _step_vjp(forward: ForwardFn, loss_fn: LossFn, theta: torch.Tensor, images, 
         if soft:
             _add(sums.labels, outs[2], rows)
         sums.syn_lr -= (gc.detach() * lam).sum()  # -g_i . lambda_{i+1}, chunk by chunk
-    return lam_prev
+    if world == 1:
+        return lam_prev
+    return distributed.all_reduce_sum_(lam_prev).add_(lam)
 
 
 def _add(acc: torch.Tensor, value: torch.Tensor | None, rows: torch.Tensor | None = None):
@@ -348,12 +391,17 @@ def adjoint_backward(forward: ForwardFn, traj: Trajectory, images: torch.Tensor,
     """
     loss_fn = loss_fn or label_loss(labels)
     alpha = syn_lr.detach()
+    rank, world = _ranks()
     sums = _Sums(torch.zeros_like(images, memory_format=torch.contiguous_format),
                  torch.zeros_like(labels) if is_soft(labels) else None,
                  torch.zeros((), dtype=lam.dtype, device=lam.device))
     for i in range(len(traj.steps) - 1, -1, -1):  # lam: lambda_{i+1} -> lambda_i
         lam = _step_vjp(forward, loss_fn, traj.thetas[i], images, labels, traj.steps[i], alpha,
-                        lam, sums, dsa, micro_batch)
+                        lam, sums, dsa, micro_batch, rank, world)
+    if world > 1:  # the sums are linear in each rank's chunks: one reduction at the end
+        for part in (sums.images, sums.labels, sums.syn_lr):
+            if part is not None:
+                distributed.all_reduce_sum_(part)
     return AdjointGrads(sums.images, sums.syn_lr.to(syn_lr.dtype), sums.labels)
 
 
