@@ -22,6 +22,12 @@ grows with N x batch. Here the same gradient is taken in two passes (reverse-mod
 
   The loss (normalisation, PAD masks) enters through lambda_N only; theta_0 is a constant.
 
+  The last step's graph is not rebuilt when that step is one chunk: the forward pass builds
+  it with ``create_graph`` (its g_N-1 is then the unrolled student's own first-order gradient)
+  and keeps it for the backward pass, which starts there. That saves one of the N extra
+  forward + backward passes at the memory of one step's graph, which the backward pass holds
+  anyway.
+
 The result is the unrolled gradient up to rounding (tests: float64, relative error < 1e-6).
 Memory: one step's graph plus the recorded trajectory, whatever N is. The (N + 1) x P
 snapshots theta_i can leave the resident set (``snapshots="spill"``, :class:`SnapshotStore`):
@@ -180,6 +186,9 @@ class Trajectory:
 
     thetas: SnapshotStore  # N + 1 detached (P,) tensors: theta_0 ... theta_N
     steps: list[StepRecord]  # N records, step i maps thetas[i] to thetas[i + 1]
+    # the last step's graph, kept from the forward pass when that step is one chunk: the
+    # backward pass starts there, so it uses it instead of rebuilding it (once; then None)
+    kept: _Graph | None = None
 
     @property
     def final(self) -> torch.Tensor:
@@ -187,8 +196,9 @@ class Trajectory:
         return self.thetas.last
 
     def close(self) -> None:
-        """Free the snapshots (a spilled trajectory's temporary file)."""
+        """Free the snapshots (a spilled trajectory's temporary file) and a kept graph."""
         self.thetas.close()
+        self.kept = None
 
     def __enter__(self) -> Trajectory:
         return self
@@ -256,6 +266,37 @@ def _chunk_grad(forward: ForwardFn, loss_fn: LossFn, theta: torch.Tensor, xa: to
     return g
 
 
+@dataclass
+class _Graph:
+    """One chunk of a step with its graph: g (P,) = d(weighted loss)/d theta, create_graph."""
+
+    theta: torch.Tensor  # (P,) leaf theta_i
+    x: torch.Tensor  # (K, C, H, W) leaf rows of the images
+    y: torch.Tensor  # (K,) or (K, K_cls) rows of the labels (a leaf when soft)
+    g: torch.Tensor  # (P,) attached to the graph of theta, x (and y)
+
+
+def _build(forward: ForwardFn, loss_fn: LossFn, theta: torch.Tensor, images, labels,
+           rec: StepRecord, chunk: _Chunk, dsa) -> _Graph:
+    """Chunk ``chunk`` of step ``rec`` at the leaf ``theta``, differentiable twice."""
+    with torch.enable_grad():  # also under a caller's no_grad: DSA is part of the graph
+        x, xa, y = _chunk_batch(images, labels, rec, chunk, dsa, need_grad=True)
+        g = _chunk_grad(forward, loss_fn, theta, xa, y, chunk.weight, True)
+    return _Graph(theta, x, y, g)
+
+
+def _kept_step(forward: ForwardFn, loss_fn: LossFn, theta: torch.Tensor, images, labels,
+               rec: StepRecord, chunk: _Chunk, dsa, world: int) -> tuple[torch.Tensor, _Graph]:
+    """(g_i, its graph) of a step that is one chunk (on this rank): the last step of the
+    forward pass, whose graph the backward pass would otherwise rebuild at once."""
+    graph = _build(forward, loss_fn, theta.detach().requires_grad_(True), images, labels, rec,
+                   chunk, dsa)
+    g = graph.g.detach()  # the same values as the first-order gradient without a graph
+    if world == 1:
+        return g, graph
+    return distributed.all_reduce_sum_(g.clone()), graph  # the graph keeps this rank's part
+
+
 def _step_gradient(forward: ForwardFn, loss_fn: LossFn, theta: torch.Tensor,
                    images: torch.Tensor, labels: torch.Tensor, rec: StepRecord, dsa,
                    micro_batch: int | None, rank: int = 0, world: int = 1) -> torch.Tensor:
@@ -303,14 +344,19 @@ def student_trajectory(forward: ForwardFn, theta0: torch.Tensor, images: torch.T
     traj = Trajectory(SnapshotStore(snapshots), [])
     traj.thetas.append(theta0)
     try:
-        for _ in range(syn_steps):
+        for i in range(syn_steps):
             idx = sampler.next().to(images.device)
             draw = None if dsa is None else dsa.sample(len(idx), tuple(images.shape[-2:]),
                                                        generator)
             rec = StepRecord(idx, draw)
             theta = traj.thetas.last
-            g = _step_gradient(forward, loss_fn, theta, images, labels, rec, dsa, micro_batch,
-                               rank, world)
+            chunks = _chunks(len(idx), micro_batch, rank, world)
+            if i == syn_steps - 1 and len(chunks) == 1:  # one step's graph, as the backward's
+                g, traj.kept = _kept_step(forward, loss_fn, theta, images, labels, rec,
+                                          chunks[0], dsa, world)
+            else:
+                g = _step_gradient(forward, loss_fn, theta, images, labels, rec, dsa,
+                                   micro_batch, rank, world)
             traj.thetas.append(theta - alpha * g)  # (P,) as the unrolled update
             traj.steps.append(rec)
     except BaseException:
@@ -330,30 +376,35 @@ class _Sums:
 
 def _step_vjp(forward: ForwardFn, loss_fn: LossFn, theta: torch.Tensor, images, labels,
               rec: StepRecord, alpha: torch.Tensor, lam: torch.Tensor, sums: _Sums, dsa,
-              micro_batch: int | None, rank: int = 0, world: int = 1) -> torch.Tensor:
+              micro_batch: int | None, rank: int = 0, world: int = 1,
+              kept: _Graph | None = None) -> torch.Tensor:
     """Rebuild step i chunk by chunk; accumulate into ``sums``; return lambda_i.
+
+    ``kept``: the step's one chunk with its graph from the forward pass (not rebuilt).
 
     Under several processes the rank's chunks give a partial H_i lambda_{i+1}, all-reduced
     here (lambda_i is needed by every rank at the next step); the partial sums of the images,
     labels and step size stay per rank until the end of the backward pass.
     """
-    theta = theta.detach().requires_grad_(True)
+    theta = theta.detach().requires_grad_(True) if kept is None else kept.theta
     v = -alpha * lam  # (P,) adjoint of g_i, since theta_{i+1} = theta_i - alpha g_i
     # single: lambda_i accumulated in place; several: the rank's share of -alpha H lambda
     lam_prev = lam.clone() if world == 1 else torch.zeros_like(lam)
     soft = is_soft(labels)
-    for chunk in _chunks(len(rec.idx), micro_batch, rank, world):
-        with torch.enable_grad():  # also under a caller's no_grad: DSA is part of the graph
-            x, xa, y = _chunk_batch(images, labels, rec, chunk, dsa, need_grad=True)
-            inputs = [theta, x] + ([y] if soft else [])
-            gc = _chunk_grad(forward, loss_fn, theta, xa, y, chunk.weight, True)
-            outs = torch.autograd.grad(gc, inputs, grad_outputs=v, allow_unused=True)
+    chunks = _chunks(len(rec.idx), micro_batch, rank, world)
+    if kept is not None and len(chunks) != 1:
+        raise ValueError(f"a kept graph is one chunk, but this step has {len(chunks)}")
+    for chunk in chunks:
+        graph = kept or _build(forward, loss_fn, theta, images, labels, rec, chunk, dsa)
+        inputs = [theta, graph.x] + ([graph.y] if soft else [])
+        with torch.enable_grad():
+            outs = torch.autograd.grad(graph.g, inputs, grad_outputs=v, allow_unused=True)
         rows = rec.idx[chunk.rows]
         _add(lam_prev, outs[0])
         _add(sums.images, outs[1], rows)
         if soft:
             _add(sums.labels, outs[2], rows)
-        sums.syn_lr -= (gc.detach() * lam).sum()  # -g_i . lambda_{i+1}, chunk by chunk
+        sums.syn_lr -= (graph.g.detach() * lam).sum()  # -g_i . lambda_{i+1}, chunk by chunk
     if world == 1:
         return lam_prev
     return distributed.all_reduce_sum_(lam_prev).add_(lam)
@@ -395,9 +446,12 @@ def adjoint_backward(forward: ForwardFn, traj: Trajectory, images: torch.Tensor,
     sums = _Sums(torch.zeros_like(images, memory_format=torch.contiguous_format),
                  torch.zeros_like(labels) if is_soft(labels) else None,
                  torch.zeros((), dtype=lam.dtype, device=lam.device))
+    kept, traj.kept = traj.kept, None  # used once: a second backward rebuilds every step
     for i in range(len(traj.steps) - 1, -1, -1):  # lam: lambda_{i+1} -> lambda_i
         lam = _step_vjp(forward, loss_fn, traj.thetas[i], images, labels, traj.steps[i], alpha,
-                        lam, sums, dsa, micro_batch, rank, world)
+                        lam, sums, dsa, micro_batch, rank, world,
+                        kept if i == len(traj.steps) - 1 else None)
+        kept = None  # its graph is freed by the product above
     if world > 1:  # the sums are linear in each rank's chunks: one reduction at the end
         for part in (sums.images, sums.labels, sums.syn_lr):
             if part is not None:
