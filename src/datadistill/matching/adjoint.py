@@ -377,10 +377,12 @@ class _Sums:
 def _step_vjp(forward: ForwardFn, loss_fn: LossFn, theta: torch.Tensor, images, labels,
               rec: StepRecord, alpha: torch.Tensor, lam: torch.Tensor, sums: _Sums, dsa,
               micro_batch: int | None, rank: int = 0, world: int = 1,
-              kept: _Graph | None = None) -> torch.Tensor:
+              kept: _Graph | None = None, first: bool = False) -> torch.Tensor | None:
     """Rebuild step i chunk by chunk; accumulate into ``sums``; return lambda_i.
 
     ``kept``: the step's one chunk with its graph from the forward pass (not rebuilt).
+    ``first`` (step 0): lambda_0 is not needed (theta_0 is a constant), so the product leaves
+    theta out, nothing is reduced and None is returned.
 
     Under several processes the rank's chunks give a partial H_i lambda_{i+1}, all-reduced
     here (lambda_i is needed by every rank at the next step); the partial sums of the images,
@@ -389,23 +391,25 @@ def _step_vjp(forward: ForwardFn, loss_fn: LossFn, theta: torch.Tensor, images, 
     theta = theta.detach().requires_grad_(True) if kept is None else kept.theta
     v = -alpha * lam  # (P,) adjoint of g_i, since theta_{i+1} = theta_i - alpha g_i
     # single: lambda_i accumulated in place; several: the rank's share of -alpha H lambda
-    lam_prev = lam.clone() if world == 1 else torch.zeros_like(lam)
+    lam_prev = None if first else lam.clone() if world == 1 else torch.zeros_like(lam)
     soft = is_soft(labels)
     chunks = _chunks(len(rec.idx), micro_batch, rank, world)
     if kept is not None and len(chunks) != 1:
         raise ValueError(f"a kept graph is one chunk, but this step has {len(chunks)}")
     for chunk in chunks:
         graph = kept or _build(forward, loss_fn, theta, images, labels, rec, chunk, dsa)
-        inputs = [theta, graph.x] + ([graph.y] if soft else [])
+        inputs = ([] if first else [theta]) + [graph.x] + ([graph.y] if soft else [])
         with torch.enable_grad():
-            outs = torch.autograd.grad(graph.g, inputs, grad_outputs=v, allow_unused=True)
+            outs = list(torch.autograd.grad(graph.g, inputs, grad_outputs=v,
+                                            allow_unused=True))
         rows = rec.idx[chunk.rows]
-        _add(lam_prev, outs[0])
-        _add(sums.images, outs[1], rows)
+        if not first:
+            _add(lam_prev, outs.pop(0))
+        _add(sums.images, outs[0], rows)
         if soft:
-            _add(sums.labels, outs[2], rows)
+            _add(sums.labels, outs[1], rows)
         sums.syn_lr -= (graph.g.detach() * lam).sum()  # -g_i . lambda_{i+1}, chunk by chunk
-    if world == 1:
+    if first or world == 1:
         return lam_prev
     return distributed.all_reduce_sum_(lam_prev).add_(lam)
 
@@ -450,7 +454,7 @@ def adjoint_backward(forward: ForwardFn, traj: Trajectory, images: torch.Tensor,
     for i in range(len(traj.steps) - 1, -1, -1):  # lam: lambda_{i+1} -> lambda_i
         lam = _step_vjp(forward, loss_fn, traj.thetas[i], images, labels, traj.steps[i], alpha,
                         lam, sums, dsa, micro_batch, rank, world,
-                        kept if i == len(traj.steps) - 1 else None)
+                        kept if i == len(traj.steps) - 1 else None, first=i == 0)
         kept = None  # its graph is freed by the product above
     if world > 1:  # the sums are linear in each rank's chunks: one reduction at the end
         for part in (sums.images, sums.labels, sums.syn_lr):
