@@ -19,6 +19,7 @@ import torch
 from datadistill.artifact import load_distilled
 from datadistill.cli import main
 from datadistill.data import prepare
+from datadistill.errors import CompatibilityError
 from datadistill.experts import ExpertConfig, train_experts
 from datadistill.matching import student_forward
 from datadistill.matching.adjoint import (
@@ -28,6 +29,7 @@ from datadistill.matching.adjoint import (
     _step_gradient,
     _step_vjp,
     _Sums,
+    check_shared_batch,
 )
 from datadistill.matching.student import label_loss
 from datadistill.models import create_model, flatten_params
@@ -111,6 +113,14 @@ def test_unrolled_mode_is_refused_under_two_processes(experts, tmp_path):
 
 
 # ----------------------------------------------------------------------------- in process
+
+
+def test_batchnorm_student_cannot_share_its_batch():
+    bn = create_model("convnet_bn", 1, 3, 8, width=8)
+    with pytest.raises(CompatibilityError, match="2 processes share.*BatchNorm"):
+        check_shared_batch(bn, 2, 10, "model=convnet_bn")
+    check_shared_batch(bn, 1, 10)  # one process splits nothing
+    check_shared_batch(create_model("convnet", 1, 3, 8, width=8), 2, 10)  # instance norm
 
 
 def _toy(soft: bool):

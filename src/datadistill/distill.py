@@ -81,7 +81,12 @@ from datadistill.matching import (
     unroll_student,
     window_bounds,
 )
-from datadistill.matching.adjoint import GRAD_MODES, SNAPSHOT_MODES, check_grad_config
+from datadistill.matching.adjoint import (
+    GRAD_MODES,
+    SNAPSHOT_MODES,
+    check_grad_config,
+    check_shared_batch,
+)
 from datadistill.matching.ema import check_ema_config
 from datadistill.matching.masks import check_mask_config
 from datadistill.matching.soft_labels import check_labels_config
@@ -324,6 +329,8 @@ def _setup(cfg: DistillConfig, out_dir, data, store) -> _Run:
     n_syn = data.info.num_classes * cfg.ipc
     check_micro_batch(model, cfg.micro_batch, min(cfg.batch_syn or n_syn, n_syn),
                       f"model={cfg.model}")
+    check_shared_batch(model, distributed.world_size(), min(cfg.batch_syn or n_syn, n_syn),
+                       f"model={cfg.model}")
     store.check_compatible(model, data.info, zca=cfg.zca)
     _check_store(cfg, store)
     strategy = (cfg.dsa_strategy or data.info.dsa_strategy) if cfg.dsa else None

@@ -493,6 +493,23 @@ def check_micro_batch(model: nn.Module, micro_batch: int | None, batch: int,
         "instance norm).")
 
 
+def check_shared_batch(model: nn.Module, world: int, batch: int,
+                       model_name: str = "the student") -> None:
+    """CompatibilityError if ``world`` processes would split a batch that the model couples.
+
+    Under torchrun each rank takes a part of every step's mini-batch, which changes the
+    gradient of a model whose samples interact (BatchNorm), as micro-batches would.
+    """
+    if world <= 1 or batch <= 1 or not couples_samples(model):
+        return
+    raise CompatibilityError(
+        f"{world} processes share each student step's batch of {batch} images, but "
+        f"{model_name} has BatchNorm layers: they normalise with statistics of the whole "
+        "batch, so the processes' partial gradients would not add up to the step's gradient. "
+        "Run it in one process (without torchrun), or use a student without batch coupling "
+        "(e.g. model=convnet with instance norm).")
+
+
 GRAD_MODES = ("unrolled", "adjoint")  # how the meta-gradient is computed
 
 
