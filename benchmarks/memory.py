@@ -22,6 +22,14 @@ Cells (``--cells``):
 
     /work/wt/heavy python benchmarks/memory.py --cells steps official store \\
         --out benchmarks/results/memory_cpu.json
+
+The time ratio of the two modes (``--repeats R``): the cells run R times in turn (unrolled,
+adjoint, unrolled, adjoint, ...), each in a fresh process, and the summary gives, per shape,
+the median CPU seconds of every timed iteration of each mode and their ratio, beside each
+pair's own ratio (a busy machine slows both modes of a pair alike):
+
+    /work/wt/heavy python benchmarks/memory.py --cells steps --only cifar10_ipc10_steps30 \\
+        --iterations 3 --repeats 3 --out benchmarks/results/memory_cpu_ratio.json
 """
 
 from __future__ import annotations
@@ -30,6 +38,7 @@ import argparse
 import json
 import os
 import resource
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -214,6 +223,7 @@ def run_cell(cell: Cell, store_root: Path, max_gb: float) -> dict:
     directory = store_root / key
     if not (directory / "meta.json").is_file():
         write_store(directory, cell)
+    row["load_at_start"] = os.getloadavg()  # 1/5/15-minute load: how busy the machine was
     cmd = [sys.executable, __file__, "--worker", json.dumps(asdict(cell)), str(directory)]
     env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
     t0 = time.time()
@@ -243,6 +253,43 @@ def table(rows: list[dict]) -> str:
         else:
             lines.append(head + f"{r.get('skipped') or r.get('error')} | | | |")
     return "\n".join(lines)
+
+
+def ratios(rows: list[dict]) -> dict:
+    """Per shape measured in both modes: adjoint / unrolled time per iteration.
+
+    ``cpu``/``wall``: median over every timed iteration (the first of each process left out)
+    of all the runs of a mode, adjoint over unrolled; ``pairs``: each (unrolled, adjoint) pair's
+    ratio of mean CPU seconds per iteration, in the order they ran.
+    """
+    out: dict = {}
+    for name in dict.fromkeys(r["cell"]["name"] for r in rows):
+        runs = {m: [r for r in rows if r["cell"]["name"] == name and r["cell"]["mode"] == m
+                    and "cpu_times" in r] for m in ("unrolled", "adjoint")}
+        if not runs["unrolled"] or not runs["adjoint"]:
+            continue
+        cpu = {m: [t for r in rs for t in (r["cpu_times"][1:] or r["cpu_times"])]
+               for m, rs in runs.items()}
+        wall = {m: [t for r in rs for t in (r["times"][1:] or r["times"])]
+                for m, rs in runs.items()}
+        med = {m: statistics.median(v) for m, v in cpu.items()}
+        wmed = {m: statistics.median(v) for m, v in wall.items()}
+        out[name] = {"cpu_median_s": med, "wall_median_s": wmed,
+                     "cpu": med["adjoint"] / med["unrolled"],
+                     "wall": wmed["adjoint"] / wmed["unrolled"],
+                     "timed_iterations": {m: len(v) for m, v in cpu.items()},
+                     "pairs": [a["cpu_sec_per_iter"] / u["cpu_sec_per_iter"]
+                               for u, a in zip(runs["unrolled"], runs["adjoint"], strict=False)]}
+    return out
+
+
+def ratio_lines(summary: dict) -> str:
+    return "\n".join(
+        f"{name}: adjoint / unrolled = {r['cpu']:.3f} (CPU, median of "
+        f"{r['timed_iterations']['adjoint']} / {r['timed_iterations']['unrolled']} timed "
+        f"iterations: {r['cpu_median_s']['adjoint']:.1f} / {r['cpu_median_s']['unrolled']:.1f} "
+        f"s), {r['wall']:.3f} (wall); per pair: "
+        + ", ".join(f"{p:.3f}" for p in r["pairs"]) for name, r in summary.items())
 
 
 def fit_calibration(rows: list[dict]) -> dict:
@@ -286,6 +333,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--cells", nargs="+", default=["steps"],
                    choices=["steps", "official", "store", "calibrate", "calibrate_generic"])
     p.add_argument("--iterations", type=int, default=3, help="iterations per cell (>= 2)")
+    p.add_argument("--repeats", type=int, default=1,
+                   help="run the cells this many times in turn (interleaved modes)")
     p.add_argument("--max-gb", type=float, default=12.0, help="skip cells estimated above it")
     p.add_argument("--only", nargs="*", default=None, help="cell names to keep")
     p.add_argument("--modes", default="unrolled,adjoint")
@@ -316,16 +365,21 @@ def main(argv: list[str] | None = None) -> int:
               "calibrate_generic": lambda: calibrate_cells(args.iterations, generic=True)}
     cells = [c for name in args.cells for c in makers[name]()
              if c.mode in args.modes.split(",") and (not args.only or c.name in args.only)]
+    cells = cells * max(1, args.repeats)  # u, a, u, a, ...: both modes under the same load
     rows = []
     with tempfile.TemporaryDirectory(prefix="dd_memory_") as tmp:
         for cell in cells:
             rows.append(run_cell(cell, Path(tmp), args.max_gb))
             print(table(rows[-1:]).splitlines()[-1], file=sys.stderr, flush=True)
     print(table(rows))
+    summary = ratios(rows)
+    if summary:
+        print(ratio_lines(summary))
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"rows": rows, "argv": sys.argv[1:],
-                               "torch": torch.__version__}, indent=2) + "\n")
+    out.write_text(json.dumps({"rows": rows, "ratios": summary, "argv": sys.argv[1:],
+                               "torch": torch.__version__},
+                              indent=2) + "\n")
     return 0
 
 

@@ -193,6 +193,36 @@ def test_spilled_trajectory_gives_bitwise_the_same_gradients():
         assert torch.equal(g, r) and float(r.norm()) > 0
 
 
+@pytest.mark.parametrize("micro_batch", [None, 2])
+def test_the_last_step_is_not_rebuilt_when_it_is_one_chunk(micro_batch):
+    """The forward pass keeps the last step's graph (one chunk) for the backward pass: N
+    forward calls, then N - 1 rebuilt steps; with two chunks per step every step is rebuilt.
+    A second backward pass on the same trajectory rebuilds it and gives the same gradients."""
+    c = _case(soft=True)
+    inner = student_forward(c.model)
+    calls = []
+
+    def forward(theta, x):
+        calls.append(len(x))
+        return inner(theta, x)
+
+    traj = student_trajectory(forward, c.theta0, c.images, c.labels, c.syn_lr, syn_steps=4,
+                              batch_syn=4, dsa=DSA(), generator=torch.Generator().manual_seed(8),
+                              micro_batch=micro_batch)
+    chunks = 1 if micro_batch is None else 2  # mini-batches of 3 and 4 images
+    assert len(calls) == 4 * chunks and (traj.kept is not None) == (chunks == 1)
+    theta_n = traj.final.detach().requires_grad_()
+    (lam,) = torch.autograd.grad(matching_loss(theta_n, c.theta0, c.target), theta_n)
+    first = adjoint_backward(forward, traj, c.images, c.labels, c.syn_lr, lam, dsa=DSA(),
+                             micro_batch=micro_batch)
+    assert len(calls) == 4 * chunks + (3 if chunks == 1 else 8) and traj.kept is None
+    again = adjoint_backward(forward, traj, c.images, c.labels, c.syn_lr, lam, dsa=DSA(),
+                             micro_batch=micro_batch)
+    for a, b in zip((first.images, first.syn_lr, first.labels),
+                    (again.images, again.syn_lr, again.labels), strict=True):
+        assert torch.equal(a, b) and float(a.norm()) > 0
+
+
 def _spill_trajectory(c: _Case, forward, steps=3):
     return student_trajectory(forward, c.theta0, c.images, c.labels, c.syn_lr, syn_steps=steps,
                               batch_syn=4, generator=torch.Generator().manual_seed(12),

@@ -102,7 +102,7 @@ def cmd_distill(args: argparse.Namespace) -> int:
     print(f"{result.iterations_done} iterations; best evaluation {best} at iteration "
           f"{result.best_iteration}; learned step size {result.final_syn_lr:.4g}")
     print(f"best set: {result.best_dir}")
-    _report(out, "distill", result.seconds)
+    _report(out, "distill" if distributed.is_main() else None, result.seconds)
     return 0
 
 

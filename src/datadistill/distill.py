@@ -13,6 +13,12 @@ Outputs in ``out_dir``: ``best/`` and ``last/`` distilled sets, ``grids/iter_XXX
 ``metrics.jsonl``, ``checkpoint.pt`` (resume: a resumed CPU run ends bitwise equal to an
 uninterrupted one), ``config.json``.
 
+Several processes (``torchrun --nproc_per_node K -m datadistill distill ...``): adjoint mode
+only (the unrolled graph cannot be split; :func:`check_processes`). Each student step's
+mini-batch is shared by the ranks (:mod:`datadistill.matching.adjoint`), every rank holds the
+same synthetic set, and rank 0 alone writes the outputs; a resume hands rank 0's checkpoint
+to all ranks, so a run resumes with any K. The distilled sets record ``world_size``.
+
 Strategy fields (defaults = MTT): ``window`` "expanding" (DATM), ``label_mode`` "soft" with
 ``lr_y``/``momentum_y`` (DATM/PAD), ``pix_init`` "samples_predicted_correctly" (DATM),
 ``threshold`` (DATM: skip the update when the loss exceeds it), ``ema_decay`` (FTD),
@@ -56,6 +62,7 @@ from pathlib import Path
 
 import torch
 
+from datadistill import distributed
 from datadistill.checkpoint import DistillState, MetricsLog, load_checkpoint, save_checkpoint
 from datadistill.checks import check_distill, check_ipc_fits
 from datadistill.config import RunContext, check_choice
@@ -73,6 +80,7 @@ from datadistill.matching import (
     unroll_student,
     window_bounds,
 )
+from datadistill.matching.adjoint import check_shared_batch
 from datadistill.matching.axes import (
     AXES,
     EmaAxis,
@@ -219,12 +227,17 @@ def distill(cfg: DistillConfig, out_dir: str | Path, *, data=None, store=None,
     from datadistill.memory import check_memory
 
     t0 = time.time()
+    check_processes(cfg)
     check_memory(cfg, data)  # before any work: an unrolled run that cannot fit is refused
     run = _setup(cfg, out_dir, data, store)
-    resumed = resume and (run.out / "checkpoint.pt").is_file()
-    state, opts, gens, ema = _initial_state(run, resume)  # checks a resumed config first
-    (run.out / "config.json").write_text(json.dumps(dataclasses.asdict(cfg), indent=2) + "\n")
-    log = MetricsLog(run.out / "metrics.jsonl", state.iteration if resumed else None)
+    # rank 0's folder decides (other ranks may not see it, e.g. on another node)
+    resumed = distributed.broadcast_object(resume and (run.out / "checkpoint.pt").is_file())
+    state, opts, gens, ema = _initial_state(run, resumed)  # checks a resumed config first
+    log = _NullLog(run.out / "metrics.jsonl")  # rank 0 alone writes (module docstring)
+    if distributed.is_main():
+        (run.out / "config.json").write_text(json.dumps(dataclasses.asdict(cfg), indent=2)
+                                             + "\n")
+        log = MetricsLog(run.out / "metrics.jsonl", state.iteration if resumed else None)
     eval_points = _eval_points(cfg)
     bar = progress_bar(total=cfg.iterations, initial=state.iteration, desc="distill",
                        enabled=progress, stage=True)
@@ -254,6 +267,17 @@ def distill(cfg: DistillConfig, out_dir: str | Path, *, data=None, store=None,
 # ----------------------------------------------------------------------------- setup
 
 
+def check_processes(cfg: DistillConfig) -> None:
+    """Under torchrun with several processes only adjoint mode can share the work."""
+    k = distributed.world_size()
+    if k > 1 and cfg.grad_mode != "adjoint":
+        raise ConfigError(
+            f"distill.grad_mode={cfg.grad_mode} runs in one process, but {k} were started "
+            "(torchrun): the unrolled graph of all student steps cannot be split across "
+            "processes. Set distill.grad_mode=adjoint (the same gradient; each student step's "
+            "mini-batch is then shared by the processes), or run without torchrun.")
+
+
 def _setup(cfg: DistillConfig, out_dir, data, store) -> _Run:
     from datadistill.augment import DSA
     from datadistill.experts import ExpertStore
@@ -274,6 +298,8 @@ def _setup(cfg: DistillConfig, out_dir, data, store) -> _Run:
     n_syn = data.info.num_classes * cfg.ipc
     check_micro_batch(model, cfg.micro_batch, min(cfg.batch_syn or n_syn, n_syn),
                       f"model={cfg.model}")
+    check_shared_batch(model, distributed.world_size(), min(cfg.batch_syn or n_syn, n_syn),
+                       f"model={cfg.model}")
     store.check_compatible(model, data.info, zca=cfg.zca)
     _check_store(cfg, store)
     strategy = (cfg.dsa_strategy or data.info.dsa_strategy) if cfg.dsa else None
@@ -320,18 +346,23 @@ def _seeds(seed: int, n: int) -> list[int]:
 _GENERATORS = ("init", "expert", "window", "student")
 
 
-def _initial_state(run: _Run, resume: bool):
-    """(state, optimisers, generators, ema): fresh, or restored from the checkpoint."""
+def _initial_state(run: _Run, resumed: bool):
+    """(state, optimisers, generators, ema): fresh, or restored from the checkpoint.
+
+    Under several processes every rank draws from the same seeded generators, and rank 0's
+    state (fresh or read from its checkpoint) is handed to all, so every rank starts equal.
+    """
     cfg = run.cfg
     path = run.out / "checkpoint.pt"
     gens = {k: torch.Generator().manual_seed(s)
             for k, s in zip(_GENERATORS, _seeds(cfg.seed, len(_GENERATORS)), strict=True)}
-    if resume and path.is_file():
-        state = load_checkpoint(path)
+    if resumed:
+        state = load_checkpoint(path) if distributed.is_main() else None
+        state = distributed.broadcast_object(state)
         check_resume(cfg, state.config, path)
         logger.info("resuming %s at iteration %d", run.out, state.iteration)
     else:
-        state = _fresh_state(run, gens)
+        state = distributed.broadcast_object(_fresh_state(run, gens))
     state.images = state.images.to(cfg.device).requires_grad_(True)
     state.syn_lr = state.syn_lr.to(cfg.device).requires_grad_(True)
     if is_soft(state.labels):
@@ -544,10 +575,11 @@ def _distilled(run: _Run, images: torch.Tensor, state: DistillState, extra: dict
                         lr=float(state.syn_lr.detach()), info=run.data.info,
                         space=run.data.train.space,
                         ipc=run.cfg.ipc, method=run.cfg.method, zca=run.data.zca,
-                        config=dataclasses.asdict(run.cfg), extra=extra)
+                        config=dataclasses.asdict(run.cfg),
+                        extra={**extra, **distributed.metadata()})
 
 
-def _evaluate(run: _Run, images: torch.Tensor, state: DistillState, it: int) -> dict:
+def _evaluate_here(run: _Run, images: torch.Tensor, state: DistillState, it: int) -> dict:
     cfg = run.cfg
     if cfg.eval_runs == 0:
         return {"iteration": it, "eval": True, "mean": None, "std": None, "accuracies": []}
@@ -562,39 +594,63 @@ def _evaluate(run: _Run, images: torch.Tensor, state: DistillState, it: int) -> 
             "accuracies": list(report.accuracies)}
 
 
+def _evaluate(run: _Run, images: torch.Tensor, state: DistillState, it: int) -> dict:
+    """The evaluation row; under several processes rank 0's row, so every rank keeps the
+    same best iteration (each rank takes part, in case the protocol shares its runs)."""
+    return distributed.broadcast_object(_evaluate_here(run, images, state, it))
+
+
 def _evaluate_and_save(run: _Run, state: DistillState, ema, it: int, log) -> float | None:
     """Evaluate (images and, with FTD's EMA, the EMA images); save last/, best/ and a grid."""
     from datadistill.artifact import save_distilled
     from datadistill.grids import save_class_grid
     from datadistill.report import refresh_report
 
+    main = distributed.is_main()  # every rank evaluates and keeps the best; rank 0 writes
     row = _evaluate(run, state.images, state, it)
     log.write(row)
     ds = _distilled(run, state.images, state, {"iteration": it, "accuracy": row["mean"],
                                                "std": row["std"]})
-    save_distilled(ds, run.out / "last")
-    save_class_grid(ds, run.out / "grids" / f"iter_{it:05d}.png")
-    if it == 0:  # the initial images, for the report's initial-vs-final grid
+    if main:
+        save_distilled(ds, run.out / "last")
+        save_class_grid(ds, run.out / "grids" / f"iter_{it:05d}.png")
+    if it == 0 and main:  # the initial images, for the report's initial-vs-final grid
         save_distilled(ds, run.out / "initial")
     better = row["mean"] is None or state.best_accuracy is None or \
         row["mean"] > state.best_accuracy
     if better:
-        save_distilled(ds, run.out / "best")
+        if main:
+            save_distilled(ds, run.out / "best")
         state.best_accuracy, state.best_iteration = row["mean"], it
     if ema is not None:
         ema_row = {**_evaluate(run, ema.images, state, it), "ema": True}
         log.write(ema_row)
-        save_distilled(_distilled(run, ema.images, state, {"iteration": it, "ema": True,
-                                                           "accuracy": ema_row["mean"]}),
-                       run.out / "ema_last")
+        if main:
+            save_distilled(_distilled(run, ema.images, state, {"iteration": it, "ema": True,
+                                                               "accuracy": ema_row["mean"]}),
+                           run.out / "ema_last")
     state.evaluated = it
     logger.info("iteration %d: accuracy %s", it, row["mean"])
-    refresh_report(run.out, force=it == run.cfg.iterations)  # report.html; never raises
+    if main:
+        refresh_report(run.out, force=it == run.cfg.iterations)  # report.html; never raises
     return row["mean"]
 
 
 def _checkpoint(run: _Run, state: DistillState, opts, gens, ema) -> None:
+    """Rank 0 writes; the others hold the same state in memory (a resume reads rank 0's)."""
+    if not distributed.is_main():
+        return
     state.optimizers = {k: o.state_dict() for k, o in opts.items()}
     state.generators = {k: g.get_state() for k, g in gens.items()}
     state.ema = ema.state_dict() if ema is not None else None
     save_checkpoint(run.out / "checkpoint.pt", state)
+
+
+class _NullLog:
+    """The metrics log of a rank other than 0: same interface, writes nothing."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def write(self, row: dict) -> None:
+        pass

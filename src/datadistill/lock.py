@@ -105,7 +105,13 @@ def _open_locked(path: Path) -> int | None:
 
 
 def acquire(path: str | Path) -> None:
-    """Take the lock file ``path`` for this process, or raise :class:`LockError`."""
+    """Take the lock file ``path`` for this process, or raise :class:`LockError`.
+
+    Under torchrun the ranks of one job share their output folders: rank 0 alone takes the
+    lock (and writes); the other ranks take nothing.
+    """
+    if not distributed.is_main():
+        return
     path = Path(path)
     if not distributed.is_main():  # rank 0 holds the job's locks
         return

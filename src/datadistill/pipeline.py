@@ -229,13 +229,14 @@ def run_pipeline(cfg: PipelineConfig, out_dir: str | Path, *, progress: bool = T
     """
     from datadistill.baselines import baseline_random
     from datadistill.data import prepare
-    from datadistill.distill import distill
+    from datadistill.distill import check_processes, distill
     from datadistill.memory import check_memory
     from datadistill.repair import restore_outputs
     from datadistill.report import write_report as write_page
 
     _check(cfg)
     check_memory(distill_config(cfg))  # refuse an unrolled run that cannot fit, before experts
+    check_processes(distill_config(cfg))  # torchrun: adjoint mode only, before experts
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     device, ev = cfg.resolved_device(), cfg.evaluation

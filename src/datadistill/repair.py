@@ -85,9 +85,11 @@ def _replay_best(dcfg, data, distill_dir: Path, extra: dict) -> None:
 
 def _extra(folder: Path, iteration: int | None, accuracy) -> dict:
     """The meta a set saved at ``iteration`` carried: its evaluation from metrics.jsonl."""
+    from datadistill import distributed
     from datadistill.checkpoint import _read_rows
 
-    extra = {"iteration": iteration, "accuracy": accuracy, "std": None}
+    extra = {"iteration": iteration, "accuracy": accuracy, "std": None,
+             **distributed.metadata()}  # as distill records it
     if (folder / "metrics.jsonl").is_file():
         for row, _ in _read_rows(folder / "metrics.jsonl"):
             if row.get("eval") and not row.get("ema") and row["iteration"] == iteration:

@@ -22,6 +22,12 @@ grows with N x batch. Here the same gradient is taken in two passes (reverse-mod
 
   The loss (normalisation, PAD masks) enters through lambda_N only; theta_0 is a constant.
 
+  The last step's graph is not rebuilt when that step is one chunk: the forward pass builds
+  it with ``create_graph`` (its g_N-1 is then the unrolled student's own first-order gradient)
+  and keeps it for the backward pass, which starts there. That saves one of the N extra
+  forward + backward passes at the memory of one step's graph, which the backward pass holds
+  anyway.
+
 The result is the unrolled gradient up to rounding (tests: float64, relative error < 1e-6).
 Memory: one step's graph plus the recorded trajectory, whatever N is. The (N + 1) x P
 snapshots theta_i can leave the resident set (``snapshots="spill"``, :class:`SnapshotStore`):
@@ -36,6 +42,16 @@ over the batch), and the products are summed likewise, so the largest graph hold
 The DSA draw is made for the whole mini-batch (as without chunks) and sliced per chunk. This
 is exact only when samples do not interact in the forward pass (instance/layer/group/no norm);
 :func:`check_micro_batch` refuses BatchNorm models.
+
+Under ``torchrun`` with K processes (:mod:`datadistill.distributed`) each step's mini-batch is
+shared: rank r takes the r-th of K consecutive parts of it (then cut into micro-batches).
+Every rank draws the same indices and DSA parameters (same seeded generator), so only the
+sums are split: the forward pass all-reduces each step's partial g_i (the same update on every
+rank), the backward pass each step's partial H_i lambda_{i+1} (lambda_i is needed whole at the
+next step), and the image / soft-label / step-size sums once at the end (they are linear in
+the ranks' chunks and are read only after the last step). Communication per student step: two
+all-reduces of P floats; per iteration: one of the synthetic set. One process takes the whole
+batch and gives bitwise the single-process results.
 
 Example:
     >>> traj = student_trajectory(forward, theta0, images, labels, syn_lr, syn_steps=20,
@@ -56,6 +72,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from datadistill import distributed
 from datadistill.config import check_choice
 from datadistill.errors import CompatibilityError, ConfigError
 from datadistill.labels import is_soft
@@ -169,6 +186,9 @@ class Trajectory:
 
     thetas: SnapshotStore  # N + 1 detached (P,) tensors: theta_0 ... theta_N
     steps: list[StepRecord]  # N records, step i maps thetas[i] to thetas[i + 1]
+    # the last step's graph, kept from the forward pass when that step is one chunk: the
+    # backward pass starts there, so it uses it instead of rebuilding it (once; then None)
+    kept: _Graph | None = None
 
     @property
     def final(self) -> torch.Tensor:
@@ -176,8 +196,9 @@ class Trajectory:
         return self.thetas.last
 
     def close(self) -> None:
-        """Free the snapshots (a spilled trajectory's temporary file)."""
+        """Free the snapshots (a spilled trajectory's temporary file) and a kept graph."""
         self.thetas.close()
+        self.kept = None
 
     def __enter__(self) -> Trajectory:
         return self
@@ -201,11 +222,26 @@ class _Chunk:
     weight: float  # |chunk| / batch: the chunk's share of the batch-mean loss
 
 
-def _chunks(batch: int, micro_batch: int | None) -> list[_Chunk]:
-    """The step's mini-batch as consecutive chunks of at most ``micro_batch`` images."""
-    size = batch if micro_batch is None else min(micro_batch, batch)
-    return [_Chunk(slice(s, min(s + size, batch)), min(size, batch - s) / batch)
-            for s in range(0, batch, size)]
+def _chunks(batch: int, micro_batch: int | None, rank: int = 0,
+            world: int = 1) -> list[_Chunk]:
+    """This rank's share of the step's mini-batch, as consecutive chunks of <= ``micro_batch``.
+
+    Under ``world`` processes rank r takes the r-th of ``world`` consecutive parts of the batch
+    (sizes differ by at most one; a part may be empty when batch < world); one process takes
+    the whole batch. Each chunk keeps its weight |chunk| / batch, so the ranks' partial sums
+    add up to the step's gradient and products.
+    """
+    lo, hi = rank * batch // world, (rank + 1) * batch // world
+    if hi <= lo:
+        return []
+    size = hi - lo if micro_batch is None else min(micro_batch, hi - lo)
+    return [_Chunk(slice(s, min(s + size, hi)), (min(s + size, hi) - s) / batch)
+            for s in range(lo, hi, size)]
+
+
+def _ranks() -> tuple[int, int]:
+    """(rank, world size) of this process under torchrun; (0, 1) when single."""
+    return distributed.rank(), distributed.world_size()
 
 
 def _chunk_batch(images: torch.Tensor, labels: torch.Tensor, rec: StepRecord, chunk: _Chunk,
@@ -230,18 +266,56 @@ def _chunk_grad(forward: ForwardFn, loss_fn: LossFn, theta: torch.Tensor, xa: to
     return g
 
 
+@dataclass
+class _Graph:
+    """One chunk of a step with its graph: g (P,) = d(weighted loss)/d theta, create_graph."""
+
+    theta: torch.Tensor  # (P,) leaf theta_i
+    x: torch.Tensor  # (K, C, H, W) leaf rows of the images
+    y: torch.Tensor  # (K,) or (K, K_cls) rows of the labels (a leaf when soft)
+    g: torch.Tensor  # (P,) attached to the graph of theta, x (and y)
+
+
+def _build(forward: ForwardFn, loss_fn: LossFn, theta: torch.Tensor, images, labels,
+           rec: StepRecord, chunk: _Chunk, dsa) -> _Graph:
+    """Chunk ``chunk`` of step ``rec`` at the leaf ``theta``, differentiable twice."""
+    with torch.enable_grad():  # also under a caller's no_grad: DSA is part of the graph
+        x, xa, y = _chunk_batch(images, labels, rec, chunk, dsa, need_grad=True)
+        g = _chunk_grad(forward, loss_fn, theta, xa, y, chunk.weight, True)
+    return _Graph(theta, x, y, g)
+
+
+def _kept_step(forward: ForwardFn, loss_fn: LossFn, theta: torch.Tensor, images, labels,
+               rec: StepRecord, chunk: _Chunk, dsa, world: int) -> tuple[torch.Tensor, _Graph]:
+    """(g_i, its graph) of a step that is one chunk (on this rank): the last step of the
+    forward pass, whose graph the backward pass would otherwise rebuild at once."""
+    graph = _build(forward, loss_fn, theta.detach().requires_grad_(True), images, labels, rec,
+                   chunk, dsa)
+    g = graph.g.detach()  # the same values as the first-order gradient without a graph
+    if world == 1:
+        return g, graph
+    return distributed.all_reduce_sum_(g.clone()), graph  # the graph keeps this rank's part
+
+
 def _step_gradient(forward: ForwardFn, loss_fn: LossFn, theta: torch.Tensor,
                    images: torch.Tensor, labels: torch.Tensor, rec: StepRecord, dsa,
-                   micro_batch: int | None) -> torch.Tensor:
-    """(P,) g_i at theta_i, summed over the chunks; no graph is kept."""
+                   micro_batch: int | None, rank: int = 0, world: int = 1) -> torch.Tensor:
+    """(P,) g_i at theta_i, summed over the chunks (and over the ranks); no graph is kept.
+
+    Under several processes each rank sums its own chunks and the partial sums are
+    all-reduced, so every rank takes the same step.
+    """
     theta = theta.detach().requires_grad_(True)
     g = None
-    for chunk in _chunks(len(rec.idx), micro_batch):
+    for chunk in _chunks(len(rec.idx), micro_batch, rank, world):
         _, xa, y = _chunk_batch(images, labels, rec, chunk, dsa, need_grad=False)
         with torch.enable_grad():
             gc = _chunk_grad(forward, loss_fn, theta, xa, y, chunk.weight, False)
         g = gc if g is None else g.add_(gc)
-    return g
+    if world == 1:
+        return g
+    g = torch.zeros_like(theta.detach()) if g is None else g  # an empty share adds nothing
+    return distributed.all_reduce_sum_(g)
 
 
 def student_trajectory(forward: ForwardFn, theta0: torch.Tensor, images: torch.Tensor,
@@ -266,16 +340,23 @@ def student_trajectory(forward: ForwardFn, theta0: torch.Tensor, images: torch.T
     loss_fn = loss_fn or label_loss(labels)
     sampler = BatchSampler(images.shape[0], batch_syn, generator)
     alpha = syn_lr.detach()
+    rank, world = _ranks()
     traj = Trajectory(SnapshotStore(snapshots), [])
     traj.thetas.append(theta0)
     try:
-        for _ in range(syn_steps):
+        for i in range(syn_steps):
             idx = sampler.next().to(images.device)
             draw = None if dsa is None else dsa.sample(len(idx), tuple(images.shape[-2:]),
                                                        generator)
             rec = StepRecord(idx, draw)
             theta = traj.thetas.last
-            g = _step_gradient(forward, loss_fn, theta, images, labels, rec, dsa, micro_batch)
+            chunks = _chunks(len(idx), micro_batch, rank, world)
+            if i == syn_steps - 1 and len(chunks) == 1:  # one step's graph, as the backward's
+                g, traj.kept = _kept_step(forward, loss_fn, theta, images, labels, rec,
+                                          chunks[0], dsa, world)
+            else:
+                g = _step_gradient(forward, loss_fn, theta, images, labels, rec, dsa,
+                                   micro_batch, rank, world)
             traj.thetas.append(theta - alpha * g)  # (P,) as the unrolled update
             traj.steps.append(rec)
     except BaseException:
@@ -295,25 +376,42 @@ class _Sums:
 
 def _step_vjp(forward: ForwardFn, loss_fn: LossFn, theta: torch.Tensor, images, labels,
               rec: StepRecord, alpha: torch.Tensor, lam: torch.Tensor, sums: _Sums, dsa,
-              micro_batch: int | None) -> torch.Tensor:
-    """Rebuild step i chunk by chunk; accumulate into ``sums``; return lambda_i."""
-    theta = theta.detach().requires_grad_(True)
+              micro_batch: int | None, rank: int = 0, world: int = 1,
+              kept: _Graph | None = None, first: bool = False) -> torch.Tensor | None:
+    """Rebuild step i chunk by chunk; accumulate into ``sums``; return lambda_i.
+
+    ``kept``: the step's one chunk with its graph from the forward pass (not rebuilt).
+    ``first`` (step 0): lambda_0 is not needed (theta_0 is a constant), so the product leaves
+    theta out, nothing is reduced and None is returned.
+
+    Under several processes the rank's chunks give a partial H_i lambda_{i+1}, all-reduced
+    here (lambda_i is needed by every rank at the next step); the partial sums of the images,
+    labels and step size stay per rank until the end of the backward pass.
+    """
+    theta = theta.detach().requires_grad_(True) if kept is None else kept.theta
     v = -alpha * lam  # (P,) adjoint of g_i, since theta_{i+1} = theta_i - alpha g_i
-    lam_prev = lam.clone()
+    # single: lambda_i accumulated in place; several: the rank's share of -alpha H lambda
+    lam_prev = None if first else lam.clone() if world == 1 else torch.zeros_like(lam)
     soft = is_soft(labels)
-    for chunk in _chunks(len(rec.idx), micro_batch):
-        with torch.enable_grad():  # also under a caller's no_grad: DSA is part of the graph
-            x, xa, y = _chunk_batch(images, labels, rec, chunk, dsa, need_grad=True)
-            inputs = [theta, x] + ([y] if soft else [])
-            gc = _chunk_grad(forward, loss_fn, theta, xa, y, chunk.weight, True)
-            outs = torch.autograd.grad(gc, inputs, grad_outputs=v, allow_unused=True)
+    chunks = _chunks(len(rec.idx), micro_batch, rank, world)
+    if kept is not None and len(chunks) != 1:
+        raise ValueError(f"a kept graph is one chunk, but this step has {len(chunks)}")
+    for chunk in chunks:
+        graph = kept or _build(forward, loss_fn, theta, images, labels, rec, chunk, dsa)
+        inputs = ([] if first else [theta]) + [graph.x] + ([graph.y] if soft else [])
+        with torch.enable_grad():
+            outs = list(torch.autograd.grad(graph.g, inputs, grad_outputs=v,
+                                            allow_unused=True))
         rows = rec.idx[chunk.rows]
-        _add(lam_prev, outs[0])
-        _add(sums.images, outs[1], rows)
+        if not first:
+            _add(lam_prev, outs.pop(0))
+        _add(sums.images, outs[0], rows)
         if soft:
-            _add(sums.labels, outs[2], rows)
-        sums.syn_lr -= (gc.detach() * lam).sum()  # -g_i . lambda_{i+1}, chunk by chunk
-    return lam_prev
+            _add(sums.labels, outs[1], rows)
+        sums.syn_lr -= (graph.g.detach() * lam).sum()  # -g_i . lambda_{i+1}, chunk by chunk
+    if first or world == 1:
+        return lam_prev
+    return distributed.all_reduce_sum_(lam_prev).add_(lam)
 
 
 def _add(acc: torch.Tensor, value: torch.Tensor | None, rows: torch.Tensor | None = None):
@@ -348,12 +446,20 @@ def adjoint_backward(forward: ForwardFn, traj: Trajectory, images: torch.Tensor,
     """
     loss_fn = loss_fn or label_loss(labels)
     alpha = syn_lr.detach()
+    rank, world = _ranks()
     sums = _Sums(torch.zeros_like(images, memory_format=torch.contiguous_format),
                  torch.zeros_like(labels) if is_soft(labels) else None,
                  torch.zeros((), dtype=lam.dtype, device=lam.device))
+    kept, traj.kept = traj.kept, None  # used once: a second backward rebuilds every step
     for i in range(len(traj.steps) - 1, -1, -1):  # lam: lambda_{i+1} -> lambda_i
         lam = _step_vjp(forward, loss_fn, traj.thetas[i], images, labels, traj.steps[i], alpha,
-                        lam, sums, dsa, micro_batch)
+                        lam, sums, dsa, micro_batch, rank, world,
+                        kept if i == len(traj.steps) - 1 else None, first=i == 0)
+        kept = None  # its graph is freed by the product above
+    if world > 1:  # the sums are linear in each rank's chunks: one reduction at the end
+        for part in (sums.images, sums.labels, sums.syn_lr):
+            if part is not None:
+                distributed.all_reduce_sum_(part)
     return AdjointGrads(sums.images, sums.syn_lr.to(syn_lr.dtype), sums.labels)
 
 
@@ -385,6 +491,23 @@ def check_micro_batch(model: nn.Module, micro_batch: int | None, batch: int,
         "Set distill.micro_batch=null (adjoint mode alone already keeps memory flat in "
         "syn_steps), or use a student without batch coupling (e.g. model=convnet with "
         "instance norm).")
+
+
+def check_shared_batch(model: nn.Module, world: int, batch: int,
+                       model_name: str = "the student") -> None:
+    """CompatibilityError if ``world`` processes would split a batch that the model couples.
+
+    Under torchrun each rank takes a part of every step's mini-batch, which changes the
+    gradient of a model whose samples interact (BatchNorm), as micro-batches would.
+    """
+    if world <= 1 or batch <= 1 or not couples_samples(model):
+        return
+    raise CompatibilityError(
+        f"{world} processes share each student step's batch of {batch} images, but "
+        f"{model_name} has BatchNorm layers: they normalise with statistics of the whole "
+        "batch, so the processes' partial gradients would not add up to the step's gradient. "
+        "Run it in one process (without torchrun), or use a student without batch coupling "
+        "(e.g. model=convnet with instance norm).")
 
 
 GRAD_MODES = ("unrolled", "adjoint")  # how the meta-gradient is computed
