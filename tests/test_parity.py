@@ -34,12 +34,14 @@ def _cases(store):
             d, w, ExpertStore(store), "mtt", "adjoint", data=data),
         "distill_datm_unrolled": lambda d, w, data=None: P.run_distill(
             d, w, ExpertStore(store), "datm", "unrolled", data=data),
+        "distill_ftd_adjoint": lambda d, w, data=None: P.run_distill(
+            d, w, ExpertStore(store), "ftd", "adjoint", data=data),
         "eval": lambda d, w, data=None: P.run_eval(d, w, data=data),
     }
 
 
 @pytest.mark.parametrize("name", ["experts", "distill_mtt_adjoint", "distill_datm_unrolled",
-                                  "eval"])
+                                  "distill_ftd_adjoint", "eval"])
 def test_cpu_against_cpu_is_bitwise_and_a_one_ulp_change_stays_inside(name, store, tmp_path):
     fn = _cases(store)[name]
     ref = fn("cpu", tmp_path / "a")
