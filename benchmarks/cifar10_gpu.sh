@@ -21,9 +21,10 @@ cd "$(dirname "$0")/.."
 ROOT=${1:-../shared/data/cifar10-subset}
 OUT=${2:-benchmarks/results/cifar10_gpu_mtt_ipc1.json}
 DEVICE=${DEVICE:-cuda}
+PY=${PYTHON:-$(command -v python || command -v python3)}
 BUDGET=${BUDGET:-reduced}
 if [[ $DEVICE == cuda* ]]; then
-  python -c "import sys, torch; sys.exit(0 if torch.cuda.is_available() else
+  "$PY" -c "import sys, torch; sys.exit(0 if torch.cuda.is_available() else
     'benchmarks/cifar10_gpu.sh needs a CUDA device; torch ' + torch.__version__ + ' sees none')"
 fi
 case $BUDGET in
@@ -37,6 +38,6 @@ case $BUDGET in
                  --iterations 2 --runs 1 --epochs 2) ;;
   *) echo "BUDGET=$BUDGET: use reduced or tiny" >&2; exit 2 ;;
 esac
-PYTHONPATH=src${PYTHONPATH:+:$PYTHONPATH} python benchmarks/methods.py --dataset cifar10 \
+PYTHONPATH=src${PYTHONPATH:+:$PYTHONPATH} "$PY" benchmarks/methods.py --dataset cifar10 \
     --root "$ROOT" --methods mtt --ipc 1 "${SIZE[@]}" --random-for mtt --threads "$THREADS" \
     --work "${WORK_DIR:-runs/gpu}" --out "$OUT" device="$DEVICE"

@@ -58,6 +58,9 @@ while [[ $# -gt 0 ]]; do
     *) echo "gpu_check.sh: unknown argument $1 (see --help)" >&2; exit 2 ;;
   esac
 done
+PY=${PYTHON:-$(command -v python || command -v python3)}  # the machine's own interpreter
+[[ -z $PY ]] && { echo "gpu_check.sh: no python or python3 on PATH (set PYTHON=...)" >&2; exit 2; }
+export PYTHON=$PY
 export PYTHONPATH="$ROOT_DIR/src${PYTHONPATH:+:$PYTHONPATH}"
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
 export PYTHONWARNINGS=${PYTHONWARNINGS:-ignore::UserWarning}
@@ -68,7 +71,7 @@ FAILED=0
 
 # record NAME STATUS RC SECONDS LOG: one JSON line per step (status ok | failed | skipped)
 record() {
-  python - "$@" >> "$STEPS" <<'PY'
+  "$PY" - "$@" >> "$STEPS" <<'PY'
 import json, sys
 name, status, rc, seconds, log = sys.argv[1:6]
 tail = open(log, errors="replace").read()[-4000:] if log and log != "-" else ""
@@ -105,7 +108,7 @@ skip() {  # skip NAME REASON
 }
 
 # ---------------------------------------------------------------- env
-step env python - "$DEVICE" "$WORK/env.json" <<'PY'
+step env "$PY" - "$DEVICE" "$WORK/env.json" <<'PY'
 import json, platform, shutil, subprocess, sys
 import torch
 device, out = sys.argv[1], sys.argv[2]
@@ -129,17 +132,17 @@ if grep -q '"status": "failed"' "$STEPS"; then
 else
   DEVICE_OK=1
 fi
-GPUS=$(python -c "import torch; print(torch.cuda.device_count() if torch.cuda.is_available() else 0)")
+GPUS=$("$PY" -c "import torch; print(torch.cuda.device_count() if torch.cuda.is_available() else 0)")
 
 if [[ $DEVICE_OK -eq 1 && $CIFAR -ne 2 ]]; then
   # -------------------------------------------------------------- parity
   ONLY=()
   [[ $TINY -eq 1 ]] && ONLY=(--only experts_sgd eval distill_mtt_adjoint infer)
-  step parity python tests/parity.py --device "$DEVICE" "${ONLY[@]}" --out "$WORK/parity.json"
+  step parity "$PY" tests/parity.py --device "$DEVICE" "${ONLY[@]}" --out "$WORK/parity.json"
 
   # -------------------------------------------------------------- pytest (other gpu tests)
-  if python -c "import pytest" 2>/dev/null; then
-    step pytest python -m pytest -q -p no:cacheprovider -m gpu tests \
+  if "$PY" -c "import pytest" 2>/dev/null; then
+    step pytest "$PY" -m pytest -q -p no:cacheprovider -m gpu tests \
       --ignore=tests/test_gpu.py -o addopts="-ra"
   else
     skip pytest "pytest is not installed here: the gpu tests of tests/test_adjoint.py and tests/test_augment.py did not run (test_gpu.py's comparisons ran as the parity step)"
@@ -147,7 +150,7 @@ if [[ $DEVICE_OK -eq 1 && $CIFAR -ne 2 ]]; then
 
   # -------------------------------------------------------------- nccl
   if [[ $DEVICE == cuda* && $GPUS -ge 2 ]] || [[ $DEVICE == cpu && $TINY -eq 1 ]]; then
-    step nccl python -m torch.distributed.run --standalone --nproc_per_node 2 \
+    step nccl "$PY" -m torch.distributed.run --standalone --nproc_per_node 2 \
       tests/parity.py --allreduce-smoke --out "$WORK/nccl.json"
   else
     skip nccl "$GPUS CUDA device(s): the 2-process NCCL smoke test needs 2"
@@ -159,7 +162,7 @@ if [[ $DEVICE_OK -eq 1 && $CIFAR -ne 2 ]]; then
   else
     SPEED=(--iterations 3)
   fi
-  step speed python benchmarks/speed.py --device "$DEVICE" --dsa-modes on "${SPEED[@]}" \
+  step speed "$PY" benchmarks/speed.py --device "$DEVICE" --dsa-modes on "${SPEED[@]}" \
     --out "$WORK/speed.json"
 
   # -------------------------------------------------------------- memory
@@ -169,7 +172,7 @@ if [[ $DEVICE_OK -eq 1 && $CIFAR -ne 2 ]]; then
     MEM=(--cells steps official --iterations 3 --only cifar10_ipc10_steps10
          cifar10_ipc10_steps30 cifar10_ipc10_steps80 cifar100_ipc10 cifar100_ipc50 tiny_ipc10)
   fi
-  step memory python benchmarks/memory.py --device "$DEVICE" "${MEM[@]}" --out "$WORK/memory.json"
+  step memory "$PY" benchmarks/memory.py --device "$DEVICE" "${MEM[@]}" --out "$WORK/memory.json"
 fi
 
 # ---------------------------------------------------------------- cifar
@@ -195,7 +198,7 @@ fi
 
 # ---------------------------------------------------------------- one file
 mkdir -p "$(dirname "$OUT_FILE")"
-python - "$WORK" "$OUT_FILE" "$DEVICE" "$TINY" <<'PY'
+"$PY" - "$WORK" "$OUT_FILE" "$DEVICE" "$TINY" <<'PY'
 import json, sys
 from pathlib import Path
 work, out, device, tiny = Path(sys.argv[1]), Path(sys.argv[2]), sys.argv[3], sys.argv[4] == "1"
