@@ -493,7 +493,14 @@ def compare_pair(device: str, work: Path, stage: str, nproc: int = 2) -> list[di
     """``stage`` under torchrun (``nproc`` ranks) against one process, on ``device``."""
     values = store_values if stage == "experts" else checkpoint_values
     folders = cli_pair(device, work, stage, nproc)
-    return compare(values(folders["single"]), values(folders["torchrun"]))
+    rows = compare(values(folders["single"]), values(folders["torchrun"]))
+    # The outputs record how many processes made them: proof that torchrun really ran nproc
+    # ranks (a pair that fell back to one process would otherwise compare equal trivially).
+    meta = (folders["torchrun"] / ("experts/meta.json" if stage == "experts"
+                                   else "distill/last/meta.json"))
+    size = json.loads(meta.read_text()).get("world_size") if meta.is_file() else None
+    rows.append({"key": "world_size", "kind": "exact", "got": size, "ok": size == nproc})
+    return rows
 
 
 # ----------------------------------------------------------------------------- the runner

@@ -115,6 +115,15 @@ def test_the_runner_writes_its_rows_and_fails_loudly(tmp_path, capsys):
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("stage", ["experts", "distill"])
+def test_the_torchrun_pair_on_gloo_matches_one_process(stage, tmp_path):
+    """The NCCL pair of test_gpu.py, run on the CPU (gloo): the same harness end to end."""
+    rows = P.compare_pair("cpu", tmp_path, stage)
+    assert not P.failures(rows), P.describe(rows)
+    assert {r["key"]: r for r in rows}["world_size"]["got"] == 2
+
+
+@pytest.mark.slow
 def test_every_stage_cpu_against_cpu(tmp_path):
     report = P.run_all("cpu", only=None, pairs=False)
     assert report["ok"], json.dumps({k: v for k, v in report["stages"].items() if not v["ok"]})
