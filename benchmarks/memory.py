@@ -14,6 +14,7 @@ Cells (``--cells``):
               ``--max-gb``, else marked "does not fit here"
     official  adjoint only, the shipped MTT hyperparameters: CIFAR-100 IPC 10 and IPC 50,
               Tiny ImageNet IPC 10 (ConvNetD4, 64x64)
+    tiny      CIFAR-10 shape, IPC 1, syn_steps 2, both modes: checks the plumbing in seconds
     store     one run cycling through 100 experts of 50 epochs (CIFAR-10 shape, syn_steps 1,
               IPC 1): RSS after every iteration, to show the store's share stays flat
     calibrate small CIFAR-10 cells (unrolled syn_steps 2 and 6; adjoint micro_batch 25, 100)
@@ -30,11 +31,17 @@ pair's own ratio (a busy machine slows both modes of a pair alike):
 
     /work/wt/heavy python benchmarks/memory.py --cells steps --only cifar10_ipc10_steps30 \\
         --iterations 3 --repeats 3 --out benchmarks/results/memory_cpu_ratio.json
+
+On a GPU (``--device cuda``) each cell's peak is the device's own,
+``torch.cuda.max_memory_allocated`` (what the CUDA estimate predicts: no process base, no
+data), beside the RSS; cells are skipped above 90 % of the GPU's memory
+(``benchmarks/gpu_check.sh`` runs it so). A cell that fails makes the exit status 1.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import resource
@@ -68,6 +75,7 @@ class Cell:
     epochs: int = 50
     max_start_epoch: int = 20
     extra: dict = field(default_factory=dict)  # more DistillConfig fields
+    device: str = "cpu"  # cpu (peak RSS) | cuda (peak CUDA memory, max_memory_allocated)
 
 
 SHAPES = {"cifar10": (3, 32, 32, 10), "cifar100": (3, 32, 32, 100),
@@ -90,6 +98,12 @@ def official_cells(iterations: int) -> list[Cell]:
                  iterations=iterations, max_start_epoch=40),
             Cell("tiny_ipc10", "tiny_imagenet", 10, 20, "adjoint", batch_syn=200, depth=4,
                  iterations=iterations, max_start_epoch=40)]
+
+
+def tiny_cells(iterations: int) -> list[Cell]:
+    """A plumbing check (seconds on a CPU): CIFAR-10 shape, IPC 1, 2 steps, both modes."""
+    return [Cell("tiny_ipc1_steps2", "cifar10", 1, 2, mode, iterations=iterations)
+            for mode in ("unrolled", "adjoint")]
 
 
 def store_cells() -> list[Cell]:
@@ -135,7 +149,7 @@ def _config(cell: Cell, expert_dir: str):
               batch_syn=cell.batch_syn, expert_epochs=2, max_start_epoch=cell.max_start_epoch,
               lr_img=1000.0, lr_teacher=0.01, iterations=cell.iterations, eval_every=0,
               eval_runs=0, checkpoint_every=10**6, expert_dir=expert_dir, memory_check=False,
-              model_kwargs={"depth": cell.depth} if cell.depth != 3 else {})
+              model_kwargs={"depth": cell.depth} if cell.depth != 3 else {}, device=cell.device)
     kw.update({k: v for k, v in cell.extra.items() if k != "track_rss"})
     if cell.mode != "unrolled" or cell.micro_batch is not None:
         kw.update(grad_mode=cell.mode, micro_batch=cell.micro_batch)
@@ -166,11 +180,19 @@ def worker(cell: Cell, expert_dir: str) -> dict:
         if cell.extra.get("track_rss"):
             rss.append(_status_kb("VmRSS") * 1024)
 
+    cuda = cell.device.startswith("cuda")
+    if cuda:
+        torch.cuda.reset_peak_memory_stats()
     rss_setup = _status_kb("VmRSS") * 1024
     with tempfile.TemporaryDirectory() as out:
         distill(cfg, out, data=data, progress=False, on_iteration=hook)
     timed = times[1:] or times
-    return {"cell": asdict(cell), "times": times,
+    gpu = {}
+    if cuda:  # the device's own peak: what the CUDA estimate predicts (no process base)
+        gpu = {"cuda_peak_bytes": torch.cuda.max_memory_allocated(),
+               "cuda_reserved_bytes": torch.cuda.max_memory_reserved(),
+               "gpu": torch.cuda.get_device_name()}
+    return {"cell": asdict(cell), "times": times, **gpu,
             "sec_per_iter": sum(timed) / len(timed), "cpu_times": cpu,
             "cpu_sec_per_iter": sum(cpu[1:] or cpu) / len(cpu[1:] or cpu),
             "vmhwm_bytes": _status_kb("VmHWM") * 1024,
@@ -233,14 +255,19 @@ def run_cell(cell: Cell, store_root: Path, max_gb: float) -> dict:
         return row
     row.update(json.loads(proc.stdout.strip().splitlines()[-1]))
     row["wall_seconds"] = time.time() - t0
-    row["error_vs_estimate"] = row["vmhwm_bytes"] / row["estimate_bytes"] - 1
+    row["error_vs_estimate"] = _peak(row) / row["estimate_bytes"] - 1
     return row
+
+
+def _peak(row: dict) -> int:
+    """The measured peak the estimate predicts: CUDA memory on a GPU, else peak RSS."""
+    return row["cuda_peak_bytes"] if "cuda_peak_bytes" in row else row["vmhwm_bytes"]
 
 
 def table(rows: list[dict]) -> str:
     """Markdown: estimate beside the measured peak; wall and CPU seconds per iteration."""
-    lines = ["| cell | mode | steps | batch | micro | estimate GB | peak RSS GB | peak vs "
-             "estimate | s/it | CPU s/it |", "|---|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| cell | mode | steps | batch | micro | estimate GB | peak GB (RSS; CUDA on a GPU)"
+             " | peak vs estimate | s/it | CPU s/it |", "|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         c = r["cell"]
         b = c["batch_syn"] or SHAPES[c["dataset"]][3] * c["ipc"]
@@ -248,7 +275,7 @@ def table(rows: list[dict]) -> str:
                 f"{c['micro_batch'] or '-'} | {r['estimate_bytes'] / GB:.2f} | ")
         if "vmhwm_bytes" in r:
             cpu = f"{r['cpu_sec_per_iter']:.1f}" if "cpu_sec_per_iter" in r else "-"
-            lines.append(head + f"{r['vmhwm_bytes'] / GB:.2f} | {100 * r['error_vs_estimate']:+.0f}"
+            lines.append(head + f"{_peak(r) / GB:.2f} | {100 * r['error_vs_estimate']:+.0f}"
                          f" % | {r['sec_per_iter']:.1f} | {cpu} |")
         else:
             lines.append(head + f"{r.get('skipped') or r.get('error')} | | | |")
@@ -331,11 +358,13 @@ def _footprint(cell: Cell):
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--cells", nargs="+", default=["steps"],
-                   choices=["steps", "official", "store", "calibrate", "calibrate_generic"])
+                   choices=["steps", "official", "store", "calibrate", "calibrate_generic", "tiny"])
     p.add_argument("--iterations", type=int, default=3, help="iterations per cell (>= 2)")
     p.add_argument("--repeats", type=int, default=1,
                    help="run the cells this many times in turn (interleaved modes)")
-    p.add_argument("--max-gb", type=float, default=12.0, help="skip cells estimated above it")
+    p.add_argument("--max-gb", type=float, default=None,
+                   help="skip cells estimated above it (default 12 on cpu, 90 %% of the GPU)")
+    p.add_argument("--device", default="cpu", help="cpu | cuda (peak CUDA memory per cell)")
     p.add_argument("--only", nargs="*", default=None, help="cell names to keep")
     p.add_argument("--modes", default="unrolled,adjoint")
     p.add_argument("--out", default="benchmarks/results/memory_cpu.json")
@@ -362,14 +391,24 @@ def main(argv: list[str] | None = None) -> int:
     makers = {"steps": lambda: steps_cells(args.iterations),
               "official": lambda: official_cells(args.iterations),
               "store": store_cells, "calibrate": lambda: calibrate_cells(args.iterations),
+              "tiny": lambda: tiny_cells(args.iterations),
               "calibrate_generic": lambda: calibrate_cells(args.iterations, generic=True)}
-    cells = [c for name in args.cells for c in makers[name]()
+    cells = [dataclasses.replace(c, device=args.device) for name in args.cells
+             for c in makers[name]()
              if c.mode in args.modes.split(",") and (not args.only or c.name in args.only)]
     cells = cells * max(1, args.repeats)  # u, a, u, a, ...: both modes under the same load
+    max_gb = args.max_gb
+    if args.device.startswith("cuda"):
+        if not torch.cuda.is_available():
+            p.error(f"--device {args.device}: torch {torch.__version__} sees no CUDA device")
+        if max_gb is None:
+            max_gb = 0.9 * torch.cuda.get_device_properties(torch.device(args.device)
+                                                            ).total_memory / GB
+    max_gb = 12.0 if max_gb is None else max_gb
     rows = []
     with tempfile.TemporaryDirectory(prefix="dd_memory_") as tmp:
         for cell in cells:
-            rows.append(run_cell(cell, Path(tmp), args.max_gb))
+            rows.append(run_cell(cell, Path(tmp), max_gb))
             print(table(rows[-1:]).splitlines()[-1], file=sys.stderr, flush=True)
     print(table(rows))
     summary = ratios(rows)
@@ -378,9 +417,9 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({"rows": rows, "ratios": summary, "argv": sys.argv[1:],
-                               "torch": torch.__version__},
+                               "device": args.device, "torch": torch.__version__},
                               indent=2) + "\n")
-    return 0
+    return 1 if any("error" in r for r in rows) else 0
 
 
 if __name__ == "__main__":
