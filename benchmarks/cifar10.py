@@ -103,6 +103,19 @@ def soft_random(args, method: str, ipc: int) -> dict:
                                                          .mean())}
 
 
+def matching_summary(run_dir: Path) -> dict:
+    """What the matching loop did (from its metrics.jsonl): skips, loss and step size."""
+    rows = [json.loads(line) for line in (run_dir / "distill" / "metrics.jsonl").open()
+            if line.strip()]
+    rows = [r for r in rows if "loss" in r]  # one row per iteration
+    first, last = rows[:20], rows[-20:]
+    return {"iterations": len(rows),
+            "skipped": sum(bool(r.get("skipped")) for r in rows),
+            "loss_first20_mean": sum(r["loss"] for r in first) / len(first),
+            "loss_last20_mean": sum(r["loss"] for r in last) / len(last),
+            "syn_lr_final": rows[-1]["syn_lr"]}
+
+
 def class_order_agreement(report: dict, ipc: int) -> float:
     """Fraction of argmax labels equal to the class-order labels [0]*ipc + [1]*ipc + ..."""
     best = load_distilled(report["outputs"]["best"])
@@ -126,6 +139,7 @@ def main() -> None:
             if key in results:
                 continue  # finished earlier: the command is resumable
             report = run_one(args, method, ipc, key, window_overrides(args, method, ipc))
+            report["matching"] = matching_summary(Path(args.work) / args.dataset / key)
             if "distilled_convnet_hard_labels" in report:
                 report["hard_labels_class_order_fraction"] = class_order_agreement(report, ipc)
             if method in args.soft_random_for:

@@ -99,6 +99,23 @@ def window_rows(dataset: str) -> list[str]:
     return lines
 
 
+def matching_rows(pattern: str) -> list[str]:
+    """What the matching loop did, for the reports that record it (cifar10.py)."""
+    lines = []
+    for path in sorted(RESULTS.glob(pattern)):
+        for key, rep in json.loads(path.read_text()).items():
+            if "matching" not in rep:
+                continue
+            m, d = rep["matching"], rep["config"]["distill"]
+            threshold = "off" if d.get("threshold") is None else f"{d['threshold']:g}"
+            lines.append(
+                f"| {path.stem} | {key} | {threshold} | {d['lr_teacher']:g} | "
+                f"{m['skipped']} of {m['iterations']} | {m['loss_first20_mean']:.2f} | "
+                f"{m['loss_last20_mean']:.2f} | {m['syn_lr_final']:.4f} | "
+                f"{pct(rep['distilled_convnet'])} | {rep['wall_seconds'] / 60:.0f} min |")
+    return lines
+
+
 def main() -> None:
     head = ("| IPC | method | set | accuracy (%) | runs | eval epochs | published | "
             "wall (whole run) |\n|---|---|---|---|---|---|---|---|")
@@ -107,6 +124,13 @@ def main() -> None:
         if rows:
             print(f"\n### {dataset}\n\n{head}")
             print("\n".join(rows))
+    rows = (matching_rows("methods_cifar10*.json")
+            + matching_rows("mdatm_diagnostic_cifar10_*.json"))
+    if rows:
+        print("\n### Matching loop, cifar10\n\n| file | run | threshold | initial step size | "
+              "iterations skipped | loss, first 20 | loss, last 20 | final step size | "
+              "accuracy (%) | wall |\n|---|---|---|---|---|---|---|---|---|---|")
+        print("\n".join(rows))
     rows = window_rows("fashion_mnist")
     if rows:
         print("\n### M-DATM window search, fashion_mnist\n\n| IPC | window [T-, T+) | "
