@@ -143,11 +143,12 @@ def _torchrun(*args: str, cwd: Path) -> subprocess.CompletedProcess:
 
 
 def _without_process_details(report: dict) -> dict:
-    """A report less what differs by process count: world_size and each run's seconds."""
+    """A report less what differs by process count: world_size (each model's entry and its
+    settings record it) and each run's seconds."""
     out = json.loads(json.dumps(report))
     for rep in out.values():
         rep["settings"].pop("seconds_per_run")
-        rep["settings"].pop("world_size")
+        assert rep.pop("world_size") == rep["settings"].pop("world_size")
     return out
 
 

@@ -668,12 +668,14 @@ def _main(argv: list[str] | None) -> int:
     # keep the default (end at once; writes are atomic and locks die with their process).
     handler = signal.SIG_DFL if distributed.active() else _terminated
     previous = signal.signal(signal.SIGTERM, handler)
+    rc = 1
     try:
         with _quiet_unless_main(main_rank):
-            return _run(args)
+            rc = _run(args)
+        return rc
     finally:
         signal.signal(signal.SIGTERM, previous)
-        distributed.shutdown()
+        distributed.shutdown(finished=rc == 0)
 
 
 @contextlib.contextmanager

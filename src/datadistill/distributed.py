@@ -100,8 +100,16 @@ def init_from_env() -> int:
     return dist.get_world_size()
 
 
-def shutdown() -> None:
-    """Leave the process group (end of the CLI command); no-op when single."""
+def shutdown(*, finished: bool = True) -> None:
+    """Leave the process group (end of the CLI command); no-op when single.
+
+    ``finished`` (the command succeeded): every rank first waits for the others, so none tears
+    its connections down while a peer still talks to it (gloo aborts the peer with "terminate
+    called without an active exception"). A rank that failed leaves at once; torchrun stops
+    the others.
+    """
+    if finished and active():
+        wait_for_others()
     _WAIT_GROUP.clear()
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
