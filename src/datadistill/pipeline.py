@@ -227,23 +227,16 @@ def run_pipeline(cfg: PipelineConfig, out_dir: str | Path, *, progress: bool = T
     ``pipeline.json``, ``seconds.json``, ``eval.json`` (with ``"world_size": K``) and the page,
     and the other ranks wait where they read what rank 0 wrote (``best/``, the challenge file).
     """
-    from datadistill.baselines import baseline_random
     from datadistill.data import prepare
-    from datadistill.distill import check_processes, distill
-    from datadistill.memory import check_memory
+    from datadistill.distill import distill
     from datadistill.repair import restore_outputs
     from datadistill.report import write_report as write_page
 
-    _check(cfg)
-    check_memory(distill_config(cfg))  # refuse an unrolled run that cannot fit, before experts
-    check_processes(distill_config(cfg))  # torchrun: adjoint mode only, before experts
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    device, ev = cfg.resolved_device(), cfg.evaluation
     experts_at = Path(expert_dir) if expert_dir is not None else out / "experts"
     dcfg = distill_config(cfg, expert_dir=str(experts_at))
-    if not restart:
-        _check_checkpoint(dcfg, out / "distill")  # refuse before anything is written
+    _refuse_early(cfg, dcfg, out, restart)
+    out.mkdir(parents=True, exist_ok=True)
     clock = StageClock(out / "seconds.json", fresh=restart)
     with clock.stage("experts"):
         data = prepare(cfg.dataset, cfg.data_root, zca=cfg.zca, download=cfg.download,
@@ -259,23 +252,45 @@ def run_pipeline(cfg: PipelineConfig, out_dir: str | Path, *, progress: bool = T
         if main:
             restore_outputs(cfg, out, lambda: data)  # a damaged best/ or last/ of a finished run
         distributed.wait_for_others()  # best/ and last/ are on disk for every rank
-    runs = out / "eval_runs.jsonl"
-    if restart and main:
-        runs.unlink(missing_ok=True)
     report = {"config": config_to_dict(cfg), "seconds": {}}
     with clock.stage("evaluation"):
-        report.update(_evaluate_outputs(cfg, data, result, out, device, progress))
-        if ev.random_baseline:
-            rep = baseline_random(data, cfg.ipc, model=cfg.model, model_kwargs=cfg.model_kwargs,
-                                  num_runs=ev.runs, epochs=ev.epochs, batch_size=ev.batch_size,
-                                  seed=cfg.seed + 2000, device=device, progress=progress,
-                                  cache=RunCache(runs, "random_subset"))
-            report["random_subset"] = rep.to_dict()
+        report.update(_final_evaluation(cfg, data, result, out, restart, progress))
     report["seconds"] = clock.report()
     report.update(distributed.metadata())
     if main:  # the other ranks hold the same report
         write_report(report, out / "eval.json")
         write_page(out, stage="run", seconds=report["seconds"]["total"])  # never raises
+    return report
+
+
+def _refuse_early(cfg: PipelineConfig, dcfg, out: Path, restart: bool) -> None:
+    """Every check that can refuse the run, before experts or anything else is written."""
+    from datadistill.distill import check_processes
+    from datadistill.memory import check_memory
+
+    _check(cfg)
+    check_memory(dcfg)  # an unrolled run that cannot fit
+    check_processes(dcfg)  # torchrun: adjoint mode only
+    if not restart:
+        _check_checkpoint(dcfg, out / "distill")  # a checkpoint of another config
+
+
+def _final_evaluation(cfg: PipelineConfig, data, result, out: Path, restart: bool,
+                      progress: bool) -> dict:
+    """The distilled sets' scores and the random subset's, resumed from ``eval_runs.jsonl``."""
+    from datadistill.baselines import baseline_random
+
+    device, ev = cfg.resolved_device(), cfg.evaluation
+    runs = out / "eval_runs.jsonl"
+    if restart and distributed.is_main():
+        runs.unlink(missing_ok=True)
+    report = _evaluate_outputs(cfg, data, result, out, device, progress)
+    if ev.random_baseline:
+        rep = baseline_random(data, cfg.ipc, model=cfg.model, model_kwargs=cfg.model_kwargs,
+                              num_runs=ev.runs, epochs=ev.epochs, batch_size=ev.batch_size,
+                              seed=cfg.seed + 2000, device=device, progress=progress,
+                              cache=RunCache(runs, "random_subset"))
+        report["random_subset"] = rep.to_dict()
     return report
 
 

@@ -276,38 +276,26 @@ def train_teachers(cfg: InferConfig, out_dir: str | Path, progress: bool = False
     # The missing teachers as rank 0 sees them before anyone writes; rank r trains r, r+K, ...
     todo = distributed.broadcast_object(todo)
     for i, arch, recipe in distributed.shard(todo):
-        init_seed, train_seed = run_seeds(tc.seed, i)
-        net = seeded(
-            lambda a=arch: create_teacher(
-                a, info.channels, info.num_classes, info.image_size, tc.width_mult
-            ),
-            init_seed,
-        )
-        train_teacher(
-            net,
-            data.train,
-            cfg=tc,
-            flip=flip,
-            seed=train_seed,
-            device=cfg.device,
-            checkpoint=store.directory / arch / CHECKPOINT_FILE,
-            recipe=recipe,
-            progress=progress,
-        )
-        acc = test_accuracy(net, data.test.images, data.test.labels, tc.test_batch_size, cfg.device)
-        log.info("teacher %s: test accuracy %.4f", arch, acc)
-        meta = {
-            **recipe,
-            "class_names": list(info.class_names),
-            "mean": list(info.mean),
-            "std": list(info.std),
-            "test_accuracy": acc,
-            "version": __version__,
-            **distributed.metadata(),
-        }
-        store.save(net, meta)
+        _train_one(cfg, data, store, i, arch, recipe, flip, progress)
     distributed.wait_for_others()  # every teacher is on disk before any rank reads the store
     return store
+
+
+def _train_one(cfg: InferConfig, data, store: TeacherStore, i: int, arch: str, recipe: dict,
+               flip: bool, progress: bool) -> None:
+    """Train teacher ``i`` (seeds from its index alone) and save it with its recipe."""
+    tc, info = cfg.teachers, data.info
+    init_seed, train_seed = run_seeds(tc.seed, i)
+    net = seeded(lambda: create_teacher(arch, info.channels, info.num_classes, info.image_size,
+                                        tc.width_mult), init_seed)
+    train_teacher(net, data.train, cfg=tc, flip=flip, seed=train_seed, device=cfg.device,
+                  checkpoint=store.directory / arch / CHECKPOINT_FILE, recipe=recipe,
+                  progress=progress)
+    acc = test_accuracy(net, data.test.images, data.test.labels, tc.test_batch_size, cfg.device)
+    log.info("teacher %s: test accuracy %.4f", arch, acc)
+    store.save(net, {**recipe, "class_names": list(info.class_names), "mean": list(info.mean),
+                     "std": list(info.std), "test_accuracy": acc, "version": __version__,
+                     **distributed.metadata()})
 
 
 def _check_recipe(store: TeacherStore, arch: str, recipe: dict) -> None:
