@@ -137,11 +137,12 @@ def main() -> None:
               "fraction k of DATM's width | accuracy (%) | runs | eval epochs | wall |\n"
               "|---|---|---|---|---|---|---|")
         print("\n".join(rows))
-    rows = infer_rows("fashion_mnist")
-    if rows:
-        print("\n### INFER, fashion_mnist, IPC 10\n\n| set | protocol | training images | "
-              "accuracy (%) | runs | wall |\n|---|---|---|---|---|---|")
-        print("\n".join(rows))
+    for dataset in ("fashion_mnist", "cifar10"):
+        rows = infer_rows(dataset)
+        if rows:
+            print(f"\n### INFER, {dataset}, IPC 10\n\n| set | protocol | training images | "
+                  "accuracy (%) | runs | wall |\n|---|---|---|---|---|---|")
+            print("\n".join(rows))
 
 
 if __name__ == "__main__":
