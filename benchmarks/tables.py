@@ -36,9 +36,11 @@ def pct(rep: dict) -> str:
     return f"{100 * rep['mean']:.2f} ± {100 * rep['std']:.2f}"
 
 
-def method_rows(dataset: str) -> list[str]:
+def method_rows(dataset: str, prefix: str = "methods") -> list[str]:
+    """One row per set and baseline of ``<prefix>_<dataset>*.json`` (the published number
+    beside it)."""
     reports = {}
-    for path in sorted(RESULTS.glob(f"methods_{dataset}*.json")):
+    for path in sorted(RESULTS.glob(f"{prefix}_{dataset}*.json")):
         reports.update(json.loads(path.read_text()))
     lines = []
     order = ["mtt", "ftd", "datm", "mdatm", "pad"]
@@ -124,8 +126,13 @@ def main() -> None:
         if rows:
             print(f"\n### {dataset}\n\n{head}")
             print("\n".join(rows))
+    rows = method_rows("cifar10", prefix="long")
+    if rows:
+        print(f"\n### cifar10, IPC 1, 450 iterations\n\n{head}")
+        print("\n".join(rows))
     rows = (matching_rows("methods_cifar10*.json")
-            + matching_rows("mdatm_diagnostic_cifar10_*.json"))
+            + matching_rows("mdatm_diagnostic_cifar10_*.json")
+            + matching_rows("long_cifar10_*.json"))
     if rows:
         print("\n### Matching loop, cifar10\n\n| file | run | threshold | initial step size | "
               "iterations skipped | loss, first 20 | loss, last 20 | final step size | "
