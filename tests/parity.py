@@ -264,9 +264,9 @@ def run_experts(device: str, work: Path, data=None, optimizer: str = "sgd",
     return out
 
 
-def distill_config(preset: str, grad_mode: str, device: str, iterations: int = 3):
-    """A few iterations of ``preset`` on the 4-epoch experts (the tests' toy window)."""
-    from datadistill.distill import DistillConfig
+def toy_strategy(preset: str) -> dict:
+    """The preset's distillation strategy on a window that fits the 4-epoch test experts
+    (its run-length keys dropped; DATM's expanding window shrunk, its threshold out of the way)."""
     from datadistill.presets import get_preset
 
     section = dict(get_preset(preset).overrides.get("distill", {}))
@@ -275,6 +275,14 @@ def distill_config(preset: str, grad_mode: str, device: str, iterations: int = 3
     if section.get("window") == "expanding":
         section |= {"min_start_epoch": 0, "current_max_start_epoch": 1, "max_start_epoch": 2,
                     "expansion_end": 2, "threshold": 10.0}
+    return section
+
+
+def distill_config(preset: str, grad_mode: str, device: str, iterations: int = 3):
+    """A few iterations of ``preset`` on the 4-epoch experts (the tests' toy window)."""
+    from datadistill.distill import DistillConfig
+
+    section = toy_strategy(preset)
     if section.get("ema_decay") is not None:
         # FTD's decay (0.999+) barely moves the EMA in 3 iterations, leaving its displacement
         # at the rounding level of the images it averages; 0.5 makes it a comparable quantity.

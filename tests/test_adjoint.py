@@ -35,7 +35,8 @@ from datadistill.matching import (
 from datadistill.matching.masks import param_mask
 from datadistill.models import create_model, flatten_params
 from datadistill.pipeline import distill_config, load_pipeline_config
-from datadistill.presets import get_preset, list_presets
+from datadistill.presets import list_presets
+from parity import toy_strategy
 
 F64 = torch.float64
 TOL = 1e-6
@@ -340,13 +341,7 @@ def _cfg(**kw) -> DistillConfig:
 
 def _preset(name: str) -> dict:
     """The preset's distillation strategy, on a window that fits the 4-epoch test experts."""
-    section = dict(get_preset(name).overrides.get("distill", {}))
-    for key in ("iterations", "eval_every", "eval_runs", "eval_batch", "lr_teacher"):
-        section.pop(key, None)
-    if section.get("window") == "expanding":
-        section |= {"min_start_epoch": 0, "current_max_start_epoch": 1, "max_start_epoch": 2,
-                    "expansion_end": 2, "threshold": 10.0}
-    return section | {"method": name}
+    return toy_strategy(name) | {"method": name}
 
 
 def _state(path):
