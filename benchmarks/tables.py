@@ -128,7 +128,7 @@ def main() -> None:
             print("\n".join(rows))
     rows = method_rows("cifar10", prefix="long")
     if rows:
-        print(f"\n### cifar10, IPC 1, 450 iterations\n\n{head}")
+        print(f"\n### cifar10, 450 iterations\n\n{head}")
         print("\n".join(rows))
     rows = (matching_rows("methods_cifar10*.json")
             + matching_rows("mdatm_diagnostic_cifar10_*.json")
