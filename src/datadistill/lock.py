@@ -110,11 +110,9 @@ def acquire(path: str | Path) -> None:
     Under torchrun the ranks of one job share their output folders: rank 0 alone takes the
     lock (and writes); the other ranks take nothing.
     """
-    if not distributed.is_main():
-        return
-    path = Path(path)
     if not distributed.is_main():  # rank 0 holds the job's locks
         return
+    path = Path(path)
     key = str(path.resolve())
     if key in _HELD:
         _HELD[key].count += 1
