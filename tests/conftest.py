@@ -1,4 +1,5 @@
-"""Shared test set-up: one torch thread, and `gpu` tests skipped without CUDA.
+"""Shared test set-up: one torch thread, `gpu` tests skipped without CUDA, and a time limit
+on every test (tests/timelimit.py) so that a hang fails and names the test.
 
 The tests use tiny tensors, for which a single thread is faster than two and immune to
 oversubscription when the machine is shared.
@@ -10,6 +11,11 @@ import pytest
 import torch
 
 from datadistill.data import prepare
+from timelimit import (  # noqa: F401  (hooks: a time limit on every test phase)
+    pytest_runtest_call,
+    pytest_runtest_setup,
+    pytest_runtest_teardown,
+)
 
 
 def pytest_configure(config):
