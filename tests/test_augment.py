@@ -132,19 +132,19 @@ def test_color_equals_the_written_formula():
 
 
 def test_scale_and_rotate_with_identity_parameters_return_the_input():
-    x = torch.randn(4, 3, 16, 12)
+    x = torch.randn(4, 3, 16, 12, dtype=torch.float64)  # maths: float64, not the CPU's kernels
     ones, zeros = torch.ones(4), torch.zeros(4)
     torch.testing.assert_close(DSA("scale").apply(x, AugDraw("scale", {"sx": ones, "sy": ones})),
-                               x, atol=1e-5, rtol=1e-5)  # fmt: skip
+                               x, atol=1e-12, rtol=1e-12)  # fmt: skip
     torch.testing.assert_close(DSA("rotate").apply(x, AugDraw("rotate", {"angle": zeros})), x,
-                               atol=1e-5, rtol=1e-5)  # fmt: skip
+                               atol=1e-12, rtol=1e-12)  # fmt: skip
 
 
 def test_rotate_by_90_degrees_is_rot90():
     # With align_corners=True pixel centres map onto pixel centres, so 90 degrees is exact.
-    x = torch.randn(2, 3, 9, 9)
+    x = torch.randn(2, 3, 9, 9, dtype=torch.float64)
     out = DSA("rotate").apply(x, AugDraw("rotate", {"angle": torch.full((2,), 90.0)}))
-    torch.testing.assert_close(out, torch.rot90(x, 1, dims=(2, 3)), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(out, torch.rot90(x, 1, dims=(2, 3)), atol=1e-12, rtol=1e-12)
 
 
 def test_scale_zooms_out_with_zero_padding():

@@ -224,17 +224,18 @@ def test_bad_inputs_and_presets():
 
 
 def test_losses_by_hand():
-    out, t = torch.randn(3, K), torch.randn(3, K)
+    # float64: a check of the formulas, not of the CPU's float32 exp/log kernels
+    out, t = torch.randn(3, K, dtype=torch.float64), torch.randn(3, K, dtype=torch.float64)
     y = torch.tensor([0, 2, 1])
     p, logq = F.softmax(t / 4, 1), F.log_softmax(out / 4, 1)
     sce = make_loss(TrainSpec(lr=1, loss="sce", temperature=4))
-    assert sce(out, t, y) == pytest.approx(float(-(p * logq).sum() / 3))
+    assert sce(out, t, y) == pytest.approx(float(-(p * logq).sum() / 3), rel=1e-12)
     kl = make_loss(TrainSpec(lr=1, loss="kl", temperature=4, scale_loss=True))
-    assert kl(out, t, y) == pytest.approx(float((p * (p.log() - logq)).sum() / 3 * 16), rel=1e-5)
+    assert kl(out, t, y) == pytest.approx(float((p * (p.log() - logq)).sum() / 3 * 16), rel=1e-12)
     mse = make_loss(TrainSpec(lr=1, loss="mse_gt", mse_weight=1.0, ce_weight=0.025))
     expect = F.mse_loss(out, t) + 0.025 * F.cross_entropy(out, y)
-    assert mse(out, t, y) == pytest.approx(float(expect))
-    assert sce(out, y, y) == pytest.approx(float(F.cross_entropy(out, y)))
+    assert mse(out, t, y) == pytest.approx(float(expect), rel=1e-12)
+    assert sce(out, y, y) == pytest.approx(float(F.cross_entropy(out, y)), rel=1e-12)
 
 
 @pytest.mark.parametrize("loss", ["sce", "kl", "mse_gt"])
@@ -242,8 +243,9 @@ def test_mixing_the_loss_has_the_gradient_of_the_mixed_target(loss):
     """lam L(t1) + (1 - lam) L(t2) and L on the mixed target give the same student gradient."""
     spec = TrainSpec(lr=1, loss=loss, temperature=2.0)
     fn, lam = make_loss(spec), 0.3
-    out = torch.randn(4, K, requires_grad=True)
-    t1, t2, y = torch.randn(4, K), torch.randn(4, K), torch.tensor([0, 1, 2, 3])
+    f64 = torch.float64  # a check of the maths, not of the CPU's float32 kernels
+    out = torch.randn(4, K, requires_grad=True, dtype=f64)
+    t1, t2, y = torch.randn(4, K, dtype=f64), torch.randn(4, K, dtype=f64), torch.arange(4)
     g_mix = torch.autograd.grad(lam * fn(out, t1, y) + (1 - lam) * fn(out, t2, y), out)[0]
     if loss == "mse_gt":
         target = lam * t1 + (1 - lam) * t2
@@ -251,7 +253,7 @@ def test_mixing_the_loss_has_the_gradient_of_the_mixed_target(loss):
         p = lam * F.softmax(t1 / 2, 1) + (1 - lam) * F.softmax(t2 / 2, 1)
         target = 2.0 * p.log()
     g_ref = torch.autograd.grad(fn(out, target, y), out)[0]
-    assert torch.allclose(g_mix, g_ref, atol=1e-6)
+    assert torch.allclose(g_mix, g_ref, rtol=1e-10, atol=1e-12)
 
 
 def test_mixup_and_cutmix_draws():

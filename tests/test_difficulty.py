@@ -47,15 +47,15 @@ def test_el2n_matches_hand_computation():
 
 
 def test_grand_equals_autograd_last_layer_gradient_norm():
-    x, y = _data(n=6)
-    net = _seeded_mlp(1)
+    x, y = _data(n=6)  # float64: a check of the maths, not of the CPU's float32 kernels
+    x, net = x.double(), _seeded_mlp(1).double()
     fc = net[2]
     expected = []
     for i in range(len(y)):
         loss = F.cross_entropy(net(x[i:i + 1]), y[i:i + 1])
         gw, gb = torch.autograd.grad(loss, [fc.weight, fc.bias])
         expected.append(torch.cat([gw.flatten(), gb]).norm())
-    torch.testing.assert_close(grand(net, x, y), torch.stack(expected), atol=1e-6, rtol=1e-5)
+    torch.testing.assert_close(grand(net, x, y), torch.stack(expected), atol=1e-12, rtol=1e-10)
 
 
 def test_scores_average_models_deterministic_and_rng_untouched():

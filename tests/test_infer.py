@@ -172,17 +172,18 @@ def test_bn_loss_is_zero_on_matching_statistics_and_reaches_u():
 
 
 def test_bn_distance_by_hand_and_first_layer_weight():
-    x = torch.randn(4, 2, 3, 3)
-    rm, rv = torch.tensor([0.5, -0.5]), torch.tensor([2.0, 0.5])
+    f64 = torch.float64  # a check of the formula, not of the CPU's float32 kernels
+    x = torch.randn(4, 2, 3, 3, dtype=f64)
+    rm, rv = torch.tensor([0.5, -0.5], dtype=f64), torch.tensor([2.0, 0.5], dtype=f64)
     mean = x.permute(1, 0, 2, 3).reshape(2, -1).mean(1)
     var = ((x.permute(1, 0, 2, 3).reshape(2, -1) - mean[:, None]) ** 2).mean(1)
     hand = math.sqrt(((mean - rm) ** 2).sum()) + math.sqrt(((var - rv) ** 2).sum())
-    assert bn_distance(x, rm, rv).item() == pytest.approx(hand, rel=1e-5)
-    net = nn.Sequential(nn.BatchNorm2d(2), nn.BatchNorm2d(2)).eval()
+    assert bn_distance(x, rm, rv).item() == pytest.approx(hand, rel=1e-12)
+    net = nn.Sequential(nn.BatchNorm2d(2), nn.BatchNorm2d(2)).eval().double()
     with BNStatistics(net) as bn:
         net(x)
         t1, t2 = (t.item() for t in bn.terms)
-        assert bn.loss(10.0).item() == pytest.approx(10 * t1 + t2, rel=1e-5)
+        assert bn.loss(10.0).item() == pytest.approx(10 * t1 + t2, rel=1e-12)
 
 
 def test_bn_hooks_are_removed():

@@ -92,9 +92,12 @@ def test_infer_writes_its_page(digits_run):
 def test_static_labels_are_the_teacher_mean_and_dynamic_training_runs(digits_run):
     cfg, store, result, _ = digits_run
     teachers = [store.load(a) for a in cfg.teachers.archs]
-    x = result.infer_set.materialise().images[:5]
-    mean = torch.stack([t(x) for t in teachers]).mean(0)
-    assert torch.allclose(result.infer_set.labels[:5], mean, atol=1e-5)
+    # the whole set in one batch, as the labels were made: a batch of 5 could take another
+    # float32 kernel and round differently
+    x = result.infer_set.materialise().images
+    with torch.no_grad():
+        mean = torch.stack([t(x) for t in teachers]).mean(0)
+    assert torch.allclose(result.infer_set.labels, mean, atol=1e-5)
     test = prepare("digits").test
     dyn = StudentConfig(
         labels="dynamic",

@@ -184,10 +184,12 @@ def test_depth_mask_reaches_the_loss_and_the_image_update(digits, store, tmp_pat
     keep = theta_n.numel() - int(0.5 * theta_n.numel())  # the deeper half of the flat vector
     assert mask is not None and mask.sum() == keep and not mask[: theta_n.numel() - keep].any()
     deep = slice(theta_n.numel() - keep, None)
-    by_hand = (theta_n[deep] - target[deep]).square().sum() / \
-        (theta0[deep] - target[deep]).square().sum()
+    # the exact value (float64 sums) of the float32 tensors; the run's float32 sums of ~10^5
+    # terms carry a relative rounding error of order 1e-6 that depends on the CPU's kernels
+    th, tg, t0 = theta_n[deep].double(), target[deep].double(), theta0[deep].double()
+    by_hand = (th - tg).square().sum() / (t0 - tg).square().sum()
     loss_masked = _rows(tmp_path / "m")[0][0]["loss"]
-    assert loss_masked == pytest.approx(float(by_hand), rel=1e-6)
+    assert loss_masked == pytest.approx(float(by_hand), rel=1e-4)
     plain = _run(_cfg(iterations=1), tmp_path / "p", digits, store)
     assert seen[-1][3] is None
     loss_plain = _rows(tmp_path / "p")[0][0]["loss"]

@@ -130,19 +130,19 @@ def test_digits_convnet_keeps_a_4x4_map():
 
 
 def test_instancenorm_is_per_sample_per_channel_normalisation():
-    model = create_model("convnet", 3, 10, 16, width=8, depth=1)
+    model = create_model("convnet", 3, 10, 16, width=8, depth=1).double()  # maths: float64
     norm = model.norm1
     assert isinstance(norm, nn.GroupNorm) and norm.num_groups == 8 and norm.eps == 1e-5
     with torch.no_grad():
         norm.weight.uniform_(0.5, 1.5)
         norm.bias.normal_()
     assert not list(norm.buffers())  # no running statistics
-    h = torch.randn(4, 8, 16, 16) * 3 + 1
+    h = torch.randn(4, 8, 16, 16, dtype=torch.float64) * 3 + 1
     var, mean = torch.var_mean(h, dim=(2, 3), unbiased=False, keepdim=True)
     manual = (h - mean) / torch.sqrt(var + 1e-5) * norm.weight[:, None, None] + norm.bias[
         :, None, None
     ]
-    torch.testing.assert_close(norm(h), manual, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(norm(h), manual, atol=1e-12, rtol=1e-12)
 
 
 def test_norm_variants():
@@ -164,7 +164,7 @@ def test_norm_variants():
 @pytest.mark.parametrize("act", ["relu", "leakyrelu", "sigmoid", "swish"])
 @pytest.mark.parametrize("pool", ["avgpool", "maxpool", "none"])
 def test_activation_and_pooling_variants(act, pool):
-    model = create_model("convnet", 3, 4, 8, width=4, depth=2, act=act, pool=pool)
+    model = create_model("convnet", 3, 4, 8, width=4, depth=2, act=act, pool=pool).double()
     acts = {"relu": lambda h: h.clamp(min=0),
             "leakyrelu": lambda h: torch.where(h > 0, h, 0.01 * h),
             "sigmoid": lambda h: 1 / (1 + torch.exp(-h)),
@@ -172,13 +172,13 @@ def test_activation_and_pooling_variants(act, pool):
     pools = {"avgpool": lambda h: h.unfold(2, 2, 2).unfold(3, 2, 2).mean((-1, -2)),
              "maxpool": lambda h: h.unfold(2, 2, 2).unfold(3, 2, 2).amax((-1, -2)),
              "none": lambda h: h}
-    x = torch.randn(2, 3, 8, 8)
+    x = torch.randn(2, 3, 8, 8, dtype=torch.float64)  # maths: float64, not the CPU's kernels
     h = x
     for d in (1, 2):  # conv -> norm -> activation -> 2x2 pooling, by hand
         h = pools[pool](acts[act](getattr(model, f"norm{d}")(getattr(model, f"conv{d}")(h))))
     side = 2 if pool != "none" else 8
     assert model.fc.in_features == 4 * side * side
-    torch.testing.assert_close(model(x), model.fc(h.flatten(1)), atol=1e-6, rtol=1e-5)
+    torch.testing.assert_close(model(x), model.fc(h.flatten(1)), atol=1e-12, rtol=1e-12)
 
 
 def test_aliases_set_defaults_that_can_be_overridden():

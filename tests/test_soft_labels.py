@@ -58,8 +58,9 @@ def test_init_real_uses_first_expert_without_filter():
 
 
 def test_soft_cross_entropy_by_hand():
-    logits = torch.tensor([[1.0, 2.0, 0.5], [0.0, -1.0, 3.0]], requires_grad=True)
-    target = torch.tensor([[0.2, 0.1, 2.0], [1.0, 1.0, 1.0]], requires_grad=True)
+    f64 = torch.float64  # a check of the formula, not of the CPU's float32 kernels
+    logits = torch.tensor([[1.0, 2.0, 0.5], [0.0, -1.0, 3.0]], dtype=f64, requires_grad=True)
+    target = torch.tensor([[0.2, 0.1, 2.0], [1.0, 1.0, 1.0]], dtype=f64, requires_grad=True)
     expected = 0.0
     for lo, ta in zip(logits.tolist(), target.tolist(), strict=True):
         zt = sum(math.exp(v) for v in ta)
@@ -67,7 +68,7 @@ def test_soft_cross_entropy_by_hand():
         pairs = zip(ta, lo, strict=True)
         expected -= sum(math.exp(t) / zt * (v - math.log(zl)) for t, v in pairs)
     loss = soft_cross_entropy(logits, target)
-    assert float(loss.detach()) == pytest.approx(expected / 2, rel=1e-6)
+    assert float(loss.detach()) == pytest.approx(expected / 2, rel=1e-12)
     loss.backward()
     assert target.grad is not None and logits.grad is not None  # learnable labels get grads
     with pytest.raises(ConfigError, match="logits"):
