@@ -21,7 +21,7 @@ import torch
 
 from datadistill import __version__, distributed
 from datadistill.devices import default_device
-from datadistill.errors import ConfigError, DatadistillError
+from datadistill.errors import ArtifactError, ConfigError, DatadistillError
 
 
 def _fmt(report) -> str:
@@ -38,18 +38,29 @@ def cmd_configs(args: argparse.Namespace) -> int:
     if args.action == "ls":
         for name in list_configs():
             print(name)
-    elif args.action == "show":
-        print(resolve_config_path(args.name).read_text(), end="")
-    elif args.action == "cp":
-        src = resolve_config_path(args.name)
-        dest = Path(args.dest)
-        if dest.is_dir():
-            dest = dest / src.name
-        if dest.exists() and not args.force:
-            print(f"error: {dest} exists; pass --force to overwrite it", file=sys.stderr)
-            return 2
+        return 0
+    if args.name is None:
+        raise ConfigError(f"`datadistill configs {args.action}` needs a config name, e.g. "
+                          f"`datadistill configs {args.action} digits/mtt_ipc1`; "
+                          "`datadistill configs ls` lists them")
+    src = resolve_config_path(args.name)
+    if args.action == "show":
+        print(src.read_text(), end="")
+        return 0
+    dest = Path(args.dest)
+    if dest.is_dir():
+        dest = dest / src.name
+    if dest.exists() and not args.force:
+        raise ConfigError(f"{dest} exists; pass --force to overwrite it")
+    if not dest.parent.is_dir():
+        raise ConfigError(f"cannot copy to {dest}: the folder {dest.parent} does not exist; "
+                          "create it or name an existing folder")
+    try:
         shutil.copyfile(src, dest)
-        print(f"copied {args.name} to {dest}")
+    except OSError as err:
+        raise ConfigError(f"cannot copy to {dest} ({err.strerror or err}); name a writable "
+                          "file or folder") from None
+    print(f"copied {args.name} to {dest}")
     return 0
 
 
@@ -368,8 +379,9 @@ def cmd_challenge(args: argparse.Namespace) -> int:
     from datadistill.evaluate import evaluate
 
     scores, reports = {}, {}
+    submissions = _challenge_files(Path(args.submit_dir), FILES.values())
     for dataset, fname in FILES.items():
-        images = torch.load(Path(args.submit_dir) / fname, map_location="cpu", weights_only=True)
+        images = submissions[fname]
         data = prepare(dataset, args.data_root, download=args.download)
         rep = evaluate(images, None, data.test, protocol="challenge", num_runs=args.runs,
                        epochs=args.epochs, seed=args.seed, device=args.device,
@@ -385,6 +397,26 @@ def cmd_challenge(args: argparse.Namespace) -> int:
     _write_report({"score": total, "official": official, **reports}, out / "challenge.json")
     print(f"scores.txt and challenge.json written to {out}")
     return 0
+
+
+def _challenge_files(folder: Path, names) -> dict[str, torch.Tensor]:
+    """The submission's tensors by file name, all checked before any evaluation starts."""
+    missing = [n for n in names if not (folder / n).is_file()]
+    if missing:
+        raise ArtifactError(f"{folder} holds no {' and no '.join(missing)}; pass the folder "
+                            f"that holds the submission's {' and '.join(names)}")
+    tensors = {}
+    for name in names:
+        try:
+            tensors[name] = torch.load(folder / name, map_location="cpu", weights_only=True)
+        except Exception as err:  # truncated, foreign or not a tensor file
+            raise ArtifactError(f"{folder / name} cannot be read as a tensor file "
+                                f"({type(err).__name__}); "
+                                "save the images with torch.save(tensor, path)") from None
+        if not isinstance(tensors[name], torch.Tensor):
+            raise ArtifactError(f"{folder / name} holds a {type(tensors[name]).__name__}, "
+                                "not a tensor of images; save them with torch.save(tensor, path)")
+    return tensors
 
 
 # ---------------------------------------------------------------- parser
@@ -619,6 +651,9 @@ def command_guard(args: argparse.Namespace):
     if report is None:
         yield
         return
+    if args.command == "eval" and not Path(args.path).exists():  # before the lock makes it
+        raise ArtifactError(f"{args.path} does not exist; pass a distilled-set folder (e.g. "
+                            "runs/digits_mtt_ipc1/distill/best) or a folder with images_best.pt")
     check_eval_args(args)  # before the evaluation, which can take hours
     check_report_path(report)
     with lock_file(report):
