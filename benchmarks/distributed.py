@@ -84,9 +84,9 @@ def launch(k: int, stage: str, out: Path, args: argparse.Namespace) -> float:
 
 
 def measure_experts(k: int, work: Path, args: argparse.Namespace) -> dict:
-    store = work / f"run{k}" / "experts"
-    wall = launch(k, "experts", store, args)
-    startup = launch(k, "experts", store, args)  # finished store: start-up and checks only
+    run = work / f"run{k}"  # the run folder: the store is run/experts
+    wall = launch(k, "experts", run, args)
+    startup = launch(k, "experts", run, args)  # finished store: start-up and checks only
     trained = max(wall - startup, 1e-9)
     return {"procs": k, "experts": args.experts, "wall_seconds": wall,
             "startup_seconds": startup, "train_seconds": trained,

@@ -458,10 +458,9 @@ def cli_pair(device: str, work: Path, stage: str = "experts", nproc: int = 2,
                                          "-m", "datadistill"])):
         out = work / name
         stages = ["experts"] if stage == "experts" else ["experts", "distill"]
-        for s in stages:  # experts --out DIR/experts; distill --out DIR reads DIR/experts
+        for s in stages:  # both --out DIR: experts write DIR/experts, distill reads it
             launch = launcher if s == stage else [sys.executable, "-m", "datadistill"]
-            where = out / "experts" if s == "experts" else out
-            cmd = [*launch, s, "digits/mtt_ipc1", "--out", str(where), "--quiet", *overrides]
+            cmd = [*launch, s, "digits/mtt_ipc1", "--out", str(out), "--quiet", *overrides]
             proc = subprocess.run(cmd, env=env, capture_output=True, text=True,
                                   timeout=timeout, check=False)
             if proc.returncode != 0:

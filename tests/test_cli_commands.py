@@ -98,7 +98,8 @@ def test_presets_lists_every_method_and_its_paper(capsys):
 @pytest.fixture(scope="module")
 def expert_dir(tmp_path_factory):
     out = tmp_path_factory.mktemp("cli") / "store"
-    assert main(["experts", "digits/mtt_ipc1", *TINY_EXPERTS, "--out", str(out), "--quiet"]) == 0
+    assert main(["experts", "digits/mtt_ipc1", *TINY_EXPERTS, "--experts", str(out),
+                 "--quiet"]) == 0
     return out
 
 
@@ -107,7 +108,7 @@ def test_experts_command_writes_the_store(expert_dir, capsys):
     assert len(store) == 2 and store.epochs == 3
     assert store.meta["config"]["train_per_class"] == 20
     assert store.meta["model_kwargs"] == {"width": 8}
-    assert main(["experts", "digits/mtt_ipc1", *TINY_EXPERTS, "--out", str(expert_dir),
+    assert main(["experts", "digits/mtt_ipc1", *TINY_EXPERTS, "--experts", str(expert_dir),
                  "--quiet"]) == 0  # finished: nothing retrained
     assert f"2 experts in {expert_dir}" in capsys.readouterr().out
 
@@ -135,7 +136,7 @@ def test_distill_without_experts_is_a_clean_error(tmp_path, capsys):
                  "--experts", str(tmp_path / "none"), "--quiet"])
     assert code == 2
     err = capsys.readouterr().err
-    assert "meta.json not found" in err and "datadistill experts" in err
+    assert "no expert store at" in err and "datadistill experts" in err and "--experts" in err
     assert not (tmp_path / "distill" / "best").exists()
 
 

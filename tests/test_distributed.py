@@ -57,7 +57,7 @@ def _ok(proc: subprocess.CompletedProcess) -> subprocess.CompletedProcess:
 
 def _experts(out: Path, procs: int, *extra: str, config: str = "digits/mtt_ipc1"
              ) -> subprocess.CompletedProcess:
-    return datadistill("experts", config, *TINY_EXPERTS, *extra, "--out", str(out), "--quiet",
+    return datadistill("experts", config, *TINY_EXPERTS, *extra, "--experts", str(out), "--quiet",
                        procs=procs)
 
 
@@ -78,7 +78,8 @@ def _assert_same_store(a: Path, b: Path, count: int) -> None:
 def single_store(tmp_path_factory) -> Path:
     """The reference: the toy store trained by one process (this one)."""
     out = tmp_path_factory.mktemp("single") / "experts"
-    assert main(["experts", "digits/mtt_ipc1", *TINY_EXPERTS, "--out", str(out), "--quiet"]) == 0
+    assert main(["experts", "digits/mtt_ipc1", *TINY_EXPERTS, "--experts", str(out),
+                 "--quiet"]) == 0
     return out
 
 
@@ -86,7 +87,7 @@ def single_store(tmp_path_factory) -> Path:
 def single_pad_store(tmp_path_factory) -> Path:
     """The reference with PAD's curriculum (difficulty scoring first), one process."""
     out = tmp_path_factory.mktemp("single_pad") / "experts"
-    assert main(["experts", "digits/pad_ipc1", *TINY_EXPERTS, *TINY_PAD, "--out", str(out),
+    assert main(["experts", "digits/pad_ipc1", *TINY_EXPERTS, *TINY_PAD, "--experts", str(out),
                  "--quiet"]) == 0
     return out
 
@@ -112,7 +113,7 @@ def test_two_processes_train_the_same_store_bitwise(single_pad_store, tmp_path):
 def test_a_failing_rank_stops_the_job_and_reruns_resume_with_another_k(single_store, tmp_path):
     out = tmp_path / "experts"
     assert main(["experts", "digits/mtt_ipc1", *TINY_EXPERTS, "experts.num_experts=2",
-                 "--out", str(out), "--quiet"]) == 0  # a first try: one process, 2 experts
+                 "--experts", str(out), "--quiet"]) == 0  # a first try: one process, 2 experts
     # Missing: 2, 3, 4; rank 1 of 2 takes expert 3, and a folder in its place fails its write.
     expert_path(out, 3).mkdir()
     proc = _experts(out, 2)

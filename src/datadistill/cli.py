@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import logging
 import os
 import shutil
@@ -89,10 +90,10 @@ def _run_dir(args: argparse.Namespace, cfg) -> Path:
 
 
 def cmd_experts(args: argparse.Namespace) -> int:
-    from datadistill.pipeline import train_pipeline_experts
+    from datadistill.pipeline import store_location, train_pipeline_experts
 
     cfg = _pipeline(args)
-    out = Path(args.out or f"runs/{cfg.dataset}_{cfg.method}_ipc{cfg.ipc}/experts")
+    out = store_location(cfg, _run_dir(args, cfg), args.experts)
     store = train_pipeline_experts(cfg, out, progress=not args.quiet)
     accs = [float(store.test_acc(i)[-1]) for i in range(len(store))]
     print(f"{len(store)} experts in {out}; final test accuracy "
@@ -102,12 +103,17 @@ def cmd_experts(args: argparse.Namespace) -> int:
 
 def cmd_distill(args: argparse.Namespace) -> int:
     from datadistill.distill import distill
-    from datadistill.pipeline import distill_config
+    from datadistill.experts import ExpertStore
+    from datadistill.pipeline import distill_config, recorded_store, store_location
 
     cfg = _pipeline(args)
     out = _run_dir(args, cfg)
-    expert_dir = args.experts or str(out / "experts")
-    result = distill(distill_config(cfg, expert_dir=expert_dir), out / "distill",
+    store_dir = store_location(cfg, out, args.experts)
+    if not (store_dir / "meta.json").is_file():
+        raise ArtifactError(f"no expert store at {store_dir}; train one with `datadistill "
+                            "experts` and the same config and --out, or pass --experts STORE")
+    dcfg = dataclasses.replace(distill_config(cfg), expert_dir=recorded_store(store_dir, out))
+    result = distill(dcfg, out / "distill", store=ExpertStore(store_dir),
                      progress=not args.quiet, resume=not args.restart)
     best = "n/a" if result.best_accuracy is None else f"{100 * result.best_accuracy:.2f} %"
     print(f"{result.iterations_done} iterations; best evaluation {best} at iteration "
@@ -125,7 +131,11 @@ def cmd_run(args: argparse.Namespace) -> int:
     recipe, cfg = load_config(args.config, args.overrides)
     out = Path(args.out or recipe.default_out(cfg))
     print(f"datadistill run: {recipe.label(cfg).replace(', ', ' on ', 1)} -> {out}")
-    result = recipe.run(cfg, out, progress=not args.quiet, restart=args.restart)
+    kw = {} if args.experts is None else {"expert_dir": args.experts}
+    if kw and recipe.name != "tm":
+        raise ConfigError(f"--experts is for trajectory matching; {args.config} runs the "
+                          f"'{recipe.name}' recipe")
+    result = recipe.run(cfg, out, progress=not args.quiet, restart=args.restart, **kw)
     for line in recipe.lines(result, out):
         print(line)
     _report(out)  # the recipe's run wrote it
@@ -161,7 +171,7 @@ def cmd_estimate(args: argparse.Namespace) -> int:
 def cmd_repair(args: argparse.Namespace) -> int:
     from datadistill.repair import repair_run
 
-    for what in repair_run(args.out, progress=not args.quiet):
+    for what in repair_run(args.out, progress=not args.quiet, experts=args.experts):
         print(f"rebuilt {what}")
     print(f"report written to {Path(args.out) / 'eval.json'}")
     return 0
@@ -530,10 +540,14 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("config", nargs="?", default=None,
                        help="shipped config name or YAML file (default: digits/mtt_ipc1)")
         p.add_argument("overrides", nargs="*", help="key=value overrides, e.g. ipc=10")
-        p.add_argument("--out", default=None, help="run folder (default runs/<data>_<method>_ipcN)")
+        p.add_argument("--out", default=None,
+                       help="run folder (default runs/<data>_<method>_ipcN); its expert store "
+                            "is <out>/experts unless --experts names another")
+        p.add_argument("--experts", default=None, metavar="STORE",
+                       help="expert store (default <out>/experts, or distill.expert_dir): "
+                            + ("read" if name == "distill" else "trained there if missing"))
         p.add_argument("--quiet", action="store_true", help="no progress bars")
-        if name == "distill":
-            p.add_argument("--experts", default=None, help="expert store (default <out>/experts)")
+        _add_download_option(p)
         if name in ("run", "distill"):
             p.add_argument("--restart", action="store_true",
                            help="start the distillation and the final evaluation over, ignoring "
@@ -544,9 +558,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("config", nargs="?", default=None,
                    help="shipped config name or YAML file (default: digits/mtt_ipc1)")
     p.add_argument("overrides", nargs="*", help="key=value overrides, e.g. distill.syn_steps=80")
+    _add_download_option(p)
     p.set_defaults(func=cmd_estimate)
     p = sub.add_parser("repair", help="rebuild best/, last/ and eval.json of a finished run")
     p.add_argument("out", help="the run folder")
+    p.add_argument("--experts", default=None, metavar="STORE",
+                   help="the run's expert store, when it was moved (default: where the run "
+                        "recorded it)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_repair)
 
@@ -570,6 +588,7 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("overrides", nargs="*", help="key=value overrides, e.g. ipc=50")
         p.add_argument("--out", default=None, help="output folder")
         p.add_argument("--quiet", action="store_true", help="no progress bars")
+        _add_download_option(p)
         p.set_defaults(func=func)
 
     _add_report_parser(sub)
@@ -606,6 +625,12 @@ def apply_threads(requested: int | None) -> int:
     return torch.get_num_threads()
 
 
+def _add_download_option(p: argparse.ArgumentParser) -> None:
+    """Config commands: ``--download`` is the override ``download=true`` (parse_args)."""
+    p.add_argument("--download", action="store_true",
+                   help="download missing dataset files (the same as download=true)")
+
+
 def _add_threads_option(p: argparse.ArgumentParser, default) -> None:
     p.add_argument("--threads", type=int, default=default, metavar="N",
                    help=f"torch CPU threads (default {DEFAULT_THREADS}, or OMP_NUM_THREADS "
@@ -629,6 +654,8 @@ def parse_args(parser: argparse.ArgumentParser, argv: list[str] | None) -> argpa
         extra = [w for w in extra if w not in overrides]
     if extra:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    if getattr(args, "download", False) and hasattr(args, "overrides"):
+        args.overrides = [*args.overrides, "download=true"]  # config commands
     return args
 
 

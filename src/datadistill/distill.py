@@ -319,6 +319,16 @@ def _check_data(cfg: DistillConfig, data) -> None:
 def _check_store(cfg: DistillConfig, store) -> None:
     from datadistill.experts.store import required_epochs
 
+    made = (store.meta.get("config") or {}).get("train_per_class", cfg.train_per_class)
+    if made != cfg.train_per_class:  # (a store that does not record it is not checked)
+        def word(n):
+            return "null" if n is None else n
+
+        raise CompatibilityError(
+            f"the experts in {store.directory} were trained with train_per_class={word(made)} "
+            f"but this run has train_per_class={word(cfg.train_per_class)} (null: the whole "
+            "training split): use a store trained on the same subset, or set "
+            f"train_per_class={word(made)}")
     need = required_epochs(cfg.max_start_epoch, cfg.expert_epochs)
     if need > store.epochs:
         raise CompatibilityError(

@@ -37,6 +37,7 @@ Example:
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -165,6 +166,58 @@ def distill_config(cfg: PipelineConfig, expert_dir: str | None = None) -> Distil
     return DistillConfig(**_context(cfg), method=cfg.method, ipc=cfg.ipc, **section)
 
 
+def store_location(cfg: PipelineConfig, out_dir: str | Path,
+                   explicit: str | Path | None = None) -> Path:
+    """The expert store of the run in ``out_dir``: ``explicit`` (the CLI's ``--experts``), else
+    ``distill.expert_dir``, else ``<out_dir>/experts``; the two set differently is an error."""
+    given = cfg.distill.expert_dir
+    if explicit is not None and given is not None and \
+            Path(explicit).resolve() != Path(given).resolve():
+        raise ConfigError(f"--experts {explicit} and distill.expert_dir={given} name two "
+                          "different expert stores; give one of them")
+    found = explicit if explicit is not None else given
+    return Path(found) if found is not None else Path(out_dir) / "experts"
+
+
+def recorded_store(store: str | Path, out_dir: str | Path) -> str:
+    """How a run records its expert store: relative to the run folder when the store is inside
+    it (the two move together), else as an absolute path (a move of the run folder keeps it).
+
+    Example:
+        >>> recorded_store("runs/a/experts", "runs/a")
+        'experts'
+    """
+    store, out = Path(store).resolve(), Path(out_dir).resolve()
+    return store.relative_to(out).as_posix() if store.is_relative_to(out) else str(store)
+
+
+def find_recorded_store(recorded: str | None, out_dir: str | Path,
+                        explicit: str | Path | None = None) -> Path:
+    """The expert store a run in ``out_dir`` recorded (:func:`recorded_store`), or ``explicit``.
+
+    A relative record is looked up in the run folder, then (runs recorded before records were
+    made relative to the run folder) in the working directory. ArtifactError naming
+    ``--experts`` when no store is found.
+    """
+    from datadistill.errors import ArtifactError
+
+    out = Path(out_dir)
+    if explicit is not None:
+        candidates = [Path(explicit)]
+    elif recorded is None:
+        candidates = [out / "experts"]
+    elif Path(recorded).is_absolute():
+        candidates = [Path(recorded)]
+    else:
+        candidates = [out / recorded, Path(recorded)]
+    for path in candidates:
+        if (path / "meta.json").is_file():
+            return path
+    where = " or ".join(str(p) for p in dict.fromkeys(candidates))
+    raise ArtifactError(f"the expert store of {out} is not at {where} (moved or deleted?); "
+                        "pass its location with --experts STORE")
+
+
 def _check(cfg: PipelineConfig) -> None:
     """Fail before any training when the stages cannot fit together."""
     check_pipeline(cfg, expert_config(cfg), distill_config(cfg))
@@ -213,8 +266,11 @@ def run_pipeline(cfg: PipelineConfig, out_dir: str | Path, *, progress: bool = T
                  expert_dir: str | Path | None = None, restart: bool = False) -> dict:
     """Run experts (reusing a compatible store), distillation, then the evaluation report.
 
-    ``expert_dir`` (default ``out_dir/experts``) lets several runs share one store; a store
-    started with another expert config there is an error, never silently reused.
+    ``expert_dir`` (default ``distill.expert_dir``, else ``out_dir/experts``:
+    :func:`store_location`) lets several runs share one store; experts missing there are
+    trained there, and a store started with another expert config is an error, never silently
+    reused. The run records the store relative to ``out_dir`` when inside it, else absolute
+    (:func:`recorded_store`), so the run folder can be moved or copied and still repaired.
 
     Writes ``eval.json`` in ``out_dir`` with the distilled and random-subset accuracies (and,
     per method, the hard-label, EMA and challenge scores; see the module docstring). Every
@@ -233,8 +289,10 @@ def run_pipeline(cfg: PipelineConfig, out_dir: str | Path, *, progress: bool = T
     from datadistill.report import write_report as write_page
 
     out = Path(out_dir)
-    experts_at = Path(expert_dir) if expert_dir is not None else out / "experts"
-    dcfg = distill_config(cfg, expert_dir=str(experts_at))
+    experts_at = store_location(cfg, out, expert_dir)
+    recorded = recorded_store(experts_at, out)
+    cfg = dataclasses.replace(cfg, distill=dataclasses.replace(cfg.distill, expert_dir=recorded))
+    dcfg = distill_config(cfg)
     _refuse_early(cfg, dcfg, out, restart)
     out.mkdir(parents=True, exist_ok=True)
     clock = StageClock(out / "seconds.json", fresh=restart)
@@ -250,7 +308,8 @@ def run_pipeline(cfg: PipelineConfig, out_dir: str | Path, *, progress: bool = T
         result = distill(dcfg, out / "distill", data=data, store=store, progress=progress,
                          resume=not restart)
         if main:
-            restore_outputs(cfg, out, lambda: data)  # a damaged best/ or last/ of a finished run
+            # a damaged best/ or last/ of a finished run
+            restore_outputs(cfg, out, lambda: data, store)
         distributed.wait_for_others()  # best/ and last/ are on disk for every rank
     report = {"config": config_to_dict(cfg), "seconds": {}}
     with clock.stage("evaluation"):

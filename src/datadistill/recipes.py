@@ -37,7 +37,8 @@ class Recipe:
     name: str
     summary: str  # one line for listings and errors
     load: Callable[[Any, list[str]], Any]  # (name or path, overrides) -> validated config
-    run: Callable[..., Any]  # (config, out_dir, progress=bool, restart=bool) -> result
+    # (config, out_dir, progress=bool, restart=bool[, expert_dir= for tm]) -> result
+    run: Callable[..., Any]
     label: Callable[[Any], str]  # config -> "method, dataset, IPC n"
     default_out: Callable[[Any], str]  # config -> default output folder
     lines: Callable[[Any, Path], list[str]]  # (result, out_dir) -> what `run` prints
@@ -51,10 +52,11 @@ def _tm_load(name_or_path, overrides: list[str]):
     return load_pipeline_config(name_or_path, overrides)
 
 
-def _tm_run(cfg, out_dir: Path, progress: bool = True, restart: bool = False) -> dict:
+def _tm_run(cfg, out_dir: Path, progress: bool = True, restart: bool = False,
+            expert_dir: str | None = None) -> dict:
     from datadistill.pipeline import run_pipeline
 
-    return run_pipeline(cfg, out_dir, progress=progress, restart=restart)
+    return run_pipeline(cfg, out_dir, progress=progress, restart=restart, expert_dir=expert_dir)
 
 
 def _tm_note(cfg) -> str | None:

@@ -49,7 +49,9 @@ def _finished_state(cfg, folder: Path):
     from datadistill.pipeline import distill_config
 
     state = load_checkpoint(folder / "checkpoint.pt")
-    dcfg = distill_config(cfg, expert_dir=state.config.get("expert_dir"))
+    cfg = dataclasses.replace(cfg, distill=dataclasses.replace(
+        cfg.distill, expert_dir=state.config.get("expert_dir")))  # as the run recorded it
+    dcfg = distill_config(cfg)
     if state.iteration != dcfg.iterations or state.evaluated != dcfg.iterations:
         raise ArtifactError(f"{folder} stopped at iteration {state.iteration} of "
                             f"{dcfg.iterations}; the run is not finished: rerun `datadistill "
@@ -67,7 +69,7 @@ def _save_state(state, data, dcfg, folder: Path, extra: dict) -> None:
                    folder)
 
 
-def _replay_best(dcfg, data, distill_dir: Path, extra: dict) -> None:
+def _replay_best(dcfg, data, distill_dir: Path, extra: dict, store) -> None:
     """Run the distillation again up to the best iteration and keep its images as best/."""
     from datadistill.artifact import load_distilled, save_distilled
     from datadistill.distill import distill
@@ -75,7 +77,7 @@ def _replay_best(dcfg, data, distill_dir: Path, extra: dict) -> None:
     replay = dataclasses.replace(dcfg, iterations=extra["iteration"], eval_runs=0, eval_every=0)
     scratch = distill_dir / ".replay"
     shutil.rmtree(scratch, ignore_errors=True)
-    distill(replay, scratch, data=data, progress=False, resume=False)
+    distill(replay, scratch, data=data, store=store, progress=False, resume=False)
     best = load_distilled(scratch / "last")
     best.extra, best.config = extra, dataclasses.asdict(dcfg)
     shutil.rmtree(distill_dir / "best", ignore_errors=True)
@@ -97,9 +99,10 @@ def _extra(folder: Path, iteration: int | None, accuracy) -> dict:
     return extra
 
 
-def restore_outputs(cfg, out: Path, get_data: Callable[[], Any]) -> list[str]:
+def restore_outputs(cfg, out: Path, get_data: Callable[[], Any], store=None) -> list[str]:
     """Rebuild an unreadable ``best/`` or ``last/`` of the finished distillation in
-    ``out/distill``; ``get_data()`` gives the prepared data (only called when needed).
+    ``out/distill``; ``get_data()`` gives the prepared data (only called when needed), and
+    ``store`` the expert store a replay needs (default: the one the run recorded).
     Returns what was rebuilt, in words (empty when both are intact)."""
     folder, done = out / "distill", []
     if _readable(folder / "last") and _readable(folder / "best"):
@@ -116,29 +119,43 @@ def restore_outputs(cfg, out: Path, get_data: Callable[[], Any]) -> list[str]:
                         _extra(folder, state.iteration, state.best_accuracy))
             done.append("best/ from the checkpoint")
         else:
+            if store is None:
+                from datadistill.experts import ExpertStore
+                from datadistill.pipeline import find_recorded_store
+
+                store = ExpertStore(find_recorded_store(dcfg.expert_dir, out))
             _replay_best(dcfg, data, folder, _extra(folder, state.best_iteration,
-                                                    state.best_accuracy))
+                                                    state.best_accuracy), store)
             done.append(f"best/ by replaying iterations 0-{state.best_iteration}")
     for what in done:
         log.warning("%s was damaged or missing: rebuilt %s", out, what)
     return done
 
 
-def repair_run(out_dir: str | Path, *, progress: bool = False) -> list[str]:
+def repair_run(out_dir: str | Path, *, progress: bool = False,
+               experts: str | Path | None = None) -> list[str]:
     """Restore ``best/``, ``last/`` and ``eval.json`` of the finished run in ``out_dir``.
+
+    Works from any working directory and after the run folder was moved or copied: the expert
+    store is the one the run recorded (:func:`~datadistill.pipeline.find_recorded_store`), or
+    ``experts`` when given (the CLI's ``--experts``, for a store that was moved).
 
     Returns what was rebuilt, in words.
     """
     from datadistill.config import config_from_dict
     from datadistill.data import prepare
+    from datadistill.experts import ExpertStore
     from datadistill.io import read_json
-    from datadistill.pipeline import PipelineConfig, run_pipeline
+    from datadistill.pipeline import PipelineConfig, find_recorded_store, run_pipeline
 
     out = Path(out_dir)
     cfg = config_from_dict(PipelineConfig, read_json(out / "pipeline.json"))
     with lock_folder(out):
-        _finished_state(cfg, out / "distill")  # an unfinished run is resumed, not repaired
+        dcfg, _ = _finished_state(cfg, out / "distill")  # unfinished: resumed, not repaired
+        store_dir = find_recorded_store(dcfg.expert_dir, out, experts)
+        cfg = dataclasses.replace(cfg, distill=dataclasses.replace(cfg.distill, expert_dir=None))
         done = restore_outputs(cfg, out, lambda: prepare(
-            cfg.dataset, cfg.data_root, zca=cfg.zca, train_per_class=cfg.train_per_class))
-        run_pipeline(cfg, out, progress=progress)
+            cfg.dataset, cfg.data_root, zca=cfg.zca, train_per_class=cfg.train_per_class),
+            store=ExpertStore(store_dir))
+        run_pipeline(cfg, out, progress=progress, expert_dir=store_dir)
     return [*done, "eval.json (finished evaluation networks reused)"]

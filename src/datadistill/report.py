@@ -226,8 +226,11 @@ def scan_folder(root: Path) -> RunContents:
         c.expert_dir = root / "experts"
     elif c.distill_dir is not None:
         where = (_read_json(c.distill_dir / "config.json") or {}).get("expert_dir")
-        if where and (Path(where) / "meta.json").is_file():
-            c.expert_dir = Path(where)
+        # recorded relative to the run folder (or, by older runs, to the working directory)
+        for path in ([root / where, Path(where)] if where else []):
+            if (path / "meta.json").is_file():
+                c.expert_dir = path
+                break
     return c
 
 

@@ -294,5 +294,6 @@ def ensure_file(
     looked = ", ".join(str(folder) for folder in candidates)
     raise DatasetError(
         f"{dataset}: {filename} not found (looked in {looked}); pass download=True "
-        "(CLI: --download) or put the file in one of those folders"
+        "(CLI: --download, or the override download=true) or put the file in one of those "
+        "folders"
     )
