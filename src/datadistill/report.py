@@ -227,7 +227,8 @@ def scan_folder(root: Path) -> RunContents:
     elif c.distill_dir is not None:
         where = (_read_json(c.distill_dir / "config.json") or {}).get("expert_dir")
         # recorded relative to the run folder (or, by older runs, to the working directory)
-        for path in ([root / where, Path(where)] if where else []):
+        run = c.distill_dir.parent if c.distill_dir.name == "distill" else root
+        for path in ([run / where, Path(where)] if where else []):
             if (path / "meta.json").is_file():
                 c.expert_dir = path
                 break
