@@ -136,7 +136,7 @@ def test_distill_without_experts_is_a_clean_error(tmp_path, capsys):
                  "--experts", str(tmp_path / "none"), "--quiet"])
     assert code == 2
     err = capsys.readouterr().err
-    assert "no expert store at" in err and "datadistill experts" in err and "--experts" in err
+    assert "meta.json not found" in err and "datadistill experts" in err and "--experts" in err
     assert not (tmp_path / "distill" / "best").exists()
 
 

@@ -103,17 +103,13 @@ def cmd_experts(args: argparse.Namespace) -> int:
 
 def cmd_distill(args: argparse.Namespace) -> int:
     from datadistill.distill import distill
-    from datadistill.experts import ExpertStore
     from datadistill.pipeline import distill_config, recorded_store, store_location
 
     cfg = _pipeline(args)
     out = _run_dir(args, cfg)
     store_dir = store_location(cfg, out, args.experts)
-    if not (store_dir / "meta.json").is_file():
-        raise ArtifactError(f"no expert store at {store_dir}; train one with `datadistill "
-                            "experts` and the same config and --out, or pass --experts STORE")
     dcfg = dataclasses.replace(distill_config(cfg), expert_dir=recorded_store(store_dir, out))
-    result = distill(dcfg, out / "distill", store=ExpertStore(store_dir),
+    result = distill(dcfg, out / "distill", store=store_dir,  # opened after the checks
                      progress=not args.quiet, resume=not args.restart)
     best = "n/a" if result.best_accuracy is None else f"{100 * result.best_accuracy:.2f} %"
     print(f"{result.iterations_done} iterations; best evaluation {best} at iteration "

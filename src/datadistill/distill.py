@@ -215,7 +215,8 @@ def distill(cfg: DistillConfig, out_dir: str | Path, *, data=None, store=None,
         cfg: the hyper-parameters.
         out_dir: output directory (created).
         data: :class:`datadistill.data.RealData`; default ``prepare(cfg.dataset, zca=cfg.zca)``.
-        store: :class:`datadistill.experts.ExpertStore`; default ``ExpertStore(cfg.expert_dir)``.
+        store: :class:`datadistill.experts.ExpertStore` or its folder; default
+            ``ExpertStore(cfg.expert_dir)`` (opened after the memory and config checks).
         progress: show a progress bar (loss, step size, last accuracy).
         resume: continue from ``out_dir/checkpoint.pt`` if present (else start over).
         on_iteration: called as ``on_iteration(it, row)`` after every update (logging hooks;
@@ -289,10 +290,10 @@ def _setup(cfg: DistillConfig, out_dir, data, store) -> _Run:
 
         data = prepare(cfg.dataset, cfg.data_root, zca=cfg.zca,
                        train_per_class=cfg.train_per_class)
-    if store is None:
-        if cfg.expert_dir is None:
-            raise ConfigError("distill needs experts: set distill.expert_dir or pass store=")
-        store = ExpertStore(cfg.expert_dir)
+    if store is None and cfg.expert_dir is None:
+        raise ConfigError("distill needs experts: set distill.expert_dir or pass store=")
+    if store is None or isinstance(store, (str, Path)):
+        store = ExpertStore(cfg.expert_dir if store is None else store)
     _check_data(cfg, data)
     model = build_model(cfg, data.info)
     n_syn = data.info.num_classes * cfg.ipc

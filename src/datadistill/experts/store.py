@@ -90,8 +90,9 @@ class ExpertStore:
         path = self.directory / META_FILE
         if not path.is_file():
             raise ArtifactError(f"{path} not found; is {self.directory} an expert store? Train "
-                                "one with `datadistill experts` (train_experts) or convert "
-                                "official buffers with import_replay_buffers.")
+                                "one with `datadistill experts` (train_experts), name another "
+                                "with --experts STORE, or convert official buffers with "
+                                "import_replay_buffers.")
         try:
             self.meta: dict = json.loads(path.read_text())
         except json.JSONDecodeError as err:
