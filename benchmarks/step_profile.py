@@ -24,6 +24,8 @@ Step kinds (CIFAR-10 shapes: ConvNet-3 width 128, 3 x 32 x 32, 10 classes):
     adjoint_1     the same iteration in adjoint mode (forward pass, then the rebuilt steps)
     unrolled_10   IPC 10 (100 images), 30 student steps
     adjoint_10    the same in adjoint mode
+    official_1, official_10  the unrolled iteration with the official-style student
+                  (``speed.FlatParamModule``: flat-vector views in the plain modules)
 
     /work/wt/heavy python benchmarks/step_profile.py --out benchmarks/results/step_profile.json
     python benchmarks/step_profile.py --kinds train train_modules --iterations 5  # training step
@@ -47,7 +49,8 @@ from torch.utils.flop_counter import FlopCounterMode
 
 import datadistill  # noqa: F401  (before any tensor is made: its allocator setting)
 
-KINDS = ("train", "train_modules", "unrolled_1", "adjoint_1", "unrolled_10", "adjoint_10")
+KINDS = ("train", "train_modules", "unrolled_1", "adjoint_1", "unrolled_10", "adjoint_10",
+         "official_1", "official_10")
 SHAPES = {1: 50, 10: 30}  # IPC -> syn_steps (MTT's CIFAR-10 settings)
 PARTS = ("conv", "norm", "activation", "pooling", "fill/copy", "rest")
 _CONV = {"aten::mkldnn_convolution", "aten::convolution_backward", "aten::_convolution",
@@ -184,6 +187,8 @@ def build(kind: str, width: int):
     if kind.startswith("train"):
         return train_step(width, fused=kind == "train")
     mode, ipc = kind.split("_")
+    if mode == "official":
+        return matching_step("unrolled", int(ipc), width, student="official")
     return matching_step(mode, int(ipc), width)
 
 
@@ -229,7 +234,7 @@ def report(peak: dict, rows: list[dict]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--kinds", nargs="*", default=list(KINDS), choices=KINDS)
+    p.add_argument("--kinds", nargs="*", default=list(KINDS[:6]), choices=KINDS)
     p.add_argument("--iterations", type=int, default=2, help="timed calls per kind")
     p.add_argument("--width", type=int, default=128)
     p.add_argument("--out", default=None, help="JSON file for the raw figures")
