@@ -44,7 +44,8 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from torch.profiler import ProfilerActivity, profile
-from torch.utils.flop_counter import FlopCounterMode
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils.flop_counter import flop_registry
 
 import datadistill  # noqa: F401  (before any tensor is made: its allocator setting)
 
@@ -111,14 +112,32 @@ def split_profile(prof) -> dict[str, float]:
     return {p: parts.get(p, 0.0) for p in PARTS}
 
 
+class _FlopCount(TorchDispatchMode):
+    """FLOPs of every op with a formula in ``torch.utils.flop_counter`` (convolutions and
+    their backward, matmuls), from the shapes. ``FlopCounterMode`` itself is not used: its
+    module hooks break ``autograd.grad`` through a module called with ``create_graph``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.total = self.conv = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        out = func(*args, **kwargs)
+        formula = flop_registry.get(func._overloadpacket)
+        if formula is not None:
+            flops = formula(*args, **kwargs, out_val=out)
+            self.total += flops
+            if "convolution" in str(func._overloadpacket):
+                self.conv += flops
+        return out
+
+
 def count_flops(step) -> tuple[float, float]:
     """(total, convolution) FLOPs of one call of ``step``, from the ops' shapes."""
-    counter = FlopCounterMode(display=False)
-    with counter:
+    with _FlopCount() as counter:
         step()
-    per_op = counter.get_flop_counts().get("Global", {})
-    conv = sum(v for k, v in per_op.items() if "convolution" in str(k))
-    return float(counter.get_total_flops()), float(conv)
+    return float(counter.total), float(counter.conv)
 
 
 # ----------------------------------------------------------------------------- steps
