@@ -42,6 +42,7 @@ class FlatParamModule(nn.Module):
     def __init__(self, model: nn.Module) -> None:
         super().__init__()
         self.module = copy.deepcopy(model)
+        self.module.fused = False  # the plain modules, as the official code runs them
         self.slots = []  # (owner module, attribute name, shape)
         for name, p in list(self.module.named_parameters()):
             owner_name, _, attr = name.rpartition(".")

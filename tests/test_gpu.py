@@ -14,6 +14,7 @@ import torch
 import parity as P
 
 pytestmark = pytest.mark.gpu
+DEVICE = "cuda"
 
 
 @pytest.fixture(scope="module")
@@ -65,3 +66,39 @@ def test_infer_on_cuda_matches_the_cpu(shared, tmp_path):
 def test_torchrun_nccl_pair_matches_one_process(stage, tmp_path):
     rows = P.compare_pair("cuda", tmp_path, stage)
     assert not P.failures(rows), P.describe(rows)
+
+
+@pytest.mark.parametrize("native", [False, True])
+@pytest.mark.parametrize("fmt", [torch.contiguous_format, torch.channels_last])
+def test_fused_norm_act_pool_on_cuda_equals_the_modules(fmt, native):
+    """The fused op runs on CUDA with the same code: values, gradients and the double
+    backward equal GroupNorm -> ReLU -> AvgPool2d on CUDA (float64)."""
+    from datadistill.models.convnet_kernels import norm_act_pool
+
+    g = torch.Generator().manual_seed(0)
+    z0 = torch.randn(3, 4, 6, 6, generator=g, dtype=torch.float64)
+    w0, b0 = torch.randn(4, generator=g, dtype=torch.float64), torch.randn(4, generator=g,
+                                                                             dtype=torch.float64)
+
+    def run(fused: bool):
+        z = z0.to(DEVICE).contiguous(memory_format=fmt).requires_grad_()
+        w, b = w0.to(DEVICE).requires_grad_(), b0.to(DEVICE).requires_grad_()
+        if fused:
+            p = norm_act_pool(z, w, b, 1e-5, True, fmt, native)
+        else:
+            p = torch.nn.functional.group_norm(z, 4, w, b, 1e-5)
+            p = torch.nn.functional.avg_pool2d(torch.relu(p), 2)
+        grads = torch.autograd.grad((p ** 3).sum(), [z, w, b], create_graph=True)
+        again = torch.autograd.grad(sum((v ** 2).sum() for v in grads), [z, w, b])
+        return [p, *grads, *again]
+
+    for a, b in zip(run(True), run(False), strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-11)
+
+
+def test_module_convnet_on_cuda_runs_the_plain_modules():
+    from datadistill.models import create_model
+
+    net = create_model("convnet", 3, 5, 16, width=4).cuda()
+    x = torch.zeros(2, 3, 16, 16, device="cuda")
+    assert not net._fusable(x) and net._fusable(x.cpu())

@@ -45,12 +45,13 @@ def test_conv_double_backward(fmt):
     assert torch.autograd.gradgradcheck(fn, (x, w), fast_mode=True)
 
 
+@pytest.mark.parametrize("native", [False, True])
 @pytest.mark.parametrize("pool", [True, False])
 @pytest.mark.parametrize("fmt", [torch.contiguous_format, CL])
-def test_norm_act_pool_double_backward(pool, fmt):
+def test_norm_act_pool_double_backward(pool, fmt, native):
     z = _rand(2, 3, 4, 4).contiguous(memory_format=fmt).requires_grad_()
     w, b = _rand(3, seed=1).requires_grad_(), _rand(3, seed=2).requires_grad_()
-    fn = lambda z, w, b: norm_act_pool(z, w, b, 1e-5, pool, fmt)  # noqa: E731
+    fn = lambda z, w, b: norm_act_pool(z, w, b, 1e-5, pool, fmt, native)  # noqa: E731
     expected = torch.relu(torch.nn.functional.group_norm(z, 3, w, b, 1e-5))
     expected = torch.nn.functional.avg_pool2d(expected, 2) if pool else expected
     assert torch.allclose(fn(z, w, b), expected)
@@ -70,6 +71,44 @@ def test_chunked_reductions_and_odd_pool(monkeypatch):
         torch.relu(torch.nn.functional.group_norm(z, 3, w, b, 1e-5)), 2)
     assert torch.allclose(fn(z, w, b), expected)
     assert torch.autograd.gradgradcheck(fn, (z, w, b), fast_mode=True)
+
+
+def _grads(net, x, y, create_graph):
+    loss = torch.nn.functional.cross_entropy(net(x), y)
+    return torch.autograd.grad(loss, [x, *net.parameters()], create_graph=create_graph)
+
+
+def _grad_of_grad_norm(net, x, y):
+    """d/d(x, params) of the squared norm of the first-order gradient: the double backward."""
+    g = _grads(net, x, y, True)
+    return torch.autograd.grad(sum((v ** 2).sum() for v in g), [x, *net.parameters()])
+
+
+@pytest.mark.parametrize("kwargs", [{}, {"pool": "none", "depth": 2}, {"depth": 1}])
+def test_module_fused_block_equals_the_plain_modules(kwargs):
+    """On CPU the ConvNet module runs norm -> ReLU -> 2x2 avg pool as one op: bitwise the
+    modules' values and first-order gradients (images and every parameter), and their double
+    backward to rounding (float64, small well-conditioned inputs)."""
+    torch.manual_seed(0)
+    net = create_model("convnet", 3, 5, 16, **({"width": 6} | kwargs)).double()
+    plain = copy.deepcopy(net)
+    plain.fused = False
+    x, y = _rand(4, 3, 16, 16).requires_grad_(), torch.arange(4) % 5
+    assert net._fusable(x) and not plain._fusable(x)
+    assert torch.equal(net(x), plain(x))
+    for a, b in zip(_grads(net, x, y, False), _grads(plain, x, y, False), strict=True):
+        assert torch.equal(a, b)
+    for a, b in zip(_grad_of_grad_norm(net, x, y), _grad_of_grad_norm(plain, x, y),
+                    strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-12)
+
+
+def test_module_block_is_plain_where_it_cannot_fuse():
+    x = _rand(2, 3, 16, 16)
+    assert not create_model("convnet", 3, 5, 16, width=4, norm="batchnorm")._fusable(x)
+    assert not create_model("convnet", 3, 5, 16, width=4, act="sigmoid")._fusable(x)
+    assert not create_model("convnet", 3, 5, 16, width=4, pool="maxpool")._fusable(x)
+    assert not create_model("convnet", 3, 5, 16, width=4)._fusable(x.to("meta"))
 
 
 @pytest.mark.parametrize(("shape", "kwargs"), [

@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from datadistill.models.convnet_kernels import norm_act_pool
 from datadistill.models.registry import (
     check_choice,
     is_mnist_like,
@@ -35,6 +36,12 @@ logger = logging.getLogger(__name__)
 NORMS = ("instancenorm", "batchnorm", "layernorm", "groupnorm", "none")
 ACTS = ("relu", "leakyrelu", "sigmoid", "swish")
 POOLS = ("avgpool", "maxpool", "none")
+# On CPU an instance-norm ConvNet with ReLU runs each norm -> ReLU -> 2x2 average pool as one
+# op (datadistill.models.convnet_kernels.norm_act_pool with native=True): the same values and
+# first-order gradients as the three modules, bitwise, with fewer passes over the activations
+# (no ReLU copy, no zero-filled pool gradient); its double backward is the hand-derived one.
+# Set a model's ``fused`` attribute to False for the plain modules (CUDA always uses them).
+FUSED_ON_CPU = True
 
 
 def norm_layer(norm: str, channels: int, hw: tuple[int, int]) -> nn.Module:
@@ -56,6 +63,13 @@ def norm_layer(norm: str, channels: int, hw: tuple[int, int]) -> nn.Module:
     if norm == "groupnorm":
         return nn.GroupNorm(4, channels, affine=True)
     return nn.Identity()
+
+
+def _layout(x: torch.Tensor) -> torch.memory_format:
+    """channels_last for a tensor stored so (a channels_last model), else contiguous."""
+    if not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last):
+        return torch.channels_last
+    return torch.contiguous_format
 
 
 @functools.cache
@@ -120,6 +134,7 @@ class ConvNet(nn.Module):
         if self.depth < 1 or width < 1:
             raise too_small("ConvNet", image_size, f"depth {depth} / width {width} must be >= 1")
         self.act, self.pool = act, pool
+        self.fused = FUSED_ON_CPU
         h, w = image_size
         channels = in_channels
         for d in range(1, self.depth + 1):
@@ -155,11 +170,25 @@ class ConvNet(nn.Module):
             return F.max_pool2d(x, 2, 2)
         return x
 
+    def _fusable(self, x: torch.Tensor) -> bool:
+        """Whether norm -> ReLU -> pool runs as one fused op (:data:`FUSED_ON_CPU`)."""
+        return (getattr(self, "fused", FUSED_ON_CPU) and x.device.type == "cpu"
+                and self.act == "relu" and self.pool != "maxpool"
+                and isinstance(self.norm1, nn.GroupNorm)
+                and self.norm1.num_groups == self.norm1.num_channels and self.norm1.affine)
+
     def features(self, x: torch.Tensor) -> torch.Tensor:
         """Flattened embedding before the classifier: (N, C, H, W) -> (N, C*h*w)."""
+        fused = self._fusable(x)
         for d in range(1, self.depth + 1):
             x = getattr(self, f"conv{d}")(x)
-            x = self._pool(self._act(getattr(self, f"norm{d}")(x)))
+            norm = getattr(self, f"norm{d}")
+            if fused:
+                fmt = _layout(x)
+                x = norm_act_pool(x.contiguous(memory_format=fmt), norm.weight, norm.bias,
+                                  norm.eps, self.pool == "avgpool", fmt, native=True)
+                continue
+            x = self._pool(self._act(norm(x)))
         return x.flatten(1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
