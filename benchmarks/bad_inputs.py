@@ -286,6 +286,15 @@ CASES: list[Case] = [
         str(t / "x"), "--dataset", "digits"]),
     Case("configs cp over an existing file", lambda t: [
         "configs", "cp", "digits/mtt_ipc1", str(_file(t, "mine.yaml", "x"))]),
+    # the re-run with 221 inputs: what still got a traceback, a crash or a silent wrong answer
+    *[Case(f"validate/run refuse {o}", lambda t, o=o: ["validate", "digits/mtt_ipc1", o])
+      for o in ("model_kwargs={widht: 8}", "model_kwargs={width: -2}", "seed=-1",
+                "distill.max_experts=0", "experts.momentum=-0.5", "experts.weight_decay=-1",
+                "experts.lr=nan")],
+    Case("--threads 100000", lambda t: ["--threads", "100000", "validate", "digits/mtt_ipc1"],
+         child=True),
+    *[Case(f"run, not only validate, refuses {o} before any work", lambda t, o=o: _run(t, o))
+      for o in ("seed=-1", "distill.max_experts=0", "experts.lr=nan")],
 ]
 
 

@@ -123,9 +123,53 @@ def check_names(dataset: str, model: str) -> None:
     model_entry(model)
 
 
-def check_pipeline(cfg: Any, ecfg: Any, dcfg: Any, *, window: bool = True) -> None:
-    """Everything about a pipeline config that can be checked without data."""
+def check_model(dataset: str, model: str, model_kwargs: dict | None) -> None:
+    """``model`` with ``model_kwargs`` can be built for ``dataset`` (unknown or out-of-range
+    arguments fail here, not after the experts are trained). Built on the meta device: no
+    memory, no random draws. A folder dataset (size unknown without its files) is checked
+    for the argument names only."""
+    from datadistill.data.registry import _spec
+    from datadistill.models.registry import create_model
+
+    if not isinstance(model_kwargs, dict):
+        raise ConfigError(f"model_kwargs must be a mapping such as {{width: 64}}, got "
+                          f"{model_kwargs!r}")
+    info = _spec(dataset)[1].info
+    channels, classes, size = ((info.channels, info.num_classes, info.image_size)
+                               if info is not None else (3, 2, (32, 32)))
+    try:
+        with torch.device("meta"):
+            create_model(model, channels, classes, size, **model_kwargs)
+    except ConfigError as err:
+        if info is not None or "unknown kwargs" in str(err):
+            raise ConfigError(f"model_kwargs: {err}") from None
+    except (TypeError, ValueError, RuntimeError) as err:
+        if info is not None:
+            raise ConfigError(f"model {model!r} cannot be built with model_kwargs "
+                              f"{model_kwargs} ({err}); fix model_kwargs") from None
+
+
+def check_run_context(cfg: Any) -> None:
+    """The keys every stage shares: names, model arguments, seed, device."""
     check_names(cfg.dataset, cfg.model)
+    check_model(cfg.dataset, cfg.model, cfg.model_kwargs)
+    check_count("seed", cfg.seed, 0)
+
+
+def check_experts(ecfg: Any) -> None:
+    """The SGD of the expert trajectories (finite numbers, no negative momentum or decay)."""
+    check_positive("experts.lr", ecfg.lr)
+    check_positive("experts.momentum", ecfg.momentum, allow_zero=True)
+    check_positive("experts.weight_decay", ecfg.weight_decay, allow_zero=True)
+
+
+def check_pipeline(cfg: Any, ecfg: Any, dcfg: Any, *, window: bool = True) -> None:
+    """Everything about a pipeline config that can be checked without data: the one check
+    `validate`, `run`, `experts` and `distill` all make."""
+    check_run_context(cfg)
+    check_experts(ecfg)
+    if dcfg.max_experts is not None:
+        check_count("distill.max_experts", dcfg.max_experts, 1)
     check_count("ipc", cfg.ipc, 1)
     check_device(cfg.resolved_device())
     check_distill(dcfg)
@@ -141,6 +185,7 @@ def check_pipeline(cfg: Any, ecfg: Any, dcfg: Any, *, window: bool = True) -> No
 def check_infer(cfg: Any) -> None:
     """Learning rates, sizes and device of an :class:`InferConfig`."""
     check_names(cfg.dataset, cfg.student.model)
+    check_count("seed", cfg.seed, 0)
     check_device(cfg.device)
     check_positive("lr", cfg.lr)
     for section in ("teachers", "student"):

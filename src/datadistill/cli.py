@@ -569,9 +569,17 @@ def apply_threads(requested: int | None) -> int:
         requested = DEFAULT_THREADS
     if requested < 0:
         raise ConfigError(f"--threads must be >= 0 (0: one per core), got {requested}")
+    if requested > max_threads():  # OpenMP crashes the process on absurd counts (100000)
+        raise ConfigError(f"--threads {requested} is more than {max_threads()} (4 per core of "
+                          f"the {os.cpu_count()} here, at least 256); use 0 for one per core")
     if requested > 0:
         torch.set_num_threads(requested)
     return torch.get_num_threads()
+
+
+def max_threads() -> int:
+    """The largest ``--threads`` accepted: 4 per core, at least 256."""
+    return max(256, 4 * (os.cpu_count() or 1))
 
 
 def _add_threads_option(p: argparse.ArgumentParser, default) -> None:
