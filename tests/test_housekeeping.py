@@ -111,3 +111,28 @@ def test_tar_and_zip_bombs_are_refused_before_expanding(tmp_path, monkeypatch):
     with pytest.raises(DatasetError, match="decompression bomb"):
         safe_archive.extract_zip(zip_path, tmp_path / "y")
     assert not (tmp_path / "x").exists() and not (tmp_path / "y" / "d").exists()
+
+
+@pytest.mark.parametrize("argv", [
+    ["baseline", "random", "--epochs", "1", "--runs", "1", "--quiet", "--out", "{tmp}/b.json"],
+    ["eval", "{set}", "--epochs", "1", "--runs", "1", "--quiet"],
+    ["run", "digits/mtt_ipc1", "--out", "{tmp}/r", "--quiet"],
+], ids=["baseline", "eval", "run"])
+def test_enospc_while_writing_the_lock_is_one_error_and_leaves_no_lock(tmp_path, monkeypatch,
+                                                                       capsys, argv):
+    from datadistill.cli import main
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    import bad_inputs
+
+    folder = bad_inputs._digits_set(tmp_path)
+    argv = [a.format(tmp=tmp_path, set=folder) for a in argv]
+
+    def full(fd, data, offset):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr("datadistill.lock.os.pwrite", full)
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "error: no space left on the device holding" in err and "Traceback" not in err
+    assert not [p for p in tmp_path.rglob("*lock")]  # no 0-byte lock left behind

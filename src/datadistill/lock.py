@@ -41,8 +41,8 @@ from pathlib import Path
 from typing import Any
 
 from datadistill import distributed
-from datadistill.errors import ConfigError, DatadistillError
-from datadistill.io import remove_orphans
+from datadistill.errors import ArtifactError, ConfigError, DatadistillError
+from datadistill.io import is_disk_full, remove_orphans
 
 try:
     import fcntl
@@ -133,8 +133,19 @@ def acquire(path: str | Path) -> None:
     if previous.strip():
         log.warning("taking over the stale lock %s left by %s, which is no longer running",
                     path, _describe(previous))
-    os.ftruncate(fd, 0)
-    os.pwrite(fd, (json.dumps(_owner_record()) + "\n").encode(), 0)
+    try:
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, (json.dumps(_owner_record()) + "\n").encode(), 0)
+    except OSError as err:  # a full disk (ENOSPC), a quota: no lock file left behind
+        with contextlib.suppress(OSError):
+            os.unlink(path)
+        os.close(fd)
+        if is_disk_full(err, path.parent):
+            raise ArtifactError(f"no space left on the device holding {path.parent} (writing "
+                                f"its lock file); free some space and rerun the same command"
+                                ) from None
+        raise ConfigError(f"cannot write into the output folder {path.parent} "
+                          f"({err.strerror or err}); choose a writable --out") from None
     _HELD[key] = _Held(fd, 1)
     if path.name == LOCK_NAME:  # a folder lock: no write of ours is in flight there now
         removed = remove_orphans(path.parent)
