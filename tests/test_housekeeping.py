@@ -24,15 +24,32 @@ from datadistill.lock import lock_folder
 def test_orphaned_tmp_files_are_removed_when_a_folder_is_opened(tmp_path):
     (tmp_path / "best").mkdir(parents=True)
     (tmp_path / "shared").mkdir()
-    orphans = [tmp_path / ".checkpoint.pt.k2j3h4.tmp", tmp_path / "best" / ".tensors.pt.x1.tmp"]
+    dead = _dead_pid()
+    orphans = [tmp_path / f".datadistill-{dead}-checkpoint.pt.k2j3h4.tmp",
+               tmp_path / "best" / f".datadistill-{dead}-tensors.pt.x1.tmp"]
     kept = [tmp_path / "notes.tmp", tmp_path / "checkpoint.pt",
-            tmp_path / "shared" / ".expert_0001.pt.a1.tmp"]  # another owner's folder
+            tmp_path / ".my.backup.notes.tmp", tmp_path / ".checkpoint.pt.k2j3h4.tmp",  # a user's
+            tmp_path / f".datadistill-{os.getpid()}-eval.json.a1.tmp",  # a live writer's
+            tmp_path / "shared" / f".datadistill-{dead}-expert_0001.pt.a1.tmp"]  # another owner
     (tmp_path / "shared" / ".lock").write_text("")
     for p in orphans + kept:
         p.write_bytes(b"x")
     with lock_folder(tmp_path):
         assert [p.exists() for p in orphans] == [False, False]
         assert all(p.exists() for p in kept)
+
+
+def _dead_pid() -> int:
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    return proc.pid
+
+
+def test_atomic_writes_use_the_name_the_clean_up_removes(tmp_path, monkeypatch):
+    seen = []
+    monkeypatch.setattr(dio.os, "replace", lambda a, b: seen.append(Path(a).name))
+    dio.write_json({"a": 1}, tmp_path / "m.json")
+    assert seen and dio._TMP_NAME.match(seen[0]) and f"-{os.getpid()}-m.json." in seen[0]
 
 
 def test_files_get_the_users_umask(tmp_path):
