@@ -69,7 +69,40 @@ _HELD: dict[str, _Held] = {}  # lock path -> open descriptor held by this proces
 
 def _owner_record() -> dict[str, Any]:
     return {"pid": os.getpid(), "host": socket.gethostname(),
-            "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "command": " ".join(sys.argv)}
+            "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "command": " ".join(sys.argv),
+            "pid_start": _pid_start(os.getpid())}
+
+
+def _pid_start(pid: int) -> int | None:
+    """When process ``pid`` started (clock ticks after boot, /proc/<pid>/stat field 22), or
+    None where that cannot be read: with the pid it names one process, never a later one that
+    reuses the number."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        return int(stat.rsplit(")", 1)[1].split()[19])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def _live_owner(text: str) -> bool:
+    """True when the lock text names a process of this host that is still running (the same
+    process: its start time matches where recorded). No flock is held on the file, so that
+    process is not a datadistill run holding it, but its folder is not ours to take."""
+    try:
+        rec = json.loads(text)
+        pid, host = int(rec["pid"]), rec["host"]
+    except (ValueError, KeyError, TypeError):
+        return False
+    if host != socket.gethostname() or pid <= 0 or pid == os.getpid():
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError):
+        pass  # exists, another user's
+    recorded = rec.get("pid_start")
+    return recorded is None or recorded == _pid_start(pid)
 
 
 def _describe(text: str) -> str:
@@ -130,6 +163,11 @@ def acquire(path: str | Path) -> None:
         raise LockError(f"{path.parent} is in use by {holder}; wait for it to finish, or use "
                         f"another output folder (if that process is gone, delete {path})")
     previous = os.read(fd, 4096).decode(errors="replace")
+    if _live_owner(previous):
+        os.close(fd)
+        raise LockError(f"{path.parent} is locked by {_describe(previous)}, which is still "
+                        f"running; wait for it to finish, or use another output folder (if "
+                        f"that process does not use this folder, delete {path})")
     if previous.strip():
         log.warning("taking over the stale lock %s left by %s, which is no longer running",
                     path, _describe(previous))
