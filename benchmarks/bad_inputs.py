@@ -64,6 +64,12 @@ def _file(tmp: Path, name: str, text: str) -> Path:
     return path
 
 
+def _bytes(tmp: Path, name: str, data: bytes) -> Path:
+    path = tmp / name
+    path.write_bytes(data)
+    return path
+
+
 def _digits_set(tmp: Path, bad: float | None = None, name: str = "set") -> Path:
     from datadistill.artifact import DistilledSet, save_distilled
     from datadistill.baselines import random_subset
@@ -76,6 +82,23 @@ def _digits_set(tmp: Path, bad: float | None = None, name: str = "set") -> Path:
     ds = DistilledSet(images=x, labels=y, lr=0.01, info=train.info, space="normalized", ipc=1,
                       method="random")
     return save_distilled(ds, tmp / name)
+
+
+def _edited_set(tmp: Path, meta: dict | None = None, tensors: dict | None = None) -> Path:
+    """A valid digits set with keys of meta.json and tensors.pt replaced."""
+    folder = _digits_set(tmp)
+    if meta:
+        data = json.loads((folder / "meta.json").read_text())
+        (folder / "meta.json").write_text(json.dumps({**data, **meta}))
+    if tensors:
+        data = torch.load(folder / "tensors.pt", weights_only=True)
+        data.update({k: v(data) if callable(v) else v for k, v in tensors.items()})
+        torch.save(data, folder / "tensors.pt")
+    return folder
+
+
+def _eval_edited(tmp: Path, meta: dict | None = None, tensors: dict | None = None) -> list[str]:
+    return ["eval", str(_edited_set(tmp, meta, tensors)), *QUICK]
 
 
 def _legacy(tmp: Path, shape=(10, 1, 8, 8)) -> Path:
@@ -293,6 +316,21 @@ CASES: list[Case] = [
                 "experts.lr=nan")],
     Case("--threads 100000", lambda t: ["--threads", "100000", "validate", "digits/mtt_ipc1"],
          child=True),
+    Case("YAML nested 100,000 deep", lambda t: [
+        "validate", str(_file(t, "deep.yaml", "a: " + "[" * 100_000 + "]" * 100_000 + "\n"))]),
+    Case("binary file as the config", lambda t: ["validate", str(_bytes(t, "c.yaml", bytes(
+        range(256)) * 4))]),
+    Case("eval of a set with finite huge pixels (3e38)", lambda t: [
+        "eval", str(_digits_set(t, 3e38)), *QUICK]),
+    Case("eval of a set whose meta.json says space zca without ZCA state", lambda t: _eval_edited(
+        t, {"space": "zca"})),
+    Case('meta.json with "ipc": "abc"', lambda t: _eval_edited(t, {"ipc": "abc"})),
+    Case('meta.json with "ipc": null', lambda t: _eval_edited(t, {"ipc": None})),
+    Case('meta.json with "info": [...]', lambda t: _eval_edited(t, {"info": [1, 2]})),
+    Case("a set whose lr has 2 elements", lambda t: _eval_edited(
+        t, tensors={"lr": torch.tensor([0.01, 0.02])})),
+    Case("a set whose images are float16 (read as float32)", lambda t: _eval_edited(
+        t, tensors={"images": lambda d: d["images"].half()}), recoverable=True),
     *[Case(f"run, not only validate, refuses {o} before any work", lambda t, o=o: _run(t, o))
       for o in ("seed=-1", "distill.max_experts=0", "experts.lr=nan")],
 ]

@@ -86,12 +86,25 @@ def check_ipc_fits(ipc: int, labels: torch.Tensor, class_names: tuple[str, ...])
                           f"{int(counts[smallest])}")
 
 
+# Normalised pixels lie within about +-3, ZCA-whitened ones within some tens: a value beyond
+# this is no image (a set of 3e38s trains to NaN and scored chance, 10 %, without a word).
+MAX_PIXEL = 1e6
+
+
 def check_finite(images: torch.Tensor, what: str = "the images") -> None:
-    """No NaN or Inf pixel (a NaN set trains nothing and scores chance silently)."""
-    bad = int((~torch.isfinite(images)).sum()) if images.is_floating_point() else 0
+    """No NaN or Inf pixel and none beyond :data:`MAX_PIXEL` in magnitude (a NaN set trains
+    nothing and scores chance silently)."""
+    if not images.is_floating_point():
+        return
+    bad = int((~torch.isfinite(images)).sum())
     if bad:
         raise ConfigError(f"{what} hold {bad} NaN/Inf values; the set is corrupt: re-export "
                           "it, or take best/ or last/ of a run that finished cleanly")
+    huge = int((images.abs() > MAX_PIXEL).sum())
+    if huge:
+        raise ConfigError(f"{what} hold {huge} values beyond +-{MAX_PIXEL:g} (largest "
+                          f"{float(images.abs().max()):.3g}), which no image in normalised or ZCA "
+                          "space has; the set is corrupt: re-export it")
 
 
 def check_training(*, lr: float, num_runs: int, epochs: int, batch_size: int) -> None:
