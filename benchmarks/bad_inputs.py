@@ -101,6 +101,73 @@ def _eval_edited(tmp: Path, meta: dict | None = None, tensors: dict | None = Non
     return ["eval", str(_edited_set(tmp, meta, tensors)), *QUICK]
 
 
+_MOUNTS: list[Path] = []  # tmpfs mounted by a case, unmounted after it
+
+
+def _mount(tmp: Path, name: str, options: str) -> Path:
+    """A tmpfs at tmp/name (root only); else a plain folder made read-only by its mode, which
+    binds every user but root."""
+    folder = tmp / name
+    folder.mkdir()
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(folder)],
+                          capture_output=True)
+    if done.returncode == 0:
+        _MOUNTS.append(folder)
+    elif "ro" in options.split(","):
+        folder.chmod(0o555)
+    return folder
+
+
+def _readonly(tmp: Path) -> Path:
+    return _mount(tmp, "ro", "ro,size=1m")
+
+
+def _full_disk(tmp: Path) -> Path:
+    """A 256 KiB tmpfs filled to its last byte: every write fails with ENOSPC."""
+    folder = _mount(tmp, "full", "size=256k")
+    with contextlib.suppress(OSError), (folder / "filler").open("wb") as f:
+        while True:
+            f.write(b"\0" * 4096)
+            f.flush()
+    return folder
+
+
+def _readonly_run(tmp: Path) -> list[str]:
+    """`report` of a finished run folder on a read-only file system."""
+    out = _finished_run(tmp)
+    ro = _readonly(tmp)
+    subprocess.run(["cp", "-a", str(out), str(ro / "r")], check=False)
+    subprocess.run(["mount", "-o", "remount,ro", str(ro)], check=False, capture_output=True)
+    return ["report", str(ro / "r")]
+
+
+def _special(tmp: Path, kind: str) -> Path:
+    """A FIFO, or a character device equal to /dev/null (root; else a FIFO)."""
+    path = tmp / kind
+    if kind == "device" and os.geteuid() == 0:
+        import stat
+
+        os.mknod(path, stat.S_IFCHR | 0o666, os.makedev(1, 3))
+    else:
+        os.mkfifo(path)
+    return path
+
+
+def _loop(tmp: Path) -> Path:
+    (tmp / "loop1").symlink_to(tmp / "loop2")
+    (tmp / "loop2").symlink_to(tmp / "loop1")
+    return tmp / "loop1" / "out"
+
+
+def _experts(tmp: Path, out: Path) -> list[str]:
+    return ["experts", "digits/mtt_ipc1", *SMALL, "--out", str(out), "--quiet"]
+
+
+def _score(tmp: Path, *extra: str) -> list[str]:
+    return ["score", str(_digits_set(tmp)), "--epochs", "1", "--full-accuracy", "0.9",
+            "--quiet", *extra]
+
+
 def _legacy(tmp: Path, shape=(10, 1, 8, 8)) -> Path:
     folder = tmp / "legacy"
     folder.mkdir()
@@ -316,6 +383,31 @@ CASES: list[Case] = [
                 "experts.lr=nan")],
     Case("--threads 100000", lambda t: ["--threads", "100000", "validate", "digits/mtt_ipc1"],
          child=True),
+    Case("experts --out is a file", lambda t: _experts(t, _file(t, "f", "x"))),
+    Case("experts --out under /proc", lambda t: _experts(t, Path("/proc/datadistill-out"))),
+    Case("experts --out inside a symlink loop", lambda t: _experts(t, _loop(t))),
+    Case("experts --out on a read-only file system", lambda t: _experts(t, _readonly(t) / "e")),
+    Case("eval --out inside a symlink loop", lambda t: [
+        "eval", str(_digits_set(t)), *QUICK, "--out", str(_loop(t))]),
+    Case("eval --out naming a device node", lambda t: [
+        "eval", str(_digits_set(t)), *QUICK, "--out", str(_special(t, "device"))]),
+    Case("eval --out naming a FIFO", lambda t: [
+        "eval", str(_digits_set(t)), *QUICK, "--out", str(_special(t, "fifo"))]),
+    Case("eval with 0 bytes free", lambda t: [
+        "eval", str(_digits_set(t)), *QUICK, "--out", str(_full_disk(t) / "e.json")]),
+    Case("baseline with 0 bytes free", lambda t: [
+        "baseline", "random", *QUICK, "--out", str(_full_disk(t) / "b.json")]),
+    Case("run with 0 bytes free", lambda t: _run(t)[:-3] + [
+        "--out", str(_full_disk(t) / "r"), "--quiet"]),
+    Case("report on a read-only folder", _readonly_run),
+    Case("score --runs 0", lambda t: _score(t, "--runs", "0")),
+    Case("score --out /proc/x.json (checked before scoring)", lambda t: _score(
+        t, "--runs", "1", "--out", "/proc/x.json")),
+    Case("score --teacher that is garbage", lambda t: _score(
+        t, "--preset", "soft_kl_mixup", "--runs", "1", "--teacher",
+        str(_file(t, "teacher.pt", "garbage")))),
+    Case("challenge with a garbage cifar100.pt", lambda t: [
+        "challenge", str(_garbage_submission(t)), "--quiet", "--out", str(t / "ch")]),
     Case("YAML nested 100,000 deep", lambda t: [
         "validate", str(_file(t, "deep.yaml", "a: " + "[" * 100_000 + "]" * 100_000 + "\n"))]),
     Case("binary file as the config", lambda t: ["validate", str(_bytes(t, "c.yaml", bytes(
@@ -334,6 +426,14 @@ CASES: list[Case] = [
     *[Case(f"run, not only validate, refuses {o} before any work", lambda t, o=o: _run(t, o))
       for o in ("seed=-1", "distill.max_experts=0", "experts.lr=nan")],
 ]
+
+
+def _garbage_submission(tmp: Path) -> Path:
+    folder = tmp / "submit"
+    folder.mkdir()
+    for name in ("cifar100.pt", "tinyimagenet.pt"):
+        (folder / name).write_bytes(b"not a tensor file\n")
+    return folder
 
 
 def _corrupt(folder: Path, name: str) -> Path:
@@ -396,9 +496,13 @@ def run_case(case: Case) -> Outcome:
 
 def _run_case(case: Case) -> Outcome:
     with tempfile.TemporaryDirectory() as tmp:
-        argv = case.setup(Path(tmp))
-        busy = Path(tmp) / "r" if case.setup is _busy else None
-        code, err = _child(argv, busy) if case.child else _in_process(argv)
+        try:
+            argv = case.setup(Path(tmp))
+            busy = Path(tmp) / "r" if case.setup is _busy else None
+            code, err = _child(argv, busy) if case.child else _in_process(argv)
+        finally:
+            while _MOUNTS:  # before the folder is removed
+                subprocess.run(["umount", "-l", str(_MOUNTS.pop())], capture_output=True)
         err = err.replace(str(Path(tmp).resolve()), "$TMP").replace(tmp, "$TMP")
     lines = [ln for ln in err.splitlines() if ln.strip()]
     errors = [ln for ln in lines if ln.startswith("error:")]

@@ -242,11 +242,45 @@ def check_ipc_for_dataset(ipc: int, dataset: str, root: Any, train_per_class: in
     return None
 
 
+def _resolved(path: Path, what: str) -> Path:
+    """``path`` with its links followed; a symlink loop is a ConfigError."""
+    try:
+        return Path(path).resolve(strict=False)
+    except (RuntimeError, OSError) as err:  # "Symlink loop", ELOOP
+        reason = getattr(err, "strerror", None) or err
+        raise ConfigError(f"{what} {path} cannot be reached ({reason}; a symbolic link loop?); "
+                          f"choose another {what}") from None
+
+
+def check_output_folder(path: str | Path, what: str = "--out") -> Path:
+    """The output folder ``path`` exists (created now, with its parents) and is writable, or a
+    ConfigError names the problem: a file or a device in its place, a read-only file system,
+    a link loop, /proc. Checked before any work, so nothing computed is lost to it."""
+    path = Path(path)
+    real = _resolved(path, what)
+    if real.exists() and not real.is_dir():
+        raise ConfigError(f"{what} {path} is a file, not a folder; give a folder name")
+    try:
+        real.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise ConfigError(f"cannot create the output folder {path} ({err.strerror or err}); "
+                          f"choose a writable {what}") from None
+    if not os.access(real, os.W_OK | os.X_OK):
+        raise ConfigError(f"the output folder {path} is not writable (read-only file system or "
+                          f"permissions); choose a writable {what}")
+    return path
+
+
 def check_report_path(path: Path) -> None:
-    """A report file can be written at ``path``: not a folder, its folder creatable."""
+    """A report file can be written at ``path``: a regular file or a new name (never a folder,
+    a device or a pipe, which the atomic write would replace), its folder creatable."""
+    path = _resolved(path, "--out")
     if path.is_dir():
         raise ConfigError(f"--out {path} is a folder; give a file name such as {path}/eval.json")
     if path.exists():
+        if not path.is_file():  # /dev/null, a FIFO: the rename would replace it with a file
+            raise ConfigError(f"--out {path} is a device or a pipe, not a regular file; give a "
+                              "file name such as eval.json")
         if not os.access(path, os.W_OK):
             raise ConfigError(f"cannot write the report {path} (not writable); choose another "
                               "--out")
@@ -254,6 +288,9 @@ def check_report_path(path: Path) -> None:
     parent = path.parent
     while not parent.exists():
         parent = parent.parent
+    if parent == Path("/proc") or Path("/proc") in parent.parents:
+        raise ConfigError(f"cannot write the report {path}: /proc holds no files; choose "
+                          "another --out")
     if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
         raise ConfigError(f"cannot write the report {path}: {parent} is not a writable folder; "
                           "choose another --out")

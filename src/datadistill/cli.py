@@ -20,6 +20,7 @@ from pathlib import Path
 import torch
 
 from datadistill import __version__, distributed
+from datadistill.checks import check_output_folder
 from datadistill.devices import default_device
 from datadistill.errors import ConfigError, DatadistillError
 
@@ -81,7 +82,7 @@ def cmd_experts(args: argparse.Namespace) -> int:
     from datadistill.pipeline import train_pipeline_experts
 
     cfg = _pipeline(args)
-    out = Path(args.out or f"runs/{cfg.dataset}_{cfg.method}_ipc{cfg.ipc}/experts")
+    out = check_output_folder(args.out or f"runs/{cfg.dataset}_{cfg.method}_ipc{cfg.ipc}/experts")
     store = train_pipeline_experts(cfg, out, progress=not args.quiet)
     accs = [float(store.test_acc(i)[-1]) for i in range(len(store))]
     print(f"{len(store)} experts in {out}; final test accuracy "
@@ -94,7 +95,7 @@ def cmd_distill(args: argparse.Namespace) -> int:
     from datadistill.pipeline import distill_config
 
     cfg = _pipeline(args)
-    out = _run_dir(args, cfg)
+    out = check_output_folder(_run_dir(args, cfg))
     expert_dir = args.experts or str(out / "experts")
     result = distill(distill_config(cfg, expert_dir=expert_dir), out / "distill",
                      progress=not args.quiet, resume=not args.restart)
@@ -112,7 +113,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.config and "=" in args.config and not Path(args.config).is_file():
         args.overrides, args.config = [args.config, *args.overrides], None  # `run ipc=10`
     recipe, cfg = load_config(args.config, args.overrides)
-    out = Path(args.out or recipe.default_out(cfg))
+    out = check_output_folder(args.out or recipe.default_out(cfg))
     print(f"datadistill run: {recipe.label(cfg).replace(', ', ' on ', 1)} -> {out}")
     result = recipe.run(cfg, out, progress=not args.quiet, restart=args.restart)
     for line in recipe.lines(result, out):
@@ -177,7 +178,7 @@ def cmd_teachers(args: argparse.Namespace) -> int:
     from datadistill.infer import load_infer_config, train_teachers
 
     cfg = load_infer_config(args.config, args.overrides)
-    out = Path(args.out or cfg.teacher_dir or f"runs/{cfg.dataset}_teachers")
+    out = check_output_folder(args.out or cfg.teacher_dir or f"runs/{cfg.dataset}_teachers")
     store = train_teachers(cfg, out, progress=not args.quiet)
     for arch in store.archs():
         print(f"{arch}: test accuracy {100 * store.meta(arch)['test_accuracy']:.2f} %")
@@ -190,7 +191,7 @@ def cmd_infer(args: argparse.Namespace) -> int:
     from datadistill.recipes import infer_lines
 
     cfg = load_infer_config(args.config, args.overrides)
-    out = Path(args.out or f"runs/{cfg.dataset}_infer_ipc{cfg.ipc}")
+    out = check_output_folder(args.out or f"runs/{cfg.dataset}_infer_ipc{cfg.ipc}")
     result = run_infer(cfg, out, progress=not args.quiet)
     for line in infer_lines(result, out):
         print(line)
@@ -201,6 +202,10 @@ def cmd_infer(args: argparse.Namespace) -> int:
 # ---------------------------------------------------------------- eval / baseline
 def report_path(args: argparse.Namespace) -> Path | None:
     """The JSON report `eval` or `baseline` writes (None for other commands)."""
+    if args.command == "score" or (args.command == "eval" and args.protocol == "ddranking"):
+        return Path(args.out) if args.out else Path(args.path) / "ddranking.json"
+    if args.command == "challenge":
+        return Path(args.out or ".") / "challenge.json"
     if args.command == "eval":
         folder = Path(args.path) if not Path(args.path).is_file() else Path(args.path).parent
         return Path(args.out) if args.out else folder / "eval.json"  # beside a legacy file
@@ -312,6 +317,8 @@ def _report(folder: Path, stage: str | None = None, seconds: float | None = None
 def cmd_report(args: argparse.Namespace) -> int:
     from datadistill.report import build_report
 
+    if Path(args.out).is_dir():  # a missing folder: build_report names it
+        check_output_folder(args.out, "the run folder")
     print(f"page written to {build_report(args.out)}")
     return 0
 
@@ -346,8 +353,8 @@ def cmd_score(args: argparse.Namespace) -> int:
     cfg = _ddranking_config(args, ds)
     teachers = None
     if getattr(args, "teacher", None):
-        teachers = build_network(cfg.model, data.info, 0, cfg.model_kwargs)
-        teachers.load_state_dict(torch.load(args.teacher, map_location="cpu", weights_only=True))
+        teachers = _load_teacher(args.teacher, build_network(cfg.model, data.info, 0,
+                                                             cfg.model_kwargs))
     lr = args.lr if args.lr is not None else ds.lr
     report = score(ds.images, ds.labels, data, cfg, syn_lr=lr, teachers=teachers,
                    seed=args.seed, device=args.device, progress=not args.quiet)
@@ -362,14 +369,33 @@ def cmd_score(args: argparse.Namespace) -> int:
     return 0
 
 
+def _load_teacher(path: str, net: torch.nn.Module) -> torch.nn.Module:
+    """``net`` with the state_dict in ``path``; a file that is not one is one error line."""
+    from datadistill.errors import ArtifactError
+    from datadistill.io import load_tensors
+
+    state = load_tensors(path)
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise ArtifactError(f"--teacher {path} does not hold a state_dict (a mapping of parameter "
+                            "names to tensors); save one with torch.save(model.state_dict(), ...)")
+    try:
+        net.load_state_dict(state)
+    except RuntimeError as err:
+        raise ArtifactError(f"--teacher {path} is not a state_dict of this preset's model "
+                            f"({str(err).splitlines()[0][:200]}); give the teacher of this "
+                            "dataset and model") from None
+    return net
+
+
 def cmd_challenge(args: argparse.Namespace) -> int:
     from datadistill.challenge import FILES, combined_score, write_scores_txt
     from datadistill.data import prepare
     from datadistill.evaluate import evaluate
+    from datadistill.io import load_tensors
 
     scores, reports = {}, {}
     for dataset, fname in FILES.items():
-        images = torch.load(Path(args.submit_dir) / fname, map_location="cpu", weights_only=True)
+        images = load_tensors(Path(args.submit_dir) / fname)  # garbage: one error line
         data = prepare(dataset, args.data_root, download=args.download)
         rep = evaluate(images, None, data.test, protocol="challenge", num_runs=args.runs,
                        epochs=args.epochs, seed=args.seed, device=args.device,

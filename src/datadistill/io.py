@@ -145,7 +145,7 @@ def load_error_reason(err: BaseException) -> str:
     """A short reason for a failed ``torch.load`` (torch's weights-only advice, which
     suggests unsafe loading, does not apply to a damaged file)."""
     text = str(err).splitlines()[0][:160] if str(err) else type(err).__name__
-    if "Weights only load failed" in text:
+    if "Weights only load failed" in text or not any(c.isalpha() for c in text):
         return "truncated, damaged or not a tensor file"
     return text
 
