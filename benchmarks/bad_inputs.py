@@ -408,6 +408,8 @@ CASES: list[Case] = [
         str(_file(t, "teacher.pt", "garbage")))),
     Case("challenge with a garbage cifar100.pt", lambda t: [
         "challenge", str(_garbage_submission(t)), "--quiet", "--out", str(t / "ch")]),
+    Case("a one-class ImageFolder", lambda t: _folder_argv(t, 1)),
+    Case("a 20000 x 20000 PNG in an ImageFolder", lambda t: _folder_argv(t, 3, bomb=True)),
     Case("YAML nested 100,000 deep", lambda t: [
         "validate", str(_file(t, "deep.yaml", "a: " + "[" * 100_000 + "]" * 100_000 + "\n"))]),
     Case("binary file as the config", lambda t: ["validate", str(_bytes(t, "c.yaml", bytes(
@@ -426,6 +428,35 @@ CASES: list[Case] = [
     *[Case(f"run, not only validate, refuses {o} before any work", lambda t, o=o: _run(t, o))
       for o in ("seed=-1", "distill.max_experts=0", "experts.lr=nan")],
 ]
+
+
+def _image_folder(tmp: Path, classes: int, bomb: bool = False) -> Path:
+    """An ImageFolder of 8x8 PNGs, 3 per class; with ``bomb`` one file claims 20000 x 20000
+    pixels in its header (a few bytes on disk, 1.2 GB decoded)."""
+    import struct
+    import zlib
+
+    from PIL import Image
+
+    root = tmp / "folder"
+    for c in range(classes):
+        for split in ("train", "test"):
+            (root / split / f"c{c}").mkdir(parents=True)
+            for i in range(3):
+                Image.new("RGB", (8, 8), (40 * c, 10 * i, 0)).save(
+                    root / split / f"c{c}" / f"{i}.png")
+    if bomb:
+        path = root / "train" / "c0" / "0.png"
+        data = bytearray(path.read_bytes())  # IHDR: 8-byte signature, length, type, w, h, ...
+        data[16:24] = struct.pack(">II", 20000, 20000)
+        data[29:33] = struct.pack(">I", zlib.crc32(bytes(data[12:29])))
+        path.write_bytes(bytes(data))
+    return root
+
+
+def _folder_argv(tmp: Path, classes: int, bomb: bool = False) -> list[str]:
+    return ["baseline", "random", "--dataset", "imagefolder", "--data-root",
+            str(_image_folder(tmp, classes, bomb)), *QUICK, "--out", str(tmp / "b.json")]
 
 
 def _garbage_submission(tmp: Path) -> Path:
