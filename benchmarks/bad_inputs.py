@@ -239,6 +239,17 @@ def _damaged_best(tmp: Path) -> list[str]:
     return ["repair", str(out), "--quiet"]
 
 
+def _swapped_best(tmp: Path) -> list[str]:
+    """A finished run whose distill/best/ was replaced by another valid set, then rerun."""
+    import shutil
+
+    out = _finished_run(tmp)
+    best = out / "distill" / "best"
+    shutil.rmtree(best)
+    shutil.copytree(_digits_set(tmp / "other" if (tmp / "other").mkdir() is None else tmp), best)
+    return _run(tmp)
+
+
 def _other_experts(tmp: Path) -> list[str]:
     _finished_run(tmp)
     return _run(tmp, "experts.lr=0.5")
@@ -400,6 +411,7 @@ CASES: list[Case] = [
     Case("run with 0 bytes free", lambda t: _run(t)[:-3] + [
         "--out", str(_full_disk(t) / "r"), "--quiet"]),
     Case("report on a read-only folder", _readonly_run),
+    Case("rerun of a finished run whose best/ was swapped for another set", _swapped_best),
     Case("score --runs 0", lambda t: _score(t, "--runs", "0")),
     Case("score --out /proc/x.json (checked before scoring)", lambda t: _score(
         t, "--runs", "1", "--out", "/proc/x.json")),

@@ -263,6 +263,24 @@ def save_distilled(ds: DistilledSet, directory: str | Path) -> Path:
     return out
 
 
+def set_digest(ds: DistilledSet) -> str:
+    """SHA-256 of a set's images, labels and lr: names the exact set a report scored.
+
+    Example:
+        >>> set_digest(load_distilled("runs/x/distill/best"))[:12]        # doctest: +SKIP
+        '3f1c0a9be2d4'
+    """
+    import hashlib
+
+    h = hashlib.sha256()
+    for t in (ds.images, ds.labels):
+        t = t.detach().cpu().contiguous()
+        h.update(f"{t.dtype}{tuple(t.shape)}".encode())
+        h.update(t.numpy().tobytes())
+    h.update(repr(ds.lr).encode())
+    return h.hexdigest()
+
+
 def _read_meta(path: Path) -> dict:
     if not path.is_file():
         raise ArtifactError(

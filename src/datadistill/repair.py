@@ -124,6 +124,22 @@ def restore_outputs(cfg, out: Path, get_data: Callable[[], Any]) -> list[str]:
     return done
 
 
+def _set_aside_a_replaced_best(out: Path) -> list[str]:
+    """A readable best/ that is not the set eval.json scored (replaced by hand) is renamed
+    best.replaced-<n>/ (kept, never deleted), so it is rebuilt from the checkpoint."""
+    from datadistill.pipeline import best_changed
+
+    best = out / "distill" / "best"
+    if not _readable(best) or best_changed(out, best) is None:
+        return []
+    n = 0
+    while (aside := best.with_name(f"best.replaced-{n}")).exists():
+        n += 1
+    best.rename(aside)
+    log.warning("%s is not the set eval.json scored; moved it to %s", best, aside)
+    return [f"moved the replaced best/ to {aside.name}/"]
+
+
 def repair_run(out_dir: str | Path, *, progress: bool = False) -> list[str]:
     """Restore ``best/``, ``last/`` and ``eval.json`` of the finished run in ``out_dir``.
 
@@ -138,7 +154,8 @@ def repair_run(out_dir: str | Path, *, progress: bool = False) -> list[str]:
     cfg = config_from_dict(PipelineConfig, read_json(out / "pipeline.json"))
     with lock_folder(out):
         _finished_state(cfg, out / "distill")  # an unfinished run is resumed, not repaired
-        done = restore_outputs(cfg, out, lambda: prepare(
+        moved = _set_aside_a_replaced_best(out)
+        done = moved + restore_outputs(cfg, out, lambda: prepare(
             cfg.dataset, cfg.data_root, zca=cfg.zca, train_per_class=cfg.train_per_class))
         run_pipeline(cfg, out, progress=progress)
     return [*done, "eval.json (finished evaluation networks reused)"]
