@@ -153,3 +153,16 @@ def test_enospc_while_writing_the_lock_is_one_error_and_leaves_no_lock(tmp_path,
     err = capsys.readouterr().err
     assert "error: no space left on the device holding" in err and "Traceback" not in err
     assert not [p for p in tmp_path.rglob("*lock")]  # no 0-byte lock left behind
+
+
+def test_report_on_a_read_only_folder_is_one_error_line(tmp_path, monkeypatch, capsys):
+    from datadistill.cli import main
+
+    (tmp_path / "r").mkdir()
+    real = os.access
+    monkeypatch.setattr("datadistill.checks.os.access",  # a read-only mount, as for root
+                        lambda p, mode: False if Path(p) == tmp_path / "r" else real(p, mode))
+    assert main(["report", str(tmp_path / "r")]) == 2
+    err = capsys.readouterr().err
+    assert "error: the output folder" in err and "not writable" in err
+    assert "Traceback" not in err
