@@ -96,14 +96,23 @@ def _forge(obj, replace) -> bytes:
     return buf.getvalue()
 
 
-def _dtype_state(forge):
-    """Replace every dtype's state by ``forge(state)``."""
+def _state(kind, forge):
+    """Replace the state of every ``kind`` object (np.dtype or np.ndarray) by
+    ``forge(state)``."""
     def replace(obj):
-        if isinstance(obj, np.dtype):
+        if isinstance(obj, kind):
             cls, args, state = obj.__reduce__()
             return cls, args, forge(state)
         return NotImplemented
     return replace
+
+
+def _dtype_state(forge):
+    return _state(np.dtype, forge)
+
+
+def _array_state(forge):
+    return _state(np.ndarray, forge)
 
 
 def _with_fields_offset(state):  # a field pointing a gigabyte past the buffer
@@ -111,15 +120,6 @@ def _with_fields_offset(state):  # a field pointing a gigabyte past the buffer
         return state
     fields = {k: (v[0], 10**9) for k, v in state[4].items()}
     return (*state[:4], fields, *state[5:])
-
-
-def _array_state(forge):
-    def replace(obj):
-        if isinstance(obj, np.ndarray):
-            cls, args, state = obj.__reduce__()
-            return cls, args, forge(state)
-        return NotImplemented
-    return replace
 
 
 def _plain_reduce(call, args):

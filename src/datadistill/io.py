@@ -104,14 +104,14 @@ def remove_orphans(folder: Path) -> int:
             continue
         for name in files:
             match = _TMP_NAME.match(name)
-            if match and not _alive(int(match.group(1))):
+            if match and not pid_alive(int(match.group(1))):
                 with contextlib.suppress(FileNotFoundError):
                     os.remove(os.path.join(root, name))
                     removed += 1
     return removed
 
 
-def _alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
     """True when ``pid`` is this process or a running one on this host."""
     if pid == os.getpid():
         return True

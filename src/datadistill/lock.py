@@ -42,7 +42,7 @@ from typing import Any
 
 from datadistill import distributed
 from datadistill.errors import ArtifactError, ConfigError, DatadistillError
-from datadistill.io import is_disk_full, remove_orphans
+from datadistill.io import is_disk_full, pid_alive, remove_orphans
 
 try:
     import fcntl
@@ -95,12 +95,8 @@ def _live_owner(text: str) -> bool:
         return False
     if host != socket.gethostname() or pid <= 0 or pid == os.getpid():
         return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
+    if not pid_alive(pid):
         return False
-    except (PermissionError, OverflowError):
-        pass  # exists, another user's
     recorded = rec.get("pid_start")
     return recorded is None or recorded == _pid_start(pid)
 
