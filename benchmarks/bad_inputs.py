@@ -135,9 +135,11 @@ def _full_disk(tmp: Path) -> Path:
 def _readonly_run(tmp: Path) -> list[str]:
     """`report` of a finished run folder on a read-only file system."""
     out = _finished_run(tmp)
-    ro = _readonly(tmp)
-    subprocess.run(["cp", "-a", str(out), str(ro / "r")], check=False)
-    subprocess.run(["mount", "-o", "remount,ro", str(ro)], check=False, capture_output=True)
+    ro = _mount(tmp, "ro", "size=4m")
+    subprocess.run(["cp", "-a", str(out), str(ro / "r")], check=True)
+    done = subprocess.run(["mount", "-o", "remount,ro", str(ro)], capture_output=True)
+    if done.returncode:  # not root: permissions
+        subprocess.run(["chmod", "-R", "a-w", str(ro)], check=False)
     return ["report", str(ro / "r")]
 
 
@@ -187,8 +189,8 @@ def _cifar(tmp: Path, test_batch: bytes) -> Path:
 
 
 def _forged_meta(tmp: Path) -> list[str]:
-    """batches.meta whose label_names is a numpy array of a structured dtype with a field
-    offset a gigabyte past its buffer (protocol 2): touching it read outside the buffer."""
+    """batches.meta whose label_names are numpy arrays of a structured dtype with a field
+    offset a gigabyte past their buffer (protocol 2): touching one read outside the buffer."""
     class Forger(pickle.Pickler):
         def reducer_override(self, obj):
             if isinstance(obj, np.dtype) and obj.fields is not None:
@@ -198,7 +200,8 @@ def _forged_meta(tmp: Path) -> list[str]:
             return NotImplemented
 
     buf = io.BytesIO()
-    Forger(buf, protocol=2).dump({"label_names": np.zeros(3, [("a", "<i8"), ("b", "<f8")])})
+    forged = np.zeros(3, [("a", "<i8"), ("b", "<f8")])
+    Forger(buf, protocol=2).dump({"label_names": [forged] * 10})  # str(name) reads it
     argv = _cifar_argv(tmp, pickle.dumps({"data": np.zeros((10, 3072), np.uint8),
                                           "labels": list(range(10))}))
     (tmp / "cifar-10-batches-py" / "batches.meta").write_bytes(buf.getvalue())
