@@ -91,10 +91,8 @@ def distill_infer(
 ) -> InferSet:
     """Steps 1-3 on a normalised training split with loaded teachers (on ``cfg.device``).
 
-    With ``checkpoint`` (a file), the compensators finished so far are saved after every
-    class group, with the generator state and what they depend on; a rerun with the same
-    config, teachers and groups resumes there (bitwise the same set), anything else starts
-    over.
+    With ``checkpoint`` (a file), the compensators are saved after every class group and a
+    rerun of the same work resumes there (:func:`_resumable_compensators`).
 
     Example:
         >>> s = distill_infer(cfg, real.train, teachers, cfg.teachers.archs)  # doctest: +SKIP
@@ -125,17 +123,8 @@ def distill_infer(
         jitter=pixels_at(info.image_size, cfg.jitter),
         crop_flip=cfg.crop_flip,
     )
-    key = _compensator_key(cfg, teacher_names, groups.indices)
-    resume = _load_progress(checkpoint, key, generator)
-    save = None
-    if checkpoint is not None and distributed.is_main():
-        def save(done: int, out: torch.Tensor) -> None:
-            save_tensors({"key": key, "done": done, "compensators": out.detach().cpu(),
-                          "generator": generator.get_state()}, checkpoint)
-    comps = generate_compensators(
-        teachers, groups.images.to(cfg.device), settings, generator, progress,
-        resume=resume, on_group=save,
-    )
+    comps = _resumable_compensators(cfg, teachers, teacher_names, groups, settings, generator,
+                                    progress, checkpoint)
     infer_set = InferSet(
         base=groups.images.cpu(),
         compensators=comps.cpu(),
@@ -151,6 +140,22 @@ def distill_infer(
     infer_set.labels = ensemble_logits(teachers, instances, cfg.label_batch_size,
                                        progress=progress).cpu()
     return infer_set
+
+
+def _resumable_compensators(cfg: InferConfig, teachers: list[nn.Module], names: list[str],
+                            groups, settings: CompensatorSettings, generator: torch.Generator,
+                            progress: bool, checkpoint: Path | None) -> torch.Tensor:
+    """:func:`generate_compensators`, resumed from ``checkpoint`` and saved there after every
+    class group (rank 0 writes)."""
+    key = _compensator_key(cfg, names, groups.indices)
+    resume = _load_progress(checkpoint, key, generator)
+    save = None
+    if checkpoint is not None and distributed.is_main():
+        def save(done: int, out: torch.Tensor) -> None:
+            save_tensors({"key": key, "done": done, "compensators": out.detach().cpu(),
+                          "generator": generator.get_state()}, checkpoint)
+    return generate_compensators(teachers, groups.images.to(cfg.device), settings, generator,
+                                 progress, resume=resume, on_group=save)
 
 
 def _compensator_key(cfg: InferConfig, teachers: list[str], indices: torch.Tensor) -> str:
