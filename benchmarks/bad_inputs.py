@@ -64,6 +64,12 @@ def _file(tmp: Path, name: str, text: str) -> Path:
     return path
 
 
+def _bytes(tmp: Path, name: str, data: bytes) -> Path:
+    path = tmp / name
+    path.write_bytes(data)
+    return path
+
+
 def _digits_set(tmp: Path, bad: float | None = None, name: str = "set") -> Path:
     from datadistill.artifact import DistilledSet, save_distilled
     from datadistill.baselines import random_subset
@@ -76,6 +82,92 @@ def _digits_set(tmp: Path, bad: float | None = None, name: str = "set") -> Path:
     ds = DistilledSet(images=x, labels=y, lr=0.01, info=train.info, space="normalized", ipc=1,
                       method="random")
     return save_distilled(ds, tmp / name)
+
+
+def _edited_set(tmp: Path, meta: dict | None = None, tensors: dict | None = None) -> Path:
+    """A valid digits set with keys of meta.json and tensors.pt replaced."""
+    folder = _digits_set(tmp)
+    if meta:
+        data = json.loads((folder / "meta.json").read_text())
+        (folder / "meta.json").write_text(json.dumps({**data, **meta}))
+    if tensors:
+        data = torch.load(folder / "tensors.pt", weights_only=True)
+        data.update({k: v(data) if callable(v) else v for k, v in tensors.items()})
+        torch.save(data, folder / "tensors.pt")
+    return folder
+
+
+def _eval_edited(tmp: Path, meta: dict | None = None, tensors: dict | None = None) -> list[str]:
+    return ["eval", str(_edited_set(tmp, meta, tensors)), *QUICK]
+
+
+_MOUNTS: list[Path] = []  # tmpfs mounted by a case, unmounted after it
+
+
+def _mount(tmp: Path, name: str, options: str) -> Path:
+    """A tmpfs at tmp/name (root only); else a plain folder made read-only by its mode, which
+    binds every user but root."""
+    folder = tmp / name
+    folder.mkdir()
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(folder)],
+                          capture_output=True)
+    if done.returncode == 0:
+        _MOUNTS.append(folder)
+    elif "ro" in options.split(","):
+        folder.chmod(0o555)
+    return folder
+
+
+def _readonly(tmp: Path) -> Path:
+    return _mount(tmp, "ro", "ro,size=1m")
+
+
+def _full_disk(tmp: Path) -> Path:
+    """A 256 KiB tmpfs filled to its last byte: every write fails with ENOSPC."""
+    folder = _mount(tmp, "full", "size=256k")
+    with contextlib.suppress(OSError), (folder / "filler").open("wb") as f:
+        while True:
+            f.write(b"\0" * 4096)
+            f.flush()
+    return folder
+
+
+def _readonly_run(tmp: Path) -> list[str]:
+    """`report` of a finished run folder on a read-only file system."""
+    out = _finished_run(tmp)
+    ro = _mount(tmp, "ro", "size=4m")
+    subprocess.run(["cp", "-a", str(out), str(ro / "r")], check=True)
+    done = subprocess.run(["mount", "-o", "remount,ro", str(ro)], capture_output=True)
+    if done.returncode:  # not root: permissions
+        subprocess.run(["chmod", "-R", "a-w", str(ro)], check=False)
+    return ["report", str(ro / "r")]
+
+
+def _special(tmp: Path, kind: str) -> Path:
+    """A FIFO, or a character device equal to /dev/null (root; else a FIFO)."""
+    path = tmp / kind
+    if kind == "device" and os.geteuid() == 0:
+        import stat
+
+        os.mknod(path, stat.S_IFCHR | 0o666, os.makedev(1, 3))
+    else:
+        os.mkfifo(path)
+    return path
+
+
+def _loop(tmp: Path) -> Path:
+    (tmp / "loop1").symlink_to(tmp / "loop2")
+    (tmp / "loop2").symlink_to(tmp / "loop1")
+    return tmp / "loop1" / "out"
+
+
+def _experts(tmp: Path, out: Path) -> list[str]:
+    return ["experts", "digits/mtt_ipc1", *SMALL, "--out", str(out), "--quiet"]
+
+
+def _score(tmp: Path, *extra: str) -> list[str]:
+    return ["score", str(_digits_set(tmp)), "--epochs", "1", "--full-accuracy", "0.9",
+            "--quiet", *extra]
 
 
 def _legacy(tmp: Path, shape=(10, 1, 8, 8)) -> Path:
@@ -94,6 +186,26 @@ def _cifar(tmp: Path, test_batch: bytes) -> Path:
         (folder / f"data_batch_{i}").write_bytes(good)
     (folder / "test_batch").write_bytes(test_batch)
     return tmp
+
+
+def _forged_meta(tmp: Path) -> list[str]:
+    """batches.meta whose label_names are numpy arrays of a structured dtype with a field
+    offset a gigabyte past their buffer (protocol 2): touching one read outside the buffer."""
+    class Forger(pickle.Pickler):
+        def reducer_override(self, obj):
+            if isinstance(obj, np.dtype) and obj.fields is not None:
+                cls, args, state = obj.__reduce__()
+                fields = {k: (v[0], 10**9) for k, v in state[4].items()}
+                return cls, args, (*state[:4], fields, *state[5:])
+            return NotImplemented
+
+    buf = io.BytesIO()
+    forged = np.zeros(3, [("a", "<i8"), ("b", "<f8")])
+    Forger(buf, protocol=2).dump({"label_names": [forged] * 10})  # str(name) reads it
+    argv = _cifar_argv(tmp, pickle.dumps({"data": np.zeros((10, 3072), np.uint8),
+                                          "labels": list(range(10))}))
+    (tmp / "cifar-10-batches-py" / "batches.meta").write_bytes(buf.getvalue())
+    return argv
 
 
 def _cifar_argv(tmp: Path, test_batch: bytes) -> list[str]:
@@ -147,6 +259,17 @@ def _damaged_best(tmp: Path) -> list[str]:
     out = _finished_run(tmp)
     (out / "distill" / "best" / "tensors.pt").write_bytes(b"torn")
     return ["repair", str(out), "--quiet"]
+
+
+def _swapped_best(tmp: Path) -> list[str]:
+    """A finished run whose distill/best/ was replaced by another valid set, then rerun."""
+    import shutil
+
+    out = _finished_run(tmp)
+    best = out / "distill" / "best"
+    shutil.rmtree(best)
+    shutil.copytree(_digits_set(tmp / "other" if (tmp / "other").mkdir() is None else tmp), best)
+    return _run(tmp)
 
 
 def _other_experts(tmp: Path) -> list[str]:
@@ -286,7 +409,97 @@ CASES: list[Case] = [
         str(t / "x"), "--dataset", "digits"]),
     Case("configs cp over an existing file", lambda t: [
         "configs", "cp", "digits/mtt_ipc1", str(_file(t, "mine.yaml", "x"))]),
+    # the re-run with 221 inputs: what still got a traceback, a crash or a silent wrong answer
+    Case("CIFAR batches.meta with a forged field offset (segfault)", _forged_meta, child=True),
+    *[Case(f"validate/run refuse {o}", lambda t, o=o: ["validate", "digits/mtt_ipc1", o])
+      for o in ("model_kwargs={widht: 8}", "model_kwargs={width: -2}", "seed=-1",
+                "distill.max_experts=0", "experts.momentum=-0.5", "experts.weight_decay=-1",
+                "experts.lr=nan")],
+    Case("--threads 100000", lambda t: ["--threads", "100000", "validate", "digits/mtt_ipc1"],
+         child=True),
+    Case("experts --out is a file", lambda t: _experts(t, _file(t, "f", "x"))),
+    Case("experts --out under /proc", lambda t: _experts(t, Path("/proc/datadistill-out"))),
+    Case("experts --out inside a symlink loop", lambda t: _experts(t, _loop(t))),
+    Case("experts --out on a read-only file system", lambda t: _experts(t, _readonly(t) / "e")),
+    Case("eval --out inside a symlink loop", lambda t: [
+        "eval", str(_digits_set(t)), *QUICK, "--out", str(_loop(t))]),
+    Case("eval --out naming a device node", lambda t: [
+        "eval", str(_digits_set(t)), *QUICK, "--out", str(_special(t, "device"))]),
+    Case("eval --out naming a FIFO", lambda t: [
+        "eval", str(_digits_set(t)), *QUICK, "--out", str(_special(t, "fifo"))]),
+    Case("eval with 0 bytes free", lambda t: [
+        "eval", str(_digits_set(t)), *QUICK, "--out", str(_full_disk(t) / "e.json")], child=True),
+    Case("baseline with 0 bytes free", lambda t: [
+        "baseline", "random", *QUICK, "--out", str(_full_disk(t) / "b.json")], child=True),
+    Case("run with 0 bytes free", lambda t: _run(t)[:-3] + [
+        "--out", str(_full_disk(t) / "r"), "--quiet"], child=True),
+    Case("report on a read-only folder", _readonly_run),
+    Case("rerun of a finished run whose best/ was swapped for another set", _swapped_best),
+    Case("score --runs 0", lambda t: _score(t, "--runs", "0")),
+    Case("score --out /proc/x.json (checked before scoring)", lambda t: _score(
+        t, "--runs", "1", "--out", "/proc/x.json")),
+    Case("score --teacher that is garbage", lambda t: _score(
+        t, "--preset", "soft_kl_mixup", "--runs", "1", "--teacher",
+        str(_file(t, "teacher.pt", "garbage")))),
+    Case("challenge with a garbage cifar100.pt", lambda t: [
+        "challenge", str(_garbage_submission(t)), "--quiet", "--out", str(t / "ch")]),
+    Case("a one-class ImageFolder", lambda t: _folder_argv(t, 1)),
+    Case("a 20000 x 20000 PNG in an ImageFolder", lambda t: _folder_argv(t, 3, bomb=True)),
+    Case("YAML nested 100,000 deep", lambda t: [
+        "validate", str(_file(t, "deep.yaml", "a: " + "[" * 100_000 + "]" * 100_000 + "\n"))]),
+    Case("binary file as the config", lambda t: ["validate", str(_bytes(t, "c.yaml", bytes(
+        range(256)) * 4))]),
+    Case("eval of a set with finite huge pixels (3e38)", lambda t: [
+        "eval", str(_digits_set(t, 3e38)), *QUICK]),
+    Case("eval of a set whose meta.json says space zca without ZCA state", lambda t: _eval_edited(
+        t, {"space": "zca"})),
+    Case('meta.json with "ipc": "abc"', lambda t: _eval_edited(t, {"ipc": "abc"})),
+    Case('meta.json with "ipc": null', lambda t: _eval_edited(t, {"ipc": None})),
+    Case('meta.json with "info": [...]', lambda t: _eval_edited(t, {"info": [1, 2]})),
+    Case("a set whose lr has 2 elements", lambda t: _eval_edited(
+        t, tensors={"lr": torch.tensor([0.01, 0.02])})),
+    Case("a set whose images are float16 (read as float32)", lambda t: _eval_edited(
+        t, tensors={"images": lambda d: d["images"].half()}), recoverable=True),
+    *[Case(f"run, not only validate, refuses {o} before any work", lambda t, o=o: _run(t, o))
+      for o in ("seed=-1", "distill.max_experts=0", "experts.lr=nan")],
 ]
+
+
+def _image_folder(tmp: Path, classes: int, bomb: bool = False) -> Path:
+    """An ImageFolder of 8x8 PNGs, 3 per class; with ``bomb`` one file claims 20000 x 20000
+    pixels in its header (a few bytes on disk, 1.2 GB decoded)."""
+    import struct
+    import zlib
+
+    from PIL import Image
+
+    root = tmp / "folder"
+    for c in range(classes):
+        for split in ("train", "test"):
+            (root / split / f"c{c}").mkdir(parents=True)
+            for i in range(3):
+                Image.new("RGB", (8, 8), (40 * c, 10 * i, 0)).save(
+                    root / split / f"c{c}" / f"{i}.png")
+    if bomb:
+        path = root / "train" / "c0" / "0.png"
+        data = bytearray(path.read_bytes())  # IHDR: 8-byte signature, length, type, w, h, ...
+        data[16:24] = struct.pack(">II", 20000, 20000)
+        data[29:33] = struct.pack(">I", zlib.crc32(bytes(data[12:29])))
+        path.write_bytes(bytes(data))
+    return root
+
+
+def _folder_argv(tmp: Path, classes: int, bomb: bool = False) -> list[str]:
+    return ["baseline", "random", "--dataset", "imagefolder", "--data-root",
+            str(_image_folder(tmp, classes, bomb)), *QUICK, "--out", str(tmp / "b.json")]
+
+
+def _garbage_submission(tmp: Path) -> Path:
+    folder = tmp / "submit"
+    folder.mkdir()
+    for name in ("cifar100.pt", "tinyimagenet.pt"):
+        (folder / name).write_bytes(b"not a tensor file\n")
+    return folder
 
 
 def _corrupt(folder: Path, name: str) -> Path:
@@ -349,9 +562,13 @@ def run_case(case: Case) -> Outcome:
 
 def _run_case(case: Case) -> Outcome:
     with tempfile.TemporaryDirectory() as tmp:
-        argv = case.setup(Path(tmp))
-        busy = Path(tmp) / "r" if case.setup is _busy else None
-        code, err = _child(argv, busy) if case.child else _in_process(argv)
+        try:
+            argv = case.setup(Path(tmp))
+            busy = Path(tmp) / "r" if case.setup is _busy else None
+            code, err = _child(argv, busy) if case.child else _in_process(argv)
+        finally:
+            while _MOUNTS:  # before the folder is removed
+                subprocess.run(["umount", "-l", str(_MOUNTS.pop())], capture_output=True)
         err = err.replace(str(Path(tmp).resolve()), "$TMP").replace(tmp, "$TMP")
     lines = [ln for ln in err.splitlines() if ln.strip()]
     errors = [ln for ln in lines if ln.startswith("error:")]
@@ -412,12 +629,15 @@ def main() -> None:
     parser.add_argument("--out", default=None, help="markdown file (default: print)")
     parser.add_argument("--only", default=None, help="run the cases whose name has this text")
     parser.add_argument("--json", default=None, help="also write the outcomes as JSON")
+    parser.add_argument("--new", action="store_true",
+                        help="only the cases of the second drill (from the forged batches.meta)")
     parser.add_argument("--before", default=None,
                         help="JSON outcomes of an older version, shown as extra columns")
     args = parser.parse_args()
     torch.set_num_threads(1)
     rows = []
-    for case in CASES:
+    first_new = next(i for i, c in enumerate(CASES) if c.setup is _forged_meta)
+    for case in CASES[first_new:] if args.new else CASES:
         if args.only and args.only not in case.kind:
             continue
         t0 = time.time()

@@ -6,7 +6,7 @@ turn for ROUNDS rounds: the module with the fused op, the plain modules, and the
 compiler). Then the compiled block's float64 gradients against the plain one, and whether a
 double backward (the unrolled student's ``create_graph``) goes through it.
 
-    /work/wt/heavy python benchmarks/compile_block.py 5      # RESULTS.md section 14
+    python benchmarks/compile_block.py 5      # RESULTS.md section 14
 """
 
 import copy

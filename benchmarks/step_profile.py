@@ -27,7 +27,7 @@ Step kinds (CIFAR-10 shapes: ConvNet-3 width 128, 3 x 32 x 32, 10 classes):
     official_1, official_10  the unrolled iteration with the official-style student
                   (``speed.FlatParamModule``: flat-vector views in the plain modules)
 
-    /work/wt/heavy python benchmarks/step_profile.py --out benchmarks/results/step_profile.json
+    python benchmarks/step_profile.py --out benchmarks/results/step_profile.json
     python benchmarks/step_profile.py --kinds train train_modules --iterations 5  # training step
 """
 

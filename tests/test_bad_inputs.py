@@ -33,3 +33,15 @@ def test_every_bad_input_is_handled_cleanly(case):
 
 def test_the_table_lists_at_least_44_kinds():
     assert len({c.kind for c in bad_inputs.CASES}) >= 44
+
+
+# Fast cases that need their own process (a crash must not take the test runner with it), or
+# whose right answer is a success.
+FAST_CHILD = [c for c in bad_inputs.CASES if c.kind in {
+    "--threads 100000", "a set whose images are float16 (read as float32)"}]
+
+
+@pytest.mark.parametrize("case", FAST_CHILD, ids=[c.kind for c in FAST_CHILD])
+def test_fast_child_bad_input_is_refused_cleanly(case):
+    outcome = bad_inputs.run_case(case)
+    assert outcome.clean, (outcome.code, outcome.message)

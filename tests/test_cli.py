@@ -53,9 +53,10 @@ def test_baseline_random_report(tmp_path):
     assert rep["protocol"] == "random" and rep["settings"]["epochs"] == 1
 
 
-def test_baseline_ipc_larger_than_class_is_clean_error(capsys):
+def test_baseline_ipc_larger_than_class_is_clean_error(capsys, tmp_path):
+    # (not --out /dev/null: a device is refused as a report file, never replaced by one)
     code = main(["baseline", "random", "--dataset", "digits", "--ipc", "1000", "--epochs", "1",
-                 "--runs", "1", "--quiet", "--out", "/dev/null"])
+                 "--runs", "1", "--quiet", "--out", str(tmp_path / "b.json")])
     assert code == 2
     assert "ipc" in capsys.readouterr().err.lower()
 

@@ -11,7 +11,7 @@ import torch
 from datadistill.artifact import load_distilled
 from datadistill.checkpoint import load_checkpoint
 from datadistill.distill import DistillConfig, distill
-from datadistill.errors import CompatibilityError, ConfigError, DivergenceError
+from datadistill.errors import ArtifactError, CompatibilityError, ConfigError, DivergenceError
 from datadistill.experts import ExpertConfig, train_experts
 from datadistill.experts.store import required_epochs
 
@@ -220,3 +220,43 @@ def test_expanding_window_is_checked_up_front():
     with pytest.raises(ConfigError, match="current_max_start_epoch"):
         _cfg(window="expanding", min_start_epoch=1, current_max_start_epoch=1,
              expansion_end=10)
+
+
+def _store_copy(store, tmp_path):
+    import shutil
+
+    from datadistill.experts.store import ExpertStore
+
+    shutil.copytree(store.directory, tmp_path / "experts")
+    return tmp_path / "experts", ExpertStore
+
+
+@pytest.mark.parametrize("damage", ["truncated", "empty", "wrong shape"])
+def test_damaged_expert_files_are_found_before_the_first_iteration(digits, store, tmp_path,
+                                                                   damage, monkeypatch):
+    folder, ExpertStore = _store_copy(store, tmp_path)
+    last = folder / "expert_0002.pt"  # the last one: sampled late, if at all
+    if damage == "truncated":
+        last.write_bytes(last.read_bytes()[:200])
+    elif damage == "empty":
+        last.write_bytes(b"")
+    else:
+        rec = torch.load(last, weights_only=True)
+        torch.save({**rec, "params": rec["params"][:, :10]}, last)
+    started = []
+    monkeypatch.setattr("datadistill.distill.student_forward",
+                        lambda *a, **k: started.append(1))  # reached only past the checks
+    with pytest.raises(ArtifactError, match="expert_0002.pt"):
+        distill(_cfg(), tmp_path / "d", data=digits, store=ExpertStore(folder), progress=False)
+    assert not started
+
+
+def test_an_incomplete_store_is_refused_unless_max_experts_says_so(digits, store, tmp_path):
+    folder, ExpertStore = _store_copy(store, tmp_path)
+    (folder / "expert_0002.pt").unlink()  # `experts` still writing: 2 of 3
+    with pytest.raises(CompatibilityError,
+                       match=r"holds 2 of the 3 experts .* distill\.max_experts=2"):
+        distill(_cfg(), tmp_path / "d", data=digits, store=ExpertStore(folder), progress=False)
+    result = distill(_cfg(max_experts=2, iterations=1, eval_every=0), tmp_path / "d2",
+                     data=digits, store=ExpertStore(folder), progress=False)
+    assert result.iterations_done == 1

@@ -154,6 +154,15 @@ def test_classic_reaches_high_accuracy_on_separable_set():
     assert report.settings["dsa_strategy"] is None
 
 
+def test_training_that_diverges_is_an_error_not_chance_accuracy():
+    from datadistill.errors import DivergenceError
+
+    x, y = quadrants(4, seed=0)
+    with pytest.raises(DivergenceError, match="diverged: the network's weights are NaN"):
+        evaluate(x * 1e5, y, toy_test(), lr=1e30, epochs=3, num_runs=1, model_kwargs=SMALL,
+                 dsa_strategy="none")
+
+
 def test_same_seed_same_accuracies_and_global_rng_untouched():
     x, y = quadrants(2, seed=0)
     test = toy_test(10)

@@ -24,15 +24,32 @@ from datadistill.lock import lock_folder
 def test_orphaned_tmp_files_are_removed_when_a_folder_is_opened(tmp_path):
     (tmp_path / "best").mkdir(parents=True)
     (tmp_path / "shared").mkdir()
-    orphans = [tmp_path / ".checkpoint.pt.k2j3h4.tmp", tmp_path / "best" / ".tensors.pt.x1.tmp"]
+    dead = _dead_pid()
+    orphans = [tmp_path / f".datadistill-{dead}-checkpoint.pt.k2j3h4.tmp",
+               tmp_path / "best" / f".datadistill-{dead}-tensors.pt.x1.tmp"]
     kept = [tmp_path / "notes.tmp", tmp_path / "checkpoint.pt",
-            tmp_path / "shared" / ".expert_0001.pt.a1.tmp"]  # another owner's folder
+            tmp_path / ".my.backup.notes.tmp", tmp_path / ".checkpoint.pt.k2j3h4.tmp",  # a user's
+            tmp_path / f".datadistill-{os.getpid()}-eval.json.a1.tmp",  # a live writer's
+            tmp_path / "shared" / f".datadistill-{dead}-expert_0001.pt.a1.tmp"]  # another owner
     (tmp_path / "shared" / ".lock").write_text("")
     for p in orphans + kept:
         p.write_bytes(b"x")
     with lock_folder(tmp_path):
         assert [p.exists() for p in orphans] == [False, False]
         assert all(p.exists() for p in kept)
+
+
+def _dead_pid() -> int:
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    return proc.pid
+
+
+def test_atomic_writes_use_the_name_the_clean_up_removes(tmp_path, monkeypatch):
+    seen = []
+    monkeypatch.setattr(dio.os, "replace", lambda a, b: seen.append(Path(a).name))
+    dio.write_json({"a": 1}, tmp_path / "m.json")
+    assert seen and dio._TMP_NAME.match(seen[0]) and f"-{os.getpid()}-m.json." in seen[0]
 
 
 def test_files_get_the_users_umask(tmp_path):
@@ -111,3 +128,41 @@ def test_tar_and_zip_bombs_are_refused_before_expanding(tmp_path, monkeypatch):
     with pytest.raises(DatasetError, match="decompression bomb"):
         safe_archive.extract_zip(zip_path, tmp_path / "y")
     assert not (tmp_path / "x").exists() and not (tmp_path / "y" / "d").exists()
+
+
+@pytest.mark.parametrize("argv", [
+    ["baseline", "random", "--epochs", "1", "--runs", "1", "--quiet", "--out", "{tmp}/b.json"],
+    ["eval", "{set}", "--epochs", "1", "--runs", "1", "--quiet"],
+    ["run", "digits/mtt_ipc1", "--out", "{tmp}/r", "--quiet"],
+], ids=["baseline", "eval", "run"])
+def test_enospc_while_writing_the_lock_is_one_error_and_leaves_no_lock(tmp_path, monkeypatch,
+                                                                       capsys, argv):
+    from datadistill.cli import main
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    import bad_inputs
+
+    folder = bad_inputs._digits_set(tmp_path)
+    argv = [a.format(tmp=tmp_path, set=folder) for a in argv]
+
+    def full(fd, data, offset):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr("datadistill.lock.os.pwrite", full)
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "error: no space left on the device holding" in err and "Traceback" not in err
+    assert not [p for p in tmp_path.rglob("*lock")]  # no 0-byte lock left behind
+
+
+def test_report_on_a_read_only_folder_is_one_error_line(tmp_path, monkeypatch, capsys):
+    from datadistill.cli import main
+
+    (tmp_path / "r").mkdir()
+    real = os.access
+    monkeypatch.setattr("datadistill.checks.os.access",  # a read-only mount, as for root
+                        lambda p, mode: False if Path(p) == tmp_path / "r" else real(p, mode))
+    assert main(["report", str(tmp_path / "r")]) == 2
+    err = capsys.readouterr().err
+    assert "error: the output folder" in err and "not writable" in err
+    assert "Traceback" not in err

@@ -166,3 +166,36 @@ def test_train_per_class_reaches_teachers_and_class_groups(tmp_path):
     assert all((flat == row).all(1).any() for row in picked)  # groups come from the subset
     with pytest.raises(CompatibilityError, match="train_per_class"):
         train_teachers(InferConfig(**{**cfg.__dict__, "train_per_class": None}), cfg.teacher_dir)
+
+
+def test_a_killed_infer_resumes_its_compensators_bitwise(digits_run, tmp_path, monkeypatch):
+    import dataclasses
+
+    from datadistill.infer import recipe
+    from datadistill.infer.compensators import optimise_compensator
+
+    cfg, _, result, root = digits_run
+    cfg = dataclasses.replace(cfg, student=dataclasses.replace(cfg.student, num_runs=0))
+    reference = load_infer_set(result.path)
+    calls = []
+
+    def killed_after_two_groups(*args, **kwargs):
+        if len(calls) == 2 * 2:  # 2 groups x 2 teachers done, then "kill -9"
+            raise KeyboardInterrupt
+        calls.append(1)
+        return optimise_compensator(*args, **kwargs)
+
+    monkeypatch.setattr("datadistill.infer.compensators.optimise_compensator",
+                        killed_after_two_groups)
+    with pytest.raises(KeyboardInterrupt):
+        run_infer(cfg, tmp_path / "set")
+    assert (tmp_path / "set" / recipe.COMPENSATOR_PROGRESS).is_file()
+    calls.clear()
+    monkeypatch.setattr("datadistill.infer.compensators.optimise_compensator",
+                        lambda *a, **k: calls.append(1) or optimise_compensator(*a, **k))
+    run_infer(cfg, tmp_path / "set")
+    groups = reference.compensators.shape[0]
+    assert len(calls) == (groups - 2) * 2  # only the unfinished groups were computed
+    again = load_infer_set(tmp_path / "set")
+    assert torch.equal(again.compensators, reference.compensators)
+    assert torch.equal(again.labels, reference.labels)

@@ -61,6 +61,38 @@ def test_stale_record_of_dead_pid_is_taken_over(tmp_path, caplog):
     assert "stale lock" in caplog.text and "pid 999999" in caplog.text
 
 
+def test_hand_written_lock_naming_a_live_pid_is_not_taken_over(tmp_path):
+    import socket
+
+    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        (tmp_path / ".lock").write_text(json.dumps(
+            {"pid": sleeper.pid, "host": socket.gethostname(), "started": "now",
+             "command": "datadistill run"}))
+        with pytest.raises(LockError, match=rf"locked by pid {sleeper.pid} .*still running"):
+            with lock_folder(tmp_path):
+                pass
+        assert json.loads((tmp_path / ".lock").read_text())["pid"] == sleeper.pid  # untouched
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+    with lock_folder(tmp_path):  # its pid has ended: now the lock is stale
+        pass
+
+
+def test_lock_of_a_reused_pid_is_taken_over(tmp_path, caplog):
+    # the recorded start time tells the dead owner from a later process with its pid
+    import socket
+
+    (tmp_path / ".lock").write_text(json.dumps(
+        {"pid": os.getppid(), "host": socket.gethostname(), "started": "long ago",
+         "command": "datadistill run", "pid_start": -1}))
+    with caplog.at_level(logging.WARNING), lock_folder(tmp_path):
+        assert json.loads((tmp_path / ".lock").read_text())["pid_start"] == lock._pid_start(
+            os.getpid())
+    assert "no longer running" in caplog.text
+
+
 def test_same_process_may_nest(tmp_path):
     with lock_folder(tmp_path), lock_folder(tmp_path):
         assert (tmp_path / ".lock").is_file()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 
@@ -183,3 +184,21 @@ def test_rerunning_a_finished_run_rebuilds_a_damaged_best(tmp_path):
     run_pipeline(cfg, tmp_path, progress=False)
     again = load_distilled(tmp_path / "distill" / "best")
     assert torch.equal(best.images, again.images) and best.extra == again.extra
+
+
+def test_a_swapped_best_is_refused_on_rerun_and_repair_restores_it(tmp_path, capsys):
+    from datadistill.artifact import load_distilled, save_distilled
+
+    cfg = load_pipeline_config("digits/mtt_ipc1", SMALL)
+    run_pipeline(cfg, tmp_path, progress=False)
+    best_dir = tmp_path / "distill" / "best"
+    best = load_distilled(best_dir)
+    report = (tmp_path / "eval.json").read_text()
+    other = dataclasses.replace(best, images=best.images.flip(0))  # another valid set
+    save_distilled(other, best_dir)
+    with pytest.raises(CompatibilityError, match=r"is not the set .*eval.json scored .*repair"):
+        run_pipeline(cfg, tmp_path, progress=False)
+    assert (tmp_path / "eval.json").read_text() == report  # not rewritten
+    assert main(["repair", str(tmp_path), "--quiet"]) == 0
+    assert torch.equal(load_distilled(best_dir).images, best.images)
+    run_pipeline(cfg, tmp_path, progress=False)  # the same set again: accepted

@@ -73,3 +73,103 @@ def test_loaded_batch_arrays_are_checked(tmp_path, batch, match):
     _cifar_folder(tmp_path, batch)
     with pytest.raises(DatasetError, match=match):
         create_dataset("cifar10", tmp_path, "test")
+
+
+# ---------------------------------------------------------------- fuzz: forged dtypes and arrays
+class _Forger(pickle.Pickler):
+    """Pickles (protocol 2, as the official batches) with chosen reduce tuples in place of
+    some objects: the way a forged file is written."""
+
+    def __init__(self, f, replace):
+        super().__init__(f, protocol=2)
+        self.replace = replace
+
+    def reducer_override(self, obj):
+        return self.replace(obj)
+
+
+def _forge(obj, replace) -> bytes:
+    import io
+
+    buf = io.BytesIO()
+    _Forger(buf, replace).dump({"label_names": obj, "num_cases_per_batch": 10})
+    return buf.getvalue()
+
+
+def _state(kind, forge):
+    """Replace the state of every ``kind`` object (np.dtype or np.ndarray) by
+    ``forge(state)``."""
+    def replace(obj):
+        if isinstance(obj, kind):
+            cls, args, state = obj.__reduce__()
+            return cls, args, forge(state)
+        return NotImplemented
+    return replace
+
+
+def _dtype_state(forge):
+    return _state(np.dtype, forge)
+
+
+def _array_state(forge):
+    return _state(np.ndarray, forge)
+
+
+def _with_fields_offset(state):  # a field pointing a gigabyte past the buffer
+    if state[4] is None:  # the fields' own dtypes
+        return state
+    fields = {k: (v[0], 10**9) for k, v in state[4].items()}
+    return (*state[:4], fields, *state[5:])
+
+
+def _plain_reduce(call, args):
+    return lambda obj: (call, args) if isinstance(obj, np.ndarray) else NotImplemented
+
+
+_STRUCT = np.zeros(3, dtype=[("a", "<i8"), ("b", "<f8")])
+_FROMBUFFER = getattr(np, "_core", np.core).numeric._frombuffer
+FUZZ = {
+    "structured dtype, forged field offset": _forge(_STRUCT, _dtype_state(_with_fields_offset)),
+    "structured dtype, honest": _forge(_STRUCT, lambda o: NotImplemented),
+    "subarray dtype": _forge(np.zeros(8), _array_state(
+        lambda s: (s[0], (2,), np.dtype(("<f8", (4,))), *s[3:]))),
+    "object dtype": OBJECT_ARRAY,
+    "object flags on a void dtype": FLAGGED_DTYPE,
+    "forged item size of a void dtype": _forge(np.zeros(2, "V4"), _dtype_state(
+        lambda s: (*s[:5], 10**9, *s[6:]) if s[5] == 4 else s)),
+    "forged item size of float64 (shared descriptor)": _forge(np.zeros(2), _dtype_state(
+        lambda s: (*s[:5], 4096, *s[6:]))),
+    "array state with a short buffer": _forge(np.zeros(4), _array_state(
+        lambda s: (s[0], (10**6,), *s[2:]))),
+    "array state with a negative shape": _forge(np.zeros(4), _array_state(
+        lambda s: (s[0], (-1,), *s[2:]))),
+    "_frombuffer with forged shape": _forge(np.zeros(1), _plain_reduce(
+        _FROMBUFFER, (b"\0" * 8, np.dtype("<f8"), (10**6,), "C"))),
+    "strides via as_strided": _forge(np.zeros(1), _plain_reduce(
+        np.lib.stride_tricks.as_strided, ([0.0], (10**6,), (8,)))),
+}
+
+
+@pytest.mark.parametrize("name", sorted(FUZZ))
+def test_forged_arrays_raise_a_clean_error_never_crash(name, tmp_path):
+    # In a child process, so a crash (exit 139 before the fix for forged field offsets) is a
+    # failed test, not a dead test runner; the child also touches everything it loaded.
+    code = ("import sys; import numpy as np\n"
+            "from datadistill.data.safe_pickle import safe_loads\n"
+            "from datadistill.errors import DatasetError\n"
+            "try:\n    d = safe_loads(sys.stdin.buffer.read(), 'batches.meta')\n"
+            "except DatasetError as e:\n    print('refused:', e)\n"
+            "else:\n    a = d['label_names']; print('loaded', repr(a), a.tobytes()[-8:])\n")
+    done = subprocess.run([sys.executable, "-c", code], input=FUZZ[name], capture_output=True,
+                          timeout=60)
+    assert done.returncode == 0, (done.returncode, done.stderr.decode()[-500:])
+    assert done.stdout.startswith(b"refused:") and b"refused as unsafe" in done.stdout, \
+        done.stdout
+
+
+def test_plain_arrays_still_load():
+    blob = _forge(np.arange(6, dtype="<i4").reshape(2, 3), lambda o: NotImplemented)
+    loaded = safe_loads(blob, "b")["label_names"]
+    assert loaded.dtype == np.dtype("<i4") and loaded.tolist() == [[0, 1, 2], [3, 4, 5]]
+    names = safe_loads(_forge(np.array(["cat", "dog"]), lambda o: NotImplemented), "b")
+    assert names["label_names"].tolist() == ["cat", "dog"]

@@ -222,6 +222,9 @@ def save_distilled(ds: DistilledSet, directory: str | Path) -> Path:
     """
     out = Path(directory)
     _check_set(ds.images, ds.labels, ds.info, ds.space, ds.ipc, f"{out / TENSORS_FILE}")
+    if ds.space == "zca" and ds.zca is None:  # load_distilled would refuse the files
+        raise ArtifactError(f"{out}: a ZCA-space set needs its ZCA state to be saved; pass "
+                            "zca= (for instance prepare(dataset, zca=True).zca)")
     out.mkdir(parents=True, exist_ok=True)
     tensors: dict[str, torch.Tensor] = {
         "images": ds.images.detach().cpu().contiguous(),
@@ -260,6 +263,24 @@ def save_distilled(ds: DistilledSet, directory: str | Path) -> Path:
     return out
 
 
+def set_digest(ds: DistilledSet) -> str:
+    """SHA-256 of a set's images, labels and lr: names the exact set a report scored.
+
+    Example:
+        >>> set_digest(load_distilled("runs/x/distill/best"))[:12]        # doctest: +SKIP
+        '3f1c0a9be2d4'
+    """
+    import hashlib
+
+    h = hashlib.sha256()
+    for t in (ds.images, ds.labels):
+        t = t.detach().cpu().contiguous()
+        h.update(f"{t.dtype}{tuple(t.shape)}".encode())
+        h.update(t.numpy().tobytes())
+    h.update(repr(ds.lr).encode())
+    return h.hexdigest()
+
+
 def _read_meta(path: Path) -> dict:
     if not path.is_file():
         raise ArtifactError(
@@ -288,7 +309,44 @@ def _read_meta(path: Path) -> dict:
             raise ArtifactError(
                 f"{path}: missing key {key!r}; the file is incomplete, re-save the set"
             )
+    kinds = {"method": str, "info": dict, "space": str}
+    for key, kind in kinds.items():
+        if not isinstance(meta[key], kind):
+            raise ArtifactError(f"{path}: {key!r} is {meta[key]!r}, not a {kind.__name__}; the "
+                                "file was edited or damaged, re-save the set")
+    ipc = meta["ipc"]
+    if not isinstance(ipc, int) or isinstance(ipc, bool) or ipc < 1:
+        raise ArtifactError(f"{path}: 'ipc' is {ipc!r}, not a positive integer; the file was "
+                            "edited or damaged, re-save the set")
+    if not isinstance(meta.get("zca"), (dict, type(None))):
+        raise ArtifactError(f"{path}: 'zca' is {meta['zca']!r}, not a mapping; re-save the set")
+    if meta["space"] == "zca" and meta.get("zca") is None:
+        raise ArtifactError(
+            f"{path}: the images are said to be in ZCA space but the set holds no ZCA state, so "
+            "nothing shows which whitening they belong to (a set in normalised pixels marked "
+            "'zca' would be scored on whitened test images); re-save it with its ZCA state, or "
+            "set 'space' to what the images are")
     return meta
+
+
+def _float32(t: torch.Tensor, where: str, what: str) -> torch.Tensor:
+    """float16/bfloat16/float64 tensors as float32, the dtype every network here trains in."""
+    if t.is_floating_point() and t.dtype != torch.float32:
+        log.info("%s: %s of dtype %s read as float32", where, what, t.dtype)
+        return t.float()
+    return t
+
+
+def _stored_lr(value: Any, where: str) -> float:
+    """The learned step size: one finite positive number."""
+    if not isinstance(value, torch.Tensor) or value.numel() != 1 or not value.is_floating_point():
+        shape = tuple(value.shape) if isinstance(value, torch.Tensor) else type(value).__name__
+        raise ArtifactError(f"{where}: 'lr' should be one number (the learned step size), got "
+                            f"{shape}; re-save the set, or give --lr")
+    lr = float(value)
+    if not math.isfinite(lr) or lr <= 0:
+        raise ArtifactError(f"{where}: the stored lr is {lr}; re-save the set, or give --lr")
+    return lr
 
 
 def load_distilled(directory: str | Path) -> DistilledSet:
@@ -307,7 +365,8 @@ def load_distilled(directory: str | Path) -> DistilledSet:
             f"{tensor_path}: expected a dict with 'images' and 'labels'; "
             "re-save the set with save_distilled"
         )
-    images, labels = tensors["images"], tensors["labels"]
+    images = _float32(tensors["images"], str(tensor_path), "images")
+    labels = _float32(tensors["labels"], str(tensor_path), "labels")
     _check_set(images, labels, info, meta["space"], int(meta["ipc"]), str(tensor_path))
     zca_state = {k[4:]: v for k, v in tensors.items() if k.startswith("zca.")}
     zca = None
@@ -326,7 +385,7 @@ def load_distilled(directory: str | Path) -> DistilledSet:
             raise ArtifactError(
                 f"{root / CONFIG_FILE}: not valid YAML ({exc}); fix or delete the file"
             ) from exc
-    lr = float(tensors["lr"]) if "lr" in tensors else None
+    lr = _stored_lr(tensors["lr"], str(tensor_path)) if "lr" in tensors else None
     return DistilledSet(
         images=images,
         labels=labels,

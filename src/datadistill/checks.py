@@ -86,12 +86,25 @@ def check_ipc_fits(ipc: int, labels: torch.Tensor, class_names: tuple[str, ...])
                           f"{int(counts[smallest])}")
 
 
+# Normalised pixels lie within about +-3, ZCA-whitened ones within some tens: a value beyond
+# this is no image (a set of 3e38s trains to NaN and scored chance, 10 %, without a word).
+MAX_PIXEL = 1e6
+
+
 def check_finite(images: torch.Tensor, what: str = "the images") -> None:
-    """No NaN or Inf pixel (a NaN set trains nothing and scores chance silently)."""
-    bad = int((~torch.isfinite(images)).sum()) if images.is_floating_point() else 0
+    """No NaN or Inf pixel and none beyond :data:`MAX_PIXEL` in magnitude (a NaN set trains
+    nothing and scores chance silently)."""
+    if not images.is_floating_point():
+        return
+    bad = int((~torch.isfinite(images)).sum())
     if bad:
         raise ConfigError(f"{what} hold {bad} NaN/Inf values; the set is corrupt: re-export "
                           "it, or take best/ or last/ of a run that finished cleanly")
+    huge = int((images.abs() > MAX_PIXEL).sum())
+    if huge:
+        raise ConfigError(f"{what} hold {huge} values beyond +-{MAX_PIXEL:g} (largest "
+                          f"{float(images.abs().max()):.3g}), which no image in normalised or ZCA "
+                          "space has; the set is corrupt: re-export it")
 
 
 def check_training(*, lr: float, num_runs: int, epochs: int, batch_size: int) -> None:
@@ -123,9 +136,53 @@ def check_names(dataset: str, model: str) -> None:
     model_entry(model)
 
 
-def check_pipeline(cfg: Any, ecfg: Any, dcfg: Any, *, window: bool = True) -> None:
-    """Everything about a pipeline config that can be checked without data."""
+def check_model(dataset: str, model: str, model_kwargs: dict | None) -> None:
+    """``model`` with ``model_kwargs`` can be built for ``dataset`` (unknown or out-of-range
+    arguments fail here, not after the experts are trained). Built on the meta device: no
+    memory, no random draws. A folder dataset (size unknown without its files) is checked
+    for the argument names only."""
+    from datadistill.data.registry import _spec
+    from datadistill.models.registry import create_model
+
+    if not isinstance(model_kwargs, dict):
+        raise ConfigError(f"model_kwargs must be a mapping such as {{width: 64}}, got "
+                          f"{model_kwargs!r}")
+    info = _spec(dataset)[1].info
+    channels, classes, size = ((info.channels, info.num_classes, info.image_size)
+                               if info is not None else (3, 2, (32, 32)))
+    try:
+        with torch.device("meta"):
+            create_model(model, channels, classes, size, **model_kwargs)
+    except ConfigError as err:
+        if info is not None or "unknown kwargs" in str(err):
+            raise ConfigError(f"model_kwargs: {err}") from None
+    except (TypeError, ValueError, RuntimeError) as err:
+        if info is not None:
+            raise ConfigError(f"model {model!r} cannot be built with model_kwargs "
+                              f"{model_kwargs} ({err}); fix model_kwargs") from None
+
+
+def check_run_context(cfg: Any) -> None:
+    """The keys every stage shares: names, model arguments, seed, device."""
     check_names(cfg.dataset, cfg.model)
+    check_model(cfg.dataset, cfg.model, cfg.model_kwargs)
+    check_count("seed", cfg.seed, 0)
+
+
+def check_experts(ecfg: Any) -> None:
+    """The SGD of the expert trajectories (finite numbers, no negative momentum or decay)."""
+    check_positive("experts.lr", ecfg.lr)
+    check_positive("experts.momentum", ecfg.momentum, allow_zero=True)
+    check_positive("experts.weight_decay", ecfg.weight_decay, allow_zero=True)
+
+
+def check_pipeline(cfg: Any, ecfg: Any, dcfg: Any, *, window: bool = True) -> None:
+    """Everything about a pipeline config that can be checked without data: the one check
+    `validate`, `run`, `experts` and `distill` all make."""
+    check_run_context(cfg)
+    check_experts(ecfg)
+    if dcfg.max_experts is not None:
+        check_count("distill.max_experts", dcfg.max_experts, 1)
     check_count("ipc", cfg.ipc, 1)
     check_device(cfg.resolved_device())
     check_distill(dcfg)
@@ -141,6 +198,7 @@ def check_pipeline(cfg: Any, ecfg: Any, dcfg: Any, *, window: bool = True) -> No
 def check_infer(cfg: Any) -> None:
     """Learning rates, sizes and device of an :class:`InferConfig`."""
     check_names(cfg.dataset, cfg.student.model)
+    check_count("seed", cfg.seed, 0)
     check_device(cfg.device)
     check_positive("lr", cfg.lr)
     for section in ("teachers", "student"):
@@ -184,11 +242,45 @@ def check_ipc_for_dataset(ipc: int, dataset: str, root: Any, train_per_class: in
     return None
 
 
+def _resolved(path: Path, what: str) -> Path:
+    """``path`` with its links followed; a symlink loop is a ConfigError."""
+    try:
+        return Path(path).resolve(strict=False)
+    except (RuntimeError, OSError) as err:  # "Symlink loop", ELOOP
+        reason = getattr(err, "strerror", None) or err
+        raise ConfigError(f"{what} {path} cannot be reached ({reason}; a symbolic link loop?); "
+                          f"choose another {what}") from None
+
+
+def check_output_folder(path: str | Path, what: str = "--out") -> Path:
+    """The output folder ``path`` exists (created now, with its parents) and is writable, or a
+    ConfigError names the problem: a file or a device in its place, a read-only file system,
+    a link loop, /proc. Checked before any work, so nothing computed is lost to it."""
+    path = Path(path)
+    real = _resolved(path, what)
+    if real.exists() and not real.is_dir():
+        raise ConfigError(f"{what} {path} is a file, not a folder; give a folder name")
+    try:
+        real.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise ConfigError(f"cannot create the output folder {path} ({err.strerror or err}); "
+                          f"choose a writable {what}") from None
+    if not os.access(real, os.W_OK | os.X_OK):
+        raise ConfigError(f"the output folder {path} is not writable (read-only file system or "
+                          f"permissions); choose a writable {what}")
+    return path
+
+
 def check_report_path(path: Path) -> None:
-    """A report file can be written at ``path``: not a folder, its folder creatable."""
+    """A report file can be written at ``path``: a regular file or a new name (never a folder,
+    a device or a pipe, which the atomic write would replace), its folder creatable."""
+    path = _resolved(path, "--out")
     if path.is_dir():
         raise ConfigError(f"--out {path} is a folder; give a file name such as {path}/eval.json")
     if path.exists():
+        if not path.is_file():  # /dev/null, a FIFO: the rename would replace it with a file
+            raise ConfigError(f"--out {path} is a device or a pipe, not a regular file; give a "
+                              "file name such as eval.json")
         if not os.access(path, os.W_OK):
             raise ConfigError(f"cannot write the report {path} (not writable); choose another "
                               "--out")
@@ -196,6 +288,9 @@ def check_report_path(path: Path) -> None:
     parent = path.parent
     while not parent.exists():
         parent = parent.parent
+    if parent == Path("/proc") or Path("/proc") in parent.parents:
+        raise ConfigError(f"cannot write the report {path}: /proc holds no files; choose "
+                          "another --out")
     if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
         raise ConfigError(f"cannot write the report {path}: {parent} is not a writable folder; "
                           "choose another --out")

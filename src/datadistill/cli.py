@@ -21,6 +21,7 @@ from pathlib import Path
 import torch
 
 from datadistill import __version__, distributed
+from datadistill.checks import check_output_folder
 from datadistill.devices import default_device
 from datadistill.errors import ArtifactError, ConfigError, DatadistillError
 
@@ -93,7 +94,7 @@ def cmd_experts(args: argparse.Namespace) -> int:
     from datadistill.pipeline import store_location, train_pipeline_experts
 
     cfg = _pipeline(args)
-    out = store_location(cfg, _run_dir(args, cfg), args.experts)
+    out = check_output_folder(store_location(cfg, _run_dir(args, cfg), args.experts))
     store = train_pipeline_experts(cfg, out, progress=not args.quiet)
     accs = [float(store.test_acc(i)[-1]) for i in range(len(store))]
     print(f"{len(store)} experts in {out}; final test accuracy "
@@ -106,7 +107,7 @@ def cmd_distill(args: argparse.Namespace) -> int:
     from datadistill.pipeline import distill_config, recorded_store, store_location
 
     cfg = _pipeline(args)
-    out = _run_dir(args, cfg)
+    out = check_output_folder(_run_dir(args, cfg))
     store_dir = store_location(cfg, out, args.experts)
     dcfg = dataclasses.replace(distill_config(cfg), expert_dir=recorded_store(store_dir, out))
     result = distill(dcfg, out / "distill", store=store_dir,  # opened after the checks
@@ -125,7 +126,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.config and "=" in args.config and not Path(args.config).is_file():
         args.overrides, args.config = [args.config, *args.overrides], None  # `run ipc=10`
     recipe, cfg = load_config(args.config, args.overrides)
-    out = Path(args.out or recipe.default_out(cfg))
+    out = check_output_folder(args.out or recipe.default_out(cfg))
     print(f"datadistill run: {recipe.label(cfg).replace(', ', ' on ', 1)} -> {out}")
     kw = {} if args.experts is None else {"expert_dir": args.experts}
     if kw and recipe.name != "tm":
@@ -194,7 +195,7 @@ def cmd_teachers(args: argparse.Namespace) -> int:
     from datadistill.infer import load_infer_config, train_teachers
 
     cfg = load_infer_config(args.config, args.overrides)
-    out = Path(args.out or cfg.teacher_dir or f"runs/{cfg.dataset}_teachers")
+    out = check_output_folder(args.out or cfg.teacher_dir or f"runs/{cfg.dataset}_teachers")
     store = train_teachers(cfg, out, progress=not args.quiet)
     for arch in store.archs():
         print(f"{arch}: test accuracy {100 * store.meta(arch)['test_accuracy']:.2f} %")
@@ -207,7 +208,7 @@ def cmd_infer(args: argparse.Namespace) -> int:
     from datadistill.recipes import infer_lines
 
     cfg = load_infer_config(args.config, args.overrides)
-    out = Path(args.out or f"runs/{cfg.dataset}_infer_ipc{cfg.ipc}")
+    out = check_output_folder(args.out or f"runs/{cfg.dataset}_infer_ipc{cfg.ipc}")
     result = run_infer(cfg, out, progress=not args.quiet)
     for line in infer_lines(result, out):
         print(line)
@@ -218,6 +219,10 @@ def cmd_infer(args: argparse.Namespace) -> int:
 # ---------------------------------------------------------------- eval / baseline
 def report_path(args: argparse.Namespace) -> Path | None:
     """The JSON report `eval` or `baseline` writes (None for other commands)."""
+    if args.command == "score" or (args.command == "eval" and args.protocol == "ddranking"):
+        return Path(args.out) if args.out else Path(args.path) / "ddranking.json"
+    if args.command == "challenge":
+        return Path(args.out or ".") / "challenge.json"
     if args.command == "eval":
         folder = Path(args.path) if not Path(args.path).is_file() else Path(args.path).parent
         return Path(args.out) if args.out else folder / "eval.json"  # beside a legacy file
@@ -329,6 +334,8 @@ def _report(folder: Path, stage: str | None = None, seconds: float | None = None
 def cmd_report(args: argparse.Namespace) -> int:
     from datadistill.report import build_report
 
+    if Path(args.out).is_dir():  # a missing folder: build_report names it
+        check_output_folder(args.out, "the run folder")
     print(f"page written to {build_report(args.out)}")
     return 0
 
@@ -363,8 +370,8 @@ def cmd_score(args: argparse.Namespace) -> int:
     cfg = _ddranking_config(args, ds)
     teachers = None
     if getattr(args, "teacher", None):
-        teachers = build_network(cfg.model, data.info, 0, cfg.model_kwargs)
-        teachers.load_state_dict(torch.load(args.teacher, map_location="cpu", weights_only=True))
+        teachers = _load_teacher(args.teacher, build_network(cfg.model, data.info, 0,
+                                                             cfg.model_kwargs))
     lr = args.lr if args.lr is not None else ds.lr
     report = score(ds.images, ds.labels, data, cfg, syn_lr=lr, teachers=teachers,
                    seed=args.seed, device=args.device, progress=not args.quiet)
@@ -377,6 +384,24 @@ def cmd_score(args: argparse.Namespace) -> int:
                         Path(args.out) if args.out else Path(args.path) / "ddranking.json")
     print(f"report written to {out}")
     return 0
+
+
+def _load_teacher(path: str, net: torch.nn.Module) -> torch.nn.Module:
+    """``net`` with the state_dict in ``path``; a file that is not one is one error line."""
+    from datadistill.errors import ArtifactError
+    from datadistill.io import load_tensors
+
+    state = load_tensors(path)
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise ArtifactError(f"--teacher {path} does not hold a state_dict (a mapping of parameter "
+                            "names to tensors); save one with torch.save(model.state_dict(), ...)")
+    try:
+        net.load_state_dict(state)
+    except RuntimeError as err:
+        raise ArtifactError(f"--teacher {path} is not a state_dict of this preset's model "
+                            f"({str(err).splitlines()[0][:200]}); give the teacher of this "
+                            "dataset and model") from None
+    return net
 
 
 def cmd_challenge(args: argparse.Namespace) -> int:
@@ -407,18 +432,15 @@ def cmd_challenge(args: argparse.Namespace) -> int:
 
 def _challenge_files(folder: Path, names) -> dict[str, torch.Tensor]:
     """The submission's tensors by file name, all checked before any evaluation starts."""
+    from datadistill.io import load_tensors
+
     missing = [n for n in names if not (folder / n).is_file()]
     if missing:
         raise ArtifactError(f"{folder} holds no {' and no '.join(missing)}; pass the folder "
                             f"that holds the submission's {' and '.join(names)}")
     tensors = {}
     for name in names:
-        try:
-            tensors[name] = torch.load(folder / name, map_location="cpu", weights_only=True)
-        except Exception as err:  # truncated, foreign or not a tensor file
-            raise ArtifactError(f"{folder / name} cannot be read as a tensor file "
-                                f"({type(err).__name__}); "
-                                "save the images with torch.save(tensor, path)") from None
+        tensors[name] = load_tensors(folder / name)  # garbage: one error line
         if not isinstance(tensors[name], torch.Tensor):
             raise ArtifactError(f"{folder / name} holds a {type(tensors[name]).__name__}, "
                                 "not a tensor of images; save them with torch.save(tensor, path)")
@@ -616,6 +638,9 @@ def apply_threads(requested: int | None) -> int:
         requested = DEFAULT_THREADS
     if requested < 0:
         raise ConfigError(f"--threads must be >= 0 (0: one per core), got {requested}")
+    if requested > max_threads():  # OpenMP crashes the process on absurd counts (100000)
+        raise ConfigError(f"--threads {requested} is more than {max_threads()} (4 per core of "
+                          f"the {os.cpu_count()} here, at least 256); use 0 for one per core")
     if requested > 0:
         torch.set_num_threads(requested)
     return torch.get_num_threads()
@@ -625,6 +650,11 @@ def _add_download_option(p: argparse.ArgumentParser) -> None:
     """Config commands: ``--download`` is the override ``download=true`` (parse_args)."""
     p.add_argument("--download", action="store_true",
                    help="download missing dataset files (the same as download=true)")
+
+
+def max_threads() -> int:
+    """The largest ``--threads`` accepted: 4 per core, at least 256."""
+    return max(256, 4 * (os.cpu_count() or 1))
 
 
 def _add_threads_option(p: argparse.ArgumentParser, default) -> None:

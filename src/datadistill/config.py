@@ -195,6 +195,8 @@ def parse_overrides(items: list[str]) -> dict[str, Any]:
             value = yaml.safe_load(raw) if raw != "" else ""
         except yaml.YAMLError:
             value = raw
+        except RecursionError:
+            raise ConfigError(f"override {key}=... nests its value too deeply") from None
         node = out
         parts = key.strip().split(".")
         for part in parts[:-1]:
@@ -222,9 +224,14 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
             f"config file {path} does not exist; `datadistill configs ls` lists shipped configs"
         )
     try:
-        data = yaml.safe_load(path.read_text())
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
     except yaml.YAMLError as err:
         raise ConfigError(f"{path} is not valid YAML: {err}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path} is not a text file (not UTF-8); give a YAML config") from None
+    except RecursionError:
+        raise ConfigError(f"{path} nests its values too deeply to be a config; give a YAML "
+                          "mapping of config keys") from None
     if data is None:
         return {}
     if not isinstance(data, dict):

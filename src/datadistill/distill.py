@@ -307,6 +307,8 @@ def _setup(cfg: DistillConfig, out_dir, data, store) -> _Run:
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     num = len(store) if cfg.max_experts is None else min(len(store), cfg.max_experts)
+    store.check_complete(cfg.max_experts)
+    store.check_files(num)  # every file sampled later: found damaged now, not mid-run
     forward = student_forward(model.to(cfg.device), fast=cfg.fast_student)
     return _Run(cfg, data, store, model, forward, DSA(strategy) if strategy else None,
                 strategy, out, num)

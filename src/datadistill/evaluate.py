@@ -37,7 +37,7 @@ from datadistill.augment import DSA
 from datadistill.challenge import challenge_violations, refuse_unofficial
 from datadistill.checks import check_finite, check_training
 from datadistill.data import ImageSet
-from datadistill.errors import CompatibilityError, ConfigError
+from datadistill.errors import CompatibilityError, ConfigError, DivergenceError
 from datadistill.labels import hard_labels as hard_labels_of
 from datadistill.labels import is_soft, label_loss
 from datadistill.matching.soft_labels import soft_cross_entropy  # noqa: F401  re-exported
@@ -242,6 +242,11 @@ def train_and_test_curve(
 
     train_network(net, images, labels, lr=lr, epochs=epochs, batch_size=batch_size, dsa=dsa,
                   generator=gen, device=device, progress=progress, on_epoch=hook)
+    if not all(bool(torch.isfinite(p).all()) for p in net.parameters()):
+        # a diverged network predicts one class: its "accuracy" is chance, not a result
+        raise DivergenceError(f"evaluation run {run} diverged: the network's weights are NaN/Inf "
+                              f"after training at lr {lr:g}; check the set's pixel values or "
+                              "lower the learning rate (--lr)")
     curve.epochs.append(epochs + 1)
     curve.accuracies.append(test_accuracy(net, test.images, test.labels, device=device))
     return curve

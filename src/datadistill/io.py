@@ -17,6 +17,7 @@ import contextlib
 import errno
 import json
 import os
+import re
 import shutil
 import tempfile
 from pathlib import Path
@@ -26,7 +27,12 @@ import torch
 
 from datadistill.errors import ArtifactError
 
-TMP_SUFFIX = ".tmp"  # temporary files are ".<name>.<random>.tmp" beside their target
+TMP_SUFFIX = ".tmp"
+# Temporary files are ".datadistill-<pid>-<name>.<random>.tmp" beside their target: a name
+# no user picks, so the clean-up of orphans never touches a user's own ".notes.tmp"; the pid
+# says which process wrote it.
+TMP_PREFIX = ".datadistill-"
+_TMP_NAME = re.compile(r"^\.datadistill-(\d+)-.+\.tmp$")
 
 
 def atomic_write(path: Path, write) -> None:
@@ -37,7 +43,8 @@ def atomic_write(path: Path, write) -> None:
     words.
     """
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=TMP_SUFFIX, dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f"{TMP_PREFIX}{os.getpid()}-{path.name}.",
+                               suffix=TMP_SUFFIX, dir=path.parent)
     os.close(fd)
     try:
         os.chmod(tmp, 0o666 & ~current_umask())
@@ -83,8 +90,9 @@ def remove_orphans(folder: Path) -> int:
     """Delete temporary files left by killed atomic writes under ``folder``; their number.
 
     Looks two levels deep (a run folder, its stages, their sets); subfolders holding a
-    ``.lock`` of their own (another owner) are left alone. Call only while holding
-    ``folder``'s lock, so no write of this folder is in flight.
+    ``.lock`` of their own (another owner) are left alone, and so is every file whose name
+    is not one :func:`atomic_write` makes, or whose writer is this process or still alive.
+    Call only while holding ``folder``'s lock, so no write of this folder is in flight.
     """
     removed = 0
     for root, dirs, files in os.walk(folder):
@@ -95,11 +103,25 @@ def remove_orphans(folder: Path) -> int:
             dirs[:] = []
             continue
         for name in files:
-            if name.startswith(".") and name.endswith(TMP_SUFFIX) and name.count(".") >= 3:
+            match = _TMP_NAME.match(name)
+            if match and not pid_alive(int(match.group(1))):
                 with contextlib.suppress(FileNotFoundError):
                     os.remove(os.path.join(root, name))
                     removed += 1
     return removed
+
+
+def pid_alive(pid: int) -> bool:
+    """True when ``pid`` is this process or a running one on this host."""
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError):
+        return pid > 0  # exists (another user's), or an absurd number: leave it
+    return True
 
 
 def save_tensors(obj: Any, path: str | Path) -> None:
@@ -123,7 +145,7 @@ def load_error_reason(err: BaseException) -> str:
     """A short reason for a failed ``torch.load`` (torch's weights-only advice, which
     suggests unsafe loading, does not apply to a damaged file)."""
     text = str(err).splitlines()[0][:160] if str(err) else type(err).__name__
-    if "Weights only load failed" in text:
+    if "Weights only load failed" in text or not any(c.isalpha() for c in text):
         return "truncated, damaged or not a tensor file"
     return text
 

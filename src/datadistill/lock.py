@@ -41,8 +41,8 @@ from pathlib import Path
 from typing import Any
 
 from datadistill import distributed
-from datadistill.errors import ConfigError, DatadistillError
-from datadistill.io import remove_orphans
+from datadistill.errors import ArtifactError, ConfigError, DatadistillError
+from datadistill.io import is_disk_full, pid_alive, remove_orphans
 
 try:
     import fcntl
@@ -69,7 +69,36 @@ _HELD: dict[str, _Held] = {}  # lock path -> open descriptor held by this proces
 
 def _owner_record() -> dict[str, Any]:
     return {"pid": os.getpid(), "host": socket.gethostname(),
-            "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "command": " ".join(sys.argv)}
+            "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "command": " ".join(sys.argv),
+            "pid_start": _pid_start(os.getpid())}
+
+
+def _pid_start(pid: int) -> int | None:
+    """When process ``pid`` started (clock ticks after boot, /proc/<pid>/stat field 22), or
+    None where that cannot be read: with the pid it names one process, never a later one that
+    reuses the number."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        return int(stat.rsplit(")", 1)[1].split()[19])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def _live_owner(text: str) -> bool:
+    """True when the lock text names a process of this host that is still running (the same
+    process: its start time matches where recorded). No flock is held on the file, so that
+    process is not a datadistill run holding it, but its folder is not ours to take."""
+    try:
+        rec = json.loads(text)
+        pid, host = int(rec["pid"]), rec["host"]
+    except (ValueError, KeyError, TypeError):
+        return False
+    if host != socket.gethostname() or pid <= 0 or pid == os.getpid():
+        return False
+    if not pid_alive(pid):
+        return False
+    recorded = rec.get("pid_start")
+    return recorded is None or recorded == _pid_start(pid)
 
 
 def _describe(text: str) -> str:
@@ -130,11 +159,27 @@ def acquire(path: str | Path) -> None:
         raise LockError(f"{path.parent} is in use by {holder}; wait for it to finish, or use "
                         f"another output folder (if that process is gone, delete {path})")
     previous = os.read(fd, 4096).decode(errors="replace")
+    if _live_owner(previous):
+        os.close(fd)
+        raise LockError(f"{path.parent} is locked by {_describe(previous)}, which is still "
+                        f"running; wait for it to finish, or use another output folder (if "
+                        f"that process does not use this folder, delete {path})")
     if previous.strip():
         log.warning("taking over the stale lock %s left by %s, which is no longer running",
                     path, _describe(previous))
-    os.ftruncate(fd, 0)
-    os.pwrite(fd, (json.dumps(_owner_record()) + "\n").encode(), 0)
+    try:
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, (json.dumps(_owner_record()) + "\n").encode(), 0)
+    except OSError as err:  # a full disk (ENOSPC), a quota: no lock file left behind
+        with contextlib.suppress(OSError):
+            os.unlink(path)
+        os.close(fd)
+        if is_disk_full(err, path.parent):
+            raise ArtifactError(f"no space left on the device holding {path.parent} (writing "
+                                f"its lock file); free some space and rerun the same command"
+                                ) from None
+        raise ConfigError(f"cannot write into the output folder {path.parent} "
+                          f"({err.strerror or err}); choose a writable --out") from None
     _HELD[key] = _Held(fd, 1)
     if path.name == LOCK_NAME:  # a folder lock: no write of ours is in flight there now
         removed = remove_orphans(path.parent)

@@ -38,6 +38,7 @@ Example:
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -58,7 +59,7 @@ from datadistill.config import (
 )
 from datadistill.devices import resolve_device
 from datadistill.distill import DistillConfig, DistillSection
-from datadistill.errors import ConfigError
+from datadistill.errors import CompatibilityError, ConfigError
 from datadistill.evaluate import RUN_PROTOCOLS
 from datadistill.experts import ExpertConfig, ExpertSection
 from datadistill.experts.pad import PADCurriculum
@@ -343,6 +344,8 @@ def _final_evaluation(cfg: PipelineConfig, data, result, out: Path, restart: boo
     runs = out / "eval_runs.jsonl"
     if restart and distributed.is_main():
         runs.unlink(missing_ok=True)
+    if not restart:
+        _check_same_best(out, result.best_dir)
     report = _evaluate_outputs(cfg, data, result, out, device, progress)
     if ev.random_baseline:
         rep = baseline_random(data, cfg.ipc, model=cfg.model, model_kwargs=cfg.model_kwargs,
@@ -351,6 +354,31 @@ def _final_evaluation(cfg: PipelineConfig, data, result, out: Path, restart: boo
                               cache=RunCache(runs, "random_subset"))
         report["random_subset"] = rep.to_dict()
     return report
+
+
+def best_changed(out: Path, best_dir: Path) -> tuple[str, str] | None:
+    """(SHA-256 of the set in ``best_dir``, the one ``eval.json`` scored) when they differ;
+    None when they agree or there is nothing to compare (no report, or one without it)."""
+    from datadistill.artifact import load_distilled, set_digest
+
+    try:
+        recorded = json.loads((out / "eval.json").read_text())["outputs"]["best_sha256"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    now = set_digest(load_distilled(best_dir))
+    return None if now == recorded else (now, recorded)
+
+
+def _check_same_best(out: Path, best_dir: Path) -> None:
+    """The set in ``best_dir`` is the one ``eval.json`` scored, else a CompatibilityError: a
+    best/ swapped for another set would otherwise be scored and the report rewritten without
+    a word."""
+    changed = best_changed(out, best_dir)
+    if changed:
+        raise CompatibilityError(
+            f"{best_dir} is not the set {out / 'eval.json'} scored (SHA-256 {changed[0][:12]} vs "
+            f"{changed[1][:12]}): it was replaced or edited. Rebuild it from the checkpoint with "
+            f"`datadistill repair {out}`, or move eval.json away to score the set now there")
 
 
 def _check_checkpoint(dcfg, folder: Path) -> None:
@@ -366,7 +394,7 @@ def _check_checkpoint(dcfg, folder: Path) -> None:
 def _evaluate_outputs(cfg: PipelineConfig, data, result, out: Path, device: str,
                       progress: bool) -> dict[str, Any]:
     """Fresh-network evaluations of the distilled outputs, keyed as in ``eval.json``."""
-    from datadistill.artifact import export_challenge, load_distilled
+    from datadistill.artifact import export_challenge, load_distilled, set_digest
     from datadistill.evaluate import evaluate
 
     ev, best = cfg.evaluation, load_distilled(result.best_dir)
@@ -374,7 +402,8 @@ def _evaluate_outputs(cfg: PipelineConfig, data, result, out: Path, device: str,
     ema = load_distilled(ema_dir) if (ema_dir / "meta.json").is_file() else None
     common = dict(num_runs=ev.runs, epochs=ev.epochs, device=device, progress=progress)
     runs = out / "eval_runs.jsonl"  # finished networks, so a killed evaluation resumes
-    report: dict[str, Any] = {"outputs": {"best": str(result.best_dir)}}
+    report: dict[str, Any] = {"outputs": {"best": str(result.best_dir),
+                                          "best_sha256": set_digest(best)}}
     for model in ev.models if "classic" in ev.protocols else []:
         kw = dict(model=model, lr=best.lr, batch_size=ev.batch_size, report=ev.report,
                   period=ev.period, model_kwargs=cfg.model_kwargs if model == cfg.model else {},

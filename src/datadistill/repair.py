@@ -132,6 +132,22 @@ def restore_outputs(cfg, out: Path, get_data: Callable[[], Any], store=None) -> 
     return done
 
 
+def _set_aside_a_replaced_best(out: Path) -> list[str]:
+    """A readable best/ that is not the set eval.json scored (replaced by hand) is renamed
+    best.replaced-<n>/ (kept, never deleted), so it is rebuilt from the checkpoint."""
+    from datadistill.pipeline import best_changed
+
+    best = out / "distill" / "best"
+    if not _readable(best) or best_changed(out, best) is None:
+        return []
+    n = 0
+    while (aside := best.with_name(f"best.replaced-{n}")).exists():
+        n += 1
+    best.rename(aside)
+    log.warning("%s is not the set eval.json scored; moved it to %s", best, aside)
+    return [f"moved the replaced best/ to {aside.name}/"]
+
+
 def repair_run(out_dir: str | Path, *, progress: bool = False,
                experts: str | Path | None = None) -> list[str]:
     """Restore ``best/``, ``last/`` and ``eval.json`` of the finished run in ``out_dir``.
@@ -153,8 +169,9 @@ def repair_run(out_dir: str | Path, *, progress: bool = False,
     with lock_folder(out):
         dcfg, _ = _finished_state(cfg, out / "distill")  # unfinished: resumed, not repaired
         store_dir = find_recorded_store(dcfg.expert_dir, out, experts)
+        moved = _set_aside_a_replaced_best(out)
         cfg = dataclasses.replace(cfg, distill=dataclasses.replace(cfg.distill, expert_dir=None))
-        done = restore_outputs(cfg, out, lambda: prepare(
+        done = moved + restore_outputs(cfg, out, lambda: prepare(
             cfg.dataset, cfg.data_root, zca=cfg.zca, train_per_class=cfg.train_per_class),
             store=ExpertStore(store_dir))
         run_pipeline(cfg, out, progress=progress, expert_dir=store_dir)

@@ -75,7 +75,7 @@ def decode_resized(path: str | Path, resolution: int, rule: str) -> np.ndarray:
             else:
                 img = _shorter_side_centre_crop(img, round(resolution * 256 / 224), resolution)
             array = np.asarray(img, dtype=np.uint8)  # (S, S, 3)
-    except (UnidentifiedImageError, OSError, ValueError) as err:
+    except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as err:
         raise DatasetError(f"{path} cannot be decoded as an image ({err}); the file is "
                            "truncated or corrupt: replace or delete it") from err
     return np.ascontiguousarray(array.transpose(2, 0, 1))

@@ -44,6 +44,11 @@ def as_size(image_size: int | tuple[int, int] | None) -> tuple[int, int] | None:
     return (int(image_size[0]), int(image_size[1]))
 
 
+# What Pillow raises for a file it cannot or will not decode; DecompressionBombError: more
+# than twice Image.MAX_IMAGE_PIXELS (a 20000 x 20000 PNG of a few kB would take 1.2 GB).
+_BAD_IMAGE = (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError)
+
+
 def _decode(path: Path, mode: str, size: tuple[int, int] | None) -> np.ndarray:
     """One image as (C, H, W) uint8 in `mode` ("L" or "RGB"), resized to `size` if given."""
     try:
@@ -52,7 +57,7 @@ def _decode(path: Path, mode: str, size: tuple[int, int] | None) -> np.ndarray:
             if size is not None and img.size != (size[1], size[0]):
                 img = img.resize((size[1], size[0]), Image.Resampling.BILINEAR)
             array = np.asarray(img, dtype=np.uint8)
-    except (UnidentifiedImageError, OSError, ValueError) as err:
+    except _BAD_IMAGE as err:
         raise DatasetError(
             f"{path} cannot be decoded as an image ({err}); the file is truncated or "
             "corrupt: replace or delete it"
@@ -65,7 +70,7 @@ def image_mode(path: Path) -> str:
     try:
         with Image.open(path) as img:
             return "L" if img.mode in _GRAY_MODES else "RGB"
-    except (UnidentifiedImageError, OSError) as err:
+    except _BAD_IMAGE as err:
         raise DatasetError(f"{path} cannot be opened as an image ({err}); replace it") from err
 
 
@@ -113,7 +118,7 @@ def image_size_of(path: Path) -> tuple[int, int]:
     try:
         with Image.open(path) as img:
             return (img.height, img.width)
-    except (UnidentifiedImageError, OSError) as err:
+    except _BAD_IMAGE as err:
         raise DatasetError(f"{path} cannot be opened as an image ({err}); replace it") from err
 
 
@@ -189,6 +194,9 @@ def _classes_and_paths(root: Path, split: str) -> tuple[list[str], list[Path], n
     first train image (which fixes the colour mode and, without resizing, the size)."""
     train_dir = _split_dir(root, "train")
     classes = _class_dirs(train_dir)
+    if len(classes) < 2:  # one class: every prediction is right, accuracy 100 % means nothing
+        raise DatasetError(f"{train_dir} has {len(classes)} class folder ({classes[0]!r}); "
+                           "classification needs at least 2: add a folder per class")
     directory = _split_dir(root, split)
     unknown = sorted(set(_class_dirs(directory)) - set(classes))
     if unknown:

@@ -41,12 +41,37 @@ class _Refused(DatasetError):
 
 
 def _plain_dtype(dtype: Any, what: str) -> np.dtype:
-    """`dtype` as a numpy dtype that holds no Python objects (else `_Refused`)."""
+    """`dtype` as a plain numpy dtype (else `_Refused`): no Python objects, no fields and no
+    subarray. A structured dtype's field offsets and a subarray's shape come from the file,
+    and numpy trusts them: a forged offset addresses memory outside the array's buffer (a
+    crash, or a read of other memory). A dataset batch needs none of them."""
     if not isinstance(dtype, np.dtype):
         raise _Refused(f"{what} with a dtype given as {type(dtype).__name__}")
     if dtype.hasobject:
         raise _Refused(f"{what} of dtype {dtype} (Python objects)")
+    if dtype.fields is not None or dtype.names is not None:
+        raise _Refused(f"{what} of a structured dtype (fields)")
+    if dtype.subdtype is not None or dtype.shape != ():
+        raise _Refused(f"{what} of a subarray dtype")
+    if dtype.kind not in _PLAIN_KINDS or dtype.itemsize <= 0:
+        raise _Refused(f"{what} of dtype {dtype.str} (kind {dtype.kind!r})")
     return dtype
+
+
+# booleans, integers, floats, complex, bytes, text, raw void; never object ("O") or the
+# structured/subarray forms, which are refused above whatever their kind
+_PLAIN_KINDS = frozenset("biufcSUV")
+
+
+def _check_array(arr: np.ndarray, what: str) -> np.ndarray:
+    """An array built from the file addresses only its own buffer: C- or F-contiguous, and
+    its size times the item size is the number of bytes it holds."""
+    _plain_dtype(arr.dtype, what)
+    if not (arr.flags.c_contiguous or arr.flags.f_contiguous):
+        raise _Refused(f"{what} with strides {arr.strides} (not contiguous)")
+    if arr.nbytes != arr.size * arr.dtype.itemsize:
+        raise _Refused(f"{what} whose buffer does not match its shape")
+    return arr
 
 
 class _NdarrayType:
@@ -70,7 +95,9 @@ def _reconstruct(subtype: Any, shape: Any, typecode: Any) -> np.ndarray:
 def _dtype(spec: Any, align: Any = False, copy: Any = False) -> np.dtype:
     if not isinstance(spec, str):  # the format only names dtypes by their string code
         raise _Refused(f"numpy.dtype({type(spec).__name__})")
-    return _plain_dtype(np.dtype(spec, bool(align), bool(copy)), "numpy.dtype")
+    # always a copy: a BUILD that follows sets the state of this object, never of numpy's
+    # shared descriptor for the type
+    return _plain_dtype(np.dtype(spec, bool(align), True), "numpy.dtype")
 
 
 def _scalar(dtype: Any, data: Any = None) -> Any:
@@ -82,7 +109,12 @@ def _scalar(dtype: Any, data: Any = None) -> Any:
 def _frombuffer(buf: Any, dtype: Any, shape: Any, order: Any) -> np.ndarray:
     if not isinstance(buf, (bytes, bytearray)):
         raise _Refused(f"_frombuffer of {type(buf).__name__}")
-    return _numeric._frombuffer(buf, _plain_dtype(dtype, "_frombuffer"), shape, order)
+    dtype = _plain_dtype(dtype, "_frombuffer")
+    if not (isinstance(shape, tuple) and all(isinstance(n, int) and n >= 0 for n in shape)):
+        raise _Refused(f"_frombuffer with shape {shape!r}")
+    if len(buf) != int(np.prod(shape, dtype=np.int64)) * dtype.itemsize:
+        raise _Refused(f"_frombuffer of {len(buf)} bytes for shape {shape} of {dtype.str}")
+    return _check_array(_numeric._frombuffer(buf, dtype, shape, order), "_frombuffer")
 
 
 def _encode(text: Any, encoding: Any = "utf-8") -> bytes:
@@ -117,10 +149,24 @@ def _check_build(inst: Any, state: Any) -> None:
         # ndarray state: (version, shape, dtype, is_fortran, raw data)
         if not (isinstance(state, tuple) and len(state) == 5):
             raise _Refused("an array state that is not (version, shape, dtype, order, data)")
-        _plain_dtype(state[2], "an array")
-        if not isinstance(state[4], (bytes, str)):
-            raise _Refused(f"an array filled from {type(state[4]).__name__}, not raw bytes")
-    elif not isinstance(inst, np.dtype):
+        shape, dtype, data = state[1], _plain_dtype(state[2], "an array"), state[4]
+        if not isinstance(data, (bytes, str)):
+            raise _Refused(f"an array filled from {type(data).__name__}, not raw bytes")
+        if not (isinstance(shape, tuple) and all(isinstance(n, int) and n >= 0 for n in shape)):
+            raise _Refused(f"an array of shape {shape!r}")
+        if len(data) != int(np.prod(shape, dtype=np.int64)) * dtype.itemsize:
+            raise _Refused(f"an array of shape {shape} and dtype {dtype.str} filled from "
+                           f"{len(data)} bytes")
+    elif isinstance(inst, np.dtype):
+        # (version, byte order, subarray, names, fields, item size, alignment, flags): only the
+        # byte order may differ from the plain dtype the spec string made; fields with forged
+        # offsets, a forged item size or object flags would address memory numpy does not own
+        plain = inst.__reduce__()[2]
+        if not (isinstance(state, tuple) and len(state) == len(plain)
+                and state[1] in ("<", ">", "|", "=")
+                and state[2:] == plain[2:] and state[0] == plain[0]):
+            raise _Refused(f"a dtype state {state!r:.120} that changes more than the byte order")
+    else:
         raise _Refused(f"setting the state of a {type(inst).__name__}")
 
 
@@ -152,6 +198,8 @@ class RestrictedUnpickler(pickle._Unpickler):
         pickle._Unpickler.load_build(self)
         if isinstance(inst, np.dtype):  # a dtype state can set fields and flags
             _plain_dtype(inst, "a dtype state")
+        else:
+            _check_array(inst, "an array")
 
     dispatch[pickle.BUILD[0]] = load_build
 

@@ -30,7 +30,7 @@ import torch
 from torch import nn
 
 from datadistill.errors import ArtifactError, CompatibilityError
-from datadistill.io import save_tensors, write_json
+from datadistill.io import load_error_reason, save_tensors, write_json
 
 FORMAT_VERSION = 1
 META_FILE = "meta.json"
@@ -131,13 +131,43 @@ class ExpertStore:
         try:
             record = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
         except Exception as err:  # truncated or foreign file
-            raise ArtifactError(f"{path} cannot be read ({err}); delete it and resume "
-                                "train_experts to re-create it.") from None
+            raise ArtifactError(f"{path} cannot be read ({load_error_reason(err)}); delete it and "
+                                "resume train_experts to re-create it.") from None
+        if not isinstance(record, dict) or not isinstance(record.get("params"), torch.Tensor):
+            raise ArtifactError(f"{path} holds no 'params' tensor; delete it and resume "
+                                "train_experts to re-create it.")
         shape = tuple(record["params"].shape)
         if shape != (self.epochs + 1, self.num_params):
             raise ArtifactError(f"{path} holds params {shape}, meta.json says "
                                 f"({self.epochs + 1}, {self.num_params}); re-create it.")
         return record
+
+    def check_files(self, count: int) -> None:
+        """Read the header of each of the first ``count`` expert files (memory-mapped: no
+        parameter is read) and check its shapes, so a truncated, empty or foreign file is
+        found before the distillation starts, not when it is first sampled."""
+        for i in range(min(count, len(self))):
+            record = self._record(i)
+            if not isinstance(record.get("test_acc"), torch.Tensor) or tuple(
+                    record["test_acc"].shape) != (self.epochs + 1,):
+                raise ArtifactError(f"{expert_path(self.directory, self.indices[i])} has no "
+                                    f"test_acc of {self.epochs + 1} epochs; re-create it.")
+
+    def check_complete(self, using: int | None) -> None:
+        """The store holds the experts its meta.json announces (``num_experts``), or the
+        caller asked for no more than those present (``using``: distill.max_experts). A store
+        that `experts` is still writing is otherwise refused: distilling from 3 of 8 experts
+        is a different run."""
+        intended = self.meta.get("num_experts")
+        if not isinstance(intended, int) or len(self) >= intended:
+            return
+        if using is not None and using <= len(self):
+            return
+        raise CompatibilityError(
+            f"the expert store {self.directory} holds {len(self)} of the {intended} experts its "
+            "meta.json announces (`datadistill experts` may still be writing it, or was "
+            "stopped); wait for it, resume it with the same command, or set "
+            f"distill.max_experts={len(self)} to distill from the experts present")
 
     def load(self, i: int) -> torch.Tensor:
         """(E+1, P) float32 parameters of the i-th expert (epoch 0 = init)."""

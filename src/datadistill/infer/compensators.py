@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Callable
 from contextlib import ExitStack
 from dataclasses import dataclass
 
@@ -216,25 +217,35 @@ def generate_compensators(
     settings: CompensatorSettings = CompensatorSettings(),
     generator: torch.Generator | None = None,
     progress: bool = False,
+    resume: tuple[int, torch.Tensor] | None = None,
+    on_group: Callable[[int, torch.Tensor], None] | None = None,
 ) -> torch.Tensor:
     """Compensators for every (group k, teacher m): returns (K, M, Ch, H, W).
 
     groups: (K, C, Ch, H, W) normalised real images on the teachers' device. Teachers are
     switched to eval mode and frozen here; the BN hooks live only inside this call.
+    ``resume=(k, out)``: groups ``0..k-1`` are done in ``out`` (and ``generator`` is in the
+    state it had after them); ``on_group(k, out)`` is called after each finished group, so a
+    caller can save progress (:func:`datadistill.infer.recipe.distill_infer`).
     """
     for teacher in teachers:
         teacher.eval().requires_grad_(False)
     k_groups, m = groups.shape[0], len(teachers)
-    out = torch.zeros(k_groups, m, *groups.shape[2:], device=groups.device)
+    first, out = 0, torch.zeros(k_groups, m, *groups.shape[2:], device=groups.device)
+    if resume is not None:
+        first, out = resume[0], resume[1].to(groups.device)
     with ExitStack() as stack:  # removes every hook, even on error
         hooks = [stack.enter_context(BNStatistics(t)) for t in teachers]
         bar = stack.enter_context(
             progress_bar(total=k_groups * m, enabled=progress, desc="compensators", leave=False,
                          stage=True)
         )
-        for k in range(k_groups):
+        bar.update(first * m)
+        for k in range(first, k_groups):
             for i, (teacher, bn) in enumerate(zip(teachers, hooks, strict=True)):
                 u = optimise_compensator(teacher, bn, groups[k], settings, generator)
                 out[k, i] = u[0]
                 bar.update()
+            if on_group is not None:
+                on_group(k + 1, out)
     return out

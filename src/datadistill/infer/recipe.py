@@ -31,7 +31,7 @@ from torch import nn
 from datadistill import distributed
 from datadistill.config import config_to_dict
 from datadistill.data import DatasetInfo, ImageSet
-from datadistill.errors import CompatibilityError, ConfigError
+from datadistill.errors import ArtifactError, CompatibilityError, ConfigError
 from datadistill.evaluate import EvalReport
 from datadistill.infer.compensators import (
     CompensatorSettings,
@@ -44,13 +44,15 @@ from datadistill.infer.labels import ensemble_logits
 from datadistill.infer.store import InferSet, save_infer_set
 from datadistill.infer.student import evaluate_student
 from datadistill.infer.teachers_train import TeacherStore, prepare_infer_data
-from datadistill.io import write_report
+from datadistill.io import load_tensors, save_tensors, write_report
 from datadistill.lock import locks_output
 from datadistill.presets import Preset
 
 log = logging.getLogger(__name__)
 
 REPORT_FILE = "eval_infer.json"
+# the compensators finished so far (after each class group), so a killed run resumes there
+COMPENSATOR_PROGRESS = "compensators_progress.pt"
 
 # INFER is its own recipe, not a trajectory-matching preset; this describes it the same way
 # (paper, what differs, deviations from the official code) for `report.html`.
@@ -85,8 +87,12 @@ def distill_infer(
     teachers: list[nn.Module],
     teacher_names: list[str],
     progress: bool = False,
+    checkpoint: Path | None = None,
 ) -> InferSet:
     """Steps 1-3 on a normalised training split with loaded teachers (on ``cfg.device``).
+
+    With ``checkpoint`` (a file), the compensators are saved after every class group and a
+    rerun of the same work resumes there (:func:`_resumable_compensators`).
 
     Example:
         >>> s = distill_infer(cfg, real.train, teachers, cfg.teachers.archs)  # doctest: +SKIP
@@ -117,9 +123,8 @@ def distill_infer(
         jitter=pixels_at(info.image_size, cfg.jitter),
         crop_flip=cfg.crop_flip,
     )
-    comps = generate_compensators(
-        teachers, groups.images.to(cfg.device), settings, generator, progress
-    )
+    comps = _resumable_compensators(cfg, teachers, teacher_names, groups, settings, generator,
+                                    progress, checkpoint)
     infer_set = InferSet(
         base=groups.images.cpu(),
         compensators=comps.cpu(),
@@ -135,6 +140,53 @@ def distill_infer(
     infer_set.labels = ensemble_logits(teachers, instances, cfg.label_batch_size,
                                        progress=progress).cpu()
     return infer_set
+
+
+def _resumable_compensators(cfg: InferConfig, teachers: list[nn.Module], names: list[str],
+                            groups, settings: CompensatorSettings, generator: torch.Generator,
+                            progress: bool, checkpoint: Path | None) -> torch.Tensor:
+    """:func:`generate_compensators`, resumed from ``checkpoint`` and saved there after every
+    class group (rank 0 writes)."""
+    key = _compensator_key(cfg, names, groups.indices)
+    resume = _load_progress(checkpoint, key, generator)
+    save = None
+    if checkpoint is not None and distributed.is_main():
+        def save(done: int, out: torch.Tensor) -> None:
+            save_tensors({"key": key, "done": done, "compensators": out.detach().cpu(),
+                          "generator": generator.get_state()}, checkpoint)
+    return generate_compensators(teachers, groups.images.to(cfg.device), settings, generator,
+                                 progress, resume=resume, on_group=save)
+
+
+def _compensator_key(cfg: InferConfig, teachers: list[str], indices: torch.Tensor) -> str:
+    """What the compensators depend on: the config less the student section, the teachers,
+    and the real images of the groups."""
+    import hashlib
+    import json
+
+    settings = {k: v for k, v in config_to_dict(cfg).items() if k not in ("student", "device")}
+    text = json.dumps([settings, list(teachers), indices.tolist()], sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def _load_progress(path: Path | None, key: str, generator: torch.Generator
+                   ) -> tuple[int, torch.Tensor] | None:
+    """(groups done, compensators) saved by an interrupted run of the same work, with
+    ``generator`` set to its state then; None when there is nothing to resume."""
+    if path is None or not Path(path).is_file():
+        return None
+    try:
+        saved = load_tensors(path)
+        if saved["key"] != key:
+            log.info("%s is from another config or other teachers: starting over", path)
+            return None
+        generator.set_state(saved["generator"])
+        done, comps = int(saved["done"]), saved["compensators"]
+    except (ArtifactError, KeyError, TypeError, RuntimeError) as err:
+        log.warning("ignoring the unreadable compensator progress %s (%s)", path, err)
+        return None
+    log.info("resuming the compensators after %d finished class groups (%s)", done, path)
+    return done, comps
 
 
 def random_soft_subset(
@@ -211,7 +263,8 @@ def run_infer(
         check_checkpoints(cfg.teachers.checkpoints, list(cfg.teachers.archs))
     data = prepare_infer_data(cfg, progress)
     teachers, names = load_teachers(cfg, teacher_dir, data.info)
-    infer_set = distill_infer(cfg, data.train, teachers, names, progress)
+    progress_file = Path(out_dir) / COMPENSATOR_PROGRESS
+    infer_set = distill_infer(cfg, data.train, teachers, names, progress, progress_file)
     main = distributed.is_main()  # under torchrun every rank computes, rank 0 writes
     path = save_infer_set(infer_set, out_dir) if main else Path(out_dir)
     storage = infer_set.storage()
