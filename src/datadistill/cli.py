@@ -704,7 +704,7 @@ def command_guard(args: argparse.Namespace):
     if report is None:
         yield
         return
-    if args.command == "eval" and not Path(args.path).exists():  # before the lock makes it
+    if args.command in ("eval", "score") and not Path(args.path).exists():  # before the lock
         raise ArtifactError(f"{args.path} does not exist; pass a distilled-set folder (e.g. "
                             "runs/digits_mtt_ipc1/distill/best) or a folder with images_best.pt")
     check_eval_args(args)  # before the evaluation, which can take hours
