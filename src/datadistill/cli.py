@@ -82,7 +82,8 @@ def cmd_experts(args: argparse.Namespace) -> int:
 
     cfg = _pipeline(args)
     out = Path(args.out or f"runs/{cfg.dataset}_{cfg.method}_ipc{cfg.ipc}/experts")
-    store = train_pipeline_experts(cfg, out, progress=not args.quiet)
+    store = train_pipeline_experts(cfg, out, progress=not args.quiet,
+                                   announce=None if args.quiet else print)
     accs = [float(store.test_acc(i)[-1]) for i in range(len(store))]
     print(f"{len(store)} experts in {out}; final test accuracy "
           f"{100 * sum(accs) / len(accs):.2f} % on average")

@@ -179,8 +179,12 @@ def _check_challenge(cfg: PipelineConfig, dcfg) -> None:
 
 
 def train_pipeline_experts(cfg: PipelineConfig, out_dir: str | Path, *, data=None,
-                           progress: bool = True):
+                           progress: bool = True, announce=None):
     """The expert stage alone: train (or finish) the store in ``out_dir`` for this config.
+
+    Before the first missing expert, the store's size and time are predicted
+    (:func:`~datadistill.experts.forecast.forecast_store`; logged, and passed line by line to
+    ``announce`` on rank 0) and a disk too small for it refuses the run.
 
     With a ``curriculum`` section (PAD) the difficulty order is computed or loaded first and
     saved beside the experts, and every expert epoch trains on the scheduled subset
@@ -195,6 +199,7 @@ def train_pipeline_experts(cfg: PipelineConfig, out_dir: str | Path, *, data=Non
         data = prepare(cfg.dataset, cfg.data_root, zca=cfg.zca, download=cfg.download,
                        train_per_class=cfg.train_per_class, progress=progress)
     ecfg, device = expert_config(cfg), cfg.resolved_device()
+    _forecast(ecfg, data, out_dir, device, announce)
     if cfg.curriculum is None:
         check_no_curriculum(out_dir)
         return train_experts(ecfg, data, out_dir, device=device, progress=progress)
@@ -206,6 +211,23 @@ def train_pipeline_experts(cfg: PipelineConfig, out_dir: str | Path, *, data=Non
                               epoch_subset=hook)
         record_served(hook, out_dir)
     return store
+
+
+def _forecast(ecfg, data, out_dir, device: str, announce) -> None:
+    """Predict the missing experts' disk and time on rank 0; every rank refuses a full disk."""
+    from datadistill.experts.forecast import check_disk, forecast_store
+    from datadistill.experts.store import expert_path
+
+    if all(expert_path(Path(out_dir), i).is_file() for i in range(ecfg.num_experts)):
+        return
+    forecast = distributed.broadcast_object(
+        forecast_store(ecfg, data, out_dir, device=device,
+                       processes=distributed.world_size()) if distributed.is_main() else None)
+    for line in forecast.lines():
+        log.info(line)
+        if announce is not None and distributed.is_main():
+            announce(line)
+    check_disk(forecast, out_dir)
 
 
 @locks_output("out_dir")
