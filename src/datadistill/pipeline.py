@@ -79,6 +79,7 @@ class EvaluationConfig:
     epochs: int = 1000  # classic protocol: 1000 (+1) epochs
     batch_size: int = 256  # classic protocol mini-batch (MTT/FTD 256, DATM/PAD 128)
     random_baseline: bool = True  # also evaluate a random real subset at the same IPC
+    soft_random: bool = False  # soft-label methods: also the random subset with expert logits
     models: list[str] = field(default_factory=lambda: ["convnet"])  # >1: cross-architecture
     hard_labels: bool = False  # soft-label sets: also evaluate with argmax labels (DATM/PAD)
     protocols: list[str] = field(default_factory=lambda: ["classic"])  # + challenge, ddranking
@@ -276,7 +277,7 @@ def run_pipeline(cfg: PipelineConfig, out_dir: str | Path, *, progress: bool = T
         distributed.wait_for_others()  # best/ and last/ are on disk for every rank
     report = {"config": config_to_dict(cfg), "seconds": {}}
     with clock.stage("evaluation"):
-        report.update(_final_evaluation(cfg, data, result, out, restart, progress))
+        report.update(_final_evaluation(cfg, data, result, out, restart, progress, store))
     report["seconds"] = clock.report()
     report.update(distributed.metadata())
     if main:  # the other ranks hold the same report
@@ -298,7 +299,7 @@ def _refuse_early(cfg: PipelineConfig, dcfg, out: Path, restart: bool) -> None:
 
 
 def _final_evaluation(cfg: PipelineConfig, data, result, out: Path, restart: bool,
-                      progress: bool) -> dict:
+                      progress: bool, store=None) -> dict:
     """The distilled sets' scores and the random subset's, resumed from ``eval_runs.jsonl``."""
     from datadistill.baselines import baseline_random
 
@@ -313,7 +314,34 @@ def _final_evaluation(cfg: PipelineConfig, data, result, out: Path, restart: boo
                               seed=cfg.seed + 2000, device=device, progress=progress,
                               cache=RunCache(runs, "random_subset"))
         report["random_subset"] = rep.to_dict()
+        if ev.soft_random and cfg.distill.label_mode == "soft" and store is not None:
+            report["random_subset_soft"] = _soft_random(cfg, data, store, runs, device,
+                                                        progress)
     return report
+
+
+def _soft_random(cfg: PipelineConfig, data, store, runs: Path, device: str,
+                 progress: bool) -> dict:
+    """The random-subset baseline with soft labels, for a soft-label method: the same seeded
+    draw as the hard-label baseline's first run, labelled by DATM's rule (the experts' final
+    logits, averaged over the experts that classify each image correctly), classic protocol,
+    lr 0.01."""
+    from datadistill.data import random_subset
+    from datadistill.evaluate import evaluate
+    from datadistill.matching.soft_labels import init_soft_labels
+    from datadistill.training import build_model
+
+    ev = cfg.evaluation
+    gen = torch.Generator().manual_seed(cfg.seed + 2000)
+    images, hard = random_subset(data.train, cfg.ipc, gen)  # (K * ipc, C, H, W), class-major
+    finals = [store.load(i)[-1] for i in range(len(store))]  # final epochs, (P,) each
+    model = build_model(expert_config(cfg), data.info)
+    logits = init_soft_labels(images, hard, finals, model, device=device).detach()
+    rep = evaluate(images.to(device), logits.to(device), data.test, lr=0.01, num_runs=ev.runs,
+                   epochs=ev.epochs, batch_size=ev.batch_size, seed=cfg.seed + 2000,
+                   device=device, model=cfg.model, model_kwargs=cfg.model_kwargs,
+                   progress=progress, cache=RunCache(runs, "random_subset_soft"))
+    return rep.to_dict()
 
 
 def _check_checkpoint(dcfg, folder: Path) -> None:
