@@ -90,3 +90,9 @@ def test_tree_and_release_agree_on_classes(release, tmp_path):
     mean_a = a.images[torch.arange(1000)].mean(dim=(2, 3))[torch.argsort(a.labels)]
     mean_b = b.images[torch.arange(1000)].mean(dim=(2, 3))[torch.argsort(b.labels)]
     assert (mean_a - mean_b).abs().max() < 0.05
+
+
+def test_a_root_with_neither_form_names_both(tmp_path):
+    with pytest.raises(DatasetError, match="neither the downsampled ImageNet release.*nor an "
+                                           "ILSVRC-2012 train/ folder"):
+        create_dataset("imagenet64", tmp_path, "train")

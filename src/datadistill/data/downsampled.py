@@ -234,6 +234,13 @@ def load_split(root: Path, split: str, *, cache_dir: str | Path | None = None,
     split = "val" if split == "test" else split
     folder = release_root(root)
     if folder is None:
+        try:
+            imagenet.find_root(root)
+        except DatasetError:
+            raise DatasetError(
+                f"neither the downsampled ImageNet release (train_data_batch_*.npz, flat or in "
+                f"Imagenet64_train_part*/) nor an ILSVRC-2012 train/ folder is under {root} or "
+                f"{root / NAME}; point data_root at one of them") from None
         loaded = imagenet.load_split(root, split, name="imagenet", image_size=RESOLUTION,
                                      resize="squash", cache_dir=cache_dir, workers=workers,
                                      progress=progress)
