@@ -189,6 +189,14 @@ def _status_kb(key: str) -> int:
     return 0
 
 
+def _reset_peak() -> None:
+    """Reset VmHWM to the current RSS (Linux >= 4.0: ``5 > /proc/self/clear_refs``)."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+    except OSError:
+        pass
+
+
 def worker(cell: Cell, expert_dir: str) -> dict:
     """Run the cell's distillation here and return its measurements."""
     from datadistill.distill import distill
@@ -206,6 +214,10 @@ def worker(cell: Cell, expert_dir: str) -> dict:
         clock[0] = time.process_time()
         if cell.extra.get("track_rss"):
             rss.append(_status_kb("VmRSS") * 1024)
+        iteration_peak.append(_status_kb("VmHWM") * 1024)  # since the last reset
+        _reset_peak()  # the next iteration's own peak, without set-up and final saves
+
+    iteration_peak: list[int] = []
 
     cuda = cell.device.startswith("cuda")
     if cuda:
@@ -224,7 +236,8 @@ def worker(cell: Cell, expert_dir: str) -> dict:
             "cpu_sec_per_iter": sum(cpu[1:] or cpu) / len(cpu[1:] or cpu),
             "vmhwm_bytes": _status_kb("VmHWM") * 1024,
             "ru_maxrss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
-            "rss_before_loop_bytes": rss_setup, "rss_per_iteration_bytes": rss}
+            "rss_before_loop_bytes": rss_setup, "rss_per_iteration_bytes": rss,
+            "iteration_peak_bytes": iteration_peak}
 
 
 # ----------------------------------------------------------------------------- parent
