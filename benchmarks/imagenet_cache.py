@@ -17,7 +17,7 @@ in the repository. For each tree size:
    Peak memory is the child's max RSS (``resource.getrusage``), which counts mapped file
    pages the process touched.
 
-    /work/wt/heavy python benchmarks/imagenet_cache.py --images 20000 40000
+    python benchmarks/imagenet_cache.py --images 20000 40000
     (``--parts build`` or ``--parts epoch`` runs one half; both merge into the same JSON.)
 """
 

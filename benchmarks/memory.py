@@ -15,13 +15,17 @@ Cells (``--cells``):
     official  adjoint only, the shipped MTT hyperparameters: CIFAR-100 IPC 10 and IPC 50,
               Tiny ImageNet IPC 10 (ConvNetD4, 64x64)
     tiny      CIFAR-10 shape, IPC 1, syn_steps 2, both modes: checks the plumbing in seconds
+    imagenet1k  ImageNet-1K IPC 10 (1,000 x 10 images, ConvNetD4, 64 px), adjoint, batch_syn
+              100, micro_batch 25, syn_steps 4, real images from a disk cache; one iteration:
+              python benchmarks/memory.py --cells imagenet1k --iterations 1 \\
+                  --out benchmarks/results/memory_imagenet1k.json
     store     one run cycling through 100 experts of 50 epochs (CIFAR-10 shape, syn_steps 1,
               IPC 1): RSS after every iteration, to show the store's share stays flat
     calibrate small CIFAR-10 cells (unrolled syn_steps 2 and 6; adjoint micro_batch 25, 100)
               from which :data:`datadistill.memory.CALIBRATION` is fitted; calibrate_generic
               the same with the generic functional student (fast_student=false)
 
-    /work/wt/heavy python benchmarks/memory.py --cells steps official store \\
+    python benchmarks/memory.py --cells steps official store \\
         --out benchmarks/results/memory_cpu.json
 
 The time ratio of the two modes (``--repeats R``): the cells run R times in turn (unrolled,
@@ -29,7 +33,7 @@ adjoint, unrolled, adjoint, ...), each in a fresh process, and the summary gives
 the median CPU seconds of every timed iteration of each mode and their ratio, beside each
 pair's own ratio (a busy machine slows both modes of a pair alike):
 
-    /work/wt/heavy python benchmarks/memory.py --cells steps --only cifar10_ipc10_steps30 \\
+    python benchmarks/memory.py --cells steps --only cifar10_ipc10_steps30 \\
         --iterations 3 --repeats 3 --out benchmarks/results/memory_cpu_ratio.json
 
 On a GPU (``--device cuda``) each cell's peak is the device's own,
@@ -79,7 +83,7 @@ class Cell:
 
 
 SHAPES = {"cifar10": (3, 32, 32, 10), "cifar100": (3, 32, 32, 100),
-          "tiny_imagenet": (3, 64, 64, 200)}
+          "tiny_imagenet": (3, 64, 64, 200), "imagenet64": (3, 64, 64, 1000)}
 
 
 def steps_cells(iterations: int) -> list[Cell]:
@@ -98,6 +102,17 @@ def official_cells(iterations: int) -> list[Cell]:
                  iterations=iterations, max_start_epoch=40),
             Cell("tiny_ipc10", "tiny_imagenet", 10, 20, "adjoint", batch_syn=200, depth=4,
                  iterations=iterations, max_start_epoch=40)]
+
+
+def imagenet1k_cells(iterations: int, syn_steps: int = 4) -> list[Cell]:
+    """ImageNet-1K at the real IPC-10 shape (1,000 classes x 10 images, ConvNetD4, 64 px),
+    adjoint with imagenet1k/mtt_ipc10's batch_syn 100 and micro_batch 25; the real images are
+    read from a uint8 disk cache as ImageNet's are (``cached``), so none is held in memory.
+    ``syn_steps`` is lowered from 10 to keep one iteration to minutes on one core: the adjoint
+    peak does not depend on it (spilled snapshots)."""
+    return [Cell("imagenet1k_ipc10", "imagenet64", 10, syn_steps, "adjoint", batch_syn=100,
+                 micro_batch=25, depth=4, iterations=iterations, experts=1, epochs=12,
+                 max_start_epoch=10, extra={"cached": True})]
 
 
 def tiny_cells(iterations: int) -> list[Cell]:
@@ -124,9 +139,11 @@ def calibrate_cells(iterations: int, generic: bool = False) -> list[Cell]:
 # ----------------------------------------------------------------------------- worker
 
 
-def _real_data(dataset: str, ipc: int):
-    """Random real data of the right shape: ipc images per class (train), one per class (test)."""
+def _real_data(dataset: str, ipc: int, cache_dir: str | None = None):
+    """Random real data of the right shape: ipc images per class (train), one per class (test);
+    with ``cache_dir``, random uint8 pixels in cache files read per batch (`CachedImages`)."""
     from datadistill.data import dataset_info
+    from datadistill.data.cache import CachedImages
     from datadistill.data.info import ImageSet
     from datadistill.data.prepare import RealData
 
@@ -136,7 +153,16 @@ def _real_data(dataset: str, ipc: int):
 
     def split(per_class: int) -> ImageSet:
         labels = torch.arange(k).repeat_interleave(per_class)  # (k * per_class,)
-        images = torch.randn(len(labels), c, h, w, generator=gen)
+        if cache_dir is None:
+            images = torch.randn(len(labels), c, h, w, generator=gen)
+        else:  # written in blocks: the pixels never sit in this process's memory whole
+            path = Path(cache_dir) / f"split{per_class}.u8"
+            with open(path, "wb") as f:
+                for start in range(0, len(labels), 1000):
+                    n = min(1000, len(labels) - start)
+                    f.write(torch.randint(0, 256, (n, c, h, w), generator=gen,
+                                          dtype=torch.uint8).numpy().tobytes())
+            images = CachedImages(path, len(labels), h, info.mean, info.std)
         return ImageSet(images=images, labels=labels, info=info, space="normalized")
 
     return RealData(train=split(ipc), test=split(1), info=info, zca=None)
@@ -150,7 +176,7 @@ def _config(cell: Cell, expert_dir: str):
               lr_img=1000.0, lr_teacher=0.01, iterations=cell.iterations, eval_every=0,
               eval_runs=0, checkpoint_every=10**6, expert_dir=expert_dir, memory_check=False,
               model_kwargs={"depth": cell.depth} if cell.depth != 3 else {}, device=cell.device)
-    kw.update({k: v for k, v in cell.extra.items() if k != "track_rss"})
+    kw.update({k: v for k, v in cell.extra.items() if k not in ("track_rss", "cached")})
     if cell.mode != "unrolled" or cell.micro_batch is not None:
         kw.update(grad_mode=cell.mode, micro_batch=cell.micro_batch)
     return DistillConfig(**kw)
@@ -163,13 +189,22 @@ def _status_kb(key: str) -> int:
     return 0
 
 
+def _reset_peak() -> None:
+    """Reset VmHWM to the current RSS (Linux >= 4.0: ``5 > /proc/self/clear_refs``)."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+    except OSError:
+        pass
+
+
 def worker(cell: Cell, expert_dir: str) -> dict:
     """Run the cell's distillation here and return its measurements."""
     from datadistill.distill import distill
 
     torch.set_num_threads(1)
     cfg = _config(cell, expert_dir)
-    data = _real_data(cell.dataset, cell.ipc)
+    cache = tempfile.TemporaryDirectory() if cell.extra.get("cached") else None
+    data = _real_data(cell.dataset, cell.ipc, cache.name if cache else None)
     times, cpu, rss = [], [], []
     clock = [time.process_time()]
 
@@ -179,6 +214,10 @@ def worker(cell: Cell, expert_dir: str) -> dict:
         clock[0] = time.process_time()
         if cell.extra.get("track_rss"):
             rss.append(_status_kb("VmRSS") * 1024)
+        iteration_peak.append(_status_kb("VmHWM") * 1024)  # since the last reset
+        _reset_peak()  # the next iteration's own peak, without set-up and final saves
+
+    iteration_peak: list[int] = []
 
     cuda = cell.device.startswith("cuda")
     if cuda:
@@ -197,7 +236,8 @@ def worker(cell: Cell, expert_dir: str) -> dict:
             "cpu_sec_per_iter": sum(cpu[1:] or cpu) / len(cpu[1:] or cpu),
             "vmhwm_bytes": _status_kb("VmHWM") * 1024,
             "ru_maxrss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
-            "rss_before_loop_bytes": rss_setup, "rss_per_iteration_bytes": rss}
+            "rss_before_loop_bytes": rss_setup, "rss_per_iteration_bytes": rss,
+            "iteration_peak_bytes": iteration_peak}
 
 
 # ----------------------------------------------------------------------------- parent
@@ -210,7 +250,8 @@ def estimate_cell(cell: Cell) -> dict:
 
     cfg = _config(cell, "unused")
     info = dataset_info(cell.dataset)
-    est = estimate_config(cfg, info, real_images=(cell.ipc + 1) * info.num_classes)
+    held = 0 if cell.extra.get("cached") else (cell.ipc + 1) * info.num_classes
+    est = estimate_config(cfg, info, real_images=held)
     chosen = est.unrolled if cell.mode == "unrolled" else est.adjoint
     return {"estimate_bytes": chosen.total, "parts": asdict(chosen)}
 
@@ -358,7 +399,8 @@ def _footprint(cell: Cell):
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--cells", nargs="+", default=["steps"],
-                   choices=["steps", "official", "store", "calibrate", "calibrate_generic", "tiny"])
+                   choices=["steps", "official", "store", "calibrate", "calibrate_generic", "tiny",
+                            "imagenet1k"])
     p.add_argument("--iterations", type=int, default=3, help="iterations per cell (>= 2)")
     p.add_argument("--repeats", type=int, default=1,
                    help="run the cells this many times in turn (interleaved modes)")
@@ -392,6 +434,7 @@ def main(argv: list[str] | None = None) -> int:
               "official": lambda: official_cells(args.iterations),
               "store": store_cells, "calibrate": lambda: calibrate_cells(args.iterations),
               "tiny": lambda: tiny_cells(args.iterations),
+              "imagenet1k": lambda: imagenet1k_cells(args.iterations),
               "calibrate_generic": lambda: calibrate_cells(args.iterations, generic=True)}
     cells = [dataclasses.replace(c, device=args.device) for name in args.cells
              for c in makers[name]()

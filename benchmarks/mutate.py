@@ -20,7 +20,7 @@ unmutated suite runs first (``baseline``); when it fails, nothing else is run.
     python benchmarks/mutate.py --list                  # mutants and whether each applies
     python benchmarks/mutate.py                         # all of them (~1 suite run each)
     python benchmarks/mutate.py --only best_is_worst --only no_final_eval
-    /work/wt/heavy python benchmarks/mutate.py          # on the shared machine
+    python benchmarks/mutate.py          # on the shared machine
 
 Writes ``benchmarks/results/mutation.json`` (``--out``) and prints a markdown table.
 """

@@ -20,7 +20,8 @@ from datadistill.data import (
 from datadistill.data import digits as digits_module
 from datadistill.errors import ConfigError, DatasetError
 
-FIXED = ["cifar10", "cifar100", "digits", "fashion_mnist", "mnist", "svhn", "tiny_imagenet"]
+FIXED = ["cifar10", "cifar100", "digits", "fashion_mnist", "imagenet64", "mnist", "svhn",
+         "tiny_imagenet"]
 
 
 IMAGENET = ["imagenet", "imagenette", "imagewoof", "imagefruit", "imagemeow", "imagesquawk",

@@ -82,7 +82,9 @@ def test_every_shipped_config_loads_and_says_where_its_values_come_from(name):
     cfg, e, d = _load(name)  # unknown keys would raise
     dataset, stem = name.split("/")
     method, ipc = re.fullmatch(r"(\w+)_ipc(\d+)", stem).groups()
-    assert (cfg.method, cfg.dataset, cfg.ipc) == (method, dataset, int(ipc))
+    # imagenet1k/ holds ImageNet-1K at 64 px (`imagenet64`); `imagenet` is the 224 px dataset
+    folder_dataset = {"imagenet1k": "imagenet64"}.get(dataset, dataset)
+    assert (cfg.method, cfg.dataset, cfg.ipc) == (method, folder_dataset, int(ipc))
     assert e.epochs >= d.max_start_epoch + d.expert_epochs
     text = re.sub(r"\n# ", " ", resolve_config_path(name).read_text())  # unwrap the header
     assert text.startswith("# ")

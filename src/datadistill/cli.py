@@ -95,7 +95,8 @@ def cmd_experts(args: argparse.Namespace) -> int:
 
     cfg = _pipeline(args)
     out = check_output_folder(store_location(cfg, _run_dir(args, cfg), args.experts))
-    store = train_pipeline_experts(cfg, out, progress=not args.quiet)
+    store = train_pipeline_experts(cfg, out, progress=not args.quiet,
+                                   announce=None if args.quiet else print)
     accs = [float(store.test_acc(i)[-1]) for i in range(len(store))]
     print(f"{len(store)} experts in {out}; final test accuracy "
           f"{100 * sum(accs) / len(accs):.2f} % on average")
@@ -162,7 +163,20 @@ def cmd_estimate(args: argparse.Namespace) -> int:
     else:
         print(f"  adjoint fits with distill.micro_batch={est.fits_micro_batch} "
               f"({est.fitting.total / GB:.2f} GB)")
+    _print_process_table(dcfg, info)
     return 0
+
+
+def _print_process_table(dcfg, info) -> None:
+    """Adjoint peak per GPU under torchrun with 1, 2, 4, 8 processes (unrolled cannot shard)."""
+    from datadistill.memory import GB, process_table
+
+    print(f"adjoint peak per GPU (device memory; micro_batch {dcfg.micro_batch}):")
+    for k, est in process_table(dcfg, info, device="cuda"):
+        print(f"  {k} process{'es' if k > 1 else '  '}: {est.total / GB:6.2f} GB "
+              f"({est.details['batch']} images per step and process; graph "
+              f"{est.graph / GB:.2f}, state {est.state / GB:.2f}, snapshots "
+              f"{est.snapshots / GB:.2f})")
 
 
 def cmd_repair(args: argparse.Namespace) -> int:

@@ -342,31 +342,96 @@ def _meminfo_available(path: str = "/proc/meminfo") -> int:
     return 2**62
 
 
-def check_memory(cfg, data=None) -> ConfigEstimate | None:
-    """Refuse an unrolled run whose estimate exceeds the device's free memory.
+PROCESS_COUNTS = (1, 2, 4, 8)  # what `datadistill estimate` tabulates
 
-    The distillation loop and the main job call it before any work. ``cfg`` is a
-    DistillConfig; ``data`` (a RealData) gives the dataset's shape and size when already
-    loaded (else the registry's metadata). Adjoint runs and ``distill.memory_check=false``
-    pass; the ConfigError names ``distill.grad_mode=adjoint`` and a ``distill.micro_batch``
-    that fits.
+
+def per_process(fp: StepFootprint, processes: int, **common) -> MemoryEstimate:
+    """Adjoint peak of one process when ``processes`` share every student step.
+
+    Under torchrun rank r takes the r-th of K consecutive parts of each step's mini-batch
+    (ceil(b / K) images at most) and then its micro-batches, so the graph shrinks with K while
+    the state (synthetic set, its gradient and momentum, soft labels) and the snapshots are
+    held by every rank.
+
+    Example:
+        >>> from datadistill.models import create_model
+        >>> fp = trace_step(create_model("convnet", 1, 10, 8, width=8), (1, 8, 8), 10)
+        >>> one = per_process(fp, 1, num_images=40, syn_steps=5, micro_batch=None)
+        >>> two = per_process(fp, 2, num_images=40, syn_steps=5, micro_batch=None)
+        >>> one.graph > two.graph and one.state == two.state
+        True
+    """
+    b = min(common.get("batch_syn") or common["num_images"], common["num_images"])
+    share = -(-b // processes)
+    return estimate_memory(fp, mode="adjoint", **{**common, "batch_syn": share})
+
+
+def process_table(cfg, info, *, device: str = "cuda", real_images: int | None = None,
+                  counts: tuple[int, ...] = PROCESS_COUNTS) -> list[tuple[int, MemoryEstimate]]:
+    """[(K, adjoint peak per process on ``device``)] for a DistillConfig on ``info``."""
+    fp = footprint_for(cfg, info)
+    common = dict(num_images=info.num_classes * cfg.ipc, syn_steps=cfg.syn_steps,
+                  batch_syn=cfg.batch_syn, micro_batch=micro_batch_of(cfg),
+                  real_images=real_images_of(cfg, info) if real_images is None else real_images,
+                  soft_labels=cfg.label_mode == "soft", device=device,
+                  snapshots=snapshots_of(cfg))
+    return [(k, per_process(fp, k, **common)) for k in counts]
+
+
+def check_memory(cfg, data=None) -> ConfigEstimate | None:
+    """Refuse a run whose estimate exceeds the device's free memory.
+
+    Unrolled: the whole graph must fit, else the error names the adjoint mode. Adjoint: the
+    peak of one process (its share of each step under torchrun, :func:`per_process`) must fit,
+    else the error names the ``distill.micro_batch`` that does. The distillation loop and the
+    main job call it before any work. ``cfg`` is a DistillConfig; ``data`` (a RealData)
+    gives the dataset's shape and size when already loaded (else the registry's metadata).
+    ``distill.memory_check=false`` skips the check.
 
     Example:
         >>> check_memory(DistillConfig(dataset="digits", ipc=1))   # doctest: +SKIP
     """
-    if grad_mode_of(cfg) != "unrolled" or not getattr(cfg, "memory_check", True):
+    if not getattr(cfg, "memory_check", True):
         return None
+    from datadistill import distributed
     from datadistill.data import dataset_info
 
-    if data is not None:
-        info, real = data.info, len(data.train) + len(data.test)
+    if data is not None:  # a disk cache (CachedImages) is read per batch: not held
+        info = data.info
+        real = sum(len(s) for s in (data.train, data.test) if isinstance(s.images, torch.Tensor))
     else:
         info, real = dataset_info(cfg.dataset, root=cfg.data_root), None
     free = free_memory(cfg.device)
+    if grad_mode_of(cfg) == "adjoint":
+        return _check_adjoint(cfg, info, real, free, distributed.world_size())
     est = estimate_config(cfg, info, real_images=real, free=free)
     if est.unrolled.total <= free:
         return est
     raise ConfigError(refusal_message(cfg, est))
+
+
+def _check_adjoint(cfg, info, real: int | None, free: int, processes: int) -> None:
+    """Refuse an adjoint run whose per-process peak exceeds ``free``, naming what fits."""
+    fp = footprint_for(cfg, info)
+    common = dict(num_images=info.num_classes * cfg.ipc, syn_steps=cfg.syn_steps,
+                  batch_syn=cfg.batch_syn, real_images=real_images_of(cfg, info)
+                  if real is None else real, soft_labels=cfg.label_mode == "soft",
+                  device=cfg.device, snapshots=snapshots_of(cfg))
+    need = per_process(fp, processes, micro_batch=micro_batch_of(cfg), **common)
+    if need.total <= free:
+        return None
+    b = min(cfg.batch_syn or common["num_images"], common["num_images"])
+    share = {**common, "batch_syn": -(-b // processes)}
+    fits = fitting_micro_batch(fp, free, **share)
+    head = (f"the adjoint student needs about {need.total / GB:.1f} GB per process "
+            f"({processes} process(es), micro_batch {need.details['micro_batch']}; synthetic "
+            f"state {need.state / GB:.1f} GB), but {cfg.device} has {free / GB:.1f} GB free.")
+    if fits is not None:
+        raise ConfigError(head + f" Use distill.micro_batch={fits}, or "
+                          "distill.memory_check=false to try anyway.")
+    raise ConfigError(head + " Even distill.micro_batch=1 does not fit: the synthetic set itself "
+                      "is too large for this device; lower ipc, use a device with more memory, "
+                      "or distill.memory_check=false to try anyway.")
 
 
 def refusal_message(cfg, est: ConfigEstimate) -> str:

@@ -81,6 +81,7 @@ class EvaluationConfig:
     epochs: int = 1000  # classic protocol: 1000 (+1) epochs
     batch_size: int = 256  # classic protocol mini-batch (MTT/FTD 256, DATM/PAD 128)
     random_baseline: bool = True  # also evaluate a random real subset at the same IPC
+    soft_random: bool = False  # soft-label methods: also the random subset with expert logits
     models: list[str] = field(default_factory=lambda: ["convnet"])  # >1: cross-architecture
     hard_labels: bool = False  # soft-label sets: also evaluate with argmax labels (DATM/PAD)
     protocols: list[str] = field(default_factory=lambda: ["classic"])  # + challenge, ddranking
@@ -233,8 +234,12 @@ def _check_challenge(cfg: PipelineConfig, dcfg) -> None:
 
 
 def train_pipeline_experts(cfg: PipelineConfig, out_dir: str | Path, *, data=None,
-                           progress: bool = True):
+                           progress: bool = True, announce=None):
     """The expert stage alone: train (or finish) the store in ``out_dir`` for this config.
+
+    Before the first missing expert, the store's size and time are predicted
+    (:func:`~datadistill.experts.forecast.forecast_store`; logged, and passed line by line to
+    ``announce`` on rank 0) and a disk too small for it refuses the run.
 
     With a ``curriculum`` section (PAD) the difficulty order is computed or loaded first and
     saved beside the experts, and every expert epoch trains on the scheduled subset
@@ -249,6 +254,7 @@ def train_pipeline_experts(cfg: PipelineConfig, out_dir: str | Path, *, data=Non
         data = prepare(cfg.dataset, cfg.data_root, zca=cfg.zca, download=cfg.download,
                        train_per_class=cfg.train_per_class, progress=progress)
     ecfg, device = expert_config(cfg), cfg.resolved_device()
+    _forecast(ecfg, data, out_dir, device, announce)
     if cfg.curriculum is None:
         check_no_curriculum(out_dir)
         return train_experts(ecfg, data, out_dir, device=device, progress=progress)
@@ -260,6 +266,23 @@ def train_pipeline_experts(cfg: PipelineConfig, out_dir: str | Path, *, data=Non
                               epoch_subset=hook)
         record_served(hook, out_dir)
     return store
+
+
+def _forecast(ecfg, data, out_dir, device: str, announce) -> None:
+    """Predict the missing experts' disk and time on rank 0; every rank refuses a full disk."""
+    from datadistill.experts.forecast import check_disk, forecast_store
+    from datadistill.experts.store import expert_path
+
+    if all(expert_path(Path(out_dir), i).is_file() for i in range(ecfg.num_experts)):
+        return
+    forecast = distributed.broadcast_object(
+        forecast_store(ecfg, data, out_dir, device=device,
+                       processes=distributed.world_size()) if distributed.is_main() else None)
+    for line in forecast.lines():
+        log.info(line)
+        if announce is not None and distributed.is_main():
+            announce(line)
+    check_disk(forecast, out_dir)
 
 
 @locks_output("out_dir")
@@ -314,7 +337,7 @@ def run_pipeline(cfg: PipelineConfig, out_dir: str | Path, *, progress: bool = T
         distributed.wait_for_others()  # best/ and last/ are on disk for every rank
     report = {"config": config_to_dict(cfg), "seconds": {}}
     with clock.stage("evaluation"):
-        report.update(_final_evaluation(cfg, data, result, out, restart, progress))
+        report.update(_final_evaluation(cfg, data, result, out, restart, progress, store))
     report["seconds"] = clock.report()
     report.update(distributed.metadata())
     if main:  # the other ranks hold the same report
@@ -336,7 +359,7 @@ def _refuse_early(cfg: PipelineConfig, dcfg, out: Path, restart: bool) -> None:
 
 
 def _final_evaluation(cfg: PipelineConfig, data, result, out: Path, restart: bool,
-                      progress: bool) -> dict:
+                      progress: bool, store=None) -> dict:
     """The distilled sets' scores and the random subset's, resumed from ``eval_runs.jsonl``."""
     from datadistill.baselines import baseline_random
 
@@ -353,6 +376,9 @@ def _final_evaluation(cfg: PipelineConfig, data, result, out: Path, restart: boo
                               seed=cfg.seed + 2000, device=device, progress=progress,
                               cache=RunCache(runs, "random_subset"))
         report["random_subset"] = rep.to_dict()
+        if ev.soft_random and cfg.distill.label_mode == "soft" and store is not None:
+            report["random_subset_soft"] = _soft_random(cfg, data, store, runs, device,
+                                                        progress)
     return report
 
 
@@ -379,6 +405,30 @@ def _check_same_best(out: Path, best_dir: Path) -> None:
             f"{best_dir} is not the set {out / 'eval.json'} scored (SHA-256 {changed[0][:12]} vs "
             f"{changed[1][:12]}): it was replaced or edited. Rebuild it from the checkpoint with "
             f"`datadistill repair {out}`, or move eval.json away to score the set now there")
+
+
+def _soft_random(cfg: PipelineConfig, data, store, runs: Path, device: str,
+                 progress: bool) -> dict:
+    """The random-subset baseline with soft labels, for a soft-label method: the same seeded
+    draw as the hard-label baseline's first run, labelled by DATM's rule (the experts' final
+    logits, averaged over the experts that classify each image correctly), classic protocol,
+    lr 0.01."""
+    from datadistill.data import random_subset
+    from datadistill.evaluate import evaluate
+    from datadistill.matching.soft_labels import init_soft_labels
+    from datadistill.training import build_model
+
+    ev = cfg.evaluation
+    gen = torch.Generator().manual_seed(cfg.seed + 2000)
+    images, hard = random_subset(data.train, cfg.ipc, gen)  # (K * ipc, C, H, W), class-major
+    finals = [store.load(i)[-1] for i in range(len(store))]  # final epochs, (P,) each
+    model = build_model(expert_config(cfg), data.info)
+    logits = init_soft_labels(images, hard, finals, model, device=device).detach()
+    rep = evaluate(images.to(device), logits.to(device), data.test, lr=0.01, num_runs=ev.runs,
+                   epochs=ev.epochs, batch_size=ev.batch_size, seed=cfg.seed + 2000,
+                   device=device, model=cfg.model, model_kwargs=cfg.model_kwargs,
+                   progress=progress, cache=RunCache(runs, "random_subset_soft"))
+    return rep.to_dict()
 
 
 def _check_checkpoint(dcfg, folder: Path) -> None:

@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from datadistill.data import cifar, digits, folder, imagenet, mnist, svhn, tiny
+from datadistill.data import cifar, digits, downsampled, folder, imagenet, mnist, svhn, tiny
 from datadistill.data.cache import CachedImages
 from datadistill.data.info import DatasetInfo, ImageSet, LoadedSplit
 from datadistill.errors import ConfigError, DatasetError
@@ -76,6 +76,14 @@ def _imagenet_loader(name: str, root: Path, split: str, *, download: bool, progr
 
 _IMAGENET_OPTIONS = frozenset({"image_size", "resize", "cache_dir", "workers"})
 
+
+def _imagenet64_loader(root: Path, split: str, *, download: bool, progress: bool,
+                       **options) -> LoadedSplit:
+    if download:
+        raise ConfigError("imagenet64 cannot be downloaded (ImageNet's licence); get the "
+                          "downsampled release or ILSVRC-2012 and pass its folder as root")
+    return downsampled.load_split(root, split, progress=progress, **options)
+
 _REGISTRY: dict[str, DatasetSpec] = {
     "digits": DatasetSpec(digits.INFO, ("train", "test"), _digits_loader),
     "mnist": DatasetSpec(mnist.MNIST_INFO, ("train", "test"), partial(mnist.load_split, "mnist")),
@@ -100,6 +108,10 @@ _REGISTRY: dict[str, DatasetSpec] = {
                           _IMAGENET_OPTIONS)
         for name in ("imagenet", *imagenet.SUBSETS)
     },
+    # ImageNet-1K at 64 px for trajectory matching (TESLA's setting): the downsampled release's
+    # npz batches or the ILSVRC-2012 tree, both through the uint8 cache.
+    "imagenet64": DatasetSpec(downsampled.INFO, ("train", "val", "test"), _imagenet64_loader,
+                              frozenset({"cache_dir", "workers"})),
 }
 
 # Spellings people use for the same datasets (torchvision class names, hyphens).
@@ -113,6 +125,8 @@ _ALIASES = {
     "image_folder": "imagefolder",
     "imagenet1k": "imagenet",
     "imagenet_1k": "imagenet",
+    "imagenet_64": "imagenet64",
+    "imagenet1k_64": "imagenet64",
 }
 
 
