@@ -36,9 +36,16 @@ log = logging.getLogger(__name__)
 
 
 def fingerprint(images: torch.Tensor, labels: torch.Tensor, settings: dict[str, Any]) -> str:
-    """A hex digest of the training inputs (images (N, C, H, W), labels) and settings."""
+    """A hex digest of the training inputs (images (N, C, H, W), labels) and settings.
+
+    Images read from a disk cache (:class:`~datadistill.data.cache.CachedImages`) are named
+    by the cache's chunk checksums instead of being read whole.
+    """
     h = hashlib.sha256()
     for t in (images, labels):
+        if hasattr(t, "content_digest"):
+            h.update(t.content_digest().encode())
+            continue
         t = t.detach().cpu().contiguous()
         h.update(f"{t.dtype}{tuple(t.shape)}".encode())
         h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")

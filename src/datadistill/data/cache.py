@@ -33,6 +33,7 @@ Example:
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import os
 import shutil
@@ -167,6 +168,14 @@ class CachedImages:
     def to(self, device: str | torch.device) -> CachedImages:
         """Self: the pixels stay in the cache file; callers move each batch to `device`."""
         return self
+
+    def content_digest(self) -> str:
+        """SHA-256 naming these pixels as read: the cache's chunk checksums, shape and
+        normalisation (so a run fingerprint never reads the whole file)."""
+        meta = read_json(self.path.parent / META_FILE)
+        h = hashlib.sha256(json.dumps([list(self.shape), self.mean, self.std,
+                                       meta.get("chunk_sha256")]).encode())
+        return h.hexdigest()
 
     def __getstate__(self) -> dict:
         return {**self.__dict__, "_fd": None, "_pid": -1}  # a descriptor is per process
