@@ -63,3 +63,45 @@ def test_subset_run_end_to_end_through_the_cli(tmp_path, monkeypatch, capsys):
                  "--quiet"]) == 0
     again = json.loads((out / "eval.json").read_text())
     assert again["random_subset"]["accuracies"] == report["random_subset"]["accuracies"]
+
+
+def _experts(root: Path, tmp_path: Path) -> int:
+    return main(["experts", "imagenette/mtt_ipc1", f"data_root={root}", *TINY,
+                 "--out", str(tmp_path / "experts"), "--quiet"])
+
+
+def test_an_empty_subset_class_folder_is_refused_before_any_work(tmp_path, monkeypatch,
+                                                                   capsys):
+    root = make_tree(tmp_path / "in1k")
+    monkeypatch.setenv("DATADISTILL_CACHE", str(tmp_path / "cache"))
+    folder = root / "train" / WNIDS[482]
+    for f in folder.iterdir():
+        f.unlink()
+    assert _experts(root, tmp_path) == 2
+    err = capsys.readouterr().err
+    assert err.count("error:") == 1 and WNIDS[482] in err and str(folder) in err
+    assert not (tmp_path / "cache").exists() and not (tmp_path / "experts").exists()
+
+
+def test_empty_val_folder_is_found_before_the_train_split_is_decoded(tmp_path, monkeypatch,
+                                                                     capsys):
+    root = make_tree(tmp_path / "in1k")
+    monkeypatch.setenv("DATADISTILL_CACHE", str(tmp_path / "cache"))
+    for f in (root / "val" / WNIDS[0]).iterdir():
+        f.unlink()
+    assert _experts(root, tmp_path) == 2
+    assert f"{WNIDS[0]}" in capsys.readouterr().err
+    assert not (tmp_path / "cache").exists()
+
+
+@pytest.mark.parametrize("typo", ["n0021704", "n01000217"])  # malformed; well-formed, moved
+def test_a_misspelled_wnid_does_not_move_the_subset_onto_other_classes(tmp_path, monkeypatch,
+                                                                        capsys, typo):
+    root = make_tree(tmp_path / "in1k")
+    monkeypatch.setenv("DATADISTILL_CACHE", str(tmp_path / "cache"))
+    (root / "train" / WNIDS[217]).rename(root / "train" / typo)  # still 1000 folders
+    assert _experts(root, tmp_path) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error:") and err.count("error:") == 1
+    assert (typo in err) if typo == "n0021704" else (WNIDS[218] in err and "misspelled" in err)
+    assert not (tmp_path / "cache").exists()
