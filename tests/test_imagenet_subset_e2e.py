@@ -105,3 +105,61 @@ def test_a_misspelled_wnid_does_not_move_the_subset_onto_other_classes(tmp_path,
     assert err.startswith("error:") and err.count("error:") == 1
     assert (typo in err) if typo == "n0021704" else (WNIDS[218] in err and "misspelled" in err)
     assert not (tmp_path / "cache").exists()
+
+
+DECODE_FOREVER = """
+import sys, time
+from pathlib import Path
+from datadistill.data import cache
+import numpy as np
+
+def slow(paths, resolution, rule):
+    time.sleep(600)
+
+cache._decode_chunk = slow  # forked workers inherit it
+paths = sorted(Path(sys.argv[1]).rglob("*.JPEG"))
+cache.build_cache(paths, np.zeros(len(paths), dtype=np.int64), sys.argv[2], resolution=8,
+                  chunk_size=1, workers=2, progress=False)
+"""
+
+
+def _children(pid: int) -> set[int]:
+    found: set[int] = set()
+    for task in Path(f"/proc/{pid}/task").glob("*"):
+        text = (task / "children").read_text() if (task / "children").exists() else ""
+        found |= {int(c) for c in text.split()}
+    return found
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (FileNotFoundError, ProcessLookupError):
+        return False
+    return state not in ("Z", "X")  # a zombie has ended; only its exit status is left
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").exists(), reason="reads /proc (Linux)")
+def test_decoding_workers_end_when_their_parent_is_killed(tmp_path):
+    root = make_tree(tmp_path / "in1k", train=1, val=0)
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[1] / "src")}
+    proc = subprocess.Popen([sys.executable, "-c", DECODE_FOREVER, str(root / "train"),
+                             str(tmp_path / "cache")], env=env)
+    workers: set[int] = set()
+    try:
+        deadline = time.monotonic() + 60
+        while len(workers := _children(proc.pid)) < 2 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert len(workers) >= 2, "the decoding workers did not start"
+        os.kill(proc.pid, signal.SIGKILL)  # no clean-up runs in the parent
+        proc.wait()
+        deadline = time.monotonic() + 10
+        while any(_alive(w) for w in workers) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not [w for w in workers if _alive(w)]
+    finally:  # never leave a process of this test behind, whatever failed
+        for w in [w for w in workers if _alive(w)]:
+            os.kill(w, signal.SIGKILL)
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()

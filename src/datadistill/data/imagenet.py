@@ -236,9 +236,9 @@ def _check_every_class_has_images(root: Path, split: str, name: str, keep: list[
             where = root / split / wnid if (root / split / wnid).is_dir() or split == "train" \
                 else root / split
             raise DatasetError(f"{name} class {c} ({wnid}, ImageNet class id "
-                               f"{SUBSETS[name][c]}) has no {split} images in {where}; put its images "
-                               "there, or correct a misspelled folder name (classes are picked "
-                               "by position among the sorted wnids)")
+                               f"{SUBSETS[name][c]}) has no {split} images in {where}; put "
+                               "its images there, or correct a misspelled folder name "
+                               "(classes are picked by position among the sorted wnids)")
 
 
 def _wnid_of(wnids: list[str], class_id: int, name: str) -> str:
