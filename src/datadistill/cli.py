@@ -259,6 +259,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
         if "best_mean" in rep.settings:
             print(f"  best of tests every {rep.settings['period']} epochs: "
                   f"{100 * rep.settings['best_mean']:.2f} ± {100 * rep.settings['best_std']:.2f} %")
+        if rep.settings.get("labels_replaced"):
+            print(f"  note: {rep.settings['labels_replaced']}")
         if rep.settings.get("official") is False:
             print("  UNOFFICIAL challenge score: " + "; ".join(rep.settings["unofficial_settings"]))
     # model -> report, as before; each report records the world_size that made it
@@ -362,24 +364,42 @@ def cmd_score(args: argparse.Namespace) -> int:
     return 0
 
 
+CHALLENGE_RUNS = "challenge_runs.jsonl"  # finished networks of `challenge`, per dataset
+
+
 def cmd_challenge(args: argparse.Namespace) -> int:
-    from datadistill.challenge import FILES, combined_score, write_scores_txt
+    from datadistill.challenge import (
+        FILES,
+        check_submissions,
+        combined_score,
+        submission_images,
+        write_scores_txt,
+    )
     from datadistill.data import prepare
     from datadistill.evaluate import evaluate
+    from datadistill.runlog import RunCache
 
+    submit = Path(args.submit_dir)
+    missing = [str(submit / f) for f in FILES.values() if not (submit / f).is_file()]
+    if missing:
+        raise ConfigError(f"{' and '.join(missing)} not found; the challenge scores both "
+                          f"{' and '.join(FILES.values())} of {submit}: put them there")
+    images = {d: submission_images(torch.load(submit / f, map_location="cpu", weights_only=True),
+                                   submit / f) for d, f in FILES.items()}  # both, before training
+    check_submissions(images, epochs=args.epochs, num_runs=args.runs, unofficial=args.unofficial)
+    out = Path(args.out or ".")
     scores, reports = {}, {}
-    for dataset, fname in FILES.items():
-        images = torch.load(Path(args.submit_dir) / fname, map_location="cpu", weights_only=True)
+    for dataset, x in images.items():  # finished networks are kept: a rerun resumes
         data = prepare(dataset, args.data_root, download=args.download)
-        rep = evaluate(images, None, data.test, protocol="challenge", num_runs=args.runs,
+        rep = evaluate(x, None, data.test, protocol="challenge", num_runs=args.runs,
                        epochs=args.epochs, seed=args.seed, device=args.device,
-                       progress=not args.quiet, unofficial=args.unofficial)
+                       progress=not args.quiet, unofficial=args.unofficial,
+                       cache=RunCache(out / CHALLENGE_RUNS, dataset))
         scores[dataset], reports[dataset] = rep.mean, rep.to_dict()
         print(f"{dataset}: {_fmt(rep)}")
     total = combined_score(scores)
     official = all(r["settings"]["official"] for r in reports.values())
     print(f"combined score: {total:.4f}" + ("" if official else " (UNOFFICIAL settings)"))
-    out = Path(args.out or ".")
     if distributed.is_main():
         write_scores_txt(out / "scores.txt", total)
     _write_report({"score": total, "official": official, **reports}, out / "challenge.json")
@@ -688,6 +708,19 @@ def _quiet_unless_main(main_rank: bool):
         yield
 
 
+RESUMING = ("experts", "teachers", "challenge")  # keep their finished work
+
+
+def interrupt_hint(args: argparse.Namespace) -> str:
+    """What to do after Ctrl-C: only what the interrupted command really offers."""
+    if hasattr(args, "restart"):  # run, distill
+        return ("interrupted; rerun the same command to resume (or add --restart to start the "
+                "distillation over)")
+    if getattr(args, "command", None) in RESUMING:
+        return "interrupted; rerun the same command to resume"
+    return "interrupted"
+
+
 def _run(args: argparse.Namespace) -> int:
     try:
         with command_guard(args):
@@ -701,6 +734,5 @@ def _run(args: argparse.Namespace) -> int:
     except BrokenPipeError:  # e.g. `datadistill presets | head`
         return 0
     except KeyboardInterrupt as err:
-        print("interrupted; rerun the same command to resume (or add --restart to start the "
-              "distillation over)", file=sys.stderr)
+        print(interrupt_hint(args), file=sys.stderr)
         return 143 if isinstance(err, Terminated) else 130
