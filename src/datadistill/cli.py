@@ -337,6 +337,8 @@ def _ddranking_config(args: argparse.Namespace, ds):
         over["full"].update(epochs=args.full_epochs, step_size=max(1, args.full_epochs // 2))
     if args.full_accuracy is not None:
         over["full_accuracy"] = args.full_accuracy
+    if args.train_full:
+        over["full_from_cache"] = False
     return preset_for(name, **over)
 
 
@@ -436,6 +438,9 @@ def _score_args(p: argparse.ArgumentParser) -> None:
                    help="full-data reference epochs (default 200)")
     p.add_argument("--full-accuracy", type=float, default=None,
                    help="known full-data accuracy (fraction): skip training the reference")
+    p.add_argument("--train-full", action="store_true",
+                   help="train the full-data reference even where DD-Ranking uses its cached "
+                        "accuracy (ResNet-18-BN on Tiny ImageNet and ImageNet-1K)")
     p.add_argument("--teacher", default=None,
                    help="soft-label sets: state_dict of a trained teacher (default: train one)")
     p.add_argument("--no-ars", action="store_true", help="skip the no-augmentation trainings")
