@@ -738,6 +738,14 @@ def _run(args: argparse.Namespace) -> int:
         return 2
     except BrokenPipeError:  # e.g. `datadistill presets | head`
         return 0
+    except RuntimeError as err:  # torchrun: a collective whose peer process is gone
+        text = distributed.peer_failure(err)
+        if text is None:
+            raise
+        # Not handed to torchrun's summary: its handler records the exception being handled
+        # (gloo's, with its traceback); the summary gives this rank's exit code.
+        print(f"error: {text}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt as err:
         print(interrupt_hint(args), file=sys.stderr)
         return 143 if isinstance(err, Terminated) else 130
