@@ -13,7 +13,8 @@ Both protocols train for `--epochs` epochs (the classic loop runs epochs + 1 wit
 decay after epoch epochs // 2 + 1; DD-Ranking's StepLR steps at epochs // 2), test every
 `--test-every` epochs on the same fixed class-balanced `--test-per-class` subset of the test
 split, and run `--runs` rounds. DD-Ranking's full-data reference (the protocol's 3,000
-training images, no augmentation, batch 512) is trained once for `--full-epochs` epochs and
+training images, no augmentation, the package's full-data batch: 512 when RESULTS 9 was
+measured, now 256) is trained once for `--full-epochs` epochs and
 reused by every round (its cached-accuracy mode). `--part` runs one protocol, so the two can
 run side by side; every part is resumable (a finished part is skipped).
 

@@ -82,3 +82,13 @@ def test_challenge_command_writes_scores_txt(tmp_path, monkeypatch, capsys):
     code = main(["challenge", str(sub), "--epochs", "10", "--out", str(tmp_path / "o"),
                  "--quiet"])
     assert code == 2 and "epochs=10 (official: 1000" in capsys.readouterr().err
+
+
+def test_score_train_full_turns_ddranking_s_cached_accuracy_off():
+    from types import SimpleNamespace
+
+    from datadistill.cli import _ddranking_config, build_parser, parse_args
+
+    ds = SimpleNamespace(method="sre2l")
+    for argv, cached in ((["score", "set"], True), (["score", "set", "--train-full"], False)):
+        assert _ddranking_config(parse_args(build_parser(), argv), ds).full_from_cache is cached

@@ -337,3 +337,53 @@ def test_pipeline_reports_ddranking_and_best_of_periodic(tmp_path):
     assert ddr["settings"]["config"]["full"]["epochs"] == 1 and "lrs" in ddr["summary"]
     with pytest.raises(ConfigError, match="evaluation.report='every'"):
         load_pipeline_config("digits/mtt_ipc1", ["evaluation.report=every"])
+
+
+# ----------------------------------------------------------------------------- DD-Ranking's code
+
+
+def test_full_data_reference_batch_is_ddranking_real_batch_size():
+    # DD-Ranking's loader takes real_batch_size (256 in its CIFAR and Tiny ImageNet configs).
+    for method in ("mtt", "dc", "datm", "sre2l", "rded"):
+        assert preset_for(method).full.batch_size == 256, method
+
+
+def test_datm_full_data_reference_trains_with_dsa_and_mtt_without(monkeypatch):
+    """use_aug_for_hard (DATM's config) augments the full-data reference too; the hard-label
+    metric (MTT) never augments it; a teacher trained here is never augmented."""
+    real = toy_real()
+    x, _ = quadrants(2, seed=3)
+    for method, labels, augmented in (("datm", torch.randn(8, K), True),
+                                      ("mtt", quadrants(2, seed=3)[1], False)):
+        calls: list = []
+        monkeypatch.setattr(ddr, "train_spec", fake_fit(calls, real, x))
+        score(x, labels, real, tiny(method, rounds=1, ars=False), syn_lr=0.01,
+              teachers=nn.Sequential(nn.Flatten(), nn.Linear(H * H, K)))
+        full = [c for c in calls if c["x"].shape[0] == 40]
+        assert len(full) == 1 and full[0]["augment"] is augmented, method
+        assert full[0]["spec"].augment == ("dsa" if augmented else "none")
+    calls = []
+    monkeypatch.setattr(ddr, "train_spec", fake_fit(calls, real, x))
+    score(x, torch.randn(8, K), real, tiny("datm", rounds=1, ars=False, full_accuracy=0.9),
+          syn_lr=0.01)  # no teacher given: one is trained on the full data, unaugmented
+    assert [c["augment"] for c in calls if c["x"].shape[0] == 40] == [False]
+
+
+def test_cached_full_accuracy_is_ddranking_s_unless_given_or_training_is_asked(monkeypatch):
+    real = toy_real()
+    tiny_real = replace(real, info=replace(INFO, name="tiny_imagenet"))
+    x, y = quadrants(2, seed=3)
+    calls: list = []
+    monkeypatch.setattr(ddr, "train_spec", fake_fit(calls, real, x))
+    cfg = preset_for("mtt", model="resnet18_bn", rounds=1, ars=False)
+    rep = score(x, y, tiny_real, cfg, syn_lr=0.02)
+    assert not [c for c in calls if c["x"].shape[0] == 40]  # no full-data training
+    assert rep.rounds[0]["hlr"] == pytest.approx(0.464 - 0.60)
+    assert "TinyImageNet-ResNet-18-BN: 46.4" in rep.settings["full_accuracy_source"]
+    assert ddr.full_accuracy_for(replace(cfg, full_accuracy=0.5), "tiny_imagenet") == (
+        0.5, "given")
+    assert ddr.full_accuracy_for(replace(cfg, full_from_cache=False), "tiny_imagenet") == (
+        None, "trained")
+    assert ddr.full_accuracy_for(preset_for("sre2l", model="resnet18_imagenet"),
+                                 "imagenet")[0] == 0.565
+    assert ddr.full_accuracy_for(cfg, "cifar10") == (None, "trained")  # no cache there

@@ -9,8 +9,10 @@ few iterations must equal the single-process run to rounding (1e-5). The launche
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -178,3 +180,85 @@ def test_partial_step_products_sum_to_the_whole(soft, world):
     assert torch.allclose(got.syn_lr, whole.syn_lr, rtol=1e-12)
     if soft:
         assert torch.allclose(got.labels, whole.labels, rtol=1e-12, atol=1e-14)
+
+
+def _rank_pid(launcher: int, rank: str, timeout: float = 60) -> int:
+    """The pid of the worker of `rank` among the launcher's children (from their environment)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for task in Path(f"/proc/{launcher}/task").glob("*"):
+            for child in (task / "children").read_text().split():
+                try:
+                    env = Path(f"/proc/{child}/environ").read_bytes().split(b"\0")
+                except OSError:
+                    continue
+                if f"RANK={rank}".encode() in env:
+                    return int(child)
+        time.sleep(0.2)
+    raise AssertionError(f"no worker of rank {rank} appeared")
+
+
+@pytest.mark.slow  # a torchrun pair (~15-20 s on 2 shared cores)
+@pytest.mark.skipif(not Path("/proc/self/task").exists(), reason="reads /proc (Linux)")
+def test_a_killed_rank_is_one_error_line_on_the_survivor(experts, tmp_path):
+    """kill -9 of rank 1 during adjoint distillation (an all-reduce every student step): rank 0
+    names the failed rank and the command that resumes, instead of gloo's traceback."""
+    out = tmp_path / "two"
+    args = _args("digits/mtt_ipc1", out, experts,
+                 ["distill.grad_mode=adjoint", "distill.iterations=100000"])
+    env = dict(os.environ, PYTHONPATH=str(SRC), OMP_NUM_THREADS="1")
+    for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
+        env.pop(key, None)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node",
+           "2", "--monitor-interval", "2", "-m", "datadistill", *args]
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+    try:
+        metrics = out / "distill" / "metrics.jsonl"
+        deadline = time.monotonic() + 120
+        while not (metrics.is_file() and '"loss"' in metrics.read_text()):
+            assert time.monotonic() < deadline and proc.poll() is None, "distill did not start"
+            time.sleep(0.2)
+        os.kill(_rank_pid(proc.pid, "1"), signal.SIGKILL)
+        _, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    ours = [line for line in err.splitlines() if line.startswith("error:")]
+    assert len(ours) == 1, err
+    assert ours[0].startswith("error: rank 1 of 2 ended (its process is gone")
+    assert "while rank 0 waited for it" in ours[0]
+    assert "torchrun --nproc_per_node 2 -m datadistill distill digits/mtt_ipc1" in ours[0]
+    assert "pair.cc" not in err and "Connection reset" not in err  # no raw gloo traceback
+    assert "distributed_c10d.py" not in err
+
+
+def test_a_lost_peer_is_translated_to_one_error_line(monkeypatch, capsys):
+    """The translation alone: gloo's RuntimeError on rank 0 of 2, rank 1's process gone."""
+    import socket
+
+    from datadistill import cli, distributed
+
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()  # its pid names no process any more
+    monkeypatch.setattr(distributed, "_PEERS", [(socket.gethostname(), os.getpid()),
+                                                (socket.gethostname(), gone.pid)])
+    for key, value in (("WORLD_SIZE", "2"), ("RANK", "0"), ("LOCAL_WORLD_SIZE", "2")):
+        monkeypatch.setenv(key, value)
+    monkeypatch.setattr(sys, "argv", ["datadistill", "run", "digits/mtt_ipc1", "ipc=1"])
+    args = cli.parse_args(cli.build_parser(), ["presets"])
+
+    def collective(_):
+        raise RuntimeError("[gloo/transport/tcp/pair.cc:537] Read error [127.0.0.1]:1: "
+                           "Connection reset by peer. This is typically caused by ...")
+
+    args.func = collective
+    assert cli._run(args) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("error: rank 1 of 2 ended")
+    assert err.rstrip().endswith("torchrun --nproc_per_node 2 -m datadistill run "
+                                 "digits/mtt_ipc1 ipc=1")
+    args.func = lambda _: (_ for _ in ()).throw(RuntimeError("a bug, not a lost peer"))
+    with pytest.raises(RuntimeError, match="a bug"):
+        cli._run(args)

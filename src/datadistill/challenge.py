@@ -24,6 +24,9 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
+
+import torch
 
 from datadistill.errors import ConfigError
 
@@ -125,3 +128,55 @@ def write_scores_txt(path: str | Path, score: float) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(f"correct: {score}")
     return path
+
+
+# The official script casts a submission with ``.float()`` and uses the values as they are
+# (already normalised pixels; an integer tensor is not divided by 255).
+ACCEPTED_DTYPES = "float16, bfloat16, float32, float64 or an integer type (uint8, int64, ...)"
+
+
+def submission_images(obj: Any, path: str | Path) -> torch.Tensor:
+    """The float32 images of a loaded submission file, as the official ``.float()`` makes them.
+
+    What the official scorer accepts is accepted (a tensor of real floats or integers); a dict,
+    tuple or list (images with labels or extra keys), a complex or bool tensor is a
+    ConfigError naming the expected content.
+
+    Example:
+        >>> submission_images(torch.zeros(2, 3, 4, 4, dtype=torch.float16), "x.pt").dtype
+        torch.float32
+    """
+    expected = ("the challenge takes one tensor of images (N, 3, H, W), class-major (labels "
+                "are implied by order); save it with torch.save(images, path)")
+    if isinstance(obj, dict):
+        keys = ", ".join(repr(k) for k in list(obj)[:4])
+        raise ConfigError(f"{path} holds a dict (keys {keys}), not a tensor; {expected}")
+    if isinstance(obj, (tuple, list)):
+        raise ConfigError(f"{path} holds a {type(obj).__name__} of {len(obj)} items, not a "
+                          f"tensor; {expected} (soft labels are not scored)")
+    if not isinstance(obj, torch.Tensor):
+        raise ConfigError(f"{path} holds a {type(obj).__name__}, not a tensor; {expected}")
+    if obj.is_complex() or obj.dtype == torch.bool or obj.is_quantized:
+        raise ConfigError(f"{path} holds a {obj.dtype} tensor; the challenge takes real "
+                          f"numbers: {ACCEPTED_DTYPES}")
+    if obj.dim() != 4:
+        raise ConfigError(f"{path} holds a tensor of shape {tuple(obj.shape)}; {expected}")
+    return obj.detach().float()
+
+
+def check_submissions(images: dict[str, torch.Tensor], *, epochs: int, num_runs: int,
+                      unofficial: bool) -> dict[str, list[str]]:
+    """Each dataset's non-official settings, all checked before any training (strict: an
+    error naming them, unless `unofficial`)."""
+    from datadistill.data import dataset_info
+
+    found = {}
+    for dataset, x in images.items():
+        info = dataset_info(dataset)
+        found[dataset] = challenge_violations(
+            tuple(x.shape), dataset, "normalized", ipc=x.shape[0] // info.num_classes,
+            epochs=epochs, num_runs=num_runs, dsa_strategy=info.dsa_strategy,
+            batch_size=BATCH_SIZE, mean=info.mean, std=info.std)
+        if not unofficial:
+            refuse_unofficial([f"{FILES[dataset]}: {v}" for v in found[dataset]])
+    return found

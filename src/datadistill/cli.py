@@ -295,6 +295,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
         if "best_mean" in rep.settings:
             print(f"  best of tests every {rep.settings['period']} epochs: "
                   f"{100 * rep.settings['best_mean']:.2f} ± {100 * rep.settings['best_std']:.2f} %")
+        if rep.settings.get("labels_replaced"):
+            print(f"  note: {rep.settings['labels_replaced']}")
         if rep.settings.get("official") is False:
             print("  UNOFFICIAL challenge score: " + "; ".join(rep.settings["unofficial_settings"]))
     # model -> report, as before; each report records the world_size that made it
@@ -373,6 +375,8 @@ def _ddranking_config(args: argparse.Namespace, ds):
         over["full"].update(epochs=args.full_epochs, step_size=max(1, args.full_epochs // 2))
     if args.full_accuracy is not None:
         over["full_accuracy"] = args.full_accuracy
+    if args.train_full:
+        over["full_from_cache"] = False
     return preset_for(name, **over)
 
 
@@ -418,25 +422,38 @@ def _load_teacher(path: str, net: torch.nn.Module) -> torch.nn.Module:
     return net
 
 
+CHALLENGE_RUNS = "challenge_runs.jsonl"  # finished networks of `challenge`, per dataset
+
+
 def cmd_challenge(args: argparse.Namespace) -> int:
-    from datadistill.challenge import FILES, combined_score, write_scores_txt
+    from datadistill.challenge import (
+        FILES,
+        check_submissions,
+        combined_score,
+        submission_images,
+        write_scores_txt,
+    )
     from datadistill.data import prepare
     from datadistill.evaluate import evaluate
+    from datadistill.runlog import RunCache
 
+    submit = Path(args.submit_dir)
+    loaded = _challenge_files(submit, FILES.values())  # both files, before any training
+    images = {d: submission_images(loaded[f], submit / f) for d, f in FILES.items()}
+    check_submissions(images, epochs=args.epochs, num_runs=args.runs, unofficial=args.unofficial)
+    out = Path(args.out or ".")
     scores, reports = {}, {}
-    submissions = _challenge_files(Path(args.submit_dir), FILES.values())
-    for dataset, fname in FILES.items():
-        images = submissions[fname]
+    for dataset, x in images.items():  # finished networks are kept: a rerun resumes
         data = prepare(dataset, args.data_root, download=args.download)
-        rep = evaluate(images, None, data.test, protocol="challenge", num_runs=args.runs,
+        rep = evaluate(x, None, data.test, protocol="challenge", num_runs=args.runs,
                        epochs=args.epochs, seed=args.seed, device=args.device,
-                       progress=not args.quiet, unofficial=args.unofficial)
+                       progress=not args.quiet, unofficial=args.unofficial,
+                       cache=RunCache(out / CHALLENGE_RUNS, dataset))
         scores[dataset], reports[dataset] = rep.mean, rep.to_dict()
         print(f"{dataset}: {_fmt(rep)}")
     total = combined_score(scores)
     official = all(r["settings"]["official"] for r in reports.values())
     print(f"combined score: {total:.4f}" + ("" if official else " (UNOFFICIAL settings)"))
-    out = Path(args.out or ".")
     if distributed.is_main():
         write_scores_txt(out / "scores.txt", total)
     _write_report({"score": total, "official": official, **reports}, out / "challenge.json")
@@ -444,21 +461,16 @@ def cmd_challenge(args: argparse.Namespace) -> int:
     return 0
 
 
-def _challenge_files(folder: Path, names) -> dict[str, torch.Tensor]:
-    """The submission's tensors by file name, all checked before any evaluation starts."""
+def _challenge_files(folder: Path, names) -> dict[str, object]:
+    """What each of the submission's files holds, all read before any evaluation starts; a
+    missing or unreadable file is one error line."""
     from datadistill.io import load_tensors
 
     missing = [n for n in names if not (folder / n).is_file()]
     if missing:
         raise ArtifactError(f"{folder} holds no {' and no '.join(missing)}; pass the folder "
                             f"that holds the submission's {' and '.join(names)}")
-    tensors = {}
-    for name in names:
-        tensors[name] = load_tensors(folder / name)  # garbage: one error line
-        if not isinstance(tensors[name], torch.Tensor):
-            raise ArtifactError(f"{folder / name} holds a {type(tensors[name]).__name__}, "
-                                "not a tensor of images; save them with torch.save(tensor, path)")
-    return tensors
+    return {name: load_tensors(folder / name) for name in names}
 
 
 # ---------------------------------------------------------------- parser
@@ -490,6 +502,9 @@ def _score_args(p: argparse.ArgumentParser) -> None:
                    help="full-data reference epochs (default 200)")
     p.add_argument("--full-accuracy", type=float, default=None,
                    help="known full-data accuracy (fraction): skip training the reference")
+    p.add_argument("--train-full", action="store_true",
+                   help="train the full-data reference even where DD-Ranking uses its cached "
+                        "accuracy (ResNet-18-BN on Tiny ImageNet and ImageNet-1K)")
     p.add_argument("--teacher", default=None,
                    help="soft-label sets: state_dict of a trained teacher (default: train one)")
     p.add_argument("--no-ars", action="store_true", help="skip the no-augmentation trainings")
@@ -790,6 +805,19 @@ def _quiet_unless_main(main_rank: bool):
         yield
 
 
+RESUMING = ("experts", "teachers", "challenge")  # keep their finished work
+
+
+def interrupt_hint(args: argparse.Namespace) -> str:
+    """What to do after Ctrl-C: only what the interrupted command really offers."""
+    if hasattr(args, "restart"):  # run, distill
+        return ("interrupted; rerun the same command to resume (or add --restart to start the "
+                "distillation over)")
+    if getattr(args, "command", None) in RESUMING:
+        return "interrupted; rerun the same command to resume"
+    return "interrupted"
+
+
 def _run(args: argparse.Namespace) -> int:
     try:
         with command_guard(args):
@@ -802,7 +830,14 @@ def _run(args: argparse.Namespace) -> int:
         return 2
     except BrokenPipeError:  # e.g. `datadistill presets | head`
         return 0
+    except RuntimeError as err:  # torchrun: a collective whose peer process is gone
+        text = distributed.peer_failure(err)
+        if text is None:
+            raise
+        # Not handed to torchrun's summary: its handler records the exception being handled
+        # (gloo's, with its traceback); the summary gives this rank's exit code.
+        print(f"error: {text}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt as err:
-        print("interrupted; rerun the same command to resume (or add --restart to start the "
-              "distillation over)", file=sys.stderr)
+        print(interrupt_hint(args), file=sys.stderr)
         return 143 if isinstance(err, Terminated) else 130

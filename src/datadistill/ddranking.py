@@ -11,8 +11,10 @@ branch) scores a distilled set against two references trained the same way. Each
 3. a fresh class-balanced random subset of the training set with the same label type
    (soft-label methods: the teacher's logits, computed once in mode ``S``), its lr searched
    over ``{0.001, 0.005, 0.01, 0.05, 0.1}`` (the best test accuracy wins);
-4. the full training set with hard labels and no augmentation (DD-Ranking's real-data
-   config: SGD lr 0.01, StepLR 100, 200 epochs, batch 512), unless ``full_accuracy`` is given;
+4. the full training set with hard labels (DD-Ranking's real-data config: SGD lr 0.01,
+   StepLR 100, 200 epochs, at its loader's batch 256), without augmentation except in DATM's
+   config (``use_aug_for_hard``: DSA), unless ``full_accuracy`` is given or DD-Ranking uses a
+   cached accuracy for the dataset and model (:data:`FULL_ACCURACY_CACHE`);
 5. for ARS, steps 2 and 3 again without augmentation.
 
 Every training reports the best of its periodic tests (``curve.best``). Then
@@ -77,12 +79,15 @@ class DDRankingConfig:
     hard_label_variant: str = "class_order"  # DD-Ranking: labels by class order of the set
     rounds: int = 5  # num_eval
     lr_grid: tuple[float, ...] = LR_GRID
-    full: TrainSpec = field(  # REAL_DATA_TRAINING_CONFIG, CIFAR ConvNet-3 (no augmentation)
+    full: TrainSpec = field(  # REAL_DATA_TRAINING_CONFIG, CIFAR ConvNet-3 (no augmentation);
+        # batch 256: the loader takes real_batch_size (256 in every CIFAR and Tiny ImageNet
+        # config), not the table's 512
         default_factory=lambda: TrainSpec(
-            lr=0.01, epochs=200, batch_size=512, step_size=100, augment="none", test_every=10
+            lr=0.01, epochs=200, batch_size=256, step_size=100, augment="none", test_every=10
         )
     )
     full_accuracy: float | None = None  # a known full-data accuracy (fraction): skip step 4
+    full_from_cache: bool = True  # use DD-Ranking's cached full-data accuracy where it has one
     ars: bool = True  # also train without augmentation and report ARS
     lrs_weight: float = 0.5  # lrs_lambda
     ars_weight: float = 0.5  # ars_lambda
@@ -110,6 +115,9 @@ _SOFT_DSA = {  # DATM: stored learned logits, SCE at T = 1, DSA (+ ZCA by the se
     "labels": "soft",
     "soft_label_mode": "S",
     "train": {"loss": "sce", "temperature": 1.0, "test_every": 20},
+    # use_aug_for_hard: the soft-label metric trains every hard-label network with the set's
+    # augmentation, the full-data reference included (soft_label.py, mode 'real')
+    "full": {"augment": "dsa"},
 }
 _SOFT_MIXUP = {  # SRe2L CIFAR-100: teacher logits per batch, KL T = 30, mixup 0.8, AdamW
     "labels": "soft",
@@ -157,8 +165,42 @@ def preset_for(method_or_preset: str, **overrides: Any) -> DDRankingConfig:
     train = {**PRESETS[name].get("train", {}), **overrides.get("train", {})}
     values["train"] = TrainSpec(**{"lr": 0.01, **train})
     base_full = DDRankingConfig().full
-    values["full"] = replace(base_full, **overrides.get("full", {}))
+    values["full"] = replace(base_full, **{**PRESETS[name].get("full", {}),
+                                           **overrides.get("full", {})})
     return DDRankingConfig(**values)
+
+
+# DD-Ranking's REAL_DATA_ACC_CACHE (ddranking/utils/train_and_eval.py, v0.2.0, as percentages
+# there): the full-data ResNet-18-BN accuracies its ImageNet-1K and Tiny ImageNet configs use
+# instead of training the reference (`eval_full_data: false`: SRe2L, D4M, DWA, G-VBSM and RDED
+# on ImageNet-1K, SRe2L and D4M on Tiny ImageNet). (dataset, our model) -> fraction; the model
+# is the one built as DD-Ranking builds it: torchvision's ResNet-18 at 224 px, and at 64 px
+# with a 3x3 stride-1 stem and no max-pool (our CIFAR-stem resnet18_bn).
+FULL_ACCURACY_CACHE: dict[tuple[str, str], float] = {
+    ("imagenet", "resnet18_imagenet"): 0.565,  # "ImageNet1K-ResNet-18-BN": 56.5
+    ("tiny_imagenet", "resnet18_bn"): 0.464,  # "TinyImageNet-ResNet-18-BN": 46.4
+}
+
+
+def full_accuracy_for(cfg: DDRankingConfig, dataset: str) -> tuple[float | None, str]:
+    """The full-data accuracy a score uses without training, and where it comes from:
+    ``cfg.full_accuracy`` ("given"), DD-Ranking's cache for (dataset, model) unless
+    ``cfg.full_from_cache`` is off, else None ("trained").
+
+    Example:
+        >>> full_accuracy_for(preset_for("sre2l", model="resnet18_bn"), "tiny_imagenet")
+        (0.464, "DD-Ranking's cached full-data accuracy (TinyImageNet-ResNet-18-BN: 46.4)")
+        >>> full_accuracy_for(preset_for("mtt"), "cifar10")
+        (None, 'trained')
+    """
+    if cfg.full_accuracy is not None:
+        return cfg.full_accuracy, "given"
+    cached = FULL_ACCURACY_CACHE.get((dataset, cfg.model))
+    if cached is not None and cfg.full_from_cache:
+        key = {"imagenet": "ImageNet1K", "tiny_imagenet": "TinyImageNet"}[dataset]
+        return cached, (f"DD-Ranking's cached full-data accuracy ({key}-ResNet-18-BN: "
+                        f"{100 * cached:.1f})")
+    return None, "trained"
 
 
 # ----------------------------------------------------------------------------- labels
@@ -277,11 +319,13 @@ class _Runner:
 
 def _train_full(real: Any, cfg: DDRankingConfig, seed: int, round_: int, role: str,
                 device: str | torch.device) -> tuple[nn.Module, Curve]:
-    """`cfg.model` trained on the full training set with ``cfg.full`` (no augmentation)."""
+    """`cfg.model` trained on the full training set with ``cfg.full``: the reference with
+    its augmentation (none, or DSA for DATM's config), a teacher without."""
     init_seed, train_seed = _seeds(seed, round_, role)
     net = build_network(cfg.model, real.info, init_seed, cfg.model_kwargs)
+    augment = role == "full" and cfg.full.augment != "none"
     curve = train_spec(net, real.train.images, real.train.labels, real.test, cfg.full,
-                seed=train_seed, augment=False, device=device)
+                       seed=train_seed, augment=augment, device=device)
     log.info("full data (%s): best %.4f last %.4f", role, curve.best, curve.last)
     return net, curve
 
@@ -448,6 +492,8 @@ def score(
         >>> print(report)                                                   # doctest: +SKIP
     """
     cfg = cfg or DDRankingConfig()
+    full_accuracy, full_source = full_accuracy_for(cfg, real.info.name)
+    cfg = replace(cfg, full_accuracy=full_accuracy)
     if isinstance(teachers, nn.Module):
         teachers = [teachers]
     teachers = list(teachers or [])
@@ -463,6 +509,7 @@ def score(
                 "device": str(device), **distributed.metadata(), "dataset": real.info.name,
                 "space": real.test.space,
                 "n_images": int(images.shape[0]), "teachers": len(teachers),
+                "full_accuracy_source": full_source,
                 "teacher": ("supplied" if supplied else "trained on the full data (cfg.full)")
                 if cfg.labels == "soft" else None}
 

@@ -28,6 +28,10 @@ from __future__ import annotations
 
 import logging
 import os
+import shlex
+import socket
+import sys
+import time
 from datetime import timedelta
 from typing import Any, TypeVar
 
@@ -97,7 +101,70 @@ def init_from_env() -> int:
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
     dist.init_process_group(backend=chosen, timeout=TIMEOUT)
     log.info("rank %d of %d joined (%s)", dist.get_rank(), dist.get_world_size(), chosen)
+    _PEERS[:] = all_gather_objects((socket.gethostname(), os.getpid()))  # for peer_failure
     return dist.get_world_size()
+
+
+# (host, pid) of every rank, gathered when the group is joined: a surviving rank uses them to
+# name the rank whose process is gone.
+_PEERS: list[tuple[str, int]] = []
+# What gloo (and NCCL's socket transport) raise in a collective when a peer's process is gone.
+PEER_LOST = ("Connection reset by peer", "Connection closed by peer", "Broken pipe",
+             "Connection refused", "ECONNRESET", "EPIPE", "remote process exited")
+
+
+def _process_gone(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    try:  # a killed child its launcher has not reaped yet is a zombie: gone all the same
+        state = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state in ("Z", "X")
+
+
+def lost_ranks() -> list[int]:
+    """The other ranks on this machine whose processes have ended (unknown elsewhere)."""
+    host, me = socket.gethostname(), rank()
+    return [r for r, (h, pid) in enumerate(_PEERS) if r != me and h == host and _process_gone(pid)]
+
+
+def resume_command(argv: list[str] | None = None) -> str:
+    """The torchrun command line that reruns this command (any process count resumes)."""
+    per_node = os.environ.get("LOCAL_WORLD_SIZE") or str(env_world_size())
+    args = sys.argv[1:] if argv is None else argv
+    return f"torchrun --nproc_per_node {per_node} -m datadistill {shlex.join(args)}"
+
+
+def peer_failure(err: BaseException) -> str | None:
+    """One line for a collective that failed because another rank's process ended (killed,
+    out of memory, crashed), naming that rank and the command that resumes; None when `err`
+    is anything else.
+
+    Example:
+        >>> peer_failure(ValueError("x")) is None
+        True
+    """
+    if not isinstance(err, RuntimeError) or env_world_size() <= 1:
+        return None
+    if not any(p.lower() in str(err).lower() for p in PEER_LOST):
+        return None
+    lost = lost_ranks()
+    for _ in range(20):  # the peer's sockets close before its exit completes: wait up to 2 s
+        if lost:
+            break
+        time.sleep(0.1)
+        lost = lost_ranks()
+    size, me = env_world_size(), int(os.environ.get("RANK", "0") or 0)
+    who = (f"rank {', '.join(map(str, lost))} of {size} ended (its process is gone: killed or "
+           "crashed; torchrun's summary has its exit code)" if lost else
+           f"another rank of the {size} stopped answering (its connection closed)")
+    return (f"{who} while rank {me} waited for it; what was written before is kept: rerun to "
+            f"resume, with any number of processes: {resume_command()}")
 
 
 def shutdown(*, finished: bool = True) -> None:

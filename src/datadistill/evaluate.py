@@ -298,6 +298,10 @@ def _check_inputs(images: torch.Tensor, labels: torch.Tensor | None, test: Image
             )
 
 
+SOFT_REPLACED = ("the set's soft labels are not used: the challenge trains on class-order hard "
+                 "labels [0]*ipc + [1]*ipc + ... (it scores images only)")
+
+
 def challenge_labels(num_classes: int, ipc: int) -> torch.Tensor:
     """The challenge's implied labels: [0]*ipc + [1]*ipc + ... as (classes*ipc,) int64."""
     return torch.arange(num_classes).repeat_interleave(ipc)
@@ -324,7 +328,9 @@ def _challenge_setup(
             "evaluates normalised pixels, prepare the data without ZCA"
         )
     implied = challenge_labels(k, ipc)
-    if labels is not None and not torch.equal(hard_labels_of(labels).cpu(), implied):
+    if labels is not None and is_soft(labels):
+        log.warning("challenge: %s", SOFT_REPLACED)
+    elif labels is not None and not torch.equal(hard_labels_of(labels).cpu(), implied):
         log.warning(
             "challenge: the given labels are ignored; they disagree with the implied "
             "class-major order [0]*%d + [1]*%d + ...",
@@ -377,6 +383,7 @@ def evaluate(
     Example:
         >>> evaluate(ds.images, ds.labels, real.test, lr=ds.lr, epochs=300)  # doctest: +SKIP
     """
+    soft_replaced = protocol == "challenge" and labels is not None and is_soft(labels)
     labels, lr, model, model_kwargs = _protocol_setup(
         protocol, images, labels, test, lr=lr, model=model, model_kwargs=model_kwargs, ipc=ipc
     )
@@ -402,6 +409,8 @@ def evaluate(
                                    num_runs=num_runs, seed=seed, model_kwargs=model_kwargs,
                                    device=device),
                 "seconds_per_run": results.seconds}
+    if soft_replaced:
+        settings["labels_replaced"] = SOFT_REPLACED
     return _finish(protocol, model, report, period, results.values, settings, violations,
                    test.info.num_classes)
 

@@ -32,10 +32,16 @@ Example:
 
 from __future__ import annotations
 
+import ctypes
 import hashlib
+import json
 import logging
 import os
 import shutil
+import signal
+import sys
+import threading
+import time
 from collections.abc import Sequence
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from dataclasses import dataclass
@@ -100,6 +106,29 @@ def _decode_chunk(paths: Sequence[str], resolution: int, rule: str) -> np.ndarra
     for i, path in enumerate(paths):
         out[i] = decode_resized(path, resolution, rule)
     return out
+
+
+def _die_with(parent: int) -> None:
+    """Worker initializer: end this decoding process when `parent` ends, however it ends.
+
+    A killed parent (``kill -9``) runs no clean-up, and the pool's workers would wait for
+    work forever: on Linux the kernel sends SIGKILL at the parent's death (PR_SET_PDEATHSIG);
+    everywhere a daemon thread checks once a second that the parent is still the parent.
+    """
+    if sys.platform.startswith("linux"):
+        try:
+            ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG = 1
+        except (OSError, AttributeError):  # no libc prctl: the thread below still watches
+            pass
+    if os.getppid() != parent:  # the parent died before the signal was armed
+        os._exit(1)
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(1.0)
+        os._exit(1)
+
+    threading.Thread(target=watch, daemon=True, name="parent-watch").start()
 
 
 def sources_digest(paths: Sequence[Path], labels: np.ndarray, base: Path) -> str:
@@ -167,6 +196,14 @@ class CachedImages:
     def to(self, device: str | torch.device) -> CachedImages:
         """Self: the pixels stay in the cache file; callers move each batch to `device`."""
         return self
+
+    def content_digest(self) -> str:
+        """SHA-256 naming these pixels as read: the cache's chunk checksums, shape and
+        normalisation (so a run fingerprint never reads the whole file)."""
+        meta = read_json(self.path.parent / META_FILE)
+        h = hashlib.sha256(json.dumps([list(self.shape), self.mean, self.std,
+                                       meta.get("chunk_sha256")]).encode())
+        return h.hexdigest()
 
     def __getstate__(self) -> dict:
         return {**self.__dict__, "_fd": None, "_pid": -1}  # a descriptor is per process
@@ -413,7 +450,8 @@ def _decoded_chunks(todo: list[int], paths: list[str], chunk: int, res: int, rul
     # fork (as torch's DataLoader workers): the children run only Pillow and numpy, and a
     # spawned child would spend seconds importing torch again; spawn where fork is missing.
     method = "fork" if "fork" in get_all_start_methods() else "spawn"
-    with ProcessPoolExecutor(workers, mp_context=get_context(method)) as pool:
+    with ProcessPoolExecutor(workers, mp_context=get_context(method), initializer=_die_with,
+                             initargs=(os.getpid(),)) as pool:
         queue = list(reversed(todo))
         running: dict = {}
         while queue or running:

@@ -32,6 +32,7 @@ from __future__ import annotations
 import csv
 import logging
 import os
+import re
 from pathlib import Path
 
 import numpy as np
@@ -74,6 +75,7 @@ SUBSETS: dict[str, tuple[int, ...]] = {
     "imageyellow": (309, 986, 954, 951, 987, 779, 599, 291, 72, 11),
 }
 NUM_CLASSES = 1000
+WNID = re.compile(r"n\d{8}")
 
 
 def info_for(name: str, resolution: int, class_names: tuple[str, ...] | None = None
@@ -197,6 +199,8 @@ def list_split(root: Path, split: str, name: str = "imagenet"
     """
     wnids = train_wnids(root)
     keep = wnids if name == "imagenet" else [_wnid_of(wnids, i, name) for i in SUBSETS[name]]
+    if name != "imagenet":
+        _check_wnid_names(root, wnids, name)
     if split == "train":
         paths, owners = _from_class_folders(root / "train", wnids, keep)
     else:
@@ -208,8 +212,33 @@ def list_split(root: Path, split: str, name: str = "imagenet"
                          else _from_flat_val(root, val_dir, keep))
     if not paths:
         raise DatasetError(f"no {split} images of {name} under {root}")
+    if name != "imagenet":
+        _check_every_class_has_images(root, split, name, keep, set(owners))
     index = {w: i for i, w in enumerate(keep)}
     return paths, np.array([index[w] for w in owners], dtype=np.int64), tuple(keep)
+
+
+def _check_wnid_names(root: Path, wnids: list[str], name: str) -> None:
+    """A subset picks classes by position among the sorted wnids: a folder whose name is not
+    a wnid (a typo, an extra folder) would move it onto other classes."""
+    bad = [w for w in wnids if not WNID.fullmatch(w)]
+    if bad:
+        raise DatasetError(f"{root / 'train'} has folders {bad[:3]} that are not ImageNet "
+                           f"wnids (n + 8 digits); {name} picks its classes by position among "
+                           "the 1000 sorted wnids: rename or remove them")
+
+
+def _check_every_class_has_images(root: Path, split: str, name: str, keep: list[str],
+                                  found: set[str]) -> None:
+    """Every class of a subset must have images in `split`, before anything is decoded."""
+    for c, wnid in enumerate(keep):
+        if wnid not in found:
+            where = root / split / wnid if (root / split / wnid).is_dir() or split == "train" \
+                else root / split
+            raise DatasetError(f"{name} class {c} ({wnid}, ImageNet class id "
+                               f"{SUBSETS[name][c]}) has no {split} images in {where}; put "
+                               "its images there, or correct a misspelled folder name "
+                               "(classes are picked by position among the sorted wnids)")
 
 
 def _wnid_of(wnids: list[str], class_id: int, name: str) -> str:
@@ -251,6 +280,8 @@ def load_split(root: Path, split: str, *, name: str = "imagenet", image_size=Non
         raise ConfigError(f"resize must be one of {RESIZE_RULES}, got {resize!r}")
     root = find_root(Path(root).expanduser())
     paths, labels, wnids = list_split(root, split, name)
+    if split == "train":  # the val tree is checked too before hours of decoding
+        list_split(root, "val", name)
     folder = cache_folder(root, name, split, resolution, resize, cache_dir)
     cache = build_cache(paths, labels, folder, resolution=resolution, resize=resize, base=root,
                         extra_meta={"dataset": name, "split": split, "class_names": wnids},
