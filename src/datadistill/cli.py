@@ -11,7 +11,6 @@ import argparse
 import contextlib
 import logging
 import os
-import shutil
 import signal
 import sys
 import time
@@ -33,13 +32,13 @@ def _fmt(report) -> str:
 
 # ---------------------------------------------------------------- configs / validate
 def cmd_configs(args: argparse.Namespace) -> int:
-    from datadistill.config import list_configs, resolve_config_path
+    from datadistill.config import list_configs, resolve_config_path, resolved_config_text
 
     if args.action == "ls":
         for name in list_configs():
             print(name)
     elif args.action == "show":
-        print(resolve_config_path(args.name).read_text(), end="")
+        print(resolved_config_text(args.name), end="")
     elif args.action == "cp":
         src = resolve_config_path(args.name)
         dest = Path(args.dest)
@@ -48,7 +47,7 @@ def cmd_configs(args: argparse.Namespace) -> int:
         if dest.exists() and not args.force:
             print(f"error: {dest} exists; pass --force to overwrite it", file=sys.stderr)
             return 2
-        shutil.copyfile(src, dest)
+        dest.write_text(resolved_config_text(src))  # every value written in: runs alone
         print(f"copied {args.name} to {dest}")
     return 0
 

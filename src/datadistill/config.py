@@ -36,6 +36,7 @@ CONFIG_PACKAGE = "datadistill.configs"
 RECIPE_KEY = "recipe"  # names the entry of datadistill.recipes.RECIPES that runs a config
 DEFAULT_RECIPE = "tm"  # what a user file without a `recipe` key is read as
 METHODS_DIR = "_methods"  # configs/_methods/<preset>.yaml: a preset's default values
+EXTENDS_KEY = "extends"  # a method fragment's parent: `extends: datm` (its values lie beneath)
 
 
 @dataclasses.dataclass
@@ -241,6 +242,86 @@ def list_configs() -> list[str]:
     root = _config_root()
     return sorted(str(p.relative_to(root).with_suffix("")) for p in root.rglob("*.yaml")
                   if p.parent.name != METHODS_DIR)
+
+
+def fragment_chain(name: str, root: Path | None = None) -> list[Path]:
+    """The method fragment ``<root>/<name>.yaml`` and every fragment it ``extends:``, parent first.
+
+    ``root`` defaults to the shipped ``configs/_methods``. A method without a fragment (MTT)
+    has an empty chain; an unknown parent or a cycle is a ConfigError naming the files.
+
+    Example:
+        >>> [p.stem for p in fragment_chain("pad")]
+        ['datm', 'pad']
+    """
+    root = _config_root() / METHODS_DIR if root is None else Path(root)
+    chain: list[Path] = []
+    while True:
+        path = root / f"{name}.yaml"
+        if not path.is_file():
+            if chain:
+                raise ConfigError(f"{chain[-1]}: `{EXTENDS_KEY}: {name}` names no fragment "
+                                  f"{path}; extend one of: {_fragment_names(root)}")
+            return chain
+        if path in chain:
+            cycle = " -> ".join(p.stem for p in [*chain[chain.index(path):], path])
+            raise ConfigError(f"method fragments extend each other in a cycle ({cycle}); "
+                              f"remove `{EXTENDS_KEY}:` from one of them")
+        chain.append(path)
+        parent = load_yaml(path).get(EXTENDS_KEY)
+        if parent is None:
+            return chain[::-1]
+        name = str(parent)
+
+
+def _fragment_names(root: Path) -> str:
+    return ", ".join(sorted(p.stem for p in root.glob("*.yaml")))
+
+
+def method_values(name: str, root: Path | None = None) -> dict[str, Any]:
+    """The default values of method ``name``: its fragment merged over the ones it extends.
+
+    Example:
+        >>> method_values("pad")["distill"]["label_mode"]  # from datm.yaml, through extends
+        'soft'
+    """
+    values: dict[str, Any] = {}
+    for path in fragment_chain(name, root):
+        values = merge(values, {k: v for k, v in load_yaml(path).items() if k != EXTENDS_KEY})
+    return values
+
+
+def resolved_config_text(name_or_path: str | Path) -> str:
+    """A config with its method's values written in: what ``configs show`` prints and
+    ``configs cp`` writes.
+
+    A shipped per-setting file holds only what differs from its method fragment
+    (``configs/_methods/<method>.yaml`` and the fragments it ``extends:``). This text is the
+    file's leading comments, a line naming the fragments, then every value (fragments < file)
+    as YAML, so a copy runs alone and resolves to the same config whatever later edits the
+    shipped fragments get. A file whose method has no fragment is returned as it is.
+
+    Example:
+        >>> "label_mode: soft" in resolved_config_text("cifar10/pad_ipc10")
+        True
+    """
+    path = resolve_config_path(name_or_path)
+    values = load_yaml(path)
+    chain = fragment_chain(str(values["method"])) if "method" in values else []
+    if not chain:
+        return path.read_text()
+    merged = merge(method_values(str(values["method"])), values)
+    ordered = {k: merged[k] for k in values} | {k: v for k, v in merged.items() if k not in values}
+    header = _leading_comments(path.read_text())
+    source = " < ".join(f"configs/{METHODS_DIR}/{p.name}" for p in chain)
+    header.append(f"# Every value written in: {source} < this setting's own values.\n")
+    return "".join(header) + yaml.safe_dump(ordered, sort_keys=False, width=100)
+
+
+def _leading_comments(text: str) -> list[str]:
+    lines = text.splitlines(keepends=True)
+    end = next((i for i, line in enumerate(lines) if not line.startswith("#")), len(lines))
+    return lines[:end]
 
 
 def resolve_config_path(name_or_path: str | Path) -> Path:

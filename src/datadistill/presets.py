@@ -36,6 +36,7 @@ import textwrap
 from dataclasses import dataclass
 from typing import Any
 
+from datadistill.config import method_values
 from datadistill.errors import ConfigError
 
 
@@ -50,14 +51,12 @@ class Preset:
 
     @property
     def overrides(self) -> dict[str, Any]:
-        """The method's default values, read from ``configs/_methods/<name>.yaml`` ({} if none).
+        """The method's default values, read from ``configs/_methods/<name>.yaml`` and the
+        fragments it ``extends:`` ({} if none).
 
         YAML holds every value; the preset only names the file.
         """
-        from datadistill.config import METHODS_DIR, _config_root, load_yaml
-
-        path = _config_root() / METHODS_DIR / f"{self.name}.yaml"
-        return load_yaml(path) if path.is_file() else {}
+        return method_values(self.name)
 
 
 _GUARD = ("divergence guard: a NaN/inf loss or a non-positive learned step size stops the run "
