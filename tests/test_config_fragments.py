@@ -86,7 +86,8 @@ def test_extends_cycle_is_an_error(tmp_path):
 
 def test_extends_unknown_parent_is_an_error(tmp_path):
     root = _fragments(tmp_path, a="extends: datn\nx: 1\n", datm="y: 2\n")
-    with pytest.raises(ConfigError, match=r"`extends: datn` names no fragment.*one of: a, datm"):
+    with pytest.raises(ConfigError, match=r"method fragment 'a': `extends: datn` names no "
+                                          r"method fragment; extend one of: a, datm"):
         method_values("a", root)
 
 

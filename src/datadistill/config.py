@@ -241,54 +241,85 @@ def list_configs() -> list[str]:
     """Names of the shipped configs, ``<dataset>/<method>_ipc<N>``."""
     root = _config_root()
     return sorted(str(p.relative_to(root).with_suffix("")) for p in root.rglob("*.yaml")
-                  if p.parent.name != METHODS_DIR)
+                  if not p.parent.name.startswith("_"))  # _methods/, _evaluation/: settings
+
+
+def extends_chain(name: str, entries: dict[str, dict], what: str) -> list[str]:
+    """``name`` and every entry it ``extends:`` in ``entries``, parent first.
+
+    The one reading of ``extends:`` (method fragments, DD-Ranking's evaluator presets): an
+    unknown parent or a cycle is a ConfigError that names the entries (``what``: what they are).
+
+    Example:
+        >>> extends_chain("b", {"a": {}, "b": {"extends": "a"}}, "preset")
+        ['a', 'b']
+    """
+    chain: list[str] = []
+    while True:
+        if name not in entries:
+            where = f"{what} '{chain[-1]}': `{EXTENDS_KEY}: {name}` names no {what}"
+            raise ConfigError(f"{where}; extend one of: {', '.join(sorted(entries))}")
+        if name in chain:
+            cycle = " -> ".join([*chain[chain.index(name):], name])
+            raise ConfigError(f"{what}s extend each other in a cycle ({cycle}); remove "
+                              f"`{EXTENDS_KEY}:` from one of them")
+        chain.append(name)
+        parent = entries[name].get(EXTENDS_KEY)
+        if parent is None:
+            return chain[::-1]
+        name = str(parent)
+
+
+def extended_values(name: str, entries: dict[str, dict], what: str) -> dict[str, Any]:
+    """Entry ``name`` merged over every entry it ``extends:`` (the key itself left out).
+
+    Example:
+        >>> extended_values("b", {"a": {"s": {"x": 1, "y": 2}}, "b": {"extends": "a",
+        ...                        "s": {"y": 5}}}, "preset")
+        {'s': {'x': 1, 'y': 5}}
+    """
+    values: dict[str, Any] = {}
+    for link in extends_chain(name, entries, what):
+        values = merge(values, {k: v for k, v in entries[link].items() if k != EXTENDS_KEY})
+    return values
+
+
+def _fragments(root: Path | None) -> tuple[Path, dict[str, dict]]:
+    root = _config_root() / METHODS_DIR if root is None else Path(root)
+    return root, {p.stem: load_yaml(p) for p in sorted(root.glob("*.yaml"))}
 
 
 def fragment_chain(name: str, root: Path | None = None) -> list[Path]:
     """The method fragment ``<root>/<name>.yaml`` and every fragment it ``extends:``, parent first.
 
     ``root`` defaults to the shipped ``configs/_methods``. A method without a fragment (MTT)
-    has an empty chain; an unknown parent or a cycle is a ConfigError naming the files.
+    has an empty chain; an unknown parent or a cycle is a ConfigError naming the fragments.
 
     Example:
         >>> [p.stem for p in fragment_chain("pad")]
         ['datm', 'pad']
     """
-    root = _config_root() / METHODS_DIR if root is None else Path(root)
-    chain: list[Path] = []
-    while True:
-        path = root / f"{name}.yaml"
-        if not path.is_file():
-            if chain:
-                raise ConfigError(f"{chain[-1]}: `{EXTENDS_KEY}: {name}` names no fragment "
-                                  f"{path}; extend one of: {_fragment_names(root)}")
-            return chain
-        if path in chain:
-            cycle = " -> ".join(p.stem for p in [*chain[chain.index(path):], path])
-            raise ConfigError(f"method fragments extend each other in a cycle ({cycle}); "
-                              f"remove `{EXTENDS_KEY}:` from one of them")
-        chain.append(path)
-        parent = load_yaml(path).get(EXTENDS_KEY)
-        if parent is None:
-            return chain[::-1]
-        name = str(parent)
-
-
-def _fragment_names(root: Path) -> str:
-    return ", ".join(sorted(p.stem for p in root.glob("*.yaml")))
+    root, entries = _fragments(root)
+    if name not in entries:
+        return []
+    return [root / f"{link}.yaml" for link in extends_chain(name, entries, "method fragment")]
 
 
 def method_values(name: str, root: Path | None = None) -> dict[str, Any]:
-    """The default values of method ``name``: its fragment merged over the ones it extends.
+    """The default values of method ``name``: its fragment merged over the ones it extends
+    ({} for a method without a fragment).
 
     Example:
         >>> method_values("pad")["distill"]["label_mode"]  # from datm.yaml, through extends
         'soft'
     """
-    values: dict[str, Any] = {}
-    for path in fragment_chain(name, root):
-        values = merge(values, {k: v for k, v in load_yaml(path).items() if k != EXTENDS_KEY})
-    return values
+    _, entries = _fragments(root)
+    return extended_values(name, entries, "method fragment") if name in entries else {}
+
+
+def packaged_values(name: str) -> dict[str, Any]:
+    """The shipped settings file ``configs/<name>.yaml`` (e.g. ``_evaluation/ddranking``)."""
+    return load_yaml(_config_root() / f"{name}.yaml")
 
 
 def resolved_config_text(name_or_path: str | Path) -> str:
