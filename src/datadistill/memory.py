@@ -49,6 +49,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from datadistill.data.registry import split_sizes
 from datadistill.errors import ConfigError
 from datadistill.matching.adjoint import GRAD_MODES as MODES
 
@@ -80,13 +81,6 @@ CALIBRATION = {
     "generic": Calibration(graph=1.104, transient=0.523, base=534_000_000,
                            source="CPU peak RSS, CIFAR-10 shape, fast_student=false, 4 runs"),
 }
-
-# (train, test) sizes of the registered datasets: distill holds both splits in memory.
-SPLIT_SIZES = {"cifar10": (50_000, 10_000), "cifar100": (50_000, 10_000),
-               "tiny_imagenet": (100_000, 10_000), "mnist": (60_000, 10_000),
-               "fashion_mnist": (60_000, 10_000), "svhn": (73_257, 26_032),
-               "digits": (1_437, 360)}
-
 
 @dataclass(frozen=True)
 class StepFootprint:
@@ -263,8 +257,15 @@ def footprint_for(cfg, info) -> StepFootprint:
 
 
 def real_images_of(cfg, info) -> int:
-    """Real images distill holds (train, or its train_per_class subset, plus test)."""
-    train, test = SPLIT_SIZES.get(info.name, (0, 0))
+    """Real images distill holds (train, or its train_per_class subset, plus test), from the
+    registry's split sizes (:func:`~datadistill.data.split_sizes`; an unregistered dataset is
+    an error). Where the files decide the sizes (imagefolder, ImageNet) they count 0 here, as
+    logged: distill's own check counts the loaded data."""
+    sizes = split_sizes(cfg.dataset)
+    if sizes is None:
+        logger.info("%s: real images not counted before loading (the files decide their "
+                    "number)", cfg.dataset)
+    train, test = sizes or (0, 0)
     if cfg.train_per_class is not None:
         train = cfg.train_per_class * info.num_classes
     return train + test

@@ -47,6 +47,7 @@ class DatasetSpec:
     splits: tuple[str, ...]
     loader: Callable[..., LoadedSplit]
     options: frozenset[str] = frozenset()
+    sizes: tuple[int, int] | None = None  # (train, test) images; None: the files decide
 
 
 def _digits_loader(root: Path, split: str, *, download: bool, progress: bool) -> LoadedSplit:
@@ -77,19 +78,21 @@ def _imagenet_loader(name: str, root: Path, split: str, *, download: bool, progr
 _IMAGENET_OPTIONS = frozenset({"image_size", "resize", "cache_dir", "workers"})
 
 _REGISTRY: dict[str, DatasetSpec] = {
-    "digits": DatasetSpec(digits.INFO, ("train", "test"), _digits_loader),
-    "mnist": DatasetSpec(mnist.MNIST_INFO, ("train", "test"), partial(mnist.load_split, "mnist")),
+    "digits": DatasetSpec(digits.INFO, ("train", "test"), _digits_loader, sizes=(1_437, 360)),
+    "mnist": DatasetSpec(mnist.MNIST_INFO, ("train", "test"), partial(mnist.load_split, "mnist"),
+                         sizes=(60_000, 10_000)),
     "fashion_mnist": DatasetSpec(
-        mnist.FASHION_INFO, ("train", "test"), partial(mnist.load_split, "fashion_mnist")
-    ),
+        mnist.FASHION_INFO, ("train", "test"), partial(mnist.load_split, "fashion_mnist"),
+        sizes=(60_000, 10_000)),
     "cifar10": DatasetSpec(
-        cifar.CIFAR10_INFO, ("train", "test"), partial(cifar.load_split, "cifar10")
-    ),
+        cifar.CIFAR10_INFO, ("train", "test"), partial(cifar.load_split, "cifar10"),
+        sizes=(50_000, 10_000)),
     "cifar100": DatasetSpec(
-        cifar.CIFAR100_INFO, ("train", "test"), partial(cifar.load_split, "cifar100")
-    ),
-    "svhn": DatasetSpec(svhn.INFO, ("train", "test"), svhn.load_split),
-    "tiny_imagenet": DatasetSpec(tiny.INFO, ("train", "val", "test"), tiny.load_split),
+        cifar.CIFAR100_INFO, ("train", "test"), partial(cifar.load_split, "cifar100"),
+        sizes=(50_000, 10_000)),
+    "svhn": DatasetSpec(svhn.INFO, ("train", "test"), svhn.load_split, sizes=(73_257, 26_032)),
+    "tiny_imagenet": DatasetSpec(tiny.INFO, ("train", "val", "test"), tiny.load_split,
+                                 sizes=(100_000, 10_000)),
     "imagefolder": DatasetSpec(
         None, ("train", "test", "val"), _folder_loader, frozenset({"image_size"})
     ),
@@ -134,6 +137,17 @@ def _spec(name: str) -> tuple[str, DatasetSpec]:
             f"unknown dataset {name!r}; available: {', '.join(list_datasets())}"
         )
     return key, _REGISTRY[key]
+
+
+def split_sizes(name: str) -> tuple[int, int] | None:
+    """(train, test) image counts of a registered dataset; None where its files decide
+    (imagefolder, ImageNet and its subsets). An unregistered name is an UnknownDatasetError.
+
+    Example:
+        >>> split_sizes("cifar10")
+        (50000, 10000)
+    """
+    return _spec(name)[1].sizes
 
 
 def resolve_root(root: str | Path | None) -> Path:
