@@ -147,7 +147,7 @@ def cmd_estimate(args: argparse.Namespace) -> int:
 
 
 def cmd_repair(args: argparse.Namespace) -> int:
-    from datadistill.repair import repair_run
+    from datadistill.pipeline import repair_run
 
     for what in repair_run(args.out, progress=not args.quiet):
         print(f"rebuilt {what}")
@@ -300,17 +300,21 @@ def _write_report(data: dict, path: Path, *, top: bool = True) -> Path:
 # ---------------------------------------------------------------- report.html
 def _report(folder: Path, stage: str | None = None, seconds: float | None = None) -> None:
     """Write report.html when ``stage`` is given (never fails the command); print its path."""
+    from datadistill.recipes import load_recipes
     from datadistill.report import REPORT_FILE, write_report
 
     if stage is not None and distributed.is_main():
+        load_recipes()  # the page describes the run's method from the recipes' registry
         write_report(folder, stage=stage, seconds=seconds)
     if (Path(folder) / REPORT_FILE).is_file():
         print(f"page: {Path(folder) / REPORT_FILE}")
 
 
 def cmd_report(args: argparse.Namespace) -> int:
+    from datadistill.recipes import load_recipes
     from datadistill.report import build_report
 
+    load_recipes()  # the page describes the run's method from the recipes' registry
     print(f"page written to {build_report(args.out)}")
     return 0
 

@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field, fields
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -62,8 +63,9 @@ from datadistill.errors import ConfigError
 from datadistill.evaluate import RUN_PROTOCOLS
 from datadistill.experts import ExpertConfig, ExpertSection
 from datadistill.experts.pad import PADCurriculum
-from datadistill.io import write_json, write_report
-from datadistill.lock import lock_folder_if, locks_output
+from datadistill.io import read_json, write_json, write_report
+from datadistill.lock import lock_folder, lock_folder_if, locks_output
+from datadistill.repair import finished_state, restore_outputs
 from datadistill.runlog import RunCache, StageClock
 
 log = logging.getLogger(__name__)
@@ -237,7 +239,6 @@ def run_pipeline(cfg: PipelineConfig, out_dir: str | Path, *, progress: bool = T
     """
     from datadistill.data import prepare
     from datadistill.distill import distill
-    from datadistill.repair import restore_outputs
     from datadistill.report import write_report as write_page
 
     out = Path(out_dir)
@@ -258,7 +259,7 @@ def run_pipeline(cfg: PipelineConfig, out_dir: str | Path, *, progress: bool = T
         result = distill(dcfg, out / "distill", data=data, store=store, progress=progress,
                          resume=not restart)
         if main:
-            restore_outputs(cfg, out, lambda: data)  # a damaged best/ or last/ of a finished run
+            restore_outputs(partial(distill_config, cfg), out, lambda: data)  # damaged best/, last/
         distributed.wait_for_others()  # best/ and last/ are on disk for every rank
     report = {"config": config_to_dict(cfg), "seconds": {}}
     with clock.stage("evaluation"):
@@ -375,3 +376,21 @@ def _ddranking(cfg: PipelineConfig, data, best, device: str, progress: bool) -> 
     ddr = preset_for(cfg.method, **over)
     return score(best.images, best.labels, data, ddr, syn_lr=best.lr,
                  seed=cfg.seed + SEED_DDRANKING, device=device, progress=progress).to_dict()
+
+
+def repair_run(out_dir: str | Path, *, progress: bool = False) -> list[str]:
+    """Restore ``best/``, ``last/`` and ``eval.json`` of the finished run in ``out_dir``.
+
+    Returns what was rebuilt, in words.
+    """
+    from datadistill.data import prepare
+
+    out = Path(out_dir)
+    cfg = config_from_dict(PipelineConfig, read_json(out / "pipeline.json"))
+    stage_config = partial(distill_config, cfg)
+    with lock_folder(out):
+        finished_state(stage_config, out / "distill")  # unfinished: resumed, not repaired
+        done = restore_outputs(stage_config, out, lambda: prepare(
+            cfg.dataset, cfg.data_root, zca=cfg.zca, train_per_class=cfg.train_per_class))
+        run_pipeline(cfg, out, progress=progress)
+    return [*done, "eval.json (finished evaluation networks reused)"]

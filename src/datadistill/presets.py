@@ -163,6 +163,34 @@ PRESETS: dict[str, Preset] = {
 }
 
 
+# Every method a run folder can name, described for the report: the presets above, and each
+# recipe's own method, which the recipe registers where it is defined (register_method).
+_DESCRIPTIONS: dict[str, Preset] = dict(PRESETS)
+
+
+def register_method(description: Preset) -> Preset:
+    """Make ``description`` what :func:`describe_method` answers for its name; returns it.
+
+    Example:
+        >>> register_method(Preset("infer", "Zhang et al., ICLR 2025", "..."))  # doctest: +SKIP
+    """
+    _DESCRIPTIONS[description.name] = description
+    return description
+
+
+def describe_method(name: str) -> Preset | None:
+    """The paper, changes and deviations of method ``name``; None for an unknown method.
+
+    The report asks this instead of importing a recipe; recipes register their methods
+    (:func:`register_method`) and ``datadistill.recipes.load_recipes`` imports them all.
+
+    Example:
+        >>> describe_method("datm").paper.startswith("Guo et al.")
+        True
+    """
+    return _DESCRIPTIONS.get(name)
+
+
 def list_presets() -> list[str]:
     """Names of the registered presets, in registry order (MTT first)."""
     return list(PRESETS)

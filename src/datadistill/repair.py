@@ -13,10 +13,11 @@ outputs without redoing finished work:
   ``eval_runs.jsonl`` and trains only missing ones.
 
 Rerunning ``datadistill run`` does the same (:func:`restore_outputs` runs after the
-distillation stage); ``datadistill repair OUT`` needs only the folder.
+distillation stage); ``datadistill repair OUT`` (:func:`datadistill.pipeline.repair_run`)
+needs only the folder. This module sits below the pipeline: it never imports it.
 
 Example:
-    >>> repair_run("runs/digits_mtt_ipc1")                                 # doctest: +SKIP
+    >>> restore_outputs(partial(distill_config, cfg), out, lambda: data)  # doctest: +SKIP
 """
 
 from __future__ import annotations
@@ -29,7 +30,6 @@ from pathlib import Path
 from typing import Any
 
 from datadistill.errors import ArtifactError, DatadistillError
-from datadistill.lock import lock_folder
 
 log = logging.getLogger(__name__)
 
@@ -44,12 +44,13 @@ def _readable(folder: Path) -> bool:
         return False
 
 
-def _finished_state(cfg, folder: Path):
+def finished_state(stage_config: Callable[[str | None], Any], folder: Path):
+    """The distillation stage's config (``stage_config(expert_dir)``, with the checkpoint's
+    expert folder) and its finished checkpoint state."""
     from datadistill.checkpoint import load_checkpoint
-    from datadistill.pipeline import distill_config
 
     state = load_checkpoint(folder / "checkpoint.pt")
-    dcfg = distill_config(cfg, expert_dir=state.config.get("expert_dir"))
+    dcfg = stage_config(state.config.get("expert_dir"))
     if state.iteration != dcfg.iterations or state.evaluated != dcfg.iterations:
         raise ArtifactError(f"{folder} stopped at iteration {state.iteration} of "
                             f"{dcfg.iterations}; the run is not finished: rerun `datadistill "
@@ -97,14 +98,17 @@ def _extra(folder: Path, iteration: int | None, accuracy) -> dict:
     return extra
 
 
-def restore_outputs(cfg, out: Path, get_data: Callable[[], Any]) -> list[str]:
+def restore_outputs(stage_config: Callable[[str | None], Any], out: Path,
+                    get_data: Callable[[], Any]) -> list[str]:
     """Rebuild an unreadable ``best/`` or ``last/`` of the finished distillation in
-    ``out/distill``; ``get_data()`` gives the prepared data (only called when needed).
-    Returns what was rebuilt, in words (empty when both are intact)."""
+    ``out/distill``; ``stage_config(expert_dir)`` builds the run's distillation config
+    (:func:`datadistill.pipeline.distill_config` of its pipeline config), ``get_data()`` gives
+    the prepared data (only called when needed). Returns what was rebuilt, in words (empty
+    when both are intact)."""
     folder, done = out / "distill", []
     if _readable(folder / "last") and _readable(folder / "best"):
         return done
-    dcfg, state = _finished_state(cfg, folder)
+    dcfg, state = finished_state(stage_config, folder)
     data = get_data()
     if not _readable(folder / "last"):
         _save_state(state, data, dcfg, folder / "last",
@@ -122,23 +126,3 @@ def restore_outputs(cfg, out: Path, get_data: Callable[[], Any]) -> list[str]:
     for what in done:
         log.warning("%s was damaged or missing: rebuilt %s", out, what)
     return done
-
-
-def repair_run(out_dir: str | Path, *, progress: bool = False) -> list[str]:
-    """Restore ``best/``, ``last/`` and ``eval.json`` of the finished run in ``out_dir``.
-
-    Returns what was rebuilt, in words.
-    """
-    from datadistill.config import config_from_dict
-    from datadistill.data import prepare
-    from datadistill.io import read_json
-    from datadistill.pipeline import PipelineConfig, run_pipeline
-
-    out = Path(out_dir)
-    cfg = config_from_dict(PipelineConfig, read_json(out / "pipeline.json"))
-    with lock_folder(out):
-        _finished_state(cfg, out / "distill")  # an unfinished run is resumed, not repaired
-        done = restore_outputs(cfg, out, lambda: prepare(
-            cfg.dataset, cfg.data_root, zca=cfg.zca, train_per_class=cfg.train_per_class))
-        run_pipeline(cfg, out, progress=progress)
-    return [*done, "eval.json (finished evaluation networks reused)"]

@@ -23,7 +23,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from datadistill.data import cifar, digits, folder, imagenet, mnist, svhn, tiny
+import datadistill.data.cifar as cifar
+import datadistill.data.digits as digits
+import datadistill.data.folder as folder
+import datadistill.data.imagenet as imagenet
+import datadistill.data.mnist as mnist
+import datadistill.data.svhn as svhn
+import datadistill.data.tiny as tiny
 from datadistill.data.cache import CachedImages
 from datadistill.data.info import DatasetInfo, ImageSet, LoadedSplit
 from datadistill.errors import ConfigError, DatasetError

@@ -46,15 +46,16 @@ from datadistill.infer.student import evaluate_student
 from datadistill.infer.teachers_train import TeacherStore, prepare_infer_data
 from datadistill.io import write_report
 from datadistill.lock import locks_output
-from datadistill.presets import Preset
+from datadistill.presets import Preset, register_method
 
 log = logging.getLogger(__name__)
 
 REPORT_FILE = "eval_infer.json"
 
 # INFER is its own recipe, not a trajectory-matching preset; this describes it the same way
-# (paper, what differs, deviations from the official code) for `report.html`.
-INFER_METHOD = Preset(
+# (paper, what differs, deviations from the official code) for `report.html`, which finds it
+# in the method registry.
+INFER_METHOD = register_method(Preset(
     name="infer",
     paper="Zhang, Du, Liu, Zhou, Breaking Class Barriers: Efficient Dataset Distillation via "
     "Inter-Class Feature Compensator, ICLR 2025",
@@ -67,7 +68,7 @@ INFER_METHOD = Preset(
         "the reported accuracy is the students' last epoch; the best of the periodic "
         "evaluations (what the official scripts print) is given beside it",
     ),
-)
+))
 
 
 @dataclass
