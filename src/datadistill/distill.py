@@ -63,11 +63,16 @@ from pathlib import Path
 import torch
 
 from datadistill import distributed
+from datadistill.artifact import DistilledSet, save_distilled
+from datadistill.augment import DSA
 from datadistill.checkpoint import DistillState, MetricsLog, load_checkpoint, save_checkpoint
 from datadistill.checks import check_distill, check_ipc_fits
 from datadistill.config import RunContext, check_choice
-from datadistill.data import check_prepared
+from datadistill.data import check_prepared, prepare
 from datadistill.errors import CompatibilityError, ConfigError, DivergenceError
+from datadistill.evaluate import evaluate
+from datadistill.experts import ExpertStore
+from datadistill.experts.store import required_epochs
 from datadistill.labels import is_soft
 from datadistill.lock import locks_output
 from datadistill.matching import (
@@ -90,7 +95,14 @@ from datadistill.matching.axes import (
     WindowAxis,
     check_at_least,
 )
+from datadistill.matching.ema import ImageEMA
+from datadistill.matching.init import select_correct_samples
+from datadistill.matching.masks import param_mask
+from datadistill.matching.soft_labels import init_soft_labels
+from datadistill.memory import check_memory
 from datadistill.progress import progress_bar
+from datadistill.report import refresh_report
+from datadistill.training import build_model, derive_seeds
 
 logger = logging.getLogger(__name__)
 
@@ -224,7 +236,6 @@ def distill(cfg: DistillConfig, out_dir: str | Path, *, data=None, store=None,
     Returns:
         A :class:`DistillResult`.
     """
-    from datadistill.memory import check_memory
 
     t0 = time.time()
     check_processes(cfg)
@@ -279,14 +290,9 @@ def check_processes(cfg: DistillConfig) -> None:
 
 
 def _setup(cfg: DistillConfig, out_dir, data, store) -> _Run:
-    from datadistill.augment import DSA
-    from datadistill.experts import ExpertStore
-    from datadistill.training import build_model
 
     check_distill(cfg)  # learning rates, evaluation sizes, device: before any data is read
     if data is None:
-        from datadistill.data import prepare
-
         data = prepare(cfg.dataset, cfg.data_root, zca=cfg.zca,
                        train_per_class=cfg.train_per_class)
     if store is None:
@@ -317,7 +323,6 @@ def _check_data(cfg: DistillConfig, data) -> None:
 
 
 def _check_store(cfg: DistillConfig, store) -> None:
-    from datadistill.experts.store import required_epochs
 
     need = required_epochs(cfg.max_start_epoch, cfg.expert_epochs)
     if need > store.epochs:
@@ -338,7 +343,6 @@ def _eval_points(cfg: DistillConfig) -> set[int]:
 
 
 def _seeds(seed: int, n: int) -> list[int]:
-    from datadistill.training import derive_seeds
 
     return list(derive_seeds(seed, 7, n=n))
 
@@ -412,8 +416,6 @@ def _init_images(run: _Run, gen: torch.Generator) -> torch.Tensor:
         return torch.randn(info.num_classes * cfg.ipc, info.channels, *info.image_size,
                            generator=gen)
     if cfg.pix_init == "samples_predicted_correctly":
-        from datadistill.matching.init import select_correct_samples
-
         sel = select_correct_samples(train.images, train.labels, _FinalParams(run), run.model,
                                      cfg.ipc, num_classes=info.num_classes, generator=gen,
                                      device=cfg.device)
@@ -443,7 +445,6 @@ class _FinalParams:
 
 
 def _soft_labels(run: _Run, images: torch.Tensor, hard: torch.Tensor) -> torch.Tensor:
-    from datadistill.matching.soft_labels import init_soft_labels
 
     only_correct = run.cfg.pix_init == "samples_predicted_correctly"
     return init_soft_labels(images, hard, _FinalParams(run), run.model,
@@ -461,7 +462,6 @@ def _optimizers(cfg: DistillConfig, state: DistillState) -> dict[str, torch.opti
 def _ema(cfg: DistillConfig, state: DistillState):
     if cfg.ema_decay is None:
         return None
-    from datadistill.matching.ema import ImageEMA
 
     ema = ImageEMA(state.images, cfg.ema_decay)
     if state.ema is not None:
@@ -540,7 +540,6 @@ def _mask(cfg: DistillConfig, theta_n: torch.Tensor, target: torch.Tensor):
     """PAD's parameter selection (None = every entry of the flat vector)."""
     if cfg.param_mask == "none":
         return None
-    from datadistill.matching.masks import param_mask
 
     sq_err = (theta_n.detach() - target).square() if cfg.param_mask == "loss" else None
     return param_mask(cfg.param_mask, cfg.param_mask_ratio, numel=theta_n.numel(),
@@ -569,7 +568,6 @@ def _check_state(state: DistillState, it: int) -> None:
 
 
 def _distilled(run: _Run, images: torch.Tensor, state: DistillState, extra: dict):
-    from datadistill.artifact import DistilledSet
 
     return DistilledSet(images=images.detach().cpu(), labels=state.labels.detach().cpu(),
                         lr=float(state.syn_lr.detach()), info=run.data.info,
@@ -583,7 +581,6 @@ def _evaluate_here(run: _Run, images: torch.Tensor, state: DistillState, it: int
     cfg = run.cfg
     if cfg.eval_runs == 0:
         return {"iteration": it, "eval": True, "mean": None, "std": None, "accuracies": []}
-    from datadistill.evaluate import evaluate
 
     report = evaluate(images.detach(), state.labels.detach(), run.data.test, protocol="classic",
                       model=cfg.model, lr=float(state.syn_lr.detach()), num_runs=cfg.eval_runs,
@@ -602,9 +599,7 @@ def _evaluate(run: _Run, images: torch.Tensor, state: DistillState, it: int) -> 
 
 def _evaluate_and_save(run: _Run, state: DistillState, ema, it: int, log) -> float | None:
     """Evaluate (images and, with FTD's EMA, the EMA images); save last/, best/ and a grid."""
-    from datadistill.artifact import save_distilled
     from datadistill.grids import save_class_grid
-    from datadistill.report import refresh_report
 
     main = distributed.is_main()  # every rank evaluates and keeps the best; rank 0 writes
     row = _evaluate(run, state.images, state, it)

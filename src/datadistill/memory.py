@@ -49,9 +49,12 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from datadistill.data import dataset_info
 from datadistill.data.registry import split_sizes
 from datadistill.errors import ConfigError
+from datadistill.matching import ConvNetPlan, student_forward, unroll_student
 from datadistill.matching.adjoint import GRAD_MODES as MODES
+from datadistill.training import build_model
 
 logger = logging.getLogger(__name__)
 
@@ -116,7 +119,6 @@ def trace_step(model: nn.Module, image_shape: tuple[int, int, int], num_classes:
         fast: use the hand-written ConvNet kernels when they apply (as ``fast_student``).
         soft_labels: trace DATM's soft cross-entropy instead of the hard one.
     """
-    from datadistill.matching import ConvNetPlan, student_forward
 
     model = model.to("cpu", torch.float32)
     forward = student_forward(model, fast=fast)
@@ -134,7 +136,6 @@ def trace_step(model: nn.Module, image_shape: tuple[int, int, int], num_classes:
 def _traced_bytes(forward, theta0: torch.Tensor, image_shape, num_classes: int, b: int,
                   soft: bool) -> int:
     """Bytes of the distinct storages saved by one unrolled step on b images."""
-    from datadistill.matching import unroll_student
 
     gen = torch.Generator().manual_seed(0)
     images = torch.randn(b, *image_shape, generator=gen).requires_grad_(True)  # (b, C, H, W)
@@ -249,7 +250,6 @@ class ConfigEstimate:
 
 def footprint_for(cfg, info) -> StepFootprint:
     """Trace the student of a :class:`~datadistill.distill.DistillConfig` on ``info``'s shape."""
-    from datadistill.training import build_model
 
     model = build_model(cfg, info, init_seed=0)
     return trace_step(model, (info.channels, *info.image_size), info.num_classes,
@@ -357,7 +357,6 @@ def check_memory(cfg, data=None) -> ConfigEstimate | None:
     """
     if grad_mode_of(cfg) != "unrolled" or not getattr(cfg, "memory_check", True):
         return None
-    from datadistill.data import dataset_info
 
     if data is not None:
         info, real = data.info, len(data.train) + len(data.test)

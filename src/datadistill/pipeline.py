@@ -46,7 +46,10 @@ from typing import Any
 import torch
 
 from datadistill import distributed
+from datadistill.artifact import export_challenge, load_distilled
+from datadistill.baselines import baseline_random
 from datadistill.challenge import FILES as CHALLENGE_FILES
+from datadistill.checkpoint import load_checkpoint
 from datadistill.checks import check_ipc_fits, check_pipeline
 from datadistill.config import (
     RunContext,
@@ -57,15 +60,32 @@ from datadistill.config import (
     merge,
     read_config,
 )
+from datadistill.data import prepare
+from datadistill.ddranking import preset_for, score
 from datadistill.devices import resolve_device
-from datadistill.distill import DistillConfig, DistillSection
+from datadistill.distill import (
+    DistillConfig,
+    DistillSection,
+    check_processes,
+    check_resume,
+    distill,
+)
 from datadistill.errors import ConfigError
-from datadistill.evaluate import RUN_PROTOCOLS
-from datadistill.experts import ExpertConfig, ExpertSection
-from datadistill.experts.pad import PADCurriculum
+from datadistill.evaluate import RUN_PROTOCOLS, evaluate
+from datadistill.experts import ExpertConfig, ExpertSection, train_experts
+from datadistill.experts.pad import (
+    PADCurriculum,
+    check_no_curriculum,
+    prepare_curriculum,
+    record_served,
+)
+from datadistill.experts.store import expert_path
 from datadistill.io import read_json, write_json, write_report
 from datadistill.lock import lock_folder, lock_folder_if, locks_output
+from datadistill.memory import check_memory
+from datadistill.presets import preset_overrides
 from datadistill.repair import finished_state, restore_outputs
+from datadistill.report import write_report as write_page
 from datadistill.runlog import RunCache, StageClock
 
 log = logging.getLogger(__name__)
@@ -133,7 +153,6 @@ SHARED_KEYS = (*(f.name for f in fields(RunContext)), "method", "ipc")
 
 def load_pipeline_config(name_or_path: str | None = None, overrides: list[str] | None = None):
     """Read a shipped or user YAML config, apply the preset and overrides, validate it all."""
-    from datadistill.presets import preset_overrides
 
     name_or_path = name_or_path or DEFAULT_CONFIG
     raw = expect_recipe(read_config(name_or_path, overrides), "tm", name_or_path)
@@ -196,10 +215,6 @@ def train_pipeline_experts(cfg: PipelineConfig, out_dir: str | Path, *, data=Non
     saved beside the experts, and every expert epoch trains on the scheduled subset
     (:mod:`datadistill.experts.pad`); ``curriculum.json`` records the sizes served.
     """
-    from datadistill.data import prepare
-    from datadistill.experts import train_experts
-    from datadistill.experts.pad import check_no_curriculum, prepare_curriculum, record_served
-    from datadistill.experts.store import expert_path
 
     if data is None:
         data = prepare(cfg.dataset, cfg.data_root, zca=cfg.zca, download=cfg.download,
@@ -237,9 +252,6 @@ def run_pipeline(cfg: PipelineConfig, out_dir: str | Path, *, progress: bool = T
     ``pipeline.json``, ``seconds.json``, ``eval.json`` (with ``"world_size": K``) and the page,
     and the other ranks wait where they read what rank 0 wrote (``best/``, the challenge file).
     """
-    from datadistill.data import prepare
-    from datadistill.distill import distill
-    from datadistill.report import write_report as write_page
 
     out = Path(out_dir)
     experts_at = Path(expert_dir) if expert_dir is not None else out / "experts"
@@ -274,8 +286,6 @@ def run_pipeline(cfg: PipelineConfig, out_dir: str | Path, *, progress: bool = T
 
 def _refuse_early(cfg: PipelineConfig, dcfg, out: Path, restart: bool) -> None:
     """Every check that can refuse the run, before experts or anything else is written."""
-    from datadistill.distill import check_processes
-    from datadistill.memory import check_memory
 
     _check(cfg)
     check_memory(dcfg)  # an unrolled run that cannot fit
@@ -287,7 +297,6 @@ def _refuse_early(cfg: PipelineConfig, dcfg, out: Path, restart: bool) -> None:
 def _final_evaluation(cfg: PipelineConfig, data, result, out: Path, restart: bool,
                       progress: bool) -> dict:
     """The distilled sets' scores and the random subset's, resumed from ``eval_runs.jsonl``."""
-    from datadistill.baselines import baseline_random
 
     device, ev = cfg.resolved_device(), cfg.evaluation
     runs = out / "eval_runs.jsonl"
@@ -305,8 +314,6 @@ def _final_evaluation(cfg: PipelineConfig, data, result, out: Path, restart: boo
 
 def _check_checkpoint(dcfg, folder: Path) -> None:
     """A distillation checkpoint in ``folder`` must have been written with this config."""
-    from datadistill.checkpoint import load_checkpoint
-    from datadistill.distill import check_resume
 
     path = folder / "checkpoint.pt"
     if path.is_file():
@@ -316,8 +323,6 @@ def _check_checkpoint(dcfg, folder: Path) -> None:
 def _evaluate_outputs(cfg: PipelineConfig, data, result, out: Path, device: str,
                       progress: bool) -> dict[str, Any]:
     """Fresh-network evaluations of the distilled outputs, keyed as in ``eval.json``."""
-    from datadistill.artifact import export_challenge, load_distilled
-    from datadistill.evaluate import evaluate
 
     ev, best = cfg.evaluation, load_distilled(result.best_dir)
     ema_dir = result.out_dir / "ema_last"  # FTD: written by distill when ema_decay is set
@@ -366,7 +371,6 @@ def _ddranking(cfg: PipelineConfig, data, best, device: str, progress: bool) -> 
     """DD-Ranking's scores of the best set: the method's DD-Ranking config, with
     ``evaluation.runs`` rounds and ``evaluation.epochs`` epochs (StepLR at half), then the
     overrides in ``evaluation.ddranking`` (e.g. ``{full: {epochs: 20}, ars: false}``)."""
-    from datadistill.ddranking import preset_for, score
 
     ev = cfg.evaluation
     over = {"rounds": ev.runs, "model": cfg.model, "model_kwargs": cfg.model_kwargs,
@@ -383,7 +387,6 @@ def repair_run(out_dir: str | Path, *, progress: bool = False) -> list[str]:
 
     Returns what was rebuilt, in words.
     """
-    from datadistill.data import prepare
 
     out = Path(out_dir)
     cfg = config_from_dict(PipelineConfig, read_json(out / "pipeline.json"))

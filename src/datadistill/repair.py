@@ -29,13 +29,16 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from datadistill import distributed
+from datadistill.artifact import DistilledSet, load_distilled, save_distilled
+from datadistill.checkpoint import _read_rows, load_checkpoint
+from datadistill.distill import distill
 from datadistill.errors import ArtifactError, DatadistillError
 
 log = logging.getLogger(__name__)
 
 
 def _readable(folder: Path) -> bool:
-    from datadistill.artifact import load_distilled
 
     try:
         load_distilled(folder)
@@ -47,7 +50,6 @@ def _readable(folder: Path) -> bool:
 def finished_state(stage_config: Callable[[str | None], Any], folder: Path):
     """The distillation stage's config (``stage_config(expert_dir)``, with the checkpoint's
     expert folder) and its finished checkpoint state."""
-    from datadistill.checkpoint import load_checkpoint
 
     state = load_checkpoint(folder / "checkpoint.pt")
     dcfg = stage_config(state.config.get("expert_dir"))
@@ -59,7 +61,6 @@ def finished_state(stage_config: Callable[[str | None], Any], folder: Path):
 
 
 def _save_state(state, data, dcfg, folder: Path, extra: dict) -> None:
-    from datadistill.artifact import DistilledSet, save_distilled
 
     save_distilled(DistilledSet(images=state.images, labels=state.labels,
                                 lr=float(state.syn_lr), info=data.info,
@@ -70,8 +71,6 @@ def _save_state(state, data, dcfg, folder: Path, extra: dict) -> None:
 
 def _replay_best(dcfg, data, distill_dir: Path, extra: dict) -> None:
     """Run the distillation again up to the best iteration and keep its images as best/."""
-    from datadistill.artifact import load_distilled, save_distilled
-    from datadistill.distill import distill
 
     replay = dataclasses.replace(dcfg, iterations=extra["iteration"], eval_runs=0, eval_every=0)
     scratch = distill_dir / ".replay"
@@ -86,8 +85,6 @@ def _replay_best(dcfg, data, distill_dir: Path, extra: dict) -> None:
 
 def _extra(folder: Path, iteration: int | None, accuracy) -> dict:
     """The meta a set saved at ``iteration`` carried: its evaluation from metrics.jsonl."""
-    from datadistill import distributed
-    from datadistill.checkpoint import _read_rows
 
     extra = {"iteration": iteration, "accuracy": accuracy, "std": None,
              **distributed.metadata()}  # as distill records it

@@ -36,10 +36,12 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from datadistill import distributed
+from datadistill import __version__, distributed
+from datadistill.augment import DSA
 from datadistill.config import RunContext
 from datadistill.data import check_prepared
 from datadistill.errors import CompatibilityError, ConfigError
+from datadistill.experts.gsam import GSAM
 from datadistill.experts.store import (
     DTYPES,
     FORMAT_VERSION,
@@ -50,6 +52,7 @@ from datadistill.experts.store import (
     write_meta,
 )
 from datadistill.lock import lock_folder_if
+from datadistill.models.functional import flatten_params, param_spec
 from datadistill.progress import progress_bar
 from datadistill.training import EpochEnd, build_model, fit, images_only, run_seeds, test_accuracy
 
@@ -111,8 +114,6 @@ expert_seeds = run_seeds
 
 def store_meta(cfg: ExpertConfig, info, model: nn.Module, dsa_strategy: str | None) -> dict:
     """The self-describing meta.json of a store trained with ``cfg``."""
-    from datadistill import __version__
-    from datadistill.models.functional import param_spec
 
     spec = param_spec(model)
     return {
@@ -175,7 +176,6 @@ def train_experts(cfg: ExpertConfig, data, out_dir: str | Path, *, device: str |
     Returns:
         The :class:`ExpertStore` of ``out_dir``.
     """
-    from datadistill.augment import DSA
 
     _check_data(cfg, data)
     device = device or cfg.device
@@ -212,7 +212,6 @@ def train_one_expert(cfg: ExpertConfig, data, index: int, *, dsa=None, device: s
                      epoch_subset: EpochSubset | None = None,
                      progress: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """Params (E+1, P) and test accuracy (E+1,) of expert ``index`` (epoch 0 = init)."""
-    from datadistill.models.functional import flatten_params
 
     init_seed, data_seed = expert_seeds(cfg.seed, index)
     net = build_model(cfg, data.info, init_seed)
@@ -251,7 +250,6 @@ def expert_optimizer(cfg: ExpertConfig, net: nn.Module) -> torch.optim.Optimizer
                           weight_decay=cfg.weight_decay)
     if cfg.optimizer != "gsam":
         return sgd
-    from datadistill.experts.gsam import GSAM
 
     return GSAM(net.parameters(), sgd, rho=cfg.gsam_rho, alpha=cfg.gsam_alpha, adaptive=True,
                 model=net)
