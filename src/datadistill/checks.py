@@ -109,7 +109,6 @@ def check_distill(dcfg: Any) -> None:
     """Learning rates and evaluation sizes of a :class:`DistillConfig`."""
     check_positive("distill.lr_img", dcfg.lr_img)
     check_positive("distill.lr_lr", dcfg.lr_lr, allow_zero=True)  # 0: a fixed step size
-    check_positive("distill.lr_teacher", dcfg.lr_teacher)
     if dcfg.label_mode == "soft":
         check_positive("distill.lr_y", dcfg.lr_y)
     check_count("distill.eval_batch", dcfg.eval_batch, 1)

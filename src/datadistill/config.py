@@ -28,7 +28,7 @@ from typing import Any, TypeVar
 
 import yaml
 
-from datadistill.errors import ConfigError
+from datadistill.errors import CompatibilityError, ConfigError
 
 T = TypeVar("T")
 
@@ -74,6 +74,24 @@ class RunContext(DataConfig):
     model_kwargs: dict = dataclasses.field(default_factory=dict)  # e.g. {depth: 4} (Tiny ImageNet)
     seed: int = 0  # every random draw of the stage derives from it
     device: str = "cpu"  # cpu | cuda | cuda:N
+
+
+def check_saved_config(saved: dict[str, Any], now: dict[str, Any], where: str | Path, *,
+                       what: str, fix: str, free: tuple[str, ...] = ()) -> None:
+    """A stage resumes only under the config it was started with: every stage's one check.
+
+    ``saved`` is the config recorded with the partial output (checkpoint, expert store,
+    teacher), ``now`` the requested one; keys in ``free`` may change between calls (e.g. the
+    iteration count). A key that ``now`` no longer has is ignored. The CompatibilityError lists
+    every differing key as ``key: saved -> now`` and ends with ``fix``.
+
+    Example:
+        >>> check_saved_config({"lr": 0.1}, {"lr": 0.1}, "runs/x", what="config", fix="")
+    """
+    diff = sorted(k for k in now if k not in free and saved.get(k) != now[k])
+    if diff:
+        detail = ", ".join(f"{k}: {saved.get(k)!r} -> {now[k]!r}" for k in diff)
+        raise CompatibilityError(f"{where} was written with another {what} ({detail}); {fix}")
 
 
 def fields_of(cls: type, obj: Any) -> dict[str, Any]:

@@ -66,13 +66,12 @@ from datadistill import distributed
 from datadistill.artifact import DistilledSet, save_distilled
 from datadistill.augment import DSA
 from datadistill.checkpoint import DistillState, MetricsLog, load_checkpoint, save_checkpoint
-from datadistill.checks import check_distill, check_ipc_fits
-from datadistill.config import RunContext, check_choice
+from datadistill.checks import check_distill, check_ipc_fits, check_positive, check_window
+from datadistill.config import RunContext, check_choice, check_saved_config
 from datadistill.data import check_prepared, prepare
 from datadistill.errors import CompatibilityError, ConfigError, DivergenceError
 from datadistill.evaluate import evaluate
 from datadistill.experts import ExpertStore
-from datadistill.experts.store import required_epochs
 from datadistill.labels import is_soft
 from datadistill.lock import locks_output
 from datadistill.matching import (
@@ -143,9 +142,7 @@ class DistillSection(GradAxis, EmaAxis, MaskAxis, LabelAxis, WindowAxis):
         check_choice("distill.pix_init", self.pix_init, PIX_INITS)
         check_at_least(self, ("syn_steps", "checkpoint_every"), 1)
         check_at_least(self, ("iterations", "eval_every", "eval_runs"), 0)
-        if self.lr_teacher <= 0:
-            raise ConfigError(f"distill.lr_teacher (initial step size) must be > 0, got "
-                              f"{self.lr_teacher}")
+        check_positive("distill.lr_teacher (initial step size)", self.lr_teacher)
         if self.batch_syn is not None and self.batch_syn < 1:
             raise ConfigError(f"distill.batch_syn must be >= 1 or null, got {self.batch_syn}")
         for axis in AXES:  # each strategy axis is validated beside its math (matching/*.py)
@@ -324,12 +321,8 @@ def _check_data(cfg: DistillConfig, data) -> None:
 
 def _check_store(cfg: DistillConfig, store) -> None:
 
-    need = required_epochs(cfg.max_start_epoch, cfg.expert_epochs)
-    if need > store.epochs:
-        raise CompatibilityError(
-            f"max_start_epoch ({cfg.max_start_epoch}) - 1 + expert_epochs ({cfg.expert_epochs}) "
-            f"= {need} epochs are needed but the experts in {store.directory} have "
-            f"{store.epochs}; train experts with epochs >= {need} or lower max_start_epoch.")
+    check_window(cfg.max_start_epoch, cfg.expert_epochs, store.epochs,
+                 f"the experts in {store.directory} have")
     if len(store) == 0:
         raise CompatibilityError(f"the expert store {store.directory} holds no experts yet; "
                                  "run train_experts first.")
@@ -390,12 +383,9 @@ def check_resume(cfg: DistillConfig, saved: dict, path: Path) -> None:
     # A key added after the checkpoint was written (e.g. grad_mode) had its default then.
     saved = {f.name: f.default for f in dataclasses.fields(DistillConfig)
              if f.default is not dataclasses.MISSING} | saved
-    diff = sorted(k for k in now if k not in RESUMABLE_KEYS and saved.get(k) != now[k])
-    if diff:
-        detail = ", ".join(f"{k}: {saved.get(k)!r} -> {now[k]!r}" for k in diff)
-        raise CompatibilityError(f"{path} was written with another config ({detail}); resume "
-                                 "with the same settings, or rerun with --restart (Python: "
-                                 "resume=False) to start over.")
+    check_saved_config(saved, now, path, what="config", free=RESUMABLE_KEYS,
+                       fix="resume with the same settings, or rerun with --restart (Python: "
+                       "resume=False) to start over.")
 
 
 def _fresh_state(run: _Run, gens: dict[str, torch.Generator]) -> DistillState:

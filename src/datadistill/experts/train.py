@@ -38,7 +38,7 @@ from torch import nn
 
 from datadistill import __version__, distributed
 from datadistill.augment import DSA
-from datadistill.config import RunContext
+from datadistill.config import RunContext, check_saved_config
 from datadistill.data import check_prepared
 from datadistill.errors import CompatibilityError, ConfigError
 from datadistill.experts.gsam import GSAM
@@ -139,11 +139,8 @@ def _check_resume(directory: Path, meta: dict) -> None:
     if old is None:
         raise CompatibilityError(f"{directory} holds experts not made by train_experts "
                                  "(imported?); train into another directory.")
-    diff = sorted(k for k in new if k not in _FREE_KEYS and old.get(k) != new[k])
-    if diff:
-        detail = ", ".join(f"{k}: {old.get(k)!r} -> {new[k]!r}" for k in diff)
-        raise CompatibilityError(f"{directory} was started with another expert config "
-                                 f"({detail}); use a new out_dir or the original settings.")
+    check_saved_config(old, new, directory, what="expert config", free=tuple(_FREE_KEYS),
+                       fix="use a new out_dir or the original settings.")
 
 
 def _made_by(directory: Path, training: bool) -> dict:
