@@ -63,6 +63,7 @@ from pathlib import Path
 import torch
 
 from datadistill import distributed
+from datadistill import evaluate as evaluation  # module: evaluation.evaluate at call time
 from datadistill.artifact import DistilledSet, save_distilled
 from datadistill.augment import DSA
 from datadistill.checkpoint import DistillState, MetricsLog, load_checkpoint, save_checkpoint
@@ -70,7 +71,6 @@ from datadistill.checks import check_distill, check_ipc_fits, check_positive, ch
 from datadistill.config import RunContext, check_choice, check_saved_config
 from datadistill.data import check_prepared, prepare
 from datadistill.errors import CompatibilityError, ConfigError, DivergenceError
-from datadistill.evaluate import evaluate
 from datadistill.experts import ExpertStore
 from datadistill.labels import is_soft
 from datadistill.lock import locks_output
@@ -572,7 +572,8 @@ def _evaluate_here(run: _Run, images: torch.Tensor, state: DistillState, it: int
     if cfg.eval_runs == 0:
         return {"iteration": it, "eval": True, "mean": None, "std": None, "accuracies": []}
 
-    report = evaluate(images.detach(), state.labels.detach(), run.data.test, protocol="classic",
+    report = evaluation.evaluate(
+                      images.detach(), state.labels.detach(), run.data.test, protocol="classic",
                       model=cfg.model, lr=float(state.syn_lr.detach()), num_runs=cfg.eval_runs,
                       epochs=cfg.eval_epochs, batch_size=cfg.eval_batch,
                       seed=_seeds(cfg.seed + it, 1)[0], device=cfg.device,
