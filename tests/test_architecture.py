@@ -93,3 +93,167 @@ def test_the_length_check_sees_a_long_function(source, found):
 def test_the_step_check_sees_a_training_step():
     assert _calls_optimizer_step(ast.parse("opt.zero_grad()\nloss.backward()\nopt.step()\n"))
     assert not _calls_optimizer_step(ast.parse("sched.step()\n"))
+
+
+# ----------------------------------------------------------------------------- import graph
+# Layers, lowest first. A component imports only its own layer or lower ones; every module not
+# named here (pipeline, distill, infer, report, cli, evaluation, ...) sits above all of them.
+LAYERS = {
+    **dict.fromkeys(("errors", "progress", "lock", "io", "config", "distributed", "labels",
+                     "augment"), 0),
+    **dict.fromkeys(("data", "models"), 1),
+    **dict.fromkeys(("training", "matching"), 2),
+    **dict.fromkeys(("runs", "experts"), 3),
+}
+TOP = max(LAYERS.values()) + 1
+# Function-local imports of datadistill modules that stay local, and why. Every other import
+# is at module level, so the graph a reader sees at the top of a file is the whole graph.
+LOCAL_IMPORTS = {
+    "cli": "startup speed of the CLI: a command loads only the modules it runs",
+    "recipes": "startup speed of the CLI: a recipe's modules load only when it is used",
+    "curves": "matplotlib loads only when a figure is drawn",
+    "grids": "Pillow's drawing loads only when a grid is drawn",
+}
+
+
+def _module_name(path: Path) -> str:
+    parts = list(path.relative_to(SRC.parent).with_suffix("").parts)
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+MODULE_NAMES = {_module_name(SRC / p): p for p in MODULES}
+
+
+def _existing(name: str) -> str:
+    while name not in MODULE_NAMES and "." in name:
+        name = name.rsplit(".", 1)[0]
+    return name
+
+
+def _type_checking_only(node: ast.AST, parents: dict) -> bool:
+    parent = parents.get(node)
+    return isinstance(parent, ast.If) and "TYPE_CHECKING" in ast.unparse(parent.test)
+
+
+def _local(node: ast.AST, parents: dict) -> bool:
+    while node in parents:
+        node = parents[node]
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            return True
+    return False
+
+
+def _targets(node: ast.AST, importer: str) -> set[str]:
+    """The datadistill modules an import statement runs: the named module, an imported
+    submodule, and every package ``__init__`` on the way in from outside that package."""
+    if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("datadistill"):
+        named = set() if node.module == "datadistill" else {_existing(node.module)}
+        named |= {f"{node.module}.{a.name}" for a in node.names
+                  if f"{node.module}.{a.name}" in MODULE_NAMES}
+    elif isinstance(node, ast.Import):
+        named = {_existing(a.name) for a in node.names if a.name.startswith("datadistill.")}
+    else:
+        return set()
+    out = named - {importer}  # `from datadistill.data import x` inside data/ runs data/__init__
+    for name in named:
+        parts = name.split(".")
+        for i in range(2, len(parts)):  # the packages on the way: datadistill.data, ...
+            package = ".".join(parts[:i])
+            if not importer.startswith(package + ".") and package != importer:
+                out.add(package)
+    return out
+
+
+def import_graph(modules: dict[str, ast.Module] | None = None
+                 ) -> dict[str, dict[str, list[tuple[int, bool]]]]:
+    """importer -> imported -> [(line, function-local)], over every datadistill import
+    (module level and inside functions; ``if TYPE_CHECKING`` annotations left out)."""
+    graph: dict[str, dict[str, list[tuple[int, bool]]]] = {}
+    for path, tree in (MODULES if modules is None else modules).items():
+        importer = _module_name(SRC / path)
+        parents = {c: n for n in ast.walk(tree) for c in ast.iter_child_nodes(n)}
+        edges = graph.setdefault(importer, {})
+        for node in ast.walk(tree):
+            if isinstance(node, (ast.Import, ast.ImportFrom)) and not _type_checking_only(
+                    node, parents):
+                for target in _targets(node, importer):
+                    edges.setdefault(target, []).append((node.lineno, _local(node, parents)))
+    return graph
+
+
+def find_cycle(graph: dict[str, dict]) -> list[str] | None:
+    """One import cycle as a path ``[a, b, ..., a]``, or None."""
+    state: dict[str, int] = {}  # 1: on the current path, 2: done
+    path: list[str] = []
+
+    def visit(node: str) -> list[str] | None:
+        state[node] = 1
+        path.append(node)
+        for nxt in sorted(graph.get(node, ())):
+            if state.get(nxt) == 1:
+                return path[path.index(nxt):] + [nxt]
+            if nxt not in state and (found := visit(nxt)):
+                return found
+        path.pop()
+        state[node] = 2
+        return None
+
+    for start in sorted(graph):
+        if start not in state and (found := visit(start)):
+            return found
+    return None
+
+
+def _layer(module: str) -> int:
+    return LAYERS.get(module.split(".")[1] if "." in module else module, TOP)
+
+
+def upward_imports(graph: dict[str, dict]) -> list[str]:
+    """Imports from a component into a higher layer (or into the recipes, report, CLI)."""
+    return sorted(f"{a} -> {b}" for a, targets in graph.items() for b in targets
+                  if _layer(a) < TOP and _layer(b) > _layer(a))
+
+
+def test_no_import_cycle():
+    assert find_cycle(import_graph()) is None
+
+
+def test_no_component_imports_a_layer_above_it():
+    assert upward_imports(import_graph()) == []
+
+
+def test_function_local_imports_are_only_the_listed_ones():
+    local = sorted(f"{a} -> {b} (line {line})" for a, targets in import_graph().items()
+                   for b, uses in targets.items() for line, is_local in uses
+                   if is_local and a.split(".")[-1] not in LOCAL_IMPORTS
+                   and b.split(".")[-1] not in LOCAL_IMPORTS)
+    assert local == []
+
+
+def _toy(sources: dict[str, str]) -> dict[str, ast.Module]:
+    return {path: ast.parse(text) for path, text in sources.items()}
+
+
+def test_the_graph_sees_cycles_through_a_package_init_and_local_imports():
+    assert find_cycle(import_graph(_toy({
+        "pipeline.py": "def f():\n    from datadistill.repair import g\n",
+        "repair.py": "from datadistill.pipeline import f\n"}))) == [
+        "datadistill.pipeline", "datadistill.repair", "datadistill.pipeline"]
+    # importing data.registry from outside runs data/__init__, which imports mnist
+    cycle = find_cycle(import_graph(_toy({
+        "data/__init__.py": "from datadistill.data.mnist import x\n",
+        "data/mnist.py": "from datadistill.report import y\n",
+        "report.py": "from datadistill.data.registry import z\n"})))
+    assert cycle == ["datadistill.data", "datadistill.data.mnist", "datadistill.report",
+                     "datadistill.data"]
+    assert find_cycle(import_graph(_toy({"io.py": "import datadistill.config\n",
+                                         "config.py": "x = 1\n"}))) is None
+
+
+def test_the_layer_check_sees_an_upward_import():
+    graph = import_graph(_toy({
+        "labels.py": "from datadistill.matching.soft_labels import f\n",
+        "data/__init__.py": "def f():\n    from datadistill.pipeline import g\n"}))
+    assert upward_imports(graph) == ["datadistill.data -> datadistill.pipeline",
+                                     "datadistill.labels -> datadistill.matching",
+                                     "datadistill.labels -> datadistill.matching.soft_labels"]

@@ -136,3 +136,27 @@ def test_root_defaults_to_environment(monkeypatch, tmp_path):
     monkeypatch.setenv("DATADISTILL_DATA", str(tmp_path))
     with pytest.raises(DatasetError, match=str(tmp_path)):
         create_dataset("mnist")
+
+
+def test_split_sizes_are_the_registry_facts_and_unknown_names_fail():
+    from datadistill.data import split_sizes
+
+    assert split_sizes("digits") == (len(create_dataset("digits", split="train")),
+                                     len(create_dataset("digits", split="test")))
+    assert split_sizes("cifar-10") == (50_000, 10_000)  # aliases resolve
+    assert split_sizes("imagefolder") is None  # the files decide
+    with pytest.raises(UnknownDatasetError, match="unknown dataset 'nope'; available: "):
+        split_sizes("nope")
+
+
+def test_memory_counts_real_images_from_the_registry():
+    from types import SimpleNamespace
+
+    from datadistill.memory import real_images_of
+
+    info = dataset_info("cifar100")
+    cfg = SimpleNamespace(dataset="cifar100", train_per_class=None)
+    assert real_images_of(cfg, info) == 60_000
+    assert real_images_of(SimpleNamespace(dataset="cifar100", train_per_class=10), info) == 11_000
+    with pytest.raises(UnknownDatasetError, match="unknown dataset 'cifar1000'"):
+        real_images_of(SimpleNamespace(dataset="cifar1000", train_per_class=None), info)

@@ -126,7 +126,7 @@ def test_validation(digits, store, tmp_path):
                                   labels=torch.arange(40) % 10)
         distill(_cfg(ipc=5), tmp_path, data=dataclasses.replace(digits, train=few),
                 store=store, progress=False)
-    with pytest.raises(CompatibilityError, match="epochs >= 5"):
+    with pytest.raises(CompatibilityError, match="experts.epochs to at least 5"):
         distill(_cfg(max_start_epoch=4), tmp_path, data=digits, store=store, progress=False)
     with pytest.raises(CompatibilityError, match="parameters"):
         distill(_cfg(model_kwargs={"width": 16}), tmp_path, data=digits, store=store,

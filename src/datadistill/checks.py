@@ -23,7 +23,11 @@ from typing import Any
 
 import torch
 
-from datadistill.errors import CompatibilityError, ConfigError
+from datadistill.data import create_dataset
+from datadistill.data.registry import _spec
+from datadistill.errors import CompatibilityError, ConfigError, DatasetError
+from datadistill.experts.store import required_epochs
+from datadistill.models.registry import model_entry
 
 
 def check_positive(name: str, value: Any, *, allow_zero: bool = False) -> None:
@@ -65,7 +69,6 @@ def check_window(max_start_epoch: int, expert_epochs: int, epochs: int, where: s
     """The matching window fits a trajectory of ``epochs`` epochs (the one rule:
     :func:`datadistill.experts.store.required_epochs`); ``error`` is raised otherwise
     (ConfigError when two sections of one config disagree)."""
-    from datadistill.experts.store import required_epochs
 
     need = required_epochs(max_start_epoch, expert_epochs)
     if need > epochs:
@@ -119,7 +122,6 @@ def check_distill(dcfg: Any) -> None:
     """Learning rates and evaluation sizes of a :class:`DistillConfig`."""
     check_positive("distill.lr_img", dcfg.lr_img)
     check_positive("distill.lr_lr", dcfg.lr_lr, allow_zero=True)  # 0: a fixed step size
-    check_positive("distill.lr_teacher", dcfg.lr_teacher)
     if dcfg.label_mode == "soft":
         check_positive("distill.lr_y", dcfg.lr_y)
     check_count("distill.eval_batch", dcfg.eval_batch, 1)
@@ -129,8 +131,6 @@ def check_distill(dcfg: Any) -> None:
 
 def check_names(dataset: str, model: str) -> None:
     """The dataset and the model are registered (their errors list the valid names)."""
-    from datadistill.data.registry import _spec
-    from datadistill.models.registry import model_entry
 
     _spec(dataset)
     model_entry(model)
@@ -228,8 +228,6 @@ def check_ipc_for_dataset(ipc: int, dataset: str, root: Any, train_per_class: in
 
     Returns a note when the dataset files are not there to check (``validate`` prints it).
     """
-    from datadistill.data import create_dataset
-    from datadistill.errors import DatasetError
 
     if train_per_class is not None and train_per_class < ipc:
         raise ConfigError(f"ipc={ipc} but train_per_class={train_per_class} keeps fewer images "

@@ -12,7 +12,6 @@ import contextlib
 import dataclasses
 import logging
 import os
-import shutil
 import signal
 import sys
 import time
@@ -35,7 +34,7 @@ def _fmt(report) -> str:
 
 # ---------------------------------------------------------------- configs / validate
 def cmd_configs(args: argparse.Namespace) -> int:
-    from datadistill.config import list_configs, resolve_config_path
+    from datadistill.config import list_configs, resolve_config_path, resolved_config_text
 
     if args.action == "ls":
         for name in list_configs():
@@ -47,7 +46,7 @@ def cmd_configs(args: argparse.Namespace) -> int:
                           "`datadistill configs ls` lists them")
     src = resolve_config_path(args.name)
     if args.action == "show":
-        print(src.read_text(), end="")
+        print(resolved_config_text(src), end="")
         return 0
     dest = Path(args.dest)
     if dest.is_dir():
@@ -58,7 +57,7 @@ def cmd_configs(args: argparse.Namespace) -> int:
         raise ConfigError(f"cannot copy to {dest}: the folder {dest.parent} does not exist; "
                           "create it or name an existing folder")
     try:
-        shutil.copyfile(src, dest)
+        dest.write_text(resolved_config_text(src))  # every value written in: runs alone
     except OSError as err:
         raise ConfigError(f"cannot copy to {dest} ({err.strerror or err}); name a writable "
                           "file or folder") from None
@@ -180,7 +179,7 @@ def _print_process_table(dcfg, info) -> None:
 
 
 def cmd_repair(args: argparse.Namespace) -> int:
-    from datadistill.repair import repair_run
+    from datadistill.pipeline import repair_run
 
     for what in repair_run(args.out, progress=not args.quiet, experts=args.experts):
         print(f"rebuilt {what}")
@@ -339,19 +338,23 @@ def _write_report(data: dict, path: Path, *, top: bool = True) -> Path:
 # ---------------------------------------------------------------- report.html
 def _report(folder: Path, stage: str | None = None, seconds: float | None = None) -> None:
     """Write report.html when ``stage`` is given (never fails the command); print its path."""
+    from datadistill.recipes import load_recipes
     from datadistill.report import REPORT_FILE, write_report
 
     if stage is not None and distributed.is_main():
+        load_recipes()  # the page describes the run's method from the recipes' registry
         write_report(folder, stage=stage, seconds=seconds)
     if (Path(folder) / REPORT_FILE).is_file():
         print(f"page: {Path(folder) / REPORT_FILE}")
 
 
 def cmd_report(args: argparse.Namespace) -> int:
+    from datadistill.recipes import load_recipes
     from datadistill.report import build_report
 
     if Path(args.out).is_dir():  # a missing folder: build_report names it
         check_output_folder(args.out, "the run folder")
+    load_recipes()  # the page describes the run's method from the recipes' registry
     print(f"page written to {build_report(args.out)}")
     return 0
 

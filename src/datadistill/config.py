@@ -28,7 +28,7 @@ from typing import Any, TypeVar
 
 import yaml
 
-from datadistill.errors import ConfigError
+from datadistill.errors import CompatibilityError, ConfigError
 
 T = TypeVar("T")
 
@@ -36,6 +36,7 @@ CONFIG_PACKAGE = "datadistill.configs"
 RECIPE_KEY = "recipe"  # names the entry of datadistill.recipes.RECIPES that runs a config
 DEFAULT_RECIPE = "tm"  # what a user file without a `recipe` key is read as
 METHODS_DIR = "_methods"  # configs/_methods/<preset>.yaml: a preset's default values
+EXTENDS_KEY = "extends"  # a method fragment's parent: `extends: datm` (its values lie beneath)
 
 
 @dataclasses.dataclass
@@ -73,6 +74,24 @@ class RunContext(DataConfig):
     model_kwargs: dict = dataclasses.field(default_factory=dict)  # e.g. {depth: 4} (Tiny ImageNet)
     seed: int = 0  # every random draw of the stage derives from it
     device: str = "cpu"  # cpu | cuda | cuda:N
+
+
+def check_saved_config(saved: dict[str, Any], now: dict[str, Any], where: str | Path, *,
+                       what: str, fix: str, free: tuple[str, ...] = ()) -> None:
+    """A stage resumes only under the config it was started with: every stage's one check.
+
+    ``saved`` is the config recorded with the partial output (checkpoint, expert store,
+    teacher), ``now`` the requested one; keys in ``free`` may change between calls (e.g. the
+    iteration count). A key that ``now`` no longer has is ignored. The CompatibilityError lists
+    every differing key as ``key: saved -> now`` and ends with ``fix``.
+
+    Example:
+        >>> check_saved_config({"lr": 0.1}, {"lr": 0.1}, "runs/x", what="config", fix="")
+    """
+    diff = sorted(k for k in now if k not in free and saved.get(k) != now[k])
+    if diff:
+        detail = ", ".join(f"{k}: {saved.get(k)!r} -> {now[k]!r}" for k in diff)
+        raise CompatibilityError(f"{where} was written with another {what} ({detail}); {fix}")
 
 
 def fields_of(cls: type, obj: Any) -> dict[str, Any]:
@@ -247,7 +266,118 @@ def list_configs() -> list[str]:
     """Names of the shipped configs, ``<dataset>/<method>_ipc<N>``."""
     root = _config_root()
     return sorted(str(p.relative_to(root).with_suffix("")) for p in root.rglob("*.yaml")
-                  if p.parent.name != METHODS_DIR)
+                  if not p.parent.name.startswith("_"))  # _methods/, _evaluation/: settings
+
+
+def extends_chain(name: str, entries: dict[str, dict], what: str) -> list[str]:
+    """``name`` and every entry it ``extends:`` in ``entries``, parent first.
+
+    The one reading of ``extends:`` (method fragments, DD-Ranking's evaluator presets): an
+    unknown parent or a cycle is a ConfigError that names the entries (``what``: what they are).
+
+    Example:
+        >>> extends_chain("b", {"a": {}, "b": {"extends": "a"}}, "preset")
+        ['a', 'b']
+    """
+    chain: list[str] = []
+    while True:
+        if name not in entries:
+            where = f"{what} '{chain[-1]}': `{EXTENDS_KEY}: {name}` names no {what}"
+            raise ConfigError(f"{where}; extend one of: {', '.join(sorted(entries))}")
+        if name in chain:
+            cycle = " -> ".join([*chain[chain.index(name):], name])
+            raise ConfigError(f"{what}s extend each other in a cycle ({cycle}); remove "
+                              f"`{EXTENDS_KEY}:` from one of them")
+        chain.append(name)
+        parent = entries[name].get(EXTENDS_KEY)
+        if parent is None:
+            return chain[::-1]
+        name = str(parent)
+
+
+def extended_values(name: str, entries: dict[str, dict], what: str) -> dict[str, Any]:
+    """Entry ``name`` merged over every entry it ``extends:`` (the key itself left out).
+
+    Example:
+        >>> extended_values("b", {"a": {"s": {"x": 1, "y": 2}}, "b": {"extends": "a",
+        ...                        "s": {"y": 5}}}, "preset")
+        {'s': {'x': 1, 'y': 5}}
+    """
+    values: dict[str, Any] = {}
+    for link in extends_chain(name, entries, what):
+        values = merge(values, {k: v for k, v in entries[link].items() if k != EXTENDS_KEY})
+    return values
+
+
+def _fragments(root: Path | None) -> tuple[Path, dict[str, dict]]:
+    root = _config_root() / METHODS_DIR if root is None else Path(root)
+    return root, {p.stem: load_yaml(p) for p in sorted(root.glob("*.yaml"))}
+
+
+def fragment_chain(name: str, root: Path | None = None) -> list[Path]:
+    """The method fragment ``<root>/<name>.yaml`` and every fragment it ``extends:``, parent first.
+
+    ``root`` defaults to the shipped ``configs/_methods``. A method without a fragment (MTT)
+    has an empty chain; an unknown parent or a cycle is a ConfigError naming the fragments.
+
+    Example:
+        >>> [p.stem for p in fragment_chain("pad")]
+        ['datm', 'pad']
+    """
+    root, entries = _fragments(root)
+    if name not in entries:
+        return []
+    return [root / f"{link}.yaml" for link in extends_chain(name, entries, "method fragment")]
+
+
+def method_values(name: str, root: Path | None = None) -> dict[str, Any]:
+    """The default values of method ``name``: its fragment merged over the ones it extends
+    ({} for a method without a fragment).
+
+    Example:
+        >>> method_values("pad")["distill"]["label_mode"]  # from datm.yaml, through extends
+        'soft'
+    """
+    _, entries = _fragments(root)
+    return extended_values(name, entries, "method fragment") if name in entries else {}
+
+
+def packaged_values(name: str) -> dict[str, Any]:
+    """The shipped settings file ``configs/<name>.yaml`` (e.g. ``_evaluation/ddranking``)."""
+    return load_yaml(_config_root() / f"{name}.yaml")
+
+
+def resolved_config_text(name_or_path: str | Path) -> str:
+    """A config with its method's values written in: what ``configs show`` prints and
+    ``configs cp`` writes.
+
+    A shipped per-setting file holds only what differs from its method fragment
+    (``configs/_methods/<method>.yaml`` and the fragments it ``extends:``). This text is the
+    file's leading comments, a line naming the fragments, then every value (fragments < file)
+    as YAML, so a copy runs alone and resolves to the same config whatever later edits the
+    shipped fragments get. A file whose method has no fragment is returned as it is.
+
+    Example:
+        >>> "label_mode: soft" in resolved_config_text("cifar10/pad_ipc10")
+        True
+    """
+    path = resolve_config_path(name_or_path)
+    values = load_yaml(path)
+    chain = fragment_chain(str(values["method"])) if "method" in values else []
+    if not chain:
+        return path.read_text()
+    merged = merge(method_values(str(values["method"])), values)
+    ordered = {k: merged[k] for k in values} | {k: v for k, v in merged.items() if k not in values}
+    header = _leading_comments(path.read_text())
+    source = " < ".join(f"configs/{METHODS_DIR}/{p.name}" for p in chain)
+    header.append(f"# Every value written in: {source} < this setting's own values.\n")
+    return "".join(header) + yaml.safe_dump(ordered, sort_keys=False, width=100)
+
+
+def _leading_comments(text: str) -> list[str]:
+    lines = text.splitlines(keepends=True)
+    end = next((i for i, line in enumerate(lines) if not line.startswith("#")), len(lines))
+    return lines[:end]
 
 
 def resolve_config_path(name_or_path: str | Path) -> Path:

@@ -47,6 +47,7 @@ import torch
 from torch import nn
 
 from datadistill import distributed
+from datadistill.config import extended_values, packaged_values
 from datadistill.data import random_subset
 from datadistill.ddranking_train import Curve, TrainSpec, teacher_logits, train_spec
 from datadistill.errors import CompatibilityError, ConfigError
@@ -64,7 +65,7 @@ from datadistill.training import derive_seeds
 log = logging.getLogger(__name__)
 
 FORMAT_VERSION = 1
-LR_GRID = (0.001, 0.005, 0.01, 0.05, 0.1)  # DD-Ranking's lr search
+SETTINGS_FILE = "_evaluation/ddranking"  # configs/_evaluation/ddranking.yaml: every value
 HARD_LABEL_VARIANTS = ("class_order", "argmax")
 
 
@@ -78,14 +79,9 @@ class DDRankingConfig:
     aug_for_hard: bool = True  # use_aug_for_hard: augment the hard-label trainings too
     hard_label_variant: str = "class_order"  # DD-Ranking: labels by class order of the set
     rounds: int = 5  # num_eval
-    lr_grid: tuple[float, ...] = LR_GRID
-    full: TrainSpec = field(  # REAL_DATA_TRAINING_CONFIG, CIFAR ConvNet-3 (no augmentation);
-        # batch 256: the loader takes real_batch_size (256 in every CIFAR and Tiny ImageNet
-        # config), not the table's 512
-        default_factory=lambda: TrainSpec(
-            lr=0.01, epochs=200, batch_size=256, step_size=100, augment="none", test_every=10
-        )
-    )
+    lr_grid: tuple[float, ...] = field(default_factory=lambda: tuple(SETTINGS["lr_grid"]))
+    full: TrainSpec = field(  # REAL_DATA_TRAINING_CONFIG (ddranking.yaml `full`)
+        default_factory=lambda: TrainSpec(**SETTINGS["full"]))
     full_accuracy: float | None = None  # a known full-data accuracy (fraction): skip step 4
     full_from_cache: bool = True  # use DD-Ranking's cached full-data accuracy where it has one
     ars: bool = True  # also train without augmentation and report ARS
@@ -110,38 +106,12 @@ class DDRankingConfig:
 
 # ----------------------------------------------------------------------------- presets
 
-_HARD = {}  # DC/DSA/DM/MTT configs: hard CE, DSA, SGD, StepLR 500, 1000 epochs, batch 256
-_SOFT_DSA = {  # DATM: stored learned logits, SCE at T = 1, DSA (+ ZCA by the set's space)
-    "labels": "soft",
-    "soft_label_mode": "S",
-    "train": {"loss": "sce", "temperature": 1.0, "test_every": 20},
-    # use_aug_for_hard: the soft-label metric trains every hard-label network with the set's
-    # augmentation, the full-data reference included (soft_label.py, mode 'real')
-    "full": {"augment": "dsa"},
-}
-_SOFT_MIXUP = {  # SRe2L CIFAR-100: teacher logits per batch, KL T = 30, mixup 0.8, AdamW
-    "labels": "soft",
-    "soft_label_mode": "M",
-    "aug_for_hard": False,
-    "train": {"loss": "kl", "temperature": 30.0, "augment": "mixup", "optimizer": "adamw",
-              "scheduler": "cosine", "weight_decay": 0.01, "epochs": 400, "test_every": 20},
-}
-_SOFT_CUTMIX = {  # SRe2L Tiny / ImageNet, RDED: teacher logits per batch, KL T = 20, cutmix 1
-    **_SOFT_MIXUP,
-    "train": {**_SOFT_MIXUP["train"], "temperature": 20.0, "augment": "cutmix", "epochs": 300},
-}
-PRESETS: dict[str, dict] = {
-    "hard_dsa": _HARD,
-    "hard_noaug": {"train": {"augment": "none"}},  # DC
-    "soft_sce_dsa": _SOFT_DSA,
-    "soft_kl_mixup": _SOFT_MIXUP,
-    "soft_kl_cutmix": _SOFT_CUTMIX,
-}
-METHOD_PRESETS = {  # our methods -> the DD-Ranking config of the method they follow
-    "mtt": "hard_dsa", "ftd": "hard_dsa", "mdatm": "hard_dsa", "random": "hard_dsa",
-    "datm": "soft_sce_dsa", "pad": "soft_sce_dsa", "dc": "hard_noaug", "dsa": "hard_dsa",
-    "dm": "hard_dsa", "sre2l": "soft_kl_mixup", "rded": "soft_kl_cutmix",
-}  # fmt: skip
+# Every value lives in configs/_evaluation/ddranking.yaml (read once, here).
+SETTINGS: dict[str, Any] = packaged_values(SETTINGS_FILE)
+PRESETS: dict[str, dict] = {  # preset name -> its values (``extends:`` resolved)
+    name: extended_values(name, SETTINGS["presets"], "DD-Ranking preset")
+    for name in SETTINGS["presets"]}
+METHOD_PRESETS: dict[str, str] = SETTINGS["methods"]  # our methods -> DD-Ranking preset
 
 
 def preset_for(method_or_preset: str, **overrides: Any) -> DDRankingConfig:

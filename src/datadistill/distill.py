@@ -63,11 +63,15 @@ from pathlib import Path
 import torch
 
 from datadistill import distributed
+from datadistill import evaluate as evaluation  # module: evaluation.evaluate at call time
+from datadistill.artifact import DistilledSet, save_distilled
+from datadistill.augment import DSA
 from datadistill.checkpoint import DistillState, MetricsLog, load_checkpoint, save_checkpoint
-from datadistill.checks import check_distill, check_ipc_fits
-from datadistill.config import RunContext, check_choice
-from datadistill.data import check_prepared
+from datadistill.checks import check_distill, check_ipc_fits, check_positive, check_window
+from datadistill.config import RunContext, check_choice, check_saved_config
+from datadistill.data import check_prepared, prepare
 from datadistill.errors import CompatibilityError, ConfigError, DivergenceError
+from datadistill.experts import ExpertStore
 from datadistill.labels import is_soft
 from datadistill.lock import locks_output
 from datadistill.matching import (
@@ -90,7 +94,14 @@ from datadistill.matching.axes import (
     WindowAxis,
     check_at_least,
 )
+from datadistill.matching.ema import ImageEMA
+from datadistill.matching.init import select_correct_samples
+from datadistill.matching.masks import param_mask
+from datadistill.matching.soft_labels import init_soft_labels
+from datadistill.memory import check_memory
 from datadistill.progress import progress_bar
+from datadistill.report import refresh_report
+from datadistill.training import build_model, derive_seeds
 
 logger = logging.getLogger(__name__)
 
@@ -131,9 +142,7 @@ class DistillSection(GradAxis, EmaAxis, MaskAxis, LabelAxis, WindowAxis):
         check_choice("distill.pix_init", self.pix_init, PIX_INITS)
         check_at_least(self, ("syn_steps", "checkpoint_every"), 1)
         check_at_least(self, ("iterations", "eval_every", "eval_runs"), 0)
-        if self.lr_teacher <= 0:
-            raise ConfigError(f"distill.lr_teacher (initial step size) must be > 0, got "
-                              f"{self.lr_teacher}")
+        check_positive("distill.lr_teacher (initial step size)", self.lr_teacher)
         if self.batch_syn is not None and self.batch_syn < 1:
             raise ConfigError(f"distill.batch_syn must be >= 1 or null, got {self.batch_syn}")
         for axis in AXES:  # each strategy axis is validated beside its math (matching/*.py)
@@ -225,7 +234,6 @@ def distill(cfg: DistillConfig, out_dir: str | Path, *, data=None, store=None,
     Returns:
         A :class:`DistillResult`.
     """
-    from datadistill.memory import check_memory
 
     t0 = time.time()
     check_processes(cfg)
@@ -280,14 +288,9 @@ def check_processes(cfg: DistillConfig) -> None:
 
 
 def _setup(cfg: DistillConfig, out_dir, data, store) -> _Run:
-    from datadistill.augment import DSA
-    from datadistill.experts import ExpertStore
-    from datadistill.training import build_model
 
     check_distill(cfg)  # learning rates, evaluation sizes, device: before any data is read
     if data is None:
-        from datadistill.data import prepare
-
         data = prepare(cfg.dataset, cfg.data_root, zca=cfg.zca,
                        train_per_class=cfg.train_per_class)
     if store is None and cfg.expert_dir is None:
@@ -320,7 +323,6 @@ def _check_data(cfg: DistillConfig, data) -> None:
 
 
 def _check_store(cfg: DistillConfig, store) -> None:
-    from datadistill.experts.store import required_epochs
 
     made = (store.meta.get("config") or {}).get("train_per_class", cfg.train_per_class)
     if made != cfg.train_per_class:  # (a store that does not record it is not checked)
@@ -332,12 +334,8 @@ def _check_store(cfg: DistillConfig, store) -> None:
             f"but this run has train_per_class={word(cfg.train_per_class)} (null: the whole "
             "training split): use a store trained on the same subset, or set "
             f"train_per_class={word(made)}")
-    need = required_epochs(cfg.max_start_epoch, cfg.expert_epochs)
-    if need > store.epochs:
-        raise CompatibilityError(
-            f"max_start_epoch ({cfg.max_start_epoch}) - 1 + expert_epochs ({cfg.expert_epochs}) "
-            f"= {need} epochs are needed but the experts in {store.directory} have "
-            f"{store.epochs}; train experts with epochs >= {need} or lower max_start_epoch.")
+    check_window(cfg.max_start_epoch, cfg.expert_epochs, store.epochs,
+                 f"the experts in {store.directory} have")
     if len(store) == 0:
         raise CompatibilityError(f"the expert store {store.directory} holds no experts yet; "
                                  "run train_experts first.")
@@ -351,7 +349,6 @@ def _eval_points(cfg: DistillConfig) -> set[int]:
 
 
 def _seeds(seed: int, n: int) -> list[int]:
-    from datadistill.training import derive_seeds
 
     return list(derive_seeds(seed, 7, n=n))
 
@@ -399,12 +396,9 @@ def check_resume(cfg: DistillConfig, saved: dict, path: Path) -> None:
     # A key added after the checkpoint was written (e.g. grad_mode) had its default then.
     saved = {f.name: f.default for f in dataclasses.fields(DistillConfig)
              if f.default is not dataclasses.MISSING} | saved
-    diff = sorted(k for k in now if k not in RESUMABLE_KEYS and saved.get(k) != now[k])
-    if diff:
-        detail = ", ".join(f"{k}: {saved.get(k)!r} -> {now[k]!r}" for k in diff)
-        raise CompatibilityError(f"{path} was written with another config ({detail}); resume "
-                                 "with the same settings, or rerun with --restart (Python: "
-                                 "resume=False) to start over.")
+    check_saved_config(saved, now, path, what="config", free=RESUMABLE_KEYS,
+                       fix="resume with the same settings, or rerun with --restart (Python: "
+                       "resume=False) to start over.")
 
 
 def _fresh_state(run: _Run, gens: dict[str, torch.Generator]) -> DistillState:
@@ -425,8 +419,6 @@ def _init_images(run: _Run, gen: torch.Generator) -> torch.Tensor:
         return torch.randn(info.num_classes * cfg.ipc, info.channels, *info.image_size,
                            generator=gen)
     if cfg.pix_init == "samples_predicted_correctly":
-        from datadistill.matching.init import select_correct_samples
-
         sel = select_correct_samples(train.images, train.labels, _FinalParams(run), run.model,
                                      cfg.ipc, num_classes=info.num_classes, generator=gen,
                                      device=cfg.device)
@@ -456,7 +448,6 @@ class _FinalParams:
 
 
 def _soft_labels(run: _Run, images: torch.Tensor, hard: torch.Tensor) -> torch.Tensor:
-    from datadistill.matching.soft_labels import init_soft_labels
 
     only_correct = run.cfg.pix_init == "samples_predicted_correctly"
     return init_soft_labels(images, hard, _FinalParams(run), run.model,
@@ -474,7 +465,6 @@ def _optimizers(cfg: DistillConfig, state: DistillState) -> dict[str, torch.opti
 def _ema(cfg: DistillConfig, state: DistillState):
     if cfg.ema_decay is None:
         return None
-    from datadistill.matching.ema import ImageEMA
 
     ema = ImageEMA(state.images, cfg.ema_decay)
     if state.ema is not None:
@@ -553,7 +543,6 @@ def _mask(cfg: DistillConfig, theta_n: torch.Tensor, target: torch.Tensor):
     """PAD's parameter selection (None = every entry of the flat vector)."""
     if cfg.param_mask == "none":
         return None
-    from datadistill.matching.masks import param_mask
 
     sq_err = (theta_n.detach() - target).square() if cfg.param_mask == "loss" else None
     return param_mask(cfg.param_mask, cfg.param_mask_ratio, numel=theta_n.numel(),
@@ -582,7 +571,6 @@ def _check_state(state: DistillState, it: int) -> None:
 
 
 def _distilled(run: _Run, images: torch.Tensor, state: DistillState, extra: dict):
-    from datadistill.artifact import DistilledSet
 
     return DistilledSet(images=images.detach().cpu(), labels=state.labels.detach().cpu(),
                         lr=float(state.syn_lr.detach()), info=run.data.info,
@@ -596,9 +584,9 @@ def _evaluate_here(run: _Run, images: torch.Tensor, state: DistillState, it: int
     cfg = run.cfg
     if cfg.eval_runs == 0:
         return {"iteration": it, "eval": True, "mean": None, "std": None, "accuracies": []}
-    from datadistill.evaluate import evaluate
 
-    report = evaluate(images.detach(), state.labels.detach(), run.data.test, protocol="classic",
+    report = evaluation.evaluate(
+                      images.detach(), state.labels.detach(), run.data.test, protocol="classic",
                       model=cfg.model, lr=float(state.syn_lr.detach()), num_runs=cfg.eval_runs,
                       epochs=cfg.eval_epochs, batch_size=cfg.eval_batch,
                       seed=_seeds(cfg.seed + it, 1)[0], device=cfg.device,
@@ -615,9 +603,7 @@ def _evaluate(run: _Run, images: torch.Tensor, state: DistillState, it: int) -> 
 
 def _evaluate_and_save(run: _Run, state: DistillState, ema, it: int, log) -> float | None:
     """Evaluate (images and, with FTD's EMA, the EMA images); save last/, best/ and a grid."""
-    from datadistill.artifact import save_distilled
     from datadistill.grids import save_class_grid
-    from datadistill.report import refresh_report
 
     main = distributed.is_main()  # every rank evaluates and keeps the best; rank 0 writes
     row = _evaluate(run, state.images, state, it)

@@ -38,6 +38,8 @@ from typing import Any, TypeVar
 import torch
 import torch.distributed as dist
 
+from datadistill.errors import ConfigError
+
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
@@ -91,8 +93,6 @@ def init_from_env() -> int:
     if size <= 1 or (dist.is_available() and dist.is_initialized()):
         return world_size() if size > 1 else 1
     if not dist.is_available():
-        from datadistill.errors import ConfigError
-
         raise ConfigError("this PyTorch build has no torch.distributed; run datadistill as "
                           "one process (without torchrun)")
     chosen = os.environ.get("DATADISTILL_BACKEND") or (

@@ -19,6 +19,8 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 
+from datadistill.errors import ConfigError
+
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (logits, labels) -> scalar
 
 
@@ -36,6 +38,20 @@ def label_loss(labels: torch.Tensor) -> LossFn:
     """Cross-entropy for hard labels (B,); DATM's soft cross-entropy for (B, K) logits."""
     if not is_soft(labels):
         return F.cross_entropy
-    from datadistill.matching.soft_labels import soft_cross_entropy
-
     return soft_cross_entropy
+
+
+def soft_cross_entropy(logits: torch.Tensor, target_logits: torch.Tensor) -> torch.Tensor:
+    """DATM's SoftCrossEntropy: -sum(softmax(target) * log_softmax(logits)) / B.
+
+    ``logits`` and ``target_logits`` are (B, K); gradients flow into both.
+
+    Example:
+        >>> float(soft_cross_entropy(torch.zeros(2, 4), torch.zeros(2, 4)))  # log 4
+        1.3862943649291992
+    """
+    if logits.shape != target_logits.shape:
+        raise ConfigError(f"soft_cross_entropy: logits {tuple(logits.shape)} and target logits "
+                          f"{tuple(target_logits.shape)} must both be (B, K).")
+    target = F.softmax(target_logits, dim=1)  # (B, K)
+    return -(target * F.log_softmax(logits, dim=1)).sum() / logits.shape[0]

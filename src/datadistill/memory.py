@@ -49,8 +49,13 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from datadistill import distributed
+from datadistill.data import dataset_info
+from datadistill.data.registry import split_sizes
 from datadistill.errors import ConfigError
+from datadistill.matching import ConvNetPlan, student_forward, unroll_student
 from datadistill.matching.adjoint import GRAD_MODES as MODES
+from datadistill.training import build_model
 
 logger = logging.getLogger(__name__)
 
@@ -80,13 +85,6 @@ CALIBRATION = {
     "generic": Calibration(graph=1.104, transient=0.523, base=534_000_000,
                            source="CPU peak RSS, CIFAR-10 shape, fast_student=false, 4 runs"),
 }
-
-# (train, test) sizes of the registered datasets: distill holds both splits in memory.
-SPLIT_SIZES = {"cifar10": (50_000, 10_000), "cifar100": (50_000, 10_000),
-               "tiny_imagenet": (100_000, 10_000), "mnist": (60_000, 10_000),
-               "fashion_mnist": (60_000, 10_000), "svhn": (73_257, 26_032),
-               "digits": (1_437, 360)}
-
 
 @dataclass(frozen=True)
 class StepFootprint:
@@ -122,7 +120,6 @@ def trace_step(model: nn.Module, image_shape: tuple[int, int, int], num_classes:
         fast: use the hand-written ConvNet kernels when they apply (as ``fast_student``).
         soft_labels: trace DATM's soft cross-entropy instead of the hard one.
     """
-    from datadistill.matching import ConvNetPlan, student_forward
 
     model = model.to("cpu", torch.float32)
     forward = student_forward(model, fast=fast)
@@ -140,7 +137,6 @@ def trace_step(model: nn.Module, image_shape: tuple[int, int, int], num_classes:
 def _traced_bytes(forward, theta0: torch.Tensor, image_shape, num_classes: int, b: int,
                   soft: bool) -> int:
     """Bytes of the distinct storages saved by one unrolled step on b images."""
-    from datadistill.matching import unroll_student
 
     gen = torch.Generator().manual_seed(0)
     images = torch.randn(b, *image_shape, generator=gen).requires_grad_(True)  # (b, C, H, W)
@@ -255,7 +251,6 @@ class ConfigEstimate:
 
 def footprint_for(cfg, info) -> StepFootprint:
     """Trace the student of a :class:`~datadistill.distill.DistillConfig` on ``info``'s shape."""
-    from datadistill.training import build_model
 
     model = build_model(cfg, info, init_seed=0)
     return trace_step(model, (info.channels, *info.image_size), info.num_classes,
@@ -263,8 +258,15 @@ def footprint_for(cfg, info) -> StepFootprint:
 
 
 def real_images_of(cfg, info) -> int:
-    """Real images distill holds (train, or its train_per_class subset, plus test)."""
-    train, test = SPLIT_SIZES.get(info.name, (0, 0))
+    """Real images distill holds (train, or its train_per_class subset, plus test), from the
+    registry's split sizes (:func:`~datadistill.data.split_sizes`; an unregistered dataset is
+    an error). Where the files decide the sizes (imagefolder, ImageNet) they count 0 here, as
+    logged: distill's own check counts the loaded data."""
+    sizes = split_sizes(cfg.dataset)
+    if sizes is None:
+        logger.info("%s: real images not counted before loading (the files decide their "
+                    "number)", cfg.dataset)
+    train, test = sizes or (0, 0)
     if cfg.train_per_class is not None:
         train = cfg.train_per_class * info.num_classes
     return train + test
@@ -393,8 +395,6 @@ def check_memory(cfg, data=None) -> ConfigEstimate | None:
     """
     if not getattr(cfg, "memory_check", True):
         return None
-    from datadistill import distributed
-    from datadistill.data import dataset_info
 
     if data is not None:  # a disk cache (CachedImages) is read per batch: not held
         info = data.info

@@ -41,12 +41,17 @@ import dataclasses
 import json
 import logging
 from dataclasses import dataclass, field, fields
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from datadistill import distributed
+from datadistill.artifact import export_challenge, load_distilled, set_digest
+from datadistill.baselines import baseline_random
+from datadistill.challenge import FILES as CHALLENGE_FILES
+from datadistill.checkpoint import load_checkpoint
 from datadistill.checks import check_ipc_fits, check_pipeline
 from datadistill.config import (
     RunContext,
@@ -57,14 +62,32 @@ from datadistill.config import (
     merge,
     read_config,
 )
+from datadistill.data import prepare
+from datadistill.ddranking import preset_for, score
 from datadistill.devices import resolve_device
-from datadistill.distill import DistillConfig, DistillSection
-from datadistill.errors import CompatibilityError, ConfigError
-from datadistill.evaluate import RUN_PROTOCOLS
-from datadistill.experts import ExpertConfig, ExpertSection
-from datadistill.experts.pad import PADCurriculum
-from datadistill.io import write_json, write_report
-from datadistill.lock import lock_folder_if, locks_output
+from datadistill.distill import (
+    DistillConfig,
+    DistillSection,
+    check_processes,
+    check_resume,
+    distill,
+)
+from datadistill.errors import CompatibilityError, ConfigError, DatadistillError
+from datadistill.evaluate import RUN_PROTOCOLS, evaluate
+from datadistill.experts import ExpertConfig, ExpertSection, ExpertStore, train_experts
+from datadistill.experts.pad import (
+    PADCurriculum,
+    check_no_curriculum,
+    prepare_curriculum,
+    record_served,
+)
+from datadistill.experts.store import expert_path
+from datadistill.io import read_json, write_json, write_report
+from datadistill.lock import lock_folder, lock_folder_if, locks_output
+from datadistill.memory import check_memory
+from datadistill.presets import preset_overrides
+from datadistill.repair import finished_state, restore_outputs
+from datadistill.report import write_report as write_page
 from datadistill.runlog import RunCache, StageClock
 
 log = logging.getLogger(__name__)
@@ -72,7 +95,14 @@ log = logging.getLogger(__name__)
 DEFAULT_CONFIG = "digits/mtt_ipc1"
 
 
-CHALLENGE_FILES = {"cifar100": "cifar100.pt", "tiny_imagenet": "tinyimagenet.pt"}  # official
+# Seed offsets of the final evaluations, added to ``seed``: one stream per output, so no two
+# outputs share initialisations or batches. Fixed: finished evaluations in eval_runs.jsonl and
+# the recorded results were drawn with them.
+SEED_DISTILLED = 1000  # the best set; its hard-label evaluation reuses it (only labels differ)
+SEED_RANDOM_SUBSET = 2000  # the random real subset of the same size
+SEED_EMA = 3000  # FTD's EMA set
+SEED_CHALLENGE = 4000  # the exported challenge file, scored by the challenge protocol
+SEED_DDRANKING = 5000  # DD-Ranking's rounds
 
 
 @dataclass
@@ -126,7 +156,6 @@ SHARED_KEYS = (*(f.name for f in fields(RunContext)), "method", "ipc")
 
 def load_pipeline_config(name_or_path: str | None = None, overrides: list[str] | None = None):
     """Read a shipped or user YAML config, apply the preset and overrides, validate it all."""
-    from datadistill.presets import preset_overrides
 
     name_or_path = name_or_path or DEFAULT_CONFIG
     raw = expect_recipe(read_config(name_or_path, overrides), "tm", name_or_path)
@@ -245,10 +274,6 @@ def train_pipeline_experts(cfg: PipelineConfig, out_dir: str | Path, *, data=Non
     saved beside the experts, and every expert epoch trains on the scheduled subset
     (:mod:`datadistill.experts.pad`); ``curriculum.json`` records the sizes served.
     """
-    from datadistill.data import prepare
-    from datadistill.experts import train_experts
-    from datadistill.experts.pad import check_no_curriculum, prepare_curriculum, record_served
-    from datadistill.experts.store import expert_path
 
     if data is None:
         data = prepare(cfg.dataset, cfg.data_root, zca=cfg.zca, download=cfg.download,
@@ -307,10 +332,6 @@ def run_pipeline(cfg: PipelineConfig, out_dir: str | Path, *, progress: bool = T
     ``pipeline.json``, ``seconds.json``, ``eval.json`` (with ``"world_size": K``) and the page,
     and the other ranks wait where they read what rank 0 wrote (``best/``, the challenge file).
     """
-    from datadistill.data import prepare
-    from datadistill.distill import distill
-    from datadistill.repair import restore_outputs
-    from datadistill.report import write_report as write_page
 
     out = Path(out_dir)
     experts_at = store_location(cfg, out, expert_dir)
@@ -332,8 +353,8 @@ def run_pipeline(cfg: PipelineConfig, out_dir: str | Path, *, progress: bool = T
         result = distill(dcfg, out / "distill", data=data, store=store, progress=progress,
                          resume=not restart)
         if main:
-            # a damaged best/ or last/ of a finished run
-            restore_outputs(cfg, out, lambda: data, store)
+            restore_outputs(partial(distill_config, cfg), out, lambda: data,  # damaged best/, last/
+                            lambda: store)
         distributed.wait_for_others()  # best/ and last/ are on disk for every rank
     report = {"config": config_to_dict(cfg), "seconds": {}}
     with clock.stage("evaluation"):
@@ -348,8 +369,6 @@ def run_pipeline(cfg: PipelineConfig, out_dir: str | Path, *, progress: bool = T
 
 def _refuse_early(cfg: PipelineConfig, dcfg, out: Path, restart: bool) -> None:
     """Every check that can refuse the run, before experts or anything else is written."""
-    from datadistill.distill import check_processes
-    from datadistill.memory import check_memory
 
     _check(cfg)
     check_memory(dcfg)  # an unrolled run that cannot fit
@@ -361,7 +380,6 @@ def _refuse_early(cfg: PipelineConfig, dcfg, out: Path, restart: bool) -> None:
 def _final_evaluation(cfg: PipelineConfig, data, result, out: Path, restart: bool,
                       progress: bool, store=None) -> dict:
     """The distilled sets' scores and the random subset's, resumed from ``eval_runs.jsonl``."""
-    from datadistill.baselines import baseline_random
 
     device, ev = cfg.resolved_device(), cfg.evaluation
     runs = out / "eval_runs.jsonl"
@@ -373,7 +391,7 @@ def _final_evaluation(cfg: PipelineConfig, data, result, out: Path, restart: boo
     if ev.random_baseline:
         rep = baseline_random(data, cfg.ipc, model=cfg.model, model_kwargs=cfg.model_kwargs,
                               num_runs=ev.runs, epochs=ev.epochs, batch_size=ev.batch_size,
-                              seed=cfg.seed + 2000, device=device, progress=progress,
+                              seed=cfg.seed + SEED_RANDOM_SUBSET, device=device, progress=progress,
                               cache=RunCache(runs, "random_subset"))
         report["random_subset"] = rep.to_dict()
         if ev.soft_random and cfg.distill.label_mode == "soft" and store is not None:
@@ -433,8 +451,6 @@ def _soft_random(cfg: PipelineConfig, data, store, runs: Path, device: str,
 
 def _check_checkpoint(dcfg, folder: Path) -> None:
     """A distillation checkpoint in ``folder`` must have been written with this config."""
-    from datadistill.checkpoint import load_checkpoint
-    from datadistill.distill import check_resume
 
     path = folder / "checkpoint.pt"
     if path.is_file():
@@ -444,8 +460,6 @@ def _check_checkpoint(dcfg, folder: Path) -> None:
 def _evaluate_outputs(cfg: PipelineConfig, data, result, out: Path, device: str,
                       progress: bool) -> dict[str, Any]:
     """Fresh-network evaluations of the distilled outputs, keyed as in ``eval.json``."""
-    from datadistill.artifact import export_challenge, load_distilled, set_digest
-    from datadistill.evaluate import evaluate
 
     ev, best = cfg.evaluation, load_distilled(result.best_dir)
     ema_dir = result.out_dir / "ema_last"  # FTD: written by distill when ema_decay is set
@@ -460,16 +474,16 @@ def _evaluate_outputs(cfg: PipelineConfig, data, result, out: Path, device: str,
                   **common)
         # The hard-label run reuses the seed: same inits and batches, only the labels differ.
         report[f"distilled_{model}"] = evaluate(
-            best.images, best.labels, data.test, seed=cfg.seed + 1000,
+            best.images, best.labels, data.test, seed=cfg.seed + SEED_DISTILLED,
             cache=RunCache(runs, f"distilled_{model}"), **kw).to_dict()
         if ev.hard_labels and best.soft_labels:
             report[f"distilled_{model}_hard_labels"] = evaluate(
-                best.images, best.hard_labels, data.test, seed=cfg.seed + 1000,
+                best.images, best.hard_labels, data.test, seed=cfg.seed + SEED_DISTILLED,
                 cache=RunCache(runs, f"distilled_{model}_hard_labels"), **kw).to_dict()
         if ema is not None:  # FTD's EMA set from fresh networks (the official code reuses the
             # network already trained on the raw set: a fixed bug, see presets.py)
             report[f"ema_{model}"] = evaluate(ema.images, ema.labels, data.test,
-                                              seed=cfg.seed + 3000,
+                                              seed=cfg.seed + SEED_EMA,
                                               cache=RunCache(runs, f"ema_{model}"),
                                               **kw).to_dict()
     if ema is not None:
@@ -485,7 +499,7 @@ def _evaluate_outputs(cfg: PipelineConfig, data, result, out: Path, device: str,
         # unofficial=True: a pipeline may run reduced settings or other datasets; the report
         # lists every setting that differs from the official evaluator.
         report["challenge"] = evaluate(images, None, data.test, protocol="challenge",
-                                       ipc=cfg.ipc, seed=cfg.seed + 4000, unofficial=True,
+                                       ipc=cfg.ipc, seed=cfg.seed + SEED_CHALLENGE, unofficial=True,
                                        cache=RunCache(runs, "challenge"), **common).to_dict()
         report["outputs"]["challenge_file"] = str(path)
     return report
@@ -495,7 +509,6 @@ def _ddranking(cfg: PipelineConfig, data, best, device: str, progress: bool) -> 
     """DD-Ranking's scores of the best set: the method's DD-Ranking config, with
     ``evaluation.runs`` rounds and ``evaluation.epochs`` epochs (StepLR at half), then the
     overrides in ``evaluation.ddranking`` (e.g. ``{full: {epochs: 20}, ars: false}``)."""
-    from datadistill.ddranking import preset_for, score
 
     ev = cfg.evaluation
     over = {"rounds": ev.runs, "model": cfg.model, "model_kwargs": cfg.model_kwargs,
@@ -503,5 +516,48 @@ def _ddranking(cfg: PipelineConfig, data, best, device: str, progress: bool) -> 
     over["train"] = {"epochs": ev.epochs, "step_size": max(1, ev.epochs // 2),
                      **ev.ddranking.get("train", {})}
     ddr = preset_for(cfg.method, **over)
-    return score(best.images, best.labels, data, ddr, syn_lr=best.lr, seed=cfg.seed + 5000,
-                 device=device, progress=progress).to_dict()
+    return score(best.images, best.labels, data, ddr, syn_lr=best.lr,
+                 seed=cfg.seed + SEED_DDRANKING, device=device, progress=progress).to_dict()
+
+
+def _set_aside_a_replaced_best(out: Path) -> list[str]:
+    """A readable best/ that is not the set eval.json scored (replaced by hand) is renamed
+    best.replaced-<n>/ (kept, never deleted), so it is rebuilt from the checkpoint."""
+    best = out / "distill" / "best"
+    try:
+        changed = best_changed(out, best)
+    except DatadistillError:  # unreadable: restore_outputs rebuilds it
+        return []
+    if changed is None:
+        return []
+    n = 0
+    while (aside := best.with_name(f"best.replaced-{n}")).exists():
+        n += 1
+    best.rename(aside)
+    log.warning("%s is not the set eval.json scored; moved it to %s", best, aside)
+    return [f"moved the replaced best/ to {aside.name}/"]
+
+
+def repair_run(out_dir: str | Path, *, progress: bool = False,
+               experts: str | Path | None = None) -> list[str]:
+    """Restore ``best/``, ``last/`` and ``eval.json`` of the finished run in ``out_dir``.
+
+    Works from any working directory and after the run folder was moved or copied: the expert
+    store is the one the run recorded (:func:`find_recorded_store`), or ``experts`` when given
+    (the CLI's ``--experts``, for a store that was moved).
+
+    Returns what was rebuilt, in words.
+    """
+    out = Path(out_dir)
+    cfg = config_from_dict(PipelineConfig, read_json(out / "pipeline.json"))
+    cfg = dataclasses.replace(cfg, distill=dataclasses.replace(cfg.distill, expert_dir=None))
+    stage_config = partial(distill_config, cfg)  # expert_dir: as the checkpoint recorded it
+    with lock_folder(out):
+        dcfg, _ = finished_state(stage_config, out / "distill")  # unfinished: resumed instead
+        store_dir = find_recorded_store(dcfg.expert_dir, out, experts)
+        moved = _set_aside_a_replaced_best(out)
+        done = moved + restore_outputs(stage_config, out, lambda: prepare(
+            cfg.dataset, cfg.data_root, zca=cfg.zca, train_per_class=cfg.train_per_class),
+            lambda: ExpertStore(store_dir))
+        run_pipeline(cfg, out, progress=progress, expert_dir=store_dir)
+    return [*done, "eval.json (finished evaluation networks reused)"]

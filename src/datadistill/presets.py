@@ -36,6 +36,7 @@ import textwrap
 from dataclasses import dataclass
 from typing import Any
 
+from datadistill.config import method_values
 from datadistill.errors import ConfigError
 
 
@@ -50,14 +51,12 @@ class Preset:
 
     @property
     def overrides(self) -> dict[str, Any]:
-        """The method's default values, read from ``configs/_methods/<name>.yaml`` ({} if none).
+        """The method's default values, read from ``configs/_methods/<name>.yaml`` and the
+        fragments it ``extends:`` ({} if none).
 
         YAML holds every value; the preset only names the file.
         """
-        from datadistill.config import METHODS_DIR, _config_root, load_yaml
-
-        path = _config_root() / METHODS_DIR / f"{self.name}.yaml"
-        return load_yaml(path) if path.is_file() else {}
+        return method_values(self.name)
 
 
 _GUARD = ("divergence guard: a NaN/inf loss or a non-positive learned step size stops the run "
@@ -162,6 +161,34 @@ PRESETS: dict[str, Preset] = {
         ),
     ),
 }
+
+
+# Every method a run folder can name, described for the report: the presets above, and each
+# recipe's own method, which the recipe registers where it is defined (register_method).
+_DESCRIPTIONS: dict[str, Preset] = dict(PRESETS)
+
+
+def register_method(description: Preset) -> Preset:
+    """Make ``description`` what :func:`describe_method` answers for its name; returns it.
+
+    Example:
+        >>> register_method(Preset("infer", "Zhang et al., ICLR 2025", "..."))  # doctest: +SKIP
+    """
+    _DESCRIPTIONS[description.name] = description
+    return description
+
+
+def describe_method(name: str) -> Preset | None:
+    """The paper, changes and deviations of method ``name``; None for an unknown method.
+
+    The report asks this instead of importing a recipe; recipes register their methods
+    (:func:`register_method`) and ``datadistill.recipes.load_recipes`` imports them all.
+
+    Example:
+        >>> describe_method("datm").paper.startswith("Guo et al.")
+        True
+    """
+    return _DESCRIPTIONS.get(name)
 
 
 def list_presets() -> list[str]:

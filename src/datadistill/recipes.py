@@ -116,6 +116,13 @@ RECIPES: dict[str, Recipe] = {
 }
 
 
+def load_recipes() -> None:
+    """Import every recipe's modules, so each has registered its method description
+    (:func:`datadistill.presets.register_method`) before a report describes a run folder.
+    The trajectory-matching presets live in :mod:`datadistill.presets` itself."""
+    import datadistill.infer.recipe  # noqa: F401  registers INFER_METHOD
+
+
 def _choices() -> str:
     return "; ".join(f"{r.name}: {r.summary}" for r in RECIPES.values())
 

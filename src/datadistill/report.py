@@ -44,14 +44,14 @@ from typing import Any
 
 import torch
 
-from datadistill import __version__
+from datadistill import __version__, report_figures, report_html
+from datadistill.errors import ArtifactError
 from datadistill.io import atomic_write, write_json
 
 log = logging.getLogger(__name__)
 
 REPORT_FILE = "report.html"
 RECORD_FILE = "run_record.json"
-FIGURES_DIR = "figures"
 RECORD_VERSION = 1
 REFRESH_SECONDS = 60.0  # while distilling, the page is redrawn at most this often
 
@@ -146,16 +146,14 @@ def build_report(folder: str | Path) -> Path:
     Raises on failure (``write_report`` is the safe wrapper). ArtifactError when the folder
     does not exist.
     """
-    from datadistill.errors import ArtifactError
-    from datadistill.report_figures import curve_figures, image_figures
-    from datadistill.report_html import render_page
-
     root = Path(folder)
     if not root.is_dir():
         raise ArtifactError(f"{root} is not a folder; pass a run folder (e.g. runs/<name>)")
     contents = scan_folder(root)
-    page = render_page(contents, accuracy_rows(contents), image_figures(contents),
-                       curve_figures(contents), hardware())
+    rows = accuracy_rows(contents)
+    page = report_html.render_page(contents, rows, report_figures.image_figures(contents),
+                                   report_figures.curve_figures(contents, rows, metrics_rows),
+                                   hardware())
     out = root / REPORT_FILE
     atomic_write(out, lambda tmp: Path(tmp).write_text(page, encoding="utf-8"))
     return out

@@ -16,13 +16,29 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
+from datadistill.artifact import DistilledSet, load_distilled
+from datadistill.experts import ExpertStore
 from datadistill.io import atomic_write
-from datadistill.report import FIGURES_DIR, RunContents, accuracy_rows, metrics_rows
 
+if TYPE_CHECKING:  # annotations only: the report (above) hands its scan and rows down
+    from datadistill.report import AccuracyRow, RunContents
+
+FIGURES_DIR = "figures"  # <run>/figures/<name>.png
+
+# A recipe's own set format, shown as a grid: {kind: reader(folder) -> DistilledSet}. The
+# recipe registers its reader (register_set_view) where it is defined; the page never
+# imports a recipe.
+SET_VIEWS: dict[str, Callable[[Path], DistilledSet]] = {}
+
+
+def register_set_view(kind: str, reader: Callable[[Path], DistilledSet]) -> Callable:
+    """Let the page draw the sets of ``kind`` (e.g. ``"infer"``) with ``reader``; returns it."""
+    SET_VIEWS[kind] = reader
+    return reader
 MAX_CLASSES = 20  # classes shown in the page's grids (the grid files under grids/ hold all)
 MAX_PER_CLASS = 10  # images per class shown in the page's grids
 PAIR_PER_CLASS = 4  # images per class on each side of the initial-vs-final grid
@@ -42,7 +58,6 @@ class Figure:
 
 
 def _load_set(path: Path):
-    from datadistill.artifact import load_distilled
 
     return load_distilled(path) if (path / "meta.json").is_file() else None
 
@@ -107,21 +122,10 @@ def _sets(c: RunContents) -> list[tuple[Any, Callable, str]]:
                       partial(_load_set, c.distill_dir / "ema_last"), "ema.png"))
     if c.set_dir is not None:
         found.append(("Evaluated set", partial(_load_set, c.set_dir), "set.png"))
-    if c.infer_dir is not None:
+    if c.infer_dir is not None and "infer" in SET_VIEWS:
         found.append(("INFER training instances (base images and base + compensator)",
-                      partial(_infer_instances, c.infer_dir), "infer_instances.png"))
+                      partial(SET_VIEWS["infer"], c.infer_dir), "infer_instances.png"))
     return found
-
-
-def _infer_instances(directory: Path):
-    """The materialised INFER set with class-index labels (labels may not be computed yet)."""
-    from datadistill.artifact import DistilledSet
-    from datadistill.infer.store import load_infer_set
-
-    s = load_infer_set(directory)
-    inst = s.materialise()
-    return DistilledSet(inst.images, inst.labels, None, s.info, "normalized",
-                        s.instances_per_class, "infer")
 
 
 def _limits_caption(ds, max_per_class: int) -> str:
@@ -141,18 +145,20 @@ def _png_figure(c: RunContents, title: str, png: bytes, name: str, caption: str 
     return Figure(title, png, path, caption)
 
 
-def curve_figures(c: RunContents) -> list[Figure]:
-    """Distillation curves, expert accuracy and the accuracy comparison, as PNG figures."""
+def curve_figures(c: RunContents, rows: list[AccuracyRow],
+                  metrics: Callable[[Path | None], list[dict]]) -> list[Figure]:
+    """Distillation curves, expert accuracy and the accuracy comparison, as PNG figures:
+    ``rows`` are the page's accuracy rows, ``metrics(distill_dir)`` reads metrics.jsonl."""
     from datadistill.curves import accuracy_bars, distill_curves, expert_curves
 
     drawn = [("Distillation: matching loss, learned step size, accuracy",
-              lambda: distill_curves(metrics_rows(c.distill_dir)), "distill_curves.png",
+              lambda: distill_curves(metrics(c.distill_dir)), "distill_curves.png",
               "Evaluations while distilling use distill.eval_runs networks of "
               "distill.eval_epochs epochs."),
              ("Experts: test accuracy per epoch", lambda: expert_curves(_expert_accuracies(c)),
               "expert_accuracy.png", ""),
              ("Accuracy of the distilled set and the baselines",
-              lambda: accuracy_bars(_final_accuracies(c)), "accuracy.png",
+              lambda: accuracy_bars(_final_accuracies(rows)), "accuracy.png",
               "Mean ± std over independently trained networks; each dot is one network.")]
     figures = [_guarded(title, partial(_curve_figure, c, title, plot, name, caption))
                for title, plot, name, caption in drawn]
@@ -170,16 +176,15 @@ def _curve_figure(c: RunContents, title: str, plot: Callable, name: str,
 def _expert_accuracies(c: RunContents) -> list:
     if c.expert_dir is None:
         return []
-    from datadistill.experts import ExpertStore
 
     store = ExpertStore(c.expert_dir)
     return [store.test_acc(i).numpy() for i in range(min(len(store), MAX_EXPERTS))]
 
 
-def _final_accuracies(c: RunContents) -> dict[str, list[float]]:
+def _final_accuracies(rows: list[AccuracyRow]) -> dict[str, list[float]]:
     """Label -> accuracies of the final evaluations (eval.json / eval_infer.json)."""
     out = {}
-    for row in accuracy_rows(c):
+    for row in rows:
         if row.what not in ("best evaluation while distilling",) and row.protocol != "teacher":
             out[f"{row.what} ({row.model}, {row.protocol})"] = row.accuracies
     return out

@@ -19,6 +19,8 @@ from typing import Any
 
 import yaml
 
+from datadistill.presets import describe_method
+
 SECTIONS = ("Summary", "Accuracy", "Distilled images", "Curves", "Method", "Configuration",
             "Time and hardware")
 
@@ -115,10 +117,7 @@ def _figures(figures, empty: str) -> str:
 
 
 def _method(c) -> str:
-    from datadistill.infer.recipe import INFER_METHOD
-    from datadistill.presets import PRESETS
-
-    preset = INFER_METHOD if c.method == "infer" else PRESETS.get(c.method or "")
+    preset = describe_method(c.method or "")  # registered by the recipes, never imported here
     if preset is None:
         return _none(f"Method {c.method or 'unknown'!r} is not a preset of datadistill "
                      "(e.g. an imported or baseline set); `datadistill presets` lists them.")

@@ -44,6 +44,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from datadistill.labels import LossFn, hard_labels
+from datadistill.models import create_model
 from datadistill.progress import progress_bar
 
 T = TypeVar("T")
@@ -109,7 +110,6 @@ def build_model(model: Any, info: Any, init_seed: int | None = None, *,
         ...                   model_kwargs={"width": 8})                   # doctest: +SKIP
         >>> net = build_model(ExpertConfig(), info, init_seed=0)            # doctest: +SKIP
     """
-    from datadistill.models import create_model
 
     name = model if isinstance(model, str) else model.model
     kwargs = dict((model_kwargs if isinstance(model, str) else model.model_kwargs) or {})

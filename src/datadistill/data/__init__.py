@@ -27,6 +27,7 @@ from datadistill.data.registry import (
     create_dataset,
     dataset_info,
     list_datasets,
+    split_sizes,
 )
 from datadistill.data.zca import ZCA
 
@@ -45,4 +46,5 @@ __all__ = [
     "random_subset",
     "check_prepared",
     "renormalize",
+    "split_sizes",
 ]

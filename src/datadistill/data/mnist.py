@@ -20,10 +20,9 @@ from pathlib import Path
 
 import numpy as np
 
-from datadistill.data import safe_archive
+import datadistill.data.safe_archive as safe_archive  # its limits are read at call time
 from datadistill.data.download import ensure_file
 from datadistill.data.info import DIGIT_NAMES, DSA_DEFAULT, DSA_NO_FLIP, DatasetInfo, LoadedSplit
-from datadistill.data.safe_archive import check_expanded_size
 from datadistill.errors import DatasetError
 
 IDX_UBYTE = 0x08  # IDX type code for unsigned bytes, the only type MNIST uses
@@ -68,7 +67,7 @@ def _gunzip(data: bytes, path: Path) -> bytes:
     limit = min(safe_archive.MAX_IN_MEMORY_BYTES, safe_archive.MAX_EXPANDED_BYTES)  # memory bound
     inflate = zlib.decompressobj(16 + zlib.MAX_WBITS)  # gzip header and trailer
     out = inflate.decompress(data, limit + 1)
-    check_expanded_size(len(out), path, limit)
+    safe_archive.check_expanded_size(len(out), path, limit)
     if not inflate.eof:
         raise EOFError("the gzip stream ends early")
     return out

@@ -136,8 +136,6 @@ def prepare(
     test = create_dataset(name, root, "test", **kwargs).to(device)
     whitening = None
     if zca and not isinstance(train.images, torch.Tensor):
-        from datadistill.errors import ConfigError
-
         raise ConfigError(f"{name} is read from a disk cache and cannot be ZCA-whitened (the "
                           "official ImageNet-subset settings use no ZCA); set zca: false")
     if zca:
@@ -181,7 +179,6 @@ def check_prepared(data: RealData, dataset: str, zca: bool, section: str,
 
     ``section`` names the config section in the message (e.g. "experts", "distill").
     """
-    from datadistill.errors import ConfigError
 
     if data.info.name != dataset:
         raise ConfigError(f"{section}.dataset is {dataset!r} but the data is "

@@ -23,7 +23,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from datadistill.data import cifar, digits, downsampled, folder, imagenet, mnist, svhn, tiny
+import datadistill.data.cifar as cifar
+import datadistill.data.digits as digits
+import datadistill.data.downsampled as downsampled
+import datadistill.data.folder as folder
+import datadistill.data.imagenet as imagenet
+import datadistill.data.mnist as mnist
+import datadistill.data.svhn as svhn
+import datadistill.data.tiny as tiny
 from datadistill.data.cache import CachedImages
 from datadistill.data.info import DatasetInfo, ImageSet, LoadedSplit
 from datadistill.errors import ConfigError, DatasetError
@@ -47,6 +54,7 @@ class DatasetSpec:
     splits: tuple[str, ...]
     loader: Callable[..., LoadedSplit]
     options: frozenset[str] = frozenset()
+    sizes: tuple[int, int] | None = None  # (train, test) images; None: the files decide
 
 
 def _digits_loader(root: Path, split: str, *, download: bool, progress: bool) -> LoadedSplit:
@@ -85,19 +93,21 @@ def _imagenet64_loader(root: Path, split: str, *, download: bool, progress: bool
     return downsampled.load_split(root, split, progress=progress, **options)
 
 _REGISTRY: dict[str, DatasetSpec] = {
-    "digits": DatasetSpec(digits.INFO, ("train", "test"), _digits_loader),
-    "mnist": DatasetSpec(mnist.MNIST_INFO, ("train", "test"), partial(mnist.load_split, "mnist")),
+    "digits": DatasetSpec(digits.INFO, ("train", "test"), _digits_loader, sizes=(1_437, 360)),
+    "mnist": DatasetSpec(mnist.MNIST_INFO, ("train", "test"), partial(mnist.load_split, "mnist"),
+                         sizes=(60_000, 10_000)),
     "fashion_mnist": DatasetSpec(
-        mnist.FASHION_INFO, ("train", "test"), partial(mnist.load_split, "fashion_mnist")
-    ),
+        mnist.FASHION_INFO, ("train", "test"), partial(mnist.load_split, "fashion_mnist"),
+        sizes=(60_000, 10_000)),
     "cifar10": DatasetSpec(
-        cifar.CIFAR10_INFO, ("train", "test"), partial(cifar.load_split, "cifar10")
-    ),
+        cifar.CIFAR10_INFO, ("train", "test"), partial(cifar.load_split, "cifar10"),
+        sizes=(50_000, 10_000)),
     "cifar100": DatasetSpec(
-        cifar.CIFAR100_INFO, ("train", "test"), partial(cifar.load_split, "cifar100")
-    ),
-    "svhn": DatasetSpec(svhn.INFO, ("train", "test"), svhn.load_split),
-    "tiny_imagenet": DatasetSpec(tiny.INFO, ("train", "val", "test"), tiny.load_split),
+        cifar.CIFAR100_INFO, ("train", "test"), partial(cifar.load_split, "cifar100"),
+        sizes=(50_000, 10_000)),
+    "svhn": DatasetSpec(svhn.INFO, ("train", "test"), svhn.load_split, sizes=(73_257, 26_032)),
+    "tiny_imagenet": DatasetSpec(tiny.INFO, ("train", "val", "test"), tiny.load_split,
+                                 sizes=(100_000, 10_000)),
     "imagefolder": DatasetSpec(
         None, ("train", "test", "val"), _folder_loader, frozenset({"image_size"})
     ),
@@ -148,6 +158,17 @@ def _spec(name: str) -> tuple[str, DatasetSpec]:
             f"unknown dataset {name!r}; available: {', '.join(list_datasets())}"
         )
     return key, _REGISTRY[key]
+
+
+def split_sizes(name: str) -> tuple[int, int] | None:
+    """(train, test) image counts of a registered dataset; None where its files decide
+    (imagefolder, ImageNet and its subsets). An unregistered name is an UnknownDatasetError.
+
+    Example:
+        >>> split_sizes("cifar10")
+        (50000, 10000)
+    """
+    return _spec(name)[1].sizes
 
 
 def resolve_root(root: str | Path | None) -> Path:

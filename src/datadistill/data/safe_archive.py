@@ -24,6 +24,7 @@ import zipfile
 from pathlib import Path, PurePosixPath
 
 from datadistill.errors import DatasetError
+from datadistill.io import is_disk_full
 
 logger = logging.getLogger(__name__)
 
@@ -47,7 +48,6 @@ def check_expanded_size(total: int, source: Path | str, limit: int | None = None
 
 def _extract_error(archive: Path, err: BaseException, destination: Path) -> DatasetError:
     """A failed extraction in words: a full disk, or a damaged archive."""
-    from datadistill.io import is_disk_full
 
     if is_disk_full(err, destination):
         return DatasetError(f"no space left on the device holding {destination} while "

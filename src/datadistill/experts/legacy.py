@@ -22,11 +22,13 @@ from pathlib import Path
 
 import torch
 
+from datadistill.data import dataset_info
 from datadistill.errors import ArtifactError, CompatibilityError
 from datadistill.experts.store import ExpertStore, save_expert, write_meta
 from datadistill.experts.train import ExpertConfig, store_meta
 from datadistill.io import load_error_reason
 from datadistill.lock import locks_output
+from datadistill.models.functional import param_spec
 from datadistill.training import build_model
 
 logger = logging.getLogger(__name__)
@@ -43,8 +45,6 @@ def import_replay_buffers(files: Sequence[str | Path], out_dir: str | Path, *, d
     ``lr``, ``batch_size``, ``optimizer`` and ``seed`` describe how the buffers were trained
     (recorded in meta.json; MTT defaults). The number of epochs is read from the buffers.
     """
-    from datadistill.data import dataset_info
-    from datadistill.models.functional import param_spec
 
     info = dataset_info(dataset)
     cfg = ExpertConfig(dataset=dataset, model=model, model_kwargs=dict(model_kwargs or {}),

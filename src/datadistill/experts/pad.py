@@ -44,6 +44,7 @@ from typing import Any
 import torch
 
 from datadistill import distributed
+from datadistill.augment import DSA
 from datadistill.errors import CompatibilityError, ConfigError
 from datadistill.experts.curriculum import CurriculumConfig, curriculum_subset
 from datadistill.experts.difficulty import (
@@ -55,6 +56,7 @@ from datadistill.experts.difficulty import (
     save_difficulty,
 )
 from datadistill.io import write_json
+from datadistill.training import build_model, derive_seeds
 
 logger = logging.getLogger(__name__)
 
@@ -137,8 +139,6 @@ def compute_difficulty(cfg: PADCurriculum, expert_cfg, data, *, device: str = "c
     The scoring nets see the same augmentation (DSA) as the experts; their seeds derive from
     ``expert_cfg.seed`` only, so the order is reproducible.
     """
-    from datadistill.augment import DSA
-    from datadistill.training import build_model, derive_seeds
 
     strategy = (expert_cfg.dsa_strategy or data.info.dsa_strategy) if expert_cfg.dsa else None
     seed = derive_seeds(expert_cfg.seed, 0x5AD, n=1)[0]

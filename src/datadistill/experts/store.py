@@ -31,6 +31,7 @@ from torch import nn
 
 from datadistill.errors import ArtifactError, CompatibilityError
 from datadistill.io import load_error_reason, save_tensors, write_json
+from datadistill.models.functional import param_spec
 
 FORMAT_VERSION = 1
 META_FILE = "meta.json"
@@ -187,7 +188,6 @@ class ExpertStore:
 
     def check_compatible(self, model: nn.Module, info: Any = None, zca: bool | None = None) -> None:
         """CompatibilityError unless ``model``/dataset ``info``/``zca`` match the store."""
-        from datadistill.models.functional import param_spec
 
         spec = param_spec(model)
         m = self.meta

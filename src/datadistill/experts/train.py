@@ -36,10 +36,12 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from datadistill import distributed
-from datadistill.config import RunContext
+from datadistill import __version__, distributed
+from datadistill.augment import DSA
+from datadistill.config import RunContext, check_saved_config
 from datadistill.data import check_prepared
 from datadistill.errors import CompatibilityError, ConfigError
+from datadistill.experts.gsam import GSAM
 from datadistill.experts.store import (
     DTYPES,
     FORMAT_VERSION,
@@ -50,6 +52,7 @@ from datadistill.experts.store import (
     write_meta,
 )
 from datadistill.lock import lock_folder_if
+from datadistill.models.functional import flatten_params, param_spec
 from datadistill.progress import progress_bar
 from datadistill.training import EpochEnd, build_model, fit, images_only, run_seeds, test_accuracy
 
@@ -111,8 +114,6 @@ expert_seeds = run_seeds
 
 def store_meta(cfg: ExpertConfig, info, model: nn.Module, dsa_strategy: str | None) -> dict:
     """The self-describing meta.json of a store trained with ``cfg``."""
-    from datadistill import __version__
-    from datadistill.models.functional import param_spec
 
     spec = param_spec(model)
     return {
@@ -138,11 +139,8 @@ def _check_resume(directory: Path, meta: dict) -> None:
     if old is None:
         raise CompatibilityError(f"{directory} holds experts not made by train_experts "
                                  "(imported?); train into another directory.")
-    diff = sorted(k for k in new if k not in _FREE_KEYS and old.get(k) != new[k])
-    if diff:
-        detail = ", ".join(f"{k}: {old.get(k)!r} -> {new[k]!r}" for k in diff)
-        raise CompatibilityError(f"{directory} was started with another expert config "
-                                 f"({detail}); use a new out_dir or the original settings.")
+    check_saved_config(old, new, directory, what="expert config", free=tuple(_FREE_KEYS),
+                       fix="use a new out_dir or the original settings.")
 
 
 def _made_by(directory: Path, training: bool) -> dict:
@@ -175,7 +173,6 @@ def train_experts(cfg: ExpertConfig, data, out_dir: str | Path, *, device: str |
     Returns:
         The :class:`ExpertStore` of ``out_dir``.
     """
-    from datadistill.augment import DSA
 
     _check_data(cfg, data)
     device = device or cfg.device
@@ -212,7 +209,6 @@ def train_one_expert(cfg: ExpertConfig, data, index: int, *, dsa=None, device: s
                      epoch_subset: EpochSubset | None = None,
                      progress: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """Params (E+1, P) and test accuracy (E+1,) of expert ``index`` (epoch 0 = init)."""
-    from datadistill.models.functional import flatten_params
 
     init_seed, data_seed = expert_seeds(cfg.seed, index)
     net = build_model(cfg, data.info, init_seed)
@@ -251,7 +247,6 @@ def expert_optimizer(cfg: ExpertConfig, net: nn.Module) -> torch.optim.Optimizer
                           weight_decay=cfg.weight_decay)
     if cfg.optimizer != "gsam":
         return sgd
-    from datadistill.experts.gsam import GSAM
 
     return GSAM(net.parameters(), sgd, rho=cfg.gsam_rho, alpha=cfg.gsam_alpha, adaptive=True,
                 model=net)

@@ -20,6 +20,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from datadistill.checks import check_infer
+from datadistill.config import config_from_dict, expect_recipe, read_config
+from datadistill.devices import resolve_device
 from datadistill.errors import ConfigError
 
 INFER_TEACHERS = ["resnet18_cifar", "mobilenetv2_cifar", "efficientnet_b0_cifar", "shufflenet_g2"]
@@ -181,9 +184,6 @@ def load_infer_config(name_or_path: str | Path, overrides: list[str] | None = No
         >>> load_infer_config("digits/infer_ipc10", ["ipc=20"]).ipc
         20
     """
-    from datadistill.checks import check_infer
-    from datadistill.config import config_from_dict, expect_recipe, read_config
-    from datadistill.devices import resolve_device
 
     raw = expect_recipe(read_config(name_or_path, overrides), "infer", name_or_path)
     raw["device"] = resolve_device(raw.get("device", "auto"))

@@ -32,6 +32,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from datadistill.errors import ConfigError
+from datadistill.models.imagenet_teachers import IMAGENET_TEACHERS, load_teacher_checkpoint
 
 SCALE = (0.08, 1.0)
 RATIO = (3 / 4, 4 / 3)
@@ -164,7 +165,6 @@ def check_checkpoints(checkpoints: dict[str, str], archs: list[str]) -> None:
         >>> check_checkpoints({}, ["resnet18_imagenet"])                    # doctest: +SKIP
         ConfigError: teachers.checkpoints needs one file per teacher ...
     """
-    from datadistill.models.imagenet_teachers import IMAGENET_TEACHERS
 
     unknown = [a for a in archs if a not in IMAGENET_TEACHERS]
     absent = [a for a in archs if a not in checkpoints]
@@ -189,7 +189,6 @@ def load_checkpoint_teachers(checkpoints: dict[str, str], archs: list[str], num_
         >>> load_checkpoint_teachers({"resnet18_imagenet": "r18.pth"}, ["resnet18_imagenet"],
         ...                          1000)                                  # doctest: +SKIP
     """
-    from datadistill.models.imagenet_teachers import load_teacher_checkpoint
 
     check_checkpoints(checkpoints, archs)
     return [load_teacher_checkpoint(a, checkpoints[a], num_classes, device) for a in archs]

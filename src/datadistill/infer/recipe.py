@@ -29,8 +29,9 @@ import torch
 from torch import nn
 
 from datadistill import distributed
+from datadistill.artifact import DistilledSet
 from datadistill.config import config_to_dict
-from datadistill.data import DatasetInfo, ImageSet
+from datadistill.data import DatasetInfo, ImageSet, random_subset
 from datadistill.errors import ArtifactError, CompatibilityError, ConfigError
 from datadistill.evaluate import EvalReport
 from datadistill.infer.compensators import (
@@ -39,14 +40,17 @@ from datadistill.infer.compensators import (
     sample_class_groups,
 )
 from datadistill.infer.config import InferConfig, num_groups, pixels_at
+from datadistill.infer.imagenet import check_checkpoints, load_checkpoint_teachers
 from datadistill.infer.instances import LazyInstances
 from datadistill.infer.labels import ensemble_logits
-from datadistill.infer.store import InferSet, save_infer_set
+from datadistill.infer.store import InferSet, load_infer_set, save_infer_set
 from datadistill.infer.student import evaluate_student
 from datadistill.infer.teachers_train import TeacherStore, prepare_infer_data
 from datadistill.io import load_tensors, save_tensors, write_report
 from datadistill.lock import locks_output
-from datadistill.presets import Preset
+from datadistill.presets import Preset, register_method
+from datadistill.report import write_report as write_page
+from datadistill.report_figures import register_set_view
 
 log = logging.getLogger(__name__)
 
@@ -55,8 +59,9 @@ REPORT_FILE = "eval_infer.json"
 COMPENSATOR_PROGRESS = "compensators_progress.pt"
 
 # INFER is its own recipe, not a trajectory-matching preset; this describes it the same way
-# (paper, what differs, deviations from the official code) for `report.html`.
-INFER_METHOD = Preset(
+# (paper, what differs, deviations from the official code) for `report.html`, which finds it
+# in the method registry.
+INFER_METHOD = register_method(Preset(
     name="infer",
     paper="Zhang, Du, Liu, Zhou, Breaking Class Barriers: Efficient Dataset Distillation via "
     "Inter-Class Feature Compensator, ICLR 2025",
@@ -69,7 +74,19 @@ INFER_METHOD = Preset(
         "the reported accuracy is the students' last epoch; the best of the periodic "
         "evaluations (what the official scripts print) is given beside it",
     ),
-)
+))
+
+
+def infer_instances(directory: Path) -> DistilledSet:
+    """The materialised INFER set in ``directory`` with class-index labels (labels may not be
+    computed yet): what the report draws for an INFER run."""
+    s = load_infer_set(directory)
+    inst = s.materialise()
+    return DistilledSet(inst.images, inst.labels, None, s.info, "normalized",
+                        s.instances_per_class, "infer")
+
+
+register_set_view("infer", infer_instances)
 
 
 @dataclass
@@ -202,7 +219,6 @@ def random_soft_subset(
     Example:
         >>> x, z = random_soft_subset(real.train, 10, teachers)            # doctest: +SKIP
     """
-    from datadistill.data import random_subset
 
     images, _ = random_subset(train, ipc, generator)
     device = next(teachers[0].parameters()).device
@@ -215,8 +231,6 @@ def load_teachers(
 ) -> tuple[list[nn.Module], list[str]]:
     """The teachers named by ``cfg.teachers.archs`` from the store, checked against ``info``."""
     if cfg.teachers.checkpoints:  # ImageNet: the user's pretrained torchvision weights
-        from datadistill.infer.imagenet import load_checkpoint_teachers
-
         archs = list(cfg.teachers.archs)
         return load_checkpoint_teachers(cfg.teachers.checkpoints, archs, info.num_classes,
                                         cfg.device), archs
@@ -254,12 +268,9 @@ def run_infer(
 
     ``teacher_dir`` overrides ``cfg.teacher_dir``. Example in the module docstring.
     """
-    from datadistill.report import write_report as write_page
 
     t0 = time.perf_counter()
     if cfg.teachers.checkpoints:  # missing files are found before the data is decoded
-        from datadistill.infer.imagenet import check_checkpoints
-
         check_checkpoints(cfg.teachers.checkpoints, list(cfg.teachers.archs))
     data = prepare_infer_data(cfg, progress)
     teachers, names = load_teachers(cfg, teacher_dir, data.info)

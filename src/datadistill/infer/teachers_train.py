@@ -29,6 +29,7 @@ import torch
 from torch import nn
 
 from datadistill import __version__, distributed
+from datadistill.config import check_saved_config
 from datadistill.data import DatasetInfo, ImageSet, RealData, prepare, renormalize
 from datadistill.errors import ArtifactError, CompatibilityError, ConfigError
 from datadistill.infer.config import InferConfig, TeacherConfig, pixels_at
@@ -129,11 +130,10 @@ def _resume(
     if not path.is_file():
         return 0
     state = load_tensors(path)
-    if recipe is not None and state.get("recipe") != recipe:
-        raise CompatibilityError(
-            f"{path} was written with another teacher recipe ({state.get('recipe')}); delete "
-            "it to retrain from scratch, or restore the settings it was made with"
-        )
+    if recipe is not None:
+        check_saved_config(state.get("recipe") or {}, recipe, path, what="teacher recipe",
+                           fix="delete it to retrain from scratch, or restore the settings it "
+                           "was made with")
     net.load_state_dict(state["model"])
     opt.load_state_dict(state["optimizer"])
     sched.load_state_dict(state["scheduler"])
@@ -299,11 +299,5 @@ def _train_one(cfg: InferConfig, data, store: TeacherStore, i: int, arch: str, r
 
 
 def _check_recipe(store: TeacherStore, arch: str, recipe: dict) -> None:
-    meta = store.meta(arch)
-    stored = {k: meta.get(k) for k in recipe}
-    if stored != recipe:
-        diff = {k: (stored[k], recipe[k]) for k in recipe if stored[k] != recipe[k]}
-        raise CompatibilityError(
-            f"teacher '{arch}' in {store.directory} was trained with other settings "
-            f"(stored vs requested: {diff}); use another output folder or delete {arch}/"
-        )
+    check_saved_config(store.meta(arch), recipe, store.directory / arch,
+                       what="teacher recipe", fix=f"use another output folder or delete {arch}/")

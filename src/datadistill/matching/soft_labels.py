@@ -27,29 +27,13 @@ from collections.abc import Sequence
 
 import torch
 from torch import nn
-from torch.nn import functional as F
 
 from datadistill.config import check_choice
-from datadistill.errors import CompatibilityError, ConfigError
+from datadistill.errors import CompatibilityError
+from datadistill.labels import soft_cross_entropy  # noqa: F401  DATM's loss, re-exported
 from datadistill.models.functional import functional_forward
 
 logger = logging.getLogger(__name__)
-
-
-def soft_cross_entropy(logits: torch.Tensor, target_logits: torch.Tensor) -> torch.Tensor:
-    """DATM's SoftCrossEntropy: -sum(softmax(target) * log_softmax(logits)) / B.
-
-    ``logits`` and ``target_logits`` are (B, K); gradients flow into both.
-
-    Example:
-        >>> float(soft_cross_entropy(torch.zeros(2, 4), torch.zeros(2, 4)))  # log 4
-        1.3862943649291992
-    """
-    if logits.shape != target_logits.shape:
-        raise ConfigError(f"soft_cross_entropy: logits {tuple(logits.shape)} and target logits "
-                          f"{tuple(target_logits.shape)} must both be (B, K).")
-    target = F.softmax(target_logits, dim=1)  # (B, K)
-    return -(target * F.log_softmax(logits, dim=1)).sum() / logits.shape[0]
 
 
 @torch.no_grad()

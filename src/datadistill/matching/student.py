@@ -26,6 +26,7 @@ from torch import nn
 
 from datadistill.labels import LossFn, label_loss
 from datadistill.models.convnet_kernels import convnet_plan
+from datadistill.models.functional import functional_forward
 
 ForwardFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (theta (P,), x) -> logits
 
@@ -46,7 +47,6 @@ def student_forward(model: nn.Module, *, fast: bool = True) -> ForwardFn:
     plan = convnet_plan(model) if fast else None
     if plan is not None:
         return plan.forward
-    from datadistill.models.functional import functional_forward
 
     def generic(theta: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         return functional_forward(model, theta, x)

@@ -38,6 +38,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.autograd import Function
 
+from datadistill.models.convnet import ConvNet
+
 logger = logging.getLogger(__name__)
 
 _conv_backward = torch.ops.aten.convolution_backward.default
@@ -389,7 +391,6 @@ def convnet_plan(model: nn.Module, *, channels_last: bool | None = None,
 
 
 def _blocks(model: nn.Module) -> tuple[_Block, ...] | None:
-    from datadistill.models.convnet import ConvNet
 
     if not isinstance(model, ConvNet) or model.act != "relu" or model.pool == "maxpool":
         return None
