@@ -227,6 +227,9 @@ def _load_set_and_data(args: argparse.Namespace):
     data = prepare(name, args.data_root, zca=zca, download=args.download)
     if ds is None:
         ds = load_any(path, dataset=name, zca=data.zca)
+        hint = "--zca given" if zca else "pass --zca for a set distilled with ZCA"
+        print(f"{path}: a legacy set does not record its image space; taken as {ds.space} "
+              f"({hint})")
     return ds, data
 
 
@@ -246,7 +249,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     common = dict(
         protocol=args.protocol, lr=lr, num_runs=args.runs, epochs=args.epochs,
         seed=args.seed, device=args.device, progress=not args.quiet,
-        report=args.report, period=args.period, unofficial=args.unofficial,
+        report=args.report, period=args.period, unofficial=args.unofficial, space=ds.space,
     )
     models = args.models or ["convnet"]
     reports = (

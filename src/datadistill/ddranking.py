@@ -389,7 +389,7 @@ class DDRankingReport:
         return out
 
     def __str__(self) -> str:
-        parts = [f"{name.upper()} {100 * s['mean']:.2f} +- {100 * s['std']:.2f}"
+        parts = [f"{name.upper()} {100 * s['mean']:.2f} ± {100 * s['std']:.2f}"
                  for name, s in self.summary.items() if name in ("hlr", "ior", "lrs", "ars")]
         return f"DD-Ranking over {len(self.rounds)} rounds: " + ", ".join(parts) + " (%)"
 

@@ -589,7 +589,8 @@ def _evaluate_here(run: _Run, images: torch.Tensor, state: DistillState, it: int
                       model=cfg.model, lr=float(state.syn_lr.detach()), num_runs=cfg.eval_runs,
                       epochs=cfg.eval_epochs, batch_size=cfg.eval_batch,
                       seed=_seeds(cfg.seed + it, 1)[0], device=cfg.device,
-                      dsa_strategy=run.dsa_strategy or "none", model_kwargs=cfg.model_kwargs)
+                      dsa_strategy=run.dsa_strategy or "none", model_kwargs=cfg.model_kwargs,
+                      space=run.data.train.space)
     return {"iteration": it, "eval": True, "mean": report.mean, "std": report.std,
             "accuracies": list(report.accuracies)}
 
