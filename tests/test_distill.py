@@ -220,3 +220,19 @@ def test_expanding_window_is_checked_up_front():
     with pytest.raises(ConfigError, match="current_max_start_epoch"):
         _cfg(window="expanding", min_start_epoch=1, current_max_start_epoch=1,
              expansion_end=10)
+
+
+def test_stage_line_shows_the_final_evaluation_and_the_best(digits, store, tmp_path,
+                                                            monkeypatch, capsys):
+    import datadistill.distill as distill_mod
+
+    means = {0: 0.5, 2: 0.7, 4: 0.6}  # the last evaluation is not the best
+
+    def fake(run, images, state, it):
+        return {"iteration": it, "eval": True, "mean": means[it], "std": 0.0,
+                "accuracies": [means[it]]}
+
+    monkeypatch.setattr(distill_mod, "_evaluate_here", fake)
+    distill(_cfg(), tmp_path, data=digits, store=store, progress=True)
+    line = [x for x in capsys.readouterr().err.splitlines() if x.startswith("distill:")]
+    assert len(line) == 1 and "acc=0.6000, best=0.7000@2" in line[0], line
