@@ -264,12 +264,38 @@ def cmd_eval(args: argparse.Namespace) -> int:
                   f"{100 * rep.settings['best_mean']:.2f} ± {100 * rep.settings['best_std']:.2f} %")
         if rep.settings.get("official") is False:
             print("  UNOFFICIAL challenge score: " + "; ".join(rep.settings["unofficial_settings"]))
-    # model -> report, as before; each report records the world_size that made it
-    out = _write_report({name: {**rep.to_dict(), **distributed.metadata()}
-                         for name, rep in reports.items()}, report_path(args), top=False)
+    # model -> report (classic) or model_protocol -> report; each records its world_size
+    new = {name: {**rep.to_dict(), **distributed.metadata()} for name, rep in reports.items()}
+    out = _write_report(merge_evaluations(report_path(args), new), report_path(args), top=False)
     print(f"report written to {out}")
     _report(out.parent, "eval", time.perf_counter() - t0)
     return 0
+
+
+def eval_key(report: dict) -> str:
+    """The key of a set's evaluation in its eval.json: the model for the classic protocol
+    (as single-protocol files have it), ``<model>_<protocol>`` for the others."""
+    model, protocol = report.get("model", "?"), report.get("protocol", "classic")
+    return model if protocol == "classic" else f"{model}_{protocol}"
+
+
+def merge_evaluations(path: Path, new: dict[str, dict]) -> dict[str, dict]:
+    """``new`` (model -> report) merged into the set's evaluations already in ``path``: an
+    evaluation of another protocol or model stays; one of the same protocol and model is
+    replaced by the new one. A file that is not a set's evaluations (e.g. a run's eval.json)
+    is replaced, as before."""
+    import json
+
+    try:
+        old = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        old = None
+    if not isinstance(old, dict) or "config" in old:
+        old = {}
+    merged = {eval_key(rep): rep for rep in old.values()
+              if isinstance(rep, dict) and "protocol" in rep and "accuracies" in rep}
+    merged.update({eval_key(rep): rep for rep in new.values()})
+    return merged
 
 
 def cmd_baseline(args: argparse.Namespace) -> int:
@@ -345,6 +371,7 @@ def cmd_score(args: argparse.Namespace) -> int:
     from datadistill.ddranking import score
     from datadistill.evaluate import build_network
 
+    t0 = time.perf_counter()
     ds, data = _load_set_and_data(args)
     cfg = _ddranking_config(args, ds)
     teachers = None
@@ -362,6 +389,8 @@ def cmd_score(args: argparse.Namespace) -> int:
     out = _write_report(report.to_dict(),
                         Path(args.out) if args.out else Path(args.path) / "ddranking.json")
     print(f"report written to {out}")
+    _report(out.parent, args.command, time.perf_counter() - t0)  # beside the set's other
+    # evaluations on its page
     return 0
 
 

@@ -218,7 +218,7 @@ def scan_folder(root: Path) -> RunContents:
         c.distill_dir = root
     elif (root / "distill" / "config.json").is_file():
         c.distill_dir = root / "distill"
-    for name in ("eval.json", "eval_infer.json"):
+    for name in ("eval.json", "eval_infer.json", "ddranking.json"):
         if isinstance(content := _read_json(root / name), dict):
             c.eval_files[name] = content
     _scan_config(c)
@@ -320,6 +320,9 @@ def accuracy_rows(c: RunContents) -> list[AccuracyRow]:
                     f"{100 * settings['best_mean']:.2f} %") if "best_mean" in settings else ""
             rows.append(_row(f"INFER student ({name})", content, note))
             continue
+        if content.get("protocol") == "ddranking":  # ddranking.json of `eval --protocol`
+            rows += _ddranking_rows(name, content)
+            continue
         pipeline = "config" in content  # eval.json of `run`; else of `eval`: model -> report
         for key, rep in content.items():
             if isinstance(rep, dict):
@@ -329,6 +332,20 @@ def accuracy_rows(c: RunContents) -> list[AccuracyRow]:
     rows += _teacher_rows(c)
     rows = [r for r in rows if r is not None]
     return sorted(rows, key=lambda r: r.protocol)
+
+
+_DDRANKING_SETS = {"syn": "evaluated set, its labels", "syn_hard": "evaluated set, hard labels",
+                   "random": "random real subset", "full": "full training set"}
+
+
+def _ddranking_rows(name: str, content: dict) -> list[AccuracyRow | None]:
+    """DD-Ranking's trainings (best of tests per round) from its report."""
+    model = (content.get("settings") or {}).get("config", {}).get("model", "")
+    summary = content.get("summary") or {}
+    return [_row(what, {"accuracies": s.get("values"), "mean": s.get("mean"),
+                        "std": s.get("std"), "model": model, "protocol": "ddranking"},
+                 f"{name}: best of tests per round")
+            for key, what in _DDRANKING_SETS.items() if isinstance(s := summary.get(key), dict)]
 
 
 def _best_during_distillation(c: RunContents) -> AccuracyRow | None:
