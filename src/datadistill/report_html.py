@@ -132,7 +132,23 @@ def _config(c) -> str:
     if c.config is None:
         return _none("No config found in this folder.")
     text = yaml.safe_dump(c.config, sort_keys=False, default_flow_style=False)
-    return f"<p>Resolved config, from <code>{_e(c.config_file)}</code>:</p><pre>{_e(text)}</pre>"
+    return (_teachers(c) + f"<p>Resolved config, from <code>{_e(c.config_file)}</code>:</p>"
+            f"<pre>{_e(text)}</pre>")
+
+
+def _teachers(c) -> str:
+    """INFER: the teachers used, with the settings their store recorded."""
+    from datadistill.report import TEACHER_KEYS, teacher_config_differences
+
+    if not c.teachers:
+        return ""
+    rows = [[arch, *(m.get(k, "") for k in TEACHER_KEYS)] for arch, m in c.teachers.items()]
+    diff = teacher_config_differences(c)
+    note = ("" if not diff else _none(
+        "The teachers used were trained with other settings than the config's teachers: "
+        "section (which applies only to teachers still to train): " + "; ".join(diff) + "."))
+    return ("<p>Teachers used, as their store records them:</p>"
+            + _table(["teacher", *TEACHER_KEYS], rows) + note)
 
 
 def _seconds(value) -> str:
