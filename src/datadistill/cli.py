@@ -17,17 +17,37 @@ import sys
 import time
 from pathlib import Path
 
-import torch
-
-from datadistill import __version__, distributed
-from datadistill.devices import default_device
+from datadistill import __version__
 from datadistill.errors import ConfigError, DatadistillError
+
+
+class _Lazy:
+    """A module imported on first use: ``--version`` and ``--help`` need no torch (about 4 s
+    of imports); each command imports what it uses."""
+
+    def __init__(self, name: str) -> None:
+        self._name = name
+
+    def __getattr__(self, attr: str):
+        import importlib
+
+        return getattr(importlib.import_module(self._name), attr)
+
+
+distributed = _Lazy("datadistill.distributed")
+torch = _Lazy("torch")
+
+
+def plural(n: int, word: str) -> str:
+    from datadistill.progress import plural
+
+    return plural(n, word)
 
 
 def _fmt(report) -> str:
     return (
         f"{100 * report.mean:.2f} ± {100 * report.std:.2f} % "
-        f"({len(report.accuracies)} runs, {report.model}, {report.protocol})"
+        f"({plural(len(report.accuracies), 'run')}, {report.model}, {report.protocol})"
     )
 
 
@@ -84,7 +104,7 @@ def cmd_experts(args: argparse.Namespace) -> int:
     out = Path(args.out or f"runs/{cfg.dataset}_{cfg.method}_ipc{cfg.ipc}/experts")
     store = train_pipeline_experts(cfg, out, progress=not args.quiet)
     accs = [float(store.test_acc(i)[-1]) for i in range(len(store))]
-    print(f"{len(store)} experts in {out}; final test accuracy "
+    print(f"{plural(len(store), 'expert')} in {out}; final test accuracy "
           f"{100 * sum(accs) / len(accs):.2f} % on average")
     return 0
 
@@ -168,7 +188,7 @@ def cmd_import_buffers(args: argparse.Namespace) -> int:
 
     store = import_replay_buffers(args.files, args.out, dataset=args.dataset, model=args.model,
                                   zca=args.zca)
-    print(f"imported {len(store)} experts into {args.out}")
+    print(f"imported {plural(len(store), 'expert')} into {args.out}")
     return 0
 
 
@@ -423,7 +443,8 @@ def cmd_challenge(args: argparse.Namespace) -> int:
 def _common_run_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--runs", type=int, default=5, help="independent evaluation runs")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", default=default_device())
+    p.add_argument("--device", default=None,
+                   help="torch device (default: cuda when available, else cpu)")
     p.add_argument("--data-root", default=None, help="folder holding the dataset files")
     p.add_argument("--download", action="store_true", help="download missing dataset files")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -629,6 +650,10 @@ def parse_args(parser: argparse.ArgumentParser, argv: list[str] | None) -> argpa
         extra = [w for w in extra if w not in overrides]
     if extra:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    if getattr(args, "device", "") is None:  # resolved here: it imports torch
+        from datadistill.devices import default_device
+
+        args.device = default_device()
     return args
 
 
@@ -660,7 +685,8 @@ def command_guard(args: argparse.Namespace):
 def main(argv: list[str] | None = None) -> int:
     """The ``datadistill`` command; under torchrun, a rank's error also goes to torchrun's
     failure summary (its ``record`` decorator), which names the rank that failed."""
-    if distributed.env_world_size() > 1:
+    if int(os.environ.get("WORLD_SIZE", "1") or 1) > 1:  # torchrun (distributed.env_world_size,
+        # read without importing torch, which --version and --help do not need)
         from torch.distributed.elastic.multiprocessing.errors import record
 
         return record(_main)(argv)

@@ -42,6 +42,7 @@ from datadistill.errors import CompatibilityError, ConfigError
 from datadistill.labels import hard_labels as hard_labels_of
 from datadistill.labels import is_soft, label_loss
 from datadistill.matching.soft_labels import soft_cross_entropy  # noqa: F401  re-exported
+from datadistill.progress import plural
 from datadistill.runlog import RunCache, fingerprint
 from datadistill.runs import Run, RunResults, run_all
 from datadistill.training import (  # noqa: F401  test_accuracy, run_seeds: re-exported
@@ -97,7 +98,7 @@ class EvalReport:
     def __str__(self) -> str:
         return (
             f"{self.model} ({self.protocol}): {100 * self.mean:.2f} ± "
-            f"{100 * self.std:.2f} % over {len(self.accuracies)} runs"
+            f"{100 * self.std:.2f} % over {plural(len(self.accuracies), 'run')}"
         )
 
 
@@ -295,8 +296,9 @@ def _check_inputs(images: torch.Tensor, labels: torch.Tensor | None, test: Image
 
 
 def check_space(space: str | None, test: ImageSet) -> None:
-    """Refuse images in another space than the test split (``space`` None: not recorded,
-    taken as normalised, which a ZCA-whitened test split cannot confirm)."""
+    """Refuse images in another space than the test split: a normalised set tested on
+    ZCA-whitened images loses about 7 points on digits without any error. ``space`` None
+    (not recorded) is taken as normalised, which a ZCA-whitened split cannot confirm."""
     if space is None and test.space == "zca":
         raise CompatibilityError(
             "the test split is ZCA-whitened but the images' space is not given; pass "
@@ -385,11 +387,7 @@ def evaluate(
     None) and `ipc` defaults to N / classes. With a :class:`~datadistill.runlog.RunCache`,
     each finished run is stored as it ends and runs already stored are not trained again.
 
-    `space` is the space the images live in (a saved set records it: ``ds.space``). A set in
-    another space than `test` is refused (a normalised set tested on ZCA-whitened images
-    loses about 7 points on digits without any error). Without `space` the images are
-    assumed to be normalised like a non-ZCA test split, and a ZCA-whitened `test` is refused
-    until `space` says the images are whitened too.
+    `space`: the images' space (``ds.space``), checked by :func:`check_space`.
 
     Example:
         >>> evaluate(ds.images, ds.labels, real.test, lr=ds.lr, epochs=300,

@@ -19,6 +19,8 @@ from typing import Any
 
 import yaml
 
+from datadistill.progress import plural
+
 SECTIONS = ("Summary", "Accuracy", "Distilled images", "Curves", "Method", "Configuration",
             "Time and hardware")
 
@@ -80,10 +82,12 @@ def _summary(c, rows, hw: dict) -> str:
              ["run folder", str(c.root)]]
     if main is not None:
         facts.append([f"accuracy: {main.what} ({main.model}, {main.protocol})",
-                      f"{_pct(main.mean, main.std)} % over {len(main.accuracies)} networks"])
+                      f"{_pct(main.mean, main.std)} % over "
+                      f"{plural(len(main.accuracies), 'network')}"])
     if base is not None:
         facts.append([f"accuracy: {base.what} ({base.model})",
-                      f"{_pct(base.mean, base.std)} % over {len(base.accuracies)} networks"])
+                      f"{_pct(base.mean, base.std)} % over "
+                      f"{plural(len(base.accuracies), 'network')}"])
     now = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
     facts.append(["page written", f"{now} by datadistill {hw['datadistill']}"])
     return _table(None, facts)
