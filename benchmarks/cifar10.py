@@ -103,7 +103,8 @@ def soft_random(args, method: str, ipc: int) -> dict:
     logits = init_soft_labels(images, hard, finals, model).detach()  # (10 * ipc, 10)
     start = time.time()
     rep = evaluate(images, logits, data.test, lr=0.01, num_runs=args.runs, epochs=args.epochs,
-                   batch_size=cfg.evaluation.batch_size, seed=args.seed + 2000, progress=True)
+                   batch_size=cfg.evaluation.batch_size, seed=args.seed + 2000, progress=True,
+                   space=data.train.space)
     return rep.to_dict() | {"wall_seconds": round(time.time() - start, 1),
                             "argmax_equals_class": float((logits.argmax(1) == hard).float()
                                                          .mean())}

@@ -76,7 +76,7 @@ def classic(args, data, ds) -> dict:
 
     syn = evaluate(ds.images, ds.labels, data.test, lr=ds.lr, num_runs=args.runs,
                    epochs=args.epochs, seed=args.seed + 1000, report="both",
-                   period=args.test_every, progress=True)
+                   period=args.test_every, progress=True, space=ds.space)
     rdm = baseline_random(data, ds.ipc, num_runs=args.runs, epochs=args.epochs,
                           seed=args.seed + 2000, progress=True)
     return {"distilled": syn.to_dict(), "random_subset": rdm.to_dict()}

@@ -126,8 +126,8 @@ def main() -> None:
     inst = infer_set.materialise()
     rand_x, rand_z = random_soft_subset(data.train, args.ipc, teachers,
                                         torch.Generator().manual_seed(args.seed + 5000))
-    classic = dict(model="convnet", epochs=args.classic_epochs, num_runs=args.runs,
-                   batch_size=256, progress=True)
+    classic = dict(model="convnet", space=data.train.space, epochs=args.classic_epochs,
+                   num_runs=args.runs, batch_size=256, progress=True)
     for part in args.parts:
         if part == "set" or part in done:
             continue

@@ -222,9 +222,26 @@ def test_eval_challenge_protocol(tmp_path, hard_set):
     path = save_distilled(hard_set, tmp_path / "set")
     assert _eval(path, "--protocol", "challenge") == 2  # digits, IPC 1: not the official setting
     assert _eval(path, "--protocol", "challenge", "--unofficial") == 0
-    rep = _report(path)["convnet"]
+    rep = _report(path)["convnet_challenge"]
     assert rep["protocol"] == "challenge" and rep["settings"]["official"] is False
     assert rep["settings"]["lr"] == 0.01 and rep["settings"]["model_kwargs"]["depth"] == 3
+
+
+def test_eval_keeps_every_protocol_and_shows_them_side_by_side(tmp_path, hard_set):
+    path = save_distilled(hard_set, tmp_path / "set")
+    assert _eval(path, "--protocol", "challenge", "--unofficial") == 0
+    challenge = _report(path)["convnet_challenge"]
+    # a single-protocol file as earlier versions wrote it (model -> report) stays readable
+    (path / "eval.json").write_text(json.dumps({"convnet": challenge}))
+    assert _eval(path) == 0  # classic
+    report = _report(path)
+    assert report["convnet_challenge"] == challenge and report["convnet"]["protocol"] == "classic"
+    assert _eval(path, "--lr", "0.02") == 0  # the same protocol and model: replaced
+    assert set(_report(path)) == {"convnet", "convnet_challenge"}
+    assert _report(path)["convnet"]["settings"]["lr"] == pytest.approx(0.02)
+    page = (path / "report.html").read_text(encoding="utf-8")
+    table = page.split('id="accuracy"')[1].split("</table>")[0]
+    assert ">challenge<" in table and ">classic<" in table
 
 
 def test_eval_several_models(tmp_path, hard_set, capsys):

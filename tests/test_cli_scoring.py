@@ -26,6 +26,13 @@ def test_score_writes_a_ddranking_report(tmp_path, digits_set, capsys):
     assert code == 0
     report = json.loads((path / "ddranking.json").read_text())
     assert report["protocol"] == "ddranking" and len(report["rounds"]) == 2
+    table = (path / "report.html").read_text().split('id="accuracy"')[1].split("</table>")[0]
+    shown = [w for k, w in (("syn", "evaluated set, its labels"),
+                            ("syn_hard", "evaluated set, hard labels"),
+                            ("random", "random real subset"), ("full", "full training set"))
+             if k in report["summary"]]
+    assert table.count(">ddranking<") == len(shown) >= 2
+    assert all(f"<td>{w}</td>" in table for w in shown)
     r = report["rounds"][0]
     assert r["syn"]["lr"] == pytest.approx(0.01) and r["random"]["lr"] in [0.001, 0.005, 0.01,
                                                                             0.05, 0.1]

@@ -260,3 +260,19 @@ def test_an_incomplete_store_is_refused_unless_max_experts_says_so(digits, store
     result = distill(_cfg(max_experts=2, iterations=1, eval_every=0), tmp_path / "d2",
                      data=digits, store=ExpertStore(folder), progress=False)
     assert result.iterations_done == 1
+
+
+def test_stage_line_shows_the_final_evaluation_and_the_best(digits, store, tmp_path,
+                                                            monkeypatch, capsys):
+    import datadistill.distill as distill_mod
+
+    means = {0: 0.5, 2: 0.7, 4: 0.6}  # the last evaluation is not the best
+
+    def fake(run, images, state, it):
+        return {"iteration": it, "eval": True, "mean": means[it], "std": 0.0,
+                "accuracies": [means[it]]}
+
+    monkeypatch.setattr(distill_mod, "_evaluate_here", fake)
+    distill(_cfg(), tmp_path, data=digits, store=store, progress=True)
+    line = [x for x in capsys.readouterr().err.splitlines() if x.startswith("distill:")]
+    assert len(line) == 1 and "acc=0.6000, best=0.7000@2" in line[0], line

@@ -178,7 +178,7 @@ def test_same_seed_same_accuracies_and_global_rng_untouched():
 def test_report_statistics_and_dict():
     r = EvalReport.from_accuracies("classic", "convnet", [0.5, 0.7], {"epochs": 3})
     assert r.mean == pytest.approx(0.6) and r.std == pytest.approx(0.1)  # ddof 0
-    assert r.to_dict()["accuracies"] == [0.5, 0.7] and "60.00 +- 10.00 %" in str(r)
+    assert r.to_dict()["accuracies"] == [0.5, 0.7] and "60.00 ± 10.00 %" in str(r)
 
 
 def test_classic_input_checks():
@@ -241,6 +241,31 @@ def test_cross_architecture(monkeypatch):
     reports = evaluate_cross(x, y, toy_test(1), models=["convnet", "mlp"], num_runs=2, epochs=1)
     assert list(reports) == ["convnet", "mlp"] and reports["mlp"].model == "mlp"
     assert [c["model"] for c in calls] == ["convnet", "convnet", "mlp", "mlp"]
+
+
+def test_cross_architecture_checks_every_model_before_training_any(monkeypatch):
+    calls = _capture(monkeypatch)
+    x, y = quadrants(1, seed=0)
+    with pytest.raises(ConfigError, match="lenet cannot take 8x8 images"):
+        evaluate_cross(x, y, toy_test(1), models=["convnet", "mlp", "lenet"], num_runs=1,
+                       epochs=1)
+    assert calls == []  # nothing trained (and lost) before the misfit was found
+
+
+def test_set_in_another_space_than_the_test_split_is_refused(monkeypatch):
+    calls = _capture(monkeypatch)
+    x, y = quadrants(1, seed=0)
+    normalized, zca = toy_test(1), ImageSet(*quadrants(1, seed=5), INFO, "zca")
+    with pytest.raises(CompatibilityError, match="'normalized' space but the test split in 'zca'"):
+        evaluate(x, y, zca, space="normalized", num_runs=1, epochs=1)
+    with pytest.raises(CompatibilityError, match="'zca' space but the test split in 'normal"):
+        evaluate(x, y, normalized, space="zca", num_runs=1, epochs=1)
+    with pytest.raises(CompatibilityError, match="images' space is not given; pass space="):
+        evaluate(x, y, zca, num_runs=1, epochs=1)  # unrecorded space vs a whitened split
+    assert calls == []
+    evaluate(x, y, zca, space="zca", num_runs=1, epochs=1)
+    evaluate(x, y, normalized, num_runs=1, epochs=1)  # unrecorded: taken as normalised
+    assert len(calls) == 2
 
 
 def test_bad_hard_labels_are_clear_errors():

@@ -89,6 +89,23 @@ def test_infer_writes_its_page(digits_run):
     assert record["stages"]["infer"]["seconds"] > 0
 
 
+def test_infer_page_shows_the_teacher_stores_settings_not_the_configs(digits_run, tmp_path):
+    import shutil
+
+    from datadistill.report import build_report
+
+    _, _, _, root = digits_run
+    copy = tmp_path / "set"
+    shutil.copytree(root / "set", copy)
+    meta = json.loads((copy / "meta.json").read_text())
+    meta["config"]["teachers"]["epochs"] = 10  # the config asks for more than the store holds
+    (copy / "meta.json").write_text(json.dumps(meta))
+    text = build_report(copy).read_text(encoding="utf-8")
+    assert "teachers.epochs: config 10, store 2" in text
+    assert "<td>shufflenet_g2</td><td>2</td><td>128</td>" in text  # arch, epochs, batch
+    assert "2 epochs, batch 128" in text  # beside each teacher's accuracy
+
+
 def test_static_labels_are_the_teacher_mean_and_dynamic_training_runs(digits_run):
     cfg, store, result, _ = digits_run
     teachers = [store.load(a) for a in cfg.teachers.archs]

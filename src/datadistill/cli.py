@@ -17,18 +17,38 @@ import sys
 import time
 from pathlib import Path
 
-import torch
-
-from datadistill import __version__, distributed
-from datadistill.checks import check_output_folder
-from datadistill.devices import default_device
+from datadistill import __version__
 from datadistill.errors import ArtifactError, ConfigError, DatadistillError
+
+
+class _Lazy:
+    """A module imported on first use: ``--version`` and ``--help`` need no torch (about 4 s
+    of imports); each command imports what it uses."""
+
+    def __init__(self, name: str) -> None:
+        self._name = name
+
+    def __getattr__(self, attr: str):
+        import importlib
+
+        return getattr(importlib.import_module(self._name), attr)
+
+
+distributed = _Lazy("datadistill.distributed")
+checks = _Lazy("datadistill.checks")
+torch = _Lazy("torch")
+
+
+def plural(n: int, word: str) -> str:
+    from datadistill.progress import plural
+
+    return plural(n, word)
 
 
 def _fmt(report) -> str:
     return (
         f"{100 * report.mean:.2f} ± {100 * report.std:.2f} % "
-        f"({len(report.accuracies)} runs, {report.model}, {report.protocol})"
+        f"({plural(len(report.accuracies), 'run')}, {report.model}, {report.protocol})"
     )
 
 
@@ -93,11 +113,11 @@ def cmd_experts(args: argparse.Namespace) -> int:
     from datadistill.pipeline import store_location, train_pipeline_experts
 
     cfg = _pipeline(args)
-    out = check_output_folder(store_location(cfg, _run_dir(args, cfg), args.experts))
+    out = checks.check_output_folder(store_location(cfg, _run_dir(args, cfg), args.experts))
     store = train_pipeline_experts(cfg, out, progress=not args.quiet,
                                    announce=None if args.quiet else print)
     accs = [float(store.test_acc(i)[-1]) for i in range(len(store))]
-    print(f"{len(store)} experts in {out}; final test accuracy "
+    print(f"{plural(len(store), 'expert')} in {out}; final test accuracy "
           f"{100 * sum(accs) / len(accs):.2f} % on average")
     return 0
 
@@ -107,7 +127,7 @@ def cmd_distill(args: argparse.Namespace) -> int:
     from datadistill.pipeline import distill_config, recorded_store, store_location
 
     cfg = _pipeline(args)
-    out = check_output_folder(_run_dir(args, cfg))
+    out = checks.check_output_folder(_run_dir(args, cfg))
     store_dir = store_location(cfg, out, args.experts)
     dcfg = dataclasses.replace(distill_config(cfg), expert_dir=recorded_store(store_dir, out))
     result = distill(dcfg, out / "distill", store=store_dir,  # opened after the checks
@@ -126,7 +146,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.config and "=" in args.config and not Path(args.config).is_file():
         args.overrides, args.config = [args.config, *args.overrides], None  # `run ipc=10`
     recipe, cfg = load_config(args.config, args.overrides)
-    out = check_output_folder(args.out or recipe.default_out(cfg))
+    out = checks.check_output_folder(args.out or recipe.default_out(cfg))
     print(f"datadistill run: {recipe.label(cfg).replace(', ', ' on ', 1)} -> {out}")
     kw = {} if args.experts is None else {"expert_dir": args.experts}
     if kw and recipe.name != "tm":
@@ -199,7 +219,7 @@ def cmd_import_buffers(args: argparse.Namespace) -> int:
 
     store = import_replay_buffers(args.files, args.out, dataset=args.dataset, model=args.model,
                                   zca=args.zca)
-    print(f"imported {len(store)} experts into {args.out}")
+    print(f"imported {plural(len(store), 'expert')} into {args.out}")
     return 0
 
 
@@ -208,7 +228,7 @@ def cmd_teachers(args: argparse.Namespace) -> int:
     from datadistill.infer import load_infer_config, train_teachers
 
     cfg = load_infer_config(args.config, args.overrides)
-    out = check_output_folder(args.out or cfg.teacher_dir or f"runs/{cfg.dataset}_teachers")
+    out = checks.check_output_folder(args.out or cfg.teacher_dir or f"runs/{cfg.dataset}_teachers")
     store = train_teachers(cfg, out, progress=not args.quiet)
     for arch in store.archs():
         print(f"{arch}: test accuracy {100 * store.meta(arch)['test_accuracy']:.2f} %")
@@ -221,7 +241,7 @@ def cmd_infer(args: argparse.Namespace) -> int:
     from datadistill.recipes import infer_lines
 
     cfg = load_infer_config(args.config, args.overrides)
-    out = check_output_folder(args.out or f"runs/{cfg.dataset}_infer_ipc{cfg.ipc}")
+    out = checks.check_output_folder(args.out or f"runs/{cfg.dataset}_infer_ipc{cfg.ipc}")
     result = run_infer(cfg, out, progress=not args.quiet)
     for line in infer_lines(result, out):
         print(line)
@@ -262,6 +282,9 @@ def _load_set_and_data(args: argparse.Namespace):
     data = prepare(name, args.data_root, zca=zca, download=args.download)
     if ds is None:
         ds = load_any(path, dataset=name, zca=data.zca)
+        hint = "--zca given" if zca else "pass --zca for a set distilled with ZCA"
+        print(f"{path}: a legacy set does not record its image space; taken as {ds.space} "
+              f"({hint})")
     return ds, data
 
 
@@ -281,7 +304,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     common = dict(
         protocol=args.protocol, lr=lr, num_runs=args.runs, epochs=args.epochs,
         seed=args.seed, device=args.device, progress=not args.quiet,
-        report=args.report, period=args.period, unofficial=args.unofficial,
+        report=args.report, period=args.period, unofficial=args.unofficial, space=ds.space,
     )
     models = args.models or ["convnet"]
     reports = (
@@ -298,12 +321,38 @@ def cmd_eval(args: argparse.Namespace) -> int:
             print(f"  note: {rep.settings['labels_replaced']}")
         if rep.settings.get("official") is False:
             print("  UNOFFICIAL challenge score: " + "; ".join(rep.settings["unofficial_settings"]))
-    # model -> report, as before; each report records the world_size that made it
-    out = _write_report({name: {**rep.to_dict(), **distributed.metadata()}
-                         for name, rep in reports.items()}, report_path(args), top=False)
+    # model -> report (classic) or model_protocol -> report; each records its world_size
+    new = {name: {**rep.to_dict(), **distributed.metadata()} for name, rep in reports.items()}
+    out = _write_report(merge_evaluations(report_path(args), new), report_path(args), top=False)
     print(f"report written to {out}")
     _report(out.parent, "eval", time.perf_counter() - t0)
     return 0
+
+
+def eval_key(report: dict) -> str:
+    """The key of a set's evaluation in its eval.json: the model for the classic protocol
+    (as single-protocol files have it), ``<model>_<protocol>`` for the others."""
+    model, protocol = report.get("model", "?"), report.get("protocol", "classic")
+    return model if protocol == "classic" else f"{model}_{protocol}"
+
+
+def merge_evaluations(path: Path, new: dict[str, dict]) -> dict[str, dict]:
+    """``new`` (model -> report) merged into the set's evaluations already in ``path``: an
+    evaluation of another protocol or model stays; one of the same protocol and model is
+    replaced by the new one. A file that is not a set's evaluations (e.g. a run's eval.json)
+    is replaced, as before."""
+    import json
+
+    try:
+        old = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        old = None
+    if not isinstance(old, dict) or "config" in old:
+        old = {}
+    merged = {eval_key(rep): rep for rep in old.values()
+              if isinstance(rep, dict) and "protocol" in rep and "accuracies" in rep}
+    merged.update({eval_key(rep): rep for rep in new.values()})
+    return merged
 
 
 def cmd_baseline(args: argparse.Namespace) -> int:
@@ -353,7 +402,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     from datadistill.report import build_report
 
     if Path(args.out).is_dir():  # a missing folder: build_report names it
-        check_output_folder(args.out, "the run folder")
+        checks.check_output_folder(args.out, "the run folder")
     load_recipes()  # the page describes the run's method from the recipes' registry
     print(f"page written to {build_report(args.out)}")
     return 0
@@ -387,6 +436,7 @@ def cmd_score(args: argparse.Namespace) -> int:
     from datadistill.ddranking import score
     from datadistill.evaluate import build_network
 
+    t0 = time.perf_counter()
     ds, data = _load_set_and_data(args)
     cfg = _ddranking_config(args, ds)
     teachers = None
@@ -404,6 +454,8 @@ def cmd_score(args: argparse.Namespace) -> int:
     out = _write_report(report.to_dict(),
                         Path(args.out) if args.out else Path(args.path) / "ddranking.json")
     print(f"report written to {out}")
+    _report(out.parent, args.command, time.perf_counter() - t0)  # beside the set's other
+    # evaluations on its page
     return 0
 
 
@@ -480,7 +532,8 @@ def _challenge_files(folder: Path, names) -> dict[str, object]:
 def _common_run_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--runs", type=int, default=5, help="independent evaluation runs")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", default=default_device())
+    p.add_argument("--device", default=None,
+                   help="torch device (default: cuda when available, else cpu)")
     p.add_argument("--data-root", default=None, help="folder holding the dataset files")
     p.add_argument("--download", action="store_true", help="download missing dataset files")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -714,6 +767,10 @@ def parse_args(parser: argparse.ArgumentParser, argv: list[str] | None) -> argpa
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
     if getattr(args, "download", False) and hasattr(args, "overrides"):
         args.overrides = [*args.overrides, "download=true"]  # config commands
+    if getattr(args, "device", "") is None:  # resolved here: it imports torch
+        from datadistill.devices import default_device
+
+        args.device = default_device()
     return args
 
 
@@ -748,7 +805,8 @@ def command_guard(args: argparse.Namespace):
 def main(argv: list[str] | None = None) -> int:
     """The ``datadistill`` command; under torchrun, a rank's error also goes to torchrun's
     failure summary (its ``record`` decorator), which names the rank that failed."""
-    if distributed.env_world_size() > 1:
+    if int(os.environ.get("WORLD_SIZE", "1") or 1) > 1:  # torchrun (distributed.env_world_size,
+        # read without importing torch, which --version and --help do not need)
         from torch.distributed.elastic.multiprocessing.errors import record
 
         return record(_main)(argv)

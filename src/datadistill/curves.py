@@ -26,6 +26,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
 from datadistill.io import atomic_write
+from datadistill.progress import plural
 
 DPI = 100
 
@@ -103,7 +104,7 @@ def expert_curves(accuracies: list[np.ndarray]) -> Figure | None:
     length = min(len(a) for a in curves)
     mean = np.nanmean(np.stack([a[:length] for a in curves]), axis=0)
     ax.plot(np.arange(length), 100 * mean, color="tab:blue", lw=2,
-            label=f"mean of {len(curves)} experts")
+            label=f"mean of {plural(len(curves), 'expert')}")
     ax.set_xlabel("epoch (0 = initialisation)")
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_ylabel("test accuracy (%)")

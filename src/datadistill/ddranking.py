@@ -53,6 +53,7 @@ from datadistill.ddranking_train import Curve, TrainSpec, teacher_logits, train_
 from datadistill.errors import CompatibilityError, ConfigError
 from datadistill.evaluate import _check_inputs, build_network, challenge_labels
 from datadistill.labels import hard_labels, is_soft
+from datadistill.progress import plural
 from datadistill.runs import run_all
 from datadistill.scores import (
     augmentation_robust_score,
@@ -403,9 +404,10 @@ class DDRankingReport:
         return out
 
     def __str__(self) -> str:
-        parts = [f"{name.upper()} {100 * s['mean']:.2f} +- {100 * s['std']:.2f}"
+        parts = [f"{name.upper()} {100 * s['mean']:.2f} ± {100 * s['std']:.2f}"
                  for name, s in self.summary.items() if name in ("hlr", "ior", "lrs", "ars")]
-        return f"DD-Ranking over {len(self.rounds)} rounds: " + ", ".join(parts) + " (%)"
+        return (f"DD-Ranking over {plural(len(self.rounds), 'round')}: " + ", ".join(parts)
+                + " (%)")
 
 
 def _summary(rounds: list[dict[str, Any]]) -> dict[str, dict[str, float]]:

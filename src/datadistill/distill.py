@@ -250,7 +250,7 @@ def distill(cfg: DistillConfig, out_dir: str | Path, *, data=None, store=None,
     eval_points = _eval_points(cfg)
     bar = progress_bar(total=cfg.iterations, initial=state.iteration, desc="distill",
                        enabled=progress, stage=True)
-    last_acc = state.best_accuracy
+    last_acc, row = state.best_accuracy, None
     for it in range(state.iteration, cfg.iterations + 1):
         state.iteration = it
         if it in eval_points and state.evaluated != it:
@@ -263,14 +263,24 @@ def distill(cfg: DistillConfig, out_dir: str | Path, *, data=None, store=None,
         row = _matching_step(run, state, opts, gens, ema, it)
         log.write(row)
         bar.update(1)
-        bar.set_postfix(loss=f"{row['loss']:.4f}", syn_lr=f"{row['syn_lr']:.3g}",
-                        acc="-" if last_acc is None else f"{last_acc:.4f}")
+        _show(bar, row, last_acc, state)
         if on_iteration is not None:
             on_iteration(it, row)
+    _show(bar, row, last_acc, state)  # the final evaluation came after the last step's postfix
     bar.close()
     return DistillResult(run.out, run.out / "best", run.out / "last", log.path,
                          run.out / "checkpoint.pt", state.best_accuracy, state.best_iteration,
                          float(state.syn_lr.detach()), cfg.iterations, time.time() - t0)
+
+
+def _show(bar, row: dict | None, acc: float | None, state: DistillState) -> None:
+    """The bar's postfix: the last step's loss and step size, the latest evaluation and the
+    best one (the set kept in best/) with its iteration."""
+    shown = {} if row is None else {"loss": f"{row['loss']:.4f}", "syn_lr": f"{row['syn_lr']:.3g}"}
+    shown["acc"] = "-" if acc is None else f"{acc:.4f}"
+    if state.best_accuracy is not None:
+        shown["best"] = f"{state.best_accuracy:.4f}@{state.best_iteration}"
+    bar.set_postfix(**shown)
 
 
 # ----------------------------------------------------------------------------- setup
@@ -590,7 +600,8 @@ def _evaluate_here(run: _Run, images: torch.Tensor, state: DistillState, it: int
                       model=cfg.model, lr=float(state.syn_lr.detach()), num_runs=cfg.eval_runs,
                       epochs=cfg.eval_epochs, batch_size=cfg.eval_batch,
                       seed=_seeds(cfg.seed + it, 1)[0], device=cfg.device,
-                      dsa_strategy=run.dsa_strategy or "none", model_kwargs=cfg.model_kwargs)
+                      dsa_strategy=run.dsa_strategy or "none", model_kwargs=cfg.model_kwargs,
+                      space=run.data.train.space)
     return {"iteration": it, "eval": True, "mean": report.mean, "std": report.std,
             "accuracies": list(report.accuracies)}
 

@@ -470,6 +470,7 @@ def _evaluate_outputs(cfg: PipelineConfig, data, result, out: Path, device: str,
                                           "best_sha256": set_digest(best)}}
     for model in ev.models if "classic" in ev.protocols else []:
         kw = dict(model=model, lr=best.lr, batch_size=ev.batch_size, report=ev.report,
+                  space=best.space,
                   period=ev.period, model_kwargs=cfg.model_kwargs if model == cfg.model else {},
                   **common)
         # The hard-label run reuses the seed: same inits and batches, only the labels differ.
@@ -485,7 +486,7 @@ def _evaluate_outputs(cfg: PipelineConfig, data, result, out: Path, device: str,
             report[f"ema_{model}"] = evaluate(ema.images, ema.labels, data.test,
                                               seed=cfg.seed + SEED_EMA,
                                               cache=RunCache(runs, f"ema_{model}"),
-                                              **kw).to_dict()
+                                              **{**kw, "space": ema.space}).to_dict()
     if ema is not None:
         report["outputs"]["ema"] = str(ema_dir)
     if "ddranking" in ev.protocols:

@@ -24,6 +24,15 @@ from tqdm.auto import tqdm
 from datadistill import distributed
 
 
+def plural(n: int, word: str) -> str:
+    """``n`` and ``word`` made plural by an ``s`` unless n is 1.
+
+    >>> plural(1, "run"), plural(2, "expert"), plural(0, "network")
+    ('1 run', '2 experts', '0 networks')
+    """
+    return f"{n} {word}" if n == 1 else f"{n} {word}s"
+
+
 def interactive() -> bool:
     """True when stderr, where progress goes, is a terminal, or in a Jupyter kernel (whose
     bars are widgets, not carriage-return frames)."""

@@ -28,6 +28,7 @@ from typing import Any
 
 from datadistill.config import read_config
 from datadistill.errors import ConfigError
+from datadistill.progress import plural
 
 
 @dataclass(frozen=True)
@@ -67,7 +68,7 @@ def _tm_note(cfg) -> str | None:
 
 def _tm_lines(report: dict, out_dir: Path) -> list[str]:
     lines = [f"  {key:<24} {100 * rep['mean']:6.2f} ± {100 * rep['std']:.2f} % "
-             f"({len(rep['accuracies'])} runs)"
+             f"({plural(len(rep['accuracies']), 'run')})"
              for key, rep in report.items() if isinstance(rep, dict) and "accuracies" in rep]
     lines.append(f"report written to {out_dir / 'eval.json'} "
                  f"({report['seconds']['total']:.0f} s)")
@@ -92,7 +93,8 @@ def infer_lines(result, out_dir: Path) -> list[str]:
     """What the CLI prints after an INFER run: student accuracy, storage, where the set is."""
     rep = result.report
     lines = [f"INFER student ({rep.protocol}), last epoch: {100 * rep.mean:.2f} ± "
-             f"{100 * rep.std:.2f} % ({len(rep.accuracies)} runs, {rep.model}, {rep.protocol})"]
+             f"{100 * rep.std:.2f} % ({plural(len(rep.accuracies), 'run')}, {rep.model}, "
+             f"{rep.protocol})"]
     if "best_mean" in rep.settings:
         lines.append(f"  best of periodic evaluations (as INFER reports): "
                      f"{100 * rep.settings['best_mean']:.2f} %")

@@ -84,6 +84,7 @@ class RunContents:
     eval_files: dict[str, dict] = field(default_factory=dict)  # file name -> content
     record: dict = field(default_factory=dict)  # run_record.json
     infer_dir: Path | None = None  # an INFER set lives here
+    teachers: dict[str, dict] = field(default_factory=dict)  # INFER: arch -> its store meta
     set_dir: Path | None = None  # a distilled set evaluated in place lives here
 
 
@@ -216,10 +217,11 @@ def scan_folder(root: Path) -> RunContents:
         c.distill_dir = root
     elif (root / "distill" / "config.json").is_file():
         c.distill_dir = root / "distill"
-    for name in ("eval.json", "eval_infer.json"):
+    for name in ("eval.json", "eval_infer.json", "ddranking.json"):
         if isinstance(content := _read_json(root / name), dict):
             c.eval_files[name] = content
     _scan_config(c)
+    _scan_teachers(c)
     if (root / "experts" / "meta.json").is_file():
         c.expert_dir = root / "experts"
     elif c.distill_dir is not None:
@@ -256,6 +258,18 @@ def _scan_config(c: RunContents) -> None:
     c.dataset = (c.config or {}).get("dataset") or meta.get("dataset") or \
         (meta.get("info") or {}).get("name")
     c.ipc = (c.config or {}).get("ipc") or meta.get("ipc")
+
+
+def _scan_teachers(c: RunContents) -> None:
+    """INFER's teachers as their store records them (what they were trained with, which the
+    config's ``teachers:`` section does not change once they exist)."""
+    where = (c.config or {}).get("teacher_dir") if c.infer_dir is not None else None
+    if not where or not Path(where).is_dir():
+        return
+    for sub in sorted(Path(where).iterdir()):
+        meta = _read_json(sub / "meta.json")
+        if isinstance(meta, dict) and meta.get("kind") == "infer_teacher":
+            c.teachers[sub.name] = meta
 
 
 def _read_yaml(path: Path) -> Any:
@@ -322,6 +336,9 @@ def accuracy_rows(c: RunContents) -> list[AccuracyRow]:
                     f"{100 * settings['best_mean']:.2f} %") if "best_mean" in settings else ""
             rows.append(_row(f"INFER student ({name})", content, note))
             continue
+        if content.get("protocol") == "ddranking":  # ddranking.json of `eval --protocol`
+            rows += _ddranking_rows(name, content)
+            continue
         pipeline = "config" in content  # eval.json of `run`; else of `eval`: model -> report
         for key, rep in content.items():
             if isinstance(rep, dict):
@@ -331,6 +348,20 @@ def accuracy_rows(c: RunContents) -> list[AccuracyRow]:
     rows += _teacher_rows(c)
     rows = [r for r in rows if r is not None]
     return sorted(rows, key=lambda r: r.protocol)
+
+
+_DDRANKING_SETS = {"syn": "evaluated set, its labels", "syn_hard": "evaluated set, hard labels",
+                   "random": "random real subset", "full": "full training set"}
+
+
+def _ddranking_rows(name: str, content: dict) -> list[AccuracyRow | None]:
+    """DD-Ranking's trainings (best of tests per round) from its report."""
+    model = (content.get("settings") or {}).get("config", {}).get("model", "")
+    summary = content.get("summary") or {}
+    return [_row(what, {"accuracies": s.get("values"), "mean": s.get("mean"),
+                        "std": s.get("std"), "model": model, "protocol": "ddranking"},
+                 f"{name}: best of tests per round")
+            for key, what in _DDRANKING_SETS.items() if isinstance(s := summary.get(key), dict)]
 
 
 def _best_during_distillation(c: RunContents) -> AccuracyRow | None:
@@ -348,14 +379,31 @@ def _best_during_distillation(c: RunContents) -> AccuracyRow | None:
 
 def _teacher_rows(c: RunContents) -> list[AccuracyRow]:
     """INFER's teachers: each one's test accuracy (one network each)."""
-    where = (c.config or {}).get("teacher_dir") if c.infer_dir is not None else None
-    if not where or not Path(where).is_dir():
-        return []
     rows = []
-    for sub in sorted(Path(where).iterdir()):
-        meta = _read_json(sub / "meta.json") or {}
+    for arch, meta in c.teachers.items():
         if "test_accuracy" in meta:
             acc = float(meta["test_accuracy"])
-            rows.append(AccuracyRow(f"teacher {sub.name}", sub.name, "teacher", [acc], acc, 0.0,
-                                    "the network that labels and guides INFER"))
+            rows.append(AccuracyRow(f"teacher {arch}", arch, "teacher", [acc], acc, 0.0,
+                                    f"labels and guides INFER; {teacher_recipe_text(meta)}"))
     return rows
+
+
+TEACHER_KEYS = ("epochs", "batch_size", "lr", "momentum", "weight_decay", "width_mult", "seed")
+
+
+def teacher_recipe_text(meta: dict) -> str:
+    """How a stored teacher was trained, e.g. ``2 epochs, batch 128, lr 0.1 (its store)``."""
+    return (f"{meta.get('epochs', '?')} epochs, batch {meta.get('batch_size', '?')}, "
+            f"lr {meta.get('lr', '?')} (its store's record)")
+
+
+def teacher_config_differences(c: RunContents) -> list[str]:
+    """``teachers.<key>: config X, store Y`` for every setting the stored teachers were not
+    trained with (the config's values apply only to teachers still to train)."""
+    cfg = (c.config or {}).get("teachers") or {}
+    out = []
+    for key in TEACHER_KEYS:
+        stored = sorted({str(m.get(key)) for m in c.teachers.values() if key in m})
+        if key in cfg and stored and stored != [str(cfg[key])]:
+            out.append(f"teachers.{key}: config {cfg[key]}, store {', '.join(stored)}")
+    return out

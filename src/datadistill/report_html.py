@@ -20,6 +20,7 @@ from typing import Any
 import yaml
 
 from datadistill.presets import describe_method
+from datadistill.progress import plural
 
 SECTIONS = ("Summary", "Accuracy", "Distilled images", "Curves", "Method", "Configuration",
             "Time and hardware")
@@ -82,10 +83,12 @@ def _summary(c, rows, hw: dict) -> str:
              ["run folder", str(c.root)]]
     if main is not None:
         facts.append([f"accuracy: {main.what} ({main.model}, {main.protocol})",
-                      f"{_pct(main.mean, main.std)} % over {len(main.accuracies)} networks"])
+                      f"{_pct(main.mean, main.std)} % over "
+                      f"{plural(len(main.accuracies), 'network')}"])
     if base is not None:
         facts.append([f"accuracy: {base.what} ({base.model})",
-                      f"{_pct(base.mean, base.std)} % over {len(base.accuracies)} networks"])
+                      f"{_pct(base.mean, base.std)} % over "
+                      f"{plural(len(base.accuracies), 'network')}"])
     now = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
     facts.append(["page written", f"{now} by datadistill {hw['datadistill']}"])
     return _table(None, facts)
@@ -131,7 +134,23 @@ def _config(c) -> str:
     if c.config is None:
         return _none("No config found in this folder.")
     text = yaml.safe_dump(c.config, sort_keys=False, default_flow_style=False)
-    return f"<p>Resolved config, from <code>{_e(c.config_file)}</code>:</p><pre>{_e(text)}</pre>"
+    return (_teachers(c) + f"<p>Resolved config, from <code>{_e(c.config_file)}</code>:</p>"
+            f"<pre>{_e(text)}</pre>")
+
+
+def _teachers(c) -> str:
+    """INFER: the teachers used, with the settings their store recorded."""
+    from datadistill.report import TEACHER_KEYS, teacher_config_differences
+
+    if not c.teachers:
+        return ""
+    rows = [[arch, *(m.get(k, "") for k in TEACHER_KEYS)] for arch, m in c.teachers.items()]
+    diff = teacher_config_differences(c)
+    note = ("" if not diff else _none(
+        "The teachers used were trained with other settings than the config's teachers: "
+        "section (which applies only to teachers still to train): " + "; ".join(diff) + "."))
+    return ("<p>Teachers used, as their store records them:</p>"
+            + _table(["teacher", *TEACHER_KEYS], rows) + note)
 
 
 def _seconds(value) -> str:

@@ -51,10 +51,10 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
-from tqdm.auto import tqdm
 
 from datadistill.errors import DatasetError
 from datadistill.io import read_json, write_json
+from datadistill.progress import progress_bar
 
 logger = logging.getLogger(__name__)
 
@@ -310,7 +310,8 @@ class ImageCache:
         """Re-hash every chunk; a mismatch is a DatasetError naming the first bad chunk."""
         reader = self.images()
         chunk, digests = self.meta["chunk_size"], self.meta["chunk_sha256"]
-        for k in tqdm(range(len(digests)), desc="verifying cache", disable=not progress):
+        for k in progress_bar(range(len(digests)), desc="verifying cache", enabled=progress,
+                              stage=True):
             rows = np.arange(k * chunk, min(len(self), (k + 1) * chunk))
             if _sha256(reader.read_uint8(rows)) != digests[k]:
                 raise DatasetError(f"{self.directory}: chunk {k} (images {rows[0]}..{rows[-1]}) "
@@ -423,9 +424,9 @@ def _fill(directory: Path, paths: list[str], layout: CacheLayout, meta: dict,
         logger.info("image cache %s: resuming, %d of %d images already decoded",
                     directory, skipped, layout.count)
     mode = "r+b" if (directory / IMAGES_FILE).exists() else "w+b"
-    with open(directory / IMAGES_FILE, mode) as f, tqdm(
+    with open(directory / IMAGES_FILE, mode) as f, progress_bar(
             total=layout.count, initial=skipped, unit="img", desc="decoding into cache",
-            disable=not progress) as bar:
+            enabled=progress, stage=True) as bar:
         f.truncate(layout.total_bytes)  # sparse until written
         for k, pixels in _decoded_chunks(todo, paths, chunk, res, rule, workers):
             f.seek(k * chunk * layout.row_bytes)

@@ -26,7 +26,8 @@ import scipy.special
 import torch
 import torch.nn.functional as F
 from torch import nn
-from tqdm.auto import tqdm
+
+from datadistill.progress import progress_bar
 
 
 @torch.no_grad()
@@ -41,7 +42,8 @@ def ensemble_logits(
     device = next(teachers[0].parameters()).device
     out = []
     starts = range(0, x.shape[0], batch_size)
-    for start in tqdm(starts, desc="teacher labels", disable=not progress, leave=False):
+    for start in progress_bar(starts, desc="teacher labels", enabled=progress, stage=True,
+                              leave=False):  # a terminal bar, else one line at the end
         xb = x[start : start + batch_size].to(device)  # (B, C, H, W)
         logits = torch.stack([t.eval()(xb) for t in teachers])  # (M, B, K)
         out.append(logits.mean(0).to(x.device))
