@@ -73,7 +73,7 @@ def test_torchrun_nccl_pair_matches_one_process(stage, tmp_path):
 def test_fused_norm_act_pool_on_cuda_equals_the_modules(fmt, native):
     """The fused op runs on CUDA with the same code: values, gradients and the double
     backward equal GroupNorm -> ReLU -> AvgPool2d on CUDA (float64)."""
-    from datadistill.models.convnet_kernels import norm_act_pool
+    from datadistill.models.convnet_ops import norm_act_pool
 
     g = torch.Generator().manual_seed(0)
     z0 = torch.randn(3, 4, 6, 6, generator=g, dtype=torch.float64)

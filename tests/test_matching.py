@@ -61,7 +61,7 @@ def test_norm_act_pool_double_backward(pool, fmt, native):
 
 def test_chunked_reductions_and_odd_pool(monkeypatch):
     """The chunked per-instance dot products and the odd-size pool backward are exact."""
-    from datadistill.models import convnet_kernels as fastconv
+    from datadistill.models import convnet_ops as fastconv
 
     monkeypatch.setattr(fastconv, "_CHUNK_BYTES", 8 * 4 * 5 * 5)  # 2 samples per chunk
     z = _rand(5, 3, 5, 5).requires_grad_()

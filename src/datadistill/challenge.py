@@ -28,6 +28,7 @@ from typing import Any
 
 import torch
 
+from datadistill.data import dataset_info
 from datadistill.errors import ConfigError
 
 IPC = 10
@@ -168,7 +169,6 @@ def check_submissions(images: dict[str, torch.Tensor], *, epochs: int, num_runs:
                       unofficial: bool) -> dict[str, list[str]]:
     """Each dataset's non-official settings, all checked before any training (strict: an
     error naming them, unless `unofficial`)."""
-    from datadistill.data import dataset_info
 
     found = {}
     for dataset, x in images.items():

@@ -27,7 +27,7 @@ from datadistill.data import create_dataset
 from datadistill.data.registry import _spec
 from datadistill.errors import CompatibilityError, ConfigError, DatasetError
 from datadistill.experts.store import required_epochs
-from datadistill.models.registry import model_entry
+from datadistill.models.registry import create_model, model_entry
 
 
 def check_positive(name: str, value: Any, *, allow_zero: bool = False) -> None:
@@ -141,8 +141,6 @@ def check_model(dataset: str, model: str, model_kwargs: dict | None) -> None:
     arguments fail here, not after the experts are trained). Built on the meta device: no
     memory, no random draws. A folder dataset (size unknown without its files) is checked
     for the argument names only."""
-    from datadistill.data.registry import _spec
-    from datadistill.models.registry import create_model
 
     if not isinstance(model_kwargs, dict):
         raise ConfigError(f"model_kwargs must be a mapping such as {{width: 64}}, got "

@@ -62,7 +62,7 @@ from datadistill.config import (
     merge,
     read_config,
 )
-from datadistill.data import prepare
+from datadistill.data import prepare, random_subset
 from datadistill.ddranking import preset_for, score
 from datadistill.devices import resolve_device
 from datadistill.distill import (
@@ -72,9 +72,10 @@ from datadistill.distill import (
     check_resume,
     distill,
 )
-from datadistill.errors import CompatibilityError, ConfigError, DatadistillError
+from datadistill.errors import ArtifactError, CompatibilityError, ConfigError, DatadistillError
 from datadistill.evaluate import RUN_PROTOCOLS, evaluate
 from datadistill.experts import ExpertConfig, ExpertSection, ExpertStore, train_experts
+from datadistill.experts.forecast import check_disk, forecast_store
 from datadistill.experts.pad import (
     PADCurriculum,
     check_no_curriculum,
@@ -84,11 +85,13 @@ from datadistill.experts.pad import (
 from datadistill.experts.store import expert_path
 from datadistill.io import read_json, write_json, write_report
 from datadistill.lock import lock_folder, lock_folder_if, locks_output
+from datadistill.matching.soft_labels import init_soft_labels
 from datadistill.memory import check_memory
 from datadistill.presets import preset_overrides
 from datadistill.repair import finished_state, restore_outputs
 from datadistill.report import write_report as write_page
 from datadistill.runlog import RunCache, StageClock
+from datadistill.training import build_model
 
 log = logging.getLogger(__name__)
 
@@ -230,7 +233,6 @@ def find_recorded_store(recorded: str | None, out_dir: str | Path,
     made relative to the run folder) in the working directory. ArtifactError naming
     ``--experts`` when no store is found.
     """
-    from datadistill.errors import ArtifactError
 
     out = Path(out_dir)
     if explicit is not None:
@@ -295,8 +297,6 @@ def train_pipeline_experts(cfg: PipelineConfig, out_dir: str | Path, *, data=Non
 
 def _forecast(ecfg, data, out_dir, device: str, announce) -> None:
     """Predict the missing experts' disk and time on rank 0; every rank refuses a full disk."""
-    from datadistill.experts.forecast import check_disk, forecast_store
-    from datadistill.experts.store import expert_path
 
     if all(expert_path(Path(out_dir), i).is_file() for i in range(ecfg.num_experts)):
         return
@@ -403,7 +403,6 @@ def _final_evaluation(cfg: PipelineConfig, data, result, out: Path, restart: boo
 def best_changed(out: Path, best_dir: Path) -> tuple[str, str] | None:
     """(SHA-256 of the set in ``best_dir``, the one ``eval.json`` scored) when they differ;
     None when they agree or there is nothing to compare (no report, or one without it)."""
-    from datadistill.artifact import load_distilled, set_digest
 
     try:
         recorded = json.loads((out / "eval.json").read_text())["outputs"]["best_sha256"]
@@ -431,10 +430,6 @@ def _soft_random(cfg: PipelineConfig, data, store, runs: Path, device: str,
     draw as the hard-label baseline's first run, labelled by DATM's rule (the experts' final
     logits, averaged over the experts that classify each image correctly), classic protocol,
     lr 0.01."""
-    from datadistill.data import random_subset
-    from datadistill.evaluate import evaluate
-    from datadistill.matching.soft_labels import init_soft_labels
-    from datadistill.training import build_model
 
     ev = cfg.evaluation
     gen = torch.Generator().manual_seed(cfg.seed + 2000)

@@ -42,8 +42,8 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
-from datadistill.data import cache as cache_mod
-from datadistill.data import imagenet
+import datadistill.data.cache as cache_mod
+import datadistill.data.imagenet as imagenet
 from datadistill.data.info import DatasetInfo, LoadedSplit
 from datadistill.errors import DatasetError
 from datadistill.io import read_json, write_json

@@ -27,8 +27,12 @@ from pathlib import Path
 
 import torch
 
+from datadistill.augment import DSA
 from datadistill.errors import ConfigError
 from datadistill.experts.store import DTYPES, expert_path
+from datadistill.experts.train import expert_optimizer, monitor_split
+from datadistill.models.functional import param_spec
+from datadistill.training import build_model, train_step
 
 TEST_BATCH = 512  # test_accuracy's batch
 
@@ -96,9 +100,6 @@ def _timed(step, repeats: int = 1) -> float:
 def time_batches(ecfg, data, device: str) -> tuple[float, float]:
     """Seconds of one training step (batch ``ecfg.batch_size``) and of one monitoring forward
     (TEST_BATCH images), on ``device``, with the expert's model, optimiser and DSA."""
-    from datadistill.augment import DSA
-    from datadistill.experts.train import expert_optimizer, monitor_split
-    from datadistill.training import build_model, train_step
 
     net = build_model(ecfg, data.info, 0).to(device)
     opt = expert_optimizer(ecfg, net)
@@ -129,9 +130,6 @@ def time_batches(ecfg, data, device: str) -> tuple[float, float]:
 def forecast_store(ecfg, data, out_dir: str | Path, *, device: str = "cpu",
                    processes: int = 1) -> StoreForecast:
     """Predict the missing experts' disk bytes and time (see the module docstring)."""
-    from datadistill.experts.train import monitor_split
-    from datadistill.models.functional import param_spec
-    from datadistill.training import build_model
 
     out = Path(out_dir)
     missing = sum(not expert_path(out, i).is_file() for i in range(ecfg.num_experts))

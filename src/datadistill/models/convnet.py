@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from datadistill.models.convnet_kernels import norm_act_pool
+from datadistill.models.convnet_ops import norm_act_pool
 from datadistill.models.registry import (
     check_choice,
     is_mnist_like,
