@@ -240,3 +240,13 @@ def test_zero_or_negative_learning_rates_are_refused_naming_the_key(key, over):
 
 def test_lr_lr_zero_is_a_fixed_step_size():
     check_distill(DistillConfig(dataset="digits", ipc=1, lr_lr=0.0))  # admitted
+
+
+# ----------------------------------------------------------------------------- messages
+
+
+def test_did_you_mean_keeps_the_section(capsys):
+    from datadistill.cli import main
+
+    assert main(["validate", "digits/mtt_ipc1", "distill.iteratons=5"]) == 2
+    assert "Did you mean 'distill.iterations'?" in capsys.readouterr().err

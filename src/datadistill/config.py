@@ -104,9 +104,10 @@ def fields_of(cls: type, obj: Any) -> dict[str, Any]:
     return {f.name: copy.deepcopy(getattr(obj, f.name)) for f in dataclasses.fields(cls)}
 
 
-def _closest(key: str, choices: list[str]) -> str:
+def _closest(key: str, choices: list[str], prefix: str = "") -> str:
+    """A did-you-mean naming the whole key, section included (``distill.iterations``)."""
     match = difflib.get_close_matches(key, choices, n=1, cutoff=0.5)
-    return f" Did you mean '{match[0]}'?" if match else ""
+    return f" Did you mean '{prefix}{match[0]}'?" if match else ""
 
 
 def _coerce(value: Any, annotation: Any, where: str) -> Any:
@@ -179,7 +180,7 @@ def config_from_dict(cls: type[T], data: dict[str, Any], prefix: str = "") -> T:
     for key, value in data.items():
         if key not in names:
             raise ConfigError(
-                f"unknown config key '{prefix}{key}'.{_closest(key, names)} "
+                f"unknown config key '{prefix}{key}'.{_closest(key, names, prefix)} "
                 f"Valid keys: {', '.join(names)}."
             )
         kwargs[key] = _coerce(value, hints[key], f"{prefix}{key}")
