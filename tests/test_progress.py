@@ -50,3 +50,24 @@ def test_main_job_log_without_a_terminal_has_stage_lines_and_no_frames(tmp_path,
         assert any(line.startswith(stage) for line in err), (stage, err)
     assert len(err) < 20  # a line per stage (and per periodic evaluation), not per frame
     assert "distilled_convnet" in captured.out and "random_subset" in captured.out
+
+
+def test_a_resumed_stage_with_nothing_left_says_so(capsys):
+    bar = progress_bar([], desc="experts", stage=True, initial=3, total=3)
+    list(bar)
+    assert capsys.readouterr().err.splitlines() == [
+        "experts: 3/3 already done, nothing left (resumed)"]
+
+
+def test_teacher_labels_leave_no_frames_in_a_non_terminal_log(capsys):
+    import torch
+    from torch import nn
+
+    from datadistill.infer.labels import ensemble_logits
+
+    teacher = nn.Sequential(nn.Flatten(), nn.Linear(4, 3))
+    out = ensemble_logits([teacher], torch.randn(10, 1, 2, 2), batch_size=3, progress=True)
+    assert out.shape == (10, 3)
+    err = capsys.readouterr().err
+    assert "\r" not in err and err.splitlines()[0].startswith("teacher labels: 4/4 in ")
+    assert len(err.splitlines()) == 1

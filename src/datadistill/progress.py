@@ -64,7 +64,7 @@ class StageLine:
 
     def __init__(self, iterable: Iterable | None, desc: str, total: int | None,
                  initial: int = 0) -> None:
-        self.iterable, self.desc, self.n = iterable, desc, int(initial)
+        self.iterable, self.desc, self.n, self.initial = iterable, desc, int(initial), int(initial)
         if total is None and hasattr(iterable, "__len__"):
             total = initial + len(iterable)
         self.total, self.postfix, self.closed = total, "", False
@@ -94,5 +94,7 @@ class StageLine:
         self.closed = True
         count = f"{self.n}" if self.total is None else f"{self.n}/{self.total}"
         line = f"{self.desc}: {count} in {time.perf_counter() - self.start:.0f} s"
+        if self.initial and self.n == self.initial:  # resumed with nothing left to do
+            line = f"{self.desc}: {count} already done, nothing left (resumed)"
         print(line + (f" ({self.postfix})" if self.postfix else ""), file=sys.stderr,
               flush=True)

@@ -193,8 +193,9 @@ def train_experts(cfg: ExpertConfig, data, out_dir: str | Path, *, device: str |
         if distributed.is_main():
             write_meta(directory, {**meta, **_made_by(directory, bool(todo))})
         distributed.barrier()  # rank 0 holds the lock (and cleared old .tmp files) first
+        done = cfg.num_experts - len(todo)  # a store resumed with nothing left says so
         bar = progress_bar(distributed.shard(todo), desc="experts", enabled=progress,
-                           stage=True)
+                           stage=True, **({} if todo else {"initial": done, "total": done}))
         for i in bar:  # rank r: missing experts r, r+K, ...; each rank writes its own files
             params, acc = train_one_expert(cfg, data, i, dsa=dsa, device=device,
                                            epoch_subset=epoch_subset, progress=progress)
