@@ -155,3 +155,10 @@ def test_import_replay_buffers(tmp_path):
     with pytest.raises(CompatibilityError, match="shapes"):
         import_replay_buffers(files, tmp_path / "bad", dataset="digits",
                               model_kwargs={"width": 16})
+
+
+def test_a_finished_store_says_nothing_is_left_to_train(digits, tmp_path, capsys):
+    train_experts(_cfg(num_experts=1), digits, tmp_path / "s", progress=False)
+    train_experts(_cfg(num_experts=1), digits, tmp_path / "s", progress=True)
+    err = capsys.readouterr().err
+    assert "experts: 1/1 already done, nothing left (resumed)" in err and "0/0" not in err
