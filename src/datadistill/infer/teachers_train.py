@@ -78,6 +78,7 @@ def train_teacher(
     checkpoint: str | Path | None = None,
     recipe: dict | None = None,
     progress: bool = False,
+    desc: str = "teacher",
 ) -> nn.Module:
     """Train ``net`` in place on ``train`` (normalised) with the teacher recipe of ``cfg``.
 
@@ -114,7 +115,7 @@ def train_teacher(
     x, y = train.images.to(device), train.labels.to(device)  # moved once
     fit(net, x, y, epochs=cfg.epochs, optimizer=opt, batch_size=cfg.batch_size, generator=gen,
         device=device, augment=augment, schedule=schedule, after_epoch=after_epoch,
-        drop_single=True, start_epoch=start, progress=progress, desc="teacher", stage=True)
+        drop_single=True, start_epoch=start, progress=progress, desc=desc, stage=True)
     return net.eval()
 
 
@@ -290,7 +291,7 @@ def _train_one(cfg: InferConfig, data, store: TeacherStore, i: int, arch: str, r
                                         tc.width_mult), init_seed)
     train_teacher(net, data.train, cfg=tc, flip=flip, seed=train_seed, device=cfg.device,
                   checkpoint=store.directory / arch / CHECKPOINT_FILE, recipe=recipe,
-                  progress=progress)
+                  progress=progress, desc=f"teacher {arch}")  # its line names the architecture
     acc = test_accuracy(net, data.test.images, data.test.labels, tc.test_batch_size, cfg.device)
     log.info("teacher %s: test accuracy %.4f", arch, acc)
     store.save(net, {**recipe, "class_names": list(info.class_names), "mean": list(info.mean),
