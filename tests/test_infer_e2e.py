@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import pytest
 import torch
@@ -216,3 +217,12 @@ def test_a_killed_infer_resumes_its_compensators_bitwise(digits_run, tmp_path, m
     again = load_infer_set(tmp_path / "set")
     assert torch.equal(again.compensators, reference.compensators)
     assert torch.equal(again.labels, reference.labels)
+
+
+def test_teacher_progress_lines_name_the_architecture(digits_run, tmp_path, capsys):
+    cfg = digits_run[0]
+    cfg = replace(cfg, teacher_dir=str(tmp_path / "t"),
+                  teachers=replace(cfg.teachers, archs=["shufflenet_g2"], epochs=1))
+    train_teachers(cfg, cfg.teacher_dir, progress=True)
+    err = capsys.readouterr().err
+    assert "teacher shufflenet_g2: 1/1 in " in err and "\r" not in err
