@@ -13,7 +13,14 @@ from PIL import Image
 from datadistill.data import cache as cache_mod
 from datadistill.data import create_dataset, prepare
 from datadistill.data.cache import ImageCache, build_cache
-from datadistill.data.imagenet import MEAN, STD, SUBSETS, list_split, standard_classes
+from datadistill.data.imagenet import (
+    MEAN,
+    STD,
+    SUBSETS,
+    info_for,
+    list_split,
+    standard_classes,
+)
 from datadistill.errors import ConfigError, DatasetError
 
 WNIDS = list(standard_classes().wnids)  # sorted order = class id
@@ -138,6 +145,9 @@ def test_the_shipped_class_index_is_imagenet_1k():
     # 193 = Australian terrier, imagemeow 281 = tabby
     assert classes.names[217].startswith("English springer")
     assert classes.names[193] == "Australian terrier" and classes.names[281].startswith("tabby")
+    # names are known before any data is read (the registry's specs)
+    assert info_for("imagenette", 128).class_names[1] == classes.names[217]
+    assert info_for("imagenet", 224).class_names == classes.names
 
 
 # ----------------------------------------------------------------------------- subsets

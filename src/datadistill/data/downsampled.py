@@ -59,7 +59,7 @@ RULE = "release"  # the cache's resize field for the downsampled release (alread
 CLASS_MAP = "map_clsloc.txt"
 CHUNK_ROWS = 4096  # rows per checksummed, resumable chunk (48 MiB)
 INFO = DatasetInfo(NAME, imagenet.NUM_CLASSES, 3, (RESOLUTION, RESOLUTION), imagenet.MEAN,
-                   imagenet.STD, tuple(f"class_{i:03d}" for i in range(imagenet.NUM_CLASSES)))
+                   imagenet.STD, imagenet.standard_classes().names)
 
 
 def find_batches(root: Path, split: str) -> list[Path]:

@@ -111,15 +111,15 @@ def standard_classes() -> StandardClasses:
 
 def info_for(name: str, resolution: int, class_names: tuple[str, ...] | None = None
              ) -> DatasetInfo:
-    """DatasetInfo of "imagenet" or a subset at `resolution`; names generic until read.
+    """DatasetInfo of "imagenet" or a subset at `resolution`, with the shipped class names.
 
     Once read, "imagenet" has as many classes as train/ has folders (1000 for ImageNet-1K;
     fewer for a class subset such as ImageNet-100 laid out the same way).
     """
-    count = NUM_CLASSES if name == "imagenet" else len(SUBSETS[name])
-    names = class_names or tuple(f"class_{i:03d}" for i in range(count))
-    count = len(names)
-    return DatasetInfo(name, count, 3, (resolution, resolution), MEAN, STD, names)
+    standard = standard_classes().names
+    names = class_names or (standard if name == "imagenet"
+                            else tuple(standard[i] for i in SUBSETS[name]))
+    return DatasetInfo(name, len(names), 3, (resolution, resolution), MEAN, STD, names)
 
 
 def find_root(root: Path) -> Path:
