@@ -176,8 +176,8 @@ MUTANTS = [
     _m("distill_restart_ignored", "cli.py", "resume=not args.restart", "resume=True",
        "`distill --restart` resumes anyway"),
     _m("distill_experts_option_ignored", "cli.py",
-       'expert_dir = args.experts or str(out / "experts")',
-       'expert_dir = str(out / "experts")', "`distill --experts` is ignored"),
+       "store_dir = store_location(cfg, out, args.experts)",
+       "store_dir = store_location(cfg, out, None)", "`distill --experts` is ignored"),
 ]
 
 

@@ -1,7 +1,7 @@
 """A generated ImageNet-1K stand-in at 64 px, in both input forms of `imagenet64`.
 
 `write_release`: the downsampled release's layout (npz batches of uint8 CHW rows, 1-based
-labels, map_clsloc.txt in a non-sorted order); `write_tree`: the ILSVRC-2012 JPEG layout.
+labels, map_clsloc.txt: the real ids, not sorted); `write_tree`: the ILSVRC-2012 JPEG layout.
 Pixels are a class colour plus noise, so a network can learn something from them. Tiny by
 design: a few images per class.
 """
@@ -13,7 +13,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-WNIDS = [f"n{i:08d}" for i in range(1000)]  # sorted order = class index
+from datadistill.data.imagenet import standard_classes
+
+WNIDS = list(standard_classes().wnids)  # sorted order = class index
 
 
 def _pixels(rng: np.random.Generator, label: int, count: int) -> np.ndarray:
@@ -24,9 +26,9 @@ def _pixels(rng: np.random.Generator, label: int, count: int) -> np.ndarray:
 
 
 def release_ids(classes: int) -> np.ndarray:
-    """Release id (1-based) of sorted class c: a fixed permutation (the devkit's order is not
-    the sorted-wnid order)."""
-    return np.random.default_rng(7).permutation(classes) + 1
+    """Release id (1-based, map_clsloc.txt's) of sorted classes 0..classes-1 (the devkit's
+    order is not the sorted-wnid order)."""
+    return np.array(standard_classes().release_ids[:classes])
 
 
 def write_release(root: Path, classes: int = 1000, per_class: int = 2, val_per_class: int = 1,

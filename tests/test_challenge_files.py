@@ -81,7 +81,7 @@ def test_a_missing_tinyimagenet_file_is_found_before_cifar100_is_trained(tmp_pat
     sub = _submit(tmp_path / "sub", skip=("tinyimagenet.pt",))
     assert main(["challenge", str(sub), "--out", str(tmp_path / "o"), "--quiet"]) == 2
     err = capsys.readouterr().err
-    assert "tinyimagenet.pt not found" in err and err.count("error:") == 1
+    assert "holds no tinyimagenet.pt" in err and err.count("error:") == 1
     assert fake == []
 
 

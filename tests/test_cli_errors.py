@@ -107,6 +107,6 @@ def test_challenge_files_that_are_not_tensors_are_refused_before_any_evaluation(
     torch.save({"images": torch.zeros(1)}, tmp_path / "tinyimagenet.pt")
     line = _assert_user_error(["challenge", str(tmp_path)], capsys)
     assert "cifar100.pt cannot be read (truncated, damaged or not a tensor file)" in line
-    torch.save(torch.zeros(1), tmp_path / "cifar100.pt")
+    torch.save(torch.zeros(1, 3, 32, 32), tmp_path / "cifar100.pt")
     line = _assert_user_error(["challenge", str(tmp_path)], capsys)
-    assert "tinyimagenet.pt holds a dict, not a tensor" in line
+    assert "tinyimagenet.pt holds a dict" in line and "not a tensor" in line

@@ -3,7 +3,7 @@ Python dicts of ddranking.py held before they moved there."""
 
 from __future__ import annotations
 
-from dataclasses import asdict
+from dataclasses import asdict, replace
 
 import pytest
 
@@ -47,9 +47,10 @@ def test_every_method_and_preset_resolves_as_before(name):
     cfg = preset_for(name)
     values = FORMER_PRESETS[FORMER_METHODS.get(name, name)]
     assert asdict(cfg.train) == asdict(TrainSpec(**{"lr": 0.01, **values.get("train", {})}))
-    assert cfg.full == FORMER_FULL and cfg.lr_grid == FORMER_LR_GRID
+    assert cfg.full == replace(FORMER_FULL, **values.get("full", {}))
+    assert cfg.lr_grid == FORMER_LR_GRID
     for key, value in values.items():
-        if key != "train":
+        if key not in ("train", "full"):
             assert getattr(cfg, key) == value, key
 
 

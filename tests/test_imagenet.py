@@ -13,10 +13,17 @@ from PIL import Image
 from datadistill.data import cache as cache_mod
 from datadistill.data import create_dataset, prepare
 from datadistill.data.cache import ImageCache, build_cache
-from datadistill.data.imagenet import MEAN, STD, SUBSETS, list_split
+from datadistill.data.imagenet import (
+    MEAN,
+    STD,
+    SUBSETS,
+    info_for,
+    list_split,
+    standard_classes,
+)
 from datadistill.errors import ConfigError, DatasetError
 
-WNIDS = [f"n{i:08d}" for i in range(1000)]  # sorted order = class id
+WNIDS = list(standard_classes().wnids)  # sorted order = class id
 SIZES = [(40, 24), (24, 40), (31, 31)]  # (W, H) of the files, cycled
 
 
@@ -109,10 +116,38 @@ def test_devkit_without_meta_mat_is_an_error(tmp_path):
         list_split(tmp_path, "val")
 
 
-def test_subset_needs_the_full_thousand_classes(tmp_path):
+def test_a_subset_class_missing_from_train_is_named_by_wnid_and_name(tmp_path):
+    """Only the subset's folders are needed; one that is absent is named, with its class."""
     _write_jpeg(tmp_path / "train" / WNIDS[0] / "a.JPEG", 0, (8, 8))
-    with pytest.raises(DatasetError, match="1 class folders, not 1000"):
+    with pytest.raises(DatasetError, match=r"imagenette class 1 \(n02102040, 'English springer"
+                                           r", English springer spaniel'\) has no train images"):
         list_split(tmp_path, "train", "imagenette")
+
+
+def test_train_folders_outside_the_standard_thousand_are_named(tmp_path):
+    for wnid in (WNIDS[0], "n01440765", "n99999999"):
+        _write_jpeg(tmp_path / "train" / wnid / "a.JPEG", 0, (8, 8))
+    with pytest.raises(DatasetError, match=r"\['n01440765', 'n99999999'\] that are not among "
+                                           "the 1000 ImageNet-1K wnids"):
+        list_split(tmp_path, "train")
+
+
+def test_the_shipped_class_index_is_imagenet_1k():
+    classes = standard_classes()
+    assert len(set(classes.wnids)) == 1000 and list(classes.wnids) == sorted(classes.wnids)
+    assert (classes.wnids[0], classes.names[0]) == ("n01440764", "tench, Tinca tinca")
+    assert classes.wnids[999] == "n15075141" and classes.names[999].startswith("toilet tissue")
+    assert sorted(classes.release_ids) == list(range(1, 1001))
+    # map_clsloc.txt's first and last lines: n02119789 1 kit_fox, n03255030 1000 dumbbell
+    assert classes.release_ids[classes.wnids.index("n02119789")] == 1
+    assert classes.release_ids[classes.wnids.index("n03255030")] == 1000
+    # MTT's subsets (comments in imagenet.py): imagenette 217 = English springer, imagewoof
+    # 193 = Australian terrier, imagemeow 281 = tabby
+    assert classes.names[217].startswith("English springer")
+    assert classes.names[193] == "Australian terrier" and classes.names[281].startswith("tabby")
+    # names are known before any data is read (the registry's specs)
+    assert info_for("imagenette", 128).class_names[1] == classes.names[217]
+    assert info_for("imagenet", 224).class_names == classes.names
 
 
 # ----------------------------------------------------------------------------- subsets
@@ -133,7 +168,8 @@ def test_subset_labels_follow_the_list_order(trees):
     ds = create_dataset("imagewoof", trees["folders"], "train", image_size=8, normalize=False,
                         workers=1)
     assert ds.info.num_classes == 10 and ds.info.image_size == (8, 8)
-    assert ds.info.class_names == tuple(WNIDS[i] for i in SUBSETS["imagewoof"])
+    assert ds.info.class_names[:2] == ("Australian terrier", "Border terrier")
+    assert ds.info.class_names == tuple(standard_classes().names[i] for i in SUBSETS["imagewoof"])
     # Every class of imagewoof has 4 train files, in the list's order of ImageNet ids.
     counts = torch.bincount(ds.labels, minlength=10).tolist()
     assert counts == [4] * 10

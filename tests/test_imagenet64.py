@@ -29,13 +29,15 @@ def _npz_rows(root):
 def test_release_converts_row_for_row_with_labels_in_sorted_wnid_order(release, tmp_path):
     split = create_dataset("imagenet64", release, "train", normalize=False, cache_dir=tmp_path)
     assert isinstance(split.images, CachedImages) and split.info.num_classes == 1000
-    assert split.info.class_names == tuple(WNIDS) and split.info.image_size == (64, 64)
+    assert split.info.class_names[0] == "tench, Tinca tinca" and split.info.image_size == (64, 64)
     data, ids = _npz_rows(release)
     got = split.images.read_uint8(np.arange(len(data)))  # (N, 3, 64, 64) uint8
     assert np.array_equal(got.reshape(len(data), -1), data)  # CHW rows, same order
     # release id -> sorted class: class c has id release_ids()[c]
     sorted_of_id = {int(i): c for c, i in enumerate(release_ids(1000))}
     assert split.labels.tolist() == [sorted_of_id[int(i)] for i in ids]
+    # map_clsloc.txt's id 1 is n02119789 (kit fox), sorted class 278
+    assert set(split.labels[torch.from_numpy(ids == 1)].tolist()) == {WNIDS.index("n02119789")}
     x = split.images[torch.arange(2)]
     assert torch.equal(x, torch.from_numpy(got[:2]).float() / 255)
     test = create_dataset("imagenet64", release, "test", cache_dir=tmp_path)
@@ -96,3 +98,22 @@ def test_a_root_with_neither_form_names_both(tmp_path):
     with pytest.raises(DatasetError, match="neither the downsampled ImageNet release.*nor an "
                                            "ILSVRC-2012 train/ folder"):
         create_dataset("imagenet64", tmp_path, "train")
+
+
+def test_release_needs_no_map_clsloc_and_a_disagreeing_one_is_named(release, tmp_path):
+    """The shipped index maps the release's ids; a user's map_clsloc.txt must agree with it."""
+    import shutil
+    root = tmp_path / "release"
+    shutil.copytree(release, root)
+    (root / "map_clsloc.txt").unlink()
+    split = create_dataset("imagenet64", root, "test", normalize=False, cache_dir=tmp_path / "a")
+    withmap = create_dataset("imagenet64", release, "test", normalize=False,
+                             cache_dir=tmp_path / "b")
+    assert torch.equal(split.labels, withmap.labels)
+    assert split.info.class_names == withmap.info.class_names
+    lines = (release / "map_clsloc.txt").read_text().splitlines()
+    lines[0], lines[1] = lines[0].replace(" 1 ", " 2 "), lines[1].replace(" 2 ", " 1 ")
+    (root / "map_clsloc.txt").write_text("\n".join(lines) + "\n")
+    with pytest.raises(DatasetError, match=r"gives n02119789 id 2, but the standard map gives "
+                                           r"n02119789 id 1"):
+        create_dataset("imagenet64", root, "test", cache_dir=tmp_path / "c")

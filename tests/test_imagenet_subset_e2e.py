@@ -16,9 +16,9 @@ import pytest
 from PIL import Image
 
 from datadistill.cli import main
-from datadistill.data.imagenet import SUBSETS
+from datadistill.data.imagenet import SUBSETS, standard_classes
 
-WNIDS = [f"n{i:08d}" for i in range(1000)]  # sorted order = class id
+WNIDS = list(standard_classes().wnids)  # sorted order = class id
 
 
 def _jpeg(path: Path, seed: int, side: int = 12) -> None:
@@ -80,7 +80,8 @@ def test_an_empty_subset_class_folder_is_refused_before_any_work(tmp_path, monke
     assert _experts(root, tmp_path) == 2
     err = capsys.readouterr().err
     assert err.count("error:") == 1 and WNIDS[482] in err and str(folder) in err
-    assert not (tmp_path / "cache").exists() and not (tmp_path / "experts").exists()
+    assert not (tmp_path / "cache").exists()
+    assert not (tmp_path / "experts").exists()  # --out is checked without being created
 
 
 def test_empty_val_folder_is_found_before_the_train_split_is_decoded(tmp_path, monkeypatch,
@@ -94,16 +95,42 @@ def test_empty_val_folder_is_found_before_the_train_split_is_decoded(tmp_path, m
     assert not (tmp_path / "cache").exists()
 
 
-@pytest.mark.parametrize("typo", ["n0021704", "n01000217"])  # malformed; well-formed, moved
+NEXT_TO_218 = f"n{int(WNIDS[218][1:]) + 1:08d}"  # well-formed, sorts after the 218th wnid
+
+
+@pytest.mark.parametrize("typo", ["n0210204", NEXT_TO_218])  # malformed; well-formed, moved
 def test_a_misspelled_wnid_does_not_move_the_subset_onto_other_classes(tmp_path, monkeypatch,
                                                                         capsys, typo):
+    """Class 218 has images too (as in the real ImageNet): picking classes by sorted position,
+    the subset's class 1 (id 217) would silently have become class 218."""
+    assert WNIDS[218] < NEXT_TO_218 < WNIDS[219]
     root = make_tree(tmp_path / "in1k")
+    _jpeg(root / "train" / WNIDS[218] / "a.JPEG", 1)
+    _jpeg(root / "val" / WNIDS[218] / "a.JPEG", 2)
     monkeypatch.setenv("DATADISTILL_CACHE", str(tmp_path / "cache"))
     (root / "train" / WNIDS[217]).rename(root / "train" / typo)  # still 1000 folders
     assert _experts(root, tmp_path) == 2
     err = capsys.readouterr().err
     assert err.startswith("error:") and err.count("error:") == 1
-    assert (typo in err) if typo == "n0021704" else (WNIDS[218] in err and "misspelled" in err)
+    assert typo in err and "not among the 1000 ImageNet-1K wnids" in err
+    assert not (tmp_path / "cache").exists()
+
+
+def test_a_subset_folder_named_as_another_class_names_the_missing_one(tmp_path, monkeypatch,
+                                                                       capsys):
+    """Only the subset's ten folders; one carries another real wnid: the expected wnid is
+    named with its class name and the folder where it was expected."""
+    root = tmp_path / "in1k"
+    for c in SUBSETS["imagenette"]:
+        for split in ("train", "val"):
+            _jpeg(root / split / WNIDS[c] / "a.JPEG", c)
+    for split in ("train", "val"):
+        (root / split / WNIDS[217]).rename(root / split / WNIDS[218])
+    monkeypatch.setenv("DATADISTILL_CACHE", str(tmp_path / "cache"))
+    assert _experts(root, tmp_path) == 2
+    err = capsys.readouterr().err
+    assert err.count("error:") == 1 and WNIDS[217] in err and "English springer" in err
+    assert str(root / "train") in err
     assert not (tmp_path / "cache").exists()
 
 

@@ -8,6 +8,7 @@ import torch
 from PIL import Image
 
 from datadistill.config import config_from_dict, merge, read_config
+from datadistill.data.imagenet import standard_classes
 from datadistill.errors import ConfigError
 from datadistill.infer import InferConfig, StudentConfig, num_groups, run_infer
 from datadistill.infer import compensators as comp_mod
@@ -188,7 +189,7 @@ def test_tiny_imagenet_layout_run_with_checkpoint_teachers(tmp_path, monkeypatch
     root = tmp_path / "in1k"
     for c in range(3):
         for split, n in (("train", 2), ("val", 2)):
-            folder = root / split / f"n{c:08d}"
+            folder = root / split / standard_classes().wnids[c]
             folder.mkdir(parents=True)
             for j in range(n):
                 pixels = rng.integers(0, 256, (40, 48, 3), dtype=np.uint8)

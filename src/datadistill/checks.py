@@ -248,22 +248,33 @@ def _resolved(path: Path, what: str) -> Path:
                           f"choose another {what}") from None
 
 
+def _writable_place(real: Path, shown: str, what: str) -> None:
+    """``real`` (an existing folder, or the new name of one) can be written: the folder itself
+    or, while it does not exist, its nearest existing ancestor. Nothing is created."""
+    place = real
+    while not place.exists():
+        place = place.parent
+    if place == Path("/proc") or Path("/proc") in place.parents:
+        raise ConfigError(f"{shown} cannot be written: /proc holds no files; choose another "
+                          f"{what}")
+    if not place.is_dir():
+        raise ConfigError(f"{shown} cannot be written: {place} is a file, not a writable folder; "
+                          f"choose another {what}")
+    if not os.access(place, os.W_OK | os.X_OK):
+        raise ConfigError(f"{shown} cannot be written: {place} is not writable (read-only "
+                          f"file system or permissions); choose another {what}")
+
+
 def check_output_folder(path: str | Path, what: str = "--out") -> Path:
-    """The output folder ``path`` exists (created now, with its parents) and is writable, or a
-    ConfigError names the problem: a file or a device in its place, a read-only file system,
-    a link loop, /proc. Checked before any work, so nothing computed is lost to it."""
+    """The output folder ``path`` is a writable folder or can be made one, or a ConfigError
+    names the problem: a file or a device in its place, a read-only file system, a link loop,
+    /proc. Checked before any work and creating nothing, so a refused command leaves no trace
+    and nothing computed is lost to it."""
     path = Path(path)
     real = _resolved(path, what)
     if real.exists() and not real.is_dir():
         raise ConfigError(f"{what} {path} is a file, not a folder; give a folder name")
-    try:
-        real.mkdir(parents=True, exist_ok=True)
-    except OSError as err:
-        raise ConfigError(f"cannot create the output folder {path} ({err.strerror or err}); "
-                          f"choose a writable {what}") from None
-    if not os.access(real, os.W_OK | os.X_OK):
-        raise ConfigError(f"the output folder {path} is not writable (read-only file system or "
-                          f"permissions); choose a writable {what}")
+    _writable_place(real, f"the output folder {path}", what)
     return path
 
 
@@ -281,12 +292,4 @@ def check_report_path(path: Path) -> None:
             raise ConfigError(f"cannot write the report {path} (not writable); choose another "
                               "--out")
         return
-    parent = path.parent
-    while not parent.exists():
-        parent = parent.parent
-    if parent == Path("/proc") or Path("/proc") in parent.parents:
-        raise ConfigError(f"cannot write the report {path}: /proc holds no files; choose "
-                          "another --out")
-    if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
-        raise ConfigError(f"cannot write the report {path}: {parent} is not a writable folder; "
-                          "choose another --out")
+    _writable_place(path.parent, f"the report {path}", "--out")

@@ -402,7 +402,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     from datadistill.report import build_report
 
     if Path(args.out).is_dir():  # a missing folder: build_report names it
-        checks.check_output_folder(args.out, "the run folder")
+        checks.check_output_folder(args.out, "run folder")
     load_recipes()  # the page describes the run's method from the recipes' registry
     print(f"page written to {build_report(args.out)}")
     return 0

@@ -16,9 +16,11 @@
 
 Class order: sorted wnids (torchvision's ImageNet order) in both forms. The release numbers its
 classes in the order of the ILSVRC-2012 devkit's ``map_clsloc.txt`` (``<wnid> <id> <name>`` per
-line); put that file beside the batches and its ids are mapped to sorted-wnid indices and its
-wnids become the class names, so experts and sets made from one form serve the other. Without
-it the release's order is kept, with generic class names, and a warning says so.
+line); the package ships that mapping (:func:`datadistill.data.imagenet.standard_classes`), so
+the release's ids are always mapped to sorted-wnid indices and the classes carry their synset
+names: experts and sets made from one form serve the other. A ``map_clsloc.txt`` beside the
+batches is not needed; one that is there must agree with the shipped mapping (a copy that
+maps an id to another wnid is an error naming it).
 
 Either way the split is read per batch from the cache file (`CachedImages`, positioned reads):
 memory never holds the split.
@@ -57,7 +59,7 @@ RULE = "release"  # the cache's resize field for the downsampled release (alread
 CLASS_MAP = "map_clsloc.txt"
 CHUNK_ROWS = 4096  # rows per checksummed, resumable chunk (48 MiB)
 INFO = DatasetInfo(NAME, imagenet.NUM_CLASSES, 3, (RESOLUTION, RESOLUTION), imagenet.MEAN,
-                   imagenet.STD, tuple(f"class_{i:03d}" for i in range(imagenet.NUM_CLASSES)))
+                   imagenet.STD, imagenet.standard_classes().names)
 
 
 def find_batches(root: Path, split: str) -> list[Path]:
@@ -121,23 +123,37 @@ def iter_rows(path: Path, rows: int) -> Iterator[np.ndarray]:
             left -= k
 
 
-def class_order(folder: Path) -> tuple[np.ndarray | None, tuple[str, ...]]:
-    """(release id - 1 -> sorted-wnid index, sorted wnids) from map_clsloc.txt, or
-    (None, generic names) when the file is absent."""
+def class_order(folder: Path) -> tuple[np.ndarray, tuple[str, ...]]:
+    """(release id - 1 -> sorted-wnid index, class names) from the shipped class index; a
+    ``map_clsloc.txt`` in folder must agree with it."""
+    standard = imagenet.standard_classes()
+    order = np.empty(imagenet.NUM_CLASSES, dtype=np.int64)
+    order[np.array(standard.release_ids) - 1] = np.arange(imagenet.NUM_CLASSES)
     path = folder / CLASS_MAP
-    if not path.is_file():
-        return None, INFO.class_names
+    if path.is_file():
+        _check_class_map(path, {standard.wnids[i]: rid
+                                for i, rid in enumerate(standard.release_ids)})
+    return order, standard.names
+
+
+def _check_class_map(path: Path, shipped: dict[str, int]) -> None:
+    """A user's map_clsloc.txt that gives any wnid another id than the shipped index."""
     rows = [line.split() for line in path.read_text().splitlines() if line.strip()]
     try:
-        by_id = {int(r[1]): r[0] for r in rows}
+        theirs = {r[0]: int(r[1]) for r in rows}
     except (IndexError, ValueError) as err:
         raise DatasetError(f"{path}: expected lines '<wnid> <id> <name>' ({err})") from err
-    if sorted(by_id) != list(range(1, imagenet.NUM_CLASSES + 1)):
-        raise DatasetError(f"{path} must list ids 1..{imagenet.NUM_CLASSES} once each")
-    wnids = sorted(by_id.values())
-    rank = {w: i for i, w in enumerate(wnids)}
-    return np.array([rank[by_id[i + 1]] for i in range(len(by_id))], dtype=np.int64), \
-        tuple(wnids)
+    for wnid, rid in theirs.items():
+        if shipped.get(wnid) != rid:
+            expected = (f"the standard map gives {wnid} id {shipped[wnid]}" if wnid in shipped
+                        else f"{wnid} is not an ImageNet-1K wnid")
+            raise DatasetError(f"{path} gives {wnid} id {rid}, but {expected}; the release's "
+                               f"labels follow the standard map_clsloc.txt: remove {path.name} "
+                               "or use the devkit's own copy")
+    missing = sorted(set(shipped) - set(theirs))
+    if missing:
+        raise DatasetError(f"{path} lacks {len(missing)} wnids ({missing[:3]}...); remove "
+                           f"{path.name} or use the devkit's own copy")
 
 
 def _sources_digest(files: list[Path], labels: np.ndarray) -> str:
@@ -148,7 +164,7 @@ def _sources_digest(files: list[Path], labels: np.ndarray) -> str:
     return h.hexdigest()
 
 
-def build_release_cache(files: list[Path], directory: Path, *, order: np.ndarray | None,
+def build_release_cache(files: list[Path], directory: Path, *, order: np.ndarray,
                         class_names: tuple[str, ...], split: str,
                         progress: bool = False) -> cache_mod.ImageCache:
     """Convert the npz batches ``files`` once into an image cache at ``directory`` (resumed
@@ -157,7 +173,7 @@ def build_release_cache(files: list[Path], directory: Path, *, order: np.ndarray
     if labels.size == 0 or labels.min() < 1 or labels.max() > imagenet.NUM_CLASSES:
         raise DatasetError(f"labels of {files[0].parent} must be 1..{imagenet.NUM_CLASSES} "
                            "(1-based, as released)")
-    labels = labels - 1 if order is None else order[labels - 1]
+    labels = order[labels - 1]
     layout = cache_mod.CacheLayout(len(labels), RESOLUTION)
     n_chunks = -(-len(labels) // CHUNK_ROWS)
     meta = {"format_version": cache_mod.FORMAT_VERSION, "kind": "image_cache",
@@ -250,9 +266,6 @@ def load_split(root: Path, split: str, *, cache_dir: str | Path | None = None,
         raise DatasetError(f"{folder} has the train batches but no {split} batch "
                            "(val_data.npz); download Imagenet64_val too")
     order, names = class_order(folder)
-    if order is None:
-        logger.warning("%s has no %s: classes keep the release's order (not sorted wnids) and "
-                       "generic names", folder, CLASS_MAP)
     target = imagenet.cache_folder(folder, NAME, split, RESOLUTION, RULE, cache_dir)
     cache = build_release_cache(files, target, order=order, class_names=names, split=split,
                                 progress=progress)

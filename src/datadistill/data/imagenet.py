@@ -10,6 +10,10 @@ Layout (`root`, or `root/imagenet`):
       LOC_val_solution.csv                    (Kaggle: ImageId, "wnid x0 y0 x1 y1 ...")
 
 Sorted wnids are torchvision's `ImageNet` order, so MTT's class ids index them directly.
+The package ships the 1000 ImageNet-1K classes (``imagenet_classes.tsv``: index in sorted-wnid
+order, wnid, the devkit's ``map_clsloc.txt`` id, the synset's words): class names come from it,
+train/ folders that are not among its wnids are refused, and a subset's classes are found by
+wnid (a misspelled folder is named as missing, never silently replaced by its neighbour).
 "test" is the labelled val split (the official test split has no labels).
 
 Pixels are decoded once into a cache (`datadistill.data.cache`) at
@@ -30,10 +34,13 @@ Example:
 from __future__ import annotations
 
 import csv
+import functools
 import logging
 import os
 import re
+from importlib import resources
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import scipy.io
@@ -76,19 +83,43 @@ SUBSETS: dict[str, tuple[int, ...]] = {
 }
 NUM_CLASSES = 1000
 WNID = re.compile(r"n\d{8}")
+CLASS_INDEX = "imagenet_classes.tsv"  # package data beside this module
+
+
+class StandardClasses(NamedTuple):
+    """The 1000 ImageNet-1K classes in sorted-wnid order (index i is class i)."""
+    wnids: tuple[str, ...]
+    names: tuple[str, ...]  # the synset's words, e.g. "tench, Tinca tinca"
+    release_ids: tuple[int, ...]  # map_clsloc.txt's 1..1000 id (the downsampled release's)
+
+    def name_of(self, wnid: str) -> str:
+        return self.names[self.wnids.index(wnid)]
+
+
+@functools.cache
+def standard_classes() -> StandardClasses:
+    """The shipped class index (``imagenet_classes.tsv``), checked as it is read."""
+    text = resources.files(__package__).joinpath(CLASS_INDEX).read_text(encoding="utf-8")
+    rows = [line.split("\t") for line in text.splitlines()
+            if line and not line.startswith("#")][1:]
+    wnids = tuple(r[1] for r in rows)
+    if [int(r[0]) for r in rows] != list(range(NUM_CLASSES)) or list(wnids) != sorted(
+            set(wnids)) or sorted(int(r[2]) for r in rows) != list(range(1, NUM_CLASSES + 1)):
+        raise DatasetError(f"the installed {CLASS_INDEX} is damaged; reinstall datadistill")
+    return StandardClasses(wnids, tuple(r[3] for r in rows), tuple(int(r[2]) for r in rows))
 
 
 def info_for(name: str, resolution: int, class_names: tuple[str, ...] | None = None
              ) -> DatasetInfo:
-    """DatasetInfo of "imagenet" or a subset at `resolution`; names generic until read.
+    """DatasetInfo of "imagenet" or a subset at `resolution`, with the shipped class names.
 
     Once read, "imagenet" has as many classes as train/ has folders (1000 for ImageNet-1K;
     fewer for a class subset such as ImageNet-100 laid out the same way).
     """
-    count = NUM_CLASSES if name == "imagenet" else len(SUBSETS[name])
-    names = class_names or tuple(f"class_{i:03d}" for i in range(count))
-    count = len(names)
-    return DatasetInfo(name, count, 3, (resolution, resolution), MEAN, STD, names)
+    standard = standard_classes().names
+    names = class_names or (standard if name == "imagenet"
+                            else tuple(standard[i] for i in SUBSETS[name]))
+    return DatasetInfo(name, len(names), 3, (resolution, resolution), MEAN, STD, names)
 
 
 def find_root(root: Path) -> Path:
@@ -198,9 +229,8 @@ def list_split(root: Path, split: str, name: str = "imagenet"
         'n02096294'
     """
     wnids = train_wnids(root)
-    keep = wnids if name == "imagenet" else [_wnid_of(wnids, i, name) for i in SUBSETS[name]]
-    if name != "imagenet":
-        _check_wnid_names(root, wnids, name)
+    _check_standard_wnids(root, wnids)
+    keep = wnids if name == "imagenet" else [standard_classes().wnids[i] for i in SUBSETS[name]]
     if split == "train":
         paths, owners = _from_class_folders(root / "train", wnids, keep)
     else:
@@ -218,14 +248,14 @@ def list_split(root: Path, split: str, name: str = "imagenet"
     return paths, np.array([index[w] for w in owners], dtype=np.int64), tuple(keep)
 
 
-def _check_wnid_names(root: Path, wnids: list[str], name: str) -> None:
-    """A subset picks classes by position among the sorted wnids: a folder whose name is not
-    a wnid (a typo, an extra folder) would move it onto other classes."""
-    bad = [w for w in wnids if not WNID.fullmatch(w)]
-    if bad:
-        raise DatasetError(f"{root / 'train'} has folders {bad[:3]} that are not ImageNet "
-                           f"wnids (n + 8 digits); {name} picks its classes by position among "
-                           "the 1000 sorted wnids: rename or remove them")
+def _check_standard_wnids(root: Path, wnids: list[str]) -> None:
+    """train/ folders must be ImageNet-1K wnids: anything else is a typo or a stray folder."""
+    unknown = sorted(set(wnids) - set(standard_classes().wnids))
+    if unknown:
+        more = f" (and {len(unknown) - 5} more)" if len(unknown) > 5 else ""
+        raise DatasetError(f"{root / 'train'} has folders {unknown[:5]}{more} that are not "
+                           "among the 1000 ImageNet-1K wnids; rename (a misspelled wnid?) "
+                           "or remove them")
 
 
 def _check_every_class_has_images(root: Path, split: str, name: str, keep: list[str],
@@ -235,18 +265,9 @@ def _check_every_class_has_images(root: Path, split: str, name: str, keep: list[
         if wnid not in found:
             where = root / split / wnid if (root / split / wnid).is_dir() or split == "train" \
                 else root / split
-            raise DatasetError(f"{name} class {c} ({wnid}, ImageNet class id "
-                               f"{SUBSETS[name][c]}) has no {split} images in {where}; put "
-                               "its images there, or correct a misspelled folder name "
-                               "(classes are picked by position among the sorted wnids)")
-
-
-def _wnid_of(wnids: list[str], class_id: int, name: str) -> str:
-    if len(wnids) != NUM_CLASSES:
-        raise DatasetError(f"{name} is defined by ImageNet-1K class ids, but train/ has "
-                           f"{len(wnids)} class folders, not {NUM_CLASSES}; point root at the "
-                           "full ImageNet-1K train/ folder")
-    return wnids[class_id]
+            raise DatasetError(f"{name} class {c} ({wnid}, {standard_classes().name_of(wnid)!r})"
+                               f" has no {split} images in {where}; put its images there "
+                               "(is its folder's name misspelled?)")
 
 
 def cache_folder(root: Path, name: str, split: str, resolution: int, resize: str,
@@ -282,11 +303,14 @@ def load_split(root: Path, split: str, *, name: str = "imagenet", image_size=Non
     paths, labels, wnids = list_split(root, split, name)
     if split == "train":  # the val tree is checked too before hours of decoding
         list_split(root, "val", name)
+    elif name != "imagenet":  # and a subset's train classes before its val split is built
+        list_split(root, "train", name)
     folder = cache_folder(root, name, split, resolution, resize, cache_dir)
     cache = build_cache(paths, labels, folder, resolution=resolution, resize=resize, base=root,
                         extra_meta={"dataset": name, "split": split, "class_names": wnids},
                         workers=workers, progress=progress)
-    return LoadedSplit(cache.images(), cache.labels, info_for(name, resolution, wnids))
+    names = tuple(standard_classes().name_of(w) for w in wnids)
+    return LoadedSplit(cache.images(), cache.labels, info_for(name, resolution, names))
 
 
 def _resolution(name: str, image_size) -> int:
