@@ -28,9 +28,10 @@ host memory).
   them) and a few flat parameter vectors (expert pair, theta_N, gradient). A copy of the set
   is N_syn x C x H x W floats (+ N_syn x K for soft labels): 491 MB at ImageNet-1K IPC 10,
   2.46 GB at IPC 50, so every copy the loop makes is a term here, not part of a fitted
-  constant. The loop makes no other full copy: the divergence guard scans the set a chunk at
-  a time, the checkpoint and best/ / last/ are written from the set's own storage, and the
-  initialisation fills one tensor.
+  constant. Within an iteration the loop makes no other full copy (the divergence guard scans
+  the set a chunk at a time); the checkpoint is written from the set's own storage and the
+  initialisation fills one tensor. Saving best/ and last/ at an evaluation adds one transient
+  copy, below the iteration's peak.
 
 On CUDA, ``base`` and ``data`` are left out (they live in host memory); the CUDA constants are
 the CPU ones (not calibrated on a GPU). DSA is not traced (it saves at most a few copies of the
