@@ -30,8 +30,8 @@ host memory).
   2.46 GB at IPC 50, so every copy the loop makes is a term here, not part of a fitted
   constant. Within an iteration the loop makes no other full copy (the divergence guard scans
   the set a chunk at a time); the checkpoint is written from the set's own storage and the
-  initialisation fills one tensor. Saving best/ and last/ at an evaluation adds one transient
-  copy, below the iteration's peak.
+  initialisation fills one tensor. An evaluation (saving best/ and last/, the grid, the
+  report) adds about one transient copy, below the iteration's peak.
 
 On CUDA, ``base`` and ``data`` are left out (they live in host memory); the CUDA constants are
 the CPU ones (not calibrated on a GPU). DSA is not traced (it saves at most a few copies of the
