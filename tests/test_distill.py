@@ -276,3 +276,47 @@ def test_stage_line_shows_the_final_evaluation_and_the_best(digits, store, tmp_p
     distill(_cfg(), tmp_path, data=digits, store=store, progress=True)
     line = [x for x in capsys.readouterr().err.splitlines() if x.startswith("distill:")]
     assert len(line) == 1 and "acc=0.6000, best=0.7000@2" in line[0], line
+
+
+def test_all_finite_checks_every_chunk(monkeypatch):
+    # The divergence guard scans the synthetic set a chunk at a time (isfinite on the whole
+    # set adds 1.7 copies of it); a bad value in any chunk, the last one included, is found.
+    import datadistill.distill as dmod
+
+    monkeypatch.setattr(dmod, "FINITE_CHUNK", 7)
+    x = torch.randn(5, 2, 3, 3)  # 90 elements: 13 chunks, the last one partial
+    assert dmod.all_finite(x)
+    for bad in (float("nan"), float("inf"), -float("inf")):
+        for pos in (0, 6, 7, 89):
+            y = x.clone()
+            y.view(-1)[pos] = bad
+            assert not dmod.all_finite(y) and not bool(torch.isfinite(y).all())
+    assert dmod.all_finite(x.transpose(0, 1))  # not contiguous: a copy, the same answer
+
+
+def test_checkpoint_saves_the_state_tensors_without_copying(tmp_path, monkeypatch):
+    # save_checkpoint used to deep-copy and clone every tensor (4 copies of the synthetic set
+    # and its momentum at the peak); now it hands torch.save the state's own CPU storages,
+    # and the file reads back equal.
+    from datadistill import checkpoint as ck
+
+    images = torch.randn(6, 1, 4, 4, requires_grad=True)
+    momentum = torch.randn(6, 1, 4, 4)
+    state = ck.DistillState(iteration=3, images=images, labels=torch.arange(6) % 3,
+                            syn_lr=torch.tensor(0.01, requires_grad=True),
+                            optimizers={"images": {"state": {0: {"momentum_buffer": momentum}},
+                                                   "param_groups": [{"lr": 1.0,
+                                                                     "params": [0]}]}},
+                            generators={}, expert_order=torch.arange(2), expert_pos=1,
+                            config={"ipc": 2, "nested": {"a": [1, 2]}})
+    saved = {}
+    real_save = ck.save_tensors
+    monkeypatch.setattr(ck, "save_tensors", lambda rec, p: saved.update(rec) or real_save(rec, p))
+    ck.save_checkpoint(tmp_path / "c.pt", state)
+    ptr = lambda t: t.untyped_storage().data_ptr()  # noqa: E731
+    assert ptr(saved["images"]) == ptr(images)
+    assert ptr(saved["optimizers"]["images"]["state"][0]["momentum_buffer"]) == ptr(momentum)
+    back = ck.load_checkpoint(tmp_path / "c.pt")
+    assert torch.equal(back.images, images.detach()) and not back.images.requires_grad
+    assert torch.equal(back.optimizers["images"]["state"][0]["momentum_buffer"], momentum)
+    assert back.config == state.config and back.iteration == 3 and back.expert_pos == 1

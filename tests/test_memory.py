@@ -187,3 +187,17 @@ def test_store_unmaps_each_expert_after_reading(tmp_path):
     gc.collect()
     assert str(tmp_path) not in Path("/proc/self/maps").read_text()
     assert [float(a[0]) for a, _ in pairs] == [0.0, 1.0, 2.0, 3.0, 4.0]
+
+
+def test_every_copy_of_the_synthetic_set_is_a_term():
+    # The state grows with the set by one set's bytes per entry of SET_COPIES (set, momentum,
+    # gradient), in both modes: so the estimate tracks IPC 50 as it does IPC 10.
+    from datadistill.memory import SET_COPIES
+
+    fp = trace_step(create_model("convnet", 1, 10, 8, width=8), (1, 8, 8), 10)
+    for mode in ("unrolled", "adjoint"):
+        small = estimate_memory(fp, num_images=100, syn_steps=2, mode=mode, batch_syn=10)
+        large = estimate_memory(fp, num_images=500, syn_steps=2, mode=mode, batch_syn=10)
+        copy = 400 * 1 * 8 * 8 * 4  # 400 more images of 1 x 8 x 8 float32
+        assert large.state - small.state == sum(SET_COPIES.values()) * copy
+        assert large.details["set_copy"] == 500 * 64 * 4 and large.graph == small.graph

@@ -15,7 +15,8 @@ from __future__ import annotations
 
 import json
 import logging
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
+from dataclasses import fields as dataclass_fields
 from pathlib import Path
 from typing import Any
 
@@ -49,9 +50,14 @@ class DistillState:
 
 
 def save_checkpoint(path: str | Path, state: DistillState) -> Path:
-    """Write ``state`` atomically; tensors are detached CPU copies."""
+    """Write ``state`` atomically (tensors detached, on the CPU).
+
+    No tensor is copied on the way (``asdict`` would deep-copy each and a clone copy it
+    again: 4 copies of the synthetic set and its momentum at the peak, 2 GB at ImageNet-1K
+    IPC 10); the file holds the same bytes."""
     path = Path(path)
-    record = {"format_version": FORMAT_VERSION, **_to_cpu(asdict(state))}
+    fields = {f.name: getattr(state, f.name) for f in dataclass_fields(state)}
+    record = {"format_version": FORMAT_VERSION, **_to_cpu(fields)}
     save_tensors(record, path)
     return path
 
@@ -73,8 +79,9 @@ def load_checkpoint(path: str | Path) -> DistillState:
 
 
 def _to_cpu(obj: Any) -> Any:
+    """Tensors detached and on the CPU (a CPU tensor shares its storage), containers rebuilt."""
     if isinstance(obj, torch.Tensor):
-        return obj.detach().cpu().clone()
+        return obj.detach().cpu()
     if isinstance(obj, dict):
         return {k: _to_cpu(v) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):

@@ -177,14 +177,17 @@ def _draw_captions(draw, font, captions: list[str], left: int, top: int, cw: int
 def _per_class(ds: DistilledSet, max_classes: int | None,
                max_per_class: int | None) -> list[list[torch.Tensor]]:
     """Viewable pixels grouped by (argmax) class: entry c holds class c's (C, H, W) images."""
-    pixels = _to_pixels(ds.images, ds.space, ds.info, ds.zca)  # (N, C, H, W) in [0, 1]
     labels = ds.hard_labels.cpu()
     classes = range(ds.info.num_classes if max_classes is None
                     else min(max_classes, ds.info.num_classes))
-    groups = []
-    for c in classes:
-        idx = torch.nonzero(labels == c).flatten()[:max_per_class]
-        groups.append([pixels[i] for i in idx.tolist()])
+    picks = [torch.nonzero(labels == c).flatten()[:max_per_class] for c in classes]
+    rows = torch.cat(picks) if picks else torch.zeros(0, dtype=torch.long)
+    # Only the drawn rows are converted: ImageNet-1K's whole set would be copied 2-3 times.
+    pixels = _to_pixels(ds.images.detach().cpu()[rows], ds.space, ds.info, ds.zca)
+    groups, start = [], 0  # pixels: (len(rows), C, H, W) in [0, 1]
+    for idx in picks:
+        groups.append([pixels[start + j] for j in range(len(idx))])
+        start += len(idx)
     return groups
 
 

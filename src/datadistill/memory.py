@@ -24,8 +24,14 @@ host memory).
   overhead on the kept graph, TRANSIENT the temporaries alive while one step's graph is
   differentiated (in units of one step's graph), base the process before any tensor.
 - ``data``: the real images held in memory (train + test, x C x H x W float32 + labels);
-  ``state``: the synthetic images, their gradient and SGD momentum (3 copies; the same for soft
-  labels) and a few flat parameter vectors (expert pair, theta_N, gradient).
+  ``state``: :data:`SET_COPIES` copies of the synthetic set (images, and soft labels with
+  them) and a few flat parameter vectors (expert pair, theta_N, gradient). A copy of the set
+  is N_syn x C x H x W floats (+ N_syn x K for soft labels): 491 MB at ImageNet-1K IPC 10,
+  2.46 GB at IPC 50, so every copy the loop makes is a term here, not part of a fitted
+  constant. Within an iteration the loop makes no other full copy (the divergence guard scans
+  the set a chunk at a time); the checkpoint is written from the set's own storage and the
+  initialisation fills one tensor. An evaluation (saving best/ and last/, the grid, the
+  report) adds about one transient copy, below the iteration's peak.
 
 On CUDA, ``base`` and ``data`` are left out (they live in host memory); the CUDA constants are
 the CPU ones (not calibrated on a GPU). DSA is not traced (it saves at most a few copies of the
@@ -85,6 +91,13 @@ CALIBRATION = {
     "generic": Calibration(graph=1.104, transient=0.523, base=534_000_000,
                            source="CPU peak RSS, CIFAR-10 shape, fast_student=false, 4 runs"),
 }
+
+# Copies of the synthetic set alive at an iteration's peak (the backward pass): the set
+# itself (a leaf), SGD's momentum buffer (0.5, MTT's), and the gradient the backward pass
+# accumulates into (adjoint: one (N, ...) tensor filled chunk by chunk; unrolled: autograd's
+# .grad). The optimiser step updates both in place; nothing else holds a whole copy.
+SET_COPIES = {"set": 1, "momentum": 1, "gradient": 1}
+
 
 @dataclass(frozen=True)
 class StepFootprint:
@@ -214,7 +227,8 @@ def estimate_memory(fp: StepFootprint, *, num_images: int, syn_steps: int, mode:
     cpu = not str(device).startswith("cuda")
     per_image, per_step = fp.per_image * scale, fp.per_step * scale
     learnable = fp.image_elems + (fp.num_classes if soft_labels else 0)
-    state = 3 * num_images * learnable * dtype_bytes + 4 * fp.num_params * dtype_bytes
+    set_copy = num_images * learnable * dtype_bytes  # one copy of the synthetic set
+    state = sum(SET_COPIES.values()) * set_copy + 4 * fp.num_params * dtype_bytes
     data = real_images * (fp.image_elems * 4 + 8) if cpu else 0
     if mode == "unrolled":
         graph = syn_steps * (b * per_image + per_step) * cal.graph \
@@ -227,7 +241,8 @@ def estimate_memory(fp: StepFootprint, *, num_images: int, syn_steps: int, mode:
     return MemoryEstimate(mode, base=cal.base if cpu else 0, data=int(data), state=int(state),
                           graph=int(graph), snapshots=int(snapshots),
                           details={"batch": b, "micro_batch": m, "syn_steps": syn_steps,
-                                   "per_image_step": int(per_image), "path": fp.path})
+                                   "per_image_step": int(per_image), "path": fp.path,
+                                   "set_copy": int(set_copy), "set_copies": dict(SET_COPIES)})
 
 
 # ----------------------------------------------------------------------------- configs
