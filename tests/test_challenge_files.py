@@ -131,4 +131,5 @@ def test_soft_labels_under_the_challenge_protocol_are_named_as_replaced(tmp_path
     out = capsys.readouterr().out
     assert "note: the set's soft labels are not used: the challenge trains on class-order" in out
     report = json.loads((path / "eval.json").read_text())
-    assert "class-order hard labels" in report["convnet"]["settings"]["labels_replaced"]
+    settings = report["convnet_challenge"]["settings"]  # one key per protocol
+    assert "class-order hard labels" in settings["labels_replaced"]

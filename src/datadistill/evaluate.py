@@ -397,12 +397,10 @@ def evaluate(
     (``"none"`` turns DSA off). For "challenge", labels are implied by order (`labels` may be
     None) and `ipc` defaults to N / classes. With a :class:`~datadistill.runlog.RunCache`,
     each finished run is stored as it ends and runs already stored are not trained again.
-
     `space`: the images' space (``ds.space``), checked by :func:`check_space`.
 
     Example:
-        >>> evaluate(ds.images, ds.labels, real.test, lr=ds.lr, epochs=300,
-        ...          space=ds.space)                                        # doctest: +SKIP
+        >>> evaluate(ds.images, ds.labels, real.test, lr=ds.lr, space=ds.space)  # doctest: +SKIP
     """
     soft_replaced = protocol == "challenge" and labels is not None and is_soft(labels)
     if protocol != "challenge":  # a challenge file is normalised pixels: its own check
@@ -431,9 +429,8 @@ def evaluate(
                                    dsa_strategy=strategy if dsa is not None else None,
                                    num_runs=num_runs, seed=seed, model_kwargs=model_kwargs,
                                    device=device),
-                "seconds_per_run": results.seconds}
-    if soft_replaced:
-        settings["labels_replaced"] = SOFT_REPLACED
+                "seconds_per_run": results.seconds,
+                **({"labels_replaced": SOFT_REPLACED} if soft_replaced else {})}
     return _finish(protocol, model, report, period, results.values, settings, violations,
                    test.info.num_classes)
 

@@ -388,22 +388,7 @@ def _teacher_rows(c: RunContents) -> list[AccuracyRow]:
     return rows
 
 
-TEACHER_KEYS = ("epochs", "batch_size", "lr", "momentum", "weight_decay", "width_mult", "seed")
-
-
 def teacher_recipe_text(meta: dict) -> str:
     """How a stored teacher was trained, e.g. ``2 epochs, batch 128, lr 0.1 (its store)``."""
     return (f"{meta.get('epochs', '?')} epochs, batch {meta.get('batch_size', '?')}, "
             f"lr {meta.get('lr', '?')} (its store's record)")
-
-
-def teacher_config_differences(c: RunContents) -> list[str]:
-    """``teachers.<key>: config X, store Y`` for every setting the stored teachers were not
-    trained with (the config's values apply only to teachers still to train)."""
-    cfg = (c.config or {}).get("teachers") or {}
-    out = []
-    for key in TEACHER_KEYS:
-        stored = sorted({str(m.get(key)) for m in c.teachers.values() if key in m})
-        if key in cfg and stored and stored != [str(cfg[key])]:
-            out.append(f"teachers.{key}: config {cfg[key]}, store {', '.join(stored)}")
-    return out

@@ -138,10 +138,23 @@ def _config(c) -> str:
             f"<pre>{_e(text)}</pre>")
 
 
+TEACHER_KEYS = ("epochs", "batch_size", "lr", "momentum", "weight_decay", "width_mult", "seed")
+
+
+def teacher_config_differences(c) -> list[str]:
+    """``teachers.<key>: config X, store Y`` for every setting the stored teachers were not
+    trained with (the config's values apply only to teachers still to train)."""
+    cfg = (c.config or {}).get("teachers") or {}
+    out = []
+    for key in TEACHER_KEYS:
+        stored = sorted({str(m.get(key)) for m in c.teachers.values() if key in m})
+        if key in cfg and stored and stored != [str(cfg[key])]:
+            out.append(f"teachers.{key}: config {cfg[key]}, store {', '.join(stored)}")
+    return out
+
+
 def _teachers(c) -> str:
     """INFER: the teachers used, with the settings their store recorded."""
-    from datadistill.report import TEACHER_KEYS, teacher_config_differences
-
     if not c.teachers:
         return ""
     rows = [[arch, *(m.get(k, "") for k in TEACHER_KEYS)] for arch, m in c.teachers.items()]
