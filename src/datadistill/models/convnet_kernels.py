@@ -5,15 +5,10 @@ theta_{i+1} = theta_i - alpha * grad_theta CE(f(x_i; theta_i), y_i) and backprop
 matching loss through all of them, so every layer of the ConvNet is differentiated twice (the
 inner gradient is built with ``create_graph=True``). PyTorch's generic double backward of
 ``GroupNorm`` is a long chain of broadcast ops on full-size tensors, and its convolution double
-backward takes slow kernels. Here each ConvNet block is a pair of ``torch.autograd.Function``
-(:mod:`datadistill.models.convnet_ops`):
-
-- :class:`_Conv` (3x3, stride 1, no bias): forward conv; its backward is :class:`_ConvGrad`,
-  whose own backward (the double backward) is two forward convolutions, one input-gradient
-  and one weight-gradient kernel: the fast native kernels, and nothing else.
-- :class:`_NormActPool` (instance norm = GroupNorm(C, C) -> ReLU -> 2x2 average pool, fused):
-  its backward is :class:`_NormActPoolGrad`, with a hand-derived double backward (see that
-  class) written as a handful of per-(sample, channel) coefficients and fused multiply-adds.
+backward takes slow kernels. Here each ConvNet block runs the two ops of
+:mod:`datadistill.models.convnet_ops`: a 3x3 convolution whose double backward is two native
+convolution kernels, and the fused instance norm -> ReLU -> 2x2 average pool with a
+hand-derived double backward.
 
 The conv bias before an instance norm is dropped: the norm subtracts the per-(sample, channel)
 mean, so the bias has no effect on the output and zero gradient (the student leaves those
