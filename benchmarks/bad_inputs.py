@@ -71,9 +71,9 @@ def _bytes(tmp: Path, name: str, data: bytes) -> Path:
 
 
 def _digits_set(tmp: Path, bad: float | None = None, name: str = "set") -> Path:
-    from datadistill.artifact import DistilledSet, save_distilled
-    from datadistill.baselines import random_subset
+    from datadistill.artifacts.distilled import DistilledSet, save_distilled
     from datadistill.data import create_dataset
+    from datadistill.evaluation.baselines import random_subset
 
     train = create_dataset("digits", split="train")
     x, y = random_subset(train, 1, generator=torch.Generator().manual_seed(0))
@@ -534,7 +534,7 @@ def _child(argv: list[str], busy: Path | None) -> tuple[int, str]:
     env = {**os.environ, "PYTHONPATH": src}
     holder = None
     if busy is not None:  # another process owns the folder
-        code = ("import sys, time\nfrom datadistill.lock import lock_folder\n"
+        code = ("import sys, time\nfrom datadistill.runtime.lock import lock_folder\n"
                 "with lock_folder(sys.argv[1]):\n    print('held', flush=True)\n"
                 "    time.sleep(600)\n")
         holder = subprocess.Popen([sys.executable, "-c", code, str(busy)], env=env,

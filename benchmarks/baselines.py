@@ -18,9 +18,9 @@ from pathlib import Path
 
 import torch
 
-from datadistill.baselines import baseline_full, baseline_random
 from datadistill.data import prepare
-from datadistill.devices import default_device
+from datadistill.evaluation.baselines import baseline_full, baseline_random
+from datadistill.runtime.devices import default_device
 
 
 def machine() -> str:

@@ -5,7 +5,7 @@ Makes one MTT set under the CPU-scale protocol of `benchmarks/methods.py` (same 
 scores it twice, each with its own random-subset baseline:
 
 - classic: `evaluate` (learned lr, last epoch) beside `baseline_random` (lr 0.01);
-- ddranking: `datadistill.ddranking.score` (see that module), which trains the set, a random
+- ddranking: `datadistill.evaluation.ddranking.score`, which trains the set, a random
   subset with the same label type (lr searched), and the full-data reference, and reports
   HLR, IOR, LRS and ARS per round.
 
@@ -35,14 +35,14 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from datadistill.data import prepare  # noqa: E402
-from datadistill.pipeline import distill_config, load_pipeline_config, train_pipeline_experts  # noqa: E402,E501
+from datadistill.tm.pipeline import distill_config, load_pipeline_config, train_pipeline_experts  # noqa: E402,E501
 from methods import build_parser, overrides  # noqa: E402
 
 
 def make_set(args, work: Path):
     """The MTT set of the methods.py protocol (distill resumes; experts are reused)."""
-    from datadistill.artifact import load_distilled
-    from datadistill.distill import distill
+    from datadistill.artifacts.distilled import load_distilled
+    from datadistill.tm.distill import distill
 
     ipc = args.ipc[0]
     cfg = load_pipeline_config(f"{args.dataset}/mtt_ipc{ipc}", overrides(args, "mtt", ipc))
@@ -61,7 +61,7 @@ def test_subset(test, per_class: int, seed: int):
     """A fixed class-balanced subset of the test split (both protocols test on the same one)."""
     from dataclasses import replace
 
-    from datadistill.baselines import random_subset
+    from datadistill.evaluation.baselines import random_subset
 
     if per_class <= 0:
         return test
@@ -71,8 +71,8 @@ def test_subset(test, per_class: int, seed: int):
 
 def classic(args, data, ds) -> dict:
     """Classic protocol: the set (learned lr; last and best of periodic) and the random subset."""
-    from datadistill.baselines import baseline_random
-    from datadistill.evaluate import evaluate
+    from datadistill.evaluation.baselines import baseline_random
+    from datadistill.evaluation.protocols import evaluate
 
     syn = evaluate(ds.images, ds.labels, data.test, lr=ds.lr, num_runs=args.runs,
                    epochs=args.epochs, seed=args.seed + 1000, report="both",
@@ -84,7 +84,7 @@ def classic(args, data, ds) -> dict:
 
 def ddranking(args, data, ds) -> dict:
     """DD-Ranking protocol (MTT's config) with the epochs scaled as stated in RESULTS.md."""
-    from datadistill.ddranking import full_reference, preset_for, score
+    from datadistill.evaluation.ddranking import full_reference, preset_for, score
 
     half = max(1, args.epochs // 2)
     cfg = preset_for("mtt", rounds=args.runs, ars=args.ars,
@@ -110,7 +110,7 @@ def ddranking(args, data, ds) -> dict:
 def full_only(args, data, ds) -> dict:
     """A longer full-data reference alone (`--full-epochs`), to recompute HLR and LRS from the
     same per-round accuracies (DD-Ranking's cached full-data accuracy)."""
-    from datadistill.ddranking import full_reference, preset_for
+    from datadistill.evaluation.ddranking import full_reference, preset_for
 
     cfg = preset_for("mtt", full={"epochs": args.full_epochs,
                                   "step_size": max(1, args.full_epochs // 2),
@@ -120,7 +120,7 @@ def full_only(args, data, ds) -> dict:
 
 def rescored(d: dict, full: float) -> dict:
     """HLR and LRS of each round again, with another full-data accuracy."""
-    from datadistill.scores import hard_label_recovery, label_robust_score
+    from datadistill.evaluation.scores import hard_label_recovery, label_robust_score
 
     hlr = [hard_label_recovery(full, r["syn_hard"]["best"]) for r in d["rounds"]]
     return {"hlr": hlr, "lrs": [label_robust_score(h, r["ior"]) for h, r in

@@ -2,7 +2,7 @@
 
 Each student step's mini-batch is shared by the K processes (``matching/adjoint.py``), so on
 K idle cores (one torch thread each) an iteration should take about 1/K of the time. This
-runs the real loop (:func:`datadistill.distill.distill`, adjoint mode, ``eval_runs=0``) at a
+runs the real loop (:func:`datadistill.tm.distill.distill`, adjoint mode, ``eval_runs=0``) at a
 shape from ``benchmarks/memory.py`` (default: CIFAR-10, ConvNet-3, IPC 10, 30 steps, the whole
 set of 100 images per step) on random tensors of the right shapes (a random expert store,
 random real images: see memory.py), alternately with 1 and with K processes, ``--repeats``
@@ -58,8 +58,8 @@ def _cell(args):
 def worker(args) -> None:
     """Under torchrun (or alone): run the distillation, rank 0 writes its times as JSON."""
     from datadistill import distributed
-    from datadistill.artifact import load_distilled
-    from datadistill.distill import distill
+    from datadistill.artifacts.distilled import load_distilled
+    from datadistill.tm.distill import distill
 
     torch.set_num_threads(1)
     distributed.init_from_env()

@@ -1,7 +1,7 @@
 """FLOPs of one adjoint matching iteration at ImageNet-1K's shape, counted on the CPU.
 
 ``torch.utils.flop_counter.FlopCounterMode`` counts the matrix products and convolutions
-(forward, backward and double backward) of the real loop (:func:`datadistill.distill.distill`,
+(forward, backward and double backward) of the real loop (:func:`datadistill.tm.distill.distill`,
 ``grad_mode=adjoint``, one iteration, no evaluation) for ConvNetD4 at 64 px over 1,000
 classes, on a random expert store and random real images (benchmarks/memory.py's helpers).
 Three small cells (syn_steps s, batch b) give the FLOPs per image and student step,
@@ -38,7 +38,7 @@ CONFIGS = {  # (syn_steps, batch_syn) of the shipped imagenet1k configs (all IPC
 
 def count(steps: int, batch: int, soft: bool, store: Path) -> int:
     """Total FLOPs of one distill() iteration at (steps, batch)."""
-    from datadistill.distill import distill
+    from datadistill.tm.distill import distill
 
     extra = {"label_mode": "soft", "lr_y": 10.0, "pix_init": "real"} if soft else {}
     cell = Cell("flops", "imagenet64", 1, steps, "adjoint", batch_syn=batch, micro_batch=batch,

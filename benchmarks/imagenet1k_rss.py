@@ -72,10 +72,10 @@ def sparse_split(folder: Path, count: int, seed: int):
 
 
 def run(batches: int, width: int) -> dict:
-    from datadistill.augment import DSA
+    from datadistill.data.augment import DSA
     from datadistill.data.prepare import RealData
     from datadistill.experts.train import ExpertConfig, train_one_expert
-    from datadistill.pipeline import expert_config, load_pipeline_config
+    from datadistill.tm.pipeline import expert_config, load_pipeline_config
 
     torch.set_num_threads(1)
     cfg = load_pipeline_config("imagenet1k/mtt_ipc1", [

@@ -37,7 +37,7 @@ from pathlib import Path
 import torch
 
 from datadistill.data import prepare
-from datadistill.evaluate import evaluate
+from datadistill.evaluation.protocols import evaluate
 from datadistill.infer import (
     evaluate_student_images,
     load_infer_config,

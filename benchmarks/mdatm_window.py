@@ -34,7 +34,7 @@ from pathlib import Path
 
 import torch
 
-from datadistill.presets import mdatm_max_start
+from datadistill.tm.presets import mdatm_max_start
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from methods import build_parser, run_one, save  # noqa: E402

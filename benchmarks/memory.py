@@ -1,6 +1,6 @@
 """Peak memory and time of one distillation iteration, unrolled vs adjoint, beside the estimate.
 
-Every cell runs the real loop (:func:`datadistill.distill.distill`, ``eval_runs=0``) for a few
+Every cell runs the real loop (:func:`datadistill.tm.distill.distill`, ``eval_runs=0``) for a few
 iterations in its own subprocess, so that its peak RSS (``VmHWM``, and ``ru_maxrss``) is its
 own. Inputs are random tensors of the right shapes: a random expert store with the model's P
 written to a temporary folder by the parent, random real images (``ipc`` per class for the
@@ -22,7 +22,7 @@ Cells (``--cells``):
     store     one run cycling through 100 experts of 50 epochs (CIFAR-10 shape, syn_steps 1,
               IPC 1): RSS after every iteration, to show the store's share stays flat
     calibrate small CIFAR-10 cells (unrolled syn_steps 2 and 6; adjoint micro_batch 25, 100)
-              from which :data:`datadistill.memory.CALIBRATION` is fitted; calibrate_generic
+              from which :data:`datadistill.tm.memory.CALIBRATION` is fitted; calibrate_generic
               the same with the generic functional student (fast_student=false)
 
     python benchmarks/memory.py --cells steps official store \\
@@ -169,7 +169,7 @@ def _real_data(dataset: str, ipc: int, cache_dir: str | None = None):
 
 
 def _config(cell: Cell, expert_dir: str):
-    from datadistill.distill import DistillConfig
+    from datadistill.tm.distill import DistillConfig
 
     kw = dict(method="mtt", dataset=cell.dataset, ipc=cell.ipc, syn_steps=cell.syn_steps,
               batch_syn=cell.batch_syn, expert_epochs=2, max_start_epoch=cell.max_start_epoch,
@@ -199,7 +199,7 @@ def _reset_peak() -> None:
 
 def worker(cell: Cell, expert_dir: str) -> dict:
     """Run the cell's distillation here and return its measurements."""
-    from datadistill.distill import distill
+    from datadistill.tm.distill import distill
 
     torch.set_num_threads(1)
     cfg = _config(cell, expert_dir)
@@ -246,7 +246,7 @@ def worker(cell: Cell, expert_dir: str) -> dict:
 def estimate_cell(cell: Cell) -> dict:
     """The memory estimate of the cell (the real data here: ipc + 1 images per class)."""
     from datadistill.data import dataset_info
-    from datadistill.memory import estimate_config
+    from datadistill.tm.memory import estimate_config
 
     cfg = _config(cell, "unused")
     info = dataset_info(cell.dataset)
@@ -361,7 +361,7 @@ def ratio_lines(summary: dict) -> str:
 
 
 def fit_calibration(rows: list[dict]) -> dict:
-    """GRAPH, TRANSIENT and base from the four calibrate cells (see datadistill.memory).
+    """GRAPH, TRANSIENT and base from the four calibrate cells (see datadistill.tm.memory).
 
     GRAPH: slope of the unrolled peak over syn_steps / the traced step graph; GRAPH +
     TRANSIENT: slope of the adjoint peak over micro_batch / the traced bytes per image; base:
@@ -391,7 +391,7 @@ def fit_calibration(rows: list[dict]) -> dict:
 
 def _footprint(cell: Cell):
     from datadistill.data import dataset_info
-    from datadistill.memory import footprint_for
+    from datadistill.tm.memory import footprint_for
 
     return footprint_for(_config(cell, "unused"), dataset_info(cell.dataset))
 

@@ -59,7 +59,7 @@ class FlatParamModule(nn.Module):
 
 def worker(args: argparse.Namespace) -> dict:
     """One configuration in this process: seconds per iteration and peak memory."""
-    from datadistill.augment import DSA
+    from datadistill.data.augment import DSA
     from datadistill.matching import matching_loss, student_forward, unroll_student
     from datadistill.models import create_model, flatten_params
 

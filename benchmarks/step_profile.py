@@ -157,7 +157,7 @@ def train_step(width: int = 128, batch: int = 256, fused: bool = True):
 
 def matching_step(mode: str, ipc: int, width: int = 128, student: str = "ours"):
     """One matching iteration (unrolled or adjoint) at the CIFAR-10 shape, DSA on."""
-    from datadistill.augment import DSA
+    from datadistill.data.augment import DSA
     from datadistill.matching import (
         adjoint_backward,
         matching_loss,
@@ -275,7 +275,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _cpu() -> str:
-    from datadistill.report import _cpu_model
+    from datadistill.report.page import _cpu_model
 
     return _cpu_model()
 

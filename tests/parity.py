@@ -213,7 +213,7 @@ def digits(train: int = 300, perturb: bool = False):
 def perturbed_infer_data() -> Iterator[None]:
     """INFER reads its data itself (``prepare_infer_data``): move its training images by one
     ulp too, for the perturbation measurement of the teachers and INFER stages."""
-    import datadistill.infer.recipe as recipe
+    import datadistill.infer.pipeline as recipe
     import datadistill.infer.teachers_train as teachers_train
 
     real = teachers_train.prepare_infer_data
@@ -267,7 +267,7 @@ def run_experts(device: str, work: Path, data=None, optimizer: str = "sgd",
 def toy_strategy(preset: str) -> dict:
     """The preset's distillation strategy on a window that fits the 4-epoch test experts
     (its run-length keys dropped; DATM's expanding window shrunk, its threshold out of the way)."""
-    from datadistill.presets import get_preset
+    from datadistill.tm.presets import get_preset
 
     section = dict(get_preset(preset).overrides.get("distill", {}))
     for key in ("iterations", "eval_every", "eval_runs", "eval_batch", "lr_teacher"):
@@ -280,7 +280,7 @@ def toy_strategy(preset: str) -> dict:
 
 def distill_config(preset: str, grad_mode: str, device: str, iterations: int = 3):
     """A few iterations of ``preset`` on the 4-epoch experts (the tests' toy window)."""
-    from datadistill.distill import DistillConfig
+    from datadistill.tm.distill import DistillConfig
 
     section = toy_strategy(preset)
     if section.get("ema_decay") is not None:
@@ -297,7 +297,7 @@ def distill_config(preset: str, grad_mode: str, device: str, iterations: int = 3
 def run_distill(device: str, work: Path, store, preset: str, grad_mode: str,
                 data=None) -> dict[str, Value]:
     """``preset`` for 3 iterations from a given expert store: final set, losses, draws."""
-    from datadistill.distill import distill
+    from datadistill.tm.distill import distill
 
     data = data if data is not None else digits()
     distill(distill_config(preset, grad_mode, device), work, data=data, store=store,
@@ -307,8 +307,8 @@ def run_distill(device: str, work: Path, store, preset: str, grad_mode: str,
 
 def distill_values(work: Path) -> dict[str, Value]:
     """What a distillation folder holds: final set against its start, losses, draws."""
-    from datadistill.artifact import load_distilled
-    from datadistill.checkpoint import load_checkpoint
+    from datadistill.artifacts.distilled import load_distilled
+    from datadistill.tm.checkpoint import load_checkpoint
 
     rows = [json.loads(r) for r in (work / "metrics.jsonl").read_text().splitlines()]
     rows = [r for r in rows if "loss" in r]
@@ -336,7 +336,7 @@ def distill_values(work: Path) -> dict[str, Value]:
 def run_eval(device: str, work: Path, data=None) -> dict[str, Value]:
     """The classic protocol (2 runs x 30 epochs, DSA) on 2 real images per class, with hard
     and with soft labels; the drawn images themselves must be the same bytes."""
-    from datadistill.evaluate import evaluate
+    from datadistill.evaluation.protocols import evaluate
 
     data = data if data is not None else digits()
     pick = torch.cat([torch.nonzero(data.train.labels == c)[:2, 0]
@@ -353,7 +353,7 @@ def run_eval(device: str, work: Path, data=None) -> dict[str, Value]:
 def run_baselines(device: str, work: Path, data=None) -> dict[str, Value]:
     """The random-subset baseline (IPC 2, 2 runs x 30 epochs) and the full-data baseline
     (1 run, 3 epochs)."""
-    from datadistill.baselines import baseline_full, baseline_random
+    from datadistill.evaluation.baselines import baseline_full, baseline_random
 
     data = data if data is not None else digits()
     rnd = baseline_random(data, 2, num_runs=2, epochs=30, device=device, model_kwargs=TINY_NET)
@@ -485,8 +485,8 @@ def store_values(folder: Path) -> dict[str, Value]:
 
 def checkpoint_values(folder: Path) -> dict[str, Value]:
     """The synthetic set of a run folder's distillation checkpoint, against its start."""
-    from datadistill.artifact import load_distilled
-    from datadistill.checkpoint import load_checkpoint
+    from datadistill.artifacts.distilled import load_distilled
+    from datadistill.tm.checkpoint import load_checkpoint
 
     state = load_checkpoint(folder / "distill" / "checkpoint.pt")
     start = load_distilled(folder / "distill" / "initial")

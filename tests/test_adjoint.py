@@ -16,10 +16,8 @@ import pytest
 import torch
 from torch import nn
 
-from datadistill.augment import DSA, FAMILIES
-from datadistill.checkpoint import load_checkpoint, save_checkpoint
 from datadistill.config import list_configs
-from datadistill.distill import DistillConfig, check_resume, distill
+from datadistill.data.augment import DSA, FAMILIES
 from datadistill.errors import CompatibilityError, ConfigError, DivergenceError
 from datadistill.experts import ExpertConfig, train_experts
 from datadistill.matching import (
@@ -34,8 +32,10 @@ from datadistill.matching import (
 )
 from datadistill.matching.masks import param_mask
 from datadistill.models import create_model, flatten_params
-from datadistill.pipeline import distill_config, load_pipeline_config
-from datadistill.presets import list_presets
+from datadistill.tm.checkpoint import load_checkpoint, save_checkpoint
+from datadistill.tm.distill import DistillConfig, check_resume, distill
+from datadistill.tm.pipeline import distill_config, load_pipeline_config
+from datadistill.tm.presets import list_presets
 from parity import toy_strategy
 
 F64 = torch.float64
@@ -409,7 +409,7 @@ def test_threshold_skips_the_backward_pass(digits, store, tmp_path, monkeypatch)
     def fail(*args, **kwargs):
         raise AssertionError("the backward pass ran for a skipped iteration")
 
-    monkeypatch.setattr("datadistill.distill.adjoint_backward", fail)
+    monkeypatch.setattr("datadistill.tm.distill.adjoint_backward", fail)
     result = distill(_cfg(iterations=2, threshold=0.0), tmp_path, data=digits, store=store,
                      progress=False)
     rows = [json.loads(r) for r in result.metrics_path.read_text().splitlines()]
@@ -420,7 +420,7 @@ def test_threshold_skips_the_backward_pass(digits, store, tmp_path, monkeypatch)
 
 def test_the_loop_hands_micro_batch_and_dsa_to_both_passes(digits, store, tmp_path,
                                                           monkeypatch):
-    import datadistill.distill as distill_mod
+    import datadistill.tm.distill as distill_mod
 
     seen = []
 

@@ -17,9 +17,10 @@ LONG_ALLOWED = {("cli.py", "build_parser")}  # the argparse builder: one flat li
 
 # every place that trains a network on labelled data (the baselines train through evaluate's
 # protocols), and every place that drives N independent runs
-FIT_USERS = ["evaluate.py", "ddranking_train.py", "experts/train.py",
+FIT_USERS = ["evaluation/protocols.py", "evaluation/ddranking_train.py", "experts/train.py",
              "experts/difficulty.py", "infer/teachers_train.py", "infer/student.py"]
-RUN_DRIVER_USERS = ["evaluate.py", "baselines.py", "ddranking.py", "infer/student.py"]
+RUN_DRIVER_USERS = ["evaluation/protocols.py", "evaluation/baselines.py", "evaluation/ddranking.py",
+                    "infer/student.py"]
 
 
 def _modules() -> dict[str, ast.Module]:
@@ -70,7 +71,7 @@ def test_one_supervised_training_loop():
     # the optimiser steps of supervised training happen in training.py only; distill.py steps
     # the synthetic set and INFER's compensators their own vectors
     stepping = {p for p, tree in MODULES.items() if _calls_optimizer_step(tree)}
-    assert stepping <= {"training.py", "distill.py", "infer/compensators.py"}, stepping
+    assert stepping <= {"training.py", "tm/distill.py", "infer/compensators.py"}, stepping
 
 
 def test_one_run_driver():
@@ -99,18 +100,19 @@ def test_the_step_check_sees_a_training_step():
 # Layers, lowest first. A component imports only its own layer or lower ones; every module not
 # named here (pipeline, distill, infer, report, cli, evaluation, ...) sits above all of them.
 LAYERS = {
-    **dict.fromkeys(("errors", "progress", "lock", "io", "config", "distributed", "labels",
-                     "augment"), 0),
+    **dict.fromkeys(("errors", "runtime", "io", "config", "distributed", "labels"), 0),
     **dict.fromkeys(("data", "models"), 1),
     **dict.fromkeys(("training", "matching"), 2),
-    **dict.fromkeys(("runs", "experts"), 3),
+    **dict.fromkeys(("runs", "experts", "checks"), 3),
+    "artifacts": 4,
+    "evaluation": 5,
+    "recipes": 6,  # the registry: it knows each recipe by module name only
 }
 TOP = max(LAYERS.values()) + 1
 # Function-local imports of datadistill modules that stay local, and why. Every other import
 # is at module level, so the graph a reader sees at the top of a file is the whole graph.
 LOCAL_IMPORTS = {
     "cli": "startup speed of the CLI: a command loads only the modules it runs",
-    "recipes": "startup speed of the CLI: a recipe's modules load only when it is used",
     "curves": "matplotlib loads only when a figure is drawn",
     "grids": "Pillow's drawing loads only when a grid is drawn",
 }
@@ -143,9 +145,10 @@ def _local(node: ast.AST, parents: dict) -> bool:
     return False
 
 
-def _targets(node: ast.AST, importer: str) -> set[str]:
+def _targets(node: ast.AST, importer: str, busy: set[str]) -> set[str]:
     """The datadistill modules an import statement runs: the named module, an imported
-    submodule, and every package ``__init__`` on the way in from outside that package."""
+    submodule, and every package ``__init__`` on the way in from outside that package that
+    imports anything itself (``busy``; a docstring-only ``__init__`` runs nothing)."""
     if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("datadistill"):
         named = set() if node.module == "datadistill" else {_existing(node.module)}
         named |= {f"{node.module}.{a.name}" for a in node.names
@@ -159,7 +162,8 @@ def _targets(node: ast.AST, importer: str) -> set[str]:
         parts = name.split(".")
         for i in range(2, len(parts)):  # the packages on the way: datadistill.data, ...
             package = ".".join(parts[:i])
-            if not importer.startswith(package + ".") and package != importer:
+            if not importer.startswith(package + ".") and package != importer \
+                    and package in busy:
                 out.add(package)
     return out
 
@@ -169,14 +173,19 @@ def import_graph(modules: dict[str, ast.Module] | None = None
     """importer -> imported -> [(line, function-local)], over every datadistill import
     (module level and inside functions; ``if TYPE_CHECKING`` annotations left out)."""
     graph: dict[str, dict[str, list[tuple[int, bool]]]] = {}
-    for path, tree in (MODULES if modules is None else modules).items():
+    modules = MODULES if modules is None else modules
+    busy = {_module_name(SRC / path) for path, tree in modules.items()
+            if path.endswith("__init__.py") and any(
+                isinstance(n, (ast.Import, ast.ImportFrom)) and "datadistill" in ast.unparse(n)
+                for n in ast.walk(tree))}
+    for path, tree in modules.items():
         importer = _module_name(SRC / path)
         parents = {c: n for n in ast.walk(tree) for c in ast.iter_child_nodes(n)}
         edges = graph.setdefault(importer, {})
         for node in ast.walk(tree):
             if isinstance(node, (ast.Import, ast.ImportFrom)) and not _type_checking_only(
                     node, parents):
-                for target in _targets(node, importer):
+                for target in _targets(node, importer, busy):
                     edges.setdefault(target, []).append((node.lineno, _local(node, parents)))
     return graph
 
@@ -222,6 +231,14 @@ def test_no_component_imports_a_layer_above_it():
     assert upward_imports(import_graph()) == []
 
 
+def test_the_report_never_imports_a_recipe():
+    graph = import_graph()
+    reached = {b for a, targets in graph.items() if a.startswith("datadistill.report")
+               for b in targets}
+    assert reached and not {b for b in reached
+                            if b.split(".")[1] in {"tm", "infer", "cli"}}, reached
+
+
 def test_function_local_imports_are_only_the_listed_ones():
     local = sorted(f"{a} -> {b} (line {line})" for a, targets in import_graph().items()
                    for b, uses in targets.items() for line, is_local in uses
@@ -236,15 +253,15 @@ def _toy(sources: dict[str, str]) -> dict[str, ast.Module]:
 
 def test_the_graph_sees_cycles_through_a_package_init_and_local_imports():
     assert find_cycle(import_graph(_toy({
-        "pipeline.py": "def f():\n    from datadistill.repair import g\n",
-        "repair.py": "from datadistill.pipeline import f\n"}))) == [
-        "datadistill.pipeline", "datadistill.repair", "datadistill.pipeline"]
+        "tm/pipeline.py": "def f():\n    from datadistill.tm.repair import g\n",
+        "tm/repair.py": "from datadistill.tm.pipeline import f\n"}))) == [
+        "datadistill.tm.pipeline", "datadistill.tm.repair", "datadistill.tm.pipeline"]
     # importing data.registry from outside runs data/__init__, which imports mnist
     cycle = find_cycle(import_graph(_toy({
         "data/__init__.py": "from datadistill.data.mnist import x\n",
-        "data/mnist.py": "from datadistill.report import y\n",
-        "report.py": "from datadistill.data.registry import z\n"})))
-    assert cycle == ["datadistill.data", "datadistill.data.mnist", "datadistill.report",
+        "data/mnist.py": "from datadistill.report.page import y\n",
+        "report/page.py": "from datadistill.data.registry import z\n"})))
+    assert cycle == ["datadistill.data", "datadistill.data.mnist", "datadistill.report.page",
                      "datadistill.data"]
     assert find_cycle(import_graph(_toy({"io.py": "import datadistill.config\n",
                                          "config.py": "x = 1\n"}))) is None
@@ -253,7 +270,6 @@ def test_the_graph_sees_cycles_through_a_package_init_and_local_imports():
 def test_the_layer_check_sees_an_upward_import():
     graph = import_graph(_toy({
         "labels.py": "from datadistill.matching.soft_labels import f\n",
-        "data/__init__.py": "def f():\n    from datadistill.pipeline import g\n"}))
-    assert upward_imports(graph) == ["datadistill.data -> datadistill.pipeline",
-                                     "datadistill.labels -> datadistill.matching",
+        "data/__init__.py": "def f():\n    from datadistill.tm.pipeline import g\n"}))
+    assert upward_imports(graph) == ["datadistill.data -> datadistill.tm.pipeline",
                                      "datadistill.labels -> datadistill.matching.soft_labels"]

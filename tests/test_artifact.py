@@ -11,7 +11,7 @@ import pytest
 import torch
 from PIL import Image
 
-from datadistill.artifact import (
+from datadistill.artifacts.distilled import (
     FORMAT_VERSION,
     DistilledSet,
     export_challenge,
@@ -312,7 +312,7 @@ def test_class_grid_converts_only_the_drawn_rows(monkeypatch):
     # A grid of the first classes of a large set must not copy the whole set to pixels
     # (ImageNet-1K: 491 MB per copy at IPC 10): only the drawn rows are converted, and
     # they are the same pixels the whole-set conversion gives.
-    from datadistill import grids
+    from datadistill.artifacts import grids
 
     labels = torch.arange(K).repeat_interleave(IPC).flip(0)
     raw = torch.rand(len(labels), C, H, H, generator=torch.Generator().manual_seed(0))

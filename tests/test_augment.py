@@ -8,7 +8,7 @@ from collections import Counter
 import pytest
 import torch
 
-from datadistill.augment import DSA, FAMILIES, AugDraw, DSAParams
+from datadistill.data.augment import DSA, FAMILIES, AugDraw, DSAParams
 from datadistill.errors import CompatibilityError, ConfigError
 
 

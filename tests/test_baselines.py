@@ -7,10 +7,10 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-import datadistill.baselines as bl
-from datadistill.baselines import baseline_full, baseline_random, random_subset
+import datadistill.evaluation.baselines as bl
 from datadistill.data import DatasetInfo, ImageSet
 from datadistill.errors import ConfigError
+from datadistill.evaluation.baselines import baseline_full, baseline_random, random_subset
 
 K = 3
 INFO = DatasetInfo("toy", K, 1, (4, 4), (0.5,), (0.25,), ("cat", "dog", "emu"))

@@ -11,8 +11,8 @@ import pytest
 import torch
 
 import datadistill.data as data_mod
-import datadistill.evaluate as ev
-from datadistill.artifact import DistilledSet, save_distilled
+import datadistill.evaluation.protocols as ev
+from datadistill.artifacts.distilled import DistilledSet, save_distilled
 from datadistill.cli import CHALLENGE_RUNS, main
 from datadistill.data import ImageSet, create_dataset, dataset_info
 

@@ -8,11 +8,11 @@ from dataclasses import replace
 import pytest
 import torch
 
-import datadistill.evaluate as ev
-from datadistill.challenge import combined_score, write_scores_txt
+import datadistill.evaluation.protocols as ev
 from datadistill.data import DatasetInfo, ImageSet, dataset_info
 from datadistill.errors import ConfigError
-from datadistill.evaluate import evaluate
+from datadistill.evaluation.challenge import combined_score, write_scores_txt
+from datadistill.evaluation.protocols import evaluate
 from test_evaluate import INFO, quadrants  # the same toy quadrant data
 
 C100 = dataset_info("cifar100")

@@ -3,13 +3,13 @@
 import pytest
 import torch
 
-from datadistill.artifact import DistilledSet, save_distilled
-from datadistill.baselines import random_subset
+from datadistill.artifacts.distilled import DistilledSet, save_distilled
 from datadistill.checks import check_window
 from datadistill.cli import main
 from datadistill.data import create_dataset
 from datadistill.errors import CompatibilityError, ConfigError
-from datadistill.pipeline import load_pipeline_config, run_pipeline
+from datadistill.evaluation.baselines import random_subset
+from datadistill.tm.pipeline import load_pipeline_config, run_pipeline
 
 SMALL = ["distill.iterations=1", "distill.eval_runs=0", "experts.num_experts=1"]
 
@@ -112,7 +112,8 @@ def test_unwritable_out_is_refused_before_the_evaluation(tmp_path, capsys, monke
     blocker = tmp_path / "file.txt"
     blocker.write_text("x")
     ran = []
-    monkeypatch.setattr("datadistill.baselines.train_and_test", lambda *a, **k: ran.append(1))
+    monkeypatch.setattr("datadistill.evaluation.baselines.train_and_test",
+                        lambda *a, **k: ran.append(1))
     code = main(["baseline", "random", "--epochs", "1", "--runs", "1", "--quiet",
                  "--out", str(blocker / "b.json")])
     assert code == 2 and "not a writable folder" in capsys.readouterr().err and not ran
@@ -129,7 +130,7 @@ def test_run_into_a_file_is_a_clean_error(tmp_path):
 
 
 def test_evaluate_refuses_zero_runs(digits_set):
-    from datadistill.evaluate import evaluate
+    from datadistill.evaluation.protocols import evaluate
 
     test = create_dataset("digits", split="test")
     with pytest.raises(ConfigError, match="evaluation runs must be an integer >= 1"):
@@ -137,7 +138,7 @@ def test_evaluate_refuses_zero_runs(digits_set):
 
 
 def test_damaged_checkpoint_message_names_restart_not_unsafe_loading(tmp_path):
-    from datadistill.checkpoint import load_checkpoint
+    from datadistill.tm.checkpoint import load_checkpoint
 
     (tmp_path / "checkpoint.pt").write_bytes(b"garbage")
     with pytest.raises(Exception, match="truncated, damaged or not a tensor file.*--restart") as e:

@@ -5,7 +5,7 @@ import json
 import pytest
 import torch
 
-from datadistill.artifact import DistilledSet, export_legacy, save_distilled
+from datadistill.artifacts.distilled import DistilledSet, export_legacy, save_distilled
 from datadistill.cli import DEFAULT_THREADS, build_parser, main, parse_args
 from datadistill.data import create_dataset, random_subset
 

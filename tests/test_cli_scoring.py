@@ -5,10 +5,10 @@ import json
 import pytest
 import torch
 
-from datadistill.artifact import DistilledSet, save_distilled
-from datadistill.baselines import random_subset
+from datadistill.artifacts.distilled import DistilledSet, save_distilled
 from datadistill.cli import main
 from datadistill.data import create_dataset
+from datadistill.evaluation.baselines import random_subset
 
 
 @pytest.fixture(scope="module")
@@ -66,7 +66,7 @@ def test_challenge_command_writes_scores_txt(tmp_path, monkeypatch, capsys):
     import types
 
     import datadistill.data as data_mod
-    import datadistill.evaluate as ev
+    import datadistill.evaluation.protocols as ev
     from datadistill.data import ImageSet, dataset_info
 
     def fake_prepare(name, root=None, download=False):

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import pytest
 
-from datadistill.distill import DistillConfig
 from datadistill.errors import ConfigError
 from datadistill.matching.adjoint import check_grad_config
 from datadistill.matching.ema import check_ema_config
 from datadistill.matching.masks import check_mask_config
 from datadistill.matching.soft_labels import check_labels_config
 from datadistill.matching.window import check_window_config
+from datadistill.tm.distill import DistillConfig
 
 WINDOW = dict(min_start=0, max_start=4, current_max_start=2, expansion_end=10)
 
@@ -55,8 +55,8 @@ def test_distill_config_runs_every_axis_check():
 def test_each_axis_is_a_group_of_distill_keys_checked_on_its_own():
     import dataclasses
 
-    from datadistill.distill import DistillSection
     from datadistill.matching.axes import AXES, GradAxis, WindowAxis
+    from datadistill.tm.distill import DistillSection
 
     section = {f.name for f in dataclasses.fields(DistillSection)}
     keys = [f.name for axis in AXES for f in dataclasses.fields(axis)]
@@ -72,7 +72,7 @@ def test_each_axis_is_a_group_of_distill_keys_checked_on_its_own():
 
 def test_distill_section_keys_stay_flat_in_yaml_overrides_and_saved_configs():
     from datadistill.config import config_to_dict
-    from datadistill.pipeline import distill_config, load_pipeline_config
+    from datadistill.tm.pipeline import distill_config, load_pipeline_config
 
     cfg = load_pipeline_config("digits/mtt_ipc1", ["distill.grad_mode=adjoint", "ipc=2",
                                                    "distill.micro_batch=5", "zca=true"])
@@ -86,7 +86,7 @@ def test_distill_section_keys_stay_flat_in_yaml_overrides_and_saved_configs():
 
 @pytest.mark.parametrize("key", ["zca", "dataset", "seed", "ipc"])
 def test_a_shared_key_inside_a_stage_section_names_where_it_belongs(key):
-    from datadistill.pipeline import load_pipeline_config
+    from datadistill.tm.pipeline import load_pipeline_config
 
     message = rf"experts.{key}: {key} is shared by every stage of a run; set it once at the top"
     with pytest.raises(ConfigError, match=message):

@@ -152,7 +152,7 @@ def test_split_sizes_are_the_registry_facts_and_unknown_names_fail():
 def test_memory_counts_real_images_from_the_registry():
     from types import SimpleNamespace
 
-    from datadistill.memory import real_images_of
+    from datadistill.tm.memory import real_images_of
 
     info = dataset_info("cifar100")
     cfg = SimpleNamespace(dataset="cifar100", train_per_class=None)

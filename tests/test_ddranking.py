@@ -11,9 +11,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-import datadistill.ddranking as ddr
+import datadistill.evaluation.ddranking as ddr
 from datadistill.data import DatasetInfo, ImageSet
-from datadistill.ddranking import (
+from datadistill.errors import CompatibilityError, ConfigError
+from datadistill.evaluation.ddranking import (
     _Runner,
     class_order_labels,
     hard_labels_for,
@@ -21,7 +22,7 @@ from datadistill.ddranking import (
     score,
     teacher_labels,
 )
-from datadistill.ddranking_train import (
+from datadistill.evaluation.ddranking_train import (
     Curve,
     TrainSpec,
     cutmix,
@@ -30,7 +31,6 @@ from datadistill.ddranking_train import (
     make_scheduler,
     mixup,
 )
-from datadistill.errors import CompatibilityError, ConfigError
 from test_evaluate import INFO, H, K, quadrants  # the same toy quadrant data
 
 SMALL = {"width": 8, "depth": 2}
@@ -293,7 +293,7 @@ def test_step_schedule_keeps_the_optimiser_and_half_cosine():
 
 
 def test_evaluate_distilled_hard_label_variants(monkeypatch):
-    import datadistill.evaluate as ev
+    import datadistill.evaluation.protocols as ev
 
     seen = []
     monkeypatch.setattr(ev, "evaluate", lambda images, labels, test, **kw: seen.append(labels))
@@ -318,7 +318,7 @@ def test_evaluate_distilled_hard_label_variants(monkeypatch):
 
 
 def test_pipeline_reports_ddranking_and_best_of_periodic(tmp_path):
-    from datadistill.pipeline import load_pipeline_config, run_pipeline
+    from datadistill.tm.pipeline import load_pipeline_config, run_pipeline
 
     cfg = load_pipeline_config("digits/mtt_ipc1", [
         "experts.num_experts=1", "experts.epochs=3", "model_kwargs.width=8",

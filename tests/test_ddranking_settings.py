@@ -8,8 +8,8 @@ from dataclasses import asdict, replace
 import pytest
 
 from datadistill.config import packaged_values
-from datadistill.ddranking import METHOD_PRESETS, PRESETS, SETTINGS_FILE, preset_for
-from datadistill.ddranking_train import TrainSpec
+from datadistill.evaluation.ddranking import METHOD_PRESETS, PRESETS, SETTINGS_FILE, preset_for
+from datadistill.evaluation.ddranking_train import TrainSpec
 
 # The former Python values (ddranking.py before the move), written out, with the two later
 # corrections to match DD-Ranking: full-data batch 256, and DATM's reference trained with DSA.

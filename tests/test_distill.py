@@ -8,12 +8,12 @@ import json
 import pytest
 import torch
 
-from datadistill.artifact import load_distilled
-from datadistill.checkpoint import load_checkpoint
-from datadistill.distill import DistillConfig, distill
+from datadistill.artifacts.distilled import load_distilled
 from datadistill.errors import ArtifactError, CompatibilityError, ConfigError, DivergenceError
 from datadistill.experts import ExpertConfig, train_experts
 from datadistill.experts.store import required_epochs
+from datadistill.tm.checkpoint import load_checkpoint
+from datadistill.tm.distill import DistillConfig, distill
 
 
 @pytest.fixture(scope="module")
@@ -208,7 +208,7 @@ def test_divergence_guard_checks_soft_labels(digits, store, tmp_path, monkeypatc
     # An infinite lr_y makes the labels non-finite after one step: the run must stop before a set
     # with non-finite soft labels is written to last/ or best/. (The up-front checks refuse
     # lr_y=inf; they are switched off here to reach the guard inside the loop.)
-    monkeypatch.setattr("datadistill.distill.check_distill", lambda cfg: None)
+    monkeypatch.setattr("datadistill.tm.distill.check_distill", lambda cfg: None)
     cfg = _cfg(iterations=3, eval_every=1, label_mode="soft", lr_y=float("inf"))
     with pytest.raises(DivergenceError, match="labels"):
         distill(cfg, tmp_path, data=digits, store=store, progress=False)
@@ -244,7 +244,7 @@ def test_damaged_expert_files_are_found_before_the_first_iteration(digits, store
         rec = torch.load(last, weights_only=True)
         torch.save({**rec, "params": rec["params"][:, :10]}, last)
     started = []
-    monkeypatch.setattr("datadistill.distill.student_forward",
+    monkeypatch.setattr("datadistill.tm.distill.student_forward",
                         lambda *a, **k: started.append(1))  # reached only past the checks
     with pytest.raises(ArtifactError, match="expert_0002.pt"):
         distill(_cfg(), tmp_path / "d", data=digits, store=ExpertStore(folder), progress=False)
@@ -264,7 +264,7 @@ def test_an_incomplete_store_is_refused_unless_max_experts_says_so(digits, store
 
 def test_stage_line_shows_the_final_evaluation_and_the_best(digits, store, tmp_path,
                                                             monkeypatch, capsys):
-    import datadistill.distill as distill_mod
+    import datadistill.tm.distill as distill_mod
 
     means = {0: 0.5, 2: 0.7, 4: 0.6}  # the last evaluation is not the best
 
@@ -281,7 +281,7 @@ def test_stage_line_shows_the_final_evaluation_and_the_best(digits, store, tmp_p
 def test_all_finite_checks_every_chunk(monkeypatch):
     # The divergence guard scans the synthetic set a chunk at a time (isfinite on the whole
     # set adds 1.7 copies of it); a bad value in any chunk, the last one included, is found.
-    import datadistill.distill as dmod
+    import datadistill.tm.distill as dmod
 
     monkeypatch.setattr(dmod, "FINITE_CHUNK", 7)
     x = torch.randn(5, 2, 3, 3)  # 90 elements: 13 chunks, the last one partial
@@ -298,7 +298,7 @@ def test_checkpoint_saves_the_state_tensors_without_copying(tmp_path, monkeypatc
     # save_checkpoint used to deep-copy and clone every tensor (4 copies of the synthetic set
     # and its momentum at the peak); now it hands torch.save the state's own CPU storages,
     # and the file reads back equal.
-    from datadistill import checkpoint as ck
+    from datadistill.tm import checkpoint as ck
 
     images = torch.randn(6, 1, 4, 4, requires_grad=True)
     momentum = torch.randn(6, 1, 4, 4)

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from datadistill.artifact import load_distilled
+from datadistill.artifacts.distilled import load_distilled
 from datadistill.cli import main
 from datadistill.data import prepare
 from datadistill.errors import CompatibilityError

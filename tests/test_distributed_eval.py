@@ -18,12 +18,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from datadistill.artifact import DistilledSet, save_distilled
-from datadistill.baselines import baseline_random
+from datadistill.artifacts.distilled import DistilledSet, save_distilled
 from datadistill.cli import main
 from datadistill.data import create_dataset, random_subset
-from datadistill.runlog import RunCache
+from datadistill.evaluation.baselines import baseline_random
 from datadistill.runs import Group, Run, RunFailed, run_all
+from datadistill.runtime.runlog import RunCache
 
 SRC = Path(__file__).resolve().parents[1] / "src"
 
@@ -179,8 +179,8 @@ def test_sharded_eval_report_equals_the_single_process_report(tmp_path, tiny_set
 RESUME = """
     import json, sys
     from datadistill import distributed
-    from datadistill.baselines import baseline_random
-    from datadistill.runlog import RunCache
+    from datadistill.evaluation.baselines import baseline_random
+    from datadistill.runtime.runlog import RunCache
 
     distributed.init_from_env()
     rep = baseline_random("digits", 1, epochs=1, num_runs=4, model_kwargs={"width": 8},
@@ -218,10 +218,10 @@ CALLERS = """
     import json, sys
     import torch
     from datadistill import distributed
-    from datadistill.baselines import baseline_full, baseline_random
+    from datadistill.evaluation.baselines import baseline_full, baseline_random
     from datadistill.data import prepare, random_subset
-    from datadistill.ddranking import preset_for, score
-    from datadistill.evaluate import evaluate
+    from datadistill.evaluation.ddranking import preset_for, score
+    from datadistill.evaluation.protocols import evaluate
     from datadistill.infer.config import StudentConfig
     from datadistill.infer.student import evaluate_student_images
 

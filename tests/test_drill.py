@@ -44,7 +44,7 @@ def _start(out: Path) -> subprocess.Popen:
 
 def _stage(out: Path) -> str:
     """Where a killed run stood."""
-    from datadistill.checkpoint import load_checkpoint
+    from datadistill.tm.checkpoint import load_checkpoint
 
     if len(list((out / "experts").glob("expert_*.pt"))) < 3:
         return "experts"

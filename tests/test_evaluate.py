@@ -10,10 +10,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-import datadistill.evaluate as ev
+import datadistill.evaluation.protocols as ev
 from datadistill.data import DatasetInfo, ImageSet
 from datadistill.errors import CompatibilityError, ConfigError
-from datadistill.evaluate import (
+from datadistill.evaluation.protocols import (
     EvalReport,
     challenge_labels,
     evaluate,
@@ -219,7 +219,7 @@ def test_challenge_protocol(monkeypatch, caplog):
     calls = _capture(monkeypatch)
     x, _ = quadrants(3, seed=0)
     shuffled = torch.arange(K).repeat_interleave(3).flip(0)
-    with caplog.at_level(logging.WARNING, logger="datadistill.evaluate"):
+    with caplog.at_level(logging.WARNING, logger="datadistill.evaluation.protocols"):
         r = evaluate(x, shuffled, toy_test(1), protocol="challenge", lr=0.3, model="resnet18",
                      unofficial=True)
     assert len(calls) == 3 and r.protocol == "challenge"  # 3 runs by default

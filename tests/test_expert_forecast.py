@@ -50,7 +50,7 @@ def test_a_disk_too_small_is_refused_with_the_fixes(digits, tmp_path):
 def test_float16_store_reads_back_as_float32_of_the_rounded_values(digits, tmp_path):
     cfg = _cfg(num_experts=1, dtype="float16")
     store = train_experts(cfg, digits, tmp_path, progress=False)
-    from datadistill.augment import DSA
+    from datadistill.data.augment import DSA
 
     # the same expert, float32, recomputed
     params, _ = train_one_expert(cfg, digits, 0, dsa=DSA(digits.info.dsa_strategy))

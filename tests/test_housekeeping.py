@@ -18,7 +18,7 @@ from datadistill import io as dio
 from datadistill.data import safe_archive
 from datadistill.data.mnist import read_idx
 from datadistill.errors import ArtifactError, DatasetError
-from datadistill.lock import lock_folder
+from datadistill.runtime.lock import lock_folder
 
 
 def test_orphaned_tmp_files_are_removed_when_a_folder_is_opened(tmp_path):
@@ -149,7 +149,7 @@ def test_enospc_while_writing_the_lock_is_one_error_and_leaves_no_lock(tmp_path,
     def full(fd, data, offset):
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr("datadistill.lock.os.pwrite", full)
+    monkeypatch.setattr("datadistill.runtime.lock.os.pwrite", full)
     assert main(argv) == 2
     err = capsys.readouterr().err
     assert "error: no space left on the device holding" in err and "Traceback" not in err

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from datadistill.artifact import load_distilled
+from datadistill.artifacts.distilled import load_distilled
 from datadistill.cli import main
 from datadistill.experts.store import expert_path
 from imagenet64_standin import write_release, write_tree

@@ -93,7 +93,7 @@ def test_infer_writes_its_page(digits_run):
 def test_infer_page_shows_the_teacher_stores_settings_not_the_configs(digits_run, tmp_path):
     import shutil
 
-    from datadistill.report import build_report
+    from datadistill.report.page import build_report
 
     _, _, _, root = digits_run
     copy = tmp_path / "set"

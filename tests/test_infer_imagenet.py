@@ -21,7 +21,7 @@ from datadistill.infer.imagenet import (
     sample_cutmix,
     sample_resized_crop_flip,
 )
-from datadistill.infer.recipe import labelling_teachers, load_teachers
+from datadistill.infer.pipeline import labelling_teachers, load_teachers
 from datadistill.models.imagenet_teachers import create_imagenet_teacher
 
 TEACHERS = ["resnet18_imagenet", "mobilenet_v2_imagenet", "efficientnet_b0_imagenet"]
@@ -114,7 +114,7 @@ def test_shipped_imagenet_configs_have_the_official_values(ipc, k):
 
 
 def test_missing_checkpoint_files_are_found_before_any_decoding(tmp_path, monkeypatch):
-    import datadistill.infer.recipe as recipe_mod
+    import datadistill.infer.pipeline as recipe_mod
 
     def no_prepare(*args, **kwargs):
         raise AssertionError("the data must not be prepared before the checkpoints are checked")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from datadistill.artifact import DistilledSet
+from datadistill.artifacts.distilled import DistilledSet
 from datadistill.data import dataset_info
 from datadistill.labels import hard_labels, is_soft
 from datadistill.matching.soft_labels import soft_cross_entropy

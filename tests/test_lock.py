@@ -11,10 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from datadistill import lock
-from datadistill.lock import LockError, lock_folder
+from datadistill.runtime import lock
+from datadistill.runtime.lock import LockError, lock_folder
 
-HOLD = ("import sys, time\nfrom datadistill.lock import lock_path\n"
+HOLD = ("import sys, time\nfrom datadistill.runtime.lock import lock_path\n"
         "with lock_path(sys.argv[1]):\n    print('held', flush=True)\n    time.sleep(60)\n")
 
 
@@ -100,7 +100,7 @@ def test_same_process_may_nest(tmp_path):
 
 
 def test_pipeline_refuses_a_locked_folder_before_writing(tmp_path, holder):
-    from datadistill.pipeline import load_pipeline_config, run_pipeline
+    from datadistill.tm.pipeline import load_pipeline_config, run_pipeline
 
     cfg = load_pipeline_config("digits/mtt_ipc1", ["distill.iterations=1"])
     with pytest.raises(LockError, match="in use by"):

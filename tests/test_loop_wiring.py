@@ -15,13 +15,13 @@ import json
 import pytest
 import torch
 
-import datadistill.distill as distill_mod
-import datadistill.evaluate as evaluate_mod
-from datadistill.artifact import load_distilled
-from datadistill.checkpoint import load_checkpoint
-from datadistill.distill import DistillConfig, distill
-from datadistill.evaluate import EvalReport
+import datadistill.evaluation.protocols as evaluate_mod
+import datadistill.tm.distill as distill_mod
+from datadistill.artifacts.distilled import load_distilled
+from datadistill.evaluation.protocols import EvalReport
 from datadistill.experts import ExpertConfig, train_experts
+from datadistill.tm.checkpoint import load_checkpoint
+from datadistill.tm.distill import DistillConfig, distill
 
 
 @pytest.fixture(scope="module")

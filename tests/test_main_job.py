@@ -6,7 +6,7 @@ import pytest
 
 from datadistill.cli import main
 from datadistill.errors import ConfigError
-from datadistill.pipeline import _check, load_pipeline_config, run_pipeline
+from datadistill.tm.pipeline import _check, load_pipeline_config, run_pipeline
 
 TINY = [
     "experts.num_experts=2", "experts.epochs=3", "distill.max_start_epoch=1",

@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch.func import functional_call
 
-from datadistill.augment import DSA
+from datadistill.data.augment import DSA
 from datadistill.errors import CompatibilityError, ConfigError
 from datadistill.matching import (
     BatchSampler,
@@ -23,7 +23,7 @@ from datadistill.matching import (
     window_bounds,
 )
 from datadistill.models import create_model, flatten_params
-from datadistill.presets import PRESETS
+from datadistill.tm.presets import PRESETS
 
 F64 = torch.float64
 CL = torch.channels_last

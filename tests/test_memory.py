@@ -8,15 +8,15 @@ from pathlib import Path
 import pytest
 import torch
 
-from datadistill import memory
 from datadistill.cli import main
 from datadistill.data import dataset_info
-from datadistill.distill import DistillConfig, distill
 from datadistill.errors import ConfigError
 from datadistill.experts.store import ExpertStore, save_expert, write_meta
 from datadistill.matching import student_forward
-from datadistill.memory import estimate_config, estimate_memory, fitting_micro_batch, trace_step
 from datadistill.models import create_model
+from datadistill.tm import memory
+from datadistill.tm.distill import DistillConfig, distill
+from datadistill.tm.memory import estimate_config, estimate_memory, fitting_micro_batch, trace_step
 
 
 @pytest.fixture(scope="module")
@@ -192,7 +192,7 @@ def test_store_unmaps_each_expert_after_reading(tmp_path):
 def test_every_copy_of_the_synthetic_set_is_a_term():
     # The state grows with the set by one set's bytes per entry of SET_COPIES (set, momentum,
     # gradient), in both modes: so the estimate tracks IPC 50 as it does IPC 10.
-    from datadistill.memory import SET_COPIES
+    from datadistill.tm.memory import SET_COPIES
 
     fp = trace_step(create_model("convnet", 1, 10, 8, width=8), (1, 8, 8), 10)
     for mode in ("unrolled", "adjoint"):

@@ -9,9 +9,9 @@ from pathlib import Path
 
 import torch
 
-from datadistill.artifact import DistilledSet, save_distilled
-from datadistill.baselines import random_subset
+from datadistill.artifacts.distilled import DistilledSet, save_distilled
 from datadistill.data import create_dataset
+from datadistill.evaluation.baselines import random_subset
 
 SRC = str(Path(__file__).resolve().parents[1] / "src")
 

@@ -61,7 +61,7 @@ def test_cpu_against_cpu_is_bitwise_and_a_one_ulp_change_stays_inside(name, stor
 
 
 def test_a_real_change_is_caught(store, tmp_path):
-    from datadistill.distill import distill
+    from datadistill.tm.distill import distill
 
     ref = P.run_distill("cpu", tmp_path / "a", ExpertStore(store), "mtt", "unrolled")
     cfg = P.distill_config("mtt", "unrolled", "cpu")

@@ -13,7 +13,7 @@ import shutil
 import pytest
 import torch
 
-from datadistill.artifact import load_distilled
+from datadistill.artifacts.distilled import load_distilled
 from datadistill.data import prepare
 from datadistill.errors import CompatibilityError, ConfigError
 from datadistill.experts.curriculum import CurriculumConfig, kept_range
@@ -25,7 +25,7 @@ from datadistill.experts.pad import (
     fingerprint,
     prepare_curriculum,
 )
-from datadistill.pipeline import (
+from datadistill.tm.pipeline import (
     expert_config,
     load_pipeline_config,
     run_pipeline,

@@ -10,8 +10,8 @@ import pytest
 from datadistill.config import list_configs, resolve_config_path
 from datadistill.data.imagenet import SUBSETS
 from datadistill.errors import ConfigError
-from datadistill.pipeline import distill_config, expert_config, load_pipeline_config
-from datadistill.presets import (
+from datadistill.tm.pipeline import distill_config, expert_config, load_pipeline_config
+from datadistill.tm.presets import (
     MDATM_WINDOW_FRACTION,
     get_preset,
     list_presets,

@@ -5,7 +5,7 @@ import io
 from tqdm.auto import tqdm
 
 from datadistill.cli import main
-from datadistill.progress import StageLine, progress_bar
+from datadistill.runtime.progress import StageLine, progress_bar
 
 TINY = [  # the main job at toy scale (as tests/test_main_job.py)
     "experts.num_experts=2", "experts.epochs=3", "distill.max_start_epoch=1",

@@ -18,14 +18,16 @@ import pytest
 import torch
 from PIL import Image
 
-from datadistill import grids, report, report_html
-from datadistill.artifact import DistilledSet
+from datadistill.artifacts import grids
+from datadistill.artifacts.distilled import DistilledSet
 from datadistill.cli import main
-from datadistill.curves import accuracy_bars, distill_curves, expert_curves, save_figure
 from datadistill.data import DatasetInfo
 from datadistill.data.zca import ZCA
 from datadistill.errors import ArtifactError
-from datadistill.pipeline import load_pipeline_config, run_pipeline
+from datadistill.report import html as report_html
+from datadistill.report import page as report
+from datadistill.report.curves import accuracy_bars, distill_curves, expert_curves, save_figure
+from datadistill.tm.pipeline import load_pipeline_config, run_pipeline
 
 K, S = 10, 8  # classes, image side
 GRAY = DatasetInfo("toy", K, 1, (S, S), (0.5,), (0.25,), tuple(f"c{i}" for i in range(K)))
@@ -273,7 +275,7 @@ def test_a_failing_report_never_breaks_the_run(run_dir, tmp_path, monkeypatch, c
         raise RuntimeError("disk on fire")
 
     monkeypatch.setattr(report_html, "render_page", broken)
-    with caplog.at_level(logging.WARNING, logger="datadistill.report"):
+    with caplog.at_level(logging.WARNING, logger="datadistill.report.page"):
         assert report.write_report(copy, stage="eval", seconds=1.0) is None
         assert report.refresh_report(copy / "distill", force=True) is None
     assert "disk on fire" in caplog.text and "unaffected" in caplog.text
@@ -321,7 +323,7 @@ def test_eval_of_a_set_folder_writes_its_page(run_dir, tmp_path):
 
 
 def test_distill_keeps_the_initial_images(run_dir):
-    from datadistill.artifact import load_distilled
+    from datadistill.artifacts.distilled import load_distilled
 
     initial = load_distilled(run_dir / "distill" / "initial")
     assert initial.extra["iteration"] == 0

@@ -9,15 +9,15 @@ import logging
 import pytest
 import torch
 
-from datadistill import evaluate as evaluate_mod
 from datadistill.cli import main
 from datadistill.data import create_dataset
-from datadistill.distill import DistillConfig, distill
 from datadistill.errors import CompatibilityError
-from datadistill.evaluate import evaluate
+from datadistill.evaluation import protocols as evaluate_mod
+from datadistill.evaluation.protocols import evaluate
 from datadistill.experts import ExpertConfig, train_experts
-from datadistill.pipeline import load_pipeline_config, run_pipeline
-from datadistill.runlog import RunCache, StageClock
+from datadistill.runtime.runlog import RunCache, StageClock
+from datadistill.tm.distill import DistillConfig, distill
+from datadistill.tm.pipeline import load_pipeline_config, run_pipeline
 
 
 @pytest.fixture(scope="module")
@@ -101,7 +101,7 @@ def test_evaluation_resumes_at_the_first_unfinished_run(tmp_path, monkeypatch):
 
 def test_stage_clock_sums_every_call(tmp_path, monkeypatch):
     now = iter([0.0, 5.0, 100.0, 103.0])
-    monkeypatch.setattr("datadistill.runlog.time.time", lambda: next(now))
+    monkeypatch.setattr("datadistill.runtime.runlog.time.time", lambda: next(now))
     with StageClock(tmp_path / "s.json").stage("distill"):
         pass
     clock = StageClock(tmp_path / "s.json")
@@ -153,7 +153,7 @@ def test_unwritable_report_goes_to_stdout_and_a_fallback_file(tmp_path, capsys, 
 
 
 def test_repair_rebuilds_best_last_and_the_report(tmp_path, capsys):
-    from datadistill.artifact import load_distilled
+    from datadistill.artifacts.distilled import load_distilled
 
     cfg = load_pipeline_config("digits/mtt_ipc1", [
         *SMALL, "distill.iterations=4", "distill.eval_every=2", "distill.eval_runs=1",
@@ -175,7 +175,7 @@ def test_repair_rebuilds_best_last_and_the_report(tmp_path, capsys):
 
 
 def test_rerunning_a_finished_run_rebuilds_a_damaged_best(tmp_path):
-    from datadistill.artifact import load_distilled
+    from datadistill.artifacts.distilled import load_distilled
 
     cfg = load_pipeline_config("digits/mtt_ipc1", SMALL)
     run_pipeline(cfg, tmp_path, progress=False)
@@ -187,7 +187,7 @@ def test_rerunning_a_finished_run_rebuilds_a_damaged_best(tmp_path):
 
 
 def test_a_swapped_best_is_refused_on_rerun_and_repair_restores_it(tmp_path, capsys):
-    from datadistill.artifact import load_distilled, save_distilled
+    from datadistill.artifacts.distilled import load_distilled, save_distilled
 
     cfg = load_pipeline_config("digits/mtt_ipc1", SMALL)
     run_pipeline(cfg, tmp_path, progress=False)

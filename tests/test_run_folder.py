@@ -11,11 +11,11 @@ import shutil
 import pytest
 import torch
 
-from datadistill.artifact import load_distilled
-from datadistill.checkpoint import load_checkpoint
+from datadistill.artifacts.distilled import load_distilled
 from datadistill.cli import build_parser, main, parse_args
 from datadistill.errors import ArtifactError
-from datadistill.pipeline import (
+from datadistill.tm.checkpoint import load_checkpoint
+from datadistill.tm.pipeline import (
     find_recorded_store,
     load_pipeline_config,
     recorded_store,

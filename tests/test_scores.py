@@ -7,8 +7,8 @@ import math
 import pytest
 
 from datadistill.errors import ConfigError
-from datadistill.evaluate import EvalReport
-from datadistill.scores import (
+from datadistill.evaluation.protocols import EvalReport
+from datadistill.evaluation.scores import (
     augmentation_robust_score,
     hard_label_recovery,
     improvement_over_random,

@@ -13,11 +13,16 @@ import torch
 from datadistill.data import check_prepared, create_dataset, prepare
 from datadistill.data.prepare import subset_per_class
 from datadistill.errors import ConfigError
-from datadistill.evaluate import test_accuracy
+from datadistill.evaluation.protocols import test_accuracy
 from datadistill.experts import ExpertConfig, ExpertStore, train_experts
 from datadistill.experts.train import monitor_split
 from datadistill.models.functional import load_flat_params
-from datadistill.pipeline import distill_config, expert_config, load_pipeline_config, run_pipeline
+from datadistill.tm.pipeline import (
+    distill_config,
+    expert_config,
+    load_pipeline_config,
+    run_pipeline,
+)
 from datadistill.training import build_model
 
 

@@ -7,8 +7,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from datadistill.runlog import RunCache
 from datadistill.runs import Run, run_all
+from datadistill.runtime.runlog import RunCache
 from datadistill.training import (
     EpochEnd,
     cosine_schedule,

@@ -11,11 +11,14 @@ import pytest
 import torch
 from torch import nn
 
-import datadistill.ddranking as ddr
-import datadistill.ddranking_train as ddt
-from datadistill import memory
-from datadistill.augment import DSA
-from datadistill.challenge import (
+import datadistill.evaluation.ddranking as ddr
+import datadistill.evaluation.ddranking_train as ddt
+from datadistill.checks import check_distill
+from datadistill.data import DatasetInfo, ImageSet, dataset_info
+from datadistill.data.augment import DSA
+from datadistill.data.safe_pickle import safe_loads
+from datadistill.errors import ConfigError, DatasetError
+from datadistill.evaluation.challenge import (
     BATCH_SIZE,
     CIFAR100_MEAN,
     CIFAR100_STD,
@@ -25,14 +28,11 @@ from datadistill.challenge import (
     RUNS,
     challenge_violations,
 )
-from datadistill.checks import check_distill
-from datadistill.data import DatasetInfo, ImageSet, dataset_info
-from datadistill.data.safe_pickle import safe_loads
-from datadistill.ddranking_train import Curve, TrainSpec, train_spec
-from datadistill.distill import DistillConfig
-from datadistill.errors import ConfigError, DatasetError
-from datadistill.evaluate import evaluate
-from datadistill.memory import estimate_config, estimate_memory
+from datadistill.evaluation.ddranking_train import Curve, TrainSpec, train_spec
+from datadistill.evaluation.protocols import evaluate
+from datadistill.tm import memory
+from datadistill.tm.distill import DistillConfig
+from datadistill.tm.memory import estimate_config, estimate_memory
 
 K, H = 4, 8
 INFO = DatasetInfo(

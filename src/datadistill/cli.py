@@ -40,7 +40,7 @@ torch = _Lazy("torch")
 
 
 def plural(n: int, word: str) -> str:
-    from datadistill.progress import plural
+    from datadistill.runtime.progress import plural
 
     return plural(n, word)
 
@@ -98,7 +98,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 # ---------------------------------------------------------------- experts / distill / run
 def _pipeline(args: argparse.Namespace):
-    from datadistill.pipeline import load_pipeline_config
+    from datadistill.tm.pipeline import load_pipeline_config
 
     if args.config and "=" in args.config and not Path(args.config).is_file():
         args.overrides, args.config = [args.config, *args.overrides], None  # `run ipc=10`
@@ -110,7 +110,7 @@ def _run_dir(args: argparse.Namespace, cfg) -> Path:
 
 
 def cmd_experts(args: argparse.Namespace) -> int:
-    from datadistill.pipeline import store_location, train_pipeline_experts
+    from datadistill.tm.pipeline import store_location, train_pipeline_experts
 
     cfg = _pipeline(args)
     out = checks.check_output_folder(store_location(cfg, _run_dir(args, cfg), args.experts))
@@ -123,8 +123,8 @@ def cmd_experts(args: argparse.Namespace) -> int:
 
 
 def cmd_distill(args: argparse.Namespace) -> int:
-    from datadistill.distill import distill
-    from datadistill.pipeline import distill_config, recorded_store, store_location
+    from datadistill.tm.distill import distill
+    from datadistill.tm.pipeline import distill_config, recorded_store, store_location
 
     cfg = _pipeline(args)
     out = checks.check_output_folder(_run_dir(args, cfg))
@@ -161,8 +161,8 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def cmd_estimate(args: argparse.Namespace) -> int:
     from datadistill.data import dataset_info
-    from datadistill.memory import GB, estimate_config, free_memory
-    from datadistill.pipeline import distill_config
+    from datadistill.tm.memory import GB, estimate_config, free_memory
+    from datadistill.tm.pipeline import distill_config
 
     cfg = _pipeline(args)
     dcfg = distill_config(cfg)
@@ -188,7 +188,7 @@ def cmd_estimate(args: argparse.Namespace) -> int:
 
 def _print_process_table(dcfg, info) -> None:
     """Adjoint peak per GPU under torchrun with 1, 2, 4, 8 processes (unrolled cannot shard)."""
-    from datadistill.memory import GB, process_table
+    from datadistill.tm.memory import GB, process_table
 
     print(f"adjoint peak per GPU (device memory; micro_batch {dcfg.micro_batch}):")
     for k, est in process_table(dcfg, info, device="cuda"):
@@ -199,7 +199,7 @@ def _print_process_table(dcfg, info) -> None:
 
 
 def cmd_repair(args: argparse.Namespace) -> int:
-    from datadistill.pipeline import repair_run
+    from datadistill.tm.pipeline import repair_run
 
     for what in repair_run(args.out, progress=not args.quiet, experts=args.experts):
         print(f"rebuilt {what}")
@@ -208,7 +208,7 @@ def cmd_repair(args: argparse.Namespace) -> int:
 
 
 def cmd_presets(args: argparse.Namespace) -> int:
-    from datadistill.presets import presets_table
+    from datadistill.tm.presets import presets_table
 
     print(presets_table())
     return 0
@@ -238,7 +238,7 @@ def cmd_teachers(args: argparse.Namespace) -> int:
 
 def cmd_infer(args: argparse.Namespace) -> int:
     from datadistill.infer import load_infer_config, run_infer
-    from datadistill.recipes import infer_lines
+    from datadistill.infer.recipe import infer_lines
 
     cfg = load_infer_config(args.config, args.overrides)
     out = checks.check_output_folder(args.out or f"runs/{cfg.dataset}_infer_ipc{cfg.ipc}")
@@ -266,7 +266,7 @@ def report_path(args: argparse.Namespace) -> Path | None:
 
 def _load_set_and_data(args: argparse.Namespace):
     """The distilled set at args.path and its dataset prepared in the set's image space."""
-    from datadistill.artifact import load_any, load_distilled
+    from datadistill.artifacts.distilled import load_any, load_distilled
     from datadistill.data import prepare
 
     path = Path(args.path)
@@ -291,8 +291,8 @@ def _load_set_and_data(args: argparse.Namespace):
 def cmd_eval(args: argparse.Namespace) -> int:
     if args.protocol == "ddranking":
         return cmd_score(args)
-    from datadistill.ddranking import hard_labels_for
-    from datadistill.evaluate import evaluate, evaluate_cross
+    from datadistill.evaluation.ddranking import hard_labels_for
+    from datadistill.evaluation.protocols import evaluate, evaluate_cross
 
     t0 = time.perf_counter()
     ds, data = _load_set_and_data(args)
@@ -356,8 +356,8 @@ def merge_evaluations(path: Path, new: dict[str, dict]) -> dict[str, dict]:
 
 
 def cmd_baseline(args: argparse.Namespace) -> int:
-    from datadistill.baselines import baseline_full, baseline_random
     from datadistill.data import prepare
+    from datadistill.evaluation.baselines import baseline_full, baseline_random
 
     data = prepare(args.dataset, args.data_root, zca=args.zca, download=args.download)
     common = dict(num_runs=args.runs, seed=args.seed, device=args.device, progress=not args.quiet)
@@ -388,7 +388,7 @@ def _write_report(data: dict, path: Path, *, top: bool = True) -> Path:
 def _report(folder: Path, stage: str | None = None, seconds: float | None = None) -> None:
     """Write report.html when ``stage`` is given (never fails the command); print its path."""
     from datadistill.recipes import load_recipes
-    from datadistill.report import REPORT_FILE, write_report
+    from datadistill.report.page import REPORT_FILE, write_report
 
     if stage is not None and distributed.is_main():
         load_recipes()  # the page describes the run's method from the recipes' registry
@@ -399,7 +399,7 @@ def _report(folder: Path, stage: str | None = None, seconds: float | None = None
 
 def cmd_report(args: argparse.Namespace) -> int:
     from datadistill.recipes import load_recipes
-    from datadistill.report import build_report
+    from datadistill.report.page import build_report
 
     if Path(args.out).is_dir():  # a missing folder: build_report names it
         checks.check_output_folder(args.out, "run folder")
@@ -416,7 +416,7 @@ def _add_report_parser(sub) -> None:
 
 # ---------------------------------------------------------------- DD-Ranking / challenge
 def _ddranking_config(args: argparse.Namespace, ds):
-    from datadistill.ddranking import preset_for
+    from datadistill.evaluation.ddranking import preset_for
 
     name = args.preset or ds.method
     over: dict = {"train": {}, "full": {}, "rounds": args.runs or 5, "ars": not args.no_ars,
@@ -433,8 +433,8 @@ def _ddranking_config(args: argparse.Namespace, ds):
 
 
 def cmd_score(args: argparse.Namespace) -> int:
-    from datadistill.ddranking import score
-    from datadistill.evaluate import build_network
+    from datadistill.evaluation.ddranking import score
+    from datadistill.evaluation.protocols import build_network
 
     t0 = time.perf_counter()
     ds, data = _load_set_and_data(args)
@@ -481,16 +481,16 @@ CHALLENGE_RUNS = "challenge_runs.jsonl"  # finished networks of `challenge`, per
 
 
 def cmd_challenge(args: argparse.Namespace) -> int:
-    from datadistill.challenge import (
+    from datadistill.data import prepare
+    from datadistill.evaluation.challenge import (
         FILES,
         check_submissions,
         combined_score,
         submission_images,
         write_scores_txt,
     )
-    from datadistill.data import prepare
-    from datadistill.evaluate import evaluate
-    from datadistill.runlog import RunCache
+    from datadistill.evaluation.protocols import evaluate
+    from datadistill.runtime.runlog import RunCache
 
     submit = Path(args.submit_dir)
     loaded = _challenge_files(submit, FILES.values())  # both files, before any training
@@ -768,7 +768,7 @@ def parse_args(parser: argparse.ArgumentParser, argv: list[str] | None) -> argpa
     if getattr(args, "download", False) and hasattr(args, "overrides"):
         args.overrides = [*args.overrides, "download=true"]  # config commands
     if getattr(args, "device", "") is None:  # resolved here: it imports torch
-        from datadistill.devices import default_device
+        from datadistill.runtime.devices import default_device
 
         args.device = default_device()
     return args
@@ -787,7 +787,7 @@ def command_guard(args: argparse.Namespace):
     """Around every command: the report of eval/baseline is locked for this process
     (run, experts, distill, teachers and infer lock their folders themselves)."""
     from datadistill.checks import check_eval_args, check_report_path
-    from datadistill.lock import lock_file
+    from datadistill.runtime.lock import lock_file
 
     report = report_path(args)
     if report is None:

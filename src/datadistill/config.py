@@ -35,6 +35,7 @@ T = TypeVar("T")
 CONFIG_PACKAGE = "datadistill.configs"
 RECIPE_KEY = "recipe"  # names the entry of datadistill.recipes.RECIPES that runs a config
 DEFAULT_RECIPE = "tm"  # what a user file without a `recipe` key is read as
+DEFAULT_CONFIG = "digits/mtt_ipc1"  # the main job: what `run` with no config runs
 METHODS_DIR = "_methods"  # configs/_methods/<preset>.yaml: a preset's default values
 EXTENDS_KEY = "extends"  # a method fragment's parent: `extends: datm` (its values lie beneath)
 

@@ -5,8 +5,8 @@ cross-architecture, the random and full-data baselines, INFER's students, DD-Ran
 rounds) hands :func:`run_all` a function of one run. Run ``i`` may depend on ``(seed, i)`` only
 (derive its seeds with :func:`datadistill.training.run_seeds`), never on an earlier run, so the
 runs can be spread over processes; results come back in run order whatever the order they ran in.
-With a :class:`~datadistill.runlog.RunCache` (float results only), each finished run is stored
-as it ends and runs already stored are not run again (an interrupted evaluation resumes).
+With a :class:`~datadistill.runtime.runlog.RunCache` (float results only), each finished run is
+stored as it ends and runs already stored are not run again (an interrupted evaluation resumes).
 
 Under ``torchrun`` with K processes the runs still to do are dealt out in rounds of K: in
 each round rank r trains the round's r-th run, then every rank receives the round's results
@@ -31,11 +31,11 @@ from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from datadistill import distributed
 from datadistill.errors import DatadistillError
-from datadistill.progress import progress_bar
+from datadistill.runtime.progress import progress_bar
 from datadistill.training import run_seeds
 
 if TYPE_CHECKING:
-    from datadistill.runlog import RunCache
+    from datadistill.runtime.runlog import RunCache
 
 log = logging.getLogger(__name__)
 R = TypeVar("R")

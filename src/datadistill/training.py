@@ -45,7 +45,7 @@ from torch import nn
 
 from datadistill.labels import LossFn, hard_labels
 from datadistill.models import create_model
-from datadistill.progress import progress_bar
+from datadistill.runtime.progress import progress_bar
 
 T = TypeVar("T")
 Augment = Callable[[torch.Tensor, Any, "torch.Generator | None"], tuple[torch.Tensor, Any]]

@@ -54,7 +54,7 @@ from PIL import Image, UnidentifiedImageError
 
 from datadistill.errors import DatasetError
 from datadistill.io import read_json, write_json
-from datadistill.progress import progress_bar
+from datadistill.runtime.progress import progress_bar
 
 logger = logging.getLogger(__name__)
 

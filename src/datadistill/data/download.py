@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import NoReturn
 
 from datadistill.errors import DatasetError
-from datadistill.progress import progress_bar
+from datadistill.runtime.progress import progress_bar
 
 logger = logging.getLogger(__name__)
 

@@ -24,7 +24,7 @@ from PIL import Image, UnidentifiedImageError
 
 from datadistill.data.info import DatasetInfo, LoadedSplit
 from datadistill.errors import DatasetError
-from datadistill.progress import progress_bar
+from datadistill.runtime.progress import progress_bar
 
 logger = logging.getLogger(__name__)
 

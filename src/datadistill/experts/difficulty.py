@@ -37,7 +37,7 @@ from torch.nn import functional as F
 
 from datadistill.errors import ArtifactError, CompatibilityError, ConfigError
 from datadistill.io import save_tensors
-from datadistill.progress import progress_bar
+from datadistill.runtime.progress import progress_bar
 from datadistill.training import fit, images_only, seeded
 
 logger = logging.getLogger(__name__)
@@ -140,7 +140,7 @@ def average_scores(images: torch.Tensor, labels: torch.Tensor, *,
     Each net comes from ``model_fn()`` under a seed drawn from ``generator`` (the global RNG
     state is restored afterwards) and is trained for ``epochs`` epochs of SGD at constant
     ``lr`` with cross-entropy, optionally augmenting each batch with ``augment(x, generator=)``
-    (e.g. a ``datadistill.augment.DSA``). ``epochs=0`` scores at initialisation.
+    (e.g. a ``datadistill.data.augment.DSA``). ``epochs=0`` scores at initialisation.
     """
     if num_models < 1:
         raise ConfigError(f"num_models must be >= 1, got {num_models}; DeepCore uses 10.")

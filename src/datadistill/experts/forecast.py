@@ -27,7 +27,7 @@ from pathlib import Path
 
 import torch
 
-from datadistill.augment import DSA
+from datadistill.data.augment import DSA
 from datadistill.errors import ConfigError
 from datadistill.experts.store import DTYPES, expert_path
 from datadistill.experts.train import expert_optimizer, monitor_split

@@ -27,8 +27,8 @@ from datadistill.errors import ArtifactError, CompatibilityError
 from datadistill.experts.store import ExpertStore, save_expert, write_meta
 from datadistill.experts.train import ExpertConfig, store_meta
 from datadistill.io import load_error_reason
-from datadistill.lock import locks_output
 from datadistill.models.functional import param_spec
+from datadistill.runtime.lock import locks_output
 from datadistill.training import build_model
 
 logger = logging.getLogger(__name__)

@@ -44,7 +44,7 @@ from typing import Any
 import torch
 
 from datadistill import distributed
-from datadistill.augment import DSA
+from datadistill.data.augment import DSA
 from datadistill.errors import CompatibilityError, ConfigError
 from datadistill.experts.curriculum import CurriculumConfig, curriculum_subset
 from datadistill.experts.difficulty import (

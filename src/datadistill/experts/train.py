@@ -37,9 +37,9 @@ import torch
 from torch import nn
 
 from datadistill import __version__, distributed
-from datadistill.augment import DSA
 from datadistill.config import RunContext, check_saved_config
 from datadistill.data import check_prepared
+from datadistill.data.augment import DSA
 from datadistill.errors import CompatibilityError, ConfigError
 from datadistill.experts.gsam import GSAM
 from datadistill.experts.store import (
@@ -51,9 +51,9 @@ from datadistill.experts.store import (
     save_expert,
     write_meta,
 )
-from datadistill.lock import lock_folder_if
 from datadistill.models.functional import flatten_params, param_spec
-from datadistill.progress import progress_bar
+from datadistill.runtime.lock import lock_folder_if
+from datadistill.runtime.progress import progress_bar
 from datadistill.training import EpochEnd, build_model, fit, images_only, run_seeds, test_accuracy
 
 logger = logging.getLogger(__name__)

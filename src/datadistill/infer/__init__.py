@@ -31,7 +31,7 @@ from datadistill.infer.config import (
     num_groups,
 )
 from datadistill.infer.labels import ensemble_logits, kd_loss, sample_mixup
-from datadistill.infer.recipe import (
+from datadistill.infer.pipeline import (
     InferResult,
     distill_infer,
     load_teachers,

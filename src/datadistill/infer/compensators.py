@@ -36,7 +36,7 @@ from torch import nn
 
 from datadistill.errors import CompatibilityError, DatasetError, DivergenceError
 from datadistill.infer.imagenet import batch_resized_crop_flip
-from datadistill.progress import progress_bar
+from datadistill.runtime.progress import progress_bar
 
 log = logging.getLogger(__name__)
 
@@ -226,7 +226,7 @@ def generate_compensators(
     switched to eval mode and frozen here; the BN hooks live only inside this call.
     ``resume=(k, out)``: groups ``0..k-1`` are done in ``out`` (and ``generator`` is in the
     state it had after them); ``on_group(k, out)`` is called after each finished group, so a
-    caller can save progress (:func:`datadistill.infer.recipe.distill_infer`).
+    caller can save progress (:func:`datadistill.infer.pipeline.distill_infer`).
     """
     for teacher in teachers:
         teacher.eval().requires_grad_(False)

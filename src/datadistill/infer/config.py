@@ -22,8 +22,8 @@ from pathlib import Path
 
 from datadistill.checks import check_infer
 from datadistill.config import config_from_dict, expect_recipe, read_config
-from datadistill.devices import resolve_device
 from datadistill.errors import ConfigError
+from datadistill.runtime.devices import resolve_device
 
 INFER_TEACHERS = ["resnet18_cifar", "mobilenetv2_cifar", "efficientnet_b0_cifar", "shufflenet_g2"]
 

@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from datadistill.progress import progress_bar
+from datadistill.runtime.progress import progress_bar
 
 
 @torch.no_grad()

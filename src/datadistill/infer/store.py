@@ -28,7 +28,7 @@ from pathlib import Path
 import torch
 
 from datadistill import __version__, distributed
-from datadistill.artifact import DistilledSet
+from datadistill.artifacts.distilled import DistilledSet
 from datadistill.data import DatasetInfo
 from datadistill.errors import ArtifactError
 from datadistill.io import load_tensors, read_json, save_tensors, write_json

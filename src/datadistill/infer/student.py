@@ -30,7 +30,7 @@ from torch import nn
 from datadistill import distributed
 from datadistill.data import DatasetInfo, ImageSet
 from datadistill.errors import CompatibilityError, ConfigError
-from datadistill.evaluate import EvalReport, evaluate_distilled
+from datadistill.evaluation.protocols import EvalReport, evaluate_distilled
 from datadistill.infer.config import StudentConfig, pixels_at
 from datadistill.infer.imagenet import sample_cutmix, sample_resized_crop_flip
 from datadistill.infer.instances import LazyInstances
@@ -236,8 +236,8 @@ def evaluate_student_images(
 def evaluate_classic(infer_set: InferSet, test: ImageSet, **kwargs) -> EvalReport:
     """The materialised set (soft logits) under the field's classic protocol.
 
-    ``kwargs`` go to :func:`datadistill.evaluate.evaluate_distilled` (``model``, ``epochs``,
-    ``num_runs``, ``hard_labels=True`` for argmax labels, ...).
+    ``kwargs`` go to :func:`datadistill.evaluation.protocols.evaluate_distilled`
+    (``model``, ``epochs``, ``num_runs``, ``hard_labels=True`` for argmax labels, ...).
 
     Example:
         >>> evaluate_classic(s, real.test, model="convnet", epochs=300)     # doctest: +SKIP

@@ -35,8 +35,8 @@ from datadistill.errors import ArtifactError, CompatibilityError, ConfigError
 from datadistill.infer.config import InferConfig, TeacherConfig, pixels_at
 from datadistill.infer.transforms import black_level, crop_flip, uses_flip
 from datadistill.io import load_tensors, read_json, save_tensors, write_json
-from datadistill.lock import locks_output
 from datadistill.models.teachers import create_teacher
+from datadistill.runtime.lock import locks_output
 from datadistill.training import EpochEnd, cosine_schedule, fit, run_seeds, seeded, test_accuracy
 
 log = logging.getLogger(__name__)

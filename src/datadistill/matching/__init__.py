@@ -2,7 +2,7 @@
 
 MTT (Cazenavette et al., CVPR 2022): from an expert checkpoint theta*_t, take N differentiable
 SGD steps on the synthetic set and compare with theta*_{t+M}. The distillation loop
-(:func:`datadistill.distill.distill`) strings these together; method presets switch the
+(:func:`datadistill.tm.distill.distill`) strings these together; method presets switch the
 strategy modules beside them (``masks``: PAD, ``soft_labels``: DATM, ``ema``: FTD, ``init``:
 DATM's image selection).
 

@@ -84,7 +84,7 @@ class StepRecord:
     """What replays one student step exactly: its mini-batch and its DSA draw."""
 
     idx: torch.Tensor  # (b,) int64 indices of the mini-batch, on the images' device
-    draw: object | None  # datadistill.augment.AugDraw for all b images, or None (no DSA)
+    draw: object | None  # datadistill.data.augment.AugDraw for all b images, or None (no DSA)
 
 
 SNAPSHOT_MODES = ("memory", "spill")

@@ -2,7 +2,7 @@
 
 MTT, FTD, DATM, M-DATM and PAD share one loop and differ along a few independent axes. Each
 axis is a small dataclass holding the keys that switch it, with a ``check()`` that calls the
-validator living beside the axis's math; :class:`datadistill.distill.DistillConfig` is made of
+validator living beside the axis's math; :class:`datadistill.tm.distill.DistillConfig` is made of
 these groups and checks each of them in turn:
 
 =========  ===============================================  ======================  ========

@@ -89,7 +89,7 @@ def unroll_student(forward: ForwardFn, theta0: torch.Tensor, images: torch.Tenso
         labels: (N,) int64 hard labels or (N, K) soft-label logits.
         syn_lr: scalar tensor, the learnable step size alpha.
         batch_syn: mini-batch size; None = the whole set every step (MTT default).
-        dsa: a :class:`datadistill.augment.DSA` applied to each mini-batch, or None.
+        dsa: a :class:`datadistill.data.augment.DSA` applied to each mini-batch, or None.
         generator: CPU generator for the permutations and the DSA draws.
         loss_fn: ``(logits, labels) -> scalar``; default :func:`label_loss`.
 

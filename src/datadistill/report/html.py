@@ -3,7 +3,7 @@
 The page is static: inline CSS, images as ``data:image/png;base64`` URIs, no script, no
 external resource. Its sections, in order: Summary, Accuracy, Distilled images, Curves,
 Method, Configuration, Time and hardware (each present even when empty, with a sentence
-saying why). :mod:`datadistill.report` gathers the content.
+saying why). :mod:`datadistill.report.page` gathers the content.
 
 Example:
     >>> print(_table(["a"], [["<b>"]]))
@@ -19,8 +19,8 @@ from typing import Any
 
 import yaml
 
-from datadistill.presets import describe_method
-from datadistill.progress import plural
+from datadistill.recipes import describe_method
+from datadistill.runtime.progress import plural
 
 SECTIONS = ("Summary", "Accuracy", "Distilled images", "Curves", "Method", "Configuration",
             "Time and hardware")

@@ -2,7 +2,7 @@
 
 A preset is data, not code: a mapping of pipeline-config overrides (top-level keys and the
 ``experts`` / ``distill`` / ``curriculum`` / ``evaluation`` sections) that switches the
-strategy slots of the one distiller (:mod:`datadistill.distill`) and the one expert trainer
+strategy slots of the one distiller (:mod:`datadistill.tm.distill`) and the one expert trainer
 (:mod:`datadistill.experts`). Precedence: dataclass defaults < preset < YAML < ``key=value``.
 The preset holds what a method changes everywhere (its defaults are those of the official
 code's argparse / ``utils/cfg.py``); the shipped YAML configs
@@ -38,16 +38,12 @@ from typing import Any
 
 from datadistill.config import method_values
 from datadistill.errors import ConfigError
+from datadistill.recipes import Method
 
 
 @dataclass(frozen=True)
-class Preset:
+class Preset(Method):
     """One method: its paper, what it changes vs MTT, its overrides and named deviations."""
-
-    name: str
-    paper: str
-    changes: str  # one line: what differs from MTT
-    deviations: tuple[str, ...] = ()  # where our defaults differ from the official code, and why
 
     @property
     def overrides(self) -> dict[str, Any]:
@@ -161,34 +157,6 @@ PRESETS: dict[str, Preset] = {
         ),
     ),
 }
-
-
-# Every method a run folder can name, described for the report: the presets above, and each
-# recipe's own method, which the recipe registers where it is defined (register_method).
-_DESCRIPTIONS: dict[str, Preset] = dict(PRESETS)
-
-
-def register_method(description: Preset) -> Preset:
-    """Make ``description`` what :func:`describe_method` answers for its name; returns it.
-
-    Example:
-        >>> register_method(Preset("infer", "Zhang et al., ICLR 2025", "..."))  # doctest: +SKIP
-    """
-    _DESCRIPTIONS[description.name] = description
-    return description
-
-
-def describe_method(name: str) -> Preset | None:
-    """The paper, changes and deviations of method ``name``; None for an unknown method.
-
-    The report asks this instead of importing a recipe; recipes register their methods
-    (:func:`register_method`) and ``datadistill.recipes.load_recipes`` imports them all.
-
-    Example:
-        >>> describe_method("datm").paper.startswith("Guo et al.")
-        True
-    """
-    return _DESCRIPTIONS.get(name)
 
 
 def list_presets() -> list[str]:

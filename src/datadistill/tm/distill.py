@@ -63,17 +63,17 @@ from pathlib import Path
 import torch
 
 from datadistill import distributed
-from datadistill import evaluate as evaluation  # module: evaluation.evaluate at call time
-from datadistill.artifact import DistilledSet, save_distilled
-from datadistill.augment import DSA
-from datadistill.checkpoint import DistillState, MetricsLog, load_checkpoint, save_checkpoint
+from datadistill.artifacts.distilled import DistilledSet, save_distilled
 from datadistill.checks import check_distill, check_ipc_fits, check_positive, check_window
 from datadistill.config import RunContext, check_choice, check_saved_config
 from datadistill.data import check_prepared, prepare
+from datadistill.data.augment import DSA
 from datadistill.errors import CompatibilityError, ConfigError, DivergenceError
+from datadistill.evaluation import (
+    protocols as evaluation,  # module: evaluation.evaluate at call time
+)
 from datadistill.experts import ExpertStore
 from datadistill.labels import is_soft
-from datadistill.lock import locks_output
 from datadistill.matching import (
     adjoint_backward,
     check_micro_batch,
@@ -98,9 +98,11 @@ from datadistill.matching.ema import ImageEMA
 from datadistill.matching.init import select_correct_samples
 from datadistill.matching.masks import param_mask
 from datadistill.matching.soft_labels import init_soft_labels
-from datadistill.memory import check_memory
-from datadistill.progress import progress_bar
-from datadistill.report import refresh_report
+from datadistill.report.page import refresh_report
+from datadistill.runtime.lock import locks_output
+from datadistill.runtime.progress import progress_bar
+from datadistill.tm.checkpoint import DistillState, MetricsLog, load_checkpoint, save_checkpoint
+from datadistill.tm.memory import check_memory
 from datadistill.training import build_model, derive_seeds
 
 logger = logging.getLogger(__name__)
@@ -632,7 +634,7 @@ def _evaluate(run: _Run, images: torch.Tensor, state: DistillState, it: int) -> 
 
 def _evaluate_and_save(run: _Run, state: DistillState, ema, it: int, log) -> float | None:
     """Evaluate (images and, with FTD's EMA, the EMA images); save last/, best/ and a grid."""
-    from datadistill.grids import save_class_grid
+    from datadistill.artifacts.grids import save_class_grid
 
     main = distributed.is_main()  # every rank evaluates and keeps the best; rank 0 writes
     row = _evaluate(run, state.images, state, it)

@@ -20,11 +20,11 @@ branch) scores a distilled set against two references trained the same way. Each
 Every training reports the best of its periodic tests (``curve.best``). Then
 ``HLR = full - syn_hard``, ``IOR = syn - random``, ``LRS = N(w IOR - (1-w) HLR)``,
 ``ARS = N(g (syn - random) + (1-g) (syn_noaug - random_noaug))`` with
-``N(a) = (e^a - e^-1) / (e - e^-1)`` (:mod:`datadistill.scores`), and mean +- std over rounds.
+``N(a) = (e^a - e^-1) / (e - e^-1)`` (:mod:`.scores`), and mean +- std over rounds.
 
 Where DD-Ranking's code departs from its paper we follow the paper (README, "DD-Ranking
 protocol: deviations"): accuracies are fractions (the code feeds percentages into ``exp``);
-mixup/cutmix mix the labels too (:mod:`datadistill.ddranking_train`); LRS is recorded once
+mixup/cutmix mix the labels too (:mod:`.ddranking_train`); LRS is recorded once
 per round (the hard-label code appends it twice); the full-data reference trains for its own
 epoch count (the code loops the distilled set's epoch count over a 200-epoch schedule).
 
@@ -49,18 +49,18 @@ from torch import nn
 from datadistill import distributed
 from datadistill.config import extended_values, packaged_values
 from datadistill.data import random_subset
-from datadistill.ddranking_train import Curve, TrainSpec, teacher_logits, train_spec
 from datadistill.errors import CompatibilityError, ConfigError
-from datadistill.evaluate import _check_inputs, build_network, challenge_labels
-from datadistill.labels import hard_labels, is_soft
-from datadistill.progress import plural
-from datadistill.runs import run_all
-from datadistill.scores import (
+from datadistill.evaluation.ddranking_train import Curve, TrainSpec, teacher_logits, train_spec
+from datadistill.evaluation.protocols import _check_inputs, build_network, challenge_labels
+from datadistill.evaluation.scores import (
     augmentation_robust_score,
     hard_label_recovery,
     improvement_over_random,
     label_robust_score,
 )
+from datadistill.labels import hard_labels, is_soft
+from datadistill.runs import run_all
+from datadistill.runtime.progress import plural
 from datadistill.training import derive_seeds
 
 log = logging.getLogger(__name__)

@@ -15,7 +15,7 @@ Layouts, on a white ground with ``PAD`` pixels between cells:
   then the final ones (at IPC 1: a row "initial" above a row "final").
 
 Sets in ZCA space are shown in pixel space (inverse ZCA), normalised sets are denormalised
-(:func:`datadistill.artifact.save_grid` does the same at the stored resolution).
+(:func:`datadistill.artifacts.distilled.save_grid` does the same at the stored resolution).
 
 Example:
     >>> image = class_grid(ds)                                             # doctest: +SKIP
@@ -34,7 +34,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw, ImageFont
 
-from datadistill.artifact import DistilledSet, _to_pixels
+from datadistill.artifacts.distilled import DistilledSet, _to_pixels
 from datadistill.errors import ArtifactError
 from datadistill.io import atomic_write
 

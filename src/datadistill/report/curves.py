@@ -26,7 +26,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
 from datadistill.io import atomic_write
-from datadistill.progress import plural
+from datadistill.runtime.progress import plural
 
 DPI = 100
 

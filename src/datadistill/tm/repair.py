@@ -13,7 +13,7 @@ outputs without redoing finished work:
   ``eval_runs.jsonl`` and trains only missing ones.
 
 Rerunning ``datadistill run`` does the same (:func:`restore_outputs` runs after the
-distillation stage); ``datadistill repair OUT`` (:func:`datadistill.pipeline.repair_run`)
+distillation stage); ``datadistill repair OUT`` (:func:`datadistill.tm.pipeline.repair_run`)
 needs only the folder. This module sits below the pipeline: it never imports it.
 
 Example:
@@ -30,10 +30,10 @@ from pathlib import Path
 from typing import Any
 
 from datadistill import distributed
-from datadistill.artifact import DistilledSet, load_distilled, save_distilled
-from datadistill.checkpoint import _read_rows, load_checkpoint
-from datadistill.distill import distill
+from datadistill.artifacts.distilled import DistilledSet, load_distilled, save_distilled
 from datadistill.errors import ArtifactError, DatadistillError
+from datadistill.tm.checkpoint import _read_rows, load_checkpoint
+from datadistill.tm.distill import distill
 
 log = logging.getLogger(__name__)
 
@@ -99,7 +99,7 @@ def restore_outputs(stage_config: Callable[[str | None], Any], out: Path,
                     get_data: Callable[[], Any], get_store: Callable[[], Any]) -> list[str]:
     """Rebuild an unreadable ``best/`` or ``last/`` of the finished distillation in
     ``out/distill``; ``stage_config(expert_dir)`` builds the run's distillation config
-    (:func:`datadistill.pipeline.distill_config` of its pipeline config), ``get_data()`` gives
+    (:func:`datadistill.tm.pipeline.distill_config` of its pipeline config), ``get_data()`` gives
     the prepared data and ``get_store()`` the expert store a replay needs (each only called
     when needed). Returns what was rebuilt, in words (empty when both are intact)."""
     folder, done = out / "distill", []

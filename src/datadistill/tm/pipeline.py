@@ -3,7 +3,7 @@
 A pipeline config is one YAML file with the keys shared by every stage at the top level
 (dataset, ipc, zca, model, seed, device) and one section per stage:
 
-    recipe: tm                # datadistill.recipes.RECIPES: trajectory matching
+    recipe: tm                # datadistill.recipes: trajectory matching
     method: mtt               # preset: mtt | ftd | datm | mdatm | pad
     dataset: cifar10
     ipc: 1
@@ -17,7 +17,7 @@ Precedence: dataclass defaults < method preset < YAML < ``key=value`` overrides.
 top-level keys besides ``method`` and ``ipc`` are the run context every stage shares
 (:class:`~datadistill.config.RunContext`: data, model, seed, device); each is set once, at
 the top (``distill.zca`` is an error that says so). ``experts`` and ``distill`` are typed
-sections (:class:`~datadistill.experts.ExpertSection`, :class:`~datadistill.distill.
+sections (:class:`~datadistill.experts.ExpertSection`, :class:`~datadistill.tm.distill.
 DistillSection`, the latter grouped by strategy axis in :mod:`datadistill.matching.axes`);
 :func:`expert_config` and :func:`distill_config` join a section with the run context into
 the stage's config.
@@ -25,7 +25,7 @@ the stage's config.
 Evaluation (``eval.json``): every model of ``evaluation.models`` trains fresh networks on the
 best distilled set (classic protocol, learned lr); a soft-label set is also evaluated with its
 argmax hard labels when ``evaluation.hard_labels`` (DATM/PAD: the label effect; the ``argmax``
-variant, not DD-Ranking's ``class_order``, see :mod:`datadistill.ddranking`),
+variant, not DD-Ranking's ``class_order``, see :mod:`datadistill.evaluation.ddranking`),
 FTD's EMA set (``distill/ema_last``) is evaluated on its own from fresh networks, and
 ``protocols: [challenge]`` exports the ECCV-2024 challenge tensor file and scores it with the
 challenge protocol (M-DATM).
@@ -48,12 +48,10 @@ from typing import Any
 import torch
 
 from datadistill import distributed
-from datadistill.artifact import export_challenge, load_distilled, set_digest
-from datadistill.baselines import baseline_random
-from datadistill.challenge import FILES as CHALLENGE_FILES
-from datadistill.checkpoint import load_checkpoint
+from datadistill.artifacts.distilled import export_challenge, load_distilled, set_digest
 from datadistill.checks import check_ipc_fits, check_pipeline
 from datadistill.config import (
+    DEFAULT_CONFIG,
     RunContext,
     config_from_dict,
     config_to_dict,
@@ -63,17 +61,11 @@ from datadistill.config import (
     read_config,
 )
 from datadistill.data import prepare, random_subset
-from datadistill.ddranking import preset_for, score
-from datadistill.devices import resolve_device
-from datadistill.distill import (
-    DistillConfig,
-    DistillSection,
-    check_processes,
-    check_resume,
-    distill,
-)
 from datadistill.errors import ArtifactError, CompatibilityError, ConfigError, DatadistillError
-from datadistill.evaluate import RUN_PROTOCOLS, evaluate
+from datadistill.evaluation.baselines import baseline_random
+from datadistill.evaluation.challenge import FILES as CHALLENGE_FILES
+from datadistill.evaluation.ddranking import preset_for, score
+from datadistill.evaluation.protocols import RUN_PROTOCOLS, evaluate
 from datadistill.experts import ExpertConfig, ExpertSection, ExpertStore, train_experts
 from datadistill.experts.forecast import check_disk, forecast_store
 from datadistill.experts.pad import (
@@ -84,18 +76,25 @@ from datadistill.experts.pad import (
 )
 from datadistill.experts.store import expert_path
 from datadistill.io import read_json, write_json, write_report
-from datadistill.lock import lock_folder, lock_folder_if, locks_output
 from datadistill.matching.soft_labels import init_soft_labels
-from datadistill.memory import check_memory
-from datadistill.presets import preset_overrides
-from datadistill.repair import finished_state, restore_outputs
-from datadistill.report import write_report as write_page
-from datadistill.runlog import RunCache, StageClock
+from datadistill.report.page import write_report as write_page
+from datadistill.runtime.devices import resolve_device
+from datadistill.runtime.lock import lock_folder, lock_folder_if, locks_output
+from datadistill.runtime.runlog import RunCache, StageClock
+from datadistill.tm.checkpoint import load_checkpoint
+from datadistill.tm.distill import (
+    DistillConfig,
+    DistillSection,
+    check_processes,
+    check_resume,
+    distill,
+)
+from datadistill.tm.memory import check_memory
+from datadistill.tm.presets import preset_overrides
+from datadistill.tm.repair import finished_state, restore_outputs
 from datadistill.training import build_model
 
 log = logging.getLogger(__name__)
-
-DEFAULT_CONFIG = "digits/mtt_ipc1"
 
 
 # Seed offsets of the final evaluations, added to ``seed``: one stream per output, so no two

@@ -34,17 +34,17 @@ import torch
 from torch import nn
 
 from datadistill import distributed
-from datadistill.augment import DSA
-from datadistill.challenge import challenge_violations, refuse_unofficial
 from datadistill.checks import check_finite, check_training
 from datadistill.data import ImageSet
+from datadistill.data.augment import DSA
 from datadistill.errors import CompatibilityError, ConfigError, DivergenceError
+from datadistill.evaluation.challenge import challenge_violations, refuse_unofficial
 from datadistill.labels import hard_labels as hard_labels_of
 from datadistill.labels import is_soft, label_loss
 from datadistill.matching.soft_labels import soft_cross_entropy  # noqa: F401  re-exported
-from datadistill.progress import plural
-from datadistill.runlog import RunCache, fingerprint
 from datadistill.runs import Run, RunResults, run_all
+from datadistill.runtime.progress import plural
+from datadistill.runtime.runlog import RunCache, fingerprint
 from datadistill.training import (  # noqa: F401  test_accuracy, run_seeds: re-exported
     build_model,
     fit,
@@ -390,12 +390,12 @@ def evaluate(
     Periodic tests do not change the training, so the last accuracies are the same in all modes.
 
     The challenge protocol is strict: any setting that differs from the official evaluator
-    (:mod:`datadistill.challenge`) is an error naming it, unless `unofficial` is True; the
+    (:mod:`.challenge`) is an error naming it, unless `unofficial` is True; the
     report then lists them in ``settings["unofficial_settings"]`` (``settings["official"]``).
 
     `num_runs` defaults to 5 (classic) or 3 (challenge); `dsa_strategy` to the dataset's
     (``"none"`` turns DSA off). For "challenge", labels are implied by order (`labels` may be
-    None) and `ipc` defaults to N / classes. With a :class:`~datadistill.runlog.RunCache`,
+    None) and `ipc` defaults to N / classes. With a :class:`~datadistill.runtime.runlog.RunCache`,
     each finished run is stored as it ends and runs already stored are not trained again.
     `space`: the images' space (``ds.space``), checked by :func:`check_space`.
 
@@ -578,7 +578,7 @@ def check_model_fits(model: str, info: Any, model_kwargs: dict | None = None) ->
 def evaluate_distilled(
     ds: Any, test: ImageSet, *, hard_labels: bool | str = False, **kwargs: Any
 ) -> EvalReport:
-    """Evaluate a :class:`~datadistill.artifact.DistilledSet` with its learned lr.
+    """Evaluate a :class:`~datadistill.artifacts.distilled.DistilledSet` with its learned lr.
 
     `hard_labels` trains a soft-label set with hard labels: ``True`` or ``"argmax"`` (the
     argmax of its soft labels) or ``"class_order"`` (labels by the set's class-major order,

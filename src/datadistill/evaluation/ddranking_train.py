@@ -42,10 +42,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from datadistill.augment import DSA
 from datadistill.data import ImageSet
+from datadistill.data.augment import DSA
 from datadistill.errors import ConfigError
-from datadistill.evaluate import RunCurve as Curve  # test accuracies after tested epochs
+from datadistill.evaluation.protocols import (
+    RunCurve as Curve,  # test accuracies after tested epochs
+)
 from datadistill.labels import hard_labels
 from datadistill.training import EpochEnd, fit, test_accuracy
 

@@ -2,14 +2,14 @@
 
 The page gathers what the run folder holds: the accuracy table (mean +- std per protocol,
 from ``eval.json`` / ``eval_infer.json`` and the evaluations made while distilling), the
-distilled images (readable grids: :mod:`datadistill.grids`), initial vs final images, the
-curves (:mod:`datadistill.curves`: matching loss, learned step size and accuracy over the
+distilled images (readable grids: :mod:`datadistill.artifacts.grids`), initial vs final images, the
+curves (:mod:`datadistill.report.curves`: matching loss, learned step size and accuracy over the
 iterations, the experts' per-epoch test accuracy, distilled vs random subset), the method's
-paper and its named deviations (:mod:`datadistill.presets`), the resolved config, and the
+paper and its named deviations (:mod:`datadistill.tm.presets`), the resolved config, and the
 wall time and hardware of each stage. Images are embedded as base64 PNG data URIs, and the
 same PNGs are written to ``figures/`` beside the page; the page has no script and loads
-nothing from anywhere. The pictures are drawn by :mod:`datadistill.report_figures`, the HTML
-by :mod:`datadistill.report_html`.
+nothing from anywhere. The pictures are drawn by :mod:`datadistill.report.figures`, the HTML
+by :mod:`datadistill.report.html`.
 
 Folders it understands (several may be combined):
 
@@ -44,9 +44,11 @@ from typing import Any
 
 import torch
 
-from datadistill import __version__, report_figures, report_html
+from datadistill import __version__
 from datadistill.errors import ArtifactError
 from datadistill.io import atomic_write, write_json
+from datadistill.report import figures as report_figures
+from datadistill.report import html as report_html
 
 log = logging.getLogger(__name__)
 

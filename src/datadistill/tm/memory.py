@@ -265,7 +265,7 @@ class ConfigEstimate:
 
 
 def footprint_for(cfg, info) -> StepFootprint:
-    """Trace the student of a :class:`~datadistill.distill.DistillConfig` on ``info``'s shape."""
+    """Trace the student of a :class:`~datadistill.tm.distill.DistillConfig` on ``info``'s shape."""
 
     model = build_model(cfg, info, init_seed=0)
     return trace_step(model, (info.channels, *info.image_size), info.num_classes,
@@ -292,7 +292,7 @@ def estimate_config(cfg, info, *, real_images: int | None = None,
     """Estimates of both modes for ``cfg`` (a DistillConfig) on dataset ``info``.
 
     Example:
-        >>> from datadistill.distill import DistillConfig
+        >>> from datadistill.tm.distill import DistillConfig
         >>> from datadistill.data import dataset_info
         >>> est = estimate_config(DistillConfig(dataset="digits", ipc=1, syn_steps=10),
         ...                       dataset_info("digits"))

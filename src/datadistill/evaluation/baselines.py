@@ -1,5 +1,5 @@
 """Reference points for a distilled set: a random real subset of the same size, and the full
-training set, both trained with the classic protocol (see :mod:`datadistill.evaluate`).
+training set, both trained with the classic protocol (see :mod:`datadistill.evaluation.protocols`).
 
 DD-Ranking's IOR compares a distilled set against a random subset evaluated the same way;
 its HLR compares against the full training set. Accuracies are fractions in [0, 1].
@@ -20,15 +20,15 @@ import torch
 from datadistill.checks import check_ipc_fits, check_training
 from datadistill.data import prepare, random_subset
 from datadistill.errors import ConfigError
-from datadistill.evaluate import (
+from datadistill.evaluation.protocols import (
     DEFAULT_LR,
     EvalReport,
     classic_settings,
     make_dsa,
     train_and_test,
 )
-from datadistill.runlog import RunCache, fingerprint
 from datadistill.runs import Run, run_all
+from datadistill.runtime.runlog import RunCache, fingerprint
 from datadistill.training import derive_seeds
 
 __all__ = ["baseline_full", "baseline_random", "random_subset"]
@@ -70,7 +70,7 @@ def baseline_random(
 ) -> EvalReport:
     """Classic evaluation of a fresh random class-balanced subset per run (lr 0.01).
 
-    With a :class:`~datadistill.runlog.RunCache`, finished runs are stored and not redone.
+    With a :class:`~datadistill.runtime.runlog.RunCache`, finished runs are stored and not redone.
 
     Example:
         >>> baseline_random("mnist", ipc=1, epochs=300, num_runs=3)        # doctest: +SKIP

@@ -1,7 +1,7 @@
 """The pictures of ``report.html``: readable grids of the sets in a run folder and its curves.
 
 Each picture is written to ``<run>/figures/<name>.png`` and returned with its bytes, for
-:mod:`datadistill.report_html` to embed. The page's grids show at most MAX_CLASSES classes
+:mod:`datadistill.report.html` to embed. The page's grids show at most MAX_CLASSES classes
 and MAX_PER_CLASS images per class (PAIR_PER_CLASS per side of the initial-vs-final grid),
 so that they stay readable at page width; the distiller's ``grids/`` files hold every image.
 
@@ -20,12 +20,12 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from datadistill.artifact import DistilledSet, load_distilled
+from datadistill.artifacts.distilled import DistilledSet, load_distilled
 from datadistill.experts import ExpertStore
 from datadistill.io import atomic_write
 
 if TYPE_CHECKING:  # annotations only: the report (above) hands its scan and rows down
-    from datadistill.report import AccuracyRow, RunContents
+    from datadistill.report.page import AccuracyRow, RunContents
 
 FIGURES_DIR = "figures"  # <run>/figures/<name>.png
 
@@ -83,7 +83,7 @@ def image_figures(c: RunContents) -> list[Figure]:
 
 
 def _set_figure(c: RunContents, title: str, load: Callable, name: str) -> Figure | None:
-    from datadistill.grids import class_grid, png_bytes
+    from datadistill.artifacts.grids import class_grid, png_bytes
 
     ds = load()
     if ds is None:
@@ -94,7 +94,7 @@ def _set_figure(c: RunContents, title: str, load: Callable, name: str) -> Figure
 
 
 def _pair_figure(c: RunContents) -> Figure | None:
-    from datadistill.grids import before_after_grid, png_bytes
+    from datadistill.artifacts.grids import before_after_grid, png_bytes
 
     initial, final = _load_set(c.distill_dir / "initial"), _load_set(c.distill_dir / "last")
     if final is None:
@@ -149,7 +149,7 @@ def curve_figures(c: RunContents, rows: list[AccuracyRow],
                   metrics: Callable[[Path | None], list[dict]]) -> list[Figure]:
     """Distillation curves, expert accuracy and the accuracy comparison, as PNG figures:
     ``rows`` are the page's accuracy rows, ``metrics(distill_dir)`` reads metrics.jsonl."""
-    from datadistill.curves import accuracy_bars, distill_curves, expert_curves
+    from datadistill.report.curves import accuracy_bars, distill_curves, expert_curves
 
     drawn = [("Distillation: matching loss, learned step size, accuracy",
               lambda: distill_curves(metrics(c.distill_dir)), "distill_curves.png",
@@ -167,7 +167,7 @@ def curve_figures(c: RunContents, rows: list[AccuracyRow],
 
 def _curve_figure(c: RunContents, title: str, plot: Callable, name: str,
                   caption: str) -> Figure | None:
-    from datadistill.curves import figure_png
+    from datadistill.report.curves import figure_png
 
     fig = plot()
     return None if fig is None else _png_figure(c, title, figure_png(fig), name, caption)

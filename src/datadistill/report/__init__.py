@@ -1,0 +1,2 @@
+"""The report page of a run folder: the HTML page, its figures and curves.
+"""

@@ -1,0 +1,43 @@
+"""Trajectory matching as a recipe: how ``run`` and ``validate`` load, run and summarise it.
+
+Registers the :class:`~datadistill.recipes.Recipe` ``tm`` and every preset
+(:data:`datadistill.tm.presets.PRESETS`) as a method the report can describe.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from datadistill.checks import check_ipc_for_dataset
+from datadistill.recipes import Recipe, register_method, register_recipe
+from datadistill.runtime.progress import plural
+from datadistill.tm.pipeline import load_pipeline_config, run_pipeline
+from datadistill.tm.presets import PRESETS
+
+
+def _run(cfg, out_dir: Path, progress: bool = True, restart: bool = False,
+         expert_dir: str | None = None) -> dict:
+    return run_pipeline(cfg, out_dir, progress=progress, restart=restart, expert_dir=expert_dir)
+
+
+def _note(cfg) -> str | None:
+    return check_ipc_for_dataset(cfg.ipc, cfg.dataset, cfg.data_root, cfg.train_per_class)
+
+
+def run_lines(report: dict, out_dir: Path) -> list[str]:
+    """What the CLI prints after a run: each evaluated set's accuracy, where the report is."""
+    lines = [f"  {key:<24} {100 * rep['mean']:6.2f} ± {100 * rep['std']:.2f} % "
+             f"({plural(len(rep['accuracies']), 'run')})"
+             for key, rep in report.items() if isinstance(rep, dict) and "accuracies" in rep]
+    lines.append(f"report written to {out_dir / 'eval.json'} "
+                 f"({report['seconds']['total']:.0f} s)")
+    return lines
+
+
+RECIPE = register_recipe(Recipe(
+    name="tm", summary="trajectory matching (presets mtt, ftd, datm, mdatm, pad)",
+    load=load_pipeline_config, run=_run, label=lambda c: f"{c.method}, {c.dataset}, IPC {c.ipc}",
+    default_out=lambda c: f"runs/{c.dataset}_{c.method}_ipc{c.ipc}", lines=run_lines,
+    note=_note))
+for _preset in PRESETS.values():
+    register_method(_preset)
