@@ -356,3 +356,32 @@ def test_page_renders_in_headless_chromium_without_console_errors(run_dir, tmp_p
     assert len(console) == 1, console  # nothing but the checker's line
     assert "Accuracy" in proc.stdout  # the DOM was rendered
     assert not re.search(r"Failed to load resource|net::ERR_", proc.stderr)
+
+
+def _train_and_evals(last: int, evals: list[int], mean=lambda i: 0.5) -> list[dict]:
+    rows = [{"iteration": i, "loss": 1.0, "syn_lr": 0.01} for i in range(last)]
+    return rows + [{"iteration": i, "eval": True, "mean": mean(i), "std": 0.05} for i in evals]
+
+
+def test_accuracy_over_iterations_is_markers_within_0_100_ticks_ending_at_the_last():
+    rows = _train_and_evals(100, [0, 50, 100], mean=lambda i: (0.01, 0.5, 0.99)[i // 50])
+    ax = distill_curves(rows, "in-loop check: 2 networks × 300 epochs each").axes[2]
+    (line,) = [ln for ln in ax.get_lines() if ln.get_marker() == "o"]
+    assert line.get_linestyle() == "None"  # three evaluations: markers, not a joined line
+    assert list(line.get_xdata()) == [0, 50, 100]
+    bottom, top = ax.get_ylim()
+    assert 0 <= bottom < 1 and 99 < top <= 100  # 99 + 5 and 1 - 5 % clipped to the axis
+    ticks = ax.get_xticks()
+    assert ticks[-1] == 100 and ax.get_xlim()[1] < 105 and list(ticks) == sorted(ticks)
+    assert ax.get_title() == "in-loop check: 2 networks × 300 epochs each"
+    many = distill_curves(_train_and_evals(33, list(range(0, 34, 3)))).axes[2]
+    (line,) = [ln for ln in many.get_lines() if ln.get_marker() == "o"]
+    assert line.get_linestyle() == "-"  # twelve evaluations: joined
+    assert many.get_xticks()[-1] == 33 and 33 < many.get_xlim()[1] < 34
+    experts = expert_curves([np.array([0.05, 0.9, 0.99, 1.0]), np.array([0.0, 0.8, 1.0, 1.0])])
+    ax = experts.axes[0]
+    assert ax.get_xticks()[-1] == 3 and 0 <= ax.get_ylim()[0] and ax.get_ylim()[1] <= 100
+    bars = accuracy_bars({"distilled": [0.99, 1.0], "random": [0.5, 0.7]}).axes[0]
+    assert bars.get_xlim() == (0, 100)
+    labels = [t.get_text() for t in bars.get_yticklabels()]
+    assert labels == ["distilled\n99.50 ± 0.50 %", "random\n60.00 ± 10.00 %"]
