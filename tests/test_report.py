@@ -18,7 +18,7 @@ import pytest
 import torch
 from PIL import Image
 
-from datadistill import grids, report, report_html
+from datadistill import grids, report, report_figures, report_html
 from datadistill.artifact import DistilledSet
 from datadistill.cli import main
 from datadistill.curves import accuracy_bars, distill_curves, expert_curves, save_figure
@@ -385,3 +385,26 @@ def test_accuracy_over_iterations_is_markers_within_0_100_ticks_ending_at_the_la
     assert bars.get_xlim() == (0, 100)
     labels = [t.get_text() for t in bars.get_yticklabels()]
     assert labels == ["distilled\n99.50 ± 0.50 %", "random\n60.00 ± 10.00 %"]
+
+
+def test_infer_grid_names_base_and_compensated_columns(tmp_path):
+    from datadistill.infer.recipe import infer_instances
+    from datadistill.infer.store import InferSet, save_infer_set
+
+    g = torch.Generator().manual_seed(0)
+    s = InferSet(torch.rand(2, K, 1, S, S, generator=g), 0.1 * torch.rand(2, 2, 1, S, S,
+                 generator=g), None, GRAY, 10, ["resnet18_cifar", "shufflenet_g2"])
+    save_infer_set(s, tmp_path / "set")
+    ds = infer_instances(tmp_path / "set")
+    columns = ["base", "base + u1", "base + u2"] * 2  # per group: base, then each teacher's
+    assert ds.extra["grid_columns"] == columns
+    rows = grids.class_rows(ds, column_captions=ds.extra["grid_columns"], max_per_class=4)
+    assert rows[0].captions == columns[:4] and all(r.captions is None for r in rows[1:])
+    page = report.build_report(tmp_path / "set").read_text(encoding="utf-8")
+    assert "u1: resnet18_cifar, u2: shufflenet_g2" in page
+    drawn = Image.open(tmp_path / "set" / "figures" / "infer_instances.png")
+    plain = grids.class_grid(ds, max_per_class=report_figures.MAX_PER_CLASS)
+    assert drawn.size == (plain.size[0], plain.size[1] + grids.CAPTION_HEIGHT)  # a caption row
+    strip = np.asarray(drawn.convert("L"))[grids.PAD:grids.PAD + grids.CAPTION_HEIGHT,
+                                           grids.LABEL_WIDTH:]
+    assert strip.min() < 128  # the column names are written above the first row
