@@ -219,7 +219,7 @@ def test_run_writes_a_report_with_every_section(run_dir):
     assert page.tags.count("table") == 3  # summary, accuracy, time and hardware
     names = sorted(p.name for p in (run_dir / "figures").iterdir())
     assert names == ["accuracy.png", "distill_curves.png", "distilled.png",
-                     "expert_accuracy.png", "initial_vs_final.png"]
+                     "expert_accuracy.png", "initial_vs_best.png"]
     assert len(page.imgs) == len(names)
     embedded = {base64.b64decode(img["src"].split(",", 1)[1]) for img in page.imgs}
     assert embedded == {(run_dir / "figures" / n).read_bytes() for n in names}
@@ -286,9 +286,10 @@ def test_a_damaged_file_costs_its_picture_not_the_page(run_dir, tmp_path):
     (copy / "experts" / "expert_0000.pt").write_bytes(b"garbage")
     (copy / "distill" / "best" / "tensors.pt").write_bytes(b"garbage")
     text = report.build_report(copy).read_text(encoding="utf-8")
-    assert text.count("could not be drawn (ArtifactError") == 2
+    # the expert curves, best/'s grid and the initial-vs-best/ grid
+    assert text.count("could not be drawn (ArtifactError") == 3
     page = _parse(copy / "report.html")
-    assert tuple(page.h2) == report_html.SECTIONS and len(page.imgs) == 3  # the other three
+    assert tuple(page.h2) == report_html.SECTIONS and len(page.imgs) == 2  # the other two
 
 
 def test_refresh_while_distilling_is_throttled_but_the_last_is_forced(run_dir, tmp_path):
@@ -356,6 +357,74 @@ def test_page_renders_in_headless_chromium_without_console_errors(run_dir, tmp_p
     assert len(console) == 1, console  # nothing but the checker's line
     assert "Accuracy" in proc.stdout  # the DOM was rendered
     assert not re.search(r"Failed to load resource|net::ERR_", proc.stderr)
+
+
+# ----------------------------------------------------------------------------- what the page says
+
+
+def _iteration_of(folder) -> int:
+    return json.loads((folder / "meta.json").read_text())["extra"]["iteration"]
+
+
+def _set_iteration(folder, iteration: int) -> None:
+    meta = json.loads((folder / "meta.json").read_text())
+    meta["extra"]["iteration"] = iteration
+    (folder / "meta.json").write_text(json.dumps(meta))
+
+
+def _section_html(text: str, anchor: str) -> str:
+    start = text.index(f'<section id="{anchor}">')
+    return text[start:text.index("</section>", start)]
+
+
+def test_the_headline_names_the_evaluated_set_and_its_iteration(run_dir, tmp_path):
+    copy = tmp_path / "run"
+    shutil.copytree(run_dir, copy)
+    _set_iteration(copy / "distill" / "best", 2)
+    _set_iteration(copy / "distill" / "last", 4)  # the last iteration is not the set evaluated
+    text = report.build_report(copy).read_text(encoding="utf-8")
+    summary = _section_html(text, "summary")
+    ev = json.loads((copy / "eval.json").read_text())["distilled_convnet"]
+    assert (f"<td>accuracy: distilled set, best/, iteration 2 (convnet, classic)</td><td>"
+            f"{100 * ev['mean']:.2f} ± {100 * ev['std']:.2f} %") in summary
+    assert "the last iteration, 4, is in last/ and is not evaluated" in summary
+    # the side-by-side grid shows the evaluated set (best/), named as such, not last/
+    images = _section_html(text, "distilled-images")
+    assert "Initial images (iteration 0) and the evaluated set (best/, iteration 2)" in images
+    assert "final (iteration" not in text and "the last iteration, 4," in images
+    initial, best = (report_figures.load_distilled(copy / "distill" / n) for n in ("initial",
+                                                                                  "best"))
+    expect = grids.png_bytes(grids.before_after_grid(
+        initial, best, max_classes=report_figures.MAX_CLASSES,
+        max_per_class=report_figures.PAIR_PER_CLASS, names=("initial", "best/")))
+    assert (copy / "figures" / "initial_vs_best.png").read_bytes() == expect
+    assert [r.label for r in grids.before_after_rows(initial, best, names=(
+        "initial", "best/"))] == ["initial", "best/"]  # IPC 1: one row per side, named
+    _set_iteration(copy / "distill" / "last", 2)  # best/ is the last iteration: nothing to say
+    assert "is not evaluated" not in report.build_report(copy).read_text(encoding="utf-8")
+
+
+def test_the_in_loop_check_is_marked_and_never_the_headline(run_dir, tmp_path):
+    copy = tmp_path / "run"
+    shutil.copytree(run_dir, copy)
+    text = (run_dir / "report.html").read_text(encoding="utf-8")
+    accuracy = _section_html(text, "accuracy")
+    table, after = accuracy.split("</table>", 1)
+    evals = [r for r in report.metrics_rows(run_dir / "distill") if r.get("eval")]
+    best = max(evals, key=lambda r: r["mean"])
+    assert "while distilling" not in table  # not a row among the results...
+    assert (f"In-loop check while distilling (not a final evaluation; it chose best/): "
+            f"{100 * best['mean']:.2f} ± {100 * best['std']:.2f} %") in after  # ...below them
+    assert f"at iteration {best['iteration']}; 1 network × 2 epochs each" in after
+    (copy / "eval.json").unlink()  # a distillation not evaluated yet: no headline at all
+    summary = _section_html(report.build_report(copy).read_text(encoding="utf-8"), "summary")
+    assert "accuracy" not in summary
+
+
+def test_curve_captions_give_values_not_config_keys(run_dir):
+    curves = _section_html((run_dir / "report.html").read_text(encoding="utf-8"), "curves")
+    assert "in-loop check of the distiller, 1 network × 2 epochs each" in curves
+    assert "distill.eval" not in curves
 
 
 def _train_and_evals(last: int, evals: list[int], mean=lambda i: 0.5) -> list[dict]:
