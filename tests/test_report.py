@@ -477,3 +477,17 @@ def test_infer_grid_names_base_and_compensated_columns(tmp_path):
     strip = np.asarray(drawn.convert("L"))[grids.PAD:grids.PAD + grids.CAPTION_HEIGHT,
                                            grids.LABEL_WIDTH:]
     assert strip.min() < 128  # the column names are written above the first row
+
+
+def test_infer_grid_shows_whole_class_groups(tmp_path, monkeypatch):
+    from datadistill.infer.store import InferSet, save_infer_set
+
+    g = torch.Generator().manual_seed(0)
+    s = InferSet(torch.rand(3, K, 1, S, S, generator=g), 0.1 * torch.rand(3, 2, 1, S, S,
+                 generator=g), None, GRAY, 10, ["resnet18_cifar", "shufflenet_g2"])
+    save_infer_set(s, tmp_path / "set")
+    monkeypatch.setattr(report_figures, "MAX_PER_CLASS", 7)  # 9 per class, groups of 3
+    page = report.build_report(tmp_path / "set").read_text(encoding="utf-8")
+    drawn = Image.open(tmp_path / "set" / "figures" / "infer_instances.png")
+    assert drawn.size[0] == grids.LABEL_WIDTH + 6 * 128 + 7 * grids.PAD  # two whole groups
+    assert "Shown: 6 of 9 images per class" in page

@@ -89,10 +89,12 @@ def _set_figure(c: RunContents, title: str, load: Callable, name: str) -> Figure
     ds = load()
     if ds is None:
         return None
-    grid = class_grid(ds, max_classes=MAX_CLASSES, max_per_class=MAX_PER_CLASS,
+    group = int(ds.extra.get("grid_group", 1))  # columns that belong together (INFER: a group)
+    shown = max(group, MAX_PER_CLASS // group * group)  # whole groups only
+    grid = class_grid(ds, max_classes=MAX_CLASSES, max_per_class=shown,
                       column_captions=ds.extra.get("grid_columns"))  # a recipe's set view's
     caption = " ".join(t for t in (ds.extra.get("grid_legend", ""),
-                                   _limits_caption(ds, MAX_PER_CLASS)) if t)
+                                   _limits_caption(ds, shown)) if t)
     return _png_figure(c, title(ds) if callable(title) else title, png_bytes(grid), name,
                        caption)
 

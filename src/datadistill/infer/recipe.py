@@ -81,7 +81,8 @@ def infer_instances(directory: Path) -> DistilledSet:
     """The materialised INFER set in ``directory`` with class-index labels (labels may not be
     computed yet): what the report draws for an INFER run. Its ``extra`` names the grid's
     columns (``grid_columns``: per class group, ``base`` then ``base + u<m>`` for teacher m's
-    compensator) and says what they are (``grid_legend``)."""
+    compensator), says what they are (``grid_legend``) and how many make a group
+    (``grid_group``: the page shows whole groups)."""
     s = load_infer_set(directory)
     inst = s.materialise()
     columns = [f"base + u{v}" if v else "base" for _ in range(s.num_groups)
@@ -92,7 +93,8 @@ def infer_instances(directory: Path) -> DistilledSet:
               f"teacher m ({teachers}).")
     return DistilledSet(inst.images, inst.labels, None, s.info, "normalized",
                         s.instances_per_class, "infer",
-                        extra={"grid_columns": columns, "grid_legend": legend})
+                        extra={"grid_columns": columns, "grid_legend": legend,
+                               "grid_group": s.num_teachers + 1})
 
 
 register_set_view("infer", infer_instances)
