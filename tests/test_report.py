@@ -490,4 +490,4 @@ def test_infer_grid_shows_whole_class_groups(tmp_path, monkeypatch):
     page = report.build_report(tmp_path / "set").read_text(encoding="utf-8")
     drawn = Image.open(tmp_path / "set" / "figures" / "infer_instances.png")
     assert drawn.size[0] == grids.LABEL_WIDTH + 6 * 128 + 7 * grids.PAD  # two whole groups
-    assert "Shown: 6 of 9 images per class" in page
+    assert "Shown: 6 of 9 images per class." in page and "grids/" not in page  # none here

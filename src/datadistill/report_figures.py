@@ -94,7 +94,7 @@ def _set_figure(c: RunContents, title: str, load: Callable, name: str) -> Figure
     grid = class_grid(ds, max_classes=MAX_CLASSES, max_per_class=shown,
                       column_captions=ds.extra.get("grid_columns"))  # a recipe's set view's
     caption = " ".join(t for t in (ds.extra.get("grid_legend", ""),
-                                   _limits_caption(ds, shown)) if t)
+                                   _limits_caption(c, ds, shown)) if t)
     return _png_figure(c, title(ds) if callable(title) else title, png_bytes(grid), name,
                        caption)
 
@@ -135,7 +135,7 @@ def _pair_figure(c: RunContents) -> Figure | None:
     png = png_bytes(before_after_grid(initial, final, max_classes=MAX_CLASSES,
                                       max_per_class=PAIR_PER_CLASS, names=("initial", f"{name}/")))
     caption = " ".join(t for t in (last_iteration_note(c) if name == "best" else "",
-                                   _limits_caption(final, PAIR_PER_CLASS)) if t)
+                                   _limits_caption(c, final, PAIR_PER_CLASS)) if t)
     return _png_figure(c, title, png, "initial_vs_best.png", caption)
 
 
@@ -160,15 +160,20 @@ def _sets(c: RunContents) -> list[tuple[Any, Callable, str]]:
     return found
 
 
-def _limits_caption(ds, max_per_class: int) -> str:
+def _limits_caption(c: RunContents, ds, max_per_class: int) -> str:
+    """What the page's grid leaves out; the distiller's grids/ files (when the folder has
+    them) hold every image."""
     per_class = int(torch.bincount(ds.hard_labels, minlength=ds.info.num_classes).max())
     parts = []
     if ds.info.num_classes > MAX_CLASSES:
         parts.append(f"the first {MAX_CLASSES} of {ds.info.num_classes} classes")
     if per_class > max_per_class:
         parts.append(f"{max_per_class} of {per_class} images per class")
-    return ("Shown: " + ", ".join(parts) + "; the grids/ files hold every image.") if parts \
-        else ""
+    if not parts:
+        return ""
+    grids = c.distill_dir is not None and (c.distill_dir / "grids").is_dir()
+    return "Shown: " + ", ".join(parts) + ("; the grids/ files hold every image." if grids
+                                           else ".")
 
 
 def _png_figure(c: RunContents, title: str, png: bytes, name: str, caption: str = "") -> Figure:
