@@ -196,11 +196,21 @@ def _names(ds: DistilledSet) -> list[str]:
 
 
 def class_rows(ds: DistilledSet, *, max_classes: int | None = None,
-               max_per_class: int | None = None) -> list[GridRow]:
-    """One row per class, named; or, with one image per class, classes side by side."""
+               max_per_class: int | None = None,
+               column_captions: list[str] | None = None) -> list[GridRow]:
+    """One row per class, named; or, with one image per class, classes side by side.
+
+    ``column_captions`` name the columns of the one-row-per-class layout (written above the
+    first row, e.g. INFER's base image vs base + compensator); the side-by-side layout of
+    one image per class names its columns by class and ignores them.
+    """
     groups, names = _per_class(ds, max_classes, max_per_class), _names(ds)
     if max((len(g) for g in groups), default=0) > 1:
-        return [GridRow(list(g), label=names[c]) for c, g in enumerate(groups)]
+        rows = [GridRow(list(g), label=names[c]) for c, g in enumerate(groups)]
+        if column_captions:
+            width = max(len(r.cells) for r in rows)
+            rows[0].captions = [*column_captions[:width], *[""] * (width - len(column_captions))]
+        return rows
     rows = []
     for start in range(0, len(groups), IPC1_COLUMNS):
         chunk = groups[start:start + IPC1_COLUMNS]
@@ -210,43 +220,48 @@ def class_rows(ds: DistilledSet, *, max_classes: int | None = None,
 
 
 def before_after_rows(initial: DistilledSet, final: DistilledSet, *,
-                      max_classes: int | None = None,
-                      max_per_class: int | None = None) -> list[GridRow]:
-    """Initial and final images of every class next to each other (IPC 1: one above the other)."""
+                      max_classes: int | None = None, max_per_class: int | None = None,
+                      names: tuple[str, str] = ("initial", "final")) -> list[GridRow]:
+    """Initial and final images of every class next to each other (IPC 1: one above the
+    other), the two sides labelled ``names`` (e.g. ``("initial", "best/")``)."""
     before = _per_class(initial, max_classes, max_per_class)
     after = _per_class(final, max_classes, max_per_class)
-    names = _names(final)
+    side, names = names, _names(final)
     width = max((len(g) for g in before + after), default=0)
     if width <= 1:
         rows = []
         for start in range(0, len(after), IPC1_COLUMNS):
             stop = min(start + IPC1_COLUMNS, len(after))
             rows.append(GridRow([g[0] if g else None for g in before[start:stop]],
-                                label="initial", captions=names[start:stop]))
-            rows.append(GridRow([g[0] if g else None for g in after[start:stop]], label="final"))
+                                label=side[0], captions=names[start:stop]))
+            rows.append(GridRow([g[0] if g else None for g in after[start:stop]], label=side[1]))
         return rows
     rows = []
     for c, (b, a) in enumerate(zip(before, after, strict=True)):
         cells = list(b) + [None] * (width - len(b) + 1) + list(a)  # a blank cell between
         rows.append(GridRow(cells, label=names[c]))
-    rows[0].captions = ["initial"] + [""] * width + ["final"] + [""] * (width - 1)
+    rows[0].captions = [side[0]] + [""] * width + [side[1]] + [""] * (width - 1)
     return rows
 
 
 def class_grid(ds: DistilledSet, *, max_classes: int | None = None,
-               max_per_class: int | None = None) -> Image.Image:
-    """The readable grid of ``ds`` (layouts in the module docstring).
+               max_per_class: int | None = None,
+               column_captions: list[str] | None = None) -> Image.Image:
+    """The readable grid of ``ds`` (layouts in the module docstring; ``column_captions`` as
+    in :func:`class_rows`).
 
     Example:
         >>> class_grid(ds).size                       # 10 classes, IPC 2, 8 px  # doctest: +SKIP
         (388, 1324)
     """
-    return render_rows(class_rows(ds, max_classes=max_classes, max_per_class=max_per_class))
+    return render_rows(class_rows(ds, max_classes=max_classes, max_per_class=max_per_class,
+                                  column_captions=column_captions))
 
 
-def before_after_grid(initial: DistilledSet, final: DistilledSet, **limits) -> Image.Image:
-    """Initial and final images side by side (``max_classes`` / ``max_per_class`` limits)."""
-    return render_rows(before_after_rows(initial, final, **limits))
+def before_after_grid(initial: DistilledSet, final: DistilledSet, **options) -> Image.Image:
+    """Initial and final images side by side (``max_classes`` / ``max_per_class`` limits,
+    ``names`` of the two sides)."""
+    return render_rows(before_after_rows(initial, final, **options))
 
 
 def png_bytes(image: Image.Image) -> bytes:
