@@ -275,7 +275,7 @@ def add_config_root(path: str | Path) -> Path:
     files. Returns the absolute folder; a missing folder is a ConfigError.
 
     Example:
-        >>> root = add_config_root("tests/toy_method/configs")  # doctest: +SKIP
+        >>> root = add_config_root("my_method/configs")  # doctest: +SKIP
         >>> config_roots()[-1] == root                          # doctest: +SKIP
         True
     """
