@@ -82,6 +82,8 @@ def test_registering_is_checked_and_undone(toy, tmp_path, capsys):
     assert main(["configs", "show", "digits/toy_ftd_ipc1"]) == 0
     shown = capsys.readouterr().out
     assert "gsam_rho: 0.05" in shown and "optimizer: gsam" in shown  # fragments written in
+    assert "configs/_methods/ftd.yaml < " in shown  # the shipped fragment, then the toy's file
+    assert "toy_method/configs/_methods/toy_ftd.yaml < this setting's own values" in shown
 
     roots = config_roots()
     with pytest.raises(ConfigError, match="'mtt' is already registered"):

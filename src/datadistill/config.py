@@ -272,13 +272,7 @@ _ADDED_ROOTS: list[Path] = []
 def add_config_root(path: str | Path) -> Path:
     """Search ``path`` for configs by name and method fragments (``_methods/<method>.yaml``)
     after the shipped ``configs/``: where a method added from outside the package keeps its
-    files. Returns the absolute folder; a missing folder is a ConfigError.
-
-    Example:
-        >>> root = add_config_root("my_method/configs")  # doctest: +SKIP
-        >>> config_roots()[-1] == root                          # doctest: +SKIP
-        True
-    """
+    files. Returns the absolute folder; a missing folder is a ConfigError."""
     root = Path(path).resolve()
     if not root.is_dir():
         raise ConfigError(f"config folder {path} does not exist; give the folder that holds "
@@ -416,7 +410,8 @@ def resolved_config_text(name_or_path: str | Path) -> str:
     merged = merge(method_values(str(values["method"])), values)
     ordered = {k: merged[k] for k in values} | {k: v for k, v in merged.items() if k not in values}
     header = _leading_comments(path.read_text())
-    source = " < ".join(f"configs/{METHODS_DIR}/{p.name}" for p in chain)
+    source = " < ".join(f"configs/{METHODS_DIR}/{p.name}" if p.parent.parent == _config_root()
+                        else str(p) for p in chain)  # an added method's fragment: its path
     header.append(f"# Every value written in: {source} < this setting's own values.\n")
     return "".join(header) + yaml.safe_dump(ordered, sort_keys=False, width=100)
 
