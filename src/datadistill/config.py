@@ -111,6 +111,16 @@ def _closest(key: str, choices: list[str], prefix: str = "") -> str:
     return f" Did you mean '{prefix}{match[0]}'?" if match else ""
 
 
+def _in_section(cls: type, hints: dict[str, Any], key: str, prefix: str) -> str:
+    """A did-you-mean for a section's key given without its section (``iterations=5``)."""
+    for f in dataclasses.fields(cls):
+        section = hints[f.name]
+        if dataclasses.is_dataclass(section) and any(g.name == key
+                                                      for g in dataclasses.fields(section)):
+            return f" Did you mean '{prefix}{f.name}.{key}'?"
+    return ""
+
+
 def _coerce(value: Any, annotation: Any, where: str) -> Any:
     """Convert a YAML/CLI value to the declared field type, or raise ConfigError."""
     origin = typing.get_origin(annotation)
@@ -181,7 +191,8 @@ def config_from_dict(cls: type[T], data: dict[str, Any], prefix: str = "") -> T:
     for key, value in data.items():
         if key not in names:
             raise ConfigError(
-                f"unknown config key '{prefix}{key}'.{_closest(key, names, prefix)} "
+                f"unknown config key '{prefix}{key}'."
+                f"{_in_section(cls, hints, key, prefix) or _closest(key, names, prefix)} "
                 f"Valid keys: {', '.join(names)}."
             )
         kwargs[key] = _coerce(value, hints[key], f"{prefix}{key}")
