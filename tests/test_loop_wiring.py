@@ -17,6 +17,7 @@ import torch
 
 import datadistill.evaluation.protocols as evaluate_mod
 import datadistill.tm.distill as distill_mod
+import datadistill.tm.outputs as outputs_mod
 from datadistill.artifacts.distilled import load_distilled
 from datadistill.evaluation.protocols import EvalReport
 from datadistill.experts import ExpertConfig, train_experts
@@ -104,13 +105,13 @@ def test_the_last_iteration_is_evaluated_when_not_a_multiple(digits, store, tmp_
 
 def test_checkpoints_every_n_iterations_and_at_the_end(digits, store, tmp_path, monkeypatch):
     saved = []
-    real = distill_mod.save_checkpoint
+    real = outputs_mod.save_checkpoint
 
     def spy(path, state):
         saved.append(state.iteration)
         return real(path, state)
 
-    monkeypatch.setattr(distill_mod, "save_checkpoint", spy)
+    monkeypatch.setattr(outputs_mod, "save_checkpoint", spy)
     _run(_cfg(iterations=7, eval_every=0, checkpoint_every=3), tmp_path, digits, store)
     assert saved == [0, 3, 6, 7]
 
