@@ -75,8 +75,8 @@ def _m(name: str, file: str, old: str, new: str, description: str) -> Mutant:
 
 MUTANTS = [
     # ---- the ten bugs the suite used to miss (loop, protocols, INFER, CLI)
-    _m("datm_window_off_by_one", "tm/distill.py", "window_bounds(cfg.window, it,",
-       "window_bounds(cfg.window, it + 1,", "DATM window upper bound uses it + 1 instead of it"),
+    _m("datm_window_off_by_one", "tm/distill.py", "window_bounds(cfg.window.window, it,",
+       "window_bounds(cfg.window.window, it + 1,", "DATM window upper bound uses it + 1 instead of it"),
     _m("pad_mask_not_used", "tm/distill.py",
        "matching_loss(theta_n, theta0, target, _mask(cfg, theta_n, target))",
        "matching_loss(theta_n, theta0, target, None)",
@@ -114,8 +114,8 @@ MUTANTS = [
        "learnable = [state.images, state.syn_lr] + ([state.labels] if is_soft(state.labels) "
        "else [])",
        "learnable = [state.images, state.syn_lr]", "DATM's soft labels never receive a gradient"),
-    _m("label_momentum_fixed", "tm/distill.py", "lr=cfg.lr_y, momentum=cfg.momentum_y",
-       "lr=cfg.lr_y, momentum=0.5", "soft-label SGD ignores momentum_y"),
+    _m("label_momentum_fixed", "tm/distill.py", "lr=labels.lr_y, momentum=labels.momentum_y",
+       "lr=labels.lr_y, momentum=0.5", "soft-label SGD ignores momentum_y"),
     _m("image_momentum_0_9", "tm/distill.py", "[state.images], lr=cfg.lr_img, momentum=0.5",
        "[state.images], lr=cfg.lr_img, momentum=0.9", "image SGD momentum 0.5 -> 0.9"),
     _m("threshold_inverted", "tm/distill.py", "value > cfg.threshold", "value < cfg.threshold",

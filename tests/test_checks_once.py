@@ -36,7 +36,7 @@ def test_every_stage_uses_the_one_resume_check():
 
 def test_lr_teacher_is_checked_where_the_config_is_built():
     with pytest.raises(ConfigError, match=r"lr_teacher \(initial step size\) must be > 0"):
-        DistillConfig(lr_teacher=float("nan"))
+        DistillConfig.of(lr_teacher=float("nan"))
     assert _sources_with('"distill.lr_teacher') == ["tm/config.py"]
 
 

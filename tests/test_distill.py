@@ -27,7 +27,7 @@ def _cfg(**kw):
     base = dict(dataset="digits", model_kwargs={"width": 8}, ipc=2, syn_steps=3,
                 expert_epochs=2, max_start_epoch=2, lr_img=10.0, lr_lr=1e-5, lr_teacher=0.01,
                 iterations=4, eval_every=2, eval_runs=0, eval_epochs=2, checkpoint_every=2)
-    return DistillConfig(**(base | kw))
+    return DistillConfig.of(**(base | kw))
 
 
 def _final(path):

@@ -36,7 +36,7 @@ def _cfg(**kw):
     base = dict(dataset="digits", model_kwargs={"width": 8}, ipc=1, syn_steps=2,
                 expert_epochs=2, max_start_epoch=2, lr_img=10.0, lr_lr=1e-5, lr_teacher=0.01,
                 iterations=4, eval_every=2, eval_runs=0, eval_epochs=1, checkpoint_every=2)
-    return DistillConfig(**(base | kw))
+    return DistillConfig.of(**(base | kw))
 
 
 def _rows(path):
@@ -157,8 +157,8 @@ def test_expanding_window_bounds_follow_the_iteration(digits, store, tmp_path, m
     starts = [r["start_epoch"] for r in _rows(tmp_path / "a")[0]]
     assert all(lo <= s < hi for s, (lo, hi) in zip(starts, bounds, strict=True))
     bounds.clear()  # T- > 0 moves the lower end only
-    _run(dataclasses.replace(cfg, min_start_epoch=1, current_max_start_epoch=2), tmp_path / "b",
-         digits, store)
+    window = dataclasses.replace(cfg.window, min_start_epoch=1, current_max_start_epoch=2)
+    _run(dataclasses.replace(cfg, window=window), tmp_path / "b", digits, store)
     # it 0..2: 2 + int(it / 3) = 2; it 3, 4: 3.
     assert bounds == [(1, 2), (1, 2), (1, 2), (1, 3), (1, 3)]
     bounds.clear()

@@ -1,6 +1,15 @@
 """The configuration of the trajectory-matching distiller: the ``distill`` section and the
 stage config, and the one rule for resuming a checkpoint under a config.
 
+The strategy axes are nested sections (``cfg.window``, ``cfg.labels``, ``cfg.mask``,
+``cfg.ema``, ``cfg.grad``: :mod:`datadistill.matching.axes`) whose keys are spelt flat
+wherever a config is written: ``distill.grad_mode=adjoint`` in YAML files and overrides, and
+``grad_mode`` in every saved ``config.json``, checkpoint and distilled set. One alias table
+(:func:`datadistill.config.key_aliases`, derived from the sections declared with
+:func:`~datadistill.config.flat_section`) maps each flat key to its nested path; configs are
+read through it and written back flat (:func:`~datadistill.config.config_asdict`), so files
+written before the sections were nested read the same.
+
 Strategy fields (defaults = MTT): ``window`` "expanding" (DATM), ``label_mode`` "soft" with
 ``lr_y``/``momentum_y`` (DATM/PAD), ``pix_init`` "samples_predicted_correctly" (DATM),
 ``threshold`` (DATM: skip the update when the loss exceeds it), ``ema_decay`` (FTD),
@@ -19,12 +28,20 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from datadistill.checks import check_positive
-from datadistill.config import RunContext, check_choice, check_saved_config
+from datadistill.config import (
+    RunContext,
+    build_config,
+    check_choice,
+    check_saved_config,
+    config_asdict,
+    flat_fields,
+    flat_section,
+)
 from datadistill.errors import ConfigError
 from datadistill.matching.axes import (
-    AXES,
     EmaAxis,
     GradAxis,
     LabelAxis,
@@ -42,13 +59,24 @@ RESUMABLE_KEYS = ("iterations", "eval_every", "eval_runs", "eval_epochs", "eval_
 
 
 @dataclass
-class DistillSection(GradAxis, EmaAxis, MaskAxis, LabelAxis, WindowAxis):
-    """The ``distill:`` section of a pipeline config: the loop's own keys, and the strategy
-    axes (window, labels, mask, ema, grad: :mod:`datadistill.matching.axes`) that presets
-    switch. Defaults are MTT's (``distill.py`` argparse). The bases are listed last axis
-    first, so that the fields (and ``Valid keys`` of an error) read window, labels, mask,
-    ema, grad, then the loop's own."""
+class DistillSection:
+    """The ``distill:`` section of a pipeline config: the strategy axes that presets switch
+    (nested sections, each validated beside its math when built: :mod:`datadistill.matching.
+    axes`), then the loop's own keys. Defaults are MTT's (``distill.py`` argparse). The axes
+    come first, so that the flat keys (as saved, and as ``Valid keys`` of an error lists
+    them) read window, labels, mask, ema, grad, then the loop's own.
 
+    Example:
+        >>> section = DistillSection.of(grad_mode="adjoint", syn_steps=10)
+        >>> section.grad.grad_mode, section.syn_steps
+        ('adjoint', 10)
+    """
+
+    window: WindowAxis = flat_section(WindowAxis)
+    labels: LabelAxis = flat_section(LabelAxis)
+    mask: MaskAxis = flat_section(MaskAxis)
+    ema: EmaAxis = flat_section(EmaAxis)
+    grad: GradAxis = flat_section(GradAxis)
     syn_steps: int = 20  # N: unrolled student steps per iteration
     lr_img: float = 1000.0  # SGD lr on the pixels (momentum 0.5)
     lr_lr: float = 1e-5  # SGD lr on the learnable step size (momentum 0.5)
@@ -74,17 +102,21 @@ class DistillSection(GradAxis, EmaAxis, MaskAxis, LabelAxis, WindowAxis):
         check_positive("distill.lr_teacher (initial step size)", self.lr_teacher)
         if self.batch_syn is not None and self.batch_syn < 1:
             raise ConfigError(f"distill.batch_syn must be >= 1 or null, got {self.batch_syn}")
-        for axis in AXES:  # each strategy axis is validated beside its math (matching/*.py)
-            axis.check(self)
+
+    @classmethod
+    def of(cls, **keys: Any):
+        """The config from keys spelt as files spell them (``grad_mode="adjoint"``; a nested
+        section may also be given whole, ``grad=GradAxis(...)``)."""
+        return build_config(cls, **keys)
 
 
 @dataclass
 class DistillConfig(DistillSection, RunContext):
     """Trajectory-matching hyper-parameters; defaults are MTT's (``distill.py`` argparse).
 
-    The keys are flat: the run context (data, model, seed, device: :class:`RunContext`),
-    ``method`` and ``ipc``, then the ``distill`` section (:class:`DistillSection`, grouped by
-    strategy axis in :mod:`datadistill.matching.axes`).
+    The run context (data, model, seed, device: :class:`RunContext`), ``method`` and ``ipc``,
+    then the ``distill`` section (:class:`DistillSection`: the strategy axes as nested
+    sections, then the loop's keys). Saved flat (:func:`~datadistill.config.config_asdict`).
 
     ``grad_mode`` chooses how the gradient reaches the images, the step size and the soft
     labels through the ``syn_steps`` student steps. ``"unrolled"`` (default, the official
@@ -98,9 +130,9 @@ class DistillConfig(DistillSection, RunContext):
     a checkpoint resumes only with the values it was written with.
 
     Example:
-        >>> cfg = DistillConfig(dataset="cifar100", ipc=50, syn_steps=80, batch_syn=125,
-        ...                     grad_mode="adjoint", micro_batch=25)
-        >>> cfg.grad_mode, cfg.micro_batch
+        >>> cfg = DistillConfig.of(dataset="cifar100", ipc=50, syn_steps=80, batch_syn=125,
+        ...                        grad_mode="adjoint", micro_batch=25)
+        >>> cfg.grad.grad_mode, cfg.grad.micro_batch
         ('adjoint', 25)
     """
 
@@ -115,9 +147,9 @@ class DistillConfig(DistillSection, RunContext):
 
 def check_resume(cfg: DistillConfig, saved: dict, path: Path) -> None:
     """A checkpoint written with ``saved`` may be resumed under ``cfg`` (else an error)."""
-    now = dataclasses.asdict(cfg)
+    now = config_asdict(cfg)  # flat, as checkpoints hold it
     # A key added after the checkpoint was written (e.g. grad_mode) had its default then.
-    saved = {f.name: f.default for f in dataclasses.fields(DistillConfig)
+    saved = {name: f.default for name, f in flat_fields(DistillConfig)
              if f.default is not dataclasses.MISSING} | saved
     check_saved_config(saved, now, path, what="config", free=RESUMABLE_KEYS,
                        fix="resume with the same settings, or rerun with --restart (Python: "

@@ -55,7 +55,7 @@ import torch
 
 from datadistill import distributed
 from datadistill.checks import check_distill, check_ipc_fits, check_window
-from datadistill.config import config_to_dict
+from datadistill.config import config_asdict
 from datadistill.data import check_prepared, prepare
 from datadistill.data.augment import DSA
 from datadistill.errors import CompatibilityError, ConfigError, DivergenceError
@@ -130,7 +130,7 @@ def distill(cfg: DistillConfig, out_dir: str | Path, *, data=None, store=None,
     state = loop.state
     log = NullLog(run.out / "metrics.jsonl")  # rank 0 alone writes (module docstring)
     if distributed.is_main():
-        (run.out / "config.json").write_text(json.dumps(config_to_dict(cfg), indent=2) + "\n")
+        (run.out / "config.json").write_text(json.dumps(config_asdict(cfg), indent=2) + "\n")
         log = MetricsLog(run.out / "metrics.jsonl", state.iteration if resumed else None)
     points = eval_points(cfg)
     bar = progress_bar(total=cfg.iterations, initial=state.iteration, desc="distill",
@@ -164,9 +164,9 @@ def distill(cfg: DistillConfig, out_dir: str | Path, *, data=None, store=None,
 def check_processes(cfg: DistillConfig) -> None:
     """Under torchrun with several processes only adjoint mode can share the work."""
     k = distributed.world_size()
-    if k > 1 and cfg.grad_mode != "adjoint":
+    if k > 1 and cfg.grad.grad_mode != "adjoint":
         raise ConfigError(
-            f"distill.grad_mode={cfg.grad_mode} runs in one process, but {k} were started "
+            f"distill.grad_mode={cfg.grad.grad_mode} runs in one process, but {k} were started "
             "(torchrun): the unrolled graph of all student steps cannot be split across "
             "processes. Set distill.grad_mode=adjoint (the same gradient; each student step's "
             "mini-batch is then shared by the processes), or run without torchrun.")
@@ -185,7 +185,7 @@ def _setup(cfg: DistillConfig, out_dir, data, store) -> Run:
     _check_data(cfg, data)
     model = build_model(cfg, data.info)
     n_syn = data.info.num_classes * cfg.ipc
-    check_micro_batch(model, cfg.micro_batch, min(cfg.batch_syn or n_syn, n_syn),
+    check_micro_batch(model, cfg.grad.micro_batch, min(cfg.batch_syn or n_syn, n_syn),
                       f"model={cfg.model}")
     check_shared_batch(model, distributed.world_size(), min(cfg.batch_syn or n_syn, n_syn),
                        f"model={cfg.model}")
@@ -197,7 +197,7 @@ def _setup(cfg: DistillConfig, out_dir, data, store) -> Run:
     num = len(store) if cfg.max_experts is None else min(len(store), cfg.max_experts)
     store.check_complete(cfg.max_experts)
     store.check_files(num)  # every file sampled later: found damaged now, not mid-run
-    forward = student_forward(model.to(cfg.device), fast=cfg.fast_student)
+    forward = student_forward(model.to(cfg.device), fast=cfg.grad.fast_student)
     return Run(cfg, data, store, model, forward, DSA(strategy) if strategy else None,
                 strategy, out, num)
 
@@ -219,7 +219,7 @@ def _check_store(cfg: DistillConfig, store) -> None:
             f"but this run has train_per_class={word(cfg.train_per_class)} (null: the whole "
             "training split): use a store trained on the same subset, or set "
             f"train_per_class={word(made)}")
-    check_window(cfg.max_start_epoch, cfg.expert_epochs, store.epochs,
+    check_window(cfg.window.max_start_epoch, cfg.window.expert_epochs, store.epochs,
                  f"the experts in {store.directory} have")
     if len(store) == 0:
         raise CompatibilityError(f"the expert store {store.directory} holds no experts yet; "
@@ -266,12 +266,12 @@ def _fresh_state(run: Run, gens: dict[str, torch.Generator]) -> DistillState:
     cfg, info = run.cfg, run.data.info
     hard = torch.arange(info.num_classes).repeat_interleave(cfg.ipc)  # (N,) class-major
     images = _init_images(run, gens["init"])  # (N, C, H, W)
-    labels = hard if cfg.label_mode == "hard" else _soft_labels(run, images, hard)
+    labels = hard if cfg.labels.label_mode == "hard" else _soft_labels(run, images, hard)
     order = torch.randperm(run.num_experts, generator=gens["expert"])
     return DistillState(iteration=0, images=images, labels=labels,
                         syn_lr=torch.tensor(float(cfg.lr_teacher)), optimizers={},
                         generators={}, expert_order=order, expert_pos=0,
-                        config=config_to_dict(cfg))
+                        config=config_asdict(cfg))
 
 
 def _init_images(run: Run, gen: torch.Generator) -> torch.Tensor:
@@ -326,16 +326,17 @@ def _soft_labels(run: Run, images: torch.Tensor, hard: torch.Tensor) -> torch.Te
 def _optimizers(cfg: DistillConfig, state: DistillState) -> dict[str, torch.optim.Optimizer]:
     opts = {"images": torch.optim.SGD([state.images], lr=cfg.lr_img, momentum=0.5),
             "syn_lr": torch.optim.SGD([state.syn_lr], lr=cfg.lr_lr, momentum=0.5)}
-    if cfg.label_mode == "soft":
-        opts["labels"] = torch.optim.SGD([state.labels], lr=cfg.lr_y, momentum=cfg.momentum_y)
+    labels = cfg.labels
+    if labels.label_mode == "soft":
+        opts["labels"] = torch.optim.SGD([state.labels], lr=labels.lr_y, momentum=labels.momentum_y)
     return opts
 
 
 def _ema(cfg: DistillConfig, state: DistillState):
-    if cfg.ema_decay is None:
+    if cfg.ema.ema_decay is None:
         return None
 
-    ema = ImageEMA(state.images, cfg.ema_decay)
+    ema = ImageEMA(state.images, cfg.ema.ema_decay)
     if state.ema is not None:
         ema.load_state_dict(state.ema)
     return ema
@@ -358,13 +359,13 @@ def _matching_step(run: Run, loop: Loop, it: int) -> dict:
     cfg, t0 = run.cfg, time.time()
     state, gens = loop.state, loop.generators
     expert = _next_expert(run, state, gens["expert"])
-    low, high = window_bounds(cfg.window, it, min_start=cfg.min_start_epoch,
-                              max_start=cfg.max_start_epoch,
-                              current_max_start=cfg.current_max_start_epoch,
-                              expansion_end=cfg.expansion_end)
+    low, high = window_bounds(cfg.window.window, it, min_start=cfg.window.min_start_epoch,
+                              max_start=cfg.window.max_start_epoch,
+                              current_max_start=cfg.window.current_max_start_epoch,
+                              expansion_end=cfg.window.expansion_end)
     start = sample_start_epoch(low, high, gens["window"])
     theta0, target = (t.to(cfg.device) for t in
-                      run.store.epoch_pair(expert, start, cfg.expert_epochs))  # (P,) each
+                      run.store.epoch_pair(expert, start, cfg.window.expert_epochs))  # (P,) each
     theta_n, traj = _student(run, state, gens["student"], theta0)
     loss = matching_loss(theta_n, theta0, target, _mask(cfg, theta_n, target))
     value = float(loss.detach())
@@ -392,9 +393,10 @@ def _student(run: Run, state: DistillState, gen: torch.Generator, theta0: torch.
     cfg = run.cfg
     args = (run.forward, theta0, state.images, state.labels, state.syn_lr)
     kw = dict(syn_steps=cfg.syn_steps, batch_syn=cfg.batch_syn, dsa=run.dsa, generator=gen)
-    if cfg.grad_mode == "unrolled":
+    if cfg.grad.grad_mode == "unrolled":
         return unroll_student(*args, **kw), None
-    traj = student_trajectory(*args, micro_batch=cfg.micro_batch, snapshots=cfg.snapshots, **kw)
+    traj = student_trajectory(*args, micro_batch=cfg.grad.micro_batch,
+                              snapshots=cfg.grad.snapshots, **kw)
     return traj.final.detach().requires_grad_(True), traj
 
 
@@ -405,17 +407,17 @@ def _gradients(run: Run, state: DistillState, loss, theta_n, traj, learnable) ->
     (lam,) = torch.autograd.grad(loss, theta_n)  # lambda_N: the loss enters here only
     with traj:  # frees a spilled trajectory's file, also on error
         out = adjoint_backward(run.forward, traj, state.images, state.labels, state.syn_lr,
-                               lam, dsa=run.dsa, micro_batch=run.cfg.micro_batch)
+                               lam, dsa=run.dsa, micro_batch=run.cfg.grad.micro_batch)
     return [out.images, out.syn_lr] + ([out.labels] if len(learnable) == 3 else [])
 
 
 def _mask(cfg: DistillConfig, theta_n: torch.Tensor, target: torch.Tensor):
     """PAD's parameter selection (None = every entry of the flat vector)."""
-    if cfg.param_mask == "none":
+    if cfg.mask.param_mask == "none":
         return None
 
-    sq_err = (theta_n.detach() - target).square() if cfg.param_mask == "loss" else None
-    return param_mask(cfg.param_mask, cfg.param_mask_ratio, numel=theta_n.numel(),
+    sq_err = (theta_n.detach() - target).square() if cfg.mask.param_mask == "loss" else None
+    return param_mask(cfg.mask.param_mask, cfg.mask.param_mask_ratio, numel=theta_n.numel(),
                       sq_err=sq_err, device=theta_n.device)
 
 

@@ -8,7 +8,6 @@ handed to all), and rank 0 alone writes files.
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,6 +16,7 @@ import torch
 
 from datadistill import distributed
 from datadistill.artifacts.distilled import DistilledSet, save_distilled
+from datadistill.config import config_asdict
 from datadistill.evaluation import (
     protocols as evaluation,  # module: evaluation.evaluate at call time
 )
@@ -50,7 +50,7 @@ def _distilled(run: Run, images: torch.Tensor, state: DistillState, extra: dict)
                         lr=float(state.syn_lr.detach()), info=run.data.info,
                         space=run.data.train.space,
                         ipc=run.cfg.ipc, method=run.cfg.method, zca=run.data.zca,
-                        config=dataclasses.asdict(run.cfg),
+                        config=config_asdict(run.cfg),
                         extra={**extra, **distributed.metadata()})
 
 
