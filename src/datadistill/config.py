@@ -96,56 +96,38 @@ def check_saved_config(saved: dict[str, Any], now: dict[str, Any], where: str | 
         raise CompatibilityError(f"{where} was written with another {what} ({detail}); {fix}")
 
 
-FLAT = "flat"  # field metadata: a nested section whose keys its parent's YAML spells flat
+FLAT = "flat"  # field metadata: a nested section whose keys its parent's files spell flat
 
 
 def flat_section(cls: type) -> Any:
-    """A nested section field (default ``cls()``) whose keys are spelt flat: ``distill.grad_mode``
-    for ``distill.grad.grad_mode`` in YAML, overrides, saved configs and checkpoints."""
+    """A nested section (default ``cls()``) whose keys files spell flat (``distill.grad_mode``)."""
     return dataclasses.field(default_factory=cls, metadata={FLAT: True})
+
+
+def flat_sections(cls: type) -> dict[str, type]:
+    """Name -> class of each section of dataclass ``cls`` declared with :func:`flat_section`."""
+    return {f.name: f.default_factory for f in dataclasses.fields(cls) if f.metadata.get(FLAT)}
 
 
 @functools.cache
 def key_aliases(cls: type) -> dict[str, str]:
-    """The alias table of dataclass ``cls``: each flat key -> its nested path (``section.key``),
-    derived from the fields declared with :func:`flat_section`, in field order. The one table
-    that :func:`config_from_dict` reads with and :func:`config_asdict` writes with.
-
-    Example:
-        >>> @dataclasses.dataclass
-        ... class Grad:
-        ...     mode: str = "unrolled"
-        >>> @dataclasses.dataclass
-        ... class Section:
-        ...     grad: Grad = flat_section(Grad)
-        >>> key_aliases(Section)
-        {'mode': 'grad.mode'}
-    """
-    return {sub.name: f"{f.name}.{sub.name}" for f, section in _flat_sections(cls).items()
+    """The alias table of dataclass ``cls``: flat key -> nested path (``grad_mode`` ->
+    ``grad.grad_mode``), derived from its :func:`flat_section` fields; the one table that
+    :func:`config_from_dict` reads with and :func:`config_asdict` writes with."""
+    return {sub.name: f"{name}.{sub.name}" for name, section in flat_sections(cls).items()
             for sub in dataclasses.fields(section)}
 
 
-def _flat_sections(cls: type) -> dict[dataclasses.Field, type]:
-    """The fields of ``cls`` declared with :func:`flat_section`, and each one's section class."""
-    return {f: f.default_factory for f in dataclasses.fields(cls) if f.metadata.get(FLAT)}
-
-
 def flat_fields(cls: type) -> list[tuple[str, dataclasses.Field]]:
-    """(flat key, field) of every key of dataclass ``cls`` as a file spells it, in order: a
-    flat section's fields in its place."""
-    out: list[tuple[str, dataclasses.Field]] = []
-    for f in dataclasses.fields(cls):
-        if f.metadata.get(FLAT):
-            out += flat_fields(f.default_factory)
-        else:
-            out.append((f.name, f))
-    return out
+    """(key, field) of every key of dataclass ``cls`` as files spell them, in order."""
+    sections = flat_sections(cls)
+    return [pair for f in dataclasses.fields(cls) for pair in
+            (flat_fields(sections[f.name]) if f.name in sections else [(f.name, f)])]
 
 
 def config_asdict(cfg: Any) -> Any:
-    """``dataclasses.asdict(cfg)`` with every flat section's keys written flat in its parent:
-    the layout of saved configs and checkpoints (tuples stay tuples; see :func:`config_to_dict`
-    for YAML and JSON)."""
+    """``dataclasses.asdict(cfg)``, flat sections written flat in their parent: the layout of
+    saved configs and checkpoints."""
     if dataclasses.is_dataclass(cfg) and not isinstance(cfg, type):
         out = {}
         for f in dataclasses.fields(cfg):
@@ -160,11 +142,8 @@ def config_asdict(cfg: Any) -> Any:
 
 
 def nest_keys(cls: type, data: dict[str, Any]) -> dict[str, Any]:
-    """``data`` with the flat keys of ``cls``'s flat sections grouped under their section
-    (``{"grad_mode": "adjoint"}`` -> ``{"grad": {"grad_mode": "adjoint"}}``), by
-    :func:`key_aliases`; every other key as it is."""
-    aliases = key_aliases(cls)
-    out: dict[str, Any] = {}
+    """``data``, flat keys grouped: ``{"grad_mode": x}`` -> ``{"grad": {"grad_mode": x}}``."""
+    aliases, out = key_aliases(cls), {}
     for key, value in data.items():
         if key in aliases:
             section, name = aliases[key].split(".")
@@ -172,19 +151,6 @@ def nest_keys(cls: type, data: dict[str, Any]) -> dict[str, Any]:
         else:
             out[key] = value
     return out
-
-
-def build_config(cls: type[T], **keys: Any) -> T:
-    """``cls(**keys)`` with the flat spellings of its flat sections' keys accepted
-    (``build_config(DistillConfig, grad_mode="adjoint")``), or a section given whole
-    (``grad=GradAxis(...)``); values as given, not coerced."""
-    sections = {f.name: section for f, section in _flat_sections(cls).items()}
-    whole = {k: v for k, v in keys.items() if k in sections and isinstance(v, sections[k])}
-    grouped = nest_keys(cls, {k: v for k, v in keys.items() if k not in whole})
-    if both := sorted(set(whole) & set(grouped)):
-        raise TypeError(f"{cls.__name__}: section {both[0]} given whole and by its keys")
-    return cls(**whole, **{k: sections[k](**v) if k in sections else v
-                           for k, v in grouped.items()})
 
 
 def fields_of(cls: type, obj: Any) -> dict[str, Any]:
@@ -269,7 +235,7 @@ def config_from_dict(cls: type[T], data: dict[str, Any], prefix: str = "") -> T:
         raise ConfigError(f"{prefix or 'config'}: expected a mapping, got {type(data).__name__}")
     hints = typing.get_type_hints(cls)
     names = [name for name, _ in flat_fields(cls)]  # as files spell them
-    sections = {f.name: section for f, section in _flat_sections(cls).items()}
+    sections = flat_sections(cls)
     kwargs = {}
     for key in data:
         if key not in names:
@@ -288,8 +254,7 @@ def config_from_dict(cls: type[T], data: dict[str, Any], prefix: str = "") -> T:
 
 
 def config_to_dict(cfg: Any) -> dict[str, Any]:
-    """Plain nested dict (tuples as lists) of a config dataclass, for YAML and JSON; flat
-    sections written flat (:func:`config_asdict`)."""
+    """Plain nested dict (tuples as lists, :func:`config_asdict`'s layout) for YAML and JSON."""
 
     def plain(v: Any) -> Any:
         if isinstance(v, (list, tuple)):

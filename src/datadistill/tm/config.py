@@ -33,12 +33,13 @@ from typing import Any
 from datadistill.checks import check_positive
 from datadistill.config import (
     RunContext,
-    build_config,
     check_choice,
     check_saved_config,
     config_asdict,
     flat_fields,
     flat_section,
+    flat_sections,
+    nest_keys,
 )
 from datadistill.errors import ConfigError
 from datadistill.matching.axes import (
@@ -105,9 +106,15 @@ class DistillSection:
 
     @classmethod
     def of(cls, **keys: Any):
-        """The config from keys spelt as files spell them (``grad_mode="adjoint"``; a nested
-        section may also be given whole, ``grad=GradAxis(...)``)."""
-        return build_config(cls, **keys)
+        """The config from keys spelt as files spell them (``grad_mode="adjoint"``), or with a
+        section given whole (``grad=GradAxis(...)``); values as given, not coerced."""
+        sections = flat_sections(cls)
+        whole = {k: v for k, v in keys.items() if k in sections and isinstance(v, sections[k])}
+        grouped = nest_keys(cls, {k: v for k, v in keys.items() if k not in whole})
+        if both := sorted(set(whole) & set(grouped)):
+            raise TypeError(f"{cls.__name__}: section {both[0]} given whole and by its keys")
+        return cls(**whole, **{k: sections[k](**v) if k in sections else v
+                               for k, v in grouped.items()})
 
 
 @dataclass
