@@ -35,9 +35,9 @@ Deviations from the official code:
   from the clock), so runs repeat exactly.
 
 Example:
-    >>> cfg = DistillConfig(dataset="digits", ipc=1, syn_steps=10, expert_epochs=2,
-    ...                     max_start_epoch=2, lr_img=100, iterations=50,
-    ...                     expert_dir="runs/digits/experts")               # doctest: +SKIP
+    >>> cfg = DistillConfig.of(dataset="digits", ipc=1, syn_steps=10, expert_epochs=2,
+    ...                        max_start_epoch=2, lr_img=100, iterations=50,
+    ...                        expert_dir="runs/digits/experts")            # doctest: +SKIP
     >>> result = distill(cfg, "runs/digits/mtt")                            # doctest: +SKIP
     >>> result.best_accuracy                                                # doctest: +SKIP
 """
