@@ -76,7 +76,8 @@ def _m(name: str, file: str, old: str, new: str, description: str) -> Mutant:
 MUTANTS = [
     # ---- the ten bugs the suite used to miss (loop, protocols, INFER, CLI)
     _m("datm_window_off_by_one", "tm/distill.py", "window_bounds(cfg.window.window, it,",
-       "window_bounds(cfg.window.window, it + 1,", "DATM window upper bound uses it + 1 instead of it"),
+       "window_bounds(cfg.window.window, it + 1,",
+       "DATM window upper bound uses it + 1 instead of it"),
     _m("pad_mask_not_used", "tm/distill.py",
        "matching_loss(theta_n, theta0, target, _mask(cfg, theta_n, target))",
        "matching_loss(theta_n, theta0, target, None)",
