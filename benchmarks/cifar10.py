@@ -71,12 +71,13 @@ def window_overrides(args, method: str, ipc: int) -> list[str]:
     """Each preset's own matching window (and PAD's schedule) at CPU scale."""
     official = load_pipeline_config(f"cifar10/{method}_ipc{ipc}")
     d, scale = official.distill, (1.0 if ipc == 1 else args.window_scale)
-    out = [f"distill.max_start_epoch={scaled(d.max_start_epoch, scale)}"]
-    if d.min_start_epoch:
-        out.append(f"distill.min_start_epoch={math.floor(scale * d.min_start_epoch)}")
-    if d.window == "expanding":
-        end = round(args.iterations * d.expansion_end / d.iterations)
-        out += [f"distill.current_max_start_epoch={scaled(d.current_max_start_epoch, scale)}",
+    w = d.window
+    out = [f"distill.max_start_epoch={scaled(w.max_start_epoch, scale)}"]
+    if w.min_start_epoch:
+        out.append(f"distill.min_start_epoch={math.floor(scale * w.min_start_epoch)}")
+    if w.window == "expanding":
+        end = round(args.iterations * w.expansion_end / d.iterations)
+        out += [f"distill.current_max_start_epoch={scaled(w.current_max_start_epoch, scale)}",
                 f"distill.expansion_end={max(1, end)}"]
     if official.curriculum is not None:
         schedule = official.curriculum.schedule

@@ -179,7 +179,7 @@ def _config(cell: Cell, expert_dir: str):
     kw.update({k: v for k, v in cell.extra.items() if k not in ("track_rss", "cached")})
     if cell.mode != "unrolled" or cell.micro_batch is not None:
         kw.update(grad_mode=cell.mode, micro_batch=cell.micro_batch)
-    return DistillConfig(**kw)
+    return DistillConfig.of(**kw)
 
 
 def _status_kb(key: str) -> int:

@@ -75,7 +75,7 @@ def overrides(args: argparse.Namespace, method: str, ipc: int) -> list[str]:
                 f"distill.expansion_end={max(1, args.iterations // 2)}"]
     if method == "ftd":
         official = load_pipeline_config(f"{args.dataset}/{method}_ipc{ipc}").distill
-        horizon = (args.iterations / official.iterations) / (1 - official.ema_decay)
+        horizon = (args.iterations / official.iterations) / (1 - official.ema.ema_decay)
         out.append(f"distill.ema_decay={1 - 1 / max(horizon, 1.0):.6g}")
     if method == "pad":
         out += ["curriculum.schedule.add_end_epoch=1", "curriculum.schedule.rm_epoch_first=2",

@@ -291,7 +291,7 @@ def distill_config(preset: str, grad_mode: str, device: str, iterations: int = 3
                 max_start_epoch=2, lr_img=10.0, lr_lr=1e-5, lr_teacher=0.01, batch_syn=8,
                 iterations=iterations, eval_every=iterations, eval_runs=0,
                 checkpoint_every=10**6, grad_mode=grad_mode, device=device)
-    return DistillConfig(**(base | section | {"method": preset}))
+    return DistillConfig.of(**(base | section | {"method": preset}))
 
 
 def run_distill(device: str, work: Path, store, preset: str, grad_mode: str,

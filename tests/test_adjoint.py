@@ -16,7 +16,7 @@ import pytest
 import torch
 from torch import nn
 
-from datadistill.config import list_configs
+from datadistill.config import config_asdict, list_configs
 from datadistill.data.augment import DSA, FAMILIES
 from datadistill.errors import CompatibilityError, ConfigError, DivergenceError
 from datadistill.experts import ExpertConfig, train_experts
@@ -279,12 +279,12 @@ def test_spill_file_is_freed_when_a_step_fails(monkeypatch):
 
 def test_snapshots_key_is_checked_and_may_change_on_resume(tmp_path):
     with pytest.raises(ConfigError, match="distill.snapshots='disk'; choose one of memory, spill"):
-        DistillConfig(dataset="digits", snapshots="disk")
-    saved = dataclasses.asdict(DistillConfig(dataset="digits", grad_mode="adjoint"))
-    check_resume(DistillConfig(dataset="digits", grad_mode="adjoint", snapshots="memory"),
+        DistillConfig.of(dataset="digits", snapshots="disk")
+    saved = config_asdict(DistillConfig.of(dataset="digits", grad_mode="adjoint"))
+    check_resume(DistillConfig.of(dataset="digits", grad_mode="adjoint", snapshots="memory"),
                  saved, tmp_path)
     with pytest.raises(CompatibilityError, match="grad_mode: 'adjoint' -> 'unrolled'"):
-        check_resume(DistillConfig(dataset="digits"), saved, tmp_path)
+        check_resume(DistillConfig.of(dataset="digits"), saved, tmp_path)
 
 
 @pytest.mark.parametrize("family", FAMILIES)
@@ -336,7 +336,7 @@ def _cfg(**kw) -> DistillConfig:
                 expert_epochs=2, max_start_epoch=2, lr_img=10.0, lr_lr=1e-5, lr_teacher=0.01,
                 batch_syn=8, iterations=3, eval_every=3, eval_runs=0, checkpoint_every=2,
                 grad_mode="adjoint")
-    return DistillConfig(**(base | kw))
+    return DistillConfig.of(**(base | kw))
 
 
 def _preset(name: str) -> dict:
@@ -459,7 +459,7 @@ def test_config_checks():
         _cfg(grad_mode="unrolled", micro_batch=4)
     with pytest.raises(ConfigError, match="micro_batch must be >= 1"):
         _cfg(micro_batch=0)
-    assert DistillConfig().grad_mode == "unrolled" and DistillConfig().micro_batch is None
+    assert DistillConfig().grad.grad_mode == "unrolled" and DistillConfig().grad.micro_batch is None
 
 
 def test_shipped_configs_accept_adjoint_mode():
@@ -468,7 +468,7 @@ def test_shipped_configs_accept_adjoint_mode():
     for name in names:
         cfg = load_pipeline_config(name, ["distill.grad_mode=adjoint", "distill.micro_batch=16"])
         dcfg = distill_config(cfg)
-        assert (dcfg.grad_mode, dcfg.micro_batch) == ("adjoint", 16)
+        assert (dcfg.grad.grad_mode, dcfg.grad.micro_batch) == ("adjoint", 16)
 
 
 def test_a_checkpoint_from_before_grad_mode_resumes_as_unrolled(digits, store, tmp_path):

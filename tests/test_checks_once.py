@@ -30,14 +30,14 @@ def test_the_saved_config_check_lists_every_changed_key_and_ignores_free_ones():
 
 def test_every_stage_uses_the_one_resume_check():
     assert _sources_with("was written with another") == ["config.py"]
-    assert {"tm/distill.py", "experts/train.py", "infer/teachers_train.py"} <= set(
+    assert {"tm/config.py", "experts/train.py", "infer/teachers_train.py"} <= set(
         _sources_with("check_saved_config("))
 
 
 def test_lr_teacher_is_checked_where_the_config_is_built():
     with pytest.raises(ConfigError, match=r"lr_teacher \(initial step size\) must be > 0"):
-        DistillConfig(lr_teacher=float("nan"))
-    assert _sources_with('"distill.lr_teacher') == ["tm/distill.py"]
+        DistillConfig.of(lr_teacher=float("nan"))
+    assert _sources_with('"distill.lr_teacher') == ["tm/config.py"]
 
 
 def test_the_required_epochs_rule_has_one_message():

@@ -41,33 +41,42 @@ def test_axis_checks_name_the_key_and_the_choices():
 def test_distill_config_runs_every_axis_check():
     base = dict(dataset="digits", max_start_epoch=4)
     with pytest.raises(ConfigError, match="distill.label_mode='both'"):
-        DistillConfig(**base, label_mode="both")
+        DistillConfig.of(**base, label_mode="both")
     with pytest.raises(ConfigError, match="distill.param_mask='width'"):
-        DistillConfig(**base, param_mask="width")
+        DistillConfig.of(**base, param_mask="width")
     with pytest.raises(ConfigError, match="needs distill.grad_mode=adjoint"):
-        DistillConfig(**base, micro_batch=2)
+        DistillConfig.of(**base, micro_batch=2)
     with pytest.raises(ConfigError, match="expanding needs current_max_start_epoch"):
-        DistillConfig(**base, window="expanding")
+        DistillConfig.of(**base, window="expanding")
     with pytest.raises(ConfigError, match="ema_decay must be in"):  # at config time now
-        DistillConfig(**base, ema_decay=1.5)
+        DistillConfig.of(**base, ema_decay=1.5)
 
 
-def test_each_axis_is_a_group_of_distill_keys_checked_on_its_own():
+def test_each_axis_is_a_nested_section_whose_keys_are_spelt_flat():
     import dataclasses
 
-    from datadistill.matching.axes import AXES, GradAxis, WindowAxis
+    from datadistill.config import key_aliases
+    from datadistill.matching.axes import GradAxis, WindowAxis
     from datadistill.tm.distill import DistillSection
 
-    section = {f.name for f in dataclasses.fields(DistillSection)}
-    keys = [f.name for axis in AXES for f in dataclasses.fields(axis)]
-    assert len(keys) == len(set(keys)) and set(keys) <= section  # each key in one axis
-    assert {"window", "label_mode", "param_mask", "ema_decay", "grad_mode"} <= set(keys)
+    aliases = key_aliases(DistillSection)  # the one table: flat key -> nested path
+    sections = [f.name for f in dataclasses.fields(DistillSection)][:5]
+    assert sections == ["window", "labels", "mask", "ema", "grad"]
+    assert {aliases[k] for k in ("window", "label_mode", "param_mask", "ema_decay",
+                                 "grad_mode")} == {"window.window", "labels.label_mode",
+                                                   "mask.param_mask", "ema.ema_decay",
+                                                   "grad.grad_mode"}
+    assert all(path.split(".")[0] in sections for path in aliases.values())
+    section = DistillSection.of(grad_mode="adjoint", window="expanding",
+                                current_max_start_epoch=2, expansion_end=5)
+    assert isinstance(section.grad, GradAxis) and section.grad.grad_mode == "adjoint"
+    assert (section.window.window, section.window.expansion_end) == ("expanding", 5)
     with pytest.raises(ConfigError, match="expanding needs current_max_start_epoch"):
         WindowAxis(window="expanding")
     with pytest.raises(ConfigError, match=r"distill.snapshots='disk'; choose one of memory"):
         GradAxis(snapshots="disk")
     with pytest.raises(ConfigError, match="distill.max_start_epoch must be >= 1, got 0"):
-        DistillConfig(dataset="digits", max_start_epoch=0, min_start_epoch=-1)
+        DistillConfig.of(dataset="digits", max_start_epoch=0, min_start_epoch=-1)
 
 
 def test_distill_section_keys_stay_flat_in_yaml_overrides_and_saved_configs():
@@ -77,7 +86,8 @@ def test_distill_section_keys_stay_flat_in_yaml_overrides_and_saved_configs():
     cfg = load_pipeline_config("digits/mtt_ipc1", ["distill.grad_mode=adjoint", "ipc=2",
                                                    "distill.micro_batch=5", "zca=true"])
     dcfg = distill_config(cfg, expert_dir="somewhere")
-    assert (cfg.distill.grad_mode, dcfg.grad_mode, dcfg.micro_batch) == ("adjoint",) * 2 + (5,)
+    assert (cfg.distill.grad.grad_mode, dcfg.grad.grad_mode) == ("adjoint",) * 2
+    assert dcfg.grad.micro_batch == 5
     assert (dcfg.ipc, dcfg.zca, dcfg.expert_dir) == (2, True, "somewhere")
     saved = config_to_dict(dcfg)
     assert saved["grad_mode"] == "adjoint" and saved["zca"] is True  # flat, as checkpoints hold
@@ -91,3 +101,33 @@ def test_a_shared_key_inside_a_stage_section_names_where_it_belongs(key):
     message = rf"experts.{key}: {key} is shared by every stage of a run; set it once at the top"
     with pytest.raises(ConfigError, match=message):
         load_pipeline_config("digits/mtt_ipc1", [f"experts.{key}=1"])
+
+
+def test_the_alias_table_reads_and_writes_the_flat_layout_of_saved_configs():
+    import dataclasses
+
+    from datadistill.config import config_asdict, config_from_dict
+    from datadistill.tm.distill import DistillSection
+
+    flat = {"window": "expanding", "current_max_start_epoch": 2, "expansion_end": 9,
+            "label_mode": "soft", "grad_mode": "adjoint", "micro_batch": 4, "syn_steps": 7}
+    section = config_from_dict(DistillSection, flat, prefix="distill.")
+    assert (section.window.window, section.labels.label_mode, section.grad.micro_batch,
+            section.syn_steps) == ("expanding", "soft", 4, 7)
+    saved = config_asdict(section)  # what config.json and checkpoints hold: flat, every key
+    assert {k: saved[k] for k in flat} == flat
+    assert not any(dataclasses.is_dataclass(v) or isinstance(v, dict) for v in saved.values())
+    assert config_from_dict(DistillSection, saved) == section  # a saved config reads back
+    # The layout of config.json: the axes' keys in their place, before the loop's own keys
+    # (the order the flat config of earlier versions had).
+    assert list(saved)[:18] == [
+        "expert_epochs", "max_start_epoch", "min_start_epoch", "window",
+        "current_max_start_epoch", "expansion_end", "label_mode", "lr_y", "momentum_y",
+        "param_mask", "param_mask_ratio", "ema_decay", "grad_mode", "micro_batch", "snapshots",
+        "fast_student", "memory_check", "syn_steps"]
+    # A section's own name is not a key of a file: only the flat spellings are.
+    with pytest.raises(ConfigError, match=r"unknown config key 'distill.grad'.*Valid keys: "
+                                          r"expert_epochs, max_start_epoch"):
+        config_from_dict(DistillSection, {"grad": {"grad_mode": "adjoint"}}, prefix="distill.")
+    with pytest.raises(ConfigError, match=r"distill.micro_batch: expected an integer"):
+        config_from_dict(DistillSection, {"micro_batch": "four"}, prefix="distill.")

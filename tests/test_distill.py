@@ -27,7 +27,7 @@ def _cfg(**kw):
     base = dict(dataset="digits", model_kwargs={"width": 8}, ipc=2, syn_steps=3,
                 expert_epochs=2, max_start_epoch=2, lr_img=10.0, lr_lr=1e-5, lr_teacher=0.01,
                 iterations=4, eval_every=2, eval_runs=0, eval_epochs=2, checkpoint_every=2)
-    return DistillConfig(**(base | kw))
+    return DistillConfig.of(**(base | kw))
 
 
 def _final(path):
@@ -264,7 +264,7 @@ def test_an_incomplete_store_is_refused_unless_max_experts_says_so(digits, store
 
 def test_stage_line_shows_the_final_evaluation_and_the_best(digits, store, tmp_path,
                                                             monkeypatch, capsys):
-    import datadistill.tm.distill as distill_mod
+    import datadistill.tm.outputs as outputs_mod
 
     means = {0: 0.5, 2: 0.7, 4: 0.6}  # the last evaluation is not the best
 
@@ -272,7 +272,7 @@ def test_stage_line_shows_the_final_evaluation_and_the_best(digits, store, tmp_p
         return {"iteration": it, "eval": True, "mean": means[it], "std": 0.0,
                 "accuracies": [means[it]]}
 
-    monkeypatch.setattr(distill_mod, "_evaluate_here", fake)
+    monkeypatch.setattr(outputs_mod, "_evaluate_here", fake)
     distill(_cfg(), tmp_path, data=digits, store=store, progress=True)
     line = [x for x in capsys.readouterr().err.splitlines() if x.startswith("distill:")]
     assert len(line) == 1 and "acc=0.6000, best=0.7000@2" in line[0], line

@@ -21,10 +21,10 @@ def test_presets_carry_teslas_settings_and_the_adjoint_default(name):
     assert (cfg.dataset, cfg.model, cfg.model_kwargs["depth"], cfg.zca) == (
         "imagenet64", "convnet", 4, False)
     # TESLA README ImageNet-1K command
-    assert (cfg.syn_steps, cfg.expert_epochs, cfg.max_start_epoch, cfg.lr_img, cfg.lr_lr,
-            cfg.lr_teacher, cfg.batch_syn) == (10, 3, 10, 1e4, 1e-4, 0.01, 100)
-    assert (cfg.grad_mode, cfg.micro_batch) == ("adjoint", 25)
-    assert cfg.label_mode == ("soft" if "datm" in name else "hard")
+    assert (cfg.syn_steps, cfg.window.expert_epochs, cfg.window.max_start_epoch, cfg.lr_img,
+            cfg.lr_lr, cfg.lr_teacher, cfg.batch_syn) == (10, 3, 10, 1e4, 1e-4, 0.01, 100)
+    assert (cfg.grad.grad_mode, cfg.grad.micro_batch) == ("adjoint", 25)
+    assert cfg.labels.label_mode == ("soft" if "datm" in name else "hard")
 
 
 def test_estimate_prints_the_peak_per_gpu_for_1_2_4_8_processes(capsys):

@@ -17,6 +17,7 @@ import torch
 
 import datadistill.evaluation.protocols as evaluate_mod
 import datadistill.tm.distill as distill_mod
+import datadistill.tm.outputs as outputs_mod
 from datadistill.artifacts.distilled import load_distilled
 from datadistill.evaluation.protocols import EvalReport
 from datadistill.experts import ExpertConfig, train_experts
@@ -35,7 +36,7 @@ def _cfg(**kw):
     base = dict(dataset="digits", model_kwargs={"width": 8}, ipc=1, syn_steps=2,
                 expert_epochs=2, max_start_epoch=2, lr_img=10.0, lr_lr=1e-5, lr_teacher=0.01,
                 iterations=4, eval_every=2, eval_runs=0, eval_epochs=1, checkpoint_every=2)
-    return DistillConfig(**(base | kw))
+    return DistillConfig.of(**(base | kw))
 
 
 def _rows(path):
@@ -104,13 +105,13 @@ def test_the_last_iteration_is_evaluated_when_not_a_multiple(digits, store, tmp_
 
 def test_checkpoints_every_n_iterations_and_at_the_end(digits, store, tmp_path, monkeypatch):
     saved = []
-    real = distill_mod.save_checkpoint
+    real = outputs_mod.save_checkpoint
 
     def spy(path, state):
         saved.append(state.iteration)
         return real(path, state)
 
-    monkeypatch.setattr(distill_mod, "save_checkpoint", spy)
+    monkeypatch.setattr(outputs_mod, "save_checkpoint", spy)
     _run(_cfg(iterations=7, eval_every=0, checkpoint_every=3), tmp_path, digits, store)
     assert saved == [0, 3, 6, 7]
 
@@ -156,8 +157,8 @@ def test_expanding_window_bounds_follow_the_iteration(digits, store, tmp_path, m
     starts = [r["start_epoch"] for r in _rows(tmp_path / "a")[0]]
     assert all(lo <= s < hi for s, (lo, hi) in zip(starts, bounds, strict=True))
     bounds.clear()  # T- > 0 moves the lower end only
-    _run(dataclasses.replace(cfg, min_start_epoch=1, current_max_start_epoch=2), tmp_path / "b",
-         digits, store)
+    window = dataclasses.replace(cfg.window, min_start_epoch=1, current_max_start_epoch=2)
+    _run(dataclasses.replace(cfg, window=window), tmp_path / "b", digits, store)
     # it 0..2: 2 + int(it / 3) = 2; it 3, 4: 3.
     assert bounds == [(1, 2), (1, 2), (1, 2), (1, 3), (1, 3)]
     bounds.clear()

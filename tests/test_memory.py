@@ -93,9 +93,9 @@ def test_fitting_micro_batch_is_the_largest_that_fits(footprint):
 
 def test_estimate_config_counts_the_real_data():
     info = dataset_info("digits")
-    cfg = DistillConfig(dataset="digits", ipc=2, syn_steps=10)
+    cfg = DistillConfig.of(dataset="digits", ipc=2, syn_steps=10)
     full = estimate_config(cfg, info)
-    sub = estimate_config(DistillConfig(dataset="digits", ipc=2, syn_steps=10,
+    sub = estimate_config(DistillConfig.of(dataset="digits", ipc=2, syn_steps=10,
                                         train_per_class=5), info)
     assert full.unrolled.data == (1437 + 360) * (64 * 4 + 8)
     assert sub.unrolled.data == (50 + 360) * (64 * 4 + 8)
@@ -124,7 +124,8 @@ def test_cli_estimate_grows_with_steps_for_unrolled_only(capsys):
 
 
 def test_spilled_snapshots_leave_the_adjoint_estimate_flat_in_syn_steps():
-    fp = estimate_config(DistillConfig(dataset="digits", ipc=1), dataset_info("digits")).footprint
+    fp = estimate_config(DistillConfig.of(dataset="digits", ipc=1),
+                         dataset_info("digits")).footprint
 
     def snap(steps: int, how: str) -> int:
         return estimate_memory(fp, mode="adjoint", num_images=10, syn_steps=steps,
@@ -136,11 +137,11 @@ def test_spilled_snapshots_leave_the_adjoint_estimate_flat_in_syn_steps():
 
 def _free_between_adjoint_and_unrolled(micro: int) -> int:
     """Free memory where the unrolled digits run does not fit and adjoint fits up to micro."""
-    cfg = DistillConfig(dataset="digits", ipc=1, syn_steps=20)
+    cfg = DistillConfig.of(dataset="digits", ipc=1, syn_steps=20)
     est = estimate_config(cfg, dataset_info("digits"))
     fp = est.footprint
     free = estimate_memory(fp, mode="adjoint", num_images=10, syn_steps=20, micro_batch=micro,
-                           real_images=1437 + 360, snapshots=cfg.snapshots).total
+                           real_images=1437 + 360, snapshots=cfg.grad.snapshots).total
     assert free < est.unrolled.total
     return free
 
@@ -160,10 +161,10 @@ def test_unrolled_run_that_does_not_fit_is_refused(command, tmp_path, capsys, mo
 
 def test_refusal_when_nothing_fits_and_the_override(monkeypatch):
     monkeypatch.setattr(memory, "free_memory", lambda device: 1000)
-    cfg = DistillConfig(dataset="digits", ipc=1, syn_steps=20)
+    cfg = DistillConfig.of(dataset="digits", ipc=1, syn_steps=20)
     with pytest.raises(ConfigError, match="micro_batch=1 does not fit"):
         memory.check_memory(cfg)
-    assert memory.check_memory(DistillConfig(dataset="digits", ipc=1,
+    assert memory.check_memory(DistillConfig.of(dataset="digits", ipc=1,
                                              memory_check=False)) is None
     with pytest.raises(ConfigError, match="grad_mode=adjoint"):
         distill(cfg, "unused-dir")

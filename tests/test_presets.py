@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import math
 import re
+from types import SimpleNamespace
 
 import pytest
 
-from datadistill.config import list_configs, resolve_config_path
+from datadistill.config import config_asdict, list_configs, resolve_config_path
 from datadistill.data.imagenet import SUBSETS
 from datadistill.errors import ConfigError
 from datadistill.tm.pipeline import distill_config, expert_config, load_pipeline_config
@@ -23,9 +24,14 @@ METHODS = ["mtt", "ftd", "datm", "mdatm", "pad"]
 PIPELINE_CONFIGS = [n for n in list_configs() if not n.split("/")[1].startswith("infer")]
 
 
+def _flat(dcfg) -> SimpleNamespace:
+    """The distill config's values under their flat keys, as files and saved runs spell them."""
+    return SimpleNamespace(**config_asdict(dcfg))
+
+
 def _load(name: str):
     cfg = load_pipeline_config(name)
-    return cfg, expert_config(cfg), distill_config(cfg)
+    return cfg, expert_config(cfg), _flat(distill_config(cfg))
 
 
 # ----------------------------------------------------------------------------- registry
@@ -61,7 +67,7 @@ def test_preset_on_another_config_switches_the_slots(method):
     """A preset is data: `method=X` on MTT's digits file turns X's slots on."""
     overrides = [f"method={method}"] + (["zca=false"] if method == "mdatm" else [])
     cfg = load_pipeline_config("digits/mtt_ipc1", overrides)
-    e, d = expert_config(cfg), distill_config(cfg)
+    e, d = expert_config(cfg), _flat(distill_config(cfg))
     assert d.method == method
     assert e.optimizer == ("sgd" if method == "mtt" else "gsam")
     assert (d.ema_decay is not None) == (method == "ftd")

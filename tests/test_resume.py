@@ -31,7 +31,7 @@ def _cfg(**kw):
     base = dict(dataset="digits", model_kwargs={"width": 8}, ipc=1, syn_steps=2,
                 expert_epochs=2, max_start_epoch=2, lr_img=10.0, lr_teacher=0.01,
                 iterations=4, eval_every=4, eval_runs=1, eval_epochs=1, checkpoint_every=50)
-    return DistillConfig(**(base | kw))
+    return DistillConfig.of(**(base | kw))
 
 
 def _rows(path):

@@ -184,13 +184,13 @@ def test_challenge_reports_a_wrong_image_count_by_itself():
 
 
 def test_check_memory_between_adjoint_and_unrolled(monkeypatch):
-    unrolled = DistillConfig(dataset="digits", ipc=1, syn_steps=20)
-    adjoint = DistillConfig(dataset="digits", ipc=1, syn_steps=20, grad_mode="adjoint")
+    unrolled = DistillConfig.of(dataset="digits", ipc=1, syn_steps=20)
+    adjoint = DistillConfig.of(dataset="digits", ipc=1, syn_steps=20, grad_mode="adjoint")
     info = dataset_info("digits")
     est = estimate_config(unrolled, info)
     need_adjoint = estimate_memory(
         est.footprint, mode="adjoint", num_images=10, syn_steps=20, micro_batch=10,
-        real_images=1437 + 360, snapshots=unrolled.snapshots).total
+        real_images=1437 + 360, snapshots=unrolled.grad.snapshots).total
     assert need_adjoint < est.unrolled.total
     free = (need_adjoint + est.unrolled.total) // 2
     monkeypatch.setattr(memory, "free_memory", lambda device: free)
@@ -235,11 +235,11 @@ def test_restricted_unpickler_refuses_globals_outside_its_allow_list(module, nam
 ])
 def test_zero_or_negative_learning_rates_are_refused_naming_the_key(key, over):
     with pytest.raises(ConfigError, match=key.replace(".", r"\.") + " must be"):
-        check_distill(DistillConfig(dataset="digits", ipc=1, **over))
+        check_distill(DistillConfig.of(dataset="digits", ipc=1, **over))
 
 
 def test_lr_lr_zero_is_a_fixed_step_size():
-    check_distill(DistillConfig(dataset="digits", ipc=1, lr_lr=0.0))  # admitted
+    check_distill(DistillConfig.of(dataset="digits", ipc=1, lr_lr=0.0))  # admitted
 
 
 # ----------------------------------------------------------------------------- messages

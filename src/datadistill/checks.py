@@ -122,8 +122,8 @@ def check_distill(dcfg: Any) -> None:
     """Learning rates and evaluation sizes of a :class:`DistillConfig`."""
     check_positive("distill.lr_img", dcfg.lr_img)
     check_positive("distill.lr_lr", dcfg.lr_lr, allow_zero=True)  # 0: a fixed step size
-    if dcfg.label_mode == "soft":
-        check_positive("distill.lr_y", dcfg.lr_y)
+    if dcfg.labels.label_mode == "soft":
+        check_positive("distill.lr_y", dcfg.labels.lr_y)
     check_count("distill.eval_batch", dcfg.eval_batch, 1)
     check_count("distill.eval_epochs", dcfg.eval_epochs, 0)
     check_device(dcfg.device)
@@ -189,8 +189,8 @@ def check_pipeline(cfg: Any, ecfg: Any, dcfg: Any, *, window: bool = True) -> No
     check_count("evaluation.epochs", ev.epochs, 0)
     check_count("evaluation.batch_size", ev.batch_size, 1)
     if window:
-        check_window(dcfg.max_start_epoch, dcfg.expert_epochs, ecfg.epochs, "experts.epochs is",
-                     ConfigError)
+        check_window(dcfg.window.max_start_epoch, dcfg.window.expert_epochs, ecfg.epochs,
+                     "experts.epochs is", ConfigError)
 
 
 def check_infer(cfg: Any) -> None:

@@ -190,7 +190,7 @@ def _print_process_table(dcfg, info) -> None:
     """Adjoint peak per GPU under torchrun with 1, 2, 4, 8 processes (unrolled cannot shard)."""
     from datadistill.tm.memory import GB, process_table
 
-    print(f"adjoint peak per GPU (device memory; micro_batch {dcfg.micro_batch}):")
+    print(f"adjoint peak per GPU (device memory; micro_batch {dcfg.grad.micro_batch}):")
     for k, est in process_table(dcfg, info, device="cuda"):
         print(f"  {k} process{'es' if k > 1 else '  '}: {est.total / GB:6.2f} GB "
               f"({est.details['batch']} images per step and process; graph "

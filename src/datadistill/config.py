@@ -20,6 +20,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import difflib
+import functools
 import types
 import typing
 from importlib import resources
@@ -93,6 +94,63 @@ def check_saved_config(saved: dict[str, Any], now: dict[str, Any], where: str | 
     if diff:
         detail = ", ".join(f"{k}: {saved.get(k)!r} -> {now[k]!r}" for k in diff)
         raise CompatibilityError(f"{where} was written with another {what} ({detail}); {fix}")
+
+
+FLAT = "flat"  # field metadata: a nested section whose keys its parent's files spell flat
+
+
+def flat_section(cls: type) -> Any:
+    """A nested section (default ``cls()``) whose keys files spell flat (``distill.grad_mode``)."""
+    return dataclasses.field(default_factory=cls, metadata={FLAT: True})
+
+
+def flat_sections(cls: type) -> dict[str, type]:
+    """Name -> class of each section of dataclass ``cls`` declared with :func:`flat_section`."""
+    return {f.name: f.default_factory for f in dataclasses.fields(cls) if f.metadata.get(FLAT)}
+
+
+@functools.cache
+def key_aliases(cls: type) -> dict[str, str]:
+    """The alias table of dataclass ``cls``: flat key -> nested path (``grad_mode`` ->
+    ``grad.grad_mode``), derived from its :func:`flat_section` fields; the one table that
+    :func:`config_from_dict` reads with and :func:`config_asdict` writes with."""
+    return {sub.name: f"{name}.{sub.name}" for name, section in flat_sections(cls).items()
+            for sub in dataclasses.fields(section)}
+
+
+def flat_fields(cls: type) -> list[tuple[str, dataclasses.Field]]:
+    """(key, field) of every key of dataclass ``cls`` as files spell them, in order."""
+    sections = flat_sections(cls)
+    return [pair for f in dataclasses.fields(cls) for pair in
+            (flat_fields(sections[f.name]) if f.name in sections else [(f.name, f)])]
+
+
+def config_asdict(cfg: Any) -> Any:
+    """``dataclasses.asdict(cfg)``, flat sections written flat in their parent: the layout of
+    saved configs and checkpoints."""
+    if dataclasses.is_dataclass(cfg) and not isinstance(cfg, type):
+        out = {}
+        for f in dataclasses.fields(cfg):
+            value = config_asdict(getattr(cfg, f.name))
+            out.update(value if f.metadata.get(FLAT) else {f.name: value})
+        return out
+    if isinstance(cfg, (list, tuple)):
+        return type(cfg)(config_asdict(v) for v in cfg)
+    if isinstance(cfg, dict):
+        return type(cfg)((config_asdict(k), config_asdict(v)) for k, v in cfg.items())
+    return copy.deepcopy(cfg)
+
+
+def nest_keys(cls: type, data: dict[str, Any]) -> dict[str, Any]:
+    """``data``, flat keys grouped: ``{"grad_mode": x}`` -> ``{"grad": {"grad_mode": x}}``."""
+    aliases, out = key_aliases(cls), {}
+    for key, value in data.items():
+        if key in aliases:
+            section, name = aliases[key].split(".")
+            out.setdefault(section, {})[name] = value
+        else:
+            out[key] = value
+    return out
 
 
 def fields_of(cls: type, obj: Any) -> dict[str, Any]:
@@ -186,16 +244,19 @@ def config_from_dict(cls: type[T], data: dict[str, Any], prefix: str = "") -> T:
     if not isinstance(data, dict):
         raise ConfigError(f"{prefix or 'config'}: expected a mapping, got {type(data).__name__}")
     hints = typing.get_type_hints(cls)
-    names = [f.name for f in dataclasses.fields(cls)]
+    names = [name for name, _ in flat_fields(cls)]  # as files spell them
+    sections = flat_sections(cls)
     kwargs = {}
-    for key, value in data.items():
+    for key in data:
         if key not in names:
             raise ConfigError(
                 f"unknown config key '{prefix}{key}'."
                 f"{_in_section(cls, hints, key, prefix) or _closest(key, names, prefix)} "
                 f"Valid keys: {', '.join(names)}."
             )
-        kwargs[key] = _coerce(value, hints[key], f"{prefix}{key}")
+    for key, value in nest_keys(cls, data).items():
+        kwargs[key] = (config_from_dict(sections[key], value, prefix) if key in sections
+                       else _coerce(value, hints[key], f"{prefix}{key}"))
     try:
         cfg = cls(**kwargs)
     except (TypeError, ValueError) as err:
@@ -204,7 +265,7 @@ def config_from_dict(cls: type[T], data: dict[str, Any], prefix: str = "") -> T:
 
 
 def config_to_dict(cfg: Any) -> dict[str, Any]:
-    """Plain nested dict (tuples as lists) of a config dataclass, for YAML and JSON."""
+    """Plain nested dict (tuples as lists, :func:`config_asdict`'s layout) for YAML and JSON."""
 
     def plain(v: Any) -> Any:
         if isinstance(v, (list, tuple)):
@@ -213,7 +274,7 @@ def config_to_dict(cfg: Any) -> dict[str, Any]:
             return {k: plain(x) for k, x in v.items()}
         return v
 
-    return plain(dataclasses.asdict(cfg))
+    return plain(config_asdict(cfg))
 
 
 def parse_overrides(items: list[str]) -> dict[str, Any]:

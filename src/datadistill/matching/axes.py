@@ -1,9 +1,10 @@
 """The strategy axes of trajectory matching: one typed group of ``distill`` keys per axis.
 
 MTT, FTD, DATM, M-DATM and PAD share one loop and differ along a few independent axes. Each
-axis is a small dataclass holding the keys that switch it, with a ``check()`` that calls the
-validator living beside the axis's math; :class:`datadistill.tm.distill.DistillConfig` is made of
-these groups and checks each of them in turn:
+axis is a small dataclass holding the keys that switch it, with a ``check()`` (run when it is
+built) that calls the validator living beside the axis's math;
+:class:`datadistill.tm.config.DistillSection` holds one of each as a nested section
+(``cfg.window``, ``cfg.labels``, ``cfg.mask``, ``cfg.ema``, ``cfg.grad``):
 
 =========  ===============================================  ======================  ========
 axis       keys (``distill.<key>``)                          math and validator      methods
@@ -17,10 +18,11 @@ grad       grad_mode, micro_batch, snapshots, fast_student,  ``adjoint.py``     
            memory_check
 =========  ===============================================  ======================  ========
 
-The keys stay flat (``distill.grad_mode=adjoint``, as in every YAML, checkpoint and saved
-config); the groups are mixed into the config rather than nested under a name, so that what
-users write and what runs have saved keeps its meaning. A new axis is one dataclass here, its
-validator beside its math, and one base class more of ``DistillSection``.
+The keys are spelt flat wherever a config is written (``distill.grad_mode=adjoint``, as in
+every YAML, checkpoint and saved config): one alias table maps each flat key to its nested
+path (:func:`datadistill.config.key_aliases`), so what users write and what runs have saved
+keeps its meaning. A new axis is one dataclass here, its validator beside its math, and one
+``flat_section`` field more of ``DistillSection``.
 
 Example:
     >>> WindowAxis(window="expanding", current_max_start_epoch=10, expansion_end=100).window
@@ -136,7 +138,3 @@ class GradAxis(Axis):
     def check(self) -> None:
         check_choice("distill.snapshots", self.snapshots, SNAPSHOT_MODES)
         check_grad_config(self.grad_mode, self.micro_batch)
-
-
-# In the order DistillSection checks them.
-AXES = (LabelAxis, MaskAxis, WindowAxis, GradAxis, EmaAxis)

@@ -19,17 +19,10 @@ mini-batch is shared by the ranks (:mod:`datadistill.matching.adjoint`), every r
 same synthetic set, and rank 0 alone writes the outputs; a resume hands rank 0's checkpoint
 to all ranks, so a run resumes with any K. The distilled sets record ``world_size``.
 
-Strategy fields (defaults = MTT): ``window`` "expanding" (DATM), ``label_mode`` "soft" with
-``lr_y``/``momentum_y`` (DATM/PAD), ``pix_init`` "samples_predicted_correctly" (DATM),
-``threshold`` (DATM: skip the update when the loss exceeds it), ``ema_decay`` (FTD),
-``param_mask`` + ``param_mask_ratio`` (PAD). Gradient mode (any preset): ``grad_mode``
-"unrolled" (official) or "adjoint" (:func:`datadistill.matching.student_trajectory` then
-:func:`datadistill.matching.adjoint_backward`: the same gradient at the memory of one student
-step; a skipped iteration skips the backward pass), with ``micro_batch`` chunks.
-``threshold`` and ``ema_decay`` are coupled on purpose: the EMA is updated after each image
-update, as FTD's is after each optimiser step, so an iteration skipped by the threshold
-updates neither the images nor the EMA (which thus averages updates, not iterations). No
-official code combines the two: DATM has the skip and no EMA, FTD the EMA and no skip.
+The config (:class:`~datadistill.tm.config.DistillConfig`: the strategy axes, their
+coupling) is in :mod:`datadistill.tm.config`; evaluations, saved sets and checkpoints in
+:mod:`datadistill.tm.outputs`; the loop carries one state object
+(:class:`~datadistill.tm.state.Loop`).
 
 Deviations from the official code:
 
@@ -42,36 +35,30 @@ Deviations from the official code:
   from the clock), so runs repeat exactly.
 
 Example:
-    >>> cfg = DistillConfig(dataset="digits", ipc=1, syn_steps=10, expert_epochs=2,
-    ...                     max_start_epoch=2, lr_img=100, iterations=50,
-    ...                     expert_dir="runs/digits/experts")               # doctest: +SKIP
+    >>> cfg = DistillConfig.of(dataset="digits", ipc=1, syn_steps=10, expert_epochs=2,
+    ...                        max_start_epoch=2, lr_img=100, iterations=50,
+    ...                        expert_dir="runs/digits/experts")            # doctest: +SKIP
     >>> result = distill(cfg, "runs/digits/mtt")                            # doctest: +SKIP
     >>> result.best_accuracy                                                # doctest: +SKIP
 """
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
 import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 from datadistill import distributed
-from datadistill.artifacts.distilled import DistilledSet, save_distilled
-from datadistill.checks import check_distill, check_ipc_fits, check_positive, check_window
-from datadistill.config import RunContext, check_choice, check_saved_config
+from datadistill.checks import check_distill, check_ipc_fits, check_window
+from datadistill.config import config_asdict
 from datadistill.data import check_prepared, prepare
 from datadistill.data.augment import DSA
 from datadistill.errors import CompatibilityError, ConfigError, DivergenceError
-from datadistill.evaluation import (
-    protocols as evaluation,  # module: evaluation.evaluate at call time
-)
 from datadistill.experts import ExpertStore
 from datadistill.labels import is_soft
 from datadistill.matching import (
@@ -85,135 +72,31 @@ from datadistill.matching import (
     window_bounds,
 )
 from datadistill.matching.adjoint import check_shared_batch
-from datadistill.matching.axes import (
-    AXES,
-    EmaAxis,
-    GradAxis,
-    LabelAxis,
-    MaskAxis,
-    WindowAxis,
-    check_at_least,
-)
 from datadistill.matching.ema import ImageEMA
 from datadistill.matching.init import select_correct_samples
 from datadistill.matching.masks import param_mask
 from datadistill.matching.soft_labels import init_soft_labels
-from datadistill.report.page import refresh_report
 from datadistill.runtime.lock import locks_output
 from datadistill.runtime.progress import progress_bar
-from datadistill.tm.checkpoint import DistillState, MetricsLog, load_checkpoint, save_checkpoint
+from datadistill.tm.checkpoint import DistillState, MetricsLog, load_checkpoint
+from datadistill.tm.config import DistillConfig, DistillSection, check_resume, stage_seeds
 from datadistill.tm.memory import check_memory
-from datadistill.training import build_model, derive_seeds
+from datadistill.tm.outputs import (
+    DistillResult,
+    NullLog,
+    eval_points,
+    evaluate_and_save,
+    show,
+    write_checkpoint,
+)
+from datadistill.tm.state import Loop, Run
+from datadistill.training import build_model
+
+# The config and the result are imported from here too (the loop's public face).
+__all__ = ["DistillConfig", "DistillResult", "DistillSection", "check_processes",
+           "check_resume", "distill"]
 
 logger = logging.getLogger(__name__)
-
-PIX_INITS = ("real", "noise", "samples_predicted_correctly")
-# Keys that may change when a run is resumed (the rest must match the checkpoint).
-RESUMABLE_KEYS = ("iterations", "eval_every", "eval_runs", "eval_epochs", "eval_batch",
-                  "device", "data_root", "expert_dir", "checkpoint_every", "memory_check",
-                  "snapshots")
-
-
-@dataclass
-class DistillSection(GradAxis, EmaAxis, MaskAxis, LabelAxis, WindowAxis):
-    """The ``distill:`` section of a pipeline config: the loop's own keys, and the strategy
-    axes (window, labels, mask, ema, grad: :mod:`datadistill.matching.axes`) that presets
-    switch. Defaults are MTT's (``distill.py`` argparse). The bases are listed last axis
-    first, so that the fields (and ``Valid keys`` of an error) read window, labels, mask,
-    ema, grad, then the loop's own."""
-
-    syn_steps: int = 20  # N: unrolled student steps per iteration
-    lr_img: float = 1000.0  # SGD lr on the pixels (momentum 0.5)
-    lr_lr: float = 1e-5  # SGD lr on the learnable step size (momentum 0.5)
-    lr_teacher: float = 0.01  # initial learnable step size alpha_0
-    batch_syn: int | None = None  # synthetic mini-batch per student step; None = all images
-    pix_init: str = "real"  # real | noise | samples_predicted_correctly (DATM)
-    iterations: int = 5000  # outer updates
-    eval_every: int = 100  # evaluate at 0, eval_every, ... and at the last iteration
-    eval_runs: int = 5  # fresh networks per evaluation (0: no evaluation, best = last)
-    eval_epochs: int = 1000  # training epochs per evaluation network (classic protocol)
-    eval_batch: int = 256  # evaluation mini-batch
-    expert_dir: str | None = None  # expert store (distill(store=...) overrides it)
-    max_experts: int | None = None  # use only the first K experts (ablations)
-    dsa: bool = True  # DSA in the student steps and the evaluation
-    dsa_strategy: str | None = None  # None: the dataset's default strategy
-    threshold: float | None = None  # skip the update when the loss exceeds it (DATM: 1.0)
-    checkpoint_every: int = 50  # iterations between checkpoints (also after every evaluation)
-
-    def __post_init__(self) -> None:
-        check_choice("distill.pix_init", self.pix_init, PIX_INITS)
-        check_at_least(self, ("syn_steps", "checkpoint_every"), 1)
-        check_at_least(self, ("iterations", "eval_every", "eval_runs"), 0)
-        check_positive("distill.lr_teacher (initial step size)", self.lr_teacher)
-        if self.batch_syn is not None and self.batch_syn < 1:
-            raise ConfigError(f"distill.batch_syn must be >= 1 or null, got {self.batch_syn}")
-        for axis in AXES:  # each strategy axis is validated beside its math (matching/*.py)
-            axis.check(self)
-
-
-@dataclass
-class DistillConfig(DistillSection, RunContext):
-    """Trajectory-matching hyper-parameters; defaults are MTT's (``distill.py`` argparse).
-
-    The keys are flat: the run context (data, model, seed, device: :class:`RunContext`),
-    ``method`` and ``ipc``, then the ``distill`` section (:class:`DistillSection`, grouped by
-    strategy axis in :mod:`datadistill.matching.axes`).
-
-    ``grad_mode`` chooses how the gradient reaches the images, the step size and the soft
-    labels through the ``syn_steps`` student steps. ``"unrolled"`` (default, the official
-    way) keeps the graph of every step: memory grows with syn_steps x batch_syn.
-    ``"adjoint"`` runs the steps without a graph, then replays them backwards one at a time
-    (:mod:`datadistill.matching.adjoint`): the same gradient up to rounding, from the same
-    random draws, at the memory of one step, for about one extra forward and backward per
-    step. ``micro_batch`` (adjoint only) also splits each step's mini-batch into chunks of
-    that many images, so one step's graph holds ``micro_batch`` images; exact for students
-    whose samples do not interact (a BatchNorm student is refused). Both are fixed for a run:
-    a checkpoint resumes only with the values it was written with.
-
-    Example:
-        >>> cfg = DistillConfig(dataset="cifar100", ipc=50, syn_steps=80, batch_syn=125,
-        ...                     grad_mode="adjoint", micro_batch=25)
-        >>> cfg.grad_mode, cfg.micro_batch
-        ('adjoint', 25)
-    """
-
-    method: str = "mtt"  # preset name, recorded with the outputs
-    ipc: int = 1  # synthetic images per class
-
-    def __post_init__(self) -> None:
-        check_at_least(self, ("ipc",), 1)
-        super().__post_init__()
-
-
-@dataclass
-class DistillResult:
-    """Where the outputs are and how the run ended."""
-
-    out_dir: Path
-    best_dir: Path  # best/ (by mean evaluation accuracy; = last/ when eval_runs is 0)
-    last_dir: Path
-    metrics_path: Path
-    checkpoint_path: Path
-    best_accuracy: float | None  # mean over eval_runs, fraction in [0, 1]
-    best_iteration: int | None
-    final_syn_lr: float
-    iterations_done: int
-    seconds: float
-
-
-@dataclass
-class _Run:
-    """Everything fixed for the run: data, experts, student, augmentation, output paths."""
-
-    cfg: DistillConfig
-    data: object  # RealData
-    store: object  # ExpertStore
-    model: torch.nn.Module
-    forward: Callable
-    dsa: object | None
-    dsa_strategy: str | None
-    out: Path
-    num_experts: int
 
 
 @locks_output("out_dir")
@@ -243,46 +126,36 @@ def distill(cfg: DistillConfig, out_dir: str | Path, *, data=None, store=None,
     run = _setup(cfg, out_dir, data, store)
     # rank 0's folder decides (other ranks may not see it, e.g. on another node)
     resumed = distributed.broadcast_object(resume and (run.out / "checkpoint.pt").is_file())
-    state, opts, gens, ema = _initial_state(run, resumed)  # checks a resumed config first
-    log = _NullLog(run.out / "metrics.jsonl")  # rank 0 alone writes (module docstring)
+    loop = _initial_state(run, resumed)  # checks a resumed config first
+    state = loop.state
+    log = NullLog(run.out / "metrics.jsonl")  # rank 0 alone writes (module docstring)
     if distributed.is_main():
-        (run.out / "config.json").write_text(json.dumps(dataclasses.asdict(cfg), indent=2)
-                                             + "\n")
+        (run.out / "config.json").write_text(json.dumps(config_asdict(cfg), indent=2) + "\n")
         log = MetricsLog(run.out / "metrics.jsonl", state.iteration if resumed else None)
-    eval_points = _eval_points(cfg)
+    points = eval_points(cfg)
     bar = progress_bar(total=cfg.iterations, initial=state.iteration, desc="distill",
                        enabled=progress, stage=True)
     last_acc, row = state.best_accuracy, None
     for it in range(state.iteration, cfg.iterations + 1):
         state.iteration = it
-        if it in eval_points and state.evaluated != it:
-            last_acc = _evaluate_and_save(run, state, ema, it, log)
-            _checkpoint(run, state, opts, gens, ema)
+        if it in points and state.evaluated != it:
+            last_acc = evaluate_and_save(run, loop, it, log)
+            write_checkpoint(run, loop)
         elif it % cfg.checkpoint_every == 0:
-            _checkpoint(run, state, opts, gens, ema)
+            write_checkpoint(run, loop)
         if it == cfg.iterations:
             break
-        row = _matching_step(run, state, opts, gens, ema, it)
+        row = _matching_step(run, loop, it)
         log.write(row)
         bar.update(1)
-        _show(bar, row, last_acc, state)
+        show(bar, row, last_acc, state)
         if on_iteration is not None:
             on_iteration(it, row)
-    _show(bar, row, last_acc, state)  # the final evaluation came after the last step's postfix
+    show(bar, row, last_acc, state)  # the final evaluation came after the last step's postfix
     bar.close()
     return DistillResult(run.out, run.out / "best", run.out / "last", log.path,
                          run.out / "checkpoint.pt", state.best_accuracy, state.best_iteration,
                          float(state.syn_lr.detach()), cfg.iterations, time.time() - t0)
-
-
-def _show(bar, row: dict | None, acc: float | None, state: DistillState) -> None:
-    """The bar's postfix: the last step's loss and step size, the latest evaluation and the
-    best one (the set kept in best/) with its iteration."""
-    shown = {} if row is None else {"loss": f"{row['loss']:.4f}", "syn_lr": f"{row['syn_lr']:.3g}"}
-    shown["acc"] = "-" if acc is None else f"{acc:.4f}"
-    if state.best_accuracy is not None:
-        shown["best"] = f"{state.best_accuracy:.4f}@{state.best_iteration}"
-    bar.set_postfix(**shown)
 
 
 # ----------------------------------------------------------------------------- setup
@@ -291,15 +164,15 @@ def _show(bar, row: dict | None, acc: float | None, state: DistillState) -> None
 def check_processes(cfg: DistillConfig) -> None:
     """Under torchrun with several processes only adjoint mode can share the work."""
     k = distributed.world_size()
-    if k > 1 and cfg.grad_mode != "adjoint":
+    if k > 1 and cfg.grad.grad_mode != "adjoint":
         raise ConfigError(
-            f"distill.grad_mode={cfg.grad_mode} runs in one process, but {k} were started "
+            f"distill.grad_mode={cfg.grad.grad_mode} runs in one process, but {k} were started "
             "(torchrun): the unrolled graph of all student steps cannot be split across "
             "processes. Set distill.grad_mode=adjoint (the same gradient; each student step's "
             "mini-batch is then shared by the processes), or run without torchrun.")
 
 
-def _setup(cfg: DistillConfig, out_dir, data, store) -> _Run:
+def _setup(cfg: DistillConfig, out_dir, data, store) -> Run:
 
     check_distill(cfg)  # learning rates, evaluation sizes, device: before any data is read
     if data is None:
@@ -312,7 +185,7 @@ def _setup(cfg: DistillConfig, out_dir, data, store) -> _Run:
     _check_data(cfg, data)
     model = build_model(cfg, data.info)
     n_syn = data.info.num_classes * cfg.ipc
-    check_micro_batch(model, cfg.micro_batch, min(cfg.batch_syn or n_syn, n_syn),
+    check_micro_batch(model, cfg.grad.micro_batch, min(cfg.batch_syn or n_syn, n_syn),
                       f"model={cfg.model}")
     check_shared_batch(model, distributed.world_size(), min(cfg.batch_syn or n_syn, n_syn),
                        f"model={cfg.model}")
@@ -324,8 +197,8 @@ def _setup(cfg: DistillConfig, out_dir, data, store) -> _Run:
     num = len(store) if cfg.max_experts is None else min(len(store), cfg.max_experts)
     store.check_complete(cfg.max_experts)
     store.check_files(num)  # every file sampled later: found damaged now, not mid-run
-    forward = student_forward(model.to(cfg.device), fast=cfg.fast_student)
-    return _Run(cfg, data, store, model, forward, DSA(strategy) if strategy else None,
+    forward = student_forward(model.to(cfg.device), fast=cfg.grad.fast_student)
+    return Run(cfg, data, store, model, forward, DSA(strategy) if strategy else None,
                 strategy, out, num)
 
 
@@ -346,30 +219,18 @@ def _check_store(cfg: DistillConfig, store) -> None:
             f"but this run has train_per_class={word(cfg.train_per_class)} (null: the whole "
             "training split): use a store trained on the same subset, or set "
             f"train_per_class={word(made)}")
-    check_window(cfg.max_start_epoch, cfg.expert_epochs, store.epochs,
+    check_window(cfg.window.max_start_epoch, cfg.window.expert_epochs, store.epochs,
                  f"the experts in {store.directory} have")
     if len(store) == 0:
         raise CompatibilityError(f"the expert store {store.directory} holds no experts yet; "
                                  "run train_experts first.")
 
 
-def _eval_points(cfg: DistillConfig) -> set[int]:
-    points = {cfg.iterations}
-    if cfg.eval_every > 0:
-        points |= set(range(0, cfg.iterations + 1, cfg.eval_every))
-    return points
-
-
-def _seeds(seed: int, n: int) -> list[int]:
-
-    return list(derive_seeds(seed, 7, n=n))
-
-
 _GENERATORS = ("init", "expert", "window", "student")
 
 
-def _initial_state(run: _Run, resumed: bool):
-    """(state, optimisers, generators, ema): fresh, or restored from the checkpoint.
+def _initial_state(run: Run, resumed: bool) -> Loop:
+    """The loop's state, fresh or restored from the checkpoint.
 
     Under several processes every rank draws from the same seeded generators, and rank 0's
     state (fresh or read from its checkpoint) is handed to all, so every rank starts equal.
@@ -377,7 +238,7 @@ def _initial_state(run: _Run, resumed: bool):
     cfg = run.cfg
     path = run.out / "checkpoint.pt"
     gens = {k: torch.Generator().manual_seed(s)
-            for k, s in zip(_GENERATORS, _seeds(cfg.seed, len(_GENERATORS)), strict=True)}
+            for k, s in zip(_GENERATORS, stage_seeds(cfg.seed, len(_GENERATORS)), strict=True)}
     if resumed:
         state = load_checkpoint(path) if distributed.is_main() else None
         state = distributed.broadcast_object(state)
@@ -398,34 +259,22 @@ def _initial_state(run: _Run, resumed: bool):
     for name, g in gens.items():
         if name in state.generators:
             g.set_state(state.generators[name])
-    ema = _ema(cfg, state)
-    return state, opts, gens, ema
+    return Loop(state, opts, gens, _ema(cfg, state))
 
 
-def check_resume(cfg: DistillConfig, saved: dict, path: Path) -> None:
-    """A checkpoint written with ``saved`` may be resumed under ``cfg`` (else an error)."""
-    now = dataclasses.asdict(cfg)
-    # A key added after the checkpoint was written (e.g. grad_mode) had its default then.
-    saved = {f.name: f.default for f in dataclasses.fields(DistillConfig)
-             if f.default is not dataclasses.MISSING} | saved
-    check_saved_config(saved, now, path, what="config", free=RESUMABLE_KEYS,
-                       fix="resume with the same settings, or rerun with --restart (Python: "
-                       "resume=False) to start over.")
-
-
-def _fresh_state(run: _Run, gens: dict[str, torch.Generator]) -> DistillState:
+def _fresh_state(run: Run, gens: dict[str, torch.Generator]) -> DistillState:
     cfg, info = run.cfg, run.data.info
     hard = torch.arange(info.num_classes).repeat_interleave(cfg.ipc)  # (N,) class-major
     images = _init_images(run, gens["init"])  # (N, C, H, W)
-    labels = hard if cfg.label_mode == "hard" else _soft_labels(run, images, hard)
+    labels = hard if cfg.labels.label_mode == "hard" else _soft_labels(run, images, hard)
     order = torch.randperm(run.num_experts, generator=gens["expert"])
     return DistillState(iteration=0, images=images, labels=labels,
                         syn_lr=torch.tensor(float(cfg.lr_teacher)), optimizers={},
                         generators={}, expert_order=order, expert_pos=0,
-                        config=dataclasses.asdict(cfg))
+                        config=config_asdict(cfg))
 
 
-def _init_images(run: _Run, gen: torch.Generator) -> torch.Tensor:
+def _init_images(run: Run, gen: torch.Generator) -> torch.Tensor:
     cfg, train, info = run.cfg, run.data.train, run.data.info
     if cfg.pix_init == "noise":
         return torch.randn(info.num_classes * cfg.ipc, info.channels, *info.image_size,
@@ -455,7 +304,7 @@ def _init_images(run: _Run, gen: torch.Generator) -> torch.Tensor:
 class _FinalParams:
     """Lazy sequence of each expert's final-epoch flat parameters (DATM's label model)."""
 
-    def __init__(self, run: _Run) -> None:
+    def __init__(self, run: Run) -> None:
         self.store, self.n = run.store, run.num_experts
 
     def __len__(self) -> int:
@@ -467,7 +316,7 @@ class _FinalParams:
         return self.store.load(i)[-1]
 
 
-def _soft_labels(run: _Run, images: torch.Tensor, hard: torch.Tensor) -> torch.Tensor:
+def _soft_labels(run: Run, images: torch.Tensor, hard: torch.Tensor) -> torch.Tensor:
 
     only_correct = run.cfg.pix_init == "samples_predicted_correctly"
     return init_soft_labels(images, hard, _FinalParams(run), run.model,
@@ -477,16 +326,17 @@ def _soft_labels(run: _Run, images: torch.Tensor, hard: torch.Tensor) -> torch.T
 def _optimizers(cfg: DistillConfig, state: DistillState) -> dict[str, torch.optim.Optimizer]:
     opts = {"images": torch.optim.SGD([state.images], lr=cfg.lr_img, momentum=0.5),
             "syn_lr": torch.optim.SGD([state.syn_lr], lr=cfg.lr_lr, momentum=0.5)}
-    if cfg.label_mode == "soft":
-        opts["labels"] = torch.optim.SGD([state.labels], lr=cfg.lr_y, momentum=cfg.momentum_y)
+    labels = cfg.labels
+    if labels.label_mode == "soft":
+        opts["labels"] = torch.optim.SGD([state.labels], lr=labels.lr_y, momentum=labels.momentum_y)
     return opts
 
 
 def _ema(cfg: DistillConfig, state: DistillState):
-    if cfg.ema_decay is None:
+    if cfg.ema.ema_decay is None:
         return None
 
-    ema = ImageEMA(state.images, cfg.ema_decay)
+    ema = ImageEMA(state.images, cfg.ema.ema_decay)
     if state.ema is not None:
         ema.load_state_dict(state.ema)
     return ema
@@ -495,7 +345,7 @@ def _ema(cfg: DistillConfig, state: DistillState):
 # ----------------------------------------------------------------------------- one iteration
 
 
-def _next_expert(run: _Run, state: DistillState, gen: torch.Generator) -> int:
+def _next_expert(run: Run, state: DistillState, gen: torch.Generator) -> int:
     if state.expert_pos >= len(state.expert_order):  # exhausted: reshuffle (MTT)
         state.expert_order = torch.randperm(run.num_experts, generator=gen)
         state.expert_pos = 0
@@ -504,17 +354,18 @@ def _next_expert(run: _Run, state: DistillState, gen: torch.Generator) -> int:
     return i
 
 
-def _matching_step(run: _Run, state: DistillState, opts, gens, ema, it: int) -> dict:
+def _matching_step(run: Run, loop: Loop, it: int) -> dict:
     """One outer update (MTT Algorithm 1, lines 4-12); returns the metrics row."""
     cfg, t0 = run.cfg, time.time()
+    state, gens = loop.state, loop.generators
     expert = _next_expert(run, state, gens["expert"])
-    low, high = window_bounds(cfg.window, it, min_start=cfg.min_start_epoch,
-                              max_start=cfg.max_start_epoch,
-                              current_max_start=cfg.current_max_start_epoch,
-                              expansion_end=cfg.expansion_end)
+    low, high = window_bounds(cfg.window.window, it, min_start=cfg.window.min_start_epoch,
+                              max_start=cfg.window.max_start_epoch,
+                              current_max_start=cfg.window.current_max_start_epoch,
+                              expansion_end=cfg.window.expansion_end)
     start = sample_start_epoch(low, high, gens["window"])
     theta0, target = (t.to(cfg.device) for t in
-                      run.store.epoch_pair(expert, start, cfg.expert_epochs))  # (P,) each
+                      run.store.epoch_pair(expert, start, cfg.window.expert_epochs))  # (P,) each
     theta_n, traj = _student(run, state, gens["student"], theta0)
     loss = matching_loss(theta_n, theta0, target, _mask(cfg, theta_n, target))
     value = float(loss.detach())
@@ -525,47 +376,48 @@ def _matching_step(run: _Run, state: DistillState, opts, gens, ema, it: int) -> 
         grads = _gradients(run, state, loss, theta_n, traj, learnable)
         for p, g in zip(learnable, grads, strict=True):
             p.grad = g
-        for opt in opts.values():
+        for opt in loop.optimizers.values():
             opt.step()
             opt.zero_grad(set_to_none=True)
         _check_state(state, it)
-        if ema is not None:
-            ema.update(state.images)
+        if loop.ema is not None:
+            loop.ema.update(state.images)
     return {"iteration": it, "loss": value, "syn_lr": float(state.syn_lr.detach()),
             "start_epoch": start, "expert": expert, "skipped": skipped,
             "time": round(time.time() - t0, 4)}
 
 
-def _student(run: _Run, state: DistillState, gen: torch.Generator, theta0: torch.Tensor):
+def _student(run: Run, state: DistillState, gen: torch.Generator, theta0: torch.Tensor):
     """(theta_N, trajectory): unrolled, theta_N carries the graph of all steps and the
     trajectory is None; adjoint, theta_N is a leaf and the trajectory replays the steps."""
     cfg = run.cfg
     args = (run.forward, theta0, state.images, state.labels, state.syn_lr)
     kw = dict(syn_steps=cfg.syn_steps, batch_syn=cfg.batch_syn, dsa=run.dsa, generator=gen)
-    if cfg.grad_mode == "unrolled":
+    if cfg.grad.grad_mode == "unrolled":
         return unroll_student(*args, **kw), None
-    traj = student_trajectory(*args, micro_batch=cfg.micro_batch, snapshots=cfg.snapshots, **kw)
+    traj = student_trajectory(*args, micro_batch=cfg.grad.micro_batch,
+                              snapshots=cfg.grad.snapshots, **kw)
     return traj.final.detach().requires_grad_(True), traj
 
 
-def _gradients(run: _Run, state: DistillState, loss, theta_n, traj, learnable) -> list:
+def _gradients(run: Run, state: DistillState, loss, theta_n, traj, learnable) -> list:
     """d loss / d learnable (images, syn_lr[, soft labels]); theta_0 is a constant."""
     if traj is None:
         return list(torch.autograd.grad(loss, learnable))
     (lam,) = torch.autograd.grad(loss, theta_n)  # lambda_N: the loss enters here only
     with traj:  # frees a spilled trajectory's file, also on error
         out = adjoint_backward(run.forward, traj, state.images, state.labels, state.syn_lr,
-                               lam, dsa=run.dsa, micro_batch=run.cfg.micro_batch)
+                               lam, dsa=run.dsa, micro_batch=run.cfg.grad.micro_batch)
     return [out.images, out.syn_lr] + ([out.labels] if len(learnable) == 3 else [])
 
 
 def _mask(cfg: DistillConfig, theta_n: torch.Tensor, target: torch.Tensor):
     """PAD's parameter selection (None = every entry of the flat vector)."""
-    if cfg.param_mask == "none":
+    if cfg.mask.param_mask == "none":
         return None
 
-    sq_err = (theta_n.detach() - target).square() if cfg.param_mask == "loss" else None
-    return param_mask(cfg.param_mask, cfg.param_mask_ratio, numel=theta_n.numel(),
+    sq_err = (theta_n.detach() - target).square() if cfg.mask.param_mask == "loss" else None
+    return param_mask(cfg.mask.param_mask, cfg.mask.param_mask_ratio, numel=theta_n.numel(),
                       sq_err=sq_err, device=theta_n.device)
 
 
@@ -597,90 +449,3 @@ def all_finite(t: torch.Tensor) -> bool:
     return all(bool(torch.isfinite(part).all()) for part in flat.split(FINITE_CHUNK))
 
 
-# ----------------------------------------------------------------------------- outputs
-
-
-def _distilled(run: _Run, images: torch.Tensor, state: DistillState, extra: dict):
-
-    return DistilledSet(images=images.detach().cpu(), labels=state.labels.detach().cpu(),
-                        lr=float(state.syn_lr.detach()), info=run.data.info,
-                        space=run.data.train.space,
-                        ipc=run.cfg.ipc, method=run.cfg.method, zca=run.data.zca,
-                        config=dataclasses.asdict(run.cfg),
-                        extra={**extra, **distributed.metadata()})
-
-
-def _evaluate_here(run: _Run, images: torch.Tensor, state: DistillState, it: int) -> dict:
-    cfg = run.cfg
-    if cfg.eval_runs == 0:
-        return {"iteration": it, "eval": True, "mean": None, "std": None, "accuracies": []}
-
-    report = evaluation.evaluate(
-                      images.detach(), state.labels.detach(), run.data.test, protocol="classic",
-                      model=cfg.model, lr=float(state.syn_lr.detach()), num_runs=cfg.eval_runs,
-                      epochs=cfg.eval_epochs, batch_size=cfg.eval_batch,
-                      seed=_seeds(cfg.seed + it, 1)[0], device=cfg.device,
-                      dsa_strategy=run.dsa_strategy or "none", model_kwargs=cfg.model_kwargs,
-                      space=run.data.train.space)
-    return {"iteration": it, "eval": True, "mean": report.mean, "std": report.std,
-            "accuracies": list(report.accuracies)}
-
-
-def _evaluate(run: _Run, images: torch.Tensor, state: DistillState, it: int) -> dict:
-    """The evaluation row; under several processes rank 0's row, so every rank keeps the
-    same best iteration (each rank takes part, in case the protocol shares its runs)."""
-    return distributed.broadcast_object(_evaluate_here(run, images, state, it))
-
-
-def _evaluate_and_save(run: _Run, state: DistillState, ema, it: int, log) -> float | None:
-    """Evaluate (images and, with FTD's EMA, the EMA images); save last/, best/ and a grid."""
-    from datadistill.artifacts.grids import save_class_grid
-
-    main = distributed.is_main()  # every rank evaluates and keeps the best; rank 0 writes
-    row = _evaluate(run, state.images, state, it)
-    log.write(row)
-    ds = _distilled(run, state.images, state, {"iteration": it, "accuracy": row["mean"],
-                                               "std": row["std"]})
-    if main:
-        save_distilled(ds, run.out / "last")
-        save_class_grid(ds, run.out / "grids" / f"iter_{it:05d}.png")
-    if it == 0 and main:  # the initial images, for the report's initial-vs-final grid
-        save_distilled(ds, run.out / "initial")
-    better = row["mean"] is None or state.best_accuracy is None or \
-        row["mean"] > state.best_accuracy
-    if better:
-        if main:
-            save_distilled(ds, run.out / "best")
-        state.best_accuracy, state.best_iteration = row["mean"], it
-    if ema is not None:
-        ema_row = {**_evaluate(run, ema.images, state, it), "ema": True}
-        log.write(ema_row)
-        if main:
-            save_distilled(_distilled(run, ema.images, state, {"iteration": it, "ema": True,
-                                                               "accuracy": ema_row["mean"]}),
-                           run.out / "ema_last")
-    state.evaluated = it
-    logger.info("iteration %d: accuracy %s", it, row["mean"])
-    if main:
-        refresh_report(run.out, force=it == run.cfg.iterations)  # report.html; never raises
-    return row["mean"]
-
-
-def _checkpoint(run: _Run, state: DistillState, opts, gens, ema) -> None:
-    """Rank 0 writes; the others hold the same state in memory (a resume reads rank 0's)."""
-    if not distributed.is_main():
-        return
-    state.optimizers = {k: o.state_dict() for k, o in opts.items()}
-    state.generators = {k: g.get_state() for k, g in gens.items()}
-    state.ema = ema.state_dict() if ema is not None else None
-    save_checkpoint(run.out / "checkpoint.pt", state)
-
-
-class _NullLog:
-    """The metrics log of a rank other than 0: same interface, writes nothing."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-
-    def write(self, row: dict) -> None:
-        pass

@@ -269,7 +269,7 @@ def footprint_for(cfg, info) -> StepFootprint:
 
     model = build_model(cfg, info, init_seed=0)
     return trace_step(model, (info.channels, *info.image_size), info.num_classes,
-                      fast=cfg.fast_student, soft_labels=cfg.label_mode == "soft")
+                      fast=cfg.grad.fast_student, soft_labels=cfg.labels.label_mode == "soft")
 
 
 def real_images_of(cfg, info) -> int:
@@ -303,7 +303,8 @@ def estimate_config(cfg, info, *, real_images: int | None = None,
     n = info.num_classes * cfg.ipc
     common = dict(num_images=n, syn_steps=cfg.syn_steps, batch_syn=cfg.batch_syn,
                   real_images=real_images_of(cfg, info) if real_images is None
-                  else real_images, soft_labels=cfg.label_mode == "soft", device=cfg.device,
+                  else real_images, soft_labels=cfg.labels.label_mode == "soft",
+                  device=cfg.device,
                   snapshots=snapshots_of(cfg))
     unrolled = estimate_memory(fp, mode="unrolled", **common)
     adjoint = estimate_memory(fp, mode="adjoint", micro_batch=micro_batch_of(cfg), **common)
@@ -315,17 +316,17 @@ def estimate_config(cfg, info, *, real_images: int | None = None,
 
 def micro_batch_of(cfg) -> int | None:
     """``distill.micro_batch`` (None where the config has no such key)."""
-    return getattr(cfg, "micro_batch", None)
+    return getattr(getattr(cfg, "grad", None), "micro_batch", None)
 
 
 def snapshots_of(cfg) -> str:
     """``distill.snapshots`` ("memory" where the config has no such key)."""
-    return getattr(cfg, "snapshots", "memory")
+    return getattr(getattr(cfg, "grad", None), "snapshots", "memory")
 
 
 def grad_mode_of(cfg) -> str:
     """``distill.grad_mode`` ("unrolled" where the config has no such key)."""
-    return getattr(cfg, "grad_mode", "unrolled")
+    return getattr(getattr(cfg, "grad", None), "grad_mode", "unrolled")
 
 
 def fitting_micro_batch(fp: StepFootprint, free: int, **common) -> int | None:
@@ -390,7 +391,7 @@ def process_table(cfg, info, *, device: str = "cuda", real_images: int | None = 
     common = dict(num_images=info.num_classes * cfg.ipc, syn_steps=cfg.syn_steps,
                   batch_syn=cfg.batch_syn, micro_batch=micro_batch_of(cfg),
                   real_images=real_images_of(cfg, info) if real_images is None else real_images,
-                  soft_labels=cfg.label_mode == "soft", device=device,
+                  soft_labels=cfg.labels.label_mode == "soft", device=device,
                   snapshots=snapshots_of(cfg))
     return [(k, per_process(fp, k, **common)) for k in counts]
 
@@ -408,7 +409,7 @@ def check_memory(cfg, data=None) -> ConfigEstimate | None:
     Example:
         >>> check_memory(DistillConfig(dataset="digits", ipc=1))   # doctest: +SKIP
     """
-    if not getattr(cfg, "memory_check", True):
+    if not getattr(getattr(cfg, "grad", None), "memory_check", True):
         return None
 
     if data is not None:  # a disk cache (CachedImages) is read per batch: not held
@@ -430,7 +431,7 @@ def _check_adjoint(cfg, info, real: int | None, free: int, processes: int) -> No
     fp = footprint_for(cfg, info)
     common = dict(num_images=info.num_classes * cfg.ipc, syn_steps=cfg.syn_steps,
                   batch_syn=cfg.batch_syn, real_images=real_images_of(cfg, info)
-                  if real is None else real, soft_labels=cfg.label_mode == "soft",
+                  if real is None else real, soft_labels=cfg.labels.label_mode == "soft",
                   device=cfg.device, snapshots=snapshots_of(cfg))
     need = per_process(fp, processes, micro_batch=micro_batch_of(cfg), **common)
     if need.total <= free:

@@ -258,7 +258,8 @@ def _check(cfg: PipelineConfig) -> None:
 
 def _check_challenge(cfg: PipelineConfig, dcfg) -> None:
     """The challenge takes normalised pixels with labels implied by class order."""
-    if "challenge" in cfg.evaluation.protocols and (cfg.zca or dcfg.label_mode != "hard"):
+    hard = dcfg.labels.label_mode == "hard"
+    if "challenge" in cfg.evaluation.protocols and (cfg.zca or not hard):
         raise ConfigError("evaluation.protocols has 'challenge', which scores normalised pixels "
                           "with class-order hard labels: set zca=false and "
                           "distill.label_mode=hard (the mdatm preset does).")
@@ -394,7 +395,7 @@ def _final_evaluation(cfg: PipelineConfig, data, result, out: Path, restart: boo
                               seed=cfg.seed + SEED_RANDOM_SUBSET, device=device, progress=progress,
                               cache=RunCache(runs, "random_subset"))
         report["random_subset"] = rep.to_dict()
-        if ev.soft_random and cfg.distill.label_mode == "soft" and store is not None:
+        if ev.soft_random and cfg.distill.labels.label_mode == "soft" and store is not None:
             report["random_subset_soft"] = _soft_random(cfg, data, store, runs, device,
                                                         progress)
     return report

@@ -31,6 +31,7 @@ from typing import Any
 
 from datadistill import distributed
 from datadistill.artifacts.distilled import DistilledSet, load_distilled, save_distilled
+from datadistill.config import config_asdict
 from datadistill.errors import ArtifactError, DatadistillError
 from datadistill.tm.checkpoint import _read_rows, load_checkpoint
 from datadistill.tm.distill import distill
@@ -65,7 +66,7 @@ def _save_state(state, data, dcfg, folder: Path, extra: dict) -> None:
     save_distilled(DistilledSet(images=state.images, labels=state.labels,
                                 lr=float(state.syn_lr), info=data.info,
                                 space=data.train.space, ipc=dcfg.ipc, method=dcfg.method,
-                                zca=data.zca, config=dataclasses.asdict(dcfg), extra=extra),
+                                zca=data.zca, config=config_asdict(dcfg), extra=extra),
                    folder)
 
 
@@ -77,7 +78,7 @@ def _replay_best(dcfg, data, distill_dir: Path, extra: dict, store) -> None:
     shutil.rmtree(scratch, ignore_errors=True)
     distill(replay, scratch, data=data, store=store, progress=False, resume=False)
     best = load_distilled(scratch / "last")
-    best.extra, best.config = extra, dataclasses.asdict(dcfg)
+    best.extra, best.config = extra, config_asdict(dcfg)
     shutil.rmtree(distill_dir / "best", ignore_errors=True)
     save_distilled(best, distill_dir / "best")
     shutil.rmtree(scratch)
