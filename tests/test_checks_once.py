@@ -29,7 +29,7 @@ def test_the_saved_config_check_lists_every_changed_key_and_ignores_free_ones():
 
 
 def test_every_stage_uses_the_one_resume_check():
-    assert _sources_with("was written with another") == ["config.py"]
+    assert _sources_with("was written with another") == ["config/sections.py"]
     assert {"tm/config.py", "experts/train.py", "infer/teachers_train.py"} <= set(
         _sources_with("check_saved_config("))
 

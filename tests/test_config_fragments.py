@@ -12,7 +12,7 @@ from datadistill.cli import main
 from datadistill.config import (
     EXTENDS_KEY,
     METHODS_DIR,
-    _config_root,
+    config_roots,
     fragment_chain,
     list_configs,
     load_yaml,
@@ -23,7 +23,7 @@ from datadistill.config import (
 from datadistill.errors import ConfigError
 from test_resolved_configs import resolve
 
-FRAGMENTS = sorted(p.stem for p in (_config_root() / METHODS_DIR).glob("*.yaml"))
+FRAGMENTS = sorted(p.stem for p in (config_roots()[0] / METHODS_DIR).glob("*.yaml"))
 
 
 def _leaves(d: dict, prefix: str = "") -> dict:
@@ -56,7 +56,7 @@ def test_per_setting_config_restates_no_method_value(name):
 
 @pytest.mark.parametrize("name", FRAGMENTS)
 def test_fragment_restates_nothing_it_extends(name):
-    own = load_yaml(_config_root() / METHODS_DIR / f"{name}.yaml")
+    own = load_yaml(config_roots()[0] / METHODS_DIR / f"{name}.yaml")
     parent = own.pop(EXTENDS_KEY, None)
     assert restated(own, method_values(parent) if parent else {}) == []
 
