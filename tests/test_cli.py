@@ -6,8 +6,9 @@ import pytest
 import torch
 
 from datadistill.artifacts.distilled import DistilledSet, export_legacy, save_distilled
-from datadistill.cli import DEFAULT_THREADS, build_parser, main, parse_args
+from datadistill.cli import build_parser, main, parse_args
 from datadistill.data import create_dataset, random_subset
+from datadistill.runtime.threads import DEFAULT_THREADS
 
 
 @pytest.fixture(scope="module")
