@@ -28,7 +28,6 @@ COMMAND_SOURCES = ("configs", "validate", "datadistill.evaluation.commands", "ru
                    "datadistill.tm.commands", "datadistill.infer.commands", "report")
 
 
-# ---------------------------------------------------------------- the CLI's own commands
 def cmd_configs(args: argparse.Namespace) -> None:
     from datadistill.config import list_configs, resolve_config_path, resolved_config_text
 
@@ -44,9 +43,7 @@ def cmd_configs(args: argparse.Namespace) -> None:
     if args.action == "show":
         print(resolved_config_text(src), end="")
         return
-    dest = Path(args.dest)
-    if dest.is_dir():
-        dest = dest / src.name
+    dest = Path(args.dest) / src.name if Path(args.dest).is_dir() else Path(args.dest)
     if dest.exists() and not args.force:
         raise ConfigError(f"{dest} exists; pass --force to overwrite it")
     if not dest.parent.is_dir():
@@ -143,7 +140,6 @@ def commands() -> list[Command]:
                       else importlib.import_module(source).COMMANDS)]
 
 
-# ---------------------------------------------------------------- parser
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="datadistill", description="Dataset distillation: experts, matching, evaluation."
@@ -186,7 +182,6 @@ def parse_args(parser: argparse.ArgumentParser, argv: list[str] | None) -> argpa
     return args
 
 
-# ---------------------------------------------------------------- guard
 class Terminated(KeyboardInterrupt):
     """SIGTERM, raised where the program is, so it stops like Ctrl-C (files stay whole)."""
 
@@ -209,23 +204,11 @@ def command_guard(args: argparse.Namespace):
 def main(argv: list[str] | None = None) -> int:
     """The ``datadistill`` command; under torchrun, a rank's error also goes to torchrun's
     failure summary (its ``record`` decorator), which names the rank that failed."""
-    if int(os.environ.get("WORLD_SIZE", "1") or 1) > 1:  # torchrun (distributed.env_world_size,
-        # read without importing torch, which --version and --help do not need)
+    if int(os.environ.get("WORLD_SIZE", "1") or 1) > 1:  # torchrun; read without torch
         from torch.distributed.elastic.multiprocessing.errors import record
 
         return record(_main)(argv)
     return _main(argv)
-
-
-def _record_error(err: BaseException) -> None:
-    """Under torchrun, hand a handled error to torchrun's summary of the failed rank."""
-    from datadistill import distributed
-
-    if distributed.active() and os.environ.get("TORCHELASTIC_ERROR_FILE"):
-        from torch.distributed.elastic.multiprocessing.errors import get_error_handler
-
-        with contextlib.suppress(Exception):
-            get_error_handler().record_exception(err)
 
 
 def _main(argv: list[str] | None) -> int:
@@ -280,6 +263,8 @@ def interrupt_hint(args: argparse.Namespace) -> str:
 
 
 def _run(args: argparse.Namespace) -> int:
+    from datadistill import distributed
+
     try:
         with command_guard(args):
             page = args.func(args)
@@ -290,13 +275,15 @@ def _run(args: argparse.Namespace) -> int:
         if getattr(err, "text", None):  # a finished report that could not be written
             print(err.text, end="")
         print(f"error: {err}", file=sys.stderr)
-        _record_error(err)
+        if distributed.active() and os.environ.get("TORCHELASTIC_ERROR_FILE"):
+            from torch.distributed.elastic.multiprocessing.errors import get_error_handler
+
+            with contextlib.suppress(Exception):  # torchrun's summary of the failed rank
+                get_error_handler().record_exception(err)
         return 2
     except BrokenPipeError:  # e.g. `datadistill presets | head`
         return 0
     except RuntimeError as err:  # torchrun: a collective whose peer process is gone
-        from datadistill import distributed
-
         text = distributed.peer_failure(err)
         if text is None:
             raise
