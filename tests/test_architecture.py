@@ -13,7 +13,6 @@ import pytest
 
 SRC = Path(__file__).resolve().parents[1] / "src" / "datadistill"
 MAX_LINES = 60
-LONG_ALLOWED = {("cli.py", "build_parser")}  # the argparse builder: one flat list of options
 
 # every place that trains a network on labelled data (the baselines train through evaluate's
 # protocols), and every place that drives N independent runs
@@ -59,7 +58,7 @@ def _calls_optimizer_step(tree: ast.Module) -> list[int]:
 def test_no_function_is_longer_than_sixty_lines():
     long = [(path, f.name, f.end_lineno - f.lineno + 1)
             for path, tree in MODULES.items() for f in _functions(tree)
-            if f.end_lineno - f.lineno + 1 > MAX_LINES and (path, f.name) not in LONG_ALLOWED]
+            if f.end_lineno - f.lineno + 1 > MAX_LINES]
     assert long == [], f"functions over {MAX_LINES} lines: {long}"
 
 
@@ -113,6 +112,7 @@ TOP = max(LAYERS.values()) + 1
 # is at module level, so the graph a reader sees at the top of a file is the whole graph.
 LOCAL_IMPORTS = {
     "cli": "startup speed of the CLI: a command loads only the modules it runs",
+    "commands": "the same for the sub-commands the CLI collects from tm/, infer/, evaluation/",
     "curves": "matplotlib loads only when a figure is drawn",
     "grids": "Pillow's drawing loads only when a grid is drawn",
 }

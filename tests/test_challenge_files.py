@@ -13,8 +13,9 @@ import torch
 import datadistill.data as data_mod
 import datadistill.evaluation.protocols as ev
 from datadistill.artifacts.distilled import DistilledSet, save_distilled
-from datadistill.cli import CHALLENGE_RUNS, main
+from datadistill.cli import main
 from datadistill.data import ImageSet, create_dataset, dataset_info
+from datadistill.evaluation.commands import CHALLENGE_RUNS
 
 SHAPES = {"cifar100.pt": (1000, 3, 32, 32), "tinyimagenet.pt": (2000, 3, 64, 64)}
 

@@ -1,14 +1,22 @@
 """The command-line shell: each subcommand reaches its library call and reports errors cleanly."""
 
+import ast
 import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
 
 from datadistill.artifacts.distilled import DistilledSet, save_distilled
 from datadistill.artifacts.legacy import export_legacy
-from datadistill.cli import DEFAULT_THREADS, build_parser, main, parse_args
+from datadistill.cli import build_parser, main, parse_args
 from datadistill.data import create_dataset, random_subset
+from datadistill.runtime.threads import DEFAULT_THREADS
+
+SRC = Path(__file__).resolve().parents[1] / "src"
 
 
 @pytest.fixture(scope="module")
@@ -108,3 +116,16 @@ def test_threads_are_set_once_at_start_up(monkeypatch, capsys):
         assert "--threads" in capsys.readouterr().err
     finally:
         torch.set_num_threads(before)
+
+
+@pytest.mark.parametrize("argv", [["--version"], ["--help"], ["eval", "--help"]])
+def test_version_and_help_load_no_torch(argv):
+    # the parser is built from every commands module: none may load torch (seconds) on import
+    code = ("import sys\nfrom datadistill.cli import main\ntry:\n    main(sys.argv[1:])\n"
+            "except SystemExit:\n    pass\nprint(sorted(m for m in sys.modules if m == 'torch'"
+            " or m.startswith('datadistill.')))")
+    out = subprocess.run([sys.executable, "-c", code, *argv], capture_output=True, text=True,
+                         env={**os.environ, "PYTHONPATH": str(SRC)}, check=True).stdout
+    loaded = ast.literal_eval(out.strip().splitlines()[-1])
+    assert "torch" not in loaded, loaded
+    assert "datadistill.infer.commands" in loaded  # the parser holds every collected command

@@ -94,7 +94,8 @@ def test_challenge_command_writes_scores_txt(tmp_path, monkeypatch, capsys):
 def test_score_train_full_turns_ddranking_s_cached_accuracy_off():
     from types import SimpleNamespace
 
-    from datadistill.cli import _ddranking_config, build_parser, parse_args
+    from datadistill.cli import build_parser, parse_args
+    from datadistill.evaluation.commands import _ddranking_config
 
     ds = SimpleNamespace(method="sre2l")
     for argv, cached in ((["score", "set"], True), (["score", "set", "--train-full"], False)):

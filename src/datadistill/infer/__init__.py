@@ -8,86 +8,47 @@ groups, one shared compensator per group and teacher, static ensemble labels, th
 :class:`InferSet` on disk, INFER-style student evaluation). Components live in
 ``compensators``, ``labels``, ``store`` and ``student``; configuration in ``config``.
 
+The names below load on first use (PEP 562): importing a submodule, such as the CLI's
+``datadistill.infer.commands``, loads no torch.
+
 Example:
     >>> cfg = InferConfig(dataset="digits", teacher_dir="runs/digits_teachers")
     >>> train_teachers(cfg, cfg.teacher_dir)                               # doctest: +SKIP
     >>> run_infer(cfg, "runs/digits_infer").report                         # doctest: +SKIP
 """
 
-from datadistill.infer.compensators import (
-    BNStatistics,
-    CompensatorSettings,
-    bn_distance,
-    generate_compensators,
-    optimise_compensator,
-    sample_class_groups,
-)
-from datadistill.infer.config import (
-    InferConfig,
-    StudentConfig,
-    TeacherConfig,
-    instances_per_class,
-    load_infer_config,
-    num_groups,
-)
-from datadistill.infer.labels import ensemble_logits, kd_loss, sample_mixup
-from datadistill.infer.pipeline import (
-    InferResult,
-    distill_infer,
-    load_teachers,
-    random_soft_subset,
-    run_infer,
-)
-from datadistill.infer.store import (
-    InferSet,
-    Instances,
-    StorageReport,
-    load_infer_set,
-    save_infer_set,
-)
-from datadistill.infer.student import (
-    StudentRun,
-    build_student,
-    evaluate_classic,
-    evaluate_student,
-    evaluate_student_images,
-    train_student,
-)
-from datadistill.infer.teachers_train import TeacherStore, train_teacher, train_teachers
+from __future__ import annotations
 
-__all__ = [
-    "BNStatistics",
-    "CompensatorSettings",
-    "InferConfig",
-    "load_infer_config",
-    "InferResult",
-    "InferSet",
-    "Instances",
-    "StorageReport",
-    "StudentConfig",
-    "StudentRun",
-    "TeacherConfig",
-    "TeacherStore",
-    "bn_distance",
-    "build_student",
-    "distill_infer",
-    "ensemble_logits",
-    "evaluate_classic",
-    "evaluate_student",
-    "evaluate_student_images",
-    "generate_compensators",
-    "instances_per_class",
-    "kd_loss",
-    "load_infer_set",
-    "load_teachers",
-    "random_soft_subset",
-    "num_groups",
-    "optimise_compensator",
-    "run_infer",
-    "sample_class_groups",
-    "sample_mixup",
-    "save_infer_set",
-    "train_student",
-    "train_teacher",
-    "train_teachers",
-]
+import importlib
+
+# submodule -> the names it gives this package
+_EXPORTS: dict[str, tuple[str, ...]] = {
+    "compensators": (
+        "BNStatistics", "CompensatorSettings", "bn_distance", "generate_compensators",
+        "optimise_compensator", "sample_class_groups"),
+    "config": (
+        "InferConfig", "StudentConfig", "TeacherConfig", "instances_per_class",
+        "load_infer_config", "num_groups"),
+    "labels": ("ensemble_logits", "kd_loss", "sample_mixup"),
+    "pipeline": (
+        "InferResult", "distill_infer", "load_teachers", "random_soft_subset", "run_infer"),
+    "store": ("InferSet", "Instances", "StorageReport", "load_infer_set", "save_infer_set"),
+    "student": (
+        "StudentRun", "build_student", "evaluate_classic", "evaluate_student",
+        "evaluate_student_images", "train_student"),
+    "teachers_train": ("TeacherStore", "train_teacher", "train_teachers"),
+}
+_MODULE_OF = {name: module for module, names in _EXPORTS.items() for name in names}
+__all__ = sorted(_MODULE_OF)
+
+
+def __getattr__(name: str):
+    if name not in _MODULE_OF:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"{__name__}.{_MODULE_OF[name]}"), name)
+    globals()[name] = value  # found directly from now on
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *__all__})
