@@ -135,9 +135,11 @@ MUTANTS = [
        "state.expert_order = torch.randperm(run.num_experts, generator=gen)",
        "state.expert_order = state.expert_order", "the expert order is never reshuffled"),
     # ---- evaluation protocols, experts, INFER
-    _m("classic_weight_decay_dropped", "evaluation/protocols.py", "MOMENTUM, WEIGHT_DECAY = 0.9, 5e-4",
+    _m("classic_weight_decay_dropped", "evaluation/protocols.py",
+       "MOMENTUM, WEIGHT_DECAY = 0.9, 5e-4",
        "MOMENTUM, WEIGHT_DECAY = 0.9, 0.0", "classic protocol without weight decay"),
-    _m("challenge_lr_not_fixed", "evaluation/protocols.py", 'lr, model_kwargs["depth"] = DEFAULT_LR, 3',
+    _m("challenge_lr_not_fixed", "evaluation/protocols.py",
+       'lr, model_kwargs["depth"] = DEFAULT_LR, 3',
        'model_kwargs["depth"] = 3', "challenge protocol trains with the given lr, not 0.01"),
     _m("expert_momentum_0_9", "experts/train.py", "momentum: float = 0.0  # MTT",
        "momentum: float = 0.9  # MTT", "MTT experts trained with momentum"),

@@ -11,17 +11,15 @@ import pytest
 import torch
 from PIL import Image
 
+from datadistill.artifacts.challenge_export import export_challenge
 from datadistill.artifacts.distilled import (
     FORMAT_VERSION,
     DistilledSet,
-    export_challenge,
-    export_legacy,
-    import_legacy,
-    load_any,
     load_distilled,
     save_distilled,
-    save_grid,
 )
+from datadistill.artifacts.grids import save_grid
+from datadistill.artifacts.legacy import export_legacy, import_legacy, load_any
 from datadistill.data import DatasetInfo, denormalize, normalize
 from datadistill.data.zca import ZCA
 from datadistill.errors import ArtifactError, CompatibilityError
@@ -318,8 +316,8 @@ def test_class_grid_converts_only_the_drawn_rows(monkeypatch):
     raw = torch.rand(len(labels), C, H, H, generator=torch.Generator().manual_seed(0))
     ds = DistilledSet(normalize(raw, INFO), labels, None, INFO, "normalized", IPC, "mtt")
     seen = []
-    real = grids._to_pixels
-    monkeypatch.setattr(grids, "_to_pixels", lambda x, *a: seen.append(len(x)) or real(x, *a))
+    real = grids.to_pixels
+    monkeypatch.setattr(grids, "to_pixels", lambda x, *a: seen.append(len(x)) or real(x, *a))
     groups = grids._per_class(ds, 2, None)
     assert seen == [2 * IPC]
     whole = real(ds.images, "normalized", INFO, None)

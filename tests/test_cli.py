@@ -5,7 +5,8 @@ import json
 import pytest
 import torch
 
-from datadistill.artifacts.distilled import DistilledSet, export_legacy, save_distilled
+from datadistill.artifacts.distilled import DistilledSet, save_distilled
+from datadistill.artifacts.legacy import export_legacy
 from datadistill.cli import DEFAULT_THREADS, build_parser, main, parse_args
 from datadistill.data import create_dataset, random_subset
 

@@ -11,7 +11,8 @@ import json
 import pytest
 import torch
 
-from datadistill.artifacts.distilled import DistilledSet, export_legacy, save_distilled
+from datadistill.artifacts.distilled import DistilledSet, save_distilled
+from datadistill.artifacts.legacy import export_legacy
 from datadistill.cli import main
 from datadistill.data import create_dataset, dataset_info, random_subset
 from datadistill.experts import ExpertStore

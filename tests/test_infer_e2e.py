@@ -189,7 +189,7 @@ def test_train_per_class_reaches_teachers_and_class_groups(tmp_path):
 def test_a_killed_infer_resumes_its_compensators_bitwise(digits_run, tmp_path, monkeypatch):
     import dataclasses
 
-    from datadistill.infer import recipe
+    from datadistill.infer import pipeline
     from datadistill.infer.compensators import optimise_compensator
 
     cfg, _, result, root = digits_run
@@ -207,7 +207,7 @@ def test_a_killed_infer_resumes_its_compensators_bitwise(digits_run, tmp_path, m
                         killed_after_two_groups)
     with pytest.raises(KeyboardInterrupt):
         run_infer(cfg, tmp_path / "set")
-    assert (tmp_path / "set" / recipe.COMPENSATOR_PROGRESS).is_file()
+    assert (tmp_path / "set" / pipeline.COMPENSATOR_PROGRESS).is_file()
     calls.clear()
     monkeypatch.setattr("datadistill.infer.compensators.optimise_compensator",
                         lambda *a, **k: calls.append(1) or optimise_compensator(*a, **k))

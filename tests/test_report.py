@@ -24,6 +24,7 @@ from datadistill.cli import main
 from datadistill.data import DatasetInfo
 from datadistill.data.zca import ZCA
 from datadistill.errors import ArtifactError
+from datadistill.report import figures as report_figures
 from datadistill.report import html as report_html
 from datadistill.report import page as report
 from datadistill.report.curves import accuracy_bars, distill_curves, expert_curves, save_figure
@@ -221,7 +222,7 @@ def test_run_writes_a_report_with_every_section(run_dir):
     assert page.tags.count("table") == 3  # summary, accuracy, time and hardware
     names = sorted(p.name for p in (run_dir / "figures").iterdir())
     assert names == ["accuracy.png", "distill_curves.png", "distilled.png",
-                     "expert_accuracy.png", "initial_vs_final.png"]
+                     "expert_accuracy.png", "initial_vs_best.png"]
     assert len(page.imgs) == len(names)
     embedded = {base64.b64decode(img["src"].split(",", 1)[1]) for img in page.imgs}
     assert embedded == {(run_dir / "figures" / n).read_bytes() for n in names}
@@ -288,9 +289,10 @@ def test_a_damaged_file_costs_its_picture_not_the_page(run_dir, tmp_path):
     (copy / "experts" / "expert_0000.pt").write_bytes(b"garbage")
     (copy / "distill" / "best" / "tensors.pt").write_bytes(b"garbage")
     text = report.build_report(copy).read_text(encoding="utf-8")
-    assert text.count("could not be drawn (ArtifactError") == 2
+    # the expert curves, best/'s grid and the initial-vs-best/ grid
+    assert text.count("could not be drawn (ArtifactError") == 3
     page = _parse(copy / "report.html")
-    assert tuple(page.h2) == report_html.SECTIONS and len(page.imgs) == 3  # the other three
+    assert tuple(page.h2) == report_html.SECTIONS and len(page.imgs) == 2  # the other two
 
 
 def test_refresh_while_distilling_is_throttled_but_the_last_is_forced(run_dir, tmp_path):
@@ -358,3 +360,137 @@ def test_page_renders_in_headless_chromium_without_console_errors(run_dir, tmp_p
     assert len(console) == 1, console  # nothing but the checker's line
     assert "Accuracy" in proc.stdout  # the DOM was rendered
     assert not re.search(r"Failed to load resource|net::ERR_", proc.stderr)
+
+
+# ----------------------------------------------------------------------------- what the page says
+
+
+def _iteration_of(folder) -> int:
+    return json.loads((folder / "meta.json").read_text())["extra"]["iteration"]
+
+
+def _set_iteration(folder, iteration: int) -> None:
+    meta = json.loads((folder / "meta.json").read_text())
+    meta["extra"]["iteration"] = iteration
+    (folder / "meta.json").write_text(json.dumps(meta))
+
+
+def _section_html(text: str, anchor: str) -> str:
+    start = text.index(f'<section id="{anchor}">')
+    return text[start:text.index("</section>", start)]
+
+
+def test_the_headline_names_the_evaluated_set_and_its_iteration(run_dir, tmp_path):
+    copy = tmp_path / "run"
+    shutil.copytree(run_dir, copy)
+    _set_iteration(copy / "distill" / "best", 2)
+    _set_iteration(copy / "distill" / "last", 4)  # the last iteration is not the set evaluated
+    text = report.build_report(copy).read_text(encoding="utf-8")
+    summary = _section_html(text, "summary")
+    ev = json.loads((copy / "eval.json").read_text())["distilled_convnet"]
+    assert (f"<td>accuracy: distilled set, best/, iteration 2 (convnet, classic)</td><td>"
+            f"{100 * ev['mean']:.2f} ± {100 * ev['std']:.2f} %") in summary
+    assert "the last iteration, 4, is in last/ and is not evaluated" in summary
+    # the side-by-side grid shows the evaluated set (best/), named as such, not last/
+    images = _section_html(text, "distilled-images")
+    assert "Initial images (iteration 0) and the evaluated set (best/, iteration 2)" in images
+    assert "final (iteration" not in text and "the last iteration, 4," in images
+    initial, best = (report_figures.load_distilled(copy / "distill" / n) for n in ("initial",
+                                                                                  "best"))
+    expect = grids.png_bytes(grids.before_after_grid(
+        initial, best, max_classes=report_figures.MAX_CLASSES,
+        max_per_class=report_figures.PAIR_PER_CLASS, names=("initial", "best/")))
+    assert (copy / "figures" / "initial_vs_best.png").read_bytes() == expect
+    assert [r.label for r in grids.before_after_rows(initial, best, names=(
+        "initial", "best/"))] == ["initial", "best/"]  # IPC 1: one row per side, named
+    _set_iteration(copy / "distill" / "last", 2)  # best/ is the last iteration: nothing to say
+    assert "is not evaluated" not in report.build_report(copy).read_text(encoding="utf-8")
+
+
+def test_the_in_loop_check_is_marked_and_never_the_headline(run_dir, tmp_path):
+    copy = tmp_path / "run"
+    shutil.copytree(run_dir, copy)
+    text = (run_dir / "report.html").read_text(encoding="utf-8")
+    accuracy = _section_html(text, "accuracy")
+    table, after = accuracy.split("</table>", 1)
+    evals = [r for r in report.metrics_rows(run_dir / "distill") if r.get("eval")]
+    best = max(evals, key=lambda r: r["mean"])
+    assert "while distilling" not in table  # not a row among the results...
+    assert (f"In-loop check while distilling (not a final evaluation; it chose best/): "
+            f"{100 * best['mean']:.2f} ± {100 * best['std']:.2f} %") in after  # ...below them
+    assert f"at iteration {best['iteration']}; 1 network × 2 epochs each" in after
+    (copy / "eval.json").unlink()  # a distillation not evaluated yet: no headline at all
+    summary = _section_html(report.build_report(copy).read_text(encoding="utf-8"), "summary")
+    assert "accuracy" not in summary
+
+
+def test_curve_captions_give_values_not_config_keys(run_dir):
+    curves = _section_html((run_dir / "report.html").read_text(encoding="utf-8"), "curves")
+    assert "in-loop check of the distiller, 1 network × 2 epochs each" in curves
+    assert "distill.eval" not in curves
+
+
+def _train_and_evals(last: int, evals: list[int], mean=lambda i: 0.5) -> list[dict]:
+    rows = [{"iteration": i, "loss": 1.0, "syn_lr": 0.01} for i in range(last)]
+    return rows + [{"iteration": i, "eval": True, "mean": mean(i), "std": 0.05} for i in evals]
+
+
+def test_accuracy_over_iterations_is_markers_within_0_100_ticks_ending_at_the_last():
+    rows = _train_and_evals(100, [0, 50, 100], mean=lambda i: (0.01, 0.5, 0.99)[i // 50])
+    ax = distill_curves(rows, "in-loop check: 2 networks × 300 epochs each").axes[2]
+    (line,) = [ln for ln in ax.get_lines() if ln.get_marker() == "o"]
+    assert line.get_linestyle() == "None"  # three evaluations: markers, not a joined line
+    assert list(line.get_xdata()) == [0, 50, 100]
+    bottom, top = ax.get_ylim()
+    assert 0 <= bottom < 1 and 99 < top <= 100  # 99 + 5 and 1 - 5 % clipped to the axis
+    ticks = ax.get_xticks()
+    assert ticks[-1] == 100 and ax.get_xlim()[1] < 105 and list(ticks) == sorted(ticks)
+    assert ax.get_title() == "in-loop check: 2 networks × 300 epochs each"
+    many = distill_curves(_train_and_evals(33, list(range(0, 34, 3)))).axes[2]
+    (line,) = [ln for ln in many.get_lines() if ln.get_marker() == "o"]
+    assert line.get_linestyle() == "-"  # twelve evaluations: joined
+    assert many.get_xticks()[-1] == 33 and 33 < many.get_xlim()[1] < 34
+    experts = expert_curves([np.array([0.05, 0.9, 0.99, 1.0]), np.array([0.0, 0.8, 1.0, 1.0])])
+    ax = experts.axes[0]
+    assert ax.get_xticks()[-1] == 3 and 0 <= ax.get_ylim()[0] and ax.get_ylim()[1] <= 100
+    bars = accuracy_bars({"distilled": [0.99, 1.0], "random": [0.5, 0.7]}).axes[0]
+    assert bars.get_xlim() == (0, 100)
+    labels = [t.get_text() for t in bars.get_yticklabels()]
+    assert labels == ["distilled\n99.50 ± 0.50 %", "random\n60.00 ± 10.00 %"]
+
+
+def test_infer_grid_names_base_and_compensated_columns(tmp_path):
+    from datadistill.infer.pipeline import infer_instances
+    from datadistill.infer.store import InferSet, save_infer_set
+
+    g = torch.Generator().manual_seed(0)
+    s = InferSet(torch.rand(2, K, 1, S, S, generator=g), 0.1 * torch.rand(2, 2, 1, S, S,
+                 generator=g), None, GRAY, 10, ["resnet18_cifar", "shufflenet_g2"])
+    save_infer_set(s, tmp_path / "set")
+    ds = infer_instances(tmp_path / "set")
+    columns = ["base", "base + u1", "base + u2"] * 2  # per group: base, then each teacher's
+    assert ds.extra["grid_columns"] == columns
+    rows = grids.class_rows(ds, column_captions=ds.extra["grid_columns"], max_per_class=4)
+    assert rows[0].captions == columns[:4] and all(r.captions is None for r in rows[1:])
+    page = report.build_report(tmp_path / "set").read_text(encoding="utf-8")
+    assert "u1: resnet18_cifar, u2: shufflenet_g2" in page
+    drawn = Image.open(tmp_path / "set" / "figures" / "infer_instances.png")
+    plain = grids.class_grid(ds, max_per_class=report_figures.MAX_PER_CLASS)
+    assert drawn.size == (plain.size[0], plain.size[1] + grids.CAPTION_HEIGHT)  # a caption row
+    strip = np.asarray(drawn.convert("L"))[grids.PAD:grids.PAD + grids.CAPTION_HEIGHT,
+                                           grids.LABEL_WIDTH:]
+    assert strip.min() < 128  # the column names are written above the first row
+
+
+def test_infer_grid_shows_whole_class_groups(tmp_path, monkeypatch):
+    from datadistill.infer.store import InferSet, save_infer_set
+
+    g = torch.Generator().manual_seed(0)
+    s = InferSet(torch.rand(3, K, 1, S, S, generator=g), 0.1 * torch.rand(3, 2, 1, S, S,
+                 generator=g), None, GRAY, 10, ["resnet18_cifar", "shufflenet_g2"])
+    save_infer_set(s, tmp_path / "set")
+    monkeypatch.setattr(report_figures, "MAX_PER_CLASS", 7)  # 9 per class, groups of 3
+    page = report.build_report(tmp_path / "set").read_text(encoding="utf-8")
+    drawn = Image.open(tmp_path / "set" / "figures" / "infer_instances.png")
+    assert drawn.size[0] == grids.LABEL_WIDTH + 6 * 128 + 7 * grids.PAD  # two whole groups
+    assert "Shown: 6 of 9 images per class." in page and "grids/" not in page  # none here

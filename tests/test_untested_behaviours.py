@@ -250,3 +250,12 @@ def test_did_you_mean_keeps_the_section(capsys):
 
     assert main(["validate", "digits/mtt_ipc1", "distill.iteratons=5"]) == 2
     assert "Did you mean 'distill.iterations'?" in capsys.readouterr().err
+
+
+def test_did_you_mean_names_the_section_of_a_key_given_without_it(capsys):
+    from datadistill.cli import main
+
+    assert main(["validate", "digits/mtt_ipc1", "iterations=5"]) == 2
+    assert "Did you mean 'distill.iterations'?" in capsys.readouterr().err
+    assert main(["validate", "digits/mtt_ipc1", "ipcc=5"]) == 2
+    assert "Did you mean 'ipc'?" in capsys.readouterr().err

@@ -266,7 +266,8 @@ def report_path(args: argparse.Namespace) -> Path | None:
 
 def _load_set_and_data(args: argparse.Namespace):
     """The distilled set at args.path and its dataset prepared in the set's image space."""
-    from datadistill.artifacts.distilled import load_any, load_distilled
+    from datadistill.artifacts.distilled import load_distilled
+    from datadistill.artifacts.legacy import load_any
     from datadistill.data import prepare
 
     path = Path(args.path)

@@ -111,6 +111,16 @@ def _closest(key: str, choices: list[str], prefix: str = "") -> str:
     return f" Did you mean '{prefix}{match[0]}'?" if match else ""
 
 
+def _in_section(cls: type, hints: dict[str, Any], key: str, prefix: str) -> str:
+    """A did-you-mean for a section's key given without its section (``iterations=5``)."""
+    for f in dataclasses.fields(cls):
+        section = hints[f.name]
+        if dataclasses.is_dataclass(section) and any(g.name == key
+                                                      for g in dataclasses.fields(section)):
+            return f" Did you mean '{prefix}{f.name}.{key}'?"
+    return ""
+
+
 def _coerce(value: Any, annotation: Any, where: str) -> Any:
     """Convert a YAML/CLI value to the declared field type, or raise ConfigError."""
     origin = typing.get_origin(annotation)
@@ -181,7 +191,8 @@ def config_from_dict(cls: type[T], data: dict[str, Any], prefix: str = "") -> T:
     for key, value in data.items():
         if key not in names:
             raise ConfigError(
-                f"unknown config key '{prefix}{key}'.{_closest(key, names, prefix)} "
+                f"unknown config key '{prefix}{key}'."
+                f"{_in_section(cls, hints, key, prefix) or _closest(key, names, prefix)} "
                 f"Valid keys: {', '.join(names)}."
             )
         kwargs[key] = _coerce(value, hints[key], f"{prefix}{key}")
@@ -264,11 +275,42 @@ def _config_root() -> Path:
     return Path(str(resources.files(CONFIG_PACKAGE)))
 
 
+# Config folders that methods added from outside the package bring (add_config_root), laid
+# out as the shipped one; searched after it, so a shipped name is never shadowed.
+_ADDED_ROOTS: list[Path] = []
+
+
+def add_config_root(path: str | Path) -> Path:
+    """Search ``path`` for configs by name and method fragments (``_methods/<method>.yaml``)
+    after the shipped ``configs/``: where a method added from outside the package keeps its
+    files. Returns the absolute folder; a missing folder is a ConfigError."""
+    root = Path(path).resolve()
+    if not root.is_dir():
+        raise ConfigError(f"config folder {path} does not exist; give the folder that holds "
+                          f"the method's {METHODS_DIR}/ and <dataset>/ configs")
+    if root not in _ADDED_ROOTS:
+        _ADDED_ROOTS.append(root)
+    return root
+
+
+def remove_config_root(path: str | Path) -> None:
+    """Stop searching a folder given to :func:`add_config_root` (no error if it was not)."""
+    root = Path(path).resolve()
+    if root in _ADDED_ROOTS:
+        _ADDED_ROOTS.remove(root)
+
+
+def config_roots() -> list[Path]:
+    """The folders searched for configs and method fragments: the shipped one first."""
+    return [_config_root(), *_ADDED_ROOTS]
+
+
 def list_configs() -> list[str]:
-    """Names of the shipped configs, ``<dataset>/<method>_ipc<N>``."""
-    root = _config_root()
-    return sorted(str(p.relative_to(root).with_suffix("")) for p in root.rglob("*.yaml")
-                  if not p.parent.name.startswith("_"))  # _methods/, _evaluation/: settings
+    """Names of the configs, ``<dataset>/<method>_ipc<N>``: the shipped ones and those of
+    the folders added with :func:`add_config_root`."""
+    return sorted({str(p.relative_to(root).with_suffix("")) for root in config_roots()
+                   for p in root.rglob("*.yaml")
+                   if not p.parent.name.startswith("_")})  # _methods/, _evaluation/: settings
 
 
 def extends_chain(name: str, entries: dict[str, dict], what: str) -> list[str]:
@@ -311,30 +353,38 @@ def extended_values(name: str, entries: dict[str, dict], what: str) -> dict[str,
     return values
 
 
-def _fragments(root: Path | None) -> tuple[Path, dict[str, dict]]:
-    root = _config_root() / METHODS_DIR if root is None else Path(root)
-    return root, {p.stem: load_yaml(p) for p in sorted(root.glob("*.yaml"))}
+def _fragments(root: Path | None) -> tuple[dict[str, Path], dict[str, dict]]:
+    """Every method fragment by name: its file and its values. ``root`` None: the
+    ``_methods/`` of every config root (a name the shipped folder has is taken from it)."""
+    roots = [r / METHODS_DIR for r in config_roots()] if root is None else [Path(root)]
+    paths: dict[str, Path] = {}
+    for folder in roots:
+        for p in sorted(folder.glob("*.yaml")):
+            paths.setdefault(p.stem, p)
+    return paths, {name: load_yaml(p) for name, p in paths.items()}
 
 
 def fragment_chain(name: str, root: Path | None = None) -> list[Path]:
     """The method fragment ``<root>/<name>.yaml`` and every fragment it ``extends:``, parent first.
 
-    ``root`` defaults to the shipped ``configs/_methods``. A method without a fragment (MTT)
-    has an empty chain; an unknown parent or a cycle is a ConfigError naming the fragments.
+    ``root`` defaults to the ``_methods/`` folders of :func:`config_roots` (the shipped
+    ``configs/_methods`` first), so an added method's fragment may extend a shipped one. A
+    method without a fragment (MTT) has an empty chain; an unknown parent or a cycle is a
+    ConfigError naming the fragments.
 
     Example:
         >>> [p.stem for p in fragment_chain("pad")]
         ['datm', 'pad']
     """
-    root, entries = _fragments(root)
+    paths, entries = _fragments(root)
     if name not in entries:
         return []
-    return [root / f"{link}.yaml" for link in extends_chain(name, entries, "method fragment")]
+    return [paths[link] for link in extends_chain(name, entries, "method fragment")]
 
 
 def method_values(name: str, root: Path | None = None) -> dict[str, Any]:
     """The default values of method ``name``: its fragment merged over the ones it extends
-    ({} for a method without a fragment).
+    ({} for a method without a fragment); ``root`` as in :func:`fragment_chain`.
 
     Example:
         >>> method_values("pad")["distill"]["label_mode"]  # from datm.yaml, through extends
@@ -371,7 +421,8 @@ def resolved_config_text(name_or_path: str | Path) -> str:
     merged = merge(method_values(str(values["method"])), values)
     ordered = {k: merged[k] for k in values} | {k: v for k, v in merged.items() if k not in values}
     header = _leading_comments(path.read_text())
-    source = " < ".join(f"configs/{METHODS_DIR}/{p.name}" for p in chain)
+    source = " < ".join(f"configs/{METHODS_DIR}/{p.name}" if p.parent.parent == _config_root()
+                        else str(p) for p in chain)  # an added method's fragment: its path
     header.append(f"# Every value written in: {source} < this setting's own values.\n")
     return "".join(header) + yaml.safe_dump(ordered, sort_keys=False, width=100)
 
@@ -383,13 +434,14 @@ def _leading_comments(text: str) -> list[str]:
 
 
 def resolve_config_path(name_or_path: str | Path) -> Path:
-    """A path to an existing YAML file, or the shipped config of that name."""
+    """A path to an existing YAML file, or the config of that name (:func:`list_configs`)."""
     path = Path(name_or_path)
     if path.suffix in (".yaml", ".yml") and path.is_file():
         return path
-    shipped = _config_root() / f"{str(name_or_path).removesuffix('.yaml')}.yaml"
-    if shipped.is_file():
-        return shipped
+    for root in config_roots():  # the shipped configs, then the added folders
+        named = root / f"{str(name_or_path).removesuffix('.yaml')}.yaml"
+        if named.is_file():
+            return named
     hint = _closest(str(name_or_path), list_configs())
     raise ConfigError(
         f"no config file or shipped config named '{name_or_path}'.{hint}"

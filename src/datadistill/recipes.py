@@ -81,6 +81,11 @@ def register_method(method: Method) -> Method:
     return method
 
 
+def unregister_method(name: str) -> None:
+    """Forget method ``name`` (no error if it is not registered)."""
+    _METHODS.pop(name, None)
+
+
 def load_recipes() -> None:
     """Import every recipe's module, so each has registered itself and its methods."""
     for module in RECIPES.values():

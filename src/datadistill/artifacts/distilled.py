@@ -10,15 +10,16 @@ A distilled set is a directory holding three files:
 - ``config.yaml``: the resolved config that produced the set (when known).
 
 Every file is written atomically (temporary file + ``os.replace``), ``meta.json`` last, so a
-directory with a ``meta.json`` is complete. Exports: the legacy MTT/DATM triple
-(``images_best.pt`` / ``labels_best.pt`` / ``lr_best.pt``), the ECCV-2024 challenge tensor
-file and a PNG grid with one row per class.
+directory with a ``meta.json`` is complete. The legacy MTT/DATM triple
+(``images_best.pt`` / ``labels_best.pt`` / ``lr_best.pt``) is read and written by
+:mod:`.legacy`, the ECCV-2024 challenge tensor file by :mod:`.challenge_export`, PNG grids by
+:mod:`.grids`.
 
 Example:
     >>> ds = DistilledSet(images, labels, lr=0.01, info=info, space="normalized", ipc=10,
     ...                   method="mtt")                                  # doctest: +SKIP
     >>> save_distilled(ds, "runs/cifar10_ipc10")                         # doctest: +SKIP
-    >>> ds2 = load_any("runs/cifar10_ipc10")                             # doctest: +SKIP
+    >>> ds2 = load_distilled("runs/cifar10_ipc10")                       # doctest: +SKIP
 """
 
 from __future__ import annotations
@@ -38,9 +39,9 @@ import torch
 import yaml
 
 from datadistill import __version__, distributed
-from datadistill.data import DatasetInfo, dataset_info, denormalize, normalize
+from datadistill.data import DatasetInfo, dataset_info
 from datadistill.data.zca import ZCA
-from datadistill.errors import ArtifactError, CompatibilityError
+from datadistill.errors import ArtifactError
 from datadistill.io import atomic_write, save_tensors
 from datadistill.labels import hard_labels, is_soft
 
@@ -51,7 +52,6 @@ SPACES = ("normalized", "zca", "raw")
 TENSORS_FILE = "tensors.pt"
 META_FILE = "meta.json"
 CONFIG_FILE = "config.yaml"
-LEGACY_FILES = ("images_best.pt", "labels_best.pt", "lr_best.pt")
 
 
 @dataclass
@@ -89,7 +89,7 @@ class DistilledSet:
 # ----------------------------------------------------------------------------- validation
 
 
-def _check_set(
+def check_set(
     images: torch.Tensor,
     labels: torch.Tensor,
     info: DatasetInfo,
@@ -134,7 +134,7 @@ def _check_set(
         )
 
 
-def _infer_ipc(n: int, info: DatasetInfo, ipc: int | None, where: str) -> int:
+def infer_ipc(n: int, info: DatasetInfo, ipc: int | None, where: str) -> int:
     """ipc given, else N / classes (N must divide evenly for a class-balanced set)."""
     if ipc is not None:
         return ipc
@@ -149,7 +149,7 @@ def _infer_ipc(n: int, info: DatasetInfo, ipc: int | None, where: str) -> int:
 # ----------------------------------------------------------------------------- file helpers
 
 
-def _save_tensor_file(obj: Any, path: Path) -> None:
+def save_tensor_file(obj: Any, path: Path) -> None:
     save_tensors(obj, path)
 
 
@@ -157,7 +157,7 @@ def _save_text(text: str, path: Path) -> None:
     atomic_write(path, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
 
 
-def _load_tensor_file(path: Path) -> Any:
+def load_tensor_file(path: Path) -> Any:
     """torch.load with weights_only=True, turning every failure into an ArtifactError."""
     if not path.is_file():
         raise ArtifactError(f"{path}: file not found; check the path or re-create the set")
@@ -207,7 +207,7 @@ def _info_from_dict(d: dict, where: str) -> DatasetInfo:
         raise ArtifactError(f"{where}: 'info' is incomplete ({exc}); re-save the set") from exc
 
 
-def _resolve_info(dataset: str | DatasetInfo) -> DatasetInfo:
+def resolve_info(dataset: str | DatasetInfo) -> DatasetInfo:
     return dataset if isinstance(dataset, DatasetInfo) else dataset_info(dataset)
 
 
@@ -221,7 +221,7 @@ def save_distilled(ds: DistilledSet, directory: str | Path) -> Path:
         >>> save_distilled(ds, "runs/mtt_cifar10_ipc10")                   # doctest: +SKIP
     """
     out = Path(directory)
-    _check_set(ds.images, ds.labels, ds.info, ds.space, ds.ipc, f"{out / TENSORS_FILE}")
+    check_set(ds.images, ds.labels, ds.info, ds.space, ds.ipc, f"{out / TENSORS_FILE}")
     if ds.space == "zca" and ds.zca is None:  # load_distilled would refuse the files
         raise ArtifactError(f"{out}: a ZCA-space set needs its ZCA state to be saved; pass "
                             "zca= (for instance prepare(dataset, zca=True).zca)")
@@ -239,7 +239,7 @@ def save_distilled(ds: DistilledSet, directory: str | Path) -> Path:
                 tensors[f"zca.{key}"] = value.detach().cpu().contiguous()
             else:  # floats such as eps live in meta.json
                 zca_scalars[key] = value
-    _save_tensor_file(tensors, out / TENSORS_FILE)
+    save_tensor_file(tensors, out / TENSORS_FILE)
     if ds.config is not None:
         _save_text(yaml.safe_dump(_plain(ds.config), sort_keys=False), out / CONFIG_FILE)
     else:  # a stale config from an earlier save would describe another set
@@ -359,7 +359,7 @@ def load_distilled(directory: str | Path) -> DistilledSet:
     meta_path, tensor_path = root / META_FILE, root / TENSORS_FILE
     meta = _read_meta(meta_path)
     info = _info_from_dict(meta["info"], str(meta_path))
-    tensors = _load_tensor_file(tensor_path)
+    tensors = load_tensor_file(tensor_path)
     if not isinstance(tensors, dict) or "images" not in tensors or "labels" not in tensors:
         raise ArtifactError(
             f"{tensor_path}: expected a dict with 'images' and 'labels'; "
@@ -367,7 +367,7 @@ def load_distilled(directory: str | Path) -> DistilledSet:
         )
     images = _float32(tensors["images"], str(tensor_path), "images")
     labels = _float32(tensors["labels"], str(tensor_path), "labels")
-    _check_set(images, labels, info, meta["space"], int(meta["ipc"]), str(tensor_path))
+    check_set(images, labels, info, meta["space"], int(meta["ipc"]), str(tensor_path))
     zca_state = {k[4:]: v for k, v in tensors.items() if k.startswith("zca.")}
     zca = None
     if meta.get("zca") is not None:
@@ -400,232 +400,8 @@ def load_distilled(directory: str | Path) -> DistilledSet:
     )
 
 
-# ----------------------------------------------------------------------------- legacy triple
-
-
-def _legacy_dir(directory_or_file: str | Path) -> Path:
-    path = Path(directory_or_file)
-    return path.parent if path.name in LEGACY_FILES else path
-
-
-def import_legacy(
-    directory_or_file: str | Path,
-    dataset: str | DatasetInfo,
-    *,
-    zca: ZCA | None = None,
-    space: str | None = None,
-    ipc: int | None = None,
-    method: str = "legacy",
-) -> DistilledSet:
-    """Import an official MTT/FTD/DATM/PAD ``images_best.pt`` / ``labels_best.pt`` /
-    ``lr_best.pt`` triple (lr optional). Labels may be hard (N,) or soft (N, K) logits.
-
-    Sets distilled with ``--zca`` live in ZCA space; the files do not record it, so say so
-    with ``space="zca"`` (implied when `zca` is given). Otherwise images are normalised.
-
-    Example:
-        >>> ds = import_legacy("logged_files/CIFAR10/run", "cifar10", space="zca",
-        ...                    zca=real.zca)                               # doctest: +SKIP
-    """
-    root = _legacy_dir(directory_or_file)
-    info = _resolve_info(dataset)
-    space = space or ("zca" if zca is not None else "normalized")
-    if space == "zca" and zca is None:
-        log.warning(
-            "%s: ZCA-space set imported without its ZCA state; it can be evaluated "
-            "on a ZCA test set but not viewed as pixels",
-            root,
-        )
-    images = _legacy_tensor(root / LEGACY_FILES[0]).float()
-    labels = _legacy_tensor(root / LEGACY_FILES[1])
-    if labels.dim() == 1:  # MTT saves int64; some forks saved float class indices
-        labels = labels.round().long()
-    else:
-        labels = labels.float()
-    lr = None
-    if (root / LEGACY_FILES[2]).is_file():
-        lr = float(_legacy_tensor(root / LEGACY_FILES[2]).reshape(-1)[0])
-    where = str(root / LEGACY_FILES[0])
-    ipc = _infer_ipc(images.shape[0], info, ipc, where)
-    _check_set(images, labels, info, space, ipc, where)
-    return DistilledSet(
-        images=images,
-        labels=labels,
-        lr=lr,
-        info=info,
-        space=space,
-        ipc=ipc,
-        method=method,
-        zca=zca,
-        extra={"imported_from": str(root)},
-    )
-
-
-def _legacy_tensor(path: Path) -> torch.Tensor:
-    obj = _load_tensor_file(path)
-    if isinstance(obj, list) and len(obj) == 1:  # some forks save [tensor]
-        obj = obj[0]
-    if not isinstance(obj, torch.Tensor):
-        raise ArtifactError(
-            f"{path}: expected one tensor, found {type(obj).__name__}; "
-            "save the tensor itself with torch.save"
-        )
-    return obj.detach()
-
-
-def export_legacy(ds: DistilledSet, directory: str | Path) -> Path:
-    """Write the official triple (``lr_best.pt`` only when the set has an lr)."""
-    out = Path(directory)
-    out.mkdir(parents=True, exist_ok=True)
-    _save_tensor_file(ds.images.detach().cpu().clone(), out / LEGACY_FILES[0])
-    _save_tensor_file(ds.labels.detach().cpu().clone(), out / LEGACY_FILES[1])
-    if ds.lr is not None:
-        _save_tensor_file(torch.tensor(float(ds.lr)), out / LEGACY_FILES[2])
-    return out
-
-
-def load_any(
-    path: str | Path, dataset: str | DatasetInfo | None = None, **legacy_kwargs: Any
-) -> DistilledSet:
-    """Load a datadistill directory, or a legacy triple (then `dataset` is required).
-
-    Example:
-        >>> ds = load_any("logged_files/run", dataset="cifar10")          # doctest: +SKIP
-    """
-    root = _legacy_dir(path)
-    if (root / META_FILE).is_file():
-        return load_distilled(root)
-    if (root / LEGACY_FILES[0]).is_file():
-        if dataset is None:
-            raise ArtifactError(
-                f"{root / LEGACY_FILES[0]}: a legacy set does not record its "
-                "dataset; pass dataset=<name>"
-            )
-        return import_legacy(root, dataset, **legacy_kwargs)
-    raise ArtifactError(
-        f"{root}: neither {META_FILE} nor {LEGACY_FILES[0]} found; point to a "
-        "directory written by save_distilled or holding images_best.pt"
-    )
-
-
-# ----------------------------------------------------------------------------- challenge
-
-
-def _class_major(ds: DistilledSet) -> tuple[torch.Tensor, torch.Tensor]:
+def class_major(ds: DistilledSet) -> tuple[torch.Tensor, torch.Tensor]:
     """Images (N, C, H, W) and hard labels (N,) stably sorted by class."""
     labels = ds.hard_labels.cpu()
     order = torch.sort(labels, stable=True).indices
     return ds.images.detach().cpu()[order], labels[order]
-
-
-def export_challenge(ds: DistilledSet, path: str | Path, *, drop_soft_labels: bool = False) -> Path:
-    """Write the ECCV-2024 challenge file: a float tensor (N, C, H, W) in class-major order,
-    normalised with the dataset statistics. The evaluator implies labels from the order
-    ([0]*ipc + [1]*ipc + ...), so every class needs exactly ipc images.
-
-    Example:
-        >>> export_challenge(ds, "submission/cifar100.pt")                 # doctest: +SKIP
-    """
-    if ds.space == "zca":
-        raise CompatibilityError(
-            "export_challenge: the set lives in ZCA space but the "
-            "challenge evaluates normalised pixels; distil without ZCA"
-        )
-    if ds.soft_labels and not drop_soft_labels:
-        raise CompatibilityError(
-            "export_challenge: the set has soft labels, which the "
-            "challenge ignores; pass drop_soft_labels=True to export it "
-            "with argmax classes"
-        )
-    images, labels = _class_major(ds)
-    counts = torch.bincount(labels, minlength=ds.info.num_classes)
-    if not bool((counts == ds.ipc).all()):
-        bad = int(torch.nonzero(counts != ds.ipc)[0])
-        raise CompatibilityError(
-            f"export_challenge: class {bad} has {int(counts[bad])} "
-            f"images, the challenge needs exactly ipc={ds.ipc} per class"
-        )
-    if ds.space == "raw":
-        images = normalize(images, ds.info)
-    out = Path(path)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    _save_tensor_file(images.float().contiguous(), out)
-    return out
-
-
-# ----------------------------------------------------------------------------- PNG grid
-
-
-def _to_pixels(
-    images: torch.Tensor, space: str, info: DatasetInfo | None, zca: ZCA | None
-) -> torch.Tensor:
-    """(N, C, H, W) in `space` -> (N, C, H, W) viewable pixels in [0, 1]."""
-    x = images.detach().cpu().float()
-    if space == "zca":
-        if zca is not None:
-            x = zca.invert(x)  # back to raw [0,1] pixels
-        else:  # no way back to pixels: stretch each image to its own range
-            log.warning("save_grid: ZCA-space images without ZCA state; min-max scaling each")
-            lo = x.amin(dim=(1, 2, 3), keepdim=True)
-            hi = x.amax(dim=(1, 2, 3), keepdim=True)
-            x = (x - lo) / (hi - lo).clamp_min(1e-8)
-    elif space == "normalized":
-        if info is None:
-            raise ArtifactError("save_grid: normalised images need info= to be denormalised")
-        x = denormalize(x, info)
-    return x.clamp(0.0, 1.0)
-
-
-def save_grid(
-    images_or_ds: torch.Tensor | DistilledSet,
-    path: str | Path,
-    *,
-    nrow: int | None = None,
-    info: DatasetInfo | None = None,
-    space: str | None = None,
-    zca: ZCA | None = None,
-    padding: int = 2,
-) -> Path:
-    """Write a PNG grid; for a DistilledSet one row per class (nrow = ipc images per row).
-
-    A tensor is taken as normalised when `info` is given, else as raw pixels; pass `space`
-    to override. The grid is (rows*H + (rows+1)*padding) x (nrow*W + (nrow+1)*padding).
-
-    Example:
-        >>> save_grid(ds, "runs/mtt/grid.png")                             # doctest: +SKIP
-    """
-    if isinstance(images_or_ds, DistilledSet):
-        ds = images_or_ds
-        images, _ = _class_major(ds)
-        info, space, zca = ds.info, ds.space, ds.zca or zca
-        nrow = nrow or ds.ipc
-    else:
-        images = images_or_ds
-        space = space or ("normalized" if info is not None else "raw")
-        nrow = nrow or math.ceil(math.sqrt(images.shape[0]))
-    pixels = _to_pixels(images, space, info, zca)  # (N, C, H, W) in [0, 1]
-    grid = _tile(pixels, nrow, padding)  # (C, GH, GW)
-    array = (grid.permute(1, 2, 0).numpy() * 255.0 + 0.5).astype(np.uint8)
-    from PIL import Image  # Pillow is only needed here
-
-    img = Image.fromarray(array[:, :, 0] if array.shape[2] == 1 else array)
-    out = Path(path)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write(out, lambda tmp: img.save(tmp, format="PNG"))
-    return out
-
-
-def _tile(pixels: torch.Tensor, nrow: int, padding: int) -> torch.Tensor:
-    """(N, C, H, W) -> (C, rows*H + (rows+1)*pad, nrow*W + (nrow+1)*pad) on a black ground."""
-    n, c, h, w = pixels.shape
-    if c not in (1, 3):
-        raise ArtifactError(
-            f"save_grid: {c}-channel images cannot be written as PNG; pass 1- or 3-channel images"
-        )
-    rows = max(1, math.ceil(n / nrow))
-    grid = torch.zeros(c, rows * h + (rows + 1) * padding, nrow * w + (nrow + 1) * padding)
-    for i in range(n):
-        r, col = divmod(i, nrow)
-        top, left = padding + r * (h + padding), padding + col * (w + padding)
-        grid[:, top : top + h, left : left + w] = pixels[i]
-    return grid

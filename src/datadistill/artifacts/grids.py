@@ -15,7 +15,7 @@ Layouts, on a white ground with ``PAD`` pixels between cells:
   then the final ones (at IPC 1: a row "initial" above a row "final").
 
 Sets in ZCA space are shown in pixel space (inverse ZCA), normalised sets are denormalised
-(:func:`datadistill.artifacts.distilled.save_grid` does the same at the stored resolution).
+(:func:`save_grid` does the same at the stored resolution).
 
 Example:
     >>> image = class_grid(ds)                                             # doctest: +SKIP
@@ -34,7 +34,9 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw, ImageFont
 
-from datadistill.artifacts.distilled import DistilledSet, _to_pixels
+from datadistill.artifacts.distilled import DistilledSet, class_major
+from datadistill.data import DatasetInfo, denormalize
+from datadistill.data.zca import ZCA
 from datadistill.errors import ArtifactError
 from datadistill.io import atomic_write
 
@@ -183,7 +185,7 @@ def _per_class(ds: DistilledSet, max_classes: int | None,
     picks = [torch.nonzero(labels == c).flatten()[:max_per_class] for c in classes]
     rows = torch.cat(picks) if picks else torch.zeros(0, dtype=torch.long)
     # Only the drawn rows are converted: ImageNet-1K's whole set would be copied 2-3 times.
-    pixels = _to_pixels(ds.images.detach().cpu()[rows], ds.space, ds.info, ds.zca)
+    pixels = to_pixels(ds.images.detach().cpu()[rows], ds.space, ds.info, ds.zca)
     groups, start = [], 0  # pixels: (len(rows), C, H, W) in [0, 1]
     for idx in picks:
         groups.append([pixels[start + j] for j in range(len(idx))])
@@ -196,11 +198,21 @@ def _names(ds: DistilledSet) -> list[str]:
 
 
 def class_rows(ds: DistilledSet, *, max_classes: int | None = None,
-               max_per_class: int | None = None) -> list[GridRow]:
-    """One row per class, named; or, with one image per class, classes side by side."""
+               max_per_class: int | None = None,
+               column_captions: list[str] | None = None) -> list[GridRow]:
+    """One row per class, named; or, with one image per class, classes side by side.
+
+    ``column_captions`` name the columns of the one-row-per-class layout (written above the
+    first row, e.g. INFER's base image vs base + compensator); the side-by-side layout of
+    one image per class names its columns by class and ignores them.
+    """
     groups, names = _per_class(ds, max_classes, max_per_class), _names(ds)
     if max((len(g) for g in groups), default=0) > 1:
-        return [GridRow(list(g), label=names[c]) for c, g in enumerate(groups)]
+        rows = [GridRow(list(g), label=names[c]) for c, g in enumerate(groups)]
+        if column_captions:
+            width = max(len(r.cells) for r in rows)
+            rows[0].captions = [*column_captions[:width], *[""] * (width - len(column_captions))]
+        return rows
     rows = []
     for start in range(0, len(groups), IPC1_COLUMNS):
         chunk = groups[start:start + IPC1_COLUMNS]
@@ -210,43 +222,48 @@ def class_rows(ds: DistilledSet, *, max_classes: int | None = None,
 
 
 def before_after_rows(initial: DistilledSet, final: DistilledSet, *,
-                      max_classes: int | None = None,
-                      max_per_class: int | None = None) -> list[GridRow]:
-    """Initial and final images of every class next to each other (IPC 1: one above the other)."""
+                      max_classes: int | None = None, max_per_class: int | None = None,
+                      names: tuple[str, str] = ("initial", "final")) -> list[GridRow]:
+    """Initial and final images of every class next to each other (IPC 1: one above the
+    other), the two sides labelled ``names`` (e.g. ``("initial", "best/")``)."""
     before = _per_class(initial, max_classes, max_per_class)
     after = _per_class(final, max_classes, max_per_class)
-    names = _names(final)
+    side, names = names, _names(final)
     width = max((len(g) for g in before + after), default=0)
     if width <= 1:
         rows = []
         for start in range(0, len(after), IPC1_COLUMNS):
             stop = min(start + IPC1_COLUMNS, len(after))
             rows.append(GridRow([g[0] if g else None for g in before[start:stop]],
-                                label="initial", captions=names[start:stop]))
-            rows.append(GridRow([g[0] if g else None for g in after[start:stop]], label="final"))
+                                label=side[0], captions=names[start:stop]))
+            rows.append(GridRow([g[0] if g else None for g in after[start:stop]], label=side[1]))
         return rows
     rows = []
     for c, (b, a) in enumerate(zip(before, after, strict=True)):
         cells = list(b) + [None] * (width - len(b) + 1) + list(a)  # a blank cell between
         rows.append(GridRow(cells, label=names[c]))
-    rows[0].captions = ["initial"] + [""] * width + ["final"] + [""] * (width - 1)
+    rows[0].captions = [side[0]] + [""] * width + [side[1]] + [""] * (width - 1)
     return rows
 
 
 def class_grid(ds: DistilledSet, *, max_classes: int | None = None,
-               max_per_class: int | None = None) -> Image.Image:
-    """The readable grid of ``ds`` (layouts in the module docstring).
+               max_per_class: int | None = None,
+               column_captions: list[str] | None = None) -> Image.Image:
+    """The readable grid of ``ds`` (layouts in the module docstring; ``column_captions`` as
+    in :func:`class_rows`).
 
     Example:
         >>> class_grid(ds).size                       # 10 classes, IPC 2, 8 px  # doctest: +SKIP
         (388, 1324)
     """
-    return render_rows(class_rows(ds, max_classes=max_classes, max_per_class=max_per_class))
+    return render_rows(class_rows(ds, max_classes=max_classes, max_per_class=max_per_class,
+                                  column_captions=column_captions))
 
 
-def before_after_grid(initial: DistilledSet, final: DistilledSet, **limits) -> Image.Image:
-    """Initial and final images side by side (``max_classes`` / ``max_per_class`` limits)."""
-    return render_rows(before_after_rows(initial, final, **limits))
+def before_after_grid(initial: DistilledSet, final: DistilledSet, **options) -> Image.Image:
+    """Initial and final images side by side (``max_classes`` / ``max_per_class`` limits,
+    ``names`` of the two sides)."""
+    return render_rows(before_after_rows(initial, final, **options))
 
 
 def png_bytes(image: Image.Image) -> bytes:
@@ -284,3 +301,76 @@ def save_class_grid(ds: DistilledSet, path: str | Path) -> Path | None:
     except ArtifactError as err:
         logger.warning("no grid at %s: %s", path, err)
         return None
+
+
+def to_pixels(
+    images: torch.Tensor, space: str, info: DatasetInfo | None, zca: ZCA | None
+) -> torch.Tensor:
+    """(N, C, H, W) in `space` -> (N, C, H, W) viewable pixels in [0, 1]."""
+    x = images.detach().cpu().float()
+    if space == "zca":
+        if zca is not None:
+            x = zca.invert(x)  # back to raw [0,1] pixels
+        else:  # no way back to pixels: stretch each image to its own range
+            logger.warning("save_grid: ZCA-space images without ZCA state; min-max scaling each")
+            lo = x.amin(dim=(1, 2, 3), keepdim=True)
+            hi = x.amax(dim=(1, 2, 3), keepdim=True)
+            x = (x - lo) / (hi - lo).clamp_min(1e-8)
+    elif space == "normalized":
+        if info is None:
+            raise ArtifactError("save_grid: normalised images need info= to be denormalised")
+        x = denormalize(x, info)
+    return x.clamp(0.0, 1.0)
+
+
+def save_grid(
+    images_or_ds: torch.Tensor | DistilledSet,
+    path: str | Path,
+    *,
+    nrow: int | None = None,
+    info: DatasetInfo | None = None,
+    space: str | None = None,
+    zca: ZCA | None = None,
+    padding: int = 2,
+) -> Path:
+    """Write a PNG grid; for a DistilledSet one row per class (nrow = ipc images per row).
+
+    A tensor is taken as normalised when `info` is given, else as raw pixels; pass `space`
+    to override. The grid is (rows*H + (rows+1)*padding) x (nrow*W + (nrow+1)*padding).
+
+    Example:
+        >>> save_grid(ds, "runs/mtt/grid.png")                             # doctest: +SKIP
+    """
+    if isinstance(images_or_ds, DistilledSet):
+        ds = images_or_ds
+        images, _ = class_major(ds)
+        info, space, zca = ds.info, ds.space, ds.zca or zca
+        nrow = nrow or ds.ipc
+    else:
+        images = images_or_ds
+        space = space or ("normalized" if info is not None else "raw")
+        nrow = nrow or math.ceil(math.sqrt(images.shape[0]))
+    pixels = to_pixels(images, space, info, zca)  # (N, C, H, W) in [0, 1]
+    grid = _tile(pixels, nrow, padding)  # (C, GH, GW)
+    array = (grid.permute(1, 2, 0).numpy() * 255.0 + 0.5).astype(np.uint8)
+    img = Image.fromarray(array[:, :, 0] if array.shape[2] == 1 else array)
+    out = Path(path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write(out, lambda tmp: img.save(tmp, format="PNG"))
+    return out
+
+
+def _tile(pixels: torch.Tensor, nrow: int, padding: int) -> torch.Tensor:
+    """(N, C, H, W) -> (C, rows*H + (rows+1)*pad, nrow*W + (nrow+1)*pad) on a black ground."""
+    n, c, h, w = pixels.shape
+    if c not in (1, 3):
+        raise ArtifactError(
+            f"save_grid: {c}-channel images cannot be written as PNG; pass 1- or 3-channel images"
+        )
+    rows = max(1, math.ceil(n / nrow))
+    grid = torch.zeros(c, rows * h + (rows + 1) * padding, nrow * w + (nrow + 1) * padding)
+    for i in range(n):
+        r, col = divmod(i, nrow)
+        top, left = padding + r * (h + padding), padding + col * (w + padding)
+        grid[:, top : top + h, left : left + w] = pixels[i]
+    return grid

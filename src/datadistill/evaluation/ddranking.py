@@ -113,6 +113,7 @@ PRESETS: dict[str, dict] = {  # preset name -> its values (``extends:`` resolved
     name: extended_values(name, SETTINGS["presets"], "DD-Ranking preset")
     for name in SETTINGS["presets"]}
 METHOD_PRESETS: dict[str, str] = SETTINGS["methods"]  # our methods -> DD-Ranking preset
+ADDED_METHODS: dict[str, str] = {}  # methods added from outside (tm.presets.register_preset)
 
 
 def preset_for(method_or_preset: str, **overrides: Any) -> DDRankingConfig:
@@ -126,11 +127,12 @@ def preset_for(method_or_preset: str, **overrides: Any) -> DDRankingConfig:
         >>> preset_for("mtt", rounds=3, train={"epochs": 100}).train.epochs
         100
     """
-    name = METHOD_PRESETS.get(method_or_preset, method_or_preset)
+    methods = METHOD_PRESETS | ADDED_METHODS
+    name = methods.get(method_or_preset, method_or_preset)
     if name not in PRESETS:
         raise ConfigError(
             f"no DD-Ranking config for {method_or_preset!r}; use a method of "
-            f"{sorted(METHOD_PRESETS)} or a preset of {sorted(PRESETS)}"
+            f"{sorted(methods)} or a preset of {sorted(PRESETS)}"
         )
     values = {**PRESETS[name], **overrides}
     train = {**PRESETS[name].get("train", {}), **overrides.get("train", {})}

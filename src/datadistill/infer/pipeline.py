@@ -59,11 +59,22 @@ COMPENSATOR_PROGRESS = "compensators_progress.pt"
 
 def infer_instances(directory: Path) -> DistilledSet:
     """The materialised INFER set in ``directory`` with class-index labels (labels may not be
-    computed yet): what the report draws for an INFER run."""
+    computed yet): what the report draws for an INFER run. Its ``extra`` names the grid's
+    columns (``grid_columns``: per class group, ``base`` then ``base + u<m>`` for teacher m's
+    compensator), says what they are (``grid_legend``) and how many make a group
+    (``grid_group``: the page shows whole groups)."""
     s = load_infer_set(directory)
     inst = s.materialise()
+    columns = [f"base + u{v}" if v else "base" for _ in range(s.num_groups)
+               for v in range(s.num_teachers + 1)]  # materialise()'s order within a class
+    teachers = ", ".join(f"u{m + 1}: {arch}" for m, arch in enumerate(s.teachers))
+    legend = (f"Each row is a class; each class group (of {s.num_groups}) gives its base image "
+              f"(a real image) and base + u<m>, the base plus the compensator learned with "
+              f"teacher m ({teachers}).")
     return DistilledSet(inst.images, inst.labels, None, s.info, "normalized",
-                        s.instances_per_class, "infer")
+                        s.instances_per_class, "infer",
+                        extra={"grid_columns": columns, "grid_legend": legend,
+                               "grid_group": s.num_teachers + 1})
 
 
 register_set_view("infer", infer_instances)

@@ -23,6 +23,7 @@ import torch
 from datadistill.artifacts.distilled import DistilledSet, load_distilled
 from datadistill.experts import ExpertStore
 from datadistill.io import atomic_write
+from datadistill.runtime.progress import plural
 
 if TYPE_CHECKING:  # annotations only: the report (above) hands its scan and rows down
     from datadistill.report.page import AccuracyRow, RunContents
@@ -77,7 +78,7 @@ def image_figures(c: RunContents) -> list[Figure]:
     makers = [(title, partial(_set_figure, c, title, load, name))
               for title, load, name in _sets(c)]
     if c.distill_dir is not None and (c.distill_dir / "initial" / "meta.json").is_file():
-        makers.append(("Initial and final images", partial(_pair_figure, c)))
+        makers.append(("Initial images and the evaluated set", partial(_pair_figure, c)))
     figures = [_guarded(title, make) for title, make in makers]
     return [f for f in figures if f is not None]
 
@@ -88,29 +89,60 @@ def _set_figure(c: RunContents, title: str, load: Callable, name: str) -> Figure
     ds = load()
     if ds is None:
         return None
-    grid = class_grid(ds, max_classes=MAX_CLASSES, max_per_class=MAX_PER_CLASS)
+    group = int(ds.extra.get("grid_group", 1))  # columns that belong together (INFER: a group)
+    shown = max(group, MAX_PER_CLASS // group * group)  # whole groups only
+    grid = class_grid(ds, max_classes=MAX_CLASSES, max_per_class=shown,
+                      column_captions=ds.extra.get("grid_columns"))  # a recipe's set view's
+    caption = " ".join(t for t in (ds.extra.get("grid_legend", ""),
+                                   _limits_caption(c, ds, shown)) if t)
     return _png_figure(c, title(ds) if callable(title) else title, png_bytes(grid), name,
-                       _limits_caption(ds, MAX_PER_CLASS))
+                       caption)
+
+
+def set_source(c: RunContents, name: str) -> str:
+    """``best/, iteration 50``: a set of the distillation folder and its iteration."""
+    return f"{name}/" + (f", iteration {c.iterations[name]}" if name in c.iterations else "")
+
+
+def last_iteration_note(c: RunContents) -> str:
+    """A sentence when the last iteration is not best/'s (the set evaluated), else ''."""
+    best, last = c.iterations.get("best"), c.iterations.get("last")
+    if best is None or last is None or best == last:
+        return ""
+    return (f"best/ is iteration {best}, the best in-loop check; the last iteration, {last}, "
+            "is in last/ and is not evaluated.")
+
+
+def in_loop_setting(cfg: dict) -> str:
+    """``2 networks × 300 epochs each``: what one evaluation while distilling trains
+    (``cfg``: the distillation's config.json)."""
+    runs, epochs = cfg.get("eval_runs"), cfg.get("eval_epochs")
+    if runs is None or epochs is None:
+        return ""
+    return f"{plural(int(runs), 'network')} × {plural(int(epochs), 'epoch')} each"
 
 
 def _pair_figure(c: RunContents) -> Figure | None:
+    """The initial images beside the evaluated set, best/ (last/ before best/ exists)."""
     from datadistill.artifacts.grids import before_after_grid, png_bytes
 
-    initial, final = _load_set(c.distill_dir / "initial"), _load_set(c.distill_dir / "last")
+    initial = _load_set(c.distill_dir / "initial")
+    name = "best" if (c.distill_dir / "best" / "meta.json").is_file() else "last"
+    final = _load_set(c.distill_dir / name)
     if final is None:
         return None
-    title = (f"Initial (iteration 0) and final (iteration {final.extra.get('iteration', '?')})"
-             " images")
+    title = f"Initial images (iteration 0) and the evaluated set ({set_source(c, name)})"
     png = png_bytes(before_after_grid(initial, final, max_classes=MAX_CLASSES,
-                                      max_per_class=PAIR_PER_CLASS))
-    return _png_figure(c, title, png, "initial_vs_final.png",
-                       _limits_caption(final, PAIR_PER_CLASS))
+                                      max_per_class=PAIR_PER_CLASS, names=("initial", f"{name}/")))
+    caption = " ".join(t for t in (last_iteration_note(c) if name == "best" else "",
+                                   _limits_caption(c, final, PAIR_PER_CLASS)) if t)
+    return _png_figure(c, title, png, "initial_vs_best.png", caption)
 
 
 def _best_title(ds) -> str:
     acc = ds.extra.get("accuracy")
-    score = "" if acc is None else f", accuracy {100 * acc:.2f} % while distilling"
-    return f"Distilled set (best, iteration {ds.extra.get('iteration', '?')}{score})"
+    score = "" if acc is None else f"; in-loop check {100 * acc:.2f} %"
+    return f"Distilled set best/ (iteration {ds.extra.get('iteration', '?')}{score})"
 
 
 def _sets(c: RunContents) -> list[tuple[Any, Callable, str]]:
@@ -128,15 +160,20 @@ def _sets(c: RunContents) -> list[tuple[Any, Callable, str]]:
     return found
 
 
-def _limits_caption(ds, max_per_class: int) -> str:
+def _limits_caption(c: RunContents, ds, max_per_class: int) -> str:
+    """What the page's grid leaves out; the distiller's grids/ files (when the folder has
+    them) hold every image."""
     per_class = int(torch.bincount(ds.hard_labels, minlength=ds.info.num_classes).max())
     parts = []
     if ds.info.num_classes > MAX_CLASSES:
         parts.append(f"the first {MAX_CLASSES} of {ds.info.num_classes} classes")
     if per_class > max_per_class:
         parts.append(f"{max_per_class} of {per_class} images per class")
-    return ("Shown: " + ", ".join(parts) + "; the grids/ files hold every image.") if parts \
-        else ""
+    if not parts:
+        return ""
+    grids = c.distill_dir is not None and (c.distill_dir / "grids").is_dir()
+    return "Shown: " + ", ".join(parts) + ("; the grids/ files hold every image." if grids
+                                           else ".")
 
 
 def _png_figure(c: RunContents, title: str, png: bytes, name: str, caption: str = "") -> Figure:
@@ -151,10 +188,16 @@ def curve_figures(c: RunContents, rows: list[AccuracyRow],
     ``rows`` are the page's accuracy rows, ``metrics(distill_dir)`` reads metrics.jsonl."""
     from datadistill.report.curves import accuracy_bars, distill_curves, expert_curves
 
+    cfg = _config_json(c)
+    check = in_loop_setting(cfg) or "as distill.eval_runs and distill.eval_epochs set"
+    in_loop = next((r for r in rows if r.in_loop), None)
+    best = "" if in_loop is None else (
+        f"; the best, {100 * in_loop.mean:.2f} ± {100 * in_loop.std:.2f} %, chose best/")
     drawn = [("Distillation: matching loss, learned step size, accuracy",
-              lambda: distill_curves(metrics(c.distill_dir)), "distill_curves.png",
-              "Evaluations while distilling use distill.eval_runs networks of "
-              "distill.eval_epochs epochs."),
+              lambda: distill_curves(metrics(c.distill_dir), f"in-loop check: {check}"),
+              "distill_curves.png",
+              f"Accuracy: the in-loop check of the distiller, {check}{best}. The headline "
+              "accuracy is the final evaluation (Summary)."),
              ("Experts: test accuracy per epoch", lambda: expert_curves(_expert_accuracies(c)),
               "expert_accuracy.png", ""),
              ("Accuracy of the distilled set and the baselines",
@@ -173,6 +216,17 @@ def _curve_figure(c: RunContents, title: str, plot: Callable, name: str,
     return None if fig is None else _png_figure(c, title, figure_png(fig), name, caption)
 
 
+def _config_json(c: RunContents) -> dict:
+    """The distillation's config.json, {} when there is none."""
+    import json
+
+    path = None if c.distill_dir is None else c.distill_dir / "config.json"
+    try:
+        return json.loads(path.read_text(encoding="utf-8")) if path and path.is_file() else {}
+    except (OSError, ValueError):
+        return {}
+
+
 def _expert_accuracies(c: RunContents) -> list:
     if c.expert_dir is None:
         return []
@@ -185,6 +239,7 @@ def _final_accuracies(rows: list[AccuracyRow]) -> dict[str, list[float]]:
     """Label -> accuracies of the final evaluations (eval.json / eval_infer.json)."""
     out = {}
     for row in rows:
-        if row.what not in ("best evaluation while distilling",) and row.protocol != "teacher":
-            out[f"{row.what} ({row.model}, {row.protocol})"] = row.accuracies
+        if not row.in_loop and row.protocol != "teacher":
+            which = f"{row.what}, {row.source}" if row.source else row.what
+            out[f"{which} ({row.model}, {row.protocol})"] = row.accuracies
     return out

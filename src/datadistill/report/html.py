@@ -74,35 +74,49 @@ def _none(text: str) -> str:
 # ----------------------------------------------------------------------------- sections
 
 
-def _summary(c, rows, hw: dict) -> str:
-    main = next((r for r in rows if r.what == "distilled set"), None) or \
-        next((r for r in rows if r.protocol != "teacher"), None)
-    base = next((r for r in rows if r.what == "random real subset"), None)
+def _summary(c, rows, hw: dict, last_note: str) -> str:
+    """Method, dataset, folder and the headline: the final evaluation of the evaluated set,
+    named with its iteration (never the in-loop check); ``last_note`` says when the last
+    iteration is another set."""
+    final = [r for r in rows if not r.in_loop]
+    main = next((r for r in final if r.what == "distilled set"), None) or \
+        next((r for r in final if r.protocol != "teacher"), None)
+    base = next((r for r in final if r.what == "random real subset"), None)
     facts = [["method", c.method or "unknown"], ["dataset", c.dataset or "unknown"],
              ["images per class (IPC)", c.ipc if c.ipc is not None else "unknown"],
              ["run folder", str(c.root)]]
     if main is not None:
-        facts.append([f"accuracy: {main.what} ({main.model}, {main.protocol})",
+        which = f"{main.what}, {main.source}" if main.source else main.what
+        facts.append([f"accuracy: {which} ({main.model}, {main.protocol})",
                       f"{_pct(main.mean, main.std)} % over "
                       f"{plural(len(main.accuracies), 'network')}"])
     if base is not None:
         facts.append([f"accuracy: {base.what} ({base.model})",
                       f"{_pct(base.mean, base.std)} % over "
                       f"{plural(len(base.accuracies), 'network')}"])
+    if main is not None and main.source.startswith("best/") and last_note:
+        facts.append(["evaluated set", last_note])
     now = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
     facts.append(["page written", f"{now} by datadistill {hw['datadistill']}"])
     return _table(None, facts)
 
 
 def _accuracy(rows) -> str:
-    if not rows:
-        return _none("No evaluation yet: eval.json appears when a run's evaluation finishes.")
-    table = [[r.what, r.model, r.protocol, len(r.accuracies), _pct(r.mean, r.std),
-              ", ".join(f"{100 * a:.2f}" for a in r.accuracies), r.note] for r in rows]
+    """The final evaluations as a table; the in-loop check below it, marked as such."""
+    final, checks = [r for r in rows if not r.in_loop], [r for r in rows if r.in_loop]
+    checks_text = "".join(
+        f"<p>In-loop check while distilling (not a final evaluation; it chose best/): "
+        f"{_e(_pct(r.mean, r.std))} % ({_e(r.model)}), {_e(r.note)}.</p>" for r in checks)
+    if not final:
+        return _none("No evaluation yet: eval.json appears when a run's evaluation "
+                     "finishes.") + checks_text
+    table = [[f"{r.what}, {r.source}" if r.source else r.what, r.model, r.protocol,
+              len(r.accuracies), _pct(r.mean, r.std),
+              ", ".join(f"{100 * a:.2f}" for a in r.accuracies), r.note] for r in final]
     return ("<p>Test accuracy in %, mean ± std (population std, as the official scripts) over "
             "independently trained networks, grouped by protocol.</p>"
             + _table(["set", "model", "protocol", "networks", "mean ± std (%)",
-                      "each network (%)", "note"], table, num_cols=(3, 4)))
+                      "each network (%)", "note"], table, num_cols=(3, 4)) + checks_text)
 
 
 def _figure(fig) -> str:
@@ -200,11 +214,12 @@ def _time_hardware(c, hw: dict) -> str:
     return "\n".join(parts)
 
 
-def render_page(c, rows, images, curves, hw: dict) -> str:
-    """The whole page as a string (see the module docstring for the sections)."""
+def render_page(c, rows, images, curves, hw: dict, last_note: str = "") -> str:
+    """The whole page as a string (see the module docstring for the sections); ``last_note``
+    says when the last iteration is not the evaluated set."""
     title = f"datadistill report: {c.method or 'run'} on {c.dataset or '?'}, IPC {c.ipc or '?'}"
     bodies = {
-        "Summary": _summary(c, rows, hw),
+        "Summary": _summary(c, rows, hw, last_note),
         "Accuracy": _accuracy(rows),
         "Distilled images": _figures(images, "No distilled set in this folder yet."),
         "Curves": _figures(curves, "Nothing to plot yet (no metrics.jsonl, expert store or "

@@ -1,9 +1,11 @@
 """``report.html``: one self-contained page per run folder, for a person to look at.
 
-The page gathers what the run folder holds: the accuracy table (mean +- std per protocol,
-from ``eval.json`` / ``eval_infer.json`` and the evaluations made while distilling), the
-distilled images (readable grids: :mod:`datadistill.artifacts.grids`), initial vs final images, the
-curves (:mod:`datadistill.report.curves`: matching loss, learned step size and accuracy over the
+The page gathers what the run folder holds: the headline accuracy, named with the set it
+belongs to (``best/`` at iteration N), the accuracy table (mean +- std per protocol, from
+``eval.json`` / ``eval_infer.json``; below it, marked as such, the best in-loop check while
+distilling, which chose ``best/``), the distilled images (readable grids:
+:mod:`datadistill.artifacts.grids`), the initial images beside the evaluated set, the curves
+(:mod:`datadistill.report.curves`: matching loss, learned step size and accuracy over the
 iterations, the experts' per-epoch test accuracy, distilled vs random subset), the method's
 paper and its named deviations (:mod:`datadistill.tm.presets`), the resolved config, and the
 wall time and hardware of each stage. Images are embedded as base64 PNG data URIs, and the
@@ -49,6 +51,7 @@ from datadistill.errors import ArtifactError
 from datadistill.io import atomic_write, write_json
 from datadistill.report import figures as report_figures
 from datadistill.report import html as report_html
+from datadistill.runtime.progress import plural
 
 log = logging.getLogger(__name__)
 
@@ -69,6 +72,8 @@ class AccuracyRow:
     mean: float
     std: float
     note: str = ""
+    source: str = ""  # the set evaluated, e.g. "best/, iteration 50"
+    in_loop: bool = False  # the distiller's own check (it picks best/), not a final evaluation
 
 
 @dataclass
@@ -88,6 +93,7 @@ class RunContents:
     infer_dir: Path | None = None  # an INFER set lives here
     teachers: dict[str, dict] = field(default_factory=dict)  # INFER: arch -> its store meta
     set_dir: Path | None = None  # a distilled set evaluated in place lives here
+    iterations: dict[str, int] = field(default_factory=dict)  # distill/<set>/ -> its iteration
 
 
 # ----------------------------------------------------------------------------- entry points
@@ -156,7 +162,7 @@ def build_report(folder: str | Path) -> Path:
     rows = accuracy_rows(contents)
     page = report_html.render_page(contents, rows, report_figures.image_figures(contents),
                                    report_figures.curve_figures(contents, rows, metrics_rows),
-                                   hardware())
+                                   hardware(), report_figures.last_iteration_note(contents))
     out = root / REPORT_FILE
     atomic_write(out, lambda tmp: Path(tmp).write_text(page, encoding="utf-8"))
     return out
@@ -224,6 +230,10 @@ def scan_folder(root: Path) -> RunContents:
             c.eval_files[name] = content
     _scan_config(c)
     _scan_teachers(c)
+    for name in ("initial", "best", "last", "ema_last") if c.distill_dir is not None else ():
+        extra = (_read_json(c.distill_dir / name / "meta.json") or {}).get("extra") or {}
+        if isinstance(extra.get("iteration"), int):
+            c.iterations[name] = extra["iteration"]
     if (root / "experts" / "meta.json").is_file():
         c.expert_dir = root / "experts"
     elif c.distill_dir is not None:
@@ -343,13 +353,21 @@ def accuracy_rows(c: RunContents) -> list[AccuracyRow]:
             continue
         pipeline = "config" in content  # eval.json of `run`; else of `eval`: model -> report
         for key, rep in content.items():
-            if isinstance(rep, dict):
-                what = _describe(key) if pipeline else "evaluated set"
-                rows.append(_row(what, rep, f"{name}: {key}"))
-    rows.append(_best_during_distillation(c))
+            if isinstance(rep, dict) and (row := _row(_describe(key) if pipeline else
+                                                      "evaluated set", rep, f"{name}: {key}")):
+                row.source = _pipeline_source(c, key) if pipeline else ""
+                rows.append(row)
     rows += _teacher_rows(c)
-    rows = [r for r in rows if r is not None]
-    return sorted(rows, key=lambda r: r.protocol)
+    rows = sorted([r for r in rows if r is not None], key=lambda r: r.protocol)
+    in_loop = _best_during_distillation(c)  # last: a check, not one of the results
+    return rows if in_loop is None else [*rows, in_loop]
+
+
+def _pipeline_source(c: RunContents, key: str) -> str:
+    """The set behind an eval.json entry of ``run``: distilled_* score best/, ema_* ema_last/."""
+    if key.startswith("distilled_"):
+        return report_figures.set_source(c, "best")
+    return report_figures.set_source(c, "ema_last") if key.startswith("ema_") else ""
 
 
 _DDRANKING_SETS = {"syn": "evaluated set, its labels", "syn_hard": "evaluated set, hard labels",
@@ -373,10 +391,14 @@ def _best_during_distillation(c: RunContents) -> AccuracyRow | None:
         return None
     best = max(evals, key=lambda r: r["mean"])  # first of the maxima, as distill keeps it
     cfg = _read_json(c.distill_dir / "config.json") or {}
-    note = (f"iteration {best['iteration']}, {cfg.get('eval_epochs', '?')} epochs per network "
-            "(distill.eval_epochs)")
-    return _row("best evaluation while distilling", {**best, "model": cfg.get("model", ""),
-                                                      "protocol": "classic"}, note)
+    setting = report_figures.in_loop_setting(cfg)
+    note = (f"the best of {plural(len(evals), 'check')}, at iteration {best['iteration']}"
+            + (f"; {setting}" if setting else ""))
+    row = _row("in-loop check while distilling", {**best, "model": cfg.get("model", ""),
+                                                   "protocol": "classic"}, note)
+    if row is not None:
+        row.in_loop = True
+    return row
 
 
 def _teacher_rows(c: RunContents) -> list[AccuracyRow]:

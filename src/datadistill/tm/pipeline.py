@@ -48,7 +48,8 @@ from typing import Any
 import torch
 
 from datadistill import distributed
-from datadistill.artifacts.distilled import export_challenge, load_distilled, set_digest
+from datadistill.artifacts.challenge_export import export_challenge
+from datadistill.artifacts.distilled import load_distilled, set_digest
 from datadistill.checks import check_ipc_fits, check_pipeline
 from datadistill.config import (
     DEFAULT_CONFIG,

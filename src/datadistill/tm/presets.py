@@ -21,6 +21,11 @@ pad      Li, Guo et al., arXiv 2408.03360: DATM + an easy-to-hard expert curricu
 
 Every preset's ``deviations`` names where it differs from the official code, and why.
 
+A method from outside the package is one call of :func:`register_preset` (its ``Preset``,
+and the folder that holds its ``_methods/<name>.yaml`` fragment and its
+``<dataset>/<name>_ipc<N>.yaml`` configs); then every command, the report and
+``datadistill score`` know it as they know the shipped ones (README, "Adding a method").
+
 Example:
     >>> get_preset("datm").overrides["distill"]["label_mode"]
     'soft'
@@ -34,16 +39,25 @@ import copy
 import math
 import textwrap
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
-from datadistill.config import method_values
+from datadistill.config import add_config_root, config_roots, method_values, remove_config_root
 from datadistill.errors import ConfigError
-from datadistill.recipes import Method
+from datadistill.evaluation import ddranking
+from datadistill.recipes import Method, register_method, unregister_method
 
 
 @dataclass(frozen=True)
 class Preset(Method):
-    """One method: its paper, what it changes vs MTT, its overrides and named deviations."""
+    """One method: its paper, what it changes vs MTT, its overrides and named deviations.
+
+    ``ddranking`` names the DD-Ranking evaluator preset its sets are scored with
+    (``configs/_evaluation/ddranking.yaml`` ``presets:``, e.g. ``hard_dsa``); None: the
+    shipped map of that file (``methods:``) decides, as for every shipped preset.
+    """
+
+    ddranking: str | None = None
 
     @property
     def overrides(self) -> dict[str, Any]:
@@ -159,8 +173,66 @@ PRESETS: dict[str, Preset] = {
 }
 
 
+# methods registered from outside the package -> the config folder each brought (or None)
+_ADDED: dict[str, Path | None] = {}
+
+
+def register_preset(preset: Preset, configs: str | Path | None = None) -> Preset:
+    """Add a trajectory-matching method from outside the package; returns ``preset``.
+
+    ``configs`` is the method's own config folder, laid out as the shipped one: its default
+    values in ``_methods/<name>.yaml`` (which may ``extends:`` a shipped fragment) and its
+    per-setting configs ``<dataset>/<name>_ipc<N>.yaml``, found by name after the shipped
+    ones (:func:`datadistill.config.add_config_root`). The preset becomes what
+    ``method: <name>`` resolves to, the report's description of the method
+    (:func:`datadistill.recipes.register_method`) and, with ``preset.ddranking``, the
+    DD-Ranking preset ``datadistill score`` uses for its sets. A taken name, an unknown
+    DD-Ranking preset or a fragment that does not resolve is a ConfigError, and nothing is
+    registered.
+
+    Example:
+        >>> register_preset(Preset(name="my_mtt", paper="...", changes="...",
+        ...                        ddranking="hard_dsa"), configs="my_method/configs")
+        ...                                                             # doctest: +SKIP
+    """
+    if preset.name in PRESETS:
+        raise ConfigError(f"a method named {preset.name!r} is already registered; choose "
+                          f"another name (taken: {', '.join(sorted(PRESETS))})")
+    if preset.ddranking is not None and preset.ddranking not in ddranking.PRESETS:
+        raise ConfigError(f"method {preset.name!r}: ddranking={preset.ddranking!r} is no "
+                          f"DD-Ranking preset; use one of {', '.join(sorted(ddranking.PRESETS))}")
+    root = None
+    if configs is not None:
+        known = set(config_roots())
+        root = add_config_root(configs)
+        try:
+            method_values(preset.name)  # its fragment and what it extends resolve
+        except ConfigError:
+            if root not in known:
+                remove_config_root(root)
+            raise
+    PRESETS[preset.name] = preset
+    _ADDED[preset.name] = root
+    register_method(preset)
+    if preset.ddranking is not None:
+        ddranking.ADDED_METHODS[preset.name] = preset.ddranking
+    return preset
+
+
+def unregister_preset(name: str) -> None:
+    """Undo :func:`register_preset` for method ``name`` (a shipped preset stays)."""
+    if name not in _ADDED:
+        raise ConfigError(f"{name!r} is not a method added with register_preset")
+    root = _ADDED.pop(name)
+    del PRESETS[name]
+    unregister_method(name)
+    ddranking.ADDED_METHODS.pop(name, None)
+    if root is not None and root not in _ADDED.values():
+        remove_config_root(root)
+
+
 def list_presets() -> list[str]:
-    """Names of the registered presets, in registry order (MTT first)."""
+    """Names of the registered presets, in registry order (the shipped ones, MTT first)."""
     return list(PRESETS)
 
 
@@ -202,3 +274,7 @@ def presets_table(width: int = 100) -> str:
             lines += [f"{'':<8}{line}" for line in wrap.wrap(f"- {dev}")]
         lines.append("")
     return "\n".join(lines).rstrip() + "\n"
+
+
+for _preset in PRESETS.values():  # the report describes every shipped preset
+    register_method(_preset)

@@ -1,7 +1,9 @@
 """Trajectory matching as a recipe: how ``run`` and ``validate`` load, run and summarise it.
 
-Registers the :class:`~datadistill.recipes.Recipe` ``tm`` and every preset
-(:data:`datadistill.tm.presets.PRESETS`) as a method the report can describe.
+Registers the :class:`~datadistill.recipes.Recipe` ``tm``; its presets
+(:data:`datadistill.tm.presets.PRESETS`) register themselves as the methods the report
+describes, the shipped ones when :mod:`datadistill.tm.presets` is imported, the others with
+:func:`datadistill.tm.presets.register_preset`.
 """
 
 from __future__ import annotations
@@ -9,10 +11,9 @@ from __future__ import annotations
 from pathlib import Path
 
 from datadistill.checks import check_ipc_for_dataset
-from datadistill.recipes import Recipe, register_method, register_recipe
+from datadistill.recipes import Recipe, register_recipe
 from datadistill.runtime.progress import plural
 from datadistill.tm.pipeline import load_pipeline_config, run_pipeline
-from datadistill.tm.presets import PRESETS
 
 
 def _run(cfg, out_dir: Path, progress: bool = True, restart: bool = False,
@@ -39,5 +40,3 @@ RECIPE = register_recipe(Recipe(
     load=load_pipeline_config, run=_run, label=lambda c: f"{c.method}, {c.dataset}, IPC {c.ipc}",
     default_out=lambda c: f"runs/{c.dataset}_{c.method}_ipc{c.ipc}", lines=run_lines,
     note=_note))
-for _preset in PRESETS.values():
-    register_method(_preset)
