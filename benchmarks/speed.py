@@ -60,7 +60,7 @@ class FlatParamModule(nn.Module):
 def worker(args: argparse.Namespace) -> dict:
     """One configuration in this process: seconds per iteration and peak memory."""
     from datadistill.data.augment import DSA
-    from datadistill.matching import matching_loss, student_forward, unroll_student
+    from datadistill.matching import StudentSteps, matching_loss, student_forward, unroll_student
     from datadistill.models import create_model, flatten_params
 
     if args.threads:
@@ -83,7 +83,7 @@ def worker(args: argparse.Namespace) -> dict:
 
     def iteration() -> None:
         theta_n = unroll_student(forward, theta0, images, labels, syn_lr,
-                                 syn_steps=args.syn_steps, dsa=dsa, generator=gen)
+                                 StudentSteps(args.syn_steps, dsa=dsa), generator=gen)
         loss = matching_loss(theta_n, theta0, target)
         images.grad, syn_lr.grad = torch.autograd.grad(loss, [images, syn_lr])
         opt_img.step()

@@ -159,6 +159,7 @@ def matching_step(mode: str, ipc: int, width: int = 128, student: str = "ours"):
     """One matching iteration (unrolled or adjoint) at the CIFAR-10 shape, DSA on."""
     from datadistill.data.augment import DSA
     from datadistill.matching import (
+        StudentSteps,
         adjoint_backward,
         matching_loss,
         student_forward,
@@ -182,21 +183,20 @@ def matching_step(mode: str, ipc: int, width: int = 128, student: str = "ours"):
     syn_lr = torch.tensor(0.01, requires_grad=True)
     theta0 = flatten_params(model)
     target = theta0 + 0.01 * torch.randn(theta0.numel(), generator=gen)
-    steps, dsa = SHAPES[ipc], DSA()
+    steps = StudentSteps(SHAPES[ipc], dsa=DSA())
 
     def unrolled() -> None:
-        theta_n = unroll_student(forward, theta0, images, labels, syn_lr, syn_steps=steps,
-                                 dsa=dsa, generator=gen)
+        theta_n = unroll_student(forward, theta0, images, labels, syn_lr, steps, generator=gen)
         loss = matching_loss(theta_n, theta0, target)
         torch.autograd.grad(loss, [images, syn_lr])
 
     def adjoint() -> None:
-        with student_trajectory(forward, theta0, images, labels, syn_lr, syn_steps=steps,
-                                dsa=dsa, generator=gen) as traj:
+        with student_trajectory(forward, theta0, images, labels, syn_lr, steps,
+                                generator=gen) as traj:
             theta_n = traj.final.requires_grad_()
             loss = matching_loss(theta_n, theta0, target)
             (lam,) = torch.autograd.grad(loss, theta_n)
-            adjoint_backward(forward, traj, images, labels, syn_lr, lam, dsa=dsa)
+            adjoint_backward(forward, traj, images, labels, syn_lr, lam)
 
     return unrolled if mode == "unrolled" else adjoint
 

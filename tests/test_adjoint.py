@@ -21,7 +21,9 @@ from datadistill.data.augment import DSA, FAMILIES
 from datadistill.errors import CompatibilityError, ConfigError, DivergenceError
 from datadistill.experts import ExpertConfig, train_experts
 from datadistill.matching import (
+    AdjointOptions,
     SnapshotStore,
+    StudentSteps,
     adjoint_backward,
     check_micro_batch,
     convnet_plan,
@@ -84,8 +86,8 @@ def _mask_fn(kind: str | None):
 
 def _unrolled(c: _Case, forward, *, steps, batch, dsa, seed, mask=None):
     gen = torch.Generator().manual_seed(seed)
-    theta_n = unroll_student(forward, c.theta0, c.images, c.labels, c.syn_lr, syn_steps=steps,
-                             batch_syn=batch, dsa=dsa, generator=gen)
+    theta_n = unroll_student(forward, c.theta0, c.images, c.labels, c.syn_lr,
+                             StudentSteps(steps, batch, dsa), generator=gen)
     loss = matching_loss(theta_n, c.theta0, c.target, _mask_fn(mask)(theta_n, c.target))
     return loss.detach(), list(torch.autograd.grad(loss, c.inputs)), gen
 
@@ -95,14 +97,13 @@ def _adjoint(c: _Case, forward, *, steps, batch, dsa, seed, mask=None, micro_bat
     gen = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         traj = student_trajectory(forward, c.theta0, c.images, c.labels, c.syn_lr,
-                                  syn_steps=steps, batch_syn=batch, dsa=dsa, generator=gen,
-                                  micro_batch=micro_batch, snapshots=snapshots)
+                                  StudentSteps(steps, batch, dsa), generator=gen,
+                                  options=AdjointOptions(micro_batch, snapshots))
     theta_n = traj.final.detach().requires_grad_()
     loss = matching_loss(theta_n, c.theta0, c.target, _mask_fn(mask)(theta_n, c.target))
     (lam,) = torch.autograd.grad(loss, theta_n)
     with torch.no_grad():  # the replay builds its own graphs whatever the caller's mode
-        out = adjoint_backward(forward, traj, c.images, c.labels, c.syn_lr, lam, dsa=dsa,
-                               micro_batch=micro_batch)
+        out = adjoint_backward(forward, traj, c.images, c.labels, c.syn_lr, lam)
     grads = [out.images, out.syn_lr] + ([out.labels] if out.labels is not None else [])
     return loss.detach(), grads, gen
 
@@ -173,12 +174,12 @@ def test_fast_and_generic_convnet_agree_in_adjoint_mode():
 def test_trajectory_records_the_unrolled_parameters():
     c = _case()
     forward = student_forward(c.model)
-    traj = student_trajectory(forward, c.theta0, c.images, c.labels, c.syn_lr, syn_steps=3,
-                              batch_syn=4, dsa=DSA(), generator=torch.Generator().manual_seed(7))
+    traj = student_trajectory(forward, c.theta0, c.images, c.labels, c.syn_lr,
+                              StudentSteps(3, 4, DSA()), generator=torch.Generator().manual_seed(7))
     assert len(traj.thetas) == 4 and len(traj.steps) == 3
     assert torch.equal(traj.thetas[0], c.theta0) and not traj.final.requires_grad
-    theta_n = unroll_student(forward, c.theta0, c.images, c.labels, c.syn_lr, syn_steps=3,
-                             batch_syn=4, dsa=DSA(), generator=torch.Generator().manual_seed(7))
+    theta_n = unroll_student(forward, c.theta0, c.images, c.labels, c.syn_lr,
+                             StudentSteps(3, 4, DSA()), generator=torch.Generator().manual_seed(7))
     assert torch.allclose(traj.final, theta_n.detach(), rtol=1e-12, atol=1e-14)
     assert [len(s.idx) for s in traj.steps] == [3, 4, 3]  # popped from the end, as MTT
 
@@ -207,27 +208,25 @@ def test_the_last_step_is_not_rebuilt_when_it_is_one_chunk(micro_batch):
         calls.append(len(x))
         return inner(theta, x)
 
-    traj = student_trajectory(forward, c.theta0, c.images, c.labels, c.syn_lr, syn_steps=4,
-                              batch_syn=4, dsa=DSA(), generator=torch.Generator().manual_seed(8),
-                              micro_batch=micro_batch)
+    traj = student_trajectory(forward, c.theta0, c.images, c.labels, c.syn_lr,
+                              StudentSteps(4, 4, DSA()), generator=torch.Generator().manual_seed(8),
+                              options=AdjointOptions(micro_batch))
     chunks = 1 if micro_batch is None else 2  # mini-batches of 3 and 4 images
     assert len(calls) == 4 * chunks and (traj.kept is not None) == (chunks == 1)
     theta_n = traj.final.detach().requires_grad_()
     (lam,) = torch.autograd.grad(matching_loss(theta_n, c.theta0, c.target), theta_n)
-    first = adjoint_backward(forward, traj, c.images, c.labels, c.syn_lr, lam, dsa=DSA(),
-                             micro_batch=micro_batch)
+    first = adjoint_backward(forward, traj, c.images, c.labels, c.syn_lr, lam)
     assert len(calls) == 4 * chunks + (3 if chunks == 1 else 8) and traj.kept is None
-    again = adjoint_backward(forward, traj, c.images, c.labels, c.syn_lr, lam, dsa=DSA(),
-                             micro_batch=micro_batch)
+    again = adjoint_backward(forward, traj, c.images, c.labels, c.syn_lr, lam)
     for a, b in zip((first.images, first.syn_lr, first.labels),
                     (again.images, again.syn_lr, again.labels), strict=True):
         assert torch.equal(a, b) and float(a.norm()) > 0
 
 
 def _spill_trajectory(c: _Case, forward, steps=3):
-    return student_trajectory(forward, c.theta0, c.images, c.labels, c.syn_lr, syn_steps=steps,
-                              batch_syn=4, generator=torch.Generator().manual_seed(12),
-                              snapshots="spill")
+    return student_trajectory(forward, c.theta0, c.images, c.labels, c.syn_lr,
+                              StudentSteps(steps, 4), generator=torch.Generator().manual_seed(12),
+                              options=AdjointOptions(snapshots="spill"))
 
 
 def _closed(fd: int) -> bool:
@@ -242,8 +241,8 @@ def test_spilled_snapshots_read_back_and_the_file_is_removed(tmp_path, monkeypat
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
     c = _case()
     forward = student_forward(c.model)
-    kept = student_trajectory(forward, c.theta0, c.images, c.labels, c.syn_lr, syn_steps=3,
-                              batch_syn=4, generator=torch.Generator().manual_seed(12))
+    kept = student_trajectory(forward, c.theta0, c.images, c.labels, c.syn_lr, StudentSteps(3, 4),
+                              generator=torch.Generator().manual_seed(12))
     with _spill_trajectory(c, forward) as traj:
         fd = traj.thetas._fd
         assert fd is not None and os.listdir(tmp_path) == []  # unlinked at creation
@@ -420,21 +419,27 @@ def test_threshold_skips_the_backward_pass(digits, store, tmp_path, monkeypatch)
 
 def test_the_loop_hands_micro_batch_and_dsa_to_both_passes(digits, store, tmp_path,
                                                           monkeypatch):
+    """The forward pass gets them from the config; the backward pass replays the
+    trajectory the forward pass returned, which carries them."""
     import datadistill.tm.distill as distill_mod
 
-    seen = []
+    seen, made = [], []
+    real_forward, real_backward = distill_mod.student_trajectory, distill_mod.adjoint_backward
 
-    def spy(real):
-        def call(*args, **kwargs):
-            seen.append((real.__name__, kwargs["micro_batch"], kwargs["dsa"] is not None))
-            return real(*args, **kwargs)
-        return call
+    def forward_pass(*args, **kwargs):
+        made.append(real_forward(*args, **kwargs))
+        return made[-1]
 
-    for name in ("student_trajectory", "adjoint_backward"):
-        monkeypatch.setattr(distill_mod, name, spy(getattr(distill_mod, name)))
-    distill(_cfg(iterations=1, micro_batch=3), tmp_path, data=digits, store=store,
-            progress=False)
-    assert seen == [("student_trajectory", 3, True), ("adjoint_backward", 3, True)]
+    def backward_pass(forward, traj, *args):
+        seen.append((traj is made[-1], traj.options.micro_batch, traj.settings.dsa is not None,
+                     traj.options.snapshots))
+        return real_backward(forward, traj, *args)
+
+    monkeypatch.setattr(distill_mod, "student_trajectory", forward_pass)
+    monkeypatch.setattr(distill_mod, "adjoint_backward", backward_pass)
+    distill(_cfg(iterations=1, micro_batch=3, snapshots="spill"), tmp_path, data=digits,
+            store=store, progress=False)
+    assert seen == [(True, 3, True, "spill")]
 
 
 def test_divergence_guard_in_adjoint_mode(digits, store, tmp_path):

@@ -24,14 +24,14 @@ from datadistill.data import prepare
 from datadistill.errors import CompatibilityError
 from datadistill.experts import ExpertConfig, train_experts
 from datadistill.matching import student_forward
-from datadistill.matching.adjoint import (
-    AdjointGrads,
+from datadistill.matching.adjoint import AdjointGrads, check_shared_batch
+from datadistill.matching.adjoint_steps import (
+    Replay,
     StepRecord,
-    _chunks,
-    _step_gradient,
-    _step_vjp,
-    _Sums,
-    check_shared_batch,
+    Sums,
+    chunks,
+    step_gradient,
+    step_vjp,
 )
 from datadistill.matching.student import label_loss
 from datadistill.models import create_model, flatten_params
@@ -139,13 +139,13 @@ def _toy(soft: bool):
 @pytest.mark.parametrize("micro_batch", [None, 2])
 @pytest.mark.parametrize("world", [2, 3, 8])
 def test_rank_shares_partition_the_batch(world, micro_batch):
-    rows = [i for r in range(world) for c in _chunks(7, micro_batch, r, world)
+    rows = [i for r in range(world) for c in chunks(7, micro_batch, r, world)
             for i in range(7)[c.rows]]
-    weights = [c.weight for r in range(world) for c in _chunks(7, micro_batch, r, world)]
+    weights = [c.weight for r in range(world) for c in chunks(7, micro_batch, r, world)]
     assert rows == list(range(7))  # every row once, in order
     assert sum(weights) == pytest.approx(1.0)
     assert max(len(range(7)[c.rows]) for r in range(world)
-               for c in _chunks(7, micro_batch, r, world)) <= (micro_batch or 7)
+               for c in chunks(7, micro_batch, r, world)) <= (micro_batch or 7)
 
 
 @pytest.mark.parametrize("soft", [False, True])
@@ -160,18 +160,18 @@ def test_partial_step_products_sum_to_the_whole(soft, world):
     alpha = torch.tensor(0.05, dtype=torch.float64)
 
     def sums():
-        return _Sums(torch.zeros_like(images), torch.zeros_like(labels) if soft else None,
-                     torch.zeros((), dtype=torch.float64))
+        return Sums(torch.zeros_like(images), torch.zeros_like(labels) if soft else None,
+                    torch.zeros((), dtype=torch.float64))
 
-    whole_g = _step_gradient(forward, loss_fn, theta, images, labels, rec, None, None)
+    single = Replay(forward, loss_fn, images, labels)
+    whole_g = step_gradient(single, theta, rec)
     whole = sums()
-    whole_lam = _step_vjp(forward, loss_fn, theta, images, labels, rec, alpha, lam, whole,
-                          None, None)
+    whole_lam = step_vjp(single, theta, rec, alpha, lam, whole)
     g, hv, parts = torch.zeros_like(theta), torch.zeros_like(theta), sums()
     for r in range(world):  # no process group: each call returns the rank's partial sum
-        g += _step_gradient(forward, loss_fn, theta, images, labels, rec, None, None, r, world)
-        hv += _step_vjp(forward, loss_fn, theta, images, labels, rec, alpha, lam, parts, None,
-                        None, r, world) - lam
+        share = Replay(forward, loss_fn, images, labels, rank=r, world=world)
+        g += step_gradient(share, theta, rec)
+        hv += step_vjp(share, theta, rec, alpha, lam, parts) - lam
     assert torch.allclose(g, whole_g, rtol=1e-12, atol=1e-14)
     assert torch.allclose(lam + hv, whole_lam, rtol=1e-12, atol=1e-14)
     got = AdjointGrads(parts.images, parts.syn_lr, parts.labels)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -12,7 +13,7 @@ from PIL import Image
 
 from datadistill.data import cache as cache_mod
 from datadistill.data import create_dataset, prepare
-from datadistill.data.cache import ImageCache, build_cache
+from datadistill.data.cache import BuildOptions, ImageCache, build_cache
 from datadistill.data.imagenet import (
     MEAN,
     STD,
@@ -25,6 +26,8 @@ from datadistill.errors import ConfigError, DatasetError
 
 WNIDS = list(standard_classes().wnids)  # sorted order = class id
 SIZES = [(40, 24), (24, 40), (31, 31)]  # (W, H) of the files, cycled
+SERIAL = BuildOptions(workers=1, progress=False)  # decoded in the test's process
+CHUNKS_OF_4 = BuildOptions(chunk_size=4, workers=1, progress=False)
 
 
 def _write_jpeg(path: Path, seed: int, size: tuple[int, int]) -> None:
@@ -205,8 +208,7 @@ def test_cache_round_trip_equals_a_direct_decode_and_resize(trees, layout, tmp_p
 ])
 def test_shorter_side_and_centre_crop_rules(trees, tmp_path, rule, resized, box):
     path = trees["folders"] / "train" / WNIDS[0] / f"{WNIDS[0]}_0.JPEG"  # 40 x 24 (W x H)
-    cache = build_cache([path], np.array([0]), tmp_path, resolution=16, resize=rule,
-                        workers=1, progress=False)
+    cache = build_cache([path], np.array([0]), tmp_path, resolution=16, resize=rule, options=SERIAL)
     with Image.open(path) as img:
         ref = img.convert("RGB").resize(resized, Image.Resampling.BILINEAR).crop(box)
     expected = np.asarray(ref).transpose(2, 0, 1)[None]
@@ -248,10 +250,9 @@ def test_normalised_reads_and_index_forms(trees, tmp_path):
 
 def test_parallel_build_equals_the_serial_one(trees, tmp_path):
     paths, labels, _ = list_split(trees["folders"], "train", "imagewoof")
-    one = build_cache(paths, labels, tmp_path / "one", resolution=10, workers=1, chunk_size=4,
-                      progress=False)
-    two = build_cache(paths, labels, tmp_path / "two", resolution=10, workers=2, chunk_size=4,
-                      progress=False)
+    one = build_cache(paths, labels, tmp_path / "one", resolution=10, options=CHUNKS_OF_4)
+    two = build_cache(paths, labels, tmp_path / "two", resolution=10,
+                      options=replace(CHUNKS_OF_4, workers=2))
     assert one.meta["chunk_sha256"] == two.meta["chunk_sha256"]
     assert (tmp_path / "one/images.u8").read_bytes() == (tmp_path / "two/images.u8").read_bytes()
 
@@ -259,8 +260,7 @@ def test_parallel_build_equals_the_serial_one(trees, tmp_path):
 def test_interrupted_build_resumes_where_it_stopped(trees, tmp_path, monkeypatch):
     paths, labels, _ = list_split(trees["folders"], "train", "imagewoof")
     paths, labels = paths[:12], labels[:12]  # 3 chunks of 4
-    reference = build_cache(paths, labels, tmp_path / "ref", resolution=10, workers=1,
-                            chunk_size=4, progress=False)
+    reference = build_cache(paths, labels, tmp_path / "ref", resolution=10, options=CHUNKS_OF_4)
     real, calls = cache_mod._decode_chunk, []
 
     def failing(chunk_paths, resolution, rule):
@@ -271,15 +271,13 @@ def test_interrupted_build_resumes_where_it_stopped(trees, tmp_path, monkeypatch
 
     monkeypatch.setattr(cache_mod, "_decode_chunk", failing)
     with pytest.raises(KeyboardInterrupt):
-        build_cache(paths, labels, tmp_path / "c", resolution=10, workers=1, chunk_size=4,
-                    progress=False)
+        build_cache(paths, labels, tmp_path / "c", resolution=10, options=CHUNKS_OF_4)
     with pytest.raises(DatasetError, match="unfinished cache"):
         ImageCache.open(tmp_path / "c")
     calls.clear()
     monkeypatch.setattr(cache_mod, "_decode_chunk", lambda *a: (calls.append(a[0][0]),
                                                                  real(*a))[1])
-    resumed = build_cache(paths, labels, tmp_path / "c", resolution=10, workers=1, chunk_size=4,
-                          progress=False)
+    resumed = build_cache(paths, labels, tmp_path / "c", resolution=10, options=CHUNKS_OF_4)
     assert calls == [str(paths[8])]  # chunk 2 only: 0 and 1 were recorded
     assert resumed.meta["chunk_sha256"] == reference.meta["chunk_sha256"]
     assert (tmp_path / "c/images.u8").read_bytes() == (tmp_path / "ref/images.u8").read_bytes()
@@ -288,8 +286,7 @@ def test_interrupted_build_resumes_where_it_stopped(trees, tmp_path, monkeypatch
 
 def test_verify_finds_a_corrupted_chunk(trees, tmp_path):
     paths, labels, _ = list_split(trees["folders"], "train", "imagewoof")
-    cache = build_cache(paths, labels, tmp_path, resolution=8, workers=1, chunk_size=4,
-                        progress=False)
+    cache = build_cache(paths, labels, tmp_path, resolution=8, options=CHUNKS_OF_4)
     with open(tmp_path / "images.u8", "r+b") as f:
         f.seek(5 * 3 * 8 * 8 + 7)  # inside image 5: chunk 1
         byte = f.read(1)
@@ -301,11 +298,11 @@ def test_verify_finds_a_corrupted_chunk(trees, tmp_path):
 
 def test_a_changed_tree_is_not_served_from_an_old_cache(trees, tmp_path):
     paths, labels, _ = list_split(trees["folders"], "train", "imagewoof")
-    build_cache(paths, labels, tmp_path, resolution=8, workers=1, progress=False)
+    build_cache(paths, labels, tmp_path, resolution=8, options=SERIAL)
     with pytest.raises(DatasetError, match="other images or settings.*sources_sha256"):
-        build_cache(paths[:-1], labels[:-1], tmp_path, resolution=8, workers=1, progress=False)
+        build_cache(paths[:-1], labels[:-1], tmp_path, resolution=8, options=SERIAL)
     with pytest.raises(DatasetError, match="resolution"):
-        build_cache(paths, labels, tmp_path, resolution=9, workers=1, progress=False)
+        build_cache(paths, labels, tmp_path, resolution=9, options=SERIAL)
 
 
 def test_not_enough_disk_is_a_clear_error_before_anything_is_written(trees, tmp_path,
@@ -318,7 +315,7 @@ def test_not_enough_disk_is_a_clear_error_before_anything_is_written(trees, tmp_
     monkeypatch.setattr(cache_mod.shutil, "disk_usage", lambda _: Usage)
     with pytest.raises(DatasetError, match=r"needs 0\.00 GiB more .*40 images of 3x64x64.*"
                                            r"cache_dir="):
-        build_cache(paths, labels, tmp_path / "c", resolution=64, workers=1, progress=False)
+        build_cache(paths, labels, tmp_path / "c", resolution=64, options=SERIAL)
     assert not (tmp_path / "c" / "images.u8").exists()
 
 
@@ -327,7 +324,7 @@ def test_an_unwritable_cache_folder_names_the_fix(trees, tmp_path):
     blocker.write_text("not a folder")
     paths, labels, _ = list_split(trees["folders"], "train", "imagewoof")
     with pytest.raises(DatasetError, match="cannot create the image cache folder.*cache_dir="):
-        build_cache(paths, labels, blocker / "cache", resolution=8, workers=1, progress=False)
+        build_cache(paths, labels, blocker / "cache", resolution=8, options=SERIAL)
 
 
 def test_zca_on_a_cached_dataset_is_refused(trees, tmp_path):

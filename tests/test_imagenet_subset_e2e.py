@@ -146,7 +146,7 @@ def slow(paths, resolution, rule):
 cache._decode_chunk = slow  # forked workers inherit it
 paths = sorted(Path(sys.argv[1]).rglob("*.JPEG"))
 cache.build_cache(paths, np.zeros(len(paths), dtype=np.int64), sys.argv[2], resolution=8,
-                  chunk_size=1, workers=2, progress=False)
+                  options=cache.BuildOptions(chunk_size=1, workers=2, progress=False))
 """
 
 

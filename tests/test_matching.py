@@ -12,6 +12,7 @@ from datadistill.data.augment import DSA
 from datadistill.errors import CompatibilityError, ConfigError
 from datadistill.matching import (
     BatchSampler,
+    StudentSteps,
     conv3x3,
     convnet_plan,
     expanding_upper,
@@ -184,8 +185,8 @@ def test_unroll_matches_independent_autograd(fast, soft):
     steps, batch, seed = 4, 4, 7
 
     forward = student_forward(model, fast=fast)
-    theta_n = unroll_student(forward, theta0, images, labels, syn_lr, syn_steps=steps,
-                             batch_syn=batch, dsa=DSA(),
+    theta_n = unroll_student(forward, theta0, images, labels, syn_lr,
+                             StudentSteps(steps, batch_syn=batch, dsa=DSA()),
                              generator=torch.Generator().manual_seed(seed))
     loss = matching_loss(theta_n, theta0, target)
     grads = torch.autograd.grad(loss, inputs)
@@ -209,8 +210,8 @@ def test_fast_and_generic_agree_in_float32():
         images.requires_grad_()
         syn_lr = torch.tensor(0.01, requires_grad=True)
         theta_n = unroll_student(student_forward(model, fast=fast), theta0, images,
-                                 torch.arange(8) % 4, syn_lr, syn_steps=3,
-                                 generator=torch.Generator().manual_seed(2), dsa=DSA())
+                                 torch.arange(8) % 4, syn_lr, StudentSteps(3, dsa=DSA()),
+                                 generator=torch.Generator().manual_seed(2))
         loss = matching_loss(theta_n, theta0, target)
         out.append((loss.detach(), *torch.autograd.grad(loss, [images, syn_lr])))
     for a, b in zip(*out, strict=True):

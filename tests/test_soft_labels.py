@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from datadistill.errors import CompatibilityError, ConfigError
-from datadistill.matching.init import select_correct_samples
+from datadistill.matching.init import ExpertClassifier, select_correct_samples
 from datadistill.matching.soft_labels import init_soft_labels, soft_cross_entropy
 
 
@@ -92,11 +92,11 @@ def _predictions(images, experts):
 def test_correct_init_selects_correct_exact_and_deterministic():
     images, labels, experts = _real_set()
     preds = _predictions(images, experts)
-    kw = dict(ipc=3, batch=4)
-    a = select_correct_samples(images, labels, experts, _model(5, 3),
-                               generator=torch.Generator().manual_seed(1), **kw)
-    b = select_correct_samples(images, labels, experts, _model(5, 3),
-                               generator=torch.Generator().manual_seed(1), **kw)
+    classifier = ExpertClassifier(_model(5, 3), batch=4)
+    a = select_correct_samples(images, labels, experts, classifier, ipc=3,
+                               generator=torch.Generator().manual_seed(1))
+    b = select_correct_samples(images, labels, experts, classifier, ipc=3,
+                               generator=torch.Generator().manual_seed(1))
     assert torch.equal(a.indices, b.indices)
     assert a.labels.tolist() == [0, 0, 0, 1, 1, 1, 2, 2, 2]  # class-major, exact counts
     assert len(set(a.indices.tolist())) == 9 and a.filled == 0
@@ -109,16 +109,17 @@ def test_correct_init_moves_to_next_expert_and_handles_shortfall(caplog):
     images, labels, _ = _real_set(n_per_class=6)
     k = 3
     always = [_flat(torch.zeros(k, 5), torch.eye(k)[c]) for c in range(k)]  # expert c -> c
-    sel = select_correct_samples(images, labels, always, _model(5, k), ipc=2,
+    classifier = ExpertClassifier(_model(5, k))
+    sel = select_correct_samples(images, labels, always, classifier, ipc=2,
                                  generator=torch.Generator().manual_seed(0))
     assert sel.experts_used == 3 and sel.labels.tolist() == [0, 0, 1, 1, 2, 2]
     with pytest.raises(CompatibilityError, match="classes \\[1, 2\\]"):
-        select_correct_samples(images, labels, always[:1], _model(5, k), ipc=2,
+        select_correct_samples(images, labels, always[:1], classifier, ipc=2,
                                on_shortfall="error")
     with caplog.at_level(logging.WARNING):
-        sel = select_correct_samples(images, labels, always[:1], _model(5, k), ipc=2,
+        sel = select_correct_samples(images, labels, always[:1], classifier, ipc=2,
                                      generator=torch.Generator().manual_seed(0))
     assert sel.filled == 4 and sel.labels.tolist() == [0, 0, 1, 1, 2, 2]
     assert "filled with random real images" in caplog.text
     with pytest.raises(ConfigError, match="fewer than ipc"):
-        select_correct_samples(images, labels, always, _model(5, k), ipc=7)
+        select_correct_samples(images, labels, always, classifier, ipc=7)

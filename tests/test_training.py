@@ -11,6 +11,8 @@ from datadistill.runs import Run, run_all
 from datadistill.runtime.runlog import RunCache
 from datadistill.training import (
     EpochEnd,
+    FitHooks,
+    FitOptions,
     cosine_schedule,
     derive_seeds,
     fit,
@@ -37,8 +39,9 @@ def test_fit_equals_a_hand_written_loop():
     opt_a = torch.optim.SGD(a.parameters(), lr=0.1, momentum=0.9)
     schedule, _ = cosine_schedule(opt_a, 3)
     ends: list[EpochEnd] = []
-    fit(a, x, y, epochs=3, optimizer=opt_a, batch_size=4, augment=images_only(noise),
-        schedule=schedule, after_epoch=ends.append, generator=torch.Generator().manual_seed(7))
+    fit(a, x, y, opt_a, FitOptions(epochs=3, batch_size=4),
+        FitHooks(augment=images_only(noise), schedule=schedule, after_epoch=ends.append),
+        generator=torch.Generator().manual_seed(7))
     opt_b = torch.optim.SGD(b.parameters(), lr=0.1, momentum=0.9)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt_b, T_max=3)
     gen = torch.Generator().manual_seed(7)
@@ -64,8 +67,9 @@ def test_fit_resumes_from_a_start_epoch_and_uses_the_pool():
         return xb, yb
 
     net = _net()
-    fit(net, x, y, epochs=3, start_epoch=2, optimizer=torch.optim.SGD(net.parameters(), lr=0.1),
-        batch_size=10, augment=spy, epoch_pool=lambda e: torch.tensor([1, 3, 5]))
+    fit(net, x, y, torch.optim.SGD(net.parameters(), lr=0.1),
+        FitOptions(epochs=3, batch_size=10, start_epoch=2),
+        FitHooks(augment=spy, epoch_pool=lambda e: torch.tensor([1, 3, 5])))
     assert len(seen) == 1 and sorted(seen[0].tolist()) == [1, 1, 1]  # one epoch, pool only
 
 

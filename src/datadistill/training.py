@@ -3,7 +3,7 @@
 Every network the library trains on labelled images goes through :func:`fit`: the classic and
 challenge evaluation protocols, the expert trajectories (SGD or GSAM), the briefly trained
 difficulty scorers, INFER's teachers and students and the baselines. What differs between them
-is plugged in:
+is the optimiser, the sizes (:class:`FitOptions`) and what is plugged in (:class:`FitHooks`):
 
 - ``optimizer``: any ``torch.optim.Optimizer``; every update is ``optimizer.step(closure)``,
   so a two-pass optimiser such as GSAM (:mod:`datadistill.experts.gsam`) is just another
@@ -26,7 +26,7 @@ Example:
     >>> net = torch.nn.Linear(2, 2)
     >>> x, y = torch.randn(8, 2), torch.arange(8) % 2
     >>> opt = torch.optim.SGD(net.parameters(), lr=0.1)
-    >>> _ = fit(net, x, y, epochs=2, optimizer=opt, batch_size=4,
+    >>> _ = fit(net, x, y, opt, FitOptions(epochs=2, batch_size=4),
     ...         generator=torch.Generator().manual_seed(0))
     >>> 0.0 <= test_accuracy(net, x, y) <= 1.0
     True
@@ -190,63 +190,85 @@ def train_step(net: nn.Module, optimizer: torch.optim.Optimizer, loss: LossFn,
     return optimizer.step(closure)
 
 
-def fit(
-    net: nn.Module,
-    images: Any,
-    targets: Any,
-    *,
-    epochs: int,
-    optimizer: torch.optim.Optimizer,
-    batch_size: int,
-    loss: LossFn = F.cross_entropy,
-    generator: torch.Generator | None = None,
-    device: str | torch.device = "cpu",
-    augment: Augment | None = None,
-    schedule: Schedule | None = None,
-    before_epoch: Callable[[int, torch.optim.Optimizer], None] | None = None,
-    after_epoch: Callable[[EpochEnd], None] | None = None,
-    epoch_pool: EpochPool | None = None,
-    drop_single: bool = False,
-    start_epoch: int = 0,
-    progress: bool = False,
-    desc: str = "train",
-    stage: bool = False,
-) -> nn.Module:
-    """Train ``net`` in place for epochs ``start_epoch .. epochs - 1`` and return it.
-
-    Per epoch: ``before_epoch(epoch, optimizer)``, then one shuffled pass over ``images``
-    (N, C, H, W) and ``targets`` ((N,), (N, K) or None when ``augment`` makes them) in batches
-    of ``batch_size``, each batch augmented and stepped with ``optimizer.step(closure)``; then
-    ``optimizer = schedule(epoch, optimizer)`` and ``after_epoch(EpochEnd(...))``. The data
-    stay where they are; each batch is moved to ``device``.
+@dataclass(frozen=True)
+class FitOptions:
+    """How long and how :func:`fit` trains: ``epochs`` (trains ``start_epoch .. epochs - 1``),
+    batches of ``batch_size`` moved to ``device``, ``drop_single`` (drop a trailing batch of
+    one item, see :func:`shuffled_batches`) and the progress bar (``progress``, its ``desc``,
+    ``stage``: a bar of a stage of a longer job).
 
     Example:
-        >>> fit(net, x, y, epochs=3, optimizer=torch.optim.SGD(net.parameters(), lr=0.01),
-        ...     batch_size=256, augment=images_only(DSA()))                 # doctest: +SKIP
+        >>> FitOptions(epochs=3, batch_size=256).device
+        'cpu'
     """
-    net.to(device)
-    bar = progress_bar(range(start_epoch, epochs), initial=start_epoch, total=epochs,
-                       enabled=progress, desc=desc, stage=stage, leave=False)
+
+    epochs: int
+    batch_size: int
+    device: str | torch.device = "cpu"
+    drop_single: bool = False
+    start_epoch: int = 0
+    progress: bool = False
+    desc: str = "train"
+    stage: bool = False
+
+
+@dataclass(frozen=True)
+class FitHooks:
+    """What is plugged into :func:`fit`'s loop (see the module docstring): the ``loss``, the
+    batch ``augment``-ation, the ``schedule`` after each epoch, the hooks ``before_epoch``
+    and ``after_epoch``, and ``epoch_pool`` (the indices an epoch draws from, else all)."""
+
+    loss: LossFn = F.cross_entropy
+    augment: Augment | None = None
+    schedule: Schedule | None = None
+    before_epoch: Callable[[int, torch.optim.Optimizer], None] | None = None
+    after_epoch: Callable[[EpochEnd], None] | None = None
+    epoch_pool: EpochPool | None = None
+
+
+def fit(net: nn.Module, images: Any, targets: Any, optimizer: torch.optim.Optimizer,
+        options: FitOptions, hooks: FitHooks | None = None, *,
+        generator: torch.Generator | None = None) -> nn.Module:
+    """Train ``net`` in place for epochs ``options.start_epoch .. options.epochs - 1`` and
+    return it.
+
+    Per epoch: ``hooks.before_epoch(epoch, optimizer)``, then one shuffled pass over ``images``
+    (N, C, H, W) and ``targets`` ((N,), (N, K) or None when the augmentation makes them) in
+    batches of ``options.batch_size``, each batch augmented and stepped with
+    ``optimizer.step(closure)``; then ``optimizer = hooks.schedule(epoch, optimizer)`` and
+    ``hooks.after_epoch(EpochEnd(...))``. The data stay where they are; each batch is moved to
+    ``options.device``. ``generator`` draws the data order and every augmentation; no
+    ``hooks``: plain cross-entropy, nothing else plugged in.
+
+    Example:
+        >>> fit(net, x, y, torch.optim.SGD(net.parameters(), lr=0.01),
+        ...     FitOptions(epochs=3, batch_size=256),
+        ...     FitHooks(augment=images_only(DSA())))                       # doctest: +SKIP
+    """
+    o, h = options, FitHooks() if hooks is None else hooks
+    net.to(o.device)
+    bar = progress_bar(range(o.start_epoch, o.epochs), initial=o.start_epoch, total=o.epochs,
+                       enabled=o.progress, desc=o.desc, stage=o.stage, leave=False)
     for epoch in bar:
-        if before_epoch is not None:
-            before_epoch(epoch, optimizer)
+        if h.before_epoch is not None:
+            h.before_epoch(epoch, optimizer)
         net.train()
-        pool = None if epoch_pool is None else epoch_pool(epoch)
+        pool = None if h.epoch_pool is None else h.epoch_pool(epoch)
         loss_sum: torch.Tensor | float = 0.0  # summed on the device: no sync per step
         steps = 0
-        for idx in shuffled_batches(len(images), batch_size, generator, pool=pool,
-                                    drop_single=drop_single):
-            xb, yb = _take(images, idx, device), _take(targets, idx, device)
-            if augment is not None:
-                xb, yb = augment(xb, yb, generator)
-            value = train_step(net, optimizer, loss, xb, yb)
+        for idx in shuffled_batches(len(images), o.batch_size, generator, pool=pool,
+                                    drop_single=o.drop_single):
+            xb, yb = _take(images, idx, o.device), _take(targets, idx, o.device)
+            if h.augment is not None:
+                xb, yb = h.augment(xb, yb, generator)
+            value = train_step(net, optimizer, h.loss, xb, yb)
             loss_sum, steps = loss_sum + value.detach(), steps + 1
-        if schedule is not None:
-            optimizer = schedule(epoch, optimizer)
-        if progress:
+        if h.schedule is not None:
+            optimizer = h.schedule(epoch, optimizer)
+        if o.progress:
             bar.set_postfix(loss=f"{float(loss_sum) / max(1, steps):.3f}")
-        if after_epoch is not None:
-            after_epoch(EpochEnd(epoch, optimizer, loss_sum, steps))
+        if h.after_epoch is not None:
+            h.after_epoch(EpochEnd(epoch, optimizer, loss_sum, steps))
     return net
 
 

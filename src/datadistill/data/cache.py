@@ -353,10 +353,21 @@ def _start_or_resume(directory: Path, meta: dict) -> list[str | None]:
     return done if len(done) == n_chunks else [None] * n_chunks
 
 
+@dataclass(frozen=True)
+class BuildOptions:
+    """How :func:`build_cache` decodes: ``chunk_size`` images per chunk (the unit of
+    resumption and of checksumming), ``workers`` decoding processes (1: decode in this
+    process), ``progress``: a progress bar with the time estimate."""
+
+    chunk_size: int = 256
+    workers: int = 2
+    progress: bool = True
+
+
 def build_cache(paths: Sequence[Path], labels: np.ndarray, directory: str | Path, *,
                 resolution: int, resize: str = "squash", base: Path | None = None,
-                extra_meta: dict | None = None, chunk_size: int = 256, workers: int = 2,
-                progress: bool = True) -> ImageCache:
+                extra_meta: dict | None = None,
+                options: BuildOptions | None = None) -> ImageCache:
     """Decode `paths` once into a cache folder (resuming an interrupted build), then open it.
 
     Args:
@@ -365,13 +376,14 @@ def build_cache(paths: Sequence[Path], labels: np.ndarray, directory: str | Path
         resolution: side S of the square cached images; `resize`: a rule of RESIZE_RULES.
         base: folder the recorded source paths are relative to (default: their common parent).
         extra_meta: written into meta.json too (e.g. class names, dataset name).
-        chunk_size: images per chunk: the unit of resumption and of checksumming.
-        workers: decoding processes (1: decode in this process).
-        progress: show a progress bar with the time estimate.
+        options: chunk size, decoding processes, progress bar (:class:`BuildOptions`;
+            default: chunks of 256, 2 processes, a bar).
 
     Example:
-        >>> build_cache(paths, labels, "cache/train", resolution=64, workers=2)  # doctest: +SKIP
+        >>> build_cache(paths, labels, "cache/train", resolution=64,
+        ...             options=BuildOptions(workers=2))                   # doctest: +SKIP
     """
+    how = options or BuildOptions()
     if resize not in RESIZE_RULES:
         raise DatasetError(f"unknown resize rule {resize!r}; use one of {RESIZE_RULES}")
     directory = Path(directory)
@@ -386,18 +398,18 @@ def build_cache(paths: Sequence[Path], labels: np.ndarray, directory: str | Path
                            "cache_dir=<a writable folder> or set DATADISTILL_CACHE") from err
     base = Path(base) if base is not None else Path(os.path.commonpath([str(p) for p in paths]))
     layout = CacheLayout(len(paths), resolution)
-    n_chunks = -(-len(paths) // chunk_size)
+    n_chunks = -(-len(paths) // how.chunk_size)
     meta = {"format_version": FORMAT_VERSION, "kind": "image_cache", "count": len(paths),
             "resolution": resolution, "resize": resize,
             "resample": "bilinear (Pillow, antialiased), RGB, uint8 NCHW",
-            "chunk_size": chunk_size, "sources_sha256": sources_digest(paths, labels, base),
+            "chunk_size": how.chunk_size, "sources_sha256": sources_digest(paths, labels, base),
             "source_base": str(base), **(extra_meta or {}),
             "chunk_sha256": [None] * n_chunks, "complete": False}
     done = _start_or_resume(directory, meta)
     _check_disk(directory, layout)
     write_json(meta, directory / META_FILE)
     np.save(directory / LABELS_FILE, np.asarray(labels, dtype=np.int64))
-    _fill(directory, [str(p) for p in paths], layout, meta, done, workers, progress)
+    _fill(directory, [str(p) for p in paths], layout, meta, done, how.workers, how.progress)
     meta.update(chunk_sha256=done, complete=True)
     write_json(meta, directory / META_FILE)
     (directory / CHUNKS_FILE).unlink(missing_ok=True)

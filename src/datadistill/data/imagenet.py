@@ -45,7 +45,7 @@ from typing import NamedTuple
 import numpy as np
 import scipy.io
 
-from datadistill.data.cache import RESIZE_RULES, build_cache
+from datadistill.data.cache import RESIZE_RULES, BuildOptions, build_cache
 from datadistill.data.info import DatasetInfo, LoadedSplit
 from datadistill.errors import ConfigError, DatasetError
 
@@ -308,7 +308,7 @@ def load_split(root: Path, split: str, *, name: str = "imagenet", image_size=Non
     folder = cache_folder(root, name, split, resolution, resize, cache_dir)
     cache = build_cache(paths, labels, folder, resolution=resolution, resize=resize, base=root,
                         extra_meta={"dataset": name, "split": split, "class_names": wnids},
-                        workers=workers, progress=progress)
+                        options=BuildOptions(workers=workers, progress=progress))
     names = tuple(standard_classes().name_of(w) for w in wnids)
     return LoadedSplit(cache.images(), cache.labels, info_for(name, resolution, names))
 

@@ -107,30 +107,27 @@ def prepare(
     root: str | Path | None = None,
     *,
     zca: bool = False,
-    download: bool = False,
-    device: str | torch.device = "cpu",
     zca_eps: float = DEFAULT_EPS,
-    image_size: int | tuple[int, int] | None = None,
-    progress: bool = False,
+    device: str | torch.device = "cpu",
     train_per_class: int | None = None,
-    **options,
+    **load,
 ) -> RealData:
     """Load train and test, normalised (zca=False) or ZCA-whitened (zca=True), on `device`.
 
     The ZCA is fitted on `device` (float64 there), on the raw train pixels, then applied to
-    both splits. `image_size` is passed on for imagefolder. `train_per_class` keeps a seeded
-    class-balanced subset of the train split (:func:`subset_per_class`) after the ZCA is
-    fitted on the whole split, for quick or CPU-scale runs; None keeps all of it. Other
-    `options` go to :func:`create_dataset` (imagenet: resize, cache_dir, workers); cached
-    datasets stay on disk and their batches move to `device` as they are read.
+    both splits. `train_per_class` keeps a seeded class-balanced subset of the train split
+    (:func:`subset_per_class`) after the ZCA is fitted on the whole split, for quick or
+    CPU-scale runs; None keeps all of it. `load` are :func:`create_dataset`'s keyword
+    arguments for both splits: ``download``, ``progress`` (both default False),
+    ``image_size`` (imagefolder and the cached ImageNet sets) and imagenet's ``resize``,
+    ``cache_dir``, ``workers``; cached datasets stay on disk and their batches move to
+    `device` as they are read.
 
     Example:
         >>> prepare("digits").train.space
         'normalized'
     """
-    kwargs = {"download": download, "normalize": not zca, "progress": progress, **options}
-    if image_size is not None:
-        kwargs["image_size"] = image_size
+    kwargs = {"normalize": not zca, **load}
     train = create_dataset(name, root, "train", **kwargs).to(device)
     # For Tiny ImageNet "test" means its labelled val split (the official test has no labels).
     test = create_dataset(name, root, "test", **kwargs).to(device)

@@ -49,7 +49,7 @@ from datadistill.evaluation.protocols import (
     RunCurve as Curve,  # test accuracies after tested epochs
 )
 from datadistill.labels import hard_labels
-from datadistill.training import EpochEnd, fit, test_accuracy
+from datadistill.training import EpochEnd, FitHooks, FitOptions, fit, test_accuracy
 
 OPTIMIZERS = ("sgd", "adam", "adamw")
 SCHEDULERS = ("step", "cosine", "cosineannealing", "none")
@@ -292,10 +292,11 @@ def train_spec(
             curve.epochs.append(end.epoch + 1)
             curve.accuracies.append(test_accuracy(net, test.images, test.labels, device=device))
 
-    fit(net, x, _Targets(y, classes), epochs=use.epochs, optimizer=opt,
-        batch_size=use.batch_size, loss=_mixed_loss(make_loss(use)), generator=gen,
-        device=device, augment=_batch_augment(use, dsa, teachers, rng),
-        schedule=None if sched is None else _stepped(sched), after_epoch=after_epoch)
+    fit(net, x, _Targets(y, classes), opt,
+        FitOptions(epochs=use.epochs, batch_size=use.batch_size, device=device),
+        FitHooks(loss=_mixed_loss(make_loss(use)), augment=_batch_augment(use, dsa, teachers, rng),
+                 schedule=None if sched is None else _stepped(sched), after_epoch=after_epoch),
+        generator=gen)
     return curve
 
 

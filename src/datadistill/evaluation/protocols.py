@@ -46,6 +46,8 @@ from datadistill.runs import Run, RunResults, run_all
 from datadistill.runtime.progress import plural
 from datadistill.runtime.runlog import RunCache, fingerprint
 from datadistill.training import (  # noqa: F401  test_accuracy, run_seeds: re-exported
+    FitHooks,
+    FitOptions,
     build_model,
     fit,
     images_only,
@@ -154,11 +156,13 @@ def train_network(
     # Detached: distilled images/labels may be leaves with requires_grad. Moved once.
     x, y = images.detach().to(device), labels.detach().to(device)
     return fit(
-        net, x, y, epochs=epochs + 1, optimizer=_sgd(net, lr, momentum, weight_decay),
-        batch_size=batch_size, loss=label_loss(y), generator=generator, device=device,
-        augment=None if dsa is None else images_only(dsa),
-        schedule=_classic_decay(epochs // 2 + 1, lr, net, momentum, weight_decay),
-        before_epoch=on_epoch, progress=progress, desc="train",
+        net, x, y, _sgd(net, lr, momentum, weight_decay),
+        FitOptions(epochs=epochs + 1, batch_size=batch_size, device=device, progress=progress,
+                   desc="train"),
+        FitHooks(loss=label_loss(y), augment=None if dsa is None else images_only(dsa),
+                 schedule=_classic_decay(epochs // 2 + 1, lr, net, momentum, weight_decay),
+                 before_epoch=on_epoch),
+        generator=generator,
     )
 
 

@@ -38,7 +38,7 @@ from torch.nn import functional as F
 from datadistill.errors import ArtifactError, CompatibilityError, ConfigError
 from datadistill.io import save_tensors
 from datadistill.runtime.progress import progress_bar
-from datadistill.training import fit, images_only, seeded
+from datadistill.training import FitHooks, FitOptions, fit, images_only, seeded
 
 logger = logging.getLogger(__name__)
 
@@ -199,9 +199,10 @@ def _train_briefly(net: nn.Module, images: torch.Tensor, labels: torch.Tensor, *
                    generator: torch.Generator | None, device: str | torch.device) -> None:
     opt = torch.optim.SGD(net.parameters(), lr=lr, momentum=momentum,
                           weight_decay=weight_decay)
-    fit(net, images, labels, epochs=epochs, optimizer=opt, batch_size=batch_size,
-        generator=generator, device=device,
-        augment=None if augment is None else images_only(augment))
+    fit(net, images, labels, opt,
+        FitOptions(epochs=epochs, batch_size=batch_size, device=device),
+        FitHooks(augment=None if augment is None else images_only(augment)),
+        generator=generator)
 
 
 def _batched_scores(net: nn.Module, images: torch.Tensor, labels: torch.Tensor,

@@ -54,7 +54,16 @@ from datadistill.experts.store import (
 from datadistill.models.functional import flatten_params, param_spec
 from datadistill.runtime.lock import lock_folder_if
 from datadistill.runtime.progress import progress_bar
-from datadistill.training import EpochEnd, build_model, fit, images_only, run_seeds, test_accuracy
+from datadistill.training import (
+    EpochEnd,
+    FitHooks,
+    FitOptions,
+    build_model,
+    fit,
+    images_only,
+    run_seeds,
+    test_accuracy,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -221,11 +230,12 @@ def train_one_expert(cfg: ExpertConfig, data, index: int, *, dsa=None, device: s
         snapshots.append(flatten_params(net).cpu())
         accs.append(test_accuracy(net, x_test, y_test, device=device))
 
-    fit(net, data.train.images, data.train.labels, epochs=cfg.epochs,
-        optimizer=expert_optimizer(cfg, net), batch_size=cfg.batch_size,
-        generator=torch.Generator().manual_seed(data_seed),  # data order and DSA draws
-        device=device, augment=None if dsa is None else images_only(dsa), after_epoch=record,
-        epoch_pool=epoch_subset, progress=progress, desc=f"expert {index}")
+    fit(net, data.train.images, data.train.labels, expert_optimizer(cfg, net),
+        FitOptions(epochs=cfg.epochs, batch_size=cfg.batch_size, device=device,
+                   progress=progress, desc=f"expert {index}"),
+        FitHooks(augment=None if dsa is None else images_only(dsa), after_epoch=record,
+                 epoch_pool=epoch_subset),
+        generator=torch.Generator().manual_seed(data_seed))  # data order and DSA draws
     return torch.stack(snapshots), torch.tensor(accs, dtype=torch.float32)
 
 

@@ -39,7 +39,16 @@ from datadistill.infer.store import InferSet
 from datadistill.infer.transforms import black_level, crop_flip, uses_flip
 from datadistill.models import teachers as _teachers  # noqa: F401  registers INFER's teachers
 from datadistill.runs import Run, run_all
-from datadistill.training import Augment, EpochEnd, build_model, cosine_schedule, fit, test_accuracy
+from datadistill.training import (
+    Augment,
+    EpochEnd,
+    FitHooks,
+    FitOptions,
+    build_model,
+    cosine_schedule,
+    fit,
+    test_accuracy,
+)
 
 log = logging.getLogger(__name__)
 
@@ -127,11 +136,13 @@ def train_student(
             log.debug("student epoch %d: loss %.4f, test accuracy %.4f", end.epoch,
                       end.mean_loss, acc)
 
-    fit(net, x, z, epochs=epochs, optimizer=opt, batch_size=cfg.batch_size,
-        loss=lambda s, t: kd_loss(s, t, cfg.temperature), generator=generator, device=device,
-        augment=_student_augment(cfg, test.info, teachers),
-        schedule=cosine_schedule(opt, epochs)[0], after_epoch=test_now, drop_single=True,
-        progress=progress, desc="student", stage=True)
+    fit(net, x, z, opt,
+        FitOptions(epochs=epochs, batch_size=cfg.batch_size, device=device, drop_single=True,
+                   progress=progress, desc="student", stage=True),
+        FitHooks(loss=lambda s, t: kd_loss(s, t, cfg.temperature),
+                 augment=_student_augment(cfg, test.info, teachers),
+                 schedule=cosine_schedule(opt, epochs)[0], after_epoch=test_now),
+        generator=generator)
     if not history:  # epochs == 0: the untrained network
         history.append(
             (0, test_accuracy(net, test.images, test.labels, cfg.test_batch_size, device))

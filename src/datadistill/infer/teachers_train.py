@@ -37,7 +37,16 @@ from datadistill.infer.transforms import black_level, crop_flip, uses_flip
 from datadistill.io import load_tensors, read_json, save_tensors, write_json
 from datadistill.models.teachers import create_teacher
 from datadistill.runtime.lock import locks_output
-from datadistill.training import EpochEnd, cosine_schedule, fit, run_seeds, seeded, test_accuracy
+from datadistill.training import (
+    EpochEnd,
+    FitHooks,
+    FitOptions,
+    cosine_schedule,
+    fit,
+    run_seeds,
+    seeded,
+    test_accuracy,
+)
 
 log = logging.getLogger(__name__)
 
@@ -113,9 +122,10 @@ def train_teacher(
             save_tensors(state, checkpoint)
 
     x, y = train.images.to(device), train.labels.to(device)  # moved once
-    fit(net, x, y, epochs=cfg.epochs, optimizer=opt, batch_size=cfg.batch_size, generator=gen,
-        device=device, augment=augment, schedule=schedule, after_epoch=after_epoch,
-        drop_single=True, start_epoch=start, progress=progress, desc=desc, stage=True)
+    fit(net, x, y, opt,
+        FitOptions(epochs=cfg.epochs, batch_size=cfg.batch_size, device=device, drop_single=True,
+                   start_epoch=start, progress=progress, desc=desc, stage=True),
+        FitHooks(augment=augment, schedule=schedule, after_epoch=after_epoch), generator=gen)
     return net.eval()
 
 

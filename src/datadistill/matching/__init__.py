@@ -8,12 +8,13 @@ DATM's image selection).
 
 Example:
     >>> forward = student_forward(model)                                    # doctest: +SKIP
-    >>> theta_n = unroll_student(forward, theta0, x, y, syn_lr, syn_steps=20)  # doctest: +SKIP
+    >>> theta_n = unroll_student(forward, theta0, x, y, syn_lr, StudentSteps(20))  # doctest: +SKIP
     >>> loss = matching_loss(theta_n, theta0, target)                       # doctest: +SKIP
 """
 
 from datadistill.matching.adjoint import (
     AdjointGrads,
+    AdjointOptions,
     SnapshotStore,
     Trajectory,
     adjoint_backward,
@@ -23,6 +24,7 @@ from datadistill.matching.adjoint import (
 from datadistill.matching.loss import matching_loss
 from datadistill.matching.student import (
     BatchSampler,
+    StudentSteps,
     label_loss,
     student_forward,
     unroll_student,
@@ -38,9 +40,11 @@ from datadistill.models.convnet_kernels import ConvNetPlan, conv3x3, convnet_pla
 __all__ = [
     "WINDOWS",
     "AdjointGrads",
+    "AdjointOptions",
     "BatchSampler",
     "ConvNetPlan",
     "SnapshotStore",
+    "StudentSteps",
     "Trajectory",
     "adjoint_backward",
     "check_micro_batch",

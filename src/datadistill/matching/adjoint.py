@@ -53,14 +53,18 @@ the ranks' chunks and are read only after the last step). Communication per stud
 all-reduces of P floats; per iteration: one of the synthetic set. One process takes the whole
 batch and gives bitwise the single-process results.
 
+The step kernels (g_i and the product of one step, chunk by chunk and rank by rank) are in
+:mod:`datadistill.matching.adjoint_steps`; this module records the trajectory and drives the
+two passes.
+
 Example:
-    >>> traj = student_trajectory(forward, theta0, images, labels, syn_lr, syn_steps=20,
-    ...                           dsa=DSA(), generator=g)                   # doctest: +SKIP
+    >>> steps = StudentSteps(syn_steps=20, dsa=DSA())                       # doctest: +SKIP
+    >>> traj = student_trajectory(forward, theta0, images, labels, syn_lr, steps,
+    ...                           generator=g)                              # doctest: +SKIP
     >>> theta_n = traj.final.requires_grad_()                               # doctest: +SKIP
     >>> loss = matching_loss(theta_n, theta0, target)                       # doctest: +SKIP
     >>> (lam,) = torch.autograd.grad(loss, theta_n)                         # doctest: +SKIP
-    >>> grads = adjoint_backward(forward, traj, images, labels, syn_lr, lam,
-    ...                          dsa=DSA())                                 # doctest: +SKIP
+    >>> grads = adjoint_backward(forward, traj, images, labels, syn_lr, lam)  # doctest: +SKIP
 """
 
 from __future__ import annotations
@@ -76,16 +80,16 @@ from datadistill import distributed
 from datadistill.config import check_choice
 from datadistill.errors import CompatibilityError, ConfigError
 from datadistill.labels import is_soft
-from datadistill.matching.student import BatchSampler, ForwardFn, LossFn, label_loss
-
-
-@dataclass
-class StepRecord:
-    """What replays one student step exactly: its mini-batch and its DSA draw."""
-
-    idx: torch.Tensor  # (b,) int64 indices of the mini-batch, on the images' device
-    draw: object | None  # datadistill.data.augment.AugDraw for all b images, or None (no DSA)
-
+from datadistill.matching.adjoint_steps import (
+    Graph,
+    Replay,
+    StepRecord,
+    Sums,
+    kept_step,
+    step_gradient,
+    step_vjp,
+)
+from datadistill.matching.student import BatchSampler, ForwardFn, StudentSteps, label_loss
 
 SNAPSHOT_MODES = ("memory", "spill")
 
@@ -186,9 +190,11 @@ class Trajectory:
 
     thetas: SnapshotStore  # N + 1 detached (P,) tensors: theta_0 ... theta_N
     steps: list[StepRecord]  # N records, step i maps thetas[i] to thetas[i + 1]
+    settings: StudentSteps  # how the steps were taken: the backward replays the DSA and loss
+    options: AdjointOptions  # its chunk size, which the backward pass uses too
     # the last step's graph, kept from the forward pass when that step is one chunk: the
     # backward pass starts there, so it uses it instead of rebuilding it (once; then None)
-    kept: _Graph | None = None
+    kept: Graph | None = None
 
     @property
     def final(self) -> torch.Tensor:
@@ -216,147 +222,62 @@ class AdjointGrads:
     labels: torch.Tensor | None  # (N_syn, K) for learnable soft labels, else None
 
 
-@dataclass(frozen=True)
-class _Chunk:
-    rows: slice  # positions within the step's mini-batch
-    weight: float  # |chunk| / batch: the chunk's share of the batch-mean loss
-
-
-def _chunks(batch: int, micro_batch: int | None, rank: int = 0,
-            world: int = 1) -> list[_Chunk]:
-    """This rank's share of the step's mini-batch, as consecutive chunks of <= ``micro_batch``.
-
-    Under ``world`` processes rank r takes the r-th of ``world`` consecutive parts of the batch
-    (sizes differ by at most one; a part may be empty when batch < world); one process takes
-    the whole batch. Each chunk keeps its weight |chunk| / batch, so the ranks' partial sums
-    add up to the step's gradient and products.
-    """
-    lo, hi = rank * batch // world, (rank + 1) * batch // world
-    if hi <= lo:
-        return []
-    size = hi - lo if micro_batch is None else min(micro_batch, hi - lo)
-    return [_Chunk(slice(s, min(s + size, hi)), (min(s + size, hi) - s) / batch)
-            for s in range(lo, hi, size)]
-
-
 def _ranks() -> tuple[int, int]:
     """(rank, world size) of this process under torchrun; (0, 1) when single."""
     return distributed.rank(), distributed.world_size()
 
 
-def _chunk_batch(images: torch.Tensor, labels: torch.Tensor, rec: StepRecord, chunk: _Chunk,
-                 dsa, need_grad: bool):
-    """(x leaf, augmented x, y leaf) of one chunk; leaves are fresh (K, ...) tensors."""
-    rows = rec.idx[chunk.rows]
-    x = images.detach()[rows].requires_grad_(need_grad)  # (K, C, H, W)
-    y = labels.detach()[rows]  # (K,) or (K, K_cls)
-    if need_grad and is_soft(labels):
-        y.requires_grad_(True)
-    xa = x if rec.draw is None else dsa.apply(x, rec.draw.select(chunk.rows))
-    return x, xa, y
+@dataclass(frozen=True)
+class AdjointOptions:
+    """The adjoint pass's own settings: ``micro_batch`` (chunk size within a step; None =
+    the whole batch) and ``snapshots`` ("memory" or "spill", see :class:`SnapshotStore`).
 
-
-def _chunk_grad(forward: ForwardFn, loss_fn: LossFn, theta: torch.Tensor, xa: torch.Tensor,
-                y: torch.Tensor, weight: float, create_graph: bool) -> torch.Tensor:
-    """(P,) gradient of the chunk's weighted loss w.r.t. theta (a leaf)."""
-    ce = loss_fn(forward(theta, xa), y)
-    if weight != 1.0:  # without chunks g_i is exactly the unrolled student's gradient
-        ce = ce * weight
-    (g,) = torch.autograd.grad(ce, theta, create_graph=create_graph)
-    return g
-
-
-@dataclass
-class _Graph:
-    """One chunk of a step with its graph: g (P,) = d(weighted loss)/d theta, create_graph."""
-
-    theta: torch.Tensor  # (P,) leaf theta_i
-    x: torch.Tensor  # (K, C, H, W) leaf rows of the images
-    y: torch.Tensor  # (K,) or (K, K_cls) rows of the labels (a leaf when soft)
-    g: torch.Tensor  # (P,) attached to the graph of theta, x (and y)
-
-
-def _build(forward: ForwardFn, loss_fn: LossFn, theta: torch.Tensor, images, labels,
-           rec: StepRecord, chunk: _Chunk, dsa) -> _Graph:
-    """Chunk ``chunk`` of step ``rec`` at the leaf ``theta``, differentiable twice."""
-    with torch.enable_grad():  # also under a caller's no_grad: DSA is part of the graph
-        x, xa, y = _chunk_batch(images, labels, rec, chunk, dsa, need_grad=True)
-        g = _chunk_grad(forward, loss_fn, theta, xa, y, chunk.weight, True)
-    return _Graph(theta, x, y, g)
-
-
-def _kept_step(forward: ForwardFn, loss_fn: LossFn, theta: torch.Tensor, images, labels,
-               rec: StepRecord, chunk: _Chunk, dsa, world: int) -> tuple[torch.Tensor, _Graph]:
-    """(g_i, its graph) of a step that is one chunk (on this rank): the last step of the
-    forward pass, whose graph the backward pass would otherwise rebuild at once."""
-    graph = _build(forward, loss_fn, theta.detach().requires_grad_(True), images, labels, rec,
-                   chunk, dsa)
-    g = graph.g.detach()  # the same values as the first-order gradient without a graph
-    if world == 1:
-        return g, graph
-    return distributed.all_reduce_sum_(g.clone()), graph  # the graph keeps this rank's part
-
-
-def _step_gradient(forward: ForwardFn, loss_fn: LossFn, theta: torch.Tensor,
-                   images: torch.Tensor, labels: torch.Tensor, rec: StepRecord, dsa,
-                   micro_batch: int | None, rank: int = 0, world: int = 1) -> torch.Tensor:
-    """(P,) g_i at theta_i, summed over the chunks (and over the ranks); no graph is kept.
-
-    Under several processes each rank sums its own chunks and the partial sums are
-    all-reduced, so every rank takes the same step.
+    Example:
+        >>> AdjointOptions(micro_batch=16).snapshots
+        'memory'
     """
-    theta = theta.detach().requires_grad_(True)
-    g = None
-    for chunk in _chunks(len(rec.idx), micro_batch, rank, world):
-        _, xa, y = _chunk_batch(images, labels, rec, chunk, dsa, need_grad=False)
-        with torch.enable_grad():
-            gc = _chunk_grad(forward, loss_fn, theta, xa, y, chunk.weight, False)
-        g = gc if g is None else g.add_(gc)
-    if world == 1:
-        return g
-    g = torch.zeros_like(theta.detach()) if g is None else g  # an empty share adds nothing
-    return distributed.all_reduce_sum_(g)
+
+    micro_batch: int | None = None
+    snapshots: str = "memory"
 
 
 def student_trajectory(forward: ForwardFn, theta0: torch.Tensor, images: torch.Tensor,
-                       labels: torch.Tensor, syn_lr: torch.Tensor, *, syn_steps: int,
-                       batch_syn: int | None = None, dsa=None,
+                       labels: torch.Tensor, syn_lr: torch.Tensor, steps: StudentSteps, *,
                        generator: torch.Generator | None = None,
-                       loss_fn: LossFn | None = None,
-                       micro_batch: int | None = None,
-                       snapshots: str = "memory") -> Trajectory:
+                       options: AdjointOptions | None = None) -> Trajectory:
     """Forward pass of adjoint mode: the N student steps without a graph, recorded.
 
     Arguments as :func:`datadistill.matching.unroll_student` (same draws from ``generator``,
-    in the same order), plus ``micro_batch`` (chunk size within a step; None = whole batch)
-    and ``snapshots`` ("memory" or "spill", see :class:`SnapshotStore`). On an error the
-    store is closed before the error propagates.
+    in the same order), plus ``options`` (:class:`AdjointOptions`: chunk size and where the
+    snapshots live), which the trajectory keeps with ``steps`` for the backward pass. On an
+    error the store is closed before the error propagates.
 
     Example:
-        >>> traj = student_trajectory(forward, theta0, x, y, syn_lr, syn_steps=5)  # doctest: +SKIP
+        >>> traj = student_trajectory(forward, theta0, x, y, syn_lr,
+        ...                           StudentSteps(syn_steps=5))                  # doctest: +SKIP
         >>> len(traj.thetas), len(traj.steps)                                     # doctest: +SKIP
         (6, 5)
     """
-    loss_fn = loss_fn or label_loss(labels)
-    sampler = BatchSampler(images.shape[0], batch_syn, generator)
-    alpha = syn_lr.detach()
+    options = options or AdjointOptions()
     rank, world = _ranks()
-    traj = Trajectory(SnapshotStore(snapshots), [])
+    replay = Replay(forward, steps.loss_fn or label_loss(labels), images, labels, steps.dsa,
+                    options.micro_batch, rank, world)
+    sampler = BatchSampler(images.shape[0], steps.batch_syn, generator)
+    alpha = syn_lr.detach()
+    traj = Trajectory(SnapshotStore(options.snapshots), [], steps, options)
     traj.thetas.append(theta0)
     try:
-        for i in range(syn_steps):
+        for i in range(steps.syn_steps):
             idx = sampler.next().to(images.device)
-            draw = None if dsa is None else dsa.sample(len(idx), tuple(images.shape[-2:]),
-                                                       generator)
+            draw = None if steps.dsa is None else steps.dsa.sample(
+                len(idx), tuple(images.shape[-2:]), generator)
             rec = StepRecord(idx, draw)
             theta = traj.thetas.last
-            chunks = _chunks(len(idx), micro_batch, rank, world)
-            if i == syn_steps - 1 and len(chunks) == 1:  # one step's graph, as the backward's
-                g, traj.kept = _kept_step(forward, loss_fn, theta, images, labels, rec,
-                                          chunks[0], dsa, world)
+            parts = replay.chunks(len(idx))
+            if i == steps.syn_steps - 1 and len(parts) == 1:  # one step's graph, as the backward's
+                g, traj.kept = kept_step(replay, theta, rec, parts[0])
             else:
-                g = _step_gradient(forward, loss_fn, theta, images, labels, rec, dsa,
-                                   micro_batch, rank, world)
+                g = step_gradient(replay, theta, rec)
             traj.thetas.append(theta - alpha * g)  # (P,) as the unrolled update
             traj.steps.append(rec)
     except BaseException:
@@ -365,74 +286,15 @@ def student_trajectory(forward: ForwardFn, theta0: torch.Tensor, images: torch.T
     return traj
 
 
-@dataclass
-class _Sums:
-    """Accumulators of the backward pass."""
-
-    images: torch.Tensor  # (N_syn, C, H, W)
-    labels: torch.Tensor | None  # (N_syn, K) or None
-    syn_lr: torch.Tensor  # ()
-
-
-def _step_vjp(forward: ForwardFn, loss_fn: LossFn, theta: torch.Tensor, images, labels,
-              rec: StepRecord, alpha: torch.Tensor, lam: torch.Tensor, sums: _Sums, dsa,
-              micro_batch: int | None, rank: int = 0, world: int = 1,
-              kept: _Graph | None = None, first: bool = False) -> torch.Tensor | None:
-    """Rebuild step i chunk by chunk; accumulate into ``sums``; return lambda_i.
-
-    ``kept``: the step's one chunk with its graph from the forward pass (not rebuilt).
-    ``first`` (step 0): lambda_0 is not needed (theta_0 is a constant), so the product leaves
-    theta out, nothing is reduced and None is returned.
-
-    Under several processes the rank's chunks give a partial H_i lambda_{i+1}, all-reduced
-    here (lambda_i is needed by every rank at the next step); the partial sums of the images,
-    labels and step size stay per rank until the end of the backward pass.
-    """
-    theta = theta.detach().requires_grad_(True) if kept is None else kept.theta
-    v = -alpha * lam  # (P,) adjoint of g_i, since theta_{i+1} = theta_i - alpha g_i
-    # single: lambda_i accumulated in place; several: the rank's share of -alpha H lambda
-    lam_prev = None if first else lam.clone() if world == 1 else torch.zeros_like(lam)
-    soft = is_soft(labels)
-    chunks = _chunks(len(rec.idx), micro_batch, rank, world)
-    if kept is not None and len(chunks) != 1:
-        raise ValueError(f"a kept graph is one chunk, but this step has {len(chunks)}")
-    for chunk in chunks:
-        graph = kept or _build(forward, loss_fn, theta, images, labels, rec, chunk, dsa)
-        inputs = ([] if first else [theta]) + [graph.x] + ([graph.y] if soft else [])
-        with torch.enable_grad():
-            outs = list(torch.autograd.grad(graph.g, inputs, grad_outputs=v,
-                                            allow_unused=True))
-        rows = rec.idx[chunk.rows]
-        if not first:
-            _add(lam_prev, outs.pop(0))
-        _add(sums.images, outs[0], rows)
-        if soft:
-            _add(sums.labels, outs[1], rows)
-        sums.syn_lr -= (graph.g.detach() * lam).sum()  # -g_i . lambda_{i+1}, chunk by chunk
-    if first or world == 1:
-        return lam_prev
-    return distributed.all_reduce_sum_(lam_prev).add_(lam)
-
-
-def _add(acc: torch.Tensor, value: torch.Tensor | None, rows: torch.Tensor | None = None):
-    """acc += value (at ``rows`` of dim 0 when given); None (no dependence) adds nothing."""
-    if value is None:
-        return
-    if rows is None:
-        acc.add_(value)
-    else:
-        acc.index_add_(0, rows, value)
-
-
 def adjoint_backward(forward: ForwardFn, traj: Trajectory, images: torch.Tensor,
-                     labels: torch.Tensor, syn_lr: torch.Tensor, lam: torch.Tensor, *,
-                     dsa=None, loss_fn: LossFn | None = None,
-                     micro_batch: int | None = None) -> AdjointGrads:
+                     labels: torch.Tensor, syn_lr: torch.Tensor,
+                     lam: torch.Tensor) -> AdjointGrads:
     """Backward pass of adjoint mode: dL/d(images, syn_lr, soft labels) from lambda_N.
 
     Args:
-        forward, images, labels, syn_lr, dsa, loss_fn, micro_batch: as given to
-            :func:`student_trajectory` for ``traj`` (the values must be unchanged).
+        forward, images, labels, syn_lr: as given to :func:`student_trajectory` for ``traj``
+            (the values must be unchanged); the DSA, loss and chunk size are the ones
+            ``traj`` recorded.
         traj: the recorded forward pass.
         lam: (P,) lambda_N = dL/dtheta_N of the matching loss.
 
@@ -444,17 +306,18 @@ def adjoint_backward(forward: ForwardFn, traj: Trajectory, images: torch.Tensor,
         >>> g.images.shape == x.shape                                     # doctest: +SKIP
         True
     """
-    loss_fn = loss_fn or label_loss(labels)
-    alpha = syn_lr.detach()
+    steps, alpha = traj.settings, syn_lr.detach()
     rank, world = _ranks()
-    sums = _Sums(torch.zeros_like(images, memory_format=torch.contiguous_format),
-                 torch.zeros_like(labels) if is_soft(labels) else None,
-                 torch.zeros((), dtype=lam.dtype, device=lam.device))
+    replay = Replay(forward, steps.loss_fn or label_loss(labels), images, labels, steps.dsa,
+                    traj.options.micro_batch, rank, world)
+    sums = Sums(torch.zeros_like(images, memory_format=torch.contiguous_format),
+                torch.zeros_like(labels) if is_soft(labels) else None,
+                torch.zeros((), dtype=lam.dtype, device=lam.device))
     kept, traj.kept = traj.kept, None  # used once: a second backward rebuilds every step
-    for i in range(len(traj.steps) - 1, -1, -1):  # lam: lambda_{i+1} -> lambda_i
-        lam = _step_vjp(forward, loss_fn, traj.thetas[i], images, labels, traj.steps[i], alpha,
-                        lam, sums, dsa, micro_batch, rank, world,
-                        kept if i == len(traj.steps) - 1 else None, first=i == 0)
+    last = len(traj.steps) - 1
+    for i in range(last, -1, -1):  # lam: lambda_{i+1} -> lambda_i
+        lam = step_vjp(replay, traj.thetas[i], traj.steps[i], alpha, lam, sums,
+                       kept if i == last else None, first=i == 0)
         kept = None  # its graph is freed by the product above
     if world > 1:  # the sums are linear in each rank's chunks: one reduction at the end
         for part in (sums.images, sums.labels, sums.syn_lr):

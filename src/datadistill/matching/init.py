@@ -18,7 +18,8 @@ Differences from the official code, named here on purpose:
   permutation and the expert order).
 
 Example:
-    >>> sel = select_correct_samples(train.images, train.labels, finals, model, ipc=10,
+    >>> sel = select_correct_samples(train.images, train.labels, finals,
+    ...                              ExpertClassifier(model), ipc=10,
     ...                              generator=torch.Generator().manual_seed(0))  # doctest: +SKIP
     >>> sel.images.shape                                                      # doctest: +SKIP
     torch.Size([100, 3, 32, 32])
@@ -50,17 +51,34 @@ class InitSelection:
     filled: int  # how many images were random fill-ins (on_shortfall="fill")
 
 
+@dataclass(frozen=True, eq=False)
+class ExpertClassifier:
+    """How an expert classifies candidate images: ``model`` with an expert's flat parameters,
+    in eval mode, in batches of ``batch`` images on ``device`` (None: the parameters' device).
+    """
+
+    model: nn.Module
+    batch: int = 256
+    device: str | torch.device | None = None
+
+    def classes(self, theta: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """(n,) predicted classes of ``x`` (n, C, H, W) under the flat parameters ``theta``."""
+        return expert_logits(self.model, theta, x, batch=self.batch,
+                             device=self.device).argmax(dim=1)
+
+
 def select_correct_samples(images: torch.Tensor, labels: torch.Tensor,
-                           expert_final_params: Sequence[torch.Tensor], model: nn.Module,
-                           ipc: int, *, num_classes: int | None = None, batch: int = 256,
+                           expert_final_params: Sequence[torch.Tensor],
+                           classifier: ExpertClassifier, ipc: int, *,
+                           num_classes: int | None = None,
                            generator: torch.Generator | None = None,
-                           device: str | torch.device | None = None,
                            on_shortfall: str = "fill") -> InitSelection:
     """Pick ``ipc`` real images per class that some expert classifies correctly.
 
     ``images`` (N, C, H, W) and ``labels`` (N,) are the real training set in the space the
     experts were trained in (normalised or ZCA); ``expert_final_params`` holds one flat (P,)
-    vector per expert (a lazy sequence works, each item is read at most once).
+    vector per expert (a lazy sequence works, each item is read at most once), which
+    ``classifier`` runs; each class's permutation is walked in its batches.
     """
     if on_shortfall not in ("fill", "error"):
         raise ConfigError(f"on_shortfall must be 'fill' or 'error', got {on_shortfall!r}.")
@@ -79,7 +97,7 @@ def select_correct_samples(images: torch.Tensor, labels: torch.Tensor,
         used += 1
         theta = expert_final_params[e]
         for c in short:
-            _scan_class(chosen[c], perms[c], c, ipc, images, model, theta, batch, device)
+            _scan_class(chosen[c], perms[c], c, ipc, images, classifier, theta)
     filled = _handle_shortfall(chosen, perms, ipc, on_shortfall, used)
     idx = torch.tensor([i for row in chosen for i in row], dtype=torch.long)
     return InitSelection(idx, images[idx.to(images.device)], labels[idx], used, filled)
@@ -98,16 +116,15 @@ def _class_permutations(labels: torch.Tensor, k: int, ipc: int,
 
 
 def _scan_class(chosen: list[int], perm: torch.Tensor, c: int, ipc: int, images: torch.Tensor,
-                model: nn.Module, theta: torch.Tensor, batch: int,
-                device: str | torch.device | None) -> None:
+                classifier: ExpertClassifier, theta: torch.Tensor) -> None:
     """One pass of one expert over class c's permutation, appending correct hits in order."""
-    taken = set(chosen)
+    taken, batch = set(chosen), classifier.batch
     for s in range(0, len(perm), batch):
         cand = [i for i in perm[s:s + batch].tolist() if i not in taken]
         if not cand:
             continue
         x = images[torch.tensor(cand, device=images.device)]
-        pred = expert_logits(model, theta, x, batch=batch, device=device).argmax(dim=1)
+        pred = classifier.classes(theta, x)
         for i, p in zip(cand, pred.tolist(), strict=True):
             if p == c:
                 chosen.append(i)

@@ -13,13 +13,16 @@ A is DSA, drawn per mini-batch. All randomness comes from the one ``generator`` 
 
 Example:
     >>> forward = student_forward(model)                                    # doctest: +SKIP
-    >>> theta_n = unroll_student(forward, theta0, images, labels, syn_lr, syn_steps=50,
-    ...                          dsa=DSA(), generator=g)                     # doctest: +SKIP
+    >>> steps = StudentSteps(syn_steps=50, dsa=DSA())                       # doctest: +SKIP
+    >>> theta_n = unroll_student(forward, theta0, images, labels, syn_lr, steps,
+    ...                          generator=g)                                # doctest: +SKIP
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
@@ -75,12 +78,29 @@ class BatchSampler:
         return self.chunks.pop()
 
 
+@dataclass(frozen=True)
+class StudentSteps:
+    """How the student steps (MTT Eq. 2): ``syn_steps`` SGD steps, each on a mini-batch of
+    ``batch_syn`` images (None = the whole set every step, MTT's default) augmented by ``dsa``
+    (a :class:`datadistill.data.augment.DSA`, or None) and scored by ``loss_fn``
+    (``(logits, labels) -> scalar``; None = :func:`label_loss` of the labels).
+
+    Example:
+        >>> StudentSteps(syn_steps=20, batch_syn=100).dsa is None
+        True
+    """
+
+    syn_steps: int
+    batch_syn: int | None = None
+    dsa: Any = None
+    loss_fn: LossFn | None = None
+
+
 def unroll_student(forward: ForwardFn, theta0: torch.Tensor, images: torch.Tensor,
-                   labels: torch.Tensor, syn_lr: torch.Tensor, *, syn_steps: int,
-                   batch_syn: int | None = None, dsa=None,
-                   generator: torch.Generator | None = None,
-                   loss_fn: LossFn | None = None) -> torch.Tensor:
-    """theta_N after ``syn_steps`` differentiable SGD steps from ``theta0`` on the synthetic set.
+                   labels: torch.Tensor, syn_lr: torch.Tensor, steps: StudentSteps, *,
+                   generator: torch.Generator | None = None) -> torch.Tensor:
+    """theta_N after ``steps.syn_steps`` differentiable SGD steps from ``theta0`` on the
+    synthetic set.
 
     Args:
         forward: ``(theta, x) -> logits`` (see :func:`student_forward`).
@@ -88,22 +108,20 @@ def unroll_student(forward: ForwardFn, theta0: torch.Tensor, images: torch.Tenso
         images: (N, C, H, W) synthetic images (usually ``requires_grad``).
         labels: (N,) int64 hard labels or (N, K) soft-label logits.
         syn_lr: scalar tensor, the learnable step size alpha.
-        batch_syn: mini-batch size; None = the whole set every step (MTT default).
-        dsa: a :class:`datadistill.data.augment.DSA` applied to each mini-batch, or None.
+        steps: the number of steps, mini-batch size, DSA and loss (:class:`StudentSteps`).
         generator: CPU generator for the permutations and the DSA draws.
-        loss_fn: ``(logits, labels) -> scalar``; default :func:`label_loss`.
 
     Returns:
         (P,) theta_N, attached to the graph of all steps.
     """
-    loss_fn = loss_fn or label_loss(labels)
-    sampler = BatchSampler(images.shape[0], batch_syn, generator)
+    loss_fn = steps.loss_fn or label_loss(labels)
+    sampler = BatchSampler(images.shape[0], steps.batch_syn, generator)
     theta = theta0.detach().requires_grad_(True)  # a leaf: grad of step 0 needs it
-    for _ in range(syn_steps):
+    for _ in range(steps.syn_steps):
         idx = sampler.next().to(images.device)
         x, y = images[idx], labels[idx]  # (b, C, H, W), (b,) or (b, K)
-        if dsa is not None:
-            x = dsa(x, generator=generator)
+        if steps.dsa is not None:
+            x = steps.dsa(x, generator=generator)
         ce = loss_fn(forward(theta, x), y)
         (grad,) = torch.autograd.grad(ce, theta, create_graph=True)  # (P,)
         theta = theta - syn_lr * grad

@@ -160,6 +160,17 @@ def _dy(dp, a, pool: bool):
     return _relu_backward_(da, a, 0.0, grad_input=da)
 
 
+@dataclass(frozen=True)
+class _Block:
+    """The non-tensor settings of a fused block, one argument of the autograd functions:
+    ``pool`` (2x2 average pool or none), the layout ``fmt``, ``native`` (the first-order
+    backward is PyTorch's group-norm kernel)."""
+
+    pool: bool
+    fmt: torch.memory_format
+    native: bool
+
+
 class _NormActPool(Function):
     """p = avgpool2x2(relu(w * xh + b)), xh = (z - mu) * rstd per (sample, channel).
 
@@ -167,22 +178,22 @@ class _NormActPool(Function):
     """
 
     @staticmethod
-    def forward(ctx, z, w, b, eps, pool, fmt, native):
+    def forward(ctx, z, w, b, eps, block: _Block):
         n, c, h, wd = z.shape
         y, mu, rstd = torch.native_group_norm(z, w, b, n, c, h * wd, c, eps)
         a = y.relu_()  # (N, C, H, W); saved: it is the ReLU mask
         ctx.save_for_backward(z, w, a)
         ctx.stats = (mu.view(n, c, 1, 1), rstd.view(n, c, 1, 1))
-        ctx.pool, ctx.fmt, ctx.native = pool, fmt, native
-        return F.avg_pool2d(a, 2) if pool else a
+        ctx.block = block
+        return F.avg_pool2d(a, 2) if block.pool else a
 
     @staticmethod
     def backward(ctx, dp):
         z, w, a = ctx.saved_tensors
         mu, rstd = ctx.stats
-        dz, dw, db = _NormActPoolGrad.apply(_as(dp, ctx.fmt), z, w, a, mu, rstd, ctx.pool,
-                                            ctx.fmt, ctx.native)
-        return dz, dw, db, None, None, None, None
+        dz, dw, db = _NormActPoolGrad.apply(_as(dp, ctx.block.fmt), z, w, a, mu, rstd,
+                                            ctx.block)
+        return dz, dw, db, None, None
 
 
 @dataclass
@@ -228,16 +239,16 @@ class _NormActPoolGrad(Function):
     """
 
     @staticmethod
-    def forward(ctx, dp, z, w, a, mu, rstd, pool, fmt, native):
+    def forward(ctx, dp, z, w, a, mu, rstd, block: _Block):
         ctx.save_for_backward(dp, z, w, a)
-        ctx.stats, ctx.pool, ctx.fmt = (mu, rstd), pool, fmt
-        if native:
+        ctx.stats, ctx.pool, ctx.fmt = (mu, rstd), block.pool, block.fmt
+        if block.native:
             n, c, h, wd = z.shape
-            dy = _dy(dp, a, pool)
+            dy = _dy(dp, a, block.pool)
             ctx.sums = None
             return torch.ops.aten.native_group_norm_backward(
                 dy, z, mu.view(n, c), rstd.view(n, c), w, n, c, h * wd, c, [True, True, True])
-        T = _terms(dp, z, w, a, mu, rstd, pool)
+        T = _terms(dp, z, w, a, mu, rstd, block.pool)
         db = (T.A * T.m).sum((0, 2, 3))
         dw = (T.B * T.m).sum((0, 2, 3))
         k = -T.s * rstd * T.B  # dz = s*dy + k*z + c  (xh expanded)
@@ -265,33 +276,46 @@ class _NormActPoolGrad(Function):
         else:
             L1 = C1 = Lt = zero
             g_w = None
+        L = _Adjoints(Lz, L1, C1, Lt, Lw4, Lb4)
         g_dp = g_z = None
         if ctx.needs_input_grad[0]:
-            g_dp = _adjoint_dp(T, Lz, L1, C1, Lw4, Lb4, z, mu, rstd, a, ctx.pool)
+            g_dp = _adjoint_dp(T, L, z, mu, rstd, a, ctx.pool)
         if ctx.needs_input_grad[1]:
-            g_z = _adjoint_z(T, Lz, C1, Lt, Lw4, z, w, mu, rstd)
-        return g_dp, g_z, g_w, None, None, None, None, None, None
+            g_z = _adjoint_z(T, L, z, w, mu, rstd)
+        return g_dp, g_z, g_w, None, None, None, None
 
 
-def _adjoint_dp(T: _Terms, Lz, L1, C1, Lw4, Lb4, z, mu, rstd, a, pool):
+@dataclass
+class _Adjoints:
+    """The incoming adjoints and their per-instance sums ((N, C, 1, 1) unless noted)."""
+
+    Lz: torch.Tensor | None  # (N, C, H, W) adjoint of dz, or None
+    L1: torch.Tensor  # sum(Lz)
+    C1: torch.Tensor  # mean(Lz * xh)
+    Lt: torch.Tensor  # mean(Lz * t)
+    Lw4: torch.Tensor  # adjoint of dw, (1, C, 1, 1)
+    Lb4: torch.Tensor  # adjoint of db, (1, C, 1, 1)
+
+
+def _adjoint_dp(T: _Terms, L: _Adjoints, z, mu, rstd, a, pool):
     """avgpool(mask * q); q = s*Lz + qz*z + qc with xh = rstd*(z - mu) expanded."""
-    qz = (Lw4 - T.s * C1) * rstd
-    qc = Lb4 - T.s * L1 / T.m - qz * mu
+    qz = (L.Lw4 - T.s * L.C1) * rstd
+    qc = L.Lb4 - T.s * L.L1 / T.m - qz * mu
     q = torch.addcmul(qc, z, qz)
-    if Lz is not None:
-        q.addcmul_(Lz, T.s)
+    if L.Lz is not None:
+        q.addcmul_(L.Lz, T.s)
     q = _relu_backward_(q, a, 0.0, grad_input=q)
     return F.avg_pool2d(q, 2) if pool else q
 
 
-def _adjoint_z(T: _Terms, Lz, C1, Lt, Lw4, z, w, mu, rstd):
+def _adjoint_z(T: _Terms, L: _Adjoints, z, w, mu, rstd):
     """rstd*(G - mean G - xh*mean(G*xh)) - rstd^2*w*Lt*xh, computed in place on G."""
-    G = T.dy * (Lw4 - T.s * C1)
-    if Lz is not None:
-        G.addcmul_(Lz, -T.s * T.B)
+    G = T.dy * (L.Lw4 - T.s * L.C1)
+    if L.Lz is not None:
+        G.addcmul_(L.Lz, -T.s * T.B)
     G1, Gz = _hw_sum(G), _hw_dot(G, z)
     Gx = rstd * (Gz - mu * G1) / T.m  # mean(G * xh)
-    kz = -rstd * rstd * (Gx + w.view(1, -1, 1, 1) * Lt * rstd)  # coefficient of z
+    kz = -rstd * rstd * (Gx + w.view(1, -1, 1, 1) * L.Lt * rstd)  # coefficient of z
     kc = -rstd * G1 / T.m - kz * mu
     return G.mul_(rstd).addcmul_(z, kz).add_(kc)
 
@@ -306,4 +330,4 @@ def norm_act_pool(z: torch.Tensor, w: torch.Tensor, b: torch.Tensor, eps: float,
     module ConvNet's path); without it, the hand-written one of the unrolled student. Both
     have the same hand-written double backward.
     """
-    return _NormActPool.apply(z, w, b, eps, pool, fmt, native)
+    return _NormActPool.apply(z, w, b, eps, _Block(pool, fmt, native))

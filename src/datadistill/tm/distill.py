@@ -62,6 +62,8 @@ from datadistill.errors import CompatibilityError, ConfigError, DivergenceError
 from datadistill.experts import ExpertStore
 from datadistill.labels import is_soft
 from datadistill.matching import (
+    AdjointOptions,
+    StudentSteps,
     adjoint_backward,
     check_micro_batch,
     matching_loss,
@@ -73,7 +75,7 @@ from datadistill.matching import (
 )
 from datadistill.matching.adjoint import check_shared_batch
 from datadistill.matching.ema import ImageEMA
-from datadistill.matching.init import select_correct_samples
+from datadistill.matching.init import ExpertClassifier, select_correct_samples
 from datadistill.matching.masks import param_mask
 from datadistill.matching.soft_labels import init_soft_labels
 from datadistill.runtime.lock import locks_output
@@ -280,9 +282,9 @@ def _init_images(run: Run, gen: torch.Generator) -> torch.Tensor:
         return torch.randn(info.num_classes * cfg.ipc, info.channels, *info.image_size,
                            generator=gen)
     if cfg.pix_init == "samples_predicted_correctly":
-        sel = select_correct_samples(train.images, train.labels, _FinalParams(run), run.model,
-                                     cfg.ipc, num_classes=info.num_classes, generator=gen,
-                                     device=cfg.device)
+        sel = select_correct_samples(train.images, train.labels, _FinalParams(run),
+                                     ExpertClassifier(run.model, device=cfg.device), cfg.ipc,
+                                     num_classes=info.num_classes, generator=gen)
         return sel.images.detach().cpu().clone()
     labels = train.labels.cpu()
     picks = []
@@ -391,12 +393,12 @@ def _student(run: Run, state: DistillState, gen: torch.Generator, theta0: torch.
     """(theta_N, trajectory): unrolled, theta_N carries the graph of all steps and the
     trajectory is None; adjoint, theta_N is a leaf and the trajectory replays the steps."""
     cfg = run.cfg
-    args = (run.forward, theta0, state.images, state.labels, state.syn_lr)
-    kw = dict(syn_steps=cfg.syn_steps, batch_syn=cfg.batch_syn, dsa=run.dsa, generator=gen)
+    args = (run.forward, theta0, state.images, state.labels, state.syn_lr,
+            StudentSteps(cfg.syn_steps, cfg.batch_syn, run.dsa))
     if cfg.grad.grad_mode == "unrolled":
-        return unroll_student(*args, **kw), None
-    traj = student_trajectory(*args, micro_batch=cfg.grad.micro_batch,
-                              snapshots=cfg.grad.snapshots, **kw)
+        return unroll_student(*args, generator=gen), None
+    traj = student_trajectory(*args, generator=gen,
+                              options=AdjointOptions(cfg.grad.micro_batch, cfg.grad.snapshots))
     return traj.final.detach().requires_grad_(True), traj
 
 
@@ -407,7 +409,7 @@ def _gradients(run: Run, state: DistillState, loss, theta_n, traj, learnable) ->
     (lam,) = torch.autograd.grad(loss, theta_n)  # lambda_N: the loss enters here only
     with traj:  # frees a spilled trajectory's file, also on error
         out = adjoint_backward(run.forward, traj, state.images, state.labels, state.syn_lr,
-                               lam, dsa=run.dsa, micro_batch=run.cfg.grad.micro_batch)
+                               lam)
     return [out.images, out.syn_lr] + ([out.labels] if len(learnable) == 3 else [])
 
 

@@ -59,7 +59,7 @@ from datadistill import distributed
 from datadistill.data import dataset_info
 from datadistill.data.registry import split_sizes
 from datadistill.errors import ConfigError
-from datadistill.matching import ConvNetPlan, student_forward, unroll_student
+from datadistill.matching import ConvNetPlan, StudentSteps, student_forward, unroll_student
 from datadistill.matching.adjoint import GRAD_MODES as MODES
 from datadistill.training import build_model
 
@@ -164,7 +164,7 @@ def _traced_bytes(forward, theta0: torch.Tensor, image_shape, num_classes: int, 
         return t
 
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        theta = unroll_student(forward, theta0, images, labels, syn_lr, syn_steps=1)
+        theta = unroll_student(forward, theta0, images, labels, syn_lr, StudentSteps(1))
     inputs = {t.untyped_storage().data_ptr() for t in (images, labels, theta0, syn_lr)}
     del theta  # the graph (and the storages it saved) goes with it
     return sum(n for ptr, n in saved.items() if ptr not in inputs)
