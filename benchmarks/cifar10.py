@@ -51,7 +51,7 @@ from datadistill.evaluation.protocols import evaluate
 from datadistill.experts import ExpertStore
 from datadistill.experts.train import ExpertConfig, build_model
 from datadistill.matching.soft_labels import init_soft_labels
-from datadistill.tm.pipeline import load_pipeline_config
+from datadistill.tm.config import load_pipeline_config
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from methods import build_parser, overrides, run_one, save, shared_expert_dir  # noqa: E402

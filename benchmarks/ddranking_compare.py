@@ -35,7 +35,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from datadistill.data import prepare  # noqa: E402
-from datadistill.tm.pipeline import distill_config, load_pipeline_config, train_pipeline_experts  # noqa: E402,E501
+from datadistill.tm.config import distill_config, load_pipeline_config
+from datadistill.tm.pipeline import train_pipeline_experts  # noqa: E402, E501
 from methods import build_parser, overrides  # noqa: E402
 
 

@@ -75,7 +75,7 @@ def run(batches: int, width: int) -> dict:
     from datadistill.data.augment import DSA
     from datadistill.data.prepare import RealData
     from datadistill.experts.train import ExpertConfig, train_one_expert
-    from datadistill.tm.pipeline import expert_config, load_pipeline_config
+    from datadistill.tm.config import expert_config, load_pipeline_config
 
     torch.set_num_threads(1)
     cfg = load_pipeline_config("imagenet1k/mtt_ipc1", [

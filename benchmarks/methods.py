@@ -44,7 +44,8 @@ from pathlib import Path
 import torch
 
 from datadistill.config import config_to_dict
-from datadistill.tm.pipeline import expert_config, load_pipeline_config, run_pipeline
+from datadistill.tm.config import expert_config, load_pipeline_config
+from datadistill.tm.pipeline import run_pipeline
 
 EXPANDING = ("datm", "pad")
 

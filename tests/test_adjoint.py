@@ -35,8 +35,8 @@ from datadistill.matching import (
 from datadistill.matching.masks import param_mask
 from datadistill.models import create_model, flatten_params
 from datadistill.tm.checkpoint import load_checkpoint, save_checkpoint
+from datadistill.tm.config import distill_config, load_pipeline_config
 from datadistill.tm.distill import DistillConfig, check_resume, distill
-from datadistill.tm.pipeline import distill_config, load_pipeline_config
 from datadistill.tm.presets import list_presets
 from parity import toy_strategy
 

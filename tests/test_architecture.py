@@ -123,9 +123,8 @@ PENDING_PARAMS = {
     ("infer/student.py", "train_student"),
     ("infer/teachers_train.py", "train_teacher"),
     ("runs.py", "run_all"),
-    ("tm/memory.py", "estimate_memory"),
 }
-PENDING_LONG_FILES = {"evaluation/ddranking.py", "evaluation/protocols.py", "tm/pipeline.py"}
+PENDING_LONG_FILES = {"evaluation/ddranking.py", "evaluation/protocols.py"}
 PENDING_LONG_CLI: set[str] = set()
 
 

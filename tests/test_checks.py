@@ -9,7 +9,8 @@ from datadistill.cli import main
 from datadistill.data import create_dataset
 from datadistill.errors import CompatibilityError, ConfigError
 from datadistill.evaluation.baselines import random_subset
-from datadistill.tm.pipeline import load_pipeline_config, run_pipeline
+from datadistill.tm.config import load_pipeline_config
+from datadistill.tm.pipeline import run_pipeline
 
 SMALL = ["distill.iterations=1", "distill.eval_runs=0", "experts.num_experts=1"]
 

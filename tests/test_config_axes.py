@@ -81,7 +81,7 @@ def test_each_axis_is_a_nested_section_whose_keys_are_spelt_flat():
 
 def test_distill_section_keys_stay_flat_in_yaml_overrides_and_saved_configs():
     from datadistill.config import config_to_dict
-    from datadistill.tm.pipeline import distill_config, load_pipeline_config
+    from datadistill.tm.config import distill_config, load_pipeline_config
 
     cfg = load_pipeline_config("digits/mtt_ipc1", ["distill.grad_mode=adjoint", "ipc=2",
                                                    "distill.micro_batch=5", "zca=true"])
@@ -96,7 +96,7 @@ def test_distill_section_keys_stay_flat_in_yaml_overrides_and_saved_configs():
 
 @pytest.mark.parametrize("key", ["zca", "dataset", "seed", "ipc"])
 def test_a_shared_key_inside_a_stage_section_names_where_it_belongs(key):
-    from datadistill.tm.pipeline import load_pipeline_config
+    from datadistill.tm.config import load_pipeline_config
 
     message = rf"experts.{key}: {key} is shared by every stage of a run; set it once at the top"
     with pytest.raises(ConfigError, match=message):

@@ -318,7 +318,8 @@ def test_evaluate_distilled_hard_label_variants(monkeypatch):
 
 
 def test_pipeline_reports_ddranking_and_best_of_periodic(tmp_path):
-    from datadistill.tm.pipeline import load_pipeline_config, run_pipeline
+    from datadistill.tm.config import load_pipeline_config
+    from datadistill.tm.pipeline import run_pipeline
 
     cfg = load_pipeline_config("digits/mtt_ipc1", [
         "experts.num_experts=1", "experts.epochs=3", "model_kwargs.width=8",

@@ -9,7 +9,7 @@ import pytest
 
 from datadistill.cli import main
 from datadistill.tm import memory
-from datadistill.tm.pipeline import distill_config, load_pipeline_config
+from datadistill.tm.config import distill_config, load_pipeline_config
 
 CONFIGS = [f"imagenet1k/{m}_ipc{i}" for m in ("mtt", "datm") for i in (1, 10, 50)]
 GB = 1e9

@@ -100,7 +100,8 @@ def test_same_process_may_nest(tmp_path):
 
 
 def test_pipeline_refuses_a_locked_folder_before_writing(tmp_path, holder):
-    from datadistill.tm.pipeline import load_pipeline_config, run_pipeline
+    from datadistill.tm.config import load_pipeline_config
+    from datadistill.tm.pipeline import run_pipeline
 
     cfg = load_pipeline_config("digits/mtt_ipc1", ["distill.iterations=1"])
     with pytest.raises(LockError, match="in use by"):

@@ -6,7 +6,8 @@ import pytest
 
 from datadistill.cli import main
 from datadistill.errors import ConfigError
-from datadistill.tm.pipeline import _check, load_pipeline_config, run_pipeline
+from datadistill.tm.config import load_pipeline_config
+from datadistill.tm.pipeline import _check, run_pipeline
 
 TINY = [
     "experts.num_experts=2", "experts.epochs=3", "distill.max_start_epoch=1",

@@ -16,7 +16,13 @@ from datadistill.matching import student_forward
 from datadistill.models import create_model
 from datadistill.tm import memory
 from datadistill.tm.distill import DistillConfig, distill
-from datadistill.tm.memory import estimate_config, estimate_memory, fitting_micro_batch, trace_step
+from datadistill.tm.memory import (
+    Iteration,
+    estimate_config,
+    estimate_memory,
+    fitting_micro_batch,
+    trace_step,
+)
 
 
 @pytest.fixture(scope="module")
@@ -37,17 +43,17 @@ def test_trace_is_linear_in_the_batch(footprint):
 
 
 def test_soft_labels_add_their_state(footprint):
-    hard = estimate_memory(footprint, num_images=10, syn_steps=5, mode="adjoint")
-    soft = estimate_memory(footprint, num_images=10, syn_steps=5, mode="adjoint",
-                           soft_labels=True)
+    hard = estimate_memory(footprint, Iteration(num_images=10, syn_steps=5, mode="adjoint"))
+    soft = estimate_memory(footprint, Iteration(num_images=10, syn_steps=5, mode="adjoint",
+                           soft_labels=True))
     assert soft.state - hard.state == 3 * 10 * 10 * 4  # logits, their grad and momentum
 
 
 def test_unrolled_grows_with_steps_adjoint_is_flat(footprint):
     common = dict(num_images=20, batch_syn=10)
-    unrolled = [estimate_memory(footprint, syn_steps=n, mode="unrolled", **common)
+    unrolled = [estimate_memory(footprint, Iteration(syn_steps=n, mode="unrolled", **common))
                 for n in (1, 10, 20, 40)]
-    adjoint = [estimate_memory(footprint, syn_steps=n, mode="adjoint", **common)
+    adjoint = [estimate_memory(footprint, Iteration(syn_steps=n, mode="adjoint", **common))
                for n in (1, 10, 20, 40)]
     totals = [e.total for e in unrolled]
     assert totals == sorted(totals) and len(set(totals)) == 4
@@ -62,32 +68,33 @@ def test_unrolled_grows_with_steps_adjoint_is_flat(footprint):
 
 
 def test_adjoint_is_linear_in_micro_batch(footprint):
-    totals = [estimate_memory(footprint, num_images=40, syn_steps=30, mode="adjoint",
-                              micro_batch=m).total for m in (1, 2, 3, 4, 8)]
+    totals = [estimate_memory(footprint, Iteration(num_images=40, syn_steps=30, mode="adjoint",
+                              micro_batch=m)).total for m in (1, 2, 3, 4, 8)]
     d = totals[1] - totals[0]
     assert d > 0
     for m, t in zip((1, 2, 3, 4, 8), totals, strict=True):
         assert t == pytest.approx(totals[0] + (m - 1) * d, abs=2)
-    beyond = estimate_memory(footprint, num_images=40, syn_steps=30, mode="adjoint",
-                             batch_syn=8, micro_batch=100)
+    beyond = estimate_memory(footprint, Iteration(num_images=40, syn_steps=30, mode="adjoint",
+                             batch_syn=8, micro_batch=100))
     assert beyond.total == totals[-1]  # a chunk is at most the step batch
 
 
 def test_float64_doubles_the_graph(footprint):
-    f32 = estimate_memory(footprint, num_images=10, syn_steps=5, mode="unrolled")
-    f64 = estimate_memory(footprint, num_images=10, syn_steps=5, mode="unrolled", dtype_bytes=8)
+    f32 = estimate_memory(footprint, Iteration(num_images=10, syn_steps=5, mode="unrolled"))
+    f64 = estimate_memory(footprint, Iteration(num_images=10, syn_steps=5, mode="unrolled",
+                                               dtype_bytes=8))
     assert f64.graph == pytest.approx(2 * f32.graph, abs=2)
     with pytest.raises(ConfigError, match="grad_mode='bptt'"):
-        estimate_memory(footprint, num_images=10, syn_steps=5, mode="bptt")
+        estimate_memory(footprint, Iteration(num_images=10, syn_steps=5, mode="bptt"))
 
 
 def test_fitting_micro_batch_is_the_largest_that_fits(footprint):
     common = dict(num_images=40, syn_steps=30)
-    at5 = estimate_memory(footprint, mode="adjoint", micro_batch=5, **common).total
+    at5 = estimate_memory(footprint, Iteration(mode="adjoint", micro_batch=5, **common)).total
     assert fitting_micro_batch(footprint, at5, **common) == 5
     assert fitting_micro_batch(footprint, at5 - 1, **common) == 4
     assert fitting_micro_batch(footprint, 10**15, **common) == 40
-    at1 = estimate_memory(footprint, mode="adjoint", micro_batch=1, **common).total
+    at1 = estimate_memory(footprint, Iteration(mode="adjoint", micro_batch=1, **common)).total
     assert fitting_micro_batch(footprint, at1 - 1, **common) is None
 
 
@@ -128,8 +135,8 @@ def test_spilled_snapshots_leave_the_adjoint_estimate_flat_in_syn_steps():
                          dataset_info("digits")).footprint
 
     def snap(steps: int, how: str) -> int:
-        return estimate_memory(fp, mode="adjoint", num_images=10, syn_steps=steps,
-                               snapshots=how).snapshots
+        return estimate_memory(fp, Iteration(mode="adjoint", num_images=10, syn_steps=steps,
+                               snapshots=how)).snapshots
 
     assert snap(10, "spill") == snap(80, "spill") == 2 * fp.num_params * 4
     assert snap(80, "memory") - snap(10, "memory") == 70 * fp.num_params * 4
@@ -140,8 +147,9 @@ def _free_between_adjoint_and_unrolled(micro: int) -> int:
     cfg = DistillConfig.of(dataset="digits", ipc=1, syn_steps=20)
     est = estimate_config(cfg, dataset_info("digits"))
     fp = est.footprint
-    free = estimate_memory(fp, mode="adjoint", num_images=10, syn_steps=20, micro_batch=micro,
-                           real_images=1437 + 360, snapshots=cfg.grad.snapshots).total
+    free = estimate_memory(fp, Iteration(mode="adjoint", num_images=10, syn_steps=20,
+                                         micro_batch=micro, real_images=1437 + 360,
+                                         snapshots=cfg.grad.snapshots)).total
     assert free < est.unrolled.total
     return free
 
@@ -197,8 +205,8 @@ def test_every_copy_of_the_synthetic_set_is_a_term():
 
     fp = trace_step(create_model("convnet", 1, 10, 8, width=8), (1, 8, 8), 10)
     for mode in ("unrolled", "adjoint"):
-        small = estimate_memory(fp, num_images=100, syn_steps=2, mode=mode, batch_syn=10)
-        large = estimate_memory(fp, num_images=500, syn_steps=2, mode=mode, batch_syn=10)
+        small = estimate_memory(fp, Iteration(num_images=100, syn_steps=2, mode=mode, batch_syn=10))
+        large = estimate_memory(fp, Iteration(num_images=500, syn_steps=2, mode=mode, batch_syn=10))
         copy = 400 * 1 * 8 * 8 * 4  # 400 more images of 1 x 8 x 8 float32
         assert large.state - small.state == sum(SET_COPIES.values()) * copy
         assert large.details["set_copy"] == 500 * 64 * 4 and large.graph == small.graph

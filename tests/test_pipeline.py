@@ -25,12 +25,8 @@ from datadistill.experts.pad import (
     fingerprint,
     prepare_curriculum,
 )
-from datadistill.tm.pipeline import (
-    expert_config,
-    load_pipeline_config,
-    run_pipeline,
-    train_pipeline_experts,
-)
+from datadistill.tm.config import expert_config, load_pipeline_config
+from datadistill.tm.pipeline import run_pipeline, train_pipeline_experts
 
 TINY = [
     "experts.num_experts=2", "experts.epochs=3", "model_kwargs.width=32",

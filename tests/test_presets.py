@@ -11,7 +11,7 @@ import pytest
 from datadistill.config import config_asdict, list_configs, resolve_config_path
 from datadistill.data.imagenet import SUBSETS
 from datadistill.errors import ConfigError
-from datadistill.tm.pipeline import distill_config, expert_config, load_pipeline_config
+from datadistill.tm.config import distill_config, expert_config, load_pipeline_config
 from datadistill.tm.presets import (
     MDATM_WINDOW_FRACTION,
     get_preset,

@@ -9,7 +9,7 @@ from datadistill.config import list_configs, read_config
 from datadistill.errors import ConfigError
 from datadistill.infer import InferConfig, load_infer_config
 from datadistill.recipes import RECIPES, get_recipe, load_config
-from datadistill.tm.pipeline import PipelineConfig, load_pipeline_config
+from datadistill.tm.config import PipelineConfig, load_pipeline_config
 
 
 def test_every_shipped_config_names_a_registered_recipe():

@@ -28,7 +28,8 @@ from datadistill.report import figures as report_figures
 from datadistill.report import html as report_html
 from datadistill.report import page as report
 from datadistill.report.curves import accuracy_bars, distill_curves, expert_curves, save_figure
-from datadistill.tm.pipeline import load_pipeline_config, run_pipeline
+from datadistill.tm.config import load_pipeline_config
+from datadistill.tm.pipeline import run_pipeline
 
 K, S = 10, 8  # classes, image side
 GRAY = DatasetInfo("toy", K, 1, (S, S), (0.5,), (0.25,), tuple(f"c{i}" for i in range(K)))

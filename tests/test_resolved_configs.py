@@ -28,7 +28,7 @@ def _no_device(d: dict) -> dict:
 def resolve(name: str) -> dict:
     """The resolved values of shipped config ``name``, in the snapshot's layout."""
     from datadistill.recipes import load_config
-    from datadistill.tm.pipeline import distill_config, expert_config
+    from datadistill.tm.config import distill_config, expert_config
 
     recipe, cfg = load_config(name)
     if recipe.name == "infer":

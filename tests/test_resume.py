@@ -16,8 +16,9 @@ from datadistill.evaluation import protocols as evaluate_mod
 from datadistill.evaluation.protocols import evaluate
 from datadistill.experts import ExpertConfig, train_experts
 from datadistill.runtime.runlog import RunCache, StageClock
+from datadistill.tm.config import load_pipeline_config
 from datadistill.tm.distill import DistillConfig, distill
-from datadistill.tm.pipeline import load_pipeline_config, run_pipeline
+from datadistill.tm.pipeline import run_pipeline
 
 
 @pytest.fixture(scope="module")

@@ -15,12 +15,8 @@ from datadistill.artifacts.distilled import load_distilled
 from datadistill.cli import build_parser, main, parse_args
 from datadistill.errors import ArtifactError
 from datadistill.tm.checkpoint import load_checkpoint
-from datadistill.tm.pipeline import (
-    find_recorded_store,
-    load_pipeline_config,
-    recorded_store,
-    train_pipeline_experts,
-)
+from datadistill.tm.config import load_pipeline_config
+from datadistill.tm.pipeline import find_recorded_store, recorded_store, train_pipeline_experts
 
 SMALL = ["experts.num_experts=1", "experts.epochs=3", "distill.iterations=2",
          "distill.syn_steps=2", "distill.max_start_epoch=1", "distill.expert_epochs=2",

@@ -17,12 +17,8 @@ from datadistill.evaluation.protocols import test_accuracy
 from datadistill.experts import ExpertConfig, ExpertStore, train_experts
 from datadistill.experts.train import monitor_split
 from datadistill.models.functional import load_flat_params
-from datadistill.tm.pipeline import (
-    distill_config,
-    expert_config,
-    load_pipeline_config,
-    run_pipeline,
-)
+from datadistill.tm.config import distill_config, expert_config, load_pipeline_config
+from datadistill.tm.pipeline import run_pipeline
 from datadistill.training import build_model
 
 

@@ -32,7 +32,7 @@ from datadistill.evaluation.ddranking_train import Curve, TrainSpec, train_spec
 from datadistill.evaluation.protocols import evaluate
 from datadistill.tm import memory
 from datadistill.tm.distill import DistillConfig
-from datadistill.tm.memory import estimate_config, estimate_memory
+from datadistill.tm.memory import Iteration, estimate_config, estimate_memory
 
 K, H = 4, 8
 INFO = DatasetInfo(
@@ -189,8 +189,8 @@ def test_check_memory_between_adjoint_and_unrolled(monkeypatch):
     info = dataset_info("digits")
     est = estimate_config(unrolled, info)
     need_adjoint = estimate_memory(
-        est.footprint, mode="adjoint", num_images=10, syn_steps=20, micro_batch=10,
-        real_images=1437 + 360, snapshots=unrolled.grad.snapshots).total
+        est.footprint, Iteration(mode="adjoint", num_images=10, syn_steps=20, micro_batch=10,
+        real_images=1437 + 360, snapshots=unrolled.grad.snapshots)).total
     assert need_adjoint < est.unrolled.total
     free = (need_adjoint + est.unrolled.total) // 2
     monkeypatch.setattr(memory, "free_memory", lambda device: free)

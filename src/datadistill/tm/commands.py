@@ -50,8 +50,9 @@ def cmd_experts(args: argparse.Namespace) -> None:
 
 def cmd_distill(args: argparse.Namespace) -> Page:
     from datadistill.checks import check_output_folder
+    from datadistill.tm.config import distill_config
     from datadistill.tm.distill import distill
-    from datadistill.tm.pipeline import distill_config, recorded_store, store_location
+    from datadistill.tm.pipeline import recorded_store, store_location
 
     cfg = _config(args)
     out = check_output_folder(_run_dir(args, cfg))
@@ -68,8 +69,8 @@ def cmd_distill(args: argparse.Namespace) -> Page:
 
 def cmd_estimate(args: argparse.Namespace) -> None:
     from datadistill.data import dataset_info
+    from datadistill.tm.config import distill_config
     from datadistill.tm.memory import GB, estimate_config, free_memory
-    from datadistill.tm.pipeline import distill_config
 
     dcfg = distill_config(_config(args))
     info = dataset_info(dcfg.dataset, root=dcfg.data_root)

@@ -26,22 +26,31 @@ official code combines the two: DATM has the skip and no EMA, FTD the EMA and no
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from datadistill.checks import check_positive
+from datadistill.checks import check_pipeline, check_positive
 from datadistill.config import (
+    DEFAULT_CONFIG,
     RunContext,
     check_choice,
     check_saved_config,
     config_asdict,
+    config_from_dict,
+    expect_recipe,
+    fields_of,
     flat_fields,
     flat_section,
     flat_sections,
+    merge,
     nest_keys,
+    read_config,
 )
 from datadistill.errors import ConfigError
+from datadistill.evaluation.protocols import RUN_PROTOCOLS
+from datadistill.experts import ExpertConfig, ExpertSection
+from datadistill.experts.pad import PADCurriculum
 from datadistill.matching.axes import (
     EmaAxis,
     GradAxis,
@@ -50,6 +59,8 @@ from datadistill.matching.axes import (
     WindowAxis,
     check_at_least,
 )
+from datadistill.runtime.devices import resolve_device
+from datadistill.tm.presets import preset_overrides
 from datadistill.training import derive_seeds
 
 PIX_INITS = ("real", "noise", "samples_predicted_correctly")
@@ -166,3 +177,107 @@ def check_resume(cfg: DistillConfig, saved: dict, path: Path) -> None:
 def stage_seeds(seed: int, n: int) -> list[int]:
     """``n`` seeds of the distillation stage's own stream, derived from ``seed``."""
     return list(derive_seeds(seed, 7, n=n))
+
+
+# ----------------------------------------------------------------------------- the run
+
+
+@dataclass
+class EvaluationConfig:
+    runs: int = 5  # fresh networks per evaluation (MTT: 5; the challenge scores 3 rounds)
+    epochs: int = 1000  # classic protocol: 1000 (+1) epochs
+    batch_size: int = 256  # classic protocol mini-batch (MTT/FTD 256, DATM/PAD 128)
+    random_baseline: bool = True  # also evaluate a random real subset at the same IPC
+    soft_random: bool = False  # soft-label methods: also the random subset with expert logits
+    models: list[str] = field(default_factory=lambda: ["convnet"])  # >1: cross-architecture
+    hard_labels: bool = False  # soft-label sets: also evaluate with argmax labels (DATM/PAD)
+    protocols: list[str] = field(default_factory=lambda: ["classic"])  # + challenge, ddranking
+    report: str = "last"  # classic: last | best_of_periodic (MTT/FTD's reporting) | both
+    period: int = 100  # epochs between the periodic tests of best_of_periodic / both
+    ddranking: dict = field(default_factory=dict)  # overrides of the method's DD-Ranking config
+
+    def __post_init__(self) -> None:
+        bad = [p for p in self.protocols if p not in RUN_PROTOCOLS]
+        if bad or not self.protocols:
+            raise ConfigError(f"evaluation.protocols={self.protocols}; choose from {RUN_PROTOCOLS}")
+        if self.report not in ("last", "best_of_periodic", "both") or self.period < 1:
+            raise ConfigError(f"evaluation.report={self.report!r}, period={self.period}; use "
+                              "last | best_of_periodic | both and a period >= 1 epochs")
+        if self.runs < 1 or self.epochs < 0 or self.batch_size < 1:
+            raise ConfigError("evaluation.runs and batch_size must be >= 1 and epochs >= 0")
+
+
+@dataclass
+class PipelineConfig(RunContext):
+    """One trajectory-matching run: the run context every stage shares (data, model, seed,
+    device: :class:`~datadistill.config.RunContext`, top-level keys), ``method`` and ``ipc``,
+    then one typed section per stage."""
+
+    dataset: str = "digits"  # registry name; `digits` ships with the package
+    device: str = "auto"  # "auto": cuda when available, else cpu
+    method: str = "mtt"  # preset name; `datadistill presets` lists them
+    download: bool = False  # fetch missing dataset files from their official URLs
+    ipc: int = 1  # images per class of the distilled set
+    experts: ExpertSection = field(default_factory=ExpertSection)
+    distill: DistillSection = field(default_factory=DistillSection)
+    curriculum: PADCurriculum | None = None  # PAD's expert data schedule; null: all data
+    evaluation: EvaluationConfig = field(default_factory=EvaluationConfig)
+
+    def resolved_device(self) -> str:
+        return resolve_device(self.device)
+
+
+# Set once at the top level for every stage, never inside a stage section.
+SHARED_KEYS = (*(f.name for f in fields(RunContext)), "method", "ipc")
+
+
+def load_pipeline_config(name_or_path: str | None = None, overrides: list[str] | None = None):
+    """Read a shipped or user YAML config, apply the preset and overrides, validate it all."""
+
+    name_or_path = name_or_path or DEFAULT_CONFIG
+    raw = expect_recipe(read_config(name_or_path, overrides), "tm", name_or_path)
+    _check_sections(raw)
+    method = raw.get("method", PipelineConfig.method)
+    data = merge(preset_overrides(method, raw.get("dataset"), raw.get("ipc")), raw)
+    cfg = config_from_dict(PipelineConfig, data)
+    ecfg, dcfg = expert_config(cfg), distill_config(cfg)  # unknown keys fail now
+    _check_challenge(cfg, dcfg)
+    check_pipeline(cfg, ecfg, dcfg)
+    return cfg
+
+
+def _check_sections(raw: dict[str, Any]) -> None:
+    """A shared key inside a stage section (``distill.zca``) is an error that names the fix."""
+    for section in ("experts", "distill"):
+        values = raw.get(section)
+        for key in (k for k in SHARED_KEYS if isinstance(values, dict) and k in values):
+            raise ConfigError(f"{section}.{key}: {key} is shared by every stage of a run; set it "
+                              f"once at the top level of the config ({key}=...)")
+
+
+def _context(cfg: PipelineConfig) -> dict[str, Any]:
+    """The run context a stage config receives: the pipeline's, with the device resolved."""
+    return fields_of(RunContext, cfg) | {"device": cfg.resolved_device()}
+
+
+def expert_config(cfg: PipelineConfig) -> ExpertConfig:
+    """The expert stage's config: the run context and the ``experts`` section."""
+    return ExpertConfig(**_context(cfg), **fields_of(ExpertSection, cfg.experts))
+
+
+def distill_config(cfg: PipelineConfig, expert_dir: str | None = None) -> DistillConfig:
+    """The distillation stage's config: the run context, ``method``, ``ipc`` and the
+    ``distill`` section; ``expert_dir`` fills ``distill.expert_dir`` when that is unset."""
+    section = fields_of(DistillSection, cfg.distill)
+    if section["expert_dir"] is None:
+        section["expert_dir"] = expert_dir
+    return DistillConfig(**_context(cfg), method=cfg.method, ipc=cfg.ipc, **section)
+
+
+def _check_challenge(cfg: PipelineConfig, dcfg) -> None:
+    """The challenge takes normalised pixels with labels implied by class order."""
+    hard = dcfg.labels.label_mode == "hard"
+    if "challenge" in cfg.evaluation.protocols and (cfg.zca or not hard):
+        raise ConfigError("evaluation.protocols has 'challenge', which scores normalised pixels "
+                          "with class-order hard labels: set zca=false and "
+                          "distill.label_mode=hard (the mdatm preset does).")

@@ -40,8 +40,8 @@ image per step, under 2 % at the CIFAR shapes; the calibration absorbs it).
 Example:
     >>> from datadistill.models import create_model
     >>> fp = trace_step(create_model("convnet", 1, 10, 8, width=8), (1, 8, 8), 10)
-    >>> u = estimate_memory(fp, num_images=10, syn_steps=20, mode="unrolled")
-    >>> a = estimate_memory(fp, num_images=10, syn_steps=20, mode="adjoint")
+    >>> u = estimate_memory(fp, Iteration(num_images=10, syn_steps=20, mode="unrolled"))
+    >>> a = estimate_memory(fp, Iteration(num_images=10, syn_steps=20, mode="adjoint"))
     >>> u.graph > a.graph
     True
 """
@@ -198,26 +198,42 @@ class MemoryEstimate:
         return f"{self.total / GB:.2f} GB ({parts})"
 
 
-def estimate_memory(fp: StepFootprint, *, num_images: int, syn_steps: int, mode: str,
-                    batch_syn: int | None = None, micro_batch: int | None = None,
-                    dtype_bytes: int = 4, real_images: int = 0, soft_labels: bool = False,
-                    device: str = "cpu", snapshots: str = "memory") -> MemoryEstimate:
-    """Predicted peak memory of one distillation iteration (see the module docstring).
+@dataclass(frozen=True)
+class Iteration:
+    """One distillation iteration as the estimate sees it.
 
-    Args:
-        fp: the traced step (:func:`trace_step`).
+    Fields:
         num_images: synthetic images N_syn (classes x IPC).
         syn_steps: N student steps.
         mode: "unrolled" or "adjoint".
         batch_syn: images per student step (None: all).
         micro_batch: adjoint: images per chunk inside a step (None: the whole step batch).
-        dtype_bytes: 4 for float32 (the trace's dtype), 8 for float64.
-        real_images: real images (train + test) held in memory (0 when none).
         soft_labels: (N_syn, K) learnable logits (DATM/PAD) instead of hard labels.
-        device: "cpu" (peak RSS) or "cuda" (device memory: no process base, no data).
         snapshots: adjoint: "memory" keeps theta_0 ... theta_N ((N + 1) x P); "spill" moves
             them to a file (CPU) or host memory (CUDA), leaving theta_N and the one in use.
+        real_images: real images (train + test) held in memory (0 when none).
+        device: "cpu" (peak RSS) or "cuda" (device memory: no process base, no data).
+        dtype_bytes: 4 for float32 (the trace's dtype), 8 for float64.
     """
+
+    num_images: int
+    syn_steps: int
+    mode: str = "unrolled"
+    batch_syn: int | None = None
+    micro_batch: int | None = None
+    soft_labels: bool = False
+    snapshots: str = "memory"
+    real_images: int = 0
+    device: str = "cpu"
+    dtype_bytes: int = 4
+
+
+def estimate_memory(fp: StepFootprint, it: Iteration) -> MemoryEstimate:
+    """Predicted peak memory of one distillation iteration (see the module docstring);
+    ``fp`` is the traced step (:func:`trace_step`)."""
+    num_images, syn_steps, mode, snapshots = it.num_images, it.syn_steps, it.mode, it.snapshots
+    batch_syn, micro_batch, dtype_bytes = it.batch_syn, it.micro_batch, it.dtype_bytes
+    real_images, soft_labels, device = it.real_images, it.soft_labels, it.device
     if mode not in MODES:
         raise ConfigError(f"grad_mode={mode!r}; choose one of {', '.join(MODES)}")
     cal = CALIBRATION[fp.path]
@@ -306,11 +322,12 @@ def estimate_config(cfg, info, *, real_images: int | None = None,
                   else real_images, soft_labels=cfg.labels.label_mode == "soft",
                   device=cfg.device,
                   snapshots=snapshots_of(cfg))
-    unrolled = estimate_memory(fp, mode="unrolled", **common)
-    adjoint = estimate_memory(fp, mode="adjoint", micro_batch=micro_batch_of(cfg), **common)
+    unrolled = estimate_memory(fp, Iteration(mode="unrolled", **common))
+    adjoint = estimate_memory(fp, Iteration(mode="adjoint", micro_batch=micro_batch_of(cfg),
+                                            **common))
     fits = None if free is None else fitting_micro_batch(fp, free, **common)
-    fitting = None if fits is None else estimate_memory(fp, mode="adjoint", micro_batch=fits,
-                                                        **common)
+    fitting = None if fits is None else estimate_memory(
+        fp, Iteration(mode="adjoint", micro_batch=fits, **common))
     return ConfigEstimate(unrolled, adjoint, fp, free, fits, fitting)
 
 
@@ -332,10 +349,11 @@ def grad_mode_of(cfg) -> str:
 def fitting_micro_batch(fp: StepFootprint, free: int, **common) -> int | None:
     """Largest micro_batch (<= the step batch) whose adjoint estimate is within ``free``."""
     b = min(common.get("batch_syn") or common["num_images"], common["num_images"])
-    fixed = estimate_memory(fp, mode="adjoint", micro_batch=1, **common).total
+    fixed = estimate_memory(fp, Iteration(mode="adjoint", micro_batch=1, **common)).total
     if fixed > free:
         return None
-    per_image = estimate_memory(fp, mode="adjoint", micro_batch=2, **common).total - fixed
+    per_image = estimate_memory(fp, Iteration(mode="adjoint", micro_batch=2, **common)).total
+    per_image -= fixed
     if per_image <= 0:
         return b
     return int(min(b, 1 + (free - fixed) // per_image))
@@ -381,7 +399,7 @@ def per_process(fp: StepFootprint, processes: int, **common) -> MemoryEstimate:
     """
     b = min(common.get("batch_syn") or common["num_images"], common["num_images"])
     share = -(-b // processes)
-    return estimate_memory(fp, mode="adjoint", **{**common, "batch_syn": share})
+    return estimate_memory(fp, Iteration(mode="adjoint", **{**common, "batch_syn": share}))
 
 
 def process_table(cfg, info, *, device: str = "cuda", real_images: int | None = None,

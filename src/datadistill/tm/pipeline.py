@@ -40,7 +40,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-from dataclasses import dataclass, field, fields
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -52,25 +51,18 @@ from datadistill.artifacts.challenge_export import export_challenge
 from datadistill.artifacts.distilled import load_distilled, set_digest
 from datadistill.checks import check_ipc_fits, check_pipeline
 from datadistill.config import (
-    DEFAULT_CONFIG,
-    RunContext,
     config_from_dict,
     config_to_dict,
-    expect_recipe,
-    fields_of,
-    merge,
-    read_config,
 )
 from datadistill.data import prepare, random_subset
 from datadistill.errors import ArtifactError, CompatibilityError, ConfigError, DatadistillError
 from datadistill.evaluation.baselines import baseline_random
 from datadistill.evaluation.challenge import FILES as CHALLENGE_FILES
 from datadistill.evaluation.ddranking import preset_for, score
-from datadistill.evaluation.protocols import RUN_PROTOCOLS, evaluate
-from datadistill.experts import ExpertConfig, ExpertSection, ExpertStore, train_experts
+from datadistill.evaluation.protocols import evaluate
+from datadistill.experts import ExpertStore, train_experts
 from datadistill.experts.forecast import check_disk, forecast_store
 from datadistill.experts.pad import (
-    PADCurriculum,
     check_no_curriculum,
     prepare_curriculum,
     record_served,
@@ -79,19 +71,16 @@ from datadistill.experts.store import expert_path
 from datadistill.io import read_json, write_json, write_report
 from datadistill.matching.soft_labels import init_soft_labels
 from datadistill.report.page import write_report as write_page
-from datadistill.runtime.devices import resolve_device
 from datadistill.runtime.lock import lock_folder, lock_folder_if, locks_output
 from datadistill.runtime.runlog import RunCache, StageClock
 from datadistill.tm.checkpoint import load_checkpoint
+from datadistill.tm.config import PipelineConfig, distill_config, expert_config
 from datadistill.tm.distill import (
-    DistillConfig,
-    DistillSection,
     check_processes,
     check_resume,
     distill,
 )
 from datadistill.tm.memory import check_memory
-from datadistill.tm.presets import preset_overrides
 from datadistill.tm.repair import finished_state, restore_outputs
 from datadistill.training import build_model
 
@@ -106,98 +95,6 @@ SEED_RANDOM_SUBSET = 2000  # the random real subset of the same size
 SEED_EMA = 3000  # FTD's EMA set
 SEED_CHALLENGE = 4000  # the exported challenge file, scored by the challenge protocol
 SEED_DDRANKING = 5000  # DD-Ranking's rounds
-
-
-@dataclass
-class EvaluationConfig:
-    runs: int = 5  # fresh networks per evaluation (MTT: 5; the challenge scores 3 rounds)
-    epochs: int = 1000  # classic protocol: 1000 (+1) epochs
-    batch_size: int = 256  # classic protocol mini-batch (MTT/FTD 256, DATM/PAD 128)
-    random_baseline: bool = True  # also evaluate a random real subset at the same IPC
-    soft_random: bool = False  # soft-label methods: also the random subset with expert logits
-    models: list[str] = field(default_factory=lambda: ["convnet"])  # >1: cross-architecture
-    hard_labels: bool = False  # soft-label sets: also evaluate with argmax labels (DATM/PAD)
-    protocols: list[str] = field(default_factory=lambda: ["classic"])  # + challenge, ddranking
-    report: str = "last"  # classic: last | best_of_periodic (MTT/FTD's reporting) | both
-    period: int = 100  # epochs between the periodic tests of best_of_periodic / both
-    ddranking: dict = field(default_factory=dict)  # overrides of the method's DD-Ranking config
-
-    def __post_init__(self) -> None:
-        bad = [p for p in self.protocols if p not in RUN_PROTOCOLS]
-        if bad or not self.protocols:
-            raise ConfigError(f"evaluation.protocols={self.protocols}; choose from {RUN_PROTOCOLS}")
-        if self.report not in ("last", "best_of_periodic", "both") or self.period < 1:
-            raise ConfigError(f"evaluation.report={self.report!r}, period={self.period}; use "
-                              "last | best_of_periodic | both and a period >= 1 epochs")
-        if self.runs < 1 or self.epochs < 0 or self.batch_size < 1:
-            raise ConfigError("evaluation.runs and batch_size must be >= 1 and epochs >= 0")
-
-
-@dataclass
-class PipelineConfig(RunContext):
-    """One trajectory-matching run: the run context every stage shares (data, model, seed,
-    device: :class:`~datadistill.config.RunContext`, top-level keys), ``method`` and ``ipc``,
-    then one typed section per stage."""
-
-    dataset: str = "digits"  # registry name; `digits` ships with the package
-    device: str = "auto"  # "auto": cuda when available, else cpu
-    method: str = "mtt"  # preset name; `datadistill presets` lists them
-    download: bool = False  # fetch missing dataset files from their official URLs
-    ipc: int = 1  # images per class of the distilled set
-    experts: ExpertSection = field(default_factory=ExpertSection)
-    distill: DistillSection = field(default_factory=DistillSection)
-    curriculum: PADCurriculum | None = None  # PAD's expert data schedule; null: all data
-    evaluation: EvaluationConfig = field(default_factory=EvaluationConfig)
-
-    def resolved_device(self) -> str:
-        return resolve_device(self.device)
-
-
-# Set once at the top level for every stage, never inside a stage section.
-SHARED_KEYS = (*(f.name for f in fields(RunContext)), "method", "ipc")
-
-
-def load_pipeline_config(name_or_path: str | None = None, overrides: list[str] | None = None):
-    """Read a shipped or user YAML config, apply the preset and overrides, validate it all."""
-
-    name_or_path = name_or_path or DEFAULT_CONFIG
-    raw = expect_recipe(read_config(name_or_path, overrides), "tm", name_or_path)
-    _check_sections(raw)
-    method = raw.get("method", PipelineConfig.method)
-    data = merge(preset_overrides(method, raw.get("dataset"), raw.get("ipc")), raw)
-    cfg = config_from_dict(PipelineConfig, data)
-    ecfg, dcfg = expert_config(cfg), distill_config(cfg)  # unknown keys fail now
-    _check_challenge(cfg, dcfg)
-    check_pipeline(cfg, ecfg, dcfg)
-    return cfg
-
-
-def _check_sections(raw: dict[str, Any]) -> None:
-    """A shared key inside a stage section (``distill.zca``) is an error that names the fix."""
-    for section in ("experts", "distill"):
-        values = raw.get(section)
-        for key in (k for k in SHARED_KEYS if isinstance(values, dict) and k in values):
-            raise ConfigError(f"{section}.{key}: {key} is shared by every stage of a run; set it "
-                              f"once at the top level of the config ({key}=...)")
-
-
-def _context(cfg: PipelineConfig) -> dict[str, Any]:
-    """The run context a stage config receives: the pipeline's, with the device resolved."""
-    return fields_of(RunContext, cfg) | {"device": cfg.resolved_device()}
-
-
-def expert_config(cfg: PipelineConfig) -> ExpertConfig:
-    """The expert stage's config: the run context and the ``experts`` section."""
-    return ExpertConfig(**_context(cfg), **fields_of(ExpertSection, cfg.experts))
-
-
-def distill_config(cfg: PipelineConfig, expert_dir: str | None = None) -> DistillConfig:
-    """The distillation stage's config: the run context, ``method``, ``ipc`` and the
-    ``distill`` section; ``expert_dir`` fills ``distill.expert_dir`` when that is unset."""
-    section = fields_of(DistillSection, cfg.distill)
-    if section["expert_dir"] is None:
-        section["expert_dir"] = expert_dir
-    return DistillConfig(**_context(cfg), method=cfg.method, ipc=cfg.ipc, **section)
 
 
 def store_location(cfg: PipelineConfig, out_dir: str | Path,
@@ -254,15 +151,6 @@ def find_recorded_store(recorded: str | None, out_dir: str | Path,
 def _check(cfg: PipelineConfig) -> None:
     """Fail before any training when the stages cannot fit together."""
     check_pipeline(cfg, expert_config(cfg), distill_config(cfg))
-
-
-def _check_challenge(cfg: PipelineConfig, dcfg) -> None:
-    """The challenge takes normalised pixels with labels implied by class order."""
-    hard = dcfg.labels.label_mode == "hard"
-    if "challenge" in cfg.evaluation.protocols and (cfg.zca or not hard):
-        raise ConfigError("evaluation.protocols has 'challenge', which scores normalised pixels "
-                          "with class-order hard labels: set zca=false and "
-                          "distill.label_mode=hard (the mdatm preset does).")
 
 
 def train_pipeline_experts(cfg: PipelineConfig, out_dir: str | Path, *, data=None,

@@ -13,7 +13,8 @@ from pathlib import Path
 from datadistill.checks import check_ipc_for_dataset
 from datadistill.recipes import Recipe, register_recipe
 from datadistill.runtime.progress import plural
-from datadistill.tm.pipeline import load_pipeline_config, run_pipeline
+from datadistill.tm.config import load_pipeline_config
+from datadistill.tm.pipeline import run_pipeline
 
 
 def _run(cfg, out_dir: Path, progress: bool = True, restart: bool = False,

@@ -100,7 +100,7 @@ def restore_outputs(stage_config: Callable[[str | None], Any], out: Path,
                     get_data: Callable[[], Any], get_store: Callable[[], Any]) -> list[str]:
     """Rebuild an unreadable ``best/`` or ``last/`` of the finished distillation in
     ``out/distill``; ``stage_config(expert_dir)`` builds the run's distillation config
-    (:func:`datadistill.tm.pipeline.distill_config` of its pipeline config), ``get_data()`` gives
+    (:func:`datadistill.tm.config.distill_config` of its pipeline config), ``get_data()`` gives
     the prepared data and ``get_store()`` the expert store a replay needs (each only called
     when needed). Returns what was rebuilt, in words (empty when both are intact)."""
     folder, done = out / "distill", []
