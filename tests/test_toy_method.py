@@ -7,6 +7,8 @@ from __future__ import annotations
 import html
 import importlib
 import json
+import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -105,3 +107,38 @@ def test_registering_is_checked_and_undone(toy, tmp_path, capsys):
         preset_for(name)
     with pytest.raises(ConfigError, match="'mtt' is not a method added"):
         unregister_preset("mtt")
+
+
+def _install(site: Path, value: str) -> None:
+    """A dist-info in ``site`` declaring one datadistill plugin entry point, as `pip install`
+    of a package with `[project.entry-points."datadistill.plugins"]` would write it."""
+    info = site / "toy_plugin-0.1.dist-info"
+    info.mkdir(parents=True)
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: toy-plugin\nVersion: 0.1\n")
+    (info / "entry_points.txt").write_text(f"[datadistill.plugins]\ntoy = {value}\n")
+
+
+def _cli(args: list[str], site: Path) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(site), str(PACKAGE.parent),
+                                                        str(SRC)])}
+    return subprocess.run([sys.executable, "-m", "datadistill", *args], env=env,
+                          capture_output=True, text=True, timeout=120)
+
+
+def test_an_installed_plugin_is_found_by_a_fresh_datadistill_process(tmp_path):
+    _install(tmp_path / "site", "toy_method")
+    done = _cli(["presets"], tmp_path / "site")
+    assert done.returncode == 0, done.stderr
+    assert "toy_ftd" in done.stdout
+    done = _cli(["validate", "digits/toy_ftd_ipc1"], tmp_path / "site")
+    assert done.returncode == 0 and "toy_ftd, digits, IPC 1" in done.stdout, done.stderr
+    # without the entry point the same process knows no such method
+    done = _cli(["validate", "digits/toy_ftd_ipc1"], tmp_path / "bare")
+    assert done.returncode == 2 and "toy_ftd" in done.stderr
+
+
+def test_a_plugin_that_fails_to_load_is_one_error_line_naming_it(tmp_path):
+    _install(tmp_path / "site", "no_such_plugin_module")
+    done = _cli(["presets"], tmp_path / "site")
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    assert "plugin 'toy' (no_such_plugin_module) failed to load" in done.stderr

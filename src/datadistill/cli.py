@@ -214,10 +214,12 @@ def main(argv: list[str] | None = None) -> int:
 def _main(argv: list[str] | None) -> int:
     args = parse_args(build_parser(), argv)  # --version and --help end here, with no torch
     from datadistill import distributed
+    from datadistill.recipes import load_plugins
 
     try:
         apply_threads(args.threads)
         distributed.init_from_env()  # torchrun: join the other ranks; plain run: no-op
+        load_plugins()  # installed methods and recipes (entry points) register themselves
     except DatadistillError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

@@ -37,6 +37,9 @@ from datadistill.errors import ConfigError
 
 # recipe name -> the module that defines and registers it
 RECIPES: dict[str, str] = {"tm": "datadistill.tm.recipe", "infer": "datadistill.infer.recipe"}
+# The entry-point group of installed plugins (a method or recipe packaged apart): each entry
+# names a module that registers what it adds when imported (e.g. with register_preset).
+PLUGIN_GROUP = "datadistill.plugins"
 
 
 @dataclass(frozen=True)
@@ -84,6 +87,23 @@ def register_method(method: Method) -> Method:
 def unregister_method(name: str) -> None:
     """Forget method ``name`` (no error if it is not registered)."""
     _METHODS.pop(name, None)
+
+
+def load_plugins() -> list[str]:
+    """Import every installed plugin (entry points of :data:`PLUGIN_GROUP`), so the methods and
+    recipes they register exist in this process; returns their names. A plugin that fails to
+    import is a ConfigError naming it."""
+    from importlib.metadata import entry_points
+
+    loaded = []
+    for ep in entry_points(group=PLUGIN_GROUP):
+        try:
+            ep.load()
+        except Exception as err:  # noqa: BLE001  any failure of foreign code, named
+            raise ConfigError(f"the datadistill plugin '{ep.name}' ({ep.value}) failed to load: "
+                              f"{type(err).__name__}: {err}; fix or uninstall it") from None
+        loaded.append(ep.name)
+    return loaded
 
 
 def load_recipes() -> None:
