@@ -36,8 +36,9 @@ from datadistill.infer.config import InferConfig, TeacherConfig, pixels_at
 from datadistill.infer.transforms import black_level, crop_flip, uses_flip
 from datadistill.io import load_tensors, read_json, save_tensors, write_json
 from datadistill.models.teachers import create_teacher
+from datadistill.runs import OnDisk, Run, run_all
 from datadistill.runtime.lock import locks_output
-from datadistill.training import EpochEnd, cosine_schedule, fit, run_seeds, seeded, test_accuracy
+from datadistill.training import EpochEnd, cosine_schedule, fit, seeded, test_accuracy
 
 log = logging.getLogger(__name__)
 
@@ -252,9 +253,10 @@ def train_teachers(cfg: InferConfig, out_dir: str | Path, progress: bool = False
 
     Finished teachers are skipped (after checking they were made with the same recipe); an
     interrupted teacher resumes from its last epoch. Teacher i uses seeds derived from
-    ``(cfg.teachers.seed, i)``, so under torchrun the missing teachers are shared out by index
-    (rank r trains r, r+K, ...; each writes its own teacher's folder, atomically) and the
-    store equals a single-process one; every rank returns once all are written.
+    ``(cfg.teachers.seed, i)``, so under torchrun :func:`datadistill.runs.run_all` deals the
+    missing teachers out in rounds (rank r trains r, r+K, ...; each writes its own teacher's
+    folder, atomically) and the store equals a single-process one; every rank returns once all
+    are written.
 
     Example:
         >>> cfg = InferConfig(dataset="digits", teachers=TeacherConfig(epochs=2, width_mult=0.25))
@@ -266,32 +268,32 @@ def train_teachers(cfg: InferConfig, out_dir: str | Path, progress: bool = False
     data = prepare_infer_data(cfg, progress)
     info, tc, store = data.info, cfg.teachers, TeacherStore(out_dir)
     flip = uses_flip(info.dsa_strategy, tc.flip)
-    todo = []
-    for i, arch in enumerate(tc.archs):
-        recipe = teacher_recipe(arch, info, tc, flip) | {"train_per_class": cfg.train_per_class}
+    archs = list(tc.archs)
+    recipes = [teacher_recipe(arch, info, tc, flip) | {"train_per_class": cfg.train_per_class}
+               for arch in archs]
+    for arch, recipe in zip(archs, recipes, strict=True):
         if store.has(arch):
             _check_recipe(store, arch, recipe)
             log.info("teacher %s already trained in %s; skipping", arch, store.directory)
-            continue
-        todo.append((i, arch, recipe))
-    # The missing teachers as rank 0 sees them before anyone writes; rank r trains r, r+K, ...
-    todo = distributed.broadcast_object(todo)
-    for i, arch, recipe in distributed.shard(todo):
-        _train_one(cfg, data, store, i, arch, recipe, flip, progress)
-    distributed.wait_for_others()  # every teacher is on disk before any rank reads the store
+
+    def one_teacher(run: Run) -> None:  # seeds from its index alone; each rank saves its own
+        _train_one(cfg, data, store, run, recipes[run.index], progress)
+
+    # The missing teachers in rounds of K processes (rank r: the round's r-th); every rank
+    # returns once all are on disk.
+    run_all(len(archs), one_teacher, seed=tc.seed, done=OnDisk(lambda i: store.has(archs[i])))
     return store
 
 
-def _train_one(cfg: InferConfig, data, store: TeacherStore, i: int, arch: str, recipe: dict,
-               flip: bool, progress: bool) -> None:
-    """Train teacher ``i`` (seeds from its index alone) and save it with its recipe."""
-    tc, info = cfg.teachers, data.info
-    init_seed, train_seed = run_seeds(tc.seed, i)
+def _train_one(cfg: InferConfig, data, store: TeacherStore, run: Run, recipe: dict,
+               progress: bool) -> None:
+    """Train teacher ``run.index`` (seeds from its index alone) and save it with its recipe."""
+    tc, info, arch = cfg.teachers, data.info, recipe["arch"]
     net = seeded(lambda: create_teacher(arch, info.channels, info.num_classes, info.image_size,
-                                        tc.width_mult), init_seed)
-    train_teacher(net, data.train, cfg=tc, flip=flip, seed=train_seed, device=cfg.device,
-                  checkpoint=store.directory / arch / CHECKPOINT_FILE, recipe=recipe,
-                  progress=progress, desc=f"teacher {arch}")  # its line names the architecture
+                                        tc.width_mult), run.init_seed)
+    train_teacher(net, data.train, cfg=tc, flip=recipe["flip"], seed=run.train_seed,
+                  device=cfg.device, checkpoint=store.directory / arch / CHECKPOINT_FILE,
+                  recipe=recipe, progress=progress, desc=f"teacher {arch}")  # names the arch
     acc = test_accuracy(net, data.test.images, data.test.labels, tc.test_batch_size, cfg.device)
     log.info("teacher %s: test accuracy %.4f", arch, acc)
     store.save(net, {**recipe, "class_names": list(info.class_names), "mean": list(info.mean),
