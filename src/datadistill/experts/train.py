@@ -10,12 +10,12 @@ Reproducibility: expert i draws its init and its data order/DSA from seeds deriv
 resumed after an interruption writes the same bytes as an uninterrupted one.
 
 Several processes (``torchrun``): the missing experts are dealt out by
-:func:`datadistill.runs.run_all` (an expert whose file is there is finished: :class:`~datadistill.runs.OnDisk`),
-in rounds of K (rank r trains missing experts r, r+K, ...), and each rank writes its own
-expert files, atomically (distinct files, temporary name + rename), while rank 0 alone writes
-``meta.json`` and holds the folder lock. Since an expert depends on its index only, the store
-equals a single-process store bitwise (CPU), and a store started with K processes resumes with
-any other K.
+:func:`datadistill.runs.run_all` (an expert whose file is there is finished:
+:class:`~datadistill.runs.OnDisk`), in rounds of K (rank r trains missing experts r, r+K, ...),
+and each rank writes its own expert files, atomically (distinct files, temporary name +
+rename), while rank 0 alone writes ``meta.json`` and holds the folder lock. Since an expert
+depends on its index only, the store equals a single-process store bitwise (CPU), and a store
+started with K processes resumes with any other K.
 
 Strategy slots for the presets: ``optimizer="gsam"`` (FTD's flat experts, with
 ``gsam_rho``/``gsam_alpha``) and the ``epoch_subset`` hook of :func:`train_experts` (PAD's
