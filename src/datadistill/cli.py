@@ -215,10 +215,10 @@ def cmd_presets(args: argparse.Namespace) -> int:
 
 
 def cmd_import_buffers(args: argparse.Namespace) -> int:
-    from datadistill.experts import import_replay_buffers
+    from datadistill.experts import ExpertConfig, import_replay_buffers
 
-    store = import_replay_buffers(args.files, args.out, dataset=args.dataset, model=args.model,
-                                  zca=args.zca)
+    store = import_replay_buffers(args.files, args.out, ExpertConfig(
+        dataset=args.dataset, model=args.model, zca=args.zca))
     print(f"imported {plural(len(store), 'expert')} into {args.out}")
     return 0
 

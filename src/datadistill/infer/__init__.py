@@ -53,7 +53,12 @@ from datadistill.infer.student import (
     evaluate_student_images,
     train_student,
 )
-from datadistill.infer.teachers_train import TeacherStore, train_teacher, train_teachers
+from datadistill.infer.teachers_train import (
+    TeacherCheckpoint,
+    TeacherStore,
+    train_teacher,
+    train_teachers,
+)
 
 __all__ = [
     "BNStatistics",
@@ -67,6 +72,7 @@ __all__ = [
     "StudentConfig",
     "StudentRun",
     "TeacherConfig",
+    "TeacherCheckpoint",
     "TeacherStore",
     "bn_distance",
     "build_student",

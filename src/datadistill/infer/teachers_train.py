@@ -23,6 +23,7 @@ Example:
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -68,6 +69,16 @@ def teacher_recipe(arch: str, info: DatasetInfo, cfg: TeacherConfig, flip: bool)
     }
 
 
+@dataclass(frozen=True)
+class TeacherCheckpoint:
+    """Where :func:`train_teacher` saves its per-epoch checkpoint (a store keeps it at
+    ``<teacher_dir>/<arch>/checkpoint.pt``), and the recipe a checkpoint found there must
+    have been made with (None: not checked)."""
+
+    path: Path
+    recipe: dict | None = None
+
+
 def train_teacher(
     net: nn.Module,
     train: ImageSet,
@@ -76,16 +87,15 @@ def train_teacher(
     flip: bool,
     seed: int,
     device: str | torch.device = "cpu",
-    checkpoint: str | Path | None = None,
-    recipe: dict | None = None,
+    checkpoint: TeacherCheckpoint | None = None,
     progress: bool = False,
-    desc: str = "teacher",
 ) -> nn.Module:
     """Train ``net`` in place on ``train`` (normalised) with the teacher recipe of ``cfg``.
 
     With ``checkpoint``, the model, optimiser, scheduler and data-order generator are saved
-    after every epoch and an existing checkpoint is resumed (its ``recipe`` must equal
-    ``recipe``), so an interrupted run continues where it stopped.
+    after every epoch and an existing checkpoint is resumed (its recipe must equal
+    ``checkpoint.recipe``), so an interrupted run continues where it stopped. The progress
+    line names the checkpoint's folder (the architecture, in a store).
 
     Example:
         >>> train_teacher(net, real.train, cfg=TeacherConfig(epochs=2), flip=True,
@@ -97,7 +107,9 @@ def train_teacher(
     )
     schedule, sched = cosine_schedule(opt, cfg.epochs)
     gen = torch.Generator().manual_seed(seed)
-    start = _resume(Path(checkpoint), net, opt, sched, gen, recipe) if checkpoint else 0
+    start = _resume(Path(checkpoint.path), net, opt, sched, gen, checkpoint.recipe) \
+        if checkpoint else 0
+    desc = f"teacher {Path(checkpoint.path).parent.name}" if checkpoint else "teacher"
     fill = black_level(train.info.mean, train.info.std)
     padding = pixels_at(train.info.image_size, cfg.crop_padding)
 
@@ -110,8 +122,8 @@ def train_teacher(
         if checkpoint:
             state = {"model": net.state_dict(), "optimizer": opt.state_dict(),
                      "scheduler": sched.state_dict(), "generator": gen.get_state(),
-                     "epoch": end.epoch + 1, "recipe": recipe or {}}
-            save_tensors(state, checkpoint)
+                     "epoch": end.epoch + 1, "recipe": checkpoint.recipe or {}}
+            save_tensors(state, checkpoint.path)
 
     x, y = train.images.to(device), train.labels.to(device)  # moved once
     fit(net, x, y, epochs=cfg.epochs, optimizer=opt, batch_size=cfg.batch_size, generator=gen,
@@ -292,8 +304,8 @@ def _train_one(cfg: InferConfig, data, store: TeacherStore, run: Run, recipe: di
     net = seeded(lambda: create_teacher(arch, info.channels, info.num_classes, info.image_size,
                                         tc.width_mult), run.init_seed)
     train_teacher(net, data.train, cfg=tc, flip=recipe["flip"], seed=run.train_seed,
-                  device=cfg.device, checkpoint=store.directory / arch / CHECKPOINT_FILE,
-                  recipe=recipe, progress=progress, desc=f"teacher {arch}")  # names the arch
+                  device=cfg.device, progress=progress,  # its line names the architecture
+                  checkpoint=TeacherCheckpoint(store.directory / arch / CHECKPOINT_FILE, recipe))
     acc = test_accuracy(net, data.test.images, data.test.labels, tc.test_batch_size, cfg.device)
     log.info("teacher %s: test accuracy %.4f", arch, acc)
     store.save(net, {**recipe, "class_names": list(info.class_names), "mean": list(info.mean),
