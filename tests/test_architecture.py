@@ -21,7 +21,7 @@ MAX_LINES = 60
 FIT_USERS = ["evaluation/protocols.py", "evaluation/ddranking_train.py", "experts/train.py",
              "experts/difficulty.py", "infer/teachers_train.py", "infer/student.py"]
 RUN_DRIVER_USERS = ["evaluation/protocols.py", "evaluation/baselines.py", "evaluation/ddranking.py",
-                    "infer/student.py"]
+                    "infer/student.py", "experts/train.py", "infer/teachers_train.py"]
 
 
 def _modules() -> dict[str, ast.Module]:
@@ -75,12 +75,42 @@ def test_one_supervised_training_loop():
     assert stepping <= {"training.py", "tm/distill.py", "infer/compensators.py"}, stepping
 
 
+def _deals_out_by_rank(tree: ast.Module) -> list[int]:
+    """Lines where a module splits work between processes itself: a call of a ``shard``
+    function, or a slice stepped by the world size (``items[rank()::world_size()]``)."""
+    lines = []
+    for n in ast.walk(tree):
+        if isinstance(n, ast.Call):
+            name = n.func.attr if isinstance(n.func, ast.Attribute) else getattr(n.func, "id", "")
+            if name == "shard":
+                lines.append(n.lineno)
+        elif isinstance(n, ast.Slice) and n.step is not None and "world_size" in ast.unparse(
+                n.step):
+            lines.append(n.lineno)
+    return lines
+
+
 def test_one_run_driver():
     defining = [p for p, tree in MODULES.items() if _module_level(tree, "run_all")]
     assert defining == ["runs.py"]
     for path in RUN_DRIVER_USERS:
         assert _imports(MODULES[path], "datadistill.runs", "run_all"), \
             f"{path} does not use run_all"
+    # N independent trainings are dealt out to the processes by run_all's rounds alone
+    private = {p: lines for p, tree in MODULES.items() if p != "runs.py"
+               and (lines := _deals_out_by_rank(tree))}
+    assert private == {}, f"work split by rank outside run_all: {private}"
+
+
+@pytest.mark.parametrize("source, found", [
+    ("for i in distributed.shard(todo):\n    train(i)\n", True),
+    ("for i in shard(todo):\n    train(i)\n", True),
+    ("mine = todo[distributed.rank()::distributed.world_size()]\n", True),
+    ("run_all(n, one_run, done=OnDisk(exists))\n", False),
+    ("last = todo[::2]\n", False),
+])
+def test_the_run_driver_check_sees_a_private_loop(source, found):
+    assert bool(_deals_out_by_rank(ast.parse(source))) is found
 
 
 @pytest.mark.parametrize("source, found", [

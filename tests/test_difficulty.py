@@ -1,5 +1,7 @@
 """PAD difficulty scores (EL2N / last-layer GraNd), per-class orders and their files."""
 
+import dataclasses
+
 import pytest
 import torch
 from torch import nn
@@ -7,6 +9,7 @@ from torch.nn import functional as F
 
 from datadistill.errors import ArtifactError, CompatibilityError
 from datadistill.experts.difficulty import (
+    BriefTraining,
     DifficultyOrder,
     difficulty_order,
     el2n,
@@ -61,14 +64,15 @@ def test_grand_equals_autograd_last_layer_gradient_norm():
 def test_scores_average_models_deterministic_and_rng_untouched():
     x, y = _data()
     state = torch.get_rng_state()
-    kw = dict(model_fn=_mlp, num_models=3, epochs=2, lr=0.05, batch_size=16)
+    brief = BriefTraining(num_models=3, epochs=2, lr=0.05, batch_size=16)
+    kw = dict(model_fn=_mlp, training=brief)
     a = el2n_scores(x, y, generator=torch.Generator().manual_seed(3), **kw)
     b = el2n_scores(x, y, generator=torch.Generator().manual_seed(3), **kw)
     assert torch.equal(torch.get_rng_state(), state)  # global RNG not reseeded
     torch.testing.assert_close(a, b)
     assert a.shape == (60,)
     untrained = el2n_scores(x, y, generator=torch.Generator().manual_seed(3),
-                            **{**kw, "epochs": 0})
+                            **{**kw, "training": dataclasses.replace(brief, epochs=0)})
     assert a.mean() < untrained.mean()  # brief training happened: easier after training
     g = grand_scores(x, y, generator=torch.Generator().manual_seed(3), **kw)
     assert g.shape == (60,) and bool((g >= 0).all())

@@ -118,9 +118,11 @@ def test_a_failing_rank_stops_the_job_and_reruns_resume_with_another_k(single_st
     expert_path(out, 3).mkdir()
     proc = _experts(out, 2)
     assert proc.returncode != 0
-    # torchrun's failure summary names rank 1 as the root cause, with its error
+    # torchrun's failure summary names rank 1's error: as the root cause, or in the message of
+    # rank 0, which stopped on hearing of it in the same round (run_all's rounds)
     cause = proc.stderr.split("Root Cause", 1)[-1]
-    assert re.search(r"rank\s*:\s*1\b", cause), proc.stderr
+    assert re.search(r"rank\s*:\s*1\b", cause) or "failed on rank 1: IsADirectoryError" in cause, \
+        proc.stderr
     assert "IsADirectoryError" in cause and "expert_0003.pt" in cause
     assert "experts in" not in proc.stdout  # rank 0 did not report a finished store
     expert_path(out, 3).rmdir()

@@ -22,7 +22,7 @@ from datadistill.artifacts.distilled import DistilledSet, save_distilled
 from datadistill.cli import main
 from datadistill.data import create_dataset, random_subset
 from datadistill.evaluation.baselines import baseline_random
-from datadistill.runs import Group, Run, RunFailed, run_all
+from datadistill.runs import Cached, Group, OnDisk, Run, RunFailed, pending, run_all
 from datadistill.runtime.runlog import RunCache
 
 SRC = Path(__file__).resolve().parents[1] / "src"
@@ -54,7 +54,7 @@ class FakeGroup:
         def share(obj):
             return gather(obj)[0]
 
-        return Group(rank, self.size, gather, share)
+        return Group(rank, self.size, gather, share, lambda: self.barrier.wait())
 
     def run(self, call) -> list:
         """``call(group)`` on every rank; each rank's result or exception, in rank order."""
@@ -86,7 +86,7 @@ def test_rounds_deal_the_missing_runs_and_every_rank_gets_all_results(tmp_path):
             assert run == Run.of(7, run.index)  # seeds from (seed, index) only
             return run.index / 10
 
-        return run_all(7, one_run, seed=7, cache=cache, fingerprint="fp", group=group,
+        return run_all(7, one_run, seed=7, done=Cached(cache, "fp"), group=group,
                        after_run=lambda i, vals: partial.append((i, list(vals))))
 
     results = FakeGroup(3).run(call)
@@ -107,9 +107,52 @@ def test_rounds_deal_the_missing_runs_and_every_rank_gets_all_results(tmp_path):
         raise AssertionError(f"run {run.index} ran again")
 
     def resumed(group: Group):
-        return run_all(7, again, seed=7, cache=fresh, fingerprint="fp", group=group).values
+        return run_all(7, again, seed=7, done=Cached(fresh, "fp"), group=group).values
 
     assert FakeGroup(2).run(resumed) == [expected, expected]
+
+
+def test_runs_that_write_their_own_files_resume_by_file_in_rounds(tmp_path):
+    # experts and teachers: a run is finished when its file is there (rank 0 looks, every
+    # rank skips the same runs), each rank writes its own runs' files
+    (tmp_path / "1").write_text("earlier")  # finished by an earlier, interrupted call
+    ran: dict[int, list[int]] = {0: [], 1: []}
+
+    def call(group: Group):
+        def one_run(run: Run) -> None:
+            ran[group.rank].append(run.index)
+            (tmp_path / str(run.index)).write_text(str(run.train_seed))
+
+        written = OnDisk(lambda i: (tmp_path / str(i)).is_file())
+        return run_all(5, one_run, seed=3, done=written, group=group).values
+
+    assert FakeGroup(2).run(call) == [[None] * 5] * 2
+    assert ran == {0: [0, 3], 1: [2, 4]}  # runs 0, 2, 3, 4 in rounds of 2: [0, 2] then [3, 4]
+    assert (tmp_path / "1").read_text() == "earlier"
+    assert [(tmp_path / str(i)).read_text() for i in (0, 4)] == [
+        str(Run.of(3, 0).train_seed), str(Run.of(3, 4).train_seed)]
+    assert pending(5, OnDisk(lambda i: (tmp_path / str(i)).is_file())) == []
+
+
+def test_every_rank_waits_without_a_time_limit_before_each_exchange():
+    # a rank with no run in the last round waits there for the others' training (hours for
+    # a teacher): in wait(), whose barrier has no practical limit, not in the gather
+    fake, events = FakeGroup(2), {0: [], 1: []}
+
+    def call(group: Group):
+        def gather(obj):
+            events[group.rank].append("gather")
+            return group.gather(obj)
+
+        def wait():
+            events[group.rank].append("wait")
+            group.wait()
+
+        logged = Group(group.rank, group.size, gather, group.share, wait)
+        return run_all(3, lambda run: float(run.index), group=logged).values
+
+    assert fake.run(call) == [[0.0, 1.0, 2.0]] * 2
+    assert events == {r: ["wait", "gather"] * 2 for r in (0, 1)}
 
 
 def test_a_run_failing_on_one_rank_stops_every_rank_with_its_message():

@@ -144,8 +144,8 @@ def test_import_replay_buffers(tmp_path):
     torch.save(experts[:2], tmp_path / "replay_buffer_0.pt")
     torch.save(experts[2:], tmp_path / "replay_buffer_1.pt")
     files = [tmp_path / "replay_buffer_0.pt", tmp_path / "replay_buffer_1.pt"]
-    store = import_replay_buffers(files, tmp_path / "store", dataset="digits",
-                                  model_kwargs={"width": 8})
+    store = import_replay_buffers(files, tmp_path / "store",
+                                  ExpertConfig(dataset="digits", model_kwargs={"width": 8}))
     assert len(store) == 3 and store.epochs == 3
     expected = torch.stack([torch.cat([t.reshape(-1) for t in ep]) for ep in experts[2]])
     assert torch.equal(store.load(2), expected)
@@ -153,8 +153,8 @@ def test_import_replay_buffers(tmp_path):
     assert "import_replay_buffers" in store.meta["produced_by"]
     store.check_compatible(build_model(cfg, info), info, zca=False)
     with pytest.raises(CompatibilityError, match="shapes"):
-        import_replay_buffers(files, tmp_path / "bad", dataset="digits",
-                              model_kwargs={"width": 16})
+        import_replay_buffers(files, tmp_path / "bad",
+                              ExpertConfig(dataset="digits", model_kwargs={"width": 16}))
 
 
 def test_a_finished_store_says_nothing_is_left_to_train(digits, tmp_path, capsys):

@@ -371,7 +371,7 @@ def test_infer_student_constants_from_the_optimiser(digits, monkeypatch):
     net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 10))
     x = digits.train.images[:16]
     cfg = StudentConfig(epochs=3, batch_size=8, eval_every=10)
-    train_student(net, x, digits.test, cfg, static_logits=torch.randn(16, 10),
+    train_student(net, x, digits.test, cfg, torch.randn(16, 10),
                   generator=torch.Generator().manual_seed(0))
     (opt,) = made  # INFER's student: AdamW lr 1e-3, weight decay 0.01, cosine to 0
     g = opt.param_groups[0]

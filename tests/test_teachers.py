@@ -95,16 +95,19 @@ def test_interrupted_teacher_resumes_to_the_same_weights(tmp_path, monkeypatch):
     ckpt = tmp_path / "resnet18_cifar" / "checkpoint.pt"
     monkeypatch.setattr(tt, "save_tensors", crash_in_second_epoch)
     with pytest.raises(KeyboardInterrupt):
-        train_teacher(_tiny_net(), data, cfg=cfg, flip=False, seed=1, checkpoint=ckpt)
+        train_teacher(_tiny_net(), data, cfg=cfg, flip=False, seed=1,
+                      checkpoint=tt.TeacherCheckpoint(ckpt))
     assert torch.load(ckpt, weights_only=True)["epoch"] == 1
     monkeypatch.setattr(tt, "save_tensors", real_save)
-    resumed = train_teacher(_tiny_net(), data, cfg=cfg, flip=False, seed=1, checkpoint=ckpt)
+    resumed = train_teacher(_tiny_net(), data, cfg=cfg, flip=False, seed=1,
+                            checkpoint=tt.TeacherCheckpoint(ckpt))
     for a, b in zip(reference.state_dict().values(), resumed.state_dict().values(), strict=True):
         assert torch.equal(a, b)
     # A checkpoint made with another recipe is refused rather than silently mixed.
     with pytest.raises(CompatibilityError, match="recipe"):
         train_teacher(
-            _tiny_net(), data, cfg=cfg, flip=False, seed=1, checkpoint=ckpt, recipe={"epochs": 99}
+            _tiny_net(), data, cfg=cfg, flip=False, seed=1,
+            checkpoint=tt.TeacherCheckpoint(ckpt, recipe={"epochs": 99}),
         )
 
 

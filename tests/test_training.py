@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from datadistill.runs import Run, run_all
+from datadistill.runs import Cached, Run, run_all
 from datadistill.runtime.runlog import RunCache
 from datadistill.training import (
     EpochEnd,
@@ -106,7 +106,7 @@ def test_run_all_gathers_in_order_with_seeds_from_seed_and_index_only(tmp_path):
     cache = RunCache(tmp_path / "runs.jsonl", "key")
     cache.put("fp", 1, 0.9, 1.5)
     runs.clear()
-    out = run_all(3, one_run, seed=4, cache=cache, fingerprint="fp")
+    out = run_all(3, one_run, seed=4, done=Cached(cache, "fp"))
     assert out.values == [0.0, 0.9, 0.2] and [r.index for r in runs] == [0, 2]
     assert cache.get("fp", 2) == (0.2, out.seconds[2])
 

@@ -5,13 +5,13 @@
 (called once by the CLI) joins them into one process group, gloo on CPU and NCCL when CUDA is
 visible. A plain ``datadistill ...`` (no ``WORLD_SIZE``, or ``WORLD_SIZE=1``) stays a single
 process and every function here is then a cheap no-op: ``rank() == 0``, ``world_size() == 1``,
-``shard(x) == list(x)``, reductions return their input.
+reductions return their input.
 
 Rules every stage follows:
 
-- work is split by index with :func:`shard` (rank r takes items r, r+K, r+2K, ...), and what
-  an item computes depends on its index only, never on the rank, so results equal a
-  single-process run;
+- independent trainings (evaluation runs, experts, teachers) are dealt out by index with
+  :func:`datadistill.runs.run_all` (rank r takes items r, r+K, r+2K, ...), and what an item
+  computes depends on its index only, never on the rank, so results equal a single-process run;
 - rank 0 alone prints, shows progress and writes reports and checkpoints (:func:`is_main`);
   other ranks log at WARNING;
 - a rank that raises exits non-zero, and torchrun then stops every other rank and reports
@@ -20,8 +20,6 @@ Rules every stage follows:
 Example:
     >>> rank(), world_size(), is_main(), active()
     (0, 1, True, False)
-    >>> shard(range(5))
-    [0, 1, 2, 3, 4]
 """
 
 from __future__ import annotations
@@ -187,17 +185,6 @@ def device_for(device: str) -> str:
     if device == "cuda" and active():
         return f"cuda:{local_rank()}"
     return device
-
-
-def shard(items) -> list:
-    """This rank's share of ``items``: items r, r+K, r+2K, ... (all of them when single).
-
-    Example:
-        >>> shard(["a", "b", "c"])
-        ['a', 'b', 'c']
-    """
-    items = list(items)
-    return items[rank()::world_size()]
 
 
 def _comm_device(tensor: torch.Tensor) -> torch.device:

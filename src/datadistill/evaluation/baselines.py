@@ -27,7 +27,7 @@ from datadistill.evaluation.protocols import (
     make_dsa,
     train_and_test,
 )
-from datadistill.runs import Run, run_all
+from datadistill.runs import Cached, Run, Show, run_all
 from datadistill.runtime.runlog import RunCache, fingerprint
 from datadistill.training import derive_seeds
 
@@ -93,9 +93,9 @@ def baseline_random(
     fp = None if cache is None else fingerprint(real.train.images, real.train.labels, dict(
         ipc=ipc, model=model, lr=lr, epochs=epochs, batch_size=batch_size, seed=seed,
         device=str(device), dsa=strategy, model_kwargs=model_kwargs))
-    accs = run_all(num_runs, one_run, seed=seed, progress=progress,
-                   desc=f"random subset {model}", label=f"random ipc {ipc}", cache=cache,
-                   fingerprint=fp).values
+    accs = run_all(num_runs, one_run, seed=seed,
+                   show=Show(progress, f"random subset {model}", f"random ipc {ipc}"),
+                   done=None if cache is None else Cached(cache, fp)).values
     settings = _settings(
         real,
         model,
@@ -149,8 +149,8 @@ def baseline_full(
                               batch_size=batch_size, dsa=aug, seed=seed, run=run.index,
                               device=device, model_kwargs=model_kwargs, progress=progress)
 
-    accs = run_all(num_runs, one_run, seed=seed, progress=progress,
-                   desc=f"full data {model}", label="full data").values
+    accs = run_all(num_runs, one_run, seed=seed,
+                   show=Show(progress, f"full data {model}", "full data")).values
     settings = _settings(
         real, model, lr, epochs, batch_size, strategy, num_runs, seed, model_kwargs, device
     )

@@ -59,7 +59,7 @@ from datadistill.evaluation.scores import (
     label_robust_score,
 )
 from datadistill.labels import hard_labels, is_soft
-from datadistill.runs import run_all
+from datadistill.runs import Show, run_all
 from datadistill.runtime.progress import plural
 from datadistill.training import derive_seeds
 
@@ -492,7 +492,7 @@ def score(
 
     # Round r depends on (seed, r) only (its seeds come from _seeds).
     rounds = run_all(cfg.rounds, lambda rr: _round(run, x, y, syn_lr, rr.index), seed=seed,
-                     progress=progress, desc="ddranking",
+                     show=Show(progress, "ddranking"),
                      after_run=None if on_round is None else saved).values
     return DDRankingReport(rounds, _summary(rounds), settings)
 

@@ -42,7 +42,7 @@ from datadistill.evaluation.challenge import challenge_violations, refuse_unoffi
 from datadistill.labels import hard_labels as hard_labels_of
 from datadistill.labels import is_soft, label_loss
 from datadistill.matching.soft_labels import soft_cross_entropy  # noqa: F401  re-exported
-from datadistill.runs import Run, RunResults, run_all
+from datadistill.runs import Cached, Run, RunResults, Show, run_all
 from datadistill.runtime.progress import plural
 from datadistill.runtime.runlog import RunCache, fingerprint
 from datadistill.training import (  # noqa: F401  test_accuracy, run_seeds: re-exported
@@ -520,9 +520,9 @@ def _runs(x, y, test, num_runs: int, report: str, period: int | None, protocol: 
                  run.index + 1, num_runs, curve.last, curve.best)
         return curve
 
-    return run_all(num_runs, one_run, seed=kw["seed"], progress=kw["progress"],
-                   desc=f"evaluate {kw['model']}", label=f"{protocol} {kw['model']}",
-                   cache=cache, fingerprint=fp)
+    shown = Show(kw["progress"], f"evaluate {kw['model']}", f"{protocol} {kw['model']}")
+    return run_all(num_runs, one_run, seed=kw["seed"], show=shown,
+                   done=None if cache is None else Cached(cache, fp))
 
 
 def _check_report(report: str, period: int | None, protocol: str) -> None:

@@ -2,7 +2,7 @@
 
     train_experts(cfg, data, out_dir)        -> ExpertStore   (resumable, one file per expert)
     ExpertStore(directory)                   .load(i) -> (E+1, P), .epoch_pair, .meta
-    import_replay_buffers(files, out_dir, dataset=...)   official replay_buffer_{n}.pt -> store
+    import_replay_buffers(files, out_dir, cfg) -> ExpertStore   (official replay_buffer_{n}.pt)
 
 Strategy modules for the presets live beside them: ``gsam`` (FTD's flat experts),
 ``curriculum`` and ``difficulty`` (PAD's per-epoch data selection).

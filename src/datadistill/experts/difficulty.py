@@ -17,7 +17,8 @@ Each score is averaged over ``num_models`` networks (DeepCore ``repeat`` = 10) t
 from independent random inits (constant-lr SGD, ``epochs`` epochs). Higher = harder.
 
 Example:
-    >>> scores = el2n_scores(x, y, model_fn=lambda: nn.Linear(4, 3), num_models=2, epochs=1,
+    >>> scores = el2n_scores(x, y, model_fn=lambda: nn.Linear(4, 3),
+    ...                      training=BriefTraining(num_models=2, epochs=1),
     ...                      generator=torch.Generator().manual_seed(0))   # doctest: +SKIP
     >>> order = difficulty_order(scores, y, num_classes=3)                  # doctest: +SKIP
     >>> save_difficulty(order, "cifar10_el2n.pt")                           # doctest: +SKIP
@@ -113,11 +114,27 @@ def difficulty_order(scores: torch.Tensor, labels: torch.Tensor, num_classes: in
                            scores.detach().float().cpu(), dict(meta or {}))
 
 
+@dataclass(frozen=True)
+class BriefTraining:
+    """How each scoring network is trained before it scores: ``num_models`` networks,
+    ``epochs`` epochs of SGD at constant ``lr`` with cross-entropy (DeepCore's defaults),
+    each batch optionally augmented with ``augment(x, generator=)`` (e.g. a
+    :class:`datadistill.data.augment.DSA`). ``epochs=0`` scores at initialisation."""
+
+    num_models: int = 10
+    epochs: int = 10
+    lr: float = 0.01
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    batch_size: int = 256
+    augment: Callable[..., torch.Tensor] | None = None
+
+
 def el2n_scores(images: torch.Tensor, labels: torch.Tensor, *,
                 model_fn: Callable[[], nn.Module], **kwargs: Any) -> torch.Tensor:
     """EL2N (N,): ||softmax(f(x)) - onehot(y)||_2 averaged over briefly trained networks.
 
-    Keyword arguments are those of :func:`average_scores` (num_models, epochs, lr, ...).
+    Keyword arguments are those of :func:`average_scores` (training, generator, ...).
     """
     return average_scores(images, labels, model_fn=model_fn, score_fn=el2n, **kwargs)
 
@@ -129,30 +146,27 @@ def grand_scores(images: torch.Tensor, labels: torch.Tensor, *,
 
 
 def average_scores(images: torch.Tensor, labels: torch.Tensor, *,
-                   model_fn: Callable[[], nn.Module], score_fn: ScoreFn, num_models: int = 10,
-                   epochs: int = 10, lr: float = 0.01, momentum: float = 0.9,
-                   weight_decay: float = 5e-4, batch_size: int = 256,
-                   augment: Callable[..., torch.Tensor] | None = None,
+                   model_fn: Callable[[], nn.Module], score_fn: ScoreFn,
+                   training: BriefTraining = BriefTraining(),
                    generator: torch.Generator | None = None,
                    device: str | torch.device = "cpu", progress: bool = False) -> torch.Tensor:
-    """Mean of ``score_fn(net, images, labels)`` over ``num_models`` briefly trained nets.
+    """Mean of ``score_fn(net, images, labels)`` over ``training.num_models`` briefly trained
+    nets.
 
     Each net comes from ``model_fn()`` under a seed drawn from ``generator`` (the global RNG
-    state is restored afterwards) and is trained for ``epochs`` epochs of SGD at constant
-    ``lr`` with cross-entropy, optionally augmenting each batch with ``augment(x, generator=)``
-    (e.g. a ``datadistill.data.augment.DSA``). ``epochs=0`` scores at initialisation.
+    state is restored afterwards) and is trained as ``training`` says (:class:`BriefTraining`).
     """
-    if num_models < 1:
-        raise ConfigError(f"num_models must be >= 1, got {num_models}; DeepCore uses 10.")
+    if training.num_models < 1:
+        raise ConfigError(f"num_models must be >= 1, got {training.num_models}; DeepCore uses "
+                          "10.")
     total = torch.zeros(len(labels), dtype=torch.float64)
-    for _ in progress_bar(range(num_models), enabled=progress, desc="difficulty", leave=False,
-                          stage=True):
+    for _ in progress_bar(range(training.num_models), enabled=progress, desc="difficulty",
+                          leave=False, stage=True):
         net = _build(model_fn, generator).to(device)
-        _train_briefly(net, images, labels, epochs=epochs, lr=lr, momentum=momentum,
-                       weight_decay=weight_decay, batch_size=batch_size, augment=augment,
-                       generator=generator, device=device)
-        total += _batched_scores(net, images, labels, score_fn, batch_size, device).double()
-    return (total / num_models).float()
+        _train_briefly(net, images, labels, training, generator, device)
+        total += _batched_scores(net, images, labels, score_fn, training.batch_size,
+                                 device).double()
+    return (total / training.num_models).float()
 
 
 def el2n(net: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -193,15 +207,14 @@ def _build(model_fn: Callable[[], nn.Module], generator: torch.Generator | None)
     return seeded(model_fn, int(torch.randint(0, 2**62, (1,), generator=generator)))
 
 
-def _train_briefly(net: nn.Module, images: torch.Tensor, labels: torch.Tensor, *, epochs: int,
-                   lr: float, momentum: float, weight_decay: float, batch_size: int,
-                   augment: Callable[..., torch.Tensor] | None,
-                   generator: torch.Generator | None, device: str | torch.device) -> None:
-    opt = torch.optim.SGD(net.parameters(), lr=lr, momentum=momentum,
-                          weight_decay=weight_decay)
+def _train_briefly(net: nn.Module, images: torch.Tensor, labels: torch.Tensor,
+                   training: BriefTraining, generator: torch.Generator | None,
+                   device: str | torch.device) -> None:
+    opt = torch.optim.SGD(net.parameters(), lr=training.lr, momentum=training.momentum,
+                          weight_decay=training.weight_decay)
     fit(net, images, labels, opt,
-        FitOptions(epochs=epochs, batch_size=batch_size, device=device),
-        FitHooks(augment=None if augment is None else images_only(augment)),
+        FitOptions(epochs=training.epochs, batch_size=training.batch_size, device=device),
+        FitHooks(augment=None if training.augment is None else images_only(training.augment)),
         generator=generator)
 
 

@@ -9,8 +9,8 @@ the training recipe, and every tensor shape is checked against the model built f
 
 Example:
     >>> files = sorted(Path("buffers/CIFAR10/ConvNet").glob("replay_buffer_*.pt"))  # doctest: +SKIP
-    >>> store = import_replay_buffers(files, "runs/cifar10/experts", dataset="cifar10",
-    ...                               zca=True)                              # doctest: +SKIP
+    >>> store = import_replay_buffers(files, "runs/cifar10/experts",
+    ...                               ExpertConfig(dataset="cifar10", zca=True))  # doctest: +SKIP
 """
 
 from __future__ import annotations
@@ -35,21 +35,17 @@ logger = logging.getLogger(__name__)
 
 
 @locks_output("out_dir")
-def import_replay_buffers(files: Sequence[str | Path], out_dir: str | Path, *, dataset: str,
-                          model: str = "convnet", model_kwargs: dict | None = None,
-                          zca: bool = False, lr: float = 0.01, batch_size: int = 256,
-                          optimizer: str = "sgd", dsa_strategy: str | None = None,
-                          seed: int = 0, dtype: str = "float32") -> ExpertStore:
+def import_replay_buffers(files: Sequence[str | Path], out_dir: str | Path,
+                          cfg: ExpertConfig) -> ExpertStore:
     """Convert official replay buffers (in the given file order) into a store at ``out_dir``.
 
-    ``lr``, ``batch_size``, ``optimizer`` and ``seed`` describe how the buffers were trained
-    (recorded in meta.json; MTT defaults). The number of epochs is read from the buffers.
+    ``cfg`` states what the buffers do not record: the dataset, model (``model_kwargs``), ZCA
+    and how they were trained (``lr``, ``batch_size``, ``optimizer``, ``dsa_strategy``,
+    ``seed``; recorded in meta.json), and the storage ``dtype``. The number of epochs and of
+    experts are read from the buffers.
     """
 
-    info = dataset_info(dataset)
-    cfg = ExpertConfig(dataset=dataset, model=model, model_kwargs=dict(model_kwargs or {}),
-                       zca=zca, lr=lr, batch_size=batch_size, optimizer=optimizer, seed=seed,
-                       dtype=dtype, dsa_strategy=dsa_strategy)
+    info = dataset_info(cfg.dataset)
     net = build_model(cfg, info)
     shapes = [tuple(s) for s in param_spec(net).shapes]
     directory = Path(out_dir)
@@ -64,12 +60,12 @@ def import_replay_buffers(files: Sequence[str | Path], out_dir: str | Path, *, d
                 raise CompatibilityError(f"{path}: expert {count} has {params.shape[0] - 1} "
                                          f"epochs, earlier ones {epochs}; import them apart.")
             save_expert(directory, count, params, torch.full((epochs + 1,), float("nan")),
-                        dtype)
+                        cfg.dtype)
             count += 1
     if count == 0:
         raise ArtifactError(f"no experts found in {list(map(str, files))}")
     cfg = dataclasses.replace(cfg, epochs=epochs, num_experts=count)
-    meta = store_meta(cfg, info, net, dsa_strategy or info.dsa_strategy)
+    meta = store_meta(cfg, info, net, cfg.dsa_strategy or info.dsa_strategy)
     meta.update(config=None, produced_by=meta["produced_by"].replace(
         "train_experts", "import_replay_buffers"), source_files=[str(p) for p in files])
     write_meta(directory, meta)

@@ -48,6 +48,7 @@ from datadistill.data.augment import DSA
 from datadistill.errors import CompatibilityError, ConfigError
 from datadistill.experts.curriculum import CurriculumConfig, curriculum_subset
 from datadistill.experts.difficulty import (
+    BriefTraining,
     DifficultyOrder,
     difficulty_order,
     el2n_scores,
@@ -144,12 +145,12 @@ def compute_difficulty(cfg: PADCurriculum, expert_cfg, data, *, device: str = "c
     seed = derive_seeds(expert_cfg.seed, 0x5AD, n=1)[0]
     scorer = el2n_scores if cfg.score == "el2n" else grand_scores
     images, labels = data.train.images, data.train.labels  # (N, C, H, W), (N,)
+    training = BriefTraining(num_models=cfg.score_models, epochs=cfg.score_epochs,
+                             batch_size=expert_cfg.batch_size,
+                             augment=DSA(strategy) if strategy else None)
     scores = scorer(images, labels, model_fn=lambda: build_model(expert_cfg, data.info),
-                    num_models=cfg.score_models, epochs=cfg.score_epochs,
-                    batch_size=expert_cfg.batch_size,
-                    augment=DSA(strategy) if strategy else None,
-                    generator=torch.Generator().manual_seed(seed), device=device,
-                    progress=progress)
+                    training=training, generator=torch.Generator().manual_seed(seed),
+                    device=device, progress=progress)
     return difficulty_order(scores, labels.cpu(), data.info.num_classes,
                             meta=_scoring_meta(cfg, expert_cfg, data))
 

@@ -9,11 +9,13 @@ Reproducibility: expert i draws its init and its data order/DSA from seeds deriv
 (seed, i) only, so experts are independent of each other and of the global RNG, and a run
 resumed after an interruption writes the same bytes as an uninterrupted one.
 
-Several processes (``torchrun``): the missing experts are shared out by index (rank r trains
-missing experts r, r+K, ...) and each rank writes its own expert files, atomically (distinct
-files, temporary name + rename), while rank 0 alone writes ``meta.json`` and holds the folder
-lock. Since an expert depends on its index only, the store equals a single-process store
-bitwise (CPU), and a store started with K processes resumes with any other K.
+Several processes (``torchrun``): the missing experts are dealt out by
+:func:`datadistill.runs.run_all` (an expert whose file is there is finished:
+:class:`~datadistill.runs.OnDisk`), in rounds of K (rank r trains missing experts r, r+K, ...),
+and each rank writes its own expert files, atomically (distinct files, temporary name +
+rename), while rank 0 alone writes ``meta.json`` and holds the folder lock. Since an expert
+depends on its index only, the store equals a single-process store bitwise (CPU), and a store
+started with K processes resumes with any other K.
 
 Strategy slots for the presets: ``optimizer="gsam"`` (FTD's flat experts, with
 ``gsam_rho``/``gsam_alpha``) and the ``epoch_subset`` hook of :func:`train_experts` (PAD's
@@ -52,8 +54,8 @@ from datadistill.experts.store import (
     write_meta,
 )
 from datadistill.models.functional import flatten_params, param_spec
+from datadistill.runs import OnDisk, Run, Show, pending, run_all
 from datadistill.runtime.lock import lock_folder_if
-from datadistill.runtime.progress import progress_bar
 from datadistill.training import (
     EpochEnd,
     FitHooks,
@@ -191,9 +193,15 @@ def train_experts(cfg: ExpertConfig, data, out_dir: str | Path, *, device: str |
     meta = store_meta(cfg, data.info, build_model(cfg, data.info), strategy)
     _check_resume(directory, meta)
     dsa = DSA(strategy) if strategy else None
-    # What is missing, as rank 0 sees it before anyone writes (every rank gets the same list).
-    todo = distributed.broadcast_object(
-        [i for i in range(cfg.num_experts) if not expert_path(directory, i).is_file()])
+    written = OnDisk(lambda i: expert_path(directory, i).is_file())  # a finished expert
+    todo = pending(cfg.num_experts, written)  # as rank 0 sees it before anyone writes
+
+    def one_expert(run: Run) -> None:  # each rank writes its own experts' files
+        params, acc = train_one_expert(cfg, data, run.index, dsa=dsa, device=device,
+                                       epoch_subset=epoch_subset, progress=progress)
+        save_expert(directory, run.index, params, acc, cfg.dtype)
+        logger.info("expert %d: final test accuracy %.4f", run.index, float(acc[-1]))
+
     if len(todo) < cfg.num_experts:
         logger.info("expert store %s: %d of %d experts present, resuming at expert %d",
                     directory, cfg.num_experts - len(todo), cfg.num_experts,
@@ -202,16 +210,10 @@ def train_experts(cfg: ExpertConfig, data, out_dir: str | Path, *, device: str |
         if distributed.is_main():
             write_meta(directory, {**meta, **_made_by(directory, bool(todo))})
         distributed.barrier()  # rank 0 holds the lock (and cleared old .tmp files) first
-        done = cfg.num_experts - len(todo)  # a store resumed with nothing left says so
-        bar = progress_bar(distributed.shard(todo), desc="experts", enabled=progress,
-                           stage=True, **({} if todo else {"initial": done, "total": done}))
-        for i in bar:  # rank r: missing experts r, r+K, ...; each rank writes its own files
-            params, acc = train_one_expert(cfg, data, i, dsa=dsa, device=device,
-                                           epoch_subset=epoch_subset, progress=progress)
-            save_expert(directory, i, params, acc, cfg.dtype)
-            bar.set_postfix(expert=i, test_acc=f"{float(acc[-1]):.4f}")
-            logger.info("expert %d: final test accuracy %.4f", i, float(acc[-1]))
-        distributed.wait_for_others()  # the whole store is on disk before anyone reads it
+        # The missing experts in rounds of K processes (rank r: the round's r-th); run_all
+        # returns once every rank's experts are on disk.
+        run_all(cfg.num_experts, one_expert, seed=cfg.seed, show=Show(progress, "experts"),
+                done=written)
     return ExpertStore(directory)
 
 

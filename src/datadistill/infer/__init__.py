@@ -36,7 +36,8 @@ _EXPORTS: dict[str, tuple[str, ...]] = {
     "student": (
         "StudentRun", "build_student", "evaluate_classic", "evaluate_student",
         "evaluate_student_images", "train_student"),
-    "teachers_train": ("TeacherStore", "train_teacher", "train_teachers"),
+    "teachers_train": (
+        "TeacherCheckpoint", "TeacherStore", "train_teacher", "train_teachers"),
 }
 _MODULE_OF = {name: module for module, names in _EXPORTS.items() for name in names}
 __all__ = sorted(_MODULE_OF)

@@ -21,6 +21,7 @@ Example:
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
@@ -108,21 +109,22 @@ def train_student(
     images: torch.Tensor,
     test: ImageSet,
     cfg: StudentConfig,
+    labels: torch.Tensor | Sequence[nn.Module],
     *,
-    static_logits: torch.Tensor | None = None,
-    teachers: list[nn.Module] | None = None,
     generator: torch.Generator | None = None,
     device: str | torch.device = "cpu",
     progress: bool = False,
 ) -> StudentRun:
     """Train ``net`` in place on ``images`` (N, C, H, W) with INFER's KD recipe and test it.
 
-    Give ``static_logits`` (N, classes) for static labels, or ``teachers`` for dynamic ones;
-    the epoch count is ``cfg.epochs`` or ``cfg.dynamic_epochs`` accordingly.
+    ``labels`` are the static logits (N, classes), or the teachers (dynamic labels, queried
+    on every batch); the epoch count is ``cfg.epochs`` or ``cfg.dynamic_epochs`` accordingly.
     """
-    if (static_logits is None) == (teachers is None):
-        raise ConfigError("give exactly one of static_logits (static) or teachers (dynamic)")
-    epochs = cfg.epochs if static_logits is not None else cfg.dynamic_epochs
+    static = isinstance(labels, torch.Tensor)
+    if not static and not labels:
+        raise ConfigError("give the static logits (N, classes) or the teachers (dynamic labels)")
+    static_logits, teachers = (labels, None) if static else (None, list(labels))
+    epochs = cfg.epochs if static else cfg.dynamic_epochs
     net.to(device)
     x = images.to(device)  # (N, C, H, W), the set is small: keep it on the device
     z = static_logits.to(device) if static_logits is not None else None  # (N, classes)
@@ -213,9 +215,7 @@ def evaluate_student_images(
     def one_run(run: Run) -> StudentRun:
         net = build_model(cfg, test.info, run.init_seed)
         result = train_student(
-            net, images, test_dev, cfg,
-            static_logits=None if dynamic else static_logits,
-            teachers=teachers if dynamic else None,
+            net, images, test_dev, cfg, teachers if dynamic else static_logits,
             generator=torch.Generator().manual_seed(run.train_seed),
             device=device, progress=progress,
         )

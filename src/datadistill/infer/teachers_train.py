@@ -23,6 +23,7 @@ Example:
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -36,6 +37,7 @@ from datadistill.infer.config import InferConfig, TeacherConfig, pixels_at
 from datadistill.infer.transforms import black_level, crop_flip, uses_flip
 from datadistill.io import load_tensors, read_json, save_tensors, write_json
 from datadistill.models.teachers import create_teacher
+from datadistill.runs import OnDisk, Run, run_all
 from datadistill.runtime.lock import locks_output
 from datadistill.training import (
     EpochEnd,
@@ -43,7 +45,6 @@ from datadistill.training import (
     FitOptions,
     cosine_schedule,
     fit,
-    run_seeds,
     seeded,
     test_accuracy,
 )
@@ -76,6 +77,16 @@ def teacher_recipe(arch: str, info: DatasetInfo, cfg: TeacherConfig, flip: bool)
     }
 
 
+@dataclass(frozen=True)
+class TeacherCheckpoint:
+    """Where :func:`train_teacher` saves its per-epoch checkpoint (a store keeps it at
+    ``<teacher_dir>/<arch>/checkpoint.pt``), and the recipe a checkpoint found there must
+    have been made with (None: not checked)."""
+
+    path: Path
+    recipe: dict | None = None
+
+
 def train_teacher(
     net: nn.Module,
     train: ImageSet,
@@ -84,16 +95,15 @@ def train_teacher(
     flip: bool,
     seed: int,
     device: str | torch.device = "cpu",
-    checkpoint: str | Path | None = None,
-    recipe: dict | None = None,
+    checkpoint: TeacherCheckpoint | None = None,
     progress: bool = False,
-    desc: str = "teacher",
 ) -> nn.Module:
     """Train ``net`` in place on ``train`` (normalised) with the teacher recipe of ``cfg``.
 
     With ``checkpoint``, the model, optimiser, scheduler and data-order generator are saved
-    after every epoch and an existing checkpoint is resumed (its ``recipe`` must equal
-    ``recipe``), so an interrupted run continues where it stopped.
+    after every epoch and an existing checkpoint is resumed (its recipe must equal
+    ``checkpoint.recipe``), so an interrupted run continues where it stopped. The progress
+    line names the checkpoint's folder (the architecture, in a store).
 
     Example:
         >>> train_teacher(net, real.train, cfg=TeacherConfig(epochs=2), flip=True,
@@ -105,7 +115,9 @@ def train_teacher(
     )
     schedule, sched = cosine_schedule(opt, cfg.epochs)
     gen = torch.Generator().manual_seed(seed)
-    start = _resume(Path(checkpoint), net, opt, sched, gen, recipe) if checkpoint else 0
+    start = _resume(Path(checkpoint.path), net, opt, sched, gen, checkpoint.recipe) \
+        if checkpoint else 0
+    desc = f"teacher {Path(checkpoint.path).parent.name}" if checkpoint else "teacher"
     fill = black_level(train.info.mean, train.info.std)
     padding = pixels_at(train.info.image_size, cfg.crop_padding)
 
@@ -118,8 +130,8 @@ def train_teacher(
         if checkpoint:
             state = {"model": net.state_dict(), "optimizer": opt.state_dict(),
                      "scheduler": sched.state_dict(), "generator": gen.get_state(),
-                     "epoch": end.epoch + 1, "recipe": recipe or {}}
-            save_tensors(state, checkpoint)
+                     "epoch": end.epoch + 1, "recipe": checkpoint.recipe or {}}
+            save_tensors(state, checkpoint.path)
 
     x, y = train.images.to(device), train.labels.to(device)  # moved once
     fit(net, x, y, opt,
@@ -262,9 +274,10 @@ def train_teachers(cfg: InferConfig, out_dir: str | Path, progress: bool = False
 
     Finished teachers are skipped (after checking they were made with the same recipe); an
     interrupted teacher resumes from its last epoch. Teacher i uses seeds derived from
-    ``(cfg.teachers.seed, i)``, so under torchrun the missing teachers are shared out by index
-    (rank r trains r, r+K, ...; each writes its own teacher's folder, atomically) and the
-    store equals a single-process one; every rank returns once all are written.
+    ``(cfg.teachers.seed, i)``, so under torchrun :func:`datadistill.runs.run_all` deals the
+    missing teachers out in rounds (rank r trains r, r+K, ...; each writes its own teacher's
+    folder, atomically) and the store equals a single-process one; every rank returns once all
+    are written.
 
     Example:
         >>> cfg = InferConfig(dataset="digits", teachers=TeacherConfig(epochs=2, width_mult=0.25))
@@ -276,32 +289,32 @@ def train_teachers(cfg: InferConfig, out_dir: str | Path, progress: bool = False
     data = prepare_infer_data(cfg, progress)
     info, tc, store = data.info, cfg.teachers, TeacherStore(out_dir)
     flip = uses_flip(info.dsa_strategy, tc.flip)
-    todo = []
-    for i, arch in enumerate(tc.archs):
-        recipe = teacher_recipe(arch, info, tc, flip) | {"train_per_class": cfg.train_per_class}
+    archs = list(tc.archs)
+    recipes = [teacher_recipe(arch, info, tc, flip) | {"train_per_class": cfg.train_per_class}
+               for arch in archs]
+    for arch, recipe in zip(archs, recipes, strict=True):
         if store.has(arch):
             _check_recipe(store, arch, recipe)
             log.info("teacher %s already trained in %s; skipping", arch, store.directory)
-            continue
-        todo.append((i, arch, recipe))
-    # The missing teachers as rank 0 sees them before anyone writes; rank r trains r, r+K, ...
-    todo = distributed.broadcast_object(todo)
-    for i, arch, recipe in distributed.shard(todo):
-        _train_one(cfg, data, store, i, arch, recipe, flip, progress)
-    distributed.wait_for_others()  # every teacher is on disk before any rank reads the store
+
+    def one_teacher(run: Run) -> None:  # seeds from its index alone; each rank saves its own
+        _train_one(cfg, data, store, run, recipes[run.index], progress)
+
+    # The missing teachers in rounds of K processes (rank r: the round's r-th); every rank
+    # returns once all are on disk.
+    run_all(len(archs), one_teacher, seed=tc.seed, done=OnDisk(lambda i: store.has(archs[i])))
     return store
 
 
-def _train_one(cfg: InferConfig, data, store: TeacherStore, i: int, arch: str, recipe: dict,
-               flip: bool, progress: bool) -> None:
-    """Train teacher ``i`` (seeds from its index alone) and save it with its recipe."""
-    tc, info = cfg.teachers, data.info
-    init_seed, train_seed = run_seeds(tc.seed, i)
+def _train_one(cfg: InferConfig, data, store: TeacherStore, run: Run, recipe: dict,
+               progress: bool) -> None:
+    """Train teacher ``run.index`` (seeds from its index alone) and save it with its recipe."""
+    tc, info, arch = cfg.teachers, data.info, recipe["arch"]
     net = seeded(lambda: create_teacher(arch, info.channels, info.num_classes, info.image_size,
-                                        tc.width_mult), init_seed)
-    train_teacher(net, data.train, cfg=tc, flip=flip, seed=train_seed, device=cfg.device,
-                  checkpoint=store.directory / arch / CHECKPOINT_FILE, recipe=recipe,
-                  progress=progress, desc=f"teacher {arch}")  # its line names the architecture
+                                        tc.width_mult), run.init_seed)
+    train_teacher(net, data.train, cfg=tc, flip=recipe["flip"], seed=run.train_seed,
+                  device=cfg.device, progress=progress,  # its line names the architecture
+                  checkpoint=TeacherCheckpoint(store.directory / arch / CHECKPOINT_FILE, recipe))
     acc = test_accuracy(net, data.test.images, data.test.labels, tc.test_batch_size, cfg.device)
     log.info("teacher %s: test accuracy %.4f", arch, acc)
     store.save(net, {**recipe, "class_names": list(info.class_names), "mean": list(info.mean),

@@ -119,11 +119,11 @@ def cmd_presets(args: argparse.Namespace) -> None:
 
 
 def cmd_import_buffers(args: argparse.Namespace) -> None:
-    from datadistill.experts import import_replay_buffers
+    from datadistill.experts import ExpertConfig, import_replay_buffers
     from datadistill.runtime.progress import plural
 
-    store = import_replay_buffers(args.files, args.out, dataset=args.dataset, model=args.model,
-                                  zca=args.zca)
+    store = import_replay_buffers(args.files, args.out, ExpertConfig(
+        dataset=args.dataset, model=args.model, zca=args.zca))
     print(f"imported {plural(len(store), 'expert')} into {args.out}")
 
 
