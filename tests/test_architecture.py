@@ -17,7 +17,7 @@ LONG_ALLOWED = {("cli.py", "build_parser")}  # the argparse builder: one flat li
 
 # every place that trains a network on labelled data (the baselines train through evaluate's
 # protocols), and every place that drives N independent runs
-FIT_USERS = ["evaluation/protocols.py", "evaluation/ddranking_train.py", "experts/train.py",
+FIT_USERS = ["evaluation/classic.py", "evaluation/ddranking_train.py", "experts/train.py",
              "experts/difficulty.py", "infer/teachers_train.py", "infer/student.py"]
 RUN_DRIVER_USERS = ["evaluation/protocols.py", "evaluation/baselines.py", "evaluation/ddranking.py",
                     "infer/student.py"]
