@@ -135,13 +135,15 @@ class ClassicProtocol:
     section: ClassVar[type] = EvalOptions
 
     def settings(self, **values: Any) -> EvalOptions:
+        """This protocol's section: :class:`EvalOptions` with `values`."""
         return EvalOptions(protocol=self.name, **values)
 
     def evaluate(self, images: torch.Tensor, labels: torch.Tensor | None, data: Any,
                  settings: EvalOptions | None = None, **run: Any) -> EvalReport:
-        """:func:`evaluate` on ``data.test`` with `settings` (and `run`'s keywords)."""
-        return evaluate(images, labels, data.test,
-                        with_options(EvalOptions, settings or self.settings(), run, "evaluate"))
+        """:func:`evaluate` on ``data.test`` with `settings` (and `run`'s keywords) under
+        this protocol."""
+        options = with_options(EvalOptions, settings or self.settings(), run, "evaluate")
+        return evaluate(images, labels, data.test, options, protocol=self.name)
 
     def setup(self, images: torch.Tensor, labels: torch.Tensor | None, test: ImageSet,
               o: EvalOptions) -> _Setup:
@@ -250,7 +252,8 @@ class DDRankingProtocol:
     summary: str = "DD-Ranking: HLR, IOR, LRS and ARS against a random subset and the full data"
     section: ClassVar[type] = DDRankingConfig
 
-    def settings(self, method: str = "mtt", **overrides: Any) -> DDRankingConfig:
+    def settings(self, method: str, **overrides: Any) -> DDRankingConfig:
+        """The preset of `method` (or of a preset name) with `overrides` (:func:`preset_for`)."""
         return preset_for(method, **overrides)
 
     def evaluate(self, images: torch.Tensor, labels: torch.Tensor, data: Any,
@@ -259,17 +262,16 @@ class DDRankingProtocol:
         return score(images, labels, data, settings, **run)
 
 
+# The registry: name -> protocol. A new protocol is one entry (a ClassicProtocol subclass
+# runs through evaluate(); any object with the same interface is listed for runs and the CLI).
 PROTOCOLS: dict[str, Any] = {p.name: p for p in (
     ClassicProtocol(), ChallengeProtocol(), DDRankingProtocol())}
-SET_PROTOCOLS = tuple(n for n, p in PROTOCOLS.items() if isinstance(p, ClassicProtocol))
-RUN_PROTOCOLS = tuple(PROTOCOLS)  # a run's evaluation.protocols
+RUN_PROTOCOLS = tuple(PROTOCOLS)  # what a run's evaluation.protocols may name
 
 
-def get_protocol(name: str) -> Any:
-    """The protocol object registered as `name`; a ConfigError naming the choices."""
-    if name not in PROTOCOLS:
-        raise ConfigError(f"unknown protocol {name!r}; use one of {RUN_PROTOCOLS}")
-    return PROTOCOLS[name]
+def set_protocols() -> tuple[str, ...]:
+    """The registered protocols that :func:`evaluate` runs on one set (classic, challenge)."""
+    return tuple(n for n, p in PROTOCOLS.items() if isinstance(p, ClassicProtocol))
 
 
 # ----------------------------------------------------------------------------- one set
@@ -304,9 +306,9 @@ def evaluate(images: torch.Tensor, labels: torch.Tensor | None, test: ImageSet,
     """
     o = with_options(EvalOptions, options, overrides, "evaluate")
     protocol = PROTOCOLS.get(o.protocol)
-    if o.protocol not in SET_PROTOCOLS:
+    if not isinstance(protocol, ClassicProtocol):
         check_space(o.space, test)
-        raise ConfigError(f"unknown protocol {o.protocol!r}; use one of {SET_PROTOCOLS}")
+        raise ConfigError(f"unknown protocol {o.protocol!r}; use one of {set_protocols()}")
     return protocol.run(images, labels, test, o)
 
 
