@@ -95,16 +95,12 @@ def preset_for(method_or_preset: str, **overrides: Any) -> DDRankingConfig:
     return DDRankingConfig(**values)
 
 
-# DD-Ranking's REAL_DATA_ACC_CACHE (ddranking/utils/train_and_eval.py, v0.2.0, as percentages
-# there): the full-data ResNet-18-BN accuracies its ImageNet-1K and Tiny ImageNet configs use
-# instead of training the reference (`eval_full_data: false`: SRe2L, D4M, DWA, G-VBSM and RDED
-# on ImageNet-1K, SRe2L and D4M on Tiny ImageNet). (dataset, our model) -> fraction; the model
-# is the one built as DD-Ranking builds it: torchvision's ResNet-18 at 224 px, and at 64 px
-# with a 3x3 stride-1 stem and no max-pool (our CIFAR-stem resnet18_bn).
-FULL_ACCURACY_CACHE: dict[tuple[str, str], float] = {
-    ("imagenet", "resnet18_imagenet"): 0.565,  # "ImageNet1K-ResNet-18-BN": 56.5
-    ("tiny_imagenet", "resnet18_bn"): 0.464,  # "TinyImageNet-ResNet-18-BN": 46.4
-}
+# DD-Ranking's cached full-data accuracies (ddranking.yaml `full_accuracy_cache`):
+# (dataset, our model) -> (fraction, DD-Ranking's cache key).
+CACHED_FULL: dict[tuple[str, str], tuple[float, str]] = {
+    (dataset, v["model"]): (float(v["accuracy"]), v["name"])
+    for dataset, v in SETTINGS["full_accuracy_cache"].items()}
+FULL_ACCURACY_CACHE: dict[tuple[str, str], float] = {k: v[0] for k, v in CACHED_FULL.items()}
 
 
 def full_accuracy_for(cfg: DDRankingConfig, dataset: str) -> tuple[float | None, str]:
@@ -120,11 +116,10 @@ def full_accuracy_for(cfg: DDRankingConfig, dataset: str) -> tuple[float | None,
     """
     if cfg.full_accuracy is not None:
         return cfg.full_accuracy, "given"
-    cached = FULL_ACCURACY_CACHE.get((dataset, cfg.model))
+    cached = CACHED_FULL.get((dataset, cfg.model))
     if cached is not None and cfg.full_from_cache:
-        key = {"imagenet": "ImageNet1K", "tiny_imagenet": "TinyImageNet"}[dataset]
-        return cached, (f"DD-Ranking's cached full-data accuracy ({key}-ResNet-18-BN: "
-                        f"{100 * cached:.1f})")
+        accuracy, name = cached
+        return accuracy, f"DD-Ranking's cached full-data accuracy ({name}: {100 * accuracy:.1f})"
     return None, "trained"
 
 
