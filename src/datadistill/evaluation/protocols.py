@@ -33,7 +33,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Protocol
 
 import numpy as np
 import torch
@@ -108,6 +108,21 @@ class EvalOptions:
     unofficial: bool = False  # challenge: score non-official settings (marked)
     cache: RunCache | None = None  # finished runs, stored as they end (report "last")
     space: str | None = None  # the images' space (ds.space), checked against the test split
+
+
+class EvaluationProtocol(Protocol):
+    """What every entry of :data:`PROTOCOLS` offers."""
+
+    name: str  # its key in the registry and in reports
+    summary: str  # one line: what it trains and reports
+    section: ClassVar[type]  # the type of its settings
+
+    def settings(self, *args: Any, **values: Any) -> Any:
+        """Its typed settings section, built from `values`."""
+
+    def evaluate(self, images: torch.Tensor, labels: torch.Tensor | None, data: Any,
+                 settings: Any = None, **run: Any) -> Any:
+        """Evaluate a set on the prepared dataset `data`; a report with ``to_dict()``."""
 
 
 @dataclass(frozen=True)
@@ -264,7 +279,7 @@ class DDRankingProtocol:
 
 # The registry: name -> protocol. A new protocol is one entry (a ClassicProtocol subclass
 # runs through evaluate(); any object with the same interface is listed for runs and the CLI).
-PROTOCOLS: dict[str, Any] = {p.name: p for p in (
+PROTOCOLS: dict[str, EvaluationProtocol] = {p.name: p for p in (
     ClassicProtocol(), ChallengeProtocol(), DDRankingProtocol())}
 RUN_PROTOCOLS = tuple(PROTOCOLS)  # what a run's evaluation.protocols may name
 
