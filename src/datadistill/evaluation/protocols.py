@@ -233,14 +233,15 @@ class ChallengeProtocol(ClassicProtocol):
         notes = {"labels_replaced": SOFT_REPLACED} if labels is not None and is_soft(
             labels) else {}
         check_inputs(images, labels, test)
-        model_kwargs = dict(o.model_kwargs or {})
-        labels = _challenge_labels(images, labels, test, o.ipc, o.lr)
+        lr, model_kwargs = o.lr, dict(o.model_kwargs or {})
+        labels = _challenge_labels(images, labels, test, o.ipc, lr)  # warns of a given lr
         lr, model_kwargs["depth"] = DEFAULT_LR, 3  # ConvNet-3 even at 64 px
         model = o.model
         if model != "convnet":
             log.warning("challenge: the model is fixed to convnet; ignoring model=%r", model)
             model = "convnet"
-        return _Setup(labels, lr, model, model_kwargs, notes)
+        return _Setup(labels, DEFAULT_LR if lr is None else float(lr), model, model_kwargs,
+                      notes)
 
     def violations(self, images: torch.Tensor, test: ImageSet, run: ChallengeRun,
                    unofficial: bool) -> list[str]:
