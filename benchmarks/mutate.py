@@ -89,7 +89,7 @@ MUTANTS = [
     _m("checkpoint_drops_ema", "tm/outputs.py",
        "state.ema = loop.ema.state_dict() if loop.ema is not None else None", "state.ema = None",
        "checkpoint loses FTD's image EMA (a resume restarts it)"),
-    _m("classic_momentum_0_5", "evaluation/protocols.py", "MOMENTUM, WEIGHT_DECAY = 0.9, 5e-4",
+    _m("classic_momentum_0_5", "evaluation/classic.py", "MOMENTUM, WEIGHT_DECAY = 0.9, 5e-4",
        "MOMENTUM, WEIGHT_DECAY = 0.5, 5e-4", "classic protocol SGD momentum 0.9 -> 0.5"),
     _m("step_size_momentum_0_9", "tm/distill.py", "[state.syn_lr], lr=cfg.lr_lr, momentum=0.5",
        "[state.syn_lr], lr=cfg.lr_lr, momentum=0.9", "learnable step size momentum 0.5 -> 0.9"),
@@ -137,7 +137,7 @@ MUTANTS = [
        "state.expert_order = torch.randperm(run.num_experts, generator=gen)",
        "state.expert_order = state.expert_order", "the expert order is never reshuffled"),
     # ---- evaluation protocols, experts, INFER
-    _m("classic_weight_decay_dropped", "evaluation/protocols.py",
+    _m("classic_weight_decay_dropped", "evaluation/classic.py",
        "MOMENTUM, WEIGHT_DECAY = 0.9, 5e-4",
        "MOMENTUM, WEIGHT_DECAY = 0.9, 0.0", "classic protocol without weight decay"),
     _m("challenge_lr_not_fixed", "evaluation/protocols.py",

@@ -8,7 +8,14 @@ from dataclasses import asdict, replace
 import pytest
 
 from datadistill.config import packaged_values
-from datadistill.evaluation.ddranking import METHOD_PRESETS, PRESETS, SETTINGS_FILE, preset_for
+from datadistill.evaluation.ddranking import (
+    FULL_ACCURACY_CACHE,
+    METHOD_PRESETS,
+    PRESETS,
+    SETTINGS_FILE,
+    full_accuracy_for,
+    preset_for,
+)
 from datadistill.evaluation.ddranking_train import TrainSpec
 
 # The former Python values (ddranking.py before the move), written out, with the two later
@@ -56,5 +63,15 @@ def test_every_method_and_preset_resolves_as_before(name):
 
 def test_the_settings_are_one_packaged_yaml_file():
     settings = packaged_values(SETTINGS_FILE)
-    assert set(settings) == {"lr_grid", "full", "presets", "methods"}
+    assert set(settings) == {"lr_grid", "full", "full_accuracy_cache", "presets", "methods"}
     assert settings["presets"]["soft_kl_cutmix"]["extends"] == "soft_kl_mixup"
+
+
+def test_the_cached_full_accuracies_hold_the_former_values():
+    # the former Python table (DD-Ranking's REAL_DATA_ACC_CACHE as fractions) and its messages
+    assert FULL_ACCURACY_CACHE == {("imagenet", "resnet18_imagenet"): 0.565,
+                                   ("tiny_imagenet", "resnet18_bn"): 0.464}
+    assert full_accuracy_for(preset_for("sre2l", model="resnet18_imagenet"), "imagenet") == (
+        0.565, "DD-Ranking's cached full-data accuracy (ImageNet1K-ResNet-18-BN: 56.5)")
+    assert full_accuracy_for(preset_for("sre2l", model="resnet18_bn"), "tiny_imagenet") == (
+        0.464, "DD-Ranking's cached full-data accuracy (TinyImageNet-ResNet-18-BN: 46.4)")

@@ -15,6 +15,7 @@ import json
 import pytest
 import torch
 
+import datadistill.evaluation.classic as classic_mod
 import datadistill.evaluation.protocols as evaluate_mod
 import datadistill.tm.distill as distill_mod
 import datadistill.tm.outputs as outputs_mod
@@ -301,7 +302,7 @@ def test_matching_optimisers_use_the_official_constants(digits, store, tmp_path)
 def _record_sgd(monkeypatch):
     """Wrap ``train_network`` so every epoch's optimiser settings are recorded."""
     epochs = []
-    real = evaluate_mod.train_network
+    real = classic_mod.train_network
 
     def spy(net, images, labels, **kw):
         def hook(epoch, opt):
@@ -311,7 +312,7 @@ def _record_sgd(monkeypatch):
         kw["on_epoch"] = hook
         return real(net, images, labels, **kw)
 
-    monkeypatch.setattr(evaluate_mod, "train_network", spy)
+    monkeypatch.setattr(classic_mod, "train_network", spy)
     return epochs
 
 

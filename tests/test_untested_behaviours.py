@@ -26,6 +26,7 @@ from datadistill.evaluation.challenge import (
     EPOCHS,
     IPC,
     RUNS,
+    ChallengeRun,
     challenge_violations,
 )
 from datadistill.evaluation.ddranking_train import Curve, TrainSpec, train_spec
@@ -156,7 +157,8 @@ def _violations(**over) -> list[str]:
               mean=CIFAR100_MEAN, std=CIFAR100_STD)
     kw.update(over)
     shape, dataset, space = kw.pop("shape"), kw.pop("dataset"), kw.pop("space")
-    return challenge_violations(shape, dataset, space, **kw)
+    mean, std = kw.pop("mean"), kw.pop("std")
+    return challenge_violations(shape, dataset, space, ChallengeRun(**kw), mean=mean, std=std)
 
 
 def test_challenge_official_settings_have_no_violation():

@@ -14,15 +14,17 @@ of the two datasets, written to ``scores.txt`` as ``correct: <score>``.
 then marks the report (``settings["official"]``, ``settings["unofficial_settings"]``).
 
 Example:
-    >>> challenge_violations((1000, 3, 32, 32), "cifar100", "normalized", ipc=10, epochs=1000,
-    ...                      num_runs=3, dsa_strategy="color_crop_cutout_flip_scale_rotate",
-    ...                      batch_size=256, mean=CIFAR100_MEAN, std=CIFAR100_STD)
+    >>> official = ChallengeRun(ipc=10, epochs=1000, num_runs=3, batch_size=256,
+    ...                         dsa_strategy="color_crop_cutout_flip_scale_rotate")
+    >>> challenge_violations((1000, 3, 32, 32), "cifar100", "normalized", official,
+    ...                      mean=CIFAR100_MEAN, std=CIFAR100_STD)
     []
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -46,24 +48,30 @@ OFFICIAL = {
 FILES = {"cifar100": "cifar100.pt", "tiny_imagenet": "tinyimagenet.pt"}
 
 
-def challenge_violations(
-    shape: Sequence[int],
-    dataset: str,
-    space: str,
-    *,
-    ipc: int,
-    epochs: int,
-    num_runs: int,
-    dsa_strategy: str | None,
-    batch_size: int,
-    mean: Sequence[float],
-    std: Sequence[float],
-) -> list[str]:
+def challenge_labels(num_classes: int, ipc: int) -> torch.Tensor:
+    """The challenge's implied labels: [0]*ipc + [1]*ipc + ... as (classes*ipc,) int64."""
+    return torch.arange(num_classes).repeat_interleave(ipc)
+
+
+@dataclass(frozen=True)
+class ChallengeRun:
+    """The settings of an evaluation that the official evaluator fixes (besides the data)."""
+
+    ipc: int
+    epochs: int
+    num_runs: int
+    dsa_strategy: str | None  # None: no augmentation
+    batch_size: int
+
+
+def challenge_violations(shape: Sequence[int], dataset: str, space: str, run: ChallengeRun, *,
+                         mean: Sequence[float], std: Sequence[float]) -> list[str]:
     """Each setting that differs from the official evaluator, as ``"name=value (official: x)"``.
 
     Example:
-        >>> challenge_violations((1000, 3, 32, 32), "cifar100", "normalized", ipc=10, epochs=300,
-        ...                      num_runs=3, dsa_strategy=DSA_STRATEGY, batch_size=256,
+        >>> run = ChallengeRun(ipc=10, epochs=300, num_runs=3, dsa_strategy=DSA_STRATEGY,
+        ...                    batch_size=256)
+        >>> challenge_violations((1000, 3, 32, 32), "cifar100", "normalized", run,
         ...                      mean=CIFAR100_MEAN, std=CIFAR100_STD)
         ['epochs=300 (official: 1000, trained 1000 + 1)']
     """
@@ -77,18 +85,18 @@ def challenge_violations(
         if not _close(mean, want_mean) or not _close(std, want_std):
             out.append(f"normalisation mean={tuple(mean)} std={tuple(std)} "
                        f"(official: {want_mean} / {want_std})")
-    if ipc != IPC:
-        out.append(f"ipc={ipc} (official: {IPC})")
+    if run.ipc != IPC:
+        out.append(f"ipc={run.ipc} (official: {IPC})")
     if space != "normalized":
         out.append(f"test set space={space!r} (official: normalized)")
-    if epochs != EPOCHS:
-        out.append(f"epochs={epochs} (official: {EPOCHS}, trained {EPOCHS} + 1)")
-    if num_runs != RUNS:
-        out.append(f"runs={num_runs} (official: {RUNS})")
-    if dsa_strategy != DSA_STRATEGY:
-        out.append(f"dsa_strategy={dsa_strategy!r} (official: {DSA_STRATEGY!r})")
-    if batch_size != BATCH_SIZE:
-        out.append(f"batch_size={batch_size} (official: {BATCH_SIZE})")
+    if run.epochs != EPOCHS:
+        out.append(f"epochs={run.epochs} (official: {EPOCHS}, trained {EPOCHS} + 1)")
+    if run.num_runs != RUNS:
+        out.append(f"runs={run.num_runs} (official: {RUNS})")
+    if run.dsa_strategy != DSA_STRATEGY:
+        out.append(f"dsa_strategy={run.dsa_strategy!r} (official: {DSA_STRATEGY!r})")
+    if run.batch_size != BATCH_SIZE:
+        out.append(f"batch_size={run.batch_size} (official: {BATCH_SIZE})")
     return out
 
 
@@ -173,10 +181,11 @@ def check_submissions(images: dict[str, torch.Tensor], *, epochs: int, num_runs:
     found = {}
     for dataset, x in images.items():
         info = dataset_info(dataset)
-        found[dataset] = challenge_violations(
-            tuple(x.shape), dataset, "normalized", ipc=x.shape[0] // info.num_classes,
-            epochs=epochs, num_runs=num_runs, dsa_strategy=info.dsa_strategy,
-            batch_size=BATCH_SIZE, mean=info.mean, std=info.std)
+        run = ChallengeRun(ipc=x.shape[0] // info.num_classes, epochs=epochs,
+                           num_runs=num_runs, dsa_strategy=info.dsa_strategy,
+                           batch_size=BATCH_SIZE)
+        found[dataset] = challenge_violations(tuple(x.shape), dataset, "normalized", run,
+                                              mean=info.mean, std=info.std)
         if not unofficial:
             refuse_unofficial([f"{FILES[dataset]}: {v}" for v in found[dataset]])
     return found

@@ -39,7 +39,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -47,18 +47,29 @@ import torch
 from torch import nn
 
 from datadistill import distributed
-from datadistill.config import extended_values, packaged_values
 from datadistill.data import random_subset
 from datadistill.errors import CompatibilityError, ConfigError
+from datadistill.evaluation.classic import build_network, check_inputs, with_options
+from datadistill.evaluation.ddranking_config import (  # noqa: F401  re-exported
+    FULL_ACCURACY_CACHE,
+    HARD_LABEL_VARIANTS,
+    METHOD_PRESETS,
+    PRESETS,
+    SETTINGS,
+    SETTINGS_FILE,
+    DDRankingConfig,
+    class_order_labels,
+    full_accuracy_for,
+    hard_labels_for,
+    preset_for,
+)
 from datadistill.evaluation.ddranking_train import Curve, TrainSpec, teacher_logits, train_spec
-from datadistill.evaluation.protocols import _check_inputs, build_network, challenge_labels
 from datadistill.evaluation.scores import (
     augmentation_robust_score,
     hard_label_recovery,
     improvement_over_random,
     label_robust_score,
 )
-from datadistill.labels import hard_labels, is_soft
 from datadistill.runs import Show, run_all
 from datadistill.runtime.progress import plural
 from datadistill.training import derive_seeds
@@ -66,146 +77,6 @@ from datadistill.training import derive_seeds
 log = logging.getLogger(__name__)
 
 FORMAT_VERSION = 1
-SETTINGS_FILE = "_evaluation/ddranking"  # configs/_evaluation/ddranking.yaml: every value
-HARD_LABEL_VARIANTS = ("class_order", "argmax")
-
-
-@dataclass
-class DDRankingConfig:
-    """DD-Ranking's evaluator settings; defaults are its MTT / DSA / DM configs (hard labels)."""
-
-    labels: str = "hard"  # "hard" | "soft" (the set's labels are teacher/learned logits)
-    soft_label_mode: str = "S"  # S: stored logits per image; M: teachers on every batch
-    train: TrainSpec = field(default_factory=lambda: TrainSpec(lr=0.01))  # lr: placeholder
-    aug_for_hard: bool = True  # use_aug_for_hard: augment the hard-label trainings too
-    hard_label_variant: str = "class_order"  # DD-Ranking: labels by class order of the set
-    rounds: int = 5  # num_eval
-    lr_grid: tuple[float, ...] = field(default_factory=lambda: tuple(SETTINGS["lr_grid"]))
-    full: TrainSpec = field(  # REAL_DATA_TRAINING_CONFIG (ddranking.yaml `full`)
-        default_factory=lambda: TrainSpec(**SETTINGS["full"]))
-    full_accuracy: float | None = None  # a known full-data accuracy (fraction): skip step 4
-    full_from_cache: bool = True  # use DD-Ranking's cached full-data accuracy where it has one
-    ars: bool = True  # also train without augmentation and report ARS
-    lrs_weight: float = 0.5  # lrs_lambda
-    ars_weight: float = 0.5  # ars_lambda
-    model: str = "convnet"
-    model_kwargs: dict = field(default_factory=dict)
-
-    def __post_init__(self) -> None:
-        if self.labels not in ("hard", "soft"):
-            raise ConfigError(f"labels={self.labels!r}; choose 'hard' or 'soft'")
-        if self.soft_label_mode not in ("S", "M"):
-            raise ConfigError(f"soft_label_mode={self.soft_label_mode!r}; choose 'S' or 'M'")
-        if self.hard_label_variant not in HARD_LABEL_VARIANTS:
-            raise ConfigError(
-                f"hard_label_variant={self.hard_label_variant!r}; choose from "
-                f"{HARD_LABEL_VARIANTS}"
-            )
-        if self.rounds < 1 or not self.lr_grid:
-            raise ConfigError("rounds must be >= 1 and lr_grid non-empty")
-
-
-# ----------------------------------------------------------------------------- presets
-
-# Every value lives in configs/_evaluation/ddranking.yaml (read once, here).
-SETTINGS: dict[str, Any] = packaged_values(SETTINGS_FILE)
-PRESETS: dict[str, dict] = {  # preset name -> its values (``extends:`` resolved)
-    name: extended_values(name, SETTINGS["presets"], "DD-Ranking preset")
-    for name in SETTINGS["presets"]}
-METHOD_PRESETS: dict[str, str] = SETTINGS["methods"]  # our methods -> DD-Ranking preset
-ADDED_METHODS: dict[str, str] = {}  # methods added from outside (tm.presets.register_preset)
-
-
-def preset_for(method_or_preset: str, **overrides: Any) -> DDRankingConfig:
-    """The DD-Ranking config of a method (``mtt``, ``datm``...) or a preset (``hard_dsa``...).
-
-    `overrides` replace top-level fields; ``train=`` / ``full=`` take dicts of TrainSpec fields.
-
-    Example:
-        >>> preset_for("datm").train.loss
-        'sce'
-        >>> preset_for("mtt", rounds=3, train={"epochs": 100}).train.epochs
-        100
-    """
-    methods = METHOD_PRESETS | ADDED_METHODS
-    name = methods.get(method_or_preset, method_or_preset)
-    if name not in PRESETS:
-        raise ConfigError(
-            f"no DD-Ranking config for {method_or_preset!r}; use a method of "
-            f"{sorted(methods)} or a preset of {sorted(PRESETS)}"
-        )
-    values = {**PRESETS[name], **overrides}
-    train = {**PRESETS[name].get("train", {}), **overrides.get("train", {})}
-    values["train"] = TrainSpec(**{"lr": 0.01, **train})
-    base_full = DDRankingConfig().full
-    values["full"] = replace(base_full, **{**PRESETS[name].get("full", {}),
-                                           **overrides.get("full", {})})
-    return DDRankingConfig(**values)
-
-
-# DD-Ranking's REAL_DATA_ACC_CACHE (ddranking/utils/train_and_eval.py, v0.2.0, as percentages
-# there): the full-data ResNet-18-BN accuracies its ImageNet-1K and Tiny ImageNet configs use
-# instead of training the reference (`eval_full_data: false`: SRe2L, D4M, DWA, G-VBSM and RDED
-# on ImageNet-1K, SRe2L and D4M on Tiny ImageNet). (dataset, our model) -> fraction; the model
-# is the one built as DD-Ranking builds it: torchvision's ResNet-18 at 224 px, and at 64 px
-# with a 3x3 stride-1 stem and no max-pool (our CIFAR-stem resnet18_bn).
-FULL_ACCURACY_CACHE: dict[tuple[str, str], float] = {
-    ("imagenet", "resnet18_imagenet"): 0.565,  # "ImageNet1K-ResNet-18-BN": 56.5
-    ("tiny_imagenet", "resnet18_bn"): 0.464,  # "TinyImageNet-ResNet-18-BN": 46.4
-}
-
-
-def full_accuracy_for(cfg: DDRankingConfig, dataset: str) -> tuple[float | None, str]:
-    """The full-data accuracy a score uses without training, and where it comes from:
-    ``cfg.full_accuracy`` ("given"), DD-Ranking's cache for (dataset, model) unless
-    ``cfg.full_from_cache`` is off, else None ("trained").
-
-    Example:
-        >>> full_accuracy_for(preset_for("sre2l", model="resnet18_bn"), "tiny_imagenet")
-        (0.464, "DD-Ranking's cached full-data accuracy (TinyImageNet-ResNet-18-BN: 46.4)")
-        >>> full_accuracy_for(preset_for("mtt"), "cifar10")
-        (None, 'trained')
-    """
-    if cfg.full_accuracy is not None:
-        return cfg.full_accuracy, "given"
-    cached = FULL_ACCURACY_CACHE.get((dataset, cfg.model))
-    if cached is not None and cfg.full_from_cache:
-        key = {"imagenet": "ImageNet1K", "tiny_imagenet": "TinyImageNet"}[dataset]
-        return cached, (f"DD-Ranking's cached full-data accuracy ({key}-ResNet-18-BN: "
-                        f"{100 * cached:.1f})")
-    return None, "trained"
-
-
-# ----------------------------------------------------------------------------- labels
-
-
-def class_order_labels(num_classes: int, n: int) -> torch.Tensor:
-    """DD-Ranking's hard labels: [0]*ipc + [1]*ipc + ... for a class-major set of n images."""
-    if n % num_classes:
-        raise CompatibilityError(
-            f"{n} images are not a whole number of images per class ({num_classes} classes); "
-            "class-order labels need a class-major set, use hard_label_variant='argmax'"
-        )
-    return challenge_labels(num_classes, n // num_classes)  # the same order as the challenge
-
-
-def hard_labels_for(labels: torch.Tensor, num_classes: int, variant: str) -> torch.Tensor:
-    """(N,) hard labels of a set: given hard labels as they are; soft ones by `variant`.
-
-    ``class_order`` is DD-Ranking's (labels by the set's class-major order), ``argmax`` the
-    argmax of the soft logits.
-
-    Example:
-        >>> hard_labels_for(torch.tensor([[0.1, 2.0], [3.0, 0.0]]), 2, "class_order")
-        tensor([0, 1])
-    """
-    if not is_soft(labels):
-        return labels
-    if variant == "argmax":
-        return hard_labels(labels)
-    if variant == "class_order":
-        return class_order_labels(num_classes, labels.shape[0]).to(labels.device)
-    raise ConfigError(f"hard label variant {variant!r}; choose from {HARD_LABEL_VARIANTS}")
 
 
 # ----------------------------------------------------------------------------- lr search
@@ -424,7 +295,7 @@ def _summary(rounds: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
 
 def _check(images: torch.Tensor, labels: torch.Tensor, real: Any, cfg: DDRankingConfig,
            teachers: Sequence[nn.Module]) -> None:
-    _check_inputs(images, labels, real.test)
+    check_inputs(images, labels, real.test)
     k = real.info.num_classes
     if images.shape[0] % k:
         raise CompatibilityError(
@@ -438,21 +309,25 @@ def _check(images: torch.Tensor, labels: torch.Tensor, real: Any, cfg: DDRanking
         log.warning("teachers are ignored: hard-label scoring uses none")
 
 
-def score(
-    images: torch.Tensor,
-    labels: torch.Tensor,
-    real: Any,
-    cfg: DDRankingConfig | None = None,
-    *,
-    syn_lr: float | None = None,
-    teachers: Sequence[nn.Module] | nn.Module | None = None,
-    seed: int = 0,
-    device: str | torch.device = "cpu",
-    progress: bool = False,
-    on_round: Any = None,
-) -> DDRankingReport:
+@dataclass(frozen=True)
+class ScoreOptions:
+    """How :func:`score` runs: the set's lr, the teachers, seed, device and callbacks."""
+
+    syn_lr: float | None = None  # None: searched over the grid
+    teachers: Sequence[nn.Module] | nn.Module | None = None
+    seed: int = 0
+    device: str | torch.device = "cpu"
+    progress: bool = False
+    on_round: Any = None  # on_round(r, report_so_far) after each round
+
+
+def score(images: torch.Tensor, labels: torch.Tensor, real: Any,
+          cfg: DDRankingConfig | None = None, options: ScoreOptions | None = None,
+          **overrides: Any) -> DDRankingReport:
     """Score a distilled set with DD-Ranking's protocol (see the module docstring).
 
+    `options` is a :class:`ScoreOptions`; its fields may also be given as keywords
+    (``syn_lr``, ``teachers``, ``seed``, ``device``, ``progress``, ``on_round``).
     ``on_round(r, report_so_far)`` is called after each round (e.g. to save partial results).
 
     `real` is the prepared dataset (``datadistill.data.prepare``) in the set's image space;
@@ -465,6 +340,8 @@ def score(
         ...                syn_lr=ds.lr)                                    # doctest: +SKIP
         >>> print(report)                                                   # doctest: +SKIP
     """
+    o = with_options(ScoreOptions, options, overrides, "score")
+    syn_lr, teachers, seed, device = o.syn_lr, o.teachers, o.seed, o.device
     cfg = cfg or DDRankingConfig()
     full_accuracy, full_source = full_accuracy_for(cfg, real.info.name)
     cfg = replace(cfg, full_accuracy=full_accuracy)
@@ -488,12 +365,12 @@ def score(
                 if cfg.labels == "soft" else None}
 
     def saved(r: int, rounds: list[dict[str, Any]]) -> None:
-        on_round(r, DDRankingReport(rounds, _summary(rounds), settings))
+        o.on_round(r, DDRankingReport(rounds, _summary(rounds), settings))
 
     # Round r depends on (seed, r) only (its seeds come from _seeds).
     rounds = run_all(cfg.rounds, lambda rr: _round(run, x, y, syn_lr, rr.index), seed=seed,
-                     show=Show(progress, "ddranking"),
-                     after_run=None if on_round is None else saved).values
+                     show=Show(o.progress, "ddranking"),
+                     after_run=None if o.on_round is None else saved).values
     return DDRankingReport(rounds, _summary(rounds), settings)
 
 

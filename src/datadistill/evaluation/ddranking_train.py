@@ -35,7 +35,8 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from typing import Any
 
 import numpy as np
 import torch
@@ -45,9 +46,8 @@ from torch import nn
 from datadistill.data import ImageSet
 from datadistill.data.augment import DSA
 from datadistill.errors import ConfigError
-from datadistill.evaluation.protocols import (
-    RunCurve as Curve,  # test accuracies after tested epochs
-)
+from datadistill.evaluation.classic import RunCurve as Curve  # tests after tested epochs
+from datadistill.evaluation.classic import with_options
 from datadistill.labels import hard_labels
 from datadistill.training import EpochEnd, FitHooks, FitOptions, fit, test_accuracy
 
@@ -251,21 +251,23 @@ def _batch_augment(spec: TrainSpec, dsa: DSA | None, teachers: Sequence[nn.Modul
     return augment
 
 
-def train_spec(
-    net: nn.Module,
-    images: torch.Tensor,
-    labels: torch.Tensor,
-    test: ImageSet,
-    spec: TrainSpec,
-    *,
-    seed: int,
-    augment: bool = True,
-    teachers: Sequence[nn.Module] = (),
-    classes: torch.Tensor | None = None,
-    device: str | torch.device = "cpu",
-) -> Curve:
+@dataclass(frozen=True)
+class SpecRun:
+    """One :func:`train_spec` training: its seed and what it trains with besides the spec."""
+
+    seed: int
+    augment: bool = True  # False: no augmentation (the full-data reference, ARS's term)
+    teachers: Sequence[nn.Module] = ()  # mode M: the teachers label every batch
+    classes: torch.Tensor | None = None  # (N,) class indices for mse_gt's CE term
+    device: str | torch.device = "cpu"
+
+
+def train_spec(net: nn.Module, images: torch.Tensor, labels: torch.Tensor, test: ImageSet,
+               spec: TrainSpec, options: SpecRun | None = None, **overrides: Any) -> Curve:
     """Train `net` in place on (images, labels) with `spec`; test every `spec.test_every` epochs.
 
+    `options` is a :class:`SpecRun`; its fields may also be given as keywords (``seed``,
+    ``augment``, ``teachers``, ``classes``, ``device``).
     `labels` are (N,) class indices or (N, K) logits (mode S); with `teachers` (mode M) the
     targets are the teachers' mean logits on every augmented batch and `labels` only give the
     classes. `classes` (N,) are the class indices that ``mse_gt``'s CE term uses (default: the
@@ -277,6 +279,8 @@ def train_spec(
         >>> train_spec(net, x, y, real.test, TrainSpec(lr=0.01, epochs=20),
         ...            seed=0).best                                         # doctest: +SKIP
     """
+    o = with_options(SpecRun, options, overrides, "train_spec")
+    seed, augment, teachers, classes, device = o.seed, o.augment, o.teachers, o.classes, o.device
     x, y = images.detach().to(device), labels.detach().to(device)
     classes = hard_labels(y) if classes is None else classes.to(device)
     gen = torch.Generator().manual_seed(seed)
@@ -309,6 +313,4 @@ def _stepped(sched) -> Callable[[int, torch.optim.Optimizer], torch.optim.Optimi
 
 
 def _no_aug(spec: TrainSpec) -> TrainSpec:
-    from dataclasses import replace
-
     return replace(spec, augment="none")

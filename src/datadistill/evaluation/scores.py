@@ -107,26 +107,25 @@ def _paired(**values: Accuracies) -> dict[str, np.ndarray]:
     return {k: np.broadcast_to(a, (n,)) for k, a in arrays.items()}
 
 
-def ranking_scores(
-    *,
-    full_hard: Accuracies,
-    syn_hard: Accuracies,
-    syn: Accuracies,
-    random: Accuracies,
-    lrs_weight: float = 0.5,
-    syn_aug: Accuracies | None = None,
-    rdm_aug: Accuracies | None = None,
-    syn_noaug: Accuracies | None = None,
-    rdm_noaug: Accuracies | None = None,
-    ars_weight: float = 0.5,
-) -> RankingScores:
+ARS_INPUTS = ("syn_aug", "rdm_aug", "syn_noaug", "rdm_noaug")  # ARS's accuracies
+
+
+def ranking_scores(*, full_hard: Accuracies, syn_hard: Accuracies, syn: Accuracies,
+                   random: Accuracies, lrs_weight: float = 0.5, ars_weight: float = 0.5,
+                   **augmentation: Accuracies) -> RankingScores:
     """HLR, IOR and LRS (and ARS when all four augmentation accuracies are given).
+
+    `augmentation`: ARS's inputs ``syn_aug``, ``rdm_aug``, ``syn_noaug`` and ``rdm_noaug``
+    (accuracies with and without augmentation), all or none.
 
     Example:
         >>> ranking_scores(full_hard=0.8, syn_hard=0.5, syn=[0.6, 0.62],
         ...                random=[0.3, 0.32]).ior
         0.3
     """
+    unknown = sorted(set(augmentation) - set(ARS_INPUTS))
+    if unknown:
+        raise TypeError(f"ranking_scores() got an unexpected keyword argument {unknown[0]!r}")
     a = _paired(full_hard=full_hard, syn_hard=syn_hard, syn=syn, random=random)
     hlr = a["full_hard"] - a["syn_hard"]
     ior = a["syn"] - a["random"]
@@ -139,9 +138,9 @@ def ranking_scores(
         float(lrs.mean()),
         float(lrs.std()),
     )
-    aug = (syn_aug, rdm_aug, syn_noaug, rdm_noaug)
+    aug = [augmentation.get(k) for k in ARS_INPUTS]
     if all(v is not None for v in aug):
-        b = _paired(syn_aug=syn_aug, rdm_aug=rdm_aug, syn_noaug=syn_noaug, rdm_noaug=rdm_noaug)
+        b = _paired(**dict(zip(ARS_INPUTS, aug, strict=True)))
         ars = np.array(
             [
                 augmentation_robust_score(*row, weight=ars_weight)

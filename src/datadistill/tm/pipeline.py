@@ -58,8 +58,7 @@ from datadistill.data import prepare, random_subset
 from datadistill.errors import ArtifactError, CompatibilityError, ConfigError, DatadistillError
 from datadistill.evaluation.baselines import baseline_random
 from datadistill.evaluation.challenge import FILES as CHALLENGE_FILES
-from datadistill.evaluation.ddranking import preset_for, score
-from datadistill.evaluation.protocols import evaluate
+from datadistill.evaluation.protocols import PROTOCOLS, evaluate
 from datadistill.experts import ExpertStore, train_experts
 from datadistill.experts.forecast import check_disk, forecast_store
 from datadistill.experts.pad import (
@@ -400,9 +399,11 @@ def _ddranking(cfg: PipelineConfig, data, best, device: str, progress: bool) -> 
             **ev.ddranking}
     over["train"] = {"epochs": ev.epochs, "step_size": max(1, ev.epochs // 2),
                      **ev.ddranking.get("train", {})}
-    ddr = preset_for(cfg.method, **over)
-    return score(best.images, best.labels, data, ddr, syn_lr=best.lr,
-                 seed=cfg.seed + SEED_DDRANKING, device=device, progress=progress).to_dict()
+    ddranking = PROTOCOLS["ddranking"]
+    ddr = ddranking.settings(cfg.method, **over)
+    return ddranking.evaluate(best.images, best.labels, data, ddr, syn_lr=best.lr,
+                              seed=cfg.seed + SEED_DDRANKING, device=device,
+                              progress=progress).to_dict()
 
 
 def _set_aside_a_replaced_best(out: Path) -> list[str]:

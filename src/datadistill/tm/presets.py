@@ -44,7 +44,7 @@ from typing import Any
 
 from datadistill.config import add_config_root, config_roots, method_values, remove_config_root
 from datadistill.errors import ConfigError
-from datadistill.evaluation import ddranking
+from datadistill.evaluation import ddranking_config as ddranking
 from datadistill.recipes import Method, register_method, unregister_method
 
 
