@@ -18,7 +18,7 @@ from datadistill.evaluation.protocols import (
     EvalOptions,
     evaluate,
 )
-from datadistill.tm.pipeline import EvaluationConfig
+from datadistill.tm.config import EvaluationConfig
 from test_evaluate import SMALL, quadrants, toy_test
 
 
