@@ -29,12 +29,12 @@ from datadistill.infer import (
     sample_mixup,
     save_infer_set,
 )
-from datadistill.infer.config import pixels_at
 from datadistill.infer.labels import Mixup
 from datadistill.infer.teachers_train import prepare_infer_data
 from datadistill.infer.transforms import (
     black_level,
     crop_flip,
+    pixels_at,
     random_crop,
     random_flip,
     uses_flip,
@@ -87,27 +87,27 @@ TINY_UFC_STATS = ([0.4802, 0.4481, 0.3975], [0.2302, 0.2265, 0.2262])  # ufc_gen
 def test_shipped_configs_scale_pixels_and_normalise_consistently():
     for name in [n for n in list_configs() if "/infer_ipc" in n]:
         cfg = config_from_dict(InferConfig, read_config(name).values)
-        if cfg.dataset == "imagenet":  # official ImageNet values (jitter 32 px), not scaled
-            assert cfg.jitter == 32 and cfg.mean is None and cfg.std is None, name
+        if cfg.data.dataset == "imagenet":  # official ImageNet values (jitter 32 px), not scaled
+            assert cfg.compensator.jitter == 32 and cfg.mean is None and cfg.std is None, name
             continue
-        scaled = pixels_at(dataset_info(cfg.dataset).image_size, None)
-        for value in (cfg.jitter, cfg.teachers.crop_padding, cfg.student.crop_padding):
+        scaled = pixels_at(dataset_info(cfg.data.dataset).image_size, None)
+        for value in (cfg.compensator.jitter, cfg.teachers.crop_padding, cfg.student.crop_padding):
             assert value in (None, scaled), f"{name}: {value} px, the scaling rule gives {scaled}"
-        if cfg.dataset == "tiny_imagenet":
+        if cfg.data.dataset == "tiny_imagenet":
             assert (cfg.mean, cfg.std) == TINY_UFC_STATS, name
         else:
             assert cfg.mean is None and cfg.std is None, name
 
 
 def test_infer_data_uses_the_configured_normalisation():
-    cfg = InferConfig(dataset="digits", mean=[0.25], std=[0.5])
+    cfg = InferConfig.of(dataset="digits", mean=[0.25], std=[0.5])
     data, plain = prepare_infer_data(cfg), prepare("digits")
     assert data.info.mean == (0.25,) and data.test.info.std == (0.5,)
     # same pixels, other statistics
     raw = denormalize(data.train.images, data.info)
     assert torch.allclose(raw, denormalize(plain.train.images, plain.info), atol=1e-6)
     with pytest.raises(ConfigError, match="both mean and std"):
-        InferConfig(dataset="digits", mean=[0.25])
+        InferConfig.of(dataset="digits", mean=[0.25])
 
 
 def test_shipped_configs_parse_with_official_values():
@@ -128,9 +128,10 @@ def test_shipped_configs_parse_with_official_values():
     classes = {"cifar10": 10, "cifar100": 100, "tiny_imagenet": 200}
     for name, k in expected.items():
         cfg = config_from_dict(InferConfig, read_config(name).values)
-        assert num_groups(cfg.ipc, len(cfg.teachers.archs), classes.get(cfg.dataset, 10)) == k
+        assert num_groups(cfg.ipc, len(cfg.teachers.archs), classes.get(cfg.data.dataset, 10)) == k
         if not name.startswith("digits"):
-            assert (cfg.iterations, cfg.lr, cfg.r_bn, cfg.first_bn_multiplier) == (
+            comp = cfg.compensator
+            assert (comp.iterations, comp.lr, comp.r_bn, comp.first_bn_multiplier) == (
                 1000,
                 0.25,
                 1.0,
