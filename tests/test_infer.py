@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from datadistill.config import config_from_dict, list_configs, read_config
+from datadistill.config import config_from_dict, config_to_dict, list_configs, read_config
 from datadistill.data import DatasetInfo, dataset_info, denormalize, prepare
 from datadistill.errors import ConfigError
 from datadistill.infer import (
@@ -18,6 +18,7 @@ from datadistill.infer import (
     CompensatorSettings,
     InferConfig,
     InferSet,
+    TeacherConfig,
     bn_distance,
     generate_compensators,
     instances_per_class,
@@ -142,6 +143,39 @@ def test_shipped_configs_parse_with_official_values():
             assert cfg.teachers.epochs == 200 and cfg.teachers.width_mult == 1.0
     with pytest.raises(ConfigError, match="r_bn"):
         config_from_dict(InferConfig, {"r_bm": 1.0})
+
+
+def test_infer_config_holds_data_and_compensator_sections_spelt_flat():
+    flat = {"dataset": "digits", "train_per_class": 4, "iterations": 7, "betas": [0.4, 0.8],
+            "jitter": 2, "teachers": {"epochs": 3}}
+    cfg = config_from_dict(InferConfig, flat)
+    assert (cfg.data.dataset, cfg.data.train_per_class, cfg.data.download) == ("digits", 4, False)
+    assert cfg.compensator == CompensatorSettings(iterations=7, betas=(0.4, 0.8), jitter=2)
+    assert cfg == InferConfig.of(**{**flat, "betas": (0.4, 0.8),
+                                    "teachers": TeacherConfig(epochs=3)})
+    written = config_to_dict(cfg)  # written back flat, in the declared order
+    assert {k: written[k] for k in flat if k != "teachers"} == {
+        k: v for k, v in flat.items() if k != "teachers"}
+    assert written["teachers"]["epochs"] == 3
+    assert list(written)[:5] == ["dataset", "data_root", "download", "train_per_class", "ipc"]
+    assert config_from_dict(InferConfig, written) == cfg
+    assert InferConfig().data.dataset == "cifar100"  # INFER's own default
+    with pytest.raises(ConfigError, match="iterations must be >= 0"):
+        InferConfig.of(iterations=-1)
+
+
+def test_compensator_jitter_none_scales_with_the_image(monkeypatch):
+    from datadistill.infer import compensators as comp_mod
+
+    seen = []
+    monkeypatch.setattr(comp_mod, "roll_jitter", lambda x, jitter, g: seen.append(jitter) or x)
+    teacher = nn.Sequential(nn.Conv2d(1, 2, 3, padding=1), nn.BatchNorm2d(2), nn.Flatten(),
+                            nn.Linear(2 * 8 * 8, 4)).eval().requires_grad_(False)
+    with BNStatistics(teacher) as bn:
+        for settings in (CompensatorSettings(iterations=1),
+                         CompensatorSettings(iterations=1, jitter=3)):
+            optimise_compensator(teacher, bn, torch.randn(4, 1, 8, 8), settings)
+    assert seen == [pixels_at((8, 8), None), 3] == [1, 3]
 
 
 # ----------------------------------------------------------------------------- BN loss
