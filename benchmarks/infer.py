@@ -36,6 +36,7 @@ from pathlib import Path
 
 import torch
 
+from datadistill.config import config_to_dict
 from datadistill.data import prepare
 from datadistill.evaluation.protocols import evaluate
 from datadistill.infer import (
@@ -109,7 +110,7 @@ def main() -> None:
         no_eval = dataclasses.replace(cfg, student=dataclasses.replace(cfg.student, num_runs=0))
         result = run_infer(no_eval, set_dir, progress=True, teacher_dir=teacher_dir)
         storage = result.infer_set.storage()
-        _save(out, "set", {"protocol": vars(args), "config": dataclasses.asdict(cfg),
+        _save(out, "set", {"protocol": vars(args), "config": config_to_dict(cfg),
                            "storage": dataclasses.asdict(storage),
                            "num_groups": result.infer_set.num_groups,
                            "instances_per_class": result.infer_set.instances_per_class,
@@ -117,7 +118,7 @@ def main() -> None:
                                        "compensators": round(time.time() - start - t_teachers,
                                                              1)}})
     infer_set = load_infer_set(set_dir)
-    data = prepare(cfg.dataset, cfg.data_root, train_per_class=cfg.train_per_class)
+    data = prepare(cfg.data.dataset, cfg.data.data_root, train_per_class=cfg.data.train_per_class)
     teachers, names = load_teachers(cfg, teacher_dir, data.info)
     if "teacher_accuracy" not in done:
         from datadistill.infer import TeacherStore

@@ -374,7 +374,7 @@ TEACHER_LOGITS_RTOL = 0.25
 def infer_config(device: str, teacher_dir: Path):
     from datadistill.infer import InferConfig, StudentConfig, TeacherConfig
 
-    return InferConfig(
+    return InferConfig.of(
         dataset="digits", ipc=10, device=device, teacher_dir=str(teacher_dir),
         # batch 2048 > 1437 images: one full-batch step per epoch (see TEACHER_RTOL)
         teachers=TeacherConfig(archs=["resnet18_cifar", "shufflenet_g2"], width_mult=0.125,

@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from datadistill.config import config_from_dict, list_configs, read_config
+from datadistill.config import config_from_dict, config_to_dict, list_configs, read_config
 from datadistill.data import DatasetInfo, dataset_info, denormalize, prepare
 from datadistill.errors import ConfigError
 from datadistill.infer import (
@@ -18,6 +18,7 @@ from datadistill.infer import (
     CompensatorSettings,
     InferConfig,
     InferSet,
+    TeacherConfig,
     bn_distance,
     generate_compensators,
     instances_per_class,
@@ -29,12 +30,12 @@ from datadistill.infer import (
     sample_mixup,
     save_infer_set,
 )
-from datadistill.infer.config import pixels_at
 from datadistill.infer.labels import Mixup
 from datadistill.infer.teachers_train import prepare_infer_data
 from datadistill.infer.transforms import (
     black_level,
     crop_flip,
+    pixels_at,
     random_crop,
     random_flip,
     uses_flip,
@@ -87,27 +88,27 @@ TINY_UFC_STATS = ([0.4802, 0.4481, 0.3975], [0.2302, 0.2265, 0.2262])  # ufc_gen
 def test_shipped_configs_scale_pixels_and_normalise_consistently():
     for name in [n for n in list_configs() if "/infer_ipc" in n]:
         cfg = config_from_dict(InferConfig, read_config(name).values)
-        if cfg.dataset == "imagenet":  # official ImageNet values (jitter 32 px), not scaled
-            assert cfg.jitter == 32 and cfg.mean is None and cfg.std is None, name
+        if cfg.data.dataset == "imagenet":  # official ImageNet values (jitter 32 px), not scaled
+            assert cfg.compensator.jitter == 32 and cfg.mean is None and cfg.std is None, name
             continue
-        scaled = pixels_at(dataset_info(cfg.dataset).image_size, None)
-        for value in (cfg.jitter, cfg.teachers.crop_padding, cfg.student.crop_padding):
+        scaled = pixels_at(dataset_info(cfg.data.dataset).image_size, None)
+        for value in (cfg.compensator.jitter, cfg.teachers.crop_padding, cfg.student.crop_padding):
             assert value in (None, scaled), f"{name}: {value} px, the scaling rule gives {scaled}"
-        if cfg.dataset == "tiny_imagenet":
+        if cfg.data.dataset == "tiny_imagenet":
             assert (cfg.mean, cfg.std) == TINY_UFC_STATS, name
         else:
             assert cfg.mean is None and cfg.std is None, name
 
 
 def test_infer_data_uses_the_configured_normalisation():
-    cfg = InferConfig(dataset="digits", mean=[0.25], std=[0.5])
+    cfg = InferConfig.of(dataset="digits", mean=[0.25], std=[0.5])
     data, plain = prepare_infer_data(cfg), prepare("digits")
     assert data.info.mean == (0.25,) and data.test.info.std == (0.5,)
     # same pixels, other statistics
     raw = denormalize(data.train.images, data.info)
     assert torch.allclose(raw, denormalize(plain.train.images, plain.info), atol=1e-6)
     with pytest.raises(ConfigError, match="both mean and std"):
-        InferConfig(dataset="digits", mean=[0.25])
+        InferConfig.of(dataset="digits", mean=[0.25])
 
 
 def test_shipped_configs_parse_with_official_values():
@@ -128,9 +129,10 @@ def test_shipped_configs_parse_with_official_values():
     classes = {"cifar10": 10, "cifar100": 100, "tiny_imagenet": 200}
     for name, k in expected.items():
         cfg = config_from_dict(InferConfig, read_config(name).values)
-        assert num_groups(cfg.ipc, len(cfg.teachers.archs), classes.get(cfg.dataset, 10)) == k
+        assert num_groups(cfg.ipc, len(cfg.teachers.archs), classes.get(cfg.data.dataset, 10)) == k
         if not name.startswith("digits"):
-            assert (cfg.iterations, cfg.lr, cfg.r_bn, cfg.first_bn_multiplier) == (
+            comp = cfg.compensator
+            assert (comp.iterations, comp.lr, comp.r_bn, comp.first_bn_multiplier) == (
                 1000,
                 0.25,
                 1.0,
@@ -141,6 +143,39 @@ def test_shipped_configs_parse_with_official_values():
             assert cfg.teachers.epochs == 200 and cfg.teachers.width_mult == 1.0
     with pytest.raises(ConfigError, match="r_bn"):
         config_from_dict(InferConfig, {"r_bm": 1.0})
+
+
+def test_infer_config_holds_data_and_compensator_sections_spelt_flat():
+    flat = {"dataset": "digits", "train_per_class": 4, "iterations": 7, "betas": [0.4, 0.8],
+            "jitter": 2, "teachers": {"epochs": 3}}
+    cfg = config_from_dict(InferConfig, flat)
+    assert (cfg.data.dataset, cfg.data.train_per_class, cfg.data.download) == ("digits", 4, False)
+    assert cfg.compensator == CompensatorSettings(iterations=7, betas=(0.4, 0.8), jitter=2)
+    assert cfg == InferConfig.of(**{**flat, "betas": (0.4, 0.8),
+                                    "teachers": TeacherConfig(epochs=3)})
+    written = config_to_dict(cfg)  # written back flat, in the declared order
+    assert {k: written[k] for k in flat if k != "teachers"} == {
+        k: v for k, v in flat.items() if k != "teachers"}
+    assert written["teachers"]["epochs"] == 3
+    assert list(written)[:5] == ["dataset", "data_root", "download", "train_per_class", "ipc"]
+    assert config_from_dict(InferConfig, written) == cfg
+    assert InferConfig().data.dataset == "cifar100"  # INFER's own default
+    with pytest.raises(ConfigError, match="iterations must be >= 0"):
+        InferConfig.of(iterations=-1)
+
+
+def test_compensator_jitter_none_scales_with_the_image(monkeypatch):
+    from datadistill.infer import compensators as comp_mod
+
+    seen = []
+    monkeypatch.setattr(comp_mod, "roll_jitter", lambda x, jitter, g: seen.append(jitter) or x)
+    teacher = nn.Sequential(nn.Conv2d(1, 2, 3, padding=1), nn.BatchNorm2d(2), nn.Flatten(),
+                            nn.Linear(2 * 8 * 8, 4)).eval().requires_grad_(False)
+    with BNStatistics(teacher) as bn:
+        for settings in (CompensatorSettings(iterations=1),
+                         CompensatorSettings(iterations=1, jitter=3)):
+            optimise_compensator(teacher, bn, torch.randn(4, 1, 8, 8), settings)
+    assert seen == [pixels_at((8, 8), None), 3] == [1, 3]
 
 
 # ----------------------------------------------------------------------------- BN loss

@@ -30,7 +30,7 @@ from datadistill.infer.teachers_train import META_FILE
 @pytest.fixture(scope="module")
 def digits_run(tmp_path_factory):
     root = tmp_path_factory.mktemp("infer")
-    cfg = InferConfig(
+    cfg = InferConfig.of(
         dataset="digits",
         ipc=10,
         teacher_dir=str(root / "teachers"),
@@ -140,8 +140,8 @@ def test_classic_protocol_on_the_materialised_set(digits_run):
 
 def test_missing_teacher_store_is_explained(tmp_path):
     with pytest.raises(ConfigError, match="teacher_dir"):
-        run_infer(InferConfig(dataset="digits"), tmp_path / "out")
-    cfg = InferConfig(dataset="digits", teacher_dir=str(tmp_path / "none"))
+        run_infer(InferConfig.of(dataset="digits"), tmp_path / "out")
+    cfg = InferConfig.of(dataset="digits", teacher_dir=str(tmp_path / "none"))
     with pytest.raises(ArtifactError, match="datadistill teachers"):
         run_infer(cfg, tmp_path / "out")
     assert TeacherStore(tmp_path / "none").archs() == []
@@ -170,11 +170,11 @@ def test_random_soft_subset_baseline_uses_the_same_teacher_labels(digits_run):
 
 
 def test_train_per_class_reaches_teachers_and_class_groups(tmp_path):
-    cfg = InferConfig(dataset="digits", ipc=2, train_per_class=4,
-                      teacher_dir=str(tmp_path / "teachers"), iterations=1,
-                      teachers=TeacherConfig(archs=["shufflenet_g2"], width_mult=0.125,
-                                             epochs=1),
-                      student=StudentConfig(num_runs=0))
+    cfg = InferConfig.of(dataset="digits", ipc=2, train_per_class=4,
+                         teacher_dir=str(tmp_path / "teachers"), iterations=1,
+                         teachers=TeacherConfig(archs=["shufflenet_g2"], width_mult=0.125,
+                                                epochs=1),
+                         student=StudentConfig(num_runs=0))
     store = train_teachers(cfg, cfg.teacher_dir)
     assert store.meta("shufflenet_g2")["train_per_class"] == 4
     result = run_infer(cfg, tmp_path / "set")
@@ -183,7 +183,8 @@ def test_train_per_class_reaches_teachers_and_class_groups(tmp_path):
     flat = small.images.flatten(1)
     assert all((flat == row).all(1).any() for row in picked)  # groups come from the subset
     with pytest.raises(CompatibilityError, match="train_per_class"):
-        train_teachers(InferConfig(**{**cfg.__dict__, "train_per_class": None}), cfg.teacher_dir)
+        full = replace(cfg, data=replace(cfg.data, train_per_class=None))
+        train_teachers(full, cfg.teacher_dir)
 
 
 def test_a_killed_infer_resumes_its_compensators_bitwise(digits_run, tmp_path, monkeypatch):

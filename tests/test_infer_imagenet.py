@@ -102,11 +102,12 @@ def test_compensator_crops_and_flips_before_the_jitter(monkeypatch):
 @pytest.mark.parametrize("ipc, k", [(10, 9), (50, 49)])
 def test_shipped_imagenet_configs_have_the_official_values(ipc, k):
     cfg = config_from_dict(InferConfig, read_config(f"imagenet/infer_ipc{ipc}").values)
-    assert cfg.dataset == "imagenet" and cfg.teachers.archs == TEACHERS
+    assert cfg.data.dataset == "imagenet" and cfg.teachers.archs == TEACHERS
     assert num_groups(cfg.ipc, 3, 1000) == k
-    assert (cfg.iterations, cfg.lr, cfg.r_bn, cfg.first_bn_multiplier, cfg.jitter) == (
+    comp = cfg.compensator
+    assert (comp.iterations, comp.lr, comp.r_bn, comp.first_bn_multiplier, comp.jitter) == (
         2000, 0.25, 0.01, 10.0, 32)
-    assert cfg.crop_flip and set(cfg.teachers.checkpoints) == set(TEACHERS)
+    assert comp.crop_flip and set(cfg.teachers.checkpoints) == set(TEACHERS)
     st = cfg.student
     assert (st.model, st.augment, st.mix, st.temperature, st.lr, st.weight_decay) == (
         "resnet18_imagenet", "resized_crop_flip", "cutmix", 20.0, 1e-3, 0.01)

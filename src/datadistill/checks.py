@@ -195,10 +195,10 @@ def check_pipeline(cfg: Any, ecfg: Any, dcfg: Any, *, window: bool = True) -> No
 
 def check_infer(cfg: Any) -> None:
     """Learning rates, sizes and device of an :class:`InferConfig`."""
-    check_names(cfg.dataset, cfg.student.model)
+    check_names(cfg.data.dataset, cfg.student.model)
     check_count("seed", cfg.seed, 0)
     check_device(cfg.device)
-    check_positive("lr", cfg.lr)
+    check_positive("lr", cfg.compensator.lr)
     for section in ("teachers", "student"):
         sub = getattr(cfg, section)
         check_positive(f"{section}.lr", sub.lr)

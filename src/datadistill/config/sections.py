@@ -104,6 +104,18 @@ def key_aliases(cls: type) -> dict[str, str]:
             for sub in dataclasses.fields(section)}
 
 
+def config_of(cls: type[T], keys: dict[str, Any]) -> T:
+    """Dataclass ``cls`` from keys spelt as files spell them (``grad_mode="adjoint"``), or with
+    a :func:`flat_section` given whole (``grad=GradAxis(...)``); values as given, not coerced."""
+    sections = flat_sections(cls)
+    whole = {k: v for k, v in keys.items() if k in sections and isinstance(v, sections[k])}
+    grouped = nest_keys(cls, {k: v for k, v in keys.items() if k not in whole})
+    if both := sorted(set(whole) & set(grouped)):
+        raise TypeError(f"{cls.__name__}: section {both[0]} given whole and by its keys")
+    return cls(**whole, **{k: sections[k](**v) if k in sections else v
+                           for k, v in grouped.items()})
+
+
 def flat_fields(cls: type) -> list[tuple[str, dataclasses.Field]]:
     """(key, field) of every key of dataclass ``cls`` as files spell them, in order."""
     sections = flat_sections(cls)

@@ -12,7 +12,7 @@ The names below load on first use (PEP 562): importing a submodule, such as the 
 ``datadistill.infer.commands``, loads no torch.
 
 Example:
-    >>> cfg = InferConfig(dataset="digits", teacher_dir="runs/digits_teachers")
+    >>> cfg = InferConfig.of(dataset="digits", teacher_dir="runs/digits_teachers")
     >>> train_teachers(cfg, cfg.teacher_dir)                               # doctest: +SKIP
     >>> run_infer(cfg, "runs/digits_infer").report                         # doctest: +SKIP
 """

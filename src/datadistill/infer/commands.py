@@ -23,7 +23,7 @@ def cmd_teachers(args: argparse.Namespace) -> None:
     from datadistill.infer.teachers_train import train_teachers
 
     _, cfg = _load(args)
-    out = check_output_folder(args.out or cfg.teacher_dir or f"runs/{cfg.dataset}_teachers")
+    out = check_output_folder(args.out or cfg.teacher_dir or f"runs/{cfg.data.dataset}_teachers")
     store = train_teachers(cfg, out, progress=not args.quiet)
     for arch in store.archs():
         print(f"{arch}: test accuracy {100 * store.meta(arch)['test_accuracy']:.2f} %")

@@ -36,6 +36,7 @@ from torch import nn
 
 from datadistill.errors import CompatibilityError, DatasetError, DivergenceError
 from datadistill.infer.imagenet import batch_resized_crop_flip
+from datadistill.infer.transforms import pixels_at
 from datadistill.runtime.progress import progress_bar
 
 log = logging.getLogger(__name__)
@@ -163,15 +164,16 @@ def cosine_lr(base_lr: float, iteration: int, total: int) -> float:
 
 @dataclass(frozen=True)
 class CompensatorSettings:
-    """Optimisation of one compensator; defaults are the official CIFAR values."""
+    """Optimisation of one compensator; defaults are the official CIFAR values
+    (``sh/ufc_cifar.sh``). INFER's config holds it as its flat ``compensator`` section."""
 
-    iterations: int = 1000
-    lr: float = 0.25  # Adam, cosine to 0 per iteration
+    iterations: int = 1000  # sh/ufc_cifar.sh (ImageNet: 2000)
+    lr: float = 0.25  # Adam on u, cosine to 0 per iteration, no warm-up
     betas: tuple[float, float] = (0.5, 0.9)
-    r_bn: float = 1.0  # weight of the BN-statistics loss
-    first_bn_multiplier: float = 10.0  # s_1
-    jitter: int = 4  # roll offsets in [0, jitter] px
-    crop_flip: bool = False  # ImageNet: RandomResizedCrop + flip (one draw per batch) first
+    r_bn: float = 1.0  # weight of the BN-statistics loss (CIFAR 1, ImageNet 0.01)
+    crop_flip: bool = False  # ImageNet: RandomResizedCrop + flip per batch before the jitter
+    first_bn_multiplier: float = 10.0  # s_1: extra weight of the first BN layer
+    jitter: int | None = None  # max roll offset in px; None: 4 px at 32 px, scaled by size
 
 
 def optimise_compensator(
@@ -187,6 +189,7 @@ def optimise_compensator(
     :class:`BNStatistics`. Returns the detached u of the last iterate.
     """
     st = settings
+    jitter = pixels_at(tuple(group.shape[-2:]), st.jitter)
     targets = torch.arange(group.shape[0], device=group.device)  # (C,): image c is class c
     u = torch.zeros(1, *group.shape[1:], device=group.device, requires_grad=True)
     opt = torch.optim.Adam([u], lr=st.lr, betas=tuple(st.betas), eps=1e-8)
@@ -196,7 +199,7 @@ def optimise_compensator(
         x = group + u  # (C, Ch, H, W), u broadcast to all
         if st.crop_flip:
             x = batch_resized_crop_flip(x, generator)
-        x = roll_jitter(x, st.jitter, generator)
+        x = roll_jitter(x, jitter, generator)
         bn.terms.clear()
         ce = F.cross_entropy(teacher(x), targets)
         loss = ce + st.r_bn * bn.loss(st.first_bn_multiplier)

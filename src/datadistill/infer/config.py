@@ -10,7 +10,7 @@ sections ``teachers:`` and ``student:`` fill :class:`TeacherConfig` and
 :class:`StudentConfig` (overrides look like ``teachers.epochs=2``).
 
 Example:
-    >>> cfg = InferConfig(dataset="cifar100", ipc=10)
+    >>> cfg = InferConfig.of(dataset="cifar100", ipc=10)
     >>> num_groups(cfg.ipc, len(cfg.teachers.archs), 100)
     9
 """
@@ -19,10 +19,18 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from datadistill.checks import check_infer
-from datadistill.config import config_from_dict, expect_recipe, read_config
+from datadistill.config import (
+    config_from_dict,
+    config_of,
+    expect_recipe,
+    flat_section,
+    read_config,
+)
 from datadistill.errors import ConfigError
+from datadistill.infer.compensators import CompensatorSettings
 from datadistill.runtime.devices import resolve_device
 
 INFER_TEACHERS = ["resnet18_cifar", "mobilenetv2_cifar", "efficientnet_b0_cifar", "shufflenet_g2"]
@@ -76,26 +84,33 @@ class StudentConfig:
 
 
 @dataclass
-class InferConfig:
-    """One INFER distillation: data, teachers, compensators, labels and evaluation."""
+class InferData:
+    """Which real data INFER reads; its keys are spelt flat in files (``dataset: cifar100``)."""
 
     dataset: str = "cifar100"  # datadistill.data registry name
     data_root: str | None = None  # None: the data module's default location
     download: bool = False  # let the data module fetch missing files
     train_per_class: int | None = None  # class-balanced train subset for teachers and groups
+
+
+@dataclass
+class InferConfig:
+    """One INFER distillation: data, teachers, compensators, labels and evaluation.
+
+    ``data`` (:class:`InferData`) and ``compensator`` (:class:`~datadistill.infer.compensators.
+    CompensatorSettings`, one per (class group, teacher); ``sh/ufc_cifar.sh``'s values) are
+    nested sections whose keys files spell flat (``iterations: 1000``, ``iterations=5``), read
+    and written through :func:`datadistill.config.key_aliases`. Build one from flat keys with
+    :meth:`of`.
+    """
+
+    data: InferData = flat_section(InferData)
     ipc: int = 10  # nominal budget, in image-sized tensors per class
     device: str = "cpu"
     seed: int = 0  # class-group sampling, jitter and students (run r uses seed + r)
     teacher_dir: str | None = None  # store written by train_teachers (`datadistill teachers`)
     teachers: TeacherConfig = field(default_factory=TeacherConfig)
-    # Compensator ("UFC") optimisation, one per (class group, teacher).
-    iterations: int = 1000  # sh/ufc_cifar.sh (ImageNet: 2000)
-    lr: float = 0.25  # Adam on u, cosine to 0 per iteration, no warm-up
-    betas: tuple[float, float] = (0.5, 0.9)
-    r_bn: float = 1.0  # weight of the BN-statistics loss (CIFAR 1, ImageNet 0.01)
-    crop_flip: bool = False  # ImageNet: RandomResizedCrop + flip per batch before the jitter
-    first_bn_multiplier: float = 10.0  # s_1: extra weight of the first BN layer
-    jitter: int | None = None  # max roll offset in px; None: 4 px at 32 px, scaled by size
+    compensator: CompensatorSettings = flat_section(CompensatorSettings)
     label_batch_size: int = 256  # teacher forward passes for static labels; no effect
     # Per-channel normalisation of teachers, compensators and students; None: the dataset's.
     # Set where INFER lists other statistics than the dataset module (Tiny ImageNet).
@@ -103,11 +118,18 @@ class InferConfig:
     std: list[float] | None = None
     student: StudentConfig = field(default_factory=StudentConfig)
 
+    @classmethod
+    def of(cls, **keys: Any) -> InferConfig:
+        """The config from keys spelt as files spell them (``dataset="digits"``,
+        ``iterations=2``), or with a section given whole (``data=InferData(...)``)."""
+        return config_of(cls, keys)
+
     def __post_init__(self) -> None:
         if self.ipc < 1:
             raise ConfigError(f"ipc must be at least 1, got {self.ipc}")
-        if self.iterations < 0:
-            raise ConfigError(f"iterations must be >= 0, got {self.iterations}")
+        if self.compensator.iterations < 0:
+            raise ConfigError(
+                f"iterations must be >= 0, got {self.compensator.iterations}")
         if self.student.labels not in ("static", "dynamic"):
             raise ConfigError(
                 f"student.labels must be 'static' or 'dynamic', got '{self.student.labels}'"
@@ -157,21 +179,6 @@ def instances_per_class(ipc: int, num_teachers: int, num_classes: int) -> int:
         45
     """
     return num_groups(ipc, num_teachers, num_classes) * (num_teachers + 1)
-
-
-def pixels_at(image_size: tuple[int, int], value: int | None, at_32: int = 4) -> int:
-    """``value`` if set, else ``at_32`` px scaled from 32 px to the image size (at least 1).
-
-    INFER's roll jitter and crop padding are 4 px at 32 px; 4 px on an 8 px digit would
-    shift away half the image, so sizes scale unless a config fixes them.
-
-    Example:
-        >>> pixels_at((32, 32), None), pixels_at((8, 8), None), pixels_at((64, 64), None)
-        (4, 1, 8)
-    """
-    if value is not None:
-        return value
-    return max(1, round(at_32 * min(image_size) / 32))
 
 
 def load_infer_config(name_or_path: str | Path, overrides: list[str] | None = None

@@ -13,7 +13,7 @@ Feature Compensator", ICLR 2025), Algorithm 1:
 5. optionally train students the INFER way (``student.evaluate_student``).
 
 Example:
-    >>> cfg = InferConfig(dataset="cifar100", ipc=10, teacher_dir="runs/c100_teachers")
+    >>> cfg = InferConfig.of(dataset="cifar100", ipc=10, teacher_dir="runs/c100_teachers")
     >>> result = run_infer(cfg, "runs/c100_infer_ipc10", progress=True)    # doctest: +SKIP
     >>> print(result.report)                                               # doctest: +SKIP
 """
@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -39,13 +39,14 @@ from datadistill.infer.compensators import (
     generate_compensators,
     sample_class_groups,
 )
-from datadistill.infer.config import InferConfig, num_groups, pixels_at
+from datadistill.infer.config import InferConfig, num_groups
 from datadistill.infer.imagenet import check_checkpoints, load_checkpoint_teachers
 from datadistill.infer.instances import LazyInstances
 from datadistill.infer.labels import ensemble_logits
 from datadistill.infer.store import InferSet, load_infer_set, save_infer_set
 from datadistill.infer.student import evaluate_student
 from datadistill.infer.teachers_train import TeacherStore, prepare_infer_data
+from datadistill.infer.transforms import pixels_at
 from datadistill.io import load_tensors, save_tensors, write_report
 from datadistill.report.figures import register_set_view
 from datadistill.report.page import write_report as write_page
@@ -122,15 +123,8 @@ def distill_infer(
         len(teachers),
         k * (len(teachers) + 1),
     )
-    settings = CompensatorSettings(
-        iterations=cfg.iterations,
-        lr=cfg.lr,
-        betas=tuple(cfg.betas),
-        r_bn=cfg.r_bn,
-        first_bn_multiplier=cfg.first_bn_multiplier,
-        jitter=pixels_at(info.image_size, cfg.jitter),
-        crop_flip=cfg.crop_flip,
-    )
+    # the jitter resolved for this image size, as the stored set records it
+    settings = replace(cfg.compensator, jitter=pixels_at(info.image_size, cfg.compensator.jitter))
     comps = _resumable_compensators(cfg, teachers, teacher_names, groups, settings, generator,
                                     progress, checkpoint)
     infer_set = InferSet(

@@ -55,5 +55,5 @@ def infer_lines(result, out_dir: Path) -> list[str]:
 
 RECIPE = register_recipe(Recipe(
     name="infer", summary="INFER: inter-class feature compensators (teachers first)",
-    load=load_infer_config, run=_run, label=lambda c: f"infer, {c.dataset}, IPC {c.ipc}",
-    default_out=lambda c: f"runs/{c.dataset}_infer_ipc{c.ipc}", lines=infer_lines))
+    load=load_infer_config, run=_run, label=lambda c: f"infer, {c.data.dataset}, IPC {c.ipc}",
+    default_out=lambda c: f"runs/{c.data.dataset}_infer_ipc{c.ipc}", lines=infer_lines))

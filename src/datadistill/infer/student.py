@@ -32,12 +32,12 @@ from datadistill import distributed
 from datadistill.data import DatasetInfo, ImageSet
 from datadistill.errors import CompatibilityError, ConfigError
 from datadistill.evaluation.protocols import EvalReport, evaluate_distilled
-from datadistill.infer.config import StudentConfig, pixels_at
+from datadistill.infer.config import StudentConfig
 from datadistill.infer.imagenet import sample_cutmix, sample_resized_crop_flip
 from datadistill.infer.instances import LazyInstances
 from datadistill.infer.labels import ensemble_logits, kd_loss, sample_mixup
 from datadistill.infer.store import InferSet
-from datadistill.infer.transforms import black_level, crop_flip, uses_flip
+from datadistill.infer.transforms import black_level, crop_flip, pixels_at, uses_flip
 from datadistill.models import teachers as _teachers  # noqa: F401  registers INFER's teachers
 from datadistill.runs import Run, run_all
 from datadistill.training import (

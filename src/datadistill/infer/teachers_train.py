@@ -33,8 +33,8 @@ from datadistill import __version__, distributed
 from datadistill.config import check_saved_config
 from datadistill.data import DatasetInfo, ImageSet, RealData, prepare, renormalize
 from datadistill.errors import ArtifactError, CompatibilityError, ConfigError
-from datadistill.infer.config import InferConfig, TeacherConfig, pixels_at
-from datadistill.infer.transforms import black_level, crop_flip, uses_flip
+from datadistill.infer.config import InferConfig, TeacherConfig
+from datadistill.infer.transforms import black_level, crop_flip, pixels_at, uses_flip
 from datadistill.io import load_tensors, read_json, save_tensors, write_json
 from datadistill.models.teachers import create_teacher
 from datadistill.runs import OnDisk, Run, run_all
@@ -258,11 +258,12 @@ def prepare_infer_data(cfg: InferConfig, progress: bool = False) -> RealData:
     """The real data INFER works on: ``prepare`` with ``cfg.mean``/``cfg.std`` when set.
 
     Example:
-        >>> prepare_infer_data(InferConfig(dataset="digits", mean=[0.5], std=[0.5])).info.mean
+        >>> prepare_infer_data(InferConfig.of(dataset="digits", mean=[0.5], std=[0.5])).info.mean
         (0.5,)
     """
-    data = prepare(cfg.dataset, cfg.data_root, download=cfg.download, progress=progress,
-                   train_per_class=cfg.train_per_class)
+    src = cfg.data
+    data = prepare(src.dataset, src.data_root, download=src.download, progress=progress,
+                   train_per_class=src.train_per_class)
     if cfg.mean is not None:
         data = renormalize(data, tuple(cfg.mean), tuple(cfg.std))
     return data
@@ -280,7 +281,8 @@ def train_teachers(cfg: InferConfig, out_dir: str | Path, progress: bool = False
     are written.
 
     Example:
-        >>> cfg = InferConfig(dataset="digits", teachers=TeacherConfig(epochs=2, width_mult=0.25))
+        >>> cfg = InferConfig.of(dataset="digits",
+        ...                      teachers=TeacherConfig(epochs=2, width_mult=0.25))
         >>> store = train_teachers(cfg, "runs/digits_teachers")           # doctest: +SKIP
     """
     if cfg.teachers.checkpoints:
@@ -290,7 +292,7 @@ def train_teachers(cfg: InferConfig, out_dir: str | Path, progress: bool = False
     info, tc, store = data.info, cfg.teachers, TeacherStore(out_dir)
     flip = uses_flip(info.dsa_strategy, tc.flip)
     archs = list(tc.archs)
-    recipes = [teacher_recipe(arch, info, tc, flip) | {"train_per_class": cfg.train_per_class}
+    recipes = [teacher_recipe(arch, info, tc, flip) | {"train_per_class": cfg.data.train_per_class}
                for arch in archs]
     for arch, recipe in zip(archs, recipes, strict=True):
         if store.has(arch):

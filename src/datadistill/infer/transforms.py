@@ -67,3 +67,18 @@ def uses_flip(dsa_strategy: str, flip: bool | None) -> bool:
     """Resolve a ``flip: None`` setting from the dataset: digit-like datasets have no 'flip'
     in their DSA strategy, and mirrored digits are other digits."""
     return ("flip" in dsa_strategy) if flip is None else flip
+
+
+def pixels_at(image_size: tuple[int, int], value: int | None, at_32: int = 4) -> int:
+    """``value`` if set, else ``at_32`` px scaled from 32 px to the image size (at least 1).
+
+    INFER's roll jitter and crop padding are 4 px at 32 px; 4 px on an 8 px digit would
+    shift away half the image, so sizes scale unless a config fixes them.
+
+    Example:
+        >>> pixels_at((32, 32), None), pixels_at((8, 8), None), pixels_at((64, 64), None)
+        (4, 1, 8)
+    """
+    if value is not None:
+        return value
+    return max(1, round(at_32 * min(image_size) / 32))

@@ -38,13 +38,12 @@ from datadistill.config import (
     check_saved_config,
     config_asdict,
     config_from_dict,
+    config_of,
     expect_recipe,
     fields_of,
     flat_fields,
     flat_section,
-    flat_sections,
     merge,
-    nest_keys,
     read_config,
 )
 from datadistill.errors import ConfigError
@@ -119,13 +118,7 @@ class DistillSection:
     def of(cls, **keys: Any):
         """The config from keys spelt as files spell them (``grad_mode="adjoint"``), or with a
         section given whole (``grad=GradAxis(...)``); values as given, not coerced."""
-        sections = flat_sections(cls)
-        whole = {k: v for k, v in keys.items() if k in sections and isinstance(v, sections[k])}
-        grouped = nest_keys(cls, {k: v for k, v in keys.items() if k not in whole})
-        if both := sorted(set(whole) & set(grouped)):
-            raise TypeError(f"{cls.__name__}: section {both[0]} given whole and by its keys")
-        return cls(**whole, **{k: sections[k](**v) if k in sections else v
-                               for k, v in grouped.items()})
+        return config_of(cls, keys)
 
 
 @dataclass
