@@ -121,7 +121,7 @@ MUTANTS = [
        "[state.images], lr=cfg.lr_img, momentum=0.9", "image SGD momentum 0.5 -> 0.9"),
     _m("threshold_inverted", "tm/distill.py", "value > cfg.threshold", "value < cfg.threshold",
        "DATM's threshold skips the good iterations instead of the bad ones"),
-    _m("ema_never_updated", "tm/distill.py", "ema.update(state.images)", "pass",
+    _m("ema_never_updated", "tm/distill.py", "loop.ema.update(state.images)", "pass",
        "FTD's EMA never follows the images"),
     _m("resume_ignores_generators", "tm/distill.py", "g.set_state(state.generators[name])",
        "pass", "a resumed run restarts its random generators"),
