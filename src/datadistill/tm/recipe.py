@@ -17,11 +17,6 @@ from datadistill.tm.config import load_pipeline_config
 from datadistill.tm.pipeline import run_pipeline
 
 
-def _run(cfg, out_dir: Path, progress: bool = True, restart: bool = False,
-         expert_dir: str | None = None) -> dict:
-    return run_pipeline(cfg, out_dir, progress=progress, restart=restart, expert_dir=expert_dir)
-
-
 def _note(cfg) -> str | None:
     return check_ipc_for_dataset(cfg.ipc, cfg.dataset, cfg.data_root, cfg.train_per_class)
 
@@ -38,6 +33,7 @@ def run_lines(report: dict, out_dir: Path) -> list[str]:
 
 RECIPE = register_recipe(Recipe(
     name="tm", summary="trajectory matching (presets mtt, ftd, datm, mdatm, pad)",
-    load=load_pipeline_config, run=_run, label=lambda c: f"{c.method}, {c.dataset}, IPC {c.ipc}",
+    load=load_pipeline_config, run=run_pipeline,
+    label=lambda c: f"{c.method}, {c.dataset}, IPC {c.ipc}",
     default_out=lambda c: f"runs/{c.dataset}_{c.method}_ipc{c.ipc}", lines=run_lines,
     note=_note))
