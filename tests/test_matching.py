@@ -60,6 +60,34 @@ def test_norm_act_pool_double_backward(pool, fmt, native):
     assert torch.autograd.gradgradcheck(fn, (z, w, b), fast_mode=True)
 
 
+@pytest.mark.parametrize(("n", "size"), [(4, 16), (40, 8)])
+def test_student_norm_keeps_float32_precision_when_the_mean_is_large(n, size):
+    """The student's channels_last instance norm centres before it squares: instances whose
+    mean is 30 standard deviations keep float32 precision in the output and in the gradient,
+    which reuses the statistics (~1e-5 here; PyTorch's channels_last kernel takes
+    E[z^2] - mu^2 and is off by 4e-4 to 1.4e-3). float64 is the reference."""
+    g = torch.Generator().manual_seed(0)
+    z = torch.randn(n, 32, size, size, generator=g) + 30.0
+    w, b = torch.rand(32, generator=g) + 0.5, torch.randn(32, generator=g)
+    v = torch.randn(n, 32, size // 2, size // 2, generator=g)
+
+    def run(z, w, b, ours):
+        z = z.clone().requires_grad_()
+        if ours:
+            p = norm_act_pool(z.contiguous(memory_format=CL), w, b, 1e-5, True, CL)
+        else:
+            p = torch.nn.functional.group_norm(z, 32, w, b, 1e-5)
+            p = torch.nn.functional.avg_pool2d(torch.relu(p), 2)
+        (gz,) = torch.autograd.grad((p * v.to(p.dtype)).sum(), z)
+        return p, gz
+
+    got, got_grad = run(z, w, b, True)
+    ref, ref_grad = run(z.double(), w.double(), b.double(), False)
+    assert got.is_contiguous(memory_format=CL)
+    torch.testing.assert_close(got.double(), ref, rtol=0, atol=5e-5)
+    torch.testing.assert_close(got_grad.double(), ref_grad, rtol=0, atol=5e-5)
+
+
 def test_chunked_reductions_and_odd_pool(monkeypatch):
     """The chunked per-instance dot products and the odd-size pool backward are exact."""
     from datadistill.models import convnet_ops as fastconv
