@@ -71,7 +71,9 @@ class ConvNetPlan:
         x = x.contiguous(memory_format=fmt)
         for d, blk in enumerate(self.blocks):
             if blk.norm is not None:  # the conv bias cancels in the instance norm
-                x = conv3x3(x, p[blk.conv], blk.pad, fmt, inner_dx=d > 0)
+                # the weight in the activations' layout once, not once per convolution call
+                w = p[blk.conv].contiguous(memory_format=fmt)
+                x = conv3x3(x, w, blk.pad, fmt, inner_dx=d > 0)
                 x = norm_act_pool(x, p[blk.norm[0]], p[blk.norm[1]], blk.eps, blk.pool, fmt)
                 continue
             x = F.conv2d(x, p[blk.conv], p[blk.bias] if blk.bias >= 0 else None, 1, blk.pad)
