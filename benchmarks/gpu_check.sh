@@ -162,8 +162,9 @@ if [[ $DEVICE_OK -eq 1 && $CIFAR -ne 2 ]]; then
   else
     SPEED=(--iterations 3)
   fi
+  # the CPU allocator settings do not touch CUDA memory: one official-style run suffices
   step speed "$PY" benchmarks/speed.py --device "$DEVICE" --dsa-modes on "${SPEED[@]}" \
-    --out "$WORK/speed.json"
+    --impls official ours --out "$WORK/speed.json"
 
   # -------------------------------------------------------------- memory
   if [[ $TINY -eq 1 ]]; then

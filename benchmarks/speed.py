@@ -8,6 +8,12 @@ backward, channels_last on CPU). Both run the same unroll (:func:`unroll_student
 outer SGD step, on the CIFAR-10 shape: ConvNet-3 width 128, 3x32x32 images, 10 classes;
 IPC 1 with 50 student steps and IPC 10 with 30 steps (full batch), DSA on and off.
 
+The official-style student runs twice: ``official``, in a process with this package's CPU
+allocator settings (huge pages, freed memory kept: see ``datadistill/__init__.py``), which
+isolates what the kernels gain; and ``official_default``, with PyTorch's and glibc's defaults
+(``THP_MEM_ALLOC_ENABLE=0``, ``DATADISTILL_KEEP_FREED_MEMORY=0``), as the official code runs in
+its own process. ``--impls`` picks a subset.
+
 Each (configuration, implementation) runs in a fresh subprocess so that the peak memory is its
 own: max RSS from ``resource.getrusage`` on CPU (tracemalloc does not see torch's allocations),
 ``torch.cuda.max_memory_allocated`` on CUDA. Prints a markdown table, writes JSON.
@@ -22,6 +28,7 @@ from __future__ import annotations
 import argparse
 import copy
 import json
+import os
 import resource
 import statistics
 import subprocess
@@ -33,7 +40,8 @@ import torch
 from torch import nn
 
 CONFIGS = [(1, 50), (10, 30)]  # (ipc, syn_steps) of MTT's CIFAR-10 settings
-IMPLS = ("official", "ours")
+IMPLS = ("official_default", "official", "ours")
+_DEFAULT_ENV = {"THP_MEM_ALLOC_ENABLE": "0", "DATADISTILL_KEEP_FREED_MEMORY": "0"}
 
 
 class FlatParamModule(nn.Module):
@@ -69,6 +77,7 @@ def worker(args: argparse.Namespace) -> dict:
     torch.manual_seed(0)
     model = create_model("convnet", 3, 10, 32, width=args.width).to(dev)
     forward = student_forward(model) if args.impl == "ours" else FlatParamModule(model)
+    import datadistill
     n = 10 * args.ipc
     gen = torch.Generator().manual_seed(1)
     images = torch.randn(n, 3, 32, 32, generator=gen).to(dev).requires_grad_()
@@ -98,7 +107,9 @@ def worker(args: argparse.Namespace) -> dict:
         if i >= args.warmup:
             times.append(time.perf_counter() - t0)
             cpu.append(time.process_time() - c0)
-    out = {"impl": args.impl, "ipc": args.ipc, "syn_steps": args.syn_steps, "dsa": args.dsa,
+    out = {"impl": args.impl, "keeps_freed_memory": datadistill.KEEPS_FREED_MEMORY,
+           "thp": os.environ.get("THP_MEM_ALLOC_ENABLE"), "ipc": args.ipc,
+           "syn_steps": args.syn_steps, "dsa": args.dsa,
            "width": args.width, "device": str(dev), "threads": torch.get_num_threads(),
            "sec_per_iter": statistics.median(times), "times": times,
            "cpu_sec_per_iter": statistics.median(cpu),  # all threads; robust to preemption
@@ -122,26 +133,36 @@ def run_one(args: argparse.Namespace, impl: str, ipc: int, steps: int, dsa: bool
            "--syn-steps", str(steps), "--width", str(args.width), "--device", args.device,
            "--iterations", str(args.iterations), "--warmup", str(args.warmup),
            "--threads", str(args.threads)] + (["--dsa"] if dsa else [])
-    proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    env = os.environ | (_DEFAULT_ENV if impl == "official_default" else {})
+    proc = subprocess.run(cmd, capture_output=True, text=True, check=False, env=env)
     if proc.returncode != 0:
         raise RuntimeError(f"worker failed: {' '.join(cmd)}\n{proc.stderr}")
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
 def table(rows: list[dict]) -> str:
-    """Markdown: wall and CPU seconds per iteration (CPU time is robust to a busy machine)."""
+    """Markdown: wall and CPU seconds per iteration of each implementation that ran, and ours
+    against each official-style run (CPU time is robust to a busy machine)."""
     mem = "cuda_max_allocated_mb" if rows and "cuda_max_allocated_mb" in rows[0] else "max_rss_mb"
-    lines = ["| IPC | steps | DSA | official s/it | ours s/it | speedup | official CPU s/it | "
-             f"ours CPU s/it | CPU speedup | official {mem} | ours {mem} |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    impls = [i for i in IMPLS if any(r["impl"] == i for r in rows)]
+    others = [i for i in impls if i != "ours"]
+    head = (["IPC", "steps", "DSA"] + [f"{i} s/it (CPU s/it)" for i in impls]
+            + [f"ours vs {i} (CPU)" for i in others if "ours" in impls]
+            + [f"{i} {mem}" for i in impls])
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     keyed = {(r["ipc"], r["syn_steps"], r["dsa"], r["impl"]): r for r in rows}
     for ipc, steps, dsa in sorted({(r["ipc"], r["syn_steps"], r["dsa"]) for r in rows}):
-        a, b = keyed[(ipc, steps, dsa, "official")], keyed[(ipc, steps, dsa, "ours")]
-        wa, wb = a["sec_per_iter"], b["sec_per_iter"]
-        ca, cb = a["cpu_sec_per_iter"], b["cpu_sec_per_iter"]
-        lines.append(f"| {ipc} | {steps} | {'on' if dsa else 'off'} | {wa:.3f} | {wb:.3f} | "
-                     f"{wa / wb:.2f}x | {ca:.3f} | {cb:.3f} | {ca / cb:.2f}x | {a[mem]:.0f} | "
-                     f"{b[mem]:.0f} |")
+        got = {i: keyed[(ipc, steps, dsa, i)] for i in impls if (ipc, steps, dsa, i) in keyed}
+        cells = [str(ipc), str(steps), "on" if dsa else "off"]
+        cells += [f"{got[i]['sec_per_iter']:.3f} ({got[i]['cpu_sec_per_iter']:.3f})"
+                  if i in got else "-" for i in impls]
+        if "ours" in got:
+            b = got["ours"]
+            cells += [f"{got[i]['sec_per_iter'] / b['sec_per_iter']:.2f}x "
+                      f"({got[i]['cpu_sec_per_iter'] / b['cpu_sec_per_iter']:.2f}x)"
+                      if i in got else "-" for i in others]
+        cells += [f"{got[i][mem]:.0f}" if i in got else "-" for i in impls]
+        lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
@@ -156,6 +177,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--iterations", type=int, default=2, help="timed iterations per run")
     p.add_argument("--warmup", type=int, default=1)
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch default)")
+    p.add_argument("--impls", nargs="*", default=list(IMPLS), choices=IMPLS,
+                   help="which students to run (default: all three)")
     p.add_argument("--out", default="benchmarks/results/speed.json")
     # worker mode (one configuration, called by the parent in a fresh process)
     p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
@@ -174,7 +197,7 @@ def main(argv: list[str] | None = None) -> int:
             continue
         steps = max(1, round(steps * args.steps_scale))
         for dsa in modes:
-            for impl in IMPLS:  # same run, alternating, fresh process each
+            for impl in args.impls:  # same run, alternating, fresh process each
                 rows.append(run_one(args, impl, ipc, steps, dsa))
                 print(f"# {impl} ipc={ipc} steps={steps} dsa={dsa}: "
                       f"{rows[-1]['sec_per_iter']:.3f} s/it", file=sys.stderr)
