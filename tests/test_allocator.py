@@ -15,12 +15,20 @@ import datadistill, torch
 def rss():
     return int(open("/proc/self/statm").read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
-x = torch.ones((64 << 20) // 4)  # 64 MB, every page touched
-before = rss()
-del x
+from datadistill.runtime.allocator import large_blocks_returned
+
+def released(mb=64):
+    x = torch.ones((mb << 20) // 4)  # every page touched
+    before = rss()
+    del x
+    return (before - rss()) / 2**20
+
+kept = released()
+with large_blocks_returned():
+    inside = released(96)  # larger than the kept hole, which would be reused first
 print(json.dumps({"keeps": datadistill.KEEPS_FREED_MEMORY,
                   "thp": os.environ.get("THP_MEM_ALLOC_ENABLE"),
-                  "released_mb": (before - rss()) / 2**20}))
+                  "released_mb": kept, "inside_mb": inside, "after_mb": released()}))
 """
 
 glibc_linux = pytest.mark.skipif(
@@ -42,7 +50,15 @@ def test_freed_tensor_memory_stays_in_the_process_for_the_next_step():
     returns it at once (a block that large is its own mmap)."""
     kept = _probe()
     assert kept["keeps"] is True and kept["thp"] == "1"
-    assert kept["released_mb"] < 8, kept
+    assert kept["released_mb"] < 8 and kept["after_mb"] < 8, kept
     default = _probe(DATADISTILL_KEEP_FREED_MEMORY="0", THP_MEM_ALLOC_ENABLE="0")
     assert default["keeps"] is False and default["thp"] == "0"
     assert default["released_mb"] > 56, default
+
+
+@glibc_linux
+def test_adjoint_steps_hand_large_blocks_back():
+    """Inside ``large_blocks_returned`` (adjoint mode's passes) a new 96 MB block goes back
+    to the kernel when freed; outside it, freed memory is kept again."""
+    got = _probe()
+    assert got["inside_mb"] > 88 and got["released_mb"] < 8 and got["after_mb"] < 8, got

@@ -13,7 +13,8 @@ section 14). Neither setting changes a value, only the speed:
   heap (no ``mmap`` per large tensor) and the heap is never trimmed, so a step reuses the
   pages of the previous one instead of faulting them in again. The process's resident
   memory then stays at its high-water mark. ``DATADISTILL_KEEP_FREED_MEMORY=0`` (set before
-  the import) leaves glibc's defaults.
+  the import) leaves glibc's defaults. Adjoint distillation steps return blocks of 32 MB and
+  more (:mod:`datadistill.runtime.allocator`).
 """
 
 import os
@@ -21,24 +22,8 @@ import os
 os.environ.setdefault("THP_MEM_ALLOC_ENABLE", "1")
 
 
-def _keep_freed_memory() -> bool:
-    """Tell glibc's malloc to serve every block from the heap and never give it back; False
-    where it was not done (turned off, not Linux, not glibc)."""
-    import sys
+from datadistill.runtime.allocator import keep_freed_memory  # noqa: E402
 
-    if os.environ.get("DATADISTILL_KEEP_FREED_MEMORY", "1") == "0" or sys.platform != "linux":
-        return False
-    import ctypes
-
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-        libc.gnu_get_libc_version  # noqa: B018  (glibc only: musl has no mallopt options)
-    except (OSError, AttributeError):
-        return False
-    m_trim_threshold, m_mmap_max = -1, -4  # <malloc.h>; a threshold of -1: never trim
-    return bool(libc.mallopt(m_mmap_max, 0)) and bool(libc.mallopt(m_trim_threshold, -1))
-
-
-KEEPS_FREED_MEMORY = _keep_freed_memory()
+KEEPS_FREED_MEMORY = keep_freed_memory()
 
 __version__ = "0.1.0"

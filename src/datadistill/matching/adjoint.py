@@ -90,6 +90,7 @@ from datadistill.matching.adjoint_steps import (
     step_vjp,
 )
 from datadistill.matching.student import BatchSampler, ForwardFn, StudentSteps, label_loss
+from datadistill.runtime.allocator import large_blocks_returned
 
 SNAPSHOT_MODES = ("memory", "spill")
 
@@ -258,7 +259,14 @@ def student_trajectory(forward: ForwardFn, theta0: torch.Tensor, images: torch.T
         >>> len(traj.thetas), len(traj.steps)                                     # doctest: +SKIP
         (6, 5)
     """
-    options = options or AdjointOptions()
+    with large_blocks_returned(images.device.type == "cpu"):  # see runtime.allocator
+        return _trajectory(forward, theta0, images, labels, syn_lr, steps, generator,
+                           options or AdjointOptions())
+
+
+def _trajectory(forward: ForwardFn, theta0: torch.Tensor, images: torch.Tensor,
+                labels: torch.Tensor, syn_lr: torch.Tensor, steps: StudentSteps,
+                generator: torch.Generator | None, options: AdjointOptions) -> Trajectory:
     rank, world = _ranks()
     replay = Replay(forward, steps.loss_fn or label_loss(labels), images, labels, steps.dsa,
                     options.micro_batch, rank, world)
@@ -306,6 +314,12 @@ def adjoint_backward(forward: ForwardFn, traj: Trajectory, images: torch.Tensor,
         >>> g.images.shape == x.shape                                     # doctest: +SKIP
         True
     """
+    with large_blocks_returned(images.device.type == "cpu"):  # see runtime.allocator
+        return _backward(forward, traj, images, labels, syn_lr, lam)
+
+
+def _backward(forward: ForwardFn, traj: Trajectory, images: torch.Tensor,
+              labels: torch.Tensor, syn_lr: torch.Tensor, lam: torch.Tensor) -> AdjointGrads:
     steps, alpha = traj.settings, syn_lr.detach()
     rank, world = _ranks()
     replay = Replay(forward, steps.loss_fn or label_loss(labels), images, labels, steps.dsa,

@@ -22,9 +22,7 @@ host memory).
   ``benchmarks/memory.py`` (peak RSS of the real loop on the CIFAR-10 shape at several
   syn_steps and micro_batch sizes, see :data:`CALIBRATION`). GRAPH is the allocator
   overhead on the kept graph, TRANSIENT the temporaries alive while one step's graph is
-  differentiated (in units of one step's graph), base the process before any tensor. A CPU
-  student in a process that keeps freed memory (the package's default, see
-  ``datadistill/__init__.py``) uses :data:`KEPT_CALIBRATION`, fitted the same way under it.
+  differentiated (in units of one step's graph), base the process before any tensor.
 - ``data``: the real images held in memory (train + test, x C x H x W float32 + labels);
   ``state``: :data:`SET_COPIES` copies of the synthetic set (images, and soft labels with
   them) and a few flat parameter vectors (expert pair, theta_N, gradient). A copy of the set
@@ -36,9 +34,8 @@ host memory).
   report) adds about one transient copy, below the iteration's peak.
 
 On CUDA, ``base`` and ``data`` are left out (they live in host memory); the CUDA constants are
-the CPU ones of :data:`CALIBRATION` (not calibrated on a GPU). DSA is not traced (it saves at
-most a few copies of the image per step, under 2 % at the CIFAR shapes; the calibration
-absorbs it).
+the CPU ones (not calibrated on a GPU). DSA is not traced (it saves at most a few copies of the
+image per step, under 2 % at the CIFAR shapes; the calibration absorbs it).
 
 Example:
     >>> from datadistill.models import create_model
@@ -94,31 +91,6 @@ CALIBRATION = {
     "generic": Calibration(graph=1.104, transient=0.523, base=534_000_000,
                            source="CPU peak RSS, CIFAR-10 shape, fast_student=false, 4 runs"),
 }
-
-# The same fit with the package's default CPU allocator setting, freed memory kept in the
-# process (``datadistill.KEEPS_FREED_MEMORY``, every block from glibc's heap, never trimmed):
-# the heap's high-water mark holds freed holes between blocks that live on (the snapshots,
-# the next step's tensors), so a step's graph costs more resident memory, most in adjoint
-# mode. ``benchmarks/memory.py --cells calibrate`` (and calibrate_generic) run on the AMD EPYC
-# machine of benchmarks/RESULTS.md section 14 (intercepts 124 and 361 MB; generic -23
-# and 394 MB).
-# CALIBRATION above stays the one for CUDA and for ``DATADISTILL_KEEP_FREED_MEMORY=0``.
-KEPT_CALIBRATION = {
-    "convnet_fast": Calibration(graph=1.311, transient=1.842, base=242_000_000,
-                                source="CPU peak RSS, freed memory kept, CIFAR-10 shape, 4 runs"),
-    "generic": Calibration(graph=1.317, transient=3.356, base=186_000_000,
-                           source="CPU peak RSS, freed memory kept, fast_student=false, 4 runs"),
-}
-
-
-def calibration(path: str, cpu: bool) -> Calibration:
-    """The constants for a student path: :data:`KEPT_CALIBRATION` for a CPU student in a
-    process whose allocator keeps freed memory, :data:`CALIBRATION` otherwise."""
-    import datadistill
-
-    kept = cpu and datadistill.KEEPS_FREED_MEMORY
-    return (KEPT_CALIBRATION if kept else CALIBRATION)[path]
-
 
 # Copies of the synthetic set alive at an iteration's peak (the backward pass): the set
 # itself (a leaf), SGD's momentum buffer (0.5, MTT's), and the gradient the backward pass
@@ -264,11 +236,11 @@ def estimate_memory(fp: StepFootprint, it: Iteration) -> MemoryEstimate:
     real_images, soft_labels, device = it.real_images, it.soft_labels, it.device
     if mode not in MODES:
         raise ConfigError(f"grad_mode={mode!r}; choose one of {', '.join(MODES)}")
-    cpu = not str(device).startswith("cuda")
-    cal = calibration(fp.path, cpu)
+    cal = CALIBRATION[fp.path]
     scale = dtype_bytes / 4  # the trace runs in float32
     b = min(batch_syn or num_images, num_images)
     m = min(micro_batch or b, b)
+    cpu = not str(device).startswith("cuda")
     per_image, per_step = fp.per_image * scale, fp.per_step * scale
     learnable = fp.image_elems + (fp.num_classes if soft_labels else 0)
     set_copy = num_images * learnable * dtype_bytes  # one copy of the synthetic set
@@ -497,9 +469,6 @@ def _check_adjoint(cfg, info, real: int | None, free: int, processes: int) -> No
     head = (f"the adjoint student needs about {need.total / GB:.1f} GB per process "
             f"({processes} process(es), micro_batch {need.details['micro_batch']}; synthetic "
             f"state {need.state / GB:.1f} GB), but {cfg.device} has {free / GB:.1f} GB free.")
-    if calibration(fp.path, not str(cfg.device).startswith("cuda")) is not CALIBRATION[fp.path]:
-        head += (" (On CPU, DATADISTILL_KEEP_FREED_MEMORY=0 lowers this peak by about a fifth,"
-                 " at some speed.)")
     if fits is not None:
         raise ConfigError(head + f" Use distill.micro_batch={fits}, or "
                           "distill.memory_check=false to try anyway.")
