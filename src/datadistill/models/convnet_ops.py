@@ -11,6 +11,8 @@ differentiates them twice. This module imports no model, so both can use it.
 - :class:`_NormActPool` (instance norm = GroupNorm(C, C) -> ReLU -> 2x2 average pool, fused):
   its backward is :class:`_NormActPoolGrad`, with a hand-derived double backward (see that
   class) written as a handful of per-(sample, channel) coefficients and fused multiply-adds.
+  On a channels_last CPU tensor the student's norm computes its own statistics
+  (:func:`_instance_norm_nhwc`: faster, and exact where PyTorch's NHWC kernel cancels).
 
 Everything is checked against ``torch.autograd.gradgradcheck`` in float64 (tests).
 """
