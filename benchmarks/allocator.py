@@ -100,9 +100,10 @@ def main(argv: list[str] | None = None) -> int:
                       f"{rows[-1]['max_rss_mb']:.0f} MB", file=sys.stderr, flush=True)
     print(table(rows))
     if args.out:
-        out = Path(args.out)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps({"rows": rows, "argv": sys.argv[1:]}, indent=2) + "\n")
+        from datadistill.io import write_json
+
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        write_json({"rows": rows, "argv": sys.argv[1:]}, args.out)
     return 0
 
 

@@ -130,26 +130,30 @@ def _hw_sum(t: torch.Tensor) -> torch.Tensor:
 _CHUNK_BYTES = 8 << 20  # product temporaries stay below glibc's mmap threshold (reused heap)
 
 
+def _sample_chunks(t: torch.Tensor) -> list[slice]:
+    """Slices of dim 0 whose activation-sized temporaries stay under :data:`_CHUNK_BYTES`."""
+    per_sample = t[0].numel() * t.element_size()
+    step = max(1, _CHUNK_BYTES // max(1, per_sample))
+    return [slice(i, i + step) for i in range(0, t.shape[0], step)]
+
+
+def _cat(parts: list[torch.Tensor]) -> torch.Tensor:
+    return parts[0] if len(parts) == 1 else torch.cat(parts)
+
+
 def _hw_dot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """(N, C, 1, 1) sums over (H, W) of a * b, in chunks of samples: a full-size product of
-    IPC-10 activations (50 MB) would be a fresh mmap, i.e. page faults, on every call."""
-    per_sample = a[0].numel() * a.element_size()
-    step = max(1, _CHUNK_BYTES // max(1, per_sample))
-    if step >= a.shape[0]:
-        return _hw_sum(a * b)
-    return torch.cat([_hw_sum(a[i:i + step] * b[i:i + step])
-                      for i in range(0, a.shape[0], step)])
+    IPC-10 activations (50 MB) would be a fresh allocation on every call."""
+    return _cat([_hw_sum(a[s] * b[s]) for s in _sample_chunks(a)])
 
 
 def _hw_sq_dev(z: torch.Tensor, mu: torch.Tensor) -> torch.Tensor:
-    """(N, C, 1, 1) sums over (H, W) of (z - mu)^2, in chunks of samples (see :func:`_hw_dot`)."""
-    per_sample = z[0].numel() * z.element_size()
-    step = max(1, _CHUNK_BYTES // max(1, per_sample))
+    """(N, C, 1, 1) sums over (H, W) of (z - mu)^2, in chunks of samples (as :func:`_hw_dot`)."""
     parts = []
-    for i in range(0, z.shape[0], step):
-        d = z[i:i + step] - mu[i:i + step]
+    for s in _sample_chunks(z):
+        d = z[s] - mu[s]
         parts.append(_hw_sum(d.mul_(d)))
-    return parts[0] if len(parts) == 1 else torch.cat(parts)
+    return _cat(parts)
 
 
 def _instance_norm_nhwc(z, w, b, eps):

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import functools
 import os
 import sys
 from collections.abc import Iterator
@@ -27,8 +28,9 @@ LARGE_BLOCK = 32 << 20  # glibc's largest mmap threshold on 64-bit systems
 _GLIBC_MMAP_MAX = 65536  # glibc's default M_MMAP_MAX
 
 
+@functools.cache
 def _glibc():
-    """glibc's libc on Linux, or None (other platforms, musl)."""
+    """glibc's libc on Linux, or None (other platforms, musl); looked up once."""
     if sys.platform != "linux":
         return None
     try:
