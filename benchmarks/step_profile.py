@@ -4,12 +4,16 @@ Prints, for the machine it runs on (one torch thread):
 
 - the fp32 matmul peak: GFLOP/s of a 1024 x 1024 x 1024 ``torch.mm`` (best and median of 20);
 - for each step kind, its FLOPs (counted from the shapes by ``torch.utils.flop_counter``:
-  convolutions, their backward and double backward, the linear layer), its time (median of
+  convolutions, their backward and double backward, the linear layer; a convolution the
+  student runs as Winograd F(4x4, 3x3) counts as the direct convolution it computes, so
+  GFLOP/s is the rate of the direct algorithm's work: Winograd does 1/4 of its multiply-adds
+  in its products, plus the transforms), its time (median of
   ``--iterations`` after one warm-up; the kinds are timed in turn, interleaved) and GFLOP/s
   as a fraction of the matmul peak;
 - a profile of one more step (``torch.profiler``, self CPU time of every aten op) split into
-  parts: convolutions (forward, backward, double backward: their GFLOP/s is the conv FLOPs
-  over the conv time), norm (group norm kernels and the elementwise products and sums on
+  parts: convolutions (forward, backward, double backward, native or Winograd: every op under
+  a Winograd kernel counts as convolution; their GFLOP/s is the direct conv FLOPs over the
+  conv time), norm (group norm kernels and the elementwise products and sums on
   activation-sized tensors of the fused norm backward), activation (ReLU and its mask),
   pooling (2x2 average pool and its backward or nearest upsampling), fills and copies, and
   the rest (linear layer, loss, DSA, optimiser and parameter-vector updates, autograd).
@@ -101,15 +105,43 @@ def _part(name: str, shapes: list) -> str:
     return "rest"
 
 
+_WINOGRAD = "datadistill::winograd"  # the range every Winograd kernel runs in while profiled
+
+
+def _in_winograd(ev) -> bool:
+    while ev is not None:
+        if ev.name == _WINOGRAD:
+            return True
+        ev = ev.cpu_parent
+    return False
+
+
 def split_profile(prof) -> dict[str, float]:
     """Seconds of self CPU time per part."""
     parts: dict[str, float] = defaultdict(float)
-    for ev in prof.key_averages(group_by_input_shape=True):
-        if not ev.key.startswith("aten::"):
-            parts["rest"] += ev.self_cpu_time_total / 1e6  # autograd engine, Python functions
-            continue
-        parts[_part(ev.key, ev.input_shapes)] += ev.self_cpu_time_total / 1e6
+    for ev in prof.events():
+        sec = ev.self_cpu_time_total / 1e6
+        if _in_winograd(ev):
+            parts["conv"] += sec
+        elif not ev.name.startswith("aten::"):
+            parts["rest"] += sec  # autograd engine, Python functions
+        else:
+            parts[_part(ev.name, ev.input_shapes)] += sec
     return {p: parts.get(p, 0.0) for p in PARTS}
+
+
+def _winograd_ranges() -> None:
+    """Run every Winograd kernel inside a profiler range named :data:`_WINOGRAD`."""
+    from datadistill.models import winograd
+
+    for name in ("conv", "conv_input_grad", "conv_weight_grad"):
+        kernel = getattr(winograd, name)
+
+        def ranged(*args, _kernel=kernel):
+            with torch.profiler.record_function(_WINOGRAD):
+                return _kernel(*args)
+
+        setattr(winograd, name, ranged)
 
 
 class _FlopCount(TorchDispatchMode):
@@ -134,9 +166,16 @@ class _FlopCount(TorchDispatchMode):
 
 
 def count_flops(step) -> tuple[float, float]:
-    """(total, convolution) FLOPs of one call of ``step``, from the ops' shapes."""
-    with _FlopCount() as counter:
-        step()
+    """(total, convolution) FLOPs of one call of ``step``, from the ops' shapes, with the
+    student's convolutions on the native kernels (their direct-algorithm FLOPs)."""
+    from datadistill.models import winograd
+
+    enabled, winograd.ENABLED = winograd.ENABLED, False
+    try:
+        with _FlopCount() as counter:
+            step()
+    finally:
+        winograd.ENABLED = enabled
     return float(counter.total), float(counter.conv)
 
 
@@ -258,6 +297,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", default=None, help="JSON file for the raw figures")
     args = p.parse_args(argv)
     torch.set_num_threads(1)
+    _winograd_ranges()
     peak = matmul_peak()
     rows = measure({kind: build(kind, args.width) for kind in args.kinds}, args.iterations,
                    peak["median_gflops"])

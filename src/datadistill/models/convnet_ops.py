@@ -25,6 +25,8 @@ import torch
 import torch.nn.functional as F
 from torch.autograd import Function
 
+from datadistill.models import winograd
+
 _conv_backward = torch.ops.aten.convolution_backward.default
 _pool_backward = torch.ops.aten.avg_pool2d_backward.default
 _relu_backward = torch.ops.aten.threshold_backward.default
@@ -41,12 +43,23 @@ def _as(t: torch.Tensor | None, fmt: torch.memory_format) -> torch.Tensor | None
 # ----------------------------------------------------------------------------- convolution
 
 
+def _conv(x, w, pad: int):
+    """conv2d(x, w, padding=pad): Winograd F(4x4, 3x3) where it pays (:mod:`.winograd`)."""
+    if winograd.applies(x, w, pad):
+        return winograd.conv(x, w)
+    return F.conv2d(x, w, None, 1, pad)
+
+
 def _conv_grads(dz, x, w, pad: int, need_x: bool, need_w: bool):
     """(dL/dx, dL/dw) of z = conv2d(x, w, padding=pad) for dL/dz = dz (None where not asked).
 
-    Two single-output calls: on CPU (oneDNN, channels_last) they were measured faster than one
-    call asking for both.
+    Winograd kernels where they pay (both maps channels_last, see :mod:`.winograd`); otherwise
+    two single-output native calls: on CPU (oneDNN, channels_last) they were measured faster
+    than one call asking for both.
     """
+    if winograd.applies(x, w, pad) and dz.is_contiguous(memory_format=torch.channels_last):
+        return (winograd.conv_input_grad(dz, w) if need_x else None,
+                winograd.conv_weight_grad(dz, x) if need_w else None)
     args = (None, [1, 1], [pad, pad], [1, 1], False, [0, 0], 1)
     gx = _conv_backward(dz, x, w, *args, [True, False, False])[0] if need_x else None
     gw = _conv_backward(dz, x, w, *args, [False, True, False])[1] if need_w else None
@@ -65,7 +78,7 @@ class _Conv(Function):
     def forward(ctx, x, w, pad, fmt, inner_dx):
         ctx.save_for_backward(x, w)
         ctx.pad, ctx.fmt, ctx.inner_dx = pad, fmt, inner_dx
-        return F.conv2d(x, w, None, 1, pad).contiguous(memory_format=fmt)
+        return _conv(x, w, pad).contiguous(memory_format=fmt)
 
     @staticmethod
     def backward(ctx, dz):
@@ -96,9 +109,9 @@ class _ConvGrad(Function):
         need_dz, need_x, need_w = ctx.needs_input_grad[:3]
         g_dz = g_x = g_w = None
         if need_dz and lx is not None:
-            g_dz = F.conv2d(lx, w, None, 1, pad)
+            g_dz = _conv(lx, w, pad)
         if need_dz and lw is not None:
-            term = F.conv2d(x, lw, None, 1, pad)
+            term = _conv(x, lw, pad)
             g_dz = term if g_dz is None else g_dz.add_(term)
         want_x, want_w = need_x and lw is not None, need_w and lx is not None
         if want_x or want_w:  # input/weight slots only give shapes where not wanted

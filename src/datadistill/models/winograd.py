@@ -1,0 +1,144 @@
+"""3x3 convolution by Winograd's minimal filtering F(4x4, 3x3), for the student on the CPU.
+
+A 3x3, stride-1, padding-1 convolution computes each 4x4 output tile from a 6x6 input tile.
+Lavin & Gray (CVPR 2016) write it as ``Y = A^T [(G w G^T) * (B^T d B)] A``: the input tile and
+the filter are taken into a 6x6 transform domain where the convolution is an element-wise
+product, summed over input channels. Summed over channels that product is 36 independent
+matrix products, (tiles x Cin) @ (Cin x Cout), which do 2.25 * 2 = 4 times fewer multiply-adds
+than the direct convolution. oneDNN uses Winograd only on AVX-512 machines; elsewhere its
+direct kernels already run at the matmul rate, so fewer FLOPs is the only way left to a faster
+convolution there.
+
+The three kernels the student's double backward needs are all written in that form:
+
+- :func:`conv` (the forward, and the input gradient, which is the forward with the flipped,
+  transposed filter),
+- :func:`conv_weight_grad` (the filter gradient ``G^T [sum_tiles (B^T d B)^T (A dY A^T)] G``).
+
+The result is exact in exact arithmetic (the float64 tests agree with ``F.conv2d`` to 1e-12);
+in float32 the transforms' constants (up to 8 and 1/24) round a little more than the direct
+sum: the output is within about 1e-4 of float64 where the direct kernel is within 1e-5, at
+outputs of order 1. :func:`applies` keeps the direct kernel where Winograd does not pay
+(few channels, small maps) and everywhere off the CPU; ``DATADISTILL_WINOGRAD=0`` in the
+environment turns it off.
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+import torch.nn.functional as F
+
+__all__ = ["ENABLED", "applies", "conv", "conv_input_grad", "conv_weight_grad"]
+
+ENABLED = os.environ.get("DATADISTILL_WINOGRAD", "1") != "0"
+
+MIN_CHANNELS = 32  # both Cin and Cout; below it the transforms cost more than they save
+MIN_SIZE = 8       # both H and W: a 4x4 map is one tile per image
+
+# Lavin & Gray's F(4x4, 3x3) with interpolation points 0, +-1, +-2 (and infinity).
+_BT = ((4, 0, -5, 0, 1, 0), (0, -4, -4, 1, 1, 0), (0, 4, -4, -1, 1, 0),
+       (0, -2, -1, 2, 1, 0), (0, 2, -1, -2, 1, 0), (0, 4, 0, -5, 0, 1))
+_G = ((1 / 4, 0, 0), (-1 / 6, -1 / 6, -1 / 6), (-1 / 6, 1 / 6, -1 / 6),
+      (1 / 24, 1 / 12, 1 / 6), (1 / 24, -1 / 12, 1 / 6), (0, 0, 1))
+_AT = ((1, 1, 1, 1, 1, 0), (0, 1, -1, 2, -2, 0), (0, 1, 1, 4, 4, 0), (0, 1, -1, 8, -8, 1))
+
+_MATS: dict[torch.dtype, tuple[torch.Tensor, ...]] = {}
+
+
+def _mats(dtype: torch.dtype) -> tuple[torch.Tensor, ...]:
+    """(B, G, G flipped, A, A^T) as Kronecker products over a tile's rows and columns, in
+    ``dtype``: B 36x36 maps a flattened 6x6 input tile, G 36x9 a flattened filter (G flipped:
+    the filter rotated by 180 degrees), A 16x36 a product tile back to a flattened 4x4 output
+    tile. Built in float64, rounded once."""
+    if dtype not in _MATS:
+        bt, g, at = (torch.tensor(m, dtype=torch.float64) for m in (_BT, _G, _AT))
+        gk, a = torch.kron(g, g), torch.kron(at, at)
+        _MATS[dtype] = tuple(m.to(dtype).contiguous()
+                             for m in (torch.kron(bt, bt), gk, gk.flip(1), a, a.T))
+    return _MATS[dtype]
+
+
+def applies(x: torch.Tensor, w: torch.Tensor, pad: int) -> bool:
+    """Whether :func:`conv` is used for ``conv2d(x, w, padding=pad)``: on the CPU, a 3x3 filter
+    with padding 1, float32/float64, channels_last ``x``, and both channel counts and both map
+    sides at least :data:`MIN_CHANNELS` / :data:`MIN_SIZE`."""
+    return (ENABLED and pad == 1 and x.device.type == "cpu" and x.dim() == 4
+            and tuple(w.shape[2:]) == (3, 3) and x.dtype in (torch.float32, torch.float64)
+            and w.dtype == x.dtype and x.shape[1] >= MIN_CHANNELS
+            and w.shape[0] >= MIN_CHANNELS and min(x.shape[2:]) >= MIN_SIZE
+            and x.is_contiguous(memory_format=torch.channels_last))
+
+
+def _tiles(h: int, w: int) -> tuple[int, int]:
+    return (h + 3) // 4, (w + 3) // 4
+
+
+def _input_tiles(x: torch.Tensor) -> torch.Tensor:
+    """(36, T * C): the overlapping 6x6 input tiles (stride 4) of channels_last x (N, C, H, W),
+    zero-padded, in the transform domain; T = N * ceil(H/4) * ceil(W/4)."""
+    n, c, h, w = x.shape
+    th, tw = _tiles(h, w)
+    nhwc = x.permute(0, 2, 3, 1)  # a view: x is channels_last
+    p = F.pad(nhwc, (0, 0, 1, 4 * tw + 1 - w, 1, 4 * th + 1 - h))
+    s = p.stride()
+    d = p.as_strided((6, 6, n, th, tw, c), (s[1], s[2], s[0], 4 * s[1], 4 * s[2], s[3]))
+    return _mats(x.dtype)[0] @ d.reshape(36, -1)
+
+
+def _output_tiles(dy: torch.Tensor, th: int, tw: int) -> torch.Tensor:
+    """(16, T * C): the 4x4 output tiles of channels_last dy (N, C, H, W), zero-padded."""
+    n, c, h, w = dy.shape
+    nhwc = dy.permute(0, 2, 3, 1)
+    if (4 * th, 4 * tw) != (h, w):
+        nhwc = F.pad(nhwc, (0, 0, 0, 4 * tw - w, 0, 4 * th - h))
+    return nhwc.reshape(n, th, 4, tw, 4, c).permute(2, 4, 0, 1, 3, 5).reshape(16, -1)
+
+
+def _filter(w: torch.Tensor, flip: bool) -> torch.Tensor:
+    """(36, Cout, Cin): the filter w (Cout, Cin, 3, 3) in the transform domain (rotated by 180
+    degrees first with ``flip``)."""
+    co, c = w.shape[:2]
+    g = _mats(w.dtype)[2 if flip else 1]
+    return (g @ w.contiguous().view(co * c, 9).T).view(36, co, c)
+
+
+def _winograd(x: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+    """Sum over input channels of the tile products: x (N, C, H, W) channels_last, u (36, C,
+    Cout) (any strides) -> the convolution (N, Cout, H, W), channels_last."""
+    n, c, h, wd = x.shape
+    co = u.shape[2]
+    th, tw = _tiles(h, wd)
+    t = n * th * tw
+    m = torch.bmm(_input_tiles(x).view(36, t, c), u).view(36, t * co)
+    y = (_mats(x.dtype)[3] @ m).view(4, 4, n, th, tw, co)
+    y = y.permute(2, 3, 0, 4, 1, 5).reshape(n, 4 * th, 4 * tw, co)
+    if (4 * th, 4 * tw) != (h, wd):
+        y = y[:, :h, :wd].contiguous()
+    return y.permute(0, 3, 1, 2)
+
+
+def conv(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    """conv2d(x, w, padding=1) for channels_last x (N, Cin, H, W) and w (Cout, Cin, 3, 3);
+    the result is channels_last."""
+    return _winograd(x, _filter(w, flip=False).transpose(1, 2))
+
+
+def conv_input_grad(dy: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    """dL/dx of conv2d(x, w, padding=1) for dL/dy = dy: the convolution of dy with the filter
+    rotated by 180 degrees and its channel axes swapped."""
+    return _winograd(dy, _filter(w, flip=True))
+
+
+def conv_weight_grad(dy: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """dL/dw (Cout, Cin, 3, 3) of conv2d(x, w, padding=1) for dL/dy = dy, both channels_last."""
+    n, c, h, wd = x.shape
+    co = dy.shape[1]
+    th, tw = _tiles(h, wd)
+    t = n * th * tw
+    g, at = _mats(x.dtype)[1], _mats(x.dtype)[4]
+    v = _input_tiles(x).view(36, t, c)
+    dm = (at @ _output_tiles(dy, th, tw)).view(36, t, co)
+    du = torch.bmm(dm.transpose(1, 2), v).view(36, co * c)  # (36, Cout, Cin)
+    return (du.T @ g).view(co, c, 3, 3)
