@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch.autograd import Function
 
-from datadistill.models import winograd
+import datadistill.models.winograd as winograd
 
 _conv_backward = torch.ops.aten.convolution_backward.default
 _pool_backward = torch.ops.aten.avg_pool2d_backward.default
