@@ -47,6 +47,23 @@ def test_kernels_equal_the_native_convolution_in_float64(n, cin, cout, h, w):
     torch.testing.assert_close(winograd.conv_weight_grad(dy, x), gw, rtol=0, atol=1e-10)
 
 
+@pytest.mark.parametrize("n,cin,cout,h,w", [SHAPES[1], SHAPES[3]])
+def test_chunks_of_images_give_the_same_convolution(n, cin, cout, h, w, monkeypatch):
+    """Batches are cut into chunks of images (one image each here) to keep the transform-
+    domain temporaries small; the filter gradient sums over the chunks."""
+    x = _rand(n, cin, h, w).contiguous(memory_format=CL)
+    wt = _rand(cout, cin, 3, 3, seed=1)
+    dy = _rand(n, cout, h, w, seed=2).contiguous(memory_format=CL)
+    whole = (winograd.conv(x, wt), winograd.conv_input_grad(dy, wt),
+             winograd.conv_weight_grad(dy, x))
+    monkeypatch.setattr(winograd, "CHUNK_ELEMENTS", 1)
+    assert len(winograd._chunks(n, 1)) == n
+    chunked = (winograd.conv(x, wt), winograd.conv_input_grad(dy, wt),
+               winograd.conv_weight_grad(dy, x))
+    for a, b in zip(chunked, whole, strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-11)
+
+
 def test_float32_error_stays_near_the_direct_kernel():
     """Winograd's transforms round more than the direct sum: within 20x of it, and 2e-5 of the
     output's scale, on well-conditioned inputs (unit normal maps, He-scaled filters)."""
