@@ -182,6 +182,17 @@ MUTANTS = [
     _m("distill_experts_option_ignored", "tm/commands.py",
        "store_dir = store_location(cfg, out, args.experts)",
        "store_dir = store_location(cfg, out, None)", "`distill --experts` is ignored"),
+    # ---- the student's Winograd convolution kernels
+    _m("winograd_filter_not_rotated", "models/winograd.py",
+       "return _winograd(dy, _filter(w, flip=True))",
+       "return _winograd(dy, _filter(w, flip=False))",
+       "Winograd input gradient uses the filter unrotated"),
+    _m("winograd_chunks_overwrite", "models/winograd.py",
+       "du = torch.bmm(dm, v) if du is None else du.baddbmm_(dm, v)", "du = torch.bmm(dm, v)",
+       "Winograd filter gradient keeps only the last chunk of images"),
+    _m("winograd_double_backward_native_weight", "models/convnet_ops.py",
+       "term = _conv(x, lw, pad)", "term = F.conv2d(x, lw.flip(2, 3), None, 1, pad)",
+       "the conv double backward's weight-adjoint term uses the filter rotated"),
 ]
 
 

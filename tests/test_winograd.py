@@ -64,6 +64,21 @@ def test_chunks_of_images_give_the_same_convolution(n, cin, cout, h, w, monkeypa
         torch.testing.assert_close(a, b, rtol=0, atol=1e-11)
 
 
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last", "gradient"])
+def test_filters_in_every_layout_give_the_same_convolution(layout):
+    x = _rand(2, 32, 8, 12).contiguous(memory_format=CL)
+    dy = _rand(2, 40, 8, 12, seed=2).contiguous(memory_format=CL)
+    wt = _rand(40, 32, 3, 3, seed=1)
+    if layout == "channels_last":
+        wt = wt.contiguous(memory_format=CL)
+    elif layout == "gradient":  # the memory order conv_weight_grad returns
+        wt = wt.permute(2, 3, 0, 1).contiguous().permute(2, 3, 0, 1)
+    torch.testing.assert_close(winograd.conv(x, wt), F.conv2d(x, wt, padding=1),
+                               rtol=0, atol=1e-11)
+    torch.testing.assert_close(winograd.conv_input_grad(dy, wt), _native_grads(dy, x, wt)[0],
+                               rtol=0, atol=1e-11)
+
+
 def test_float32_error_stays_near_the_direct_kernel():
     """Winograd's transforms round more than the direct sum: within 20x of it, and 2e-5 of the
     output's scale, on well-conditioned inputs (unit normal maps, He-scaled filters)."""

@@ -99,9 +99,14 @@ def _output_tiles(dy: torch.Tensor, th: int, tw: int) -> torch.Tensor:
 
 def _filter(w: torch.Tensor, flip: bool) -> torch.Tensor:
     """(36, Cout, Cin): the filter w (Cout, Cin, 3, 3) in the transform domain (rotated by 180
-    degrees first with ``flip``)."""
+    degrees first with ``flip``), read in place from the layouts the student passes: contiguous,
+    channels_last (the plan's weights) and (3, 3, Cout, Cin) in memory (filter gradients)."""
     co, c = w.shape[:2]
     g = _mats(w.dtype)[2 if flip else 1]
+    if w.permute(2, 3, 0, 1).is_contiguous():
+        return (g @ w.permute(2, 3, 0, 1).reshape(9, co * c)).view(36, co, c)
+    if w.is_contiguous(memory_format=torch.channels_last):
+        return torch.matmul(g, w.permute(0, 2, 3, 1).reshape(co, 9, c)).transpose(0, 1)
     return (g @ w.contiguous().view(co * c, 9).T).view(36, co, c)
 
 
