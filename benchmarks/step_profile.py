@@ -167,7 +167,8 @@ class _FlopCount(TorchDispatchMode):
 
 def count_flops(step) -> tuple[float, float]:
     """(total, convolution) FLOPs of one call of ``step``, from the ops' shapes, with the
-    student's convolutions on the native kernels (their direct-algorithm FLOPs)."""
+    student's convolutions on the native kernels (their direct-algorithm FLOPs); then one
+    plain call, the warm-up of the kernels the timed calls use."""
     from datadistill.models import winograd
 
     enabled, winograd.ENABLED = winograd.ENABLED, False
@@ -176,6 +177,7 @@ def count_flops(step) -> tuple[float, float]:
             step()
     finally:
         winograd.ENABLED = enabled
+    step()
     return float(counter.total), float(counter.conv)
 
 
