@@ -43,11 +43,11 @@ def _winograd(kind, x, w, dy):
     return winograd.conv_weight_grad(dy, x)
 
 
-def _time(fn, rounds: int) -> list[float]:
+def _time(fn, rounds: int, *args) -> list[float]:
     out = []
     for _ in range(rounds):
         t0 = time.perf_counter()
-        fn()
+        fn(*args)
         out.append(time.perf_counter() - t0)
     return out
 
@@ -71,8 +71,8 @@ def main(rounds: int = 30) -> None:
             err_w = (_winograd(kind, x, w_cl, dy).double() - ref).abs().max().item() / scale
             native, wino = [], []
             for _ in range(3):  # interleaved blocks: a busy machine slows both alike
-                native += _time(lambda: _native(kind, x, w_cl, dy), rounds // 3)
-                wino += _time(lambda: _winograd(kind, x, w_cl, dy), rounds // 3)
+                native += _time(_native, rounds // 3, kind, x, w_cl, dy)
+                wino += _time(_winograd, rounds // 3, kind, x, w_cl, dy)
             tn, tw = statistics.median(native) * 1e3, statistics.median(wino) * 1e3
             used = winograd.applies(x, w, 1)
             print(f"| {n} | {size}x{size} | {cin} -> {cout} | {kind} | {tn:.2f} | {tw:.2f} | "
