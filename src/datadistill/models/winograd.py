@@ -4,23 +4,23 @@ A 3x3, stride-1, padding-1 convolution computes each 4x4 output tile from a 6x6 
 Lavin & Gray (CVPR 2016) write it as ``Y = A^T [(G w G^T) * (B^T d B)] A``: the input tile and
 the filter are taken into a 6x6 transform domain where the convolution is an element-wise
 product, summed over input channels. Summed over channels that product is 36 independent
-matrix products, (tiles x Cin) @ (Cin x Cout), which do 2.25 * 2 = 4 times fewer multiply-adds
-than the direct convolution. oneDNN uses Winograd only on AVX-512 machines; elsewhere its
-direct kernels already run at the matmul rate, so fewer FLOPs is the only way left to a faster
-convolution there.
+matrix products, (tiles x Cin) @ (Cin x Cout): 36 multiply-adds per 4x4 output tile and pair of
+channels where the direct convolution does 16 x 9 = 144, 4 times fewer. oneDNN uses Winograd
+only on AVX-512 machines; elsewhere its direct kernels already run at the matmul rate, so fewer
+FLOPs is the only way left to a faster convolution there.
 
 The three kernels the student's double backward needs are all written in that form:
 
-- :func:`conv` (the forward, and the input gradient, which is the forward with the flipped,
-  transposed filter),
+- :func:`conv` (the forward) and :func:`conv_input_grad` (the same with the filter rotated by
+  180 degrees and its channel axes swapped),
 - :func:`conv_weight_grad` (the filter gradient ``G^T [sum_tiles (B^T d B)^T (A dY A^T)] G``).
 
-The result is exact in exact arithmetic (the float64 tests agree with ``F.conv2d`` to 1e-12);
-in float32 the transforms' constants (up to 8 and 1/24) round a little more than the direct
-sum: the output is within about 1e-4 of float64 where the direct kernel is within 1e-5, at
-outputs of order 1. :func:`applies` keeps the direct kernel where Winograd does not pay
-(few channels, small maps) and everywhere off the CPU; ``DATADISTILL_WINOGRAD=0`` in the
-environment turns it off.
+The result is exact in exact arithmetic (the float64 tests agree with ``F.conv2d`` to 1e-11);
+in float32 the transforms' constants (up to 8 and 1/24) round more than the direct sum: at
+the CIFAR-10 shapes the output is within about 1e-5 of float64, relative to its largest
+magnitude, where the direct kernel is within about 2e-6 (``benchmarks/winograd.py``).
+:func:`applies` keeps the direct kernel where Winograd does not pay (few channels, small maps)
+and everywhere off the CPU; ``DATADISTILL_WINOGRAD=0`` in the environment turns it off.
 """
 
 from __future__ import annotations
