@@ -145,9 +145,7 @@ _CHUNK_BYTES = 8 << 20  # product temporaries stay below glibc's mmap threshold 
 
 def _sample_chunks(t: torch.Tensor) -> list[slice]:
     """Slices of dim 0 whose activation-sized temporaries stay under :data:`_CHUNK_BYTES`."""
-    per_sample = t[0].numel() * t.element_size()
-    step = max(1, _CHUNK_BYTES // max(1, per_sample))
-    return [slice(i, i + step) for i in range(0, t.shape[0], step)]
+    return winograd.batch_slices(t.shape[0], t[0].numel() * t.element_size(), _CHUNK_BYTES)
 
 
 def _cat(parts: list[torch.Tensor]) -> torch.Tensor:

@@ -110,12 +110,18 @@ def _filter(w: torch.Tensor, flip: bool) -> torch.Tensor:
     return (g @ w.contiguous().view(co * c, 9).T).view(36, co, c)
 
 
+def batch_slices(n: int, per_item: int, budget: int) -> list[slice]:
+    """Slices of a batch of n items, as many items each as fit ``budget`` at ``per_item``
+    (at least one)."""
+    step = max(1, budget // max(1, per_item))
+    return [slice(i, min(i + step, n)) for i in range(0, n, step)]
+
+
 def _chunks(n: int, per_image: int) -> list[slice]:
     """Slices of the batch whose (36, tiles, channels) blocks hold at most CHUNK_ELEMENTS:
     temporaries that small are recycled from the heap, where whole-batch ones (29 MB at
     CIFAR-10 IPC 10) left holes between the saved activations of an unrolled graph."""
-    step = max(1, CHUNK_ELEMENTS // (36 * per_image))
-    return [slice(i, min(i + step, n)) for i in range(0, n, step)]
+    return batch_slices(n, 36 * per_image, CHUNK_ELEMENTS)
 
 
 def _winograd(x: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
@@ -157,7 +163,7 @@ def conv_weight_grad(dy: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     n, c, h, wd = x.shape
     co = dy.shape[1]
     th, tw = _tiles(h, wd)
-    g, at = _mats(x.dtype)[1], _mats(x.dtype)[4]
+    _, g, _, _, at = _mats(x.dtype)
     du = None  # (36, Cout, Cin), summed over the chunks' tiles
     for s in _chunks(n, th * tw * max(c, co)):
         t = (s.stop - s.start) * th * tw
