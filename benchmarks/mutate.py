@@ -193,6 +193,16 @@ MUTANTS = [
     _m("winograd_double_backward_native_weight", "models/convnet_ops.py",
        "term = _conv(x, lw, pad)", "term = F.conv2d(x, lw.flip(2, 3), None, 1, pad)",
        "the conv double backward's weight-adjoint term uses the filter rotated"),
+    # ---- the compiled C kernels (tile transforms, the norm block's passes)
+    _m("c_input_transform_sign", "models/winograd_tiles.c",
+       "r[3][k] = 2 * (d[3][k] - d[1][k])", "r[3][k] = 2 * (d[3][k] + d[1][k])",
+       "one row of the C input transform B^T has a wrong sign"),
+    _m("c_norm_sum_against_z", "models/norm_act_pool.c",
+       "sd[k] += (double)v * dy;", "sd[k] += (double)v * z[i + k];",
+       "the C pass sums v * z where it should sum v * dy"),
+    _m("c_pool_keeps_last_pixel", "models/norm_act_pool.c",
+       "REAL acc = first ? v : out[j + k] + v;", "REAL acc = v;",
+       "the C pooled pass keeps only the last pixel of each 2x2 window"),
 ]
 
 

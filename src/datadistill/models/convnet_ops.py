@@ -12,7 +12,9 @@ differentiates them twice. This module imports no model, so both can use it.
   its backward is :class:`_NormActPoolGrad`, with a hand-derived double backward (see that
   class) written as a handful of per-(sample, channel) coefficients and fused multiply-adds.
   On a channels_last CPU tensor the student's norm computes its own statistics
-  (:func:`_instance_norm_nhwc`: faster, and exact where PyTorch's NHWC kernel cancels).
+  (:func:`_instance_norm_nhwc`: faster, and exact where PyTorch's NHWC kernel cancels), and
+  the backward's and double backward's full-size work runs as a few one-pass C loops
+  (:mod:`.norm_passes`, where a C compiler is at hand) instead of a PyTorch op per term.
 
 Everything is checked against ``torch.autograd.gradgradcheck`` in float64 (tests).
 """
@@ -26,6 +28,7 @@ import torch.nn.functional as F
 from torch.autograd import Function
 
 import datadistill.models.winograd as winograd
+from datadistill.models.norm_passes import ONE, Maps, compiled_passes, run_pass
 
 _conv_backward = torch.ops.aten.convolution_backward.default
 _pool_backward = torch.ops.aten.avg_pool2d_backward.default
@@ -250,17 +253,22 @@ class _NormActPool(Function):
 class _Terms:
     """Per-instance quantities shared by the backward and the double backward ((N, C, 1, 1))."""
 
-    dy: torch.Tensor  # (N, C, H, W) gradient at the norm output u
+    dy: torch.Tensor | None  # (N, C, H, W) gradient at the norm output u (None: not made)
     s: torch.Tensor  # w * rstd
     A: torch.Tensor  # mean(dy)
     B: torch.Tensor  # mean(dy * xh)
     m: int  # H * W
 
 
-def _terms(dp, z, w, a, mu, rstd, pool) -> _Terms:
-    dy = _dy(dp, a, pool)
+def _terms(dp, z, w, a, mu, rstd, pool, compiled: bool = False) -> _Terms:
+    """The per-instance terms; ``compiled``: sums by one C pass, dy is not materialised."""
     m = z.shape[2] * z.shape[3]
-    s1, sz = _hw_sum(dy), _hw_dot(dy, z)
+    if compiled:
+        dy = None
+        s1, sz, _ = run_pass(2, Maps(dp, a, z, pool), cd=ONE)
+    else:
+        dy = _dy(dp, a, pool)
+        s1, sz = _hw_sum(dy), _hw_dot(dy, z)
     B = rstd * (sz - mu * s1) / m  # mean(dy * xh) with xh = rstd * (z - mu)
     return _Terms(dy, w.view(1, -1, 1, 1) * rstd, s1 / m, B, m)
 
@@ -298,11 +306,15 @@ class _NormActPoolGrad(Function):
             ctx.sums = None
             return torch.ops.aten.native_group_norm_backward(
                 dy, z, mu.view(n, c), rstd.view(n, c), w, n, c, h * wd, c, [True, True, True])
-        T = _terms(dp, z, w, a, mu, rstd, block.pool)
+        compiled = compiled_passes(z, a, dp, None, block.pool)
+        T = _terms(dp, z, w, a, mu, rstd, block.pool, compiled)
         db = (T.A * T.m).sum((0, 2, 3))
         dw = (T.B * T.m).sum((0, 2, 3))
         k = -T.s * rstd * T.B  # dz = s*dy + k*z + c  (xh expanded)
-        dz = torch.addcmul(-T.s * T.A - k * mu, T.dy, T.s).addcmul_(z, k)
+        if compiled:
+            dz = run_pass(0, Maps(dp, a, z, block.pool), cd=T.s, cz=k, c1=-T.s * T.A - k * mu)
+        else:
+            dz = torch.addcmul(-T.s * T.A - k * mu, T.dy, T.s).addcmul_(z, k)
         ctx.sums = (T.s, T.A, T.B)  # (N, C, 1, 1) each; dy is recomputed, not stored
         return dz, dw, db
 
@@ -310,16 +322,21 @@ class _NormActPoolGrad(Function):
     def backward(ctx, Lz, Lw, Lb):
         dp, z, w, a = ctx.saved_tensors
         mu, rstd = ctx.stats
-        if ctx.sums is None:
-            T = _terms(dp, z, w, a, mu, rstd, ctx.pool)
-        else:
-            T = _Terms(_dy(dp, a, ctx.pool), *ctx.sums, z.shape[2] * z.shape[3])
         Lz = _as(Lz, ctx.fmt)
+        compiled = compiled_passes(z, a, dp, Lz, ctx.pool)
+        if ctx.sums is None:
+            T = _terms(dp, z, w, a, mu, rstd, ctx.pool, compiled)
+        else:
+            dy = None if compiled else _dy(dp, a, ctx.pool)
+            T = _Terms(dy, *ctx.sums, z.shape[2] * z.shape[3])
         zero = torch.zeros_like(T.s)
         Lw4 = zero if Lw is None else Lw.view(1, -1, 1, 1)
         Lb4 = zero if Lb is None else Lb.view(1, -1, 1, 1)
-        if Lz is not None:
+        if Lz is not None and compiled:
+            L1, Lzz, Ldy = run_pass(2, Maps(dp, a, z, ctx.pool), l=Lz, cl=ONE)
+        elif Lz is not None:
             L1, Lzz, Ldy = _hw_sum(Lz), _hw_dot(Lz, z), _hw_dot(Lz, T.dy)
+        if Lz is not None:
             C1 = rstd * (Lzz - mu * L1) / T.m  # mean(Lz * xh)
             Lt = (Ldy - T.A * L1 - T.B * rstd * (Lzz - mu * L1)) / T.m  # mean(Lz * t)
             g_w = (Lt * T.m * rstd).sum((0, 2, 3))
@@ -329,9 +346,11 @@ class _NormActPoolGrad(Function):
         L = _Adjoints(Lz, L1, C1, Lt, Lw4, Lb4)
         g_dp = g_z = None
         if ctx.needs_input_grad[0]:
-            g_dp = _adjoint_dp(T, L, z, mu, rstd, a, ctx.pool)
+            g_dp = (_adjoint_dp_compiled(T, L, Maps(dp, a, z, ctx.pool), mu, rstd)
+                    if compiled else _adjoint_dp(T, L, z, mu, rstd, a, ctx.pool))
         if ctx.needs_input_grad[1]:
-            g_z = _adjoint_z(T, L, z, w, mu, rstd)
+            g_z = (_adjoint_z_compiled(T, L, Maps(dp, a, z, ctx.pool), w, mu, rstd)
+                   if compiled else _adjoint_z(T, L, z, w, mu, rstd))
         return g_dp, g_z, g_w, None, None, None, None
 
 
@@ -347,10 +366,22 @@ class _Adjoints:
     Lb4: torch.Tensor  # adjoint of db, (1, C, 1, 1)
 
 
+def _q_coefs(T: _Terms, L: _Adjoints, mu, rstd):
+    """q = s*Lz + qz*z + qc (the adjoint of dy, xh = rstd*(z - mu) expanded): (qz, qc)."""
+    qz = (L.Lw4 - T.s * L.C1) * rstd
+    return qz, L.Lb4 - T.s * L.L1 / T.m - qz * mu
+
+
+def _z_coefs(T: _Terms, L: _Adjoints, w, mu, rstd, G1, Gz):
+    """d z = rstd*G + kz*z + kc, from G's per-instance sums G1 = sum(G), Gz = sum(G*z)."""
+    Gx = rstd * (Gz - mu * G1) / T.m  # mean(G * xh)
+    kz = -rstd * rstd * (Gx + w.view(1, -1, 1, 1) * L.Lt * rstd)  # coefficient of z
+    return kz, -rstd * G1 / T.m - kz * mu
+
+
 def _adjoint_dp(T: _Terms, L: _Adjoints, z, mu, rstd, a, pool):
     """avgpool(mask * q); q = s*Lz + qz*z + qc with xh = rstd*(z - mu) expanded."""
-    qz = (L.Lw4 - T.s * L.C1) * rstd
-    qc = L.Lb4 - T.s * L.L1 / T.m - qz * mu
+    qz, qc = _q_coefs(T, L, mu, rstd)
     q = torch.addcmul(qc, z, qz)
     if L.Lz is not None:
         q.addcmul_(L.Lz, T.s)
@@ -359,15 +390,29 @@ def _adjoint_dp(T: _Terms, L: _Adjoints, z, mu, rstd, a, pool):
 
 
 def _adjoint_z(T: _Terms, L: _Adjoints, z, w, mu, rstd):
-    """rstd*(G - mean G - xh*mean(G*xh)) - rstd^2*w*Lt*xh, computed in place on G."""
+    """rstd*(G - mean G - xh*mean(G*xh)) - rstd^2*w*Lt*xh, computed in place on G, where
+    G = gd*dy + gl*Lz with gd = Lw - s*C1, gl = -s*B."""
     G = T.dy * (L.Lw4 - T.s * L.C1)
     if L.Lz is not None:
         G.addcmul_(L.Lz, -T.s * T.B)
-    G1, Gz = _hw_sum(G), _hw_dot(G, z)
-    Gx = rstd * (Gz - mu * G1) / T.m  # mean(G * xh)
-    kz = -rstd * rstd * (Gx + w.view(1, -1, 1, 1) * L.Lt * rstd)  # coefficient of z
-    kc = -rstd * G1 / T.m - kz * mu
+    kz, kc = _z_coefs(T, L, w, mu, rstd, _hw_sum(G), _hw_dot(G, z))
     return G.mul_(rstd).addcmul_(z, kz).add_(kc)
+
+
+def _adjoint_dp_compiled(T: _Terms, L: _Adjoints, M: Maps, mu, rstd):
+    """:func:`_adjoint_dp` in one C pass."""
+    qz, qc = _q_coefs(T, L, mu, rstd)
+    return run_pass(1, M, l=L.Lz, cl=None if L.Lz is None else T.s, cz=qz, c1=qc)
+
+
+def _adjoint_z_compiled(T: _Terms, L: _Adjoints, M: Maps, w, mu, rstd):
+    """:func:`_adjoint_z` in two C passes (G's sums, then the result; G is not stored)."""
+    gd = L.Lw4 - T.s * L.C1
+    gl = None if L.Lz is None else -T.s * T.B
+    G1, Gz, _ = run_pass(2, M, l=L.Lz, cd=gd, cl=gl)
+    kz, kc = _z_coefs(T, L, w, mu, rstd, G1, Gz)
+    return run_pass(0, M, l=L.Lz, cd=gd * rstd, cl=None if gl is None else gl * rstd, cz=kz,
+                 c1=kc)
 
 
 def norm_act_pool(z: torch.Tensor, w: torch.Tensor, b: torch.Tensor, eps: float, pool: bool,

@@ -21,14 +21,25 @@ the CIFAR-10 shapes the output is within about 1e-5 of float64, relative to its 
 magnitude, where the direct kernel is within about 2e-6 (``benchmarks/winograd.py``).
 :func:`applies` keeps the direct kernel where Winograd does not pay (few channels, small maps)
 and everywhere off the CPU; ``DATADISTILL_WINOGRAD=0`` in the environment turns it off.
+
+The tile transforms run as C loops (``winograd_tiles.c``, built by
+:mod:`datadistill.runtime.ckernels` where a C compiler is at hand, one torch thread, no graph
+being recorded): one pass each, with the transforms' few additions per element. Elsewhere
+they are PyTorch ops (a padded copy of the tiles times the dense 36x36 Kronecker matrix), with
+the same values up to float rounding.
 """
 
 from __future__ import annotations
 
+import ctypes
+import functools
 import os
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+
+from datadistill.runtime import ckernels
 
 __all__ = ["ENABLED", "applies", "conv", "conv_input_grad", "conv_weight_grad"]
 
@@ -46,6 +57,35 @@ _G = ((1 / 4, 0, 0), (-1 / 6, -1 / 6, -1 / 6), (-1 / 6, 1 / 6, -1 / 6),
 _AT = ((1, 1, 1, 1, 1, 0), (0, 1, -1, 2, -2, 0), (0, 1, 1, 4, 4, 0), (0, 1, -1, 8, -8, 1))
 
 _MATS: dict[torch.dtype, tuple[torch.Tensor, ...]] = {}
+_SOURCE = str(Path(__file__).with_name("winograd_tiles.c"))
+
+
+@functools.cache
+def _compiled(name: str, dtype: torch.dtype):
+    """The C form of a tile transform (``winograd_tiles.c``: one pass, no padded copy), or None
+    where :func:`datadistill.runtime.ckernels.load` has no library (the PyTorch form is used)."""
+    lib = ckernels.load(_SOURCE)
+    if lib is None:
+        return None
+    fn = getattr(lib, f"{name}_{'f32' if dtype == torch.float32 else 'f64'}")
+    fn.argtypes = [ctypes.c_void_p, ctypes.c_void_p] + [ctypes.c_long] * 4
+    fn.restype = None
+    return fn
+
+
+def _native(name: str, t: torch.Tensor):
+    """:func:`_compiled` for ``t``'s dtype, unless autograd must see the transform (the C form
+    writes through raw pointers, so it serves only where no graph is being recorded) or torch
+    runs more than one thread (the C form is single-threaded; PyTorch's ops spread over them)."""
+    if (torch.is_grad_enabled() and t.requires_grad) or torch.get_num_threads() != 1:
+        return None
+    return _compiled(name, t.dtype)
+
+
+def _nhwc(t: torch.Tensor) -> torch.Tensor:
+    """The (N, H, W, C) view of a channels_last map, made dense if it is not."""
+    v = t.permute(0, 2, 3, 1)
+    return v if v.is_contiguous() else v.contiguous()
 
 
 def _mats(dtype: torch.dtype) -> tuple[torch.Tensor, ...]:
@@ -81,6 +121,12 @@ def _input_tiles(x: torch.Tensor) -> torch.Tensor:
     zero-padded, in the transform domain; T = N * ceil(H/4) * ceil(W/4)."""
     n, c, h, w = x.shape
     th, tw = _tiles(h, w)
+    native = _native("input_tiles", x)
+    if native is not None:
+        src = _nhwc(x)
+        out = torch.empty((36, n * th * tw * c), dtype=x.dtype)
+        native(src.data_ptr(), out.data_ptr(), n, h, w, c)
+        return out
     nhwc = x.permute(0, 2, 3, 1)  # a view: x is channels_last
     p = F.pad(nhwc, (0, 0, 1, 4 * tw + 1 - w, 1, 4 * th + 1 - h))
     s = p.stride()
@@ -95,6 +141,19 @@ def _output_tiles(dy: torch.Tensor, th: int, tw: int) -> torch.Tensor:
     if (4 * th, 4 * tw) != (h, w):
         nhwc = F.pad(nhwc, (0, 0, 0, 4 * tw - w, 0, 4 * th - h))
     return nhwc.reshape(n, th, 4, tw, 4, c).permute(2, 4, 0, 1, 3, 5).reshape(16, -1)
+
+
+def _grad_tiles(dy: torch.Tensor, th: int, tw: int, at: torch.Tensor) -> torch.Tensor:
+    """(36, T * C): ``A g A^T`` for the 4x4 tiles g of channels_last dy; ``at`` is A's
+    Kronecker form (36x16), used where the C form is not."""
+    native = _native("grad_tiles", dy)
+    if native is None:
+        return at @ _output_tiles(dy, th, tw)
+    n, c, h, w = dy.shape
+    src = _nhwc(dy)
+    out = torch.empty((36, n * th * tw * c), dtype=dy.dtype)
+    native(src.data_ptr(), out.data_ptr(), n, h, w, c)
+    return out
 
 
 def _filter(w: torch.Tensor, flip: bool) -> torch.Tensor:
@@ -133,11 +192,17 @@ def _winograd(x: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
     exact = (4 * th, 4 * tw) == (h, wd)
     a = _mats(x.dtype)[3]
     y = torch.empty((n, h, wd, co), dtype=x.dtype, device=x.device)
+    tracked = torch.is_grad_enabled() and u.requires_grad
+    native = None if tracked else _native("output_tiles", x)
     for s in _chunks(n, th * tw * max(c, co)):
         xs = x[s]
         k = xs.shape[0]
         t = k * th * tw
-        m = torch.bmm(_input_tiles(xs).view(36, t, c), u).view(36, t * co)
+        m = torch.bmm(_input_tiles(xs).view(36, t, c), u)
+        if native is not None:
+            native(m.data_ptr(), y[s].data_ptr(), k, h, wd, co)
+            continue
+        m = m.view(36, t * co)
         tiles = (a @ m).view(4, 4, k, th, tw, co).permute(2, 3, 0, 4, 1, 5)
         if exact:
             y[s].view(k, th, 4, tw, 4, co).copy_(tiles)
@@ -168,7 +233,7 @@ def conv_weight_grad(dy: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     for s in _chunks(n, th * tw * max(c, co)):
         t = (s.stop - s.start) * th * tw
         v = _input_tiles(x[s]).view(36, t, c)
-        dm = (at @ _output_tiles(dy[s], th, tw)).view(36, t, co).transpose(1, 2)
+        dm = _grad_tiles(dy[s], th, tw, at).view(36, t, co).transpose(1, 2)
         du = torch.bmm(dm, v) if du is None else du.baddbmm_(dm, v)
     # G^T dU, then a permuted view: 6x faster than dU^T G, whose 9 columns starve the matmul
     return (g.T @ du.view(36, co * c)).view(3, 3, co, c).permute(2, 3, 0, 1)

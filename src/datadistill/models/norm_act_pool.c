@@ -1,0 +1,74 @@
+/* The full-size passes of the instance norm -> ReLU -> 2x2 average pool block's backward and
+ * double backward (datadistill/models/convnet_ops.py, _NormActPoolGrad), for channels_last
+ * maps on the CPU.
+ *
+ * Every activation-sized quantity of those formulas is a per-(sample, channel) combination
+ *
+ *     v = cd * dy + cl * l + cz * z + c1
+ *
+ * of three maps, dy (the gradient at the norm output: the pooled gradient dp spread over its
+ * 2x2 window and divided by 4, or dp itself without pooling, times the ReLU mask a > 0), an
+ * adjoint l (pass z with cl = 0 where there is none) and the norm input z. One call makes one pass over them and either writes v,
+ * writes avgpool(mask * v), or sums v, v * z and v * dy over each instance. PyTorch ops take a
+ * pass per multiply-add and a temporary per product.
+ *
+ * Layouts: z, a, l, v (n, h, w, c); dp and pooled outputs (n, h/2, w/2, c) with pooling,
+ * else (n, h, w, c); coefficients (n, c); sums (n, 3, c) in double (NULL unless mode 2).
+ */
+
+/* -- per type -- */
+
+/* dy at pixel i (dp's index j); both loads unconditional, so the loops vectorise */
+#define DY_SUFFIX(i, j) (a[(i) + k] > 0 ? sc * dp[(j) + k] : (REAL)0 * dp[(j) + k])
+
+/* mode 0: out = v; mode 1: out = avgpool2x2(mask * v) (without pooling: mask * v);
+ * mode 2: sums[n][0..2][c] of v, v * z and v * dy over the instance. */
+void nap_pass_SUFFIX(int mode, int pool, const REAL *restrict dp, const REAL *restrict a,
+                     const REAL *restrict l, const REAL *restrict z,
+                     const REAL *restrict cd, const REAL *restrict cl,
+                     const REAL *restrict cz, const REAL *restrict c1, REAL *restrict out,
+                     double *restrict sums, long n, long h, long w, long c) {
+    long h2 = pool ? h / 2 : h, w2 = pool ? w / 2 : w;
+    const REAL sc = pool ? (REAL)0.25 : 1;  /* dp / 4 is exact */
+    for (long img = 0; img < n; img++) {
+        const REAL *restrict kd = cd + img * c, *restrict kl = cl + img * c;
+        const REAL *restrict kz = cz + img * c, *restrict k1 = c1 + img * c;
+        double *restrict s1 = sums ? sums + img * 3 * c : 0;
+        double *restrict sz = s1 ? s1 + c : 0, *restrict sd = s1 ? s1 + 2 * c : 0;
+        if (mode == 2)
+            for (long k = 0; k < c; k++) s1[k] = sz[k] = sd[k] = 0;
+        for (long r = 0; r < h; r++) {
+            for (long q = 0; q < w; q++) {
+                long i = ((img * h + r) * w + q) * c;
+                long j = ((img * h2 + (pool ? r / 2 : r)) * w2 + (pool ? q / 2 : q)) * c;
+                if (mode == 0) {
+                    for (long k = 0; k < c; k++) {
+                        REAL v = kd[k] * DY_SUFFIX(i, j) + kl[k] * l[i + k]
+                                 + kz[k] * z[i + k] + k1[k];
+                        out[i + k] = v;
+                    }
+                } else if (mode == 2) {
+                    for (long k = 0; k < c; k++) {
+                        REAL dy = DY_SUFFIX(i, j);
+                        REAL v = kd[k] * dy + kl[k] * l[i + k] + kz[k] * z[i + k] + k1[k];
+                        s1[k] += v;
+                        sz[k] += (double)v * z[i + k];
+                        sd[k] += (double)v * dy;
+                    }
+                } else {
+                    /* pooled: accumulate the masked window into out (zeroed at its first
+                     * pixel, scaled by 1/4 at its last) */
+                    int first = (!pool) || (r % 2 == 0 && q % 2 == 0);
+                    int last = (!pool) || (r % 2 == 1 && q % 2 == 1);
+                    for (long k = 0; k < c; k++) {
+                        REAL v = kd[k] * DY_SUFFIX(i, j) + kl[k] * l[i + k]
+                                 + kz[k] * z[i + k] + k1[k];
+                        v = a[i + k] > 0 ? v : 0;
+                        REAL acc = first ? v : out[j + k] + v;
+                        out[j + k] = last ? acc * sc : acc;
+                    }
+                }
+            }
+        }
+    }
+}

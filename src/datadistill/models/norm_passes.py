@@ -1,0 +1,86 @@
+"""The full-size passes of the ConvNet block's backward and double backward in C
+(``norm_act_pool.c``), and the test of where they apply. :mod:`.convnet_ops` calls them; where
+they do not apply, or no library could be built (:mod:`datadistill.runtime.ckernels`), it runs
+the same formulas as PyTorch ops."""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from datadistill.runtime import ckernels
+
+ONE = torch.ones(())  # a coefficient of 1 for :func:`run_pass`
+SOURCE = str(Path(__file__).with_name("norm_act_pool.c"))
+
+
+@functools.cache
+def kernel(dtype: torch.dtype):
+    """``nap_pass`` of ``norm_act_pool.c`` for ``dtype``, or None (no compiled library)."""
+    lib = ckernels.load(SOURCE)
+    if lib is None:
+        return None
+    fn = getattr(lib, f"nap_pass_{'f32' if dtype == torch.float32 else 'f64'}")
+    fn.argtypes = [ctypes.c_int] * 2 + [ctypes.c_void_p] * 10 + [ctypes.c_long] * 4
+    fn.restype = None
+    return fn
+
+
+def _nhwc(t: torch.Tensor | None) -> bool:
+    return t is None or t.permute(0, 2, 3, 1).is_contiguous()
+
+
+def compiled_passes(z, a, dp, l, pool: bool) -> bool:
+    """Whether the block's backward passes run in C (:func:`run_pass`): a channels_last float
+    CPU map with even sides where pooled, every map channels_last, no graph being recorded,
+    one torch thread (the C passes are single-threaded) and a compiled library at hand;
+    otherwise the PyTorch ops below."""
+    if (torch.is_grad_enabled() or z.device.type != "cpu" or torch.get_num_threads() != 1
+            or z.dtype not in (torch.float32, torch.float64)
+            or (pool and (z.shape[2] % 2 or z.shape[3] % 2))):
+        return False
+    if not all(_nhwc(t) for t in (z, a, dp, l)):
+        return False
+    return kernel(z.dtype) is not None
+
+
+@dataclass(frozen=True)
+class Maps:
+    """A block's saved maps as the C passes read them: the pooled gradient ``dp``, the ReLU
+    output ``a`` (its mask), the norm input ``z``; ``pool``: 2x2 average pooling or none."""
+
+    dp: torch.Tensor
+    a: torch.Tensor
+    z: torch.Tensor
+    pool: bool
+
+
+def run_pass(mode: int, M: Maps, l=None, cd=None, cl=None, cz=None, c1=None):
+    """One pass of ``norm_act_pool.c`` over v = cd*dy + cl*l + cz*z + c1, coefficients
+    per (sample, channel) (broadcastable to (N, C, 1, 1); None: zero). mode 0: v, mode 1:
+    avgpool(mask * v) (channels_last, as ``dp``); mode 2: the per-instance sums of v, v*z and
+    v*dy, (N, C, 1, 1) each."""
+    z, pool = M.z, M.pool
+    n, c, h, w = z.shape
+    coef = [torch.zeros((n, c), dtype=z.dtype) if k is None
+            else k.to(z.dtype).expand(n, c, 1, 1).reshape(n, c).contiguous()
+            for k in (cd, cl, cz, c1)]
+    sums = out = None
+    if mode == 2:
+        sums = torch.empty((n, 3, c), dtype=torch.float64)
+    elif mode == 1 and pool:
+        out = torch.empty((n, h // 2, w // 2, c), dtype=z.dtype)
+    else:
+        out = torch.empty((n, h, w, c), dtype=z.dtype)
+    src = l if l is not None else z
+    kernel(z.dtype)(mode, int(pool), M.dp.data_ptr(), M.a.data_ptr(), src.data_ptr(),
+                          z.data_ptr(), *(k.data_ptr() for k in coef),
+                          0 if out is None else out.data_ptr(),
+                          0 if sums is None else sums.data_ptr(), n, h, w, c)
+    if sums is not None:
+        return tuple(sums[:, i].to(z.dtype).view(n, c, 1, 1) for i in range(3))
+    return out.permute(0, 3, 1, 2)

@@ -1,0 +1,104 @@
+"""Small C kernels, compiled once per machine with the system C compiler and loaded by ``ctypes``.
+
+A kernel's source ships with the package. :func:`load` compiles it on first use (a second or
+two) into a shared library under the user's cache folder and returns it; later processes load
+the cached file. Where no C compiler is found, the compile fails, or
+``DATADISTILL_C_KERNELS=0`` is set, :func:`load` returns None and the caller keeps its
+PyTorch form of the same computation, so the package never needs a compiler to run.
+
+The library is built with ``-O3 -march=native`` (no fast-math: IEEE arithmetic, the compiler
+may only contract a*b+c into one rounding), so the cache key holds the source, the compiler's
+version and this CPU's model and flags; a cache folder shared between machines keeps one
+library per CPU. Files are written to a temporary name and renamed, so processes that compile
+at the same moment (torchrun's ranks) never load a half-written library.
+
+``REAL`` and ``SUFFIX`` in a source are replaced to make one copy of every function per
+floating-point type (``float``/``_f32``, ``double``/``_f64``).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+import hashlib
+import os
+import platform
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+
+ENV = "DATADISTILL_C_KERNELS"
+FLAGS = ("-O3", "-march=native", "-fPIC", "-shared", "-std=c99")
+TYPES = (("float", "f32"), ("double", "f64"))
+
+
+def cache_dir() -> Path:
+    """``$DATADISTILL_CACHE`` or ``$XDG_CACHE_HOME/datadistill`` (``~/.cache/datadistill``)."""
+    if os.environ.get("DATADISTILL_CACHE"):
+        return Path(os.environ["DATADISTILL_CACHE"]) / "kernels"
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "datadistill" / "kernels"
+
+
+def _cpu_id() -> str:
+    """This CPU's model and feature flags (Linux), else the platform's processor string."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return platform.processor() + platform.machine()
+    keep = [ln for ln in text.splitlines() if ln.startswith(("model name", "flags"))]
+    return "\n".join(sorted(set(keep)))
+
+
+def _compiler() -> str | None:
+    return os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
+
+
+def expand(source: str) -> str:
+    """The source once per type: REAL and SUFFIX replaced (see the module docstring)."""
+    head, sep, body = source.partition("\n/* -- per type -- */\n")
+    if not sep:
+        head, body = "", source
+    parts = [head]
+    for real, suffix in TYPES:
+        parts.append(f"#define REAL {real}\n"
+                     + body.replace("SUFFIX", suffix) + "\n#undef REAL\n")
+    return "\n".join(parts)
+
+
+def _build(src: str, cc: str, out: Path) -> None:
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_so = tempfile.mkstemp(prefix=".build-", suffix=".so", dir=out.parent)
+    os.close(fd)
+    tmp_c = Path(tmp_so).with_suffix(".c")
+    try:
+        tmp_c.write_text(src)
+        subprocess.run([cc, *FLAGS, str(tmp_c), "-o", tmp_so], check=True,
+                       capture_output=True, timeout=120)
+        os.replace(tmp_so, out)
+    finally:
+        tmp_c.unlink(missing_ok=True)
+        Path(tmp_so).unlink(missing_ok=True)
+
+
+@functools.cache
+def load(source_path: str) -> ctypes.CDLL | None:
+    """The compiled library of the C file ``source_path`` (see :func:`expand`), or None where
+    it cannot be had (module docstring). Cached per process and, as a file, per machine."""
+    if os.environ.get(ENV, "1") == "0":
+        return None
+    cc = _compiler()
+    if cc is None:
+        return None
+    try:
+        src = expand(Path(source_path).read_text())
+        version = subprocess.run([cc, "--version"], capture_output=True, text=True,
+                                 timeout=30).stdout
+        key = hashlib.sha256("\0".join([src, version, " ".join(FLAGS), _cpu_id()]).encode())
+        out = cache_dir() / f"{Path(source_path).stem}-{key.hexdigest()[:16]}.so"
+        if not out.exists():
+            _build(src, cc, out)
+        return ctypes.CDLL(str(out))
+    except (OSError, subprocess.SubprocessError):
+        return None

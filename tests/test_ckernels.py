@@ -1,0 +1,213 @@
+"""The compiled C kernels (datadistill.runtime.ckernels) and the two users of them: the Winograd
+tile transforms and the norm -> ReLU -> pool block's backward passes. Each must equal the
+PyTorch form it replaces, and the package must run the same where no library can be built."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from datadistill.models import convnet_ops, norm_passes, winograd
+from datadistill.models.convnet_ops import norm_act_pool
+from datadistill.runtime import ckernels
+
+F64 = torch.float64
+CL = torch.channels_last
+HAS_CC = ckernels._compiler() is not None
+needs_cc = pytest.mark.skipif(not HAS_CC, reason="no C compiler on this machine")
+
+
+def _rand(*shape, seed=0, dtype=F64):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(*shape, generator=g, dtype=dtype)
+
+
+def _fresh_load(monkeypatch, tmp_path, **env):
+    """``ckernels.load`` without its per-process memo, building under ``tmp_path``."""
+    monkeypatch.setenv("DATADISTILL_CACHE", str(tmp_path))
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    return ckernels.load.__wrapped__
+
+
+@needs_cc
+def test_a_machine_with_a_compiler_uses_the_kernels():
+    """Where ``cc`` exists the libraries build and both users find their functions: the
+    C paths are what this suite exercises, not silently the fallback."""
+    assert ckernels.load(winograd._SOURCE) is not None
+    assert ckernels.load(norm_passes.SOURCE) is not None
+    for dtype in (torch.float32, F64):
+        assert winograd._compiled("input_tiles", dtype) is not None
+        assert norm_passes.kernel(dtype) is not None
+
+
+@needs_cc
+def test_the_library_is_built_once_and_reused(monkeypatch, tmp_path):
+    load = _fresh_load(monkeypatch, tmp_path)
+    assert load(winograd._SOURCE) is not None
+    built = list((tmp_path / "kernels").iterdir())
+    assert len(built) == 1 and built[0].suffix == ".so"  # no temporary left behind
+    stamp = built[0].stat().st_mtime_ns
+    monkeypatch.setenv("CC", "/nonexistent/cc")  # a rebuild would now fail
+    monkeypatch.setattr(ckernels.subprocess, "run", _version_only(ckernels.subprocess.run))
+    assert load(winograd._SOURCE) is None  # another compiler is another key: not rebuilt...
+    monkeypatch.delenv("CC")
+    assert load(winograd._SOURCE) is not None  # ...and the first library is loaded as is
+    assert [p.stat().st_mtime_ns for p in (tmp_path / "kernels").iterdir()] == [stamp]
+
+
+def _version_only(run):
+    def guarded(cmd, *args, **kwargs):
+        if cmd[0] == "/nonexistent/cc":
+            raise FileNotFoundError(cmd[0])
+        assert "--version" in cmd, f"unexpected compile: {cmd}"
+        return run(cmd, *args, **kwargs)
+    return guarded
+
+
+def test_switched_off_or_no_compiler_gives_none(monkeypatch, tmp_path):
+    load = _fresh_load(monkeypatch, tmp_path, DATADISTILL_C_KERNELS="0")
+    assert load(winograd._SOURCE) is None
+    monkeypatch.setenv("DATADISTILL_C_KERNELS", "1")
+    monkeypatch.setenv("CC", str(tmp_path / "no-such-cc"))
+    assert load(winograd._SOURCE) is None
+    assert not (tmp_path / "kernels").exists() or not any((tmp_path / "kernels").iterdir())
+
+
+@needs_cc
+def test_a_source_that_does_not_compile_gives_none_and_leaves_nothing(monkeypatch, tmp_path):
+    bad = tmp_path / "bad.c"
+    bad.write_text("/* -- per type -- */\nvoid f_SUFFIX(REAL x) { this is not C }\n")
+    load = _fresh_load(monkeypatch, tmp_path / "cache")
+    assert load(str(bad)) is None
+    assert not any((tmp_path / "cache" / "kernels").iterdir())
+
+
+def test_expand_makes_one_copy_per_type():
+    src = "#define N 3\n/* -- per type -- */\nREAL twice_SUFFIX(REAL x) { return 2 * x; }\n"
+    out = ckernels.expand(src)
+    assert out.count("#define N 3") == 1
+    assert "twice_f32" in out and "twice_f64" in out and "SUFFIX" not in out
+    assert out.index("#define REAL float") < out.index("twice_f32") < out.index(
+        "#define REAL double") < out.index("twice_f64")
+
+
+# ------------------------------------------------------------------ Winograd tile transforms
+
+# channel counts that are not multiples of the C code's block of 16, maps not multiples of 4
+TILE_SHAPES = [(2, 36, 40, 8, 8), (3, 33, 32, 9, 14), (1, 48, 17, 13, 7)]
+
+
+def _torch_form(monkeypatch):
+    monkeypatch.setattr(winograd, "_native", lambda name, t: None)
+
+
+@needs_cc
+@pytest.mark.parametrize("n,cin,cout,h,w", TILE_SHAPES)
+def test_compiled_transforms_equal_the_pytorch_form(n, cin, cout, h, w, monkeypatch):
+    x = _rand(n, cin, h, w).contiguous(memory_format=CL)
+    wt = _rand(cout, cin, 3, 3, seed=1)
+    dy = _rand(n, cout, h, w, seed=2).contiguous(memory_format=CL)
+    th, tw = winograd._tiles(h, w)
+    at = winograd._mats(F64)[4]
+    got = (winograd._input_tiles(x), winograd._grad_tiles(dy, th, tw, at),
+           winograd.conv(x, wt), winograd.conv_input_grad(dy, wt),
+           winograd.conv_weight_grad(dy, x))
+    _torch_form(monkeypatch)
+    want = (winograd._input_tiles(x), winograd._grad_tiles(dy, th, tw, at),
+            winograd.conv(x, wt), winograd.conv_input_grad(dy, wt),
+            winograd.conv_weight_grad(dy, x))
+    for g, e in zip(got, want, strict=True):
+        assert g.shape == e.shape
+        torch.testing.assert_close(g, e, rtol=0, atol=1e-11)
+    assert got[2].is_contiguous(memory_format=CL)
+
+
+def test_transforms_stay_differentiable_where_a_graph_is_recorded():
+    """Under grad mode with inputs that require grad, the PyTorch form runs (the C form
+    writes through raw pointers), so autograd sees the convolution."""
+    x = _rand(2, 32, 8, 8).contiguous(memory_format=CL).requires_grad_()
+    wt = _rand(32, 32, 3, 3, seed=1).requires_grad_()
+    y = winograd.conv(x, wt)
+    assert y.grad_fn is not None
+    v = _rand(*y.shape, seed=3)
+    gx, gw = torch.autograd.grad((y * v).sum(), (x, wt))
+    ref_x, ref_w = torch.autograd.grad(
+        (torch.nn.functional.conv2d(x, wt, padding=1) * v).sum(), (x, wt))
+    torch.testing.assert_close(gx, ref_x, rtol=0, atol=1e-11)
+    torch.testing.assert_close(gw, ref_w, rtol=0, atol=1e-10)
+
+
+# ------------------------------------------------------------ norm -> ReLU -> pool passes
+
+
+def _second_order(z, w, b, pool, v, lz, lw):
+    """First-order gradients and the gradients of a scalar of them (the double backward),
+    w.r.t. z, w, b and the incoming gradient."""
+    z, w, b = (t.detach().requires_grad_() for t in (z, w, b))
+    p = norm_act_pool(z, w, b, 1e-5, pool, CL)
+    g = v.clone().requires_grad_()
+    gz, gw, gb = torch.autograd.grad(p, (z, w, b), g, create_graph=True)
+    scalar = (gz * lz).sum() + (gw * lw).sum() + (gb * gb).sum()
+    return (p, gz, gw, gb, *torch.autograd.grad(scalar, (z, w, g)))
+
+
+@needs_cc
+@pytest.mark.parametrize("pool", [True, False])
+@pytest.mark.parametrize("channels", [20, 32])
+def test_compiled_block_passes_equal_the_pytorch_ops(pool, channels, monkeypatch):
+    z = _rand(3, channels, 6, 8).contiguous(memory_format=CL)
+    w, b = _rand(channels, seed=1).abs() + 0.5, _rand(channels, seed=2)
+    v = _rand(3, channels, *((3, 4) if pool else (6, 8)), seed=3).contiguous(memory_format=CL)
+    lz, lw = _rand(*z.shape, seed=4).contiguous(memory_format=CL), _rand(channels, seed=5)
+    calls = []
+    real = convnet_ops.run_pass
+    monkeypatch.setattr(convnet_ops, "run_pass",
+                        lambda *a, **k: calls.append(a[0]) or real(*a, **k))
+    got = _second_order(z, w, b, pool, v, lz, lw)
+    assert sorted(set(calls)) == [0, 1, 2]  # every mode of the C pass ran
+    monkeypatch.setattr(convnet_ops, "compiled_passes", lambda *a: False)
+    want = _second_order(z, w, b, pool, v, lz, lw)
+    for g, e in zip(got, want, strict=True):
+        torch.testing.assert_close(g, e, rtol=0, atol=1e-12)
+
+
+@needs_cc
+def test_compiled_block_passes_keep_float32_close(monkeypatch):
+    z = _rand(4, 32, 8, 8, dtype=torch.float32).contiguous(memory_format=CL)
+    w, b = _rand(32, seed=1, dtype=torch.float32).abs() + 0.5, _rand(32, seed=2,
+                                                                     dtype=torch.float32)
+    v = _rand(4, 32, 4, 4, seed=3, dtype=torch.float32).contiguous(memory_format=CL)
+    lz = _rand(*z.shape, seed=4, dtype=torch.float32).contiguous(memory_format=CL)
+    lw = _rand(32, seed=5, dtype=torch.float32)
+    want = _second_order(z.double(), w.double(), b.double(), True, v.double(), lz.double(),
+                         lw.double())
+    got = _second_order(z, w, b, True, v, lz, lw)
+    for g, e in zip(got, want, strict=True):
+        assert (g.double() - e).abs().max() <= 1e-5 * e.abs().max()
+
+
+def test_block_passes_fall_back_where_c_does_not_apply():
+    z = _rand(2, 4, 5, 6).contiguous(memory_format=CL)  # odd height with pooling
+    a, dp = z.relu(), _rand(2, 4, 2, 3).contiguous(memory_format=CL)
+    assert not norm_passes.compiled_passes(z, a, dp, None, True)
+    z2 = _rand(2, 4, 6, 6)  # contiguous, not channels_last
+    assert not norm_passes.compiled_passes(z2, z2.relu(), _rand(2, 4, 3, 3), None, True)
+    with torch.enable_grad():  # a graph is being recorded
+        z3 = _rand(2, 4, 6, 6).contiguous(memory_format=CL)
+        dp3 = _rand(2, 4, 3, 3).contiguous(memory_format=CL)
+        assert not norm_passes.compiled_passes(z3, z3.relu(), dp3, None, True)
+    if HAS_CC:
+        with torch.no_grad():
+            assert norm_passes.compiled_passes(z3, z3.relu(), dp3, None, True)
+
+
+def test_c_forms_serve_one_thread_only(monkeypatch):
+    """With more than one torch thread the PyTorch forms run: they spread over the threads,
+    the C forms do not."""
+    z = _rand(2, 4, 6, 6).contiguous(memory_format=CL)
+    dp = _rand(2, 4, 3, 3).contiguous(memory_format=CL)
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 2)
+    with torch.no_grad():
+        assert not norm_passes.compiled_passes(z, z.relu(), dp, None, True)
+        assert winograd._native("input_tiles", z) is None
