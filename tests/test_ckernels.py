@@ -38,7 +38,7 @@ def test_a_machine_with_a_compiler_uses_the_kernels():
     assert ckernels.load(norm_passes.SOURCE) is not None
     for dtype in (torch.float32, F64):
         assert winograd._compiled("input_tiles", dtype) is not None
-        assert norm_passes.kernel(dtype) is not None
+        assert norm_passes.kernel("nap_pass", dtype) is not None
 
 
 @needs_cc
@@ -161,11 +161,13 @@ def test_compiled_block_passes_equal_the_pytorch_ops(pool, channels, monkeypatch
     v = _rand(3, channels, *((3, 4) if pool else (6, 8)), seed=3).contiguous(memory_format=CL)
     lz, lw = _rand(*z.shape, seed=4).contiguous(memory_format=CL), _rand(channels, seed=5)
     calls = []
-    real = convnet_ops.run_pass
+    real, real_forward = convnet_ops.run_pass, norm_passes.forward
     monkeypatch.setattr(convnet_ops, "run_pass",
                         lambda *a, **k: calls.append(a[0]) or real(*a, **k))
+    monkeypatch.setattr(norm_passes, "forward",
+                        lambda *a: calls.append("forward") or real_forward(*a))
     got = _second_order(z, w, b, pool, v, lz, lw)
-    assert sorted(set(calls)) == [0, 1, 2]  # every mode of the C pass ran
+    assert set(calls) == {0, 1, 2, "forward"}  # the forward and every mode of the pass ran
     monkeypatch.setattr(convnet_ops, "compiled_passes", lambda *a: False)
     want = _second_order(z, w, b, pool, v, lz, lw)
     for g, e in zip(got, want, strict=True):
@@ -190,16 +192,16 @@ def test_compiled_block_passes_keep_float32_close(monkeypatch):
 def test_block_passes_fall_back_where_c_does_not_apply():
     z = _rand(2, 4, 5, 6).contiguous(memory_format=CL)  # odd height with pooling
     a, dp = z.relu(), _rand(2, 4, 2, 3).contiguous(memory_format=CL)
-    assert not norm_passes.compiled_passes(z, a, dp, None, True)
+    assert not norm_passes.compiled_passes(True, z, a, dp)
     z2 = _rand(2, 4, 6, 6)  # contiguous, not channels_last
-    assert not norm_passes.compiled_passes(z2, z2.relu(), _rand(2, 4, 3, 3), None, True)
+    assert not norm_passes.compiled_passes(True, z2, z2.relu(), _rand(2, 4, 3, 3))
     with torch.enable_grad():  # a graph is being recorded
         z3 = _rand(2, 4, 6, 6).contiguous(memory_format=CL)
         dp3 = _rand(2, 4, 3, 3).contiguous(memory_format=CL)
-        assert not norm_passes.compiled_passes(z3, z3.relu(), dp3, None, True)
+        assert not norm_passes.compiled_passes(True, z3, z3.relu(), dp3)
     if HAS_CC:
         with torch.no_grad():
-            assert norm_passes.compiled_passes(z3, z3.relu(), dp3, None, True)
+            assert norm_passes.compiled_passes(True, z3, z3.relu(), dp3)
 
 
 def test_c_forms_serve_one_thread_only(monkeypatch):
@@ -209,5 +211,5 @@ def test_c_forms_serve_one_thread_only(monkeypatch):
     dp = _rand(2, 4, 3, 3).contiguous(memory_format=CL)
     monkeypatch.setattr(torch, "get_num_threads", lambda: 2)
     with torch.no_grad():
-        assert not norm_passes.compiled_passes(z, z.relu(), dp, None, True)
+        assert not norm_passes.compiled_passes(True, z, z.relu(), dp)
         assert winograd._native("input_tiles", z) is None

@@ -290,3 +290,31 @@ def test_window():
         window_bounds("expanding", 0, min_start=0, max_start=20)
     with pytest.raises(ConfigError, match="unknown window 'linear'"):
         window_bounds("linear", 0, min_start=0, max_start=20)
+
+
+@pytest.mark.parametrize("fmt", [torch.contiguous_format, CL])
+@pytest.mark.parametrize("shape", [(2, 3, 16, 16), (3, 1, 17, 20), (2, 4, 32, 16)])
+def test_first_layer_input_gradient_equals_the_native_kernel(shape, fmt):
+    """Images' input gradient (few channels) by one matmul and nine shifted sums: the native
+    kernel's value in float64, in the input's layout."""
+    from datadistill.models import convnet_ops
+
+    n, c, h, w = shape
+    x = _rand(*shape).contiguous(memory_format=fmt)
+    wt = _rand(8, c, 3, 3, seed=1)
+    dz = _rand(n, 8, h, w, seed=2).contiguous(memory_format=CL)
+    assert convnet_ops._few_input_channels(x, wt, 1)
+    got = convnet_ops._few_channel_input_grad(dz, wt, x)
+    ref = torch.ops.aten.convolution_backward(dz, x, wt, None, [1, 1], [1, 1], [1, 1], False,
+                                              [0, 0], 1, [True, False, False])[0]
+    torch.testing.assert_close(got, ref, rtol=0, atol=1e-12)
+    assert got.is_contiguous(memory_format=fmt)
+    assert not convnet_ops._few_input_channels(x[..., :15, :], wt, 1)  # small maps: native
+    assert not convnet_ops._few_input_channels(_rand(2, 5, 16, 16), _rand(8, 5, 3, 3), 1)
+
+
+def test_first_layer_double_backward_through_the_matmul_input_gradient():
+    x = _rand(2, 3, 16, 16).contiguous(memory_format=CL).requires_grad_()
+    w = _rand(4, 3, 3, 3, seed=1).requires_grad_()
+    fn = lambda x, w: conv3x3(x, w, 1, CL)  # noqa: E731
+    assert torch.autograd.gradgradcheck(fn, (x, w), fast_mode=True)

@@ -72,3 +72,51 @@ void nap_pass_SUFFIX(int mode, int pool, const REAL *restrict dp, const REAL *re
         }
     }
 }
+
+/* The forward's statistics per instance: stats[n][0][c] = mean of z, stats[n][1][c] = sum of
+ * (z - mean)^2, both accumulated in double (centred before squaring: no cancellation). */
+void nap_stats_SUFFIX(const REAL *restrict z, double *restrict stats, long n, long h, long w,
+                      long c) {
+    long m = h * w;
+    for (long img = 0; img < n; img++) {
+        const REAL *restrict zi = z + img * m * c;
+        double *restrict mean = stats + img * 2 * c, *restrict ss = mean + c;
+        for (long k = 0; k < c; k++) mean[k] = ss[k] = 0;
+        for (long p = 0; p < m; p++)
+            for (long k = 0; k < c; k++) mean[k] += zi[p * c + k];
+        for (long k = 0; k < c; k++) mean[k] /= (double)m;
+        for (long p = 0; p < m; p++)
+            for (long k = 0; k < c; k++) {
+                double d = zi[p * c + k] - mean[k];
+                ss[k] += d * d;
+            }
+    }
+}
+
+/* a = relu(s * z + t) per (sample, channel) coefficients s, t (n, c); with pooling also
+ * out = avgpool2x2(a) (n, h/2, w/2, c). */
+void nap_forward_SUFFIX(int pool, const REAL *restrict z, const REAL *restrict s,
+                        const REAL *restrict t, REAL *restrict a, REAL *restrict out, long n,
+                        long h, long w, long c) {
+    long h2 = h / 2, w2 = w / 2;
+    for (long img = 0; img < n; img++) {
+        const REAL *restrict si = s + img * c, *restrict ti = t + img * c;
+        for (long r = 0; r < h; r++)
+            for (long q = 0; q < w; q++) {
+                long i = ((img * h + r) * w + q) * c;
+                for (long k = 0; k < c; k++) {
+                    REAL y = si[k] * z[i + k] + ti[k];
+                    a[i + k] = y < 0 ? 0 : y;  /* NaN stays NaN, as in relu */
+                }
+            }
+        if (!pool) continue;
+        for (long r = 0; r < h2; r++)
+            for (long q = 0; q < w2; q++) {
+                const REAL *restrict p00 = a + ((img * h + 2 * r) * w + 2 * q) * c;
+                const REAL *restrict p10 = p00 + w * c;
+                REAL *restrict o = out + ((img * h2 + r) * w2 + q) * c;
+                for (long k = 0; k < c; k++)
+                    o[k] = ((p00[k] + p00[c + k]) + (p10[k] + p10[c + k])) * (REAL)0.25;
+            }
+    }
+}

@@ -1,5 +1,6 @@
-"""The full-size passes of the ConvNet block's backward and double backward in C
-(``norm_act_pool.c``), and the test of where they apply. :mod:`.convnet_ops` calls them; where
+"""The full-size passes of the ConvNet block (instance norm -> ReLU -> 2x2 average pool) in C
+(``norm_act_pool.c``): the student's forward, backward and double backward, and the test of
+where they apply. :mod:`.convnet_ops` calls them; where
 they do not apply, or no library could be built (:mod:`datadistill.runtime.ckernels`), it runs
 the same formulas as PyTorch ops."""
 
@@ -18,14 +19,21 @@ ONE = torch.ones(())  # a coefficient of 1 for :func:`run_pass`
 SOURCE = str(Path(__file__).with_name("norm_act_pool.c"))
 
 
+_ARGS = {  # argument types of each C function, after its name
+    "nap_pass": [ctypes.c_int] * 2 + [ctypes.c_void_p] * 10 + [ctypes.c_long] * 4,
+    "nap_stats": [ctypes.c_void_p] * 2 + [ctypes.c_long] * 4,
+    "nap_forward": [ctypes.c_int] + [ctypes.c_void_p] * 5 + [ctypes.c_long] * 4,
+}
+
+
 @functools.cache
-def kernel(dtype: torch.dtype):
-    """``nap_pass`` of ``norm_act_pool.c`` for ``dtype``, or None (no compiled library)."""
+def kernel(name: str, dtype: torch.dtype):
+    """The C function ``name`` of ``norm_act_pool.c`` for ``dtype``, or None (no library)."""
     lib = ckernels.load(SOURCE)
     if lib is None:
         return None
-    fn = getattr(lib, f"nap_pass_{'f32' if dtype == torch.float32 else 'f64'}")
-    fn.argtypes = [ctypes.c_int] * 2 + [ctypes.c_void_p] * 10 + [ctypes.c_long] * 4
+    fn = getattr(lib, f"{name}_{'f32' if dtype == torch.float32 else 'f64'}")
+    fn.argtypes = _ARGS[name]
     fn.restype = None
     return fn
 
@@ -34,18 +42,36 @@ def _nhwc(t: torch.Tensor | None) -> bool:
     return t is None or t.permute(0, 2, 3, 1).is_contiguous()
 
 
-def compiled_passes(z, a, dp, l, pool: bool) -> bool:
-    """Whether the block's backward passes run in C (:func:`run_pass`): a channels_last float
-    CPU map with even sides where pooled, every map channels_last, no graph being recorded,
-    one torch thread (the C passes are single-threaded) and a compiled library at hand;
-    otherwise the PyTorch ops below."""
+def compiled_passes(pool: bool, z: torch.Tensor, *maps: torch.Tensor | None) -> bool:
+    """Whether the block's passes over ``z`` and ``maps`` run in C: float CPU maps, all
+    channels_last, even sides where pooled, no graph being recorded, one torch thread (the C
+    loops are single-threaded) and a compiled library at hand; otherwise the PyTorch ops of
+    :mod:`.convnet_ops`."""
     if (torch.is_grad_enabled() or z.device.type != "cpu" or torch.get_num_threads() != 1
             or z.dtype not in (torch.float32, torch.float64)
             or (pool and (z.shape[2] % 2 or z.shape[3] % 2))):
         return False
-    if not all(_nhwc(t) for t in (z, a, dp, l)):
+    if not all(_nhwc(t) for t in (z, *maps)):
         return False
-    return kernel(z.dtype) is not None
+    return kernel("nap_pass", z.dtype) is not None
+
+
+def forward(z: torch.Tensor, w: torch.Tensor, b: torch.Tensor, eps: float, pool: bool):
+    """(a, p, mu, rstd) of the block's forward on channels_last ``z`` in two C passes:
+    a = relu(instance norm), p = avgpool2x2(a) (``a`` itself without pooling), mu and rstd
+    (N, C). The statistics are accumulated in double; rstd = (var + eps)^-1/2 in z's dtype."""
+    n, c, h, wd = z.shape
+    stats = torch.empty((n, 2, c), dtype=torch.float64)
+    kernel("nap_stats", z.dtype)(z.data_ptr(), stats.data_ptr(), n, h, wd, c)
+    mu = stats[:, 0].to(z.dtype)
+    rstd = ((stats[:, 1] / (h * wd)).to(z.dtype) + eps).rsqrt()
+    s = (w.view(1, -1) * rstd).contiguous()
+    t = (b.view(1, -1) - mu * s).contiguous()
+    a = torch.empty((n, h, wd, c), dtype=z.dtype)
+    p = torch.empty((n, h // 2, wd // 2, c), dtype=z.dtype) if pool else a
+    kernel("nap_forward", z.dtype)(int(pool), z.data_ptr(), s.data_ptr(), t.data_ptr(),
+                                   a.data_ptr(), p.data_ptr(), n, h, wd, c)
+    return a.permute(0, 3, 1, 2), p.permute(0, 3, 1, 2), mu, rstd
 
 
 @dataclass(frozen=True)
@@ -77,10 +103,10 @@ def run_pass(mode: int, M: Maps, l=None, cd=None, cl=None, cz=None, c1=None):
     else:
         out = torch.empty((n, h, w, c), dtype=z.dtype)
     src = l if l is not None else z
-    kernel(z.dtype)(mode, int(pool), M.dp.data_ptr(), M.a.data_ptr(), src.data_ptr(),
-                          z.data_ptr(), *(k.data_ptr() for k in coef),
-                          0 if out is None else out.data_ptr(),
-                          0 if sums is None else sums.data_ptr(), n, h, w, c)
+    kernel("nap_pass", z.dtype)(mode, int(pool), M.dp.data_ptr(), M.a.data_ptr(),
+                                src.data_ptr(), z.data_ptr(), *(k.data_ptr() for k in coef),
+                                0 if out is None else out.data_ptr(),
+                                0 if sums is None else sums.data_ptr(), n, h, w, c)
     if sums is not None:
         return tuple(sums[:, i].to(z.dtype).view(n, c, 1, 1) for i in range(3))
     return out.permute(0, 3, 1, 2)
