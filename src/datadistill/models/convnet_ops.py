@@ -29,7 +29,16 @@ from torch.autograd import Function
 
 import datadistill.models.norm_passes as norm_passes
 import datadistill.models.winograd as winograd
-from datadistill.models.norm_passes import ONE, Maps, compiled_passes, run_pass
+from datadistill.models.norm_passes import (
+    Adjoints,
+    Maps,
+    Terms,
+    adjoints,
+    compiled_passes,
+    q_coefs,
+    terms_from,
+    z_coefs,
+)
 
 _conv_backward = torch.ops.aten.convolution_backward.default
 _pool_backward = torch.ops.aten.avg_pool2d_backward.default
@@ -282,28 +291,9 @@ class _NormActPool(Function):
         return dz, dw, db, None, None
 
 
-@dataclass
-class _Terms:
-    """Per-instance quantities shared by the backward and the double backward ((N, C, 1, 1))."""
-
-    dy: torch.Tensor | None  # (N, C, H, W) gradient at the norm output u (None: not made)
-    s: torch.Tensor  # w * rstd
-    A: torch.Tensor  # mean(dy)
-    B: torch.Tensor  # mean(dy * xh)
-    m: int  # H * W
-
-
-def _terms(dp, z, w, a, mu, rstd, pool, compiled: bool = False) -> _Terms:
-    """The per-instance terms; ``compiled``: sums by one C pass, dy is not materialised."""
-    m = z.shape[2] * z.shape[3]
-    if compiled:
-        dy = None
-        s1, sz, _ = run_pass(2, Maps(dp, a, z, pool), cd=ONE)
-    else:
-        dy = _dy(dp, a, pool)
-        s1, sz = _hw_sum(dy), _hw_dot(dy, z)
-    B = rstd * (sz - mu * s1) / m  # mean(dy * xh) with xh = rstd * (z - mu)
-    return _Terms(dy, w.view(1, -1, 1, 1) * rstd, s1 / m, B, m)
+def _terms(dp, z, w, a, mu, rstd, pool) -> Terms:
+    dy = _dy(dp, a, pool)
+    return terms_from(dy, _hw_sum(dy), _hw_dot(dy, z), w, mu, rstd, z.shape[2] * z.shape[3])
 
 
 class _NormActPoolGrad(Function):
@@ -339,15 +329,14 @@ class _NormActPoolGrad(Function):
             ctx.sums = None
             return torch.ops.aten.native_group_norm_backward(
                 dy, z, mu.view(n, c), rstd.view(n, c), w, n, c, h * wd, c, [True, True, True])
-        compiled = compiled_passes(block.pool, z, a, dp)
-        T = _terms(dp, z, w, a, mu, rstd, block.pool, compiled)
+        if compiled_passes(block.pool, z, a, dp):
+            dz, T = norm_passes.grad(Maps(dp, a, z, block.pool), w, mu, rstd)
+        else:
+            T = _terms(dp, z, w, a, mu, rstd, block.pool)
+            k = -T.s * rstd * T.B  # dz = s*dy + k*z + c  (xh expanded)
+            dz = torch.addcmul(-T.s * T.A - k * mu, T.dy, T.s).addcmul_(z, k)
         db = (T.A * T.m).sum((0, 2, 3))
         dw = (T.B * T.m).sum((0, 2, 3))
-        k = -T.s * rstd * T.B  # dz = s*dy + k*z + c  (xh expanded)
-        if compiled:
-            dz = run_pass(0, Maps(dp, a, z, block.pool), cd=T.s, cz=k, c1=-T.s * T.A - k * mu)
-        else:
-            dz = torch.addcmul(-T.s * T.A - k * mu, T.dy, T.s).addcmul_(z, k)
         ctx.sums = (T.s, T.A, T.B)  # (N, C, 1, 1) each; dy is recomputed, not stored
         return dz, dw, db
 
@@ -356,65 +345,27 @@ class _NormActPoolGrad(Function):
         dp, z, w, a = ctx.saved_tensors
         mu, rstd = ctx.stats
         Lz = _as(Lz, ctx.fmt)
-        compiled = compiled_passes(ctx.pool, z, a, dp, Lz)
+        Lw4 = None if Lw is None else Lw.view(1, -1, 1, 1)
+        Lb4 = None if Lb is None else Lb.view(1, -1, 1, 1)
+        need = ctx.needs_input_grad[:2]
+        if compiled_passes(ctx.pool, z, a, dp, Lz):
+            g_dp, g_z, g_w = norm_passes.double_backward(
+                Maps(dp, a, z, ctx.pool), w, (mu, rstd), ctx.sums, (Lz, Lw4, Lb4), need)
+            return g_dp, g_z, g_w, None, None, None, None
         if ctx.sums is None:
-            T = _terms(dp, z, w, a, mu, rstd, ctx.pool, compiled)
+            T = _terms(dp, z, w, a, mu, rstd, ctx.pool)
         else:
-            dy = None if compiled else _dy(dp, a, ctx.pool)
-            T = _Terms(dy, *ctx.sums, z.shape[2] * z.shape[3])
-        zero = torch.zeros_like(T.s)
-        Lw4 = zero if Lw is None else Lw.view(1, -1, 1, 1)
-        Lb4 = zero if Lb is None else Lb.view(1, -1, 1, 1)
-        if Lz is not None and compiled:
-            L1, Lzz, Ldy = run_pass(2, Maps(dp, a, z, ctx.pool), l=Lz, cl=ONE)
-        elif Lz is not None:
-            L1, Lzz, Ldy = _hw_sum(Lz), _hw_dot(Lz, z), _hw_dot(Lz, T.dy)
-        if Lz is not None:
-            C1 = rstd * (Lzz - mu * L1) / T.m  # mean(Lz * xh)
-            Lt = (Ldy - T.A * L1 - T.B * rstd * (Lzz - mu * L1)) / T.m  # mean(Lz * t)
-            g_w = (Lt * T.m * rstd).sum((0, 2, 3))
-        else:
-            L1 = C1 = Lt = zero
-            g_w = None
-        L = _Adjoints(Lz, L1, C1, Lt, Lw4, Lb4)
-        g_dp = g_z = None
-        if ctx.needs_input_grad[0]:
-            g_dp = (_adjoint_dp_compiled(T, L, Maps(dp, a, z, ctx.pool), mu, rstd)
-                    if compiled else _adjoint_dp(T, L, z, mu, rstd, a, ctx.pool))
-        if ctx.needs_input_grad[1]:
-            g_z = (_adjoint_z_compiled(T, L, Maps(dp, a, z, ctx.pool), w, mu, rstd)
-                   if compiled else _adjoint_z(T, L, z, w, mu, rstd))
+            T = Terms(_dy(dp, a, ctx.pool), *ctx.sums, z.shape[2] * z.shape[3])
+        sums = None if Lz is None else (_hw_sum(Lz), _hw_dot(Lz, z), _hw_dot(Lz, T.dy))
+        L, g_w = adjoints(T, Lz, sums, Lw4, Lb4, mu, rstd)
+        g_dp = _adjoint_dp(T, L, z, mu, rstd, a, ctx.pool) if need[0] else None
+        g_z = _adjoint_z(T, L, z, w, mu, rstd) if need[1] else None
         return g_dp, g_z, g_w, None, None, None, None
 
 
-@dataclass
-class _Adjoints:
-    """The incoming adjoints and their per-instance sums ((N, C, 1, 1) unless noted)."""
-
-    Lz: torch.Tensor | None  # (N, C, H, W) adjoint of dz, or None
-    L1: torch.Tensor  # sum(Lz)
-    C1: torch.Tensor  # mean(Lz * xh)
-    Lt: torch.Tensor  # mean(Lz * t)
-    Lw4: torch.Tensor  # adjoint of dw, (1, C, 1, 1)
-    Lb4: torch.Tensor  # adjoint of db, (1, C, 1, 1)
-
-
-def _q_coefs(T: _Terms, L: _Adjoints, mu, rstd):
-    """q = s*Lz + qz*z + qc (the adjoint of dy, xh = rstd*(z - mu) expanded): (qz, qc)."""
-    qz = (L.Lw4 - T.s * L.C1) * rstd
-    return qz, L.Lb4 - T.s * L.L1 / T.m - qz * mu
-
-
-def _z_coefs(T: _Terms, L: _Adjoints, w, mu, rstd, G1, Gz):
-    """d z = rstd*G + kz*z + kc, from G's per-instance sums G1 = sum(G), Gz = sum(G*z)."""
-    Gx = rstd * (Gz - mu * G1) / T.m  # mean(G * xh)
-    kz = -rstd * rstd * (Gx + w.view(1, -1, 1, 1) * L.Lt * rstd)  # coefficient of z
-    return kz, -rstd * G1 / T.m - kz * mu
-
-
-def _adjoint_dp(T: _Terms, L: _Adjoints, z, mu, rstd, a, pool):
+def _adjoint_dp(T: Terms, L: Adjoints, z, mu, rstd, a, pool):
     """avgpool(mask * q); q = s*Lz + qz*z + qc with xh = rstd*(z - mu) expanded."""
-    qz, qc = _q_coefs(T, L, mu, rstd)
+    qz, qc = q_coefs(T, L, mu, rstd)
     q = torch.addcmul(qc, z, qz)
     if L.Lz is not None:
         q.addcmul_(L.Lz, T.s)
@@ -422,30 +373,14 @@ def _adjoint_dp(T: _Terms, L: _Adjoints, z, mu, rstd, a, pool):
     return F.avg_pool2d(q, 2) if pool else q
 
 
-def _adjoint_z(T: _Terms, L: _Adjoints, z, w, mu, rstd):
+def _adjoint_z(T: Terms, L: Adjoints, z, w, mu, rstd):
     """rstd*(G - mean G - xh*mean(G*xh)) - rstd^2*w*Lt*xh, computed in place on G, where
     G = gd*dy + gl*Lz with gd = Lw - s*C1, gl = -s*B."""
     G = T.dy * (L.Lw4 - T.s * L.C1)
     if L.Lz is not None:
         G.addcmul_(L.Lz, -T.s * T.B)
-    kz, kc = _z_coefs(T, L, w, mu, rstd, _hw_sum(G), _hw_dot(G, z))
+    kz, kc = z_coefs(T, L, w, mu, rstd, _hw_sum(G), _hw_dot(G, z))
     return G.mul_(rstd).addcmul_(z, kz).add_(kc)
-
-
-def _adjoint_dp_compiled(T: _Terms, L: _Adjoints, M: Maps, mu, rstd):
-    """:func:`_adjoint_dp` in one C pass."""
-    qz, qc = _q_coefs(T, L, mu, rstd)
-    return run_pass(1, M, l=L.Lz, cl=None if L.Lz is None else T.s, cz=qz, c1=qc)
-
-
-def _adjoint_z_compiled(T: _Terms, L: _Adjoints, M: Maps, w, mu, rstd):
-    """:func:`_adjoint_z` in two C passes (G's sums, then the result; G is not stored)."""
-    gd = L.Lw4 - T.s * L.C1
-    gl = None if L.Lz is None else -T.s * T.B
-    G1, Gz, _ = run_pass(2, M, l=L.Lz, cd=gd, cl=gl)
-    kz, kc = _z_coefs(T, L, w, mu, rstd, G1, Gz)
-    return run_pass(0, M, l=L.Lz, cd=gd * rstd, cl=None if gl is None else gl * rstd, cz=kz,
-                 c1=kc)
 
 
 def norm_act_pool(z: torch.Tensor, w: torch.Tensor, b: torch.Tensor, eps: float, pool: bool,

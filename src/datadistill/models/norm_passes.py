@@ -88,8 +88,8 @@ class Maps:
 def run_pass(mode: int, M: Maps, l=None, cd=None, cl=None, cz=None, c1=None):
     """One pass of ``norm_act_pool.c`` over v = cd*dy + cl*l + cz*z + c1, coefficients
     per (sample, channel) (broadcastable to (N, C, 1, 1); None: zero). mode 0: v, mode 1:
-    avgpool(mask * v) (channels_last, as ``dp``); mode 2: the per-instance sums of v, v*z and
-    v*dy, (N, C, 1, 1) each."""
+    avgpool(mask * v) (channels_last, as ``dp``); mode 2: the per-instance sums of v, v*z
+    and v*dy, (N, C, 1, 1) each."""
     z, pool = M.z, M.pool
     n, c, h, w = z.shape
     coef = [torch.zeros((n, c), dtype=z.dtype) if k is None
@@ -110,3 +110,108 @@ def run_pass(mode: int, M: Maps, l=None, cd=None, cl=None, cz=None, c1=None):
     if sums is not None:
         return tuple(sums[:, i].to(z.dtype).view(n, c, 1, 1) for i in range(3))
     return out.permute(0, 3, 1, 2)
+
+
+# ------------------------------------------- the per-instance formulas and the C forms
+
+
+@dataclass
+class Terms:
+    """Per-instance quantities shared by the backward and the double backward ((N, C, 1, 1))."""
+
+    dy: torch.Tensor | None  # (N, C, H, W) gradient at the norm output u (None: not made)
+    s: torch.Tensor  # w * rstd
+    A: torch.Tensor  # mean(dy)
+    B: torch.Tensor  # mean(dy * xh)
+    m: int  # H * W
+
+
+def terms_from(dy, s1, sz, w, mu, rstd, m: int) -> Terms:
+    """The terms from the per-instance sums s1 = sum(dy), sz = sum(dy * z)."""
+    B = rstd * (sz - mu * s1) / m  # mean(dy * xh) with xh = rstd * (z - mu)
+    return Terms(dy, w.view(1, -1, 1, 1) * rstd, s1 / m, B, m)
+
+
+def _terms(M: Maps, w, mu, rstd) -> Terms:
+    """The terms by one C pass of sums (``convnet_ops._terms`` in PyTorch ops); dy is not
+    materialised."""
+    s1, sz, _ = run_pass(2, M, cd=ONE)
+    return terms_from(None, s1, sz, w, mu, rstd, M.z.shape[2] * M.z.shape[3])
+
+
+@dataclass
+class Adjoints:
+    """The incoming adjoints and their per-instance sums ((N, C, 1, 1) unless noted)."""
+
+    Lz: torch.Tensor | None  # (N, C, H, W) adjoint of dz, or None
+    L1: torch.Tensor  # sum(Lz)
+    C1: torch.Tensor  # mean(Lz * xh)
+    Lt: torch.Tensor  # mean(Lz * t)
+    Lw4: torch.Tensor  # adjoint of dw, (1, C, 1, 1)
+    Lb4: torch.Tensor  # adjoint of db, (1, C, 1, 1)
+
+
+def q_coefs(T: Terms, L: Adjoints, mu, rstd):
+    """q = s*Lz + qz*z + qc (the adjoint of dy, xh = rstd*(z - mu) expanded): (qz, qc)."""
+    qz = (L.Lw4 - T.s * L.C1) * rstd
+    return qz, L.Lb4 - T.s * L.L1 / T.m - qz * mu
+
+
+def z_coefs(T: Terms, L: Adjoints, w, mu, rstd, G1, Gz):
+    """d z = rstd*G + kz*z + kc, from G's per-instance sums G1 = sum(G), Gz = sum(G*z)."""
+    Gx = rstd * (Gz - mu * G1) / T.m  # mean(G * xh)
+    kz = -rstd * rstd * (Gx + w.view(1, -1, 1, 1) * L.Lt * rstd)  # coefficient of z
+    return kz, -rstd * G1 / T.m - kz * mu
+
+
+def adjoints(T: Terms, Lz, sums, Lw4, Lb4, mu, rstd) -> tuple[Adjoints, torch.Tensor | None]:
+    """The adjoints' per-instance terms from ``sums`` = (sum Lz, sum Lz*z, sum Lz*dy), and
+    d w's first term; Lw4, Lb4 None: zero."""
+    zero = torch.zeros_like(T.s)
+    Lw4 = zero if Lw4 is None else Lw4
+    Lb4 = zero if Lb4 is None else Lb4
+    if Lz is None:
+        return Adjoints(None, zero, zero, zero, Lw4, Lb4), None
+    L1, Lzz, Ldy = sums
+    C1 = rstd * (Lzz - mu * L1) / T.m  # mean(Lz * xh)
+    Lt = (Ldy - T.A * L1 - T.B * rstd * (Lzz - mu * L1)) / T.m  # mean(Lz * t)
+    return Adjoints(Lz, L1, C1, Lt, Lw4, Lb4), (Lt * T.m * rstd).sum((0, 2, 3))
+
+
+def grad(M: Maps, w, mu, rstd) -> tuple[torch.Tensor, Terms]:
+    """The first-order dz and the terms by two C passes: the sums, then dz."""
+    T = _terms(M, w, mu, rstd)
+    k = -T.s * rstd * T.B  # dz = s*dy + k*z + c  (xh expanded)
+    return run_pass(0, M, cd=T.s, cz=k, c1=-T.s * T.A - k * mu), T
+
+
+def double_backward(M: Maps, w, stats, sums, adj, need):
+    """(d dp, d z, d w) of ``convnet_ops._NormActPoolGrad`` by C passes: the adjoint's sums,
+    then d dp (one pass), then d z (two); ``sums``: the forward's (s, A, B) or None."""
+    (mu, rstd), (Lz, Lw4, Lb4) = stats, adj
+    if sums is None:
+        T = _terms(M, w, mu, rstd)
+    else:
+        T = Terms(None, *sums, M.z.shape[2] * M.z.shape[3])
+    L_sums = None if Lz is None else run_pass(2, M, l=Lz, cl=ONE)
+    L, g_w = adjoints(T, Lz, L_sums, Lw4, Lb4, mu, rstd)
+    g_dp = _adjoint_dp(T, L, M, mu, rstd) if need[0] else None
+    g_z = _adjoint_z(T, L, M, w, mu, rstd) if need[1] else None
+    return g_dp, g_z, g_w
+
+
+def _adjoint_dp(T: Terms, L: Adjoints, M: Maps, mu, rstd):
+    """d dp = avgpool(mask * q) (``convnet_ops._adjoint_dp``) in one C pass."""
+    qz, qc = q_coefs(T, L, mu, rstd)
+    return run_pass(1, M, l=L.Lz, cl=None if L.Lz is None else T.s, cz=qz, c1=qc)
+
+
+def _adjoint_z(T: Terms, L: Adjoints, M: Maps, w, mu, rstd):
+    """d z (``convnet_ops._adjoint_z``) in two C passes: G's sums, then the result (G itself
+    is not stored)."""
+    gd = L.Lw4 - T.s * L.C1
+    gl = None if L.Lz is None else -T.s * T.B
+    G1, Gz, _ = run_pass(2, M, l=L.Lz, cd=gd, cl=gl)
+    kz, kc = z_coefs(T, L, w, mu, rstd, G1, Gz)
+    return run_pass(0, M, l=L.Lz, cd=gd * rstd, cl=None if gl is None else gl * rstd, cz=kz,
+                    c1=kc)
