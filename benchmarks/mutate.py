@@ -47,6 +47,7 @@ PYTEST = [sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider"]
 # (-x). Collection stays in pytest's own order (some tests parametrize over registries that
 # other test modules fill on import); a small plugin only reorders the collected items.
 FIRST = ("test_loop_wiring.py", "test_cli_commands.py", "test_distill.py", "test_evaluate.py",
+         "test_ckernels.py", "test_winograd.py",
          "test_infer.py", "test_pipeline.py", "test_main_job.py")
 ORDER_PLUGIN = "_mutate_order"
 ORDER_SOURCE = f'''"""Run the wiring tests first; written by benchmarks/mutate.py."""

@@ -106,14 +106,18 @@ def _part(name: str, shapes: list) -> str:
 
 
 _WINOGRAD = "datadistill::winograd"  # the range every Winograd kernel runs in while profiled
+_CONV_RANGE = "datadistill::conv"  # other hand-written convolution kernels
+_NORM_RANGE = "datadistill::norm"  # the norm block's compiled passes
+_RANGES = {_WINOGRAD: "conv", _CONV_RANGE: "conv", _NORM_RANGE: "norm"}
 
 
-def _in_winograd(ev) -> bool:
+def _range_part(ev) -> str | None:
+    """The part of the innermost enclosing range of :data:`_RANGES`, or None."""
     while ev is not None:
-        if ev.name == _WINOGRAD:
-            return True
+        if ev.name in _RANGES:
+            return _RANGES[ev.name]
         ev = ev.cpu_parent
-    return False
+    return None
 
 
 def split_profile(prof) -> dict[str, float]:
@@ -121,8 +125,9 @@ def split_profile(prof) -> dict[str, float]:
     parts: dict[str, float] = defaultdict(float)
     for ev in prof.events():
         sec = ev.self_cpu_time_total / 1e6
-        if _in_winograd(ev):
-            parts["conv"] += sec
+        part = _range_part(ev)
+        if part is not None:
+            parts[part] += sec
         elif not ev.name.startswith("aten::"):
             parts["rest"] += sec  # autograd engine, Python functions
         else:
@@ -130,18 +135,24 @@ def split_profile(prof) -> dict[str, float]:
     return {p: parts.get(p, 0.0) for p in PARTS}
 
 
-def _winograd_ranges() -> None:
-    """Run every Winograd kernel inside a profiler range named :data:`_WINOGRAD`."""
-    from datadistill.models import winograd
+def _kernel_ranges() -> None:
+    """Run every hand-written kernel inside a profiler range (:data:`_RANGES`): the Winograd
+    convolutions and the images' input gradient count as convolution, the norm block's C
+    passes as norm (their time is otherwise the self time of a Python function: "rest")."""
+    from datadistill.models import convnet_ops, norm_passes, winograd
 
-    for name in ("conv", "conv_input_grad", "conv_weight_grad"):
-        kernel = getattr(winograd, name)
+    patches = [(winograd, name, _WINOGRAD)
+               for name in ("conv", "conv_input_grad", "conv_weight_grad")]
+    patches += [(convnet_ops, "_few_channel_input_grad", _CONV_RANGE),
+                (norm_passes, "run_pass", _NORM_RANGE), (norm_passes, "forward", _NORM_RANGE)]
+    for module, name, label in patches:
+        kernel = getattr(module, name)
 
-        def ranged(*args, _kernel=kernel):
-            with torch.profiler.record_function(_WINOGRAD):
-                return _kernel(*args)
+        def ranged(*args, _kernel=kernel, _label=label, **kwargs):
+            with torch.profiler.record_function(_label):
+                return _kernel(*args, **kwargs)
 
-        setattr(winograd, name, ranged)
+        setattr(module, name, ranged)
 
 
 class _FlopCount(TorchDispatchMode):
@@ -299,7 +310,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", default=None, help="JSON file for the raw figures")
     args = p.parse_args(argv)
     torch.set_num_threads(1)
-    _winograd_ranges()
+    _kernel_ranges()
     peak = matmul_peak()
     rows = measure({kind: build(kind, args.width) for kind in args.kinds}, args.iterations,
                    peak["median_gflops"])
