@@ -5,6 +5,8 @@ PyTorch form it replaces, and the package must run the same where no library can
 from __future__ import annotations
 
 import os
+import shutil
+from pathlib import Path
 
 import pytest
 import torch
@@ -60,6 +62,32 @@ def test_the_library_is_built_once_and_reused(monkeypatch, tmp_path):
         monkeypatch.setenv("CC", compiler)
     assert load(winograd._SOURCE) is not None  # ...and the first library is loaded as is
     assert [p.stat().st_mtime_ns for p in (tmp_path / "kernels").iterdir()] == [stamp]
+
+
+@needs_cc
+def test_a_damaged_cache_file_is_built_again(monkeypatch, tmp_path):
+    """A cache file that is not a library (never loaded in this process: a source of its own)
+    is replaced by a fresh build."""
+    source = tmp_path / "tiles_copy.c"
+    source.write_text(Path(winograd._SOURCE).read_text() + "\n/* a copy */\n")
+    load = _fresh_load(monkeypatch, tmp_path)
+    _, target = ckernels.library_path(str(source), ckernels._compiler())
+    target.parent.mkdir(parents=True)
+    target.write_bytes(b"not a shared library")
+    lib = load(str(source))
+    assert lib is not None and hasattr(lib, "input_tiles_f32")
+    assert target.read_bytes()[:4] == b"\x7fELF"
+    assert [p.name for p in target.parent.iterdir()] == [target.name]
+
+
+@needs_cc
+def test_cc_may_carry_a_wrapper_command(monkeypatch, tmp_path):
+    """``CC="env cc"`` (a launcher before the compiler, as ``ccache cc``) is split."""
+    env = shutil.which("env")
+    if env is None:
+        pytest.skip("no env command")
+    load = _fresh_load(monkeypatch, tmp_path, CC=f"{env} {ckernels._compiler()[0]}")
+    assert load(winograd._SOURCE) is not None
 
 
 def _version_only(run):

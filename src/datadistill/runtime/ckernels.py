@@ -23,6 +23,7 @@ import functools
 import hashlib
 import os
 import platform
+import shlex
 import shutil
 import subprocess
 import tempfile
@@ -51,8 +52,12 @@ def _cpu_id() -> str:
     return "\n".join(sorted(set(keep)))
 
 
-def _compiler() -> str | None:
-    return os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
+def _compiler() -> list[str] | None:
+    """``$CC`` (split as a shell would: ``ccache gcc`` works), else ``cc`` or ``gcc``."""
+    if os.environ.get("CC"):
+        return shlex.split(os.environ["CC"])
+    found = shutil.which("cc") or shutil.which("gcc")
+    return None if found is None else [found]
 
 
 def expand(source: str) -> str:
@@ -67,19 +72,29 @@ def expand(source: str) -> str:
     return "\n".join(parts)
 
 
-def _build(src: str, cc: str, out: Path) -> None:
+def _build(src: str, cc: list[str], out: Path) -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp_so = tempfile.mkstemp(prefix=".build-", suffix=".so", dir=out.parent)
     os.close(fd)
     tmp_c = Path(tmp_so).with_suffix(".c")
     try:
         tmp_c.write_text(src)
-        subprocess.run([cc, *FLAGS, str(tmp_c), "-o", tmp_so], check=True,
+        subprocess.run([*cc, *FLAGS, str(tmp_c), "-o", tmp_so], check=True,
                        capture_output=True, timeout=120)
         os.replace(tmp_so, out)
     finally:
         tmp_c.unlink(missing_ok=True)
         Path(tmp_so).unlink(missing_ok=True)
+
+
+def library_path(source_path: str, cc: list[str]) -> tuple[str, Path]:
+    """(the expanded source, the cached library's path) of ``source_path`` for compiler
+    ``cc`` on this CPU. Raises OSError or SubprocessError where ``cc`` cannot be run."""
+    src = expand(Path(source_path).read_text())
+    version = subprocess.run([*cc, "--version"], capture_output=True, text=True,
+                             timeout=30).stdout
+    key = hashlib.sha256("\0".join([src, version, " ".join(FLAGS), _cpu_id()]).encode())
+    return src, cache_dir() / f"{Path(source_path).stem}-{key.hexdigest()[:16]}.so"
 
 
 @functools.cache
@@ -92,13 +107,14 @@ def load(source_path: str) -> ctypes.CDLL | None:
     if cc is None:
         return None
     try:
-        src = expand(Path(source_path).read_text())
-        version = subprocess.run([cc, "--version"], capture_output=True, text=True,
-                                 timeout=30).stdout
-        key = hashlib.sha256("\0".join([src, version, " ".join(FLAGS), _cpu_id()]).encode())
-        out = cache_dir() / f"{Path(source_path).stem}-{key.hexdigest()[:16]}.so"
+        src, out = library_path(source_path, cc)
         if not out.exists():
             _build(src, cc, out)
-        return ctypes.CDLL(str(out))
+        try:
+            return ctypes.CDLL(str(out))
+        except OSError:  # a damaged cache file (written by other means): build it again, once
+            out.unlink(missing_ok=True)
+            _build(src, cc, out)
+            return ctypes.CDLL(str(out))
     except (OSError, subprocess.SubprocessError):
         return None
