@@ -28,6 +28,7 @@ from datadistill.report import figures as report_figures
 from datadistill.report import html as report_html
 from datadistill.report import page as report
 from datadistill.report.curves import accuracy_bars, distill_curves, expert_curves, save_figure
+from datadistill.runtime import ckernels
 from datadistill.tm.config import load_pipeline_config
 from datadistill.tm.pipeline import run_pipeline
 
@@ -244,6 +245,11 @@ def test_report_is_self_contained_and_states_the_results(run_dir):
     record = json.loads((run_dir / "run_record.json").read_text())
     hw = record["stages"]["run"]["hardware"]
     assert hw["torch"] == torch.__version__ and hw["cpu"] in text
+    # the student's CPU kernels are stated: the digits student's norm blocks use the C loops
+    # wherever a compiler is at hand
+    if ckernels._compiler() is not None:
+        assert "norm_act_pool" in hw["compiled_loops"]
+    assert f"compiled loops: {', '.join(hw['compiled_loops']) or 'none'}" in text
     assert record["stages"]["run"]["seconds"] == pytest.approx(ev["seconds"]["total"], abs=0.1)
 
 

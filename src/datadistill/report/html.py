@@ -188,9 +188,14 @@ def _seconds(value) -> str:
 
 
 def _hardware_text(hw: dict) -> str:
-    return (f"CPU {hw.get('cpu')} ({hw.get('cpu_count')} logical cores), GPU {hw.get('gpu')}, "
+    text = (f"CPU {hw.get('cpu')} ({hw.get('cpu_count')} logical cores), GPU {hw.get('gpu')}, "
             f"torch {hw.get('torch')} with {hw.get('torch_threads')} threads, "
             f"Python {hw.get('python')}, {hw.get('platform')}")
+    if "compiled_loops" in hw:  # records written before these keys existed have neither
+        loops = ", ".join(hw["compiled_loops"]) or "none"
+        text += (f"; student CPU kernels: Winograd {'on' if hw.get('winograd') else 'off'}, "
+                 f"compiled loops: {loops}")
+    return text
 
 
 def _time_hardware(c, hw: dict) -> str:

@@ -49,8 +49,10 @@ import torch
 from datadistill import __version__
 from datadistill.errors import ArtifactError
 from datadistill.io import atomic_write, write_json
+from datadistill.models import winograd
 from datadistill.report import figures as report_figures
 from datadistill.report import html as report_html
+from datadistill.runtime import ckernels
 from datadistill.runtime.progress import plural
 
 log = logging.getLogger(__name__)
@@ -172,14 +174,16 @@ def build_report(folder: str | Path) -> Path:
 
 
 def hardware() -> dict[str, Any]:
-    """The machine this process runs on: CPU model, GPU, torch version and threads."""
+    """The machine this process runs on: CPU model, GPU, torch version and threads, and the
+    student's CPU kernels (Winograd on or off, the compiled C loops this process loaded)."""
     gpu = "none"
     if torch.cuda.is_available():
         gpu = ", ".join(torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count()))
     return {"cpu": _cpu_model(), "cpu_count": os.cpu_count(), "gpu": gpu,
             "torch": torch.__version__, "torch_threads": torch.get_num_threads(),
             "python": platform.python_version(), "platform": platform.platform(),
-            "datadistill": __version__}
+            "datadistill": __version__, "winograd": winograd.ENABLED,
+            "compiled_loops": ckernels.loaded()}
 
 
 def _cpu_model() -> str:

@@ -30,6 +30,7 @@ import tempfile
 from pathlib import Path
 
 ENV = "DATADISTILL_C_KERNELS"
+_LOADED: set[str] = set()  # the sources whose library this process has loaded
 FLAGS = ("-O3", "-march=native", "-fPIC", "-shared", "-std=c99")
 TYPES = (("float", "f32"), ("double", "f64"))
 
@@ -111,10 +112,17 @@ def load(source_path: str) -> ctypes.CDLL | None:
         if not out.exists():
             _build(src, cc, out)
         try:
-            return ctypes.CDLL(str(out))
+            lib = ctypes.CDLL(str(out))
         except OSError:  # a damaged cache file (written by other means): build it again, once
             out.unlink(missing_ok=True)
             _build(src, cc, out)
-            return ctypes.CDLL(str(out))
+            lib = ctypes.CDLL(str(out))
     except (OSError, subprocess.SubprocessError):
         return None
+    _LOADED.add(Path(source_path).stem)
+    return lib
+
+
+def loaded() -> list[str]:
+    """The kernels (source names) this process has loaded so far: what a run record states."""
+    return sorted(_LOADED)
