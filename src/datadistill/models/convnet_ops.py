@@ -267,14 +267,12 @@ class _NormActPool(Function):
     @staticmethod
     def forward(ctx, z, w, b, eps, block: _Block):
         n, c, h, wd = z.shape
-        if block.native or z.device.type != "cpu" or z.is_contiguous():
-            y, mu, rstd = torch.native_group_norm(z, w, b, n, c, h * wd, c, eps)
-        elif compiled_passes(block.pool, z):
+        native = block.native or z.device.type != "cpu" or z.is_contiguous()
+        if not native and compiled_passes(block.pool, z):
             a, p, mu, rstd = norm_passes.forward(z, w, b, eps, block.pool)
-            y = None
         else:
-            y, mu, rstd = _instance_norm_nhwc(z, w, b, eps)
-        if y is not None:
+            y, mu, rstd = (torch.native_group_norm(z, w, b, n, c, h * wd, c, eps) if native
+                           else _instance_norm_nhwc(z, w, b, eps))
             a = y.relu_()  # (N, C, H, W); saved: it is the ReLU mask
             p = F.avg_pool2d(a, 2) if block.pool else a
         ctx.save_for_backward(z, w, a)

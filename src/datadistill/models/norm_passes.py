@@ -7,7 +7,6 @@ the same formulas as PyTorch ops."""
 from __future__ import annotations
 
 import ctypes
-import functools
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,25 +19,18 @@ SOURCE = str(Path(__file__).with_name("norm_act_pool.c"))
 
 
 _ARGS = {  # argument types of each C function, after its name
-    "nap_pass": [ctypes.c_int] * 2 + [ctypes.c_void_p] * 10 + [ctypes.c_long] * 4,
-    "nap_stats": [ctypes.c_void_p] * 2 + [ctypes.c_long] * 4,
-    "nap_forward": [ctypes.c_int] + [ctypes.c_void_p] * 5 + [ctypes.c_long] * 4,
+    "nap_pass": (ctypes.c_int,) * 2 + (ctypes.c_void_p,) * 10 + (ctypes.c_long,) * 4,
+    "nap_stats": (ctypes.c_void_p,) * 2 + (ctypes.c_long,) * 4,
+    "nap_forward": (ctypes.c_int,) + (ctypes.c_void_p,) * 5 + (ctypes.c_long,) * 4,
 }
 
 
-@functools.cache
 def kernel(name: str, dtype: torch.dtype):
     """The C function ``name`` of ``norm_act_pool.c`` for ``dtype``, or None (no library)."""
-    lib = ckernels.load(SOURCE)
-    if lib is None:
-        return None
-    fn = getattr(lib, f"{name}_{'f32' if dtype == torch.float32 else 'f64'}")
-    fn.argtypes = _ARGS[name]
-    fn.restype = None
-    return fn
+    return ckernels.function(SOURCE, name, dtype == torch.float64, _ARGS[name])
 
 
-def _nhwc(t: torch.Tensor | None) -> bool:
+def _is_nhwc(t: torch.Tensor | None) -> bool:
     return t is None or t.permute(0, 2, 3, 1).is_contiguous()
 
 
@@ -51,7 +43,7 @@ def compiled_passes(pool: bool, z: torch.Tensor, *maps: torch.Tensor | None) -> 
             or z.dtype not in (torch.float32, torch.float64)
             or (pool and (z.shape[2] % 2 or z.shape[3] % 2))):
         return False
-    if not all(_nhwc(t) for t in (z, *maps)):
+    if not all(_is_nhwc(t) for t in (z, *maps)):
         return False
     return kernel("nap_pass", z.dtype) is not None
 

@@ -32,7 +32,6 @@ the same values up to float rounding.
 from __future__ import annotations
 
 import ctypes
-import functools
 import os
 from pathlib import Path
 
@@ -60,17 +59,13 @@ _MATS: dict[torch.dtype, tuple[torch.Tensor, ...]] = {}
 _SOURCE = str(Path(__file__).with_name("winograd_tiles.c"))
 
 
-@functools.cache
+_TILE_ARGS = (ctypes.c_void_p, ctypes.c_void_p) + (ctypes.c_long,) * 4  # in, out, sizes
+
+
 def _compiled(name: str, dtype: torch.dtype):
     """The C form of a tile transform (``winograd_tiles.c``: one pass, no padded copy), or None
     where :func:`datadistill.runtime.ckernels.load` has no library (the PyTorch form is used)."""
-    lib = ckernels.load(_SOURCE)
-    if lib is None:
-        return None
-    fn = getattr(lib, f"{name}_{'f32' if dtype == torch.float32 else 'f64'}")
-    fn.argtypes = [ctypes.c_void_p, ctypes.c_void_p] + [ctypes.c_long] * 4
-    fn.restype = None
-    return fn
+    return ckernels.function(_SOURCE, name, dtype == torch.float64, _TILE_ARGS)
 
 
 def _native(name: str, t: torch.Tensor):

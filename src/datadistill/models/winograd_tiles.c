@@ -60,6 +60,23 @@ static inline void load_SUFFIX(REAL *restrict dst, const REAL *restrict src, lon
     }
 }
 
+/* d[i * size + j] = pixel (row0 + i, col0 + j) of image img of map x (n, h, w, c), channels
+ * c0 .. c0 + cb; zero past the map's edges (the padding). */
+static inline void gather_SUFFIX(REAL (*restrict d)[CB], const REAL *restrict x, int size,
+                                 long img, long row0, long col0, long h, long w, long c,
+                                 long c0, long cb) {
+    for (int i = 0; i < size; i++) {
+        long row = row0 + i;
+        for (int j = 0; j < size; j++) {
+            long col = col0 + j;
+            if (row < 0 || row >= h || col < 0 || col >= w)
+                for (int k = 0; k < CB; k++) d[i * size + j][k] = 0;
+            else
+                load_SUFFIX(d[i * size + j], x + ((img * h + row) * w + col) * c + c0, cb);
+        }
+    }
+}
+
 static inline void store_SUFFIX(REAL *restrict dst, const REAL *restrict src, long cb) {
     if (cb == CB) {
         for (int k = 0; k < CB; k++) dst[k] = src[k];
@@ -78,16 +95,7 @@ void input_tiles_SUFFIX(const REAL *restrict x, REAL *restrict tiles, long n, lo
         long t = (img * th + ti) * tw + tj;
         for (long c0 = 0; c0 < c; c0 += CB) {
             long cb = c - c0 < CB ? c - c0 : CB;
-            for (int i = 0; i < 6; i++) {
-                long row = 4 * ti - 1 + i;
-                for (int j = 0; j < 6; j++) {
-                    long col = 4 * tj - 1 + j;
-                    if (row < 0 || row >= h || col < 0 || col >= w)
-                        for (int k = 0; k < CB; k++) d[i][j][k] = 0;
-                    else
-                        load_SUFFIX(d[i][j], x + ((img * h + row) * w + col) * c + c0, cb);
-                }
-            }
+            gather_SUFFIX(d[0], x, 6, img, 4 * ti - 1, 4 * tj - 1, h, w, c, c0, cb);
             /* columns of each row (the right factor B), then rows (the left factor B^T) */
             for (int i = 0; i < 6; i++)
                 for (int k = 0; k < CB; k++) BT6(r[i], d[i], k);
@@ -149,16 +157,7 @@ void grad_tiles_SUFFIX(const REAL *restrict g, REAL *restrict tiles, long n, lon
         long t = (img * th + ti) * tw + tj;
         for (long c0 = 0; c0 < co; c0 += CB) {
             long cb = co - c0 < CB ? co - c0 : CB;
-            for (int i = 0; i < 4; i++) {
-                long row = 4 * ti + i;
-                for (int j = 0; j < 4; j++) {
-                    long col = 4 * tj + j;
-                    if (row >= h || col >= w)
-                        for (int k = 0; k < CB; k++) d[i][j][k] = 0;
-                    else
-                        load_SUFFIX(d[i][j], g + ((img * h + row) * w + col) * co + c0, cb);
-                }
-            }
+            gather_SUFFIX(d[0], g, 4, img, 4 * ti, 4 * tj, h, w, co, c0, cb);
             for (int i = 0; i < 4; i++)
                 for (int k = 0; k < CB; k++) A6(r[i], d[i], k);
             for (int b = 0; b < 6; b++) {

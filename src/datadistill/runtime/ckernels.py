@@ -123,6 +123,20 @@ def load(source_path: str) -> ctypes.CDLL | None:
     return lib
 
 
+@functools.cache
+def function(source_path: str, name: str, double: bool, argtypes: tuple):
+    """The C function ``name`` (its ``_f64`` copy if ``double``, else ``_f32``) of the library
+    of ``source_path``, with ``argtypes`` set and no return value, or None where
+    :func:`load` has no library."""
+    lib = load(source_path)
+    if lib is None:
+        return None
+    fn = getattr(lib, f"{name}_{'f64' if double else 'f32'}")
+    fn.argtypes = list(argtypes)
+    fn.restype = None
+    return fn
+
+
 def loaded() -> list[str]:
     """The kernels (source names) this process has loaded so far: what a run record states."""
     return sorted(_LOADED)
