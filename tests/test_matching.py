@@ -292,17 +292,18 @@ def test_window():
         window_bounds("linear", 0, min_start=0, max_start=20)
 
 
+@pytest.mark.parametrize("dz_fmt", [torch.contiguous_format, CL])
 @pytest.mark.parametrize("fmt", [torch.contiguous_format, CL])
 @pytest.mark.parametrize("shape", [(2, 3, 16, 16), (3, 1, 17, 20), (2, 4, 32, 16)])
-def test_first_layer_input_gradient_equals_the_native_kernel(shape, fmt):
-    """Images' input gradient (few channels) by one matmul and nine shifted sums: the native
-    kernel's value in float64, in the input's layout."""
+def test_first_layer_input_gradient_equals_the_native_kernel(shape, fmt, dz_fmt):
+    """Images' input gradient (few channels) by one batched matmul and col2im: the native
+    kernel's value in float64, in the input's layout, whatever the incoming layout."""
     from datadistill.models import convnet_ops
 
     n, c, h, w = shape
     x = _rand(*shape).contiguous(memory_format=fmt)
     wt = _rand(8, c, 3, 3, seed=1)
-    dz = _rand(n, 8, h, w, seed=2).contiguous(memory_format=CL)
+    dz = _rand(n, 8, h, w, seed=2).contiguous(memory_format=dz_fmt)
     assert convnet_ops._few_input_channels(x, wt, 1)
     got = convnet_ops._few_channel_input_grad(dz, wt, x)
     ref = torch.ops.aten.convolution_backward(dz, x, wt, None, [1, 1], [1, 1], [1, 1], False,
