@@ -189,7 +189,8 @@ MUTANTS = [
        "return _winograd(dy, _filter(w, flip=False))",
        "Winograd input gradient uses the filter unrotated"),
     _m("winograd_chunks_overwrite", "models/winograd.py",
-       "du = torch.bmm(dm, v) if du is None else du.baddbmm_(dm, v)", "du = torch.bmm(dm, v)",
+       "du = _products(dm, v, transpose_a=True, out=du)",
+       "du = _products(dm, v, transpose_a=True)",
        "Winograd filter gradient keeps only the last chunk of images"),
     _m("winograd_double_backward_native_weight", "models/convnet_ops.py",
        "term = _conv(x, lw, pad)", "term = F.conv2d(x, lw.flip(2, 3), None, 1, pad)",
@@ -204,6 +205,12 @@ MUTANTS = [
     _m("c_pool_keeps_last_pixel", "models/norm_act_pool.c",
        "REAL acc = first ? v : out[j + k] + v;", "REAL acc = v;",
        "the C pooled pass keeps only the last pixel of each 2x2 window"),
+    _m("c_products_overwrite", "models/winograd_tiles.c",
+       "if (acc && r < mr) {", "if (0 && r < mr) {",
+       "the C tile products overwrite where they should add (filter gradient's chunks)"),
+    _m("c_products_transpose_ignored", "models/winograd_tiles.c",
+       "REAL a = ta ? A[k * lda + r] : A[r * lda + k];", "REAL a = A[r * lda + k];",
+       "the C tile products read a transposed left factor as if it were not"),
 ]
 
 

@@ -129,7 +129,8 @@ def test_expand_makes_one_copy_per_type():
 # ------------------------------------------------------------------ Winograd tile transforms
 
 # channel counts that are not multiples of the C code's block of 16, maps not multiples of 4
-TILE_SHAPES = [(2, 36, 40, 8, 8), (3, 33, 32, 9, 14), (1, 48, 17, 13, 7)]
+# (2, 32, 64, 8, 8): every product in C (N a multiple of 16 doubles)
+TILE_SHAPES = [(2, 36, 40, 8, 8), (3, 33, 32, 9, 14), (1, 48, 17, 13, 7), (2, 32, 64, 8, 8)]
 
 
 def _torch_form(monkeypatch):
@@ -155,6 +156,44 @@ def test_compiled_transforms_equal_the_pytorch_form(n, cin, cout, h, w, monkeypa
         assert g.shape == e.shape
         torch.testing.assert_close(g, e, rtol=0, atol=1e-11)
     assert got[2].is_contiguous(memory_format=CL)
+
+
+@needs_cc
+@pytest.mark.parametrize("transpose_a", [False, True])
+@pytest.mark.parametrize("m,k,n", [(5, 7, 16), (37, 40, 48), (50, 128, 32), (12, 3, 64)])
+def test_compiled_tile_products_equal_bmm(m, k, n, transpose_a):
+    """The C products: a @ b (or a^T @ b) and the accumulating form equal torch.bmm in
+    float64, for row counts that are not multiples of the register block (12 or 6 rows) or of
+    the row block (36), and float32 stays within float rounding of float64."""
+    a = _rand(3, k, m) if transpose_a else _rand(3, m, k)
+    b, acc = _rand(3, k, n, seed=1), _rand(3, m, n, seed=2)
+    lhs = a.transpose(1, 2) if transpose_a else a
+    assert winograd._native("tile_products", b) is not None
+    got = winograd._products(a, b, transpose_a)
+    torch.testing.assert_close(got, torch.bmm(lhs, b), rtol=0, atol=1e-12)
+    added = winograd._products(a, b, transpose_a, out=acc.clone())
+    torch.testing.assert_close(added, acc + torch.bmm(lhs, b), rtol=0, atol=1e-12)
+    if n % 32 == 0:
+        got32 = winograd._products(a.float(), b.float(), transpose_a)
+        torch.testing.assert_close(got32.double(), torch.bmm(lhs, b), rtol=0,
+                                   atol=1e-5 * torch.bmm(lhs, b).abs().max().item())
+
+
+def test_tile_products_fall_back_where_c_does_not_apply(monkeypatch):
+    """Column counts that are not whole vectors, strided operands and operands that autograd
+    must see take torch.bmm, with the same values."""
+    calls = []
+    real = winograd._native
+    monkeypatch.setattr(winograd, "_native", lambda name, t: calls.append(name) or real(name, t))
+    a, b = _rand(2, 5, 8), _rand(2, 8, 17, seed=1)
+    torch.testing.assert_close(winograd._products(a, b), torch.bmm(a, b), rtol=0, atol=1e-12)
+    wide = _rand(2, 8, 32, seed=1)
+    strided = _rand(2, 8, 5).transpose(1, 2)
+    torch.testing.assert_close(winograd._products(strided, wide), torch.bmm(strided, wide),
+                               rtol=0, atol=1e-12)
+    tracked = a.clone().requires_grad_()
+    out = winograd._products(tracked, wide)
+    assert out.grad_fn is not None and calls == []
 
 
 def test_transforms_stay_differentiable_where_a_graph_is_recorded():
