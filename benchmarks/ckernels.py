@@ -1,8 +1,9 @@
 """The student's compiled CPU loops on and off, interleaved in one process.
 
 Times one matching iteration (``step_profile.build``: CIFAR-10 shapes, ConvNet-3 width 128,
-DSA on, one torch thread) with the C tile transforms, the norm block's C passes and the
-images' matmul input gradient ("on"), and with the PyTorch forms they replace ("off", what
+DSA on, one torch thread) with the C tile transforms and tile products, the norm block's C
+passes and the images' matmul input gradient ("on"), and with the PyTorch forms they replace
+("off": ``torch.bmm`` for the products, oneDNN for the images' gradient; the rest is what
 ``DATADISTILL_C_KERNELS=0`` gives), alternating on/off so that a busy host slows both alike.
 
     python benchmarks/ckernels.py --kinds unrolled_1 adjoint_1 --rounds 3 \
