@@ -5,6 +5,7 @@ PyTorch form it replaces, and the package must run the same where no library can
 from __future__ import annotations
 
 import os
+import platform
 import shutil
 from pathlib import Path
 
@@ -177,6 +178,25 @@ def test_compiled_tile_products_equal_bmm(m, k, n, transpose_a):
         got32 = winograd._products(a.float(), b.float(), transpose_a)
         torch.testing.assert_close(got32.double(), torch.bmm(lhs, b), rtol=0,
                                    atol=1e-5 * torch.bmm(lhs, b).abs().max().item())
+
+
+@needs_cc
+@pytest.mark.skipif(platform.machine() not in ("x86_64", "AMD64"), reason="x86 compiler flag")
+def test_tile_products_without_avx512_equal_bmm(monkeypatch, tmp_path):
+    """The products' other register blocking (6 rows of two AVX2 vectors, what CPUs without
+    AVX-512 build): a library built with AVX-512 switched off gives torch.bmm's values too."""
+    monkeypatch.setattr(ckernels, "FLAGS", (*ckernels.FLAGS, "-mno-avx512f"))
+    lib = _fresh_load(monkeypatch, tmp_path)(winograd._SOURCE)
+    assert lib is not None
+    fn = lib.tile_products_f64
+    fn.argtypes, fn.restype = list(winograd._PRODUCT_ARGS), None
+    m, k, n = 23, 17, 32
+    for ta in (0, 1):
+        a = _rand(2, k, m) if ta else _rand(2, m, k)
+        b, acc = _rand(2, k, n, seed=1), _rand(2, m, n, seed=2)
+        want = acc + torch.bmm(a.transpose(1, 2) if ta else a, b)
+        fn(ta, 1, a.data_ptr(), b.data_ptr(), acc.data_ptr(), 2, m, k, n)
+        torch.testing.assert_close(acc, want, rtol=0, atol=1e-12)
 
 
 def test_tile_products_fall_back_where_c_does_not_apply(monkeypatch):
