@@ -189,7 +189,7 @@ def test_tile_products_without_avx512_equal_bmm(monkeypatch, tmp_path):
     lib = _fresh_load(monkeypatch, tmp_path)(winograd._SOURCE)
     assert lib is not None
     fn = lib.tile_products_f64
-    fn.argtypes, fn.restype = list(winograd._PRODUCT_ARGS), None
+    fn.argtypes, fn.restype = list(winograd._ARGS["tile_products"]), None
     m, k, n = 23, 17, 32
     for ta in (0, 1):
         a = _rand(2, k, m) if ta else _rand(2, m, k)

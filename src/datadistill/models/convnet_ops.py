@@ -92,8 +92,8 @@ def _few_input_channels(x, w, pad: int) -> bool:
 def _few_channel_input_grad(dz, w, x):
     """dL/dx of conv2d(x, w, padding=1) as one batched matmul, (9 Cin x Cout) @ (Cout x pixels)
     per image, and col2im (``F.fold``), which adds the nine shifted products into the padded
-    input: 1.3-3x faster than oneDNN's kernel for 1- to 3-channel images (``benchmarks/RESULTS.md``
-    section 14.4). Result in x's layout."""
+    input: faster than oneDNN's kernel (section 14.3 of ``benchmarks/RESULTS.md``) and than a
+    27-column matmul with nine shifted sums (section 14.4). Result in x's layout."""
     n, co, h, wd = dz.shape
     c = w.shape[1]
     # rows (c, ky, kx) of the filter, as fold orders its columns; dz.flatten(2) is a view in

@@ -63,15 +63,17 @@ _SOURCE = str(Path(__file__).with_name("winograd_tiles.c"))
 
 
 _TILE_ARGS = (ctypes.c_void_p, ctypes.c_void_p) + (ctypes.c_long,) * 4  # in, out, sizes
-_PRODUCT_ARGS = (ctypes.c_int, ctypes.c_int) + (ctypes.c_void_p,) * 3 + (ctypes.c_long,) * 4
+_ARGS = {  # argument types of each C function of winograd_tiles.c, after its name
+    "input_tiles": _TILE_ARGS, "output_tiles": _TILE_ARGS, "grad_tiles": _TILE_ARGS,
+    "tile_products": (ctypes.c_int,) * 2 + (ctypes.c_void_p,) * 3 + (ctypes.c_long,) * 4,
+}
 
 
 def _compiled(name: str, dtype: torch.dtype):
     """The C form of a tile transform (``winograd_tiles.c``: one pass, no padded copy) or of
     the tile products, or None where :func:`datadistill.runtime.ckernels.load` has no library
     (the PyTorch form is used)."""
-    args = _PRODUCT_ARGS if name == "tile_products" else _TILE_ARGS
-    return ckernels.function(_SOURCE, name, dtype == torch.float64, args)
+    return ckernels.function(_SOURCE, name, dtype == torch.float64, _ARGS[name])
 
 
 def _products(a: torch.Tensor, b: torch.Tensor, transpose_a: bool = False,

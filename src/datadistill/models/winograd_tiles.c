@@ -15,7 +15,7 @@
  *
  * tile_products: the 36 matrix products between the transforms, (tiles x Cin) @ (Cin x Cout)
  * and their transposed forms. On CPUs where the BLAS library does not run its widest kernels
- * (MKL on AMD EPYC measured 70-80 GFLOP/s where oneDNN's convolutions reach 113) a plain
+ * (MKL on AMD EPYC measured 56-92 GFLOP/s where oneDNN's convolutions reach 113) a plain
  * register-blocked loop in GCC's vector extensions is 10-30 % faster at these sizes; each
  * element is one sum over k in order, so the result does not depend on the blocking.
  */
