@@ -312,7 +312,8 @@ def table(rows: list[dict]) -> str:
     for r in rows:
         c = r["cell"]
         b = c["batch_syn"] or SHAPES[c["dataset"]][3] * c["ipc"]
-        head = (f"| {c['name']} | {c['mode']} | {c['syn_steps']} | {b} | "
+        mode = c["mode"] + (f", kept_graphs {_kept(r)}" if _kept(r) != 1 else "")
+        head = (f"| {c['name']} | {mode} | {c['syn_steps']} | {b} | "
                 f"{c['micro_batch'] or '-'} | {r['estimate_bytes'] / GB:.2f} | ")
         if "vmhwm_bytes" in r:
             cpu = f"{r['cpu_sec_per_iter']:.1f}" if "cpu_sec_per_iter" in r else "-"
@@ -331,11 +332,15 @@ def ratios(rows: list[dict]) -> dict:
     ratio of mean CPU seconds per iteration, in the order they ran.
     """
     out: dict = {}
-    for name in dict.fromkeys(r["cell"]["name"] for r in rows):
+    keys = dict.fromkeys((r["cell"]["name"], _kept(r)) for r in rows
+                         if r["cell"]["mode"] == "adjoint")
+    for name, kept in keys:
         runs = {m: [r for r in rows if r["cell"]["name"] == name and r["cell"]["mode"] == m
-                    and "cpu_times" in r] for m in ("unrolled", "adjoint")}
+                    and "cpu_times" in r and (m == "unrolled" or _kept(r) == kept)]
+                for m in ("unrolled", "adjoint")}
         if not runs["unrolled"] or not runs["adjoint"]:
             continue
+        name = name if kept == 1 else f"{name}, kept_graphs {kept}"
         cpu = {m: [t for r in rs for t in (r["cpu_times"][1:] or r["cpu_times"])]
                for m, rs in runs.items()}
         wall = {m: [t for r in rs for t in (r["times"][1:] or r["times"])]
@@ -349,6 +354,11 @@ def ratios(rows: list[dict]) -> dict:
                      "pairs": [a["cpu_sec_per_iter"] / u["cpu_sec_per_iter"]
                                for u, a in zip(runs["unrolled"], runs["adjoint"], strict=False)]}
     return out
+
+
+def _kept(row: dict) -> int:
+    """The cell's distill.kept_graphs (1 where not set)."""
+    return row["cell"].get("extra", {}).get("kept_graphs", 1)
 
 
 def ratio_lines(summary: dict) -> str:
@@ -409,6 +419,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--device", default="cpu", help="cpu | cuda (peak CUDA memory per cell)")
     p.add_argument("--only", nargs="*", default=None, help="cell names to keep")
     p.add_argument("--modes", default="unrolled,adjoint")
+    p.add_argument("--kept-graphs", nargs="+", type=int, default=[1],
+                   help="adjoint cells: one run per distill.kept_graphs value, in turn")
     p.add_argument("--out", default="benchmarks/results/memory_cpu.json")
     p.add_argument("--table", nargs="+", default=None,
                    help="print the table of JSON results (estimates recomputed)")
@@ -439,6 +451,9 @@ def main(argv: list[str] | None = None) -> int:
     cells = [dataclasses.replace(c, device=args.device) for name in args.cells
              for c in makers[name]()
              if c.mode in args.modes.split(",") and (not args.only or c.name in args.only)]
+    cells = [c if c.mode != "adjoint" or k == 1 else
+             dataclasses.replace(c, extra={**c.extra, "kept_graphs": k})
+             for c in cells for k in (args.kept_graphs if c.mode == "adjoint" else [1])]
     cells = cells * max(1, args.repeats)  # u, a, u, a, ...: both modes under the same load
     max_gb = args.max_gb
     if args.device.startswith("cuda"):

@@ -93,12 +93,12 @@ def _unrolled(c: _Case, forward, *, steps, batch, dsa, seed, mask=None):
 
 
 def _adjoint(c: _Case, forward, *, steps, batch, dsa, seed, mask=None, micro_batch=None,
-             snapshots="memory"):
+             snapshots="memory", kept_graphs=1):
     gen = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         traj = student_trajectory(forward, c.theta0, c.images, c.labels, c.syn_lr,
                                   StudentSteps(steps, batch, dsa), generator=gen,
-                                  options=AdjointOptions(micro_batch, snapshots))
+                                  options=AdjointOptions(micro_batch, snapshots, kept_graphs))
     theta_n = traj.final.detach().requires_grad_()
     loss = matching_loss(theta_n, c.theta0, c.target, _mask_fn(mask)(theta_n, c.target))
     (lam,) = torch.autograd.grad(loss, theta_n)
@@ -212,11 +212,11 @@ def test_the_last_step_is_not_rebuilt_when_it_is_one_chunk(micro_batch):
                               StudentSteps(4, 4, DSA()), generator=torch.Generator().manual_seed(8),
                               options=AdjointOptions(micro_batch))
     chunks = 1 if micro_batch is None else 2  # mini-batches of 3 and 4 images
-    assert len(calls) == 4 * chunks and (traj.kept is not None) == (chunks == 1)
+    assert len(calls) == 4 * chunks and list(traj.kept) == ([3] if chunks == 1 else [])
     theta_n = traj.final.detach().requires_grad_()
     (lam,) = torch.autograd.grad(matching_loss(theta_n, c.theta0, c.target), theta_n)
     first = adjoint_backward(forward, traj, c.images, c.labels, c.syn_lr, lam)
-    assert len(calls) == 4 * chunks + (3 if chunks == 1 else 8) and traj.kept is None
+    assert len(calls) == 4 * chunks + (3 if chunks == 1 else 8) and traj.kept == {}
     again = adjoint_backward(forward, traj, c.images, c.labels, c.syn_lr, lam)
     for a, b in zip((first.images, first.syn_lr, first.labels),
                     (again.images, again.syn_lr, again.labels), strict=True):
@@ -235,6 +235,39 @@ def _closed(fd: int) -> bool:
     except OSError:
         return True
     return False
+
+
+@pytest.mark.parametrize("fast", [True, False])
+def test_kept_graphs_give_bitwise_the_same_gradients(fast):
+    """kept_graphs=K: the forward pass keeps the last K steps' graphs and the backward pass
+    rebuilds only the others (N forward calls, then N - K rebuilt steps), with bitwise the
+    gradients of K = 1 for every K, also past N (every step kept)."""
+    c = _case(soft=True)
+    inner = student_forward(c.model, fast=fast)
+    calls = []
+
+    def forward(theta, x):
+        calls.append(len(x))
+        return inner(theta, x)
+
+    kw = dict(steps=5, batch=4, dsa=DSA(), seed=12)
+    ref = _adjoint(c, forward, **kw)
+    for k in (2, 5, 9):
+        calls.clear()
+        got = _adjoint(c, forward, kept_graphs=k, **kw)
+        assert len(calls) == 5 + 5 - min(k, 5)
+        assert torch.equal(got[0], ref[0])
+        for g, r in zip(got[1], ref[1], strict=True):
+            assert torch.equal(g, r) and float(r.norm()) > 0
+
+
+def test_kept_graphs_are_not_kept_for_steps_of_several_chunks():
+    c = _case()
+    traj = student_trajectory(student_forward(c.model), c.theta0, c.images, c.labels,
+                              c.syn_lr, StudentSteps(3, 4),
+                              generator=torch.Generator().manual_seed(1),
+                              options=AdjointOptions(micro_batch=2, kept_graphs=3))
+    assert traj.kept == {}
 
 
 def test_spilled_snapshots_read_back_and_the_file_is_removed(tmp_path, monkeypatch):
@@ -393,6 +426,21 @@ def test_adjoint_run_resumes_bitwise(digits, store, tmp_path):
         assert torch.equal(x, y)
 
 
+def test_kept_graphs_change_nothing_but_may_change_on_resume(digits, store, tmp_path):
+    """A run with distill.kept_graphs=3 saves bitwise what kept_graphs=1 saves, and a run
+    resumed with another kept_graphs goes on."""
+    distill(_cfg(iterations=2), tmp_path / "one", data=digits, store=store, progress=False)
+    distill(_cfg(iterations=2, kept_graphs=3), tmp_path / "three", data=digits, store=store,
+            progress=False)
+    (_, t1), (three, t3) = _state(tmp_path / "one"), _state(tmp_path / "three")
+    assert three.config["kept_graphs"] == 3
+    for x, y in zip(t1, t3, strict=True):
+        assert torch.equal(x, y)
+    distill(_cfg(iterations=3, kept_graphs=2), tmp_path / "three", data=digits, store=store,
+            progress=False)
+    assert load_checkpoint(tmp_path / "three" / "checkpoint.pt").iteration == 3
+
+
 def test_grad_mode_and_micro_batch_are_fixed_on_resume(digits, store, tmp_path):
     distill(_cfg(iterations=1), tmp_path, data=digits, store=store, progress=False)
     assert json.loads((tmp_path / "config.json").read_text())["grad_mode"] == "adjoint"
@@ -464,6 +512,11 @@ def test_config_checks():
         _cfg(grad_mode="unrolled", micro_batch=4)
     with pytest.raises(ConfigError, match="micro_batch must be >= 1"):
         _cfg(micro_batch=0)
+    for bad in (0, -2, 1.5, True):
+        with pytest.raises(ConfigError, match="kept_graphs must be an integer >= 1"):
+            _cfg(kept_graphs=bad)
+    with pytest.raises(ConfigError, match="kept_graphs=3 needs distill.grad_mode=adjoint"):
+        _cfg(grad_mode="unrolled", kept_graphs=3)
     assert DistillConfig().grad.grad_mode == "unrolled" and DistillConfig().grad.micro_batch is None
 
 

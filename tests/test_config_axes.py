@@ -120,11 +120,11 @@ def test_the_alias_table_reads_and_writes_the_flat_layout_of_saved_configs():
     assert config_from_dict(DistillSection, saved) == section  # a saved config reads back
     # The layout of config.json: the axes' keys in their place, before the loop's own keys
     # (the order the flat config of earlier versions had).
-    assert list(saved)[:18] == [
+    assert list(saved)[:19] == [
         "expert_epochs", "max_start_epoch", "min_start_epoch", "window",
         "current_max_start_epoch", "expansion_end", "label_mode", "lr_y", "momentum_y",
         "param_mask", "param_mask_ratio", "ema_decay", "grad_mode", "micro_batch", "snapshots",
-        "fast_student", "memory_check", "syn_steps"]
+        "kept_graphs", "fast_student", "memory_check", "syn_steps"]
     # A section's own name is not a key of a file: only the flat spellings are.
     with pytest.raises(ConfigError, match=r"unknown config key 'distill.grad'.*Valid keys: "
                                           r"expert_epochs, max_start_epoch"):

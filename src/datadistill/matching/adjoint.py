@@ -26,7 +26,10 @@ grows with N x batch. Here the same gradient is taken in two passes (reverse-mod
   it with ``create_graph`` (its g_N-1 is then the unrolled student's own first-order gradient)
   and keeps it for the backward pass, which starts there. That saves one of the N extra
   forward + backward passes at the memory of one step's graph, which the backward pass holds
-  anyway.
+  anyway. ``kept_graphs=K`` (:class:`AdjointOptions`) keeps the last K steps' graphs so:
+  K - 1 more step graphs in memory (as many as the unrolled student holds for K steps), K - 1
+  fewer extra passes. The gradients are bitwise the same for every K (a kept graph is the
+  rebuilt one, computed earlier); K = N costs the unrolled student's memory.
 
 The result is the unrolled gradient up to rounding (tests: float64, relative error < 1e-6).
 Memory: one step's graph plus the recorded trajectory, whatever N is. The (N + 1) x P
@@ -71,7 +74,7 @@ from __future__ import annotations
 
 import os
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import nn
@@ -193,9 +196,10 @@ class Trajectory:
     steps: list[StepRecord]  # N records, step i maps thetas[i] to thetas[i + 1]
     settings: StudentSteps  # how the steps were taken: the backward replays the DSA and loss
     options: AdjointOptions  # its chunk size, which the backward pass uses too
-    # the last step's graph, kept from the forward pass when that step is one chunk: the
-    # backward pass starts there, so it uses it instead of rebuilding it (once; then None)
-    kept: Graph | None = None
+    # the graphs of the last options.kept_graphs steps (by step index), kept from the forward
+    # pass where a step is one chunk: the backward pass uses each instead of rebuilding it
+    # (once; then it is dropped)
+    kept: dict[int, Graph] = field(default_factory=dict)
 
     @property
     def final(self) -> torch.Tensor:
@@ -205,7 +209,7 @@ class Trajectory:
     def close(self) -> None:
         """Free the snapshots (a spilled trajectory's temporary file) and a kept graph."""
         self.thetas.close()
-        self.kept = None
+        self.kept = {}
 
     def __enter__(self) -> Trajectory:
         return self
@@ -231,7 +235,9 @@ def _ranks() -> tuple[int, int]:
 @dataclass(frozen=True)
 class AdjointOptions:
     """The adjoint pass's own settings: ``micro_batch`` (chunk size within a step; None =
-    the whole batch) and ``snapshots`` ("memory" or "spill", see :class:`SnapshotStore`).
+    the whole batch), ``snapshots`` ("memory" or "spill", see :class:`SnapshotStore`) and
+    ``kept_graphs`` (how many of the last steps keep their graph from the forward pass for
+    the backward pass, where a step is one chunk; see the module docstring).
 
     Example:
         >>> AdjointOptions(micro_batch=16).snapshots
@@ -240,6 +246,7 @@ class AdjointOptions:
 
     micro_batch: int | None = None
     snapshots: str = "memory"
+    kept_graphs: int = 1
 
 
 def student_trajectory(forward: ForwardFn, theta0: torch.Tensor, images: torch.Tensor,
@@ -282,8 +289,8 @@ def _trajectory(forward: ForwardFn, theta0: torch.Tensor, images: torch.Tensor,
             rec = StepRecord(idx, draw)
             theta = traj.thetas.last
             parts = replay.chunks(len(idx))
-            if i == steps.syn_steps - 1 and len(parts) == 1:  # one step's graph, as the backward's
-                g, traj.kept = kept_step(replay, theta, rec, parts[0])
+            if i >= steps.syn_steps - options.kept_graphs and len(parts) == 1:
+                g, traj.kept[i] = kept_step(replay, theta, rec, parts[0])
             else:
                 g = step_gradient(replay, theta, rec)
             traj.thetas.append(theta - alpha * g)  # (P,) as the unrolled update
@@ -327,12 +334,11 @@ def _backward(forward: ForwardFn, traj: Trajectory, images: torch.Tensor,
     sums = Sums(torch.zeros_like(images, memory_format=torch.contiguous_format),
                 torch.zeros_like(labels) if is_soft(labels) else None,
                 torch.zeros((), dtype=lam.dtype, device=lam.device))
-    kept, traj.kept = traj.kept, None  # used once: a second backward rebuilds every step
-    last = len(traj.steps) - 1
-    for i in range(last, -1, -1):  # lam: lambda_{i+1} -> lambda_i
+    kept, traj.kept = traj.kept, {}  # used once: a second backward rebuilds every step
+    for i in range(len(traj.steps) - 1, -1, -1):  # lam: lambda_{i+1} -> lambda_i
+        # a kept graph leaves the dict first, so the product below frees it
         lam = step_vjp(replay, traj.thetas[i], traj.steps[i], alpha, lam, sums,
-                       kept if i == last else None, first=i == 0)
-        kept = None  # its graph is freed by the product above
+                       kept.pop(i, None), first=i == 0)
     if world > 1:  # the sums are linear in each rank's chunks: one reduction at the end
         for part in (sums.images, sums.labels, sums.syn_lr):
             if part is not None:
@@ -390,12 +396,19 @@ def check_shared_batch(model: nn.Module, world: int, batch: int,
 GRAD_MODES = ("unrolled", "adjoint")  # how the meta-gradient is computed
 
 
-def check_grad_config(grad_mode: str, micro_batch: int | None) -> None:
-    """The grad axis of a distillation config (``distill.grad_mode`` and ``micro_batch``).
+def check_grad_config(grad_mode: str, micro_batch: int | None, kept_graphs: int = 1) -> None:
+    """The grad axis of a distillation config (``distill.grad_mode``, ``micro_batch`` and
+    ``kept_graphs``).
 
     >>> check_grad_config("adjoint", 4)
     """
     check_choice("distill.grad_mode", grad_mode, GRAD_MODES)
+    if isinstance(kept_graphs, bool) or not isinstance(kept_graphs, int) or kept_graphs < 1:
+        raise ConfigError(f"distill.kept_graphs must be an integer >= 1, got {kept_graphs!r} "
+                          "(1 keeps only the last step's graph: the adjoint mode's least memory)")
+    if kept_graphs != 1 and grad_mode != "adjoint":
+        raise ConfigError(f"distill.kept_graphs={kept_graphs} needs distill.grad_mode=adjoint: "
+                          "the unrolled student keeps every step's graph already.")
     if micro_batch is None:
         return
     if micro_batch < 1:

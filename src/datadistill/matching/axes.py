@@ -132,9 +132,13 @@ class GradAxis(Axis):
     # Adjoint mode only: theta_0 ... theta_N stay in "memory" or are "spill"ed (temporary
     # file on CPU, host memory on CUDA): bitwise the same gradients, memory flat in syn_steps.
     snapshots: str = "spill"
+    # Adjoint mode only: the forward pass keeps the graphs of the last kept_graphs steps (each
+    # one chunk) for the backward pass instead of rebuilding them: bitwise the same gradients,
+    # kept_graphs - 1 more step graphs in memory, that many fewer extra passes.
+    kept_graphs: int = 1
     fast_student: bool = True  # hand-written ConvNet double backward (same values, faster)
     memory_check: bool = True  # refuse an unrolled run estimated above the free memory
 
     def check(self) -> None:
         check_choice("distill.snapshots", self.snapshots, SNAPSHOT_MODES)
-        check_grad_config(self.grad_mode, self.micro_batch)
+        check_grad_config(self.grad_mode, self.micro_batch, self.kept_graphs)

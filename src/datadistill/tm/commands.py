@@ -80,8 +80,9 @@ def cmd_estimate(args: argparse.Namespace) -> None:
           f"step, {dcfg.syn_steps} steps, {dcfg.model} ({fp.num_params:,} parameters), "
           f"{fp.per_image_step_mb():.2f} MB per image and step, device {dcfg.device}")
     print(f"  unrolled: {u.summary()}")
-    print(f"  adjoint (micro_batch {est.adjoint.details['micro_batch']}): "
-          f"{est.adjoint.summary()}")
+    kept = dcfg.grad.kept_graphs
+    print(f"  adjoint (micro_batch {est.adjoint.details['micro_batch']}"
+          f"{f', kept_graphs {kept}' if kept != 1 else ''}): {est.adjoint.summary()}")
     verdict = "fits" if u.total <= est.free else "does NOT fit"
     print(f"free on {dcfg.device}: {est.free / GB:.2f} GB; unrolled {verdict}")
     if est.fits_micro_batch is None:

@@ -66,7 +66,7 @@ PIX_INITS = ("real", "noise", "samples_predicted_correctly")
 # Keys that may change when a run is resumed (the rest must match the checkpoint).
 RESUMABLE_KEYS = ("iterations", "eval_every", "eval_runs", "eval_epochs", "eval_batch",
                   "device", "data_root", "expert_dir", "checkpoint_every", "memory_check",
-                  "snapshots")
+                  "snapshots", "kept_graphs")
 
 
 @dataclass

@@ -398,7 +398,8 @@ def _student(run: Run, state: DistillState, gen: torch.Generator, theta0: torch.
     if cfg.grad.grad_mode == "unrolled":
         return unroll_student(*args, generator=gen), None
     traj = student_trajectory(*args, generator=gen,
-                              options=AdjointOptions(cfg.grad.micro_batch, cfg.grad.snapshots))
+                              options=AdjointOptions(cfg.grad.micro_batch, cfg.grad.snapshots,
+                                                     cfg.grad.kept_graphs))
     return traj.final.detach().requires_grad_(True), traj
 
 
