@@ -266,9 +266,18 @@ def student_trajectory(forward: ForwardFn, theta0: torch.Tensor, images: torch.T
         >>> len(traj.thetas), len(traj.steps)                                     # doctest: +SKIP
         (6, 5)
     """
-    with large_blocks_returned(images.device.type == "cpu"):  # see runtime.allocator
-        return _trajectory(forward, theta0, images, labels, syn_lr, steps, generator,
-                           options or AdjointOptions())
+    options = options or AdjointOptions()
+    with large_blocks_returned(_returns_blocks(images, options)):  # see runtime.allocator
+        return _trajectory(forward, theta0, images, labels, syn_lr, steps, generator, options)
+
+
+def _returns_blocks(images: torch.Tensor, options: AdjointOptions) -> bool:
+    """Whether the passes return large freed blocks to the kernel (CPU, one kept graph): that
+    keeps the adjoint mode's memory at one step's graph, at the cost of fresh pages for every
+    step's large tensors. With several kept graphs the run has opted for memory, and faulting
+    in the kept graphs' pages anew at every iteration cost more time than they saved: there
+    the freed memory stays in the process, as for the unrolled student."""
+    return images.device.type == "cpu" and options.kept_graphs == 1
 
 
 def _trajectory(forward: ForwardFn, theta0: torch.Tensor, images: torch.Tensor,
@@ -321,7 +330,7 @@ def adjoint_backward(forward: ForwardFn, traj: Trajectory, images: torch.Tensor,
         >>> g.images.shape == x.shape                                     # doctest: +SKIP
         True
     """
-    with large_blocks_returned(images.device.type == "cpu"):  # see runtime.allocator
+    with large_blocks_returned(_returns_blocks(images, traj.options)):  # runtime.allocator
         return _backward(forward, traj, images, labels, syn_lr, lam)
 
 

@@ -8,12 +8,11 @@ P parameters:
 
     unrolled = base + data + state + N * (b * g_img + g_step) * GRAPH + b * g_img * TRANSIENT
     adjoint  = base + data + state + K * P * s + m * g_img * (GRAPH + TRANSIENT) + g_step
-               + (kept - 1) * (b * g_img + g_step) * GRAPH      (kept: distill.kept_graphs,
-                                                                  where m = b; else 1)
+               + (kept - 1) * (b * g_img + g_step) * GRAPH
 
-(s: bytes per float; K = N + 1 snapshots with ``distill.snapshots=memory``, K = 2 with
-``spill``, whose theta_0 ... theta_{N-1} live in a temporary file or, for a CUDA student, in
-host memory).
+(kept: ``distill.kept_graphs`` where m = b, else 1; s: bytes per float; K = N + 1 snapshots
+with ``distill.snapshots=memory``, K = 2 with ``spill``, whose theta_0 ... theta_{N-1} live in
+a temporary file or, for a CUDA student, in host memory).
 
 - ``g_img`` / ``g_step``: bytes that one student step's graph keeps per image and per step
   (parameter views, the gradient). They are not guessed from the architecture: they are
@@ -213,8 +212,7 @@ class Iteration:
         soft_labels: (N_syn, K) learnable logits (DATM/PAD) instead of hard labels.
         snapshots: adjoint: "memory" keeps theta_0 ... theta_N ((N + 1) x P); "spill" moves
             them to a file (CPU) or host memory (CUDA), leaving theta_N and the one in use.
-        kept_graphs: adjoint: the last steps whose graphs the forward pass keeps (each adds
-            one unrolled step's graph where a step is one chunk).
+        kept_graphs: adjoint: the last steps whose graph the forward pass keeps (one chunk).
         real_images: real images (train + test) held in memory (0 when none).
         device: "cpu" (peak RSS) or "cuda" (device memory: no process base, no data).
         dtype_bytes: 4 for float32 (the trace's dtype), 8 for float64.
@@ -329,7 +327,7 @@ def estimate_config(cfg, info, *, real_images: int | None = None,
                   real_images=real_images_of(cfg, info) if real_images is None
                   else real_images, soft_labels=cfg.labels.label_mode == "soft",
                   device=cfg.device,
-                  snapshots=snapshots_of(cfg), kept_graphs=kept_graphs_of(cfg))
+                  **adjoint_keys(cfg))
     unrolled = estimate_memory(fp, Iteration(mode="unrolled", **common))
     adjoint = estimate_memory(fp, Iteration(mode="adjoint", micro_batch=micro_batch_of(cfg),
                                             **common))
@@ -344,14 +342,11 @@ def micro_batch_of(cfg) -> int | None:
     return getattr(getattr(cfg, "grad", None), "micro_batch", None)
 
 
-def snapshots_of(cfg) -> str:
-    """``distill.snapshots`` ("memory" where the config has no such key)."""
-    return getattr(getattr(cfg, "grad", None), "snapshots", "memory")
-
-
-def kept_graphs_of(cfg) -> int:
-    """``distill.kept_graphs`` (1 where the config has no such key)."""
-    return getattr(getattr(cfg, "grad", None), "kept_graphs", 1)
+def adjoint_keys(cfg) -> dict:
+    """``distill.snapshots`` and ``kept_graphs`` ("memory" and 1 where the config has none)."""
+    grad = getattr(cfg, "grad", None)
+    return {"snapshots": getattr(grad, "snapshots", "memory"),
+            "kept_graphs": getattr(grad, "kept_graphs", 1)}
 
 
 def grad_mode_of(cfg) -> str:
@@ -432,7 +427,7 @@ def process_table(cfg, info, *, device: str = "cuda", real_images: int | None = 
                   batch_syn=cfg.batch_syn, micro_batch=micro_batch_of(cfg),
                   real_images=real_images_of(cfg, info) if real_images is None else real_images,
                   soft_labels=cfg.labels.label_mode == "soft", device=device,
-                  snapshots=snapshots_of(cfg), kept_graphs=kept_graphs_of(cfg))
+                  **adjoint_keys(cfg))
     return [(k, per_process(fp, k, **common)) for k in counts]
 
 
@@ -472,8 +467,7 @@ def _check_adjoint(cfg, info, real: int | None, free: int, processes: int) -> No
     common = dict(num_images=info.num_classes * cfg.ipc, syn_steps=cfg.syn_steps,
                   batch_syn=cfg.batch_syn, real_images=real_images_of(cfg, info)
                   if real is None else real, soft_labels=cfg.labels.label_mode == "soft",
-                  device=cfg.device, snapshots=snapshots_of(cfg),
-                  kept_graphs=kept_graphs_of(cfg))
+                  device=cfg.device, **adjoint_keys(cfg))
     need = per_process(fp, processes, micro_batch=micro_batch_of(cfg), **common)
     if need.total <= free:
         return None
