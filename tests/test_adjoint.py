@@ -261,6 +261,22 @@ def test_kept_graphs_give_bitwise_the_same_gradients(fast):
             assert torch.equal(g, r) and float(r.norm()) > 0
 
 
+def test_only_one_kept_graph_returns_large_blocks(monkeypatch):
+    """K = 1 returns large freed blocks to the kernel in both passes (memory at one step's
+    graph); with K > 1 the freed memory stays in the process, so the kept graphs reuse it."""
+    import contextlib
+
+    import datadistill.matching.adjoint as adjoint
+
+    seen = []
+    monkeypatch.setattr(adjoint, "large_blocks_returned",
+                        lambda active=True: seen.append(active) or contextlib.nullcontext())
+    c = _case()
+    for k in (1, 3):
+        _adjoint(c, student_forward(c.model), steps=3, batch=4, dsa=None, seed=2, kept_graphs=k)
+    assert seen == [True, True, False, False]
+
+
 def test_kept_graphs_are_not_kept_for_steps_of_several_chunks():
     c = _case()
     traj = student_trajectory(student_forward(c.model), c.theta0, c.images, c.labels,
