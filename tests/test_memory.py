@@ -81,8 +81,9 @@ def test_adjoint_is_linear_in_micro_batch(footprint):
 
 def test_kept_graphs_add_one_unrolled_step_each(footprint):
     """distill.kept_graphs=K adds K - 1 of the unrolled student's step graphs to the adjoint
-    estimate (at most N of them), and nothing where micro-batches split the step (no graph
-    is kept then)."""
+    estimate (at most N of them) and, for any K > 1, the rebuilt step's graph and temporaries
+    that the then kept heap holds; nothing where micro-batches split the step (no graph is
+    kept then)."""
     def est(k, **kw):
         return estimate_memory(footprint, Iteration(num_images=20, syn_steps=10, batch_syn=10,
                                                     mode="adjoint", kept_graphs=k, **kw))
@@ -90,9 +91,11 @@ def test_kept_graphs_add_one_unrolled_step_each(footprint):
                                                      mode="unrolled")) for n in (10, 11)]
     step = unrolled[1].graph - unrolled[0].graph  # one unrolled step's graph
     assert step > 0
-    one, four, all_, past = est(1), est(4), est(10), est(25)
-    assert four.graph - one.graph == pytest.approx(3 * step, abs=10)  # whole bytes
-    assert all_.graph - one.graph == pytest.approx(9 * step, abs=10) and past == all_
+    one, two, four, all_, past = est(1), est(2), est(4), est(10), est(25)
+    heap = two.graph - one.graph - step  # the rebuilt step's, beside the kept graphs
+    assert heap > 0
+    assert four.graph - one.graph == pytest.approx(3 * step + heap, abs=10)  # whole bytes
+    assert all_.graph - one.graph == pytest.approx(9 * step + heap, abs=10) and past == all_
     assert est(4, micro_batch=5) == est(1, micro_batch=5)
 
 

@@ -8,11 +8,12 @@ P parameters:
 
     unrolled = base + data + state + N * (b * g_img + g_step) * GRAPH + b * g_img * TRANSIENT
     adjoint  = base + data + state + K * P * s + m * g_img * (GRAPH + TRANSIENT) + g_step
-               + (kept - 1) * (b * g_img + g_step) * GRAPH
+               + (kept - 1) * (b * g_img + g_step) * GRAPH + b * g_img * (GRAPH + TRANSIENT)
 
-(kept: ``distill.kept_graphs`` where m = b, else 1; s: bytes per float; K = N + 1 snapshots
-with ``distill.snapshots=memory``, K = 2 with ``spill``, whose theta_0 ... theta_{N-1} live in
-a temporary file or, for a CUDA student, in host memory).
+(last line: kept = ``distill.kept_graphs`` > 1, m = b: the kept graphs, and a rebuilt step's
+graph and temporaries in the freed heap that then stays; s: bytes per float; K = N + 1
+snapshots with ``distill.snapshots=memory``, K = 2 with ``spill``, whose theta_0 ...
+theta_{N-1} live in a temporary file or, for a CUDA student, in host memory).
 
 - ``g_img`` / ``g_step``: bytes that one student step's graph keeps per image and per step
   (parameter views, the gradient). They are not guessed from the architecture: they are
@@ -212,7 +213,7 @@ class Iteration:
         soft_labels: (N_syn, K) learnable logits (DATM/PAD) instead of hard labels.
         snapshots: adjoint: "memory" keeps theta_0 ... theta_N ((N + 1) x P); "spill" moves
             them to a file (CPU) or host memory (CUDA), leaving theta_N and the one in use.
-        kept_graphs: adjoint: the last steps whose graph the forward pass keeps (one chunk).
+        kept_graphs: adjoint: the last steps whose graph the forward pass keeps.
         real_images: real images (train + test) held in memory (0 when none).
         device: "cpu" (peak RSS) or "cuda" (device memory: no process base, no data).
         dtype_bytes: 4 for float32 (the trace's dtype), 8 for float64.
@@ -255,11 +256,10 @@ def estimate_memory(fp: StepFootprint, it: Iteration) -> MemoryEstimate:
         snapshots = 0
     else:
         graph = m * per_image * (cal.graph + cal.transient) + per_step
-        if m == b:  # kept graphs: one step each, as the unrolled student keeps them
+        if m == b and it.kept_graphs > 1:  # each as an unrolled step's; the freed heap kept
             graph += (min(it.kept_graphs, syn_steps) - 1) * (b * per_image + per_step) \
-                * cal.graph
-        kept = syn_steps + 1 if snapshots == "memory" else 2
-        snapshots = kept * fp.num_params * dtype_bytes
+                * cal.graph + b * per_image * (cal.graph + cal.transient)
+        snapshots = (syn_steps + 1 if snapshots == "memory" else 2) * fp.num_params * dtype_bytes
     return MemoryEstimate(mode, base=cal.base if cpu else 0, data=int(data), state=int(state),
                           graph=int(graph), snapshots=int(snapshots),
                           details={"batch": b, "micro_batch": m, "syn_steps": syn_steps,
