@@ -14,6 +14,7 @@ from datadistill.errors import ConfigError
 from datadistill.experts.store import ExpertStore, save_expert, write_meta
 from datadistill.matching import student_forward
 from datadistill.models import create_model
+from datadistill.runtime import devices
 from datadistill.tm import memory
 from datadistill.tm.distill import DistillConfig, distill
 from datadistill.tm.memory import (
@@ -187,6 +188,23 @@ def test_unrolled_run_that_does_not_fit_is_refused(command, tmp_path, capsys, mo
     assert not (tmp_path / "r" / "experts").exists()  # refused before any work
 
 
+def test_too_many_kept_graphs_are_refused_naming_the_most_that_fit(monkeypatch, capsys):
+    """An adjoint run whose kept graphs do not fit is refused before any work, naming the
+    largest distill.kept_graphs that does; `datadistill estimate` prints that number."""
+    cfg = DistillConfig.of(dataset="digits", ipc=1, syn_steps=20, grad_mode="adjoint",
+                           kept_graphs=20)
+    fp = estimate_config(cfg, dataset_info("digits")).footprint
+    common = dict(num_images=10, syn_steps=20, real_images=1437 + 360,
+                  snapshots=cfg.grad.snapshots)
+    free = estimate_memory(fp, Iteration(mode="adjoint", kept_graphs=7, **common)).total
+    assert free < estimate_memory(fp, Iteration(mode="adjoint", kept_graphs=8, **common)).total
+    monkeypatch.setattr(memory, "free_memory", lambda device: free)
+    with pytest.raises(ConfigError, match=r"kept_graphs 20;.*Use distill.kept_graphs=7,"):
+        memory.check_memory(cfg)
+    assert main(["estimate", "digits/mtt_ipc1", "distill.syn_steps=20"]) == 0
+    assert "up to distill.kept_graphs=7 " in capsys.readouterr().out
+
+
 def test_refusal_when_nothing_fits_and_the_override(monkeypatch):
     monkeypatch.setattr(memory, "free_memory", lambda device: 1000)
     cfg = DistillConfig.of(dataset="digits", ipc=1, syn_steps=20)
@@ -201,8 +219,8 @@ def test_refusal_when_nothing_fits_and_the_override(monkeypatch):
 def test_meminfo_available(tmp_path):
     f = tmp_path / "meminfo"
     f.write_text("MemTotal:       24000000 kB\nMemAvailable:   1000 kB\n")
-    assert memory._meminfo_available(str(f)) == 1000 * 1024
-    assert memory._meminfo_available(str(tmp_path / "missing")) > 10**15
+    assert devices._meminfo_available(str(f)) == 1000 * 1024
+    assert devices._meminfo_available(str(tmp_path / "missing")) > 10**15
 
 
 @pytest.mark.skipif(not Path("/proc/self/maps").is_file(), reason="needs Linux /proc")

@@ -90,6 +90,10 @@ def cmd_estimate(args: argparse.Namespace) -> None:
     else:
         print(f"  adjoint fits with distill.micro_batch={est.fits_micro_batch} "
               f"({est.fitting.total / GB:.2f} GB)")
+    if est.fits_kept_graphs is not None and est.adjoint.details["micro_batch"] == \
+            est.adjoint.details["batch"]:  # kept graphs need whole steps
+        print(f"  adjoint fits with up to distill.kept_graphs={est.fits_kept_graphs} (each "
+              "kept graph saves one step's extra pass)")
     _print_process_table(dcfg, info)
 
 

@@ -52,7 +52,6 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import torch
 from torch import nn
@@ -63,6 +62,7 @@ from datadistill.data.registry import split_sizes
 from datadistill.errors import ConfigError
 from datadistill.matching import ConvNetPlan, StudentSteps, student_forward, unroll_student
 from datadistill.matching.adjoint import GRAD_MODES as MODES
+from datadistill.runtime.devices import free_memory
 from datadistill.training import build_model
 
 logger = logging.getLogger(__name__)
@@ -284,6 +284,7 @@ class ConfigEstimate:
     free: int | None
     fits_micro_batch: int | None
     fitting: MemoryEstimate | None  # adjoint with fits_micro_batch
+    fits_kept_graphs: int | None = None  # the most kept graphs that fit, at the micro_batch
 
 
 def footprint_for(cfg, info) -> StepFootprint:
@@ -334,7 +335,8 @@ def estimate_config(cfg, info, *, real_images: int | None = None,
     fits = None if free is None else fitting_micro_batch(fp, free, **common)
     fitting = None if fits is None else estimate_memory(
         fp, Iteration(mode="adjoint", micro_batch=fits, **common))
-    return ConfigEstimate(unrolled, adjoint, fp, free, fits, fitting)
+    kept = None if free is None else fitting_kept_graphs(fp, free, micro_batch_of(cfg), **common)
+    return ConfigEstimate(unrolled, adjoint, fp, free, fits, fitting, kept)
 
 
 def micro_batch_of(cfg) -> int | None:
@@ -376,23 +378,13 @@ def fitting_micro_batch(fp: StepFootprint, free: int, **common) -> int | None:
     return k
 
 
-def free_memory(device: str) -> int:
-    """Bytes the device can still give: CUDA ``mem_get_info``, CPU MemAvailable."""
-    if str(device).startswith("cuda"):
-        free, _ = torch.cuda.mem_get_info(torch.device(device))
-        return int(free)
-    return _meminfo_available()
-
-
-def _meminfo_available(path: str = "/proc/meminfo") -> int:
-    try:
-        for line in Path(path).read_text().splitlines():
-            if line.startswith("MemAvailable:"):
-                return int(line.split()[1]) * 1024  # kB
-    except OSError:
-        pass
-    logger.warning("cannot read MemAvailable from %s; the memory check is skipped", path)
-    return 2**62
+def fitting_kept_graphs(fp: StepFootprint, free: int, micro_batch: int | None,
+                        **common) -> int | None:
+    """Largest ``distill.kept_graphs`` (<= syn_steps) whose adjoint estimate with
+    ``micro_batch`` is within ``free``; None where not even 1 fits."""
+    fit = [k for k in range(1, common["syn_steps"] + 1) if estimate_memory(fp, Iteration(
+        mode="adjoint", micro_batch=micro_batch, **{**common, "kept_graphs": k})).total <= free]
+    return fit[-1] if fit else None
 
 
 PROCESS_COUNTS = (1, 2, 4, 8)  # what `datadistill estimate` tabulates
@@ -473,10 +465,15 @@ def _check_adjoint(cfg, info, real: int | None, free: int, processes: int) -> No
         return None
     b = min(cfg.batch_syn or common["num_images"], common["num_images"])
     share = {**common, "batch_syn": -(-b // processes)}
-    fits = fitting_micro_batch(fp, free, **share)
+    fits, kept = fitting_micro_batch(fp, free, **share), common["kept_graphs"]
     head = (f"the adjoint student needs about {need.total / GB:.1f} GB per process "
-            f"({processes} process(es), micro_batch {need.details['micro_batch']}; synthetic "
-            f"state {need.state / GB:.1f} GB), but {cfg.device} has {free / GB:.1f} GB free.")
+            f"({processes} process(es), micro_batch {need.details['micro_batch']}, kept_graphs "
+            f"{kept}; synthetic state {need.state / GB:.1f} GB), but {cfg.device} has "
+            f"{free / GB:.1f} GB free.")
+    k = fitting_kept_graphs(fp, free, micro_batch_of(cfg), **share) if kept > 1 else None
+    if k is not None:  # fewer kept graphs: the same chunks, less of the unrolled memory
+        raise ConfigError(head + f" Use distill.kept_graphs={k}, or distill.memory_check=false"
+                          " to try anyway.")
     if fits is not None:
         raise ConfigError(head + f" Use distill.micro_batch={fits}, or "
                           "distill.memory_check=false to try anyway.")
