@@ -95,6 +95,17 @@ def test_two_processes_resume_to_the_single_process_result(experts, tmp_path):
     assert len([r for r in rows if '"loss"' in r]) == 4  # rank 0 alone wrote, once per step
 
 
+def test_two_processes_with_kept_graphs_give_the_single_process_result(experts, tmp_path):
+    """distill.kept_graphs=3 under K=2 (each rank keeps the graphs of its shares of the last
+    steps) gives the set of one process with the default kept_graphs=1."""
+    one, two = tmp_path / "one", tmp_path / "two"
+    adjoint = ["distill.grad_mode=adjoint", "distill.iterations=2"]
+    assert main(_args("digits/mtt_ipc1", one, experts, adjoint)) == 0
+    run = _torchrun(_args("digits/mtt_ipc1", two, experts, adjoint + ["distill.kept_graphs=3"]))
+    assert run.returncode == 0, run.stderr
+    _assert_same_set(one, two)
+
+
 @pytest.mark.slow  # one more pair of processes (~15 s on 2 shared cores)
 def test_two_processes_learn_the_same_soft_labels(experts, tmp_path):
     """DATM: learned soft labels and the correct-sample initialisation, under K=2."""
