@@ -207,7 +207,7 @@ class Trajectory:
         return self.thetas.last
 
     def close(self) -> None:
-        """Free the snapshots (a spilled trajectory's temporary file) and a kept graph."""
+        """Free the snapshots (a spilled trajectory's temporary file) and the kept graphs."""
         self.thetas.close()
         self.kept = {}
 
