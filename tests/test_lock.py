@@ -148,3 +148,25 @@ def test_a_finished_expert_store_is_shared_an_unfinished_one_is_owned(tmp_path, 
     finally:
         proc.kill()
         proc.wait()
+
+
+def test_a_failed_call_removes_only_the_empty_folder_its_lock_created(tmp_path):
+    """A run refused before writing anything leaves no empty output folder behind; a folder
+    that existed, or that holds output, stays."""
+    from datadistill.runtime.lock import locks_output
+
+    @locks_output("out")
+    def work(out, write=False):
+        if write:
+            (Path(out) / "partial.txt").write_text("kept")
+        raise ValueError("refused")
+
+    for name, existed, write, stays in (("new", False, False, False), ("old", True, False, True),
+                                        ("wrote", False, True, True)):
+        out = tmp_path / name
+        if existed:
+            out.mkdir()
+        with pytest.raises(ValueError, match="refused"):
+            work(out, write)
+        assert out.exists() == stays, name
+        assert not (out / lock.LOCK_NAME).exists()

@@ -239,6 +239,7 @@ def lock_file(file: str | Path) -> contextlib.AbstractContextManager:
 
 def locks_output(arg: str) -> Callable:
     """Decorator: hold the lock of the folder passed as argument ``arg`` during the call.
+    A folder the lock created is removed again when the call fails and left it empty.
 
     Example:
         >>> @locks_output("out_dir")
@@ -250,9 +251,16 @@ def locks_output(arg: str) -> Callable:
 
         @functools.wraps(func)
         def locked(*args: Any, **kwargs: Any) -> Any:
-            folder = sig.bind(*args, **kwargs).arguments[arg]
-            with lock_folder(folder):
-                return func(*args, **kwargs)
+            folder = Path(sig.bind(*args, **kwargs).arguments[arg])
+            existed = folder.exists()
+            try:
+                with lock_folder(folder):
+                    return func(*args, **kwargs)
+            except BaseException:
+                if not existed:  # a call refused before any output leaves no empty folder
+                    with contextlib.suppress(OSError):  # not empty: something was written
+                        folder.rmdir()
+                raise
 
         return locked
 
