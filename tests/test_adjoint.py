@@ -237,6 +237,64 @@ def _closed(fd: int) -> bool:
     return False
 
 
+@pytest.mark.parametrize("micro_batch", [None, 3])
+def test_rebuilt_steps_skip_the_weight_gradient_kernels_bitwise(monkeypatch, micro_batch):
+    """A step that is one chunk is rebuilt as a graph only: its g_i comes from the forward
+    pass, so the ConvNet's convolutions skip their first-order weight-gradient kernels in the
+    rebuild (one per convolution per rebuilt step), and the gradients are bitwise those of a
+    rebuild that computes them (``Trajectory.grad`` patched to record nothing). Steps of
+    several chunks are rebuilt with their values, as before."""
+    import datadistill.matching.adjoint as adjoint_mod
+    import datadistill.models.convnet_ops as ops
+
+    c = _case(soft=True)
+    forward = student_forward(c.model, fast=True)
+    convs = sum(1 for m in c.model.modules() if isinstance(m, nn.Conv2d))
+    real = ops._conv_grads
+    calls = []
+
+    def counted(dz, x, w, pad, need_x, need_w):
+        calls.append(need_w)
+        return real(dz, x, w, pad, need_x, need_w)
+
+    monkeypatch.setattr(ops, "_conv_grads", counted)
+    kw = dict(steps=5, batch=4, dsa=DSA(), seed=13, micro_batch=micro_batch)
+    got = _adjoint(c, forward, **kw)  # step batches 3, 4, 3, 4, 3 (popped from the end)
+    with_skip = sum(calls)
+    calls.clear()
+    monkeypatch.setattr(adjoint_mod.Trajectory, "grad", lambda self, i: None)
+    ref = _adjoint(c, forward, **kw)
+    one_chunk_rebuilt = 4 if micro_batch is None else 2  # the last step's graph is kept
+    assert sum(calls) - with_skip == convs * one_chunk_rebuilt
+    assert torch.equal(got[0], ref[0])
+    for g, r in zip(got[1], ref[1], strict=True):
+        assert torch.equal(g, r) and float(r.norm()) > 0
+
+
+def test_weight_grad_values_off_keeps_the_graph():
+    """Under ``weight_grad_values(False)`` the first-order weight gradient of a convolution is
+    zeros, and the vector-Jacobian product through that graph (outside the block) is the one
+    of the graph built with the values (float64)."""
+    from datadistill.models.convnet_ops import conv3x3, weight_grad_values
+
+    gen = torch.Generator().manual_seed(3)
+    x = torch.randn(2, 4, 6, 6, dtype=torch.float64, generator=gen, requires_grad=True)
+    w = torch.randn(5, 4, 3, 3, dtype=torch.float64, generator=gen, requires_grad=True)
+    v = torch.randn(5, 4, 3, 3, dtype=torch.float64, generator=gen)
+
+    def vjp(values: bool):
+        with weight_grad_values(values):
+            z = conv3x3(x, w, 1)
+            (g,) = torch.autograd.grad((z * z).sum(), w, create_graph=True)
+        return g.detach(), torch.autograd.grad(g, (x, w), grad_outputs=v)
+
+    g_on, (gx_on, gw_on) = vjp(True)
+    g_off, (gx_off, gw_off) = vjp(False)
+    assert float(g_on.norm()) > 0 and torch.count_nonzero(g_off) == 0
+    torch.testing.assert_close(gx_off, gx_on, rtol=1e-12, atol=0)
+    torch.testing.assert_close(gw_off, gw_on, rtol=1e-12, atol=0)
+
+
 @pytest.mark.parametrize("fast", [True, False])
 def test_kept_graphs_give_bitwise_the_same_gradients(fast):
     """kept_graphs=K: the forward pass keeps the last K steps' graphs and the backward pass

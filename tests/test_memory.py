@@ -62,9 +62,13 @@ def test_unrolled_grows_with_steps_adjoint_is_flat(footprint):
     step = (unrolled[3].graph - unrolled[2].graph) / 20
     assert unrolled[2].graph - unrolled[1].graph == pytest.approx(10 * step, abs=2)
     assert step >= 10 * footprint.per_image
-    # adjoint: same graph whatever the steps; only the (N + 1) x P snapshots grow
+    # adjoint: same graph whatever the steps; only the (N + 1) x P snapshots grow, and the
+    # N x P recorded step gradients beside them (each step is one chunk here)
     assert len({e.graph for e in adjoint}) == 1
-    assert adjoint[3].snapshots - adjoint[0].snapshots == 39 * footprint.num_params * 4
+    assert adjoint[3].snapshots - adjoint[0].snapshots == 2 * 39 * footprint.num_params * 4
+    chunked = estimate_memory(footprint, Iteration(syn_steps=40, mode="adjoint", micro_batch=5,
+                                                   **common))
+    assert adjoint[3].snapshots - chunked.snapshots == 41 * footprint.num_params * 4
     assert all(a.total < u.total for a, u in zip(adjoint[1:], unrolled[1:], strict=True))
 
 
@@ -77,7 +81,10 @@ def test_adjoint_is_linear_in_micro_batch(footprint):
         assert t == pytest.approx(totals[0] + (m - 1) * d, abs=2)
     beyond = estimate_memory(footprint, Iteration(num_images=40, syn_steps=30, mode="adjoint",
                              batch_syn=8, micro_batch=100))
-    assert beyond.total == totals[-1]  # a chunk is at most the step batch
+    eight = estimate_memory(footprint, Iteration(num_images=40, syn_steps=30, mode="adjoint",
+                            micro_batch=8))
+    assert beyond.total - beyond.snapshots == totals[-1] - eight.snapshots  # a chunk <= the batch
+    assert beyond.snapshots == 2 * eight.snapshots  # one chunk a step: the g_i are recorded
 
 
 def test_kept_graphs_add_one_unrolled_step_each(footprint):
@@ -159,8 +166,9 @@ def test_spilled_snapshots_leave_the_adjoint_estimate_flat_in_syn_steps():
         return estimate_memory(fp, Iteration(mode="adjoint", num_images=10, syn_steps=steps,
                                snapshots=how)).snapshots
 
-    assert snap(10, "spill") == snap(80, "spill") == 2 * fp.num_params * 4
-    assert snap(80, "memory") - snap(10, "memory") == 70 * fp.num_params * 4
+    # theta_N and the one in use, and as many of the recorded g_i (each step one chunk)
+    assert snap(10, "spill") == snap(80, "spill") == 2 * 2 * fp.num_params * 4
+    assert snap(80, "memory") - snap(10, "memory") == 2 * 70 * fp.num_params * 4
 
 
 def _free_between_adjoint_and_unrolled(micro: int) -> int:
@@ -205,7 +213,7 @@ def test_too_many_kept_graphs_are_refused_naming_the_most_that_fit(monkeypatch, 
     assert "up to distill.kept_graphs=7 " in capsys.readouterr().out
 
 
-def test_refusal_when_nothing_fits_and_the_override(monkeypatch):
+def test_refusal_when_nothing_fits_and_the_override(monkeypatch, tmp_path):
     monkeypatch.setattr(memory, "free_memory", lambda device: 1000)
     cfg = DistillConfig.of(dataset="digits", ipc=1, syn_steps=20)
     with pytest.raises(ConfigError, match="micro_batch=1 does not fit"):
@@ -213,7 +221,8 @@ def test_refusal_when_nothing_fits_and_the_override(monkeypatch):
     assert memory.check_memory(DistillConfig.of(dataset="digits", ipc=1,
                                              memory_check=False)) is None
     with pytest.raises(ConfigError, match="grad_mode=adjoint"):
-        distill(cfg, "unused-dir")
+        distill(cfg, tmp_path / "refused")
+    assert not (tmp_path / "refused").exists()  # the refusal leaves no empty run folder
 
 
 def test_meminfo_available(tmp_path):

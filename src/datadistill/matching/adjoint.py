@@ -31,6 +31,15 @@ grows with N x batch. Here the same gradient is taken in two passes (reverse-mod
   fewer extra passes. The gradients are bitwise the same for every K (a kept graph is the
   rebuilt one, computed earlier); K = N costs the unrolled student's memory.
 
+Where a step is one chunk (on this rank) the forward pass also records its g_i (this rank's
+part), kept as the snapshots are (N x P more floats, in memory or spilled). The backward pass
+then rebuilds that step as a graph only: its g_i is not needed as a value (the product is
+linear in g_i and the double backward reads the saved maps and weights), so the ConvNet's
+convolutions skip their first-order weight-gradient kernels there
+(:func:`datadistill.models.convnet_ops.weight_grad_values`), one of the three kernels of each
+convolution in the rebuilt forward + first-order pass, and dL/dalpha reads the recorded g_i:
+the same values, so the gradients are bitwise those of a rebuild that computes them.
+
 The result is the unrolled gradient up to rounding (tests: float64, relative error < 1e-6).
 Memory: one step's graph plus the recorded trajectory, whatever N is. The (N + 1) x P
 snapshots theta_i can leave the resident set (``snapshots="spill"``, :class:`SnapshotStore`):
@@ -89,7 +98,8 @@ from datadistill.matching.adjoint_steps import (
     StepRecord,
     Sums,
     kept_step,
-    step_gradient,
+    local_gradient,
+    reduced,
     step_vjp,
 )
 from datadistill.matching.student import BatchSampler, ForwardFn, StudentSteps, label_loss
@@ -200,6 +210,15 @@ class Trajectory:
     # pass where a step is one chunk: the backward pass uses each instead of rebuilding it
     # (once; then it is dropped)
     kept: dict[int, Graph] = field(default_factory=dict)
+    # g_i (this rank's part) of every step that is one chunk (on this rank), kept as the
+    # snapshots are (store position by step index), so that the backward pass rebuilds those
+    # steps' graphs without their values (the weight-gradient kernels skipped) and reads g_i
+    grads: SnapshotStore | None = None
+    grad_at: dict[int, int] = field(default_factory=dict)
+
+    def grad(self, i: int) -> torch.Tensor | None:
+        """Step i's recorded g_i (this rank's part), or None where it was not recorded."""
+        return None if i not in self.grad_at else self.grads[self.grad_at[i]]
 
     @property
     def final(self) -> torch.Tensor:
@@ -207,8 +226,11 @@ class Trajectory:
         return self.thetas.last
 
     def close(self) -> None:
-        """Free the snapshots (a spilled trajectory's temporary file) and the kept graphs."""
+        """Free the snapshots and recorded gradients (a spilled trajectory's temporary files)
+        and the kept graphs."""
         self.thetas.close()
+        if self.grads is not None:
+            self.grads.close()
         self.kept = {}
 
     def __enter__(self) -> Trajectory:
@@ -300,8 +322,15 @@ def _trajectory(forward: ForwardFn, theta0: torch.Tensor, images: torch.Tensor,
             parts = replay.chunks(len(idx))
             if i >= steps.syn_steps - options.kept_graphs and len(parts) == 1:
                 g, traj.kept[i] = kept_step(replay, theta, rec, parts[0])
+                local = traj.kept[i].g.detach()
             else:
-                g = step_gradient(replay, theta, rec)
+                local = local_gradient(replay, theta, rec)
+                g = reduced(replay, local, theta)
+            if len(parts) == 1:
+                if traj.grads is None:
+                    traj.grads = SnapshotStore(options.snapshots)
+                traj.grad_at[i] = len(traj.grads)
+                traj.grads.append(local)
             traj.thetas.append(theta - alpha * g)  # (P,) as the unrolled update
             traj.steps.append(rec)
     except BaseException:
@@ -346,8 +375,9 @@ def _backward(forward: ForwardFn, traj: Trajectory, images: torch.Tensor,
     kept, traj.kept = traj.kept, {}  # used once: a second backward rebuilds every step
     for i in range(len(traj.steps) - 1, -1, -1):  # lam: lambda_{i+1} -> lambda_i
         # a kept graph leaves the dict first, so the product below frees it
+        recorded = kept.pop(i, None)
         lam = step_vjp(replay, traj.thetas[i], traj.steps[i], alpha, lam, sums,
-                       kept.pop(i, None), first=i == 0)
+                       traj.grad(i) if recorded is None else recorded, first=i == 0)
     if world > 1:  # the sums are linear in each rank's chunks: one reduction at the end
         for part in (sums.images, sums.labels, sums.syn_lr):
             if part is not None:

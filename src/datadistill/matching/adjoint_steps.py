@@ -21,6 +21,7 @@ import torch
 from datadistill import distributed
 from datadistill.labels import is_soft
 from datadistill.matching.student import ForwardFn, LossFn
+from datadistill.models.convnet_ops import weight_grad_values
 
 
 @dataclass
@@ -105,9 +106,14 @@ class Graph:
     g: torch.Tensor  # (P,) attached to the graph of theta, x (and y)
 
 
-def build(replay: Replay, theta: torch.Tensor, rec: StepRecord, chunk: Chunk) -> Graph:
-    """Chunk ``chunk`` of step ``rec`` at the leaf ``theta``, differentiable twice."""
-    with torch.enable_grad():  # also under a caller's no_grad: DSA is part of the graph
+def build(replay: Replay, theta: torch.Tensor, rec: StepRecord, chunk: Chunk,
+          values: bool = True) -> Graph:
+    """Chunk ``chunk`` of step ``rec`` at the leaf ``theta``, differentiable twice.
+
+    ``values=False``: the graph only, for a step whose g the forward pass recorded; the
+    ConvNet's convolutions then skip their weight-gradient kernels and ``g``'s values are not
+    the gradient (:func:`datadistill.models.convnet_ops.weight_grad_values`)."""
+    with torch.enable_grad(), weight_grad_values(values):  # DSA is part of the graph too
         x, xa, y = _chunk_batch(replay, rec, chunk, need_grad=True)
         g = _chunk_grad(replay, theta, xa, y, chunk.weight, True)
     return Graph(theta, x, y, g)
@@ -124,12 +130,9 @@ def kept_step(replay: Replay, theta: torch.Tensor, rec: StepRecord,
     return distributed.all_reduce_sum_(g.clone()), graph  # the graph keeps this rank's part
 
 
-def step_gradient(replay: Replay, theta: torch.Tensor, rec: StepRecord) -> torch.Tensor:
-    """(P,) g_i at theta_i, summed over the chunks (and over the ranks); no graph is kept.
-
-    Under several processes each rank sums its own chunks and the partial sums are
-    all-reduced, so every rank takes the same step.
-    """
+def local_gradient(replay: Replay, theta: torch.Tensor, rec: StepRecord) -> torch.Tensor | None:
+    """(P,) this rank's part of g_i at theta_i, summed over its chunks (None for an empty
+    share); no graph is kept."""
     theta = theta.detach().requires_grad_(True)
     g = None
     for chunk in replay.chunks(len(rec.idx)):
@@ -137,10 +140,25 @@ def step_gradient(replay: Replay, theta: torch.Tensor, rec: StepRecord) -> torch
         with torch.enable_grad():
             gc = _chunk_grad(replay, theta, xa, y, chunk.weight, False)
         g = gc if g is None else g.add_(gc)
+    return g
+
+
+def reduced(replay: Replay, local: torch.Tensor | None, like: torch.Tensor) -> torch.Tensor:
+    """g_i from the ranks' parts (``local`` itself in one process; else a new tensor, the
+    all-reduced sum, an empty share adding nothing); ``like``: a (P,) tensor."""
     if replay.world == 1:
-        return g
-    g = torch.zeros_like(theta.detach()) if g is None else g  # an empty share adds nothing
+        return local
+    g = torch.zeros_like(like.detach()) if local is None else local.clone()
     return distributed.all_reduce_sum_(g)
+
+
+def step_gradient(replay: Replay, theta: torch.Tensor, rec: StepRecord) -> torch.Tensor:
+    """(P,) g_i at theta_i, summed over the chunks (and over the ranks); no graph is kept.
+
+    Under several processes each rank sums its own chunks and the partial sums are
+    all-reduced, so every rank takes the same step.
+    """
+    return reduced(replay, local_gradient(replay, theta, rec), theta)
 
 
 @dataclass
@@ -153,11 +171,15 @@ class Sums:
 
 
 def step_vjp(replay: Replay, theta: torch.Tensor, rec: StepRecord, alpha: torch.Tensor,
-             lam: torch.Tensor, sums: Sums, kept: Graph | None = None,
+             lam: torch.Tensor, sums: Sums, recorded: Graph | torch.Tensor | None = None,
              first: bool = False) -> torch.Tensor | None:
     """Rebuild step i chunk by chunk; accumulate into ``sums``; return lambda_i.
 
-    ``kept``: the step's one chunk with its graph from the forward pass (not rebuilt).
+    ``recorded``, what the forward pass kept of a step that is one chunk (on this rank):
+    its graph (a :class:`Graph`: not rebuilt), or this rank's part of its g_i (a tensor: the
+    step is rebuilt as a graph only, ``build(values=False)``, without the weight-gradient
+    kernels, and the step size's term reads this g_i, the values the rebuilt graph would
+    have had), or None (rebuilt with its values).
     ``first`` (step 0): lambda_0 is not needed (theta_0 is a constant), so the product leaves
     theta out, nothing is reduced and None is returned.
 
@@ -166,16 +188,18 @@ def step_vjp(replay: Replay, theta: torch.Tensor, rec: StepRecord, alpha: torch.
     labels and step size stay per rank until the end of the backward pass.
     """
     world = replay.world
+    kept = recorded if isinstance(recorded, Graph) else None
+    g = recorded if isinstance(recorded, torch.Tensor) else None
     theta = theta.detach().requires_grad_(True) if kept is None else kept.theta
     v = -alpha * lam  # (P,) adjoint of g_i, since theta_{i+1} = theta_i - alpha g_i
     # single: lambda_i accumulated in place; several: the rank's share of -alpha H lambda
     lam_prev = None if first else lam.clone() if world == 1 else torch.zeros_like(lam)
     soft = is_soft(replay.labels)
     parts = replay.chunks(len(rec.idx))
-    if kept is not None and len(parts) != 1:
-        raise ValueError(f"a kept graph is one chunk, but this step has {len(parts)}")
+    if recorded is not None and len(parts) != 1:
+        raise ValueError(f"a recorded step is one chunk, but this step has {len(parts)}")
     for chunk in parts:
-        graph = kept or build(replay, theta, rec, chunk)
+        graph = kept or build(replay, theta, rec, chunk, values=g is None)
         inputs = ([] if first else [theta]) + [graph.x] + ([graph.y] if soft else [])
         with torch.enable_grad():
             outs = list(torch.autograd.grad(graph.g, inputs, grad_outputs=v,
@@ -186,7 +210,8 @@ def step_vjp(replay: Replay, theta: torch.Tensor, rec: StepRecord, alpha: torch.
         _add(sums.images, outs[0], rows)
         if soft:
             _add(sums.labels, outs[1], rows)
-        sums.syn_lr -= (graph.g.detach() * lam).sum()  # -g_i . lambda_{i+1}, chunk by chunk
+        gc = graph.g.detach() if g is None else g
+        sums.syn_lr -= (gc * lam).sum()  # -g_i . lambda_{i+1}, chunk by chunk
     if first or world == 1:
         return lam_prev
     return distributed.all_reduce_sum_(lam_prev).add_(lam)

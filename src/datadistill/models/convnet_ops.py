@@ -21,6 +21,8 @@ Everything is checked against ``torch.autograd.gradgradcheck`` in float64 (tests
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
@@ -128,6 +130,30 @@ class _Conv(Function):
         return dx, dw, None, None, None
 
 
+_WEIGHT_GRAD_VALUES = [True]  # see weight_grad_values
+
+
+@contextlib.contextmanager
+def weight_grad_values(on: bool) -> Iterator[None]:
+    """Within the block, with ``on`` false, the first-order weight gradients that the
+    convolutions return are zeros, and the kernels that would compute them do not run.
+
+    For a graph whose gradient values are already known: the adjoint mode's rebuilt steps
+    (:mod:`datadistill.matching.adjoint_steps`), whose g_i the forward pass computed. The graph
+    is the same either way: the double backward (:class:`_ConvGrad`) reads the saved maps and
+    weights, never these values, and the vector-Jacobian product of g_i is linear in g_i. The
+    values of everything built inside the block that depends on a weight gradient (g_i
+    itself) are then wrong and must not be read; the backward pass through the block's
+    graph runs outside it and is exact. A global switch (the autograd engine may run the
+    block's backward calls on its own thread for CUDA tensors)."""
+    before = _WEIGHT_GRAD_VALUES[0]
+    _WEIGHT_GRAD_VALUES[0] = on
+    try:
+        yield
+    finally:
+        _WEIGHT_GRAD_VALUES[0] = before
+
+
 class _ConvGrad(Function):
     """(dx, dw) = backward of the convolution; linear in dz, bilinear in (dz, x) and (dz, w).
 
@@ -139,6 +165,8 @@ class _ConvGrad(Function):
     def forward(ctx, dz, x, w, pad, fmt, need_x, need_w):
         ctx.save_for_backward(dz, x, w)
         ctx.pad, ctx.fmt = pad, fmt
+        if need_w and not _WEIGHT_GRAD_VALUES[0]:  # the graph without the values
+            return _conv_grads(dz, x, w, pad, need_x, False)[0], torch.zeros_like(w)
         return _conv_grads(dz, x, w, pad, need_x, need_w)
 
     @staticmethod

@@ -13,7 +13,8 @@ P parameters:
 (last line: kept = ``distill.kept_graphs`` > 1, m = b: the kept graphs, and a rebuilt step's
 graph and temporaries in the freed heap that then stays; s: bytes per float; K = N + 1
 snapshots with ``distill.snapshots=memory``, K = 2 with ``spill``, whose theta_0 ...
-theta_{N-1} live in a temporary file or, for a CUDA student, in host memory).
+theta_{N-1} live in a temporary file or, for a CUDA student, in host memory; K doubles
+where m = b: each step's gradient g_i is recorded beside the snapshots, in the same place).
 
 - ``g_img`` / ``g_step``: bytes that one student step's graph keeps per image and per step
   (parameter views, the gradient). They are not guessed from the architecture: they are
@@ -259,7 +260,8 @@ def estimate_memory(fp: StepFootprint, it: Iteration) -> MemoryEstimate:
         if m == b and it.kept_graphs > 1:  # each as an unrolled step's; the freed heap kept
             graph += (min(it.kept_graphs, syn_steps) - 1) * (b * per_image + per_step) \
                 * cal.graph + b * per_image * (cal.graph + cal.transient)
-        snapshots = (syn_steps + 1 if snapshots == "memory" else 2) * fp.num_params * dtype_bytes
+        snapshots = (syn_steps + 1 if snapshots == "memory" else 2) * fp.num_params \
+            * dtype_bytes * (2 if m == b else 1)  # the recorded g_i where a step is one chunk
     return MemoryEstimate(mode, base=cal.base if cpu else 0, data=int(data), state=int(state),
                           graph=int(graph), snapshots=int(snapshots),
                           details={"batch": b, "micro_batch": m, "syn_steps": syn_steps,
