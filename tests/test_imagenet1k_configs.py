@@ -34,8 +34,9 @@ def test_estimate_prints_the_peak_per_gpu_for_1_2_4_8_processes(capsys):
     assert [int(k) for k, _, _ in rows] == [1, 2, 4, 8]
     assert [int(b) for _, _, b in rows] == [100, 50, 25, 13]  # ceil(batch_syn / K)
     peaks = [float(p) for _, p, _ in rows]
-    # more processes shrink the graph (not below micro_batch 25); from 4 on a share (25 images) is one micro_batch, so
-    # each step's gradient is recorded too: 2 x P floats with spilled snapshots (+0.02 GB)
+    # more processes shrink the graph (not below micro_batch 25); from 4 on, a share (25
+    # images) is one micro_batch, so each step's gradient is recorded too: 2 x P floats with
+    # spilled snapshots (+0.02 GB)
     assert peaks[1] <= peaks[0] and peaks[3] < peaks[2] <= peaks[1] + 0.02
     assert peaks[-1] < peaks[0]
     # the state (50,000 images x 3 x 64 x 64 and 1,000-way logits, with gradient and momentum)
