@@ -31,8 +31,9 @@ grows with N x batch. Here the same gradient is taken in two passes (reverse-mod
   fewer extra passes. The gradients are bitwise the same for every K (a kept graph is the
   rebuilt one, computed earlier); K = N costs the unrolled student's memory.
 
-Where a step is one chunk (on this rank) the forward pass also records its g_i (this rank's
-part), kept as the snapshots are (N x P more floats, in memory or spilled). The backward pass
+Where a step is one chunk (on this rank) and its graph is not kept, the forward pass also
+records its g_i (this rank's part), stored as the snapshots are (up to N x P more floats, in
+memory or spilled). The backward pass
 then rebuilds that step as a graph only: its g_i is not needed as a value (the product is
 linear in g_i and the double backward reads the saved maps and weights), so the ConvNet's
 convolutions skip their first-order weight-gradient kernels there
@@ -210,9 +211,10 @@ class Trajectory:
     # pass where a step is one chunk: the backward pass uses each instead of rebuilding it
     # (once; then it is dropped)
     kept: dict[int, Graph] = field(default_factory=dict)
-    # g_i (this rank's part) of every step that is one chunk (on this rank), kept as the
-    # snapshots are (store position by step index), so that the backward pass rebuilds those
-    # steps' graphs without their values (the weight-gradient kernels skipped) and reads g_i
+    # g_i (this rank's part) of every step that is one chunk (on this rank) and whose graph
+    # is not kept, stored as the snapshots are (store position by step index), so that the
+    # backward pass rebuilds those steps' graphs without their values (the weight-gradient
+    # kernels skipped) and reads g_i
     grads: SnapshotStore | None = None
     grad_at: dict[int, int] = field(default_factory=dict)
 
@@ -321,16 +323,15 @@ def _trajectory(forward: ForwardFn, theta0: torch.Tensor, images: torch.Tensor,
             theta = traj.thetas.last
             parts = replay.chunks(len(idx))
             if i >= steps.syn_steps - options.kept_graphs and len(parts) == 1:
-                g, traj.kept[i] = kept_step(replay, theta, rec, parts[0])
-                local = traj.kept[i].g.detach()
+                g, traj.kept[i] = kept_step(replay, theta, rec, parts[0])  # holds its g_i
             else:
                 local = local_gradient(replay, theta, rec)
                 g = reduced(replay, local, theta)
-            if len(parts) == 1:
-                if traj.grads is None:
-                    traj.grads = SnapshotStore(options.snapshots)
-                traj.grad_at[i] = len(traj.grads)
-                traj.grads.append(local)
+                if len(parts) == 1:  # rebuilt as a graph only: record its g_i
+                    if traj.grads is None:
+                        traj.grads = SnapshotStore(options.snapshots)
+                    traj.grad_at[i] = len(traj.grads)
+                    traj.grads.append(local)
             traj.thetas.append(theta - alpha * g)  # (P,) as the unrolled update
             traj.steps.append(rec)
     except BaseException:

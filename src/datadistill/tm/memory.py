@@ -14,7 +14,8 @@ P parameters:
 graph and temporaries in the freed heap that then stays; s: bytes per float; K = N + 1
 snapshots with ``distill.snapshots=memory``, K = 2 with ``spill``, whose theta_0 ...
 theta_{N-1} live in a temporary file or, for a CUDA student, in host memory; K doubles
-where m = b: each step's gradient g_i is recorded beside the snapshots, in the same place).
+where m = b: the steps' gradients g_i, but for the kept graphs' steps, are recorded beside
+the snapshots, in the same place, so a bound within kept + 1 vectors).
 
 - ``g_img`` / ``g_step``: bytes that one student step's graph keeps per image and per step
   (parameter views, the gradient). They are not guessed from the architecture: they are
