@@ -199,6 +199,37 @@ def test_tile_products_without_avx512_equal_bmm(monkeypatch, tmp_path):
         torch.testing.assert_close(acc, want, rtol=0, atol=1e-12)
 
 
+@needs_cc
+@pytest.mark.skipif(platform.machine() not in ("x86_64", "AMD64"), reason="x86 compiler flag")
+@pytest.mark.parametrize("dtype", [torch.float32, F64])
+def test_tile_transforms_give_the_same_bits_without_avx512(dtype, monkeypatch, tmp_path):
+    """The transforms compute on 16-channel blocks as GCC vectors, which the compiler splits
+    into whatever registers the CPU has: a library built with AVX-512 switched off writes the
+    same bits, in float32 too, at a partial channel block and at cropped edge tiles."""
+    n, c, h, w = 2, 37, 9, 14
+    th, tw = winograd._tiles(h, w)
+    maps = torch.randn(n, h, w, c, dtype=dtype, generator=torch.Generator().manual_seed(0))
+    tiles = torch.randn(36, n * th * tw, c, dtype=dtype,
+                        generator=torch.Generator().manual_seed(1))
+    suffix = "f64" if dtype == F64 else "f32"
+    libs = [ckernels.load(winograd._SOURCE)]
+    monkeypatch.setattr(ckernels, "FLAGS", (*ckernels.FLAGS, "-mno-avx512f"))
+    libs.append(_fresh_load(monkeypatch, tmp_path)(winograd._SOURCE))
+    assert None not in libs
+    for name, src, shape in (("input_tiles", maps, tiles.shape),
+                             ("grad_tiles", maps, tiles.shape),
+                             ("output_tiles", tiles, maps.shape)):
+        outs = []
+        for lib in libs:
+            fn = getattr(lib, f"{name}_{suffix}")
+            fn.argtypes, fn.restype = list(winograd._ARGS[name]), None
+            out = torch.full(shape, float("nan"), dtype=dtype)
+            fn(src.data_ptr(), out.data_ptr(), n, h, w, c)
+            outs.append(out)
+        assert not outs[0].isnan().any(), name
+        assert torch.equal(outs[0], outs[1]), name
+
+
 def test_tile_products_fall_back_where_c_does_not_apply(monkeypatch):
     """Column counts that are not whole vectors, strided operands and operands that autograd
     must see take torch.bmm, with the same values."""

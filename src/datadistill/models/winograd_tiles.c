@@ -11,7 +11,8 @@
  * per type, suffix _f32 / _f64):
  *   map   (n, h, w, c)        a channels_last tensor's memory
  *   tiles (36, n*th*tw, c)    th = ceil(h/4), tw = ceil(w/4); tile index (image, row, column)
- * Channels are the innermost loop, in blocks of CB, so the compiler vectorises every line.
+ * Channels are the innermost axis, taken in blocks of CB as one GCC vector each: a tile's 36
+ * blocks pass through registers and one local row block, not through copies in memory.
  *
  * tile_products: the 36 matrix products between the transforms, (tiles x Cin) @ (Cin x Cout)
  * and their transposed forms. On CPUs where the BLAS library does not run its widest kernels
@@ -44,99 +45,119 @@
 #define CONTRACT
 #endif
 
-/* 6 inputs -> 6 outputs of B^T (input transform); d and r are [6][CB]. */
-#define BT6(r, d, k) do { \
-    r[0][k] = 4 * d[0][k] - 5 * d[2][k] + d[4][k]; \
-    r[1][k] = -4 * (d[1][k] + d[2][k]) + d[3][k] + d[4][k]; \
-    r[2][k] = 4 * (d[1][k] - d[2][k]) - d[3][k] + d[4][k]; \
-    r[3][k] = 2 * (d[3][k] - d[1][k]) - d[2][k] + d[4][k]; \
-    r[4][k] = 2 * (d[1][k] - d[3][k]) - d[2][k] + d[4][k]; \
-    r[5][k] = 4 * d[1][k] - 5 * d[3][k] + d[5][k]; \
+/* The three transforms of one line of 6 or 4 values, written with accessors: O(i) is the i-th
+ * output and I(i) the i-th input, each an lvalue / value for one channel (the caller's loop
+ * variable k), so that one macro serves a tile's rows and its columns wherever they live. */
+
+/* 6 inputs -> 6 outputs of B^T (input transform). */
+#define BT6(O, I) do { \
+    O(0) = 4 * I(0) - 5 * I(2) + I(4); \
+    O(1) = -4 * (I(1) + I(2)) + I(3) + I(4); \
+    O(2) = 4 * (I(1) - I(2)) - I(3) + I(4); \
+    O(3) = 2 * (I(3) - I(1)) - I(2) + I(4); \
+    O(4) = 2 * (I(1) - I(3)) - I(2) + I(4); \
+    O(5) = 4 * I(1) - 5 * I(3) + I(5); \
 } while (0)
 
 /* 6 inputs -> 4 outputs of A^T (output transform). */
-#define AT4(r, m, k) do { \
-    REAL s12 = m[1][k] + m[2][k], d12 = m[1][k] - m[2][k]; \
-    REAL s34 = m[3][k] + m[4][k], d34 = m[3][k] - m[4][k]; \
-    r[0][k] = m[0][k] + s12 + s34; \
-    r[1][k] = d12 + 2 * d34; \
-    r[2][k] = s12 + 4 * s34; \
-    r[3][k] = d12 + 8 * d34 + m[5][k]; \
+#define AT4(O, I) do { \
+    __typeof__(I(0)) s12 = I(1) + I(2), d12 = I(1) - I(2); \
+    __typeof__(I(0)) s34 = I(3) + I(4), d34 = I(3) - I(4); \
+    O(0) = I(0) + s12 + s34; \
+    O(1) = d12 + 2 * d34; \
+    O(2) = s12 + 4 * s34; \
+    O(3) = d12 + 8 * d34 + I(5); \
 } while (0)
 
 /* 4 inputs -> 6 outputs of A (the output gradient's transform, for the filter gradient). */
-#define A6(r, d, k) do { \
-    REAL s02 = d[0][k] + d[2][k], s13 = d[1][k] + d[3][k]; \
-    REAL f02 = d[0][k] + 4 * d[2][k], f13 = 2 * d[1][k] + 8 * d[3][k]; \
-    r[0][k] = d[0][k]; \
-    r[1][k] = s02 + s13; \
-    r[2][k] = s02 - s13; \
-    r[3][k] = f02 + f13; \
-    r[4][k] = f02 - f13; \
-    r[5][k] = d[3][k]; \
+#define A6(O, I) do { \
+    __typeof__(I(0)) s02 = I(0) + I(2), s13 = I(1) + I(3); \
+    __typeof__(I(0)) f02 = I(0) + 4 * I(2), f13 = 2 * I(1) + 8 * I(3); \
+    O(0) = I(0); \
+    O(1) = s02 + s13; \
+    O(2) = s02 - s13; \
+    O(3) = f02 + f13; \
+    O(4) = f02 - f13; \
+    O(5) = I(3); \
 } while (0)
 
 /* -- per type -- */
 
-/* Copies of one channel block; a full block has a constant length, so it compiles to vector
- * moves (a variable-length loop would become a call to memcpy per block). */
-static inline void load_SUFFIX(REAL *restrict dst, const REAL *restrict src, long cb) {
+/* One block of CB channels as a GCC vector (64 bytes of float, 128 of double: the compiler
+ * splits it into the CPU's vector registers). The transforms below compute on whole blocks,
+ * element by element in the order the macros write, so each channel's value is the one a
+ * scalar loop gives, bit for bit. */
+typedef REAL cv_SUFFIX __attribute__((vector_size(CB * sizeof(REAL))));
+
+/* Channels c0 .. c0 + cb of a pixel (or of a tile row) at p, zero past cb. */
+static inline cv_SUFFIX load_SUFFIX(const REAL *restrict p, long cb) {
+    cv_SUFFIX v;
     if (cb == CB) {
-        for (int k = 0; k < CB; k++) dst[k] = src[k];
+        memcpy(&v, p, sizeof v);
     } else {
-        for (int k = 0; k < CB; k++) dst[k] = k < cb ? src[k] : 0;
+        REAL tmp[CB];
+        for (int k = 0; k < CB; k++) tmp[k] = k < cb ? p[k] : 0;
+        memcpy(&v, tmp, sizeof v);
+    }
+    return v;
+}
+
+/* Writes the first cb channels of v to p. */
+static inline void store_SUFFIX(REAL *restrict p, cv_SUFFIX v, long cb) {
+    if (cb == CB) {
+        memcpy(p, &v, sizeof v);
+    } else {
+        REAL tmp[CB];
+        memcpy(tmp, &v, sizeof v);
+        for (long k = 0; k < cb; k++) p[k] = tmp[k];
     }
 }
 
-/* d[i * size + j] = pixel (row0 + i, col0 + j) of image img of map x (n, h, w, c), channels
- * c0 .. c0 + cb; zero past the map's edges (the padding). */
-static inline void gather_SUFFIX(REAL (*restrict d)[CB], const REAL *restrict x, int size,
-                                 long img, long row0, long col0, long h, long w, long c,
-                                 long c0, long cb) {
-    for (int i = 0; i < size; i++) {
-        long row = row0 + i;
-        for (int j = 0; j < size; j++) {
-            long col = col0 + j;
-            if (row < 0 || row >= h || col < 0 || col >= w)
-                for (int k = 0; k < CB; k++) d[i * size + j][k] = 0;
-            else
-                load_SUFFIX(d[i * size + j], x + ((img * h + row) * w + col) * c + c0, cb);
-        }
+/* d[j] = pixel (row, col0 + j) of image img of map x (n, h, w, c), channels c0 .. c0 + cb,
+ * for j < size; zero past the map's edges (the padding). */
+static inline void gather_row_SUFFIX(cv_SUFFIX *restrict d, const REAL *restrict x, int size,
+                                     long img, long row, long col0, long h, long w, long c,
+                                     long c0, long cb) {
+    for (int j = 0; j < size; j++) {
+        long col = col0 + j;
+        if (row < 0 || row >= h || col < 0 || col >= w)
+            d[j] = (cv_SUFFIX){0};
+        else
+            d[j] = load_SUFFIX(x + ((img * h + row) * w + col) * c + c0, cb);
     }
 }
 
-static inline void store_SUFFIX(REAL *restrict dst, const REAL *restrict src, long cb) {
-    if (cb == CB) {
-        for (int k = 0; k < CB; k++) dst[k] = src[k];
-    } else {
-        for (long k = 0; k < cb; k++) dst[k] = src[k];
-    }
-}
+/* Each transform runs a tile's rows into a local block r, then r's columns to where they go. */
 
 /* tiles[36][T][c] = B^T d B for the 6x6 tiles (stride 4, offset -1: padding 1) of map x. */
 void input_tiles_SUFFIX(const REAL *restrict x, REAL *restrict tiles, long n, long h, long w, long c) {
     long th = (h + 3) / 4, tw = (w + 3) / 4, T = n * th * tw;
-    REAL d[6][6][CB], r[6][6][CB], o[6][6][CB];
     for (long img = 0; img < n; img++)
     for (long ti = 0; ti < th; ti++)
     for (long tj = 0; tj < tw; tj++) {
         long t = (img * th + ti) * tw + tj;
         for (long c0 = 0; c0 < c; c0 += CB) {
             long cb = c - c0 < CB ? c - c0 : CB;
-            gather_SUFFIX(d[0], x, 6, img, 4 * ti - 1, 4 * tj - 1, h, w, c, c0, cb);
+            cv_SUFFIX r[6][6];
             /* columns of each row (the right factor B), then rows (the left factor B^T) */
-            for (int i = 0; i < 6; i++)
-                for (int k = 0; k < CB; k++) BT6(r[i], d[i], k);
-            for (int b = 0; b < 6; b++) {
-                REAL col[6][CB], res[6][CB];
-                for (int i = 0; i < 6; i++)
-                    for (int k = 0; k < CB; k++) col[i][k] = r[i][b][k];
-                for (int k = 0; k < CB; k++) BT6(res, col, k);
-                for (int a = 0; a < 6; a++)
-                    for (int k = 0; k < CB; k++) o[a][b][k] = res[a][k];
+            for (int i = 0; i < 6; i++) {
+                cv_SUFFIX d[6];
+                gather_row_SUFFIX(d, x, 6, img, 4 * ti - 1 + i, 4 * tj - 1, h, w, c, c0, cb);
+#define O_(j) r[i][j]
+#define I_(j) d[j]
+                BT6(O_, I_);
+#undef O_
+#undef I_
             }
-            for (int e = 0; e < 36; e++) {
-                store_SUFFIX(tiles + ((long)e * T + t) * c + c0, o[e / 6][e % 6], cb);
+            for (int b = 0; b < 6; b++) {
+                cv_SUFFIX res[6];
+#define O_(a) res[a]
+#define I_(a) r[a][b]
+                BT6(O_, I_);
+#undef O_
+#undef I_
+                for (int a = 0; a < 6; a++)
+                    store_SUFFIX(tiles + ((long)(6 * a + b) * T + t) * c + c0, res[a], cb);
             }
         }
     }
@@ -146,29 +167,34 @@ void input_tiles_SUFFIX(const REAL *restrict x, REAL *restrict tiles, long n, lo
  * the map's edge are cropped). */
 void output_tiles_SUFFIX(const REAL *restrict m, REAL *restrict y, long n, long h, long w, long co) {
     long th = (h + 3) / 4, tw = (w + 3) / 4, T = n * th * tw;
-    REAL v[6][6][CB], r[6][4][CB];
     for (long img = 0; img < n; img++)
     for (long ti = 0; ti < th; ti++)
     for (long tj = 0; tj < tw; tj++) {
         long t = (img * th + ti) * tw + tj;
         for (long c0 = 0; c0 < co; c0 += CB) {
             long cb = co - c0 < CB ? co - c0 : CB;
-            for (int e = 0; e < 36; e++)
-                load_SUFFIX(v[e / 6][e % 6], m + ((long)e * T + t) * co + c0, cb);
-            for (int a = 0; a < 6; a++)
-                for (int k = 0; k < CB; k++) AT4(r[a], v[a], k);
+            cv_SUFFIX r[6][4];
+            for (int a = 0; a < 6; a++) {
+                cv_SUFFIX v[6];
+                for (int j = 0; j < 6; j++)
+                    v[j] = load_SUFFIX(m + ((long)(6 * a + j) * T + t) * co + c0, cb);
+#define O_(j) r[a][j]
+#define I_(j) v[j]
+                AT4(O_, I_);
+#undef O_
+#undef I_
+            }
             for (int b = 0; b < 4; b++) {
-                REAL col[6][CB], res[4][CB];
-                for (int a = 0; a < 6; a++)
-                    for (int k = 0; k < CB; k++) col[a][k] = r[a][b][k];
-                for (int k = 0; k < CB; k++) AT4(res, col, k);
                 long cc = 4 * tj + b;
                 if (cc >= w) continue;
-                for (int a = 0; a < 4; a++) {
-                    long row = 4 * ti + a;
-                    if (row >= h) break;
-                    store_SUFFIX(y + ((img * h + row) * w + cc) * co + c0, res[a], cb);
-                }
+                cv_SUFFIX res[4];
+#define O_(i) res[i]
+#define I_(a) r[a][b]
+                AT4(O_, I_);
+#undef O_
+#undef I_
+                for (int i = 0; i < 4 && 4 * ti + i < h; i++)
+                    store_SUFFIX(y + ((img * h + 4 * ti + i) * w + cc) * co + c0, res[i], cb);
             }
         }
     }
@@ -178,23 +204,31 @@ void output_tiles_SUFFIX(const REAL *restrict m, REAL *restrict y, long n, long 
  * past the map's edge: the filter gradient's right-hand factor. */
 void grad_tiles_SUFFIX(const REAL *restrict g, REAL *restrict tiles, long n, long h, long w, long co) {
     long th = (h + 3) / 4, tw = (w + 3) / 4, T = n * th * tw;
-    REAL d[4][4][CB], r[4][6][CB];
     for (long img = 0; img < n; img++)
     for (long ti = 0; ti < th; ti++)
     for (long tj = 0; tj < tw; tj++) {
         long t = (img * th + ti) * tw + tj;
         for (long c0 = 0; c0 < co; c0 += CB) {
             long cb = co - c0 < CB ? co - c0 : CB;
-            gather_SUFFIX(d[0], g, 4, img, 4 * ti, 4 * tj, h, w, co, c0, cb);
-            for (int i = 0; i < 4; i++)
-                for (int k = 0; k < CB; k++) A6(r[i], d[i], k);
+            cv_SUFFIX r[4][6];
+            for (int i = 0; i < 4; i++) {
+                cv_SUFFIX d[4];
+                gather_row_SUFFIX(d, g, 4, img, 4 * ti + i, 4 * tj, h, w, co, c0, cb);
+#define O_(j) r[i][j]
+#define I_(j) d[j]
+                A6(O_, I_);
+#undef O_
+#undef I_
+            }
             for (int b = 0; b < 6; b++) {
-                REAL col[4][CB], res[6][CB];
-                for (int i = 0; i < 4; i++)
-                    for (int k = 0; k < CB; k++) col[i][k] = r[i][b][k];
-                for (int k = 0; k < CB; k++) A6(res, col, k);
+                cv_SUFFIX res[6];
+#define O_(a) res[a]
+#define I_(i) r[i][b]
+                A6(O_, I_);
+#undef O_
+#undef I_
                 for (int a = 0; a < 6; a++)
-                    store_SUFFIX(tiles + ((long)(a * 6 + b) * T + t) * co + c0, res[a], cb);
+                    store_SUFFIX(tiles + ((long)(6 * a + b) * T + t) * co + c0, res[a], cb);
             }
         }
     }
