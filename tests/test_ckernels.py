@@ -247,6 +247,33 @@ def test_tile_products_fall_back_where_c_does_not_apply(monkeypatch):
     assert out.grad_fn is not None and calls == []
 
 
+@needs_cc
+@pytest.mark.parametrize("tracked", [False, True])
+def test_a_sum_of_two_convolutions_is_one_transform(tracked, monkeypatch):
+    """conv_sum adds the two convolutions' products before the output transform: the values
+    of conv2d + conv2d, with one output transform (C form), and differentiable where a graph
+    is recorded (PyTorch form)."""
+    x1, x2 = (_rand(3, 32, 9, 14, seed=s).contiguous(memory_format=CL) for s in (0, 1))
+    w1, w2 = _rand(40, 32, 3, 3, seed=2), _rand(40, 32, 3, 3, seed=3)
+    calls = []
+    real = winograd._native
+    monkeypatch.setattr(winograd, "_native", lambda name, t: calls.append(name) or real(name, t))
+    if tracked:
+        x1, w2 = x1.requires_grad_(), w2.requires_grad_()
+    got = winograd.conv_sum(x1, w1, x2, w2)
+    f = torch.nn.functional.conv2d
+    want = f(x1, w1, padding=1) + f(x2, w2, padding=1)
+    torch.testing.assert_close(got, want, rtol=0, atol=1e-11)
+    assert got.is_contiguous(memory_format=CL)
+    if tracked:
+        v = _rand(*want.shape, seed=4)
+        for g, e in zip(torch.autograd.grad((got * v).sum(), (x1, w2)),
+                        torch.autograd.grad((want * v).sum(), (x1, w2)), strict=True):
+            torch.testing.assert_close(g, e, rtol=0, atol=1e-10)
+    else:
+        assert calls.count("output_tiles") == 1 and calls.count("input_tiles") == 2
+
+
 def test_transforms_stay_differentiable_where_a_graph_is_recorded():
     """Under grad mode with inputs that require grad, the PyTorch form runs (the C form
     writes through raw pointers), so autograd sees the convolution."""

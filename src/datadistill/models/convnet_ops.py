@@ -175,11 +175,15 @@ class _ConvGrad(Function):
         pad, lx = ctx.pad, _as(lx, ctx.fmt)
         need_dz, need_x, need_w = ctx.needs_input_grad[:3]
         g_dz = g_x = g_w = None
-        if need_dz and lx is not None:
-            g_dz = _conv(lx, w, pad)
-        if need_dz and lw is not None:
-            term = _conv(x, lw, pad)
-            g_dz = term if g_dz is None else g_dz.add_(term)
+        both = need_dz and lx is not None and lw is not None
+        if both and winograd.applies(lx, w, pad) and winograd.applies(x, lw, pad):
+            g_dz = winograd.conv_sum(lx, w, x, lw)  # one output transform for both terms
+        else:
+            if need_dz and lx is not None:
+                g_dz = _conv(lx, w, pad)
+            if need_dz and lw is not None:
+                term = _conv(x, lw, pad)
+                g_dz = term if g_dz is None else g_dz.add_(term)
         want_x, want_w = need_x and lw is not None, need_w and lx is not None
         if want_x or want_w:  # input/weight slots only give shapes where not wanted
             g_x, g_w = _conv_grads(dz, lx if lx is not None else x,

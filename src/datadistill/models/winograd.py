@@ -43,7 +43,7 @@ import torch.nn.functional as F
 
 from datadistill.runtime import ckernels
 
-__all__ = ["ENABLED", "applies", "conv", "conv_input_grad", "conv_weight_grad"]
+__all__ = ["ENABLED", "applies", "conv", "conv_input_grad", "conv_sum", "conv_weight_grad"]
 
 ENABLED = os.environ.get("DATADISTILL_WINOGRAD", "1") != "0"
 
@@ -208,22 +208,31 @@ def _chunks(n: int, per_image: int) -> list[slice]:
     return batch_slices(n, 36 * per_image, CHUNK_ELEMENTS)
 
 
-def _winograd(x: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
-    """Sum over input channels of the tile products: x (N, C, H, W) channels_last, u (36, C,
-    Cout) -> the convolution (N, Cout, H, W), channels_last."""
+def _winograd(pairs: list[tuple[torch.Tensor, torch.Tensor]]) -> torch.Tensor:
+    """Sum over input channels (and over the pairs) of the tile products: each pair an x
+    (N, C, H, W) channels_last and a filter in the transform domain u (36, C, Cout), every x
+    of one shape -> the sum of their convolutions (N, Cout, H, W), channels_last. The pairs'
+    products add up in the transform domain, so a sum of convolutions costs one output
+    transform."""
+    x = pairs[0][0]
     n, c, h, wd = x.shape
-    co = u.shape[2]
+    co = pairs[0][1].shape[2]
     th, tw = _tiles(h, wd)
     exact = (4 * th, 4 * tw) == (h, wd)
     a = _mats(x.dtype)[3]
     y = torch.empty((n, h, wd, co), dtype=x.dtype, device=x.device)
-    tracked = torch.is_grad_enabled() and u.requires_grad
+    tracked = torch.is_grad_enabled() and any(u.requires_grad for _, u in pairs)
     native = None if tracked else _native("output_tiles", x)
     for s in _chunks(n, th * tw * max(c, co)):
-        xs = x[s]
-        k = xs.shape[0]
+        k = x[s].shape[0]
         t = k * th * tw
-        m = _products(_input_tiles(xs).view(36, t, c), u)
+        m = None
+        for xi, u in pairs:
+            v = _input_tiles(xi[s]).view(36, t, c)
+            if m is None or not tracked:
+                m = _products(v, u, out=m)
+            else:  # out of place, for autograd
+                m = m + _products(v, u)
         if native is not None:
             native(m.data_ptr(), y[s].data_ptr(), k, h, wd, co)
             continue
@@ -239,13 +248,21 @@ def _winograd(x: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
 def conv(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
     """conv2d(x, w, padding=1) for channels_last x (N, Cin, H, W) and w (Cout, Cin, 3, 3);
     the result is channels_last."""
-    return _winograd(x, _filter(w, flip=False))
+    return _winograd([(x, _filter(w, flip=False))])
+
+
+def conv_sum(x1: torch.Tensor, w1: torch.Tensor, x2: torch.Tensor,
+             w2: torch.Tensor) -> torch.Tensor:
+    """conv(x1, w1) + conv(x2, w2) for maps and filters of one shape, summed before the
+    output transform (the convolution double backward's gradient w.r.t. its incoming
+    gradient): equal in exact arithmetic, one transform and one map fewer."""
+    return _winograd([(x1, _filter(w1, flip=False)), (x2, _filter(w2, flip=False))])
 
 
 def conv_input_grad(dy: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
     """dL/dx of conv2d(x, w, padding=1) for dL/dy = dy: the convolution of dy with the filter
     rotated by 180 degrees and its channel axes swapped."""
-    return _winograd(dy, _filter(w, flip=True))
+    return _winograd([(dy, _filter(w, flip=True))])
 
 
 def conv_weight_grad(dy: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
