@@ -185,8 +185,8 @@ MUTANTS = [
        "store_dir = store_location(cfg, out, None)", "`distill --experts` is ignored"),
     # ---- the student's Winograd convolution kernels
     _m("winograd_filter_not_rotated", "models/winograd.py",
-       "return _winograd(dy, _filter(w, flip=True))",
-       "return _winograd(dy, _filter(w, flip=False))",
+       "return _winograd([(dy, _filter(w, flip=True))])",
+       "return _winograd([(dy, _filter(w, flip=False))])",
        "Winograd input gradient uses the filter unrotated"),
     _m("winograd_chunks_overwrite", "models/winograd.py",
        "du = _products(dm, v, transpose_a=True, out=du)",
@@ -208,6 +208,11 @@ MUTANTS = [
     _m("winograd_sum_keeps_last_pair", "models/winograd.py",
        "m = _products(v, u, out=m)", "m = _products(v, u)",
        "a sum of two convolutions keeps only the second one's products"),
+    _m("winograd_output_a_view", "models/winograd.py",
+       "            y[s] = tiles.reshape(k, 4 * th, 4 * tw, co)[:, :h, :wd]\n    return out",
+       "            y[s] = tiles.reshape(k, 4 * th, 4 * tw, co)[:, :h, :wd]\n"
+       "    return y.permute(0, 3, 1, 2)",
+       "the convolution returns a permuted view (autograd then adds gradients out of place)"),
     _m("c_norm_sum_against_z", "models/norm_act_pool.c",
        "sd[k] += (double)v * dy;", "sd[k] += (double)v * z[i + k];",
        "the C pass sums v * z where it should sum v * dy"),

@@ -274,6 +274,24 @@ def test_a_sum_of_two_convolutions_is_one_transform(tracked, monkeypatch):
         assert calls.count("output_tiles") == 1 and calls.count("input_tiles") == 2
 
 
+@needs_cc
+def test_kernel_outputs_are_not_views(monkeypatch):
+    """The C kernels' maps come back as channels_last tensors of their own, not permuted
+    views of NHWC ones: a view keeps its base alive, and autograd then adds a second
+    gradient into a new map instead of into the first in place."""
+    x = _rand(2, 32, 8, 8).contiguous(memory_format=CL)
+    wt = _rand(32, 32, 3, 3, seed=1)
+    y = winograd.conv(x, wt)
+    a, p, _, _ = norm_passes.forward(x, torch.ones(32, dtype=F64), torch.zeros(32, dtype=F64),
+                                     1e-5, True)
+    for t in (y, a, p):
+        assert t._base is None and t.is_contiguous(memory_format=CL)
+    maps = norm_passes.Maps(dp=p, a=a, z=x, pool=True)
+    for mode in (0, 1):
+        out = norm_passes.run_pass(mode, maps, cd=torch.ones(2, 32, 1, 1, dtype=F64))
+        assert out._base is None and out.is_contiguous(memory_format=CL)
+
+
 def test_transforms_stay_differentiable_where_a_graph_is_recorded():
     """Under grad mode with inputs that require grad, the PyTorch form runs (the C form
     writes through raw pointers), so autograd sees the convolution."""

@@ -59,11 +59,12 @@ def forward(z: torch.Tensor, w: torch.Tensor, b: torch.Tensor, eps: float, pool:
     rstd = ((stats[:, 1] / (h * wd)).to(z.dtype) + eps).rsqrt()
     s = (w.view(1, -1) * rstd).contiguous()
     t = (b.view(1, -1) - mu * s).contiguous()
-    a = torch.empty((n, h, wd, c), dtype=z.dtype)
-    p = torch.empty((n, h // 2, wd // 2, c), dtype=z.dtype) if pool else a
+    cl = torch.channels_last
+    a = torch.empty((n, c, h, wd), dtype=z.dtype, memory_format=cl)
+    p = torch.empty((n, c, h // 2, wd // 2), dtype=z.dtype, memory_format=cl) if pool else a
     kernel("nap_forward", z.dtype)(int(pool), z.data_ptr(), s.data_ptr(), t.data_ptr(),
                                    a.data_ptr(), p.data_ptr(), n, h, wd, c)
-    return a.permute(0, 3, 1, 2), p.permute(0, 3, 1, 2), mu, rstd
+    return a, p, mu, rstd
 
 
 @dataclass(frozen=True)
@@ -90,10 +91,9 @@ def run_pass(mode: int, M: Maps, l=None, cd=None, cl=None, cz=None, c1=None):
     sums = out = None
     if mode == 2:
         sums = torch.empty((n, 3, c), dtype=torch.float64)
-    elif mode == 1 and pool:
-        out = torch.empty((n, h // 2, w // 2, c), dtype=z.dtype)
-    else:
-        out = torch.empty((n, h, w, c), dtype=z.dtype)
+    else:  # channels_last (N, C, H, W), not a permuted view: see winograd._winograd
+        size = (n, c, h // 2, w // 2) if mode == 1 and pool else (n, c, h, w)
+        out = torch.empty(size, dtype=z.dtype, memory_format=torch.channels_last)
     src = l if l is not None else z
     kernel("nap_pass", z.dtype)(mode, int(pool), M.dp.data_ptr(), M.a.data_ptr(),
                                 src.data_ptr(), z.data_ptr(), *(k.data_ptr() for k in coef),
@@ -101,7 +101,7 @@ def run_pass(mode: int, M: Maps, l=None, cd=None, cl=None, cz=None, c1=None):
                                 0 if sums is None else sums.data_ptr(), n, h, w, c)
     if sums is not None:
         return tuple(sums[:, i].to(z.dtype).view(n, c, 1, 1) for i in range(3))
-    return out.permute(0, 3, 1, 2)
+    return out
 
 
 # ------------------------------------------- the per-instance formulas and the C forms

@@ -220,7 +220,11 @@ def _winograd(pairs: list[tuple[torch.Tensor, torch.Tensor]]) -> torch.Tensor:
     th, tw = _tiles(h, wd)
     exact = (4 * th, 4 * tw) == (h, wd)
     a = _mats(x.dtype)[3]
-    y = torch.empty((n, h, wd, co), dtype=x.dtype, device=x.device)
+    # a channels_last tensor, not a permuted view of an NHWC one: a view keeps its base, so
+    # autograd could not add another gradient into it in place
+    out = torch.empty((n, co, h, wd), dtype=x.dtype, device=x.device,
+                      memory_format=torch.channels_last)
+    y = out.permute(0, 2, 3, 1)  # (N, H, W, Cout), the same memory
     tracked = torch.is_grad_enabled() and any(u.requires_grad for _, u in pairs)
     native = None if tracked else _native("output_tiles", x)
     for s in _chunks(n, th * tw * max(c, co)):
@@ -242,7 +246,7 @@ def _winograd(pairs: list[tuple[torch.Tensor, torch.Tensor]]) -> torch.Tensor:
             y[s].view(k, th, 4, tw, 4, co).copy_(tiles)
         else:
             y[s] = tiles.reshape(k, 4 * th, 4 * tw, co)[:, :h, :wd]
-    return y.permute(0, 3, 1, 2)
+    return out
 
 
 def conv(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
