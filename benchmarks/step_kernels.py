@@ -33,7 +33,8 @@ _KERNELS = (("winograd", ("conv", "conv_sum", "conv_input_grad", "conv_weight_gr
 
 def _timed(module, name: str, totals: dict, counts: collections.Counter) -> None:
     """Replace ``module.name`` by a wrapper that adds its wall clock to ``totals`` under
-    (module, name, shape of the first 4-D argument or of a ``Maps`` argument's input map)."""
+    (module, name, shape of the first 4-D argument or of a ``Maps`` argument's input map, else
+    of the first tensor argument)."""
     fn = getattr(module, name)
 
     def wrapper(*args, **kwargs):
@@ -41,8 +42,9 @@ def _timed(module, name: str, totals: dict, counts: collections.Counter) -> None
         out = fn(*args, **kwargs)
         dt = time.perf_counter() - t0
         maps = [getattr(a, "z", a) for a in args]  # norm_passes take a Maps (its z)
-        shape = next((tuple(a.shape) for a in maps if isinstance(a, torch.Tensor)
-                      and a.dim() == 4), None)
+        tensors = [a for a in maps if isinstance(a, torch.Tensor)]
+        shape = next((tuple(a.shape) for a in tensors if a.dim() == 4),
+                     tuple(tensors[0].shape) if tensors else None)
         key = (module.__name__.rsplit(".", 1)[-1], name, shape)
         totals[key] += dt
         counts[key] += 1

@@ -67,25 +67,13 @@ def alone(winograd) -> None:
 
 
 def inside(winograd) -> None:
+    import step_kernels
     import step_profile
 
     totals: dict = collections.defaultdict(float)
     counts: collections.Counter = collections.Counter()
-
-    def timed(name):
-        fn = getattr(winograd, name)
-
-        def wrapper(*args, **kwargs):
-            t0 = time.perf_counter()
-            out = fn(*args, **kwargs)
-            key = (name, tuple(args[0].shape))
-            totals[key] += time.perf_counter() - t0
-            counts[key] += 1
-            return out
-        setattr(winograd, name, wrapper)
-
     for name in ("_filter", "_input_tiles", "_products", "_grad_tiles"):
-        timed(name)
+        step_kernels._timed(winograd, name, totals, counts)
     step = step_profile.build("unrolled_1", 128)
     step()
     totals.clear()
@@ -96,7 +84,8 @@ def inside(winograd) -> None:
     print("| part | first argument | calls | s | ms per call |")
     print("|---|---|---|---|---|")
     for key in sorted(totals, key=lambda k: -totals[k]):
-        print(f"| {key[0]} | {key[1]} | {counts[key]} | {totals[key]:.3f} | "
+        _, name, shape = key
+        print(f"| {name} | {shape} | {counts[key]} | {totals[key]:.3f} | "
               f"{1e3 * totals[key] / counts[key]:.3f} |")
 
 

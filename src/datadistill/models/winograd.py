@@ -231,12 +231,8 @@ def _winograd(pairs: list[tuple[torch.Tensor, torch.Tensor]]) -> torch.Tensor:
         k = x[s].shape[0]
         t = k * th * tw
         m = None
-        for xi, u in pairs:
-            v = _input_tiles(xi[s]).view(36, t, c)
-            if m is None or not tracked:
-                m = _products(v, u, out=m)
-            else:  # out of place, for autograd
-                m = m + _products(v, u)
+        for xi, u in pairs:  # the second pair's products added in place (autograd follows)
+            m = _products(_input_tiles(xi[s]).view(36, t, c), u, out=m)
         if native is not None:
             native(m.data_ptr(), y[s].data_ptr(), k, h, wd, co)
             continue
