@@ -29,6 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch.autograd import Function
 
+import datadistill.models.image_conv as image_conv
 import datadistill.models.norm_passes as norm_passes
 import datadistill.models.winograd as winograd
 from datadistill.models.norm_passes import (
@@ -59,7 +60,10 @@ def _as(t: torch.Tensor | None, fmt: torch.memory_format) -> torch.Tensor | None
 
 
 def _conv(x, w, pad: int):
-    """conv2d(x, w, padding=pad): Winograd F(4x4, 3x3) where it pays (:mod:`.winograd`)."""
+    """conv2d(x, w, padding=pad): Winograd F(4x4, 3x3) where it pays (:mod:`.winograd`), the
+    C loops of :mod:`.image_conv` on the images."""
+    if image_conv.applies(x, w, pad):
+        return image_conv.conv(x, w)
     if winograd.applies(x, w, pad):
         return winograd.conv(x, w)
     return F.conv2d(x, w, None, 1, pad)
@@ -68,10 +72,13 @@ def _conv(x, w, pad: int):
 def _conv_grads(dz, x, w, pad: int, need_x: bool, need_w: bool):
     """(dL/dx, dL/dw) of z = conv2d(x, w, padding=pad) for dL/dz = dz (None where not asked).
 
-    Winograd kernels where they pay (both maps channels_last, see :mod:`.winograd`); otherwise
-    two single-output native calls: on CPU (oneDNN, channels_last) they were measured faster
-    than one call asking for both.
+    Winograd kernels where they pay (both maps channels_last, see :mod:`.winograd`), the C
+    loops of :mod:`.image_conv` on the images; otherwise two single-output native calls: on
+    CPU (oneDNN, channels_last) they were measured faster than one call asking for both.
     """
+    if image_conv.applies(x, w, pad, dz):
+        return (image_conv.input_grad(dz, w) if need_x else None,
+                image_conv.weight_grad(dz, x) if need_w else None)
     if winograd.applies(x, w, pad) and dz.is_contiguous(memory_format=torch.channels_last):
         return (winograd.conv_input_grad(dz, w) if need_x else None,
                 winograd.conv_weight_grad(dz, x) if need_w else None)
