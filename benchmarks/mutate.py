@@ -47,7 +47,7 @@ PYTEST = [sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider"]
 # (-x). Collection stays in pytest's own order (some tests parametrize over registries that
 # other test modules fill on import); a small plugin only reorders the collected items.
 FIRST = ("test_loop_wiring.py", "test_cli_commands.py", "test_distill.py", "test_evaluate.py",
-         "test_ckernels.py", "test_winograd.py",
+         "test_ckernels.py", "test_winograd.py", "test_image_conv.py",
          "test_infer.py", "test_pipeline.py", "test_main_job.py")
 ORDER_PLUGIN = "_mutate_order"
 ORDER_SOURCE = f'''"""Run the wiring tests first; written by benchmarks/mutate.py."""
@@ -223,6 +223,10 @@ MUTANTS = [
     _m("c_image_conv_wgrad_last_image", "models/image_conv.c",
        "st_SUFFIX(q, ld_SUFFIX(q) + acc[t][v]);", "st_SUFFIX(q, acc[t][v]);",
        "the image convolution's weight gradient keeps only the last image's sum"),
+    _m("norm_coefficient_shape_unchecked", "models/norm_passes.py",
+       "if k.dtype == dtype and k.shape == (n, c, 1, 1) and k.is_contiguous():",
+       "if k.dtype == dtype and k.is_contiguous():",
+       "a per-channel coefficient is handed to the C pass as if it were per instance"),
     _m("c_norm_sum_against_z", "models/norm_act_pool.c",
        "sd[k] += (double)v * dy;", "sd[k] += (double)v * z[i + k];",
        "the C pass sums v * z where it should sum v * dy"),

@@ -346,6 +346,40 @@ def test_compiled_block_passes_equal_the_pytorch_ops(pool, channels, monkeypatch
 
 
 @needs_cc
+def test_a_pass_reads_every_form_of_coefficient_alike():
+    """A coefficient given per instance (as the formulas make it, used without a copy), per
+    channel, as ONE, as None (zero), as a strided view or in another dtype: the pass gives
+    what it gives for the same values spelled out densely, and again on a second call (the
+    cached constants are only read)."""
+    n, c = 2, 16
+    z = _rand(n, c, 4, 6).contiguous(memory_format=CL)
+    maps = norm_passes.Maps(dp=_rand(n, c, 2, 3, seed=1).contiguous(memory_format=CL),
+                            a=_rand(n, c, 4, 6, seed=2).relu().contiguous(memory_format=CL),
+                            z=z, pool=True)
+    lz = _rand(n, c, 4, 6, seed=3).contiguous(memory_format=CL)
+    per_instance = _rand(n, c, 1, 1, seed=4)
+    per_channel = _rand(1, c, 1, 1, seed=5)
+    strided = _rand(n, 3, c, seed=6)[:, 1].view(n, c, 1, 1)
+    single = _rand(n, c, 1, 1, seed=7).float()
+    dense = [k.double().expand(n, c, 1, 1).contiguous()
+             for k in (per_instance, per_channel, strided, single)]
+    with torch.no_grad():
+        for mode in (0, 1, 2):
+            for _ in range(2):
+                got = norm_passes.run_pass(mode, maps, l=lz, cd=per_instance, cl=per_channel,
+                                           cz=strided, c1=single)
+                want = norm_passes.run_pass(mode, maps, l=lz, cd=dense[0], cl=dense[1],
+                                            cz=dense[2], c1=dense[3])
+                torch.testing.assert_close(got, want, rtol=0, atol=0)
+                ones = torch.ones(n, c, 1, 1, dtype=F64)
+                zeros = torch.zeros(n, c, 1, 1, dtype=F64)
+                got = norm_passes.run_pass(mode, maps, l=lz, cd=norm_passes.ONE, cl=None)
+                want = norm_passes.run_pass(mode, maps, l=lz, cd=ones, cl=zeros, cz=zeros,
+                                            c1=zeros)
+                torch.testing.assert_close(got, want, rtol=0, atol=0)
+
+
+@needs_cc
 def test_compiled_block_passes_keep_float32_close(monkeypatch):
     z = _rand(4, 32, 8, 8, dtype=torch.float32).contiguous(memory_format=CL)
     w, b = _rand(32, seed=1, dtype=torch.float32).abs() + 0.5, _rand(32, seed=2,

@@ -85,9 +85,7 @@ def run_pass(mode: int, M: Maps, l=None, cd=None, cl=None, cz=None, c1=None):
     and v*dy, (N, C, 1, 1) each."""
     z, pool = M.z, M.pool
     n, c, h, w = z.shape
-    coef = [torch.zeros((n, c), dtype=z.dtype) if k is None
-            else k.to(z.dtype).expand(n, c, 1, 1).reshape(n, c).contiguous()
-            for k in (cd, cl, cz, c1)]
+    coef = [_coefficient(k, n, c, z.dtype) for k in (cd, cl, cz, c1)]
     sums = out = None
     if mode == 2:
         sums = torch.empty((n, 3, c), dtype=torch.float64)
@@ -100,8 +98,27 @@ def run_pass(mode: int, M: Maps, l=None, cd=None, cl=None, cz=None, c1=None):
                                 0 if out is None else out.data_ptr(),
                                 0 if sums is None else sums.data_ptr(), n, h, w, c)
     if sums is not None:
-        return tuple(sums[:, i].to(z.dtype).view(n, c, 1, 1) for i in range(3))
+        sums = sums.to(z.dtype)  # one conversion; the three are views of it
+        return tuple(sums[:, i].view(n, c, 1, 1) for i in range(3))
     return out
+
+
+_CONSTANTS: dict[tuple, torch.Tensor] = {}  # (value, n, c, dtype) -> a filled (n, c) tensor
+
+
+def _coefficient(k: torch.Tensor | None, n: int, c: int, dtype: torch.dtype) -> torch.Tensor:
+    """k as the dense (n, c) array of ``dtype`` the C pass reads (None: zero). A contiguous
+    (N, C, 1, 1) array of that dtype is used as it is, zero and :data:`ONE` come from a cache
+    (the passes only read their coefficients): these calls run a thousand times per matching
+    iteration, where each PyTorch op on a small tensor costs microseconds."""
+    if k is None or k is ONE:
+        key = (0 if k is None else 1, n, c, dtype)
+        if key not in _CONSTANTS:
+            _CONSTANTS[key] = torch.full((n, c), float(key[0]), dtype=dtype)
+        return _CONSTANTS[key]
+    if k.dtype == dtype and k.shape == (n, c, 1, 1) and k.is_contiguous():
+        return k
+    return k.to(dtype).expand(n, c, 1, 1).reshape(n, c).contiguous()
 
 
 # ------------------------------------------- the per-instance formulas and the C forms
