@@ -16,7 +16,8 @@ sides at least :data:`MIN_SIZE` (smaller maps keep the native kernels: the embed
 library at hand (:mod:`datadistill.runtime.ckernels`); ``DATADISTILL_IMAGE_CONV=0`` in the
 environment turns them off. Elsewhere the native kernels run. The
 results equal the direct convolution's up to float rounding (float64 tests: 1e-12); each
-sum's order is fixed, so they are reproducible on one machine.
+sum's order is fixed and does not depend on the register blocks, so builds with and without
+AVX-512 give the same bits.
 """
 
 from __future__ import annotations
@@ -37,12 +38,13 @@ ENABLED = os.environ.get("DATADISTILL_IMAGE_CONV", "1") != "0"
 MAX_CHANNELS = 4  # the images: grey, RGB, RGBA
 MIN_SIZE = 16     # both sides; below it the native kernels stay (see the module docstring)
 _LANES_BYTES = 64  # output channels a multiple of 64 bytes: a whole vector in every build
-_TAP_BLOCK = 4  # the input gradient's taps per register block (ITB of image_conv.c)
+_PAIR_BYTES = 128  # the input gradient's taps come in pairs of vectors: 2 x 64 bytes covers
+                   # every build
 
 _SOURCE = str(Path(__file__).with_name("image_conv.c"))
 _MAP_ARGS = (ctypes.c_void_p,) * 3 + (ctypes.c_long,) * 5
 _ARGS = {"ic_forward": _MAP_ARGS, "ic_weight_grad": _MAP_ARGS,
-         "ic_input_grad": (ctypes.c_void_p,) * 5 + (ctypes.c_long,) * 5}
+         "ic_input_grad": (ctypes.c_void_p,) * 5 + (ctypes.c_long,) * 6}
 
 
 def _kernel(name: str, dtype: torch.dtype):
@@ -78,13 +80,9 @@ def _padded(x: torch.Tensor) -> torch.Tensor:
     return F.pad(_nhwc(x), (0, 0, 1, 1, 1, 1)).contiguous()
 
 
-def _taps(w: torch.Tensor, rows: int | None = None) -> torch.Tensor:
-    """(9 Cin, Cout): row (ky * 3 + kx) * Cin + ci holds w[:, ci, ky, kx]; with ``rows``, zero
-    rows after them up to that many."""
-    taps = w.permute(2, 3, 1, 0).reshape(9 * w.shape[1], w.shape[0])
-    if rows is None:
-        return taps.contiguous()
-    return torch.cat([taps, taps.new_zeros(rows - taps.shape[0], taps.shape[1])])
+def _taps(w: torch.Tensor) -> torch.Tensor:
+    """(9 Cin, Cout): row (ky * 3 + kx) * Cin + ci holds w[:, ci, ky, kx]."""
+    return w.permute(2, 3, 1, 0).reshape(9 * w.shape[1], w.shape[0]).contiguous()
 
 
 def conv(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
@@ -114,11 +112,13 @@ def input_grad(dy: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
     (channels_last)."""
     n, co, h, wd = dy.shape
     c = w.shape[1]
+    pair = _PAIR_BYTES // dy.element_size()  # two vectors of taps in every build
+    tp = -(-9 * c // pair) * pair
+    wt = torch.zeros((co, tp), dtype=dy.dtype)
+    wt[:, :9 * c] = _taps(w).t()
     dx = torch.empty((n, c, h, wd), dtype=dy.dtype, memory_format=torch.channels_last)
-    rows = -(-9 * c // _TAP_BLOCK) * _TAP_BLOCK
     pad = torch.empty((h + 2) * (wd + 2) * c, dtype=dy.dtype)
-    cols = torch.empty(rows * (wd + 16), dtype=dy.dtype)
-    d, wk = _nhwc(dy), _taps(w, rows)
-    _kernel("ic_input_grad", dy.dtype)(d.data_ptr(), wk.data_ptr(), dx.data_ptr(),
-                                       pad.data_ptr(), cols.data_ptr(), n, h, wd, c, co)
+    cols = torch.empty(wd * tp, dtype=dy.dtype)
+    _kernel("ic_input_grad", dy.dtype)(_nhwc(dy).data_ptr(), wt.data_ptr(), dx.data_ptr(),
+                                       pad.data_ptr(), cols.data_ptr(), n, h, wd, c, co, tp)
     return dx
