@@ -3,9 +3,9 @@
  * datadistill/models/image_conv.py.
  *
  * With 3 input channels a pixel's output is 27 multiply-adds per output channel: as a matrix
- * product the inner dimension is 27, too short for the BLAS library's blocking (MKL and
- * oneDNN ran these three kernels at 35-60 GFLOP/s where this CPU's single-thread matmul peak
- * is about 95). Here each is one register-blocked loop at the multiply-add rate:
+ * product the inner dimension is 27, too short for the BLAS library's blocking (the matmul +
+ * fold form of the input gradient ran at about 40 GFLOP/s where this CPU's single-thread
+ * matmul peak is about 95). Here each is one register-blocked loop of multiply-adds:
  *
  *   forward      y[p][o]  = sum_t xp[p + off(t)] * wk[t][o]      (pixels x vectors of o)
  *   weight grad  dwk[t][o] = sum_p xp[p + off(t)] * dy[p][o]     (taps x vectors of o)

@@ -2,11 +2,12 @@
 
 A 3x3 convolution of a map with 1 to 4 channels into many (3 -> 128 on CIFAR-10) is, per
 output pixel, a product with an inner dimension of 9 Cin = 27: too short for the BLAS
-library's blocking. At the CIFAR-10 shape oneDNN's forward and weight gradient and the
-matmul + ``F.fold`` form of the input gradient ran at 35-60 GFLOP/s on a CPU whose
-single-thread matmul reaches about 95 (``benchmarks/RESULTS.md``, section 14.8). The C loops
-keep a block of pixels and output channels (or of taps and output channels) in vector
-registers for the whole sum, one multiply-add per term.
+library's blocking. At CIFAR-10's first layer the matmul + ``F.fold`` form of the input
+gradient ran at about 40 GFLOP/s on a CPU whose single-thread matmul reaches about 95, and
+inside an unrolled matching iteration oneDNN's forward and weight gradient ran well below
+their rate alone (``benchmarks/RESULTS.md``, section 14.8). The C loops keep a block of
+pixels and output channels (or of pixels and taps) in vector registers for the whole sum,
+one multiply-add per term.
 
 Serves :mod:`.convnet_ops` where :func:`applies`: on the CPU, one torch thread, no graph being
 recorded (the loops write through raw pointers), float32 / float64, a 3x3 filter with padding
