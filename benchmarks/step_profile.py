@@ -137,12 +137,15 @@ def split_profile(prof) -> dict[str, float]:
 
 def _kernel_ranges() -> None:
     """Run every hand-written kernel inside a profiler range (:data:`_RANGES`): the Winograd
-    convolutions and the images' input gradient count as convolution, the norm block's C
-    passes as norm (their time is otherwise the self time of a Python function: "rest")."""
-    from datadistill.models import convnet_ops, norm_passes, winograd
+    convolutions (``conv_sum`` too) and the first layer's C loops and input gradient count as
+    convolution, the norm block's C passes as norm (their time is otherwise the self time of
+    a Python function: "rest")."""
+    from datadistill.models import convnet_ops, image_conv, norm_passes, winograd
 
     patches = [(winograd, name, _WINOGRAD)
-               for name in ("conv", "conv_input_grad", "conv_weight_grad")]
+               for name in ("conv", "conv_input_grad", "conv_weight_grad", "conv_sum")]
+    patches += [(image_conv, name, _CONV_RANGE)
+                for name in ("conv", "input_grad", "weight_grad")]
     patches += [(convnet_ops, "_few_channel_input_grad", _CONV_RANGE),
                 (norm_passes, "run_pass", _NORM_RANGE), (norm_passes, "forward", _NORM_RANGE)]
     for module, name, label in patches:
@@ -178,16 +181,18 @@ class _FlopCount(TorchDispatchMode):
 
 def count_flops(step) -> tuple[float, float]:
     """(total, convolution) FLOPs of one call of ``step``, from the ops' shapes, with the
-    student's convolutions on the native kernels (their direct-algorithm FLOPs); then one
+    student's convolutions on the native kernels (their direct-algorithm FLOPs: Winograd and
+    the first layer's C loops off); then one
     plain call, the warm-up of the kernels the timed calls use."""
-    from datadistill.models import winograd
+    from datadistill.models import image_conv, winograd
 
-    enabled, winograd.ENABLED = winograd.ENABLED, False
+    enabled = winograd.ENABLED, image_conv.ENABLED
+    winograd.ENABLED = image_conv.ENABLED = False
     try:
         with _FlopCount() as counter:
             step()
     finally:
-        winograd.ENABLED = enabled
+        winograd.ENABLED, image_conv.ENABLED = enabled
     step()
     return float(counter.total), float(counter.conv)
 
