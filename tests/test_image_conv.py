@@ -56,7 +56,8 @@ def test_the_c_loops_equal_the_native_convolution_and_its_gradients(shape):
 @needs_cc
 def test_float32_stays_as_close_as_the_native_kernels():
     """In float32 at the CIFAR-10 shape each result is as close to float64 as the native
-    kernel's (each sum runs in a fixed order with one rounding per multiply-add)."""
+    kernel's, or within 2e-6 of the largest magnitude (each sum runs in a fixed order with one
+    rounding per multiply-add: here 2e-7 to 8e-7, where a wrong term gives order 1)."""
     n, c, co, h, w = 4, 3, 128, 32, 32
     x, dy = _rand(n, c, h, w, cl=True), _rand(n, co, h, w, seed=1, cl=True)
     wt = _rand(co, c, 3, 3, seed=2)
@@ -69,7 +70,7 @@ def test_float32_stays_as_close_as_the_native_kernels():
         scale = e.abs().max().item()
         err_ours = (o.double() - e).abs().max().item() / scale
         err_native = (nat.double() - e).abs().max().item() / scale
-        assert err_ours < max(4 * err_native, 1e-6)
+        assert err_ours < max(4 * err_native, 2e-6)
 
 
 @needs_cc
