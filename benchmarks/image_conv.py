@@ -31,21 +31,13 @@ import torch.nn.functional as F
 import datadistill  # noqa: F401  (its allocator settings, before any tensor)
 from datadistill.models import convnet_ops, image_conv
 
+sys.path.insert(0, str(Path(__file__).parent))
+from step_profile import _cpu  # noqa: E402
+from winograd_parts import _best_ms  # noqa: E402
+
 CL = torch.channels_last
 _ARGS = (None, [1, 1], [1, 1], [1, 1], False, [0, 0], 1)
 _backward = torch.ops.aten.convolution_backward.default
-
-
-def _best_ms(fn, repeats: int = 50, rounds: int = 5) -> float:
-    fn()
-    fn()
-    best = float("inf")
-    for _ in range(rounds):
-        start = time.perf_counter()
-        for _ in range(repeats):
-            fn()
-        best = min(best, (time.perf_counter() - start) / repeats)
-    return best * 1e3
 
 
 def alone(n: int) -> list[dict]:
@@ -63,7 +55,7 @@ def alone(n: int) -> list[dict]:
     }
     rows = []
     for name, (native, ours) in pairs.items():
-        a, b = _best_ms(native), _best_ms(ours)
+        a, b = _best_ms(native, calls=50, runs=5), _best_ms(ours, calls=50, runs=5)
         rows.append({"images": n, "kernel": name, "native_ms": round(a, 3), "c_ms": round(b, 3),
                      "native_gflops": round(gflop / a * 1e3, 1),
                      "c_gflops": round(gflop / b * 1e3, 1), "speedup": round(a / b, 3)})
@@ -71,7 +63,6 @@ def alone(n: int) -> list[dict]:
 
 
 def in_iteration(rounds: int) -> dict:
-    sys.path.insert(0, str(Path(__file__).parent))
     import step_profile
 
     spent: dict[str, float] = defaultdict(float)
@@ -134,16 +125,6 @@ def main(argv: list[str] | None = None) -> int:
         Path(args.out).write_text(json.dumps({"alone": rows, "unrolled_1": it,
                                               "cpu": _cpu()}, indent=2) + "\n")
     return 0
-
-
-def _cpu() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return "unknown"
 
 
 if __name__ == "__main__":

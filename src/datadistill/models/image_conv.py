@@ -30,6 +30,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from datadistill.models.winograd import _nhwc  # the (N, H, W, C) view of a channels_last map
 from datadistill.runtime import ckernels
 
 __all__ = ["ENABLED", "MAX_CHANNELS", "MIN_SIZE", "applies", "conv", "input_grad",
@@ -50,12 +51,6 @@ _ARGS = {"ic_forward": _MAP_ARGS, "ic_weight_grad": _MAP_ARGS,
 
 def _kernel(name: str, dtype: torch.dtype):
     return ckernels.function(_SOURCE, name, dtype == torch.float64, _ARGS[name])
-
-
-def _nhwc(t: torch.Tensor) -> torch.Tensor:
-    """The (N, H, W, C) view of a channels_last map, made dense if it is not."""
-    v = t.permute(0, 2, 3, 1)
-    return v if v.is_contiguous() else v.contiguous()
 
 
 def applies(x: torch.Tensor, w: torch.Tensor, pad: int, *maps: torch.Tensor) -> bool:

@@ -112,9 +112,9 @@ def _coefficient(k: torch.Tensor | None, n: int, c: int, dtype: torch.dtype) -> 
     (the passes only read their coefficients): these calls run a thousand times per matching
     iteration, where each PyTorch op on a small tensor costs microseconds."""
     if k is None or k is ONE:
-        key = (0 if k is None else 1, n, c, dtype)
+        key = (0.0 if k is None else 1.0, n, c, dtype)
         if key not in _CONSTANTS:
-            _CONSTANTS[key] = torch.full((n, c), float(key[0]), dtype=dtype)
+            _CONSTANTS[key] = torch.full((n, c), key[0], dtype=dtype)
         return _CONSTANTS[key]
     if k.dtype == dtype and k.shape == (n, c, 1, 1) and k.is_contiguous():
         return k
