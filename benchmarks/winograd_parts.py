@@ -1,7 +1,9 @@
 """The parts of a Winograd convolution, alone and inside one matching iteration.
 
 Alone: the input tiles, output tiles, output-gradient tiles, filter transform and the 36 tile
-products at 10 and 100 images x 128 channels, 16x16 and 8x8 (best of 7 runs of 300 calls).
+products at 10 and 100 images x 128 channels, 16x16 and 8x8 (best of 7 runs of 300 calls),
+and the products that make the filter's transform themselves (``filter_products``, what the
+convolutions run: its time replaces the two before it).
 Inside: the same functions wrapped with timers during one unrolled IPC 1 iteration
 (``step_profile.build``; the output transform runs inside ``_winograd`` and is not split
 out there). One torch thread.
@@ -54,13 +56,14 @@ def _row(winograd, n: int, h: int) -> tuple[float, ...]:
             _best_ms(lambda: out_tiles(m.data_ptr(), y.data_ptr(), n, h, h, 128)),
             _best_ms(lambda: winograd._grad_tiles(x, th, tw, at)),
             _best_ms(lambda: winograd._filter(w, False)),
-            _best_ms(lambda: winograd._products(v, u)))
+            _best_ms(lambda: winograd._products(v, u)),
+            _best_ms(lambda: winograd._Factor(w, False, False).products(v, None)))
 
 
 def alone(winograd) -> None:
     print("| images | map | input tiles ms | output tiles ms | gradient tiles ms | filter ms "
-          "| products ms |")
-    print("|---|---|---|---|---|---|---|")
+          "| products ms | filter + products in one kernel ms |")
+    print("|---|---|---|---|---|---|---|---|")
     for n, h in ((10, 16), (10, 8), (100, 16)):
         row = _row(winograd, n, h)
         print(f"| {n} | {h}x{h} | " + " | ".join(f"{t:.3f}" for t in row) + " |")

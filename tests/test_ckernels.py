@@ -160,6 +160,36 @@ def test_compiled_transforms_equal_the_pytorch_form(n, cin, cout, h, w, monkeypa
 
 
 @needs_cc
+@pytest.mark.parametrize("dtype", [F64, torch.float32])
+def test_convolutions_make_the_filter_transform_inside_the_products(dtype, monkeypatch):
+    """Where the output channels are whole vector pairs the products build the filter's
+    transform panel by panel (``filter_products``) and the weight gradient leaves the
+    transform domain in one C pass (``filter_grad``, in the filter's own layout): the stored
+    transform is never made, and the values equal the PyTorch form's (float64: 1e-11;
+    float32: within its rounding of float64)."""
+    x = _rand(3, 32, 12, 12, dtype=dtype).contiguous(memory_format=CL)
+    dy = _rand(3, 64, 12, 12, seed=1, dtype=dtype).contiguous(memory_format=CL)
+    wt = _rand(64, 32, 3, 3, seed=2, dtype=dtype)
+    used = []
+    real = winograd._native
+    monkeypatch.setattr(winograd, "_native", lambda name, t: used.append(name) or real(name, t))
+    monkeypatch.setattr(winograd, "_filter", lambda *a: pytest.fail("transform stored"))
+    got = (winograd.conv(x, wt), winograd.conv_input_grad(dy, wt),
+           winograd.conv_sum(x, wt, x, 2 * wt), winograd.conv_weight_grad(dy, x))
+    assert {"filter_products", "filter_grad"} <= set(used)
+    assert got[3].is_contiguous()
+    monkeypatch.undo()
+    _torch_form(monkeypatch)
+    xd, dyd, wd = x.double(), dy.double(), wt.double()
+    want = (winograd.conv(xd, wd), winograd.conv_input_grad(dyd, wd),
+            winograd.conv_sum(xd, wd, xd, 2 * wd), winograd.conv_weight_grad(dyd, xd))
+    for g, e in zip(got, want, strict=True):
+        assert g.shape == e.shape
+        tol = 1e-11 if dtype == F64 else 2e-5 * e.abs().max().item()
+        torch.testing.assert_close(g.double(), e, rtol=0, atol=tol)
+
+
+@needs_cc
 @pytest.mark.parametrize("transpose_a", [False, True])
 @pytest.mark.parametrize("m,k,n", [(5, 7, 16), (37, 40, 48), (50, 128, 32), (12, 3, 64)])
 def test_compiled_tile_products_equal_bmm(m, k, n, transpose_a):
@@ -205,7 +235,8 @@ def test_tile_products_without_avx512_equal_bmm(monkeypatch, tmp_path):
 def test_tile_transforms_give_the_same_bits_without_avx512(dtype, monkeypatch, tmp_path):
     """The transforms compute on 16-channel blocks as GCC vectors, which the compiler splits
     into whatever registers the CPU has: a library built with AVX-512 switched off writes the
-    same bits, in float32 too, at a partial channel block and at cropped edge tiles."""
+    same bits, in float32 too, at a partial channel block and at cropped edge tiles; so do
+    the products that make the filter's transform and the filter gradient's transform."""
     n, c, h, w = 2, 37, 9, 14
     th, tw = winograd._tiles(h, w)
     maps = torch.randn(n, h, w, c, dtype=dtype, generator=torch.Generator().manual_seed(0))
@@ -228,6 +259,24 @@ def test_tile_transforms_give_the_same_bits_without_avx512(dtype, monkeypatch, t
             outs.append(out)
         assert not outs[0].isnan().any(), name
         assert torch.equal(outs[0], outs[1]), name
+    g = winograd._mats(dtype)[1]  # the filter transform made inside the products, and back
+    k, m, co = 21, 13, 64
+    a = torch.randn(36, m, k, dtype=dtype, generator=torch.Generator().manual_seed(2))
+    taps = torch.randn(9, k, co, dtype=dtype, generator=torch.Generator().manual_seed(3))
+    du = torch.randn(36, co, k, dtype=dtype, generator=torch.Generator().manual_seed(4))
+    outs = []
+    for lib in libs:
+        fp, fg = getattr(lib, f"filter_products_{suffix}"), getattr(lib, f"filter_grad_{suffix}")
+        fp.argtypes, fp.restype = list(winograd._ARGS["filter_products"]), None
+        fg.argtypes, fg.restype = list(winograd._ARGS["filter_grad"]), None
+        out = torch.full((36, m, co), float("nan"), dtype=dtype)
+        fp(0, a.data_ptr(), taps.data_ptr(), g.data_ptr(), out.data_ptr(), m, k, co)
+        dw = torch.full((co, k, 3, 3), float("nan"), dtype=dtype)
+        fg(du.data_ptr(), g.data_ptr(), dw.data_ptr(), co, k)
+        outs.append((out, dw))
+    for first, second in zip(*outs, strict=True):
+        assert not first.isnan().any()
+        assert torch.equal(first, second)
 
 
 def test_tile_products_fall_back_where_c_does_not_apply(monkeypatch):

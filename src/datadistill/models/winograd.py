@@ -29,7 +29,11 @@ they are PyTorch ops (a padded copy of the tiles times the dense 36x36 Kronecker
 the same values up to float rounding. The 36 products between them run there too, as a
 register-blocked loop (``tile_products``) where the channel count is a whole number of vector
 pairs, else as ``torch.bmm``: where the BLAS library does not use the CPU's widest kernels
-(MKL on AMD EPYC) it was measured 10-30 % faster at these sizes.
+(MKL on AMD EPYC) it was measured 10-30 % faster at these sizes. In the convolutions'
+products the filter's transform is made inside that loop, panel by panel from the taps
+(``filter_products``), and the filter gradient leaves the transform domain in one pass
+written in the filter's layout (``filter_grad``): a stored (36, Cin, Cout) transform is four
+times the filter, written and read back through memory at every call.
 """
 
 from __future__ import annotations
@@ -66,6 +70,8 @@ _TILE_ARGS = (ctypes.c_void_p, ctypes.c_void_p) + (ctypes.c_long,) * 4  # in, ou
 _ARGS = {  # argument types of each C function of winograd_tiles.c, after its name
     "input_tiles": _TILE_ARGS, "output_tiles": _TILE_ARGS, "grad_tiles": _TILE_ARGS,
     "tile_products": (ctypes.c_int,) * 2 + (ctypes.c_void_p,) * 3 + (ctypes.c_long,) * 4,
+    "filter_products": (ctypes.c_int,) + (ctypes.c_void_p,) * 4 + (ctypes.c_long,) * 3,
+    "filter_grad": (ctypes.c_void_p,) * 3 + (ctypes.c_long,) * 2,
 }
 
 
@@ -208,15 +214,54 @@ def _chunks(n: int, per_image: int) -> list[slice]:
     return batch_slices(n, 36 * per_image, CHUNK_ELEMENTS)
 
 
-def _winograd(pairs: list[tuple[torch.Tensor, torch.Tensor]]) -> torch.Tensor:
+class _Factor:
+    """The right factor of a convolution's tile products: the filter w (Cout, Cin, 3, 3),
+    rotated by 180 degrees with its channel axes swapped where ``flip`` (the input gradient).
+
+    Where ``filter_products`` of ``winograd_tiles.c`` serves (no graph recorded, one thread,
+    N a whole number of vector pairs) the products make its transform panel by panel from a
+    copy of the taps (9, K, N), never storing the (36, K, N) transform: written out, that is
+    four times the filter's size in memory that the products read back. Elsewhere it is
+    :func:`_filter`'s transform and :func:`_products`."""
+
+    def __init__(self, w: torch.Tensor, flip: bool, tracked: bool):
+        self.w, self.flip = w, flip
+        self.n = w.shape[1] if flip else w.shape[0]
+        self.native = None
+        if not tracked and self.n % (128 // w.element_size()) == 0:
+            self.native = _native("filter_products", w)
+        self.u = None
+        if self.native is not None:
+            taps = w.permute(2, 3, 0, 1) if flip else w.permute(2, 3, 1, 0)  # (3, 3, K, N)
+            self.taps = taps.contiguous()
+            self.g = _mats(w.dtype)[2 if flip else 1]
+
+    def products(self, a: torch.Tensor, out: torch.Tensor | None) -> torch.Tensor:
+        """(36, M, N) = a @ U for a (36, M, K); with ``out``, added to it."""
+        if self.native is None or not a.is_contiguous() or a.dtype != self.w.dtype:
+            if self.u is None:
+                self.u = _filter(self.w, self.flip)
+            return _products(a, self.u, out=out)
+        acc = out is not None
+        if out is None:
+            out = torch.empty((36, a.shape[1], self.n), dtype=a.dtype)
+        self.native(int(acc), a.data_ptr(), self.taps.data_ptr(), self.g.data_ptr(),
+                    out.data_ptr(), a.shape[1], a.shape[2], self.n)
+        return out
+
+
+def _winograd(pairs: list[tuple[torch.Tensor, torch.Tensor, bool]]) -> torch.Tensor:
     """Sum over input channels (and over the pairs) of the tile products: each pair an x
-    (N, C, H, W) channels_last and a filter in the transform domain u (36, C, Cout), every x
-    of one shape -> the sum of their convolutions (N, Cout, H, W), channels_last. The pairs'
+    (N, C, H, W) channels_last and a filter w with its ``flip`` (see :class:`_Factor`), every
+    x of one shape -> the sum of their convolutions (N, Cout, H, W), channels_last. The pairs'
     products add up in the transform domain, so a sum of convolutions costs one output
     transform."""
     x = pairs[0][0]
     n, c, h, wd = x.shape
-    co = pairs[0][1].shape[2]
+    tracked = torch.is_grad_enabled() and any(
+        xi.requires_grad or w.requires_grad for xi, w, _ in pairs)
+    factors = [(xi, _Factor(w, flip, tracked)) for xi, w, flip in pairs]
+    co = factors[0][1].n
     th, tw = _tiles(h, wd)
     exact = (4 * th, 4 * tw) == (h, wd)
     a = _mats(x.dtype)[3]
@@ -225,14 +270,13 @@ def _winograd(pairs: list[tuple[torch.Tensor, torch.Tensor]]) -> torch.Tensor:
     out = torch.empty((n, co, h, wd), dtype=x.dtype, device=x.device,
                       memory_format=torch.channels_last)
     y = out.permute(0, 2, 3, 1)  # (N, H, W, Cout), the same memory
-    tracked = torch.is_grad_enabled() and any(u.requires_grad for _, u in pairs)
     native = None if tracked else _native("output_tiles", x)
     for s in _chunks(n, th * tw * max(c, co)):
         k = x[s].shape[0]
         t = k * th * tw
         m = None
-        for xi, u in pairs:  # the second pair's products added in place (autograd follows)
-            m = _products(_input_tiles(xi[s]).view(36, t, c), u, out=m)
+        for xi, f in factors:  # the second pair's products added in place (autograd follows)
+            m = f.products(_input_tiles(xi[s]).view(36, t, c), out=m)
         if native is not None:
             native(m.data_ptr(), y[s].data_ptr(), k, h, wd, co)
             continue
@@ -248,7 +292,7 @@ def _winograd(pairs: list[tuple[torch.Tensor, torch.Tensor]]) -> torch.Tensor:
 def conv(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
     """conv2d(x, w, padding=1) for channels_last x (N, Cin, H, W) and w (Cout, Cin, 3, 3);
     the result is channels_last."""
-    return _winograd([(x, _filter(w, flip=False))])
+    return _winograd([(x, w, False)])
 
 
 def conv_sum(x1: torch.Tensor, w1: torch.Tensor, x2: torch.Tensor,
@@ -256,13 +300,13 @@ def conv_sum(x1: torch.Tensor, w1: torch.Tensor, x2: torch.Tensor,
     """conv(x1, w1) + conv(x2, w2) for maps and filters of one shape, summed before the
     output transform (the convolution double backward's gradient w.r.t. its incoming
     gradient): equal in exact arithmetic, one transform and one map fewer."""
-    return _winograd([(x1, _filter(w1, flip=False)), (x2, _filter(w2, flip=False))])
+    return _winograd([(x1, w1, False), (x2, w2, False)])
 
 
 def conv_input_grad(dy: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
     """dL/dx of conv2d(x, w, padding=1) for dL/dy = dy: the convolution of dy with the filter
     rotated by 180 degrees and its channel axes swapped."""
-    return _winograd([(dy, _filter(w, flip=True))])
+    return _winograd([(dy, w, True)])
 
 
 def conv_weight_grad(dy: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
@@ -277,5 +321,10 @@ def conv_weight_grad(dy: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         v = _input_tiles(x[s]).view(36, t, c)
         dm = _grad_tiles(dy[s], th, tw, at).view(36, t, co)
         du = _products(dm, v, transpose_a=True, out=du)  # (36, Cout, Cin)
+    native = _native("filter_grad", du)
+    if native is not None:  # G^T dU written in the filter's layout, one pass
+        dw = torch.empty((co, c, 3, 3), dtype=x.dtype)
+        native(du.data_ptr(), g.data_ptr(), dw.data_ptr(), co, c)
+        return dw
     # G^T dU, then a permuted view: 6x faster than dU^T G, whose 9 columns starve the matmul
     return (g.T @ du.view(36, co * c)).view(3, 3, co, c).permute(2, 3, 0, 1)

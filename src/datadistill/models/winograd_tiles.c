@@ -27,6 +27,7 @@
  * vectors of columns. With AVX-512 there are 32 vector registers, so 12 rows (24 accumulators);
  * elsewhere 16, so 6 rows. Rows are taken in blocks of MB, so a block of the left factor and a
  * panel of the right one stay in the first-level cache while they are used. */
+#include <stdlib.h>
 #include <string.h>
 #if defined(__AVX512F__)
 #define VBYTES 64
@@ -293,4 +294,72 @@ CONTRACT void tile_products_SUFFIX(int ta, int acc, const REAL *restrict A, cons
                           REAL *restrict C, long nb, long M, long K, long N) {
     for (long b = 0; b < nb; b++)
         product_SUFFIX(ta, acc, A + b * M * K, B + b * K * N, C + b * M * N, M, K, N);
+}
+
+/* C_b (+)= A_b U_b for b < 36 with U = G f G^T, the filter's transform, made here panel by
+ * panel instead of being stored: A (36, M, K) and C (36, M, N) contiguous; wt (9, K, N) the
+ * filter's taps, contiguous; g (36, 9) G's Kronecker form (row b: U_b = sum_t g[b][t] wt[t]).
+ * Each panel of U_b, K rows by two vectors, is summed over its taps in order (zeros skipped,
+ * one multiply-add per tap) into a buffer that stays in the first-level cache and serves
+ * every row of A_b: the transform costs no pass over memory. N a multiple of two vectors. */
+CONTRACT void filter_products_SUFFIX(int acc, const REAL *restrict A, const REAL *restrict wt,
+                                     const REAL *restrict g, REAL *restrict C, long M, long K,
+                                     long N) {
+    REAL *panel = malloc(VBYTES * 2 * (K > 0 ? K : 1));  /* K x two vectors */
+    if (!panel) return;
+    for (int b = 0; b < 36; b++) {
+        const REAL *Ab = A + b * M * K;
+        REAL *Cb = C + b * M * N;
+        int taps[9], nt = 0;
+        for (int t = 0; t < 9; t++)
+            if (g[b * 9 + t] != 0) taps[nt++] = t;
+        for (long j = 0; j < N; j += 2 * NV_SUFFIX) {
+            for (long k = 0; k < K; k++) {
+                vec_SUFFIX s0 = {0}, s1 = {0};
+                for (int q = 0; q < nt; q++) {
+                    const REAL *src = wt + (taps[q] * K + k) * N + j;
+                    vec_SUFFIX v0, v1;
+                    memcpy(&v0, src, VBYTES);
+                    memcpy(&v1, src + NV_SUFFIX, VBYTES);
+                    REAL c = g[b * 9 + taps[q]];
+                    s0 = s0 + c * v0;
+                    s1 = s1 + c * v1;
+                }
+                memcpy(panel + 2 * k * NV_SUFFIX, &s0, VBYTES);  /* malloc: not vector-aligned */
+                memcpy(panel + (2 * k + 1) * NV_SUFFIX, &s1, VBYTES);
+            }
+            const REAL *P = panel;
+            for (long i = 0; i < M; i += MR) {
+                if (M - i >= MR)
+                    block_SUFFIX(0, acc, Ab + i * K, K, P, 2 * NV_SUFFIX, Cb + i * N + j, N, K, MR);
+                else
+                    block_SUFFIX(0, acc, Ab + i * K, K, P, 2 * NV_SUFFIX, Cb + i * N + j, N, K,
+                                 (int)(M - i));
+            }
+        }
+    }
+    free(panel);
+}
+
+/* dw (co, c, 3, 3) contiguous = G^T dU per channel pair, dU (36, co, c) contiguous: the
+ * filter gradient out of the transform domain, written in the filter's own layout. g as in
+ * filter_products; each tap's value is summed over the 36 points in order (zeros skipped). */
+void filter_grad_SUFFIX(const REAL *restrict du, const REAL *restrict g, REAL *restrict dw,
+                        long co, long c) {
+    long plane = co * c;
+    for (long o = 0; o < co; o++)
+        for (long i0 = 0; i0 < c; i0 += CB) {
+            long cb = c - i0 < CB ? c - i0 : CB;
+            cv_SUFFIX r[9] = {{0}};
+            for (int b = 0; b < 36; b++) {
+                cv_SUFFIX v = load_SUFFIX(du + b * plane + o * c + i0, cb);
+                for (int t = 0; t < 9; t++) {
+                    REAL k = g[b * 9 + t];
+                    if (k != 0) r[t] = r[t] + k * v;
+                }
+            }
+            REAL *out = dw + (o * c + i0) * 9;
+            for (int t = 0; t < 9; t++)
+                for (long j = 0; j < cb; j++) out[j * 9 + t] = r[t][j];
+        }
 }
