@@ -1,12 +1,19 @@
 """The adjoint mode's graph-only rebuild on and off, against the unrolled student, in one process.
 
 Times one matching iteration (``step_profile.build``: CIFAR-10 shapes, ConvNet-3 width 128,
-DSA on, one torch thread, CPU time) of the unrolled student and of the adjoint student with
-the rebuilt steps' weight-gradient kernels skipped ("on": the forward pass records g_i, the
-backward pass rebuilds each step as a graph only) and computed ("off": ``Trajectory.grad``
-returns nothing, so every step is rebuilt with its values, as before that change). The three
-run in turn, the order reversed every round, so that a busy host slows them alike; the
-gradients of "on" and "off" are bitwise the same (``tests/test_adjoint.py``).
+DSA on, one torch thread, CPU time) of the unrolled student and of the adjoint student in
+three forms:
+
+- "graph only + norm values" (as shipped): the forward pass records g_i and the norm blocks'
+  values (``convnet_ops.NormValues``), the backward pass rebuilds each step as a graph only,
+  its convolutions without their weight-gradient kernels and its norm blocks without their
+  statistics and sums passes;
+- "graph only": the same without the recorded norm values (``convnet_ops._record`` off);
+- "with values": nothing recorded (``Trajectory.grad`` returns nothing), every step rebuilt
+  with its values, as before either change.
+
+The four run in turn, the order reversed every round, so that a busy host slows them alike;
+the three adjoint forms' gradients are bitwise the same (``tests/test_adjoint.py``).
 
     python benchmarks/adjoint_rebuild.py --ipc 10 --rounds 3 \
         --out benchmarks/results/adjoint_rebuild.json
@@ -29,6 +36,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 def main(argv: list[str] | None = None) -> int:
     import step_profile
     from datadistill.matching import adjoint
+    from datadistill.models import convnet_ops
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--ipc", type=int, default=10, choices=[1, 10])
@@ -36,37 +44,41 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", type=Path)
     args = p.parse_args(argv)
     torch.set_num_threads(1)
-    recorded = adjoint.Trajectory.grad
+    recorded, record = adjoint.Trajectory.grad, convnet_ops._record
     steps = {"unrolled": step_profile.build(f"unrolled_{args.ipc}", 128),
              "adjoint": step_profile.build(f"adjoint_{args.ipc}", 128)}
-    cells = [("unrolled", True), ("adjoint", True), ("adjoint", False)]
+    forms = {"-": (True, True), "graph only + norm values": (True, True),
+             "graph only": (True, False), "with values": (False, False)}
+    cells = [("unrolled", "-"), ("adjoint", "graph only + norm values"),
+             ("adjoint", "graph only"), ("adjoint", "with values")]
 
-    def run(mode: str, on: bool) -> float:
-        adjoint.Trajectory.grad = recorded if on else (lambda self, i: None)
+    def run(mode: str, form: str) -> float:
+        grads, norms = forms[form]
+        adjoint.Trajectory.grad = recorded if grads else (lambda self, i: None)
+        convnet_ops._record = record if norms else (lambda *a: None)
         try:
             t0 = time.process_time()
             steps[mode]()
             return time.process_time() - t0
         finally:
-            adjoint.Trajectory.grad = recorded
+            adjoint.Trajectory.grad, convnet_ops._record = recorded, record
 
     for cell in cells:  # warm-up
         run(*cell)
-    times: dict[tuple[str, bool], list[float]] = {cell: [] for cell in cells}
+    times: dict[tuple[str, str], list[float]] = {cell: [] for cell in cells}
     for r in range(args.rounds):
         for cell in cells if r % 2 == 0 else cells[::-1]:
             times[cell].append(run(*cell))
-    base = statistics.median(times[("unrolled", True)])
-    rows = [{"mode": mode, "graph_only_rebuild": on if mode == "adjoint" else None,
-             "cpu_s": times[(mode, on)], "median_s": statistics.median(times[(mode, on)]),
-             "vs_unrolled": statistics.median(times[(mode, on)]) / base}
-            for mode, on in cells]
+    base = statistics.median(times[("unrolled", "-")])
+    rows = [{"mode": mode, "rebuild": form, "cpu_s": times[(mode, form)],
+             "median_s": statistics.median(times[(mode, form)]),
+             "vs_unrolled": statistics.median(times[(mode, form)]) / base}
+            for mode, form in cells]
     print(f"IPC {args.ipc}, CPU seconds per iteration ({args.rounds} rounds)")
     print("| student | rebuild | each round | median | / unrolled |\n|---|---|---|---|---|")
     for row in rows:
-        how = {None: "-", True: "graph only", False: "with values"}[row["graph_only_rebuild"]]
         each = ", ".join(f"{t:.2f}" for t in row["cpu_s"])
-        print(f"| {row['mode']} | {how} | {each} | {row['median_s']:.3f} "
+        print(f"| {row['mode']} | {row['rebuild']} | {each} | {row['median_s']:.3f} "
               f"| {row['vs_unrolled']:.3f} |")
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)

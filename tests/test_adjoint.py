@@ -271,6 +271,67 @@ def test_rebuilt_steps_skip_the_weight_gradient_kernels_bitwise(monkeypatch, mic
         assert torch.equal(g, r) and float(r.norm()) > 0
 
 
+@pytest.mark.parametrize("micro_batch", [None, 3])
+def test_rebuilt_steps_read_the_forward_pass_norm_values_bitwise(monkeypatch, micro_batch):
+    """The forward pass records each one-chunk step's norm values (every block's mean and
+    rstd, and its first-order backward's per-instance sums); the graph-only rebuild of that
+    step reads them instead of running the C passes that compute them, one statistics pass and
+    one sums pass per block per rebuilt step, and the gradients are bitwise those of a rebuild
+    that computes them. Steps of several chunks and spilled snapshots record nothing."""
+    import datadistill.models.convnet_ops as ops
+    import datadistill.models.norm_passes as passes
+
+    c = _case(soft=True)
+    forward = student_forward(c.model, fast=True)
+    blocks = sum(1 for m in c.model.modules() if isinstance(m, nn.GroupNorm))
+    given = []
+    real_forward, real_grad = passes.forward, passes.grad
+    monkeypatch.setattr(passes, "forward", lambda *a: given.append(
+        ("stats", a[5] is not None)) or real_forward(*a))
+    monkeypatch.setattr(passes, "grad", lambda *a: given.append(
+        ("sums", a[4] is not None)) or real_grad(*a))
+    kw = dict(steps=5, batch=4, dsa=DSA(), seed=13, micro_batch=micro_batch)
+    got = _adjoint(c, forward, **kw)  # step batches 3, 4, 3, 4, 3 (popped from the end)
+    read = [kind for kind, g in given if g]
+    one_chunk_rebuilt = 4 if micro_batch is None else 2  # the last step's graph is kept
+    assert read.count("stats") == read.count("sums") == blocks * one_chunk_rebuilt
+    given.clear()
+    spilled = _adjoint(c, forward, snapshots="spill", **kw)
+    assert not any(g for _, g in given)
+    monkeypatch.setattr(ops, "_record", lambda *a: None)
+    ref = _adjoint(c, forward, **kw)
+    for other in (spilled, ref):
+        assert torch.equal(got[0], other[0])
+        for g, r in zip(got[1], other[1], strict=True):
+            assert torch.equal(g, r) and float(r.norm()) > 0
+
+
+def test_norm_values_must_match_the_rebuilt_step():
+    """A rebuild whose blocks do not meet the values recorded for them, in kind or batch, or
+    that leaves some unused, is an error, not a silent mix."""
+    from datadistill.models.convnet_ops import NormValues, norm_values
+
+    c = _case()
+    forward = student_forward(c.model, fast=True)
+    theta = c.theta0.clone().requires_grad_()
+    x = c.images.detach()[:3]
+    values = NormValues()
+    with torch.enable_grad(), norm_values(values, replay=False):
+        torch.autograd.grad(forward(theta, x).sum(), theta)
+    assert [k for k, _ in values.items][0] == "stats" and values.nbytes > 0
+    with pytest.raises(RuntimeError, match="does not match"):  # another batch
+        with torch.enable_grad(), norm_values(values, replay=True):
+            forward(theta, c.images.detach()[:4])
+    values.used = 0
+    with pytest.raises(RuntimeError, match="used 0 of"):
+        with norm_values(values, replay=True):
+            pass
+    values.used, values.items[0] = 0, ("sums", values.items[0][1])
+    with pytest.raises(RuntimeError, match=r"#0 \(stats"):
+        with torch.enable_grad(), norm_values(values, replay=True):
+            forward(theta, x)
+
+
 def test_weight_grad_values_off_keeps_the_graph():
     """Under ``weight_grad_values(False)`` the first-order weight gradient of a convolution is
     zeros, and the vector-Jacobian product through that graph (outside the block) is the one

@@ -41,6 +41,11 @@ def test_trace_is_linear_in_the_batch(footprint):
     assert footprint.path == "convnet_fast" and footprint.num_params == theta0.numel()
     generic = trace_step(model, (1, 8, 8), 10, fast=False)
     assert generic.path == "generic" and generic.per_image > 0
+    # the norm values the adjoint forward pass records: (mu, rstd, s, A, B) per channel of
+    # each instance norm, float32; the generic student records none
+    norms = [m for m in model.modules() if isinstance(m, torch.nn.GroupNorm)]
+    assert norms and all(m.num_channels == 8 for m in norms)
+    assert footprint.norm_per_image == 5 * 4 * 8 * len(norms) and generic.norm_per_image == 0
 
 
 def test_soft_labels_add_their_state(footprint):
@@ -63,12 +68,15 @@ def test_unrolled_grows_with_steps_adjoint_is_flat(footprint):
     assert unrolled[2].graph - unrolled[1].graph == pytest.approx(10 * step, abs=2)
     assert step >= 10 * footprint.per_image
     # adjoint: same graph whatever the steps; only the (N + 1) x P snapshots grow, and the
-    # N x P recorded step gradients beside them (each step is one chunk here)
+    # N x P recorded step gradients beside them (each step is one chunk here), and the
+    # rebuilt steps' norm values (all but the kept last one; 10 images a step)
     assert len({e.graph for e in adjoint}) == 1
-    assert adjoint[3].snapshots - adjoint[0].snapshots == 2 * 39 * footprint.num_params * 4
+    norm = 10 * footprint.norm_per_image
+    assert adjoint[3].snapshots - adjoint[0].snapshots \
+        == 2 * 39 * footprint.num_params * 4 + 39 * norm
     chunked = estimate_memory(footprint, Iteration(syn_steps=40, mode="adjoint", micro_batch=5,
                                                    **common))
-    assert adjoint[3].snapshots - chunked.snapshots == 41 * footprint.num_params * 4
+    assert adjoint[3].snapshots - chunked.snapshots == 41 * footprint.num_params * 4 + 39 * norm
     assert all(a.total < u.total for a, u in zip(adjoint[1:], unrolled[1:], strict=True))
 
 
@@ -84,7 +92,8 @@ def test_adjoint_is_linear_in_micro_batch(footprint):
     eight = estimate_memory(footprint, Iteration(num_images=40, syn_steps=30, mode="adjoint",
                             micro_batch=8))
     assert beyond.total - beyond.snapshots == totals[-1] - eight.snapshots  # a chunk <= the batch
-    assert beyond.snapshots == 2 * eight.snapshots  # one chunk a step: the g_i are recorded
+    # one chunk a step: the g_i are recorded, and 29 rebuilt steps' norm values of 8 images
+    assert beyond.snapshots == 2 * eight.snapshots + 29 * 8 * footprint.norm_per_image
 
 
 def test_kept_graphs_add_one_unrolled_step_each(footprint):
@@ -166,9 +175,12 @@ def test_spilled_snapshots_leave_the_adjoint_estimate_flat_in_syn_steps():
         return estimate_memory(fp, Iteration(mode="adjoint", num_images=10, syn_steps=steps,
                                snapshots=how)).snapshots
 
-    # theta_N and the one in use, and as many of the recorded g_i (each step one chunk)
+    # theta_N and the one in use, and as many of the recorded g_i (each step one chunk);
+    # spilled, the steps' norm values are not recorded
     assert snap(10, "spill") == snap(80, "spill") == 2 * 2 * fp.num_params * 4
-    assert snap(80, "memory") - snap(10, "memory") == 2 * 70 * fp.num_params * 4
+    assert fp.norm_per_image > 0
+    assert snap(80, "memory") - snap(10, "memory") \
+        == 2 * 70 * fp.num_params * 4 + 70 * 10 * fp.norm_per_image
 
 
 def _free_between_adjoint_and_unrolled(micro: int) -> int:

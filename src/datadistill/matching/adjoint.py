@@ -104,6 +104,7 @@ from datadistill.matching.adjoint_steps import (
     step_vjp,
 )
 from datadistill.matching.student import BatchSampler, ForwardFn, StudentSteps, label_loss
+from datadistill.models.convnet_ops import NormValues
 from datadistill.runtime.allocator import large_blocks_returned
 
 SNAPSHOT_MODES = ("memory", "spill")
@@ -217,6 +218,9 @@ class Trajectory:
     # kernels skipped) and reads g_i
     grads: SnapshotStore | None = None
     grad_at: dict[int, int] = field(default_factory=dict)
+    # the norm blocks' values recorded with those g_i where the snapshots are in memory
+    # (convnet_ops.NormValues: (N, C)-sized; each used once, then dropped)
+    norm: dict[int, NormValues] = field(default_factory=dict)
 
     def grad(self, i: int) -> torch.Tensor | None:
         """Step i's recorded g_i (this rank's part), or None where it was not recorded."""
@@ -233,7 +237,7 @@ class Trajectory:
         self.thetas.close()
         if self.grads is not None:
             self.grads.close()
-        self.kept = {}
+        self.kept, self.norm = {}, {}
 
     def __enter__(self) -> Trajectory:
         return self
@@ -325,8 +329,12 @@ def _trajectory(forward: ForwardFn, theta0: torch.Tensor, images: torch.Tensor,
             if i >= steps.syn_steps - options.kept_graphs and len(parts) == 1:
                 g, traj.kept[i] = kept_step(replay, theta, rec, parts[0])  # holds its g_i
             else:
-                local = local_gradient(replay, theta, rec)
+                norm = NormValues() if len(parts) == 1 and options.snapshots == "memory" \
+                    else None
+                local = local_gradient(replay, theta, rec, norm)
                 g = reduced(replay, local, theta)
+                if norm is not None and norm.items:
+                    traj.norm[i] = norm
                 if len(parts) == 1:  # rebuilt as a graph only: record its g_i
                     if traj.grads is None:
                         traj.grads = SnapshotStore(options.snapshots)
@@ -378,7 +386,8 @@ def _backward(forward: ForwardFn, traj: Trajectory, images: torch.Tensor,
         # a kept graph leaves the dict first, so the product below frees it
         recorded = kept.pop(i, None)
         lam = step_vjp(replay, traj.thetas[i], traj.steps[i], alpha, lam, sums,
-                       traj.grad(i) if recorded is None else recorded, first=i == 0)
+                       traj.grad(i) if recorded is None else recorded, first=i == 0,
+                       norm=traj.norm.pop(i, None))
     if world > 1:  # the sums are linear in each rank's chunks: one reduction at the end
         for part in (sums.images, sums.labels, sums.syn_lr):
             if part is not None:

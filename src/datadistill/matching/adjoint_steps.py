@@ -21,7 +21,7 @@ import torch
 from datadistill import distributed
 from datadistill.labels import is_soft
 from datadistill.matching.student import ForwardFn, LossFn
-from datadistill.models.convnet_ops import weight_grad_values
+from datadistill.models.convnet_ops import NormValues, norm_values, weight_grad_values
 
 
 @dataclass
@@ -107,13 +107,15 @@ class Graph:
 
 
 def build(replay: Replay, theta: torch.Tensor, rec: StepRecord, chunk: Chunk,
-          values: bool = True) -> Graph:
+          values: bool = True, norm: NormValues | None = None) -> Graph:
     """Chunk ``chunk`` of step ``rec`` at the leaf ``theta``, differentiable twice.
 
     ``values=False``: the graph only, for a step whose g the forward pass recorded; the
     ConvNet's convolutions then skip their weight-gradient kernels and ``g``'s values are not
-    the gradient (:func:`datadistill.models.convnet_ops.weight_grad_values`)."""
-    with torch.enable_grad(), weight_grad_values(values):  # DSA is part of the graph too
+    the gradient (:func:`datadistill.models.convnet_ops.weight_grad_values`). ``norm``: the
+    norm blocks' values the forward pass recorded for this step (:func:`local_gradient`),
+    which the blocks then read instead of computing them again."""
+    with torch.enable_grad(), weight_grad_values(values), norm_values(norm, replay=True):
         x, xa, y = _chunk_batch(replay, rec, chunk, need_grad=True)
         g = _chunk_grad(replay, theta, xa, y, chunk.weight, True)
     return Graph(theta, x, y, g)
@@ -130,14 +132,16 @@ def kept_step(replay: Replay, theta: torch.Tensor, rec: StepRecord,
     return distributed.all_reduce_sum_(g.clone()), graph  # the graph keeps this rank's part
 
 
-def local_gradient(replay: Replay, theta: torch.Tensor, rec: StepRecord) -> torch.Tensor | None:
+def local_gradient(replay: Replay, theta: torch.Tensor, rec: StepRecord,
+                   norm: NormValues | None = None) -> torch.Tensor | None:
     """(P,) this rank's part of g_i at theta_i, summed over its chunks (None for an empty
-    share); no graph is kept."""
+    share); no graph is kept. ``norm``: where the norm blocks' values are recorded (a step
+    that is one chunk), for :func:`build` to read back."""
     theta = theta.detach().requires_grad_(True)
     g = None
     for chunk in replay.chunks(len(rec.idx)):
         _, xa, y = _chunk_batch(replay, rec, chunk, need_grad=False)
-        with torch.enable_grad():
+        with torch.enable_grad(), norm_values(norm, replay=False):
             gc = _chunk_grad(replay, theta, xa, y, chunk.weight, False)
         g = gc if g is None else g.add_(gc)
     return g
@@ -172,7 +176,7 @@ class Sums:
 
 def step_vjp(replay: Replay, theta: torch.Tensor, rec: StepRecord, alpha: torch.Tensor,
              lam: torch.Tensor, sums: Sums, recorded: Graph | torch.Tensor | None = None,
-             first: bool = False) -> torch.Tensor | None:
+             first: bool = False, norm: NormValues | None = None) -> torch.Tensor | None:
     """Rebuild step i chunk by chunk; accumulate into ``sums``; return lambda_i.
 
     ``recorded``, what the forward pass kept of a step that is one chunk (on this rank):
@@ -180,6 +184,7 @@ def step_vjp(replay: Replay, theta: torch.Tensor, rec: StepRecord, alpha: torch.
     step is rebuilt as a graph only, ``build(values=False)``, without the weight-gradient
     kernels, and the step size's term reads this g_i, the values the rebuilt graph would
     have had), or None (rebuilt with its values).
+    ``norm``: the norm blocks' values recorded with that g_i (:func:`build`).
     ``first`` (step 0): lambda_0 is not needed (theta_0 is a constant), so the product leaves
     theta out, nothing is reduced and None is returned.
 
@@ -199,7 +204,8 @@ def step_vjp(replay: Replay, theta: torch.Tensor, rec: StepRecord, alpha: torch.
     if recorded is not None and len(parts) != 1:
         raise ValueError(f"a recorded step is one chunk, but this step has {len(parts)}")
     for chunk in parts:
-        graph = kept or build(replay, theta, rec, chunk, values=g is None)
+        graph = kept or build(replay, theta, rec, chunk, values=g is None,
+                              norm=None if g is None else norm)
         inputs = ([] if first else [theta]) + [graph.x] + ([graph.y] if soft else [])
         with torch.enable_grad():
             outs = list(torch.autograd.grad(graph.g, inputs, grad_outputs=v,

@@ -296,6 +296,64 @@ class _Block:
     native: bool
 
 
+class NormValues:
+    """The norm blocks' per-instance values of one pass over a student step, in call order:
+    each forward's (mu, rstd) and each first-order backward's (s, A, B), (N, C) each.
+
+    The adjoint mode records them while its forward pass takes a step's gradient (no graph)
+    and hands them back to the graph-only rebuild of the same step (:func:`norm_values`),
+    whose blocks then skip the C passes that make them: a statistics pass over each block's
+    input and a sums pass over its three maps. The rebuild runs the same kernels on the same
+    maps, so the values are the ones it would compute, bit for bit. Only the blocks that run
+    as C passes (:func:`.norm_passes.compiled_passes`) record and replay."""
+
+    def __init__(self) -> None:
+        self.items: list[tuple[str, tuple[torch.Tensor, ...]]] = []
+        self.used = 0  # replayed so far
+
+    @property
+    def nbytes(self) -> int:
+        return sum(t.numel() * t.element_size() for _, v in self.items for t in v)
+
+
+_NORM_VALUES: list = [None, False]  # (NormValues or None, replaying); see norm_values
+
+
+@contextlib.contextmanager
+def norm_values(values: NormValues | None, replay: bool) -> Iterator[None]:
+    """Within the block the norm blocks record their values into ``values`` (``replay``
+    false) or take them from it in order (true; every recorded value must be used by the
+    block's end). None: neither. A global switch, as :func:`weight_grad_values`."""
+    before = tuple(_NORM_VALUES)
+    _NORM_VALUES[:] = [values, replay]
+    try:
+        yield
+        if values is not None and replay and values.used != len(values.items):
+            raise RuntimeError(f"the rebuilt step used {values.used} of the "
+                               f"{len(values.items)} norm values its forward pass recorded")
+    finally:
+        _NORM_VALUES[:] = before
+
+
+def _replayed(kind: str, z: torch.Tensor) -> tuple[torch.Tensor, ...] | None:
+    """The next recorded values (of ``kind``, for a map of z's batch) when replaying."""
+    values, replay = _NORM_VALUES
+    if values is None or not replay:
+        return None
+    if values.used >= len(values.items) or values.items[values.used][0] != kind \
+            or values.items[values.used][1][0].shape[0] != z.shape[0]:
+        raise RuntimeError(f"the rebuilt step's norm block #{values.used} ({kind}, batch "
+                           f"{z.shape[0]}) does not match what its forward pass recorded")
+    values.used += 1
+    return values.items[values.used - 1][1]
+
+
+def _record(kind: str, *vals: torch.Tensor) -> None:
+    values, replay = _NORM_VALUES
+    if values is not None and not replay:
+        values.items.append((kind, vals))
+
+
 class _NormActPool(Function):
     """p = avgpool2x2(relu(w * xh + b)), xh = (z - mu) * rstd per (sample, channel).
 
@@ -307,7 +365,9 @@ class _NormActPool(Function):
         n, c, h, wd = z.shape
         native = block.native or z.device.type != "cpu" or z.is_contiguous()
         if not native and compiled_passes(block.pool, z):
-            a, p, mu, rstd = norm_passes.forward(z, w, b, eps, block.pool)
+            a, p, mu, rstd = norm_passes.forward(z, w, b, eps, block.pool,
+                                                 _replayed("stats", z))
+            _record("stats", mu, rstd)
         else:
             y, mu, rstd = (torch.native_group_norm(z, w, b, n, c, h * wd, c, eps) if native
                            else _instance_norm_nhwc(z, w, b, eps))
@@ -366,7 +426,9 @@ class _NormActPoolGrad(Function):
             return torch.ops.aten.native_group_norm_backward(
                 dy, z, mu.view(n, c), rstd.view(n, c), w, n, c, h * wd, c, [True, True, True])
         if compiled_passes(block.pool, z, a, dp):
-            dz, T = norm_passes.grad(Maps(dp, a, z, block.pool), w, mu, rstd)
+            dz, T = norm_passes.grad(Maps(dp, a, z, block.pool), w, mu, rstd,
+                                     _replayed("sums", z))
+            _record("sums", T.s, T.A, T.B)
         else:
             T = _terms(dp, z, w, a, mu, rstd, block.pool)
             k = -T.s * rstd * T.B  # dz = s*dy + k*z + c  (xh expanded)

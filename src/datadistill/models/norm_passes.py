@@ -48,15 +48,21 @@ def compiled_passes(pool: bool, z: torch.Tensor, *maps: torch.Tensor | None) -> 
     return kernel("nap_pass", z.dtype) is not None
 
 
-def forward(z: torch.Tensor, w: torch.Tensor, b: torch.Tensor, eps: float, pool: bool):
+def forward(z: torch.Tensor, w: torch.Tensor, b: torch.Tensor, eps: float, pool: bool,
+            stats: tuple[torch.Tensor, torch.Tensor] | None = None):
     """(a, p, mu, rstd) of the block's forward on channels_last ``z`` in two C passes:
     a = relu(instance norm), p = avgpool2x2(a) (``a`` itself without pooling), mu and rstd
-    (N, C). The statistics are accumulated in double; rstd = (var + eps)^-1/2 in z's dtype."""
+    (N, C). The statistics are accumulated in double; rstd = (var + eps)^-1/2 in z's dtype.
+    ``stats``: (mu, rstd) this function returned for the same ``z`` before; the statistics
+    pass is then skipped (one pass)."""
     n, c, h, wd = z.shape
-    stats = torch.empty((n, 2, c), dtype=torch.float64)
-    kernel("nap_stats", z.dtype)(z.data_ptr(), stats.data_ptr(), n, h, wd, c)
-    mu = stats[:, 0].to(z.dtype)
-    rstd = ((stats[:, 1] / (h * wd)).to(z.dtype) + eps).rsqrt()
+    if stats is not None:
+        mu, rstd = stats
+    else:
+        acc = torch.empty((n, 2, c), dtype=torch.float64)
+        kernel("nap_stats", z.dtype)(z.data_ptr(), acc.data_ptr(), n, h, wd, c)
+        mu = acc[:, 0].to(z.dtype)
+        rstd = ((acc[:, 1] / (h * wd)).to(z.dtype) + eps).rsqrt()
     s = (w.view(1, -1) * rstd).contiguous()
     t = (b.view(1, -1) - mu * s).contiguous()
     cl = torch.channels_last
@@ -187,9 +193,14 @@ def adjoints(T: Terms, Lz, sums, Lw4, Lb4, mu, rstd) -> tuple[Adjoints, torch.Te
     return Adjoints(Lz, L1, C1, Lt, Lw4, Lb4), (Lt * T.m * rstd).sum((0, 2, 3))
 
 
-def grad(M: Maps, w, mu, rstd) -> tuple[torch.Tensor, Terms]:
-    """The first-order dz and the terms by two C passes: the sums, then dz."""
-    T = _terms(M, w, mu, rstd)
+def grad(M: Maps, w, mu, rstd, sums=None) -> tuple[torch.Tensor, Terms]:
+    """The first-order dz and the terms by two C passes: the sums, then dz. ``sums``: the
+    terms' (s, A, B) this function gave for the same maps before; the sums pass is then
+    skipped."""
+    if sums is not None:
+        T = Terms(None, *sums, M.z.shape[2] * M.z.shape[3])
+    else:
+        T = _terms(M, w, mu, rstd)
     k = -T.s * rstd * T.B  # dz = s*dy + k*z + c  (xh expanded)
     return run_pass(0, M, cd=T.s, cz=k, c1=-T.s * T.A - k * mu), T
 

@@ -15,7 +15,8 @@ graph and temporaries in the freed heap that then stays; s: bytes per float; K =
 snapshots with ``distill.snapshots=memory``, K = 2 with ``spill``, whose theta_0 ...
 theta_{N-1} live in a temporary file or, for a CUDA student, in host memory; K doubles
 where m = b: the steps' gradients g_i, but for the kept graphs' steps, are recorded beside
-the snapshots, in the same place, so a bound within kept + 1 vectors).
+the snapshots, in the same place, so a bound within kept + 1 vectors; on the CPU, with the
+snapshots in memory, so are those steps' norm values, five per image and norm channel).
 
 - ``g_img`` / ``g_step``: bytes that one student step's graph keeps per image and per step
   (parameter views, the gradient). They are not guessed from the architecture: they are
@@ -120,6 +121,9 @@ class StepFootprint:
     image_elems: int  # C * H * W
     num_classes: int
     path: str  # key of CALIBRATION: convnet_fast | generic
+    # bytes per image of the norm blocks' values that the adjoint forward pass records per
+    # step for the rebuild (convnet_ops.NormValues: five per channel of every instance norm)
+    norm_per_image: int = 0
 
     def per_image_step_mb(self) -> float:
         """MB one image adds to one step's graph."""
@@ -146,9 +150,11 @@ def trace_step(model: nn.Module, image_shape: tuple[int, int, int], num_classes:
     one = _traced_bytes(forward, theta0, image_shape, num_classes, 1, soft_labels)
     two = _traced_bytes(forward, theta0, image_shape, num_classes, 2, soft_labels)
     c, h, w = image_shape
+    norms = [m.num_channels for m in model.modules() if isinstance(m, nn.GroupNorm)]
     return StepFootprint(per_image=two - one, per_step=max(0, 2 * one - two),
                          num_params=theta0.numel(), image_elems=c * h * w,
-                         num_classes=num_classes, path=path)
+                         num_classes=num_classes, path=path,
+                         norm_per_image=5 * 4 * sum(norms) if fast_path else 0)
 
 
 def _traced_bytes(forward, theta0: torch.Tensor, image_shape, num_classes: int, b: int,
@@ -263,6 +269,8 @@ def estimate_memory(fp: StepFootprint, it: Iteration) -> MemoryEstimate:
                 * cal.graph + b * per_image * (cal.graph + cal.transient)
         snapshots = (syn_steps + 1 if snapshots == "memory" else 2) * fp.num_params \
             * dtype_bytes * (2 if m == b else 1)  # the recorded g_i where a step is one chunk
+        if m == b and it.snapshots == "memory" and cpu:  # and those steps' norm values
+            snapshots += max(0, syn_steps - it.kept_graphs) * b * fp.norm_per_image * scale
     return MemoryEstimate(mode, base=cal.base if cpu else 0, data=int(data), state=int(state),
                           graph=int(graph), snapshots=int(snapshots),
                           details={"batch": b, "micro_batch": m, "syn_steps": syn_steps,
