@@ -246,8 +246,8 @@ MUTANTS = [
        "if (acc && r < mr) {", "if (0 && r < mr) {",
        "the C tile products overwrite where they should add (filter gradient's chunks)"),
     # ---- the adjoint mode's kept graphs
-    _m("kept_graph_of_the_next_step", "matching/adjoint.py", "recorded = kept.pop(i, None)",
-       "recorded = kept.pop(i + 1, None)",
+    _m("kept_graph_of_the_next_step", "matching/adjoint.py",
+       "recorded, g = kept.pop(i, None), None", "recorded, g = kept.pop(i + 1, None), None",
        "the backward pass takes the graph kept for the step after the one it replays"),
     _m("kept_graphs_return_blocks", "matching/adjoint.py",
        'return images.device.type == "cpu" and options.kept_graphs == 1',

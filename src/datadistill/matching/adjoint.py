@@ -95,6 +95,7 @@ from datadistill.errors import CompatibilityError, ConfigError
 from datadistill.labels import is_soft
 from datadistill.matching.adjoint_steps import (
     Graph,
+    Recorded,
     Replay,
     StepRecord,
     Sums,
@@ -384,10 +385,11 @@ def _backward(forward: ForwardFn, traj: Trajectory, images: torch.Tensor,
     kept, traj.kept = traj.kept, {}  # used once: a second backward rebuilds every step
     for i in range(len(traj.steps) - 1, -1, -1):  # lam: lambda_{i+1} -> lambda_i
         # a kept graph leaves the dict first, so the product below frees it
-        recorded = kept.pop(i, None)
-        lam = step_vjp(replay, traj.thetas[i], traj.steps[i], alpha, lam, sums,
-                       traj.grad(i) if recorded is None else recorded, first=i == 0,
-                       norm=traj.norm.pop(i, None))
+        recorded, g = kept.pop(i, None), None
+        if recorded is None and (g := traj.grad(i)) is not None:
+            recorded = Recorded(g, traj.norm.pop(i, None))
+        lam = step_vjp(replay, traj.thetas[i], traj.steps[i], alpha, lam, sums, recorded,
+                       first=i == 0)
     if world > 1:  # the sums are linear in each rank's chunks: one reduction at the end
         for part in (sums.images, sums.labels, sums.syn_lr):
             if part is not None:

@@ -174,17 +174,27 @@ class Sums:
     syn_lr: torch.Tensor  # ()
 
 
+@dataclass
+class Recorded:
+    """What the forward pass recorded of a step that is one chunk (on this rank) and whose
+    graph it did not keep: this rank's part of g_i, and the norm blocks' values taken with it
+    (:func:`local_gradient`; None where none were)."""
+
+    g: torch.Tensor  # (P,)
+    norm: NormValues | None = None
+
+
 def step_vjp(replay: Replay, theta: torch.Tensor, rec: StepRecord, alpha: torch.Tensor,
-             lam: torch.Tensor, sums: Sums, recorded: Graph | torch.Tensor | None = None,
-             first: bool = False, norm: NormValues | None = None) -> torch.Tensor | None:
+             lam: torch.Tensor, sums: Sums, recorded: Graph | Recorded | None = None,
+             first: bool = False) -> torch.Tensor | None:
     """Rebuild step i chunk by chunk; accumulate into ``sums``; return lambda_i.
 
     ``recorded``, what the forward pass kept of a step that is one chunk (on this rank):
-    its graph (a :class:`Graph`: not rebuilt), or this rank's part of its g_i (a tensor: the
-    step is rebuilt as a graph only, ``build(values=False)``, without the weight-gradient
-    kernels, and the step size's term reads this g_i, the values the rebuilt graph would
-    have had), or None (rebuilt with its values).
-    ``norm``: the norm blocks' values recorded with that g_i (:func:`build`).
+    its graph (a :class:`Graph`: not rebuilt), or this rank's part of its g_i and its norm
+    values (a :class:`Recorded`: the step is rebuilt as a graph only, ``build(values=False)``,
+    without the weight-gradient kernels and the norm passes whose values it has, and the step
+    size's term reads this g_i, the values the rebuilt graph would have had), or None
+    (rebuilt with its values).
     ``first`` (step 0): lambda_0 is not needed (theta_0 is a constant), so the product leaves
     theta out, nothing is reduced and None is returned.
 
@@ -194,7 +204,7 @@ def step_vjp(replay: Replay, theta: torch.Tensor, rec: StepRecord, alpha: torch.
     """
     world = replay.world
     kept = recorded if isinstance(recorded, Graph) else None
-    g = recorded if isinstance(recorded, torch.Tensor) else None
+    g, norm = (recorded.g, recorded.norm) if isinstance(recorded, Recorded) else (None, None)
     theta = theta.detach().requires_grad_(True) if kept is None else kept.theta
     v = -alpha * lam  # (P,) adjoint of g_i, since theta_{i+1} = theta_i - alpha g_i
     # single: lambda_i accumulated in place; several: the rank's share of -alpha H lambda
@@ -204,8 +214,7 @@ def step_vjp(replay: Replay, theta: torch.Tensor, rec: StepRecord, alpha: torch.
     if recorded is not None and len(parts) != 1:
         raise ValueError(f"a recorded step is one chunk, but this step has {len(parts)}")
     for chunk in parts:
-        graph = kept or build(replay, theta, rec, chunk, values=g is None,
-                              norm=None if g is None else norm)
+        graph = kept or build(replay, theta, rec, chunk, values=g is None, norm=norm)
         inputs = ([] if first else [theta]) + [graph.x] + ([graph.y] if soft else [])
         with torch.enable_grad():
             outs = list(torch.autograd.grad(graph.g, inputs, grad_outputs=v,

@@ -274,3 +274,20 @@ def _check_challenge(cfg: PipelineConfig, dcfg) -> None:
         raise ConfigError("evaluation.protocols has 'challenge', which scores normalised pixels "
                           "with class-order hard labels: set zca=false and "
                           "distill.label_mode=hard (the mdatm preset does).")
+
+
+def micro_batch_of(cfg) -> int | None:
+    """``distill.micro_batch`` (None where the config has no such key)."""
+    return getattr(getattr(cfg, "grad", None), "micro_batch", None)
+
+
+def adjoint_keys(cfg) -> dict:
+    """``distill.snapshots`` and ``kept_graphs`` ("memory" and 1 where the config has none)."""
+    grad = getattr(cfg, "grad", None)
+    return {"snapshots": getattr(grad, "snapshots", "memory"),
+            "kept_graphs": getattr(grad, "kept_graphs", 1)}
+
+
+def grad_mode_of(cfg) -> str:
+    """``distill.grad_mode`` ("unrolled" where the config has no such key)."""
+    return getattr(getattr(cfg, "grad", None), "grad_mode", "unrolled")

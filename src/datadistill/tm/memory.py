@@ -66,6 +66,7 @@ from datadistill.errors import ConfigError
 from datadistill.matching import ConvNetPlan, StudentSteps, student_forward, unroll_student
 from datadistill.matching.adjoint import GRAD_MODES as MODES
 from datadistill.runtime.devices import free_memory
+from datadistill.tm.config import adjoint_keys, grad_mode_of, micro_batch_of
 from datadistill.training import build_model
 
 logger = logging.getLogger(__name__)
@@ -121,9 +122,7 @@ class StepFootprint:
     image_elems: int  # C * H * W
     num_classes: int
     path: str  # key of CALIBRATION: convnet_fast | generic
-    # bytes per image of the norm blocks' values that the adjoint forward pass records per
-    # step for the rebuild (convnet_ops.NormValues: five per channel of every instance norm)
-    norm_per_image: int = 0
+    norm_per_image: int = 0  # bytes of the norm values an adjoint step records (NormValues)
 
     def per_image_step_mb(self) -> float:
         """MB one image adds to one step's graph."""
@@ -338,8 +337,7 @@ def estimate_config(cfg, info, *, real_images: int | None = None,
     common = dict(num_images=n, syn_steps=cfg.syn_steps, batch_syn=cfg.batch_syn,
                   real_images=real_images_of(cfg, info) if real_images is None
                   else real_images, soft_labels=cfg.labels.label_mode == "soft",
-                  device=cfg.device,
-                  **adjoint_keys(cfg))
+                  device=cfg.device, **adjoint_keys(cfg))
     unrolled = estimate_memory(fp, Iteration(mode="unrolled", **common))
     adjoint = estimate_memory(fp, Iteration(mode="adjoint", micro_batch=micro_batch_of(cfg),
                                             **common))
@@ -348,23 +346,6 @@ def estimate_config(cfg, info, *, real_images: int | None = None,
         fp, Iteration(mode="adjoint", micro_batch=fits, **common))
     kept = None if free is None else fitting_kept_graphs(fp, free, micro_batch_of(cfg), **common)
     return ConfigEstimate(unrolled, adjoint, fp, free, fits, fitting, kept)
-
-
-def micro_batch_of(cfg) -> int | None:
-    """``distill.micro_batch`` (None where the config has no such key)."""
-    return getattr(getattr(cfg, "grad", None), "micro_batch", None)
-
-
-def adjoint_keys(cfg) -> dict:
-    """``distill.snapshots`` and ``kept_graphs`` ("memory" and 1 where the config has none)."""
-    grad = getattr(cfg, "grad", None)
-    return {"snapshots": getattr(grad, "snapshots", "memory"),
-            "kept_graphs": getattr(grad, "kept_graphs", 1)}
-
-
-def grad_mode_of(cfg) -> str:
-    """``distill.grad_mode`` ("unrolled" where the config has no such key)."""
-    return getattr(getattr(cfg, "grad", None), "grad_mode", "unrolled")
 
 
 def fitting_micro_batch(fp: StepFootprint, free: int, **common) -> int | None:
