@@ -12,11 +12,13 @@ three forms:
 - "with values": nothing recorded (``Trajectory.grad`` returns nothing), every step rebuilt
   with its values, as before either change.
 
-The four run in turn, the order reversed every round, so that a busy host slows them alike;
+The forms asked for (``--forms``, all three by default) and the unrolled student run in
+turn, the order reversed every round, so that a busy host slows them alike;
 the three adjoint forms' gradients are bitwise the same (``tests/test_adjoint.py``).
 
     python benchmarks/adjoint_rebuild.py --ipc 10 --rounds 3 \
         --out benchmarks/results/adjoint_rebuild.json
+    python benchmarks/adjoint_rebuild.py --ipc 10 --rounds 6 --forms "graph only + norm values"
 """
 
 from __future__ import annotations
@@ -41,6 +43,10 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--ipc", type=int, default=10, choices=[1, 10])
     p.add_argument("--rounds", type=int, default=3, help="timed rounds (each runs all three)")
+    p.add_argument("--forms", nargs="+", default=["graph only + norm values", "graph only",
+                                                  "with values"],
+                   choices=["graph only + norm values", "graph only", "with values"],
+                   help="the adjoint forms to time beside the unrolled student")
     p.add_argument("--out", type=Path)
     args = p.parse_args(argv)
     torch.set_num_threads(1)
@@ -49,8 +55,7 @@ def main(argv: list[str] | None = None) -> int:
              "adjoint": step_profile.build(f"adjoint_{args.ipc}", 128)}
     forms = {"-": (True, True), "graph only + norm values": (True, True),
              "graph only": (True, False), "with values": (False, False)}
-    cells = [("unrolled", "-"), ("adjoint", "graph only + norm values"),
-             ("adjoint", "graph only"), ("adjoint", "with values")]
+    cells = [("unrolled", "-")] + [("adjoint", form) for form in args.forms]
 
     def run(mode: str, form: str) -> float:
         grads, norms = forms[form]
