@@ -7,9 +7,9 @@ Prints, for the machine it runs on (one torch thread):
   convolutions, their backward and double backward, the linear layer; a convolution the
   student runs as Winograd F(4x4, 3x3) counts as the direct convolution it computes, so
   GFLOP/s is the rate of the direct algorithm's work: Winograd does 1/4 of its multiply-adds
-  in its products, plus the transforms), its time (median of
-  ``--iterations`` after one warm-up; the kinds are timed in turn, interleaved) and GFLOP/s
-  as a fraction of the matmul peak;
+  in its products, plus the transforms), its time (median of ``--iterations`` after the
+  warm-up calls, ``--warmup``; the kinds are timed in turn, interleaved) and GFLOP/s as a
+  fraction of the matmul peak;
 - a profile of one more step (``torch.profiler``, self CPU time of every aten op) split into
   parts: convolutions (forward, backward, double backward, native or Winograd: every op under
   a Winograd kernel counts as convolution; their GFLOP/s is the direct conv FLOPs over the
@@ -38,11 +38,13 @@ Step kinds (CIFAR-10 shapes: ConvNet-3 width 128, 3 x 32 x 32, 10 classes):
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import statistics
 import sys
 import time
 from collections import defaultdict
+from collections.abc import Iterator
 from pathlib import Path
 
 import torch
@@ -135,11 +137,14 @@ def split_profile(prof) -> dict[str, float]:
     return {p: parts.get(p, 0.0) for p in PARTS}
 
 
-def _kernel_ranges() -> None:
-    """Run every hand-written kernel inside a profiler range (:data:`_RANGES`): the Winograd
-    convolutions (``conv_sum`` too) and the first layer's C loops and input gradient count as
-    convolution, the norm block's C passes as norm (their time is otherwise the self time of
-    a Python function: "rest")."""
+@contextlib.contextmanager
+def _kernel_ranges() -> Iterator[None]:
+    """Within the block, every hand-written kernel runs inside a profiler range
+    (:data:`_RANGES`): the Winograd convolutions (``conv_sum`` too) and the first layer's C
+    loops and input gradient count as convolution, the norm block's C passes as norm (their
+    time is otherwise the self time of a Python function: "rest"). Only the profiled call
+    runs with them: a range costs a dispatcher call even with no profiler running, which the
+    timed calls of the official-style student, with no such kernels, would not pay."""
     from datadistill.models import convnet_ops, image_conv, norm_passes, winograd
 
     patches = [(winograd, name, _WINOGRAD)
@@ -148,6 +153,7 @@ def _kernel_ranges() -> None:
                 for name in ("conv", "input_grad", "weight_grad")]
     patches += [(convnet_ops, "_few_channel_input_grad", _CONV_RANGE),
                 (norm_passes, "run_pass", _NORM_RANGE), (norm_passes, "forward", _NORM_RANGE)]
+    saved = [(module, name, getattr(module, name)) for module, name, _ in patches]
     for module, name, label in patches:
         kernel = getattr(module, name)
 
@@ -156,6 +162,11 @@ def _kernel_ranges() -> None:
                 return _kernel(*args, **kwargs)
 
         setattr(module, name, ranged)
+    try:
+        yield
+    finally:
+        for module, name, kernel in saved:
+            setattr(module, name, kernel)
 
 
 class _FlopCount(TorchDispatchMode):
@@ -267,11 +278,15 @@ def build(kind: str, width: int):
     return matching_step(mode, int(ipc), width)
 
 
-def measure(steps: dict, iterations: int, peak: float) -> list[dict]:
-    """Every kind's FLOPs (also its warm-up), then ``iterations`` rounds that time each kind
-    once in turn (interleaved: a busy machine slows all kinds alike), then one profiled call
-    each."""
+def measure(steps: dict, iterations: int, peak: float, warmup: int = 1) -> list[dict]:
+    """Every kind's FLOPs (also its warm-up), ``warmup`` untimed rounds (the first calls of a
+    kind grow the process's heap and fault its pages in: 1.4-1.6x the steady time), then
+    ``iterations`` rounds that time each kind once in turn (interleaved: a busy machine slows
+    all kinds alike), then one profiled call each."""
     flops = {kind: count_flops(step) for kind, step in steps.items()}
+    for _ in range(warmup):
+        for step in steps.values():
+            step()
     times: dict[str, list[float]] = {kind: [] for kind in steps}
     for _ in range(iterations):
         for kind, step in steps.items():
@@ -280,7 +295,8 @@ def measure(steps: dict, iterations: int, peak: float) -> list[dict]:
             times[kind].append(time.perf_counter() - t0)
     rows = []
     for kind, step in steps.items():
-        with profile(activities=[ProfilerActivity.CPU], record_shapes=True) as prof:
+        with _kernel_ranges(), profile(activities=[ProfilerActivity.CPU],
+                                       record_shapes=True) as prof:
             step()
         parts = split_profile(prof)
         total, conv = flops[kind]
@@ -311,14 +327,15 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--kinds", nargs="*", default=list(KINDS[:6]), choices=KINDS)
     p.add_argument("--iterations", type=int, default=2, help="timed calls per kind")
+    p.add_argument("--warmup", type=int, default=1,
+                   help="untimed rounds of every kind before the timed ones")
     p.add_argument("--width", type=int, default=128)
     p.add_argument("--out", default=None, help="JSON file for the raw figures")
     args = p.parse_args(argv)
     torch.set_num_threads(1)
-    _kernel_ranges()
     peak = matmul_peak()
     rows = measure({kind: build(kind, args.width) for kind in args.kinds}, args.iterations,
-                   peak["median_gflops"])
+                   peak["median_gflops"], args.warmup)
     peak_after = matmul_peak()
     print(report(peak, rows))
     print(f"\nmatmul again after the steps: best {peak_after['best_gflops']:.1f}, "

@@ -262,7 +262,8 @@ def test_tile_transforms_give_the_same_bits_without_avx512(dtype, monkeypatch, t
     g = winograd._mats(dtype)[1]  # the filter transform made inside the products, and back
     k, m, co = 21, 13, 64
     a = torch.randn(36, m, k, dtype=dtype, generator=torch.Generator().manual_seed(2))
-    taps = torch.randn(9, k, co, dtype=dtype, generator=torch.Generator().manual_seed(3))
+    filt = torch.randn(co, k, 3, 3, dtype=dtype, generator=torch.Generator().manual_seed(3))
+    swapped = filt.transpose(0, 1).contiguous()  # (K, N, 3, 3): the same taps, for flip
     du = torch.randn(36, co, k, dtype=dtype, generator=torch.Generator().manual_seed(4))
     outs = []
     for lib in libs:
@@ -270,13 +271,16 @@ def test_tile_transforms_give_the_same_bits_without_avx512(dtype, monkeypatch, t
         fp.argtypes, fp.restype = list(winograd._ARGS["filter_products"]), None
         fg.argtypes, fg.restype = list(winograd._ARGS["filter_grad"]), None
         out = torch.full((36, m, co), float("nan"), dtype=dtype)
-        fp(0, a.data_ptr(), taps.data_ptr(), g.data_ptr(), out.data_ptr(), m, k, co)
+        fp(0, 0, a.data_ptr(), filt.data_ptr(), g.data_ptr(), out.data_ptr(), m, k, co)
+        flipped = torch.full((36, m, co), float("nan"), dtype=dtype)
+        fp(0, 1, a.data_ptr(), swapped.data_ptr(), g.data_ptr(), flipped.data_ptr(), m, k, co)
         dw = torch.full((co, k, 3, 3), float("nan"), dtype=dtype)
         fg(du.data_ptr(), g.data_ptr(), dw.data_ptr(), co, k)
-        outs.append((out, dw))
-    for first, second in zip(*outs, strict=True):
+        outs.append((out, flipped, dw))
+    for i, (first, second) in enumerate(zip(*outs, strict=True)):
         assert not first.isnan().any()
-        assert torch.equal(first, second)
+        assert torch.equal(first, second), i
+    assert torch.equal(outs[0][0], outs[0][1])  # the same taps read from either layout
 
 
 def test_tile_products_fall_back_where_c_does_not_apply(monkeypatch):
