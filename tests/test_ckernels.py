@@ -335,11 +335,11 @@ def test_kernel_outputs_are_not_views(monkeypatch):
     x = _rand(2, 32, 8, 8).contiguous(memory_format=CL)
     wt = _rand(32, 32, 3, 3, seed=1)
     y = winograd.conv(x, wt)
-    a, p, _, _ = norm_passes.forward(x, torch.ones(32, dtype=F64), torch.zeros(32, dtype=F64),
-                                     1e-5, True)
-    for t in (y, a, p):
-        assert t._base is None and t.is_contiguous(memory_format=CL)
-    maps = norm_passes.Maps(dp=p, a=a, z=x, pool=True)
+    p, _, _, s, t = norm_passes.forward(x, torch.ones(32, dtype=F64),
+                                        torch.zeros(32, dtype=F64), 1e-5, True)
+    for out in (y, p):
+        assert out._base is None and out.is_contiguous(memory_format=CL)
+    maps = norm_passes.Maps(dp=p, z=x, s=s, t=t, pool=True)
     for mode in (0, 1):
         out = norm_passes.run_pass(mode, maps, cd=torch.ones(2, 32, 1, 1, dtype=F64))
         assert out._base is None and out.is_contiguous(memory_format=CL)
@@ -399,6 +399,49 @@ def test_compiled_block_passes_equal_the_pytorch_ops(pool, channels, monkeypatch
 
 
 @needs_cc
+@pytest.mark.parametrize("pool", [True, False])
+def test_compiled_block_keeps_no_relu_map(pool):
+    """The C forward writes the block's output alone: relu(s * z + t) itself is not kept (the
+    passes remake its mask from z), and the output is bit for bit the PyTorch ops' on the
+    same scale and shift (float32, one rounding per operation, each 2x2 window summed as
+    (row pair + row pair))."""
+    z = _rand(3, 32, 8, 6, dtype=torch.float32).contiguous(memory_format=CL)
+    w = _rand(32, seed=1, dtype=torch.float32).abs() + 0.5
+    b = _rand(32, seed=2, dtype=torch.float32)
+    p, mu, rstd, s, t = norm_passes.forward(z, w, b, 1e-5, pool)
+    torch.testing.assert_close(s, w.view(1, -1) * rstd, rtol=0, atol=0)
+    torch.testing.assert_close(t, b.view(1, -1) - mu * s, rtol=0, atol=0)
+    r = (z * s.view(3, 32, 1, 1) + t.view(3, 32, 1, 1)).relu()
+    if pool:
+        r = ((r[..., ::2, ::2] + r[..., ::2, 1::2]) + (r[..., 1::2, ::2] + r[..., 1::2, 1::2])) \
+            * 0.25
+    assert torch.equal(p, r)
+    saved = []
+    zz = z.detach().requires_grad_()
+    with torch.autograd.graph.saved_tensors_hooks(lambda x: saved.append(x) or x, lambda x: x):
+        norm_act_pool(zz, w, b, 1e-5, pool, CL)
+    assert [tuple(x.shape) for x in saved if x.dim() == 4] == [tuple(z.shape)]  # z alone
+
+
+@needs_cc
+def test_block_remakes_its_relu_mask_where_a_backward_falls_back(monkeypatch):
+    """A forward that ran as C passes keeps (s, t), not relu(y): where its backward and
+    double backward then take the PyTorch ops, relu(s * z + t) is remade and the values are
+    those of the C passes (float64)."""
+    z = _rand(3, 32, 6, 8).contiguous(memory_format=CL)
+    w, b = _rand(32, seed=1).abs() + 0.5, _rand(32, seed=2)
+    v = _rand(3, 32, 3, 4, seed=3).contiguous(memory_format=CL)
+    lz, lw = _rand(*z.shape, seed=4).contiguous(memory_format=CL), _rand(32, seed=5)
+    want = _second_order(z, w, b, True, v, lz, lw)
+    real = convnet_ops.compiled_passes
+    monkeypatch.setattr(convnet_ops, "compiled_passes",
+                        lambda pool, z, *maps: real(pool, z, *maps) if not maps else False)
+    got = _second_order(z, w, b, True, v, lz, lw)
+    for g, e in zip(got, want, strict=True):
+        torch.testing.assert_close(g, e, rtol=0, atol=1e-12)
+
+
+@needs_cc
 def test_a_pass_reads_every_form_of_coefficient_alike():
     """A coefficient given per instance (as the formulas make it, used without a copy), per
     channel, as ONE, as None (zero), as a strided view or in another dtype: the pass gives
@@ -406,9 +449,8 @@ def test_a_pass_reads_every_form_of_coefficient_alike():
     cached constants are only read)."""
     n, c = 2, 16
     z = _rand(n, c, 4, 6).contiguous(memory_format=CL)
-    maps = norm_passes.Maps(dp=_rand(n, c, 2, 3, seed=1).contiguous(memory_format=CL),
-                            a=_rand(n, c, 4, 6, seed=2).relu().contiguous(memory_format=CL),
-                            z=z, pool=True)
+    maps = norm_passes.Maps(dp=_rand(n, c, 2, 3, seed=1).contiguous(memory_format=CL), z=z,
+                            s=_rand(n, c, seed=2), t=_rand(n, c, seed=8), pool=True)
     lz = _rand(n, c, 4, 6, seed=3).contiguous(memory_format=CL)
     per_instance = _rand(n, c, 1, 1, seed=4)
     per_channel = _rand(1, c, 1, 1, seed=5)

@@ -86,7 +86,8 @@ def test_adjoint_is_linear_in_micro_batch(footprint):
     d = totals[1] - totals[0]
     assert d > 0
     for m, t in zip((1, 2, 3, 4, 8), totals, strict=True):
-        assert t == pytest.approx(totals[0] + (m - 1) * d, abs=2)
+        # each total truncates its four parts to whole bytes (< 4 bytes), d carries two such
+        assert t == pytest.approx(totals[0] + (m - 1) * d, abs=4 * m)
     beyond = estimate_memory(footprint, Iteration(num_images=40, syn_steps=30, mode="adjoint",
                              batch_syn=8, micro_batch=100))
     eight = estimate_memory(footprint, Iteration(num_images=40, syn_steps=30, mode="adjoint",

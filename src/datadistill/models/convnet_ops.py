@@ -39,6 +39,7 @@ from datadistill.models.norm_passes import (
     adjoints,
     compiled_passes,
     q_coefs,
+    relu_of,
     terms_from,
     z_coefs,
 )
@@ -364,9 +365,10 @@ class _NormActPool(Function):
     def forward(ctx, z, w, b, eps, block: _Block):
         n, c, h, wd = z.shape
         native = block.native or z.device.type != "cpu" or z.is_contiguous()
+        a = mask = None  # the ReLU output (its mask), or the (s, t) that remake it
         if not native and compiled_passes(block.pool, z):
-            a, p, mu, rstd = norm_passes.forward(z, w, b, eps, block.pool,
-                                                 _replayed("stats", z))
+            p, mu, rstd, *mask = norm_passes.forward(z, w, b, eps, block.pool,
+                                                     _replayed("stats", z))
             _record("stats", mu, rstd)
         else:
             y, mu, rstd = (torch.native_group_norm(z, w, b, n, c, h * wd, c, eps) if native
@@ -375,15 +377,15 @@ class _NormActPool(Function):
             p = F.avg_pool2d(a, 2) if block.pool else a
         ctx.save_for_backward(z, w, a)
         ctx.stats = (mu.view(n, c, 1, 1), rstd.view(n, c, 1, 1))
-        ctx.block = block
+        ctx.block, ctx.mask = block, mask
         return p
 
     @staticmethod
     def backward(ctx, dp):
         z, w, a = ctx.saved_tensors
         mu, rstd = ctx.stats
-        dz, dw, db = _NormActPoolGrad.apply(_as(dp, ctx.block.fmt), z, w, a, mu, rstd,
-                                            ctx.block)
+        relu = a if ctx.mask is None else ctx.mask  # the C forward's (s, t) remake its mask
+        dz, dw, db = _NormActPoolGrad.apply(_as(dp, ctx.block.fmt), z, w, relu, mu, rstd, ctx.block)
         return dz, dw, db, None, None
 
 
@@ -416,21 +418,23 @@ class _NormActPoolGrad(Function):
     """
 
     @staticmethod
-    def forward(ctx, dp, z, w, a, mu, rstd, block: _Block):
+    def forward(ctx, dp, z, w, relu, mu, rstd, block: _Block):
+        # relu: the ReLU output a, or the C forward's (s, t), which remake its mask
+        a, mask = (relu, None) if isinstance(relu, torch.Tensor) else (None, relu)
         ctx.save_for_backward(dp, z, w, a)
-        ctx.stats, ctx.pool, ctx.fmt = (mu, rstd), block.pool, block.fmt
+        ctx.stats, ctx.pool, ctx.fmt, ctx.mask = (mu, rstd), block.pool, block.fmt, mask
         if block.native:
             n, c, h, wd = z.shape
             dy = _dy(dp, a, block.pool)
             ctx.sums = None
             return torch.ops.aten.native_group_norm_backward(
                 dy, z, mu.view(n, c), rstd.view(n, c), w, n, c, h * wd, c, [True, True, True])
-        if compiled_passes(block.pool, z, a, dp):
-            dz, T = norm_passes.grad(Maps(dp, a, z, block.pool), w, mu, rstd,
+        if mask is not None and compiled_passes(block.pool, z, dp):
+            dz, T = norm_passes.grad(Maps(dp, z, *mask, block.pool), w, mu, rstd,
                                      _replayed("sums", z))
             _record("sums", T.s, T.A, T.B)
         else:
-            T = _terms(dp, z, w, a, mu, rstd, block.pool)
+            T = _terms(dp, z, w, relu_of(a, z, mask), mu, rstd, block.pool)
             k = -T.s * rstd * T.B  # dz = s*dy + k*z + c  (xh expanded)
             dz = torch.addcmul(-T.s * T.A - k * mu, T.dy, T.s).addcmul_(z, k)
         db = (T.A * T.m).sum((0, 2, 3))
@@ -446,10 +450,12 @@ class _NormActPoolGrad(Function):
         Lw4 = None if Lw is None else Lw.view(1, -1, 1, 1)
         Lb4 = None if Lb is None else Lb.view(1, -1, 1, 1)
         need = ctx.needs_input_grad[:2]
-        if compiled_passes(ctx.pool, z, a, dp, Lz):
+        if ctx.mask is not None and compiled_passes(ctx.pool, z, dp, Lz):
             g_dp, g_z, g_w = norm_passes.double_backward(
-                Maps(dp, a, z, ctx.pool), w, (mu, rstd), ctx.sums, (Lz, Lw4, Lb4), need)
+                Maps(dp, z, *ctx.mask, ctx.pool), w, (mu, rstd), ctx.sums, (Lz, Lw4, Lb4),
+                need)
             return g_dp, g_z, g_w, None, None, None, None
+        a = relu_of(a, z, ctx.mask)
         if ctx.sums is None:
             T = _terms(dp, z, w, a, mu, rstd, ctx.pool)
         else:

@@ -7,24 +7,33 @@
  *     v = cd * dy + cl * l + cz * z + c1
  *
  * of three maps, dy (the gradient at the norm output: the pooled gradient dp spread over its
- * 2x2 window and divided by 4, or dp itself without pooling, times the ReLU mask a > 0), an
- * adjoint l (pass z with cl = 0 where there is none) and the norm input z. One call makes one pass over them and either writes v,
- * writes avgpool(mask * v), or sums v, v * z and v * dy over each instance. PyTorch ops take a
- * pass per multiply-add and a temporary per product.
+ * 2x2 window and divided by 4, or dp itself without pooling, times the ReLU mask), an
+ * adjoint l (pass z with cl = 0 where there is none) and the norm input z. One call makes one
+ * pass over them and either writes v, writes avgpool(mask * v), or sums v, v * z and v * dy
+ * over each instance. PyTorch ops take a pass per multiply-add and a temporary per product.
  *
- * Layouts: z, a, l, v (n, h, w, c); dp and pooled outputs (n, h/2, w/2, c) with pooling,
- * else (n, h, w, c); coefficients (n, c); sums (n, 3, c) in double (NULL unless mode 2).
+ * The ReLU mask is not a saved map: it is y > 0 for the norm's output y = ms * z + mt, with
+ * the forward's per-(sample, channel) scale and shift, computed as the forward computes it
+ * (one rounding per operation: this file is not contracted), so it is the forward's mask bit
+ * for bit. The block then keeps z alone, where keeping relu(y) as well cost one more
+ * activation-sized map per block and step, written once and read by every pass.
+ *
+ * Layouts: z, l, v (n, h, w, c); dp and pooled outputs (n, h/2, w/2, c) with pooling,
+ * else (n, h, w, c); coefficients, ms and mt (n, c); sums (n, 3, c) in double (NULL unless
+ * mode 2).
  */
 
 /* -- per type -- */
 
+/* The ReLU mask at pixel i: the norm's output is positive (see the file's comment) */
+#define ON_SUFFIX(i) (ks[k] * z[(i) + k] + kt[k] > 0)
 /* dy at pixel i (dp's index j); both loads unconditional, so the loops vectorise */
-#define DY_SUFFIX(i, j) (a[(i) + k] > 0 ? sc * dp[(j) + k] : (REAL)0 * dp[(j) + k])
+#define DY_SUFFIX(i, j) (ON_SUFFIX(i) ? sc * dp[(j) + k] : (REAL)0 * dp[(j) + k])
 
 /* mode 0: out = v; mode 1: out = avgpool2x2(mask * v) (without pooling: mask * v);
  * mode 2: sums[n][0..2][c] of v, v * z and v * dy over the instance. */
-void nap_pass_SUFFIX(int mode, int pool, const REAL *restrict dp, const REAL *restrict a,
-                     const REAL *restrict l, const REAL *restrict z,
+void nap_pass_SUFFIX(int mode, int pool, const REAL *restrict dp, const REAL *restrict ms,
+                     const REAL *restrict mt, const REAL *restrict l, const REAL *restrict z,
                      const REAL *restrict cd, const REAL *restrict cl,
                      const REAL *restrict cz, const REAL *restrict c1, REAL *restrict out,
                      double *restrict sums, long n, long h, long w, long c) {
@@ -33,6 +42,7 @@ void nap_pass_SUFFIX(int mode, int pool, const REAL *restrict dp, const REAL *re
     for (long img = 0; img < n; img++) {
         const REAL *restrict kd = cd + img * c, *restrict kl = cl + img * c;
         const REAL *restrict kz = cz + img * c, *restrict k1 = c1 + img * c;
+        const REAL *restrict ks = ms + img * c, *restrict kt = mt + img * c;
         double *restrict s1 = sums ? sums + img * 3 * c : 0;
         double *restrict sz = s1 ? s1 + c : 0, *restrict sd = s1 ? s1 + 2 * c : 0;
         if (mode == 2)
@@ -63,7 +73,7 @@ void nap_pass_SUFFIX(int mode, int pool, const REAL *restrict dp, const REAL *re
                     for (long k = 0; k < c; k++) {
                         REAL v = kd[k] * DY_SUFFIX(i, j) + kl[k] * l[i + k]
                                  + kz[k] * z[i + k] + k1[k];
-                        v = a[i + k] > 0 ? v : 0;
+                        v = ON_SUFFIX(i) ? v : 0;
                         REAL acc = first ? v : out[j + k] + v;
                         out[j + k] = last ? acc * sc : acc;
                     }
@@ -93,30 +103,38 @@ void nap_stats_SUFFIX(const REAL *restrict z, double *restrict stats, long n, lo
     }
 }
 
-/* a = relu(s * z + t) per (sample, channel) coefficients s, t (n, c); with pooling also
- * out = avgpool2x2(a) (n, h/2, w/2, c). */
+/* The block's output: relu(s * z + t) per (sample, channel) coefficients s, t (n, c), or
+ * with pooling its 2x2 average (n, h/2, w/2, c), each window summed as its two rows' pairs
+ * then the two sums, from the four values made in registers (relu(s * z + t) itself is not
+ * written: the passes above remake its mask). */
 void nap_forward_SUFFIX(int pool, const REAL *restrict z, const REAL *restrict s,
-                        const REAL *restrict t, REAL *restrict a, REAL *restrict out, long n,
-                        long h, long w, long c) {
+                        const REAL *restrict t, REAL *restrict out, long n, long h, long w,
+                        long c) {
     long h2 = h / 2, w2 = w / 2;
     for (long img = 0; img < n; img++) {
         const REAL *restrict si = s + img * c, *restrict ti = t + img * c;
-        for (long r = 0; r < h; r++)
-            for (long q = 0; q < w; q++) {
-                long i = ((img * h + r) * w + q) * c;
+        if (!pool) {
+            for (long i = img * h * w * c; i < (img + 1) * h * w * c; i += c)
                 for (long k = 0; k < c; k++) {
                     REAL y = si[k] * z[i + k] + ti[k];
-                    a[i + k] = y < 0 ? 0 : y;  /* NaN stays NaN, as in relu */
+                    out[i + k] = y < 0 ? 0 : y;  /* NaN stays NaN, as in relu */
                 }
-            }
-        if (!pool) continue;
+            continue;
+        }
         for (long r = 0; r < h2; r++)
             for (long q = 0; q < w2; q++) {
-                const REAL *restrict p00 = a + ((img * h + 2 * r) * w + 2 * q) * c;
-                const REAL *restrict p10 = p00 + w * c;
+                const REAL *restrict z00 = z + ((img * h + 2 * r) * w + 2 * q) * c;
+                const REAL *restrict z10 = z00 + w * c;
                 REAL *restrict o = out + ((img * h2 + r) * w2 + q) * c;
-                for (long k = 0; k < c; k++)
-                    o[k] = ((p00[k] + p00[c + k]) + (p10[k] + p10[c + k])) * (REAL)0.25;
+                for (long k = 0; k < c; k++) {
+                    REAL y00 = si[k] * z00[k] + ti[k], y01 = si[k] * z00[c + k] + ti[k];
+                    REAL y10 = si[k] * z10[k] + ti[k], y11 = si[k] * z10[c + k] + ti[k];
+                    y00 = y00 < 0 ? 0 : y00;
+                    y01 = y01 < 0 ? 0 : y01;
+                    y10 = y10 < 0 ? 0 : y10;
+                    y11 = y11 < 0 ? 0 : y11;
+                    o[k] = ((y00 + y01) + (y10 + y11)) * (REAL)0.25;
+                }
             }
     }
 }

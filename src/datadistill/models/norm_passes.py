@@ -19,9 +19,9 @@ SOURCE = str(Path(__file__).with_name("norm_act_pool.c"))
 
 
 _ARGS = {  # argument types of each C function, after its name
-    "nap_pass": (ctypes.c_int,) * 2 + (ctypes.c_void_p,) * 10 + (ctypes.c_long,) * 4,
+    "nap_pass": (ctypes.c_int,) * 2 + (ctypes.c_void_p,) * 11 + (ctypes.c_long,) * 4,
     "nap_stats": (ctypes.c_void_p,) * 2 + (ctypes.c_long,) * 4,
-    "nap_forward": (ctypes.c_int,) + (ctypes.c_void_p,) * 5 + (ctypes.c_long,) * 4,
+    "nap_forward": (ctypes.c_int,) + (ctypes.c_void_p,) * 4 + (ctypes.c_long,) * 4,
 }
 
 
@@ -50,11 +50,13 @@ def compiled_passes(pool: bool, z: torch.Tensor, *maps: torch.Tensor | None) -> 
 
 def forward(z: torch.Tensor, w: torch.Tensor, b: torch.Tensor, eps: float, pool: bool,
             stats: tuple[torch.Tensor, torch.Tensor] | None = None):
-    """(a, p, mu, rstd) of the block's forward on channels_last ``z`` in two C passes:
-    a = relu(instance norm), p = avgpool2x2(a) (``a`` itself without pooling), mu and rstd
-    (N, C). The statistics are accumulated in double; rstd = (var + eps)^-1/2 in z's dtype.
-    ``stats``: (mu, rstd) this function returned for the same ``z`` before; the statistics
-    pass is then skipped (one pass)."""
+    """(p, mu, rstd, s, t) of the block's forward on channels_last ``z`` in two C passes:
+    p = avgpool2x2(relu(y)) (relu(y) itself without pooling) for the instance norm's output
+    y = s * z + t, with s = w * rstd and t = b - mu * s; mu, rstd, s and t (N, C). The
+    statistics are accumulated in double; rstd = (var + eps)^-1/2 in z's dtype. relu(y) is not
+    kept: the backward passes remake its mask from (z, s, t) (:class:`Maps`). ``stats``:
+    (mu, rstd) this function returned for the same ``z`` before; the statistics pass is then
+    skipped (one pass)."""
     n, c, h, wd = z.shape
     if stats is not None:
         mu, rstd = stats
@@ -65,23 +67,35 @@ def forward(z: torch.Tensor, w: torch.Tensor, b: torch.Tensor, eps: float, pool:
         rstd = ((acc[:, 1] / (h * wd)).to(z.dtype) + eps).rsqrt()
     s = (w.view(1, -1) * rstd).contiguous()
     t = (b.view(1, -1) - mu * s).contiguous()
-    cl = torch.channels_last
-    a = torch.empty((n, c, h, wd), dtype=z.dtype, memory_format=cl)
-    p = torch.empty((n, c, h // 2, wd // 2), dtype=z.dtype, memory_format=cl) if pool else a
+    size = (n, c, h // 2, wd // 2) if pool else (n, c, h, wd)
+    p = torch.empty(size, dtype=z.dtype, memory_format=torch.channels_last)
     kernel("nap_forward", z.dtype)(int(pool), z.data_ptr(), s.data_ptr(), t.data_ptr(),
-                                   a.data_ptr(), p.data_ptr(), n, h, wd, c)
-    return a, p, mu, rstd
+                                   p.data_ptr(), n, h, wd, c)
+    return p, mu, rstd, s, t
 
 
 @dataclass(frozen=True)
 class Maps:
-    """A block's saved maps as the C passes read them: the pooled gradient ``dp``, the ReLU
-    output ``a`` (its mask), the norm input ``z``; ``pool``: 2x2 average pooling or none."""
+    """A block's saved maps as the C passes read them: the pooled gradient ``dp``, the norm
+    input ``z``, the forward's scale and shift ``s``, ``t`` ((N, C) contiguous: the ReLU mask
+    is s * z + t > 0, remade by each pass); ``pool``: 2x2 average pooling or none."""
 
     dp: torch.Tensor
-    a: torch.Tensor
     z: torch.Tensor
+    s: torch.Tensor
+    t: torch.Tensor
     pool: bool
+
+
+def relu_of(a: torch.Tensor | None, z: torch.Tensor, mask) -> torch.Tensor:
+    """The ReLU output ``a``, or where the C forward kept its (s, t) instead (``mask``),
+    relu(s * z + t) remade as that forward made it (one rounding per operation): the same
+    mask, for the PyTorch ops' form of a backward."""
+    if a is not None:
+        return a
+    s, t = mask
+    n, c = s.shape
+    return (z * s.view(n, c, 1, 1)).add_(t.view(n, c, 1, 1)).relu_()
 
 
 def run_pass(mode: int, M: Maps, l=None, cd=None, cl=None, cz=None, c1=None):
@@ -99,8 +113,9 @@ def run_pass(mode: int, M: Maps, l=None, cd=None, cl=None, cz=None, c1=None):
         size = (n, c, h // 2, w // 2) if mode == 1 and pool else (n, c, h, w)
         out = torch.empty(size, dtype=z.dtype, memory_format=torch.channels_last)
     src = l if l is not None else z
-    kernel("nap_pass", z.dtype)(mode, int(pool), M.dp.data_ptr(), M.a.data_ptr(),
-                                src.data_ptr(), z.data_ptr(), *(k.data_ptr() for k in coef),
+    kernel("nap_pass", z.dtype)(mode, int(pool), M.dp.data_ptr(), M.s.data_ptr(),
+                                M.t.data_ptr(), src.data_ptr(), z.data_ptr(),
+                                *(k.data_ptr() for k in coef),
                                 0 if out is None else out.data_ptr(),
                                 0 if sums is None else sums.data_ptr(), n, h, w, c)
     if sums is not None:
