@@ -70,7 +70,7 @@ _TILE_ARGS = (ctypes.c_void_p, ctypes.c_void_p) + (ctypes.c_long,) * 4  # in, ou
 _ARGS = {  # argument types of each C function of winograd_tiles.c, after its name
     "input_tiles": _TILE_ARGS, "output_tiles": _TILE_ARGS, "grad_tiles": _TILE_ARGS,
     "tile_products": (ctypes.c_int,) * 2 + (ctypes.c_void_p,) * 3 + (ctypes.c_long,) * 4,
-    "filter_products": (ctypes.c_int,) * 2 + (ctypes.c_void_p,) * 4 + (ctypes.c_long,) * 3,
+    "filter_products": (ctypes.c_int,) + (ctypes.c_void_p,) * 4 + (ctypes.c_long,) * 3,
     "filter_grad": (ctypes.c_void_p,) * 3 + (ctypes.c_long,) * 2,
 }
 
@@ -220,9 +220,9 @@ class _Factor:
 
     Where ``filter_products`` of ``winograd_tiles.c`` serves (no graph recorded, one thread,
     N a whole number of vector pairs) the products make its transform panel by panel from a
-    copy of the taps (9, K, N) they take themselves, never storing the (36, K, N) transform:
-    written out, that is four times the filter's size in memory that the products read back.
-    Elsewhere it is :func:`_filter`'s transform and :func:`_products`."""
+    copy of the taps (9, K, N), never storing the (36, K, N) transform: written out, that is
+    four times the filter's size in memory that the products read back. Elsewhere it is
+    :func:`_filter`'s transform and :func:`_products`."""
 
     def __init__(self, w: torch.Tensor, flip: bool, tracked: bool):
         self.w, self.flip = w, flip
@@ -231,8 +231,9 @@ class _Factor:
         if not tracked and self.n % (128 // w.element_size()) == 0:
             self.native = _native("filter_products", w)
         self.u = None
-        if self.native is not None:  # the C form copies the taps (9, K, N) itself
-            self.dense = w.contiguous()
+        if self.native is not None:
+            taps = w.permute(2, 3, 0, 1) if flip else w.permute(2, 3, 1, 0)  # (3, 3, K, N)
+            self.taps = taps.contiguous()
             self.g = _mats(w.dtype)[2 if flip else 1]
 
     def products(self, a: torch.Tensor, out: torch.Tensor | None) -> torch.Tensor:
@@ -244,8 +245,8 @@ class _Factor:
         acc = out is not None
         if out is None:
             out = torch.empty((36, a.shape[1], self.n), dtype=a.dtype)
-        self.native(int(acc), int(self.flip), a.data_ptr(), self.dense.data_ptr(),
-                    self.g.data_ptr(), out.data_ptr(), a.shape[1], a.shape[2], self.n)
+        self.native(int(acc), a.data_ptr(), self.taps.data_ptr(), self.g.data_ptr(),
+                    out.data_ptr(), a.shape[1], a.shape[2], self.n)
         return out
 
 

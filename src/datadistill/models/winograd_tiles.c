@@ -296,50 +296,17 @@ CONTRACT void tile_products_SUFFIX(int ta, int acc, const REAL *restrict A, cons
         product_SUFFIX(ta, acc, A + b * M * K, B + b * K * N, C + b * M * N, M, K, N);
 }
 
-/* The filter's taps wt (9, K, N) from w (Cout, Cin, 3, 3) contiguous, tap t = 3 ky + kx:
- * wt[t][k][n] = w[n][k][t] (K = Cin, N = Cout; the convolution) or, with flip, w[k][n][t]
- * (K = Cout, N = Cin; the input gradient, whose 180-degree rotation is g's). A copy: one
- * pass, blocks of 16 output columns so that the writes are contiguous runs. */
-static void filter_taps_SUFFIX(int flip, const REAL *restrict w, REAL *restrict wt, long K,
-                               long N) {
-    if (flip) {
-        for (long k = 0; k < K; k++)
-            for (int t = 0; t < 9; t++) {
-                const REAL *src = w + k * N * 9 + t;
-                REAL *dst = wt + (t * K + k) * N;
-                for (long n = 0; n < N; n++) dst[n] = src[n * 9];
-            }
-        return;
-    }
-    for (long n0 = 0; n0 < N; n0 += 16) {
-        long nb = N - n0 < 16 ? N - n0 : 16;
-        for (long k = 0; k < K; k++)
-            for (int t = 0; t < 9; t++) {
-                const REAL *src = w + (n0 * K + k) * 9 + t;
-                REAL *dst = wt + (t * K + k) * N + n0;
-                for (long n = 0; n < nb; n++) dst[n] = src[n * K * 9];
-            }
-    }
-}
-
 /* C_b (+)= A_b U_b for b < 36 with U = G f G^T, the filter's transform, made here panel by
- * panel instead of being stored: A (36, M, K) and C (36, M, N) contiguous; w (Cout, Cin,
- * 3, 3) contiguous, whose taps are copied once (filter_taps: the convolution's, or with flip
- * the input gradient's); g (36, 9) G's Kronecker form (row b: U_b = sum_t g[b][t] wt[t]).
+ * panel instead of being stored: A (36, M, K) and C (36, M, N) contiguous; wt (9, K, N) the
+ * filter's taps, contiguous; g (36, 9) G's Kronecker form (row b: U_b = sum_t g[b][t] wt[t]).
  * Each panel of U_b, K rows by two vectors, is summed over its taps in order (zeros skipped,
  * one multiply-add per tap) into a buffer that stays in the first-level cache and serves
  * every row of A_b: the transform costs no pass over memory. N a multiple of two vectors. */
-CONTRACT void filter_products_SUFFIX(int acc, int flip, const REAL *restrict A,
-                                     const REAL *restrict w, const REAL *restrict g,
-                                     REAL *restrict C, long M, long K, long N) {
+CONTRACT void filter_products_SUFFIX(int acc, const REAL *restrict A, const REAL *restrict wt,
+                                     const REAL *restrict g, REAL *restrict C, long M, long K,
+                                     long N) {
     REAL *panel = malloc(VBYTES * 2 * (K > 0 ? K : 1));  /* K x two vectors */
-    REAL *wt = malloc(sizeof(REAL) * 9 * (K > 0 ? K : 1) * (N > 0 ? N : 1));
-    if (!panel || !wt) {
-        free(panel);
-        free(wt);
-        return;
-    }
-    filter_taps_SUFFIX(flip, w, wt, K, N);
+    if (!panel) return;
     for (int b = 0; b < 36; b++) {
         const REAL *Ab = A + b * M * K;
         REAL *Cb = C + b * M * N;
@@ -372,7 +339,6 @@ CONTRACT void filter_products_SUFFIX(int acc, int flip, const REAL *restrict A,
         }
     }
     free(panel);
-    free(wt);
 }
 
 /* dw (co, c, 3, 3) contiguous = G^T dU per channel pair, dU (36, co, c) contiguous: the
