@@ -23,6 +23,11 @@
  * mode 2).
  */
 
+/* No multiply-add is fused into one rounding here, whatever the compiler's default (GCC in
+ * ISO C mode already does not; clang would within an expression): the mask must be the
+ * forward's bit for bit, and the PyTorch form's too. */
+#pragma STDC FP_CONTRACT OFF
+
 /* -- per type -- */
 
 /* The ReLU mask at pixel i: the norm's output is positive (see the file's comment) */
