@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import gc
 from pathlib import Path
 
@@ -46,6 +47,23 @@ def test_trace_is_linear_in_the_batch(footprint):
     norms = [m for m in model.modules() if isinstance(m, torch.nn.GroupNorm)]
     assert norms and all(m.num_channels == 8 for m in norms)
     assert footprint.norm_per_image == 5 * 4 * 8 * len(norms) and generic.norm_per_image == 0
+
+
+def test_adjoint_estimate_counts_the_tiles_a_rebuilt_step_keeps(footprint):
+    """A width-32 ConvNet-3 on 32x32 images runs its 16x16 and 8x8 layers as Winograd: a
+    rebuilt step keeps the transforms of each layer's input and of the gradient its input
+    gradient takes, 36 values per 4x4 tile and channel (16 and 4 tiles per image)."""
+    wide = trace_step(create_model("convnet", 3, 10, 32, width=32), (3, 32, 32), 10)
+    assert wide.tiles_per_image == 36 * (16 + 4) * (32 + 32) * 4
+    assert footprint.tiles_per_image == 0  # width 8: no layer takes Winograd
+    it = Iteration(num_images=20, syn_steps=5, mode="adjoint", micro_batch=4)
+    without = dataclasses.replace(wide, tiles_per_image=0)
+    assert (estimate_memory(wide, it).graph - estimate_memory(without, it).graph
+            == 4 * wide.tiles_per_image)  # one chunk's, whatever the steps
+    cuda = dataclasses.replace(it, device="cuda")  # the CUDA student keeps no tiles
+    assert estimate_memory(wide, cuda).graph == estimate_memory(without, cuda).graph
+    unrolled = dataclasses.replace(it, mode="unrolled")  # freed before the backward pass
+    assert estimate_memory(wide, unrolled).graph == estimate_memory(without, unrolled).graph
 
 
 def test_soft_labels_add_their_state(footprint):

@@ -19,9 +19,10 @@ from typing import Any
 import torch
 
 from datadistill import distributed
-from datadistill.labels import is_soft
+from datadistill.labels import is_soft, label_loss
 from datadistill.matching.student import ForwardFn, LossFn
 from datadistill.models.convnet_ops import NormValues, norm_values, weight_grad_values
+from datadistill.models.winograd import FORWARD, INPUT_GRAD, kept_tiles
 
 
 @dataclass
@@ -96,6 +97,11 @@ def _chunk_grad(replay: Replay, theta: torch.Tensor, xa: torch.Tensor, y: torch.
     return g
 
 
+# what a rebuilt chunk keeps for its product (winograd.kept_tiles): its convolutions' inputs
+# and the gradients its input gradients take, each read again there
+REBUILD_KEEPS = (FORWARD, INPUT_GRAD)
+
+
 @dataclass
 class Graph:
     """One chunk of a step with its graph: g (P,) = d(weighted loss)/d theta, create_graph."""
@@ -132,6 +138,17 @@ def kept_step(replay: Replay, theta: torch.Tensor, rec: StepRecord,
     return distributed.all_reduce_sum_(g.clone()), graph  # the graph keeps this rank's part
 
 
+def rebuild_tile_bytes(forward: ForwardFn, theta: torch.Tensor, images: torch.Tensor,
+                       labels: torch.Tensor) -> int:
+    """Bytes of the tile transforms that the rebuild of one chunk of ``images`` (hard
+    ``labels``) at ``theta`` keeps for its product: traced for the memory estimate."""
+    replay, b = Replay(forward, label_loss(labels), images, labels), len(images)
+    with kept_tiles(*REBUILD_KEEPS) as tiles:
+        build(replay, theta.detach().requires_grad_(True), StepRecord(torch.arange(b), None),
+              Chunk(slice(0, b), 1.0), values=False)
+        return tiles.nbytes
+
+
 def local_gradient(replay: Replay, theta: torch.Tensor, rec: StepRecord,
                    norm: NormValues | None = None) -> torch.Tensor | None:
     """(P,) this rank's part of g_i at theta_i, summed over its chunks (None for an empty
@@ -141,7 +158,7 @@ def local_gradient(replay: Replay, theta: torch.Tensor, rec: StepRecord,
     g = None
     for chunk in replay.chunks(len(rec.idx)):
         _, xa, y = _chunk_batch(replay, rec, chunk, need_grad=False)
-        with torch.enable_grad(), norm_values(norm, replay=False):
+        with torch.enable_grad(), norm_values(norm, replay=False), kept_tiles(FORWARD):
             gc = _chunk_grad(replay, theta, xa, y, chunk.weight, False)
         g = gc if g is None else g.add_(gc)
     return g
@@ -214,11 +231,13 @@ def step_vjp(replay: Replay, theta: torch.Tensor, rec: StepRecord, alpha: torch.
     if recorded is not None and len(parts) != 1:
         raise ValueError(f"a recorded step is one chunk, but this step has {len(parts)}")
     for chunk in parts:
-        graph = kept or build(replay, theta, rec, chunk, values=g is None, norm=norm)
-        inputs = ([] if first else [theta]) + [graph.x] + ([graph.y] if soft else [])
-        with torch.enable_grad():
-            outs = list(torch.autograd.grad(graph.g, inputs, grad_outputs=v,
-                                            allow_unused=True))
+        with kept_tiles(*REBUILD_KEEPS) as tiles:
+            graph = kept or build(replay, theta, rec, chunk, values=g is None, norm=norm)
+            tiles.roles = frozenset()  # the product's own maps are read once
+            inputs = ([] if first else [theta]) + [graph.x] + ([graph.y] if soft else [])
+            with torch.enable_grad():
+                outs = list(torch.autograd.grad(graph.g, inputs, grad_outputs=v,
+                                                allow_unused=True))
         rows = rec.idx[chunk.rows]
         if not first:
             _add(lam_prev, outs.pop(0))

@@ -30,6 +30,7 @@ from torch import nn
 from datadistill.labels import LossFn, label_loss
 from datadistill.models.convnet_kernels import convnet_plan
 from datadistill.models.functional import functional_forward
+from datadistill.models.winograd import FORWARD, kept_tiles
 
 ForwardFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (theta (P,), x) -> logits
 
@@ -122,7 +123,8 @@ def unroll_student(forward: ForwardFn, theta0: torch.Tensor, images: torch.Tenso
         x, y = images[idx], labels[idx]  # (b, C, H, W), (b,) or (b, K)
         if steps.dsa is not None:
             x = steps.dsa(x, generator=generator)
-        ce = loss_fn(forward(theta, x), y)
-        (grad,) = torch.autograd.grad(ce, theta, create_graph=True)  # (P,)
+        with kept_tiles(FORWARD):  # each x's tiles serve its weight gradient, then go
+            ce = loss_fn(forward(theta, x), y)
+            (grad,) = torch.autograd.grad(ce, theta, create_graph=True)  # (P,)
         theta = theta - syn_lr * grad
     return theta

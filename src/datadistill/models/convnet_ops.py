@@ -184,18 +184,22 @@ class _ConvGrad(Function):
         need_dz, need_x, need_w = ctx.needs_input_grad[:3]
         g_dz = g_x = g_w = None
         both = need_dz and lx is not None and lw is not None
+        want_x, want_w = need_x and lw is not None, need_w and lx is not None
         if both and winograd.applies(lx, w, pad) and winograd.applies(x, lw, pad):
-            g_dz = winograd.conv_sum(lx, w, x, lw)  # one output transform for both terms
+            # one output transform for both terms; lx's tiles serve the weight gradient too
+            fused = want_w and dz.is_contiguous(memory_format=torch.channels_last)
+            g_dz, g_w = winograd.conv_sum_weight_grad(lx, w, x, lw, dz if fused else None)
+            want_w = want_w and not fused
         else:
             if need_dz and lx is not None:
                 g_dz = _conv(lx, w, pad)
             if need_dz and lw is not None:
                 term = _conv(x, lw, pad)
                 g_dz = term if g_dz is None else g_dz.add_(term)
-        want_x, want_w = need_x and lw is not None, need_w and lx is not None
         if want_x or want_w:  # input/weight slots only give shapes where not wanted
-            g_x, g_w = _conv_grads(dz, lx if lx is not None else x,
-                                   lw if lw is not None else w, pad, want_x, want_w)
+            g_x, g_wc = _conv_grads(dz, lx if lx is not None else x,
+                                    lw if lw is not None else w, pad, want_x, want_w)
+            g_w = g_wc if want_w else g_w
         return g_dz, g_x, g_w, None, None, None, None
 
 
@@ -227,14 +231,10 @@ def _sample_chunks(t: torch.Tensor) -> list[slice]:
     return winograd.batch_slices(t.shape[0], t[0].numel() * t.element_size(), _CHUNK_BYTES)
 
 
-def _cat(parts: list[torch.Tensor]) -> torch.Tensor:
-    return parts[0] if len(parts) == 1 else torch.cat(parts)
-
-
 def _hw_dot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """(N, C, 1, 1) sums over (H, W) of a * b, in chunks of samples: a full-size product of
     IPC-10 activations (50 MB) would be a fresh allocation on every call."""
-    return _cat([_hw_sum(a[s] * b[s]) for s in _sample_chunks(a)])
+    return torch.cat([_hw_sum(a[s] * b[s]) for s in _sample_chunks(a)])
 
 
 def _hw_sq_dev(z: torch.Tensor, mu: torch.Tensor) -> torch.Tensor:
@@ -243,7 +243,7 @@ def _hw_sq_dev(z: torch.Tensor, mu: torch.Tensor) -> torch.Tensor:
     for s in _sample_chunks(z):
         d = z[s] - mu[s]
         parts.append(_hw_sum(d.mul_(d)))
-    return _cat(parts)
+    return torch.cat(parts)
 
 
 def _instance_norm_nhwc(z, w, b, eps):

@@ -34,12 +34,22 @@ products the filter's transform is made inside that loop, panel by panel from th
 (``filter_products``), and the filter gradient leaves the transform domain in one pass
 written in the filter's layout (``filter_grad``): a stored (36, Cin, Cout) transform is four
 times the filter, written and read back through memory at every call.
+
+One step of the student transforms the same map several times: a layer's input x in the
+forward convolution, again for its weight gradient, and (differentiating that gradient) twice
+more; the first-order gradient dz for the input gradient and again in the double backward.
+Within :func:`kept_tiles` a transform is kept for the kernels that follow in the same step
+(see there); the double backward's two terms that read the adjoint lx share its transform
+(:func:`conv_sum_weight_grad`). A kept transform is the same tensor the kernel would compute
+again, so the results are the same bits.
 """
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import torch
@@ -47,7 +57,8 @@ import torch.nn.functional as F
 
 from datadistill.runtime import ckernels
 
-__all__ = ["ENABLED", "applies", "conv", "conv_input_grad", "conv_sum", "conv_weight_grad"]
+__all__ = ["ENABLED", "FORWARD", "INPUT_GRAD", "KeptTiles", "applies", "conv", "conv_input_grad",
+           "conv_sum", "conv_sum_weight_grad", "conv_weight_grad", "kept_tiles"]
 
 ENABLED = os.environ.get("DATADISTILL_WINOGRAD", "1") != "0"
 
@@ -150,7 +161,72 @@ def _tiles(h: int, w: int) -> tuple[int, int]:
     return (h + 3) // 4, (w + 3) // 4
 
 
-def _input_tiles(x: torch.Tensor) -> torch.Tensor:
+FORWARD = "forward"  # the input x of a forward convolution
+INPUT_GRAD = "input_grad"  # the gradient dz an input gradient takes
+
+
+class KeptTiles:
+    """The input-tile transforms kept in one :func:`kept_tiles` block: for each map (a chunk
+    of the batch, by its storage address, shape, strides and dtype) the map itself, which
+    holds its memory so that no other tensor can take that address while the entry lives,
+    its version counter when transformed, and the transform. ``roles``: whose transforms a
+    kernel keeps here (:data:`FORWARD`, :data:`INPUT_GRAD`); may be changed within the
+    block (empty: look up only)."""
+
+    def __init__(self, roles: tuple[str, ...]):
+        self.roles = frozenset(roles)
+        self.entries: dict[tuple, tuple[torch.Tensor, int, torch.Tensor]] = {}
+
+    @property
+    def nbytes(self) -> int:
+        return sum(t.nbytes for _, _, t in self.entries.values())
+
+
+_SCOPES: list[KeptTiles] = []  # the open kept_tiles blocks, innermost last
+
+
+@contextlib.contextmanager
+def kept_tiles(*roles: str) -> Iterator[KeptTiles]:
+    """Within the block, the convolutions keep the input-tile transforms of their ``roles``
+    (:data:`FORWARD`: the forward convolution's input x; :data:`INPUT_GRAD`: the gradient
+    dz that an input gradient transforms), and every kernel reads a kept transform of the
+    map it is given instead of computing it again: the weight gradient of x after the
+    forward convolution, and the double backward's terms in x and dz. The kept transforms
+    are freed when the block ends; an entry serves only while its map is unchanged (same
+    version counter), and never while autograd records the transform.
+
+    For one student step (``matching.student``, ``matching.adjoint_steps``): at CIFAR-10
+    IPC 10 the transforms of x and dz are 2.25 times the maps, about 74 MB for one step's
+    two Winograd layers. Blocks nest: a kernel keeps its transform in the innermost block
+    that takes its role and looks in all of them."""
+    scope = KeptTiles(roles)
+    _SCOPES.append(scope)
+    try:
+        yield scope
+    finally:
+        _SCOPES.remove(scope)
+        scope.entries.clear()
+
+
+def _input_tiles(x: torch.Tensor, role: str | None = None) -> torch.Tensor:
+    """:func:`_tile_transform` of x, read from an open :func:`kept_tiles` block where one
+    holds it, and kept there where a block takes ``role``."""
+    if not _SCOPES or (torch.is_grad_enabled() and x.requires_grad):
+        return _tile_transform(x)
+    key = (x.data_ptr(), tuple(x.shape), x.stride(), x.dtype)
+    for scope in reversed(_SCOPES):
+        hit = scope.entries.get(key)
+        if hit is not None and hit[1] == x._version:
+            return hit[2]
+    tiles = _tile_transform(x)
+    for scope in reversed(_SCOPES):
+        if role in scope.roles:
+            scope.entries[key] = (x, x._version, tiles)
+            break
+    return tiles
+
+
+def _tile_transform(x: torch.Tensor) -> torch.Tensor:
     """(36, T * C): the overlapping 6x6 input tiles (stride 4) of channels_last x (N, C, H, W),
     zero-padded, in the transform domain; T = N * ceil(H/4) * ceil(W/4)."""
     n, c, h, w = x.shape
@@ -250,12 +326,15 @@ class _Factor:
         return out
 
 
-def _winograd(pairs: list[tuple[torch.Tensor, torch.Tensor, bool]]) -> torch.Tensor:
+def _winograd(pairs: list[tuple[torch.Tensor, torch.Tensor, bool]], role: str | None = None,
+              dy: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Sum over input channels (and over the pairs) of the tile products: each pair an x
     (N, C, H, W) channels_last and a filter w with its ``flip`` (see :class:`_Factor`), every
     x of one shape -> the sum of their convolutions (N, Cout, H, W), channels_last. The pairs'
     products add up in the transform domain, so a sum of convolutions costs one output
-    transform."""
+    transform. ``role``: what the maps are to :func:`kept_tiles`. With ``dy`` (N, Cout, H, W)
+    also the transform-domain weight gradient of the first pair's x (see
+    :func:`conv_weight_grad`), from the same tiles; else None."""
     x = pairs[0][0]
     n, c, h, wd = x.shape
     tracked = torch.is_grad_enabled() and any(
@@ -271,12 +350,17 @@ def _winograd(pairs: list[tuple[torch.Tensor, torch.Tensor, bool]]) -> torch.Ten
                       memory_format=torch.channels_last)
     y = out.permute(0, 2, 3, 1)  # (N, H, W, Cout), the same memory
     native = None if tracked else _native("output_tiles", x)
+    du = None  # (36, Cout, Cin) with dy, summed over the chunks' tiles as conv_weight_grad
     for s in _chunks(n, th * tw * max(c, co)):
         k = x[s].shape[0]
         t = k * th * tw
         m = None
-        for xi, f in factors:  # the second pair's products added in place (autograd follows)
-            m = f.products(_input_tiles(xi[s]).view(36, t, c), out=m)
+        for j, (xi, f) in enumerate(factors):  # the second pair's products added in place
+            v = _input_tiles(xi[s], role).view(36, t, c)  # (autograd follows)
+            m = f.products(v, out=m)
+            if dy is not None and j == 0:
+                dm = _grad_tiles(dy[s], th, tw, _mats(x.dtype)[4]).view(36, t, co)
+                du = _products(dm, v, transpose_a=True, out=du)
         if native is not None:
             native(m.data_ptr(), y[s].data_ptr(), k, h, wd, co)
             continue
@@ -286,13 +370,13 @@ def _winograd(pairs: list[tuple[torch.Tensor, torch.Tensor, bool]]) -> torch.Ten
             y[s].view(k, th, 4, tw, 4, co).copy_(tiles)
         else:
             y[s] = tiles.reshape(k, 4 * th, 4 * tw, co)[:, :h, :wd]
-    return out
+    return out, du
 
 
 def conv(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
     """conv2d(x, w, padding=1) for channels_last x (N, Cin, H, W) and w (Cout, Cin, 3, 3);
     the result is channels_last."""
-    return _winograd([(x, w, False)])
+    return _winograd([(x, w, False)], FORWARD)[0]
 
 
 def conv_sum(x1: torch.Tensor, w1: torch.Tensor, x2: torch.Tensor,
@@ -300,13 +384,24 @@ def conv_sum(x1: torch.Tensor, w1: torch.Tensor, x2: torch.Tensor,
     """conv(x1, w1) + conv(x2, w2) for maps and filters of one shape, summed before the
     output transform (the convolution double backward's gradient w.r.t. its incoming
     gradient): equal in exact arithmetic, one transform and one map fewer."""
-    return _winograd([(x1, w1, False), (x2, w2, False)])
+    return _winograd([(x1, w1, False), (x2, w2, False)])[0]
+
+
+def conv_sum_weight_grad(x1: torch.Tensor, w1: torch.Tensor, x2: torch.Tensor,
+                         w2: torch.Tensor, dy: torch.Tensor | None
+                         ) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(:func:`conv_sum` (x1, w1, x2, w2), :func:`conv_weight_grad` (dy, x1)), the second from
+    the tiles of x1 the first transforms, chunk by chunk: the convolution double backward's
+    gradients w.r.t. its incoming gradient and w.r.t. the filter both read its adjoint lx.
+    The same bits as the two calls. ``dy`` None: (conv_sum, None)."""
+    out, du = _winograd([(x1, w1, False), (x2, w2, False)], dy=dy)
+    return out, None if du is None else _filter_grad(du, x1.dtype)
 
 
 def conv_input_grad(dy: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
     """dL/dx of conv2d(x, w, padding=1) for dL/dy = dy: the convolution of dy with the filter
     rotated by 180 degrees and its channel axes swapped."""
-    return _winograd([(dy, w, True)])
+    return _winograd([(dy, w, True)], INPUT_GRAD)[0]
 
 
 def conv_weight_grad(dy: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
@@ -314,16 +409,23 @@ def conv_weight_grad(dy: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     n, c, h, wd = x.shape
     co = dy.shape[1]
     th, tw = _tiles(h, wd)
-    _, g, _, _, at = _mats(x.dtype)
+    at = _mats(x.dtype)[4]
     du = None  # (36, Cout, Cin), summed over the chunks' tiles
     for s in _chunks(n, th * tw * max(c, co)):
         t = (s.stop - s.start) * th * tw
         v = _input_tiles(x[s]).view(36, t, c)
         dm = _grad_tiles(dy[s], th, tw, at).view(36, t, co)
         du = _products(dm, v, transpose_a=True, out=du)  # (36, Cout, Cin)
+    return _filter_grad(du, x.dtype)
+
+
+def _filter_grad(du: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """The filter gradient (Cout, Cin, 3, 3) from its transform dU (36, Cout, Cin)."""
+    _, co, c = du.shape
+    g = _mats(dtype)[1]
     native = _native("filter_grad", du)
     if native is not None:  # G^T dU written in the filter's layout, one pass
-        dw = torch.empty((co, c, 3, 3), dtype=x.dtype)
+        dw = torch.empty((co, c, 3, 3), dtype=dtype)
         native(du.data_ptr(), g.data_ptr(), dw.data_ptr(), co, c)
         return dw
     # G^T dU, then a permuted view: 6x faster than dU^T G, whose 9 columns starve the matmul

@@ -7,7 +7,8 @@ at a time plus the parameter snapshots theta_0 ... theta_N. So, with b images pe
 P parameters:
 
     unrolled = base + data + state + N * (b * g_img + g_step) * GRAPH + b * g_img * TRANSIENT
-    adjoint  = base + data + state + K * P * s + m * g_img * (GRAPH + TRANSIENT) + g_step
+    adjoint  = base + data + state + K * P * s + m * (g_img * (GRAPH + TRANSIENT) + t_img)
+               + g_step
                + (kept - 1) * (b * g_img + g_step) * GRAPH + b * g_img * (GRAPH + TRANSIENT)
 
 (last line: kept = ``distill.kept_graphs`` > 1, m = b: the kept graphs, and a rebuilt step's
@@ -23,6 +24,8 @@ snapshots in memory, so are those steps' norm values, five per image and norm ch
   *traced*, by running one real student step (the same :func:`unroll_student` the loop runs)
   on 1 and on 2 images under ``torch.autograd.graph.saved_tensors_hooks`` and adding up the
   storages the graph saves. This works for any model the student can run.
+- ``t_img``: on the CPU, the bytes per image of the tile transforms that a rebuilt step keeps
+  for its product (:func:`datadistill.models.winograd.kept_tiles`), traced by a rebuild.
 - ``GRAPH``, ``TRANSIENT``, ``base``: per-path constants calibrated on this machine from
   ``benchmarks/memory.py`` (peak RSS of the real loop on the CIFAR-10 shape at several
   syn_steps and micro_batch sizes, see :data:`CALIBRATION`). GRAPH is the allocator
@@ -65,6 +68,7 @@ from datadistill.data.registry import split_sizes
 from datadistill.errors import ConfigError
 from datadistill.matching import ConvNetPlan, StudentSteps, student_forward, unroll_student
 from datadistill.matching.adjoint import GRAD_MODES as MODES
+from datadistill.matching.adjoint_steps import rebuild_tile_bytes
 from datadistill.runtime.devices import free_memory
 from datadistill.tm.config import adjoint_keys, grad_mode_of, micro_batch_of
 from datadistill.training import build_model
@@ -123,6 +127,7 @@ class StepFootprint:
     num_classes: int
     path: str  # key of CALIBRATION: convnet_fast | generic
     norm_per_image: int = 0  # bytes of the norm values an adjoint step records (NormValues)
+    tiles_per_image: int = 0  # bytes of the tile transforms a rebuilt step keeps (CPU)
 
     def per_image_step_mb(self) -> float:
         """MB one image adds to one step's graph."""
@@ -148,12 +153,15 @@ def trace_step(model: nn.Module, image_shape: tuple[int, int, int], num_classes:
     theta0 = torch.cat([p.detach().reshape(-1) for p in model.parameters()])
     one = _traced_bytes(forward, theta0, image_shape, num_classes, 1, soft_labels)
     two = _traced_bytes(forward, theta0, image_shape, num_classes, 2, soft_labels)
+    tiles = [rebuild_tile_bytes(forward, theta0, torch.randn(b, *image_shape),
+                                torch.arange(b) % num_classes) for b in (1, 2)]
     c, h, w = image_shape
     norms = [m.num_channels for m in model.modules() if isinstance(m, nn.GroupNorm)]
     return StepFootprint(per_image=two - one, per_step=max(0, 2 * one - two),
                          num_params=theta0.numel(), image_elems=c * h * w,
                          num_classes=num_classes, path=path,
-                         norm_per_image=5 * 4 * sum(norms) if fast_path else 0)
+                         norm_per_image=5 * 4 * sum(norms) if fast_path else 0,
+                         tiles_per_image=tiles[1] - tiles[0])
 
 
 def _traced_bytes(forward, theta0: torch.Tensor, image_shape, num_classes: int, b: int,
@@ -263,6 +271,8 @@ def estimate_memory(fp: StepFootprint, it: Iteration) -> MemoryEstimate:
         snapshots = 0
     else:
         graph = m * per_image * (cal.graph + cal.transient) + per_step
+        if cpu:  # the rebuilt chunk's kept tile transforms, alive through its product
+            graph += m * fp.tiles_per_image * scale
         if m == b and it.kept_graphs > 1:  # each as an unrolled step's; the freed heap kept
             graph += (min(it.kept_graphs, syn_steps) - 1) * (b * per_image + per_step) \
                 * cal.graph + b * per_image * (cal.graph + cal.transient)
