@@ -26,7 +26,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-_KERNELS = (("winograd", ("conv", "conv_sum", "conv_input_grad", "conv_weight_grad")),
+_KERNELS = (("winograd", ("conv", "conv_sum", "conv_sum_weight_grad", "conv_input_grad",
+                          "conv_weight_grad")),
             ("convnet_ops", ("_few_channel_input_grad", "_conv_backward")),
             ("norm_passes", ("forward", "grad", "double_backward")))
 

@@ -140,15 +140,17 @@ def split_profile(prof) -> dict[str, float]:
 @contextlib.contextmanager
 def _kernel_ranges() -> Iterator[None]:
     """Within the block, every hand-written kernel runs inside a profiler range
-    (:data:`_RANGES`): the Winograd convolutions (``conv_sum`` too) and the first layer's C
-    loops and input gradient count as convolution, the norm block's C passes as norm (their
-    time is otherwise the self time of a Python function: "rest"). Only the profiled call
-    runs with them: a range costs a dispatcher call even with no profiler running, which the
-    timed calls of the official-style student, with no such kernels, would not pay."""
+    (:data:`_RANGES`): the Winograd convolutions (``conv_sum`` and ``conv_sum_weight_grad``
+    too) and the first layer's C loops and input gradient count as convolution, the norm
+    block's C passes as norm (their time is otherwise the self time of a Python function:
+    "rest"). Only the profiled call runs with them: a range costs a dispatcher call even with
+    no profiler running, which the timed calls of the official-style student, with no such
+    kernels, would not pay."""
     from datadistill.models import convnet_ops, image_conv, norm_passes, winograd
 
     patches = [(winograd, name, _WINOGRAD)
-               for name in ("conv", "conv_input_grad", "conv_weight_grad", "conv_sum")]
+               for name in ("conv", "conv_input_grad", "conv_weight_grad", "conv_sum",
+                            "conv_sum_weight_grad")]
     patches += [(image_conv, name, _CONV_RANGE)
                 for name in ("conv", "input_grad", "weight_grad")]
     patches += [(convnet_ops, "_few_channel_input_grad", _CONV_RANGE),
