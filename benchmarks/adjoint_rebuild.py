@@ -15,6 +15,9 @@ three forms:
 The forms asked for (``--forms``, all three by default) and the unrolled student run in
 turn, the order reversed every round, so that a busy host slows them alike;
 the three adjoint forms' gradients are bitwise the same (``tests/test_adjoint.py``).
+Besides the ratio of the medians, each round's ratio to the unrolled time of the same round
+(its pair, run next to it) and their median: on a host whose speed drifts over minutes the
+pairs' ratios move less than the medians' ratio.
 
     python benchmarks/adjoint_rebuild.py --ipc 10 --rounds 3 \
         --out benchmarks/results/adjoint_rebuild.json
@@ -75,16 +78,20 @@ def main(argv: list[str] | None = None) -> int:
         for cell in cells if r % 2 == 0 else cells[::-1]:
             times[cell].append(run(*cell))
     base = statistics.median(times[("unrolled", "-")])
+    unrolled = times[("unrolled", "-")]
     rows = [{"mode": mode, "rebuild": form, "cpu_s": times[(mode, form)],
              "median_s": statistics.median(times[(mode, form)]),
-             "vs_unrolled": statistics.median(times[(mode, form)]) / base}
+             "vs_unrolled": statistics.median(times[(mode, form)]) / base,
+             "per_round": [t / u for t, u in zip(times[(mode, form)], unrolled, strict=True)]}
             for mode, form in cells]
     print(f"IPC {args.ipc}, CPU seconds per iteration ({args.rounds} rounds)")
-    print("| student | rebuild | each round | median | / unrolled |\n|---|---|---|---|---|")
+    print("| student | rebuild | each round | median | / unrolled | / unrolled per round "
+          "(median) |\n|---|---|---|---|---|---|")
     for row in rows:
         each = ", ".join(f"{t:.2f}" for t in row["cpu_s"])
+        pairs = ", ".join(f"{r:.3f}" for r in row["per_round"])
         print(f"| {row['mode']} | {row['rebuild']} | {each} | {row['median_s']:.3f} "
-              f"| {row['vs_unrolled']:.3f} |")
+              f"| {row['vs_unrolled']:.3f} | {pairs} ({statistics.median(row['per_round']):.3f}) |")
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps({"ipc": args.ipc, "rounds": args.rounds,
