@@ -71,12 +71,7 @@ def main(argv: list[str] | None = None) -> int:
         finally:
             adjoint.Trajectory.grad, convnet_ops._record = recorded, record
 
-    for cell in cells:  # warm-up
-        run(*cell)
-    times: dict[tuple[str, str], list[float]] = {cell: [] for cell in cells}
-    for r in range(args.rounds):
-        for cell in cells if r % 2 == 0 else cells[::-1]:
-            times[cell].append(run(*cell))
+    times = step_profile.interleaved(cells, run, args.rounds)
     base = statistics.median(times[("unrolled", "-")])
     unrolled = times[("unrolled", "-")]
     rows = [{"mode": mode, "rebuild": form, "cpu_s": times[(mode, form)],

@@ -35,30 +35,15 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 @contextlib.contextmanager
 def recomputed():
-    """Within the block no transform is kept: the step scopes keep nothing, and the double
-    backward's fused call runs as its two separate kernels."""
-    from datadistill.matching import adjoint_steps, student
+    """Within the block no transform is kept (``winograd.KEEP_TILES`` off): the step scopes
+    keep nothing, and the double backward's fused call runs as its two separate kernels."""
     from datadistill.models import winograd
 
-    fused = winograd.conv_sum_weight_grad
-
-    @contextlib.contextmanager
-    def nothing_kept(*roles):
-        with winograd.kept_tiles() as scope:
-            yield scope
-
-    def separate(x1, w1, x2, w2, dy):
-        out = winograd.conv_sum(x1, w1, x2, w2)
-        return out, None if dy is None else winograd.conv_weight_grad(dy, x1)
-
-    saved = student.kept_tiles, adjoint_steps.kept_tiles
-    student.kept_tiles = adjoint_steps.kept_tiles = nothing_kept
-    winograd.conv_sum_weight_grad = separate
+    saved, winograd.KEEP_TILES = winograd.KEEP_TILES, False
     try:
         yield
     finally:
-        student.kept_tiles, adjoint_steps.kept_tiles = saved
-        winograd.conv_sum_weight_grad = fused
+        winograd.KEEP_TILES = saved
 
 
 def _forward_then_wgrad(kept: bool, x, dz, lx, w, lw) -> None:
@@ -136,12 +121,7 @@ def main(argv: list[str] | None = None) -> int:
             steps[kind]()
             return time.process_time() - t0
 
-    for cell in cells:  # warm-up
-        run(*cell)
-    times: dict[tuple[str, str], list[float]] = {cell: [] for cell in cells}
-    for r in range(args.rounds):
-        for cell in cells if r % 2 == 0 else cells[::-1]:
-            times[cell].append(run(*cell))
+    times = step_profile.interleaved(cells, run, args.rounds)
     med = {cell: statistics.median(t) for cell, t in times.items()}
     print(f"CPU seconds per iteration ({args.rounds} rounds, {step_profile._cpu()})")
     print("| step | recomputed | kept | kept / recomputed |\n|---|---|---|---|")

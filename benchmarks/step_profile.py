@@ -280,6 +280,19 @@ def build(kind: str, width: int):
     return matching_step(mode, int(ipc), width)
 
 
+def interleaved(cells: list, run, rounds: int) -> dict:
+    """{cell: [``run(*cell)`` of each round]}: one warm-up call per cell, then ``rounds``
+    rounds that call every cell once, the order reversed every other round, so that a host
+    whose speed drifts slows them alike (the benchmarks that compare forms in one process)."""
+    for cell in cells:
+        run(*cell)
+    times: dict = {cell: [] for cell in cells}
+    for r in range(rounds):
+        for cell in cells if r % 2 == 0 else cells[::-1]:
+            times[cell].append(run(*cell))
+    return times
+
+
 def measure(steps: dict, iterations: int, peak: float, warmup: int = 1) -> list[dict]:
     """Every kind's FLOPs (also its warm-up), ``warmup`` untimed rounds (the first calls of a
     kind grow the process's heap and fault its pages in: 1.4-1.6x the steady time), then

@@ -4,16 +4,12 @@ kept transform instead of making it again, and every result keeps its bits."""
 
 from __future__ import annotations
 
-import contextlib
-
 import pytest
 import torch
 
 from datadistill.matching import (
     StudentSteps,
     adjoint_backward,
-    adjoint_steps,
-    student,
     student_forward,
     student_trajectory,
     unroll_student,
@@ -108,25 +104,6 @@ def test_autograd_never_gets_a_kept_transform(transforms):
         assert scope.entries == {} and len(transforms) == 2
 
 
-@contextlib.contextmanager
-def _recomputed(monkeypatch):
-    """Every kernel makes its own transforms: what the student did before they were kept."""
-    @contextlib.contextmanager
-    def keep_nothing(*roles):
-        with kept_tiles() as scope:
-            yield scope
-
-    def separate(x1, w1, x2, w2, dy):
-        out = winograd.conv_sum(x1, w1, x2, w2)
-        return out, None if dy is None else winograd.conv_weight_grad(dy, x1)
-
-    with monkeypatch.context() as m:
-        m.setattr(student, "kept_tiles", keep_nothing)
-        m.setattr(adjoint_steps, "kept_tiles", keep_nothing)
-        m.setattr(winograd, "conv_sum_weight_grad", separate)
-        yield
-
-
 def _matching_grads(mode):
     """d(matching loss)/d(images, syn_lr) of two student steps of a width-32 ConvNet-3 on
     32x32 images (its 16x16 and 8x8 layers take Winograd), float32."""
@@ -157,7 +134,8 @@ def test_matching_gradients_keep_their_bits_with_fewer_transforms(mode, transfor
     kept = _matching_grads(mode)
     n_kept = len(transforms)
     transforms.clear()
-    with _recomputed(monkeypatch):
+    with monkeypatch.context() as m:  # every kernel makes its own transforms
+        m.setattr(winograd, "KEEP_TILES", False)
         again = _matching_grads(mode)
     assert n_kept < len(transforms)  # the kept transforms were read
     for a, b in zip(kept, again, strict=True):

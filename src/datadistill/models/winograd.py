@@ -61,6 +61,9 @@ __all__ = ["ENABLED", "FORWARD", "INPUT_GRAD", "KeptTiles", "applies", "conv", "
            "conv_sum", "conv_sum_weight_grad", "conv_weight_grad", "kept_tiles"]
 
 ENABLED = os.environ.get("DATADISTILL_WINOGRAD", "1") != "0"
+# kept_tiles keeps transforms and the double backward shares lx's (DATADISTILL_KEEP_TILES=0:
+# every kernel makes its own, as before they were kept; the same bits either way)
+KEEP_TILES = os.environ.get("DATADISTILL_KEEP_TILES", "1") != "0"
 
 MIN_CHANNELS = 32  # both Cin and Cout; below it the transforms cost more than they save
 MIN_SIZE = 8       # both H and W: a 4x4 map is one tile per image
@@ -199,7 +202,7 @@ def kept_tiles(*roles: str) -> Iterator[KeptTiles]:
     IPC 10 the transforms of x and dz are 2.25 times the maps, about 74 MB for one step's
     two Winograd layers. Blocks nest: a kernel keeps its transform in the innermost block
     that takes its role and looks in all of them."""
-    scope = KeptTiles(roles)
+    scope = KeptTiles(roles if KEEP_TILES else ())
     _SCOPES.append(scope)
     try:
         yield scope
@@ -351,6 +354,7 @@ def _winograd(pairs: list[tuple[torch.Tensor, torch.Tensor, bool]], role: str | 
     y = out.permute(0, 2, 3, 1)  # (N, H, W, Cout), the same memory
     native = None if tracked else _native("output_tiles", x)
     du = None  # (36, Cout, Cin) with dy, summed over the chunks' tiles as conv_weight_grad
+    at = _mats(x.dtype)[4]
     for s in _chunks(n, th * tw * max(c, co)):
         k = x[s].shape[0]
         t = k * th * tw
@@ -359,7 +363,7 @@ def _winograd(pairs: list[tuple[torch.Tensor, torch.Tensor, bool]], role: str | 
             v = _input_tiles(xi[s], role).view(36, t, c)  # (autograd follows)
             m = f.products(v, out=m)
             if dy is not None and j == 0:
-                dm = _grad_tiles(dy[s], th, tw, _mats(x.dtype)[4]).view(36, t, co)
+                dm = _grad_tiles(dy[s], th, tw, at).view(36, t, co)
                 du = _products(dm, v, transpose_a=True, out=du)
         if native is not None:
             native(m.data_ptr(), y[s].data_ptr(), k, h, wd, co)
@@ -393,7 +397,10 @@ def conv_sum_weight_grad(x1: torch.Tensor, w1: torch.Tensor, x2: torch.Tensor,
     """(:func:`conv_sum` (x1, w1, x2, w2), :func:`conv_weight_grad` (dy, x1)), the second from
     the tiles of x1 the first transforms, chunk by chunk: the convolution double backward's
     gradients w.r.t. its incoming gradient and w.r.t. the filter both read its adjoint lx.
-    The same bits as the two calls. ``dy`` None: (conv_sum, None)."""
+    The same bits as the two calls (which it makes where :data:`KEEP_TILES` is off). ``dy``
+    None: (conv_sum, None)."""
+    if not KEEP_TILES and dy is not None:
+        return conv_sum(x1, w1, x2, w2), conv_weight_grad(dy, x1)
     out, du = _winograd([(x1, w1, False), (x2, w2, False)], dy=dy)
     return out, None if du is None else _filter_grad(du, x1.dtype)
 
