@@ -474,6 +474,66 @@ def test_a_pass_reads_every_form_of_coefficient_alike():
 
 
 @needs_cc
+@pytest.mark.skipif(platform.machine() not in ("x86_64", "AMD64"), reason="x86 compiler flag")
+@pytest.mark.parametrize("dtype", [torch.float32, F64])
+def test_block_passes_give_the_same_bits_however_the_library_is_built(dtype, monkeypatch,
+                                                                       tmp_path):
+    """``-fno-trapping-math`` lets the compiler vectorise the passes' ReLU mask as a select
+    where it kept a branch per element (CPUs without AVX-512): it changes no value. The
+    passes built without it, and without AVX-512, write the same bits as the library in use
+    (every mode, pooled and not; the mask off at about half the pixels, exact zeros and
+    negative zeros in the gradient)."""
+    n, c, h, w = 2, 37, 6, 8
+    z = _rand(n, c, h, w, dtype=dtype).contiguous(memory_format=CL)
+    maps = {}
+    for pool in (True, False):
+        dp = _rand(n, c, *((h // 2, w // 2) if pool else (h, w)), seed=1, dtype=dtype)
+        dp.view(-1)[::7] = 0.0
+        dp.view(-1)[3::7] = -0.0
+        maps[pool] = norm_passes.Maps(dp=dp.contiguous(memory_format=CL), z=z,
+                                      s=_rand(n, c, seed=2, dtype=dtype),
+                                      t=_rand(n, c, seed=3, dtype=dtype), pool=pool)
+    lz = _rand(n, c, h, w, seed=4, dtype=dtype).contiguous(memory_format=CL)
+    coefs = [_rand(n, c, 1, 1, seed=5 + i, dtype=dtype) for i in range(4)]
+
+    def passes():
+        with torch.no_grad():
+            return [norm_passes.run_pass(mode, maps[pool], lz, *coefs)
+                    for mode in (0, 1, 2) for pool in (True, False)]
+
+    want = passes()
+    for pool in (True, False):  # mode 0 as PyTorch ops, one rounding per operation
+        m = maps[pool]
+        dp = m.dp
+        if pool:
+            dp = dp.repeat_interleave(2, 2).repeat_interleave(2, 3) * 0.25
+        on = z * m.s.view(n, c, 1, 1) + m.t.view(n, c, 1, 1) > 0
+        dy = torch.where(on, dp, 0.0 * dp)
+        v = coefs[0] * dy + coefs[1] * lz + coefs[2] * z + coefs[3]
+        assert torch.equal(want[0 if pool else 1], v)
+    builds = {"without -fno-trapping-math": tuple(f for f in ckernels.FLAGS
+                                                  if f != "-fno-trapping-math"),
+              "without AVX-512": (*ckernels.FLAGS, "-mno-avx512f")}
+    assert len(builds["without -fno-trapping-math"]) == len(ckernels.FLAGS) - 1
+    for i, (label, flags) in enumerate(builds.items()):
+        monkeypatch.setattr(ckernels, "FLAGS", flags)
+        lib = _fresh_load(monkeypatch, tmp_path / str(i))(norm_passes.SOURCE)
+        assert lib is not None
+
+        def kernel(name, dt, lib=lib):
+            fn = getattr(lib, f"{name}_{'f64' if dt == F64 else 'f32'}")
+            fn.argtypes, fn.restype = list(norm_passes._ARGS[name]), None
+            return fn
+
+        monkeypatch.setattr(norm_passes, "kernel", kernel)
+        for got, e in zip(passes(), want, strict=True):
+            for g1, e1 in zip(got if isinstance(got, tuple) else (got,),
+                              e if isinstance(e, tuple) else (e,), strict=True):
+                assert torch.equal(g1, e1), label
+                assert torch.equal(g1.signbit(), e1.signbit()), label
+
+
+@needs_cc
 def test_compiled_block_passes_keep_float32_close(monkeypatch):
     z = _rand(4, 32, 8, 8, dtype=torch.float32).contiguous(memory_format=CL)
     w, b = _rand(32, seed=1, dtype=torch.float32).abs() + 0.5, _rand(32, seed=2,

@@ -32,7 +32,9 @@
 
 /* The ReLU mask at pixel i: the norm's output is positive (see the file's comment) */
 #define ON_SUFFIX(i) (ks[k] * z[(i) + k] + kt[k] > 0)
-/* dy at pixel i (dp's index j); both loads unconditional, so the loops vectorise */
+/* dy at pixel i (dp's index j); both products are made and one chosen, so the loops
+ * vectorise (with -fno-trapping-math, ckernels.FLAGS: without it GCC sinks each product
+ * into its branch and, short of AVX-512's masked arithmetic, runs a branch per element) */
 #define DY_SUFFIX(i, j) (ON_SUFFIX(i) ? sc * dp[(j) + k] : (REAL)0 * dp[(j) + k])
 
 /* mode 0: out = v; mode 1: out = avgpool2x2(mask * v) (without pooling: mask * v);

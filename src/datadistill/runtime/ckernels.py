@@ -7,10 +7,14 @@ the cached file. Where no C compiler is found, the compile fails, or
 PyTorch form of the same computation, so the package never needs a compiler to run.
 
 The library is built with ``-O3 -march=native`` (no fast-math: IEEE arithmetic, the compiler
-may only contract a*b+c into one rounding), so the cache key holds the source, the compiler's
-version and this CPU's model and flags; a cache folder shared between machines keeps one
-library per CPU. Files are written to a temporary name and renamed, so processes that compile
-at the same moment (torchrun's ranks) never load a half-written library.
+may only contract a*b+c into one rounding) and ``-fno-trapping-math``, which changes no value:
+it lets the compiler compute both sides of a select, as in the norm passes' ReLU mask, where
+GCC otherwise keeps a branch per element unless the CPU has AVX-512's masked arithmetic (the
+kernels never read the floating-point exception flags). The cache key holds the source, the
+compiler's version, the flags and this CPU's model and flags; a cache folder shared between
+machines keeps one library per CPU. Files are written to a temporary name and renamed, so
+processes that compile at the same moment (torchrun's ranks) never load a half-written
+library.
 
 ``REAL`` and ``SUFFIX`` in a source are replaced to make one copy of every function per
 floating-point type (``float``/``_f32``, ``double``/``_f64``).
@@ -31,7 +35,7 @@ from pathlib import Path
 
 ENV = "DATADISTILL_C_KERNELS"
 _LOADED: set[str] = set()  # the sources whose library this process has loaded
-FLAGS = ("-O3", "-march=native", "-fPIC", "-shared", "-std=c99")
+FLAGS = ("-O3", "-march=native", "-fno-trapping-math", "-fPIC", "-shared", "-std=c99")
 TYPES = (("float", "f32"), ("double", "f64"))
 
 
