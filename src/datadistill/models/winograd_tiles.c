@@ -21,7 +21,6 @@
  * element is one sum over k in order, so the result does not depend on the blocking.
  */
 
-#define CB 16
 
 /* The transform domain's products (tile_products below): register blocks of MR rows times two
  * vectors of columns. With AVX-512 there are 32 vector registers, so 12 rows (24 accumulators);
@@ -84,11 +83,15 @@
 
 /* -- per type -- */
 
-/* One block of CB channels as a GCC vector (64 bytes of float, 128 of double: the compiler
- * splits it into the CPU's vector registers). The transforms below compute on whole blocks,
- * element by element in the order the macros write, so each channel's value is the one a
- * scalar loop gives, bit for bit. */
-typedef REAL cv_SUFFIX __attribute__((vector_size(CB * sizeof(REAL))));
+/* One block of CB channels as a GCC vector of one register's width (VBYTES: 16 floats with
+ * AVX-512, 8 with AVX2). Blocks twice as wide, split by the compiler into two registers,
+ * spilled the transforms' row blocks on AVX2 and ran the gradient tiles and the filter
+ * gradient at half this speed. The transforms below compute on whole blocks, element by
+ * element in the order the macros write, so each channel's value is the one a scalar loop
+ * gives, bit for bit, whatever the block's width. */
+#undef CB
+#define CB ((long)(VBYTES / sizeof(REAL)))
+typedef REAL cv_SUFFIX __attribute__((vector_size(VBYTES)));
 
 /* Channels c0 .. c0 + cb of a pixel (or of a tile row) at p, zero past cb. */
 static inline cv_SUFFIX load_SUFFIX(const REAL *restrict p, long cb) {
