@@ -3,10 +3,11 @@
 ``step_profile.py`` splits a step by the profiler's aten ops; this script times the package's
 own kernels as they are called inside one iteration (``step_profile.build``: CIFAR-10 shapes,
 ConvNet-3 width 128, DSA on, one torch thread), without a profiler: the three Winograd
-kernels per map size, the images' input gradient, the native (oneDNN) convolution backward,
-and the norm block's forward, backward and double backward passes. The kernels' sum against
-the iteration's time leaves the rest (the first layer's forward convolution, the linear
-layer, DSA, autograd, Python).
+kernels per map size, the first layer's C loops (``image_conv``) or, where they do not
+apply, the images' input gradient and the native (oneDNN) convolution backward, and the norm
+block's forward, backward and double backward passes. The kernels' sum against the
+iteration's time leaves the rest (the linear layer, DSA, the norm's per-instance
+coefficients, autograd, Python).
 
 Kernel times measured inside a step differ from the same kernels timed alone
 (``benchmarks/winograd.py``): caches hold the step's other maps, not this kernel's.
@@ -29,6 +30,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 _KERNELS = (("winograd", ("conv", "conv_sum", "conv_sum_weight_grad", "conv_input_grad",
                           "conv_weight_grad")),
             ("convnet_ops", ("_few_channel_input_grad", "_conv_backward")),
+            ("image_conv", ("conv", "input_grad", "weight_grad")),
             ("norm_passes", ("forward", "grad", "double_backward")))
 
 
@@ -61,9 +63,10 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     torch.set_num_threads(1)
     import step_profile
-    from datadistill.models import convnet_ops, norm_passes, winograd
+    from datadistill.models import convnet_ops, image_conv, norm_passes, winograd
 
-    modules = {"winograd": winograd, "convnet_ops": convnet_ops, "norm_passes": norm_passes}
+    modules = {"winograd": winograd, "convnet_ops": convnet_ops, "norm_passes": norm_passes,
+               "image_conv": image_conv}
     totals: dict = collections.defaultdict(float)
     counts: collections.Counter = collections.Counter()
     for mod, names in _KERNELS:
@@ -85,7 +88,7 @@ def main(argv: list[str] | None = None) -> int:
               f"{1e3 * totals[key] / counts[key]:.2f} |")
     covered = sum(totals.values())
     print(f"| the kernels | | | {covered:.3f} | |")
-    print(f"| the rest (first layer's forward, linear layer, DSA, autograd, Python) | | | "
+    print(f"| the rest (linear layer, DSA, norm coefficients, autograd, Python) | | | "
           f"{total - covered:.3f} | |")
     return 0
 
