@@ -24,8 +24,9 @@
 
 /* The transform domain's products (tile_products below): register blocks of MR rows times two
  * vectors of columns. With AVX-512 there are 32 vector registers, so 12 rows (24 accumulators);
- * elsewhere 16, so 6 rows. Rows are taken in blocks of MB, so a block of the left factor and a
- * panel of the right one stay in the first-level cache while they are used. */
+ * elsewhere 16, so 6 rows. Each panel of the right factor (K rows by two vectors) is copied
+ * into a contiguous buffer that stays in the first-level cache while every block of rows
+ * passes over it. */
 #include <stdlib.h>
 #include <string.h>
 #if defined(__AVX512F__)
@@ -35,7 +36,6 @@
 #define VBYTES 32
 #define MR 6
 #endif
-#define MB 36
 /* The products' accumulations are written a += b * c to be fused into one multiply-add (one
  * rounding) per term: GCC does so only when asked (ISO C mode turns contraction off), clang by
  * default within an expression. The other loops of this file are not contracted. */
@@ -275,28 +275,37 @@ CONTRACT static inline __attribute__((always_inline)) void block_SUFFIX(int ta, 
     }
 }
 
+/* The right factor's panels (K rows by two vectors) are copied into one contiguous buffer
+ * before the rows pass: read in place, a panel's rows lie N values apart and fall into a
+ * few sets of the first-level cache, which cannot hold them, so every block of rows read
+ * the panel again from the second level. The sums are the same in every form. */
 CONTRACT static void product_SUFFIX(int ta, int acc, const REAL *restrict A, const REAL *restrict B,
-                           REAL *restrict C, long M, long K, long N) {
+                           REAL *restrict C, long M, long K, long N, REAL *restrict panel) {
     long lda = ta ? M : K;
-    for (long i0 = 0; i0 < M; i0 += MB) {
-        long i1 = i0 + MB < M ? i0 + MB : M;
-        for (long j = 0; j < N; j += 2 * NV_SUFFIX)
-            for (long i = i0; i < i1; i += MR) {
-                const REAL *a = ta ? A + i : A + i * lda;
-                if (i1 - i >= MR) {  /* a full block: constant trip counts */
-                    if (ta) block_SUFFIX(1, acc, a, lda, B + j, N, C + i * N + j, N, K, MR);
-                    else block_SUFFIX(0, acc, a, lda, B + j, N, C + i * N + j, N, K, MR);
-                } else {
-                    block_SUFFIX(ta, acc, a, lda, B + j, N, C + i * N + j, N, K, (int)(i1 - i));
-                }
+    for (long j = 0; j < N; j += 2 * NV_SUFFIX) {
+        for (long k = 0; k < K; k++)
+            memcpy(panel + 2 * k * NV_SUFFIX, B + k * N + j, 2 * VBYTES);
+        for (long i = 0; i < M; i += MR) {
+            const REAL *a = ta ? A + i : A + i * lda;
+            if (M - i >= MR) {  /* a full block: constant trip counts */
+                if (ta) block_SUFFIX(1, acc, a, lda, panel, 2 * NV_SUFFIX, C + i * N + j, N, K, MR);
+                else block_SUFFIX(0, acc, a, lda, panel, 2 * NV_SUFFIX, C + i * N + j, N, K, MR);
+            } else {
+                block_SUFFIX(ta, acc, a, lda, panel, 2 * NV_SUFFIX, C + i * N + j, N, K,
+                             (int)(M - i));
             }
+        }
     }
 }
 
 CONTRACT void tile_products_SUFFIX(int ta, int acc, const REAL *restrict A, const REAL *restrict B,
                           REAL *restrict C, long nb, long M, long K, long N) {
+    char *mem = malloc(2 * VBYTES * (K > 0 ? K : 1) + 64);
+    if (!mem) return;
+    REAL *panel = (REAL *)(mem + (64 - (size_t)mem % 64) % 64);  /* 64-byte aligned */
     for (long b = 0; b < nb; b++)
-        product_SUFFIX(ta, acc, A + b * M * K, B + b * K * N, C + b * M * N, M, K, N);
+        product_SUFFIX(ta, acc, A + b * M * K, B + b * K * N, C + b * M * N, M, K, N, panel);
+    free(mem);
 }
 
 /* C_b (+)= A_b U_b for b < 36 with U = G f G^T, the filter's transform, made here panel by
