@@ -21,12 +21,10 @@
  * element is one sum over k in order, so the result does not depend on the blocking.
  */
 
-
 /* The transform domain's products (tile_products below): register blocks of MR rows times two
  * vectors of columns. With AVX-512 there are 32 vector registers, so 12 rows (24 accumulators);
- * elsewhere 16, so 6 rows. Each panel of the right factor (K rows by two vectors) is copied
- * into a contiguous buffer that stays in the first-level cache while every block of rows
- * passes over it. */
+ * elsewhere 16, so 6 rows, each block passing over a panel of the right factor that is held
+ * in the first-level cache (product_ below). */
 #include <stdlib.h>
 #include <string.h>
 #if defined(__AVX512F__)
@@ -275,24 +273,28 @@ CONTRACT static inline __attribute__((always_inline)) void block_SUFFIX(int ta, 
     }
 }
 
-/* The right factor's panels (K rows by two vectors) are copied into one contiguous buffer
- * before the rows pass: read in place, a panel's rows lie N values apart and fall into a
- * few sets of the first-level cache, which cannot hold them, so every block of rows read
- * the panel again from the second level. The sums are the same in every form. */
+/* The right factor's panels (K rows by two vectors) are copied into ``panel`` before the rows
+ * pass: read in place, a panel's rows lie N values apart and fall into a few sets of the
+ * first-level cache, which cannot hold them, so every block of rows read the panel again
+ * from the second level. With no buffer (panel NULL) they are read in place. The sums are
+ * the same in either form. */
 CONTRACT static void product_SUFFIX(int ta, int acc, const REAL *restrict A, const REAL *restrict B,
                            REAL *restrict C, long M, long K, long N, REAL *restrict panel) {
-    long lda = ta ? M : K;
+    long lda = ta ? M : K, ldp = panel ? 2 * NV_SUFFIX : N;
     for (long j = 0; j < N; j += 2 * NV_SUFFIX) {
-        for (long k = 0; k < K; k++)
-            memcpy(panel + 2 * k * NV_SUFFIX, B + k * N + j, 2 * VBYTES);
+        const REAL *P = B + j;
+        if (panel) {
+            for (long k = 0; k < K; k++)
+                memcpy(panel + 2 * k * NV_SUFFIX, B + k * N + j, 2 * VBYTES);
+            P = panel;
+        }
         for (long i = 0; i < M; i += MR) {
             const REAL *a = ta ? A + i : A + i * lda;
             if (M - i >= MR) {  /* a full block: constant trip counts */
-                if (ta) block_SUFFIX(1, acc, a, lda, panel, 2 * NV_SUFFIX, C + i * N + j, N, K, MR);
-                else block_SUFFIX(0, acc, a, lda, panel, 2 * NV_SUFFIX, C + i * N + j, N, K, MR);
+                if (ta) block_SUFFIX(1, acc, a, lda, P, ldp, C + i * N + j, N, K, MR);
+                else block_SUFFIX(0, acc, a, lda, P, ldp, C + i * N + j, N, K, MR);
             } else {
-                block_SUFFIX(ta, acc, a, lda, panel, 2 * NV_SUFFIX, C + i * N + j, N, K,
-                             (int)(M - i));
+                block_SUFFIX(ta, acc, a, lda, P, ldp, C + i * N + j, N, K, (int)(M - i));
             }
         }
     }
@@ -301,8 +303,7 @@ CONTRACT static void product_SUFFIX(int ta, int acc, const REAL *restrict A, con
 CONTRACT void tile_products_SUFFIX(int ta, int acc, const REAL *restrict A, const REAL *restrict B,
                           REAL *restrict C, long nb, long M, long K, long N) {
     char *mem = malloc(2 * VBYTES * (K > 0 ? K : 1) + 64);
-    if (!mem) return;
-    REAL *panel = (REAL *)(mem + (64 - (size_t)mem % 64) % 64);  /* 64-byte aligned */
+    REAL *panel = mem ? (REAL *)(mem + (64 - (size_t)mem % 64) % 64) : 0;  /* 64-byte aligned */
     for (long b = 0; b < nb; b++)
         product_SUFFIX(ta, acc, A + b * M * K, B + b * K * N, C + b * M * N, M, K, N, panel);
     free(mem);
