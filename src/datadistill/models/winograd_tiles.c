@@ -273,6 +273,22 @@ CONTRACT static inline __attribute__((always_inline)) void block_SUFFIX(int ta, 
     }
 }
 
+/* C (+)= op(A) P for every block of MR rows of M, over one panel P (K rows by two vectors,
+ * row stride ldp) of the right factor; C's rows N apart. */
+CONTRACT static void rows_SUFFIX(int ta, int acc, const REAL *restrict A, long lda,
+                                 const REAL *restrict P, long ldp, REAL *restrict C, long M,
+                                 long K, long N) {
+    for (long i = 0; i < M; i += MR) {
+        const REAL *a = ta ? A + i : A + i * lda;
+        if (M - i >= MR) {  /* a full block: constant trip counts */
+            if (ta) block_SUFFIX(1, acc, a, lda, P, ldp, C + i * N, N, K, MR);
+            else block_SUFFIX(0, acc, a, lda, P, ldp, C + i * N, N, K, MR);
+        } else {
+            block_SUFFIX(ta, acc, a, lda, P, ldp, C + i * N, N, K, (int)(M - i));
+        }
+    }
+}
+
 /* The right factor's panels (K rows by two vectors) are copied into ``panel`` before the rows
  * pass: read in place, a panel's rows lie N values apart and fall into a few sets of the
  * first-level cache, which cannot hold them, so every block of rows read the panel again
@@ -280,22 +296,13 @@ CONTRACT static inline __attribute__((always_inline)) void block_SUFFIX(int ta, 
  * the same in either form. */
 CONTRACT static void product_SUFFIX(int ta, int acc, const REAL *restrict A, const REAL *restrict B,
                            REAL *restrict C, long M, long K, long N, REAL *restrict panel) {
-    long lda = ta ? M : K, ldp = panel ? 2 * NV_SUFFIX : N;
     for (long j = 0; j < N; j += 2 * NV_SUFFIX) {
-        const REAL *P = B + j;
         if (panel) {
             for (long k = 0; k < K; k++)
                 memcpy(panel + 2 * k * NV_SUFFIX, B + k * N + j, 2 * VBYTES);
-            P = panel;
-        }
-        for (long i = 0; i < M; i += MR) {
-            const REAL *a = ta ? A + i : A + i * lda;
-            if (M - i >= MR) {  /* a full block: constant trip counts */
-                if (ta) block_SUFFIX(1, acc, a, lda, P, ldp, C + i * N + j, N, K, MR);
-                else block_SUFFIX(0, acc, a, lda, P, ldp, C + i * N + j, N, K, MR);
-            } else {
-                block_SUFFIX(ta, acc, a, lda, P, ldp, C + i * N + j, N, K, (int)(M - i));
-            }
+            rows_SUFFIX(ta, acc, A, ta ? M : K, panel, 2 * NV_SUFFIX, C + j, M, K, N);
+        } else {
+            rows_SUFFIX(ta, acc, A, ta ? M : K, B + j, N, C + j, M, K, N);
         }
     }
 }
@@ -341,14 +348,7 @@ CONTRACT void filter_products_SUFFIX(int acc, const REAL *restrict A, const REAL
                 memcpy(panel + 2 * k * NV_SUFFIX, &s0, VBYTES);  /* malloc: not vector-aligned */
                 memcpy(panel + (2 * k + 1) * NV_SUFFIX, &s1, VBYTES);
             }
-            const REAL *P = panel;
-            for (long i = 0; i < M; i += MR) {
-                if (M - i >= MR)
-                    block_SUFFIX(0, acc, Ab + i * K, K, P, 2 * NV_SUFFIX, Cb + i * N + j, N, K, MR);
-                else
-                    block_SUFFIX(0, acc, Ab + i * K, K, P, 2 * NV_SUFFIX, Cb + i * N + j, N, K,
-                                 (int)(M - i));
-            }
+            rows_SUFFIX(0, acc, Ab, K, panel, 2 * NV_SUFFIX, Cb + j, M, K, N);
         }
     }
     free(panel);
